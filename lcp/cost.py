@@ -1,0 +1,142 @@
+"""Exact MACs and parameter counts of any pruned configuration, without building it.
+
+Convention (as in the LcP/LeGR papers): MACs are the multiply-accumulates of conv and linear weights,
+per sample (batch 1): ``out_positions * kernel * in_channels_per_group * out_channels`` for a conv,
+``tokens * in_features * out_features`` for a linear. Biases, norms, activations and pooling are not counted.
+Params are all parameters of the model.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .graph import ChannelGraph, Record
+
+
+def count_macs(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor]) -> int:
+    """Conv and linear MACs of one forward pass, per sample of the batch (see module docstring)."""
+    if isinstance(example_inputs, torch.Tensor):
+        example_inputs = (example_inputs,)
+    batch = int(example_inputs[0].shape[0]) if example_inputs[0].dim() > 0 else 1
+    total = [0]
+
+    def hook(m: nn.Module, inp: tuple, out: torch.Tensor) -> None:
+        if isinstance(m, nn.Linear):
+            total[0] += out.numel() * m.in_features
+        else:
+            total[0] += out.numel() * (m.in_channels // m.groups) * int(np.prod(m.kernel_size))
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(*example_inputs)
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    return total[0] // batch
+
+
+def count_params(model: nn.Module) -> int:
+    """Number of parameters (shared parameters counted once)."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+def _record_cost(rec: Record, n_out: int, n_in: int, n_norm_params: int) -> tuple[int, int]:
+    """(MACs, params) of one record with ``n_out`` output and ``n_in`` input positions kept."""
+    if rec.kind == "conv":
+        in_pg = 1 if rec.mode == "depthwise" else (n_in // rec.groups if rec.mode == "grouped" else n_in)
+        params = n_out * in_pg * rec.kernel + (n_out if rec.bias else 0)
+        return rec.spatial * rec.kernel * in_pg * n_out, params
+    if rec.kind == "linear":
+        return rec.spatial * n_in * n_out, n_in * n_out + (n_out if rec.bias else 0)
+    if rec.kind == "norm":
+        return 0, n_norm_params * n_out
+    return 0, 0
+
+
+class CostModel:
+    """MACs and params of a model as units are removed, updated incrementally per removed unit."""
+
+    def __init__(self, graph: ChannelGraph):
+        self.graph = graph
+        recs = graph.records
+        self.full_out = [len(r.out_ids) if r.out_ids is not None else 0 for r in recs]
+        self.full_in = [len(r.in_ids) if r.in_ids is not None else 0 for r in recs]
+        modules = dict(graph.model.named_modules())
+        self.norm_params = []
+        for r in recs:
+            m = modules.get(r.name) if r.kind == "norm" else None
+            n = sum(1 for p in m.parameters(recurse=False) if p.numel() == len(r.out_ids)) if m is not None else 0
+            self.norm_params.append(n)
+        full = [_record_cost(r, o, i, n) for r, o, i, n in zip(recs, self.full_out, self.full_in, self.norm_params)]
+        tracked_macs = sum(c[0] for c in full)
+        tracked_params = sum(c[1] for c in full)
+        self.macs_base = count_macs(graph.model, graph.example_inputs)
+        self.params_base = count_params(graph.model)
+        # cost outside tracked modules (convs inside untracked leaves, embeddings...) never changes
+        self.macs_const = self.macs_base - tracked_macs
+        self.params_const = self.params_base - tracked_params
+        self.reset()
+
+    # ------------------------------------------------------------------ state
+    def reset(self) -> None:
+        """Back to the unpruned model."""
+        self.n_out = list(self.full_out)
+        self.n_in = list(self.full_in)
+        self.rec_cost = [_record_cost(r, o, i, n) for r, o, i, n in
+                         zip(self.graph.records, self.n_out, self.n_in, self.norm_params)]
+        self.macs = self.macs_base
+        self.params = self.params_base
+
+    def _apply(self, unit: int, sign: int) -> None:
+        recs = self.graph.records
+        for ri, axis, cnt in self.graph.units[unit].members:
+            if axis == "out":
+                self.n_out[ri] -= sign * cnt
+            else:
+                self.n_in[ri] -= sign * cnt
+            new = _record_cost(recs[ri], self.n_out[ri], self.n_in[ri], self.norm_params[ri])
+            old = self.rec_cost[ri]
+            self.macs += new[0] - old[0]
+            self.params += new[1] - old[1]
+            self.rec_cost[ri] = new
+
+    def remove(self, unit: int) -> None:
+        self._apply(unit, +1)
+
+    def restore(self, unit: int) -> None:
+        self._apply(unit, -1)
+
+    def min_kept(self, unit: int) -> int:
+        """Smallest number of positions any module axis touched by ``unit`` would keep after removing it."""
+        lo = 1 << 60
+        for ri, axis, cnt in self.graph.units[unit].members:
+            left = (self.n_out[ri] if axis == "out" else self.n_in[ri]) - cnt
+            lo = min(lo, left)
+        return lo
+
+    def value(self, metric: str) -> int:
+        return self.macs if metric == "macs" else self.params
+
+    def base(self, metric: str) -> int:
+        return self.macs_base if metric == "macs" else self.params_base
+
+    def evaluate(self, removed: np.ndarray) -> tuple[int, int]:
+        """(MACs, params) of the configuration with units ``removed`` (bool per unit), from scratch."""
+        self.reset()
+        for u in np.nonzero(removed)[0].tolist():
+            self.remove(u)
+        out = (self.macs, self.params)
+        self.reset()
+        return out
+
+    def widths(self) -> dict[str, tuple[int, int]]:
+        """Current (out, in) kept positions per record name."""
+        return {r.name: (self.n_out[i], self.n_in[i]) for i, r in enumerate(self.graph.records)}

@@ -1,0 +1,264 @@
+"""Global ranking with per-group compensation, and the greedy cut to a budget.
+
+Each prunable unit u of group g gets the compensated score ``alpha[g] * s[u] + kappa[g]``; all units of the
+network are sorted ascending in one ranking and removed from the bottom, updating the cost incrementally,
+until the cost is at or below ``budget * baseline``. Floors (per group) and ``round_to`` are respected, no
+module is ever left without channels, and a last pass restores the most recently removed units that still
+fit, so the result lands just under the target.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .cost import CostModel
+from .errors import LcpError, UnreachableBudget
+from .graph import ChannelGraph, floor_keep
+
+METHODS = ("lcp", "global", "uniform", "random")
+BUDGET_TYPES = ("macs", "params")
+
+
+@dataclass
+class Transforms:
+    """Per-group affine compensation ``alpha * score + kappa`` (identity by default)."""
+
+    alpha: np.ndarray
+    kappa: np.ndarray
+    groups: list[str] = field(default_factory=list)
+
+    @classmethod
+    def identity(cls, graph: ChannelGraph) -> "Transforms":
+        n = len(graph.groups)
+        return cls(np.ones(n), np.zeros(n), [g.name for g in graph.groups])
+
+    def to_json(self) -> dict:
+        return {"groups": [{"group": g, "alpha": float(a), "kappa": float(k)}
+                           for g, a, k in zip(self.groups, self.alpha, self.kappa)]}
+
+    @classmethod
+    def from_json(cls, data: dict, graph: ChannelGraph) -> "Transforms":
+        try:
+            rows = {r["group"]: (float(r["alpha"]), float(r["kappa"])) for r in data["groups"]}
+        except (KeyError, TypeError, ValueError):
+            raise LcpError("transforms file is not lcp transforms JSON "
+                           "({\"groups\": [{\"group\", \"alpha\", \"kappa\"}, ...]})") from None
+        names = [g.name for g in graph.groups]
+        missing = [n for n in names if n not in rows]
+        if missing:
+            raise LcpError(f"transforms file does not fit this model: no entry for {len(missing)} groups "
+                           f"({', '.join(missing[:3])}...); it was learned on another architecture")
+        return cls(np.array([rows[n][0] for n in names]), np.array([rows[n][1] for n in names]), names)
+
+
+@dataclass
+class Plan:
+    """Which units to remove, and what that costs."""
+
+    removed: np.ndarray  # bool per unit
+    macs: int
+    params: int
+    macs_base: int
+    params_base: int
+    budget: float
+    budget_type: str
+    method: str
+
+    @property
+    def macs_ratio(self) -> float:
+        return self.macs / self.macs_base
+
+    @property
+    def params_ratio(self) -> float:
+        return self.params / self.params_base
+
+    def describe(self) -> str:
+        return (f"MACs {self.macs / 1e6:.2f}M of {self.macs_base / 1e6:.2f}M ({self.macs_ratio:.1%}), "
+                f"params {self.params / 1e6:.3f}M of {self.params_base / 1e6:.3f}M ({self.params_ratio:.1%})")
+
+
+def check_budget(budget: float, budget_type: str = "macs") -> None:
+    if budget_type not in BUDGET_TYPES:
+        raise LcpError(f"unknown budget type '{budget_type}'; choose one of {', '.join(BUDGET_TYPES)}")
+    if not (isinstance(budget, (int, float)) and 0 < budget <= 1):
+        raise LcpError(f"budget must be in (0, 1] (the fraction of baseline {budget_type} to keep), got {budget}")
+
+
+def compensated_scores(graph: ChannelGraph, scores: np.ndarray, transforms: Transforms) -> np.ndarray:
+    """``alpha[g] * s + kappa[g]`` per unit (NaN for units that cannot be pruned)."""
+    out = np.full(len(graph.units), np.nan)
+    for g in graph.groups:
+        idx = np.asarray(g.units)
+        out[idx] = transforms.alpha[g.index] * scores[idx] + transforms.kappa[g.index]
+    return out
+
+
+def ranking(graph: ChannelGraph, scores: np.ndarray) -> np.ndarray:
+    """Prunable unit indices, ascending by score (ties by unit index)."""
+    units = np.asarray(graph.prunable_units, dtype=np.int64)
+    return units[np.lexsort((units, scores[units]))]
+
+
+class Walker:
+    """Greedy removal along a ranking with floors, rounding and module-emptiness guards."""
+
+    def __init__(self, graph: ChannelGraph, cost: CostModel, *, min_ratio: float = 0.1, min_channels: int = 2,
+                 round_to: int = 1):
+        self.graph, self.cost = graph, cost
+        self.round_to = max(1, int(round_to))
+        self.size = np.array([len(g.units) for g in graph.groups], dtype=np.int64)
+        self.floor = np.array([floor_keep(n, min_ratio, min_channels) for n in self.size], dtype=np.int64)
+        self.group_of = np.array([u.group for u in graph.units], dtype=np.int64)
+
+    def _step(self, kept: int) -> int:
+        return kept % self.round_to or self.round_to
+
+    def walk(self, order: np.ndarray, target: float, metric: str) -> tuple[np.ndarray, list[list[int]]]:
+        """Remove units in ``order`` until cost <= target; returns (removed mask, removed batches)."""
+        cost = self.cost
+        cost.reset()
+        kept = self.size.copy()
+        done = np.zeros(len(kept), dtype=bool)  # group at its floor
+        pending: dict[int, list[int]] = {}
+        batches: list[list[int]] = []
+        removed = np.zeros(len(self.graph.units), dtype=bool)
+        if cost.value(metric) <= target:
+            return removed, batches
+        for u in order.tolist():
+            g = int(self.group_of[u])
+            if done[g]:
+                continue
+            batch = pending.setdefault(g, [])
+            batch.append(u)
+            need = self._step(int(kept[g]))
+            if len(batch) < need:
+                continue
+            pending[g] = []
+            if kept[g] - need < self.floor[g]:
+                done[g] = True
+                continue
+            if not self._try_remove(batch):
+                continue
+            kept[g] -= need
+            removed[batch] = True
+            batches.append(batch)
+            if cost.value(metric) <= target:
+                break
+        return removed, batches
+
+    def _try_remove(self, batch: list[int]) -> bool:
+        """Remove a batch unless some module axis would lose its last channel."""
+        done = []
+        for u in batch:
+            if self.cost.min_kept(u) < 1:
+                for v in reversed(done):
+                    self.cost.restore(v)
+                return False
+            self.cost.remove(u)
+            done.append(u)
+        return True
+
+    def refill(self, removed: np.ndarray, batches: list[list[int]], target: float, metric: str) -> None:
+        """Restore the latest batch of each group while the cost stays at or below ``target``."""
+        blocked: set[int] = set()
+        for batch in reversed(batches):
+            g = int(self.group_of[batch[0]])
+            if g in blocked:
+                continue
+            for u in batch:
+                self.cost.restore(u)
+            if self.cost.value(metric) <= target:
+                removed[batch] = False
+            else:
+                for u in batch:
+                    self.cost.remove(u)
+                blocked.add(g)
+
+
+def plan(graph: ChannelGraph, cost: CostModel, scores: np.ndarray, *, budget: float, budget_type: str = "macs",
+         method: str = "global", transforms: Transforms | None = None, seed: int = 0, min_ratio: float = 0.1,
+         min_channels: int = 2, round_to: int = 1) -> Plan:
+    """Choose the units to remove so that the cost is at most ``budget`` x baseline.
+
+    ``scores`` is one raw importance per unit (``importance.unit_scores``). Methods: ``global`` (identity
+    compensation), ``lcp`` (``transforms``), ``random`` (seeded random ranking), ``uniform`` (one keep ratio for
+    every group, solved to hit the budget).
+    """
+    check_budget(budget, budget_type)
+    if method not in METHODS:
+        raise LcpError(f"unknown method '{method}'; choose one of {', '.join(METHODS)}")
+    metric = budget_type
+    base = cost.base(metric)
+    target = budget * base
+    walker = Walker(graph, cost, min_ratio=min_ratio, min_channels=min_channels, round_to=round_to)
+    if method == "uniform":
+        removed = _uniform(graph, cost, walker, scores, target, metric)
+    else:
+        if method == "random":
+            rng = np.random.default_rng(seed)
+            order = rng.permutation(np.asarray(graph.prunable_units, dtype=np.int64))
+        else:
+            tf = transforms if (transforms is not None and method == "lcp") else Transforms.identity(graph)
+            order = ranking(graph, compensated_scores(graph, scores, tf))
+        removed, batches = walker.walk(order, target, metric)
+        if cost.value(metric) > target:
+            lowest = cost.value(metric) / base
+            cost.reset()
+            raise UnreachableBudget(
+                f"budget {budget:g} of {metric} cannot be met: the lowest reachable is {lowest:.4f} "
+                f"({_frozen_hint(graph)}); pass --budget {np.ceil(lowest * 1000) / 1000:g} or more", lowest)
+        walker.refill(removed, batches, target, metric)
+    macs, params = cost.macs, cost.params
+    cost.reset()
+    return Plan(removed, macs, params, cost.macs_base, cost.params_base, budget, budget_type, method)
+
+
+def _uniform(graph: ChannelGraph, cost: CostModel, walker: Walker, scores: np.ndarray, target: float,
+             metric: str) -> np.ndarray:
+    """Largest single keep ratio (per group, lowest scores first) whose cost is at or below target."""
+    orders = []
+    for g in graph.groups:
+        idx = np.asarray(g.units, dtype=np.int64)
+        orders.append(idx[np.lexsort((idx, scores[idx]))])
+
+    def removal(ratio: float) -> np.ndarray:
+        removed = np.zeros(len(graph.units), dtype=bool)
+        r = walker.round_to
+        for g, order in zip(graph.groups, orders):
+            n = len(order)
+            keep = max(int(walker.floor[g.index]), int(np.ceil(ratio * n)))
+            if r > 1 and keep < n:
+                keep = min(n, int(np.ceil(keep / r) * r))
+            removed[order[:n - keep]] = True
+        return removed
+
+    def cost_of(removed: np.ndarray) -> float:
+        macs, params = cost.evaluate(removed)
+        return macs if metric == "macs" else params
+
+    lo, hi = 0.0, 1.0
+    best = removal(lo)
+    if cost_of(best) > target:
+        lowest = cost_of(best) / cost.base(metric)
+        raise UnreachableBudget(f"budget cannot be met with uniform pruning: the lowest reachable is "
+                                f"{lowest:.4f} ({_frozen_hint(graph)})", lowest)
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        rem = removal(mid)
+        if cost_of(rem) <= target:
+            lo, best = mid, rem
+        else:
+            hi = mid
+    cost.reset()
+    for u in np.nonzero(best)[0].tolist():
+        cost.remove(u)
+    return best
+
+
+def _frozen_hint(graph: ChannelGraph) -> str:
+    if not graph.frozen_ops:
+        return "floors of 10% per group"
+    ops = sorted({f"{f.op}: {f.reason}" for f in graph.frozen_ops})
+    more = f" and {len(ops) - 3} more" if len(ops) > 3 else ""
+    return "floors and channels frozen by " + "; ".join(ops[:3]) + more
