@@ -1,10 +1,12 @@
 """lcp: layer-compensated structured pruning (LcP / LeGR) for convolutional networks."""
+__version__ = "0.1.0"
+
 from .cost import count_macs, count_params
 from .errors import LcpError, UnreachableBudget
 from .graph import ChannelGraph, build_graph
+from .models import create_model
 from .pruner import PruneResult, prune
-
-__version__ = "0.1.0"
+from .store import load
 
 __all__ = ["ChannelGraph", "LcpError", "PruneResult", "UnreachableBudget", "build_graph", "count_macs",
-           "count_params", "prune", "__version__"]
+           "count_params", "create_model", "load", "prune", "__version__"]

@@ -1,0 +1,171 @@
+"""Command line: ``lcp prune``, ``lcp eval``, ``lcp check``. Bad input ends with one line and exit code 2."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from .errors import LcpError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2 (argparse prints usage too)
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _budget(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"budget must be a number in (0, 1], got '{text}'") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(
+            f"budget must be in (0, 1] (the fraction of the baseline cost to keep: 0.5 keeps 50%), got {text}")
+    return value
+
+
+def _add_prune_args(p: argparse.ArgumentParser) -> None:
+    from .importance import AGGREGATIONS, CRITERIA
+    from .ranking import BUDGET_TYPES, METHODS
+
+    S = argparse.SUPPRESS  # unset options fall back to --recipe, then to PruneConfig's defaults
+    p.add_argument("--recipe", help="YAML file of options (keys as the long options, with _); flags override it")
+    p.add_argument("--model", default=S, help="zoo name (resnet56, mobilenetv2, ...), timm name or tv:NAME "
+                                              "(default resnet56)")
+    p.add_argument("--budget", type=_budget, default=S,
+                   help="fraction of the baseline cost to keep, in (0, 1]; 0.5 keeps 50%% (default 0.5)")
+    p.add_argument("--budget-type", choices=BUDGET_TYPES, default=S, help="what the budget counts (default macs)")
+    p.add_argument("--method", choices=METHODS, default=S,
+                   help="lcp: learned layer compensation (default); global: plain global ranking; "
+                        "uniform: one keep ratio for all layers; random: seeded random ranking")
+    p.add_argument("--transforms", default=S, help="transforms.json with learned (alpha, kappa) per group "
+                                                   "(method lcp; skips the search)")
+    p.add_argument("--importance", choices=CRITERIA, default=S, help="filter importance (default l2)")
+    p.add_argument("--aggregate", choices=AGGREGATIONS, default=S,
+                   help="how a coupled unit's filter scores combine (default mean; LeGR used sum)")
+    p.add_argument("--data", default=S, help="cifar10 or an ImageFolder root with train/ and test/ or val/ "
+                                             "(default: the model's data set)")
+    p.add_argument("--checkpoint", default=S, help="state dict to start from (default: $LCP_WEIGHTS/"
+                                                   "<model>_<data>.pt, then the user cache, else train one)")
+    p.add_argument("--out", default=S, help="output folder (default runs/prune)")
+    p.add_argument("--finetune-epochs", type=int, default=S, help="fine-tuning epochs after the cut (default 1)")
+    p.add_argument("--lr", type=float, default=S, help="fine-tuning learning rate (default 0.01, cosine)")
+    p.add_argument("--batch-size", type=int, default=S, help="training batch size (default 128)")
+    p.add_argument("--kd", action="store_true", default=S, help="distill from the unpruned model while fine-tuning")
+    p.add_argument("--recal-batches", type=int, default=S, help="BatchNorm recalibration batches (default 20)")
+    p.add_argument("--round-to", type=int, default=S, help="keep widths in multiples of this many channel units")
+    p.add_argument("--min-ratio", type=float, default=S, help="per-group floor: keep at least this fraction "
+                                                              "(and 2 channels) (default 0.1)")
+    p.add_argument("--baseline-epochs", type=int, default=S, help="epochs when a baseline must be trained first")
+    p.add_argument("--seed", type=int, default=S, help="random seed (default 0)")
+    p.add_argument("--threads", type=int, default=S, help="torch CPU threads")
+    p.add_argument("--resume", action="store_true", default=S, help="continue an interrupted run in --out")
+    p.add_argument("--overwrite", action="store_true", default=S, help="replace another run in --out")
+    p.add_argument("--no-progress", dest="progress", action="store_false", default=S, help="no progress bars")
+    g = p.add_argument_group("search (method lcp without --transforms)")
+    g.add_argument("--search-budget", type=_budget, default=S, help="budget the search prunes to (default: --budget)")
+    g.add_argument("--candidates", type=int, default=S, help="candidates evaluated by the search (default 400)")
+    g.add_argument("--optimizer", default=S, help="legr (regularized evolution, default) or a nevergrad optimizer: "
+                                                  "ngopt, cma, de, ...")
+    g.add_argument("--compensation", choices=("affine", "additive"), default=S,
+                   help="affine: alpha*s+kappa (LeGR, default); additive: s+kappa (LcP)")
+    g.add_argument("--tau", type=int, default=S, help="SGD steps before scoring a candidate (default 0)")
+    g.add_argument("--label-free", action="store_true", default=S,
+                   help="fitness from matching the unpruned model's outputs (no labels needed)")
+    g.add_argument("--workers", type=int, default=S, help="local processes evaluating candidates")
+    g.add_argument("--executor", default=S, help="dask://HOST:PORT to evaluate candidates on a Dask cluster")
+
+
+def _config(args: argparse.Namespace) -> Any:
+    from .io import read_json  # noqa: F401  (kept for symmetry with recipes in JSON)
+    from .pipeline import PruneConfig
+
+    values: dict[str, Any] = {}
+    if getattr(args, "recipe", None):
+        values.update(_read_recipe(args.recipe))
+    values.update({k: v for k, v in vars(args).items() if k in PruneConfig.fields()})
+    return PruneConfig(**values)
+
+
+def _read_recipe(path: str) -> dict[str, Any]:
+    import yaml
+
+    from .pipeline import PruneConfig
+
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except OSError as e:
+        raise LcpError(f"cannot read recipe {path}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise LcpError(f"recipe {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise LcpError(f"recipe {path} must be a mapping of options")
+    data = {k.replace("-", "_"): v for k, v in data.items()}
+    unknown = sorted(set(data) - set(PruneConfig.fields()))
+    if unknown:
+        raise LcpError(f"recipe {path} has unknown options: {', '.join(unknown)}")
+    if "budget" in data:
+        try:
+            data["budget"] = _budget(str(data["budget"]))
+        except argparse.ArgumentTypeError as e:
+            raise LcpError(f"recipe {path}: {e}") from None
+    return data
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from .pipeline import run_prune
+    from .report import print_table
+
+    report = run_prune(_config(args))
+    print(print_table(report))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from . import store
+    from .data import load_data
+    from .io import read_json
+    from .models import model_info
+    from .train import evaluate
+
+    model = store.load(args.dir)
+    spec = read_json(Path(args.dir) / "channels.json", what="channels.json")
+    info = model_info(spec["model"])
+    data = args.data or spec.get("dataset") or info.default_dataset
+    if data is None:
+        raise LcpError("pass --data (the data set to evaluate on)")
+    bundle = load_data(data, input_size=info.input_size, mean=info.mean, std=info.std, holdout=0)
+    if bundle.num_classes != spec["num_classes"]:
+        raise LcpError(f"{data} has {bundle.num_classes} classes but the model has {spec['num_classes']}")
+    res = evaluate(model, bundle.loader("test", 256))
+    print(f"{spec['model']} from {args.dir}: top-1 {res['top1']:.2f}% on {len(bundle.test_x)} test images "
+          f"(loss {res['loss']:.4f})")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _Parser(prog="lcp", description="Layer-compensated structured pruning for CNNs.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    p = sub.add_parser("prune", help="prune a trained model to a budget, fine-tune it and write a report",
+                       description="Prune a trained model to a MACs or params budget. Example: "
+                                   "lcp prune --model resnet56 --budget 0.5 --method global --out runs/r56")
+    _add_prune_args(p)
+    p.set_defaults(func=cmd_prune)
+    e = sub.add_parser("eval", help="re-measure the accuracy of a pruned model folder")
+    e.add_argument("dir", help="output folder of lcp prune")
+    e.add_argument("--data", help="cifar10 or an ImageFolder root (default: the data set it was pruned on)")
+    e.set_defaults(func=cmd_eval)
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except LcpError as err:
+        print(f"lcp: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lcp: interrupted; run the same command with --resume to continue", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,312 @@
+"""The main job: model + data -> ranking -> cut -> recalibrate -> fine-tune -> evaluate -> outputs.
+
+``PruneConfig`` holds every option of ``lcp prune`` (the CLI only fills it); ``run_prune`` runs it and writes
+``model.safetensors``, ``channels.json``, ``transforms.json``, ``report.csv``, ``layers.csv`` and
+``widths.png`` into the output folder. Stage results are kept in ``state.json`` so ``--resume`` skips what
+is done.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from . import store
+from .errors import LcpError
+from .graph import ChannelGraph, build_graph
+from .io import RunLock, atomic_write_json, prepare_out_dir, read_json
+from .ranking import Transforms, check_budget
+from .report import plot_widths, write_layers_csv, write_report
+
+
+@dataclass
+class PruneConfig:
+    """Options of one prune run (see ``lcp prune --help``)."""
+
+    model: str = "resnet56"
+    budget: float = 0.5
+    budget_type: str = "macs"
+    method: str = "lcp"
+    importance: str = "l2"
+    aggregate: str = "mean"
+    transforms: str | None = None
+    data: str | None = None
+    checkpoint: str | None = None
+    out: str = "runs/prune"
+    finetune_epochs: int = 1
+    lr: float = 0.01
+    batch_size: int = 128
+    kd: bool = False
+    recal_batches: int = 20
+    holdout: int = 5000
+    round_to: int = 1
+    min_ratio: float = 0.1
+    baseline_epochs: int = 30
+    seed: int = 0
+    threads: int | None = None
+    resume: bool = False
+    overwrite: bool = False
+    progress: bool = True
+    # search (used when method is lcp and no transforms file is given)
+    search_budget: float | None = None
+    candidates: int = 400
+    optimizer: str = "legr"
+    compensation: str = "affine"
+    tau: int = 0
+    label_free: bool = False
+    workers: int = 1
+    executor: str | None = None
+
+    def signature(self) -> dict[str, Any]:
+        """What identifies the run's result (an output folder holds one signature)."""
+        keys = ("model", "budget", "budget_type", "method", "importance", "aggregate", "transforms", "data",
+                "checkpoint", "finetune_epochs", "lr", "batch_size", "kd", "round_to", "min_ratio", "seed",
+                "search_budget", "candidates", "optimizer", "compensation", "tau", "label_free")
+        return {k: getattr(self, k) for k in keys}
+
+    @classmethod
+    def fields(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class Loaded:
+    """A model with its weights, its data and where the weights came from."""
+
+    model: nn.Module
+    name: str
+    dataset: str
+    bundle: Any
+    input_size: tuple[int, int, int]
+    weights: str
+    info: Any = None
+    extra: dict = field(default_factory=dict)
+
+
+def load_model_and_data(cfg: PruneConfig, log: Log = print) -> Loaded:
+    """Resolve the model name, load the data and the model's weights (training a baseline if none exist)."""
+    from .data import load_data
+    from .models import create_model, default_checkpoint, load_checkpoint, model_info
+
+    info = model_info(cfg.model)
+    spec = cfg.data or info.default_dataset
+    if spec is None:
+        raise LcpError(f"{cfg.model} has no default data set: pass --data PATH (an ImageFolder root)")
+    dataset = "cifar10" if str(spec).lower() == "cifar10" else Path(spec).name
+    transform = None
+    if info.source == "timm" and min(info.input_size[1:]) > 64:
+        transform = _timm_eval_transform(info.name)
+    bundle = load_data(spec, input_size=info.input_size, mean=info.mean, std=info.std, holdout=cfg.holdout,
+                       seed=0, transform=transform)
+    model = create_model(cfg.model, num_classes=bundle.num_classes)
+    if cfg.checkpoint:
+        load_checkpoint(model, cfg.checkpoint, name=info.name)
+        weights = str(cfg.checkpoint)
+    else:
+        path = default_checkpoint(info.name, dataset)
+        if path is None:
+            path = _train_baseline(model, info.name, dataset, bundle, cfg, log)
+        else:
+            load_checkpoint(model, path, name=info.name)
+        weights = str(path)
+    model.eval()
+    return Loaded(model, info.name, dataset, bundle, tuple(info.input_size), weights, info)
+
+
+def _timm_eval_transform(name: str) -> Any:
+    import timm.data
+
+    cfg = timm.data.resolve_data_config({}, model=None, pretrained_cfg=timm.get_pretrained_cfg(name).to_dict())
+    return timm.data.create_transform(**cfg, is_training=False)
+
+
+def _train_baseline(model: nn.Module, name: str, dataset: str, bundle: Any, cfg: PruneConfig, log: Log) -> Path:
+    """Train a baseline when no weights exist, cache it in the user cache, and say so."""
+    from .io import save_tensors
+    from .models import cache_dir
+    from .train import train_baseline
+
+    path = cache_dir() / "weights" / f"{name}_{dataset}.safetensors"
+    if path.is_file():
+        from .models import load_checkpoint
+        load_checkpoint(model, path, name=name)
+        return path
+    log(f"no weights for {name} on {dataset} (no --checkpoint, nothing in $LCP_WEIGHTS or {path.parent}): "
+        f"training a baseline for {cfg.baseline_epochs} epochs first")
+    ckpt = path.with_suffix(".training")
+    train_baseline(model, bundle, epochs=cfg.baseline_epochs, ckpt_path=ckpt, resume=ckpt.exists(),
+                   seed=cfg.seed, progress=cfg.progress)
+    save_tensors(model.state_dict(), path)
+    ckpt.unlink(missing_ok=True)
+    log(f"baseline saved to {path}")
+    return path
+
+
+def _file_digest(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def baseline_accuracy(loaded: Loaded, batch_size: int = 256) -> float:
+    """Test top-1 of the unpruned model, cached per weights file and data set."""
+    from .models import cache_dir
+    from .train import evaluate
+
+    key = f"{loaded.name}-{_file_digest(loaded.weights)}-{hashlib.sha256(loaded.bundle.source.encode()).hexdigest()[:8]}"
+    path = cache_dir() / "baseline_accuracy.json"
+    cache = {}
+    if path.is_file():
+        try:
+            cache = json.loads(path.read_text())
+        except (OSError, ValueError):
+            cache = {}
+    if key in cache:
+        return float(cache[key])
+    top1 = evaluate(loaded.model, loaded.bundle.loader("test", batch_size))["top1"]
+    cache[key] = top1
+    try:
+        atomic_write_json(path, cache)
+    except LcpError:
+        pass  # the cache is an optimisation only
+    return top1
+
+
+def learn_transforms(cfg: PruneConfig, graph: ChannelGraph, loaded: Loaded, budgets: list[float], out: Path,
+                     log: Log) -> tuple[Transforms, float]:
+    """Transforms for method ``lcp``: read ``--transforms`` or run the meta-learning search."""
+    if cfg.transforms:
+        return Transforms.from_json(read_json(cfg.transforms, what="transforms file"), graph), 0.0
+    from . import importance as imp
+    from . import search
+    from .cost import CostModel
+
+    t0 = time.perf_counter()
+    cost = CostModel(graph)
+    scores = imp.unit_scores(graph, imp.filter_scores(graph, cfg.importance), cfg.aggregate)
+    sb = cfg.search_budget or min(budgets)
+    log(f"learning the layer compensation: {cfg.optimizer} search, {cfg.candidates} candidates at "
+        f"{sb:g} of {cfg.budget_type}")
+    fitness = search.make_fitness(graph, cost, scores, loaded.bundle, budget=sb, budget_type=cfg.budget_type,
+                                  tau=cfg.tau, label_free=cfg.label_free, seed=cfg.seed)
+    result = search.search(graph, scores, fitness, optimizer=cfg.optimizer, compensation=cfg.compensation,
+                           candidates=cfg.candidates, seed=cfg.seed, state_path=out / "search_state.json",
+                           resume=cfg.resume, progress=cfg.progress, workers=cfg.workers, executor=cfg.executor)
+    search.write_outputs(result, out)
+    atomic_write_json(out / "transforms.json", result.transforms.to_json())
+    return result.transforms, time.perf_counter() - t0
+
+
+def run_prune(cfg: PruneConfig, log: Log = print) -> "pd.DataFrame":  # noqa: F821
+    """Run the whole job described by ``cfg``; returns the one-row report."""
+    from .train import evaluate, finetune, recalibrate_bn
+
+    check_budget(cfg.budget, cfg.budget_type)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out)
+    with RunLock(out):
+        prepare_out_dir(out, cfg.signature(), resume=cfg.resume, overwrite=cfg.overwrite)
+        state_path = out / "state.json"
+        state = read_json(state_path, what="state.json") if (cfg.resume and state_path.is_file()) else {}
+
+        def save_state(**kw: Any) -> None:
+            state.update(kw)
+            atomic_write_json(state_path, state)
+
+        loaded = load_model_and_data(cfg, log)
+        if "top1_base" not in state:
+            save_state(top1_base=baseline_accuracy(loaded))
+        example = torch.zeros(1, *loaded.input_size)
+        t0 = time.perf_counter()
+        graph = build_graph(loaded.model, example)
+        search_s = state.get("search_s", 0.0)
+        transforms = None
+        if cfg.method == "lcp":
+            transforms, dt = learn_transforms(cfg, graph, loaded, [cfg.budget], out, log)
+            search_s = search_s or dt
+            save_state(search_s=search_s)
+        result = _cut(cfg, graph, transforms, loaded, log)
+        prune_s = time.perf_counter() - t0 - search_s
+        pruned = result.model
+        train = loaded.bundle.loader("train", cfg.batch_size, shuffle=True, augment=False, seed=cfg.seed)
+        recalibrate_bn(pruned, train, batches=cfg.recal_batches)
+        test = loaded.bundle.loader("test", 256)
+        if "top1_pruned_noft" not in state:
+            save_state(top1_pruned_noft=evaluate(pruned, test)["top1"])
+        log(f"top-1: baseline {state['top1_base']:.2f}%, pruned before fine-tuning {state['top1_pruned_noft']:.2f}%")
+        t1 = time.perf_counter()
+        if cfg.finetune_epochs > 0:
+            finetune(pruned, loaded.bundle, epochs=cfg.finetune_epochs, lr=cfg.lr, batch_size=cfg.batch_size,
+                     teacher=loaded.model if cfg.kd else None, ckpt_path=out / "finetune.ckpt",
+                     resume=cfg.resume and (out / "finetune.ckpt").is_file(), seed=cfg.seed,
+                     progress=cfg.progress)
+            top1 = evaluate(pruned, test)["top1"]
+        else:
+            top1 = state["top1_pruned_noft"]
+        finetune_s = time.perf_counter() - t1
+        report = write_outputs(cfg, loaded, result, pruned, out, dict(
+            top1_base=state["top1_base"], top1_pruned_noft=state["top1_pruned_noft"], top1_pruned=top1,
+            search_s=search_s, prune_s=prune_s, finetune_s=finetune_s))
+        (out / "finetune.ckpt").unlink(missing_ok=True)
+        log(f"top-1 after {cfg.finetune_epochs} fine-tuning epochs: {top1:.2f}%; outputs in {out}")
+        return report
+
+
+def _cut(cfg: PruneConfig, graph: ChannelGraph, transforms: Transforms | None, loaded: Loaded, log: Log) -> Any:
+    from .pruner import prune_graph
+
+    batches = None
+    if cfg.importance == "taylor":
+        batches = loaded.bundle.loader("train", 64, shuffle=True, seed=cfg.seed, limit=1024)
+    result = prune_graph(graph, budget=cfg.budget, budget_type=cfg.budget_type, method=cfg.method,
+                         importance=cfg.importance, aggregate=cfg.aggregate, transforms=transforms,
+                         round_to=cfg.round_to, min_ratio=cfg.min_ratio, seed=cfg.seed, batches=batches)
+    p = result.plan
+    base = p.macs_base if cfg.budget_type == "macs" else p.params_base
+    log(f"budget {cfg.budget:g} keeps {cfg.budget:.0%} of the baseline {cfg.budget_type} "
+        f"({base / 1e6:.2f}M -> at most {cfg.budget * base / 1e6:.2f}M)")
+    log(f"pruned {loaded.name} with method {cfg.method}: {p.describe()}; verified {result.verification}")
+    return result
+
+
+def write_outputs(cfg: PruneConfig, loaded: Loaded, result: Any, pruned: nn.Module, out: Path,
+                  numbers: dict[str, float]) -> Any:
+    """Weights, channels.json, transforms.json, report.csv, layers.csv and widths.png (all atomic)."""
+    from .pruner import group_widths
+
+    p, graph = result.plan, result.graph
+    spec = store.channels_spec(graph, p.removed, pruned, model_name=loaded.name,
+                               num_classes=loaded.bundle.num_classes, input_size=loaded.input_size,
+                               extra={"budget": cfg.budget, "budget_type": cfg.budget_type, "method": cfg.method,
+                                      "macs": p.macs, "params": p.params, "dataset": loaded.dataset})
+    store.save(out, pruned, spec)
+    atomic_write_json(out / "transforms.json", result.transforms.to_json())
+    row = {"model": loaded.name, "dataset": loaded.dataset, "method": cfg.method, "importance": cfg.importance,
+           "budget_type": cfg.budget_type, "budget": cfg.budget, "macs_base": p.macs_base, "macs_pruned": p.macs,
+           "macs_ratio": p.macs_ratio, "params_base": p.params_base, "params_pruned": p.params,
+           "params_ratio": p.params_ratio, "finetune_epochs": cfg.finetune_epochs, "seed": cfg.seed, **numbers}
+    report = write_report(row, out / "report.csv")
+    rows = group_widths(graph, p.removed)
+    for r, g in zip(rows, graph.groups):
+        r["alpha"] = float(result.transforms.alpha[g.index])
+        r["kappa"] = float(result.transforms.kappa[g.index])
+    write_layers_csv(rows, out / "layers.csv")
+    before = store.widths(loaded.model)
+    after = store.widths(pruned)
+    layers = [(n, w[0], after[n][0]) for n, w in before.items() if n in after and len(w) >= 2]
+    plot_widths(layers, out / "widths.png", title=f"{loaded.name}: output channels before and after pruning")
+    return report
+

@@ -1,0 +1,108 @@
+"""Save a pruned model portably and rebuild it without pickle.
+
+``model.safetensors`` holds the weights; ``channels.json`` holds what rebuilds the architecture: the model's
+name and the stable keys of the removed channel units. ``load`` re-creates the model by name, traces it,
+removes the same units (the same surgery that pruned it) and loads the weights strictly.
+"""
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import __version__
+from .errors import LcpError
+from .graph import ChannelGraph, build_graph
+from .io import atomic_write_json, load_tensors, read_json, save_tensors
+from .surgery import apply_plan
+
+CHANNELS_FORMAT = 1
+
+
+def widths(model: nn.Module) -> dict[str, list[int]]:
+    """Channel counts of every conv, linear and norm of a model (what ``load`` checks after rebuilding)."""
+    out = {}
+    for name, m in model.named_modules():
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            out[name] = [m.out_channels, m.in_channels, m.groups]
+        elif isinstance(m, nn.Linear):
+            out[name] = [m.out_features, m.in_features]
+        elif isinstance(m, nn.modules.batchnorm._NormBase):
+            out[name] = [m.num_features]
+    return out
+
+
+def channels_spec(graph: ChannelGraph, removed: np.ndarray, pruned: nn.Module, *, model_name: str,
+                  num_classes: int, input_size: tuple[int, ...], extra: dict[str, Any] | None = None) -> dict:
+    """The ``channels.json`` document for a pruned model."""
+    spec = {
+        "format": CHANNELS_FORMAT,
+        "model": model_name,
+        "num_classes": int(num_classes),
+        "input_size": [int(s) for s in input_size],
+        "removed_units": [graph.units[u].key for u in np.nonzero(removed)[0].tolist()],
+        "graph_module": isinstance(pruned, torch.fx.GraphModule),
+        "widths": widths(pruned),
+        "versions": {"lcp": __version__, "torch": torch.__version__, "python": platform.python_version()},
+    }
+    try:
+        import timm
+        spec["versions"]["timm"] = timm.__version__
+    except ImportError:
+        pass
+    spec.update(extra or {})
+    return spec
+
+
+def save(out_dir: str | Path, model: nn.Module, spec: dict) -> None:
+    """Write ``model.safetensors`` and ``channels.json`` into ``out_dir`` (atomically, no pickle)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_tensors(model.state_dict(), out / "model.safetensors", metadata={"format": "lcp", "model": spec["model"]})
+    atomic_write_json(out / "channels.json", spec)
+
+
+def rebuild(spec: dict, base_model: nn.Module | None = None) -> nn.Module:
+    """The pruned architecture described by ``spec`` (weights of ``base_model``, or a fresh model)."""
+    from .models import create_model
+
+    try:
+        name, num_classes, keys = spec["model"], spec["num_classes"], spec["removed_units"]
+        input_size = tuple(spec["input_size"])
+    except (KeyError, TypeError):
+        raise LcpError("channels.json is incomplete (needs model, num_classes, input_size, removed_units)") from None
+    model = base_model if base_model is not None else create_model(name, num_classes=num_classes)
+    graph = build_graph(model, torch.zeros(1, *input_size))
+    index = {u.key: u.index for u in graph.units}
+    missing = [k for k in keys if k not in index]
+    if missing:
+        raise LcpError(f"channels.json does not fit {name}: unknown channel units ({', '.join(missing[:3])}); "
+                       "was it written by another version of the model?")
+    removed = np.zeros(len(graph.units), dtype=bool)
+    removed[[index[k] for k in keys]] = True
+    pruned = apply_plan(graph, removed)
+    if "widths" in spec and widths(pruned) != spec["widths"]:
+        raise LcpError(f"rebuilt {name} does not have the widths recorded in channels.json; "
+                       "the model definition changed since it was saved")
+    return pruned
+
+
+def load(out_dir: str | Path) -> nn.Module:
+    """Rebuild the pruned model saved in ``out_dir`` and load its weights (eval mode)."""
+    out = Path(out_dir)
+    if not (out / "channels.json").is_file():
+        raise LcpError(f"{out} holds no pruned model (channels.json missing); pass the --out folder of a prune run")
+    spec = read_json(out / "channels.json", what="channels.json")
+    model = rebuild(spec)
+    state = load_tensors(out / "model.safetensors")
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()
+        raise LcpError(f"model.safetensors in {out} does not fit the rebuilt model: "
+                       f"{first[1].strip() if len(first) > 1 else first[0]}") from None
+    return model.eval()

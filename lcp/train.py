@@ -1,0 +1,450 @@
+"""Evaluation, BatchNorm recalibration, fine-tuning (with optional distillation) and baseline training.
+
+Checkpoints are one safetensors file per run, replaced atomically after every epoch: model tensors under
+``model.<key>``, optimizer state tensors under ``optim.<param index>.<name>``, RNG states under ``rng.*``;
+everything else (epoch, step, schedule, settings, history, non-tensor optimizer state) is JSON in the file's
+metadata. No pickle anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lcp.data import DataBundle, atomic_write
+from lcp.errors import LcpError
+
+__all__ = ["evaluate", "recalibrate_bn", "finetune", "train_baseline", "load_checkpoint", "save_checkpoint"]
+
+Batch = tuple[Tensor, Tensor]
+LoaderFactory = Callable[[int], Iterable[Batch]]
+_FORMAT = "lcp-train-checkpoint/1"
+
+
+class EpochCallback(Protocol):
+    """Called after each epoch (and its checkpoint) with the 1-based epoch and its history record."""
+
+    def __call__(self, epoch: int, record: dict[str, Any]) -> None: ...
+
+
+@contextmanager
+def _modes_kept(model: nn.Module) -> Iterator[None]:
+    """Restore every submodule's train/eval flag on exit."""
+    flags = [(m, m.training) for m in model.modules()]
+    try:
+        yield
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
+@contextmanager
+def _threads(n: int | None) -> Iterator[None]:
+    """torch.set_num_threads(n) for the block, only when asked."""
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if n is not None:
+            torch.set_num_threads(before)
+
+
+def _device_of(model: nn.Module, device: str | torch.device | None) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def _xy(batch: Any) -> tuple[Tensor, Tensor | None]:
+    if isinstance(batch, Tensor):
+        return batch, None
+    return batch[0], (batch[1] if len(batch) > 1 else None)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: Iterable[Batch], *, device: str | torch.device = "cpu") -> dict[str, float]:
+    """Top-1 accuracy (%), mean cross-entropy and sample count over ``loader``, in eval mode, no grad."""
+    dev = torch.device(device)
+    model.to(dev)
+    correct, loss_sum, n = 0, 0.0, 0
+    with _modes_kept(model):
+        model.eval()
+        for batch in loader:
+            x, y = _xy(batch)
+            if y is None or bool((y < 0).any()):
+                raise LcpError("cannot measure accuracy on unlabeled images: evaluate on a labeled split")
+            x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+            out = model(x)
+            loss_sum += float(F.cross_entropy(out, y, reduction="sum"))
+            correct += int((out.argmax(1) == y).sum())
+            n += len(y)
+    if n == 0:
+        raise LcpError("no images to evaluate: the data split is empty")
+    return {"top1": 100.0 * correct / n, "loss": loss_sum / n, "n": n}
+
+
+@torch.no_grad()
+def recalibrate_bn(
+    model: nn.Module, loader: Iterable[Any], *, batches: int = 50, device: str | torch.device | None = None
+) -> nn.Module:
+    """Re-estimate BatchNorm running stats from ``batches`` batches (cumulative average; labels unused).
+
+    Only the BatchNorm layers run in train mode; everything else (dropout, ...) stays in eval mode.
+    Momentum and train/eval flags are restored afterwards.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not bns:
+        return model
+    dev = _device_of(model, device)
+    momenta = [bn.momentum for bn in bns]
+    seen = 0
+    with _modes_kept(model):
+        model.eval()
+        for bn in bns:
+            bn.reset_running_stats()
+            bn.momentum = None
+            bn.train()
+        try:
+            for batch in loader:
+                if seen >= batches:
+                    break
+                model(_xy(batch)[0].to(dev, non_blocking=True))
+                seen += 1
+        finally:
+            for bn, m in zip(bns, momenta):
+                bn.momentum = m
+    if seen == 0:
+        raise LcpError("no batches to recalibrate BatchNorm with: the data split is empty")
+    return model
+
+
+# ----------------------------------------------------------------------------------------- checkpoints
+
+
+def _rng_state() -> dict[str, Tensor]:
+    """torch's CPU (and CUDA) RNG states; lcp's data order does not use any other RNG."""
+    tensors = {"rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = s
+    return tensors
+
+
+def _set_rng_state(tensors: dict[str, Tensor]) -> None:
+    torch.set_rng_state(tensors["rng.torch"])
+    n_cuda = sum(k.startswith("rng.cuda.") for k in tensors)
+    if n_cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([tensors[f"rng.cuda.{i}"] for i in range(n_cuda)])
+
+
+def save_checkpoint(
+    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None, info: dict[str, Any]
+) -> None:
+    """Write model, optimizer state, RNG states and the JSON ``info`` to ``path`` atomically (safetensors)."""
+    from safetensors.torch import save
+
+    tensors: dict[str, Tensor] = {f"model.{k}": v for k, v in model.state_dict().items()}
+    opt_meta: dict[str, Any] = {}
+    if optimizer is not None:
+        sd = optimizer.state_dict()
+        scalars: dict[str, dict[str, Any]] = {}
+        for idx, st in sd["state"].items():
+            for name, v in st.items():
+                if isinstance(v, Tensor):
+                    tensors[f"optim.{idx}.{name}"] = v
+                else:
+                    scalars.setdefault(str(idx), {})[name] = v
+        opt_meta = {"param_groups": sd["param_groups"], "scalars": scalars}
+    tensors.update(_rng_state())
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+    meta = {"format": _FORMAT, "info": info, "optimizer": opt_meta}
+    blob = save(tensors, metadata={"lcp": json.dumps(meta)})
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda f: f.write(blob))
+
+
+def load_checkpoint(
+    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *, restore_rng: bool = False
+) -> dict[str, Any]:
+    """Load a :func:`save_checkpoint` file into ``model`` (and ``optimizer``, and torch's RNG if asked);
+    return its ``info`` dict."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {}).get("lcp", "{}"))
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:
+        why = type(exc).__name__
+        raise LcpError(f"cannot read checkpoint {path} ({why}): delete it or start without --resume") from None
+    if meta.get("format") != _FORMAT:
+        raise LcpError(f"{path} is not an lcp training checkpoint: delete it or start without --resume")
+    state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        why = first[1].strip() if len(first) > 1 else first[0]
+        raise LcpError(f"checkpoint {path} does not fit this model ({why}); "
+                       "start without --resume") from None
+    if optimizer is not None and meta["optimizer"]:
+        om = meta["optimizer"]
+        st: dict[int, dict[str, Any]] = {}
+        for k, v in tensors.items():
+            if k.startswith("optim."):
+                _, idx, name = k.split(".", 2)
+                st.setdefault(int(idx), {})[name] = v
+        for idx, scalars in om["scalars"].items():
+            st.setdefault(int(idx), {}).update(scalars)
+        optimizer.load_state_dict({"state": st, "param_groups": om["param_groups"]})
+    if restore_rng:
+        _set_rng_state(tensors)
+    return dict(meta["info"])
+
+
+# ---------------------------------------------------------------------------------------------- training
+
+
+def _lr_at(step: int, total: int, base: float, schedule: str) -> float:
+    """Learning rate before update ``step`` (0-based) of ``total``: cosine to 0, or one-cycle (30% warm-up)."""
+    t = step / max(1, total)
+    if schedule == "cosine":
+        return base * 0.5 * (1.0 + math.cos(math.pi * t))
+    if schedule == "onecycle":
+        warm, start = 0.3, base / 25.0
+        if t < warm:
+            return start + (base - start) * 0.5 * (1.0 - math.cos(math.pi * t / warm))
+        return base * 0.5 * (1.0 + math.cos(math.pi * (t - warm) / (1.0 - warm)))
+    raise LcpError(f"unknown learning-rate schedule {schedule!r}: use cosine or onecycle")
+
+
+def _kd_loss(student: Tensor, teacher: Tensor, T: float) -> Tensor:
+    """Hinton distillation: T^2 * KL(softmax(teacher/T) || softmax(student/T)), batch mean."""
+    log_s, log_t = F.log_softmax(student / T, 1), F.log_softmax(teacher / T, 1)
+    return F.kl_div(log_s, log_t, reduction="batchmean", log_target=True) * (T * T)
+
+
+def _loss(
+    model: nn.Module, teacher: nn.Module | None, x: Tensor, y: Tensor | None, dev: torch.device,
+    kd_alpha: float, kd_T: float,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """(loss, logits, labels on ``dev`` or None if unlabeled): CE, or CE mixed with KD, or KD alone."""
+    out = model(x)
+    y = y.to(dev, non_blocking=True) if y is not None and bool((y >= 0).all()) else None
+    if y is None and teacher is None:
+        raise LcpError("training needs labels or a teacher: use labeled data or pass a teacher for distillation")
+    ce = F.cross_entropy(out, y) if y is not None else None
+    if teacher is None:
+        return ce, out, y  # type: ignore[return-value]
+    with torch.no_grad():
+        t_out = teacher(x)
+    kd = _kd_loss(out, t_out, kd_T)
+    return (kd if ce is None else (1.0 - kd_alpha) * ce + kd_alpha * kd), out, y
+
+
+def _factory(data: DataBundle | LoaderFactory, batch_size: int, seed: int, augment: bool) -> LoaderFactory:
+    if isinstance(data, DataBundle):
+        drop = len(data.train_x) >= batch_size  # avoids a last batch of 1, which BatchNorm rejects in train mode
+        return lambda epoch: data.loader(
+            "train", batch_size, shuffle=True, augment=augment, seed=seed, epoch=epoch, drop_last=drop
+        )
+    if callable(data):
+        return data
+    raise LcpError("training data must be a DataBundle or a function epoch -> batches")
+
+
+def _run(
+    model: nn.Module,
+    data: DataBundle | LoaderFactory,
+    *,
+    epochs: int,
+    lr: float,
+    schedule: str,
+    momentum: float,
+    nesterov: bool,
+    weight_decay: float,
+    batch_size: int,
+    augment: bool,
+    teacher: nn.Module | None,
+    kd_alpha: float,
+    kd_T: float,
+    ckpt_path: Path | None,
+    resume: bool,
+    seed: int,
+    progress: bool,
+    device: str | torch.device,
+    on_epoch_end: EpochCallback | None,
+    eval_loader: Iterable[Batch] | None,
+    num_threads: int | None,
+    desc: str,
+) -> dict[str, Any]:
+    """The shared SGD loop of :func:`finetune` and :func:`train_baseline`."""
+    from tqdm.auto import tqdm
+
+    if epochs < 1 or lr <= 0 or batch_size < 1:
+        raise LcpError(f"epochs and batch size must be at least 1 and lr positive (got {epochs}, {batch_size}, {lr})")
+    if teacher is not None and not 0.0 <= kd_alpha <= 1.0:
+        raise LcpError(f"kd_alpha must be between 0 and 1 (got {kd_alpha})")
+    dev = torch.device(device)
+    make = _factory(data, batch_size, seed, augment)
+    try:
+        steps = len(make(0))  # type: ignore[arg-type]
+    except TypeError:
+        raise LcpError("the training loader must have a length (len()) to plan the learning-rate schedule") from None
+    if steps == 0:
+        raise LcpError(f"no training batches: the train split has fewer images than the batch size {batch_size}")
+    total = epochs * steps
+    ckpt = Path(ckpt_path) if ckpt_path is not None else None
+    settings = {"epochs": epochs, "lr": lr, "schedule": schedule, "batch_size": batch_size, "seed": seed,
+                "steps_per_epoch": steps, "momentum": momentum, "nesterov": nesterov, "weight_decay": weight_decay,
+                "teacher": teacher is not None}
+    model.to(dev)
+    if teacher is not None:
+        teacher.to(dev).eval()
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0,
+                          weight_decay=weight_decay)
+    history: list[dict[str, Any]] = []
+    start_epoch, resumed_from = 0, None
+    t0 = time.perf_counter()
+    rng_devices = [dev.index or 0] if dev.type == "cuda" else []
+    with _threads(num_threads), torch.random.fork_rng(devices=rng_devices), _modes_kept(model):
+        torch.manual_seed(seed)
+        if resume and ckpt is not None and ckpt.exists():
+            info = load_checkpoint(ckpt, model, opt, restore_rng=True)
+            diff = {k: (info["settings"].get(k), v) for k, v in settings.items() if info["settings"].get(k) != v}
+            if diff:
+                said = ", ".join(f"{k}={a} (now {b})" for k, (a, b) in diff.items())
+                raise LcpError(
+                    f"checkpoint {ckpt} was made with {said}: use the same settings or start without --resume"
+                )
+            start_epoch = resumed_from = int(info["epoch"])
+            history = list(info["history"])
+        kept = f"the last good checkpoint is kept at {ckpt}"
+        last_good = "no checkpoint was written yet" if start_epoch == 0 else kept
+        bar = tqdm(total=total, initial=start_epoch * steps, disable=not progress, dynamic_ncols=True, unit="step")
+        with bar:
+            for epoch in range(start_epoch, epochs):
+                loader = make(epoch)
+                model.train()
+                loss_sum, correct, seen, labeled = 0.0, 0, 0, 0
+                bar.set_description(f"{desc} epoch {epoch + 1}/{epochs}")
+                for i, batch in enumerate(loader):
+                    step = epoch * steps + i
+                    for g in opt.param_groups:
+                        g["lr"] = _lr_at(step, total, lr, schedule)
+                    x, y = _xy(batch)
+                    loss, out, y = _loss(model, teacher, x.to(dev, non_blocking=True), y, dev, kd_alpha, kd_T)
+                    if not bool(torch.isfinite(loss)):
+                        where = last_good if ckpt is not None else "no checkpoint is kept (no checkpoint path)"
+                        raise LcpError(f"loss became NaN at epoch {epoch + 1} step {i + 1}; {where}; lower --lr")
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    loss_sum += float(loss.detach()) * len(x)
+                    seen += len(x)
+                    if y is not None:
+                        correct += int((out.detach().argmax(1) == y).sum())
+                        labeled += len(x)
+                    bar.set_postfix(loss=f"{loss_sum / seen:.4f}", lr=f"{opt.param_groups[0]['lr']:.3g}", refresh=False)
+                    bar.update()
+                record: dict[str, Any] = {"epoch": epoch + 1, "loss": loss_sum / max(1, seen),
+                                          "top1": 100.0 * correct / labeled if labeled else None,
+                                          "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
+                if eval_loader is not None:
+                    ev = evaluate(model, eval_loader, device=dev)
+                    record.update(val_top1=ev["top1"], val_loss=ev["loss"])
+                history.append(record)
+                if progress:
+                    val = f", eval top1 {record['val_top1']:.2f}%" if "val_top1" in record else ""
+                    top1 = f", train top1 {record['top1']:.2f}%" if record["top1"] is not None else ""
+                    line = f"{desc} epoch {epoch + 1}/{epochs}: loss {record['loss']:.4f}{top1}{val}"
+                    bar.write(line, file=sys.stderr)
+                if ckpt is not None:
+                    info = {"epoch": epoch + 1, "step": (epoch + 1) * steps, "total_steps": total,
+                            "settings": settings, "history": history}
+                    save_checkpoint(ckpt, model, opt, info)
+                    last_good = kept
+                if on_epoch_end is not None:
+                    on_epoch_end(epoch + 1, record)
+    return {"history": history, "epochs": epochs, "steps": total, "resumed_from": resumed_from,
+            "seconds": time.perf_counter() - t0, "checkpoint": str(ckpt) if ckpt is not None else None}
+
+
+def finetune(
+    model: nn.Module,
+    data: DataBundle | LoaderFactory,
+    *,
+    epochs: int,
+    lr: float = 0.01,
+    momentum: float = 0.9,
+    nesterov: bool = True,
+    weight_decay: float = 5e-4,
+    batch_size: int = 128,
+    augment: bool = True,
+    teacher: nn.Module | None = None,
+    kd_alpha: float = 0.9,
+    kd_T: float = 4.0,
+    ckpt_path: Path | str | None = None,
+    resume: bool = False,
+    seed: int = 0,
+    progress: bool = True,
+    device: str | torch.device = "cpu",
+    on_epoch_end: EpochCallback | None = None,
+    eval_loader: Iterable[Batch] | None = None,
+    num_threads: int | None = None,
+) -> dict[str, Any]:
+    """Fine-tune with SGD (Nesterov) and a per-step cosine schedule to 0; optional distillation.
+
+    ``data`` is a :class:`DataBundle` (its train split, shuffled and augmented per epoch from ``seed``) or a
+    function ``epoch -> batches`` whose result has ``len()``. With a ``teacher`` the loss is
+    ``(1 - kd_alpha) * CE + kd_alpha * T^2 * KL`` (pure KD on unlabeled batches). A checkpoint is written
+    atomically to ``ckpt_path`` after every epoch; ``resume=True`` continues from it and ends with the same
+    weights as an uninterrupted run. Returns ``{"history": [per-epoch records], ...}``.
+    """
+    return _run(model, data, epochs=epochs, lr=lr, schedule="cosine", momentum=momentum, nesterov=nesterov,
+                weight_decay=weight_decay, batch_size=batch_size, augment=augment, teacher=teacher, kd_alpha=kd_alpha,
+                kd_T=kd_T, ckpt_path=ckpt_path, resume=resume, seed=seed, progress=progress, device=device,
+                on_epoch_end=on_epoch_end, eval_loader=eval_loader, num_threads=num_threads, desc="finetune")
+
+
+def train_baseline(
+    model: nn.Module,
+    data: DataBundle | LoaderFactory,
+    *,
+    epochs: int,
+    lr: float = 0.1,
+    schedule: str = "onecycle",
+    momentum: float = 0.9,
+    nesterov: bool = True,
+    weight_decay: float = 5e-4,
+    batch_size: int = 128,
+    augment: bool = True,
+    ckpt_path: Path | str | None = None,
+    resume: bool = False,
+    seed: int = 0,
+    progress: bool = True,
+    device: str | torch.device = "cpu",
+    on_epoch_end: EpochCallback | None = None,
+    eval_loader: Iterable[Batch] | None = None,
+    num_threads: int | None = None,
+) -> dict[str, Any]:
+    """Train from scratch: the :func:`finetune` loop with ``schedule`` "onecycle" (30% warm-up from lr/25,
+    then cosine to 0) or "cosine", and no teacher."""
+    return _run(model, data, epochs=epochs, lr=lr, schedule=schedule, momentum=momentum, nesterov=nesterov,
+                weight_decay=weight_decay, batch_size=batch_size, augment=augment, teacher=None, kd_alpha=0.0,
+                kd_T=1.0, ckpt_path=ckpt_path, resume=resume, seed=seed, progress=progress, device=device,
+                on_epoch_end=on_epoch_end, eval_loader=eval_loader, num_threads=num_threads, desc="train")

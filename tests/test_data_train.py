@@ -1,0 +1,348 @@
+"""Tests of lcp.data (loading, caching, splits, batches) and lcp.train (evaluate, BN recalibration, fine-tuning)."""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+import lcp.data as data_mod
+from lcp.data import DataBundle, load_data
+from lcp.errors import LcpError
+from lcp.train import evaluate, finetune, load_checkpoint, recalibrate_bn, train_baseline
+
+SIZE = (3, 8, 8)
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets its own empty lcp cache."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("LCP_CACHE", str(cache))
+    return cache
+
+
+def _image(cls: int, rng: np.random.Generator, size: tuple[int, int] = (8, 8)) -> Image.Image:
+    """A noisy image whose dominant colour channel is its class."""
+    arr = rng.integers(0, 90, (size[1], size[0], 3), dtype=np.uint8)
+    arr[..., cls] += 150
+    return Image.fromarray(arr)
+
+
+def make_folder(root: Path, per_class: int = 20, test_per_class: int = 4, classes: int = 3, seed: int = 0) -> Path:
+    """A small ImageFolder tree: PNG and JPEG files, one larger image that must be resized."""
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", per_class), ("test", test_per_class)):
+        for c in range(classes):
+            d = root / split / f"class{c}"
+            d.mkdir(parents=True)
+            for i in range(n):
+                ext = "jpg" if i % 2 else "png"
+                _image(c, rng).save(d / f"{i:03d}.{ext}")
+    _image(0, rng, (12, 10)).save(root / "train" / "class0" / "big.png")
+    return root
+
+
+@pytest.fixture()
+def folder(tmp_path: Path) -> Path:
+    return make_folder(tmp_path / "ds")
+
+
+# ---------------------------------------------------------------------------------------------- lcp.data
+
+
+def test_load_folder_splits(folder: Path) -> None:
+    b = load_data(folder, input_size=SIZE, holdout=9, seed=1)
+    assert b.classes == ["class0", "class1", "class2"] and b.num_classes == 3
+    assert b.train_x.shape == (61 - 9, *SIZE) and b.train_x.dtype == torch.uint8
+    assert b.holdout_x.shape == (9, *SIZE) and b.test_x.shape == (12, *SIZE)
+    assert b.train_y.dtype == torch.int64 and len(b.train_y) == len(b.train_x)
+    assert torch.bincount(b.holdout_y, minlength=3).tolist() == [3, 3, 3]  # stratified
+    assert b.train_idx is not None and b.holdout_idx is not None
+    assert not set(b.train_idx.tolist()) & set(b.holdout_idx.tolist())
+    assert sorted(b.train_idx.tolist() + b.holdout_idx.tolist()) == list(range(61))
+    # dominant channel = class, so the cached pixels carry the labels
+    assert (b.test_x.float().mean((2, 3)).argmax(1) == b.test_y).all()
+    again = load_data(folder, input_size=SIZE, holdout=9, seed=1)
+    assert torch.equal(again.holdout_idx, b.holdout_idx)
+    other = load_data(folder, input_size=SIZE, holdout=9, seed=2)
+    assert not torch.equal(other.holdout_idx, b.holdout_idx)
+    assert "train=52" in repr(b)
+
+
+def test_cache_hit_skips_decoding(folder: Path, _cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    first = load_data(folder, input_size=SIZE, holdout=6)
+    assert first.cache_dir is not None and (first.cache_dir / "meta.json").exists()
+    assert first.cache_dir.parent == _cache / "data"
+    names = sorted(p.name for p in first.cache_dir.iterdir())  # no temporary files left behind
+    assert names == ["meta.json", "test_x.npy", "test_y.npy", "train_x.npy", "train_y.npy"]
+
+    def boom(*args: object, **kwargs: object) -> None:
+        raise AssertionError("decoded again despite the cache")
+
+    decode_all = data_mod._decode_all
+    monkeypatch.setattr(data_mod, "_decode_all", boom)
+    second = load_data(folder, input_size=SIZE, holdout=6)
+    assert torch.equal(first.train_x, second.train_x) and torch.equal(first.test_y, second.test_y)
+    # a changed folder is a different cache entry
+    _image(1, np.random.default_rng(5)).save(folder / "train" / "class1" / "new.png")
+    with pytest.raises(AssertionError, match="decoded again"):
+        load_data(folder, input_size=SIZE, holdout=6)
+    monkeypatch.setattr(data_mod, "_decode_all", decode_all)
+    third = load_data(folder, input_size=SIZE, holdout=6)
+    assert len(third.train_x) == len(first.train_x) + 1
+    assert [p.name for p in (_cache / "data").iterdir()] == [third.cache_dir.name]  # the stale entry is gone
+
+
+def test_val_folder_and_resize(tmp_path: Path) -> None:
+    root = make_folder(tmp_path / "ds", per_class=3, test_per_class=2, classes=2)
+    (root / "test").rename(root / "val")
+    b = load_data(root, input_size=(3, 6, 6), holdout=0)
+    assert b.train_x.shape == (7, 3, 6, 6) and b.test_x.shape == (4, 3, 6, 6) and len(b.holdout_x) == 0
+    with pytest.raises(LcpError, match="holdout"):
+        b.loader("holdout", 4)
+
+
+def test_transform_hook_drops_tensor_steps(folder: Path) -> None:
+    import torchvision.transforms as T
+
+    tf = T.Compose([T.Resize(7), T.CenterCrop(6), T.ToTensor(), T.Normalize((0.5,) * 3, (0.2,) * 3)])  # timm-style
+    b = load_data(folder, input_size=(3, 6, 6), holdout=3, transform=tf)
+    assert b.train_x.shape[1:] == (3, 6, 6) and b.train_x.dtype == torch.uint8
+    plain = load_data(folder, input_size=(3, 6, 6), holdout=3)
+    assert plain.cache_dir != b.cache_dir  # the transform is part of the cache key
+
+
+def test_loader_normalize_augment_determinism(folder: Path) -> None:
+    b = load_data(folder, input_size=SIZE, holdout=6, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))
+    x, y = next(iter(b.loader("test", 5)))
+    assert x.shape == (5, *SIZE) and x.dtype == torch.float32 and y.shape == (5,)
+    mean = torch.tensor([0.5, 0.4, 0.3]).view(1, 3, 1, 1)
+    std = torch.tensor([0.2, 0.25, 0.3]).view(1, 3, 1, 1)
+    assert torch.allclose(x, (b.test_x[:5].float() / 255 - mean) / std, atol=1e-5)
+
+    ld = b.loader("train", 16, shuffle=True, augment=True, seed=3)
+    assert len(ld) == 4 and [len(yb) for _, yb in ld] == [16, 16, 16, 7]
+    e0 = [xb for xb, _ in ld]
+    assert all(xb.shape[1:] == SIZE for xb in e0)
+    assert all(torch.equal(a, c) for a, c in zip(e0, [xb for xb, _ in ld]))  # same epoch: same batches
+    e1 = [xb for xb, _ in ld.set_epoch(1)]
+    assert not torch.equal(e0[0], e1[0])
+    fresh = [xb for xb, _ in b.loader("train", 16, shuffle=True, augment=True, seed=3, epoch=1)]
+    assert all(torch.equal(a, c) for a, c in zip(e1, fresh))
+    assert len(b.loader("train", 16, drop_last=True)) == 3
+
+    # the crop keeps image content: an augmented batch holds shifted/flipped copies, padded with zeros
+    aug = data_mod._augment(b.test_x[:4], torch.Generator().manual_seed(0))
+    assert aug.shape == (4, *SIZE) and aug.dtype == torch.uint8
+    assert data_mod._augment(b.test_x[:4], torch.Generator().manual_seed(0)).equal(aug)
+
+    limited = b.loader("test", 4, limit=5)
+    assert sum(len(yb) for _, yb in limited) == 5
+    assert torch.equal(next(iter(limited))[1], next(iter(b.loader("test", 4, limit=5, seed=9)))[1])
+    with pytest.raises(LcpError, match="unknown data split"):
+        b.loader("validation", 4)
+
+
+def test_unlabeled_flat_folder(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    root = tmp_path / "flat"
+    (root / "sub").mkdir(parents=True)
+    for i in range(7):
+        _image(i % 3, rng).save(root / ("sub" if i % 2 else ".") / f"{i}.png")
+    (root / "notes.txt").write_text("not an image")
+    b = load_data(root, input_size=SIZE, holdout=2, labeled=False)
+    assert len(b.train_x) == 5 and len(b.holdout_x) == 2 and len(b.test_x) == 0
+    assert b.classes == [] and (b.train_y == -1).all() and (b.holdout_y == -1).all()
+    with pytest.raises(LcpError, match="test split"):
+        b.loader("test", 4)
+    with pytest.raises(LcpError, match="unlabeled"):
+        evaluate(nn.Sequential(nn.Flatten(), nn.Linear(192, 3)), b.loader("train", 4))
+
+
+def test_unlabeled_imagefolder_hides_train_labels(folder: Path) -> None:
+    b = load_data(folder, input_size=SIZE, holdout=3, labeled=False)
+    assert (b.train_y == -1).all() and (b.test_y >= 0).all() and b.num_classes == 3
+
+
+def test_data_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(LcpError, match="does not exist"):
+        load_data(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(LcpError, match="no train/"):
+        load_data(tmp_path / "empty")
+    with pytest.raises(LcpError, match="no images"):
+        load_data(tmp_path / "empty", labeled=False)
+    (tmp_path / "notest" / "train" / "a").mkdir(parents=True)
+    _image(0, np.random.default_rng(0)).save(tmp_path / "notest" / "train" / "a" / "x.png")
+    with pytest.raises(LcpError, match="no test/ or val/"):
+        load_data(tmp_path / "notest", input_size=SIZE)
+    (tmp_path / "noclass" / "train").mkdir(parents=True)
+    (tmp_path / "noclass" / "test").mkdir()
+    _image(0, np.random.default_rng(0)).save(tmp_path / "noclass" / "train" / "x.png")
+    with pytest.raises(LcpError, match="labeled=False"):
+        load_data(tmp_path / "noclass")
+    bad = make_folder(tmp_path / "bad", per_class=2, test_per_class=1, classes=2)
+    (bad / "train" / "class1" / "broken.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(LcpError, match="broken.jpg"):
+        load_data(bad, input_size=SIZE, holdout=1)
+    ok = make_folder(tmp_path / "ok", per_class=2, test_per_class=1, classes=2)
+    with pytest.raises(LcpError, match="holdout"):
+        load_data(ok, input_size=SIZE, holdout=5)
+    with pytest.raises(LcpError, match="input_size"):
+        load_data(ok, input_size=(4, 8, 8))
+    with pytest.raises(LcpError, match="mean and std"):
+        load_data(ok, input_size=SIZE, mean=(0.5,), holdout=1)
+
+
+def test_cifar10_offline_without_data(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import torchvision.datasets
+
+    def offline(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("no network")
+
+    monkeypatch.setenv("LCP_DATA", str(tmp_path))  # no cifar10/ inside
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
+    with pytest.raises(LcpError, match="CIFAR-10 not found: set LCP_DATA"):
+        load_data("cifar10")
+
+
+@pytest.mark.skipif(
+    not (os.environ.get("LCP_DATA") and (Path(os.environ["LCP_DATA"]) / "cifar10").is_dir()),
+    reason="needs $LCP_DATA/cifar10 (source ../shared/offline-env.sh)",
+)
+def test_cifar10_sizes() -> None:
+    b = load_data("cifar10")
+    assert (len(b.train_x), len(b.holdout_x), len(b.test_x)) == (45000, 5000, 10000)
+    assert b.num_classes == 10 and b.classes[0] == "airplane" and b.train_x.shape[1:] == (3, 32, 32)
+    assert torch.bincount(b.holdout_y).tolist() == [500] * 10
+
+
+# --------------------------------------------------------------------------------------------- lcp.train
+
+
+class TinyNet(nn.Module):
+    """conv-BN-ReLU-pool-dropout-linear; ``poison`` makes its outputs NaN."""
+
+    def __init__(self, classes: int = 3) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.2), nn.Linear(8, classes))
+        self.poison = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.head(self.features(x))
+        return out * float("nan") if self.poison else out
+
+
+@pytest.fixture()
+def bundle(tmp_path: Path) -> DataBundle:
+    return load_data(make_folder(tmp_path / "toy", per_class=40, test_per_class=10), input_size=SIZE, holdout=12)
+
+
+def _net(seed: int = 0) -> TinyNet:
+    torch.manual_seed(seed)
+    return TinyNet()
+
+
+def test_evaluate(bundle: DataBundle) -> None:
+    class Const(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.zeros(len(x), 3).index_fill_(1, torch.tensor([1]), 1e-9)
+
+    res = evaluate(Const(), bundle.loader("test", 7))
+    assert res["n"] == 30 and res["top1"] == pytest.approx(100 / 3) and res["loss"] == pytest.approx(np.log(3))
+    net = _net().train()
+    evaluate(net, bundle.loader("test", 7))
+    assert net.training and net.head[2].training  # modes restored
+
+
+def test_recalibrate_bn(bundle: DataBundle) -> None:
+    seen_modes: list[bool] = []
+    net = _net().eval()
+    net.head[2].register_forward_hook(lambda m, i, o: seen_modes.append(m.training))
+    bn = net.features[1]
+    bn.momentum = 0.3
+    loader = bundle.loader("train", 32)
+    recalibrate_bn(net, loader, batches=2)
+    assert seen_modes == [False, False]  # dropout stayed in eval mode
+    assert bn.momentum == 0.3 and not net.training and not bn.training
+    assert int(bn.num_batches_tracked) == 2
+    with torch.no_grad():
+        acts = [net.features[0](xb) for xb, _ in list(loader)[:2]]
+    expect = torch.stack([a.mean((0, 2, 3)) for a in acts]).mean(0)
+    assert torch.allclose(bn.running_mean, expect, atol=1e-5)
+    assert recalibrate_bn(nn.Linear(2, 2), loader) is not None  # no BN: a no-op
+
+
+def test_finetune_lowers_loss_and_baseline(bundle: DataBundle, capsys: pytest.CaptureFixture[str]) -> None:
+    net = _net()
+    before = evaluate(net, bundle.loader("holdout", 64))["loss"]
+    res = finetune(net, bundle, epochs=2, lr=0.05, batch_size=16, progress=False)
+    after = evaluate(net, bundle.loader("holdout", 64))["loss"]
+    assert after < 0.8 * before
+    assert [r["epoch"] for r in res["history"]] == [1, 2] and res["steps"] == 2 * (109 // 16)
+    assert res["history"][1]["lr"] < 0.05 * 0.2  # cosine near its end
+
+    threads = torch.get_num_threads()
+    base = train_baseline(_net(1), bundle, epochs=1, lr=0.1, batch_size=32, eval_loader=bundle.loader("test", 64),
+                          num_threads=1)
+    assert np.isfinite(base["history"][0]["loss"]) and "val_top1" in base["history"][0]
+    assert "train epoch 1/1: loss" in capsys.readouterr().err and torch.get_num_threads() == threads
+
+
+def test_resume_matches_uninterrupted(bundle: DataBundle, tmp_path: Path) -> None:
+    kw = dict(epochs=2, lr=0.05, batch_size=16, progress=False, seed=4)
+    start = _net(2)
+    full = copy.deepcopy(start)
+    finetune(full, bundle, ckpt_path=tmp_path / "full.safetensors", **kw)
+
+    class Crash(Exception):
+        pass
+
+    def crash(epoch: int, record: dict) -> None:
+        raise Crash
+
+    ckpt = tmp_path / "run.safetensors"
+    with pytest.raises(Crash):
+        finetune(copy.deepcopy(start), bundle, ckpt_path=ckpt, on_epoch_end=crash, **kw)
+    assert load_checkpoint(ckpt, _net(9))["epoch"] == 1
+    resumed = _net(7)  # other weights: the checkpoint replaces them
+    res = finetune(resumed, bundle, ckpt_path=ckpt, resume=True, **kw)
+    assert res["resumed_from"] == 1 and len(res["history"]) == 2
+    for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), k
+    with pytest.raises(LcpError, match="lr=0.05"):
+        finetune(_net(), bundle, ckpt_path=ckpt, resume=True, **{**kw, "lr": 0.1})
+    with open(ckpt, "rb") as f:  # safetensors: 8-byte header length, then JSON; no pickle opcodes
+        head = f.read(9)
+    assert head[8:9] == b"{"
+
+
+def test_nan_stops_and_keeps_checkpoint(bundle: DataBundle, tmp_path: Path) -> None:
+    net = _net()
+    ckpt = tmp_path / "nan.safetensors"
+
+    def poison(epoch: int, record: dict) -> None:
+        net.poison = True
+
+    msg = r"loss became NaN at epoch 2 step 1; the last good checkpoint is kept at .*nan\.safetensors; lower --lr"
+    with pytest.raises(LcpError, match=msg):
+        finetune(net, bundle, epochs=3, lr=0.05, batch_size=16, ckpt_path=ckpt, progress=False, on_epoch_end=poison)
+    assert load_checkpoint(ckpt, _net())["epoch"] == 1
+    with pytest.raises(LcpError, match="no checkpoint was written yet"):
+        finetune(net, bundle, epochs=1, batch_size=16, ckpt_path=tmp_path / "x.safetensors", progress=False)
+
+
+def test_distillation_on_unlabeled_data(folder: Path) -> None:
+    b = load_data(folder, input_size=SIZE, holdout=3, labeled=False)
+    res = finetune(_net(), b, epochs=1, batch_size=16, teacher=_net(3), progress=False)
+    assert res["history"][0]["top1"] is None and np.isfinite(res["history"][0]["loss"])
+    with pytest.raises(LcpError, match="labels or a teacher"):
+        finetune(_net(), b, epochs=1, batch_size=16, progress=False)

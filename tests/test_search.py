@@ -1,0 +1,323 @@
+"""The meta-learned compensation search: LeGR evolution, nevergrad, fitness, resume, parallel evaluation."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lcp import importance as imp
+from lcp.cost import CostModel
+from lcp.data import DataBundle
+from lcp.errors import LcpError
+from lcp.graph import ChannelGraph, build_graph
+from lcp.ranking import Transforms, plan
+from lcp.search import Fitness, make_fitness, search, write_outputs
+from lcp.zoo import CifarResNet
+
+REPO = Path(__file__).resolve().parents[1]
+SIZE = (3, 16, 16)
+
+
+def tiny_graph(seed: int = 0) -> tuple[ChannelGraph, CostModel, np.ndarray]:
+    """ResNet-8 (three option-A blocks) on 16x16 inputs: 6 channel groups."""
+    torch.manual_seed(seed)
+    model = CifarResNet(1).eval()
+    graph = build_graph(model, torch.zeros(1, *SIZE))
+    scores = imp.unit_scores(graph, imp.filter_scores(graph, "l2"), "mean")
+    return graph, CostModel(graph), scores
+
+
+def random_bundle(labeled: bool = True, seed: int = 0) -> DataBundle:
+    g = torch.Generator().manual_seed(seed)
+
+    def part(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.randint(0, 256, (n, *SIZE), generator=g, dtype=torch.uint8)
+        y = torch.randint(0, 10, (n,), generator=g) if labeled else torch.full((n,), -1, dtype=torch.int64)
+        return x, y
+
+    (tx, ty), (hx, hy), (sx, sy) = part(128), part(64), part(32)
+    return DataBundle(tx, ty, hx, hy, sx, sy, classes=[str(i) for i in range(10)], input_size=SIZE)
+
+
+class Recorder:
+    """A cheap deterministic fitness over the real plan: the removed units' weighted score, recording calls."""
+
+    def __init__(self, graph: ChannelGraph, cost: CostModel, scores: np.ndarray, fail_every: int = 0):
+        self.graph, self.cost, self.scores = graph, cost, scores
+        self.weights = np.random.default_rng(1).uniform(0.5, 1.5, len(graph.units)) * np.nan_to_num(scores)
+        self.calls: list[Transforms] = []
+        self.fail_every = fail_every
+
+    def __call__(self, tf: Transforms) -> float:
+        self.calls.append(tf)
+        if self.fail_every and len(self.calls) % self.fail_every == 0:
+            raise RuntimeError("synthetic failure")
+        p = plan(self.graph, self.cost, self.scores, budget=0.5, method="lcp", transforms=tf)
+        return float(self.weights[p.removed].sum())
+
+
+@pytest.fixture(scope="module")
+def tiny() -> tuple[ChannelGraph, CostModel, np.ndarray]:
+    return tiny_graph()
+
+
+def is_identity(tf: Transforms) -> bool:
+    return bool(np.all(tf.alpha == 1.0) and np.all(tf.kappa == 0.0))
+
+
+# -------------------------------------------------------------------------------------------------- legr
+
+
+def test_identity_first_and_never_worse(tiny):
+    graph, cost, scores = tiny
+    fit = Recorder(graph, cost, scores)
+    res = search(graph, scores, fit, candidates=30, population=8, tournament=4, progress=False)
+    assert is_identity(fit.calls[0])
+    assert len(fit.calls) == len(res.history) == 30
+    assert [h["candidate"] for h in res.history] == list(range(1, 31))
+    assert res.best_fitness <= res.history[0]["fitness"]
+    assert res.best_fitness == min(h["fitness"] for h in res.history) == res.history[-1]["best"]
+    assert res.best_fitness == fit(res.transforms)
+    assert len(res.transforms.alpha) == len(graph.groups) and res.transforms.groups == [g.name for g in graph.groups]
+
+
+def test_same_seed_same_transforms(tiny):
+    graph, cost, scores = tiny
+    runs = [search(graph, scores, Recorder(graph, cost, scores), candidates=25, population=8, tournament=4,
+                   seed=s, progress=False) for s in (3, 3, 4)]
+    assert np.array_equal(runs[0].transforms.alpha, runs[1].transforms.alpha)
+    assert np.array_equal(runs[0].transforms.kappa, runs[1].transforms.kappa)
+    assert [h["fitness"] for h in runs[0].history] == [h["fitness"] for h in runs[1].history]
+    assert [h["fitness"] for h in runs[0].history] != [h["fitness"] for h in runs[2].history]
+
+
+def test_additive_keeps_alpha_one(tiny):
+    graph, cost, scores = tiny
+    fit = Recorder(graph, cost, scores)
+    res = search(graph, scores, fit, compensation="additive", candidates=20, population=6, tournament=3,
+                 progress=False)
+    assert all(np.all(tf.alpha == 1.0) for tf in fit.calls)
+    assert np.all(res.transforms.alpha == 1.0)
+    assert any(np.any(tf.kappa != 0.0) for tf in fit.calls)
+
+
+def test_failing_candidate_is_skipped(tiny, caplog):
+    graph, cost, scores = tiny
+    fit = Recorder(graph, cost, scores, fail_every=3)
+    res = search(graph, scores, fit, candidates=12, population=5, tournament=2, progress=False)
+    values = [h["fitness"] for h in res.history]
+    assert len(values) == 12 and values[2] == math.inf and math.isfinite(values[0])
+    assert math.isfinite(res.best_fitness)
+    assert "synthetic failure" in caplog.text
+
+
+def test_bad_arguments(tiny):
+    graph, cost, scores = tiny
+    fit = Recorder(graph, cost, scores)
+    with pytest.raises(LcpError, match="unknown optimizer 'legrr'.*legr, ngopt, cma"):
+        search(graph, scores, fit, optimizer="legrr", progress=False)
+    with pytest.raises(LcpError, match="compensation"):
+        search(graph, scores, fit, compensation="scale", progress=False)
+    assert not fit.calls
+
+
+# --------------------------------------------------------------------------------------------- nevergrad
+
+
+@pytest.mark.parametrize("name", ["oneplusone", "cma", "TwoPointsDE"])
+def test_nevergrad_by_name(tiny, name):
+    graph, cost, scores = tiny
+    fits = [Recorder(graph, cost, scores) for _ in range(2)]
+    res = [search(graph, scores, f, optimizer=name, candidates=12, seed=5, progress=False) for f in fits]
+    assert is_identity(fits[0].calls[0]) and len(fits[0].calls) == 12
+    assert res[0].best_fitness <= res[0].history[0]["fitness"]
+    assert np.array_equal(res[0].transforms.kappa, res[1].transforms.kappa)  # seeded: deterministic
+
+
+def test_nevergrad_additive(tiny):
+    graph, cost, scores = tiny
+    fit = Recorder(graph, cost, scores)
+    res = search(graph, scores, fit, optimizer="ngopt", compensation="additive", candidates=10, progress=False)
+    assert all(np.all(tf.alpha == 1.0) for tf in fit.calls) and np.all(res.transforms.alpha == 1.0)
+
+
+# ------------------------------------------------------------------------------------------------ resume
+
+SCRIPT = """
+import json, sys, time
+import numpy as np
+sys.path.insert(0, {tests!r})
+from test_search import Recorder, tiny_graph
+from lcp.search import search
+
+class Slow(Recorder):
+    def __call__(self, tf):
+        time.sleep({delay})
+        return super().__call__(tf)
+
+def main(optimizer, state_path, resume, delay=0.0):
+    graph, cost, scores = tiny_graph()
+    fit = Slow(graph, cost, scores) if delay else Recorder(graph, cost, scores)
+    res = search(graph, scores, fit, optimizer=optimizer, candidates=40, population=8, tournament=4, seed=7,
+                 state_path=state_path, resume=resume, progress=False)
+    return res, len(fit.calls)
+
+if __name__ == "__main__":
+    res, _ = main(sys.argv[1], sys.argv[2], False, {delay})
+"""
+
+
+@pytest.mark.parametrize("optimizer", ["legr", "oneplusone"])
+def test_kill_and_resume_matches_uninterrupted(tmp_path, optimizer):
+    script = tmp_path / "run_search.py"
+    script.write_text(textwrap.dedent(SCRIPT.format(tests=str(REPO / "tests"), delay=0.03)))
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import run_search  # type: ignore[import-not-found]
+    finally:
+        sys.path.remove(str(tmp_path))
+    full, _ = run_search.main(optimizer, None, False)
+
+    state = tmp_path / "state.json"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, str(script), optimizer, str(state)], env=env, cwd=tmp_path)
+    done = 0
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            done = len(json.loads(state.read_text())["evaluated"])
+        except (OSError, ValueError, KeyError):
+            done = 0
+        if done >= 15:
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, "the search ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = len(json.loads(state.read_text())["evaluated"])
+    assert 15 <= killed_at < 40
+
+    resumed, calls = run_search.main(optimizer, state, True)
+    assert calls <= 40 - killed_at  # nothing evaluated twice (a pending result may be reused)
+    assert np.array_equal(resumed.transforms.alpha, full.transforms.alpha)
+    assert np.array_equal(resumed.transforms.kappa, full.transforms.kappa)
+    assert [h["fitness"] for h in resumed.history] == [h["fitness"] for h in full.history]
+
+
+def test_resume_refuses_other_settings(tiny, tmp_path):
+    graph, cost, scores = tiny
+    state = tmp_path / "state.json"
+    search(graph, scores, Recorder(graph, cost, scores), candidates=6, population=4, tournament=2,
+           state_path=state, progress=False)
+    with pytest.raises(LcpError, match="seed=0 \\(now 1\\)"):
+        search(graph, scores, Recorder(graph, cost, scores), candidates=6, population=4, tournament=2, seed=1,
+               state_path=state, resume=True, progress=False)
+    fit = Recorder(graph, cost, scores)  # a finished state resumes without evaluating anything
+    res = search(graph, scores, fit, candidates=6, population=4, tournament=2, state_path=state, resume=True,
+                 progress=False)
+    assert not fit.calls and len(res.history) == 6
+
+
+# ----------------------------------------------------------------------------------------------- fitness
+
+
+def test_fitness_prefers_good_networks_and_never_uses_test(tiny):
+    graph, cost, scores = tiny
+    bundle = random_bundle()
+    bundle.test_x = bundle.test_x[:0]  # reading the test split would now fail
+    fit = make_fitness(graph, cost, scores, bundle, budget=0.6, recal_batches=2, eval_images=48, batch_size=32)
+    assert isinstance(fit, Fitness) and fit.n_eval == 48
+    ident = Transforms.identity(graph)
+    value = fit(ident)
+    assert math.isfinite(value) and value > 0
+    assert fit(ident) == value  # cached batches: the same candidate scores the same
+    before = [p.clone() for p in graph.model.parameters()]
+    assert all(torch.equal(a, b) for a, b in zip(before, graph.model.parameters()))
+    res = search(graph, scores, fit, candidates=10, population=5, tournament=2, progress=False)
+    assert res.best_fitness <= value
+
+
+def test_fitness_with_tau_steps(tiny):
+    graph, cost, scores = tiny
+    fit = make_fitness(graph, cost, scores, random_bundle(), budget=0.6, tau=3, recal_batches=1, eval_images=32,
+                       batch_size=32)
+    state = {k: v.clone() for k, v in graph.model.state_dict().items()}
+    assert math.isfinite(fit(Transforms.identity(graph)))
+    assert all(torch.equal(state[k], v) for k, v in graph.model.state_dict().items())  # original untouched
+
+
+def test_label_free_fitness_reads_no_labels(tiny):
+    graph, cost, scores = tiny
+    bundle = random_bundle(labeled=False)
+    with pytest.raises(LcpError, match="unlabeled"):
+        make_fitness(graph, cost, scores, bundle, budget=0.6, eval_images=32)
+    fit = make_fitness(graph, cost, scores, bundle, budget=0.6, label_free=True, recal_batches=2, eval_images=32,
+                       batch_size=32)
+    value = fit(Transforms.identity(graph))
+    assert math.isfinite(value) and value > 0
+    light = make_fitness(graph, cost, scores, bundle, budget=0.99, label_free=True, recal_batches=2,
+                         eval_images=32, batch_size=32)
+    assert light(Transforms.identity(graph)) < value  # pruning less moves the outputs less
+    tau = make_fitness(graph, cost, scores, bundle, budget=0.6, label_free=True, tau=2, recal_batches=1,
+                       eval_images=32, batch_size=32)
+    assert math.isfinite(tau(Transforms.identity(graph)))
+
+
+def test_fitness_failure_gives_inf(tiny, caplog):
+    graph, cost, scores = tiny
+    fit = make_fitness(graph, cost, scores, random_bundle(), budget=0.6, recal_batches=1, eval_images=16)
+    bad = Transforms(np.ones(1), np.zeros(1), ["x"])  # one pair for a graph with several groups
+    assert fit(bad) == math.inf
+    assert "candidate skipped" in caplog.text
+
+
+def test_write_outputs(tiny, tmp_path):
+    graph, cost, scores = tiny
+    res = search(graph, scores, Recorder(graph, cost, scores, fail_every=4), candidates=8, population=4,
+                 tournament=2, progress=False)
+    write_outputs(res, tmp_path)
+    lines = (tmp_path / "search.csv").read_text().splitlines()
+    assert lines[0] == "candidate,fitness,best,seconds" and len(lines) == 9
+    assert lines[4].split(",")[1] == "inf"
+    assert (tmp_path / "search.png").stat().st_size > 0
+
+
+# ---------------------------------------------------------------------------------------------- parallel
+
+
+def test_local_workers(tiny):
+    graph, cost, scores = tiny
+    fit = make_fitness(graph, cost, scores, random_bundle(), budget=0.6, recal_batches=1, eval_images=32,
+                       batch_size=32)
+    kw = dict(candidates=12, population=6, tournament=3, seed=2, progress=False)
+    a = search(graph, scores, fit, workers=2, **kw)
+    b = search(graph, scores, fit, workers=2, **kw)
+    assert a.history[0]["fitness"] == pytest.approx(fit(Transforms.identity(graph)), rel=1e-5)
+    assert len(a.history) == 12 and all(math.isfinite(h["fitness"]) for h in a.history)
+    np.testing.assert_allclose(a.transforms.kappa, b.transforms.kappa)
+
+
+def test_dask_cluster(tiny):
+    distributed = pytest.importorskip("distributed")
+    graph, cost, scores = tiny
+    fit = make_fitness(graph, cost, scores, random_bundle(), budget=0.6, recal_batches=1, eval_images=32,
+                       batch_size=32)
+    with distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None) as lc, \
+            distributed.Client(lc) as client:
+        res = search(graph, scores, fit, candidates=10, population=4, tournament=2, executor=client,
+                     progress=False)
+        by_address = search(graph, scores, fit, optimizer="oneplusone", candidates=6,
+                            executor="dask://" + lc.scheduler_address.removeprefix("tcp://"), progress=False)
+    assert len(res.history) == 10 and all(math.isfinite(h["fitness"]) for h in res.history)
+    assert res.history[0]["fitness"] == pytest.approx(fit(Transforms.identity(graph)), rel=1e-5)
+    assert len(by_address.history) == 6 and res.best_fitness <= res.history[0]["fitness"]
