@@ -6,7 +6,7 @@ from .errors import LcpError, UnreachableBudget
 from .graph import ChannelGraph, build_graph
 from .models import create_model
 from .pruner import PruneResult, prune
-from .store import load
+from .store import load, save
 
 __all__ = ["ChannelGraph", "LcpError", "PruneResult", "UnreachableBudget", "build_graph", "count_macs",
-           "count_params", "create_model", "load", "prune", "__version__"]
+           "count_params", "create_model", "load", "prune", "save", "__version__"]

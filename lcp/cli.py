@@ -54,6 +54,8 @@ def _add_prune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=S, help="training batch size (default 128)")
     p.add_argument("--kd", action="store_true", default=S, help="distill from the unpruned model while fine-tuning")
     p.add_argument("--recal-batches", type=int, default=S, help="BatchNorm recalibration batches (default 20)")
+    p.add_argument("--holdout", type=int, default=S, help="training images held out for selection and search "
+                                                          "(default 5000)")
     p.add_argument("--round-to", type=int, default=S, help="keep widths in multiples of this many channel units")
     p.add_argument("--min-ratio", type=float, default=S, help="per-group floor: keep at least this fraction "
                                                               "(and 2 channels) (default 0.1)")

@@ -113,6 +113,7 @@ def create_model(
         model = _fetch(what, lambda: timm.create_model(canonical, pretrained=pretrained, **kwargs), hint)
     if checkpoint is not None:
         load_checkpoint(model, checkpoint, name=canonical)
+    model.lcp_name = name if source == "timm" and name.startswith("hf-hub:") else canonical  # for lcp.save
     return model
 
 

@@ -292,7 +292,7 @@ def write_outputs(cfg: PruneConfig, loaded: Loaded, result: Any, pruned: nn.Modu
                                num_classes=loaded.bundle.num_classes, input_size=loaded.input_size,
                                extra={"budget": cfg.budget, "budget_type": cfg.budget_type, "method": cfg.method,
                                       "macs": p.macs, "params": p.params, "dataset": loaded.dataset})
-    store.save(out, pruned, spec)
+    store.write(out, pruned, spec)
     atomic_write_json(out / "transforms.json", result.transforms.to_json())
     row = {"model": loaded.name, "dataset": loaded.dataset, "method": cfg.method, "importance": cfg.importance,
            "budget_type": cfg.budget_type, "budget": cfg.budget, "macs_base": p.macs_base, "macs_pruned": p.macs,

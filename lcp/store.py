@@ -58,12 +58,48 @@ def channels_spec(graph: ChannelGraph, removed: np.ndarray, pruned: nn.Module, *
     return spec
 
 
-def save(out_dir: str | Path, model: nn.Module, spec: dict) -> None:
+def write(out_dir: str | Path, model: nn.Module, spec: dict) -> None:
     """Write ``model.safetensors`` and ``channels.json`` into ``out_dir`` (atomically, no pickle)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_tensors(model.state_dict(), out / "model.safetensors", metadata={"format": "lcp", "model": spec["model"]})
     atomic_write_json(out / "channels.json", spec)
+
+
+def save(result: Any, out_dir: str | Path, *, model_name: str | None = None) -> Path:
+    """Save a ``PruneResult`` (from ``lcp.prune``) so that ``lcp.load(out_dir)`` rebuilds it.
+
+    ``model_name`` is the name ``lcp.create_model`` builds the original from; models made by
+    ``lcp.create_model`` remember it. Writes model.safetensors, channels.json, transforms.json and, when the
+    result has one, report.csv.
+    """
+    from .report import write_report
+
+    graph = result.graph
+    name = model_name or getattr(graph.model, "lcp_name", None)
+    if name is None:
+        raise LcpError("lcp.save needs model_name= (the lcp.create_model name of the original model)")
+    num_classes = _num_classes(result.model, graph.example_inputs)
+    spec = channels_spec(graph, result.plan.removed, result.model, model_name=name, num_classes=num_classes,
+                         input_size=tuple(graph.example_inputs[0].shape[1:]),
+                         extra={"budget": result.plan.budget, "budget_type": result.plan.budget_type,
+                                "method": result.plan.method, "macs": result.plan.macs,
+                                "params": result.plan.params})
+    out = Path(out_dir)
+    write(out, result.model, spec)
+    atomic_write_json(out / "transforms.json", result.transforms.to_json())
+    if result.report is not None:
+        write_report(result.report.iloc[0].to_dict(), out / "report.csv")
+    return out
+
+
+def _num_classes(model: nn.Module, example_inputs: tuple) -> int:
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        out = model(*[torch.zeros_like(x) for x in example_inputs])
+    model.train(was)
+    return int(out.shape[-1])
 
 
 def rebuild(spec: dict, base_model: nn.Module | None = None) -> nn.Module:
