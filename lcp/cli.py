@@ -146,6 +146,22 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    import torch
+
+    from .check import check
+    from .models import create_model, model_info
+
+    info = model_info(args.model)
+    size = tuple(args.input_size) if args.input_size else info.input_size
+    model = create_model(args.model, num_classes=args.num_classes, checkpoint=args.checkpoint).eval()
+    rep = check(model, torch.zeros(1, *size), budget=args.budget, ignore=args.ignore or (), name=info.name)
+    print("\n".join(rep.lines()))
+    if rep.status != "ok":
+        print(f"lcp: error: {rep.model} cannot be pruned to {args.budget:g} safely: {rep.reason}", file=sys.stderr)
+    return 0 if rep.status == "ok" else 2
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _Parser(prog="lcp", description="Layer-compensated structured pruning for CNNs.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -158,6 +174,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     e.add_argument("dir", help="output folder of lcp prune")
     e.add_argument("--data", help="cifar10 or an ImageFolder root (default: the data set it was pruned on)")
     e.set_defaults(func=cmd_eval)
+    c = sub.add_parser("check", help="trace, plan a cut, build and verify a model; say what is frozen and why")
+    c.add_argument("--model", required=True, help="zoo name, timm name or tv:NAME")
+    c.add_argument("--budget", type=_budget, default=0.5, help="MACs fraction to plan for (default 0.5)")
+    c.add_argument("--ignore", action="append", help="module-name glob whose channels are kept (repeatable)")
+    c.add_argument("--input-size", type=int, nargs=3, metavar=("C", "H", "W"),
+                   help="example input size (default: the model's)")
+    c.add_argument("--num-classes", type=int, default=None, help="classifier size (default: the model's)")
+    c.add_argument("--checkpoint", default=None, help="weights to load first (optional)")
+    c.set_defaults(func=cmd_check)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

@@ -9,6 +9,7 @@ LeGR's per-layer ``(alpha, kappa)``). Any op the engine does not model freezes t
 """
 from __future__ import annotations
 
+import fnmatch
 import math
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -263,8 +264,12 @@ def trace(model: nn.Module) -> fx.GraphModule:
     return fx.GraphModule(tracer.root, graph, type(model).__name__)
 
 
-def build_graph(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor]) -> ChannelGraph:
-    """Trace ``model`` on ``example_inputs`` and derive its channel units and groups."""
+def build_graph(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor],
+                ignore: Sequence[str] = ()) -> ChannelGraph:
+    """Trace ``model`` on ``example_inputs`` and derive its channel units and groups.
+
+    ``ignore``: glob patterns of module names (``"head.*"``, ``"*.se.*"``) whose output channels are kept.
+    """
     from .ops import Propagator
 
     if isinstance(example_inputs, torch.Tensor):
@@ -283,6 +288,10 @@ def build_graph(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.
                                f"{str(e).splitlines()[0] if str(e) else ''}") from None
         prop = Propagator(gm)
         prop.run()
+        for rec in prop.records:
+            if rec.kind in ("conv", "linear") and any(fnmatch.fnmatchcase(rec.name, p) for p in ignore):
+                prop.uf.freeze(rec.out_ids, f"ignored ({rec.name})")
+                prop.frozen_ops.append(Frozen(where=rec.name, op=rec.name, reason="matched an --ignore pattern"))
     finally:
         model.train(was_training)
     return ChannelGraph(model, example_inputs, gm, prop.records, prop.uf, prop.frozen_ops)
