@@ -253,6 +253,14 @@ def _uniform(graph: ChannelGraph, cost: CostModel, walker: Walker, scores: np.nd
     cost.reset()
     for u in np.nonzero(best)[0].tolist():
         cost.remove(u)
+    # one ratio moves whole steps per group; top up with the best removed units that still fit the budget
+    removed_units = np.nonzero(best)[0] if walker.round_to == 1 else np.zeros(0, dtype=np.int64)
+    for u in removed_units[np.lexsort((removed_units, -scores[removed_units]))].tolist():
+        cost.restore(u)
+        if cost.value(metric) <= target:
+            best[u] = False
+        else:
+            cost.remove(u)
     return best
 
 
