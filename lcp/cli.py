@@ -25,6 +25,10 @@ def _budget(text: str) -> float:
     return value
 
 
+def _budget_list(text: str) -> list[float]:
+    return [_budget(t) for t in text.split(",") if t.strip()]
+
+
 def _add_prune_args(p: argparse.ArgumentParser) -> None:
     from .importance import AGGREGATIONS, CRITERIA
     from .ranking import BUDGET_TYPES, METHODS
@@ -35,6 +39,8 @@ def _add_prune_args(p: argparse.ArgumentParser) -> None:
                                               "(default resnet56)")
     p.add_argument("--budget", type=_budget, default=S,
                    help="fraction of the baseline cost to keep, in (0, 1]; 0.5 keeps 50%% (default 0.5)")
+    p.add_argument("--budgets", type=_budget_list, default=S,
+                   help="several budgets, e.g. 0.7,0.5,0.3: one search, one output folder per budget")
     p.add_argument("--budget-type", choices=BUDGET_TYPES, default=S, help="what the budget counts (default macs)")
     p.add_argument("--method", choices=METHODS, default=S,
                    help="lcp: learned layer compensation (default); global: plain global ranking; "
@@ -124,6 +130,16 @@ def cmd_prune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_search(args: argparse.Namespace) -> int:
+    from .pipeline import run_search
+
+    cfg = _config(args)
+    if cfg.method != "lcp":
+        raise LcpError("lcp search learns the compensation of method lcp; drop --method")
+    run_search(cfg)
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from . import store
     from .data import load_data
@@ -170,6 +186,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                                    "lcp prune --model resnet56 --budget 0.5 --method global --out runs/r56")
     _add_prune_args(p)
     p.set_defaults(func=cmd_prune)
+    s = sub.add_parser("search", help="learn the layer compensation only and write transforms.json",
+                       description="Learn per-group (alpha, kappa) with the meta-learner and write "
+                                   "transforms.json; reuse it with lcp prune --transforms FILE at any budget.")
+    _add_prune_args(s)
+    s.set_defaults(func=cmd_search)
     e = sub.add_parser("eval", help="re-measure the accuracy of a pruned model folder")
     e.add_argument("dir", help="output folder of lcp prune")
     e.add_argument("--data", help="cifar10 or an ImageFolder root (default: the data set it was pruned on)")

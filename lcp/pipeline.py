@@ -32,6 +32,7 @@ class PruneConfig:
 
     model: str = "resnet56"
     budget: float = 0.5
+    budgets: list[float] | None = None  # several budgets from one search: one output folder each
     budget_type: str = "macs"
     method: str = "lcp"
     importance: str = "l2"
@@ -66,10 +67,13 @@ class PruneConfig:
 
     def signature(self) -> dict[str, Any]:
         """What identifies the run's result (an output folder holds one signature)."""
-        keys = ("model", "budget", "budget_type", "method", "importance", "aggregate", "transforms", "data",
+        keys = ("model", "budget", "budgets", "budget_type", "method", "importance", "aggregate", "transforms", "data",
                 "checkpoint", "finetune_epochs", "lr", "batch_size", "kd", "round_to", "min_ratio", "seed",
                 "search_budget", "candidates", "optimizer", "compensation", "tau", "label_free")
         return {k: getattr(self, k) for k in keys}
+
+    def all_budgets(self) -> list[float]:
+        return list(self.budgets) if self.budgets else [self.budget]
 
     @classmethod
     def fields(cls) -> list[str]:
@@ -209,80 +213,125 @@ def learn_transforms(cfg: PruneConfig, graph: ChannelGraph, loaded: Loaded, budg
     return result.transforms, time.perf_counter() - t0
 
 
-def run_prune(cfg: PruneConfig, log: Log = print) -> "pd.DataFrame":  # noqa: F821
-    """Run the whole job described by ``cfg``; returns the one-row report."""
-    from .train import evaluate, finetune, recalibrate_bn
+def _open_run(cfg: PruneConfig) -> tuple[Path, dict, Callable[..., None]]:
+    """Prepare the output folder (caller holds its lock) and the resumable stage state."""
+    out = Path(cfg.out)
+    prepare_out_dir(out, cfg.signature(), resume=cfg.resume, overwrite=cfg.overwrite)
+    state_path = out / "state.json"
+    state = read_json(state_path, what="state.json") if (cfg.resume and state_path.is_file()) else {}
 
-    check_budget(cfg.budget, cfg.budget_type)
+    def save_state(**kw: Any) -> None:
+        state.update(kw)
+        atomic_write_json(state_path, state)
+
+    return out, state, save_state
+
+
+def run_search(cfg: PruneConfig, log: Log = print) -> Transforms:
+    """``lcp search``: learn the layer compensation only and write transforms.json (+ search.csv, plot)."""
+    for b in cfg.all_budgets():
+        check_budget(b, cfg.budget_type)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    out = Path(cfg.out)
-    with RunLock(out):
-        prepare_out_dir(out, cfg.signature(), resume=cfg.resume, overwrite=cfg.overwrite)
-        state_path = out / "state.json"
-        state = read_json(state_path, what="state.json") if (cfg.resume and state_path.is_file()) else {}
+    with RunLock(cfg.out):
+        out, _, _ = _open_run(cfg)
+        loaded = load_model_and_data(cfg, log)
+        graph = build_graph(loaded.model, torch.zeros(1, *loaded.input_size))
+        transforms, seconds = learn_transforms(cfg, graph, loaded, cfg.all_budgets(), out, log)
+        log(f"search took {seconds:.0f} s; transforms in {out / 'transforms.json'}")
+        return transforms
 
-        def save_state(**kw: Any) -> None:
-            state.update(kw)
-            atomic_write_json(state_path, state)
 
+def run_prune(cfg: PruneConfig, log: Log = print) -> "pd.DataFrame":  # noqa: F821
+    """Run the whole job described by ``cfg``; returns the report (one row per budget)."""
+    import pandas as pd
+
+    budgets = cfg.all_budgets()
+    for b in budgets:
+        check_budget(b, cfg.budget_type)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    with RunLock(cfg.out):
+        out, state, save_state = _open_run(cfg)
         loaded = load_model_and_data(cfg, log)
         if "top1_base" not in state:
             save_state(top1_base=baseline_accuracy(loaded))
-        example = torch.zeros(1, *loaded.input_size)
-        t0 = time.perf_counter()
-        graph = build_graph(loaded.model, example)
+        graph = build_graph(loaded.model, torch.zeros(1, *loaded.input_size))
         search_s = state.get("search_s", 0.0)
         transforms = None
         if cfg.method == "lcp":
-            transforms, dt = learn_transforms(cfg, graph, loaded, [cfg.budget], out, log)
+            transforms, dt = learn_transforms(cfg, graph, loaded, budgets, out, log)
             search_s = search_s or dt
             save_state(search_s=search_s)
-        result = _cut(cfg, graph, transforms, loaded, log)
-        prune_s = time.perf_counter() - t0 - search_s
-        pruned = result.model
-        train = loaded.bundle.loader("train", cfg.batch_size, shuffle=True, augment=False, seed=cfg.seed)
-        recalibrate_bn(pruned, train, batches=cfg.recal_batches)
-        test = loaded.bundle.loader("test", 256)
-        if "top1_pruned_noft" not in state:
-            save_state(top1_pruned_noft=evaluate(pruned, test)["top1"])
-        log(f"top-1: baseline {state['top1_base']:.2f}%, pruned before fine-tuning {state['top1_pruned_noft']:.2f}%")
-        t1 = time.perf_counter()
-        if cfg.finetune_epochs > 0:
-            finetune(pruned, loaded.bundle, epochs=cfg.finetune_epochs, lr=cfg.lr, batch_size=cfg.batch_size,
-                     teacher=loaded.model if cfg.kd else None, ckpt_path=out / "finetune.ckpt",
-                     resume=cfg.resume and (out / "finetune.ckpt").is_file(), seed=cfg.seed,
-                     progress=cfg.progress)
-            top1 = evaluate(pruned, test)["top1"]
-        else:
-            top1 = state["top1_pruned_noft"]
-        finetune_s = time.perf_counter() - t1
-        report = write_outputs(cfg, loaded, result, pruned, out, dict(
-            top1_base=state["top1_base"], top1_pruned_noft=state["top1_pruned_noft"], top1_pruned=top1,
-            search_s=search_s, prune_s=prune_s, finetune_s=finetune_s))
-        (out / "finetune.ckpt").unlink(missing_ok=True)
-        log(f"top-1 after {cfg.finetune_epochs} fine-tuning epochs: {top1:.2f}%; outputs in {out}")
+        reports = []
+        for b in budgets:  # learn once, prune many: one folder per budget
+            sub = out if len(budgets) == 1 else out / f"budget_{b:g}"
+            reports.append(_prune_to(cfg, b, sub, graph, transforms, loaded, state, save_state, search_s, log))
+        report = pd.concat(reports, ignore_index=True)
+        if len(budgets) > 1:
+            from .io import atomic_path
+
+            with atomic_path(out / "report.csv") as tmp:
+                report.to_csv(tmp, index=False)
         return report
 
 
-def _cut(cfg: PruneConfig, graph: ChannelGraph, transforms: Transforms | None, loaded: Loaded, log: Log) -> Any:
+def _prune_to(cfg: PruneConfig, budget: float, out: Path, graph: ChannelGraph, transforms: Transforms | None,
+              loaded: Loaded, state: dict, save_state: Callable[..., None], search_s: float, log: Log) -> Any:
+    """Cut to one budget, recalibrate, evaluate, fine-tune and write that budget's outputs into ``out``."""
+    from .train import evaluate, finetune, recalibrate_bn
+
+    key = f"budget_{budget:g}"
+    done = dict(state.get(key, {}))
+    t0 = time.perf_counter()
+    result = _cut(cfg, budget, graph, transforms, loaded, log)
+    prune_s = time.perf_counter() - t0
+    pruned = result.model
+    train = loaded.bundle.loader("train", cfg.batch_size, shuffle=True, augment=False, seed=cfg.seed)
+    recalibrate_bn(pruned, train, batches=cfg.recal_batches)
+    test = loaded.bundle.loader("test", 256)
+    if "top1_pruned_noft" not in done:
+        done["top1_pruned_noft"] = evaluate(pruned, test)["top1"]
+        save_state(**{key: done})
+    log(f"top-1: baseline {state['top1_base']:.2f}%, pruned before fine-tuning {done['top1_pruned_noft']:.2f}%")
+    t1 = time.perf_counter()
+    ckpt = out / "finetune.ckpt"
+    if cfg.finetune_epochs > 0:
+        out.mkdir(parents=True, exist_ok=True)
+        finetune(pruned, loaded.bundle, epochs=cfg.finetune_epochs, lr=cfg.lr, batch_size=cfg.batch_size,
+                 teacher=loaded.model if cfg.kd else None, ckpt_path=ckpt,
+                 resume=cfg.resume and ckpt.is_file(), seed=cfg.seed, progress=cfg.progress)
+        top1 = evaluate(pruned, test)["top1"]
+    else:
+        top1 = done["top1_pruned_noft"]
+    finetune_s = time.perf_counter() - t1
+    report = write_outputs(cfg, budget, loaded, result, pruned, out, dict(
+        top1_base=state["top1_base"], top1_pruned_noft=done["top1_pruned_noft"], top1_pruned=top1,
+        search_s=search_s, prune_s=prune_s, finetune_s=finetune_s))
+    ckpt.unlink(missing_ok=True)
+    log(f"top-1 after {cfg.finetune_epochs} fine-tuning epochs: {top1:.2f}%; outputs in {out}")
+    return report
+
+
+def _cut(cfg: PruneConfig, budget: float, graph: ChannelGraph, transforms: Transforms | None, loaded: Loaded,
+         log: Log) -> Any:
     from .pruner import prune_graph
 
     batches = None
     if cfg.importance == "taylor":
         batches = loaded.bundle.loader("train", 64, shuffle=True, seed=cfg.seed, limit=1024)
-    result = prune_graph(graph, budget=cfg.budget, budget_type=cfg.budget_type, method=cfg.method,
+    result = prune_graph(graph, budget=budget, budget_type=cfg.budget_type, method=cfg.method,
                          importance=cfg.importance, aggregate=cfg.aggregate, transforms=transforms,
                          round_to=cfg.round_to, min_ratio=cfg.min_ratio, seed=cfg.seed, batches=batches)
     p = result.plan
     base = p.macs_base if cfg.budget_type == "macs" else p.params_base
-    log(f"budget {cfg.budget:g} keeps {cfg.budget:.0%} of the baseline {cfg.budget_type} "
-        f"({base / 1e6:.2f}M -> at most {cfg.budget * base / 1e6:.2f}M)")
+    log(f"budget {budget:g} keeps {budget:.0%} of the baseline {cfg.budget_type} "
+        f"({base / 1e6:.2f}M -> at most {budget * base / 1e6:.2f}M)")
     log(f"pruned {loaded.name} with method {cfg.method}: {p.describe()}; verified {result.verification}")
     return result
 
 
-def write_outputs(cfg: PruneConfig, loaded: Loaded, result: Any, pruned: nn.Module, out: Path,
+def write_outputs(cfg: PruneConfig, budget: float, loaded: Loaded, result: Any, pruned: nn.Module, out: Path,
                   numbers: dict[str, float]) -> Any:
     """Weights, channels.json, transforms.json, report.csv, layers.csv and widths.png (all atomic)."""
     from .pruner import group_widths
@@ -290,12 +339,12 @@ def write_outputs(cfg: PruneConfig, loaded: Loaded, result: Any, pruned: nn.Modu
     p, graph = result.plan, result.graph
     spec = store.channels_spec(graph, p.removed, pruned, model_name=loaded.name,
                                num_classes=loaded.bundle.num_classes, input_size=loaded.input_size,
-                               extra={"budget": cfg.budget, "budget_type": cfg.budget_type, "method": cfg.method,
+                               extra={"budget": budget, "budget_type": cfg.budget_type, "method": cfg.method,
                                       "macs": p.macs, "params": p.params, "dataset": loaded.dataset})
     store.write(out, pruned, spec)
     atomic_write_json(out / "transforms.json", result.transforms.to_json())
     row = {"model": loaded.name, "dataset": loaded.dataset, "method": cfg.method, "importance": cfg.importance,
-           "budget_type": cfg.budget_type, "budget": cfg.budget, "macs_base": p.macs_base, "macs_pruned": p.macs,
+           "budget_type": cfg.budget_type, "budget": budget, "macs_base": p.macs_base, "macs_pruned": p.macs,
            "macs_ratio": p.macs_ratio, "params_base": p.params_base, "params_pruned": p.params,
            "params_ratio": p.params_ratio, "finetune_epochs": cfg.finetune_epochs, "seed": cfg.seed, **numbers}
     report = write_report(row, out / "report.csv")
