@@ -452,8 +452,10 @@ class Propagator:
         else:
             dim = kw.get("dim", args[2] if len(args) > 2 else 0)
         in_rank = len(_meta_shapes(args[0]))
-        if _norm_dim(dim, in_rank) != x.dim:
-            return tuple(Chan(x.dim, x.ids) for _ in shapes)
+        d = _norm_dim(dim, in_rank)
+        if d != x.dim:
+            shift = 1 if (name == "unbind" and d < x.dim) else 0  # unbind drops the dimension it splits
+            return tuple(Chan(x.dim - shift, x.ids) for _ in shapes)
         if name == "unbind":
             return self.unknown(node, "unbind over channels")
         sizes = [s[x.dim] for s in shapes]

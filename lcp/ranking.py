@@ -222,31 +222,33 @@ def _uniform(graph: ChannelGraph, cost: CostModel, walker: Walker, scores: np.nd
         idx = np.asarray(g.units, dtype=np.int64)
         orders.append(idx[np.lexsort((idx, scores[idx]))])
 
-    def removal(ratio: float) -> np.ndarray:
+    def removal(ratio: float) -> tuple[np.ndarray, int]:
+        """Units removed at ``ratio`` (never a module's last channel) and the resulting cost."""
         removed = np.zeros(len(graph.units), dtype=bool)
+        cost.reset()
         r = walker.round_to
         for g, order in zip(graph.groups, orders):
             n = len(order)
             keep = max(int(walker.floor[g.index]), int(np.ceil(ratio * n)))
             if r > 1 and keep < n:
                 keep = min(n, int(np.ceil(keep / r) * r))
-            removed[order[:n - keep]] = True
-        return removed
-
-    def cost_of(removed: np.ndarray) -> float:
-        macs, params = cost.evaluate(removed)
-        return macs if metric == "macs" else params
+            for u in order[:n - keep].tolist():
+                if cost.min_kept(u) >= 1:  # never a module's (or split piece's) last channel
+                    cost.remove(u)
+                    removed[u] = True
+        return removed, cost.value(metric)
 
     lo, hi = 0.0, 1.0
-    best = removal(lo)
-    if cost_of(best) > target:
-        lowest = cost_of(best) / cost.base(metric)
+    best, value = removal(lo)
+    if value > target:
+        lowest = value / cost.base(metric)
+        cost.reset()
         raise UnreachableBudget(f"budget cannot be met with uniform pruning: the lowest reachable is "
                                 f"{lowest:.4f} ({_frozen_hint(graph)})", lowest)
     for _ in range(40):
         mid = (lo + hi) / 2
-        rem = removal(mid)
-        if cost_of(rem) <= target:
+        rem, value = removal(mid)
+        if value <= target:
             lo, best = mid, rem
         else:
             hi = mid

@@ -100,8 +100,13 @@ def apply_plan(graph: ChannelGraph, removed: np.ndarray) -> nn.Module:
 def _patch_graph(model: nn.Module, patches: dict[str, list[int]],
                  slices: dict[str, tuple[int, slice]]) -> fx.GraphModule:
     """Re-trace the pruned model and rewrite constant split sizes and channel slice bounds."""
+    # traced in eval mode, like the channel graph: `self.training` branches in forward code (functional
+    # dropout, drop-path) are fixed to their eval behaviour in the rewritten graph
+    was_training = model.training
+    model.eval()
     tracer = LcpTracer()
     graph = tracer.trace(model)
+    model.train(was_training)
     nodes = {n.name: n for n in graph.nodes}
     for name, (pos, new) in slices.items():
         node = nodes.get(name)
@@ -122,7 +127,15 @@ def _patch_graph(model: nn.Module, patches: dict[str, list[int]],
             args[1] = sizes
             node.args = tuple(args)
     gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
+    # GraphModule keeps only the submodules forward calls: bring back the others (and their parameters)
+    for name, m in model.named_modules():
+        if name:
+            try:
+                gm.get_submodule(name)
+            except AttributeError:
+                gm.add_submodule(name, m)
     gm.recompile()
+    gm.train(was_training)
     return gm
 
 
