@@ -126,7 +126,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from .report import print_table
 
     report = run_prune(_config(args))
-    print(print_table(report))
+    if len(report):  # empty on torchrun ranks other than 0
+        print(print_table(report))
     return 0
 
 

@@ -7,6 +7,7 @@ is done.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -205,24 +206,41 @@ def learn_transforms(cfg: PruneConfig, graph: ChannelGraph, loaded: Loaded, budg
         f"{sb:g} of {cfg.budget_type}")
     fitness = search.make_fitness(graph, cost, scores, loaded.bundle, budget=sb, budget_type=cfg.budget_type,
                                   tau=cfg.tau, label_free=cfg.label_free, seed=cfg.seed)
+    from .train import distributed
+
+    writer = distributed()[1] == 0  # under torchrun every rank finds the same transforms; rank 0 writes
     result = search.search(graph, scores, fitness, optimizer=cfg.optimizer, compensation=cfg.compensation,
-                           candidates=cfg.candidates, seed=cfg.seed, state_path=out / "search_state.json",
-                           resume=cfg.resume, progress=cfg.progress, workers=cfg.workers, executor=cfg.executor)
-    search.write_outputs(result, out)
-    atomic_write_json(out / "transforms.json", result.transforms.to_json())
+                           candidates=cfg.candidates, seed=cfg.seed,
+                           state_path=out / "search_state.json" if writer else None, resume=cfg.resume,
+                           progress=cfg.progress and writer, workers=cfg.workers, executor=cfg.executor)
+    if writer:
+        search.write_outputs(result, out)
+        atomic_write_json(out / "transforms.json", result.transforms.to_json())
     return result.transforms, time.perf_counter() - t0
+
+
+def _lock(cfg: PruneConfig) -> Any:
+    """The output folder's lock; under torchrun only rank 0 owns the folder."""
+    from .train import distributed
+
+    return RunLock(cfg.out) if distributed()[1] == 0 else contextlib.nullcontext()
 
 
 def _open_run(cfg: PruneConfig) -> tuple[Path, dict, Callable[..., None]]:
     """Prepare the output folder (caller holds its lock) and the resumable stage state."""
+    from .train import distributed
+
     out = Path(cfg.out)
-    prepare_out_dir(out, cfg.signature(), resume=cfg.resume, overwrite=cfg.overwrite)
+    writer = distributed()[1] == 0
+    if writer:
+        prepare_out_dir(out, cfg.signature(), resume=cfg.resume, overwrite=cfg.overwrite)
     state_path = out / "state.json"
     state = read_json(state_path, what="state.json") if (cfg.resume and state_path.is_file()) else {}
 
     def save_state(**kw: Any) -> None:
         state.update(kw)
-        atomic_write_json(state_path, state)
+        if writer:
+            atomic_write_json(state_path, state)
 
     return out, state, save_state
 
@@ -233,7 +251,7 @@ def run_search(cfg: PruneConfig, log: Log = print) -> Transforms:
         check_budget(b, cfg.budget_type)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    with RunLock(cfg.out):
+    with _lock(cfg):
         out, _, _ = _open_run(cfg)
         loaded = load_model_and_data(cfg, log)
         graph = build_graph(loaded.model, torch.zeros(1, *loaded.input_size))
@@ -251,7 +269,7 @@ def run_prune(cfg: PruneConfig, log: Log = print) -> "pd.DataFrame":  # noqa: F8
         check_budget(b, cfg.budget_type)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    with RunLock(cfg.out):
+    with _lock(cfg):
         out, state, save_state = _open_run(cfg)
         loaded = load_model_and_data(cfg, log)
         if "top1_base" not in state:
@@ -267,6 +285,9 @@ def run_prune(cfg: PruneConfig, log: Log = print) -> "pd.DataFrame":  # noqa: F8
         for b in budgets:  # learn once, prune many: one folder per budget
             sub = out if len(budgets) == 1 else out / f"budget_{b:g}"
             reports.append(_prune_to(cfg, b, sub, graph, transforms, loaded, state, save_state, search_s, log))
+        reports = [r for r in reports if r is not None]
+        if not reports:
+            return pd.DataFrame()
         report = pd.concat(reports, ignore_index=True)
         if len(budgets) > 1:
             from .io import atomic_path
@@ -305,6 +326,10 @@ def _prune_to(cfg: PruneConfig, budget: float, out: Path, graph: ChannelGraph, t
     else:
         top1 = done["top1_pruned_noft"]
     finetune_s = time.perf_counter() - t1
+    from .train import distributed
+
+    if distributed()[1] != 0:  # torchrun: rank 0 writes the outputs
+        return None
     report = write_outputs(cfg, budget, loaded, result, pruned, out, dict(
         top1_base=state["top1_base"], top1_pruned_noft=done["top1_pruned_noft"], top1_pruned=top1,
         search_s=search_s, prune_s=prune_s, finetune_s=finetune_s))

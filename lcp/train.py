@@ -267,6 +267,19 @@ def _factory(data: DataBundle | LoaderFactory, batch_size: int, seed: int, augme
     raise LcpError("training data must be a DataBundle or a function epoch -> batches")
 
 
+def distributed() -> tuple[int, int]:
+    """(world size, rank) when launched by torchrun (gloo on CPU, nccl on GPU); (1, 0) otherwise."""
+    import os
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1 or not torch.distributed.is_available():
+        return 1, 0
+    if not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() and os.environ.get("LCP_DDP_BACKEND") != "gloo" else "gloo"
+        torch.distributed.init_process_group(backend)
+    return torch.distributed.get_world_size(), torch.distributed.get_rank()
+
+
 def _run(
     model: nn.Module,
     data: DataBundle | LoaderFactory,
@@ -315,6 +328,10 @@ def _run(
     model.to(dev)
     if teacher is not None:
         teacher.to(dev).eval()
+    world, rank = distributed()
+    # under torchrun every rank sees the same batch order and takes every world-th batch; DDP averages grads
+    net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    usable = steps - steps % world
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0,
                           weight_decay=weight_decay)
     history: list[dict[str, Any]] = []
@@ -335,7 +352,8 @@ def _run(
             history = list(info["history"])
         kept = f"the last good checkpoint is kept at {ckpt}"
         last_good = "no checkpoint was written yet" if start_epoch == 0 else kept
-        bar = tqdm(total=total, initial=start_epoch * steps, disable=not progress, dynamic_ncols=True, unit="step")
+        bar = tqdm(total=total, initial=start_epoch * steps, disable=not progress or rank != 0, dynamic_ncols=True,
+                   unit="step")
         with bar:
             for epoch in range(start_epoch, epochs):
                 loader = make(epoch)
@@ -343,11 +361,14 @@ def _run(
                 loss_sum, correct, seen, labeled = 0.0, 0, 0, 0
                 bar.set_description(f"{desc} epoch {epoch + 1}/{epochs}")
                 for i, batch in enumerate(loader):
+                    if world > 1 and (i >= usable or i % world != rank):
+                        bar.update()
+                        continue
                     step = epoch * steps + i
                     for g in opt.param_groups:
                         g["lr"] = _lr_at(step, total, lr, schedule)
                     x, y = _xy(batch)
-                    loss, out, y = _loss(model, teacher, x.to(dev, non_blocking=True), y, dev, kd_alpha, kd_T)
+                    loss, out, y = _loss(net, teacher, x.to(dev, non_blocking=True), y, dev, kd_alpha, kd_T)
                     if not bool(torch.isfinite(loss)):
                         where = last_good if ckpt is not None else "no checkpoint is kept (no checkpoint path)"
                         raise LcpError(f"loss became NaN at epoch {epoch + 1} step {i + 1}; {where}; lower --lr")
@@ -373,7 +394,7 @@ def _run(
                     top1 = f", train top1 {record['top1']:.2f}%" if record["top1"] is not None else ""
                     line = f"{desc} epoch {epoch + 1}/{epochs}: loss {record['loss']:.4f}{top1}{val}"
                     bar.write(line, file=sys.stderr)
-                if ckpt is not None:
+                if ckpt is not None and rank == 0:
                     info = {"epoch": epoch + 1, "step": (epoch + 1) * steps, "total_steps": total,
                             "settings": settings, "history": history}
                     save_checkpoint(ckpt, model, opt, info)
