@@ -41,7 +41,7 @@ def _add_prune_args(p: argparse.ArgumentParser) -> None:
                    help="fraction of the baseline cost to keep, in (0, 1]; 0.5 keeps 50%% (default 0.5)")
     p.add_argument("--budgets", type=_budget_list, default=S,
                    help="several budgets, e.g. 0.7,0.5,0.3: one search, one output folder per budget")
-    p.add_argument("--budget-type", choices=BUDGET_TYPES, default=S, help="what the budget counts (default macs)")
+    p.add_argument("--budget-type", choices=BUDGET_TYPES, default=S, help="what the budget counts: macs, params, or latency measured on --device (default macs)")
     p.add_argument("--method", choices=METHODS, default=S,
                    help="lcp: learned layer compensation (default); global: plain global ranking; "
                         "uniform: one keep ratio for all layers; random: seeded random ranking")
@@ -67,7 +67,10 @@ def _add_prune_args(p: argparse.ArgumentParser) -> None:
                                                               "(and 2 channels) (default 0.1)")
     p.add_argument("--baseline-epochs", type=int, default=S, help="epochs when a baseline must be trained first")
     p.add_argument("--seed", type=int, default=S, help="random seed (default 0)")
-    p.add_argument("--threads", type=int, default=S, help="torch CPU threads")
+    p.add_argument("--threads", type=int, default=S, help="torch CPU threads (also for latency timing)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default=S,
+                   help="device whose latency --budget-type latency and the report measure (default cpu)")
+    p.add_argument("--latency-batch", type=int, default=S, help="batch size of latency measurements (default 1)")
     p.add_argument("--resume", action="store_true", default=S, help="continue an interrupted run in --out")
     p.add_argument("--overwrite", action="store_true", default=S, help="replace another run in --out")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=S, help="no progress bars")
@@ -179,6 +182,35 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0 if rep.status == "ok" else 2
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from . import store
+    from .io import atomic_path, read_json
+    from .latency import bench
+    from .models import create_model, model_info
+    from .report import print_table
+
+    if (args.dir is None) == (args.model is None):
+        raise LcpError("pass a pruned folder (lcp bench DIR) or --model NAME")
+    if args.dir:
+        spec = read_json(Path(args.dir) / "channels.json", what="channels.json")
+        name, size = spec["model"], tuple(spec["input_size"])
+        models = {"original": create_model(name, num_classes=spec["num_classes"]).eval(),
+                  "pruned": store.load(args.dir)}
+        out = Path(args.out or Path(args.dir) / "bench.csv")
+    else:
+        name, size = args.model, model_info(args.model).input_size
+        models = {"original": create_model(args.model).eval()}
+        out = Path(args.out or "bench.csv")
+    table = bench(models, size, batches=tuple(args.batch), device=args.device, n_threads=args.threads,
+                  repeats=args.repeats, compile=not args.no_compile)
+    table.insert(0, "name", name)
+    with atomic_path(out) as tmp:
+        table.to_csv(tmp, index=False)
+    print(print_table(table))
+    print(f"written {out}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _Parser(prog="lcp", description="Layer-compensated structured pruning for CNNs.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -205,6 +237,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     c.add_argument("--num-classes", type=int, default=None, help="classifier size (default: the model's)")
     c.add_argument("--checkpoint", default=None, help="weights to load first (optional)")
     c.set_defaults(func=cmd_check)
+    b = sub.add_parser("bench", help="latency, throughput and memory of a pruned folder against its original")
+    b.add_argument("dir", nargs="?", help="output folder of lcp prune")
+    b.add_argument("--model", help="bench one model by name instead")
+    b.add_argument("--batch", type=int, nargs="+", default=[1, 64], help="batch sizes (default 1 64)")
+    b.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    b.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    b.add_argument("--repeats", type=int, default=20, help="timed runs per measurement (median reported)")
+    b.add_argument("--no-compile", action="store_true", help="skip torch.compile")
+    b.add_argument("--out", help="CSV path (default DIR/bench.csv)")
+    b.set_defaults(func=cmd_bench)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

@@ -53,6 +53,8 @@ class PruneConfig:
     baseline_epochs: int = 30
     seed: int = 0
     threads: int | None = None
+    device: str = "cpu"
+    latency_batch: int = 1
     resume: bool = False
     overwrite: bool = False
     progress: bool = True
@@ -72,6 +74,9 @@ class PruneConfig:
                 "checkpoint", "finetune_epochs", "lr", "batch_size", "kd", "round_to", "min_ratio", "seed",
                 "search_budget", "candidates", "optimizer", "compensation", "tau", "label_free")
         return {k: getattr(self, k) for k in keys}
+
+    def latency_options(self) -> dict[str, Any]:
+        return {"batch": self.latency_batch, "device": self.device, "n_threads": self.threads}
 
     def all_budgets(self) -> list[float]:
         return list(self.budgets) if self.budgets else [self.budget]
@@ -347,13 +352,32 @@ def _cut(cfg: PruneConfig, budget: float, graph: ChannelGraph, transforms: Trans
         batches = loaded.bundle.loader("train", 64, shuffle=True, seed=cfg.seed, limit=1024)
     result = prune_graph(graph, budget=budget, budget_type=cfg.budget_type, method=cfg.method,
                          importance=cfg.importance, aggregate=cfg.aggregate, transforms=transforms,
-                         round_to=cfg.round_to, min_ratio=cfg.min_ratio, seed=cfg.seed, batches=batches)
+                         round_to=cfg.round_to, min_ratio=cfg.min_ratio, seed=cfg.seed, batches=batches,
+                         latency=cfg.latency_options())
     p = result.plan
     base = p.macs_base if cfg.budget_type == "macs" else p.params_base
-    log(f"budget {budget:g} keeps {budget:.0%} of the baseline {cfg.budget_type} "
-        f"({base / 1e6:.2f}M -> at most {budget * base / 1e6:.2f}M)")
+    if cfg.budget_type == "latency":
+        info = result.info
+        log(f"budget {budget:g} keeps {budget:.0%} of the baseline latency at batch {cfg.latency_batch} on "
+            f"{cfg.device} ({info['latency_base_ms']:.2f} ms -> {info['latency_pruned_ms']:.2f} ms measured)")
+    else:
+        log(f"budget {budget:g} keeps {budget:.0%} of the baseline {cfg.budget_type} "
+            f"({base / 1e6:.2f}M -> at most {budget * base / 1e6:.2f}M)")
     log(f"pruned {loaded.name} with method {cfg.method}: {p.describe()}; verified {result.verification}")
     return result
+
+
+def _latency_columns(cfg: PruneConfig, loaded: Loaded, pruned: nn.Module, info: dict) -> dict[str, float]:
+    """Measured latency of the original and the pruned network (batch ``--latency-batch``) and the speedup."""
+    from .latency import measure
+
+    if "latency_base_ms" in info:
+        base, new = info["latency_base_ms"], info["latency_pruned_ms"]
+    else:
+        kw = dict(batch=cfg.latency_batch, device=cfg.device, n_threads=cfg.threads)
+        base = measure(loaded.model, loaded.input_size, **kw)["median_ms"]
+        new = measure(pruned, loaded.input_size, **kw)["median_ms"]
+    return {"latency_base_ms": base, "latency_pruned_ms": new, "speedup": base / new}
 
 
 def write_outputs(cfg: PruneConfig, budget: float, loaded: Loaded, result: Any, pruned: nn.Module, out: Path,
@@ -372,6 +396,7 @@ def write_outputs(cfg: PruneConfig, budget: float, loaded: Loaded, result: Any, 
            "budget_type": cfg.budget_type, "budget": budget, "macs_base": p.macs_base, "macs_pruned": p.macs,
            "macs_ratio": p.macs_ratio, "params_base": p.params_base, "params_pruned": p.params,
            "params_ratio": p.params_ratio, "finetune_epochs": cfg.finetune_epochs, "seed": cfg.seed, **numbers}
+    row.update(_latency_columns(cfg, loaded, pruned, result.info))
     report = write_report(row, out / "report.csv")
     rows = group_widths(graph, p.removed)
     for r, g in zip(rows, graph.groups):

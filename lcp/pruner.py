@@ -12,7 +12,7 @@ from torch import nn
 
 from . import importance as imp
 from .cost import CostModel, count_macs, count_params
-from .errors import LcpError
+from .errors import LcpError, UnreachableBudget
 from .graph import ChannelGraph, build_graph
 from .ranking import Plan, Transforms, check_budget, plan
 from .surgery import Verification, apply_plan, verify
@@ -51,7 +51,8 @@ def group_widths(graph: ChannelGraph, removed: np.ndarray) -> list[dict]:
 def prune_graph(graph: ChannelGraph, *, budget: float = 0.5, budget_type: str = "macs", method: str = "global",
                 importance: str = "l2", aggregate: str = "mean", transforms: Transforms | None = None,
                 round_to: int = 1, min_ratio: float = 0.1, seed: int = 0, check: bool = True,
-                batches: Iterable | None = None, cost: CostModel | None = None) -> PruneResult:
+                batches: Iterable | None = None, cost: CostModel | None = None,
+                latency: dict | None = None) -> PruneResult:
     """Plan and build a pruned model from an existing channel graph (see ``prune``)."""
     t0 = time.perf_counter()
     check_budget(budget, budget_type)
@@ -62,13 +63,70 @@ def prune_graph(graph: ChannelGraph, *, budget: float = 0.5, budget_type: str = 
     cost = cost or CostModel(graph)
     scores = imp.unit_scores(graph, imp.filter_scores(graph, importance, batches), aggregate)
     tf = transforms if transforms is not None else Transforms.identity(graph)
-    p = plan(graph, cost, scores, budget=budget, budget_type=budget_type, method=method, transforms=tf,
-             seed=seed, min_ratio=min_ratio, round_to=round_to)
-    pruned = apply_plan(graph, p.removed)
+    info: dict = {}
+    if budget_type == "latency":
+        p, pruned, info = _latency_cut(graph, cost, scores, budget=budget, method=method, transforms=tf, seed=seed,
+                                       min_ratio=min_ratio, round_to=round_to, **(latency or {}))
+    else:
+        p = plan(graph, cost, scores, budget=budget, budget_type=budget_type, method=method, transforms=tf,
+                 seed=seed, min_ratio=min_ratio, round_to=round_to)
+        pruned = apply_plan(graph, p.removed)
     ver = None
     if check:
         ver = check_pruned(graph, p, pruned)
-    return PruneResult(pruned, p, graph, tf, ver, scores, time.perf_counter() - t0)
+    return PruneResult(pruned, p, graph, tf, ver, scores, time.perf_counter() - t0, info)
+
+
+def _latency_cut(graph: ChannelGraph, cost: CostModel, scores: np.ndarray, *, budget: float, method: str,
+                 transforms: Transforms, seed: int, min_ratio: float, round_to: int, batch: int = 1,
+                 device: str = "cpu", n_threads: int | None = None, repeats: int = 20,
+                 tolerance: float = 0.05) -> tuple[Plan, nn.Module, dict]:
+    """Cut to ``budget`` x the measured latency of the original on this device.
+
+    The ranking is walked with a MACs target, the pruned network is built and timed as a whole (median of
+    ``repeats``), and the MACs target is bisected on the measured latency until the network is at or below
+    the latency target and within ``tolerance`` of it (or the bisection runs out).
+    """
+    from .latency import measure
+
+    size = tuple(graph.example_inputs[0].shape[1:])
+
+    def timed(m: nn.Module) -> float:
+        return measure(m, size, batch=batch, device=device, n_threads=n_threads, repeats=repeats)["median_ms"]
+
+    base_ms = timed(graph.model)
+    target = budget * base_ms
+    lo, hi = 0.0, 1.0  # MACs ratios: lo meets the target (or is the floor), hi does not
+    best = None
+    ratio = budget
+    for _ in range(10):
+        try:
+            p = plan(graph, cost, scores, budget=max(ratio, 1e-6), budget_type="macs", method=method,
+                     transforms=transforms, seed=seed, min_ratio=min_ratio, round_to=round_to)
+        except UnreachableBudget as e:  # below the floors: try the smallest network there is
+            ratio = lo = max(lo, e.lowest)
+            p = plan(graph, cost, scores, budget=min(1.0, e.lowest + 1e-9), budget_type="macs", method=method,
+                     transforms=transforms, seed=seed, min_ratio=min_ratio, round_to=round_to)
+            hi = ratio
+        pruned = apply_plan(graph, p.removed)
+        ms = timed(pruned)
+        if ms <= target:
+            best = (p, pruned, ms)
+            lo = ratio
+            if ms >= (1 - tolerance) * target:
+                break
+        else:
+            hi = ratio
+        ratio = (lo + hi) / 2 if best is not None or lo > 0 else ratio / 2
+        if hi - lo < 1e-3:
+            break
+    if best is None:
+        raise UnreachableBudget(f"latency budget {budget:g} cannot be met: the smallest network tried runs at "
+                                f"{ms / base_ms:.3f} of the original's {base_ms:.2f} ms", ms / base_ms)
+    p, pruned, ms = best
+    p.budget, p.budget_type = budget, "latency"
+    return p, pruned, {"latency_base_ms": base_ms, "latency_pruned_ms": ms, "latency_ratio": ms / base_ms,
+                       "latency_batch": batch, "latency_device": device}
 
 
 def check_pruned(graph: ChannelGraph, p: Plan, pruned: nn.Module) -> Verification:

@@ -17,7 +17,7 @@ from .errors import LcpError, UnreachableBudget
 from .graph import ChannelGraph, floor_keep
 
 METHODS = ("lcp", "global", "uniform", "random")
-BUDGET_TYPES = ("macs", "params")
+BUDGET_TYPES = ("macs", "params", "latency")
 
 
 @dataclass
