@@ -31,13 +31,23 @@ def threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(old)
 
 
+def _on(model: nn.Module, dev: torch.device) -> nn.Module:
+    """``model`` in eval mode on ``dev``; a copy when it lives elsewhere (the caller's model is not moved)."""
+    p = next(model.parameters(), None)
+    if p is not None and p.device != dev:
+        import copy
+
+        model = copy.deepcopy(model).to(dev)
+    return model.eval()
+
+
 def measure(model: nn.Module, input_size: tuple[int, ...], *, batch: int = 1, device: str = "cpu",
             n_threads: int | None = None, warmup: int = 5, repeats: int = 20) -> dict[str, float]:
     """Latency of one forward pass at ``batch``: median, p10 and p90 in milliseconds, and images/s."""
     if device == "cuda" and not torch.cuda.is_available():
         raise LcpError("--device cuda asked for, but no CUDA device is available")
     dev = torch.device(device)
-    model = model.to(dev).eval()
+    model = _on(model, dev)
     x = torch.randn(batch, *input_size, device=dev)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     times = []
@@ -59,7 +69,7 @@ def peak_memory_mb(model: nn.Module, input_size: tuple[int, ...], *, batch: int,
     """Memory of one forward pass in MiB: the CUDA allocator's peak on a GPU; on CPU, parameters plus every
     leaf module's output (an upper bound of the peak, since eager frees activations as it goes)."""
     dev = torch.device(device)
-    model = model.to(dev).eval()
+    model = _on(model, dev)
     x = torch.randn(batch, *input_size, device=dev)
     with torch.inference_mode():
         if dev.type == "cuda":

@@ -1,0 +1,115 @@
+"""Fewer MACs must mean faster: MACs budgets against measured-latency budgets on this CPU.
+
+For ResNet-56 and MobileNetV2 (CIFAR-10 shapes) at budgets 0.7, 0.5 and 0.3, prune with the plain global
+ranking to a MACs budget and to latency budgets (measured at batch 1 and at batch 64), then time the original and every pruned network
+at batch 1 and 64 in one run (medians of --repeats timings, same threads). Writes
+benchmarks/results/latency.csv and docs/latency.png, and prints the table that docs/latency.md shows.
+
+    python benchmarks/latency.py --threads 1 --repeats 30
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import lcp  # noqa: E402
+from lcp.io import atomic_path  # noqa: E402
+from lcp.latency import measure  # noqa: E402
+from lcp.pruner import prune_graph  # noqa: E402
+
+
+def run(models: list[str], budgets: list[float], threads: int, repeats: int, big_batch: int,
+        device: str = "cpu") -> pd.DataFrame:
+    rows = []
+    for name in models:
+        model = lcp.create_model(name).eval()
+        size = (3, 32, 32)
+        graph = lcp.build_graph(model, torch.zeros(1, *size))
+        base = {b: measure(model, size, batch=b, device=device, n_threads=threads, repeats=repeats)["median_ms"]
+                for b in (1, big_batch)}
+        for budget in budgets:
+            for budget_type, lat_batch in (("macs", 1), ("latency", 1), ("latency", big_batch)):
+                try:
+                    res = prune_graph(graph, budget=budget, budget_type=budget_type,
+                                      latency={"batch": lat_batch, "device": device, "n_threads": threads,
+                                               "repeats": repeats})
+                except lcp.UnreachableBudget as e:
+                    rows.append({"model": name, "budget_type": f"{budget_type}_b{lat_batch}", "budget": budget,
+                                 "status": "unreachable", "lowest_latency_ratio": round(e.lowest, 4),
+                                 "device": device, "threads": threads, "repeats": repeats})
+                    print(rows[-1], flush=True)
+                    continue
+                t = {b: measure(res.model, size, batch=b, device=device, n_threads=threads, repeats=repeats)["median_ms"]
+                     for b in (1, big_batch)}
+                macs_ratio = res.plan.macs_ratio
+                rows.append({
+                    "model": name, "budget_type": budget_type if budget_type == "macs" else f"latency_b{lat_batch}",
+                    "budget": budget, "status": "ok", "macs_ratio": round(macs_ratio, 4),
+                    "params_ratio": round(res.plan.params_ratio, 4),
+                    "latency_ratio_b1": round(t[1] / base[1], 4),
+                    f"latency_ratio_b{big_batch}": round(t[big_batch] / base[big_batch], 4),
+                    "speedup_b1": round(base[1] / t[1], 3), f"speedup_b{big_batch}": round(base[big_batch] / t[big_batch], 3),
+                    "ideal_speedup": round(1 / macs_ratio, 3),
+                    "fraction_of_ideal_b1": round(base[1] / t[1] * macs_ratio, 3),
+                    f"fraction_of_ideal_b{big_batch}": round(base[big_batch] / t[big_batch] * macs_ratio, 3),
+                    "base_ms_b1": round(base[1], 3), f"base_ms_b{big_batch}": round(base[big_batch], 2),
+                    "device": device, "threads": threads, "repeats": repeats,
+                })
+                print(rows[-1], flush=True)
+    return pd.DataFrame(rows)
+
+
+def plot(df: pd.DataFrame, path: Path, big_batch: int) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 4))
+    FigureCanvasAgg(fig)
+    for i, name in enumerate(df.model.unique()):
+        ax = fig.add_subplot(1, df.model.nunique(), i + 1)
+        for bt, marker in (("macs", "o"), ("latency_b1", "s"), (f"latency_b{big_batch}", "^")):
+            d = df[(df.model == name) & (df.budget_type == bt) & (df.status == "ok")]
+            ax.plot(d.macs_ratio, d.latency_ratio_b1, marker=marker, ls="-", label=f"{bt} budget, batch 1")
+            ax.plot(d.macs_ratio, d[f"latency_ratio_b{big_batch}"], marker=marker, ls="--",
+                    label=f"{bt} budget, batch {big_batch}")
+        ax.plot([0, 1], [0, 1], color="grey", lw=0.8, label="ideal (latency = MACs)")
+        ax.set_xlabel("MACs ratio")
+        ax.set_ylabel("measured latency ratio")
+        ax.set_title(name)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.1)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", default="resnet56,mobilenetv2")
+    p.add_argument("--budgets", default="0.7,0.5,0.3")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--repeats", type=int, default=30)
+    p.add_argument("--big-batch", type=int, default=64)
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "latency.csv")
+    p.add_argument("--plot", type=Path, default=ROOT / "docs" / "latency.png")
+    a = p.parse_args()
+    df = run(a.models.split(","), [float(b) for b in a.budgets.split(",")], a.threads, a.repeats, a.big_batch,
+             a.device)
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(a.out) as tmp:
+        df.to_csv(tmp, index=False)
+    plot(df, a.plot, a.big_batch)
+    print(df.to_string(index=False))
+
+
+if __name__ == "__main__":
+    main()
