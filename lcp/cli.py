@@ -69,7 +69,7 @@ def _add_prune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=S, help="random seed (default 0)")
     p.add_argument("--threads", type=int, default=S, help="torch CPU threads (also for latency timing)")
     p.add_argument("--device", choices=("cpu", "cuda"), default=S,
-                   help="device whose latency --budget-type latency and the report measure (default cpu)")
+                   help="device for fine-tuning, evaluation and latency measurements (default cpu)")
     p.add_argument("--latency-batch", type=int, default=S, help="batch size of latency measurements (default 1)")
     p.add_argument("--resume", action="store_true", default=S, help="continue an interrupted run in --out")
     p.add_argument("--overwrite", action="store_true", default=S, help="replace another run in --out")
@@ -89,7 +89,6 @@ def _add_prune_args(p: argparse.ArgumentParser) -> None:
 
 
 def _config(args: argparse.Namespace) -> Any:
-    from .io import read_json  # noqa: F401  (kept for symmetry with recipes in JSON)
     from .pipeline import PruneConfig
 
     values: dict[str, Any] = {}

@@ -170,7 +170,7 @@ def _file_digest(path: str) -> str:
     return h.hexdigest()[:16]
 
 
-def baseline_accuracy(loaded: Loaded, batch_size: int = 256) -> float:
+def baseline_accuracy(loaded: Loaded, batch_size: int = 256, device: str = "cpu") -> float:
     """Test top-1 of the unpruned model, cached per weights file and data set."""
     from .models import cache_dir
     from .train import evaluate
@@ -185,7 +185,8 @@ def baseline_accuracy(loaded: Loaded, batch_size: int = 256) -> float:
             cache = {}
     if key in cache:
         return float(cache[key])
-    top1 = evaluate(loaded.model, loaded.bundle.loader("test", batch_size))["top1"]
+    top1 = evaluate(loaded.model, loaded.bundle.loader("test", batch_size), device=device)["top1"]
+    loaded.model.cpu()  # the channel graph and surgery work on the CPU copy
     cache[key] = top1
     try:
         atomic_write_json(path, cache)
@@ -278,7 +279,7 @@ def run_prune(cfg: PruneConfig, log: Log = print) -> "pd.DataFrame":  # noqa: F8
         out, state, save_state = _open_run(cfg)
         loaded = load_model_and_data(cfg, log)
         if "top1_base" not in state:
-            save_state(top1_base=baseline_accuracy(loaded))
+            save_state(top1_base=baseline_accuracy(loaded, device=cfg.device))
         graph = build_graph(loaded.model, torch.zeros(1, *loaded.input_size))
         search_s = state.get("search_s", 0.0)
         transforms = None
@@ -312,12 +313,13 @@ def _prune_to(cfg: PruneConfig, budget: float, out: Path, graph: ChannelGraph, t
     t0 = time.perf_counter()
     result = _cut(cfg, budget, graph, transforms, loaded, log)
     prune_s = time.perf_counter() - t0
-    pruned = result.model
+    dev = cfg.device
+    pruned = result.model.to(dev)
     train = loaded.bundle.loader("train", cfg.batch_size, shuffle=True, augment=False, seed=cfg.seed)
-    recalibrate_bn(pruned, train, batches=cfg.recal_batches)
+    recalibrate_bn(pruned, train, batches=cfg.recal_batches, device=dev)
     test = loaded.bundle.loader("test", 256)
     if "top1_pruned_noft" not in done:
-        done["top1_pruned_noft"] = evaluate(pruned, test)["top1"]
+        done["top1_pruned_noft"] = evaluate(pruned, test, device=dev)["top1"]
         save_state(**{key: done})
     log(f"top-1: baseline {state['top1_base']:.2f}%, pruned before fine-tuning {done['top1_pruned_noft']:.2f}%")
     t1 = time.perf_counter()
@@ -326,8 +328,9 @@ def _prune_to(cfg: PruneConfig, budget: float, out: Path, graph: ChannelGraph, t
         out.mkdir(parents=True, exist_ok=True)
         finetune(pruned, loaded.bundle, epochs=cfg.finetune_epochs, lr=cfg.lr, batch_size=cfg.batch_size,
                  teacher=loaded.model if cfg.kd else None, ckpt_path=ckpt,
-                 resume=cfg.resume and ckpt.is_file(), seed=cfg.seed, progress=cfg.progress)
-        top1 = evaluate(pruned, test)["top1"]
+                 resume=cfg.resume and ckpt.is_file(), seed=cfg.seed, progress=cfg.progress, device=dev)
+        loaded.model.cpu()
+        top1 = evaluate(pruned, test, device=dev)["top1"]
     else:
         top1 = done["top1_pruned_noft"]
     finetune_s = time.perf_counter() - t1
