@@ -25,6 +25,26 @@ def _budget(text: str) -> float:
     return value
 
 
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
+    return value
+
+
 def _budget_list(text: str) -> list[float]:
     return [_budget(t) for t in text.split(",") if t.strip()]
 
@@ -54,16 +74,20 @@ def _add_prune_args(p: argparse.ArgumentParser) -> None:
                                              "(default: the model's data set)")
     p.add_argument("--checkpoint", default=S, help="state dict to start from (default: $LCP_WEIGHTS/"
                                                    "<model>_<data>.pt, then the user cache, else train one)")
+    p.add_argument("--pretrained", action="store_true", default=S,
+                   help="start from the hub's pretrained weights (timm, tv:; online) when no --checkpoint is given")
+    p.add_argument("--input-size", type=int, nargs=3, metavar=("C", "H", "W"), default=S,
+                   help="input size to prune and train at (default: the model's, from timm's pretrained_cfg)")
     p.add_argument("--out", default=S, help="output folder (default runs/prune)")
-    p.add_argument("--finetune-epochs", type=int, default=S, help="fine-tuning epochs after the cut (default 1)")
+    p.add_argument("--finetune-epochs", type=_count, default=S, help="fine-tuning epochs after the cut (default 1)")
     p.add_argument("--lr", type=float, default=S, help="fine-tuning learning rate (default 0.01, cosine)")
     p.add_argument("--batch-size", type=int, default=S, help="training batch size (default 128)")
     p.add_argument("--kd", action="store_true", default=S, help="distill from the unpruned model while fine-tuning")
-    p.add_argument("--recal-batches", type=int, default=S, help="BatchNorm recalibration batches (default 20)")
+    p.add_argument("--recal-batches", type=_count, default=S, help="BatchNorm recalibration batches (default 20)")
     p.add_argument("--holdout", type=int, default=S, help="training images held out for selection and search "
                                                           "(default 5000)")
     p.add_argument("--round-to", type=int, default=S, help="keep widths in multiples of this many channel units")
-    p.add_argument("--min-ratio", type=float, default=S, help="per-group floor: keep at least this fraction "
+    p.add_argument("--min-ratio", type=_fraction, default=S, help="per-group floor: keep at least this fraction "
                                                               "(and 2 channels) (default 0.1)")
     p.add_argument("--baseline-epochs", type=int, default=S, help="epochs when a baseline must be trained first")
     p.add_argument("--seed", type=int, default=S, help="random seed (default 0)")
@@ -112,6 +136,8 @@ def _read_recipe(path: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise LcpError(f"recipe {path} must be a mapping of options")
     data = {k.replace("-", "_"): v for k, v in data.items()}
+    if "no_progress" in data:  # the recipe spelling of --no-progress
+        data["progress"] = not data.pop("no_progress")
     unknown = sorted(set(data) - set(PruneConfig.fields()))
     if unknown:
         raise LcpError(f"recipe {path} has unknown options: {', '.join(unknown)}")
@@ -153,7 +179,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     model = store.load(args.dir)
     spec = read_json(Path(args.dir) / "channels.json", what="channels.json")
     info = model_info(spec["model"])
-    data = args.data or spec.get("dataset") or info.default_dataset
+    data = args.data or spec.get("data") or info.default_dataset
     if data is None:
         raise LcpError("pass --data (the data set to evaluate on)")
     bundle = load_data(data, input_size=info.input_size, mean=info.mean, std=info.std, holdout=0)
@@ -173,8 +199,10 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     info = model_info(args.model)
     size = tuple(args.input_size) if args.input_size else info.input_size
-    model = create_model(args.model, num_classes=args.num_classes, checkpoint=args.checkpoint).eval()
-    rep = check(model, torch.zeros(1, *size), budget=args.budget, ignore=args.ignore or (), name=info.name)
+    model = create_model(args.model, num_classes=args.num_classes, checkpoint=args.checkpoint,
+                         pretrained=args.pretrained).eval()
+    rep = check(model, torch.zeros(1, *size), budget=args.budget, ignore=args.ignore or (), name=info.name,
+                suggest=args.suggest)
     print("\n".join(rep.lines()))
     if rep.status != "ok":
         print(f"lcp: error: {rep.model} cannot be pruned to {args.budget:g} safely: {rep.reason}", file=sys.stderr)
@@ -235,6 +263,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="example input size (default: the model's)")
     c.add_argument("--num-classes", type=int, default=None, help="classifier size (default: the model's)")
     c.add_argument("--checkpoint", default=None, help="weights to load first (optional)")
+    c.add_argument("--pretrained", action="store_true", help="load the hub's pretrained weights first (online)")
+    c.add_argument("--no-suggest", dest="suggest", action="store_false",
+                   help="when it fails, do not search for --ignore patterns that make it prune (up to 2 minutes)")
     c.set_defaults(func=cmd_check)
     b = sub.add_parser("bench", help="latency, throughput and memory of a pruned folder against its original")
     b.add_argument("dir", nargs="?", help="output folder of lcp prune")

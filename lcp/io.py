@@ -175,7 +175,6 @@ def save_tensors(
 ) -> None:
     """Save tensors atomically with safetensors (contiguous CPU copies, no shared storage)."""
     import torch
-    from safetensors.torch import save_file
 
     if metadata is not None:
         bad = [k for k, v in metadata.items() if not (isinstance(k, str) and isinstance(v, str))]
@@ -197,8 +196,11 @@ def save_tensors(
         if ptr:
             seen.add(ptr)
         flat[name] = t
-    with atomic_path(path) as tmp:
-        save_file(flat, tmp, metadata=dict(metadata) if metadata is not None else None)
+    from safetensors.torch import save
+
+    # serialise in memory and write through atomic_write_bytes: save_file would replace the temp file with
+    # one of mode 0600
+    atomic_write_bytes(path, save(flat, metadata=dict(metadata) if metadata is not None else None))
 
 
 def _open_error(p: Path, exc: Exception) -> LcpError:

@@ -41,6 +41,8 @@ class PruneConfig:
     transforms: str | None = None
     data: str | None = None
     checkpoint: str | None = None
+    pretrained: bool = False  # timm / torchvision hub weights (online) when no checkpoint is given
+    input_size: list[int] | None = None  # C, H, W; default: the model's (timm: pretrained_cfg)
     out: str = "runs/prune"
     finetune_epochs: int = 1
     lr: float = 0.01
@@ -73,7 +75,9 @@ class PruneConfig:
         keys = ("model", "budget", "budgets", "budget_type", "method", "importance", "aggregate", "transforms", "data",
                 "checkpoint", "finetune_epochs", "lr", "batch_size", "kd", "round_to", "min_ratio", "seed",
                 "search_budget", "candidates", "optimizer", "compensation", "tau", "label_free")
-        return {k: getattr(self, k) for k in keys}
+        sig = {k: getattr(self, k) for k in keys}
+        sig.update({k: getattr(self, k) for k in ("pretrained", "input_size") if getattr(self, k)})  # when set
+        return sig
 
     def latency_options(self) -> dict[str, Any]:
         return {"batch": self.latency_batch, "device": self.device, "n_threads": self.threads}
@@ -100,6 +104,7 @@ class Loaded:
     input_size: tuple[int, int, int]
     weights: str
     info: Any = None
+    data_spec: str = ""  # "cifar10" or the absolute ImageFolder path
     extra: dict = field(default_factory=dict)
 
 
@@ -113,15 +118,19 @@ def load_model_and_data(cfg: PruneConfig, log: Log = print) -> Loaded:
     if spec is None:
         raise LcpError(f"{cfg.model} has no default data set: pass --data PATH (an ImageFolder root)")
     dataset = "cifar10" if str(spec).lower() == "cifar10" else Path(spec).name
+    size = tuple(int(v) for v in cfg.input_size) if cfg.input_size else tuple(info.input_size)
     transform = None
-    if info.source == "timm" and min(info.input_size[1:]) > 64:
-        transform = _timm_eval_transform(info.name)
-    bundle = load_data(spec, input_size=info.input_size, mean=info.mean, std=info.std, holdout=cfg.holdout,
+    if info.source == "timm" and min(size[1:]) > 64:
+        transform = _timm_eval_transform(info, size)
+    bundle = load_data(spec, input_size=size, mean=info.mean, std=info.std, holdout=cfg.holdout,
                        seed=0, transform=transform)
-    model = create_model(cfg.model, num_classes=bundle.num_classes)
+    pretrained = cfg.pretrained and not cfg.checkpoint
+    model = create_model(cfg.model, num_classes=bundle.num_classes, pretrained=pretrained)
     if cfg.checkpoint:
         load_checkpoint(model, cfg.checkpoint, name=info.name)
         weights = str(cfg.checkpoint)
+    elif pretrained:
+        weights = f"pretrained:{info.name}"
     else:
         path = default_checkpoint(info.name, dataset)
         if path is None:
@@ -130,14 +139,16 @@ def load_model_and_data(cfg: PruneConfig, log: Log = print) -> Loaded:
             load_checkpoint(model, path, name=info.name)
         weights = str(path)
     model.eval()
-    return Loaded(model, info.name, dataset, bundle, tuple(info.input_size), weights, info)
+    data_spec = "cifar10" if dataset == "cifar10" else str(Path(spec).expanduser().resolve())
+    return Loaded(model, info.name, dataset, bundle, size, weights, info, data_spec)
 
 
-def _timm_eval_transform(name: str) -> Any:
+def _timm_eval_transform(info: Any, size: tuple[int, ...]) -> Any:
+    """timm's eval transform from the model's pretrained_cfg (interpolation, crop_pct, mean, std) at ``size``."""
     import timm.data
 
-    cfg = timm.data.resolve_data_config({}, model=None, pretrained_cfg=timm.get_pretrained_cfg(name).to_dict())
-    return timm.data.create_transform(**cfg, is_training=False)
+    return timm.data.create_transform(input_size=size, interpolation=info.interpolation, mean=info.mean,
+                                      std=info.std, crop_pct=info.crop_pct, is_training=False)
 
 
 def _train_baseline(model: nn.Module, name: str, dataset: str, bundle: Any, cfg: PruneConfig, log: Log) -> Path:
@@ -175,7 +186,8 @@ def baseline_accuracy(loaded: Loaded, batch_size: int = 256, device: str = "cpu"
     from .models import cache_dir
     from .train import evaluate
 
-    key = f"{loaded.name}-{_file_digest(loaded.weights)}-{hashlib.sha256(loaded.bundle.source.encode()).hexdigest()[:8]}"
+    weights = _file_digest(loaded.weights) if Path(loaded.weights).is_file() else loaded.weights  # or pretrained:
+    key = f"{loaded.name}-{weights}-{hashlib.sha256(loaded.bundle.source.encode()).hexdigest()[:8]}"
     path = cache_dir() / "baseline_accuracy.json"
     cache = {}
     if path.is_file():
@@ -232,6 +244,21 @@ def _lock(cfg: PruneConfig) -> Any:
     return RunLock(cfg.out) if distributed()[1] == 0 else contextlib.nullcontext()
 
 
+@contextlib.contextmanager
+def _claim(cfg: PruneConfig) -> Any:
+    """Lock the output folder; if the run fails before writing anything, leave the folder as it was found."""
+    out = Path(cfg.out)
+    fresh = not (out / "run.json").exists()
+    with _lock(cfg):
+        try:
+            yield
+        except BaseException:
+            if fresh and not (out / "report.csv").exists() and not (out / "search_state.json").exists():
+                for name in ("run.json", "state.json"):
+                    (out / name).unlink(missing_ok=True)
+            raise
+
+
 def _open_run(cfg: PruneConfig) -> tuple[Path, dict, Callable[..., None]]:
     """Prepare the output folder (caller holds its lock) and the resumable stage state."""
     from .train import distributed
@@ -257,7 +284,7 @@ def run_search(cfg: PruneConfig, log: Log = print) -> Transforms:
         check_budget(b, cfg.budget_type)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    with _lock(cfg):
+    with _claim(cfg):
         out, _, _ = _open_run(cfg)
         loaded = load_model_and_data(cfg, log)
         graph = build_graph(loaded.model, torch.zeros(1, *loaded.input_size))
@@ -275,7 +302,7 @@ def run_prune(cfg: PruneConfig, log: Log = print) -> "pd.DataFrame":  # noqa: F8
         check_budget(b, cfg.budget_type)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    with _lock(cfg):
+    with _claim(cfg):
         out, state, save_state = _open_run(cfg)
         loaded = load_model_and_data(cfg, log)
         if "top1_base" not in state:
@@ -316,7 +343,8 @@ def _prune_to(cfg: PruneConfig, budget: float, out: Path, graph: ChannelGraph, t
     dev = cfg.device
     pruned = result.model.to(dev)
     train = loaded.bundle.loader("train", cfg.batch_size, shuffle=True, augment=False, seed=cfg.seed)
-    recalibrate_bn(pruned, train, batches=cfg.recal_batches, device=dev)
+    if cfg.recal_batches > 0:
+        recalibrate_bn(pruned, train, batches=cfg.recal_batches, device=dev)
     test = loaded.bundle.loader("test", 256)
     if "top1_pruned_noft" not in done:
         done["top1_pruned_noft"] = evaluate(pruned, test, device=dev)["top1"]
@@ -392,7 +420,8 @@ def write_outputs(cfg: PruneConfig, budget: float, loaded: Loaded, result: Any, 
     spec = store.channels_spec(graph, p.removed, pruned, model_name=loaded.name,
                                num_classes=loaded.bundle.num_classes, input_size=loaded.input_size,
                                extra={"budget": budget, "budget_type": cfg.budget_type, "method": cfg.method,
-                                      "macs": p.macs, "params": p.params, "dataset": loaded.dataset})
+                                      "macs": p.macs, "params": p.params, "dataset": loaded.dataset,
+                                      "data": loaded.data_spec})
     store.write(out, pruned, spec)
     atomic_write_json(out / "transforms.json", result.transforms.to_json())
     row = {"model": loaded.name, "dataset": loaded.dataset, "method": cfg.method, "importance": cfg.importance,

@@ -64,6 +64,9 @@ def write(out_dir: str | Path, model: nn.Module, spec: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     save_tensors(model.state_dict(), out / "model.safetensors", metadata={"format": "lcp", "model": spec["model"]})
     atomic_write_json(out / "channels.json", spec)
+    from .timm_support import write_timm_config
+
+    write_timm_config(out, spec)  # timm models: config.json for timm.create_model("local-dir:DIR")
 
 
 def save(result: Any, out_dir: str | Path, *, model_name: str | None = None) -> Path:
@@ -111,6 +114,9 @@ def rebuild(spec: dict, base_model: nn.Module | None = None) -> nn.Module:
         input_size = tuple(spec["input_size"])
     except (KeyError, TypeError):
         raise LcpError("channels.json is incomplete (needs model, num_classes, input_size, removed_units)") from None
+    if not (isinstance(name, str) and isinstance(num_classes, int) and isinstance(keys, list)
+            and all(isinstance(k, str) for k in keys) and all(isinstance(v, int) for v in input_size)):
+        raise LcpError("channels.json is damaged: model, num_classes, input_size or removed_units has the wrong type")
     model = base_model if base_model is not None else create_model(name, num_classes=num_classes)
     graph = build_graph(model, torch.zeros(1, *input_size))
     index = {u.key: u.index for u in graph.units}
@@ -121,6 +127,9 @@ def rebuild(spec: dict, base_model: nn.Module | None = None) -> nn.Module:
     removed = np.zeros(len(graph.units), dtype=bool)
     removed[[index[k] for k in keys]] = True
     pruned = apply_plan(graph, removed)
+    from .timm_support import refresh_attributes
+
+    refresh_attributes(pruned, model, graph.example_inputs)  # timm: num_features, feature_info of the pruned widths
     if "widths" in spec and widths(pruned) != spec["widths"]:
         raise LcpError(f"rebuilt {name} does not have the widths recorded in channels.json; "
                        "the model definition changed since it was saved")

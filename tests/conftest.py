@@ -1,0 +1,141 @@
+"""Shared fixtures: a tiny ImageFolder, a 3-class ResNet-20 checkpoint, an isolated lcp cache, and CIFAR-10.
+
+* Every test session gets its own empty ``$LCP_CACHE`` (autouse), so no test writes the user's ``~/.cache``.
+  ``$LCP_DATA`` and ``$LCP_WEIGHTS`` are left as the environment has them.
+* ``tiny_folder``: ``train/`` and ``test/`` with 3 classes of 32x32 RGB images (PNG and JPEG) whose dominant
+  colour is the class, so a model learns something within one epoch.
+* ``resnet20_ckpt``: ``torch.save`` of a seeded ``create_model("resnet20", num_classes=3)`` state dict.
+* ``cifar_env``: ``$LCP_DATA`` and ``$LCP_WEIGHTS`` for the real CIFAR-10 and checkpoints (reused from the
+  environment, or unpacked from ``../shared``), or a clean skip without them.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+TINY_CLASSES = 3
+TINY_TRAIN_PER_CLASS = 24
+TINY_TEST_PER_CLASS = 9
+_COLOURS = ((210, 50, 40), (40, 190, 60), (50, 60, 210))  # class -> dominant colour
+
+
+def shared_dir() -> Path | None:
+    """The project's ``../shared`` (data and checkpoints beside the checkout), or None where it is absent."""
+    path = Path(__file__).resolve().parents[2] / "shared"
+    return path if path.is_dir() else None
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_lcp_cache(tmp_path_factory: pytest.TempPathFactory):
+    """Point ``$LCP_CACHE`` at a fresh folder for the whole session (decoded data, baseline accuracies)."""
+    cache = tmp_path_factory.mktemp("lcp-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LCP_CACHE", str(cache))
+        yield cache
+
+
+def _tiny_image(cls: int, rng: np.random.Generator) -> Image.Image:
+    base = np.array(_COLOURS[cls], dtype=np.float64) * rng.uniform(0.7, 1.1)
+    arr = base[None, None, :] + rng.normal(0.0, 25.0, (32, 32, 3))
+    y0, x0 = rng.integers(0, 24, 2)  # a bright square somewhere, so the images are not flat
+    arr[y0 : y0 + 8, x0 : x0 + 8] += 40
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+
+
+def make_image_folder(root: Path, classes: int = TINY_CLASSES, train_per_class: int = TINY_TRAIN_PER_CLASS,
+                      test_per_class: int = TINY_TEST_PER_CLASS, seed: int = 0) -> Path:
+    """An ImageFolder tree ``root/{train,test}/class<c>/NNN.{png,jpg}`` (see the module docstring)."""
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", train_per_class), ("test", test_per_class)):
+        for c in range(classes):
+            folder = root / split / f"class{c}"
+            folder.mkdir(parents=True)
+            for i in range(n):
+                ext = "png" if i % 2 else "jpg"
+                _tiny_image(c, rng).save(folder / f"{i:03d}.{ext}", **({"quality": 95} if ext == "jpg" else {}))
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """3 classes, 24 train and 9 test images per class, 32x32 RGB (read-only: copy it before changing it)."""
+    return make_image_folder(tmp_path_factory.mktemp("data") / "tiny")
+
+
+def save_state_dict(name: str, num_classes: int, path: Path, seed: int = 0) -> Path:
+    """``torch.save`` the state dict of a seeded ``lcp.create_model(name, num_classes)`` to ``path``."""
+    import lcp
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = lcp.create_model(name, num_classes=num_classes)
+    torch.save(model.state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def state_dict_saver():
+    """``save_state_dict(name, num_classes, path, seed=0)`` for tests that need other checkpoints."""
+    return save_state_dict
+
+
+@pytest.fixture(scope="session")
+def resnet20_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A plain (weights_only-loadable) state dict of a seeded 3-class ResNet-20."""
+    path = save_state_dict("resnet20", TINY_CLASSES, tmp_path_factory.mktemp("ckpt") / "resnet20_tiny.pt")
+    torch.load(path, map_location="cpu", weights_only=True)  # must load without unpickling any object
+    return path
+
+
+# ------------------------------------------------------------------------------------------------- CIFAR-10
+
+
+@dataclass(frozen=True)
+class CifarEnv:
+    data: Path  # holds cifar10/{train,test}
+    weights: Path  # holds resnet56_cifar10.pt, ...
+
+
+def _has_cifar(root: Path) -> bool:
+    return (root / "cifar10" / "train").is_dir() and (root / "cifar10" / "test").is_dir()
+
+
+@pytest.fixture(scope="session")
+def _cifar_paths(tmp_path_factory: pytest.TempPathFactory) -> CifarEnv:
+    """Find or unpack CIFAR-10 and the checkpoints once per session (changes no environment variable)."""
+    shared = shared_dir()
+    env_data = os.environ.get("LCP_DATA")
+    if env_data and _has_cifar(Path(env_data).expanduser()):
+        data = Path(env_data).expanduser()
+    elif shared is not None and (shared / "data" / "unpack-cifar10.sh").is_file():
+        data = tmp_path_factory.mktemp("cifar")
+        done = subprocess.run(["bash", str(shared / "data" / "unpack-cifar10.sh"), str(data)],
+                              capture_output=True, text=True, timeout=600)
+        if done.returncode != 0 or not _has_cifar(data):
+            pytest.fail(f"unpack-cifar10.sh failed ({done.returncode}): {done.stderr.strip()}")
+    else:
+        pytest.skip("needs ../shared (CIFAR-10 data) or $LCP_DATA/cifar10")
+    env_weights = os.environ.get("LCP_WEIGHTS")
+    if env_weights and (Path(env_weights).expanduser() / "resnet56_cifar10.pt").is_file():
+        weights = Path(env_weights).expanduser()
+    elif shared is not None and (shared / "weights" / "resnet56_cifar10.pt").is_file():
+        weights = shared / "weights"
+    else:
+        pytest.skip("needs ../shared (CIFAR-10 checkpoints) or $LCP_WEIGHTS")
+    return CifarEnv(data=data, weights=weights)
+
+
+@pytest.fixture()
+def cifar_env(_cifar_paths: CifarEnv, monkeypatch: pytest.MonkeyPatch) -> CifarEnv:
+    """``$LCP_DATA``/``$LCP_WEIGHTS`` set for the real CIFAR-10 and its checkpoints (for this test only)."""
+    monkeypatch.setenv("LCP_DATA", str(_cifar_paths.data))
+    monkeypatch.setenv("LCP_WEIGHTS", str(_cifar_paths.weights))
+    return _cifar_paths

@@ -1,0 +1,606 @@
+"""Tests of the ``lcp`` command line and the prune pipeline on a tiny ImageFolder (fast: no ../shared needed).
+
+Most runs call ``lcp.cli.main`` in-process; the kill/resume and SIGINT tests and the stderr checks of a real
+process use subprocesses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+import lcp
+from lcp.cli import main
+from lcp.report import REPORT_COLUMNS
+
+OUTPUT_FILES = ("model.safetensors", "channels.json", "transforms.json", "report.csv", "layers.csv", "widths.png",
+                "run.json", "state.json")
+
+
+def measured(column: str) -> bool:
+    """Columns that time something (``*_s``, ``*_ms``, ``speedup``): they differ between identical runs."""
+    return column.endswith(("_s", "_ms")) or column == "speedup"
+
+
+def stable_part(row: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in row.items() if not measured(k)}
+
+
+# ------------------------------------------------------------------------------------------------- helpers
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+
+def lcp_cli(*argv: object) -> Result:
+    """``lcp ARGV`` in-process: exit code (argparse's SystemExit included), stdout and stderr."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main([str(a) for a in argv])
+        except SystemExit as e:  # argparse errors exit from parse_args
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    return Result(code, out.getvalue(), err.getvalue())
+
+
+def tiny_args(data: Path, ckpt: Path, out: Path, *extra: object, finetune: int = 0,
+              progress: bool = False) -> list[str]:
+    """``prune`` options for the tiny folder (global method unless ``extra`` says otherwise)."""
+    return ["prune", "--model", "resnet20", "--data", str(data), "--checkpoint", str(ckpt), "--budget", "0.5",
+            "--method", "global", "--finetune-epochs", str(finetune), "--holdout", "9", "--batch-size", "16",
+            "--recal-batches", "2", "--out", str(out), *([] if progress else ["--no-progress"]),
+            *[str(e) for e in extra]]
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def read_report(out: Path) -> dict[str, str]:
+    rows = read_csv(out / "report.csv")
+    assert len(rows) == 1, rows
+    return rows[0]
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` (relative path -> bytes)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def assert_unchanged(folder: Path, before: dict[str, bytes]) -> None:
+    after = snapshot(folder)
+    changed = [k for k, v in before.items() if after.get(k) != v]
+    assert not changed, f"files changed or removed in {folder}: {changed}"
+
+
+def assert_one_line_error(res: Result) -> None:
+    assert res.code == 2, (res.code, res.err)
+    assert "Traceback" not in res.err and "Traceback" not in res.out, res.err
+    lines = res.err.strip().splitlines()
+    assert len(lines) == 1, f"expected one stderr line, got {len(lines)}:\n{res.err}"
+    assert lines[0].startswith("lcp"), lines[0]
+
+
+def macs_of(model: torch.nn.Module) -> int:
+    return lcp.count_macs(model, torch.zeros(1, 3, 32, 32))
+
+
+def subprocess_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env.pop("PYTHONWARNINGS", None)  # what a user sees: any warning would be an extra stderr line
+    return env
+
+
+# ----------------------------------------------------------------------------------------- end to end
+
+
+@pytest.fixture(scope="module")
+def e2e(tiny_folder: Path, resnet20_ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Result]:
+    """One full run: global ranking to 50% of the MACs, one fine-tuning epoch."""
+    out = tmp_path_factory.mktemp("e2e") / "run"
+    res = lcp_cli(*tiny_args(tiny_folder, resnet20_ckpt, out, finetune=1))
+    return out, res
+
+
+def test_prune_end_to_end_outputs(e2e: tuple[Path, Result]) -> None:
+    out, res = e2e
+    assert res.code == 0, res.err
+    assert "Traceback" not in res.err
+    for name in OUTPUT_FILES:
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    assert not (out / "finetune.ckpt").exists()  # removed once the run is complete
+    assert not [p.name for p in out.iterdir() if ".lcp-tmp" in p.name]
+    assert (out / "widths.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((out / "run.json").read_text())["signature"]["budget"] == 0.5
+    spec = json.loads((out / "channels.json").read_text())
+    assert spec["model"] == "resnet20" and spec["num_classes"] == 3 and spec["removed_units"]
+    assert "macs_ratio" in res.out  # the summary table
+
+
+def test_prune_report_columns_and_budget(e2e: tuple[Path, Result]) -> None:
+    out, res = e2e
+    assert res.code == 0, res.err
+    with open(out / "report.csv", newline="") as f:
+        header = next(csv.reader(f))
+    assert header[: len(REPORT_COLUMNS)] == REPORT_COLUMNS  # the documented columns first, in order
+    assert len(set(header)) == len(header)
+    row = read_report(out)
+    assert (row["model"], row["method"], row["budget"], row["finetune_epochs"]) == ("resnet20", "global", "0.5", "1")
+    ratio = float(row["macs_ratio"])
+    assert 0.49 <= ratio <= 0.5
+    assert 0.49 <= int(row["macs_pruned"]) / int(row["macs_base"]) <= 0.5
+    assert int(row["params_pruned"]) < int(row["params_base"])
+    for col in ("top1_base", "top1_pruned_noft", "top1_pruned"):
+        assert 0.0 <= float(row[col]) <= 100.0
+    layers = read_csv(out / "layers.csv")
+    assert layers and all(int(r["channels_after"]) <= int(r["channels_before"]) for r in layers)
+
+
+def test_prune_load_and_eval_agree_with_report(e2e: tuple[Path, Result], tiny_folder: Path) -> None:
+    out, res = e2e
+    assert res.code == 0, res.err
+    row = read_report(out)
+    model = lcp.load(out)
+    assert not model.training
+    assert macs_of(model) == int(row["macs_pruned"])
+    assert lcp.count_params(model) == int(row["params_pruned"])
+    ev = lcp_cli("eval", out, "--data", tiny_folder)
+    assert ev.code == 0, ev.err
+    match = re.search(r"top-1 ([0-9.]+)% on (\d+) test images", ev.out)
+    assert match, ev.out
+    assert int(match.group(2)) == 27
+    assert float(match.group(1)) == pytest.approx(float(row["top1_pruned"]), abs=0.006)
+
+
+@pytest.mark.parametrize("extra", [("--method", "uniform"), ("--method", "random"), ("--round-to", "4")],
+                         ids=["uniform", "random", "round-to-4"])
+def test_prune_methods_and_round_to(extra: tuple[str, ...], tiny_folder: Path, resnet20_ckpt: Path,
+                                    tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    res = lcp_cli(*tiny_args(tiny_folder, resnet20_ckpt, out, *extra))
+    assert res.code == 0, res.err
+    row = read_report(out)
+    assert 0.4 < float(row["macs_ratio"]) <= 0.5
+    assert macs_of(lcp.load(out)) == int(row["macs_pruned"])
+    if extra[0] == "--method":
+        assert row["method"] == extra[1]
+    else:
+        layers = read_csv(out / "layers.csv")
+        widths = [(int(r["channels_before"]), int(r["channels_after"])) for r in layers]
+        assert any(a < b for b, a in widths)
+        bad = [(b, a) for b, a in widths if a != b and a % 4]
+        assert not bad, f"widths not in multiples of 4: {bad}"
+
+
+def test_recipe_sets_options_and_flags_override(tiny_folder: Path, resnet20_ckpt: Path, tmp_path: Path) -> None:
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "model": "resnet20", "budget": 0.7, "method": "uniform", "finetune_epochs": 0, "holdout": 9,
+        "batch_size": 16, "recal-batches": 2, "progress": False, "seed": 3,
+    }))
+    common = ["--data", tiny_folder, "--checkpoint", resnet20_ckpt]
+    res = lcp_cli("prune", "--recipe", recipe, *common, "--out", tmp_path / "a")
+    assert res.code == 0, res.err
+    row = read_report(tmp_path / "a")
+    assert (row["method"], row["budget"], row["seed"], row["finetune_epochs"]) == ("uniform", "0.7", "3", "0")
+    assert 0.65 < float(row["macs_ratio"]) <= 0.7
+
+    res = lcp_cli("prune", "--recipe", recipe, *common, "--budget", "0.5", "--method", "random",
+                  "--out", tmp_path / "b")
+    assert res.code == 0, res.err
+    row = read_report(tmp_path / "b")
+    assert (row["method"], row["budget"], row["seed"]) == ("random", "0.5", "3")  # flags win, the rest stays
+    assert 0.4 < float(row["macs_ratio"]) <= 0.5
+
+
+def test_recipe_accepts_no_progress_key(tiny_folder: Path, resnet20_ckpt: Path, tmp_path: Path) -> None:
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("model: resnet20\nfinetune_epochs: 0\nholdout: 9\nrecal_batches: 2\nno_progress: true\n")
+    res = lcp_cli("prune", "--recipe", recipe, "--data", tiny_folder, "--checkpoint", resnet20_ckpt,
+                  "--method", "global", "--out", tmp_path / "out")
+    assert res.code == 0, res.err
+
+
+# ---------------------------------------------------------------------------------------------- errors
+
+
+@dataclass
+class Ctx:
+    tiny: Path
+    ckpt: Path
+    tmp: Path
+    out: Path
+    save_state_dict: Callable[..., Path]
+
+    def args(self, *extra: object, data: Path | str | None = None, ckpt: Path | str | None = None,
+             out: Path | None = None) -> list[str]:
+        return tiny_args(data if data is not None else self.tiny, ckpt if ckpt is not None else self.ckpt,
+                         out if out is not None else self.out, *extra)
+
+
+def _two_class_folder(c: Ctx) -> Path:
+    root = c.tmp / "two"
+    for split in ("train", "test"):
+        for cls in ("class0", "class1"):
+            shutil.copytree(c.tiny / split / cls, root / split / cls)
+    return root
+
+
+def _evil_pickle(c: Ctx, kind: str) -> Path:
+    import pickle
+
+    marker = c.tmp / "MARKER"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    path = c.tmp / f"evil_{kind}.pt"
+    payload = {"conv1.weight": Evil()}
+    if kind == "zip":
+        torch.save(payload, path)
+    elif kind == "legacy":
+        torch.save(payload, path, _use_new_zipfile_serialization=False)
+    elif kind == "plain-p2":  # protocol 2: what torch's weights-only unpickler reads (and refuses GLOBALs of)
+        path.write_bytes(pickle.dumps(payload, protocol=2))
+    else:  # the default protocol: torch's weights-only unpickler cannot even parse it
+        path.write_bytes(pickle.dumps(payload))
+    return path
+
+
+def _bytes_file(c: Ctx, name: str, data: bytes) -> Path:
+    path = c.tmp / name
+    path.write_bytes(data)
+    return path
+
+
+def _recipe(c: Ctx, text: str) -> Path:
+    return _bytes_file(c, "recipe.yaml", text.encode())
+
+
+def _resnet56_ckpt(c: Ctx) -> Path:
+    return c.save_state_dict("resnet56", 3, c.tmp / "resnet56.pt")
+
+
+def _empty_splits(c: Ctx) -> Path:
+    root = c.tmp / "nosplits"
+    (root / "train").mkdir(parents=True)
+    (root / "test").mkdir()
+    return root
+
+
+# id -> (argv builder, substrings the message must contain (case-insensitive))
+ERROR_CASES = {
+    "unknown-model": (lambda c: c.args("--model", "resnet5"), ["unknown model", "did you mean", "resnet"]),
+    "budget-0": (lambda c: c.args("--budget", "0"), ["budget"]),
+    "budget-1.5": (lambda c: c.args("--budget", "1.5"), ["budget"]),
+    "budget--1": (lambda c: c.args("--budget", "-1"), ["budget"]),
+    "budget-abc": (lambda c: c.args("--budget", "abc"), ["budget", "abc"]),
+    "budget-nan": (lambda c: c.args("--budget", "nan"), ["budget"]),
+    "budget-unreachable": (lambda c: c.args("--budget", "0.001"), ["cannot be met", "--budget"]),
+    "unknown-method": (lambda c: c.args("--method", "magic"), ["method", "magic"]),
+    "unknown-importance": (lambda c: c.args("--importance", "magic"), ["importance", "magic"]),
+    "missing-data": (lambda c: c.args(data=c.tmp / "nowhere"), ["nowhere", "does not exist"]),
+    "empty-data": (lambda c: c.args(data=c.tmp / "empty"), ["empty", "train"]),
+    "data-without-classes": (lambda c: c.args(data=_empty_splits(c)), ["class"]),
+    "class-count-mismatch": (lambda c: c.args(data=_two_class_folder(c)), ["does not fit"]),
+    "other-architecture": (lambda c: c.args(ckpt=_resnet56_ckpt(c)), ["does not fit resnet20"]),
+    "truncated-checkpoint": (lambda c: c.args(ckpt=_bytes_file(c, "cut.pt", c.ckpt.read_bytes()[:20000])),
+                             ["corrupt"]),
+    "text-checkpoint": (lambda c: c.args(ckpt=_bytes_file(c, "notes.pt", b"these are not weights\n" * 10)),
+                        ["not a readable"]),
+    "missing-checkpoint": (lambda c: c.args(ckpt=c.tmp / "nothing.pt"), ["does not exist"]),
+    "evil-pickle-zip": (lambda c: c.args(ckpt=_evil_pickle(c, "zip")), ["refused"]),
+    "evil-pickle-legacy": (lambda c: c.args(ckpt=_evil_pickle(c, "legacy")), ["refused"]),
+    "evil-pickle-plain-p2": (lambda c: c.args(ckpt=_evil_pickle(c, "plain-p2")), ["refused"]),
+    "evil-pickle-plain": (lambda c: c.args(ckpt=_evil_pickle(c, "plain")), ["not a readable"]),
+    "out-under-a-file": (lambda c: c.args(out=c.tmp / "afile" / "sub"), ["cannot write", "afile"]),
+    "out-is-a-file": (lambda c: c.args(out=c.tmp / "afile"), ["afile", "is a file"]),
+    "transforms-not-json": (lambda c: c.args("--method", "lcp", "--transforms", _bytes_file(c, "t.json", b"{oops")),
+                            ["transforms", "not valid json"]),
+    "transforms-wrong-shape": (lambda c: c.args("--method", "lcp", "--transforms",
+                                                _bytes_file(c, "t.json", b'{"groups": [{"group": "x"}]}')),
+                               ["transforms"]),
+    "transforms-other-model": (lambda c: c.args("--method", "lcp", "--transforms", _bytes_file(
+        c, "t.json", b'{"groups": [{"group": "x", "alpha": 1, "kappa": 0}]}')), ["does not fit"]),
+    "transforms-missing": (lambda c: c.args("--method", "lcp", "--transforms", c.tmp / "none.json"), ["not found"]),
+    "resume-and-overwrite": (lambda c: c.args("--resume", "--overwrite"), ["contradict"]),
+    "recipe-missing": (lambda c: ["prune", "--recipe", str(c.tmp / "none.yaml"), "--out", str(c.out)],
+                       ["cannot read recipe"]),
+    "recipe-bad-yaml": (lambda c: c.args("--recipe", _recipe(c, "budget: [0.5\n")), ["not valid yaml"]),
+    "recipe-unknown-key": (lambda c: c.args("--recipe", _recipe(c, "budgett: 0.5\n")), ["unknown options", "budgett"]),
+    "recipe-bad-budget": (lambda c: ["prune", "--recipe", str(_recipe(c, "budget: 2\n")), "--out", str(c.out)],
+                          ["budget"]),
+    "eval-no-model": (lambda c: ["eval", str(c.out)], ["holds no pruned model"]),
+    "eval-missing-folder": (lambda c: ["eval", str(c.tmp / "nowhere")], ["holds no pruned model"]),
+}
+
+
+@pytest.mark.parametrize("case", list(ERROR_CASES))
+def test_error_is_one_line_and_touches_nothing(case: str, tiny_folder: Path, resnet20_ckpt: Path,
+                                               state_dict_saver: Callable[..., Path], tmp_path: Path) -> None:
+    build, expected = ERROR_CASES[case]
+    c = Ctx(tiny_folder, resnet20_ckpt, tmp_path, tmp_path / "out", state_dict_saver)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "afile").write_text("a regular file\n")
+    c.out.mkdir()
+    (c.out / "notes.txt").write_text("the user's own notes\n")
+    (c.out / "keep").mkdir()
+    (c.out / "keep" / "data.bin").write_bytes(os.urandom(64))
+    argv = build(c)
+    before_out, before_file = snapshot(c.out), (tmp_path / "afile").read_bytes()
+    res = lcp_cli(*argv)
+    assert_one_line_error(res)
+    for word in expected:
+        assert word.lower() in res.err.lower(), f"{word!r} not in {res.err!r}"
+    assert_unchanged(c.out, before_out)
+    assert (tmp_path / "afile").read_bytes() == before_file
+    assert not (tmp_path / "MARKER").exists(), "a pickled checkpoint ran code"
+
+
+@pytest.mark.parametrize("case", ["evil-pickle-zip", "unknown-model"])
+def test_error_in_a_real_process_is_one_line(case: str, tiny_folder: Path, resnet20_ckpt: Path,
+                                             state_dict_saver: Callable[..., Path], tmp_path: Path) -> None:
+    c = Ctx(tiny_folder, resnet20_ckpt, tmp_path, tmp_path / "out", state_dict_saver)
+    argv = ERROR_CASES[case][0](c)
+    done = subprocess.run([sys.executable, "-m", "lcp.cli", *argv], capture_output=True, text=True,
+                          env=subprocess_env(), cwd=tmp_path, timeout=300)
+    assert_one_line_error(Result(done.returncode, done.stdout, done.stderr))
+    assert not (tmp_path / "MARKER").exists()
+
+
+def test_unreachable_budget_suggestion_works(tiny_folder: Path, resnet20_ckpt: Path, tmp_path: Path) -> None:
+    res = lcp_cli(*tiny_args(tiny_folder, resnet20_ckpt, tmp_path / "a", "--budget", "0.001"))
+    assert_one_line_error(res)
+    suggested = re.search(r"--budget ([0-9.]+)", res.err)
+    assert suggested, res.err
+    res = lcp_cli(*tiny_args(tiny_folder, resnet20_ckpt, tmp_path / "b", "--budget", suggested.group(1)))
+    assert res.code == 0, res.err
+    assert float(read_report(tmp_path / "b")["macs_ratio"]) <= float(suggested.group(1))
+
+
+def test_output_folder_of_another_run_is_refused(tiny_folder: Path, resnet20_ckpt: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert lcp_cli(*tiny_args(tiny_folder, resnet20_ckpt, out)).code == 0
+    before = snapshot(out)
+    for extra in (("--budget", "0.6"), ("--budget", "0.6", "--resume")):
+        res = lcp_cli(*tiny_args(tiny_folder, resnet20_ckpt, out, *extra))
+        assert_one_line_error(res)
+        assert "--overwrite" in res.err and "budget" in res.err
+        assert snapshot(out) == before
+    # the same run again is accepted, and --overwrite replaces the other run
+    res = lcp_cli(*tiny_args(tiny_folder, resnet20_ckpt, out, "--budget", "0.6", "--overwrite"))
+    assert res.code == 0, res.err
+    assert read_report(out)["budget"] == "0.6"
+    assert json.loads((out / "run.json").read_text())["signature"]["budget"] == 0.6
+
+
+def test_failed_rerun_keeps_finished_outputs(tiny_folder: Path, resnet20_ckpt: Path, tmp_path: Path) -> None:
+    """Same command (same signature), but the checkpoint file got truncated since: refused, outputs untouched."""
+    ckpt = tmp_path / "weights.pt"
+    shutil.copyfile(resnet20_ckpt, ckpt)
+    out = tmp_path / "out"
+    assert lcp_cli(*tiny_args(tiny_folder, ckpt, out)).code == 0
+    before = snapshot(out)
+    ckpt.write_bytes(ckpt.read_bytes()[:5000])
+    res = lcp_cli(*tiny_args(tiny_folder, ckpt, out))
+    assert_one_line_error(res)
+    assert "corrupt" in res.err
+    assert_unchanged(out, before)
+    assert lcp.load(out) is not None
+
+
+def test_rejected_run_leaves_output_folder_reusable(tiny_folder: Path, resnet20_ckpt: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert_one_line_error(lcp_cli(*tiny_args(tiny_folder, resnet20_ckpt, out, "--budget", "0.001")))
+    res = lcp_cli(*tiny_args(tiny_folder, resnet20_ckpt, out, "--budget", "0.5"))
+    assert res.code == 0, res.err
+
+
+def test_outputs_get_umask_permissions(e2e: tuple[Path, Result]) -> None:
+    out, res = e2e
+    assert res.code == 0, res.err
+    umask = os.umask(0)
+    os.umask(umask)
+    modes = {name: (out / name).stat().st_mode & 0o777 for name in OUTPUT_FILES}
+    assert modes == {name: 0o666 & ~umask for name in OUTPUT_FILES}
+
+
+def test_eval_defaults_to_the_pruning_data(e2e: tuple[Path, Result], tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    out, res = e2e
+    assert res.code == 0, res.err
+    monkeypatch.chdir(tmp_path)  # somewhere without a folder named like the data set
+    ev = lcp_cli("eval", out)
+    assert ev.code == 0, ev.err
+    assert f"{float(read_report(out)['top1_pruned']):.2f}%" in ev.out
+
+
+def test_recal_batches_zero(tiny_folder: Path, resnet20_ckpt: Path, tmp_path: Path) -> None:
+    argv = tiny_args(tiny_folder, resnet20_ckpt, tmp_path / "out")
+    argv[argv.index("--recal-batches") + 1] = "0"
+    res = lcp_cli(*argv)
+    assert res.code == 0 or "split is empty" not in res.err, res.err
+
+
+# ----------------------------------------------------------------------------------- kill, resume, SIGINT
+
+# `python -m lcp.cli`, except that the process pauses after writing each fine-tuning checkpoint, so a signal
+# sent once out/finetune.ckpt exists always lands in the middle of the run (an epoch of the tiny set takes
+# well under a second, a race a poller could lose).
+PAUSING_CLI = """
+import runpy, sys, time
+import lcp.train
+_save = lcp.train.save_checkpoint
+def save_then_pause(*args, **kwargs):
+    _save(*args, **kwargs)
+    time.sleep(300)
+lcp.train.save_checkpoint = save_then_pause
+runpy.run_module("lcp.cli", run_name="__main__", alter_sys=True)
+"""
+
+
+def _ft_args(tiny: Path, ckpt: Path, out: Path, *extra: str, progress: bool = False) -> list[str]:
+    return tiny_args(tiny, ckpt, out, "--threads", "1", "--lr", "0.05", *extra, finetune=3, progress=progress)
+
+
+def _start_paused_run(argv: list[str], cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", PAUSING_CLI, *argv], cwd=cwd, env=subprocess_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 240.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            pytest.fail(f"the run ended ({proc.returncode}) before writing {path.name}:\n{out}\n{err}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            proc.communicate()
+            pytest.fail(f"no {path.name} after {timeout:.0f} s")
+        time.sleep(0.02)
+
+
+def _run_cli_process(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lcp.cli", *argv], cwd=cwd, env=subprocess_env(),
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_sigkill_then_resume_matches_uninterrupted_run(tiny_folder: Path, resnet20_ckpt: Path,
+                                                       tmp_path: Path) -> None:
+    ref, out = tmp_path / "ref", tmp_path / "out"
+    done = _run_cli_process(_ft_args(tiny_folder, resnet20_ckpt, ref), tmp_path)
+    assert done.returncode == 0, done.stderr
+
+    proc = _start_paused_run(_ft_args(tiny_folder, resnet20_ckpt, out), tmp_path)
+    _wait_for(out / "finetune.ckpt", proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    assert (out / "finetune.ckpt").is_file() and not (out / "report.csv").exists()
+
+    assert "top1_base" in json.loads((out / "state.json").read_text())  # finished stages are recorded
+
+    # with progress on, each finished epoch prints "finetune epoch E/3: loss ..." to stderr
+    done = _run_cli_process(_ft_args(tiny_folder, resnet20_ckpt, out, "--resume", progress=True), tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "finetune epoch 1/3:" not in done.stderr, "the resumed run trained epoch 1 again"
+    assert "finetune epoch 2/3:" in done.stderr and "finetune epoch 3/3:" in done.stderr
+    assert not (out / "finetune.ckpt").exists()
+    a, b = load_file(ref / "model.safetensors"), load_file(out / "model.safetensors")
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"tensors differ after resume: {different[:5]}"
+    assert stable_part(read_report(ref)) == stable_part(read_report(out))
+
+
+def test_sigint_exits_130_and_suggests_resume(tiny_folder: Path, resnet20_ckpt: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    proc = _start_paused_run(_ft_args(tiny_folder, resnet20_ckpt, out), tmp_path)
+    _wait_for(out / "finetune.ckpt", proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "--resume" in err and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("lcp")
+    assert (out / "finetune.ckpt").is_file()  # kept for --resume
+    assert (out / ".lcp.lock").read_text() == ""  # the lock was released
+
+
+# ------------------------------------------------------------------------------------------- determinism
+
+
+@pytest.mark.parametrize("method", ["global", "random"])
+def test_identical_runs_give_identical_results(method: str, tiny_folder: Path, resnet20_ckpt: Path,
+                                               tmp_path: Path) -> None:
+    outs = [tmp_path / "a", tmp_path / "b"]
+    for out in outs:
+        res = lcp_cli(*tiny_args(tiny_folder, resnet20_ckpt, out, "--method", method))
+        assert res.code == 0, res.err
+    units = [json.loads((o / "channels.json").read_text())["removed_units"] for o in outs]
+    assert units[0] == units[1] and units[0]
+    reports = [stable_part(read_report(o)) for o in outs]
+    assert reports[0] == reports[1]
+    assert (outs[0] / "layers.csv").read_bytes() == (outs[1] / "layers.csv").read_bytes()
+    a, b = (load_file(o / "model.safetensors") for o in outs)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_random_method_depends_on_seed(tiny_folder: Path, resnet20_ckpt: Path, tmp_path: Path) -> None:
+    units = []
+    for seed in ("0", "1"):
+        out = tmp_path / seed
+        res = lcp_cli(*tiny_args(tiny_folder, resnet20_ckpt, out, "--method", "random", "--seed", seed))
+        assert res.code == 0, res.err
+        units.append(json.loads((out / "channels.json").read_text())["removed_units"])
+    assert units[0] != units[1]
+
+
+def _corrupt_weights(out: Path) -> None:
+    data = (out / "model.safetensors").read_bytes()
+    (out / "model.safetensors").write_bytes(data[: len(data) // 3])
+
+
+def _edit_channels(out: Path, drop: tuple[str, ...] = (), **changes: object) -> None:
+    spec = json.loads((out / "channels.json").read_text())
+    spec.update(changes)
+    for key in drop:
+        del spec[key]
+    (out / "channels.json").write_text(json.dumps(spec))
+
+
+EVAL_ERRORS = {
+    "truncated-weights": (_corrupt_weights, None, ["corrupt"]),
+    "channels-not-json": (lambda o: (o / "channels.json").write_text("{"), None, ["channels.json", "not valid json"]),
+    "channels-unknown-units": (lambda o: _edit_channels(o, removed_units=["no.such.unit:0"]), None, ["does not fit"]),
+    "channels-incomplete": (lambda o: _edit_channels(o, drop=("removed_units",)), None, ["incomplete"]),
+    "weights-of-other-run": (lambda o: _edit_channels(o, drop=("widths",), removed_units=[]), None,
+                             ["model.safetensors", "does not fit"]),
+    "wrong-class-count": (lambda o: None, "two", ["2 classes", "3"]),
+}
+
+
+EVAL_ERRORS["channels-model-null"] = (lambda o: _edit_channels(o, model=None), None, ["channels.json"])
+@pytest.mark.parametrize("case", list(EVAL_ERRORS))
+def test_eval_errors(case: str, e2e: tuple[Path, Result], tiny_folder: Path, tmp_path: Path) -> None:
+    src, res = e2e
+    assert res.code == 0, res.err
+    mutate, data, expected = EVAL_ERRORS[case]
+    out = tmp_path / "run"
+    shutil.copytree(src, out)
+    mutate(out)
+    if data == "two":
+        data = tmp_path / "two"
+        for split in ("train", "test"):
+            for cls in ("class0", "class1"):
+                shutil.copytree(tiny_folder / split / cls, data / split / cls)
+    before = snapshot(out)
+    res = lcp_cli("eval", out, "--data", data or tiny_folder)
+    assert_one_line_error(res)
+    for word in expected:
+        assert word.lower() in res.err.lower(), f"{word!r} not in {res.err!r}"
+    assert_unchanged(out, before)
