@@ -1,15 +1,41 @@
-"""``lcp check``: can this model be pruned safely, and what holds it back?"""
+"""``lcp check``: can this model be pruned safely, and what holds it back?
+
+``check(model, example_inputs)`` traces the model, plans a ``budget`` cut (global ranking), builds the pruned
+network and verifies it: masked equivalence in float64 and the MACs/params re-count (as every prune does), then
+one forward and backward pass in train mode on a copy (batch 2), with the output shape of the original.
+The report says how much of the model is prunable, which ops froze channels (the op, the reason and the
+module where it happens), and which ``--ignore`` patterns to pass when something goes wrong.
+
+Statuses: ``ok`` (prunes and verifies), ``refused`` (lcp declines with a reason: the model does not trace or
+run on the input, nothing is prunable, the budget is out of reach, or the built network failed verification
+and was not returned), ``error`` (an unexpected exception: an lcp bug, reported with where it happened).
+"""
 from __future__ import annotations
 
+import copy
 import time
+import traceback
+from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Sequence
+from pathlib import Path
+from typing import Any, Sequence
 
 import torch
 from torch import nn
 
 from .errors import LcpError, UnreachableBudget
-from .graph import build_graph
+from .graph import ChannelGraph, build_graph
+
+_LCP_DIR = str(Path(__file__).resolve().parent)
+
+
+@dataclass
+class FrozenOp:
+    """One op that froze channels: what it is, why, and the module it runs in."""
+
+    reason: str
+    op: str
+    module: str
 
 
 @dataclass
@@ -19,59 +45,255 @@ class CheckReport:
     model: str
     status: str  # "ok" (prunes and verifies), "refused" (lcp declines, with reason), "error" (unexpected)
     reason: str = ""
+    budget: float = 0.5
+    input_size: tuple[int, ...] = ()
     macs_ratio: float | None = None
+    params_ratio: float | None = None
     units: int = 0
     prunable: int = 0
-    frozen: list[str] = field(default_factory=list)
+    groups: int = 0
+    frozen: list[FrozenOp] = field(default_factory=list)
     max_rel_error: float | None = None
+    lowest_ratio: float | None = None  # set when the budget is out of reach
+    suggestion: list[str] = field(default_factory=list)  # --ignore patterns that made a failing model prune
     seconds: float = 0.0
 
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def frozen_summary(self, limit: int = 6) -> list[str]:
+        """Frozen ops grouped by reason and op: count, reason and the first modules where they happen."""
+        by: dict[tuple[str, str], list[str]] = defaultdict(list)
+        for f in self.frozen:
+            by[(f.reason, _op_kind(f.op))].append(f.module)
+        rows = sorted(by.items(), key=lambda kv: (-len(kv[1]), kv[0]))
+        out = []
+        for (reason, op), where in rows[:limit]:
+            shown = ", ".join(dict.fromkeys(where))
+            shown = _clip(shown, 90)
+            out.append(f"{len(where)} x {op}: {reason} (at {shown})")
+        if len(rows) > limit:
+            out.append(f"... and {sum(len(w) for _, w in rows[limit:])} more ops of {len(rows) - limit} other kinds")
+        return out
+
     def lines(self) -> list[str]:
-        out = [f"{self.model}: {self.status.upper()}" + (f" ({self.reason})" if self.reason else "")]
+        size = "x".join(str(s) for s in self.input_size)
+        head = f"{self.model}: {self.status.upper()}"
+        if self.ok:
+            head += (f", pruned to {self.macs_ratio:.1%} of its MACs (budget {self.budget:g}, params "
+                     f"{self.params_ratio:.1%}) at input {size}")
+        else:
+            head += f" ({self.reason})"
+        out = [head]
+        if self.ok:
+            out.append(f"  verified: masked equivalence (max relative error {self.max_rel_error:.1e}), MACs and "
+                       "params re-counted, forward and backward in train mode")
         if self.units:
-            out.append(f"  channel units: {self.units} ({self.prunable} prunable, "
-                       f"{self.units - self.prunable} frozen or model input/output)")
-        if self.macs_ratio is not None:
-            out.append(f"  pruned to {self.macs_ratio:.1%} of MACs; forward, backward and masked-equivalence "
-                       f"verified (max relative error {self.max_rel_error:.1e})")
-        for f in self.frozen[:10]:
-            out.append(f"  frozen: {f}")
-        if len(self.frozen) > 10:
-            out.append(f"  ... and {len(self.frozen) - 10} more frozen ops")
+            out.append(f"  prunable: {self.prunable} of {self.units} channel units ({self.prunable / self.units:.0%}) "
+                       f"in {self.groups} groups; the other {self.units - self.prunable} are the model's input or "
+                       f"output channels or frozen by the ops below")
         if self.frozen:
-            out.append("  to keep more layers whole, pass --ignore 'PATTERN' (module-name globs)")
+            out.append(f"  frozen by {len(self.frozen)} ops (their channels are kept whole):")
+            out += [f"    {s}" for s in self.frozen_summary()]
+        if self.suggestion:
+            flags = " ".join(f"--ignore '{p}'" for p in self.suggestion)
+            out.append(f"  to prune it anyway, keep these layers whole: {flags}")
+        elif self.status == "error":
+            out.append("  this is an lcp bug: please report it with this output; --ignore 'MODULE_GLOB' keeps the "
+                       "layers around the failing op whole")
+        elif self.lowest_ratio is not None:
+            out.append(f"  lowest reachable MACs ratio: {self.lowest_ratio:.1%}; pass --budget {self.lowest_ratio + 0.005:.2f} "
+                       "or more")
+        elif self.ok and self.frozen:
+            out.append("  --ignore 'GLOB' (module names, repeatable) keeps more layers whole, e.g. sensitive ones")
         out.append(f"  {self.seconds:.1f} s")
         return out
 
+    def row(self) -> dict[str, Any]:
+        """One CSV row (the support matrix)."""
+        return {"model": self.model, "status": self.status, "reason": self.reason,
+                "macs_ratio": "" if self.macs_ratio is None else round(self.macs_ratio, 4),
+                "seconds": round(self.seconds, 2), "input": "x".join(str(s) for s in self.input_size),
+                "units": self.units, "prunable": self.prunable, "frozen_ops": len(self.frozen),
+                "suggestion": " ".join(self.suggestion)}
+
+
+def _op_kind(op: str) -> str:
+    return op.split(" (")[0]
+
+
+def _clip(text: str, n: int) -> str:
+    return text if len(text) <= n else text[: n - 3].rsplit(",", 1)[0] + ", ..."
+
+
+def frozen_ops(graph: ChannelGraph) -> list[FrozenOp]:
+    """``graph.frozen_ops`` with the module each op runs in (from the fx node's module stack)."""
+    where: dict[str, str] = {}
+    for node in graph.gm.graph.nodes:
+        stack = node.meta.get("nn_module_stack") or {}
+        if node.op == "call_module":
+            where[node.name] = str(node.target)
+        elif stack:
+            where[node.name] = str(list(stack.values())[-1][0])
+    return [FrozenOp(reason=f.reason, op=f.op, module=where.get(f.where, f.where) or "(top level)")
+            for f in graph.frozen_ops]
+
 
 def check(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor], *, budget: float = 0.5,
-          ignore: Sequence[str] = (), name: str | None = None) -> CheckReport:
-    """Trace, plan a ``budget`` cut, build, verify (forward, backward, masked equivalence) and report."""
-    from .pruner import prune_graph
+          ignore: Sequence[str] = (), name: str | None = None, suggest: bool = False,
+          suggest_seconds: float = 120.0) -> CheckReport:
+    """Trace, plan a ``budget`` cut, build, verify (forward, backward, masked equivalence) and report.
 
+    Never raises for a model problem: the report's ``status`` is ``ok``, ``refused`` or ``error``. With
+    ``suggest``, a model that fails after it traced is retried with layers kept whole (``--ignore``), coarse to
+    fine, for at most ``suggest_seconds``; the patterns that made it prune land in ``report.suggestion``.
+    """
     t0 = time.perf_counter()
     name = name or getattr(model, "lcp_name", type(model).__name__)
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
-    rep = CheckReport(model=name, status="ok")
+    example_inputs = tuple(example_inputs)
+    rep = CheckReport(model=name, status="ok", budget=budget, input_size=tuple(example_inputs[0].shape[1:]))
+    graph = None
     try:
         graph = build_graph(model, example_inputs, ignore=ignore)
-        rep.units, rep.prunable = len(graph.units), len(graph.prunable_units)
-        rep.frozen = [f"{f.reason}: {f.op} at {f.where}" for f in graph.frozen_ops]
-        result = prune_graph(graph, budget=budget)
-        pruned = result.model.train()
-        out = pruned(*[torch.randn_like(x) for x in example_inputs])
-        ref = model.eval()(*example_inputs)
-        if out.shape != ref.shape:
-            raise LcpError(f"output shape changed from {tuple(ref.shape)} to {tuple(out.shape)}")
-        out.float().sum().backward()
-        rep.macs_ratio = result.plan.macs_ratio
-        rep.max_rel_error = result.verification.max_rel_error
+        rep.units, rep.prunable, rep.groups = len(graph.units), len(graph.prunable_units), len(graph.groups)
+        rep.frozen = frozen_ops(graph)
+        _try_prune(graph, model, example_inputs, budget, rep)
     except UnreachableBudget as e:
-        rep.status, rep.reason = "refused", str(e)
+        rep.status, rep.reason, rep.lowest_ratio = "refused", str(e), e.lowest
     except LcpError as e:
         rep.status, rep.reason = "refused", str(e)
-    except Exception as e:  # an engine bug: reported, never hidden
-        rep.status, rep.reason = "error", f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    except Exception as e:  # an engine bug: reported with where it happened, never hidden
+        rep.status, rep.reason = "error", describe_exception(e)
+    if suggest and graph is not None and graph.prunable_units and not rep.ok and rep.lowest_ratio is None:
+        rep.suggestion = suggest_ignore(model, example_inputs, graph, budget, ignore, t0 + suggest_seconds)
     rep.seconds = time.perf_counter() - t0
     return rep
+
+
+def _try_prune(graph: ChannelGraph, model: nn.Module, example_inputs: tuple, budget: float,
+               rep: CheckReport | None = None) -> None:
+    """Plan, build and verify (raises on failure); fills ``rep``'s ratios when given."""
+    from .pruner import prune_graph
+
+    result = prune_graph(graph, budget=budget)  # masked equivalence and MACs/params re-count, or LcpError
+    train_step(result.model, model, example_inputs)
+    if rep is not None:
+        rep.macs_ratio = result.plan.macs_ratio
+        rep.params_ratio = result.plan.params_ratio
+        rep.max_rel_error = result.verification.max_rel_error
+
+
+def _first_tensor(out: Any) -> torch.Tensor:
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, dict):
+        out = list(out.values())
+    if isinstance(out, (list, tuple)) and out:
+        return _first_tensor(out[0])
+    raise LcpError(f"the model returns {type(out).__name__}, not a tensor")
+
+
+def train_step(pruned: nn.Module, original: nn.Module, example_inputs: tuple) -> None:
+    """Forward and backward of a copy of ``pruned`` in train mode on a batch of 2; output shape as the original's."""
+    was = original.training
+    try:
+        with torch.no_grad():
+            ref = _first_tensor(original.eval()(*example_inputs))
+    finally:
+        original.train(was)
+    net = copy.deepcopy(pruned).train()
+    gen = torch.Generator().manual_seed(0)
+    xs = [torch.randn((2, *x.shape[1:]), generator=gen, dtype=x.dtype) if x.is_floating_point()
+          else torch.cat([x, x]) for x in example_inputs]
+    out = _first_tensor(net(*xs))
+    if tuple(out.shape[1:]) != tuple(ref.shape[1:]):
+        raise LcpError(f"the pruned model's output shape {tuple(out.shape[1:])} differs from the original's "
+                       f"{tuple(ref.shape[1:])}")
+    out.float().square().mean().backward()
+    grads = [p.grad for p in net.parameters() if p.requires_grad]
+    if not any(g is not None for g in grads):
+        raise LcpError("no gradient reaches the pruned model's parameters")
+    if not all(g is None or torch.isfinite(g).all() for g in grads):
+        raise LcpError("the pruned model's gradients are not finite in train mode")
+
+
+def describe_exception(e: BaseException) -> str:
+    """``Type: first line (lcp/file.py:line in function)``: the innermost lcp frame of the traceback."""
+    text = str(e).strip().splitlines()
+    where = ""
+    for frame in reversed(traceback.extract_tb(e.__traceback__)):
+        if frame.filename.startswith(_LCP_DIR):
+            where = f" (lcp/{Path(frame.filename).name}:{frame.lineno} in {frame.name})"
+            break
+    return f"{type(e).__name__}: {text[0] if text else ''}{where}"
+
+
+# ---------------------------------------------------------------------------------------------- suggestions
+
+
+def _prefixes(names: Sequence[str], parent: str) -> list[str]:
+    """Direct children of ``parent`` (a module path, '' for the root) among the module ``names``."""
+    out: dict[str, None] = {}
+    cut = len(parent) + 1 if parent else 0
+    for n in names:
+        if parent and not (n == parent or n.startswith(parent + ".")):
+            continue
+        rest = n[cut:]
+        if rest:
+            out[(parent + "." if parent else "") + rest.split(".")[0]] = None
+    return list(out)
+
+
+def _patterns(prefixes: Sequence[str]) -> list[str]:
+    return [p for prefix in prefixes for p in (prefix, prefix + ".*")]
+
+
+def suggest_ignore(model: nn.Module, example_inputs: tuple, graph: ChannelGraph, budget: float,
+                   ignore: Sequence[str], deadline: float) -> list[str]:
+    """Module prefixes to keep whole so that the model prunes: greedy, top-level blocks first, then deeper.
+
+    Returns ``[]`` when nothing was found in time (or when keeping every layer whole does not help).
+    """
+    layers = [r.name for r in graph.records if r.kind in ("conv", "linear")]
+
+    def prunes(prefixes: Sequence[str]) -> bool:
+        """Whether the model verifies with ``prefixes`` kept whole (at the budget, or the lowest reachable)."""
+        if time.perf_counter() > deadline:
+            raise TimeoutError
+        try:
+            g = build_graph(model, example_inputs, ignore=[*ignore, *_patterns(prefixes)])
+            if not g.prunable_units:
+                return True  # nothing left to break
+            try:
+                _try_prune(g, model, example_inputs, budget)
+            except UnreachableBudget as e:
+                _try_prune(g, model, example_inputs, min(1.0, e.lowest + 0.01))
+            return True
+        except Exception:
+            return False
+
+    top = _prefixes(layers, "")
+    while len(top) == 1 and len(_prefixes(layers, top[0])) > 1:  # e.g. everything under `features`
+        top = _prefixes(layers, top[0])
+    keep = list(top)
+    if len(top) < 2 or not prunes(top):
+        return []
+    try:
+        while True:
+            for p in list(keep):  # drop the blocks that need not be kept whole
+                trial = [q for q in keep if q != p]
+                if trial and prunes(trial):
+                    keep = trial
+            finer = []  # then look one level deeper into the blocks still needed
+            for p in keep:
+                children = [c for c in _prefixes(layers, p) if c != p]
+                finer += children if len(children) > 1 else [p]
+            if finer == keep:
+                break
+            keep = finer
+    except TimeoutError:
+        pass
+    return [] if sorted(keep) == sorted(top) else _patterns(keep)

@@ -66,6 +66,15 @@ class Recorder:
         return float(self.weights[p.removed].sum())
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: tiny models run 10-30x slower with two OpenMP threads on a busy 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def tiny() -> tuple[ChannelGraph, CostModel, np.ndarray]:
     return tiny_graph()

@@ -1,0 +1,514 @@
+"""Support matrix: ``lcp.check`` (a 50% MACs cut, built and verified) over the CNN-like models of timm.
+
+Every model is built with random weights (seed 0) and its default number of classes, and checked at input
+3x64x64; a model that does not run at 64x64 (too small, or a fixed input size) is retried at its
+``pretrained_cfg`` input size. Each model runs in a worker process with one intra-op thread and a time cap
+(``--timeout``, default 60 s): a model over the cap is killed and marked ``timeout``. Models with more than
+``--max-params`` parameters (default 400M) are not built (``skipped``): several copies of them (float64
+verification, surgery) would not fit in the memory of a small machine.
+
+Default list (``--models`` overrides it): every model of the installed timm that is CNN-like, meaning it has
+an ``nn.Conv2d`` and no token-mixing module (attention, MLP-mixer, recurrent or state-space blocks; see
+``lcp.timm_support.is_cnn_like``). The rule is applied to every ``timm.list_models()`` entry built on the meta
+device (no memory, no weights); the list is cached in ``benchmarks/results/timm_cnn_models.json`` per timm
+version.
+
+Outputs ``benchmarks/results/support_matrix.csv`` (model, family, status ok/refused/error/timeout/skipped,
+reason, macs_ratio, seconds, input, units, prunable, frozen_ops, params, suggestion); rows are appended as
+models finish, and ``--resume`` skips models already in the CSV. ``--markdown docs/support.md`` writes the
+documentation page from the CSV (no models are run).
+
+    python benchmarks/support_matrix.py                        # every CNN-like timm model (about 40 min, 2 cores)
+    python benchmarks/support_matrix.py --every 3              # a sample: every 3rd model of the list
+    python benchmarks/support_matrix.py --models resnet18,dla34 --out /tmp/m.csv
+    python benchmarks/support_matrix.py --markdown docs/support.md
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import multiprocessing as mp
+import os
+import platform
+import re
+import sys
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run from a checkout without installing
+    sys.path.insert(0, str(ROOT))
+RESULTS = ROOT / "benchmarks" / "results"
+COLUMNS = ["model", "family", "status", "reason", "macs_ratio", "seconds", "input", "units", "prunable",
+           "frozen_ops", "params", "suggestion"]
+STATUSES = ("ok", "refused", "error", "timeout", "skipped")
+SMALL_INPUT = 64
+MAX_WORKER_RSS = 3 << 30  # a worker that grew past 3 GiB is replaced by a fresh one after its model
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", default="", help="comma-separated timm names (default: every CNN-like timm model)")
+    p.add_argument("--every", type=int, default=1, help="run every N-th model of the list (a sample; default 1)")
+    p.add_argument("--out", type=Path, default=RESULTS / "support_matrix.csv", help="CSV to write")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds per model before it is killed (default 60)")
+    p.add_argument("--workers", type=int, default=2, help="worker processes, one thread each (default 2)")
+    p.add_argument("--budget", type=float, default=0.5, help="fraction of MACs kept (default 0.5)")
+    p.add_argument("--input", type=int, default=SMALL_INPUT, help="input height and width tried first (default 64)")
+    p.add_argument("--max-params", type=float, default=400e6, help="skip models with more parameters (default 400M)")
+    p.add_argument("--suggest", type=float, default=0.0,
+                   help="seconds to search --ignore patterns for a failing model (default 0: no search)")
+    p.add_argument("--resume", action="store_true", help="keep the rows already in --out and run the others")
+    p.add_argument("--markdown", type=Path, help="write this markdown page from --out (runs no model)")
+    p.add_argument("--command", default="", help="the command line to quote in the markdown page")
+    return p.parse_args(argv)
+
+
+# ---------------------------------------------------------------------------------------------- model list
+
+
+def family(name: str) -> str:
+    """timm's module of a model (resnet, efficientnet, byobnet, ...)."""
+    from timm.models._registry import _model_to_module
+
+    return _model_to_module.get(name, "")
+
+
+def _classify(name: str) -> tuple[str, bool, str, int]:
+    import warnings
+
+    import timm
+    import torch
+
+    from lcp.timm_support import is_cnn_like
+
+    warnings.filterwarnings("ignore")
+    try:
+        with torch.device("meta"):
+            m = timm.create_model(name)
+        ok, why = is_cnn_like(m)
+        return name, ok, why, sum(p.numel() for p in m.parameters())
+    except Exception as e:  # cannot even be built: not in the matrix
+        return name, False, f"cannot build ({type(e).__name__})", 0
+
+
+def cnn_models(workers: int) -> dict[str, int]:
+    """CNN-like timm models -> parameter count (cached per timm version)."""
+    import timm
+
+    cache = RESULTS / "timm_cnn_models.json"
+    if cache.is_file():
+        data = json.loads(cache.read_text())
+        if data.get("timm") == timm.__version__:
+            return data["cnn"]
+    names = [n for n in timm.list_models() if not n.startswith("lcp_")]
+    print(f"classifying {len(names)} timm models on the meta device ...", flush=True)
+    with mp.get_context("spawn").Pool(workers, initializer=_one_thread) as pool:
+        rows = pool.map(_classify, names, chunksize=8)
+    cnn = {n: int(p) for n, ok, _, p in rows if ok}
+    other = {n: why for n, ok, why, _ in rows if not ok}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps({"timm": timm.__version__, "cnn": cnn, "not_cnn": other}, indent=1))
+    return cnn
+
+
+# ------------------------------------------------------------------------------------------------- workers
+
+
+def _one_thread() -> None:
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def check_one(name: str, budget: float, size: int, suggest: float) -> dict[str, Any]:
+    """Build ``name`` (random weights, seed 0) and ``lcp.check`` it at ``size``, else at its own input size."""
+    import warnings
+
+    import timm
+    import torch
+
+    from lcp.check import check
+
+    warnings.filterwarnings("ignore")
+    t0 = time.perf_counter()
+    torch.manual_seed(0)
+    model = timm.create_model(name)
+    cfg = model.pretrained_cfg or {}
+    own = tuple(cfg.get("input_size", (3, 224, 224)))
+    sizes = [own] if cfg.get("fixed_input_size") else [(own[0], size, size), own]
+    for i, s in enumerate(dict.fromkeys(sizes)):
+        rep = check(model, torch.randn(1, *s), budget=budget, name=name, suggest=suggest > 0,
+                    suggest_seconds=suggest)
+        small_failed = rep.status != "ok" and "does not run on the example input" in rep.reason
+        if not small_failed:
+            break
+    row = rep.row()
+    row["seconds"] = round(time.perf_counter() - t0, 2)
+    return row
+
+
+def _worker(conn: Any, budget: float, size: int, suggest: float) -> None:
+    _one_thread()
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)  # torch's shape propagation prints tracebacks of models that fail at 64x64
+    while True:
+        name = conn.recv()
+        if name is None:
+            return
+        try:
+            row = check_one(name, budget, size, suggest)
+        except Exception as e:  # building failed: timm's problem, still a row
+            row = {"model": name, "status": "error", "reason": f"building failed: {type(e).__name__}: "
+                                                               f"{str(e).splitlines()[0] if str(e) else ''}"}
+        conn.send(row)
+        if _rss_bytes() > MAX_WORKER_RSS:  # freed models stay in the heap: start afresh
+            return
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return 0
+
+
+class Worker:
+    """One process that checks models one at a time; killed and replaced when a model runs over time."""
+
+    def __init__(self, ctx: Any, args: argparse.Namespace):
+        self.ctx, self.args = ctx, args
+        self.name: str | None = None
+        self.started = 0.0
+        self._spawn()
+
+    def _spawn(self) -> None:
+        self.conn, child = self.ctx.Pipe()
+        self.proc = self.ctx.Process(target=_worker, args=(child, self.args.budget, self.args.input,
+                                                            self.args.suggest), daemon=True)
+        self.proc.start()
+
+    def submit(self, name: str) -> None:
+        if not self.proc.is_alive():  # it retired itself (memory) after its last model
+            self.proc.join()
+            self._spawn()
+        self.name, self.started = name, time.perf_counter()
+        self.conn.send(name)
+
+    def poll(self) -> dict | None:
+        """The finished row, a timeout row, or None while the model is still running."""
+        if self.name is None:
+            return None
+        elapsed = time.perf_counter() - self.started
+        if self.conn.poll():
+            try:
+                row = self.conn.recv()
+            except EOFError:
+                row = None
+            if row is not None:
+                self.name = None
+                return row
+        if not self.proc.is_alive() or elapsed > self.args.timeout:
+            died = self.proc.is_alive() is False
+            code = self.proc.exitcode
+            self.proc.kill()
+            self.proc.join()
+            row = {"model": self.name, "status": "timeout" if not died else "error",
+                   "reason": f"over {self.args.timeout:g} s" if not died else
+                   f"worker died (exit code {code}; out of memory?)", "seconds": round(elapsed, 1)}
+            self.name = None
+            self._spawn()
+            return row
+        return None
+
+    def close(self) -> None:
+        try:
+            self.conn.send(None)
+        except (BrokenPipeError, OSError):
+            pass
+        self.proc.join(5)
+        if self.proc.is_alive():
+            self.proc.kill()
+
+
+def read_rows(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def run(args: argparse.Namespace) -> int:
+    import timm
+
+    params: dict[str, int] = {}
+    if args.models:
+        names = [n.strip() for n in args.models.split(",") if n.strip()]
+    else:
+        params = cnn_models(args.workers)
+        names = sorted(params)
+    names = names[:: max(1, args.every)]
+    done = {r["model"]: r for r in read_rows(args.out)} if args.resume else {}
+    todo = [n for n in names if n not in done]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    fh = open(args.out, "a" if args.resume and done else "w", newline="")
+    writer = csv.DictWriter(fh, fieldnames=COLUMNS, extrasaction="ignore")
+    if not (args.resume and done):
+        writer.writeheader()
+
+    def emit(row: dict) -> None:
+        row["family"] = family(row["model"])
+        row.setdefault("params", params.get(row["model"], ""))
+        writer.writerow({k: row.get(k, "") for k in COLUMNS})
+        fh.flush()
+        counts[row["status"]] += 1
+        n = sum(counts.values())
+        print(f"[{n}/{len(todo)} {time.perf_counter() - t0:6.0f}s] {row['model']:<36} {row['status']:<8} "
+              f"{row.get('seconds', '')!s:>6}s {str(row.get('reason', ''))[:90]}", flush=True)
+
+    counts: Counter = Counter()
+    t0 = time.perf_counter()
+    queue = []
+    for n in todo:
+        if params.get(n, 0) > args.max_params:
+            emit({"model": n, "status": "skipped", "reason": f"{params[n] / 1e6:.0f}M parameters, over --max-params "
+                  f"{args.max_params / 1e6:.0f}M", "seconds": 0})
+        else:
+            queue.append(n)
+    import lcp.check  # noqa: F401  (imported once here: forked workers start without importing it again)
+
+    ctx = mp.get_context("fork")
+    workers = [Worker(ctx, args) for _ in range(max(1, args.workers))]
+    try:
+        while queue or any(w.name for w in workers):
+            for w in workers:
+                row = w.poll()
+                if row is not None:
+                    emit(row)
+                if w.name is None and queue:
+                    w.submit(queue.pop(0))
+            time.sleep(0.05)
+    finally:
+        for w in workers:
+            w.close()
+        fh.close()
+    total = time.perf_counter() - t0
+    print(f"{len(todo)} models in {total:.0f} s: " + ", ".join(f"{k} {counts[k]}" for k in STATUSES if counts[k]))
+    meta = {"timm": timm.__version__, "wall_s": round(total, 1),
+            "workers": args.workers, "timeout": args.timeout, "every": args.every, "input": args.input,
+            "budget": args.budget, "models_listed": len(names), "cpus": os.cpu_count(),
+            "platform": platform.platform(), "date": time.strftime("%Y-%m-%d"),
+            "command": "python benchmarks/support_matrix.py " + " ".join(sys.argv[1:])}
+    if args.resume and args.out.with_suffix(".json").is_file():
+        old = json.loads(args.out.with_suffix(".json").read_text())
+        meta["wall_s"] = round(meta["wall_s"] + old.get("wall_s", 0), 1)
+    args.out.with_suffix(".json").write_text(json.dumps(meta, indent=1))
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ markdown
+
+
+def _reason_kind(row: dict) -> str:
+    """A short category of a refusal or error, for the summary."""
+    r = row["reason"]
+    rules = [
+        ("nothing prunable", r"nothing in this model can be pruned"),
+        ("budget out of reach (too much frozen)", r"budget|lowest reachable|cannot reach"),
+        ("verification failed (caught, not returned)", r"does not match the masked original|plan said"),
+        ("does not trace with torch.fx", r"cannot trace"),
+        ("does not run on the example input", r"does not run on the example input"),
+        ("train-mode forward/backward failed", r"output shape|gradient"),
+        ("over the time cap", r"^over "),
+        ("too large for this run", r"max-params"),
+    ]
+    for label, pat in rules:
+        if re.search(pat, r):
+            return label
+    return "other"
+
+
+TIMM_SECTION = """## Pruned timm models: data, timm's scripts, features
+
+**Prune on your own data.** `--data` takes an ImageFolder root (`train/` and `val/` or `test/`, one folder per
+class). For timm models the images go through timm's eval transform of the model's `pretrained_cfg`
+(`timm.data.create_transform`: resize, center crop at `crop_pct`, interpolation; mean and std for
+normalization) at the model's input size, or at `--input-size C H W`. `--pretrained` starts from the hub's
+weights (online; the classifier is re-initialised when your number of classes differs), `--checkpoint FILE`
+from a local state dict. The classifier always keeps its number of classes (its output channels are never
+pruned).
+
+```bash
+lcp check --model resnet50                                  # can it prune? what is frozen, and why
+lcp prune --model resnet50 --pretrained --data ~/data/imagenette --budget 0.5 --method global --out runs/r50
+python -c "import lcp; print(lcp.load('runs/r50'))"         # rebuilt from channels.json, no pickle
+```
+
+**timm's `train.py` and `validate.py`** (from a clone of
+[pytorch-image-models](https://github.com/huggingface/pytorch-image-models); they are not in the pip
+package). `lcp.timm_support` registers a timm model entry `lcp_<arch>` for every timm architecture; it rebuilds
+the pruned model from the output folder (`channels.json` + `model.safetensors`). Run the scripts through
+`python -m lcp.timm_support`, which registers the entries first:
+
+```bash
+python -m lcp.timm_support validate.py --data-dir ~/data/imagenette --model lcp_resnet50 \\
+    --model-kwargs pruned_dir=runs/r50
+python -m lcp.timm_support train.py --data-dir ~/data/imagenette --model lcp_resnet50 \\
+    --model-kwargs pruned_dir=runs/r50 --epochs 10 --lr 0.01 --warmup-epochs 0
+# lcp writes timm's config.json into the folder, so timm's local-dir source works too:
+python -m lcp.timm_support validate.py --data-dir ~/data/imagenette --model local-dir:runs/r50
+```
+
+The pruned weights are always loaded (`--pretrained` changes nothing); `--num-classes N` puts a new classifier
+on the pruned features; `--initial-checkpoint` / `--checkpoint` / `--resume` load checkpoints of the pruned model
+as usual; `--drop`, `--drop-path` and the other model arguments reach the original model before the cut.
+`tests/test_timm.py` follows train.py's and validate.py's steps with a pruned model (`timm.utils.ParseKwargs`,
+`timm.create_model` with train.py's arguments, data config and transforms from `pretrained_cfg`, timm's dataset,
+loader and optimizer, a checkpoint saved and loaded back) and runs a script through the runner; validate.py
+itself was run through the runner by hand (both `--model` forms), as the scripts cannot be installed offline.
+
+In Python:
+
+```python
+import timm, lcp.timm_support
+lcp.timm_support.register_all()
+model = timm.create_model("lcp_resnet50", pruned_dir="runs/r50")          # or "local-dir:runs/r50"
+feats = timm.create_model("lcp_resnet50", pruned_dir="runs/r50", features_only=True, out_indices=(2, 3, 4))
+print(feats.feature_info.channels())                                       # the pruned widths
+```
+
+**forward_features and features_only.** A pruned model is timm's own class (all its methods work, and
+`num_features`, `head_hidden_size` and `feature_info` give the pruned widths, so `reset_classifier` fits) unless
+lcp had to rewrite constants of its forward code (split sizes or channel slices: GhostNet, CSP-style and
+Res2Net-style splits, ...); then it is a `torch.fx.GraphModule` with timm's attributes (`num_classes`,
+`pretrained_cfg`, ...) but not its methods. `features_only=True` wraps the pruned model in the architecture's
+own timm feature wrapper (`FeatureListNet`, `FeatureGetterNet` via `forward_intermediates`, ...) with the pruned
+channel counts; for a GraphModule it is refused with the reason (use forward hooks on its modules).
+"""
+
+
+def markdown(args: argparse.Namespace) -> int:
+    rows = read_rows(args.out)
+    if not rows:
+        print(f"no rows in {args.out}: run the matrix first", file=sys.stderr)
+        return 2
+    meta_path = args.out.with_suffix(".json")
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    n = len(rows)
+    counts = Counter(r["status"] for r in rows)
+    ok_rows = [r for r in rows if r["status"] == "ok"]
+    ratios = [float(r["macs_ratio"]) for r in ok_rows if r["macs_ratio"]]
+    listed = meta.get("models_listed", n)
+    every = meta.get("every", 1)
+    sample = every > 1 or bool(re.search(r"--models", meta.get("command", "")))
+    pct = lambda k: f"{100 * counts[k] / n:.1f}%"  # noqa: E731
+    cmd = args.command or meta.get("command") or "python benchmarks/support_matrix.py"
+    out: list[str] = []
+    w = out.append
+    w("# Which models prune: the support matrix")
+    w("")
+    w("Generated by `benchmarks/support_matrix.py --markdown docs/support.md` from "
+      "`benchmarks/results/support_matrix.csv`; do not edit by hand.")
+    w("")
+    w("Every model is built with random weights and its default classifier, and `lcp.check` plans a cut to 50% "
+      "of its MACs (global ranking), builds the pruned network and verifies it: outputs equal to the masked "
+      "original in float64, MACs and params re-counted, one forward and backward pass in train mode. This is "
+      "what `lcp check --model NAME` does. Input 3x64x64, or the model's own input size when it does not run "
+      "at 64x64. One thread per model, two models at a time, a time cap per model.")
+    w("")
+    w("**Which models**: every timm model that is *CNN-like*: it has an `nn.Conv2d` and no token-mixing module "
+      "(a class named like attention: `Attention`, `Attn` except ResNeSt's `SplitAttn` and SKNet's "
+      "`SelectiveKernelAttn` gates; MLP-Mixer, gMLP and ResMLP blocks; LSTM/GRU; lambda layers; "
+      "EfficientViT's `LiteMLA`, SHViT's `SHSA`, iFormer's `SHMA`, EfficientViM's `HSMSSD`, ConViT's `GPSA`/`MHSA`, "
+      "ViT parallel blocks). The rule is `lcp.timm_support.is_cnn_like`, applied to every `timm.list_models()` "
+      "entry built on the meta device.")
+    w("")
+    if sample:
+        w(f"> **This is a sample**: {n} of the {listed * every if every > 1 else listed} models of the list "
+          f"(every {every}th). The full matrix: `python benchmarks/support_matrix.py` (then this command with "
+          "`--markdown docs/support.md`).")
+        w("")
+    w("## Summary")
+    w("")
+    w(f"timm {meta.get('timm', '?')}, {meta.get('date', '?')}, {meta.get('cpus', '?')} CPU cores, wall time "
+      f"{float(meta.get('wall_s', 0)) / 60:.0f} min with {meta.get('workers', '?')} workers, time cap "
+      f"{meta.get('timeout', '?')} s per model.")
+    w("")
+    w("| models | ok (prune to 50% MACs, verified) | refused (with a reason) | error (lcp bug) | timeout | skipped |")
+    w("|---:|---:|---:|---:|---:|---:|")
+    w(f"| {n} | {counts['ok']} ({pct('ok')}) | {counts['refused']} ({pct('refused')}) | {counts['error']} "
+      f"({pct('error')}) | {counts['timeout']} ({pct('timeout')}) | {counts['skipped']} ({pct('skipped')}) |")
+    w("")
+    if ratios:
+        w(f"MACs ratio reached by the models that prune: min {min(ratios):.4f}, max {max(ratios):.4f} "
+          f"(target 0.5; the cut lands just under it). No model is returned broken: a pruned network that "
+          "fails verification is refused, never returned.")
+        w("")
+    w("Command (about 40 minutes on 2 cores for the full list):")
+    w("")
+    w("```bash")
+    w(cmd)
+    w("python benchmarks/support_matrix.py --markdown docs/support.md")
+    w("```")
+    w("")
+    kinds = Counter(_reason_kind(r) for r in rows if r["status"] not in ("ok",))
+    if kinds:
+        w("What stops the others:")
+        w("")
+        w("| reason | models |")
+        w("|---|---:|")
+        for k, c in kinds.most_common():
+            w(f"| {k} | {c} |")
+        w("")
+    w("## Per family (timm module)")
+    w("")
+    w("| family | models | ok | refused | error | timeout | skipped |")
+    w("|---|---:|---:|---:|---:|---:|---:|")
+    fam: dict[str, Counter] = defaultdict(Counter)
+    for r in rows:
+        fam[r["family"] or "?"][r["status"]] += 1
+    for f, c in sorted(fam.items(), key=lambda kv: (-sum(kv[1].values()), kv[0])):
+        w(f"| {f} | {sum(c.values())} | {c['ok']} | {c['refused'] or ''} | {c['error'] or ''} | "
+          f"{c['timeout'] or ''} | {c['skipped'] or ''} |")
+    w("")
+    bad = [r for r in rows if r["status"] != "ok"]
+    if bad:
+        w("## Models that do not prune, and why")
+        w("")
+        w("| model | status | reason | `--ignore` that made it prune |")
+        w("|---|---|---|---|")
+        for r in sorted(bad, key=lambda r: (STATUSES.index(r["status"]) if r["status"] in STATUSES else 9,
+                                            r["model"])):
+            reason = r["reason"].replace("|", "\\|")
+            reason = reason if len(reason) <= 300 else reason[:297] + "..."
+            sug = " ".join(f"`--ignore '{p}'`" for p in r.get("suggestion", "").split() if not p.endswith(".*"))
+            w(f"| {r['model']} | {r['status']} | {reason} | {sug} |")
+        w("")
+    w(TIMM_SECTION)
+    w("## Reproduce one row")
+    w("")
+    w("```bash")
+    w("lcp check --model resnet50 --input-size 3 64 64     # 'ok', exit code 0")
+    w("lcp check --model nfnet_l0 --input-size 3 64 64     # 'refused' with the reason, exit code 2")
+    w("```")
+    w("")
+    args.markdown.parent.mkdir(parents=True, exist_ok=True)
+    args.markdown.write_text("\n".join(out))
+    print(f"wrote {args.markdown} from {n} rows")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.markdown:
+        return markdown(args)
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
