@@ -64,6 +64,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--resume", action="store_true", help="keep the rows already in --out and run the others")
     p.add_argument("--markdown", type=Path, help="write this markdown page from --out (runs no model)")
     p.add_argument("--command", default="", help="the command line to quote in the markdown page")
+    p.add_argument("--large", type=Path, default=RESULTS / "support_matrix_large.csv",
+                   help="rows of models re-run elsewhere (skipped or timed out here) that --markdown merges in")
     return p.parse_args(argv)
 
 
@@ -165,8 +167,9 @@ def _worker(conn: Any, budget: float, size: int, suggest: float) -> None:
         except Exception as e:  # building failed: timm's problem, still a row
             row = {"model": name, "status": "error", "reason": f"building failed: {type(e).__name__}: "
                                                                f"{str(e).splitlines()[0] if str(e) else ''}"}
+        row["_retire"] = _rss_bytes() > MAX_WORKER_RSS  # freed models stay in the heap: start afresh
         conn.send(row)
-        if _rss_bytes() > MAX_WORKER_RSS:  # freed models stay in the heap: start afresh
+        if row["_retire"]:
             return
 
 
@@ -194,9 +197,6 @@ class Worker:
         self.proc.start()
 
     def submit(self, name: str) -> None:
-        if not self.proc.is_alive():  # it retired itself (memory) after its last model
-            self.proc.join()
-            self._spawn()
         self.name, self.started = name, time.perf_counter()
         self.conn.send(name)
 
@@ -208,10 +208,13 @@ class Worker:
         if self.conn.poll():
             try:
                 row = self.conn.recv()
-            except EOFError:
+            except (EOFError, OSError):  # the worker died (killed for memory, ...)
                 row = None
             if row is not None:
                 self.name = None
+                if row.pop("_retire", False):  # the worker exits after this reply: replace it now
+                    self.proc.join()
+                    self._spawn()
                 return row
         if not self.proc.is_alive() or elapsed > self.args.timeout:
             died = self.proc.is_alive() is False
@@ -302,6 +305,8 @@ def run(args: argparse.Namespace) -> int:
     meta = {"timm": timm.__version__, "wall_s": round(total, 1),
             "workers": args.workers, "timeout": args.timeout, "every": args.every, "input": args.input,
             "budget": args.budget, "models_listed": len(names), "cpus": os.cpu_count(),
+            "timm_models": len([n for n in timm.list_models() if not n.startswith("lcp_")]),
+            "max_params": args.max_params,
             "platform": platform.platform(), "date": time.strftime("%Y-%m-%d"),
             "command": "python benchmarks/support_matrix.py " + " ".join(sys.argv[1:])}
     if args.resume and args.out.with_suffix(".json").is_file():
@@ -332,6 +337,22 @@ def _reason_kind(row: dict) -> str:
             return label
     return "other"
 
+
+LIMITS_SECTION = """The refusals come from three engine limitations, each found by `lcp check` and named in its output:
+
+- **Weight-standardized convolutions** (`StdConv2d`, `ScaledStdConv2d`: NFNet, NF-ResNet, NF-RegNet, BiT
+  ResNetV2). Their weight is standardized over each filter's input channels in `forward`, so removing an input
+  channel changes every filter: lcp freezes them, and as every conv of these models is one, nothing is left.
+- **Normalization across channels**: GroupNorm with several channels per group (timm's `GroupNormAct` calls
+  `F.group_norm`), EvoNorm, LayerNorm over the channels (ConvNeXt's residual stream), ConvNeXt-V2's global
+  response norm (a mean over channels). Removing a channel changes the statistics of the others.
+- **Per-channel parameters used in forward code** (FilterResponseNorm's `tau`, EvoNorm, layer scale): lcp
+  freezes the channels they touch rather than slicing the parameter.
+
+`--ignore` cannot help these (it keeps more layers whole); `lcp check --model NAME` lists the ops and where
+they are. A model that fails for another reason gets, from `lcp check`, the `--ignore` patterns that make it
+prune (found by retrying with blocks kept whole, coarse to fine).
+"""
 
 TIMM_SECTION = """## Pruned timm models: data, timm's scripts, features
 
@@ -369,8 +390,10 @@ on the pruned features; `--initial-checkpoint` / `--checkpoint` / `--resume` loa
 as usual; `--drop`, `--drop-path` and the other model arguments reach the original model before the cut.
 `tests/test_timm.py` follows train.py's and validate.py's steps with a pruned model (`timm.utils.ParseKwargs`,
 `timm.create_model` with train.py's arguments, data config and transforms from `pretrained_cfg`, timm's dataset,
-loader and optimizer, a checkpoint saved and loaded back) and runs a script through the runner; validate.py
-itself was run through the runner by hand (both `--model` forms), as the scripts cannot be installed offline.
+loader and optimizer, a checkpoint saved and loaded back) and runs a script through the runner. By hand, a copy
+of validate.py (its model creation, data pipeline and evaluation loop unchanged; AMP, scripting and bulk mode
+cut) ran through the runner with both `--model` forms; train.py was not run, the scripts are not installable
+offline.
 
 In Python:
 
@@ -384,87 +407,108 @@ print(feats.feature_info.channels())                                       # the
 
 **forward_features and features_only.** A pruned model is timm's own class (all its methods work, and
 `num_features`, `head_hidden_size` and `feature_info` give the pruned widths, so `reset_classifier` fits) unless
-lcp had to rewrite constants of its forward code (split sizes or channel slices: GhostNet, CSP-style and
-Res2Net-style splits, ...); then it is a `torch.fx.GraphModule` with timm's attributes (`num_classes`,
+lcp had to rewrite constants of its forward code (split sizes or channel slices: of the 20 models of
+`tests/test_timm.py`, ghostnet_100, mixnet_s, cspresnet50, res2net50_14w_8s and dpn48b); then it is a
+`torch.fx.GraphModule` with timm's attributes (`num_classes`,
 `pretrained_cfg`, ...) but not its methods. `features_only=True` wraps the pruned model in the architecture's
 own timm feature wrapper (`FeatureListNet`, `FeatureGetterNet` via `forward_intermediates`, ...) with the pruned
 channel counts; for a GraphModule it is refused with the reason (use forward hooks on its modules).
 """
 
 
+def _summary_row(label: str, rows: list[dict]) -> str:
+    n = len(rows)
+    c = Counter(r["status"] for r in rows)
+    cell = lambda k: f"{c[k]} ({100 * c[k] / n:.1f}%)" if c[k] else "0"  # noqa: E731
+    return f"| {label} | {n} | " + " | ".join(cell(k) for k in STATUSES) + " |"
+
+
 def markdown(args: argparse.Namespace) -> int:
-    rows = read_rows(args.out)
-    if not rows:
+    local = read_rows(args.out)
+    if not local:
         print(f"no rows in {args.out}: run the matrix first", file=sys.stderr)
         return 2
     meta_path = args.out.with_suffix(".json")
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    large = read_rows(args.large) if args.large and args.large.is_file() else []
+    large_meta = {}
+    for f in sorted(args.large.parent.glob(args.large.stem + "*.json")) if large else []:
+        large_meta = json.loads(f.read_text())
+    by_model = {r["model"]: r for r in local}
+    by_model.update({r["model"]: {**r, "where": "large"} for r in large if r["model"] in by_model})
+    rows = list(by_model.values())
     n = len(rows)
     counts = Counter(r["status"] for r in rows)
-    ok_rows = [r for r in rows if r["status"] == "ok"]
-    ratios = [float(r["macs_ratio"]) for r in ok_rows if r["macs_ratio"]]
-    listed = meta.get("models_listed", n)
+    ratios = [float(r["macs_ratio"]) for r in rows if r["status"] == "ok" and r["macs_ratio"]]
     every = meta.get("every", 1)
-    sample = every > 1 or bool(re.search(r"--models", meta.get("command", "")))
-    pct = lambda k: f"{100 * counts[k] / n:.1f}%"  # noqa: E731
+    sample = every > 1 or "--models" in meta.get("command", "")
     cmd = args.command or meta.get("command") or "python benchmarks/support_matrix.py"
     out: list[str] = []
     w = out.append
     w("# Which models prune: the support matrix")
     w("")
-    w("Generated by `benchmarks/support_matrix.py --markdown docs/support.md` from "
-      "`benchmarks/results/support_matrix.csv`; do not edit by hand.")
+    w("Generated by `python benchmarks/support_matrix.py --markdown docs/support.md` from "
+      "`benchmarks/results/support_matrix.csv` (and `support_matrix_large.csv`); do not edit by hand.")
     w("")
     w("Every model is built with random weights and its default classifier, and `lcp.check` plans a cut to 50% "
       "of its MACs (global ranking), builds the pruned network and verifies it: outputs equal to the masked "
       "original in float64, MACs and params re-counted, one forward and backward pass in train mode. This is "
       "what `lcp check --model NAME` does. Input 3x64x64, or the model's own input size when it does not run "
-      "at 64x64. One thread per model, two models at a time, a time cap per model.")
+      "at 64x64 (fixed-size heads such as Inception's). One thread per model, a time cap per model. "
+      "*refused* means lcp declined with the reason below and returned nothing; *error* would be an lcp bug.")
     w("")
     w("**Which models**: every timm model that is *CNN-like*: it has an `nn.Conv2d` and no token-mixing module "
-      "(a class named like attention: `Attention`, `Attn` except ResNeSt's `SplitAttn` and SKNet's "
-      "`SelectiveKernelAttn` gates; MLP-Mixer, gMLP and ResMLP blocks; LSTM/GRU; lambda layers; "
-      "EfficientViT's `LiteMLA`, SHViT's `SHSA`, iFormer's `SHMA`, EfficientViM's `HSMSSD`, ConViT's `GPSA`/`MHSA`, "
-      "ViT parallel blocks). The rule is `lcp.timm_support.is_cnn_like`, applied to every `timm.list_models()` "
-      "entry built on the meta device.")
+      "(a class named like attention: `Attention`, `Attn`, except ResNeSt's `SplitAttn` and SKNet's "
+      "`SelectiveKernelAttn` channel gates; MLP-Mixer, gMLP and ResMLP blocks; LSTM/GRU; lambda layers; "
+      "EfficientViT's `LiteMLA`, SHViT's `SHSA`, iFormer's `SHMA`, EfficientViM's `HSMSSD`, ConViT's "
+      "`GPSA`/`MHSA`, ViT parallel blocks). The rule is `lcp.timm_support.is_cnn_like`, applied to every "
+      "`timm.list_models()` entry built on the meta device "
+      f"({meta.get('models_listed', n) * max(1, every)} of the {meta.get('timm_models', 'installed')} models "
+      f"of timm {meta.get('timm', '?')}).")
     w("")
     if sample:
-        w(f"> **This is a sample**: {n} of the {listed * every if every > 1 else listed} models of the list "
-          f"(every {every}th). The full matrix: `python benchmarks/support_matrix.py` (then this command with "
-          "`--markdown docs/support.md`).")
+        w(f"> **This is a sample** (every {every}th model of the list). The full matrix: "
+          "`python benchmarks/support_matrix.py`, then `--markdown docs/support.md`.")
         w("")
     w("## Summary")
     w("")
-    w(f"timm {meta.get('timm', '?')}, {meta.get('date', '?')}, {meta.get('cpus', '?')} CPU cores, wall time "
-      f"{float(meta.get('wall_s', 0)) / 60:.0f} min with {meta.get('workers', '?')} workers, time cap "
-      f"{meta.get('timeout', '?')} s per model.")
+    w("| run | models | ok (50% MACs, verified) | refused (reason given) | error (lcp bug) | timeout | skipped |")
+    w("|---|---:|---:|---:|---:|---:|---:|")
+    w(_summary_row(f"{meta.get('cpus', '?')} CPU cores, {meta.get('workers', '?')} workers, "
+                   f"{meta.get('timeout', '?'):g} s cap, {float(meta.get('wall_s', 0)) / 60:.0f} min",
+                   local))
+    if large:
+        w(_summary_row(f"the skipped and timed-out models again on {large_meta.get('cpus', '?')} cores, "
+                       f"128 GB, {large_meta.get('timeout', '?'):g} s cap (timm {large_meta.get('timm', '?')})",
+                       [r for r in rows if r.get("where") == "large"]))
+        w(_summary_row("**all models**", rows))
     w("")
-    w("| models | ok (prune to 50% MACs, verified) | refused (with a reason) | error (lcp bug) | timeout | skipped |")
-    w("|---:|---:|---:|---:|---:|---:|")
-    w(f"| {n} | {counts['ok']} ({pct('ok')}) | {counts['refused']} ({pct('refused')}) | {counts['error']} "
-      f"({pct('error')}) | {counts['timeout']} ({pct('timeout')}) | {counts['skipped']} ({pct('skipped')}) |")
+    w(f"timm {meta.get('timm', '?')}, {meta.get('date', '?')}. On 2 cores, models over "
+      f"{meta.get('max_params', 400e6) / 1e6:.0f}M parameters are skipped: several float64 copies of them "
+      "(verification) do not fit in the memory of a small machine.")
     w("")
     if ratios:
-        w(f"MACs ratio reached by the models that prune: min {min(ratios):.4f}, max {max(ratios):.4f} "
-          f"(target 0.5; the cut lands just under it). No model is returned broken: a pruned network that "
-          "fails verification is refused, never returned.")
+        w(f"MACs ratio reached by the models that prune: {min(ratios):.4f} to {max(ratios):.4f} (target 0.5: "
+          "the cut lands just under it). No model is returned broken: a pruned network that fails "
+          "verification is refused, never returned.")
         w("")
-    w("Command (about 40 minutes on 2 cores for the full list):")
+    w("Commands:")
     w("")
     w("```bash")
-    w(cmd)
-    w("python benchmarks/support_matrix.py --markdown docs/support.md")
+    w(f"{cmd}    # the matrix: CSV rows as models finish")
+    w("python benchmarks/support_matrix.py --markdown docs/support.md    # this page")
     w("```")
     w("")
-    kinds = Counter(_reason_kind(r) for r in rows if r["status"] not in ("ok",))
+    kinds = Counter(_reason_kind(r) for r in rows if r["status"] != "ok")
     if kinds:
-        w("What stops the others:")
+        w("What stops the others (all of them engine limitations that lcp reports, none an error):")
         w("")
         w("| reason | models |")
         w("|---|---:|")
         for k, c in kinds.most_common():
             w(f"| {k} | {c} |")
         w("")
+        w(LIMITS_SECTION)
     w("## Per family (timm module)")
     w("")
     w("| family | models | ok | refused | error | timeout | skipped |")
@@ -480,14 +524,16 @@ def markdown(args: argparse.Namespace) -> int:
     if bad:
         w("## Models that do not prune, and why")
         w("")
-        w("| model | status | reason | `--ignore` that made it prune |")
-        w("|---|---|---|---|")
+        w("| model | status | reason |")
+        w("|---|---|---|")
         for r in sorted(bad, key=lambda r: (STATUSES.index(r["status"]) if r["status"] in STATUSES else 9,
                                             r["model"])):
             reason = r["reason"].replace("|", "\\|")
-            reason = reason if len(reason) <= 300 else reason[:297] + "..."
-            sug = " ".join(f"`--ignore '{p}'`" for p in r.get("suggestion", "").split() if not p.endswith(".*"))
-            w(f"| {r['model']} | {r['status']} | {reason} | {sug} |")
+            reason = reason if len(reason) <= 240 else reason[:237] + "..."
+            sug = r.get("suggestion", "")
+            if sug:
+                reason += " (prunes with " + " ".join(f"`--ignore '{p}'`" for p in sug.split()) + ")"
+            w(f"| {r['model']} | {r['status']}{' (large run)' if r.get('where') == 'large' else ''} | {reason} |")
         w("")
     w(TIMM_SECTION)
     w("## Reproduce one row")

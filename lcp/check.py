@@ -94,17 +94,16 @@ class CheckReport:
                        f"in {self.groups} groups; the other {self.units - self.prunable} are the model's input or "
                        f"output channels or frozen by the ops below")
         if self.frozen:
-            out.append(f"  frozen by {len(self.frozen)} ops (their channels are kept whole):")
+            n = len(self.frozen)
+            out.append(f"  frozen by {n} op{'s' * (n != 1)} (their channels are kept whole):")
             out += [f"    {s}" for s in self.frozen_summary()]
+        if self.status == "error":
+            out.append("  this is an lcp bug: please report it with this output")
         if self.suggestion:
             flags = " ".join(f"--ignore '{p}'" for p in self.suggestion)
             out.append(f"  to prune it anyway, keep these layers whole: {flags}")
         elif self.status == "error":
-            out.append("  this is an lcp bug: please report it with this output; --ignore 'MODULE_GLOB' keeps the "
-                       "layers around the failing op whole")
-        elif self.lowest_ratio is not None:
-            out.append(f"  lowest reachable MACs ratio: {self.lowest_ratio:.1%}; pass --budget {self.lowest_ratio + 0.005:.2f} "
-                       "or more")
+            out.append("  --ignore 'MODULE_GLOB' (repeatable) keeps the layers around the failing op whole")
         elif self.ok and self.frozen:
             out.append("  --ignore 'GLOB' (module names, repeatable) keeps more layers whole, e.g. sensitive ones")
         out.append(f"  {self.seconds:.1f} s")

@@ -42,6 +42,10 @@ OUTPUT_PATTERNS: tuple[str, ...] = (
     "state*.json",
     "checkpoint*",
     "*.log",
+    "channels.json",
+    "transforms.json",
+    "config.json",
+    "*.ckpt",
 )
 _TMP_MARK = ".lcp-tmp"
 # OS errors that mean "the environment refuses the write", worth one clear line.

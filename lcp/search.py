@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import difflib
+import hashlib
 import logging
 import math
 import multiprocessing
@@ -451,13 +452,11 @@ class _Search:
         self._postfix()
 
     def result(self) -> SearchResult:
-        self.bar.close()
+        """The best candidate ever evaluated (argmin keeps the first of ties: the identity wins them)."""
         st = self.state
-        values = [e["fitness"] for e in st.evaluated]
-        i = int(np.argmin(values)) if values else 0  # argmin keeps the first of ties: the identity wins
-        z = np.asarray(st.evaluated[i]["z"]) if values else None
-        tf = _transforms(self.graph, self.decode(z)) if z is not None else Transforms.identity(self.graph)
-        return SearchResult(tf, float(values[i]) if values else math.inf, list(st.history))
+        i = int(np.argmin([e["fitness"] for e in st.evaluated]))
+        tf = _transforms(self.graph, self.decode(np.asarray(st.evaluated[i]["z"])))
+        return SearchResult(tf, float(st.evaluated[i]["fitness"]), list(st.history))
 
 
 def _legr(run: _Search, *, n_groups: int, std: np.ndarray, additive: bool, population: int, tournament: int,
@@ -623,12 +622,12 @@ def search(graph: ChannelGraph, scores: np.ndarray, fitness: FitnessFn, *, optim
         raise LcpError(f"scores has {len(scores)} entries, the graph has {len(graph.units)} units")
     std = group_std(graph, scores)
     additive = compensation == "additive"
+    fingerprint = hashlib.sha256(np.nan_to_num(np.asarray(scores, dtype=np.float64)).tobytes()).hexdigest()[:16]
     settings = {"optimizer": name, "compensation": compensation, "candidates": candidates, "seed": seed,
-                "groups": [g.name for g in graph.groups]}
+                "groups": [g.name for g in graph.groups], "scores": fingerprint}
     if name == "legr":
         settings.update(population=population, tournament=tournament, mutate_frac=mutate_frac)
 
-    if name == "legr":
         def decode(z: np.ndarray) -> np.ndarray:
             return z
     else:
@@ -649,6 +648,7 @@ def search(graph: ChannelGraph, scores: np.ndarray, fitness: FitnessFn, *, optim
             _nevergrad(run, name, n if additive else 2 * n, seed)
     finally:
         evaluator.close()
+        run.bar.close()
     return run.result()
 
 

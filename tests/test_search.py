@@ -186,8 +186,8 @@ if __name__ == "__main__":
 """
 
 
-@pytest.mark.parametrize("optimizer", ["legr", "oneplusone"])
-def test_kill_and_resume_matches_uninterrupted(tmp_path, optimizer):
+def test_kill_and_resume_matches_uninterrupted(tmp_path):
+    optimizer = "legr"
     script = tmp_path / "run_search.py"
     script.write_text(textwrap.dedent(SCRIPT.format(tests=str(REPO / "tests"), delay=0.03)))
     sys.path.insert(0, str(tmp_path))
@@ -221,6 +221,33 @@ def test_kill_and_resume_matches_uninterrupted(tmp_path, optimizer):
     assert np.array_equal(resumed.transforms.alpha, full.transforms.alpha)
     assert np.array_equal(resumed.transforms.kappa, full.transforms.kappa)
     assert [h["fitness"] for h in resumed.history] == [h["fitness"] for h in full.history]
+
+
+class Abort(BaseException):
+    """Stands in for a kill: not an Exception, so the search does not catch it."""
+
+
+@pytest.mark.parametrize("optimizer", ["oneplusone", "legr"])
+def test_resume_after_abort_matches_uninterrupted(tiny, tmp_path, optimizer):
+    graph, cost, scores = tiny
+    kw = dict(optimizer=optimizer, candidates=30, population=6, tournament=3, seed=9, progress=False)
+    full = search(graph, scores, Recorder(graph, cost, scores), **kw)
+
+    class Dying(Recorder):
+        def __call__(self, tf: Transforms) -> float:
+            if len(self.calls) == 17:
+                raise Abort
+            return super().__call__(tf)
+
+    state = tmp_path / "state.json"
+    with pytest.raises(Abort):
+        search(graph, scores, Dying(graph, cost, scores), state_path=state, **kw)
+    assert len(json.loads(state.read_text())["evaluated"]) == 17
+    fit = Recorder(graph, cost, scores)
+    res = search(graph, scores, fit, state_path=state, resume=True, **kw)
+    assert len(fit.calls) == 13  # nothing evaluated twice
+    assert [h["fitness"] for h in res.history] == [h["fitness"] for h in full.history]
+    assert np.array_equal(res.transforms.kappa, full.transforms.kappa)
 
 
 def test_resume_refuses_other_settings(tiny, tmp_path):

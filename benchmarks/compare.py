@@ -1,0 +1,730 @@
+"""Compare pruning methods on one model under one recipe: lcp, global, uniform, random and Torch-Pruning.
+
+For a model, a list of budgets, a list of methods and seeds (all from a YAML recipe in ``recipes/bench_*.yaml``),
+every method gets the identical data split (lcp's holdout split, seed 0), the identical BatchNorm recalibration
+and the identical fine-tuning recipe and seed, and one CSV row is written per (method, budget, seed): the
+``report.csv`` columns of ``lcp prune`` plus latency at batch 1 and 64 (base and pruned measured back to back,
+so their ratio is what counts), wall times and a ``status`` (``ok``, ``error: <first line>`` or ``skipped: ...``).
+
+What is shared, as in ``lcp prune --budgets``: the channel graph is built once per model, the learned
+compensation is searched once per (model, seed) at the smallest budget and reused for every budget (learn once,
+prune many; ``search_s`` is that one search's time, repeated on its lcp rows). The lcp-family cuts use
+``lcp.pruner.prune_graph``; ``torch_pruning`` is Torch-Pruning's global magnitude pruner
+(``tp.pruner.MagnitudePruner``, ``MagnitudeImportance(p=2)``, ``global_pruning=True``, classifier ignored) with
+its channel ``pruning_ratio`` bisected until ``lcp.count_macs`` of the result is at or just under the same MACs
+target; a network it breaks, or any exception, gives an error row with the reason.
+
+Rows are appended to the CSV atomically as they finish; a rerun skips rows already present (``--retry-errors``
+re-runs error rows), so a long run can be interrupted and resumed. A CSV made with other settings is refused
+(``--overwrite`` starts over). The commands and settings of every invocation go to ``<out>.meta.json``, which
+``benchmarks/report.py`` reads.
+
+    source ../shared/offline-env.sh
+    python benchmarks/compare.py --recipe recipes/bench_resnet20.yaml
+    python benchmarks/compare.py --recipe recipes/bench_resnet56.yaml --quick      # smoke test, < 2 minutes
+
+``--quick`` applies the recipe's ``quick:`` section (a few hundred images, a fraction of a fine-tuning epoch, a
+handful of search candidates, ResNet-20) and writes to ``runs/compare/`` unless ``--out`` is given.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import datetime as _dt
+import hashlib
+import json
+import math
+import os
+import platform
+import shlex
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import lcp  # noqa: E402
+from lcp.errors import LcpError  # noqa: E402
+from lcp.io import RunLock, atomic_path, atomic_write_json  # noqa: E402
+from lcp.report import REPORT_COLUMNS  # noqa: E402
+
+METHODS = ("lcp", "global", "uniform", "random", "torch_pruning")
+LCP_METHODS = ("lcp", "global", "uniform", "random")
+
+#: Recipe keys and their defaults. ``search`` and ``torch_pruning`` are nested mappings; ``quick`` overrides any
+#: top-level key (and ``train_images`` / ``test_images`` subset sizes) under ``--quick``.
+DEFAULTS: dict[str, Any] = {
+    "model": "resnet20",
+    "data": None,  # None: the model's default data set (cifar10 for the zoo models)
+    "checkpoint": None,  # None: $LCP_WEIGHTS/<model>_<data>.pt
+    "budgets": [0.5, 0.3],
+    "budget_type": "macs",
+    "methods": list(METHODS),
+    "seeds": [0],
+    "extra_seeds": None,  # {"seeds": [1], "methods": [...], "budgets": [...]}: more seeds for some rows
+    "finetune_epochs": 1.0,  # may be fractional: the first steps of each shuffled epoch, cosine over them
+    "lr": 0.01,
+    "batch_size": 128,
+    "recal_batches": 20,
+    "holdout": 5000,
+    "importance": "l2",
+    "aggregate": "mean",
+    "min_ratio": 0.1,
+    "round_to": 1,
+    "train_images": None,  # a fixed random subset of the train split (None: all)
+    "test_images": None,  # a fixed random subset of the test split (None: all)
+    "search": {},
+    "torch_pruning": {},
+    "threads": 1,
+    "latency_batches": [1, 64],
+    "latency_repeats": 20,
+    "out": None,
+    "quick": {},
+}
+SEARCH_DEFAULTS: dict[str, Any] = {
+    "candidates": 400, "optimizer": "legr", "compensation": "affine", "population": 64, "tournament": 16,
+    "tau": 0, "label_free": False, "search_budget": None, "recal_batches": 4, "eval_images": 1000,
+}
+TP_DEFAULTS: dict[str, Any] = {"p": 2, "max_steps": 20, "tolerance": 0.01}
+QUICK_DEFAULTS: dict[str, Any] = {
+    "model": "resnet20", "train_images": 256, "test_images": 256, "holdout": 128, "finetune_epochs": 0.5,
+    "recal_batches": 2, "search": {"candidates": 4, "population": 2, "tournament": 2, "eval_images": 128,
+                                   "recal_batches": 1},
+    "latency_repeats": 3, "extra_seeds": None,
+}
+#: Settings that do not change a row's result (so a resumed CSV may differ in them).
+_NOT_IN_SIGNATURE = ("budgets", "methods", "seeds", "extra_seeds", "threads", "latency_batches",
+                     "latency_repeats", "out", "quick")
+
+Log = Callable[[str], None]
+
+
+# ------------------------------------------------------------------------------------------------ settings
+
+
+def _merge(base: dict, over: dict, where: str) -> dict:
+    """``base`` updated by ``over``; unknown keys are refused; ``search`` and ``torch_pruning`` merge key by key."""
+    out = copy.deepcopy(base)
+    nested = {"search": SEARCH_DEFAULTS, "torch_pruning": TP_DEFAULTS}
+    for k, v in (over or {}).items():
+        if k not in DEFAULTS:
+            raise LcpError(f"{where}: unknown key {k!r} (known: {', '.join(sorted(DEFAULTS))})")
+        if k in nested:
+            if not isinstance(v, dict):
+                raise LcpError(f"{where}: {k} must be a mapping")
+            bad = [kk for kk in v if kk not in nested[k]]
+            if bad:
+                raise LcpError(f"{where}: unknown key {k}.{bad[0]} (known: {', '.join(sorted(nested[k]))})")
+            out[k] = {**nested[k], **(out.get(k) or {}), **v}
+        else:
+            out[k] = v
+    return out
+
+
+def _floats(text: str) -> list[float]:
+    return [float(v) for v in text.split(",") if v.strip()]
+
+
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v.strip()]
+
+
+def _names(text: str) -> list[str]:
+    return [v.strip() for v in text.split(",") if v.strip()]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--recipe", required=True, help="YAML recipe (recipes/bench_*.yaml)")
+    p.add_argument("--quick", action="store_true", help="smoke test: the recipe's quick: section (tiny subset)")
+    p.add_argument("--out", help="CSV to write (default: the recipe's out; under --quick runs/compare/)")
+    over = p.add_argument_group("overrides of the recipe")
+    over.add_argument("--model")
+    over.add_argument("--data", help="cifar10 or an ImageFolder root")
+    over.add_argument("--checkpoint", help="state dict of the model's weights")
+    over.add_argument("--budgets", type=_floats, help="comma-separated, e.g. 0.5,0.3")
+    over.add_argument("--methods", type=_names, help=f"comma-separated subset of {','.join(METHODS)}")
+    over.add_argument("--seeds", type=_ints, help="comma-separated, e.g. 0,1")
+    over.add_argument("--finetune-epochs", type=float, help="fine-tuning epochs (fractions allowed; 0: none)")
+    over.add_argument("--candidates", type=int, help="lcp search candidates")
+    over.add_argument("--holdout", type=int, help="held-out images carved from train (the search's fitness)")
+    over.add_argument("--train-images", type=int, help="fixed random subset of the train split")
+    over.add_argument("--test-images", type=int, help="fixed random subset of the test split")
+    over.add_argument("--threads", type=int, help="torch threads for everything, latency included")
+    over.add_argument("--latency-repeats", type=int)
+    p.add_argument("--work", type=Path, default=ROOT / "runs" / "compare",
+                   help="folder for the search states and learned transforms (default: runs/compare)")
+    p.add_argument("--overwrite", action="store_true", help="delete an existing CSV made with other settings")
+    p.add_argument("--retry-errors", action="store_true", help="re-run rows whose status is an error")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p.parse_args(argv)
+
+
+def read_recipe(path: str | Path) -> dict:
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except OSError as e:
+        raise LcpError(f"cannot read recipe {path}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise LcpError(f"recipe {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise LcpError(f"recipe {path} must be a mapping of settings")
+    return data
+
+
+def settings_from(args: argparse.Namespace) -> dict:
+    """Defaults <- recipe <- (the recipe's quick: section over QUICK_DEFAULTS, under --quick) <- command line."""
+    recipe = read_recipe(args.recipe)
+    cfg = _merge(DEFAULTS, {k: v for k, v in recipe.items() if k != "quick"}, f"recipe {args.recipe}")
+    cfg = _merge(cfg, {"search": {}, "torch_pruning": {}}, "defaults")
+    if args.quick:
+        quick = dict(recipe.get("quick") or {})
+        if "quick" in quick:
+            raise LcpError(f"recipe {args.recipe}: quick cannot nest quick")
+        search = {**QUICK_DEFAULTS["search"], **(quick.pop("search", None) or {})}
+        quick = {**{k: v for k, v in QUICK_DEFAULTS.items() if k != "search"}, **quick, "search": search}
+        if quick["model"] != cfg["model"]:
+            quick.setdefault("checkpoint", None)  # the recipe's checkpoint is for its own model
+        cfg = _merge(cfg, quick, f"recipe {args.recipe}, quick")
+    for key in ("model", "data", "checkpoint", "budgets", "methods", "seeds", "finetune_epochs", "holdout",
+                "train_images", "test_images", "threads", "latency_repeats"):
+        value = getattr(args, key)
+        if value is not None:
+            cfg[key] = value
+    if args.candidates is not None:
+        cfg["search"]["candidates"] = args.candidates
+    cfg["quick"] = bool(args.quick)
+    unknown = [m for m in cfg["methods"] if m not in METHODS]
+    if unknown:
+        raise LcpError(f"unknown method(s) {', '.join(unknown)}: choose from {', '.join(METHODS)}")
+    if cfg["budget_type"] not in ("macs", "params"):
+        raise LcpError("budget_type must be macs or params (a latency budget is not comparable across methods)")
+    for b in cfg["budgets"]:
+        if not 0 < float(b) <= 1:
+            raise LcpError(f"budget {b} is outside (0, 1]")
+    ft = float(cfg["finetune_epochs"])
+    if ft < 0:
+        raise LcpError("finetune_epochs must be >= 0")
+    cfg["finetune_epochs"] = int(ft) if ft.is_integer() else ft  # 1 and 1.0 are one setting
+    if args.out:  # relative to the working directory; the recipe's out is relative to the repository
+        out = Path(args.out)
+    elif args.quick:
+        out = ROOT / "runs" / "compare" / (Path(cfg["out"] or f"compare_{cfg['model']}.csv").stem + "_quick.csv")
+    else:
+        out = ROOT / (cfg["out"] or f"benchmarks/results/compare_{cfg['model']}.csv")
+    cfg["out"] = str(out)
+    return cfg
+
+
+def signature(cfg: dict) -> str:
+    """Hash of the settings that decide a row's numbers (rows of one CSV must share it)."""
+    sig = {k: v for k, v in cfg.items() if k not in _NOT_IN_SIGNATURE}
+    text = json.dumps(sig, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def tasks(cfg: dict) -> list[tuple[str, float, int]]:
+    """(method, budget, seed) in run order: by seed, then budget, then method (extra seeds last)."""
+    out: list[tuple[str, float, int]] = []
+    for s in cfg["seeds"]:
+        for b in cfg["budgets"]:
+            for m in cfg["methods"]:
+                out.append((m, float(b), int(s)))
+    extra = cfg.get("extra_seeds") or {}
+    if extra:
+        for s in extra.get("seeds", []):
+            for b in extra.get("budgets", cfg["budgets"]):
+                for m in extra.get("methods", cfg["methods"]):
+                    if m in cfg["methods"]:
+                        out.append((m, float(b), int(s)))
+    return list(dict.fromkeys(out))
+
+
+# ----------------------------------------------------------------------------------------------------- data
+
+
+def _subset(x: torch.Tensor, y: torch.Tensor, n: int | None, idx: torch.Tensor | None = None) -> tuple:
+    """A fixed random subset of ``n`` rows (generator seed 0, sorted), or everything."""
+    if n is None or n >= len(x):
+        return x, y, idx
+    keep = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:n].sort().values
+    return x[keep], y[keep], (idx[keep] if idx is not None else None)
+
+
+def load(cfg: dict, log: Log) -> Any:
+    """lcp's own loader (``pipeline.load_model_and_data``): model with weights, data bundle, holdout split."""
+    from lcp.models import default_checkpoint, model_info
+    from lcp.pipeline import PruneConfig, load_model_and_data
+
+    info = model_info(cfg["model"])
+    spec = cfg["data"] or info.default_dataset
+    if spec is None:
+        raise LcpError(f"{cfg['model']} has no default data set: set data in the recipe or pass --data")
+    dataset = "cifar10" if str(spec).lower() == "cifar10" else Path(spec).name
+    if not cfg["checkpoint"] and default_checkpoint(info.name, dataset) is None:
+        raise LcpError(f"no weights for {info.name} on {dataset}: set $LCP_WEIGHTS (source ../shared/offline-env.sh) "
+                       "or pass --checkpoint; a benchmark never trains its own baseline")
+    pc = PruneConfig(model=cfg["model"], data=cfg["data"], checkpoint=cfg["checkpoint"], holdout=cfg["holdout"],
+                     progress=False)
+    loaded = load_model_and_data(pc, log)
+    b = loaded.bundle
+    if cfg["train_images"] is not None or cfg["test_images"] is not None:
+        tx, ty, ti = _subset(b.train_x, b.train_y, cfg["train_images"], b.train_idx)
+        sx, sy, _ = _subset(b.test_x, b.test_y, cfg["test_images"])
+        loaded.bundle = dataclasses.replace(b, train_x=tx, train_y=ty, train_idx=ti, test_x=sx, test_y=sy,
+                                            source=b.source + f" [subset train={len(tx)} test={len(sx)}]")
+    return loaded
+
+
+def _steps_per_epoch(bundle: Any, batch_size: int) -> int:
+    drop = len(bundle.train_x) >= batch_size  # as lcp.train does: no last batch of 1 for BatchNorm
+    n = len(bundle.train_x)
+    return n // batch_size if drop else math.ceil(n / batch_size)
+
+
+class _FirstSteps:
+    """The first ``steps`` batches of one epoch's shuffled, augmented train loader (has a length)."""
+
+    def __init__(self, loader: Any, steps: int):
+        self.loader, self.steps = loader, steps
+
+    def __len__(self) -> int:
+        return min(self.steps, len(self.loader))
+
+    def __iter__(self):
+        for i, batch in enumerate(self.loader):
+            if i >= self.steps:
+                return
+            yield batch
+
+
+def finetune(model: nn.Module, bundle: Any, cfg: dict, seed: int, progress: bool) -> int:
+    """``lcp.train.finetune`` with the recipe's settings; fractional epochs take the first steps of each epoch.
+
+    Returns the number of SGD steps taken.
+    """
+    from lcp.train import finetune as lcp_finetune
+
+    epochs = float(cfg["finetune_epochs"])
+    if epochs <= 0:
+        return 0
+    bs = int(cfg["batch_size"])
+    kw = dict(lr=cfg["lr"], batch_size=bs, seed=seed, progress=progress)
+    per = _steps_per_epoch(bundle, bs)
+    if epochs.is_integer():
+        lcp_finetune(model, bundle, epochs=int(epochs), **kw)
+        return int(epochs) * per
+    n = math.ceil(epochs)
+    steps = max(1, round(epochs * per / n))
+    drop = len(bundle.train_x) >= bs
+
+    def make(epoch: int) -> _FirstSteps:
+        return _FirstSteps(bundle.loader("train", bs, shuffle=True, augment=True, seed=seed, epoch=epoch,
+                                         drop_last=drop), steps)
+
+    lcp_finetune(model, make, epochs=n, **kw)
+    return n * steps
+
+
+# --------------------------------------------------------------------------------------------- torch-pruning
+
+
+def tp_version() -> str | None:
+    try:
+        import torch_pruning as tp
+    except Exception:
+        return None
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("torch-pruning")
+    except PackageNotFoundError:
+        return str(getattr(tp, "__version__", "unknown"))
+
+
+def _classifier(model: nn.Module) -> list[nn.Module]:
+    """The layer that produces the model output (the last Linear, else the last conv): never pruned."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if linears:
+        return linears[-1:]
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    return convs[-1:]
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    line = text.splitlines()[0] if text else ""
+    if isinstance(e, LcpError) and line:
+        return line
+    return f"{type(e).__name__}: {line}" if line else type(e).__name__
+
+
+def tp_prune(model: nn.Module, example: torch.Tensor, *, budget: float, budget_type: str, num_classes: int,
+             p: int = 2, max_steps: int = 20, tolerance: float = 0.01) -> tuple[nn.Module, dict]:
+    """Torch-Pruning's global magnitude pruner driven to ``budget`` x the baseline MACs (or params).
+
+    The channel ``pruning_ratio`` is bisected (a fresh copy of ``model`` per try) until the result's cost,
+    counted by lcp (``count_macs`` / ``count_params``), is at or below the target and within ``tolerance`` of it.
+    A result whose forward pass fails or gives the wrong output shape raises ``LcpError`` with the reason.
+    """
+    import torch_pruning as tp
+
+    def cost(m: nn.Module) -> int:
+        return lcp.count_macs(m, example) if budget_type == "macs" else lcp.count_params(m)
+
+    base = cost(model)
+    target = budget * base
+    tries: list[tuple[float, float]] = []
+
+    def attempt(ratio: float) -> tuple[nn.Module, float]:
+        m = copy.deepcopy(model).eval()
+        pruner = tp.pruner.MagnitudePruner(m, example, importance=tp.importance.MagnitudeImportance(p=p),
+                                           global_pruning=True, pruning_ratio=ratio, ignored_layers=_classifier(m))
+        pruner.step()
+        m.eval()
+        try:
+            with torch.no_grad():
+                out = m(torch.randn(2, *example.shape[1:]))
+        except Exception as e:
+            raise LcpError(f"torch_pruning returned a broken network at pruning_ratio {ratio:.4f} (its forward "
+                           f"fails: {_first_line(e)})") from None
+        if tuple(out.shape) != (2, num_classes) or not bool(torch.isfinite(out).all()):
+            raise LcpError(f"torch_pruning returned a broken network at pruning_ratio {ratio:.4f} (output "
+                           f"{tuple(out.shape)}, finite {bool(torch.isfinite(out).all())})")
+        c = cost(m) / base
+        tries.append((ratio, c))
+        return m, c
+
+    lo, hi, best = 0.0, None, None  # lo: cost above the target; hi: at or below it
+    ratio = 1.0 - math.sqrt(budget)  # channels kept ~ sqrt(cost kept) for convs between pruned layers
+    for _ in range(max_steps):
+        m, c = attempt(ratio)
+        if c <= budget:
+            hi, best = ratio, (m, c)
+            if c >= budget * (1.0 - tolerance):
+                break
+        else:
+            lo = ratio
+        if hi is None:
+            ratio = min(0.99, (ratio + 1.0) / 2)
+            if lo >= 0.99:
+                break
+        else:
+            ratio = (lo + hi) / 2
+            if hi - lo < 1e-4:
+                break
+    if best is None:
+        raise LcpError(f"torch_pruning cannot reach {budget:g} of the baseline {budget_type}: the most it pruned "
+                       f"left {min(c for _, c in tries):.3f}")
+    m, c = best
+    return m, {"tp_pruning_ratio": hi, "tp_tries": len(tries), "cost_ratio": c}
+
+
+# ------------------------------------------------------------------------------------------------------ CSV
+
+
+def read_rows(path: Path) -> pd.DataFrame:
+    if not path.is_file():
+        return pd.DataFrame()
+    return pd.read_csv(path)
+
+
+def append_row(path: Path, row: dict) -> None:
+    """Append one row (replacing an earlier row of the same method, budget and seed, e.g. a retried error):
+    read, concatenate, write to a temporary file, replace (atomic)."""
+    old = read_rows(path)
+    if not old.empty:
+        same = ((old["method"].astype(str) == row["method"]) & ((old["budget"] - row["budget"]).abs() < 1e-9)
+                & (old["seed"] == row["seed"]))
+        old = old[~same]
+    new = pd.DataFrame([row])
+    df = new if old.empty else pd.concat([old, new], ignore_index=True)
+    first = [c for c in COLUMNS if c in df.columns]
+    df = df[first + [c for c in df.columns if c not in first]]
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False)
+
+
+COLUMNS = [*REPORT_COLUMNS, "latency_base_ms", "latency_pruned_ms", "speedup", "latency64_base_ms",
+           "latency64_pruned_ms", "speedup64", "status"]
+
+
+def _done_keys(df: pd.DataFrame, retry_errors: bool) -> set[tuple[str, float, int]]:
+    if df.empty:
+        return set()
+    keep = df if not retry_errors else df[~df["status"].astype(str).str.startswith("error")]
+    return {(str(r.method), round(float(r.budget), 6), int(r.seed)) for r in keep.itertuples()}
+
+
+# ------------------------------------------------------------------------------------------------------ run
+
+
+class Bench:
+    """One model, its data and channel graph, shared by every row of the run."""
+
+    def __init__(self, cfg: dict, work: Path, log: Log, progress: bool):
+        from lcp.pipeline import baseline_accuracy
+        from lcp.train import evaluate
+
+        self.cfg, self.work, self.log, self.progress = cfg, work, log, progress
+        t0 = time.perf_counter()
+        self.loaded = load(cfg, log)
+        self.bundle = self.loaded.bundle
+        self.size = tuple(self.loaded.input_size)
+        self.example = torch.zeros(1, *self.size)
+        self.test = self.bundle.loader("test", 256)
+        if cfg["test_images"] is None:
+            self.top1_base = baseline_accuracy(self.loaded)  # cached per weights file and data set
+        else:
+            self.top1_base = evaluate(self.loaded.model, self.test)["top1"]
+        self.graph = lcp.build_graph(self.loaded.model, self.example)
+        self.macs_base = lcp.count_macs(self.loaded.model, self.example)
+        self.params_base = lcp.count_params(self.loaded.model)
+        self.transforms: dict[int, tuple[Any, float]] = {}
+        self.setup_s = time.perf_counter() - t0
+        log(f"{self.loaded.name} on {self.loaded.dataset}: {self.macs_base / 1e6:.2f}M MACs, "
+            f"{self.params_base / 1e6:.3f}M params, baseline top-1 {self.top1_base:.2f}% "
+            f"({len(self.bundle.train_x)} train, {len(self.bundle.holdout_x)} holdout, "
+            f"{len(self.bundle.test_x)} test images; weights {self.loaded.weights})")
+
+    # -- lcp search, once per seed
+    def transforms_for(self, seed: int) -> tuple[Any, float]:
+        """Learned compensation for ``seed`` (searched once, kept in the work folder with its time)."""
+        if seed in self.transforms:
+            return self.transforms[seed]
+        from lcp import importance as imp
+        from lcp import search
+        from lcp.cost import CostModel
+        from lcp.io import read_json
+        from lcp.ranking import Transforms
+
+        s = self.cfg["search"]
+        sb = float(s["search_budget"] or min(self.cfg["budgets"]))
+        folder = self.work / f"search_seed{seed}"
+        done = folder / "search_done.json"
+        if done.is_file() and (folder / "transforms.json").is_file():
+            info = read_json(done, what="search record")
+            tf = Transforms.from_json(read_json(folder / "transforms.json", what="transforms"), self.graph)
+            self.log(f"seed {seed}: reusing the learned compensation in {folder} (searched in {info['search_s']:.0f} s)")
+            self.transforms[seed] = (tf, float(info["search_s"]))
+            return self.transforms[seed]
+        folder.mkdir(parents=True, exist_ok=True)
+        before = 0.0
+        part = folder / "search_partial.json"  # time spent by interrupted attempts (the state resumes)
+        if part.is_file():
+            before = float(read_json(part, what="search record").get("search_s", 0.0))
+        self.log(f"seed {seed}: learning the layer compensation ({s['optimizer']}, {s['candidates']} candidates "
+                 f"at {sb:g} of {self.cfg['budget_type']})")
+        t0 = time.perf_counter()
+        scores = imp.unit_scores(self.graph, imp.filter_scores(self.graph, self.cfg["importance"]),
+                                 self.cfg["aggregate"])
+        fitness = search.make_fitness(self.graph, CostModel(self.graph), scores, self.bundle, budget=sb,
+                                      budget_type=self.cfg["budget_type"], tau=s["tau"], label_free=s["label_free"],
+                                      recal_batches=s["recal_batches"], eval_images=s["eval_images"],
+                                      batch_size=self.cfg["batch_size"], seed=seed, lr=self.cfg["lr"],
+                                      min_ratio=self.cfg["min_ratio"], round_to=self.cfg["round_to"])
+        try:
+            result = search.search(self.graph, scores, fitness, optimizer=s["optimizer"],
+                                   compensation=s["compensation"], candidates=s["candidates"],
+                                   population=s["population"], tournament=s["tournament"], seed=seed,
+                                   state_path=folder / "search_state.json", resume=True, progress=self.progress)
+        except BaseException:
+            atomic_write_json(part, {"search_s": before + time.perf_counter() - t0})
+            raise
+        search_s = before + time.perf_counter() - t0
+        search.write_outputs(result, folder)
+        atomic_write_json(folder / "transforms.json", result.transforms.to_json())
+        atomic_write_json(done, {"search_s": search_s, "best_fitness": result.best_fitness,
+                                 "identity_fitness": result.history[0]["fitness"] if result.history else None,
+                                 "candidates": len(result.history), "search_budget": sb})
+        part.unlink(missing_ok=True)
+        self.log(f"seed {seed}: search took {search_s:.0f} s, fitness {result.history[0]['fitness']:.4f} "
+                 f"(identity) -> {result.best_fitness:.4f}")
+        self.transforms[seed] = (result.transforms, search_s)
+        return self.transforms[seed]
+
+    # -- one row
+    def cut(self, method: str, budget: float, seed: int) -> tuple[nn.Module, dict]:
+        """The pruned network and its cost columns."""
+        from lcp.pruner import prune_graph
+
+        cfg = self.cfg
+        if method == "torch_pruning":
+            t0 = time.perf_counter()
+            model, info = tp_prune(self.loaded.model, self.example, budget=budget, budget_type=cfg["budget_type"],
+                                   num_classes=self.bundle.num_classes, **cfg["torch_pruning"])
+            prune_s = time.perf_counter() - t0
+            macs, params = lcp.count_macs(model, self.example), lcp.count_params(model)
+            return model, {"importance": f"tp_magnitude_l{cfg['torch_pruning']['p']}", "macs_pruned": macs,
+                           "params_pruned": params, "search_s": 0.0, "prune_s": prune_s,
+                           "tp_pruning_ratio": info["tp_pruning_ratio"], "tp_tries": info["tp_tries"]}
+        tf, search_s = self.transforms_for(seed) if method == "lcp" else (None, 0.0)
+        batches = None
+        if cfg["importance"] == "taylor":
+            batches = self.bundle.loader("train", 64, shuffle=True, seed=seed, limit=1024)
+        res = prune_graph(self.graph, budget=budget, budget_type=cfg["budget_type"], method=method,
+                          importance=cfg["importance"], aggregate=cfg["aggregate"], transforms=tf,
+                          round_to=cfg["round_to"], min_ratio=cfg["min_ratio"], seed=seed, batches=batches)
+        return res.model, {"importance": cfg["importance"], "macs_pruned": res.plan.macs,
+                           "params_pruned": res.plan.params, "search_s": search_s, "prune_s": res.seconds}
+
+    def row(self, method: str, budget: float, seed: int) -> dict:
+        from lcp.latency import measure
+        from lcp.train import evaluate, recalibrate_bn
+
+        cfg = self.cfg
+        t_row = time.perf_counter()
+        row: dict[str, Any] = {
+            "model": self.loaded.name, "dataset": self.loaded.dataset, "method": method,
+            "importance": cfg["importance"], "budget_type": cfg["budget_type"], "budget": budget,
+            "macs_base": self.macs_base, "params_base": self.params_base, "top1_base": self.top1_base,
+            "finetune_epochs": float(cfg["finetune_epochs"]), "seed": seed,
+        }
+        try:
+            pruned, info = self.cut(method, budget, seed)
+            row.update(info)
+            row["macs_ratio"] = row["macs_pruned"] / self.macs_base
+            row["params_ratio"] = row["params_pruned"] / self.params_base
+            t0 = time.perf_counter()
+            train = self.bundle.loader("train", cfg["batch_size"], shuffle=True, augment=False, seed=seed)
+            if cfg["recal_batches"] > 0:
+                recalibrate_bn(pruned, train, batches=cfg["recal_batches"])
+            row["top1_pruned_noft"] = evaluate(pruned, self.test)["top1"]
+            row["recal_eval_s"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            steps = finetune(pruned, self.bundle, cfg, seed, self.progress)
+            row["finetune_steps"] = steps
+            row["finetune_s"] = time.perf_counter() - t0
+            row["top1_pruned"] = evaluate(pruned, self.test)["top1"] if steps else row["top1_pruned_noft"]
+            t0 = time.perf_counter()
+            reps = int(cfg["latency_repeats"])
+            for b in cfg["latency_batches"]:
+                kw = dict(batch=int(b), n_threads=cfg["threads"], repeats=reps, warmup=min(5, max(1, reps // 4)))
+                base = measure(self.loaded.model, self.size, **kw)["median_ms"]
+                new = measure(pruned, self.size, **kw)["median_ms"]
+                tag = "" if int(b) == 1 else str(int(b))
+                row[f"latency{tag}_base_ms"], row[f"latency{tag}_pruned_ms"] = base, new
+                row[f"speedup{tag}"] = base / new
+            row["latency_s"] = time.perf_counter() - t0
+            row["status"] = "ok"
+        except Exception as e:  # one broken row must not end the comparison
+            row["status"] = f"error: {_first_line(e)}"
+            if os.environ.get("LCP_BENCH_TRACEBACK"):
+                traceback.print_exc()
+        row["row_s"] = time.perf_counter() - t_row
+        return row
+
+
+def _host() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
+            "torch_pruning": tp_version(), "lcp": lcp.__version__}
+
+
+def _command(argv: list[str]) -> str:
+    script = Path(__file__).resolve()
+    try:
+        script_s = str(script.relative_to(Path.cwd()))
+    except ValueError:
+        script_s = str(script)
+    return " ".join(shlex.quote(a) for a in ["python", script_s, *argv])
+
+
+def run(args: argparse.Namespace, argv: list[str], log: Log = print) -> pd.DataFrame:
+    cfg = settings_from(args)
+    sig = signature(cfg)
+    out = Path(cfg["out"])
+    meta_path = out.with_suffix(".meta.json")
+    work = Path(args.work) / f"{out.stem}-{sig}"
+    if cfg["threads"]:
+        torch.set_num_threads(int(cfg["threads"]))
+    with RunLock(work):
+        old = read_rows(out)
+        if not old.empty and "config" in old.columns and set(old["config"].astype(str)) != {sig}:
+            if not args.overwrite:
+                raise LcpError(f"{out} holds rows made with other settings (config {', '.join(sorted(set(old['config'].astype(str))))}, "
+                               f"now {sig}): pass --overwrite to start over, or --out another file")
+            out.unlink()
+            meta_path.unlink(missing_ok=True)
+            old = pd.DataFrame()
+        elif args.overwrite and out.exists():
+            out.unlink()
+            meta_path.unlink(missing_ok=True)
+            old = pd.DataFrame()
+        todo_all = tasks(cfg)
+        done = _done_keys(old, args.retry_errors)
+        todo = [t for t in todo_all if (t[0], round(t[1], 6), t[2]) not in done]
+        started = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
+        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+        meta.update(config=cfg, config_hash=sig, recipe=str(args.recipe), host=_host())
+        invocation = {"command": _command(argv), "started": started, "rows": len(todo)}
+        meta.setdefault("runs", []).append(invocation)
+        log(f"{len(todo_all) - len(todo)} of {len(todo_all)} rows already in {out}; running {len(todo)}")
+        t_all = time.perf_counter()
+        if todo:
+            bench = Bench(cfg, work, log, progress=not args.no_progress)
+            meta["data"] = {"source": bench.bundle.source, "train": len(bench.bundle.train_x),
+                            "holdout": len(bench.bundle.holdout_x), "test": len(bench.bundle.test_x),
+                            "steps_per_epoch": _steps_per_epoch(bench.bundle, int(cfg["batch_size"])),
+                            "weights": bench.loaded.weights, "top1_base": bench.top1_base,
+                            "macs_base": bench.macs_base, "params_base": bench.params_base}
+            atomic_write_json(meta_path, meta)
+            tpv = tp_version()
+            for method, budget, seed in todo:
+                if method == "torch_pruning" and tpv is None:
+                    row = {"model": bench.loaded.name, "dataset": bench.loaded.dataset, "method": method,
+                           "budget_type": cfg["budget_type"], "budget": budget, "seed": seed,
+                           "macs_base": bench.macs_base, "params_base": bench.params_base,
+                           "top1_base": bench.top1_base, "finetune_epochs": float(cfg["finetune_epochs"]),
+                           "status": "skipped: torch-pruning is not installed (pip install -e '.[bench]')"}
+                else:
+                    row = bench.row(method, budget, seed)
+                row.update(config=sig, quick=cfg["quick"], threads=cfg["threads"],
+                           finished=_dt.datetime.now().astimezone().isoformat(timespec="seconds"))
+                append_row(out, row)
+                if row["status"] == "ok":
+                    log(f"{method:>13} {budget:g} seed {seed}: MACs {row['macs_ratio']:.3f}, params "
+                        f"{row['params_ratio']:.3f}, top-1 {row['top1_pruned_noft']:.2f}% (BN recal) -> "
+                        f"{row['top1_pruned']:.2f}% ({row['finetune_steps']} steps), speedup b1 "
+                        f"{row['speedup']:.2f}x ({row['row_s']:.0f} s)")
+                else:
+                    log(f"{method:>13} {budget:g} seed {seed}: {row['status']}")
+        invocation["finished"] = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
+        invocation["wall_s"] = round(time.perf_counter() - t_all, 1)
+        atomic_write_json(meta_path, meta)
+        log(f"done in {invocation['wall_s']:.0f} s: {out}")
+        return read_rows(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    try:
+        run(args, argv, log=lambda s: print(s, flush=True))
+    except LcpError as e:
+        print(f"compare: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

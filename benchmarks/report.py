@@ -1,0 +1,449 @@
+"""Turn the method comparisons (``benchmarks/results/compare_*.csv``) into ``docs/benchmarks.md`` and a plot.
+
+One section per CSV (one model): what was run (data, budgets, the fine-tuning recipe and its length, the search,
+the machine, the wall time, the exact commands, all read from the CSV and its ``.meta.json`` written by
+``benchmarks/compare.py``), a table with one row per method x budget (mean ± sample standard deviation where
+several seeds were run), the rows that failed with their reasons, and a generated comparison with published
+ResNet-56 numbers. ``docs/benchmarks.png`` plots top-1 against the MACs ratio per method. No number in the
+page is typed by hand: re-run this script after any ``compare.py`` run.
+
+    python benchmarks/report.py
+    python benchmarks/report.py --csv runs/compare/compare_resnet20_quick.csv --md /tmp/b.md --png /tmp/b.png
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+METHOD_ORDER = ["lcp", "global", "uniform", "random", "torch_pruning"]
+MODEL_ORDER = ["resnet56", "mobilenetv2", "resnet20"]
+MODEL_NAMES = {"resnet56": "ResNet-56", "resnet20": "ResNet-20", "mobilenetv2": "MobileNetV2"}
+COLOURS = {"lcp": "#d62728", "global": "#1f77b4", "uniform": "#2ca02c", "random": "#7f7f7f",
+           "torch_pruning": "#9467bd"}
+
+#: Published ResNet-56 / CIFAR-10 results (LeGR, CVPR 2020, Table 1; AMC as reported there).
+PUBLISHED = [
+    {"method": "LeGR", "base": 93.9, "pruned": 93.7, "spread": 0.2, "flops": 0.47, "epochs": 400},
+    {"method": "AMC", "base": 92.8, "pruned": 91.9, "spread": None, "flops": 0.50, "epochs": 60},
+]
+
+
+#: Why Torch-Pruning breaks the CIFAR ResNets (checked by hand on ResNet-20 with torch-pruning 1.6.1: after
+#: ``pruner.step()`` at pruning_ratio 0.3 the last residual stream has 63 channels and the classifier 60 inputs).
+OPTION_A = {"resnet20", "resnet32", "resnet44", "resnet56", "resnet110"}
+OPTION_A_NOTE = (
+    "Why: these CIFAR ResNets use option-A shortcuts (a stride-2 subsample whose missing channels are zero-padded "
+    "with `F.pad`). Torch-Pruning's dependency graph does not follow channels through that padding, so it prunes "
+    "the classifier's inputs as a group separate from the residual stream that feeds them, and the network it "
+    "returns fails at the classifier (lcp handles the shortcut explicitly, see docs/engine.md). The row is "
+    "reported as an error rather than patched, as a user of Torch-Pruning would meet it.")
+
+
+# --------------------------------------------------------------------------------------------------- reading
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    """``write(tmp)`` to a temporary file beside ``path``, then replace ``path`` (no torch import needed)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load(path: Path) -> tuple[pd.DataFrame, dict]:
+    df = pd.read_csv(path)
+    meta_path = path.with_suffix(".meta.json")
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    return df, meta
+
+
+def _order(df: pd.DataFrame) -> pd.DataFrame:
+    rank = {m: i for i, m in enumerate(METHOD_ORDER)}
+    return df.assign(_m=df["method"].map(lambda m: rank.get(m, len(rank))), _b=-df["budget"]) \
+             .sort_values(["_b", "_m"]).drop(columns=["_m", "_b"])
+
+
+def summarise(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per (budget, method) over the ok rows: means, sample std where n > 1, and the seeds."""
+    ok = df[df["status"].astype(str) == "ok"].copy()
+    if ok.empty:
+        return pd.DataFrame()
+    ok["drop"] = ok["top1_base"] - ok["top1_pruned"]
+    ok["drop_noft"] = ok["top1_base"] - ok["top1_pruned_noft"]
+    ok["lat1"] = ok["latency_pruned_ms"] / ok["latency_base_ms"]
+    if "latency64_pruned_ms" in ok:
+        ok["lat64"] = ok["latency64_pruned_ms"] / ok["latency64_base_ms"]
+    rows = []
+    for (budget, method), g in ok.groupby(["budget", "method"], sort=False):
+        r: dict[str, Any] = {"method": method, "budget": budget, "n": len(g),
+                             "seeds": ",".join(str(int(s)) for s in sorted(g["seed"]))}
+        for col in ("macs_ratio", "params_ratio", "top1_base", "top1_pruned_noft", "top1_pruned", "drop",
+                    "drop_noft", "lat1", "lat64", "search_s", "prune_s", "finetune_s", "finetune_steps"):
+            if col in g:
+                r[col] = float(g[col].mean())
+                r[col + "_sd"] = float(g[col].std(ddof=1)) if len(g) > 1 else math.nan
+        rows.append(r)
+    return _order(pd.DataFrame(rows)).reset_index(drop=True)
+
+
+# ---------------------------------------------------------------------------------------------- formatting
+
+
+def _num(v: float, places: int) -> str:
+    return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.{places}f}"
+
+
+def _pm(r: pd.Series | dict, col: str, places: int) -> str:
+    v, sd = r.get(col, math.nan), r.get(col + "_sd", math.nan)
+    if isinstance(sd, float) and math.isfinite(sd):
+        return f"{_num(v, places)} ± {_num(sd, places)}"
+    return _num(v, places)
+
+
+def md_table(header: list[str], rows: list[list[str]], right: set[int] | None = None) -> str:
+    right = right if right is not None else set(range(1, len(header)))
+    lines = ["| " + " | ".join(header) + " |",
+             "|" + "|".join("---:" if i in right else "---" for i in range(len(header))) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _epochs(v: float) -> str:
+    v = float(v)
+    return f"{int(v)}" if v.is_integer() else f"{v:g}"
+
+
+def _plural(n: float, word: str) -> str:
+    return f"{n:g} {word}" + ("" if n == 1 else "s")
+
+
+def _name(model: str) -> str:
+    return MODEL_NAMES.get(model, model)
+
+
+def results_table(s: pd.DataFrame) -> str:
+    header = ["method", "budget", "seeds", "MACs ratio", "params ratio", "top-1 BN recal (%)",
+              "top-1 fine-tuned (%)", "drop vs base (pts)", "latency ratio b1", "latency ratio b64",
+              "search (s)", "fine-tune (s)"]
+    rows = []
+    for _, r in s.iterrows():
+        rows.append([f"`{r['method']}`", f"{r['budget']:g}", str(r["seeds"]), _num(r["macs_ratio"], 3),
+                     _num(r["params_ratio"], 3), _pm(r, "top1_pruned_noft", 2), _pm(r, "top1_pruned", 2),
+                     _pm(r, "drop", 2), _pm(r, "lat1", 2), _pm(r, "lat64", 2), _num(r.get("search_s"), 0),
+                     _num(r.get("finetune_s"), 0)])
+    return md_table(header, rows, right=set(range(1, len(header))) - {0})
+
+
+def _commands(meta: dict, csv: Path) -> list[str]:
+    cmds = [r["command"] for r in meta.get("runs", []) if r.get("command")]
+    return list(dict.fromkeys(cmds)) or [f"python benchmarks/compare.py --recipe <recipe> --out {csv}"]
+
+
+def _wall(meta: dict) -> float:
+    return float(sum(r.get("wall_s", 0.0) for r in meta.get("runs", [])))
+
+
+def _dates(meta: dict) -> str:
+    runs = meta.get("runs", [])
+    if not runs:
+        return "unknown dates"
+    first = runs[0].get("started", "?")[:16].replace("T", " ")
+    last = (runs[-1].get("finished") or runs[-1].get("started", "?"))[:16].replace("T", " ")
+    return first if first == last else f"{first} to {last}"
+
+
+def setup_text(df: pd.DataFrame, meta: dict) -> str:
+    """What was run, from the recipe settings and data recorded by compare.py."""
+    cfg, data, host = meta.get("config", {}), meta.get("data", {}), meta.get("host", {})
+    model = str(df["model"].iloc[0])
+    ft = float(cfg.get("finetune_epochs", df["finetune_epochs"].iloc[0]))
+    bs = int(cfg.get("batch_size", 128))
+    steps = data.get("steps_per_epoch")
+    ft_steps = None
+    if "finetune_steps" in df and df["finetune_steps"].notna().any():
+        ft_steps = int(df["finetune_steps"].dropna().iloc[0])
+    s = cfg.get("search", {})
+    budgets = ", ".join(f"{b:g}" for b in sorted(df["budget"].unique(), reverse=True))
+    lines = []
+    if cfg.get("quick") or bool(df.get("quick", pd.Series([False])).astype(str).eq("True").any()):
+        lines.append("**Smoke test (`--quick`) on a tiny subset: these numbers test the harness, they are not "
+                     "results.**\n")
+    top1 = data.get("top1_base", float(df["top1_base"].dropna().iloc[0]) if df["top1_base"].notna().any() else math.nan)
+    lines.append(
+        f"- **Model and data:** {_name(model)} on {df['dataset'].iloc[0]} ({data.get('train', '?')} train / "
+        f"{data.get('holdout', '?')} held-out / {data.get('test', '?')} test images), weights "
+        f"`{Path(str(data.get('weights', '?'))).name}`, baseline top-1 **{_num(top1, 2)}%**, "
+        f"{_num(data.get('macs_base', df['macs_base'].iloc[0]) / 1e6, 2)}M MACs. Budgets: {budgets} of the "
+        f"baseline {'MACs' if cfg.get('budget_type', 'macs') == 'macs' else 'params'}.")
+    ft_text = ("**none**" if ft == 0 else
+               f"**{_epochs(ft)} epoch{'s' if ft != 1 else ''}**" + (f" ({_plural(ft_steps, 'step')} of {bs})" if ft_steps else ""))
+    lines.append(
+        f"- **Identical for every method:** the same data split (holdout seed 0), BatchNorm recalibration on "
+        f"{cfg.get('recal_batches', 20)} train batches of {bs}, then top-1 on the test split (\"BN recal\"); then "
+        f"fine-tuning for {ft_text}: SGD Nesterov, momentum 0.9, lr {cfg.get('lr', 0.01):g} cosine to 0, weight "
+        f"decay 5e-4, batch {bs}, random crop and flip, the row's seed for the data order; then top-1 again "
+        f"(\"fine-tuned\")." + (f" One epoch is {_plural(steps, 'step')}." if steps else ""))
+    if "lcp" in set(df["method"]):
+        lines.append(
+            f"- **lcp:** LeGR search ({s.get('optimizer', 'legr')}, {s.get('candidates', '?')} candidates, population "
+            f"{s.get('population', '?')}, tournament {s.get('tournament', '?')}; fitness: cross-entropy on "
+            f"{s.get('eval_images', 1000)} held-out images after BN recalibration) at budget "
+            f"{_num(s.get('search_budget') or min(df['budget']), 2)}, once per seed, reused for every budget; its "
+            f"time is the `search` column. `global`, `uniform`, `random`: the same lcp walk with identity "
+            f"compensation, one keep ratio per group, a seeded random order.")
+    if "torch_pruning" in set(df["method"]):
+        tpv = host.get("torch_pruning") or "not installed"
+        lines.append(
+            f"- **torch_pruning:** Torch-Pruning {tpv}, `MagnitudePruner` with `MagnitudeImportance(p=2)`, "
+            f"`global_pruning=True`, classifier ignored; its channel `pruning_ratio` is bisected until lcp's MACs "
+            f"count of the result is at or just under the same target; the result must run (forward) before it "
+            f"is recalibrated, fine-tuned and evaluated like the others.")
+    lines.append(
+        f"- **Latency:** median of {cfg.get('latency_repeats', 20)} forward passes at batch 1 and 64, "
+        f"{cfg.get('threads', 1)} thread(s), base and pruned timed back to back for every row; the columns are "
+        f"pruned / base (below 1 is faster).")
+    lines.append(
+        f"- **Machine and time:** {host.get('cpu', '?')}, {host.get('cores', '?')} cores shared with other jobs, "
+        f"torch {host.get('torch', '?')}; {_dates(meta)}; wall time of the comparison {_wall(meta) / 60:.0f} min "
+        f"({len(df)} rows).")
+    return "\n".join(lines)
+
+
+def errors_text(df: pd.DataFrame) -> str:
+    bad = _order(df[df["status"].astype(str) != "ok"])
+    if bad.empty:
+        return ""
+    seen: dict[str, list[str]] = {}
+    for _, r in bad.iterrows():
+        seen.setdefault(f"`{r['method']}`: {r['status']}", []).append(f"{r['budget']:g} (seed {int(r['seed'])})")
+    items = [f"- {what} (budget {', '.join(where)})" for what, where in seen.items()]
+    text = "Rows without a result:\n\n" + "\n".join(items)
+    model = str(df["model"].iloc[0])
+    tp_broken = bad[(bad["method"] == "torch_pruning") & bad["status"].astype(str).str.contains("broken network")]
+    if model in OPTION_A and not tp_broken.empty:
+        text += "\n\n" + OPTION_A_NOTE
+    return text
+
+
+def _row(s: pd.DataFrame, method: str, target: float) -> pd.Series | None:
+    g = s[s["method"] == method]
+    if g.empty:
+        return None
+    return g.iloc[(g["budget"] - target).abs().argsort().iloc[0]]
+
+
+def published_text(tables: dict[str, tuple[pd.DataFrame, pd.DataFrame, dict]]) -> str:
+    """The comparison with LeGR's and AMC's ResNet-56 numbers, with our measured numbers inserted."""
+    pub = "; ".join(
+        f"{p['method']} {p['base']:.1f} → {p['pruned']:.1f}" + (f" ± {p['spread']:.1f}" if p["spread"] else "")
+        + f" (−{p['base'] - p['pruned']:.1f} points) at {p['flops']:.0%} of the FLOPs after {p['epochs']} epochs of "
+        "fine-tuning" for p in PUBLISHED)
+    intro = f"Published on ResNet-56 / CIFAR-10 (LeGR, CVPR 2020, Table 1): {pub}."
+    if "resnet56" in tables:
+        df, s, meta = tables["resnet56"]
+        model, where = "resnet56", "this ResNet-56 table"
+    elif tables:
+        model = next(iter(tables))
+        df, s, meta = tables[model]
+        where = f"the {_name(model)} table (no ResNet-56 comparison has been run for this page yet)"
+    else:
+        return intro + " No comparison has been run for this page yet."
+    r_lcp, r_glob = _row(s, "lcp", 0.5), _row(s, "global", 0.5)
+    if r_lcp is None:
+        return intro + f" {where.capitalize()} has no lcp row to set beside them."
+    ft = float(r_lcp["finetune_steps"]) if "finetune_steps" in r_lcp else math.nan
+    ft_ep = float(df["finetune_epochs"].iloc[0])
+    base = float(r_lcp["top1_base"])
+    text = [intro]
+    text.append(
+        f"Ours, from {where}: lcp at {r_lcp['macs_ratio']:.1%} of the MACs goes {base:.2f} → "
+        f"{r_lcp['top1_pruned_noft']:.2f} after BN recalibration alone and → {_pm(r_lcp, 'top1_pruned', 2)} after "
+        f"{_epochs(ft_ep)} epoch{'s' if ft_ep != 1 else ''} of fine-tuning"
+        + (f" ({_plural(int(ft), 'step')})" if math.isfinite(ft) and ft_ep > 0 else "")
+        + f", a drop of {_pm(r_lcp, 'drop', 2)} points"
+        + (f"; the plain global ranking ends at {_pm(r_glob, 'top1_pruned', 2)} ({_pm(r_glob, 'drop', 2)})"
+           if r_glob is not None else "") + ".")
+    gaps = " and ".join(f"{abs(p['base'] - base):.1f} points {'below' if p['base'] > base else 'above'} "
+                        f"{p['method']}'s {p['base']:.1f}" for p in PUBLISHED)
+    if ft_ep > 0:
+        ratio = ", ".join(f"{ft_ep / p['epochs']:.2%} of {p['method']}'s {p['epochs']}" for p in PUBLISHED)
+        ft_words = f"our fine-tuning is {_epochs(ft_ep)} epoch{'s' if ft_ep != 1 else ''} ({ratio})"
+    else:
+        ft_words = "we do not fine-tune at all"
+    caveat = (f"The numbers are not comparable as equals: our baseline is the shared checkpoint on the JPEG "
+              f"CIFAR-10 split ({base:.2f}%, {gaps}), {ft_words}, and the published networks were "
+              f"trained and evaluated on the original CIFAR-10 pickles.")
+    if model != "resnet56":
+        caveat += (f" {_name(model)} is also a smaller network than ResNet-56, with less redundancy to prune, so its "
+                   f"drop is no estimate of ResNet-56's.")
+    text.append(caveat)
+    text.append("What this page does measure fairly is the ranking between methods under one identical recipe, "
+                "in each table above.")
+    return " ".join(text)
+
+
+# ------------------------------------------------------------------------------------------------------ plot
+
+
+def plot(tables: dict[str, tuple[pd.DataFrame, pd.DataFrame, dict]], path: Path) -> None:
+    """Top-1 against MACs ratio per method: filled = fine-tuned, hollow = BN recalibration only."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+
+    n = max(1, len(tables))
+    fig = Figure(figsize=(5.2 * n, 4.4), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, n, squeeze=False)[0]
+    for ax, (model, (df, s, meta)) in zip(axes, tables.items()):
+        ft = _epochs(df["finetune_epochs"].iloc[0])
+        if not s.empty:
+            for method in [m for m in METHOD_ORDER if m in set(s["method"])] + \
+                    sorted(set(s["method"]) - set(METHOD_ORDER)):
+                g = s[s["method"] == method].sort_values("macs_ratio")
+                c = COLOURS.get(method, "#000000")
+                ax.errorbar(g["macs_ratio"], g["top1_pruned"], yerr=g["top1_pruned_sd"].fillna(0), color=c,
+                            marker="o", ms=6, lw=1.4, capsize=3, label=method)
+                ax.errorbar(g["macs_ratio"], g["top1_pruned_noft"], yerr=g["top1_pruned_noft_sd"].fillna(0),
+                            color=c, marker="o", ms=6, mfc="white", lw=0.8, ls=":", capsize=3)
+            ax.axhline(float(s["top1_base"].iloc[0]), color="black", ls="--", lw=0.8)
+            ax.annotate(f"baseline {float(s['top1_base'].iloc[0]):.2f}%", (0.02, float(s["top1_base"].iloc[0])),
+                        xycoords=("axes fraction", "data"), va="bottom", fontsize=8)
+        failed = sorted(set(df.loc[df["status"].astype(str) != "ok", "method"]) - set(s.get("method", [])))
+        for method in failed:  # listed in the legend, so a missing curve is never silent
+            ax.plot([], [], color=COLOURS.get(method, "#000000"), marker="x", ls="none",
+                    label=f"{method}: no result (see table)")
+        quick = " [--quick smoke test]" if meta.get("config", {}).get("quick") else ""
+        ax.set_title(f"{_name(model)} / {df['dataset'].iloc[0]}, fine-tune {ft} ep{quick}", loc="left", fontsize=10)
+        ax.set_xlabel("MACs ratio (pruned / baseline)")
+        ax.set_ylabel("test top-1 (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="best", fontsize=8, framealpha=0.8)
+    style = [Line2D([], [], color="#444444", marker="o", lw=1.4, label="fine-tuned"),
+             Line2D([], [], color="#444444", marker="o", mfc="white", lw=0.8, ls=":", label="BN recalibration only")]
+    fig.legend(handles=style, loc="outside upper right", ncols=2, fontsize=8, frameon=False)
+    if not tables:
+        axes[0].text(0.5, 0.5, "no comparison has been run", ha="center", va="center", transform=axes[0].transAxes)
+    _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+
+
+# ---------------------------------------------------------------------------------------------------- report
+
+
+def _recipes_not_run(done_csvs: set[Path]) -> list[tuple[str, dict]]:
+    import yaml
+
+    out = []
+    for recipe in sorted((ROOT / "recipes").glob("bench_*.yaml")):
+        try:
+            cfg = yaml.safe_load(recipe.read_text()) or {}
+        except Exception:
+            continue
+        csv = cfg.get("out")
+        if csv and (ROOT / csv).resolve() not in done_csvs:
+            out.append((str(recipe.relative_to(ROOT)), cfg))
+    return out
+
+
+def _rel(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
+def build(csvs: list[Path], md_path: Path, png_path: Path, argv: list[str]) -> str:
+    tables: dict[str, tuple[pd.DataFrame, pd.DataFrame, dict]] = {}
+    sources: dict[str, Path] = {}
+    for path in csvs:
+        df, meta = load(path)
+        if df.empty:
+            continue
+        model = str(df["model"].iloc[0])
+        key = model if model not in tables else f"{model} ({path.stem})"
+        tables[key] = (df, summarise(df), meta)
+        sources[key] = path
+    rank = {m: i for i, m in enumerate(MODEL_ORDER)}
+    tables = dict(sorted(tables.items(), key=lambda kv: (rank.get(kv[0], len(rank)), kv[0])))
+    plot(tables, png_path)
+
+    try:
+        png_ref = str(png_path.resolve().relative_to(md_path.resolve().parent))
+    except ValueError:
+        png_ref = str(png_path)
+    report_cmd = " ".join(shlex.quote(a) for a in ["python", "benchmarks/report.py", *argv])
+    out = ["# Benchmarks: lcp against other pruning methods", "",
+           f"<!-- generated by `{report_cmd}` from the CSVs named below; do not edit by hand -->", "",
+           "Every row of every table below comes from `benchmarks/compare.py` (one CSV row per method, budget and "
+           "seed) and was turned into this page by `benchmarks/report.py`; rerun both to reproduce it. All "
+           "methods of one table share the data split, the BatchNorm recalibration, the fine-tuning recipe and "
+           "the seed; only the choice of channels differs. Top-1 is on the full test split unless the section "
+           "says otherwise; `drop` is baseline minus fine-tuned top-1; ± is the sample standard deviation over "
+           "the seeds listed.", ""]
+    measured = ", ".join(_name(k.split(" ")[0]) for k in tables) or "nothing yet"
+    out += [f"Measured on this page: **{measured}**.", ""]
+    for key, (df, s, meta) in tables.items():
+        ft = _epochs(df["finetune_epochs"].iloc[0])
+        out += [f"## {_name(key.split(' ')[0])} / {df['dataset'].iloc[0]}, fine-tuning {ft} epoch"
+                f"{'s' if ft != '1' else ''}", ""]
+        out += [setup_text(df, meta), ""]
+        out += ["Commands:", "", "```bash", "source ../shared/offline-env.sh"]
+        out += _commands(meta, sources[key]) + [report_cmd, "```", ""]
+        out += [f"Results (`{_rel(sources[key])}`):", ""]
+        out += [results_table(s) if not s.empty else "No row finished successfully.", ""]
+        err = errors_text(df)
+        if err:
+            out += [err, ""]
+    out += ["## Accuracy against MACs", "", f"![top-1 against MACs ratio per method]({png_ref})", "",
+            "Filled markers: after fine-tuning; hollow markers on dotted lines: after BatchNorm recalibration only; "
+            "error bars: sample standard deviation over seeds; dashed line: the unpruned baseline.", ""]
+    out += ["## Published numbers", "", published_text(tables), ""]
+    missing = _recipes_not_run({p.resolve() for p in sources.values()})
+    if missing:
+        out += ["## Not run yet", "",
+                "These recipes exist but their CSVs are not in this page; nothing is claimed for them:", ""]
+        for recipe, cfg in missing:
+            out.append(f"- `python benchmarks/compare.py --recipe {recipe}`: {_name(str(cfg.get('model')))}, budgets "
+                       f"{', '.join(str(b) for b in cfg.get('budgets', []))}, fine-tuning "
+                       f"{_epochs(cfg.get('finetune_epochs', 1))} epochs, search "
+                       f"{(cfg.get('search') or {}).get('candidates', '?')} candidates.")
+        out.append("")
+    text = "\n".join(out)
+    _atomic_write(md_path, lambda tmp: tmp.write_text(text))
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--csv", nargs="+", type=Path, help="comparison CSVs (default: benchmarks/results/compare_*.csv)")
+    p.add_argument("--md", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    p.add_argument("--png", type=Path, default=ROOT / "docs" / "benchmarks.png")
+    args = p.parse_args(argv)
+    csvs = args.csv or sorted(RESULTS.glob("compare_*.csv"))
+    missing = [c for c in csvs if not c.is_file()]
+    if missing:
+        print(f"report: no such file {missing[0]}", file=sys.stderr)
+        return 2
+    build(csvs, args.md, args.png, argv)
+    print(f"wrote {args.md} and {args.png} from {len(csvs)} CSV(s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    sys.exit(main())
