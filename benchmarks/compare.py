@@ -517,7 +517,8 @@ class Bench:
         if done.is_file() and (folder / "transforms.json").is_file():
             info = read_json(done, what="search record")
             tf = Transforms.from_json(read_json(folder / "transforms.json", what="transforms"), self.graph)
-            self.log(f"seed {seed}: reusing the learned compensation in {folder} (searched in {info['search_s']:.0f} s)")
+            self.log(f"seed {seed}: reusing the learned compensation in {folder} "
+                     f"(searched in {info['search_s']:.0f} s)")
             self.transforms[seed] = (tf, float(info["search_s"]))
             return self.transforms[seed]
         folder.mkdir(parents=True, exist_ok=True)
@@ -661,8 +662,9 @@ def run(args: argparse.Namespace, argv: list[str], log: Log = print) -> pd.DataF
         old = read_rows(out)
         if not old.empty and "config" in old.columns and set(old["config"].astype(str)) != {sig}:
             if not args.overwrite:
-                raise LcpError(f"{out} holds rows made with other settings (config {', '.join(sorted(set(old['config'].astype(str))))}, "
-                               f"now {sig}): pass --overwrite to start over, or --out another file")
+                found = ", ".join(sorted(set(old["config"].astype(str))))
+                raise LcpError(f"{out} holds rows made with other settings (config {found}, now {sig}): pass "
+                               "--overwrite to start over, or --out another file")
             out.unlink()
             meta_path.unlink(missing_ok=True)
             old = pd.DataFrame()

@@ -190,7 +190,8 @@ def setup_text(df: pd.DataFrame, meta: dict) -> str:
         f"{_num(data.get('macs_base', df['macs_base'].iloc[0]) / 1e6, 2)}M MACs. Budgets: {budgets} of the "
         f"baseline {'MACs' if cfg.get('budget_type', 'macs') == 'macs' else 'params'}.")
     ft_text = ("**none**" if ft == 0 else
-               f"**{_epochs(ft)} epoch{'s' if ft != 1 else ''}**" + (f" ({_plural(ft_steps, 'step')} of {bs})" if ft_steps else ""))
+               f"**{_epochs(ft)} epoch{'s' if ft != 1 else ''}**"
+               + (f" ({_plural(ft_steps, 'step')} of {bs})" if ft_steps else ""))
     lines.append(
         f"- **Identical for every method:** the same data split (holdout seed 0), BatchNorm recalibration on "
         f"{cfg.get('recal_batches', 20)} train batches of {bs}, then top-1 on the test split (\"BN recal\"); then "
@@ -216,11 +217,40 @@ def setup_text(df: pd.DataFrame, meta: dict) -> str:
         f"- **Latency:** median of {cfg.get('latency_repeats', 20)} forward passes at batch 1 and 64, "
         f"{cfg.get('threads', 1)} thread(s), base and pruned timed back to back for every row; the columns are "
         f"pruned / base (below 1 is faster).")
+    searches = sorted(set(df.loc[(df["method"] == "lcp") & (df["status"].astype(str) == "ok"), "search_s"].round(0)))
+    spread = (f" (the {len(searches)} searches of this table, same size, other seeds, took {searches[0]:.0f} s "
+              f"to {searches[-1]:.0f} s)" if len(searches) > 1 else "")
     lines.append(
         f"- **Machine and time:** {host.get('cpu', '?')}, {host.get('cores', '?')} cores shared with other jobs, "
         f"torch {host.get('torch', '?')}; {_dates(meta)}; wall time of the comparison {_wall(meta) / 60:.0f} min "
-        f"({len(df)} rows).")
+        f"({len(df)} rows). Wall times depend on the load other jobs put on the machine{spread}: read them as "
+        f"orders of magnitude; the latency ratios are robust to it because base and pruned are timed together.")
     return "\n".join(lines)
+
+
+def findings_text(s: pd.DataFrame) -> str:
+    """Per budget: the best fine-tuned method, and lcp against the plain global ranking, with the seed noise."""
+    if s.empty:
+        return ""
+    out = []
+    for budget in sorted(set(s["budget"]), reverse=True):
+        g = s[s["budget"] == budget]
+        best = g.loc[g["top1_pruned"].idxmax()]
+        best_noft = g.loc[g["top1_pruned_noft"].idxmax()]
+        line = (f"At budget {budget:g}: best after fine-tuning `{best['method']}` ({best['top1_pruned']:.2f}%), "
+                f"best after BN recalibration alone `{best_noft['method']}` ({best_noft['top1_pruned_noft']:.2f}%)")
+        lcp_r, glob = g[g["method"] == "lcp"], g[g["method"] == "global"]
+        if not lcp_r.empty and not glob.empty:
+            d = float(lcp_r["top1_pruned"].iloc[0] - glob["top1_pruned"].iloc[0])
+            d0 = float(lcp_r["top1_pruned_noft"].iloc[0] - glob["top1_pruned_noft"].iloc[0])
+            sds = [float(v) for v in (lcp_r["top1_pruned_sd"].iloc[0], glob["top1_pruned_sd"].iloc[0])
+                   if math.isfinite(float(v))]
+            noise = (f" (seed-to-seed standard deviation up to {max(sds):.2f})" if sds
+                     else " (one seed: no noise estimate)")
+            line += (f"; lcp minus global: {d0:+.2f} points after BN recalibration, {d:+.2f} after fine-tuning"
+                     f"{noise}")
+        out.append(f"- {line}.")
+    return "Read from the table (generated):\n\n" + "\n".join(out)
 
 
 def errors_text(df: pd.DataFrame) -> str:
@@ -229,8 +259,8 @@ def errors_text(df: pd.DataFrame) -> str:
         return ""
     seen: dict[str, list[str]] = {}
     for _, r in bad.iterrows():
-        seen.setdefault(f"`{r['method']}`: {r['status']}", []).append(f"{r['budget']:g} (seed {int(r['seed'])})")
-    items = [f"- {what} (budget {', '.join(where)})" for what, where in seen.items()]
+        seen.setdefault(f"`{r['method']}`: {r['status']}", []).append(f"budget {r['budget']:g}, seed {int(r['seed'])}")
+    items = [f"- {what} ({'; '.join(where)})" for what, where in seen.items()]
     text = "Rows without a result:\n\n" + "\n".join(items)
     model = str(df["model"].iloc[0])
     tp_broken = bad[(bad["method"] == "torch_pruning") & bad["status"].astype(str).str.contains("broken network")]
@@ -405,6 +435,9 @@ def build(csvs: list[Path], md_path: Path, png_path: Path, argv: list[str]) -> s
         out += _commands(meta, sources[key]) + [report_cmd, "```", ""]
         out += [f"Results (`{_rel(sources[key])}`):", ""]
         out += [results_table(s) if not s.empty else "No row finished successfully.", ""]
+        found = findings_text(s)
+        if found:
+            out += [found, ""]
         err = errors_text(df)
         if err:
             out += [err, ""]

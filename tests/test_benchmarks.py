@@ -29,7 +29,11 @@ def _module(path: Path, name: str):
 
 
 def _has_tp() -> bool:
-    return importlib.util.find_spec("torch_pruning") is not None
+    try:
+        import torch_pruning  # noqa: F401
+    except Exception:
+        return False
+    return True
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +125,12 @@ def test_torch_pruning_reaches_the_macs_target():
         torch.manual_seed(0)
         model = lcp.create_model("mobilenetv2", num_classes=10).eval()
     x = torch.zeros(1, 3, 32, 32)
-    pruned, info = compare.tp_prune(model, x, budget=0.5, budget_type="macs", num_classes=10)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # two threads on the shared 2-core machine made this 10x slower
+    try:
+        pruned, info = compare.tp_prune(model, x, budget=0.5, budget_type="macs", num_classes=10)
+    finally:
+        torch.set_num_threads(threads)
     ratio = lcp.count_macs(pruned, x) / lcp.count_macs(model, x)
     assert 0.5 * 0.98 <= ratio <= 0.5 and info["tp_tries"] >= 1
     assert pruned(torch.randn(2, 3, 32, 32)).shape == (2, 10)
