@@ -14,6 +14,7 @@ Needs ``LCP_DATA`` and ``LCP_WEIGHTS`` (``source ../shared/offline-env.sh``); wi
 
     python benchmarks/search_speed.py --candidates 80
     python benchmarks/search_speed.py --kendall 12 --ft-steps 100
+    python benchmarks/search_speed.py --kendall 16 --ft-steps 351 --device cuda   # one whole epoch each
 """
 from __future__ import annotations
 
@@ -50,6 +51,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--kendall", type=int, default=0, metavar="N", help="proxy quality mode with N candidates")
     p.add_argument("--ft-steps", type=int, default=100, help="kendall: fine-tuning steps of 128 per candidate")
+    p.add_argument("--device", default="cpu", help="kendall: device for fine-tuning and evaluation")
     p.add_argument("--tag", default="", help="label stored in the CSV rows")
     p.add_argument("--out", type=Path, default=RESULTS)
     return p.parse_args(argv)
@@ -178,11 +180,11 @@ def run_kendall(args: argparse.Namespace) -> None:
         pruned, before = measure(graph, p.removed, bundle, args.final_recal_batches, args.seed, holdout=False)
         t1 = time.perf_counter()
         finetune(pruned, lambda epoch: Steps(bundle, args.ft_steps, args.seed), epochs=1, lr=0.01,
-                 seed=args.seed, progress=False)
-        after = evaluate(pruned, bundle.loader("test", 250))
+                 seed=args.seed, progress=False, device=args.device)
+        after = evaluate(pruned, bundle.loader("test", 250), device=args.device)
         rows.append({"tag": args.tag, "candidate": i, "fitness": fit, "fitness_s": round(t_fit, 2),
                      "macs_ratio": round(p.macs_ratio, 4), "test_top1_noft": round(before["test_top1"], 2),
-                     "ft_steps": args.ft_steps, "ft_s": round(time.perf_counter() - t1, 1),
+                     "ft_steps": args.ft_steps, "device": args.device, "ft_s": round(time.perf_counter() - t1, 1),
                      "test_top1_ft": round(after["top1"], 2)})
         print(rows[-1], flush=True)
     fit = [r["fitness"] for r in rows]

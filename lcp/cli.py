@@ -101,6 +101,8 @@ def _add_prune_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("search (method lcp without --transforms)")
     g.add_argument("--search-budget", type=_budget, default=S, help="budget the search prunes to (default: --budget)")
     g.add_argument("--candidates", type=int, default=S, help="candidates evaluated by the search (default 400)")
+    g.add_argument("--population", type=int, default=S, help="legr population (default 64, LeGR's)")
+    g.add_argument("--tournament", type=int, default=S, help="legr tournament size (default 16)")
     g.add_argument("--optimizer", default=S, help="legr (regularized evolution, default) or a nevergrad optimizer: "
                                                   "ngopt, cma, de, ...")
     g.add_argument("--compensation", choices=("affine", "additive"), default=S,

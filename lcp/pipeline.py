@@ -63,6 +63,8 @@ class PruneConfig:
     # search (used when method is lcp and no transforms file is given)
     search_budget: float | None = None
     candidates: int = 400
+    population: int = 64
+    tournament: int = 16
     optimizer: str = "legr"
     compensation: str = "affine"
     tau: int = 0
@@ -74,7 +76,7 @@ class PruneConfig:
         """What identifies the run's result (an output folder holds one signature)."""
         keys = ("model", "budget", "budgets", "budget_type", "method", "importance", "aggregate", "transforms", "data",
                 "checkpoint", "finetune_epochs", "lr", "batch_size", "kd", "round_to", "min_ratio", "seed",
-                "search_budget", "candidates", "optimizer", "compensation", "tau", "label_free")
+                "search_budget", "candidates", "population", "tournament", "optimizer", "compensation", "tau", "label_free")
         sig = {k: getattr(self, k) for k in keys}
         sig.update({k: getattr(self, k) for k in ("pretrained", "input_size") if getattr(self, k)})  # when set
         return sig
@@ -223,13 +225,14 @@ def learn_transforms(cfg: PruneConfig, graph: ChannelGraph, loaded: Loaded, budg
     log(f"learning the layer compensation: {cfg.optimizer} search, {cfg.candidates} candidates at "
         f"{sb:g} of {cfg.budget_type}")
     fitness = search.make_fitness(graph, cost, scores, loaded.bundle, budget=sb, budget_type=cfg.budget_type,
-                                  tau=cfg.tau, label_free=cfg.label_free, seed=cfg.seed)
+                                  tau=cfg.tau, label_free=cfg.label_free, seed=cfg.seed,
+                                  min_ratio=cfg.min_ratio, round_to=cfg.round_to)
     from .train import distributed
 
     writer = distributed()[1] == 0  # under torchrun every rank finds the same transforms; rank 0 writes
     result = search.search(graph, scores, fitness, optimizer=cfg.optimizer, compensation=cfg.compensation,
-                           candidates=cfg.candidates, seed=cfg.seed,
-                           state_path=out / "search_state.json" if writer else None, resume=cfg.resume,
+                           candidates=cfg.candidates, population=cfg.population, tournament=cfg.tournament,
+                           seed=cfg.seed, state_path=out / "search_state.json" if writer else None, resume=cfg.resume,
                            progress=cfg.progress and writer, workers=cfg.workers, executor=cfg.executor)
     if writer:
         search.write_outputs(result, out)

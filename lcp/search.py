@@ -250,6 +250,25 @@ def group_std(graph: ChannelGraph, scores: np.ndarray) -> np.ndarray:
     return out
 
 
+def standardized(graph: ChannelGraph, scores: np.ndarray, additive: bool = False) -> np.ndarray:
+    """``[log alpha, kappa]`` that give every group the mean and std of all prunable units' scores.
+
+    A global threshold then cuts each group at about the same quantile: a near-uniform ranking that still
+    orders filters by score inside each group. ``additive``: only the means are aligned (alpha stays 1).
+    """
+    n = len(graph.groups)
+    prunable = np.asarray(graph.prunable_units, dtype=np.int64)
+    ref = np.asarray(scores, dtype=np.float64)[prunable] if len(prunable) else np.zeros(1)
+    ref_mean, ref_std = float(np.mean(ref)), float(np.std(ref))
+    std = group_std(graph, scores)
+    log_alpha = np.zeros(n) if additive else np.log(np.where(ref_std > 0, ref_std, 1.0) / std)
+    kappa = np.empty(n)
+    for g in graph.groups:
+        kappa[g.index] = ref_mean - np.exp(log_alpha[g.index]) * float(np.mean(scores[np.asarray(g.units)]))
+    z = np.concatenate([log_alpha, kappa])
+    return np.where(np.isfinite(z), z, 0.0)
+
+
 def _transforms(graph: ChannelGraph, z: np.ndarray) -> Transforms:
     n = len(graph.groups)
     return Transforms(np.exp(z[:n]), z[n:].copy(), [g.name for g in graph.groups])
@@ -460,8 +479,10 @@ class _Search:
 
 
 def _legr(run: _Search, *, n_groups: int, std: np.ndarray, additive: bool, population: int, tournament: int,
-          mutate_frac: float, seed: int) -> None:
-    """LeGR's regularized evolution (see ``search``); the RNG state is saved with each generated batch."""
+          mutate_frac: float, seed: int, seeds: Sequence[np.ndarray] = ()) -> None:
+    """LeGR's regularized evolution (see ``search``); the RNG state is saved with each generated batch.
+
+    The initial population is the identity, then ``seeds`` (fixed members), then random members."""
     st, candidates = run.state, run.candidates
     rng = np.random.Generator(np.random.PCG64(seed))
     if st.rng is not None:
@@ -471,7 +492,9 @@ def _legr(run: _Search, *, n_groups: int, std: np.ndarray, additive: bool, popul
 
     def initial(k: int) -> np.ndarray:
         z = np.zeros(2 * n_groups)
-        if k > 0:  # member 0 is the identity (alpha 1, kappa 0)
+        if 0 < k <= len(seeds):
+            z[:] = seeds[k - 1]
+        elif k > 0:  # member 0 is the identity (alpha 1, kappa 0)
             if not additive:
                 z[:n_groups] = rng.normal(0.0, 1.0, n_groups)  # alpha ~ LogNormal(0, 1)
             z[n_groups:] = rng.normal(0.0, std)
@@ -592,11 +615,14 @@ def _resolve_optimizer(name: str) -> str:
 def search(graph: ChannelGraph, scores: np.ndarray, fitness: FitnessFn, *, optimizer: str = "legr",
            compensation: str = "affine", candidates: int = 400, population: int = 64, tournament: int = 16,
            mutate_frac: float = 0.1, seed: int = 0, state_path: PathLike | None = None, resume: bool = False,
-           progress: bool = True, workers: int = 1, executor: Any = None) -> SearchResult:
+           progress: bool = True, workers: int = 1, executor: Any = None,
+           standardized_member: bool = True) -> SearchResult:
     """Minimise ``fitness`` over per-group ``(alpha, kappa)``; the identity is always the first candidate.
 
     ``optimizer``: ``legr`` (LeGR's regularized evolution: ``population`` members, the identity and random
-    ones with alpha ~ LogNormal(0, 1) and kappa ~ N(0, std_g); then each child mutates the winner of a
+    ones with alpha ~ LogNormal(0, 1) and kappa ~ N(0, std_g), plus, with ``standardized_member``, the
+    compensation that gives every group the same score mean and std (:func:`standardized`, a near-uniform
+    ranking) as the second member; then each child mutates the winner of a
     ``tournament`` drawn with replacement in ``mutate_frac`` of the groups, alpha times exp(N(0, s^2)) with s
     decaying as 1 - i / (1.25 candidates) and kappa plus N(0, std_g^2), and replaces the oldest member), or a
     nevergrad optimizer (``ngopt``, ``cma``, ``de``, ``pso``, ``oneplusone`` or any registry name).
@@ -626,7 +652,8 @@ def search(graph: ChannelGraph, scores: np.ndarray, fitness: FitnessFn, *, optim
     settings = {"optimizer": name, "compensation": compensation, "candidates": candidates, "seed": seed,
                 "groups": [g.name for g in graph.groups], "scores": fingerprint}
     if name == "legr":
-        settings.update(population=population, tournament=tournament, mutate_frac=mutate_frac)
+        settings.update(population=population, tournament=tournament, mutate_frac=mutate_frac,
+                        standardized_member=standardized_member)
 
         def decode(z: np.ndarray) -> np.ndarray:
             return z
@@ -643,7 +670,8 @@ def search(graph: ChannelGraph, scores: np.ndarray, fitness: FitnessFn, *, optim
     try:
         if name == "legr":
             _legr(run, n_groups=n, std=std, additive=additive, population=population, tournament=tournament,
-                  mutate_frac=mutate_frac, seed=seed)
+                  mutate_frac=mutate_frac, seed=seed,
+                  seeds=[standardized(graph, scores, additive)] if standardized_member else [])
         else:
             _nevergrad(run, name, n if additive else 2 * n, seed)
     finally:

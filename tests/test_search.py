@@ -100,6 +100,22 @@ def test_identity_first_and_never_worse(tiny):
     assert len(res.transforms.alpha) == len(graph.groups) and res.transforms.groups == [g.name for g in graph.groups]
 
 
+def test_standardized_member_aligns_group_statistics(tiny):
+    graph, cost, scores = tiny
+    fit = Recorder(graph, cost, scores)
+    search(graph, scores, fit, candidates=3, population=8, tournament=4, progress=False)
+    tf = fit.calls[1]  # the second member: every group with the mean and std of all prunable units
+    ref = scores[np.asarray(graph.prunable_units)]
+    for g in graph.groups:
+        s = tf.alpha[g.index] * scores[np.asarray(g.units)] + tf.kappa[g.index]
+        assert np.mean(s) == pytest.approx(np.mean(ref), rel=1e-9)
+        if len(g.units) > 1 and np.std(scores[np.asarray(g.units)]) > 0:
+            assert np.std(s) == pytest.approx(np.std(ref), rel=1e-9)
+    off = Recorder(graph, cost, scores)
+    search(graph, scores, off, candidates=3, population=8, tournament=4, progress=False, standardized_member=False)
+    assert not np.allclose(off.calls[1].kappa, tf.kappa)
+
+
 def test_same_seed_same_transforms(tiny):
     graph, cost, scores = tiny
     runs = [search(graph, scores, Recorder(graph, cost, scores), candidates=25, population=8, tournament=4,
