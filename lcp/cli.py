@@ -114,21 +114,24 @@ def _add_prune_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--executor", default=S, help="dask://HOST:PORT to evaluate candidates on a Dask cluster")
 
 
-def _config(args: argparse.Namespace) -> Any:
+def _config(args: argparse.Namespace, cls: Any = None) -> Any:
+    """The command's config (``PruneConfig`` unless ``cls``): recipe values, overridden by the given flags."""
     from .pipeline import PruneConfig
 
+    cls = cls or PruneConfig
     values: dict[str, Any] = {}
     if getattr(args, "recipe", None):
-        values.update(_read_recipe(args.recipe))
-    values.update({k: v for k, v in vars(args).items() if k in PruneConfig.fields()})
-    return PruneConfig(**values)
+        values.update(_read_recipe(args.recipe, cls))
+    values.update({k: v for k, v in vars(args).items() if k in cls.fields()})
+    return cls(**values)
 
 
-def _read_recipe(path: str) -> dict[str, Any]:
+def _read_recipe(path: str, cls: Any = None) -> dict[str, Any]:
     import yaml
 
     from .pipeline import PruneConfig
 
+    cls = cls or PruneConfig
     try:
         data = yaml.safe_load(Path(path).read_text())
     except OSError as e:
@@ -140,7 +143,7 @@ def _read_recipe(path: str) -> dict[str, Any]:
     data = {k.replace("-", "_"): v for k, v in data.items()}
     if "no_progress" in data:  # the recipe spelling of --no-progress
         data["progress"] = not data.pop("no_progress")
-    unknown = sorted(set(data) - set(PruneConfig.fields()))
+    unknown = sorted(set(data) - set(cls.fields()))
     if unknown:
         raise LcpError(f"recipe {path} has unknown options: {', '.join(unknown)}")
     if "budget" in data:
@@ -158,6 +161,14 @@ def cmd_prune(args: argparse.Namespace) -> int:
     report = run_prune(_config(args))
     if len(report):  # empty on torchrun ranks other than 0
         print(print_table(report))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .pipeline import TrainConfig, run_train
+    from .report import print_table
+
+    print(print_table(run_train(_config(args, TrainConfig))))
     return 0
 
 
@@ -253,6 +264,30 @@ def main(argv: Sequence[str] | None = None) -> int:
                                    "transforms.json; reuse it with lcp prune --transforms FILE at any budget.")
     _add_prune_args(s)
     s.set_defaults(func=cmd_search)
+    t = sub.add_parser("train", help="train a baseline from scratch (checkpoint per epoch, --resume)",
+                       description="Train a model from scratch on the train split (the held-out images are kept "
+                                   "out). Example: lcp train --recipe recipes/densenet40_cifar10.yaml")
+    S = argparse.SUPPRESS
+    t.add_argument("--recipe", help="YAML file of options (keys as the long options, with _); flags override it")
+    t.add_argument("--model", default=S, help="zoo name, timm name or tv:NAME (default densenet40)")
+    t.add_argument("--data", default=S, help="cifar10 or an ImageFolder root (default: the model's data set)")
+    t.add_argument("--input-size", type=int, nargs=3, metavar=("C", "H", "W"), default=S)
+    t.add_argument("--epochs", type=int, default=S, help="training epochs (default 30)")
+    t.add_argument("--lr", type=float, default=S, help="peak learning rate (default 0.1)")
+    t.add_argument("--schedule", choices=("onecycle", "cosine"), default=S,
+                   help="onecycle: 30%% warm-up then cosine (default); cosine: cosine from --lr")
+    t.add_argument("--batch-size", type=int, default=S, help="batch size (default 128)")
+    t.add_argument("--weight-decay", type=float, default=S, help="default 5e-4")
+    t.add_argument("--holdout", type=_count, default=S,
+                   help="training images kept out (the searches' fitness split, default 5000)")
+    t.add_argument("--seed", type=int, default=S)
+    t.add_argument("--threads", type=int, default=S, help="torch CPU threads")
+    t.add_argument("--device", default=S, help="cpu (default) or cuda")
+    t.add_argument("--out", default=S, help="output folder (default runs/train)")
+    t.add_argument("--resume", action="store_true", default=S, help="continue an interrupted run in --out")
+    t.add_argument("--overwrite", action="store_true", default=S, help="replace another run in --out")
+    t.add_argument("--no-progress", dest="progress", action="store_false", default=S, help="no progress bars")
+    t.set_defaults(func=cmd_train)
     e = sub.add_parser("eval", help="re-measure the accuracy of a pruned model folder")
     e.add_argument("dir", help="output folder of lcp prune")
     e.add_argument("--data", help="cifar10 or an ImageFolder root (default: the data set it was pruned on)")

@@ -214,9 +214,33 @@ def plan(graph: ChannelGraph, cost: CostModel, scores: np.ndarray, *, budget: fl
     return Plan(removed, macs, params, cost.macs_base, cost.params_base, budget, budget_type, method)
 
 
+def plan_ratios(graph: ChannelGraph, cost: CostModel, scores: np.ndarray, ratios: np.ndarray, *, budget: float,
+                budget_type: str = "macs", method: str = "ratios", min_ratio: float = 0.1, min_channels: int = 2,
+                round_to: int = 1) -> Plan:
+    """Keep the highest-scored units of each group by its keep ratio, scaled to meet ``budget`` like ``uniform``.
+
+    ``ratios`` (one per group, in (0, 1]) set the shape; one factor t scales them all (group g keeps
+    ``min(1, t * ratios[g])`` of its units, at least its floor), bisected to the largest t at or below the
+    budget, then the best removed units that still fit are restored (``uniform`` is all ratios 1).
+    """
+    check_budget(budget, budget_type)
+    r = np.asarray(ratios, dtype=np.float64)
+    if r.shape != (len(graph.groups),) or not (np.all(np.isfinite(r)) and np.all(r > 0) and np.all(r <= 1)):
+        raise LcpError(f"ratios must be {len(graph.groups)} keep ratios in (0, 1], one per channel group")
+    walker = Walker(graph, cost, min_ratio=min_ratio, min_channels=min_channels, round_to=round_to)
+    removed = _uniform(graph, cost, walker, scores, budget * cost.base(budget_type), budget_type, r)
+    macs, params = cost.macs, cost.params
+    cost.reset()
+    return Plan(removed, macs, params, cost.macs_base, cost.params_base, budget, budget_type, method)
+
+
 def _uniform(graph: ChannelGraph, cost: CostModel, walker: Walker, scores: np.ndarray, target: float,
-             metric: str) -> np.ndarray:
-    """Largest single keep ratio (per group, lowest scores first) whose cost is at or below target."""
+             metric: str, ratios: np.ndarray | None = None) -> np.ndarray:
+    """Largest single keep ratio (per group, lowest scores first) whose cost is at or below target.
+
+    With ``ratios`` group g keeps ``min(1, t * ratios[g])``, bisecting t in [0, 1 / min(ratios)].
+    """
+    shape = np.ones(len(graph.groups)) if ratios is None else np.asarray(ratios, dtype=np.float64)
     orders = []
     for g in graph.groups:
         idx = np.asarray(g.units, dtype=np.int64)
@@ -229,7 +253,7 @@ def _uniform(graph: ChannelGraph, cost: CostModel, walker: Walker, scores: np.nd
         r = walker.round_to
         for g, order in zip(graph.groups, orders):
             n = len(order)
-            keep = max(int(walker.floor[g.index]), int(np.ceil(ratio * n)))
+            keep = max(int(walker.floor[g.index]), int(np.ceil(min(1.0, ratio * shape[g.index]) * n)))
             if r > 1 and keep < n:
                 keep = min(n, int(np.ceil(keep / r) * r))
             for u in order[:n - keep].tolist():
@@ -238,7 +262,7 @@ def _uniform(graph: ChannelGraph, cost: CostModel, walker: Walker, scores: np.nd
                     removed[u] = True
         return removed, cost.value(metric)
 
-    lo, hi = 0.0, 1.0
+    lo, hi = 0.0, 1.0 / float(shape.min(initial=1.0))
     best, value = removal(lo)
     if value > target:
         lowest = value / cost.base(metric)

@@ -467,8 +467,8 @@ class _Search:
         st.evaluated.append({"z": list(map(float, z)), "fitness": value})
         st.history.append({"candidate": len(st.evaluated), "fitness": value, "best": self.best,
                            "seconds": seconds})
+        self._postfix()  # before update(), which redraws the bar
         self.bar.update(1)
-        self._postfix()
 
     def result(self) -> SearchResult:
         """The best candidate ever evaluated (argmin keeps the first of ties: the identity wins them)."""

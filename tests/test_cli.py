@@ -195,6 +195,29 @@ def test_prune_methods_and_round_to(extra: tuple[str, ...], tiny_folder: Path, r
         assert not bad, f"widths not in multiples of 4: {bad}"
 
 
+def test_train_writes_weights_that_prune_loads(tiny_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "train"
+    args = ["train", "--model", "resnet20", "--data", tiny_folder, "--epochs", "2", "--batch-size", "16",
+            "--holdout", "9", "--out", out, "--no-progress"]
+    res = lcp_cli(*args)
+    assert res.code == 0, res.err
+    row = read_report(out)
+    assert row["model"] == "resnet20" and row["epochs"] == "2" and 0 <= float(row["top1"]) <= 100
+    assert int(row["train_images"]) == 3 * 24 - 9  # the held-out images are not trained on
+    assert len(read_csv(out / "history.csv")) == 2
+    assert not (out / "training.safetensors").exists()
+    # the weights are what the report measured: lcp prune starts from them with the same baseline accuracy
+    pruned = tmp_path / "pruned"
+    res = lcp_cli("prune", "--model", "resnet20", "--data", tiny_folder, "--checkpoint", out / "model.safetensors",
+                  "--method", "global", "--finetune-epochs", "0", "--holdout", "9", "--out", pruned, "--no-progress")
+    assert res.code == 0, res.err
+    assert float(read_report(pruned)["top1_base"]) == pytest.approx(float(row["top1"]), abs=0.01)
+    # same signature: a rerun without --resume or --overwrite into another run's folder is refused
+    assert_one_line_error(lcp_cli(*args[:-3], "--epochs", "3", "--out", out, "--no-progress"))
+    assert_one_line_error(lcp_cli("train", "--model", "resnet20", "--data", tiny_folder, "--epochs", "0",
+                                  "--holdout", "9", "--out", tmp_path / "t0"))
+
+
 def test_recipe_sets_options_and_flags_override(tiny_folder: Path, resnet20_ckpt: Path, tmp_path: Path) -> None:
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml.safe_dump({
