@@ -23,7 +23,7 @@ from . import store
 from .errors import LcpError
 from .graph import ChannelGraph, build_graph
 from .io import RunLock, atomic_path, atomic_write_json, prepare_out_dir, read_json
-from .ranking import Transforms, check_budget
+from .ranking import AGENT_METHODS, Transforms, check_budget
 from .report import plot_widths, write_layers_csv, write_report
 
 
@@ -71,6 +71,9 @@ class PruneConfig:
     label_free: bool = False
     workers: int = 1
     executor: str | None = None
+    # agent methods lfgcl / amc (lcp.agents)
+    episodes: int = 30
+    warmup_episodes: int = 10
 
     def signature(self) -> dict[str, Any]:
         """What identifies the run's result (an output folder holds one signature)."""
@@ -79,6 +82,8 @@ class PruneConfig:
                 "search_budget", "candidates", "population", "tournament", "optimizer", "compensation", "tau", "label_free")
         sig = {k: getattr(self, k) for k in keys}
         sig.update({k: getattr(self, k) for k in ("pretrained", "input_size") if getattr(self, k)})  # when set
+        if self.method in AGENT_METHODS:
+            sig.update(episodes=self.episodes, warmup_episodes=self.warmup_episodes)
         return sig
 
     def latency_options(self) -> dict[str, Any]:
@@ -186,8 +191,11 @@ def run_train(cfg: TrainConfig, log: Log = print) -> "pd.DataFrame":  # noqa: F8
             pd.DataFrame(rows).to_csv(tmp, index=False)
         row = {"model": info.name, "dataset": dataset, "epochs": cfg.epochs, "lr": cfg.lr, "schedule": cfg.schedule,
                "batch_size": cfg.batch_size, "train_images": len(bundle.train_y), "top1": round(test["top1"], 2),
-               "loss": round(test["loss"], 4), "train_s": round(train_s, 1), "device": cfg.device, "seed": cfg.seed}
-        report = write_report(row, out / "report.csv")
+               "loss": round(test["loss"], 4), "train_s": round(train_s, 1),
+               "resumed_from_epoch": hist.get("resumed_from") or 0, "device": cfg.device, "seed": cfg.seed}
+        report = pd.DataFrame([row])
+        with atomic_path(out / "report.csv") as tmp:
+            report.to_csv(tmp, index=False)
         ckpt.unlink(missing_ok=True)
         log(f"{info.name}: test top-1 {test['top1']:.2f}% after {cfg.epochs} epochs ({train_s:.0f} s); weights in "
             f"{out / 'model.safetensors'} (use with --checkpoint)")
@@ -208,10 +216,15 @@ def load_model_and_data(cfg: PruneConfig, log: Log = print) -> Loaded:
     transform = None
     if info.source == "timm" and min(size[1:]) > 64:
         transform = _timm_eval_transform(info, size)
+    # lfgcl never reads labels: a folder of images without class folders (or train/) is loaded unlabeled
+    flat = cfg.method == "lfgcl" and dataset != "cifar10" and not (Path(spec).expanduser() / "train").is_dir()
     bundle = load_data(spec, input_size=size, mean=info.mean, std=info.std, holdout=cfg.holdout,
-                       seed=0, transform=transform)
+                       seed=0, transform=transform, labeled=not flat)
+    if flat and not cfg.checkpoint:
+        raise LcpError(f"{spec} has no class folders: pass --checkpoint (the trained model to prune)")
     pretrained = cfg.pretrained and not cfg.checkpoint
-    model = create_model(cfg.model, num_classes=bundle.num_classes, pretrained=pretrained)
+    classes = _checkpoint_classes(cfg.model, cfg.checkpoint) if flat else bundle.num_classes
+    model = create_model(cfg.model, num_classes=classes, pretrained=pretrained)
     if cfg.checkpoint:
         load_checkpoint(model, cfg.checkpoint, name=info.name)
         weights = str(cfg.checkpoint)
@@ -227,6 +240,16 @@ def load_model_and_data(cfg: PruneConfig, log: Log = print) -> Loaded:
     model.eval()
     data_spec = "cifar10" if dataset == "cifar10" else str(Path(spec).expanduser().resolve())
     return Loaded(model, info.name, dataset, bundle, size, weights, info, data_spec)
+
+
+def _checkpoint_classes(name: str, checkpoint: str) -> int | None:
+    """Classifier size stored in ``checkpoint`` (its last Linear's rows), for data without classes."""
+    from .models import _read_state_dict, _strip_prefix, create_model
+
+    linears = [n for n, m in create_model(name).named_modules() if isinstance(m, nn.Linear)]
+    state = {_strip_prefix(k): v for k, v in _read_state_dict(Path(checkpoint)).items()}
+    weight = state.get(f"{linears[-1]}.weight") if linears else None
+    return int(weight.shape[0]) if weight is not None else None
 
 
 def _timm_eval_transform(info: Any, size: tuple[int, ...]) -> Any:
@@ -268,9 +291,12 @@ def _file_digest(path: str) -> str:
 
 
 def baseline_accuracy(loaded: Loaded, batch_size: int = 256, device: str = "cpu") -> float:
-    """Test top-1 of the unpruned model, cached per weights file and data set."""
+    """Test top-1 of the unpruned model, cached per weights file and data set (NaN without a test split)."""
     from .models import cache_dir
     from .train import evaluate
+
+    if len(loaded.bundle.test_x) == 0:
+        return float("nan")
 
     weights = _file_digest(loaded.weights) if Path(loaded.weights).is_file() else loaded.weights  # or pretrained:
     key = f"{loaded.name}-{weights}-{hashlib.sha256(loaded.bundle.source.encode()).hexdigest()[:8]}"
@@ -324,6 +350,38 @@ def learn_transforms(cfg: PruneConfig, graph: ChannelGraph, loaded: Loaded, budg
     return result.transforms, time.perf_counter() - t0
 
 
+def learn_ratios(cfg: PruneConfig, graph: ChannelGraph, loaded: Loaded, budgets: list[float], out: Path,
+                 log: Log) -> tuple[Any, float]:
+    """Keep ratios per group for methods lfgcl / amc: the DDPG agent at the search budget (lcp.agents)."""
+    from . import agents, search
+    from . import importance as imp
+    from .cost import CostModel
+
+    if cfg.budget_type == "latency":
+        raise LcpError(f"method {cfg.method} takes --budget-type macs or params, not latency")
+    if cfg.method == "amc" and cfg.label_free:
+        raise LcpError("method amc rewards held-out accuracy (labels); use --method lfgcl for the label-free reward")
+    t0 = time.perf_counter()
+    cost = CostModel(graph)
+    scores = imp.unit_scores(graph, imp.filter_scores(graph, cfg.importance), cfg.aggregate)
+    sb = cfg.search_budget or min(budgets)
+    label_free = cfg.method == "lfgcl"
+    log(f"learning keep ratios per group: {cfg.method} agent, {cfg.episodes} episodes ({cfg.warmup_episodes} "
+        f"warm-up) at {sb:g} of {cfg.budget_type}, reward {'-KL to the unpruned outputs' if label_free else '-CE'}")
+    fitness = search.make_fitness(graph, cost, scores, loaded.bundle, budget=sb, budget_type=cfg.budget_type,
+                                  tau=cfg.tau, label_free=label_free, seed=cfg.seed, min_ratio=cfg.min_ratio,
+                                  round_to=cfg.round_to)
+    acfg = agents.AgentConfig(episodes=cfg.episodes, warmup=cfg.warmup_episodes)
+    result = agents.search_ratios(graph, cost, scores, fitness, budget=sb, budget_type=cfg.budget_type,
+                                  min_ratio=cfg.min_ratio, round_to=cfg.round_to, cfg=acfg, seed=cfg.seed,
+                                  state_path=out / "agent_state.safetensors", resume=cfg.resume,
+                                  progress=cfg.progress)
+    agents.write_agent_csv(result.history, out / "agent.csv")
+    atomic_write_json(out / "ratios.json", {"reward": result.best_reward, "groups": [
+        {"group": g.name, "ratio": float(r)} for g, r in zip(graph.groups, result.ratios)]})
+    return result.ratios, time.perf_counter() - t0
+
+
 def _lock(cfg: PruneConfig) -> Any:
     """The output folder's lock; under torchrun only rank 0 owns the folder."""
     from .train import distributed
@@ -340,7 +398,8 @@ def _claim(cfg: PruneConfig) -> Any:
         try:
             yield
         except BaseException:
-            if fresh and not (out / "report.csv").exists() and not (out / "search_state.json").exists():
+            if fresh and not any((out / n).exists() for n in ("report.csv", "search_state.json",
+                                                              "agent_state.safetensors")):
                 for name in ("run.json", "state.json"):
                     (out / name).unlink(missing_ok=True)
             raise
@@ -396,15 +455,20 @@ def run_prune(cfg: PruneConfig, log: Log = print) -> "pd.DataFrame":  # noqa: F8
             save_state(top1_base=baseline_accuracy(loaded, device=cfg.device))
         graph = build_graph(loaded.model, torch.zeros(1, *loaded.input_size))
         search_s = state.get("search_s", 0.0)
-        transforms = None
+        transforms = ratios = None
         if cfg.method == "lcp":
             transforms, dt = learn_transforms(cfg, graph, loaded, budgets, out, log)
+            search_s = search_s or dt
+            save_state(search_s=search_s)
+        elif cfg.method in AGENT_METHODS:
+            ratios, dt = learn_ratios(cfg, graph, loaded, budgets, out, log)
             search_s = search_s or dt
             save_state(search_s=search_s)
         reports = []
         for b in budgets:  # learn once, prune many: one folder per budget
             sub = out if len(budgets) == 1 else out / f"budget_{b:g}"
-            reports.append(_prune_to(cfg, b, sub, graph, transforms, loaded, state, save_state, search_s, log))
+            reports.append(_prune_to(cfg, b, sub, graph, transforms, loaded, state, save_state, search_s, log,
+                                     ratios=ratios))
         reports = [r for r in reports if r is not None]
         if not reports:
             return pd.DataFrame()
@@ -418,23 +482,28 @@ def run_prune(cfg: PruneConfig, log: Log = print) -> "pd.DataFrame":  # noqa: F8
 
 
 def _prune_to(cfg: PruneConfig, budget: float, out: Path, graph: ChannelGraph, transforms: Transforms | None,
-              loaded: Loaded, state: dict, save_state: Callable[..., None], search_s: float, log: Log) -> Any:
+              loaded: Loaded, state: dict, save_state: Callable[..., None], search_s: float, log: Log,
+              ratios: Any = None) -> Any:
     """Cut to one budget, recalibrate, evaluate, fine-tune and write that budget's outputs into ``out``."""
     from .train import evaluate, finetune, recalibrate_bn
 
     key = f"budget_{budget:g}"
     done = dict(state.get(key, {}))
+    unlabeled = len(loaded.bundle.test_x) == 0  # lfgcl on a folder without classes: no accuracy to measure
+    if unlabeled and cfg.finetune_epochs > 0 and not cfg.kd:
+        raise LcpError("the data has no labels: fine-tune with --kd (distillation) or pass --finetune-epochs 0")
     t0 = time.perf_counter()
-    result = _cut(cfg, budget, graph, transforms, loaded, log)
+    result = _cut(cfg, budget, graph, transforms, loaded, log, ratios)
     prune_s = time.perf_counter() - t0
     dev = cfg.device
     pruned = result.model.to(dev)
     train = loaded.bundle.loader("train", cfg.batch_size, shuffle=True, augment=False, seed=cfg.seed)
     if cfg.recal_batches > 0:
         recalibrate_bn(pruned, train, batches=cfg.recal_batches, device=dev)
-    test = loaded.bundle.loader("test", 256)
+    test = loaded.bundle.loader("test", 256) if not unlabeled else None
     if "top1_pruned_noft" not in done:
-        done["top1_pruned_noft"] = evaluate(pruned, test, device=dev)["top1"]
+        noft = evaluate(pruned, test, device=dev)["top1"] if test is not None else float("nan")
+        done["top1_pruned_noft"] = noft
         save_state(**{key: done})
     log(f"top-1: baseline {state['top1_base']:.2f}%, pruned before fine-tuning {done['top1_pruned_noft']:.2f}%")
     t1 = time.perf_counter()
@@ -445,7 +514,7 @@ def _prune_to(cfg: PruneConfig, budget: float, out: Path, graph: ChannelGraph, t
                  teacher=loaded.model if cfg.kd else None, ckpt_path=ckpt,
                  resume=cfg.resume and ckpt.is_file(), seed=cfg.seed, progress=cfg.progress, device=dev)
         loaded.model.cpu()
-        top1 = evaluate(pruned, test, device=dev)["top1"]
+        top1 = evaluate(pruned, test, device=dev)["top1"] if test is not None else float("nan")
     else:
         top1 = done["top1_pruned_noft"]
     finetune_s = time.perf_counter() - t1
@@ -462,7 +531,7 @@ def _prune_to(cfg: PruneConfig, budget: float, out: Path, graph: ChannelGraph, t
 
 
 def _cut(cfg: PruneConfig, budget: float, graph: ChannelGraph, transforms: Transforms | None, loaded: Loaded,
-         log: Log) -> Any:
+         log: Log, ratios: Any = None) -> Any:
     from .pruner import prune_graph
 
     batches = None
@@ -471,7 +540,9 @@ def _cut(cfg: PruneConfig, budget: float, graph: ChannelGraph, transforms: Trans
     result = prune_graph(graph, budget=budget, budget_type=cfg.budget_type, method=cfg.method,
                          importance=cfg.importance, aggregate=cfg.aggregate, transforms=transforms,
                          round_to=cfg.round_to, min_ratio=cfg.min_ratio, seed=cfg.seed, batches=batches,
-                         latency=cfg.latency_options())
+                         latency=cfg.latency_options(), ratios=ratios)
+    if ratios is not None:
+        result.info["agent_ratios"] = ratios
     p = result.plan
     base = p.macs_base if cfg.budget_type == "macs" else p.params_base
     if cfg.budget_type == "latency":
@@ -521,6 +592,8 @@ def write_outputs(cfg: PruneConfig, budget: float, loaded: Loaded, result: Any, 
     for r, g in zip(rows, graph.groups):
         r["alpha"] = float(result.transforms.alpha[g.index])
         r["kappa"] = float(result.transforms.kappa[g.index])
+        if "agent_ratios" in result.info:  # the learned ratio (before scaling to this budget)
+            r["agent_ratio"] = float(result.info["agent_ratios"][g.index])
     write_layers_csv(rows, out / "layers.csv")
     before = store.widths(loaded.model)
     after = store.widths(pruned)

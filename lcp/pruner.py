@@ -14,7 +14,7 @@ from . import importance as imp
 from .cost import CostModel, count_macs, count_params
 from .errors import LcpError, UnreachableBudget
 from .graph import ChannelGraph, build_graph
-from .ranking import Plan, Transforms, check_budget, plan
+from .ranking import AGENT_METHODS, Plan, Transforms, check_budget, plan, plan_ratios
 from .surgery import Verification, apply_plan, verify
 
 
@@ -52,12 +52,19 @@ def prune_graph(graph: ChannelGraph, *, budget: float = 0.5, budget_type: str = 
                 importance: str = "l2", aggregate: str = "mean", transforms: Transforms | None = None,
                 round_to: int = 1, min_ratio: float = 0.1, seed: int = 0, check: bool = True,
                 batches: Iterable | None = None, cost: CostModel | None = None,
-                latency: dict | None = None) -> PruneResult:
-    """Plan and build a pruned model from an existing channel graph (see ``prune``)."""
+                latency: dict | None = None, ratios: np.ndarray | None = None) -> PruneResult:
+    """Plan and build a pruned model from an existing channel graph (see ``prune``).
+
+    ``ratios``: per-group keep ratios learned by an agent method (``lfgcl``, ``amc``), cut by ``plan_ratios``.
+    """
     t0 = time.perf_counter()
     check_budget(budget, budget_type)
     if method == "lcp" and transforms is None:
         raise LcpError("method 'lcp' needs learned transforms (--transforms FILE, or run `lcp search` first)")
+    if (method in AGENT_METHODS) != (ratios is not None):
+        raise LcpError(f"keep ratios go with the agent methods ({', '.join(AGENT_METHODS)}) and they need them")
+    if ratios is not None and budget_type == "latency":
+        raise LcpError(f"method {method} takes a macs or params budget, not latency")
     if not graph.prunable_units:
         raise LcpError("nothing in this model can be pruned safely: " + _frozen_list(graph))
     cost = cost or CostModel(graph)
@@ -68,8 +75,12 @@ def prune_graph(graph: ChannelGraph, *, budget: float = 0.5, budget_type: str = 
         p, pruned, info = _latency_cut(graph, cost, scores, budget=budget, method=method, transforms=tf, seed=seed,
                                        min_ratio=min_ratio, round_to=round_to, **(latency or {}))
     else:
-        p = plan(graph, cost, scores, budget=budget, budget_type=budget_type, method=method, transforms=tf,
-                 seed=seed, min_ratio=min_ratio, round_to=round_to)
+        if ratios is not None:
+            p = plan_ratios(graph, cost, scores, ratios, budget=budget, budget_type=budget_type, method=method,
+                            min_ratio=min_ratio, round_to=round_to)
+        else:
+            p = plan(graph, cost, scores, budget=budget, budget_type=budget_type, method=method, transforms=tf,
+                     seed=seed, min_ratio=min_ratio, round_to=round_to)
         pruned = apply_plan(graph, p.removed)
     ver = None
     if check:

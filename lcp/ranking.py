@@ -17,6 +17,7 @@ from .errors import LcpError, UnreachableBudget
 from .graph import ChannelGraph, floor_keep
 
 METHODS = ("lcp", "global", "uniform", "random")
+AGENT_METHODS = ("lfgcl", "amc")  # DDPG keep ratios per group (lcp.agents), cut by plan_ratios
 BUDGET_TYPES = ("macs", "params", "latency")
 
 

@@ -82,7 +82,10 @@ class Fitness:
 
     def evaluate(self, transforms: Transforms) -> float:
         """The fitness of ``transforms``; exceptions propagate (``__call__`` turns them into ``+inf``)."""
-        model = self.prune(transforms)
+        return self.score(self.prune(transforms))
+
+    def score(self, model: nn.Module) -> float:
+        """Held-out loss of a physically pruned network (tau SGD steps and BN recalibration first)."""
         if self.tau > 0:
             self._sgd(model)
         model.eval()
@@ -98,11 +101,18 @@ class Fitness:
         return total / self.n_eval
 
     def __call__(self, transforms: Transforms) -> float:
+        return self._safe(lambda: self.evaluate(transforms))
+
+    def for_removed(self, removed: np.ndarray) -> float:
+        """Like ``__call__`` for a given removal mask (``Plan.removed``) instead of transforms."""
+        return self._safe(lambda: self.score(apply_plan(self.graph, removed)))
+
+    def _safe(self, fn: Callable[[], float]) -> float:
         threads = torch.get_num_threads()
         if self.threads:
             torch.set_num_threads(self.threads)
         try:
-            value = self.evaluate(transforms)
+            value = fn()
         except Exception as e:  # any failure of one candidate must not end the search
             log.warning("candidate skipped (fitness +inf): %s: %s", type(e).__name__, _first_line(e))
             return math.inf

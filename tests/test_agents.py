@@ -1,0 +1,239 @@
+"""The DDPG agent methods (lfgcl, amc): ratio plans, walls, determinism, resume, label-free reward, CLI."""
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lcp.agents import AgentConfig, Env, RatioCost, run_agent, search_ratios
+from lcp.errors import LcpError
+from lcp.graph import floor_keep
+from lcp.ranking import plan, plan_ratios
+from lcp.search import make_fitness
+from test_search import random_bundle, tiny_graph
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return tiny_graph()
+
+
+def kept_per_group(graph, removed):
+    return np.array([int((~removed[np.asarray(g.units)]).sum()) for g in graph.groups])
+
+
+# ------------------------------------------------------------------------------------------------ plan_ratios
+
+
+@pytest.mark.parametrize("budget", [0.3, 0.5, 0.8])
+@pytest.mark.parametrize("budget_type", ["macs", "params"])
+def test_plan_ratios_meets_budget_and_floors(tiny, budget, budget_type):
+    graph, cost, scores = tiny
+    rng = np.random.default_rng(3)
+    for _ in range(3):
+        ratios = rng.uniform(0.05, 1.0, len(graph.groups))
+        p = plan_ratios(graph, cost, scores, ratios, budget=budget, budget_type=budget_type, min_ratio=0.2)
+        value, base = (p.macs, p.macs_base) if budget_type == "macs" else (p.params, p.params_base)
+        assert value <= budget * base
+        assert value >= 0.98 * budget * base  # ResNet-8 units are up to 1.5% of its params each
+        assert (p.macs, p.params) == cost.evaluate(p.removed)
+        floors = [floor_keep(len(g.units), 0.2) for g in graph.groups]
+        assert np.all(kept_per_group(graph, p.removed) >= floors)
+
+
+def test_plan_ratios_follows_the_ratios_and_the_scores(tiny):
+    graph, cost, scores = tiny
+    n = len(graph.groups)
+    ratios = np.full(n, 0.3)
+    ratios[0] = 1.0  # group 0 asked to stay whole
+    p = plan_ratios(graph, cost, scores, ratios, budget=0.5)
+    kept = kept_per_group(graph, p.removed) / np.array([len(g.units) for g in graph.groups])
+    assert kept[0] == 1.0 and kept[1:].max() < 1.0
+    for g in graph.groups:  # inside a group the lowest scores go first
+        idx = np.asarray(g.units)
+        gone, stay = scores[idx][p.removed[idx]], scores[idx][~p.removed[idx]]
+        if len(gone) and len(stay):
+            assert gone.max() <= stay.min()
+
+
+def test_plan_ratios_all_ones_is_uniform(tiny):
+    graph, cost, scores = tiny
+    a = plan_ratios(graph, cost, scores, np.ones(len(graph.groups)), budget=0.5)
+    b = plan(graph, cost, scores, budget=0.5, method="uniform")
+    assert np.array_equal(a.removed, b.removed)
+
+
+def test_plan_ratios_rejects_bad_ratios(tiny):
+    graph, cost, scores = tiny
+    for bad in (np.ones(len(graph.groups) + 1), np.zeros(len(graph.groups)), np.full(len(graph.groups), 1.5)):
+        with pytest.raises(LcpError, match="keep ratios"):
+            plan_ratios(graph, cost, scores, bad, budget=0.5)
+
+
+def test_ratio_cost_is_exact_on_whole_channels(tiny):
+    graph, cost, scores = tiny
+    rng = np.random.default_rng(0)
+    for metric in ("macs", "params"):
+        rc = RatioCost(graph, cost, metric)
+        assert rc(np.ones(len(graph.groups))) == cost.base(metric)
+        keep = np.array([rng.integers(2, len(g.units) + 1) for g in graph.groups])
+        removed = np.zeros(len(graph.units), dtype=bool)
+        for g, k in zip(graph.groups, keep):
+            removed[np.asarray(g.units)[k:]] = True
+        macs, params = cost.evaluate(removed)
+        ratios = keep / np.array([len(g.units) for g in graph.groups])
+        assert rc(ratios) == pytest.approx(macs if metric == "macs" else params, rel=1e-9)
+
+
+def test_walls_keep_the_budget_reachable(tiny):
+    graph, cost, _ = tiny
+    env = Env(graph, cost, budget=0.4, budget_type="macs", min_ratio=0.1)
+    rng = np.random.default_rng(1)
+    for _ in range(5):
+        ratios = np.ones(env.n)
+        for t in range(env.n):
+            s = env.state(t, ratios)
+            assert s.shape == (8,) and np.all((s >= 0) & (s <= 1))
+            ratios[t] = env.wall(t, ratios, float(rng.uniform()))
+            assert env.low[t] <= ratios[t] <= 1.0
+        assert env.rc(ratios) == pytest.approx(env.target, rel=1e-6)  # the walls end exactly on the budget
+
+
+# ------------------------------------------------------------------------------------------------------ agent
+
+
+def quad_reward(target: np.ndarray):
+    def reward(ratios: np.ndarray) -> float:
+        return -float(((ratios - target) ** 2).sum())
+    return reward
+
+
+def test_agent_on_real_fitness_meets_budget(tiny):
+    graph, cost, scores = tiny
+    fit = make_fitness(graph, cost, scores, random_bundle(labeled=False), budget=0.5, label_free=True,
+                       recal_batches=1, eval_images=32, batch_size=32)
+    res = search_ratios(graph, cost, scores, fit, budget=0.5, cfg=AgentConfig(episodes=5, warmup=2),
+                        progress=False)
+    assert len(res.history) == 5 and res.ratios.shape == (len(graph.groups),)
+    assert res.best_reward == max(h["reward"] for h in res.history) and res.best_reward < 0
+    p = plan_ratios(graph, cost, scores, res.ratios, budget=0.5)
+    assert 0.99 * 0.5 * p.macs_base <= p.macs <= 0.5 * p.macs_base
+    for h in res.history:
+        assert h["cost"] == pytest.approx(0.5, rel=1e-6)
+
+
+def test_same_seed_same_ratios(tiny):
+    graph, cost, _ = tiny
+    env = Env(graph, cost, budget=0.5, budget_type="macs", min_ratio=0.1)
+    cfg = AgentConfig(episodes=6, warmup=2, batch_size=8)
+    reward = quad_reward(np.linspace(0.3, 1.0, env.n))
+    a = run_agent(env, reward, cfg, seed=4, progress=False)
+    b = run_agent(env, reward, cfg, seed=4, progress=False)
+    c = run_agent(env, reward, cfg, seed=5, progress=False)
+    assert np.array_equal(a.ratios, b.ratios)
+    assert [h["reward"] for h in a.history] == [h["reward"] for h in b.history]
+    assert [h["reward"] for h in a.history] != [h["reward"] for h in c.history]
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_resume_equals_uninterrupted(tiny, tmp_path):
+    graph, cost, _ = tiny
+    env = Env(graph, cost, budget=0.5, budget_type="macs", min_ratio=0.1)
+    cfg = AgentConfig(episodes=7, warmup=2, batch_size=8)
+    reward = quad_reward(np.linspace(0.3, 1.0, env.n))
+    whole = run_agent(env, reward, cfg, seed=1, progress=False)
+
+    calls = [0]
+
+    def failing(ratios):
+        calls[0] += 1
+        if calls[0] == 5:  # inside episode 5, after 4 saved episodes (2 of them learning)
+            raise Interrupt
+        return reward(ratios)
+
+    path = tmp_path / "agent_state.safetensors"
+    with pytest.raises(Interrupt):
+        run_agent(env, failing, cfg, seed=1, state_path=path, progress=False)
+    assert path.is_file() and not list(tmp_path.glob("*.pt")) and not list(tmp_path.glob("*.pkl"))
+    resumed = run_agent(env, reward, cfg, seed=1, state_path=path, resume=True, progress=False)
+    assert np.array_equal(resumed.ratios, whole.ratios)
+    assert [h["reward"] for h in resumed.history] == [h["reward"] for h in whole.history]
+    with pytest.raises(LcpError, match="other settings"):
+        run_agent(env, reward, AgentConfig(episodes=9, warmup=2, batch_size=8), seed=1, state_path=path,
+                  resume=True, progress=False)
+
+
+def test_label_free_reward_reads_no_labels(tiny):
+    graph, cost, scores = tiny
+    bundle = random_bundle(labeled=False)  # every label is -1
+    with pytest.raises(LcpError, match="unlabeled"):  # the labelled (amc) reward cannot run on it
+        make_fitness(graph, cost, scores, bundle, budget=0.5, label_free=False, recal_batches=1, eval_images=32)
+    fit = make_fitness(graph, cost, scores, bundle, budget=0.5, label_free=True, recal_batches=1, eval_images=32,
+                       batch_size=32)
+    res = search_ratios(graph, cost, scores, fit, budget=0.5, cfg=AgentConfig(episodes=2, warmup=1),
+                        progress=False)
+    assert all(np.isfinite(h["reward"]) and h["reward"] < 0 for h in res.history)
+    other = random_bundle(labeled=False)  # same images, arbitrary labels: the rewards must not change
+    other.train_y, other.holdout_y = torch.randint(0, 10, other.train_y.shape), torch.randint(0, 10, (64,))
+    fit2 = make_fitness(graph, cost, scores, other, budget=0.5, label_free=True, recal_batches=1, eval_images=32,
+                        batch_size=32)
+    res2 = search_ratios(graph, cost, scores, fit2, budget=0.5, cfg=AgentConfig(episodes=2, warmup=1),
+                         progress=False)
+    assert [h["reward"] for h in res2.history] == [h["reward"] for h in res.history]
+
+
+# -------------------------------------------------------------------------------------------------------- CLI
+
+
+def test_cli_lfgcl_on_a_folder_without_classes(tiny_folder, resnet20_ckpt, tmp_path):
+    from lcp.cli import main
+
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for i, f in enumerate(sorted((tiny_folder / "train").rglob("*.*"))):
+        shutil.copy(f, flat / f"{i:03d}{f.suffix}")  # images only, no class folders, no train/
+    out = tmp_path / "run"
+    args = ["prune", "--model", "resnet20", "--checkpoint", str(resnet20_ckpt), "--data", str(flat),
+            "--method", "lfgcl", "--episodes", "3", "--warmup-episodes", "1", "--budget", "0.6",
+            "--finetune-epochs", "0", "--holdout", "16", "--recal-batches", "1", "--no-progress", "--out", str(out)]
+    assert main(args) == 0
+    rows = list(csv.DictReader(open(out / "agent.csv")))
+    assert [int(r["episode"]) for r in rows] == [1, 2, 3]
+    layers = list(csv.DictReader(open(out / "layers.csv")))
+    assert "agent_ratio" in layers[0]
+    report = next(csv.DictReader(open(out / "report.csv")))
+    assert report["method"] == "lfgcl" and 0.594 <= float(report["macs_ratio"]) <= 0.6
+    assert (out / "model.safetensors").is_file() and (out / "agent_state.safetensors").is_file()
+    assert main(args + ["--resume"]) == 0  # the finished search is read back, not re-run
+    assert len(list(csv.DictReader(open(out / "agent.csv")))) == 3
+    assert main(args[:-2] + ["--out", str(tmp_path / "bad"), "--finetune-epochs", "1"]) == 2  # no labels, no kd
+
+
+def test_cli_amc_on_labelled_folder(tiny_folder, resnet20_ckpt, tmp_path):
+    from lcp.cli import main
+
+    out = tmp_path / "amc"
+    assert main(["prune", "--model", "resnet20", "--checkpoint", str(resnet20_ckpt), "--data", str(tiny_folder),
+                 "--method", "amc", "--episodes", "2", "--warmup-episodes", "1", "--budgets", "0.7,0.5",
+                 "--finetune-epochs", "0", "--holdout", "12", "--recal-batches", "1", "--no-progress",
+                 "--out", str(out)]) == 0
+    for b in ("0.7", "0.5"):
+        report = next(csv.DictReader(open(out / f"budget_{b}" / "report.csv")))
+        assert float(report["macs_ratio"]) <= float(b)
+    assert main(["prune", "--model", "resnet20", "--checkpoint", str(resnet20_ckpt), "--data", str(tiny_folder),
+                 "--method", "amc", "--budget-type", "latency", "--out", str(tmp_path / "lat")]) == 2
