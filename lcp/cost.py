@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .errors import LcpError
 from .graph import ChannelGraph, Record
 
 
@@ -62,10 +63,15 @@ def _record_cost(rec: Record, n_out: int, n_in: int, n_norm_params: int) -> tupl
 
 
 class CostModel:
-    """MACs and params of a model as units are removed, updated incrementally per removed unit."""
+    """MACs and params of a model as units are removed, updated incrementally per removed unit.
 
-    def __init__(self, graph: ChannelGraph):
+    With a ``latency`` table (``lcp.latency.LatencyTable``) it also predicts the latency in milliseconds
+    (metric ``"latency"``): the table's constant plus every layer's interpolated timing at its current widths.
+    """
+
+    def __init__(self, graph: ChannelGraph, latency: "LatencyTable | None" = None):  # noqa: F821
         self.graph = graph
+        self.latency_table = latency
         recs = graph.records
         self.full_out = [len(r.out_ids) if r.out_ids is not None else 0 for r in recs]
         self.full_in = [len(r.in_ids) if r.in_ids is not None else 0 for r in recs]
@@ -94,6 +100,10 @@ class CostModel:
                          zip(self.graph.records, self.n_out, self.n_in, self.norm_params)]
         self.macs = self.macs_base
         self.params = self.params_base
+        lt = self.latency_table
+        if lt is not None:
+            self.rec_ms = [lt.record_ms(i, o, n) for i, (o, n) in enumerate(zip(self.n_out, self.n_in))]
+            self.latency = lt.const_ms + sum(self.rec_ms)
 
     def _apply(self, unit: int, sign: int) -> None:
         recs = self.graph.records
@@ -107,6 +117,10 @@ class CostModel:
             self.macs += new[0] - old[0]
             self.params += new[1] - old[1]
             self.rec_cost[ri] = new
+            if self.latency_table is not None:
+                ms = self.latency_table.record_ms(ri, self.n_out[ri], self.n_in[ri])
+                self.latency += ms - self.rec_ms[ri]
+                self.rec_ms[ri] = ms
 
     def remove(self, unit: int) -> None:
         self._apply(unit, +1)
@@ -122,11 +136,22 @@ class CostModel:
             lo = min(lo, left)
         return lo
 
-    def value(self, metric: str) -> int:
+    def value(self, metric: str) -> float:
+        if metric == "latency":
+            self._need_latency()
+            return self.latency
         return self.macs if metric == "macs" else self.params
 
-    def base(self, metric: str) -> int:
+    def base(self, metric: str) -> float:
+        if metric == "latency":
+            self._need_latency()
+            return self.latency_table.base_ms
         return self.macs_base if metric == "macs" else self.params_base
+
+    def _need_latency(self) -> None:
+        if self.latency_table is None:
+            raise LcpError("a latency budget needs a measured latency table: CostModel(graph, latency="
+                           "LatencyTable.build(graph, ...))")
 
     def evaluate(self, removed: np.ndarray) -> tuple[int, int]:
         """(MACs, params) of the configuration with units ``removed`` (bool per unit), from scratch."""

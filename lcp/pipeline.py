@@ -329,7 +329,12 @@ def learn_transforms(cfg: PruneConfig, graph: ChannelGraph, loaded: Loaded, budg
     from .cost import CostModel
 
     t0 = time.perf_counter()
-    cost = CostModel(graph)
+    table = None
+    if cfg.budget_type == "latency":  # candidates are cut by the per-layer latency table's prediction
+        from .latency import LatencyTable
+
+        table = LatencyTable.build(graph, **cfg.latency_options(), progress=cfg.progress)
+    cost = CostModel(graph, latency=table)
     scores = imp.unit_scores(graph, imp.filter_scores(graph, cfg.importance), cfg.aggregate)
     sb = cfg.search_budget or min(budgets)
     log(f"learning the layer compensation: {cfg.optimizer} search, {cfg.candidates} candidates at "
@@ -362,7 +367,12 @@ def learn_ratios(cfg: PruneConfig, graph: ChannelGraph, loaded: Loaded, budgets:
     if cfg.method == "amc" and cfg.label_free:
         raise LcpError("method amc rewards held-out accuracy (labels); use --method lfgcl for the label-free reward")
     t0 = time.perf_counter()
-    cost = CostModel(graph)
+    table = None
+    if cfg.budget_type == "latency":  # candidates are cut by the per-layer latency table's prediction
+        from .latency import LatencyTable
+
+        table = LatencyTable.build(graph, **cfg.latency_options(), progress=cfg.progress)
+    cost = CostModel(graph, latency=table)
     scores = imp.unit_scores(graph, imp.filter_scores(graph, cfg.importance), cfg.aggregate)
     sb = cfg.search_budget or min(budgets)
     label_free = cfg.method == "lfgcl"

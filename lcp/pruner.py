@@ -91,53 +91,59 @@ def prune_graph(graph: ChannelGraph, *, budget: float = 0.5, budget_type: str = 
 def _latency_cut(graph: ChannelGraph, cost: CostModel, scores: np.ndarray, *, budget: float, method: str,
                  transforms: Transforms, seed: int, min_ratio: float, round_to: int, batch: int = 1,
                  device: str = "cpu", n_threads: int | None = None, repeats: int = 20,
-                 tolerance: float = 0.05) -> tuple[Plan, nn.Module, dict]:
+                 tolerance: float = 0.05, table: Any = None, progress: bool = False) -> tuple[Plan, nn.Module, dict]:
     """Cut to ``budget`` x the measured latency of the original on this device.
 
-    The ranking is walked with a MACs target, the pruned network is built and timed as a whole (median of
-    ``repeats``), and the MACs target is bisected on the measured latency until the network is at or below
-    the latency target and within ``tolerance`` of it (or the bisection runs out).
+    The greedy walk uses a per-layer latency lookup table (``latency.LatencyTable``, NetAdapt-style) as its
+    cost. The pruned network is then built and timed as a whole (median of ``repeats``); when it misses the
+    target, or lands more than ``tolerance`` under it, the walk is redone with the table's target corrected by
+    the measured/predicted ratio, up to 8 times. The fastest-within-target network found is returned.
     """
-    from .latency import measure
+    from .latency import LatencyTable, measure
 
     size = tuple(graph.example_inputs[0].shape[1:])
 
     def timed(m: nn.Module) -> float:
         return measure(m, size, batch=batch, device=device, n_threads=n_threads, repeats=repeats)["median_ms"]
 
+    table = table or LatencyTable.build(graph, batch=batch, device=device, n_threads=n_threads, progress=progress)
+    lcost = CostModel(graph, latency=table)
     base_ms = timed(graph.model)
     target = budget * base_ms
-    lo, hi = 0.0, 1.0  # MACs ratios: lo meets the target (or is the floor), hi does not
-    best = None
-    ratio = budget
+    walk_budget = budget  # fraction of the table's base latency the walk aims at
+    lo, hi = 0.0, 1.0  # walk budgets known to meet (lo) and to miss (hi) the measured target
+    best, tried = None, []
     for _ in range(10):
         try:
-            p = plan(graph, cost, scores, budget=max(ratio, 1e-6), budget_type="macs", method=method,
+            p = plan(graph, lcost, scores, budget=min(1.0, walk_budget), budget_type="latency", method=method,
                      transforms=transforms, seed=seed, min_ratio=min_ratio, round_to=round_to)
-        except UnreachableBudget as e:  # below the floors: try the smallest network there is
-            ratio = lo = max(lo, e.lowest)
-            p = plan(graph, cost, scores, budget=min(1.0, e.lowest + 1e-9), budget_type="macs", method=method,
+        except UnreachableBudget as e:  # below the floors: the smallest network there is
+            walk_budget = lo = max(lo, min(1.0, e.lowest + 1e-9))
+            p = plan(graph, lcost, scores, budget=walk_budget, budget_type="latency", method=method,
                      transforms=transforms, seed=seed, min_ratio=min_ratio, round_to=round_to)
-            hi = ratio
         pruned = apply_plan(graph, p.removed)
         ms = timed(pruned)
+        tried.append(ms / base_ms)
         if ms <= target:
-            best = (p, pruned, ms)
-            lo = ratio
+            lo = max(lo, walk_budget)
+            if best is None or ms > best[2]:
+                best = (p, pruned, ms)
             if ms >= (1 - tolerance) * target:
                 break
         else:
-            hi = ratio
-        ratio = (lo + hi) / 2 if best is not None or lo > 0 else ratio / 2
+            hi = min(hi, walk_budget)
+        guess = walk_budget * target / ms  # the table is off by the measured/predicted ratio: aim there
+        walk_budget = guess if lo < guess < hi else (lo + hi) / 2
         if hi - lo < 1e-3:
             break
     if best is None:
         raise UnreachableBudget(f"latency budget {budget:g} cannot be met: the smallest network tried runs at "
-                                f"{ms / base_ms:.3f} of the original's {base_ms:.2f} ms", ms / base_ms)
+                                f"{min(tried):.3f} of the original's {base_ms:.2f} ms", min(tried))
     p, pruned, ms = best
     p.budget, p.budget_type = budget, "latency"
     return p, pruned, {"latency_base_ms": base_ms, "latency_pruned_ms": ms, "latency_ratio": ms / base_ms,
-                       "latency_batch": batch, "latency_device": device}
+                       "latency_batch": batch, "latency_device": device, "latency_walks": len(tried),
+                       "latency_table_layers": table.info["layers"]}
 
 
 def check_pruned(graph: ChannelGraph, p: Plan, pruned: nn.Module) -> Verification:

@@ -1,0 +1,136 @@
+"""Latency budgets: the per-layer lookup table, the latency cost model and the measured cut.
+
+Timings are never asserted here (benchmarks/latency.py measures them); where the cut's logic is tested,
+``lcp.latency.measure`` is replaced by a deterministic stand-in that is a function of the network's MACs.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import lcp
+import lcp.latency
+from lcp import importance as imp
+from lcp.cost import CostModel
+from lcp.errors import LcpError, UnreachableBudget
+from lcp.graph import build_graph
+from lcp.latency import LatencyTable, LayerTable
+from lcp.pruner import prune_graph
+from lcp.zoo import CifarResNet
+
+SIZE = (3, 16, 16)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture()
+def graph():
+    torch.manual_seed(0)
+    return build_graph(CifarResNet(1).eval(), torch.zeros(1, *SIZE))
+
+
+def fake_measure(model, input_size, **kw):
+    """Deterministic 'latency': 0.1 ms plus 1 ms per million MACs."""
+    ms = 0.1 + lcp.count_macs(model, torch.zeros(1, *input_size)) / 1e6
+    return {"median_ms": ms, "p10_ms": ms, "p90_ms": ms, "images_per_s": 1e3 / ms}
+
+
+def test_layer_table_interpolates_bilinearly_and_clamps():
+    t = LayerTable([2, 4], [10, 20], [[1.0, 3.0], [5.0, 7.0]])
+    assert t(2, 10) == 1.0 and t(4, 20) == 7.0
+    assert t(3, 15) == pytest.approx(4.0)
+    assert t(3, 10) == pytest.approx(3.0) and t(2, 15) == pytest.approx(2.0)
+    assert t(1, 5) == 1.0 and t(9, 99) == 7.0  # clamped at the grid's ends
+    assert LayerTable.from_json(t.to_json())(3, 15) == pytest.approx(4.0)
+
+
+def test_table_covers_every_prunable_layer_and_is_cached(graph):
+    table = LatencyTable.build(graph, repeats=2, warmup=1)
+    convs = [i for i, r in enumerate(graph.records) if r.kind in ("conv", "linear")
+             and r.in_ids is not None and r.out_ids is not None]
+    assert sorted(table.tables) == convs and table.info["timed"] > 0
+    assert all(min(min(row) for row in t.ms) > 0 for t in table.tables.values())
+    # the prediction at full width is the measured whole network by construction
+    cost = CostModel(graph, latency=table)
+    assert cost.value("latency") == pytest.approx(table.base_ms)
+    again = LatencyTable.build(graph, repeats=2, warmup=1)
+    assert again.info["timed"] == 0 and again.info["cache"] == table.info["cache"]
+    assert {k: v.ms for k, v in again.tables.items()} == {k: v.ms for k, v in table.tables.items()}
+
+
+def test_latency_cost_is_incremental_and_needs_a_table(graph):
+    table = LatencyTable(
+        {ri: LayerTable([1, len(r.in_ids)], [1, len(r.out_ids)], [[0.0, 1.0], [1.0, 2.0]])
+         for ri, r in enumerate(graph.records) if r.kind == "conv" and r.in_ids is not None and r.out_ids is not None},
+        base_ms=50.0, const_ms=3.0, info={"layers": 0})
+    cost = CostModel(graph, latency=table)
+    rng = np.random.default_rng(0)
+    units = rng.permutation(graph.prunable_units)[:10]
+    for u in units:
+        cost.remove(int(u))
+    fresh = CostModel(graph, latency=table)
+    fresh.n_out, fresh.n_in = list(cost.n_out), list(cost.n_in)
+    expected = table.const_ms + sum(table.record_ms(i, o, n) for i, (o, n) in enumerate(zip(fresh.n_out, fresh.n_in)))
+    assert cost.value("latency") == pytest.approx(expected)
+    assert cost.value("latency") < table.const_ms + sum(t(t.in_grid[-1], t.out_grid[-1]) for t in table.tables.values())
+    for u in units:
+        cost.restore(int(u))
+    assert cost.value("latency") == pytest.approx(CostModel(graph, latency=table).value("latency"))
+    with pytest.raises(LcpError, match="latency table"):
+        CostModel(graph).value("latency")
+
+
+def test_latency_cut_meets_the_measured_target(graph, monkeypatch):
+    monkeypatch.setattr(lcp.latency, "measure", fake_measure)
+    base = fake_measure(graph.model, SIZE)["median_ms"]
+    for budget in (0.7, 0.5):
+        res = prune_graph(graph, budget=budget, budget_type="latency", method="global",
+                          latency={"batch": 1, "tolerance": 0.05})
+        measured = fake_measure(res.model, SIZE)["median_ms"] / base
+        assert res.info["latency_ratio"] == pytest.approx(measured)
+        assert (1 - 0.05) * budget <= measured <= budget, (budget, measured, res.info)
+        assert res.plan.budget_type == "latency" and res.verification.ok
+
+
+def test_unreachable_latency_budget_names_the_lowest(graph, monkeypatch):
+    monkeypatch.setattr(lcp.latency, "measure", fake_measure)
+    with pytest.raises(UnreachableBudget, match="latency budget 0.01 cannot be met") as e:
+        prune_graph(graph, budget=0.01, budget_type="latency", method="global", latency={"batch": 1})
+    assert 0.01 < e.value.lowest < 1
+
+
+def test_search_fitness_cuts_by_the_latency_table(graph):
+    from lcp.ranking import plan
+
+    scores = imp.unit_scores(graph, imp.filter_scores(graph, "l2"), "mean")
+    table = LatencyTable.build(graph, repeats=2, warmup=1)
+    cost = CostModel(graph, latency=table)
+    p = plan(graph, cost, scores, budget=0.8, budget_type="latency", method="global")
+    for u in np.nonzero(p.removed)[0]:
+        cost.remove(int(u))
+    assert cost.value("latency") <= 0.8 * table.base_ms
+    assert p.removed.any()
+
+
+def test_cli_latency_budget_reports_the_measured_ratio(tiny_folder, resnet20_ckpt, tmp_path, monkeypatch):
+    import csv
+
+    from lcp.cli import main
+
+    monkeypatch.setattr(lcp.latency, "measure", fake_measure)
+    out = tmp_path / "lat"
+    code = main(["prune", "--model", "resnet20", "--data", str(tiny_folder), "--checkpoint", str(resnet20_ckpt),
+                 "--budget", "0.6", "--budget-type", "latency", "--method", "global", "--finetune-epochs", "0",
+                 "--holdout", "9", "--batch-size", "16", "--recal-batches", "2", "--out", str(out), "--no-progress"])
+    assert code == 0
+    row = next(csv.DictReader(open(out / "report.csv")))
+    assert row["budget_type"] == "latency"
+    ratio = float(row["latency_pruned_ms"]) / float(row["latency_base_ms"])
+    assert 0.6 * 0.95 <= ratio <= 0.6 and float(row["speedup"]) == pytest.approx(1 / ratio, rel=1e-3)
