@@ -17,7 +17,6 @@ import json
 import math
 import os
 import shutil
-import uuid
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -370,18 +369,13 @@ def _scan_classes(folder: Path, classes: list[str] | None, root: Path) -> tuple[
 
 
 def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Write ``path`` via ``write(file)`` into a temporary sibling, fsync, then ``os.replace`` it into place."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "xb") as f:  # unlike mkstemp, honours the umask (0644 files, not 0600)
+    """Write ``path`` via ``write(file)`` into a temporary sibling, fsync, then ``os.replace`` it into place
+    (``io.atomic_path``; its temporary names are recognised and cleaned up as leftovers of killed runs)."""
+    from .io import atomic_path
+
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
             write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 _ARRAYS = ("train_x", "train_y", "test_x", "test_y")

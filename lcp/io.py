@@ -389,9 +389,9 @@ def prepare_out_dir(
             outputs, leftovers = _lcp_outputs(out)
         except OSError as exc:
             raise LcpError(f"cannot read output folder {out}: {_reason(exc)}") from exc
-        if overwrite:
-            stale = outputs + leftovers
-        elif run_file.exists():
+        # temporary files are leftovers of a killed writer (the caller holds the folder's lock)
+        stale = outputs + leftovers if overwrite else leftovers
+        if not overwrite and run_file.exists():
             old = _read_signature(run_file)
             keys = _diff_keys(old, sig)
             if keys and resume:
@@ -406,7 +406,7 @@ def prepare_out_dir(
                     f"output folder {out} holds another run ({_describe(old, shown)}); pass "
                     "--resume to continue it, --overwrite to replace it, or choose another --out"
                 )
-        elif outputs:
+        elif not overwrite and outputs:
             names = ", ".join(p.name for p in outputs[:3])
             raise LcpError(
                 f"output folder {out} holds outputs of another lcp run ({names}) but no "

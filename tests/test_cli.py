@@ -554,6 +554,89 @@ def test_sigint_exits_130_and_suggests_resume(tiny_folder: Path, resnet20_ckpt: 
     assert (out / ".lcp.lock").read_text() == ""  # the lock was released
 
 
+KILLING_CLI = """
+import atexit, os, runpy, signal
+kill_at = int(os.environ["LCP_KILL_AT"])  # 0: count only
+before = os.environ.get("LCP_KILL_BEFORE") == "1"
+count = [0]
+_replace = os.replace
+def replace(src, dst, *a, **k):  # every file lcp writes ends in os.replace: kill around the n-th write
+    count[0] += 1
+    if count[0] == kill_at and before:
+        os.kill(os.getpid(), signal.SIGKILL)
+    _replace(src, dst, *a, **k)
+    if count[0] == kill_at:
+        os.kill(os.getpid(), signal.SIGKILL)
+os.replace = replace
+if os.environ.get("LCP_COUNT_FILE"):
+    atexit.register(lambda: open(os.environ["LCP_COUNT_FILE"], "w").write(str(count[0])))
+runpy.run_module("lcp.cli", run_name="__main__", alter_sys=True)
+"""
+
+
+def _killing_run(argv: list[str], cwd: Path, kill_at: int, before: bool = False,
+                 count_file: Path | None = None) -> subprocess.CompletedProcess:
+    env = {**subprocess_env(), "LCP_KILL_AT": str(kill_at), "LCP_KILL_BEFORE": "1" if before else "0"}
+    if count_file is not None:
+        env["LCP_COUNT_FILE"] = str(count_file)
+    return subprocess.run([sys.executable, "-c", KILLING_CLI, *argv], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_sigkill_at_random_points_of_the_lcp_pipeline_then_resume(tiny_folder: Path, resnet20_ckpt: Path,
+                                                                   tmp_path: Path) -> None:
+    """Search + cut + fine-tuning, killed (SIGKILL) just before or after randomly chosen file writes, several
+    times in a row, then resumed: the result equals an uninterrupted run of the same seed."""
+    import random
+
+    def args(out: Path, *extra: str) -> list[str]:
+        return tiny_args(tiny_folder, resnet20_ckpt, out, "--method", "lcp", "--candidates", "10",
+                         "--population", "4", "--tournament", "2", "--threads", "1", "--lr", "0.05", *extra,
+                         finetune=2)
+
+    ref, out, count = tmp_path / "ref", tmp_path / "out", tmp_path / "count"
+    done = _killing_run(args(ref), tmp_path, 0, count_file=count)
+    assert done.returncode == 0, done.stderr
+    writes = int(count.read_text())
+    assert writes > 15  # search states, checkpoints and outputs
+
+    rng = random.Random(1234)
+    kills = 0
+    for _ in range(4):
+        resume = ("--resume",) if (out / "run.json").exists() else ()
+        res = _killing_run(args(out, *resume), tmp_path, rng.randint(1, writes - 5), before=rng.random() < 0.5)
+        if res.returncode == 0:
+            break
+        assert res.returncode == -signal.SIGKILL, res.stderr
+        kills += 1
+    assert kills >= 2
+    assert not (out / "report.csv").exists() or kills < 4
+    final = _run_cli_process(args(out, "--resume"), tmp_path)
+    assert final.returncode == 0, final.stderr
+
+    for name in ("transforms.json", "layers.csv"):
+        assert (ref / name).read_bytes() == (out / name).read_bytes(), name
+    searched = [[(r["candidate"], r["fitness"], r["best"]) for r in read_csv(d / "search.csv")] for d in (ref, out)]
+    assert searched[0] == searched[1] and len(searched[0]) == 10  # every candidate once, none lost or repeated
+    assert json.loads((ref / "channels.json").read_text())["removed_units"] == \
+        json.loads((out / "channels.json").read_text())["removed_units"]
+    a, b = load_file(ref / "model.safetensors"), load_file(out / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert stable_part(read_report(ref)) == stable_part(read_report(out))
+    assert not list(out.glob("*.tmp*")) and not list(out.glob(".*tmp*"))
+
+
+def test_nan_loss_through_the_cli_is_one_line_and_keeps_the_folder_reusable(tiny_folder: Path, resnet20_ckpt: Path,
+                                                                           tmp_path: Path) -> None:
+    out = tmp_path / "nan"
+    res = lcp_cli(*tiny_args(tiny_folder, resnet20_ckpt, out, "--lr", "1e12", "--threads", "1", finetune=2))
+    assert_one_line_error(res)
+    assert "NaN" in res.err and "--lr" in res.err
+    assert not (out / "report.csv").exists() and not (out / "model.safetensors").exists()
+    res = lcp_cli(*tiny_args(tiny_folder, resnet20_ckpt, out, "--lr", "0.05", "--threads", "1", finetune=1))
+    assert res.code == 0, res.err
+
+
 # ------------------------------------------------------------------------------------------- determinism
 
 
