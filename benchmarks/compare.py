@@ -511,7 +511,8 @@ class Bench:
         from lcp.ranking import Transforms
 
         s = self.cfg["search"]
-        sb = float(s["search_budget"] or min(self.cfg["budgets"]))
+        # one search for every budget of the recipe (mean held-out loss), unless the recipe names one
+        sb = [float(s["search_budget"])] if s["search_budget"] else sorted(float(b) for b in self.cfg["budgets"])
         folder = self.work / f"search_seed{seed}"
         done = folder / "search_done.json"
         if done.is_file() and (folder / "transforms.json").is_file():
@@ -527,7 +528,7 @@ class Bench:
         if part.is_file():
             before = float(read_json(part, what="search record").get("search_s", 0.0))
         self.log(f"seed {seed}: learning the layer compensation ({s['optimizer']}, {s['candidates']} candidates "
-                 f"at {sb:g} of {self.cfg['budget_type']})")
+                 f"at {', '.join(f'{b:g}' for b in sb)} of {self.cfg['budget_type']})")
         t0 = time.perf_counter()
         scores = imp.unit_scores(self.graph, imp.filter_scores(self.graph, self.cfg["importance"]),
                                  self.cfg["aggregate"])

@@ -101,7 +101,8 @@ def _add_prune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", default=S, help="replace another run in --out")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=S, help="no progress bars")
     g = p.add_argument_group("search (method lcp without --transforms)")
-    g.add_argument("--search-budget", type=_budget, default=S, help="budget the search prunes to (default: --budget)")
+    g.add_argument("--search-budget", type=_budget, default=S, help="budget the search prunes to (default: every budget asked for, "
+                                                        "their mean held-out loss)")
     g.add_argument("--candidates", type=int, default=S, help="candidates evaluated by the search (default 400)")
     g.add_argument("--population", type=int, default=S, help="legr population (default 64, LeGR's)")
     g.add_argument("--tournament", type=int, default=S, help="legr tournament size (default 16)")

@@ -336,9 +336,9 @@ def learn_transforms(cfg: PruneConfig, graph: ChannelGraph, loaded: Loaded, budg
         table = LatencyTable.build(graph, **cfg.latency_options(), progress=cfg.progress)
     cost = CostModel(graph, latency=table)
     scores = imp.unit_scores(graph, imp.filter_scores(graph, cfg.importance), cfg.aggregate)
-    sb = cfg.search_budget or min(budgets)
+    sb = [cfg.search_budget] if cfg.search_budget else sorted(set(budgets))
     log(f"learning the layer compensation: {cfg.optimizer} search, {cfg.candidates} candidates at "
-        f"{sb:g} of {cfg.budget_type}")
+        f"{', '.join(f'{b:g}' for b in sb)} of {cfg.budget_type}" + (" (mean held-out loss)" if len(sb) > 1 else ""))
     fitness = search.make_fitness(graph, cost, scores, loaded.bundle, budget=sb, budget_type=cfg.budget_type,
                                   tau=cfg.tau, label_free=cfg.label_free, seed=cfg.seed,
                                   min_ratio=cfg.min_ratio, round_to=cfg.round_to)

@@ -63,26 +63,28 @@ class Fitness:
     non-finite value is logged and scores ``+inf``.
     """
 
-    def __init__(self, graph: ChannelGraph, cost: CostModel, scores: np.ndarray, *, budget: float,
+    def __init__(self, graph: ChannelGraph, cost: CostModel, scores: np.ndarray, *, budget: float | Sequence[float],
                  budget_type: str, recal: list[Tensor], eval_x: list[Tensor], eval_target: list[Tensor],
                  label_free: bool, tau: int, train: Iterable[tuple[Tensor, Tensor]] | None, lr: float,
                  min_ratio: float, round_to: int, threads: int | None):
         self.graph, self.cost, self.scores = graph, cost, scores
-        self.budget, self.budget_type = budget, budget_type
+        self.budgets = tuple(float(b) for b in (budget if isinstance(budget, Sequence) else [budget]))
+        self.budget, self.budget_type = self.budgets[0], budget_type
         self.recal, self.eval_x, self.eval_target = recal, eval_x, eval_target
         self.label_free, self.tau, self.train, self.lr = label_free, tau, train, lr
         self.min_ratio, self.round_to, self.threads = min_ratio, round_to, threads
         self.n_eval = sum(len(x) for x in eval_x)
 
-    def prune(self, transforms: Transforms) -> nn.Module:
-        """The physically pruned (not yet recalibrated) network for ``transforms``."""
-        p = plan(self.graph, self.cost, self.scores, budget=self.budget, budget_type=self.budget_type,
+    def prune(self, transforms: Transforms, budget: float | None = None) -> nn.Module:
+        """The physically pruned (not yet recalibrated) network for ``transforms`` at ``budget`` (default: the
+        first)."""
+        p = plan(self.graph, self.cost, self.scores, budget=budget or self.budget, budget_type=self.budget_type,
                  method="lcp", transforms=transforms, min_ratio=self.min_ratio, round_to=self.round_to)
         return apply_plan(self.graph, p.removed)
 
     def evaluate(self, transforms: Transforms) -> float:
         """The fitness of ``transforms``; exceptions propagate (``__call__`` turns them into ``+inf``)."""
-        return self.score(self.prune(transforms))
+        return float(np.mean([self.score(self.prune(transforms, b)) for b in self.budgets]))
 
     def score(self, model: nn.Module) -> float:
         """Held-out loss of a physically pruned network (tau SGD steps and BN recalibration first)."""
@@ -179,11 +181,13 @@ def _eval_forward(model: nn.Module, x: Tensor) -> Tensor:
             m.training = flag
 
 
-def make_fitness(graph: ChannelGraph, cost: CostModel, scores: np.ndarray, bundle: DataBundle, *, budget: float,
+def make_fitness(graph: ChannelGraph, cost: CostModel, scores: np.ndarray, bundle: DataBundle, *,
+                 budget: float | Sequence[float],
                  budget_type: str = "macs", tau: int = 0, label_free: bool = False, recal_batches: int = 4,
                  eval_images: int = 1000, batch_size: int = 128, seed: int = 0, lr: float = 0.01,
                  min_ratio: float = 0.1, round_to: int = 1, threads: int | None = None) -> Fitness:
-    """The search objective at ``budget`` (lower is better).
+    """The search objective at ``budget`` (lower is better): one budget, or several, whose held-out losses are
+    averaged so that one learned compensation serves all of them (learn once, prune many).
 
     Each candidate: plan with the compensated ranking (``ranking.plan`` method ``lcp``), build the pruned
     network (``surgery.apply_plan``), take ``tau`` SGD steps on augmented training batches (LeGR: lr ``lr``,
@@ -204,11 +208,15 @@ def make_fitness(graph: ChannelGraph, cost: CostModel, scores: np.ndarray, bundl
     ~30% faster than the masked full one; ``apply_plan`` costs 0.05-0.2 s; channels_last was measured 50%
     slower on CPU and BatchNorm folding saves less than the re-tracing costs, so neither is used.
     """
-    check_budget(budget, budget_type)
+    budgets = list(budget) if isinstance(budget, Sequence) else [budget]
+    if not budgets:
+        raise LcpError("the search needs at least one budget")
+    for b in budgets:
+        check_budget(b, budget_type)
     if tau < 0 or recal_batches < 1 or eval_images < 1 or batch_size < 1:
         raise LcpError("tau must be >= 0 and recal_batches, eval_images and batch_size at least 1")
     # fail early (and once) if the budget cannot be met at all
-    plan(graph, cost, scores, budget=budget, budget_type=budget_type, method="global", min_ratio=min_ratio,
+    plan(graph, cost, scores, budget=min(budgets), budget_type=budget_type, method="global", min_ratio=min_ratio,
          round_to=round_to)
     recal = []
     for x, _ in bundle.loader("train", batch_size, shuffle=True, seed=seed):
@@ -231,7 +239,7 @@ def make_fitness(graph: ChannelGraph, cost: CostModel, scores: np.ndarray, bundl
     if tau > 0 and not label_free and bool((bundle.train_y < 0).any()):
         raise LcpError("tau > 0 needs labeled training images: use label_free=True (--label-free) or tau=0")
     train = _Steps(bundle, tau, batch_size, seed) if tau > 0 else None
-    return Fitness(graph, cost, scores, budget=budget, budget_type=budget_type, recal=recal, eval_x=eval_x,
+    return Fitness(graph, cost, scores, budget=budgets, budget_type=budget_type, recal=recal, eval_x=eval_x,
                    eval_target=targets, label_free=label_free, tau=tau, train=train, lr=lr, min_ratio=min_ratio,
                    round_to=round_to, threads=threads)
 

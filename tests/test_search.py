@@ -299,6 +299,20 @@ def test_fitness_prefers_good_networks_and_never_uses_test(tiny):
     assert res.best_fitness <= value
 
 
+def test_fitness_over_several_budgets_is_their_mean(tiny):
+    graph, cost, scores = tiny
+    bundle = random_bundle()
+    kw = dict(recal_batches=2, eval_images=48, batch_size=32)
+    tf = Transforms(np.linspace(0.5, 2.0, len(graph.groups)), np.zeros(len(graph.groups)),
+                    [g.name for g in graph.groups])
+    each = [make_fitness(graph, cost, scores, bundle, budget=b, **kw)(tf) for b in (0.5, 0.8)]
+    both = make_fitness(graph, cost, scores, bundle, budget=[0.5, 0.8], **kw)(tf)
+    assert each[0] != each[1]
+    assert both == pytest.approx(sum(each) / 2, rel=1e-6)
+    with pytest.raises(LcpError):
+        make_fitness(graph, cost, scores, bundle, budget=[0.5, 1.5], **kw)
+
+
 def test_fitness_with_tau_steps(tiny):
     graph, cost, scores = tiny
     fit = make_fitness(graph, cost, scores, random_bundle(), budget=0.6, tau=3, recal_batches=1, eval_images=32,
