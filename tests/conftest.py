@@ -139,3 +139,13 @@ def cifar_env(_cifar_paths: CifarEnv, monkeypatch: pytest.MonkeyPatch) -> CifarE
     monkeypatch.setenv("LCP_DATA", str(_cifar_paths.data))
     monkeypatch.setenv("LCP_WEIGHTS", str(_cifar_paths.weights))
     return _cifar_paths
+
+
+@pytest.fixture()
+def one_thread():
+    """One torch thread: tiny models run 10-30x slower with two OpenMP threads on a busy 2-core machine.
+    Modules use it with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -66,13 +66,7 @@ class Recorder:
         return float(self.weights[p.removed].sum())
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: tiny models run 10-30x slower with two OpenMP threads on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
