@@ -326,6 +326,8 @@ ERROR_CASES = {
     "budget-unreachable": (lambda c: c.args("--budget", "0.001"), ["cannot be met", "--budget"]),
     "unknown-method": (lambda c: c.args("--method", "magic"), ["method", "magic"]),
     "unknown-importance": (lambda c: c.args("--importance", "magic"), ["importance", "magic"]),
+    "unknown-optimizer": (lambda c: c.args("--method", "lcp", "--optimizer", "magic", "--candidates", "2"),
+                          ["optimizer", "magic"]),
     "missing-data": (lambda c: c.args(data=c.tmp / "nowhere"), ["nowhere", "does not exist"]),
     "empty-data": (lambda c: c.args(data=c.tmp / "empty"), ["empty", "train"]),
     "data-without-classes": (lambda c: c.args(data=_empty_splits(c)), ["class"]),
