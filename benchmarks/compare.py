@@ -679,6 +679,8 @@ def run(args: argparse.Namespace, argv: list[str], log: Log = print) -> pd.DataF
         started = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
         meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
         meta.update(config=cfg, config_hash=sig, recipe=str(args.recipe), host=_host())
+        sbud = cfg["search"].get("search_budget")
+        meta["search_budgets"] = [float(sbud)] if sbud else sorted(float(b) for b in cfg["budgets"])
         invocation = {"command": _command(argv), "started": started, "rows": len(todo)}
         meta.setdefault("runs", []).append(invocation)
         log(f"{len(todo_all) - len(todo)} of {len(todo_all)} rows already in {out}; running {len(todo)}")

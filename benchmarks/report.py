@@ -199,11 +199,15 @@ def setup_text(df: pd.DataFrame, meta: dict) -> str:
         f"decay 5e-4, batch {bs}, random crop and flip, the row's seed for the data order; then top-1 again "
         f"(\"fine-tuned\")." + (f" One epoch is {_plural(steps, 'step')}." if steps else ""))
     if "lcp" in set(df["method"]):
+        sb = meta.get("search_budgets")  # runs before 2026-11-23 searched at the lowest budget only
+        searched_at = (f"at budget {_num(s.get('search_budget') or min(df['budget']), 2)}" if not sb else
+                       f"at budget {_num(sb[0], 2)}" if len(sb) == 1 else
+                       "averaging the fitness over budgets " + " and ".join(_num(b, 2) for b in sb))
         lines.append(
             f"- **lcp:** LeGR search ({s.get('optimizer', 'legr')}, {s.get('candidates', '?')} candidates, population "
             f"{s.get('population', '?')}, tournament {s.get('tournament', '?')}; fitness: cross-entropy on "
-            f"{s.get('eval_images', 1000)} held-out images after BN recalibration) at budget "
-            f"{_num(s.get('search_budget') or min(df['budget']), 2)}, once per seed, reused for every budget; its "
+            f"{s.get('eval_images', 1000)} held-out images after BN recalibration) {searched_at}, once per seed, "
+            f"reused for every budget; its "
             f"time is the `search` column. `global`, `uniform`, `random`: the same lcp walk with identity "
             f"compensation, one keep ratio per group, a seeded random order.")
     if "torch_pruning" in set(df["method"]):
