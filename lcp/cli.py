@@ -50,6 +50,7 @@ def _budget_list(text: str) -> list[float]:
 
 
 def _add_prune_args(p: argparse.ArgumentParser) -> None:
+    from .connections import CONNECTION_METHODS
     from .importance import AGGREGATIONS, CRITERIA
     from .ranking import AGENT_METHODS, BUDGET_TYPES, METHODS
 
@@ -62,11 +63,12 @@ def _add_prune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--budgets", type=_budget_list, default=S,
                    help="several budgets, e.g. 0.7,0.5,0.3: one search, one output folder per budget")
     p.add_argument("--budget-type", choices=BUDGET_TYPES, default=S, help="what the budget counts: macs, params, or latency measured on --device (default macs)")
-    p.add_argument("--method", choices=METHODS + AGENT_METHODS, default=S,
+    p.add_argument("--method", choices=METHODS + AGENT_METHODS + CONNECTION_METHODS, default=S,
                    help="lcp: learned layer compensation (default); global: plain global ranking; "
                         "uniform: one keep ratio for all layers; random: seeded random ranking; "
                         "lfgcl / amc: keep ratio per layer from a DDPG agent, label-free KL / cross-entropy "
-                        "reward")
+                        "reward; ads / lwp (DenseNets): dense connections kept by an LSTM controller, held-out "
+                        "accuracy / FLOPs-shaped reward")
     p.add_argument("--transforms", default=S, help="transforms.json with learned (alpha, kappa) per group "
                                                    "(method lcp; skips the search)")
     p.add_argument("--importance", choices=CRITERIA, default=S, help="filter importance (default l2)")
@@ -115,7 +117,7 @@ def _add_prune_args(p: argparse.ArgumentParser) -> None:
                    help="fitness from matching the unpruned model's outputs (no labels needed)")
     g.add_argument("--workers", type=int, default=S, help="local processes evaluating candidates")
     g.add_argument("--executor", default=S, help="dask://HOST:PORT to evaluate candidates on a Dask cluster")
-    a = p.add_argument_group("agent (methods lfgcl and amc)")
+    a = p.add_argument_group("agent (methods lfgcl, amc, ads and lwp)")
     a.add_argument("--episodes", type=int, default=S, help="agent episodes, warm-up included (default 30)")
     a.add_argument("--warmup-episodes", type=_count, default=S,
                    help="random-action episodes before the agent learns (default 10)")

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from . import store
+from .connections import CONNECTION_METHODS
 from .errors import LcpError
 from .graph import ChannelGraph, build_graph
 from .io import RunLock, atomic_path, atomic_write_json, prepare_out_dir, read_json
@@ -84,6 +85,8 @@ class PruneConfig:
         sig.update({k: getattr(self, k) for k in ("pretrained", "input_size") if getattr(self, k)})  # when set
         if self.method in AGENT_METHODS:
             sig.update(episodes=self.episodes, warmup_episodes=self.warmup_episodes)
+        elif self.method in CONNECTION_METHODS:
+            sig.update(episodes=self.episodes)
         return sig
 
     def latency_options(self) -> dict[str, Any]:
@@ -409,7 +412,8 @@ def _claim(cfg: PruneConfig) -> Any:
             yield
         except BaseException:
             if fresh and not any((out / n).exists() for n in ("report.csv", "search_state.json",
-                                                              "agent_state.safetensors")):
+                                                              "agent_state.safetensors",
+                                                              "controller_state.safetensors")):
                 for name in ("run.json", "state.json"):
                     (out / name).unlink(missing_ok=True)
             raise
@@ -464,6 +468,10 @@ def run_prune(cfg: PruneConfig, log: Log = print) -> "pd.DataFrame":  # noqa: F8
         if "top1_base" not in state:
             save_state(top1_base=baseline_accuracy(loaded, device=cfg.device))
         graph = build_graph(loaded.model, torch.zeros(1, *loaded.input_size))
+        if cfg.method in CONNECTION_METHODS:  # DenseNet connections (lcp.controllers): own cut and outputs
+            from .controllers import run_connection_prune
+
+            return run_connection_prune(cfg, loaded, graph, out, state, save_state, log)
         search_s = state.get("search_s", 0.0)
         transforms = ratios = None
         if cfg.method == "lcp":

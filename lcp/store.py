@@ -119,6 +119,15 @@ def rebuild(spec: dict, base_model: nn.Module | None = None) -> nn.Module:
         raise LcpError("channels.json is damaged: model, num_classes, input_size or removed_units has the wrong type")
     model = base_model if base_model is not None else create_model(name, num_classes=num_classes)
     graph = build_graph(model, torch.zeros(1, *input_size))
+    if spec.get("removed_connections"):  # connection-pruned DenseNet (methods ads, lwp)
+        from .connections import ConnectionGraph
+
+        cg = ConnectionGraph(graph)
+        pruned = cg.apply(cg.from_names(spec["removed_connections"]))
+        if "widths" in spec and widths(pruned) != spec["widths"]:
+            raise LcpError(f"rebuilt {name} does not have the widths recorded in channels.json; "
+                           "the model definition changed since it was saved")
+        return pruned
     index = {u.key: u.index for u in graph.units}
     missing = [k for k in keys if k not in index]
     if missing:

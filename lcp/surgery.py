@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -165,6 +165,18 @@ def _tensors(x: Any) -> list[torch.Tensor]:
     return []
 
 
+def input_mask_hook(mask: torch.Tensor, dim: int) -> Callable[..., tuple]:
+    """A forward pre-hook that multiplies a module's first input by ``mask`` along ``dim`` (masked originals)."""
+
+    def pre_hook(m: nn.Module, args: tuple) -> tuple:
+        x = args[0]
+        shape = [1] * x.dim()
+        shape[dim] = -1
+        return (x * mask.view(shape),) + tuple(args[1:])
+
+    return pre_hook
+
+
 def masked_model(graph: ChannelGraph, removed: np.ndarray) -> tuple[nn.Module, list]:
     """A float64 copy of the original whose consumers see removed channels as zeros."""
     ref = copy.deepcopy(graph.model).double().eval()
@@ -177,15 +189,8 @@ def masked_model(graph: ChannelGraph, removed: np.ndarray) -> tuple[nn.Module, l
         mask = torch.as_tensor(~removed[units], dtype=torch.float64)
         if bool(mask.all()):
             continue
-        dim = 1 if rec.kind == "conv" else -1
-
-        def pre_hook(m: nn.Module, args: tuple, mask: torch.Tensor = mask, dim: int = dim) -> tuple:
-            x = args[0]
-            shape = [1] * x.dim()
-            shape[dim] = -1
-            return (x * mask.view(shape),) + tuple(args[1:])
-
-        handles.append(modules[rec.name].register_forward_pre_hook(pre_hook))
+        handles.append(modules[rec.name].register_forward_pre_hook(
+            input_mask_hook(mask, 1 if rec.kind == "conv" else -1)))
     return ref, handles
 
 

@@ -1,0 +1,504 @@
+"""Connection-level pruning of DenseNets: drop one source's channel slice from one consumer's input.
+
+A *connection* (source s -> consumer c) is the set of input positions of a consumer (a dense conv or linear
+whose input is a concat of several producers' outputs) that come from one producing module s. Removing it
+slices the consumer's input weights and the BatchNorm in front of it (when that norm feeds only this
+consumer) and inserts a channel gather (``index_select`` on the channel dim) before them, in a
+``torch.fx.GraphModule``; other consumers of s keep it. A consumer whose output nobody reads any more (every
+outgoing connection dropped, and nothing else reads it) is *dead*: its conv is replaced by :class:`ZeroConv`
+(no weights, no MACs, a zero tensor of the conv's output shape) and its private norm is deleted.
+
+Everything is derived from the channel graph (``graph.records`` and the union-find ids), so it works on any
+traced model whose concats the engine tracks (lcp's ``densenet40``; timm DenseNets when they trace).
+See docs/connections.md.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.fx as fx
+from torch import nn
+
+from .cost import CostModel, _record_cost, count_macs, count_params
+from .errors import LcpError, UnreachableBudget
+from .graph import ChannelGraph, trace
+from .surgery import Verification, _index, _prune_norm, _set_param, _tensors, input_mask_hook
+
+CONNECTION_METHODS = ("ads", "lwp")
+
+_PASS_FUNCS = {"relu", "relu_", "relu6", "silu", "gelu", "hardswish", "leaky_relu", "elu", "dropout",
+               "adaptive_avg_pool2d", "avg_pool2d", "flatten", "contiguous", "clone"}
+
+
+class ZeroConv(nn.Module):
+    """Stands in for a dead conv: zeros of the conv's output shape (its input only gives N, H, W)."""
+
+    def __init__(self, out_channels: int, kernel_size: tuple[int, ...], stride: tuple[int, ...],
+                 padding: tuple[int, ...], dilation: tuple[int, ...]):
+        super().__init__()
+        self.out_channels = out_channels
+        self.kernel_size, self.stride = tuple(kernel_size), tuple(stride)
+        self.padding, self.dilation = tuple(padding), tuple(dilation)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        sizes = [(n + 2 * p - d * (k - 1) - 1) // s + 1 for n, k, s, p, d in
+                 zip(x.shape[2:], self.kernel_size, self.stride, self.padding, self.dilation)]
+        return x.new_zeros((x.shape[0], self.out_channels, *sizes))
+
+    def extra_repr(self) -> str:
+        return f"out_channels={self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
+
+
+@dataclass
+class Consumer:
+    """A module that reads a concat of several sources, and what belongs to it alone."""
+
+    record: int  # index into graph.records
+    name: str
+    kind: str  # conv | linear
+    norm: int | None  # record index of its private norm (sliced with it), if any
+    norm_node: str | None  # fx node whose input gets the gather (norm or consumer)
+    gather_dim: int  # channel dim at the gather (1, or -1 for a linear without private norm)
+    block: int
+    sources: list[int] = field(default_factory=list)  # connection indices, in source order
+    pinned: bool = False  # its output is read by something other than connections: never dead
+    can_die: bool = False  # a conv ZeroConv can stand in for
+
+
+@dataclass
+class Connection:
+    index: int
+    source: int  # record index of the producer
+    consumer: int  # index into ConnectionGraph.consumers
+    positions: np.ndarray  # input positions of the consumer
+
+    @property
+    def width(self) -> int:
+        return len(self.positions)
+
+
+class ConnectionGraph:
+    """The connections of a traced model, their exact cost and the surgery that removes them."""
+
+    def __init__(self, graph: ChannelGraph, cost: CostModel | None = None):
+        self.graph = graph
+        self.cost = cost or CostModel(graph)
+        recs = graph.records
+        uf = graph.uf
+        # producer of every channel id root: (record, position); ambiguous roots map to -1
+        owner: dict[int, int] = {}
+        for ri, r in enumerate(recs):
+            if r.kind in ("conv", "linear") and r.out_ids is not None:
+                for i in r.out_ids.tolist():
+                    root = uf.find(i)
+                    owner[root] = ri if owner.get(root, ri) == ri else -1
+        gm = graph.gm
+        nodes = {n.target: n for n in gm.graph.nodes if n.op == "call_module"}
+        modules = dict(gm.named_modules())
+        norm_index = {r.name: ri for ri, r in enumerate(recs) if r.kind == "norm"}
+        candidates: list[tuple[int, np.ndarray]] = []
+        for ri, r in enumerate(recs):
+            if r.kind not in ("conv", "linear") or r.in_ids is None:
+                continue
+            if r.kind == "conv" and r.mode != "dense":
+                continue
+            src = np.array([owner.get(uf.find(i), -2) for i in r.in_ids.tolist()], dtype=np.int64)
+            if (src < 0).any() or r.name not in nodes or len(set(src.tolist())) < 1:
+                continue
+            candidates.append((ri, src))
+        multi = {ri for ri, src in candidates if len(set(src.tolist())) >= 2}
+        multi_sources = {int(s) for ri, src in candidates if ri in multi for s in set(src.tolist())}
+        # single-source consumers join when both their source and their output are dense-block channels
+        # (the first layer of a block); a bottleneck's second conv does not
+        chosen = [(ri, src) for ri, src in candidates
+                  if ri in multi or (ri in multi_sources and set(src.tolist()) <= multi_sources)]
+        if not multi:
+            raise LcpError(f"{type(graph.model).__name__} has no dense connections (no conv or linear reads a "
+                           "concat of several producers): connection pruning needs a DenseNet-style model")
+        self.consumers: list[Consumer] = []
+        self.connections: list[Connection] = []
+        self.consumer_of_record: dict[int, int] = {}
+        private_norms: set[int] = set()
+        blocks: dict[int, int] = {}
+        for ri, src in chosen:
+            r = recs[ri]
+            node = nodes[r.name]
+            norm, at, dim = self._private_norm(node, modules, norm_index, len(src))
+            if norm is not None:
+                private_norms.add(norm)
+            first = int(min(src.tolist()))
+            block = blocks.setdefault(first, len(blocks))
+            m = modules[r.name]
+            can_die = r.kind == "conv" and isinstance(m, nn.Conv2d) and not isinstance(m.padding, str)
+            c = Consumer(ri, r.name, r.kind, norm, at, dim if norm is None else 1, block, can_die=can_die)
+            ci = len(self.consumers)
+            self.consumer_of_record[ri] = ci
+            order = sorted(set(src.tolist()))
+            for s in order:
+                k = len(self.connections)
+                self.connections.append(Connection(k, int(s), ci, np.nonzero(src == s)[0]))
+                c.sources.append(k)
+            self.consumers.append(c)
+        # a consumer is pinned if anything but connections reads its output
+        read_by_conn = {cn.source for cn in self.connections}
+        consumer_records = set(self.consumer_of_record)
+        other_roots: set[int] = set()  # ids read by anything but a consumer's input or its private norm
+        for rj, other in enumerate(recs):
+            if rj in private_norms:
+                continue
+            for axis, ids in other.axes():
+                if (axis == "in" and rj in consumer_records) or (axis == "out" and other.kind in ("conv", "linear")):
+                    continue
+                other_roots.update(uf.find(i) for i in ids.tolist())
+        for c in self.consumers:
+            r = recs[c.record]
+            if c.record not in read_by_conn or not c.can_die:
+                c.pinned = True
+            elif any(uf.is_frozen(i) or uf.find(i) in other_roots for i in r.out_ids.tolist()):
+                c.pinned = True
+        self.n = len(self.connections)
+        self.src = np.array([cn.source for cn in self.connections])
+        self.dst = np.array([cn.consumer for cn in self.connections])
+        self.width = np.array([cn.width for cn in self.connections], dtype=np.int64)
+        self._prepare_cost()
+
+    # ------------------------------------------------------------------ construction helpers
+    @staticmethod
+    def _private_norm(node: fx.Node, modules: dict[str, nn.Module], norm_index: dict[str, int],
+                      n_in: int) -> tuple[int | None, str, int]:
+        """(norm record, node that gets the gather, channel dim) for a consumer node."""
+        dim = -1 if isinstance(modules[node.target], nn.Linear) else 1
+        cur = node.args[0] if node.args else None
+        while isinstance(cur, fx.Node) and len(cur.users) == 1:
+            if cur.op == "call_module" and cur.target in norm_index:
+                m = modules[cur.target]
+                if getattr(m, "num_features", n_in) == n_in:
+                    return norm_index[cur.target], cur.name, 1
+                break
+            name = cur.target if cur.op == "call_method" else getattr(cur.target, "__name__", "")
+            if cur.op == "call_module":
+                m = modules[cur.target]
+                ok = isinstance(m, (nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Identity, nn.Dropout, nn.Flatten,
+                                    nn.AdaptiveAvgPool2d, nn.AvgPool2d))
+            else:
+                ok = name in _PASS_FUNCS
+            if not ok or not cur.args:
+                break
+            cur = cur.args[0]
+        return None, node.name, dim
+
+    def _prepare_cost(self) -> None:
+        cost, recs = self.cost, self.graph.records
+        self.full_cost = []  # (macs, params) of consumer + its private norm, all kept
+        self.unit_cost = []  # (macs, params) per kept input position
+        for c in self.consumers:
+            r = recs[c.record]
+            n_out, n_in = len(r.out_ids), len(r.in_ids)
+            m1, p1 = _record_cost(r, n_out, 1, 0)
+            m0, p0 = _record_cost(r, n_out, 0, 0)  # bias only
+            mf, pf = _record_cost(r, n_out, n_in, 0)
+            npar = 0
+            if c.norm is not None:
+                npar = cost.norm_params[c.norm]
+            self.unit_cost.append((m1 - m0, p1 - p0 + npar))
+            self.full_cost.append((mf, pf + npar * n_in, m0, p0))
+        self.macs_base, self.params_base = cost.macs_base, cost.params_base
+
+    # ------------------------------------------------------------------ queries
+    def full(self) -> np.ndarray:
+        """All connections kept."""
+        return np.ones(self.n, dtype=bool)
+
+    def alive(self, keep: np.ndarray) -> np.ndarray:
+        """Which consumers still compute something read by someone (dead ones are replaced by ZeroConv)."""
+        keep = np.asarray(keep, dtype=bool)
+        alive = np.array([c.pinned for c in self.consumers])
+        read = np.zeros(len(self.consumers), dtype=bool)  # read by an alive consumer through a kept connection
+        for ci in range(len(self.consumers) - 1, -1, -1):
+            if not (alive[ci] or read[ci]):
+                continue
+            alive[ci] = True
+            for k in self.consumers[ci].sources:
+                if keep[k]:
+                    sc = self.consumer_of_record.get(int(self.src[k]))
+                    if sc is not None:
+                        read[sc] = True
+        return alive
+
+    def check(self, keep: np.ndarray) -> np.ndarray:
+        """Validate ``keep`` (bool per connection); returns the alive consumers."""
+        keep = np.asarray(keep, dtype=bool)
+        if keep.shape != (self.n,):
+            raise LcpError(f"a connection mask needs {self.n} entries, got shape {keep.shape}")
+        alive = self.alive(keep)
+        for ci, c in enumerate(self.consumers):
+            if alive[ci] and not keep[c.sources].any():
+                raise LcpError(f"{c.name} is still read but would keep none of its input connections")
+        return alive
+
+    def evaluate(self, keep: np.ndarray, alive: np.ndarray | None = None) -> tuple[int, int]:
+        """Exact (MACs, params) of the network with connections ``keep`` (equals count_macs/count_params)."""
+        keep = np.asarray(keep, dtype=bool)
+        if alive is None:
+            alive = self.alive(keep)
+        kept_w = np.bincount(self.dst, weights=keep * self.width, minlength=len(self.consumers))
+        macs, params = self.macs_base, self.params_base
+        for ci in range(len(self.consumers)):
+            mf, pf, m0, p0 = self.full_cost[ci]
+            if alive[ci]:
+                mu, pu = self.unit_cost[ci]
+                macs += m0 + mu * int(kept_w[ci]) - mf
+                params += p0 + pu * int(kept_w[ci]) - pf
+            else:
+                macs -= mf
+                params -= pf
+        return int(macs), int(params)
+
+    def value(self, keep: np.ndarray, metric: str) -> int:
+        m, p = self.evaluate(keep)
+        return m if metric == "macs" else p
+
+    def base(self, metric: str) -> int:
+        return self.macs_base if metric == "macs" else self.params_base
+
+    def minimal(self, metric: str = "macs") -> np.ndarray:
+        """The cheapest valid mask: every consumer keeps one connection, chosen by a shortest-path DP
+        (exact when each consumer is on one pinned consumer's chain, as in DenseNets)."""
+        k_metric = 0 if metric == "macs" else 1
+        best = np.full(len(self.consumers), np.inf)
+        choice = np.full(len(self.consumers), -1)
+        for ci, c in enumerate(self.consumers):
+            unit = self.unit_cost[ci][k_metric]
+            base = self.full_cost[ci][2 + k_metric]
+            for k in c.sources:
+                sc = self.consumer_of_record.get(int(self.src[k]))
+                v = base + unit * self.width[k] + (best[sc] if sc is not None else 0.0)
+                if v < best[ci]:
+                    best[ci], choice[ci] = v, k
+        keep = np.zeros(self.n, dtype=bool)
+        need = [ci for ci, c in enumerate(self.consumers) if c.pinned]
+        while need:
+            ci = need.pop()
+            k = int(choice[ci])
+            if keep[k]:
+                continue
+            keep[k] = True
+            sc = self.consumer_of_record.get(int(self.src[k]))
+            if sc is not None:
+                need.append(sc)
+        # consumers made alive only through their own chain are covered; dead ones need nothing
+        return keep
+
+    def adjacency(self, keep: np.ndarray) -> list[dict[str, Any]]:
+        """Per block: sources, consumers and the lower-triangular boolean matrix keep[c][s]."""
+        keep = np.asarray(keep, dtype=bool)
+        recs = self.graph.records
+        out = []
+        for b in sorted({c.block for c in self.consumers}):
+            cons = [ci for ci, c in enumerate(self.consumers) if c.block == b]
+            srcs = sorted({int(self.src[k]) for ci in cons for k in self.consumers[ci].sources})
+            col = {s: j for j, s in enumerate(srcs)}
+            mat = [[False] * len(srcs) for _ in cons]
+            for i, ci in enumerate(cons):
+                for k in self.consumers[ci].sources:
+                    mat[i][col[int(self.src[k])]] = bool(keep[k])
+            out.append({"block": b, "sources": [recs[s].name for s in srcs],
+                        "consumers": [self.consumers[ci].name for ci in cons], "keep": mat})
+        return out
+
+    def names(self, keep: np.ndarray) -> list[list[str]]:
+        """The removed connections as [consumer, source] module names (what channels.json stores)."""
+        recs = self.graph.records
+        return [[self.consumers[int(self.dst[k])].name, recs[int(self.src[k])].name]
+                for k in np.nonzero(~np.asarray(keep, dtype=bool))[0].tolist()]
+
+    def from_names(self, removed: Sequence[Sequence[str]]) -> np.ndarray:
+        """The mask that removes the [consumer, source] pairs in ``removed``."""
+        if not isinstance(removed, (list, tuple)):
+            raise LcpError("removed connections must be a list of [consumer, source] names")
+        recs = self.graph.records
+        index = {(self.consumers[int(self.dst[k])].name, recs[int(self.src[k])].name): k for k in range(self.n)}
+        keep = self.full()
+        for pair in removed:
+            k = index.get(tuple(pair)) if isinstance(pair, (list, tuple)) and len(pair) == 2 else None
+            if k is None:
+                raise LcpError(f"connection {pair!r} does not exist in {type(self.graph.model).__name__}")
+            keep[k] = False
+        return keep
+
+    def summary(self) -> str:
+        blocks = len({c.block for c in self.consumers})
+        return (f"{self.n} connections into {len(self.consumers)} consumers in {blocks} blocks "
+                f"({sum(not c.pinned for c in self.consumers)} consumers can be dropped)")
+
+    # ------------------------------------------------------------------ budget
+    def project(self, keep: np.ndarray, priority: np.ndarray, *, budget: float, metric: str = "macs",
+                fill: bool = True) -> np.ndarray:
+        """Make ``keep`` valid and within ``budget`` (a fraction of the baseline ``metric``).
+
+        Drops kept connections in increasing ``priority`` until the cost fits; if that cannot reach the budget,
+        starts again from :meth:`minimal`. With ``fill``, adds back dropped connections in decreasing priority
+        while the cost stays within the budget. Raises UnreachableBudget below the minimal mask's cost.
+        """
+        target = budget * self.base(metric)
+        keep = np.asarray(keep, dtype=bool).copy()
+        priority = np.asarray(priority, dtype=np.float64)
+        low = self.value(self.minimal(metric), metric)
+        if low > target + 1e-9:
+            lowest = low / self.base(metric)
+            raise UnreachableBudget(f"budget {budget:g} of {metric} cannot be met by removing connections: the "
+                                    f"lowest reachable is {lowest:.4f}; pass --budget "
+                                    f"{math.ceil(lowest * 1000) / 1000:g} or more", lowest)
+        # every consumer keeps at least one connection (its highest-priority one)
+        for c in self.consumers:
+            if not keep[c.sources].any():
+                keep[c.sources[int(np.argmax(priority[c.sources]))]] = True
+        order = np.argsort(priority, kind="stable")
+        if self.value(keep, metric) > target:
+            for k in order.tolist():
+                if not keep[k]:
+                    continue
+                c = self.consumers[int(self.dst[k])]
+                if keep[c.sources].sum() <= 1:
+                    continue
+                keep[k] = False
+                if self.value(keep, metric) <= target:
+                    break
+            if self.value(keep, metric) > target:
+                keep = self.minimal(metric)
+                fill = True
+        if fill:
+            for k in order[::-1].tolist():
+                if keep[k]:
+                    continue
+                keep[k] = True
+                if self.value(keep, metric) > target:
+                    keep[k] = False
+        self.check(keep)
+        return keep
+
+    # ------------------------------------------------------------------ surgery
+    def apply(self, keep: np.ndarray) -> fx.GraphModule:
+        """A pruned copy of the model (GraphModule) without the dropped connections; the original is untouched."""
+        keep = np.asarray(keep, dtype=bool)
+        alive = self.check(keep)
+        recs = self.graph.records
+        model = copy.deepcopy(self.graph.model)
+        was_training = model.training
+        model.eval()
+        try:
+            gm = trace(model)
+        finally:
+            model.train(was_training)
+        for name, m in model.named_modules():  # GraphModule keeps only called submodules: bring back the rest
+            if name:
+                try:
+                    gm.get_submodule(name)
+                except AttributeError:
+                    gm.add_submodule(name, m)
+        nodes = {n.name: n for n in gm.graph.nodes}
+        by_target = {n.target: n for n in gm.graph.nodes if n.op == "call_module"}
+        for ci, c in enumerate(self.consumers):
+            r = recs[c.record]
+            m = gm.get_submodule(c.name)
+            node = by_target[c.name]
+            at = nodes[c.norm_node]
+            if not alive[ci]:
+                src = at.args[0]
+                gm.set_submodule(c.name, ZeroConv(m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation))
+                node.args = (src,) + tuple(node.args[1:])
+                continue
+            kept = np.sort(np.concatenate([self.connections[k].positions for k in c.sources if keep[k]]))
+            if len(kept) == len(r.in_ids):
+                continue
+            if c.kind == "conv":
+                _set_param(m, "weight", _index(m.weight, 1, kept))
+                m.in_channels = len(kept)
+            else:
+                _set_param(m, "weight", _index(m.weight, 1, kept))
+                m.in_features = len(kept)
+            if c.norm is not None:
+                _prune_norm(gm.get_submodule(recs[c.norm].name), len(r.in_ids), kept)
+            buf = f"_lcp_keep_{ci}"
+            gm.register_buffer(buf, torch.as_tensor(kept, dtype=torch.long), persistent=False)
+            with gm.graph.inserting_before(at):
+                idx = gm.graph.get_attr(buf)
+                sel = gm.graph.call_function(torch.index_select, (at.args[0], c.gather_dim, idx))
+            at.args = (sel,) + tuple(at.args[1:])
+        gm.graph.eliminate_dead_code()
+        gm.recompile()
+        for ci, c in enumerate(self.consumers):  # private norms of dead consumers are gone from the graph
+            if not alive[ci] and c.norm is not None:
+                _del_submodule(gm, recs[c.norm].name)
+        gm.train(was_training)
+        return gm
+
+    def masked_model(self, keep: np.ndarray) -> tuple[nn.Module, list]:
+        """A float64 copy of the original whose consumers see dropped connections as zeros."""
+        keep = np.asarray(keep, dtype=bool)
+        ref = copy.deepcopy(self.graph.model).double().eval()
+        modules = dict(ref.named_modules())
+        handles = []
+        for c in self.consumers:
+            n_in = len(self.graph.records[c.record].in_ids)
+            mask = torch.zeros(n_in, dtype=torch.float64)
+            for k in c.sources:
+                if keep[k]:
+                    mask[torch.as_tensor(self.connections[k].positions)] = 1.0
+            if bool(mask.all()):
+                continue
+            handles.append(modules[c.name].register_forward_pre_hook(
+                input_mask_hook(mask, 1 if c.kind == "conv" else -1)))
+        return ref, handles
+
+    def verify(self, keep: np.ndarray, pruned: nn.Module, *, rtol: float = 1e-6, seed: int = 0) -> Verification:
+        """Compare ``pruned`` with the masked original in float64 on random input."""
+        gen = torch.Generator().manual_seed(seed)
+        inputs = tuple(torch.randn(x.shape, generator=gen, dtype=torch.float64) for x in self.graph.example_inputs)
+        ref, handles = self.masked_model(keep)
+        test = copy.deepcopy(pruned).double().eval()
+        try:
+            with torch.no_grad():
+                a, b = _tensors(ref(*inputs)), _tensors(test(*inputs))
+        finally:
+            for h in handles:
+                h.remove()
+        if not (len(a) == len(b) and all(x.shape == y.shape for x, y in zip(a, b))):
+            return Verification(float("inf"), False, False)
+        err = 0.0
+        for x, y in zip(a, b):
+            scale = float(x.abs().max()) if x.numel() else 0.0
+            err = max(err, float((x - y).abs().max()) / max(scale, 1e-12) if x.numel() else 0.0)
+        return Verification(err, True, err <= rtol)
+
+    def prune(self, keep: np.ndarray, *, check_cost: bool = True) -> tuple[fx.GraphModule, Verification]:
+        """Build and verify; refuses (LcpError) when the result differs from the masked original or the cost model."""
+        pruned = self.apply(keep)
+        v = self.verify(keep, pruned)
+        if not v.ok:
+            raise LcpError(f"connection surgery failed verification against the masked original: {v}")
+        if check_cost:
+            macs, params = self.evaluate(keep)
+            real = (count_macs(pruned, self.graph.example_inputs), count_params(pruned))
+            if real != (macs, params):
+                raise LcpError(f"internal: connection cost model {macs, params} differs from the built network {real}")
+        return pruned, v
+
+
+def _del_submodule(root: nn.Module, name: str) -> None:
+    parent, _, leaf = name.rpartition(".")
+    mod = root.get_submodule(parent) if parent else root
+    if hasattr(mod, leaf):
+        delattr(mod, leaf)
+
+
+def build(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor]) -> ConnectionGraph:
+    """Trace ``model`` and find its connections (refuses models without dense connections)."""
+    from .graph import build_graph
+
+    return ConnectionGraph(build_graph(model, example_inputs))
