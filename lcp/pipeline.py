@@ -322,23 +322,30 @@ def baseline_accuracy(loaded: Loaded, batch_size: int = 256, device: str = "cpu"
     return top1
 
 
+def _cost_and_scores(cfg: PruneConfig, graph: ChannelGraph) -> tuple[Any, Any]:
+    """The cost model a search cuts candidates with (latency budgets: the per-layer latency table's
+    prediction) and the unit scores it ranks."""
+    from . import importance as imp
+    from .cost import CostModel
+
+    table = None
+    if cfg.budget_type == "latency":
+        from .latency import LatencyTable
+
+        table = LatencyTable.build(graph, **cfg.latency_options(), progress=cfg.progress)
+    return CostModel(graph, latency=table), imp.unit_scores(graph, imp.filter_scores(graph, cfg.importance),
+                                                            cfg.aggregate)
+
+
 def learn_transforms(cfg: PruneConfig, graph: ChannelGraph, loaded: Loaded, budgets: list[float], out: Path,
                      log: Log) -> tuple[Transforms, float]:
     """Transforms for method ``lcp``: read ``--transforms`` or run the meta-learning search."""
     if cfg.transforms:
         return Transforms.from_json(read_json(cfg.transforms, what="transforms file"), graph), 0.0
-    from . import importance as imp
     from . import search
-    from .cost import CostModel
 
     t0 = time.perf_counter()
-    table = None
-    if cfg.budget_type == "latency":  # candidates are cut by the per-layer latency table's prediction
-        from .latency import LatencyTable
-
-        table = LatencyTable.build(graph, **cfg.latency_options(), progress=cfg.progress)
-    cost = CostModel(graph, latency=table)
-    scores = imp.unit_scores(graph, imp.filter_scores(graph, cfg.importance), cfg.aggregate)
+    cost, scores = _cost_and_scores(cfg, graph)
     sb = [cfg.search_budget] if cfg.search_budget else sorted(set(budgets))
     log(f"learning the layer compensation: {cfg.optimizer} search, {cfg.candidates} candidates at "
         f"{', '.join(f'{b:g}' for b in sb)} of {cfg.budget_type}" + (" (mean held-out loss)" if len(sb) > 1 else ""))
@@ -362,21 +369,13 @@ def learn_ratios(cfg: PruneConfig, graph: ChannelGraph, loaded: Loaded, budgets:
                  log: Log) -> tuple[Any, float]:
     """Keep ratios per group for methods lfgcl / amc: the DDPG agent at the search budget (lcp.agents)."""
     from . import agents, search
-    from . import importance as imp
-    from .cost import CostModel
 
     if cfg.budget_type == "latency":
         raise LcpError(f"method {cfg.method} takes --budget-type macs or params, not latency")
     if cfg.method == "amc" and cfg.label_free:
         raise LcpError("method amc rewards held-out accuracy (labels); use --method lfgcl for the label-free reward")
     t0 = time.perf_counter()
-    table = None
-    if cfg.budget_type == "latency":  # candidates are cut by the per-layer latency table's prediction
-        from .latency import LatencyTable
-
-        table = LatencyTable.build(graph, **cfg.latency_options(), progress=cfg.progress)
-    cost = CostModel(graph, latency=table)
-    scores = imp.unit_scores(graph, imp.filter_scores(graph, cfg.importance), cfg.aggregate)
+    cost, scores = _cost_and_scores(cfg, graph)
     sb = cfg.search_budget or min(budgets)
     label_free = cfg.method == "lfgcl"
     log(f"learning keep ratios per group: {cfg.method} agent, {cfg.episodes} episodes ({cfg.warmup_episodes} "
