@@ -15,6 +15,7 @@ from torch import nn
 
 from .errors import LcpError
 from .graph import ChannelGraph, Record
+from .ops import STD_CONVS
 
 
 def count_macs(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor]) -> int:
@@ -88,8 +89,16 @@ class CostModel:
         self.params_base = count_params(graph.model)
         # cost outside tracked modules (convs inside untracked leaves, embeddings...) never changes
         self.macs_const = self.macs_base - tracked_macs
-        self.params_const = self.params_base - tracked_params
+        # weight-standardized convs leave surgery as plain convs: their extra per-filter parameters go
+        self.params_folded = self._folded_params(recs, modules)
+        self.params_const = self.params_base - tracked_params - self.params_folded
         self.reset()
+
+    @staticmethod
+    def _folded_params(recs: list[Record], modules: dict[str, nn.Module]) -> int:
+        """Parameters beyond weight and bias of weight-standardized convs, which surgery folds away."""
+        return sum(p.numel() for r in recs if r.kind == "conv" and type(modules.get(r.name)) in STD_CONVS
+                   for n, p in modules[r.name].named_parameters(recurse=False) if n not in ("weight", "bias"))
 
     # ------------------------------------------------------------------ state
     def reset(self) -> None:
@@ -99,7 +108,7 @@ class CostModel:
         self.rec_cost = [_record_cost(r, o, i, n) for r, o, i, n in
                          zip(self.graph.records, self.n_out, self.n_in, self.norm_params)]
         self.macs = self.macs_base
-        self.params = self.params_base
+        self.params = self.params_base - self.params_folded
         lt = self.latency_table
         if lt is not None:
             self.rec_ms = [lt.record_ms(i, o, n) for i, (o, n) in enumerate(zip(self.n_out, self.n_in))]

@@ -231,6 +231,11 @@ def _leaf_types() -> tuple[type, ...]:
     return ops.leaf_types()
 
 
+#: timm no-trace modules whose forward is plain tensor code fx traces fine (timm marks NormFreeBlock for its
+#: feature extractor): lcp traces through them so their convs are prunable
+_TRACE_THROUGH = ("NormFreeBlock",)
+
+
 class LcpTracer(fx.Tracer):
     """fx tracer that keeps torch.nn built-ins, timm's no-trace modules and lcp's known modules as leaves."""
 
@@ -238,7 +243,7 @@ class LcpTracer(fx.Tracer):
         autowrap: tuple = ()
         try:
             from timm.layers import _fx as timm_fx
-            self._timm_leaves = tuple(timm_fx.get_notrace_modules())
+            self._timm_leaves = tuple(m for m in timm_fx.get_notrace_modules() if m.__name__ not in _TRACE_THROUGH)
             autowrap = tuple(f for f in timm_fx.get_notrace_functions() if callable(f))
         except Exception:  # timm missing or changed: plain fx rules
             self._timm_leaves = ()

@@ -63,6 +63,9 @@ _TIMM_BN_ACT = _optional("timm.layers", ["BatchNormAct2d", "SyncBatchNormAct", "
 _FROZEN_BNS = _optional("timm.layers", ["FrozenBatchNorm2d"]) + _optional("torchvision.ops", ["FrozenBatchNorm2d"])
 _TIMM_LINEAR = _optional("timm.layers", ["Linear"])
 _TIMM_POOLS = _optional("timm.layers", ["MaxPool2dSame", "AvgPool2dSame"])
+#: convs that standardize each filter over its inputs (BiT, NFNet); see ``surgery.fold_weight_standardization``
+STD_CONVS = _optional("timm.layers", ["StdConv2d", "StdConv2dSame", "ScaledStdConv2d", "ScaledStdConv2dSame"])
+_TIMM_GROUP_NORMS = _optional("timm.layers", ["GroupNorm", "GroupNormAct", "GroupNorm1", "GroupNorm1Act"])
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
@@ -72,13 +75,15 @@ def _shortcut_a() -> tuple[type, ...]:
 
 def leaf_types() -> tuple[type, ...]:
     """Module types the tracer keeps whole because lcp models them (see ``Propagator.module``)."""
-    return _CONVS + (nn.Linear,) + _TIMM_LINEAR + _BATCHNORMS + _FROZEN_BNS + _TIMM_BN_ACT + _shortcut_a() + _TIMM_POOLS
+    return (_CONVS + (nn.Linear,) + _TIMM_LINEAR + _BATCHNORMS + _FROZEN_BNS + _TIMM_BN_ACT + _shortcut_a() + _TIMM_POOLS
+            + STD_CONVS + _TIMM_GROUP_NORMS)
 
 
 def _is_exact_conv(m: nn.Module) -> bool:
     # subclasses of Conv2d may transform their weight (weight standardisation...): only exact types are
-    # known to be linear per input channel
-    return type(m) in _CONVS or type(m) in _TIMM_CONVS
+    # known to be linear per input channel. Weight-standardized convs are not (removing an input changes every
+    # filter's statistics), but they are modelled: surgery folds the standardization into a plain conv first
+    return type(m) in _CONVS or type(m) in _TIMM_CONVS or type(m) in STD_CONVS
 
 
 def _is_elementwise_module(m: nn.Module) -> bool:
@@ -230,8 +235,8 @@ class Propagator:
             return self.linear(node, m, x, shape)
         if isinstance(m, _BATCHNORMS + _FROZEN_BNS + _TIMM_BN_ACT):
             return self.norm(node, m, x)
-        if isinstance(m, nn.GroupNorm) and m.num_groups == m.num_channels:
-            return self.norm(node, m, x)
+        if isinstance(m, nn.GroupNorm) and m.num_groups > 1:
+            return self.group_norm(node, m, x)
         if isinstance(m, nn.InstanceNorm2d | nn.InstanceNorm1d):
             return self.norm(node, m, x) if m.affine or m.track_running_stats else self.passthrough(node, x)
         if _is_elementwise_module(m) or isinstance(m, _SPATIAL_MODULES + _TIMM_POOLS):
@@ -320,6 +325,14 @@ class Propagator:
         else:
             self.record(name, "norm", out_ids=x.ids)
         return x
+
+    def group_norm(self, node: fx.Node, m: nn.GroupNorm, x: Any) -> Any:
+        # statistics are per group: removing whole groups leaves the others exact, so a group is one unit
+        if isinstance(x, Chan) and x.dim == 1 and len(x.ids) == m.num_channels:
+            groups = x.ids.reshape(m.num_groups, -1)
+            for j in range(1, groups.shape[1]):
+                self.uf.union_arrays(groups[:, 0], groups[:, j])
+        return self.norm(node, m, x)
 
     def shortcut_a(self, node: fx.Node, m: nn.Module, x: Any, shape: Any) -> Any:
         if not (isinstance(x, Chan) and x.dim == 1):

@@ -8,10 +8,12 @@ from typing import Any, Callable
 import numpy as np
 import torch
 import torch.fx as fx
+import torch.nn.functional as F
 from torch import nn
 
 from .errors import LcpError
 from .graph import ChannelGraph, LcpTracer
+from .ops import STD_CONVS
 
 
 def _index(t: torch.Tensor, dim: int, keep: np.ndarray) -> torch.Tensor:
@@ -41,6 +43,36 @@ def _prune_conv(m: nn.Conv2d, mode: str, keep_out: np.ndarray, keep_in: np.ndarr
     m.in_channels, m.out_channels = len(keep_in), len(keep_out)
 
 
+def fold_weight_standardization(m: nn.Conv2d) -> nn.Conv2d:
+    """A plain conv that computes what weight-standardized ``m`` (timm's StdConv2d, ScaledStdConv2d) computes.
+
+    Such a conv normalizes every filter over its inputs, so removing an input channel would change every
+    filter: the pruned network could not equal the masked original. With the standardized weight frozen into
+    a plain conv, removing inputs is exact. Fine-tuning then trains plain weights (no re-standardization).
+    """
+    with torch.no_grad():
+        gain = (m.gain * m.scale).reshape(-1) if isinstance(getattr(m, "gain", None), torch.Tensor) else None
+        w = F.batch_norm(m.weight.reshape(1, m.out_channels, -1), None, None, weight=gain, training=True,
+                         momentum=0.0, eps=m.eps).reshape_as(m.weight)
+    cls: type[nn.Conv2d] = nn.Conv2d
+    if getattr(m, "same_pad", False):  # dynamic TF "SAME" padding (its static padding is 0)
+        from timm.layers import Conv2dSame
+        cls = Conv2dSame
+    new = cls(m.in_channels, m.out_channels, m.kernel_size, stride=m.stride, padding=m.padding,
+              dilation=m.dilation, groups=m.groups, bias=m.bias is not None,
+              device=m.weight.device, dtype=m.weight.dtype)
+    new.weight = nn.Parameter(w.detach().clone(), requires_grad=m.weight.requires_grad)
+    if m.bias is not None:
+        new.bias = nn.Parameter(m.bias.detach().clone(), requires_grad=m.bias.requires_grad)
+    new.train(m.training)
+    return new
+
+
+def _replace_module(root: nn.Module, name: str, new: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, child, new)
+
+
 def _prune_linear(m: nn.Linear, keep_out: np.ndarray, keep_in: np.ndarray) -> None:
     _set_param(m, "weight", _index(_index(m.weight, 0, keep_out), 1, keep_in))
     if m.bias is not None:
@@ -55,8 +87,8 @@ def _prune_norm(m: nn.Module, n: int, keep: np.ndarray) -> None:
     for attr in ("num_features", "num_channels"):
         if hasattr(m, attr):
             setattr(m, attr, len(keep))
-    if isinstance(m, nn.GroupNorm):
-        m.num_groups = len(keep)
+    if isinstance(m, nn.GroupNorm):  # whole groups are kept (ops.Propagator.group_norm)
+        m.num_groups = len(keep) // (n // m.num_groups)
 
 
 def apply_plan(graph: ChannelGraph, removed: np.ndarray) -> nn.Module:
@@ -73,7 +105,11 @@ def apply_plan(graph: ChannelGraph, removed: np.ndarray) -> nn.Module:
         keep_out = graph.kept_positions(removed, ri, "out") if rec.out_ids is not None else None
         keep_in = graph.kept_positions(removed, ri, "in") if rec.in_ids is not None else None
         if rec.kind == "conv":
-            _prune_conv(modules[rec.name], rec.mode, keep_out, keep_in)
+            m = modules[rec.name]
+            if type(m) in STD_CONVS:  # always, so a pruned network's params do not depend on which inputs went
+                m = modules[rec.name] = fold_weight_standardization(m)
+                _replace_module(pruned, rec.name, m)
+            _prune_conv(m, rec.mode, keep_out, keep_in)
         elif rec.kind == "linear":
             _prune_linear(modules[rec.name], keep_out, keep_in)
         elif rec.kind == "norm":

@@ -347,6 +347,66 @@ def test_grouped_conv_keeps_groups():
         assert all(s == sets[0] for s in sets) and sets[0]
 
 
+# ------------------------------------------------------------------------- GroupNorm, weight standardization
+
+
+class GroupNormNet(nn.Module):
+    """Convs normalized by GroupNorm (groups of 8 and 1, timm's GroupNormAct), a residual add between two."""
+
+    def __init__(self, conv: type = nn.Conv2d):
+        super().__init__()
+        from timm.layers import GroupNormAct
+        self.stem, self.gn1 = conv(3, 32, 3, padding=1), nn.GroupNorm(4, 32)
+        self.conv2, self.gn2 = conv(32, 32, 3, padding=1), GroupNormAct(32, num_groups=4)
+        self.conv3, self.gn3 = conv(32, 24, 3, padding=1), nn.GroupNorm(24, 24)  # one channel per group
+        self.fc = nn.Linear(24, 10)
+
+    def forward(self, x):
+        x = F.relu(self.gn1(self.stem(x)))
+        x = x + self.gn2(self.conv2(x))
+        x = F.relu(self.gn3(self.conv3(x)))
+        return self.fc(x.mean((2, 3)))
+
+
+def test_group_norm_removes_whole_groups():
+    pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = GroupNormNet()
+    res = prune_and_check(model, img(), budget=0.6)
+    for name, size in (("gn1", 8), ("gn2", 8), ("gn3", 1)):
+        ri, rec = record(res, name)
+        kept = res.graph.kept_positions(res.plan.removed, ri, "out")
+        assert len(kept) % size == 0
+        assert all(kept[i] - kept[i] % size == kept[i + 1 - size] for i in range(size - 1, len(kept), size))
+        m = mods(res.model)[name]
+        assert m.num_channels == len(kept) and m.num_groups == len(kept) // size
+    assert mods(res.model)["gn1"].num_channels < 32 and mods(res.model)["conv3"].out_channels < 24
+
+
+@pytest.mark.parametrize("conv", ["StdConv2d", "ScaledStdConv2d", "ScaledStdConv2dSame"])
+def test_weight_standardized_convs_are_folded(conv):
+    timm_layers = pytest.importorskip("timm.layers")
+    cls = getattr(timm_layers, conv)
+    torch.manual_seed(0)
+    model = GroupNormNet(cls)
+    if conv.endswith("Same"):  # TF "SAME" padding is dynamic (padded in forward) only with stride > 1
+        model.stem = cls(3, 32, 3, stride=2, padding="SAME")
+        assert model.stem.same_pad
+    if conv == "ScaledStdConv2d":
+        with torch.no_grad():
+            for m in model.modules():
+                if isinstance(m, cls):
+                    m.gain.uniform_(0.5, 2.0)  # per-filter gains that must survive the fold
+    res = prune_and_check(model, img(), budget=0.6)
+    m = mods(res.model)
+    for name in ("stem", "conv2", "conv3"):
+        assert not isinstance(m[name], cls) and isinstance(m[name], nn.Conv2d), type(m[name])
+        assert not hasattr(m[name], "gain")
+    assert type(m["stem"]).__name__ == ("Conv2dSame" if conv.endswith("Same") else "Conv2d")
+    assert m["conv2"].in_channels < 32  # inputs removed: only exact because the standardization was folded
+    assert all(isinstance(x, cls) for x in (model.stem, model.conv2, model.conv3))  # the original is untouched
+
+
 # ---------------------------------------------------------------------------------------------------- concat
 
 
