@@ -2,7 +2,8 @@
 
 For ResNet-56 and MobileNetV2 (CIFAR-10 shapes) at budgets 0.7, 0.5 and 0.3, prune with the plain global
 ranking to a MACs budget and to latency budgets (measured at batch 1 and at batch 64), then time the original and every pruned network
-at batch 1 and 64 in one run (medians of --repeats timings, same threads). Writes
+at batch 1 and 64 in one run against the original (``lcp.latency.paired_latency``: --rounds alternating rounds,
+--repeats timings of each network in all, the median of the per-round ratios, same threads). Writes
 benchmarks/results/latency.csv and docs/latency.png, and prints the table that docs/latency.md shows.
 
     python benchmarks/latency.py --threads 1 --repeats 30
@@ -21,19 +22,17 @@ sys.path.insert(0, str(ROOT))
 
 import lcp  # noqa: E402
 from lcp.io import atomic_path  # noqa: E402
-from lcp.latency import measure  # noqa: E402
+from lcp.latency import paired_latency  # noqa: E402
 from lcp.pruner import prune_graph  # noqa: E402
 
 
 def run(models: list[str], budgets: list[float], threads: int, repeats: int, big_batch: int,
-        device: str = "cpu") -> pd.DataFrame:
+        device: str = "cpu", rounds: int = 5) -> pd.DataFrame:
     rows = []
     for name in models:
         model = lcp.create_model(name).eval()
         size = (3, 32, 32)
         graph = lcp.build_graph(model, torch.zeros(1, *size))
-        base = {b: measure(model, size, batch=b, device=device, n_threads=threads, repeats=repeats)["median_ms"]
-                for b in (1, big_batch)}
         for budget in budgets:
             for budget_type, lat_batch in (("macs", 1), ("latency", 1), ("latency", big_batch)):
                 try:
@@ -46,21 +45,23 @@ def run(models: list[str], budgets: list[float], threads: int, repeats: int, big
                                  "device": device, "threads": threads, "repeats": repeats})
                     print(rows[-1], flush=True)
                     continue
-                t = {b: measure(res.model, size, batch=b, device=device, n_threads=threads, repeats=repeats)["median_ms"]
-                     for b in (1, big_batch)}
+                t = {b: paired_latency(res.model, model, size, batch=b, device=device, n_threads=threads,
+                                       rounds=rounds, repeats=repeats) for b in (1, big_batch)}
                 macs_ratio = res.plan.macs_ratio
                 rows.append({
                     "model": name, "budget_type": budget_type if budget_type == "macs" else f"latency_b{lat_batch}",
                     "budget": budget, "status": "ok", "macs_ratio": round(macs_ratio, 4),
                     "params_ratio": round(res.plan.params_ratio, 4),
-                    "latency_ratio_b1": round(t[1] / base[1], 4),
-                    f"latency_ratio_b{big_batch}": round(t[big_batch] / base[big_batch], 4),
-                    "speedup_b1": round(base[1] / t[1], 3), f"speedup_b{big_batch}": round(base[big_batch] / t[big_batch], 3),
+                    "latency_ratio_b1": round(t[1]["ratio"], 4),
+                    f"latency_ratio_b{big_batch}": round(t[big_batch]["ratio"], 4),
+                    "speedup_b1": round(1 / t[1]["ratio"], 3), f"speedup_b{big_batch}": round(1 / t[big_batch]["ratio"], 3),
                     "ideal_speedup": round(1 / macs_ratio, 3),
-                    "fraction_of_ideal_b1": round(base[1] / t[1] * macs_ratio, 3),
-                    f"fraction_of_ideal_b{big_batch}": round(base[big_batch] / t[big_batch] * macs_ratio, 3),
-                    "base_ms_b1": round(base[1], 3), f"base_ms_b{big_batch}": round(base[big_batch], 2),
-                    "device": device, "threads": threads, "repeats": repeats,
+                    "fraction_of_ideal_b1": round(macs_ratio / t[1]["ratio"], 3),
+                    f"fraction_of_ideal_b{big_batch}": round(macs_ratio / t[big_batch]["ratio"], 3),
+                    "base_ms_b1": round(t[1]["reference_ms"], 3),
+                    f"base_ms_b{big_batch}": round(t[big_batch]["reference_ms"], 2),
+                    "cut_latency_ratio": round(res.info["latency_ratio"], 4) if res.info else None,
+                    "device": device, "threads": threads, "repeats": repeats, "rounds": rounds,
                 })
                 print(rows[-1], flush=True)
     return pd.DataFrame(rows)
@@ -97,13 +98,14 @@ def main() -> None:
     p.add_argument("--budgets", default="0.7,0.5,0.3")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    p.add_argument("--repeats", type=int, default=30)
+    p.add_argument("--repeats", type=int, default=30, help="timings of each network per measurement (default 30)")
+    p.add_argument("--rounds", type=int, default=5, help="alternating rounds they are split into (default 5)")
     p.add_argument("--big-batch", type=int, default=64)
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "latency.csv")
     p.add_argument("--plot", type=Path, default=ROOT / "docs" / "latency.png")
     a = p.parse_args()
     df = run(a.models.split(","), [float(b) for b in a.budgets.split(",")], a.threads, a.repeats, a.big_batch,
-             a.device)
+             a.device, a.rounds)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(a.out) as tmp:
         df.to_csv(tmp, index=False)

@@ -65,6 +65,26 @@ def measure(model: nn.Module, input_size: tuple[int, ...], *, batch: int = 1, de
             "p90_ms": 1e3 * times[(9 * len(times)) // 10], "images_per_s": batch / med}
 
 
+def paired_latency(model: nn.Module, reference: nn.Module, input_size: tuple[int, ...], *, batch: int = 1,
+                   device: str = "cpu", n_threads: int | None = None, rounds: int = 5,
+                   repeats: int = 20) -> dict[str, float]:
+    """Latency of ``model`` relative to ``reference``, timed in alternating rounds.
+
+    A shared machine drifts (other load, clock changes) over the minutes between two timings; alternating
+    ``rounds`` rounds of ``repeats`` timings of each makes the drift hit both. Returns the median of the
+    per-round ratios (``ratio``) and each model's median over all its rounds, in milliseconds.
+    """
+    per_round = max(3, -(-repeats // rounds))
+    ms: dict[str, list[float]] = {"model": [], "reference": []}
+    for _ in range(rounds):
+        for key, m in (("reference", reference), ("model", model)):
+            ms[key].append(measure(m, input_size, batch=batch, device=device, n_threads=n_threads, warmup=2,
+                                   repeats=per_round)["median_ms"])
+    ratios = [a / b for a, b in zip(ms["model"], ms["reference"])]
+    return {"ratio": statistics.median(ratios), "median_ms": statistics.median(ms["model"]),
+            "reference_ms": statistics.median(ms["reference"])}
+
+
 def peak_memory_mb(model: nn.Module, input_size: tuple[int, ...], *, batch: int, device: str = "cpu") -> float:
     """Memory of one forward pass in MiB: the CUDA allocator's peak on a GPU; on CPU, parameters plus every
     leaf module's output (an upper bound of the peak, since eager frees activations as it goes)."""

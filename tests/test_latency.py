@@ -82,8 +82,9 @@ def test_latency_cost_is_incremental_and_needs_a_table(graph):
         CostModel(graph).value("latency")
 
 
-def test_latency_cut_meets_the_measured_target(graph, monkeypatch):
+def test_latency_cut_meets_the_measured_target(graph, monkeypatch, tmp_path):
     monkeypatch.setattr(lcp.latency, "measure", fake_measure)
+    monkeypatch.setenv("LCP_CACHE", str(tmp_path))  # a table of the stand-in, not the real timings cached above
     base = fake_measure(graph.model, SIZE)["median_ms"]
     for budget in (0.7, 0.5):
         res = prune_graph(graph, budget=budget, budget_type="latency", method="global",
@@ -94,8 +95,9 @@ def test_latency_cut_meets_the_measured_target(graph, monkeypatch):
         assert res.plan.budget_type == "latency" and res.verification.ok
 
 
-def test_unreachable_latency_budget_names_the_lowest(graph, monkeypatch):
+def test_unreachable_latency_budget_names_the_lowest(graph, monkeypatch, tmp_path):
     monkeypatch.setattr(lcp.latency, "measure", fake_measure)
+    monkeypatch.setenv("LCP_CACHE", str(tmp_path))
     with pytest.raises(UnreachableBudget, match="latency budget 0.01 cannot be met") as e:
         prune_graph(graph, budget=0.01, budget_type="latency", method="global", latency={"batch": 1})
     assert 0.01 < e.value.lowest < 1
@@ -120,6 +122,7 @@ def test_cli_latency_budget_reports_the_measured_ratio(tiny_folder, resnet20_ckp
     from lcp.cli import main
 
     monkeypatch.setattr(lcp.latency, "measure", fake_measure)
+    monkeypatch.setenv("LCP_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "lat"
     code = main(["prune", "--model", "resnet20", "--data", str(tiny_folder), "--checkpoint", str(resnet20_ckpt),
                  "--budget", "0.6", "--budget-type", "latency", "--method", "global", "--finetune-epochs", "0",

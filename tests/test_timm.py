@@ -144,6 +144,18 @@ def test_cli_prune_and_load_round_trip(runs, name):
     assert (out / "config.json").is_file()  # timm.create_model("local-dir:DIR")
 
 
+@pytest.mark.parametrize("name", ["test_nfnet", "test_efficientnet_gn"])
+def test_weight_standardized_and_group_norm_families_round_trip(runs, name):
+    """NFNet (ScaledStdConv2d, folded into plain convs) and GroupNorm (whole groups removed) through the CLI."""
+    test_cli_prune_and_load_round_trip(runs, name)
+    out, pruned, _ = runs(name)
+    kinds = {type(m).__name__ for m in pruned.modules()}
+    assert not kinds & {"ScaledStdConv2d", "ScaledStdConv2dSame", "StdConv2d"}, kinds
+    for m in pruned.modules():
+        if isinstance(m, torch.nn.GroupNorm):
+            assert m.num_channels % m.num_groups == 0
+
+
 # --------------------------------------------------------------------------------------- timm's entry points
 
 
