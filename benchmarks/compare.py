@@ -1,4 +1,5 @@
-"""Compare pruning methods on one model under one recipe: lcp, global, uniform, random and Torch-Pruning.
+"""Compare pruning methods on one model under one recipe: lcp, global, uniform, random, the agent methods
+lfgcl and amc, the DenseNet connection methods ads and lwp, and Torch-Pruning.
 
 For a model, a list of budgets, a list of methods and seeds (all from a YAML recipe in ``recipes/bench_*.yaml``),
 every method gets the identical data split (lcp's holdout split, seed 0), the identical BatchNorm recalibration
@@ -7,24 +8,35 @@ and the identical fine-tuning recipe and seed, and one CSV row is written per (m
 so their ratio is what counts), wall times and a ``status`` (``ok``, ``error: <first line>`` or ``skipped: ...``).
 
 What is shared, as in ``lcp prune --budgets``: the channel graph is built once per model, the learned
-compensation is searched once per (model, seed) at the smallest budget and reused for every budget (learn once,
+compensation is searched once per (model, seed) at the recipe's budgets and reused for every budget (learn once,
 prune many; ``search_s`` is that one search's time, repeated on its lcp rows). The lcp-family cuts use
-``lcp.pruner.prune_graph``; ``torch_pruning`` is Torch-Pruning's global magnitude pruner
-(``tp.pruner.MagnitudePruner``, ``MagnitudeImportance(p=2)``, ``global_pruning=True``, classifier ignored) with
-its channel ``pruning_ratio`` bisected until ``lcp.count_macs`` of the result is at or just under the same MACs
-target; a network it breaks, or any exception, gives an error row with the reason.
+``lcp.pruner.prune_graph``. ``lfgcl`` / ``amc`` learn keep ratios per group with lcp's DDPG agent
+(``pipeline.learn_ratios``, the recipe's ``agents:`` episodes) once per (method, seed) at the smallest budget
+(or ``search.search_budget``) and cut every budget with them. ``ads`` / ``lwp`` (DenseNets) search the dense
+connections per (budget, seed) with ``controllers.run_connection_prune`` (search, verified cut, MACs and params
+from the connection cost model as in its ``report.csv``), then the saved network is reloaded (``lcp.load``) and
+treated like every other row. Searches score candidates on the held-out split only. ``torch_pruning`` is
+Torch-Pruning's global magnitude pruner (``tp.pruner.MagnitudePruner``, ``MagnitudeImportance(p=2)``,
+``global_pruning=True``, classifier ignored) with its channel ``pruning_ratio`` bisected until ``lcp.count_macs``
+of the result is at or just under the same MACs target; a network it breaks, or any exception, gives an error
+row with the reason.
 
 Rows are appended to the CSV atomically as they finish; a rerun skips rows already present (``--retry-errors``
-re-runs error rows), so a long run can be interrupted and resumed. A CSV made with other settings is refused
-(``--overwrite`` starts over). The commands and settings of every invocation go to ``<out>.meta.json``, which
-``benchmarks/report.py`` reads.
+re-runs error rows), so a long run can be interrupted and resumed, and methods added to a recipe only add rows.
+A CSV holding rows made with other settings is refused (``--overwrite`` starts over): each row's ``config`` is
+a hash of the settings that decide it (the ``agents:`` section counts for the search methods' rows only). The
+commands and settings of every invocation go to ``<out>.meta.json``, which ``benchmarks/report.py`` reads.
+``--device cuda`` (or ``device: cuda``) runs the searches, recalibration, evaluation, fine-tuning and latency
+on the GPU.
 
     source ../shared/offline-env.sh
     python benchmarks/compare.py --recipe recipes/bench_resnet20.yaml
     python benchmarks/compare.py --recipe recipes/bench_resnet56.yaml --quick      # smoke test, < 2 minutes
+    python benchmarks/compare.py --recipe recipes/bench_densenet40.yaml --device cuda
 
 ``--quick`` applies the recipe's ``quick:`` section (a few hundred images, a fraction of a fine-tuning epoch, a
-handful of search candidates, ResNet-20) and writes to ``runs/compare/`` unless ``--out`` is given.
+handful of search candidates and episodes, ResNet-20 unless the recipe names another model) and writes to
+``runs/compare/`` unless ``--out`` is given.
 """
 from __future__ import annotations
 
@@ -44,6 +56,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import nn
@@ -53,22 +66,29 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import lcp  # noqa: E402
+from lcp.connections import CONNECTION_METHODS  # noqa: E402
 from lcp.errors import LcpError  # noqa: E402
 from lcp.io import RunLock, atomic_path, atomic_write_json  # noqa: E402
+from lcp.pipeline import PruneConfig  # noqa: E402
+from lcp.ranking import AGENT_METHODS  # noqa: E402
 from lcp.report import REPORT_COLUMNS  # noqa: E402
 
-METHODS = ("lcp", "global", "uniform", "random", "torch_pruning")
-LCP_METHODS = ("lcp", "global", "uniform", "random")
+LCP_METHODS = ("lcp", "global", "uniform", "random")  # one cut of lcp's ranking walk (prune_graph)
+METHODS = (*LCP_METHODS, *AGENT_METHODS, *CONNECTION_METHODS, "torch_pruning")
+#: The ``agents:`` settings that decide the rows of each search method (see ``signature``).
+AGENT_KEYS: dict[str, tuple[str, ...]] = {**{m: ("episodes", "warmup_episodes") for m in AGENT_METHODS},
+                                          **{m: ("episodes",) for m in CONNECTION_METHODS}}
 
-#: Recipe keys and their defaults. ``search`` and ``torch_pruning`` are nested mappings; ``quick`` overrides any
-#: top-level key (and ``train_images`` / ``test_images`` subset sizes) under ``--quick``.
+#: Recipe keys and their defaults. ``search``, ``agents`` and ``torch_pruning`` are nested mappings; ``quick``
+#: overrides any top-level key (and ``train_images`` / ``test_images`` subset sizes) under ``--quick``.
 DEFAULTS: dict[str, Any] = {
     "model": "resnet20",
     "data": None,  # None: the model's default data set (cifar10 for the zoo models)
-    "checkpoint": None,  # None: $LCP_WEIGHTS/<model>_<data>.pt
+    "checkpoint": None,  # None: $LCP_WEIGHTS/<model>_<data>.pt (or .safetensors), else the lcp cache's
+    "input_size": None,  # [C, H, W]; None: the model's
     "budgets": [0.5, 0.3],
     "budget_type": "macs",
-    "methods": list(METHODS),
+    "methods": [*LCP_METHODS, "torch_pruning"],
     "seeds": [0],
     "extra_seeds": None,  # {"seeds": [1], "methods": [...], "budgets": [...]}: more seeds for some rows
     "finetune_epochs": 1.0,  # may be fractional: the first steps of each shuffled epoch, cosine over them
@@ -83,7 +103,9 @@ DEFAULTS: dict[str, Any] = {
     "train_images": None,  # a fixed random subset of the train split (None: all)
     "test_images": None,  # a fixed random subset of the test split (None: all)
     "search": {},
+    "agents": {},
     "torch_pruning": {},
+    "device": "cpu",  # cuda: searches, recalibration, evaluation, fine-tuning and latency on the GPU
     "threads": 1,
     "latency_batches": [1, 64],
     "latency_repeats": 20,
@@ -94,16 +116,22 @@ SEARCH_DEFAULTS: dict[str, Any] = {
     "candidates": 400, "optimizer": "legr", "compensation": "affine", "population": 64, "tournament": 16,
     "tau": 0, "label_free": False, "search_budget": None, "recal_batches": 4, "eval_images": 1000,
 }
+#: ``lcp prune``'s defaults: ``episodes`` for every search method, ``warmup_episodes`` for lfgcl / amc.
+AGENT_DEFAULTS: dict[str, Any] = {"episodes": PruneConfig.episodes, "warmup_episodes": PruneConfig.warmup_episodes}
 TP_DEFAULTS: dict[str, Any] = {"p": 2, "max_steps": 20, "tolerance": 0.01}
+_NESTED = {"search": SEARCH_DEFAULTS, "agents": AGENT_DEFAULTS, "torch_pruning": TP_DEFAULTS}
 QUICK_DEFAULTS: dict[str, Any] = {
     "model": "resnet20", "train_images": 256, "test_images": 256, "holdout": 128, "finetune_epochs": 0.5,
     "recal_batches": 2, "search": {"candidates": 4, "population": 2, "tournament": 2, "eval_images": 128,
                                    "recal_batches": 1},
-    "latency_repeats": 3, "extra_seeds": None,
+    "agents": {"episodes": 3, "warmup_episodes": 2}, "latency_repeats": 3, "extra_seeds": None,
 }
 #: Settings that do not change a row's result (so a resumed CSV may differ in them).
 _NOT_IN_SIGNATURE = ("budgets", "methods", "seeds", "extra_seeds", "threads", "latency_batches",
                      "latency_repeats", "out", "quick")
+#: Settings added after the first CSVs were written, with the value they had then: in the signature only when
+#: they differ from it, so those CSVs stay valid.
+_ADDED = {"input_size": None, "device": "cpu"}
 
 Log = Callable[[str], None]
 
@@ -112,19 +140,18 @@ Log = Callable[[str], None]
 
 
 def _merge(base: dict, over: dict, where: str) -> dict:
-    """``base`` updated by ``over``; unknown keys are refused; ``search`` and ``torch_pruning`` merge key by key."""
+    """``base`` updated by ``over``; unknown keys are refused; the nested sections merge key by key."""
     out = copy.deepcopy(base)
-    nested = {"search": SEARCH_DEFAULTS, "torch_pruning": TP_DEFAULTS}
     for k, v in (over or {}).items():
         if k not in DEFAULTS:
             raise LcpError(f"{where}: unknown key {k!r} (known: {', '.join(sorted(DEFAULTS))})")
-        if k in nested:
+        if k in _NESTED:
             if not isinstance(v, dict):
                 raise LcpError(f"{where}: {k} must be a mapping")
-            bad = [kk for kk in v if kk not in nested[k]]
+            bad = [kk for kk in v if kk not in _NESTED[k]]
             if bad:
-                raise LcpError(f"{where}: unknown key {k}.{bad[0]} (known: {', '.join(sorted(nested[k]))})")
-            out[k] = {**nested[k], **(out.get(k) or {}), **v}
+                raise LcpError(f"{where}: unknown key {k}.{bad[0]} (known: {', '.join(sorted(_NESTED[k]))})")
+            out[k] = {**_NESTED[k], **(out.get(k) or {}), **v}
         else:
             out[k] = v
     return out
@@ -156,7 +183,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     over.add_argument("--methods", type=_names, help=f"comma-separated subset of {','.join(METHODS)}")
     over.add_argument("--seeds", type=_ints, help="comma-separated, e.g. 0,1")
     over.add_argument("--finetune-epochs", type=float, help="fine-tuning epochs (fractions allowed; 0: none)")
+    over.add_argument("--input-size", type=_ints, help="C,H,W (images are resized), e.g. 3,16,16")
     over.add_argument("--candidates", type=int, help="lcp search candidates")
+    over.add_argument("--episodes", type=int, help="episodes of the lfgcl, amc, ads and lwp searches")
+    over.add_argument("--warmup-episodes", type=int, help="random-action episodes of the lfgcl and amc agents")
+    over.add_argument("--device", choices=("cpu", "cuda"),
+                      help="where the searches, recalibration, evaluation, fine-tuning and latency run")
     over.add_argument("--holdout", type=int, help="held-out images carved from train (the search's fitness)")
     over.add_argument("--train-images", type=int, help="fixed random subset of the train split")
     over.add_argument("--test-images", type=int, help="fixed random subset of the test split")
@@ -188,27 +220,34 @@ def settings_from(args: argparse.Namespace) -> dict:
     """Defaults <- recipe <- (the recipe's quick: section over QUICK_DEFAULTS, under --quick) <- command line."""
     recipe = read_recipe(args.recipe)
     cfg = _merge(DEFAULTS, {k: v for k, v in recipe.items() if k != "quick"}, f"recipe {args.recipe}")
-    cfg = _merge(cfg, {"search": {}, "torch_pruning": {}}, "defaults")
+    cfg = _merge(cfg, {k: {} for k in _NESTED}, "defaults")
     if args.quick:
         quick = dict(recipe.get("quick") or {})
         if "quick" in quick:
             raise LcpError(f"recipe {args.recipe}: quick cannot nest quick")
-        search = {**QUICK_DEFAULTS["search"], **(quick.pop("search", None) or {})}
-        quick = {**{k: v for k, v in QUICK_DEFAULTS.items() if k != "search"}, **quick, "search": search}
+        nested = {k: {**QUICK_DEFAULTS[k], **(quick.pop(k, None) or {})} for k in ("search", "agents")}
+        quick = {**{k: v for k, v in QUICK_DEFAULTS.items() if k not in nested}, **quick, **nested}
         if quick["model"] != cfg["model"]:
             quick.setdefault("checkpoint", None)  # the recipe's checkpoint is for its own model
         cfg = _merge(cfg, quick, f"recipe {args.recipe}, quick")
-    for key in ("model", "data", "checkpoint", "budgets", "methods", "seeds", "finetune_epochs", "holdout",
-                "train_images", "test_images", "threads", "latency_repeats"):
+    for key in ("model", "data", "checkpoint", "input_size", "budgets", "methods", "seeds", "finetune_epochs",
+                "holdout", "train_images", "test_images", "device", "threads", "latency_repeats"):
         value = getattr(args, key)
         if value is not None:
             cfg[key] = value
-    if args.candidates is not None:
-        cfg["search"]["candidates"] = args.candidates
+    for section, key in (("search", "candidates"), ("agents", "episodes"), ("agents", "warmup_episodes")):
+        if getattr(args, key) is not None:
+            cfg[section][key] = getattr(args, key)
     cfg["quick"] = bool(args.quick)
     unknown = [m for m in cfg["methods"] if m not in METHODS]
     if unknown:
         raise LcpError(f"unknown method(s) {', '.join(unknown)}: choose from {', '.join(METHODS)}")
+    if cfg["device"] not in ("cpu", "cuda"):
+        raise LcpError(f"device must be cpu or cuda, not {cfg['device']!r}")
+    if cfg["device"] == "cuda" and not torch.cuda.is_available():
+        raise LcpError("device cuda asked for, but no CUDA device is available")
+    if cfg["input_size"] is not None:
+        cfg["input_size"] = [int(v) for v in cfg["input_size"]]
     if cfg["budget_type"] not in ("macs", "params"):
         raise LcpError("budget_type must be macs or params (a latency budget is not comparable across methods)")
     for b in cfg["budgets"]:
@@ -228,9 +267,16 @@ def settings_from(args: argparse.Namespace) -> dict:
     return cfg
 
 
-def signature(cfg: dict) -> str:
-    """Hash of the settings that decide a row's numbers (rows of one CSV must share it)."""
-    sig = {k: v for k, v in cfg.items() if k not in _NOT_IN_SIGNATURE}
+def signature(cfg: dict, method: str | None = None) -> str:
+    """Hash of the settings that decide the numbers of ``method``'s rows (a CSV's rows must have their method's).
+
+    Every row depends on the shared settings; a search method's rows also on its ``agents:`` settings, which no
+    other row depends on, so adding a method to a recipe leaves the rows already written valid.
+    """
+    sig = {k: v for k, v in cfg.items()
+           if k not in _NOT_IN_SIGNATURE and k != "agents" and not (k in _ADDED and v == _ADDED[k])}
+    if method in AGENT_KEYS:
+        sig["agents"] = {k: cfg["agents"][k] for k in AGENT_KEYS[method]}
     text = json.dumps(sig, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
@@ -263,10 +309,20 @@ def _subset(x: torch.Tensor, y: torch.Tensor, n: int | None, idx: torch.Tensor |
     return x[keep], y[keep], (idx[keep] if idx is not None else None)
 
 
+def prune_config(cfg: dict, **kw: Any) -> PruneConfig:
+    """The recipe as ``lcp prune`` settings, for lcp's own functions (no fine-tuning: the harness does it)."""
+    s, a = cfg["search"], cfg["agents"]
+    same = ("model", "data", "checkpoint", "input_size", "budget_type", "importance", "aggregate", "lr", "batch_size",
+            "recal_batches", "holdout", "round_to", "min_ratio", "threads", "device")
+    return PruneConfig(**{k: cfg[k] for k in same}, search_budget=s["search_budget"], tau=s["tau"],
+                       episodes=a["episodes"], warmup_episodes=a["warmup_episodes"], finetune_epochs=0,
+                       **{"progress": False, **kw})
+
+
 def load(cfg: dict, log: Log) -> Any:
     """lcp's own loader (``pipeline.load_model_and_data``): model with weights, data bundle, holdout split."""
     from lcp.models import default_checkpoint, model_info
-    from lcp.pipeline import PruneConfig, load_model_and_data
+    from lcp.pipeline import load_model_and_data
 
     info = model_info(cfg["model"])
     spec = cfg["data"] or info.default_dataset
@@ -276,9 +332,7 @@ def load(cfg: dict, log: Log) -> Any:
     if not cfg["checkpoint"] and default_checkpoint(info.name, dataset) is None:
         raise LcpError(f"no weights for {info.name} on {dataset}: set $LCP_WEIGHTS (source ../shared/offline-env.sh) "
                        "or pass --checkpoint; a benchmark never trains its own baseline")
-    pc = PruneConfig(model=cfg["model"], data=cfg["data"], checkpoint=cfg["checkpoint"], holdout=cfg["holdout"],
-                     progress=False)
-    loaded = load_model_and_data(pc, log)
+    loaded = load_model_and_data(prune_config(cfg), log)
     b = loaded.bundle
     if cfg["train_images"] is not None or cfg["test_images"] is not None:
         tx, ty, ti = _subset(b.train_x, b.train_y, cfg["train_images"], b.train_idx)
@@ -321,7 +375,7 @@ def finetune(model: nn.Module, bundle: Any, cfg: dict, seed: int, progress: bool
     if epochs <= 0:
         return 0
     bs = int(cfg["batch_size"])
-    kw = dict(lr=cfg["lr"], batch_size=bs, seed=seed, progress=progress)
+    kw = dict(lr=cfg["lr"], batch_size=bs, seed=seed, progress=progress, device=cfg["device"])
     per = _steps_per_epoch(bundle, bs)
     if epochs.is_integer():
         lcp_finetune(model, bundle, epochs=int(epochs), **kw)
@@ -459,6 +513,9 @@ def append_row(path: Path, row: dict) -> None:
 
 COLUMNS = [*REPORT_COLUMNS, "latency_base_ms", "latency_pruned_ms", "speedup", "latency64_base_ms",
            "latency64_pruned_ms", "speedup64", "status"]
+#: What a connection row takes from ``run_connection_prune``'s report (the rest is measured like every row).
+CONNECTION_COLUMNS = ("search_s", "prune_s", "macs_pruned", "params_pruned", "connections_kept", "connections",
+                      "verification_error")
 
 
 def _done_keys(df: pd.DataFrame, retry_errors: bool) -> set[tuple[str, float, int]]:
@@ -479,6 +536,7 @@ class Bench:
         from lcp.train import evaluate
 
         self.cfg, self.work, self.log, self.progress = cfg, work, log, progress
+        self.device = cfg["device"]
         t0 = time.perf_counter()
         self.loaded = load(cfg, log)
         self.bundle = self.loaded.bundle
@@ -486,24 +544,51 @@ class Bench:
         self.example = torch.zeros(1, *self.size)
         self.test = self.bundle.loader("test", 256)
         if cfg["test_images"] is None:
-            self.top1_base = baseline_accuracy(self.loaded)  # cached per weights file and data set
+            self.top1_base = baseline_accuracy(self.loaded, device=self.device)  # cached per weights and data
         else:
-            self.top1_base = evaluate(self.loaded.model, self.test)["top1"]
+            self.top1_base = evaluate(self.loaded.model, self.test, device=self.device)["top1"]
+            self.loaded.model.cpu()  # the channel graph and surgery work on the CPU copy
         self.graph = lcp.build_graph(self.loaded.model, self.example)
         self.macs_base = lcp.count_macs(self.loaded.model, self.example)
         self.params_base = lcp.count_params(self.loaded.model)
-        self.transforms: dict[int, tuple[Any, float]] = {}
+        self.searches: dict[tuple, tuple[Any, float]] = {}
         self.setup_s = time.perf_counter() - t0
         log(f"{self.loaded.name} on {self.loaded.dataset}: {self.macs_base / 1e6:.2f}M MACs, "
             f"{self.params_base / 1e6:.3f}M params, baseline top-1 {self.top1_base:.2f}% "
             f"({len(self.bundle.train_x)} train, {len(self.bundle.holdout_x)} holdout, "
-            f"{len(self.bundle.test_x)} test images; weights {self.loaded.weights})")
+            f"{len(self.bundle.test_x)} test images; weights {self.loaded.weights}; device {self.device})")
 
-    # -- lcp search, once per seed
+    # -- searches: each runs once, its record and time kept in the work folder
+    def _searched(self, folder: Path, what: str, search: Callable[[], dict]) -> dict:
+        """The record ``search()`` returns, computed once and kept in ``folder/search_done.json`` with
+        ``search_s`` (its own, or else the call's time) plus the time of interrupted attempts, whose states
+        resume (``search_partial.json``)."""
+        from lcp.io import read_json
+
+        done, part = folder / "search_done.json", folder / "search_partial.json"
+        if done.is_file():
+            record = read_json(done, what="search record")
+            self.log(f"{what}: reusing the search in {folder} (searched in {record['search_s']:.0f} s)")
+            return record
+        folder.mkdir(parents=True, exist_ok=True)
+        before = float(read_json(part, what="search record").get("search_s", 0.0)) if part.is_file() else 0.0
+        t0 = time.perf_counter()
+        try:
+            record = search()
+        except BaseException:
+            atomic_write_json(part, {"search_s": before + time.perf_counter() - t0})
+            raise
+        record = {"search_s": time.perf_counter() - t0, **record}
+        record["search_s"] += before
+        atomic_write_json(done, record)
+        part.unlink(missing_ok=True)
+        self.log(f"{what}: the search took {record['search_s']:.0f} s")
+        return record
+
     def transforms_for(self, seed: int) -> tuple[Any, float]:
-        """Learned compensation for ``seed`` (searched once, kept in the work folder with its time)."""
-        if seed in self.transforms:
-            return self.transforms[seed]
+        """Learned compensation for ``seed`` (method lcp; one search for every budget)."""
+        if ("lcp", seed) in self.searches:
+            return self.searches["lcp", seed]
         from lcp import importance as imp
         from lcp import search
         from lcp.cost import CostModel
@@ -514,48 +599,75 @@ class Bench:
         # one search for every budget of the recipe (mean held-out loss), unless the recipe names one
         sb = [float(s["search_budget"])] if s["search_budget"] else sorted(float(b) for b in self.cfg["budgets"])
         folder = self.work / f"search_seed{seed}"
-        done = folder / "search_done.json"
-        if done.is_file() and (folder / "transforms.json").is_file():
-            info = read_json(done, what="search record")
-            tf = Transforms.from_json(read_json(folder / "transforms.json", what="transforms"), self.graph)
-            self.log(f"seed {seed}: reusing the learned compensation in {folder} "
-                     f"(searched in {info['search_s']:.0f} s)")
-            self.transforms[seed] = (tf, float(info["search_s"]))
-            return self.transforms[seed]
-        folder.mkdir(parents=True, exist_ok=True)
-        before = 0.0
-        part = folder / "search_partial.json"  # time spent by interrupted attempts (the state resumes)
-        if part.is_file():
-            before = float(read_json(part, what="search record").get("search_s", 0.0))
-        self.log(f"seed {seed}: learning the layer compensation ({s['optimizer']}, {s['candidates']} candidates "
-                 f"at {', '.join(f'{b:g}' for b in sb)} of {self.cfg['budget_type']})")
-        t0 = time.perf_counter()
-        scores = imp.unit_scores(self.graph, imp.filter_scores(self.graph, self.cfg["importance"]),
-                                 self.cfg["aggregate"])
-        fitness = search.make_fitness(self.graph, CostModel(self.graph), scores, self.bundle, budget=sb,
-                                      budget_type=self.cfg["budget_type"], tau=s["tau"], label_free=s["label_free"],
-                                      recal_batches=s["recal_batches"], eval_images=s["eval_images"],
-                                      batch_size=self.cfg["batch_size"], seed=seed, lr=self.cfg["lr"],
-                                      min_ratio=self.cfg["min_ratio"], round_to=self.cfg["round_to"])
-        try:
+
+        def run() -> dict:
+            self.log(f"seed {seed}: learning the layer compensation ({s['optimizer']}, {s['candidates']} "
+                     f"candidates at {', '.join(f'{b:g}' for b in sb)} of {self.cfg['budget_type']})")
+            scores = imp.unit_scores(self.graph, imp.filter_scores(self.graph, self.cfg["importance"]),
+                                     self.cfg["aggregate"])
+            fitness = search.make_fitness(self.graph, CostModel(self.graph), scores, self.bundle, budget=sb,
+                                          budget_type=self.cfg["budget_type"], tau=s["tau"],
+                                          label_free=s["label_free"], recal_batches=s["recal_batches"],
+                                          eval_images=s["eval_images"], batch_size=self.cfg["batch_size"],
+                                          seed=seed, lr=self.cfg["lr"], min_ratio=self.cfg["min_ratio"],
+                                          round_to=self.cfg["round_to"], device=self.device)
             result = search.search(self.graph, scores, fitness, optimizer=s["optimizer"],
                                    compensation=s["compensation"], candidates=s["candidates"],
                                    population=s["population"], tournament=s["tournament"], seed=seed,
                                    state_path=folder / "search_state.json", resume=True, progress=self.progress)
-        except BaseException:
-            atomic_write_json(part, {"search_s": before + time.perf_counter() - t0})
-            raise
-        search_s = before + time.perf_counter() - t0
-        search.write_outputs(result, folder)
-        atomic_write_json(folder / "transforms.json", result.transforms.to_json())
-        atomic_write_json(done, {"search_s": search_s, "best_fitness": result.best_fitness,
-                                 "identity_fitness": result.history[0]["fitness"] if result.history else None,
-                                 "candidates": len(result.history), "search_budget": sb})
-        part.unlink(missing_ok=True)
-        self.log(f"seed {seed}: search took {search_s:.0f} s, fitness {result.history[0]['fitness']:.4f} "
-                 f"(identity) -> {result.best_fitness:.4f}")
-        self.transforms[seed] = (result.transforms, search_s)
-        return self.transforms[seed]
+            search.write_outputs(result, folder)
+            atomic_write_json(folder / "transforms.json", result.transforms.to_json())
+            first = result.history[0]["fitness"]
+            self.log(f"seed {seed}: fitness {first:.4f} (identity) -> {result.best_fitness:.4f}")
+            return {"best_fitness": result.best_fitness, "identity_fitness": first,
+                    "candidates": len(result.history), "search_budget": sb}
+
+        info = self._searched(folder, f"seed {seed}: lcp", run)
+        tf = Transforms.from_json(read_json(folder / "transforms.json", what="transforms"), self.graph)
+        self.searches["lcp", seed] = (tf, float(info["search_s"]))
+        return self.searches["lcp", seed]
+
+    def ratios_for(self, method: str, seed: int) -> tuple[Any, float]:
+        """Keep ratios per group learned by the ``method`` agent (lfgcl / amc) at the search budget, with
+        ``pipeline.learn_ratios``: once per seed, used for every budget."""
+        if (method, seed) in self.searches:
+            return self.searches[method, seed]
+        from lcp.pipeline import learn_ratios
+
+        sb = float(self.cfg["search"]["search_budget"] or min(self.cfg["budgets"]))
+        folder = self.work / f"{method}-{signature(self.cfg, method)}-seed{seed}-at{sb:g}"
+        pc = prune_config(self.cfg, method=method, seed=seed, budget=sb, out=str(folder), resume=True,
+                          progress=self.progress)
+
+        def run() -> dict:
+            ratios, _ = learn_ratios(pc, self.graph, self.loaded, [sb], folder, self.log)
+            return {"ratios": [float(r) for r in ratios], "search_budget": sb}
+
+        info = self._searched(folder, f"seed {seed}: {method}", run)
+        self.searches[method, seed] = (np.asarray(info["ratios"], dtype=np.float64), float(info["search_s"]))
+        return self.searches[method, seed]
+
+    def connections_cut(self, method: str, budget: float, seed: int) -> tuple[nn.Module, dict]:
+        """``ads`` / ``lwp``: ``controllers.run_connection_prune`` searches the connections at ``budget``, cuts,
+        verifies and saves the network with its cost (lcp's connection cost model, as in its report.csv); the
+        saved network is reloaded and must count the same MACs."""
+        from lcp.controllers import run_connection_prune
+
+        folder = self.work / f"{method}-{signature(self.cfg, method)}-seed{seed}-b{budget:g}"
+        pc = prune_config(self.cfg, method=method, seed=seed, budget=budget, out=str(folder), resume=True,
+                          progress=self.progress)
+        state = {"top1_base": self.top1_base}
+
+        def run() -> dict:
+            report = run_connection_prune(pc, self.loaded, self.graph, folder, state, state.update, self.log)
+            return json.loads(report[list(CONNECTION_COLUMNS)].iloc[:1].to_json(orient="records"))[0]
+
+        info = self._searched(folder, f"seed {seed}: {method} at {budget:g}", run)
+        model = lcp.load(folder)
+        macs = lcp.count_macs(model, self.example)
+        if macs != info["macs_pruned"]:
+            raise LcpError(f"the {method} network in {folder} counts {macs} MACs, its report {info['macs_pruned']}")
+        return model, {"importance": "", **info}
 
     # -- one row
     def cut(self, method: str, budget: float, seed: int) -> tuple[nn.Module, dict]:
@@ -572,13 +684,20 @@ class Bench:
             return model, {"importance": f"tp_magnitude_l{cfg['torch_pruning']['p']}", "macs_pruned": macs,
                            "params_pruned": params, "search_s": 0.0, "prune_s": prune_s,
                            "tp_pruning_ratio": info["tp_pruning_ratio"], "tp_tries": info["tp_tries"]}
-        tf, search_s = self.transforms_for(seed) if method == "lcp" else (None, 0.0)
+        if method in CONNECTION_METHODS:
+            return self.connections_cut(method, budget, seed)
+        tf, ratios, search_s = None, None, 0.0
+        if method == "lcp":
+            tf, search_s = self.transforms_for(seed)
+        elif method in AGENT_METHODS:
+            ratios, search_s = self.ratios_for(method, seed)
         batches = None
         if cfg["importance"] == "taylor":
             batches = self.bundle.loader("train", 64, shuffle=True, seed=seed, limit=1024)
         res = prune_graph(self.graph, budget=budget, budget_type=cfg["budget_type"], method=method,
                           importance=cfg["importance"], aggregate=cfg["aggregate"], transforms=tf,
-                          round_to=cfg["round_to"], min_ratio=cfg["min_ratio"], seed=seed, batches=batches)
+                          round_to=cfg["round_to"], min_ratio=cfg["min_ratio"], seed=seed, batches=batches,
+                          ratios=ratios)
         return res.model, {"importance": cfg["importance"], "macs_pruned": res.plan.macs,
                            "params_pruned": res.plan.params, "search_s": search_s, "prune_s": res.seconds}
 
@@ -600,20 +719,23 @@ class Bench:
             row["macs_ratio"] = row["macs_pruned"] / self.macs_base
             row["params_ratio"] = row["params_pruned"] / self.params_base
             t0 = time.perf_counter()
+            dev = self.device
+            pruned = pruned.to(dev)
             train = self.bundle.loader("train", cfg["batch_size"], shuffle=True, augment=False, seed=seed)
             if cfg["recal_batches"] > 0:
-                recalibrate_bn(pruned, train, batches=cfg["recal_batches"])
-            row["top1_pruned_noft"] = evaluate(pruned, self.test)["top1"]
+                recalibrate_bn(pruned, train, batches=cfg["recal_batches"], device=dev)
+            row["top1_pruned_noft"] = evaluate(pruned, self.test, device=dev)["top1"]
             row["recal_eval_s"] = time.perf_counter() - t0
             t0 = time.perf_counter()
             steps = finetune(pruned, self.bundle, cfg, seed, self.progress)
             row["finetune_steps"] = steps
             row["finetune_s"] = time.perf_counter() - t0
-            row["top1_pruned"] = evaluate(pruned, self.test)["top1"] if steps else row["top1_pruned_noft"]
+            row["top1_pruned"] = evaluate(pruned, self.test, device=dev)["top1"] if steps else row["top1_pruned_noft"]
             t0 = time.perf_counter()
             reps = int(cfg["latency_repeats"])
             for b in cfg["latency_batches"]:
-                kw = dict(batch=int(b), n_threads=cfg["threads"], repeats=reps, warmup=min(5, max(1, reps // 4)))
+                kw = dict(batch=int(b), device=dev, n_threads=cfg["threads"], repeats=reps,
+                          warmup=min(5, max(1, reps // 4)))
                 base = measure(self.loaded.model, self.size, **kw)["median_ms"]
                 new = measure(pruned, self.size, **kw)["median_ms"]
                 tag = "" if int(b) == 1 else str(int(b))
@@ -638,8 +760,9 @@ def _host() -> dict:
                 break
     except OSError:
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
-            "torch_pruning": tp_version(), "lcp": lcp.__version__}
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": gpu, "python": platform.python_version(),
+            "torch": torch.__version__, "torch_pruning": tp_version(), "lcp": lcp.__version__}
 
 
 def _command(argv: list[str]) -> str:
@@ -661,10 +784,13 @@ def run(args: argparse.Namespace, argv: list[str], log: Log = print) -> pd.DataF
         torch.set_num_threads(int(cfg["threads"]))
     with RunLock(work):
         old = read_rows(out)
-        if not old.empty and "config" in old.columns and set(old["config"].astype(str)) != {sig}:
+        stale = set() if old.empty or "config" not in old.columns else {
+            (m, c) for m, c in zip(old["method"].astype(str), old["config"].astype(str)) if c != signature(cfg, m)}
+        if stale:
             if not args.overwrite:
-                found = ", ".join(sorted(set(old["config"].astype(str))))
-                raise LcpError(f"{out} holds rows made with other settings (config {found}, now {sig}): pass "
+                found = ", ".join(sorted({c for _, c in stale}))
+                now = ", ".join(sorted({signature(cfg, m) for m, _ in stale}))
+                raise LcpError(f"{out} holds rows made with other settings (config {found}, now {now}): pass "
                                "--overwrite to start over, or --out another file")
             out.unlink()
             meta_path.unlink(missing_ok=True)
@@ -703,7 +829,7 @@ def run(args: argparse.Namespace, argv: list[str], log: Log = print) -> pd.DataF
                            "status": "skipped: torch-pruning is not installed (pip install -e '.[bench]')"}
                 else:
                     row = bench.row(method, budget, seed)
-                row.update(config=sig, quick=cfg["quick"], threads=cfg["threads"],
+                row.update(config=signature(cfg, method), quick=cfg["quick"], threads=cfg["threads"],
                            finished=_dt.datetime.now().astimezone().isoformat(timespec="seconds"))
                 append_row(out, row)
                 if row["status"] == "ok":

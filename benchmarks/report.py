@@ -25,11 +25,27 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-METHOD_ORDER = ["lcp", "global", "uniform", "random", "torch_pruning"]
-MODEL_ORDER = ["resnet56", "mobilenetv2", "resnet20"]
-MODEL_NAMES = {"resnet56": "ResNet-56", "resnet20": "ResNet-20", "mobilenetv2": "MobileNetV2"}
+METHOD_ORDER = ["lcp", "global", "uniform", "random", "lfgcl", "amc", "ads", "lwp", "torch_pruning"]
+MODEL_ORDER = ["resnet56", "mobilenetv2", "resnet20", "densenet40"]
+MODEL_NAMES = {"resnet56": "ResNet-56", "resnet20": "ResNet-20", "mobilenetv2": "MobileNetV2",
+               "densenet40": "DenseNet-40"}
 COLOURS = {"lcp": "#d62728", "global": "#1f77b4", "uniform": "#2ca02c", "random": "#7f7f7f",
-           "torch_pruning": "#9467bd"}
+           "lfgcl": "#ff7f0e", "amc": "#8c564b", "ads": "#17becf", "lwp": "#bcbd22", "torch_pruning": "#9467bd"}
+#: lcp's agent and connection methods (``lcp.ranking.AGENT_METHODS``, ``lcp.connections.CONNECTION_METHODS``;
+#: this script imports no torch).
+AGENT_METHODS, CONNECTION_METHODS = ("lfgcl", "amc"), ("ads", "lwp")
+
+#: What each method of compare.py is (the tables below say which ran, with their settings).
+METHODS_TEXT = (
+    "Methods: `lcp` (the learned layer compensation: a LeGR search, then lcp's global ranking); `global`, "
+    "`uniform`, `random` (the same ranking walk with identity compensation, one keep ratio per group, a seeded "
+    "random order); `lfgcl` and `amc` (a DDPG agent learns one keep ratio per channel group, rewarded by minus "
+    "the KL divergence to the unpruned network's outputs, label-free, or minus the held-out cross-entropy; "
+    "docs/agents.md); `ads` and `lwp` (DenseNets: an LSTM controller keeps or drops every dense connection, "
+    "rewarded by held-out top-1, lwp with a bonus for a smaller network; the channel widths stay; "
+    "docs/connections.md); `torch_pruning` (Torch-Pruning's global magnitude pruner driven to the same MACs). "
+    "The searches run lcp's own code (`lcp prune --method ...`) and score their candidates on the held-out split, "
+    "never on the test split.")
 
 #: Published ResNet-56 / CIFAR-10 results (LeGR, CVPR 2020, Table 1; AMC as reported there).
 PUBLISHED = [
@@ -210,6 +226,28 @@ def setup_text(df: pd.DataFrame, meta: dict) -> str:
             f"reused for every budget; its "
             f"time is the `search` column. `global`, `uniform`, `random`: the same lcp walk with identity "
             f"compensation, one keep ratio per group, a seeded random order.")
+    agents = cfg.get("agents") or {}
+    episodes = agents.get("episodes", 30)
+    found = [m for m in AGENT_METHODS if m in set(df["method"])]
+    if found:
+        sb = s.get("search_budget") or min(df["budget"])
+        lines.append(
+            f"- **{', '.join(found)}:** the DDPG agent of `lcp prune --method lfgcl|amc` (docs/agents.md): one keep "
+            f"ratio per channel group, {_plural(episodes, 'episode')} ({agents.get('warmup_episodes', 10)} "
+            f"warm-up) at budget {_num(sb, 2)}, once per seed, cut at every budget with the highest-scored channels "
+            f"of each group; reward on held-out images after BN recalibration: minus the KL divergence to the "
+            f"unpruned network's outputs (lfgcl, label-free) or minus the cross-entropy (amc); its time is the "
+            f"`search` column.")
+    found = [m for m in CONNECTION_METHODS if m in set(df["method"])]
+    if found:
+        lines.append(
+            f"- **{', '.join(found)}:** DenseNet connection pruning of `lcp prune --method ads|lwp` "
+            f"(docs/connections.md): an LSTM controller trained with REINFORCE keeps or drops every dense "
+            f"connection, {_plural(episodes, 'episode')} per budget and seed; reward: held-out top-1 after BN "
+            f"recalibration (ads), plus 0.1 x (1 - cost ratio) (lwp, which need not fill the budget). The network "
+            f"keeps its channel widths and loses connections (a layer nobody reads any more is dropped); it is "
+            f"verified against the masked original, and its MACs and params are lcp's count of the pruned "
+            f"network, as `lcp prune` reports them. Its search is the `search` column.")
     if "torch_pruning" in set(df["method"]):
         tpv = host.get("torch_pruning") or "not installed"
         lines.append(
@@ -217,15 +255,20 @@ def setup_text(df: pd.DataFrame, meta: dict) -> str:
             f"`global_pruning=True`, classifier ignored; its channel `pruning_ratio` is bisected until lcp's MACs "
             f"count of the result is at or just under the same target; the result must run (forward) before it "
             f"is recalibrated, fine-tuned and evaluated like the others.")
+    batches = " and ".join(str(b) for b in cfg.get("latency_batches", [1, 64]))
+    gpu = cfg.get("device", "cpu") == "cuda"
     lines.append(
-        f"- **Latency:** median of {cfg.get('latency_repeats', 20)} forward passes at batch 1 and 64, "
-        f"{cfg.get('threads', 1)} thread(s), base and pruned timed back to back for every row; the columns are "
-        f"pruned / base (below 1 is faster).")
+        f"- **Latency:** median of {cfg.get('latency_repeats', 20)} forward passes at batch {batches}, "
+        + ("on the GPU" if gpu else f"{cfg.get('threads', 1)} thread(s)")
+        + ", base and pruned timed back to back for every row; the columns are pruned / base (below 1 is faster).")
     searches = sorted(set(df.loc[(df["method"] == "lcp") & (df["status"].astype(str) == "ok"), "search_s"].round(0)))
     spread = (f" (the {len(searches)} searches of this table, same size, other seeds, took {searches[0]:.0f} s "
               f"to {searches[-1]:.0f} s)" if len(searches) > 1 else "")
+    machine = f"{host.get('cpu', '?')}, {host.get('cores', '?')} cores shared with other jobs"
+    if gpu:
+        machine = f"{host.get('gpu') or 'a CUDA GPU'} (searches, training, evaluation and latency), " + machine
     lines.append(
-        f"- **Machine and time:** {host.get('cpu', '?')}, {host.get('cores', '?')} cores shared with other jobs, "
+        f"- **Machine and time:** {machine}, "
         f"torch {host.get('torch', '?')}; {_dates(meta)}; wall time of the comparison {_wall(meta) / 60:.0f} min "
         f"({len(df)} rows). Wall times depend on the load other jobs put on the machine{spread}: read them as "
         f"orders of magnitude; the latency ratios are robust to it because base and pruned are timed together.")
@@ -378,15 +421,30 @@ def plot(tables: dict[str, tuple[pd.DataFrame, pd.DataFrame, dict]], path: Path)
 # ---------------------------------------------------------------------------------------------------- report
 
 
-def _recipes_not_run(done_csvs: set[Path]) -> list[tuple[str, dict]]:
+def _recipe(path: Path) -> dict:
     import yaml
 
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except Exception:
+        return {}
+
+
+def methods_not_run(df: pd.DataFrame, meta: dict) -> str:
+    """The methods the table's recipe names that have no row yet (added to the recipe after the run)."""
+    recipe = Path(str(meta.get("recipe", "")))
+    recipe = recipe if recipe.is_absolute() else ROOT / recipe
+    missing = [m for m in _recipe(recipe).get("methods", []) if m not in set(df["method"])] if recipe.is_file() else []
+    if not missing:
+        return ""
+    return (f"Not run yet: {', '.join(f'`{m}`' for m in missing)} (named in `{_rel(recipe)}`; rerunning its "
+            f"compare.py command adds their rows and keeps the rows above).")
+
+
+def _recipes_not_run(done_csvs: set[Path]) -> list[tuple[str, dict]]:
     out = []
     for recipe in sorted((ROOT / "recipes").glob("bench_*.yaml")):
-        try:
-            cfg = yaml.safe_load(recipe.read_text()) or {}
-        except Exception:
-            continue
+        cfg = _recipe(recipe)
         csv = cfg.get("out")
         if csv and (ROOT / csv).resolve() not in done_csvs:
             out.append((str(recipe.relative_to(ROOT)), cfg))
@@ -425,9 +483,9 @@ def build(csvs: list[Path], md_path: Path, png_path: Path, argv: list[str]) -> s
            "Every row of every table below comes from `benchmarks/compare.py` (one CSV row per method, budget and "
            "seed) and was turned into this page by `benchmarks/report.py`; rerun both to reproduce it. All "
            "methods of one table share the data split, the BatchNorm recalibration, the fine-tuning recipe and "
-           "the seed; only the choice of channels differs. Top-1 is on the full test split unless the section "
-           "says otherwise; `drop` is baseline minus fine-tuned top-1; ± is the sample standard deviation over "
-           "the seeds listed.", ""]
+           "the seed; only what is pruned (channels or connections) differs. Top-1 is on the full test split "
+           "unless the section says otherwise; `drop` is baseline minus fine-tuned top-1; ± is the sample standard "
+           "deviation over the seeds listed.", "", METHODS_TEXT, ""]
     measured = ", ".join(_name(k.split(" ")[0]) for k in tables) or "nothing yet"
     out += [f"Measured on this page: **{measured}**.", ""]
     for key, (df, s, meta) in tables.items():
@@ -445,6 +503,9 @@ def build(csvs: list[Path], md_path: Path, png_path: Path, argv: list[str]) -> s
         err = errors_text(df)
         if err:
             out += [err, ""]
+        later = methods_not_run(df, meta)
+        if later:
+            out += [later, ""]
     out += ["## Accuracy against MACs", "", f"![top-1 against MACs ratio per method]({png_ref})", "",
             "Filled markers: after fine-tuning; hollow markers on dotted lines: after BatchNorm recalibration only; "
             "error bars: sample standard deviation over seeds; dashed line: the unpruned baseline.", ""]
@@ -455,9 +516,13 @@ def build(csvs: list[Path], md_path: Path, png_path: Path, argv: list[str]) -> s
                 "These recipes exist but their CSVs are not in this page; nothing is claimed for them:", ""]
         for recipe, cfg in missing:
             out.append(f"- `python benchmarks/compare.py --recipe {recipe}`: {_name(str(cfg.get('model')))}, budgets "
-                       f"{', '.join(str(b) for b in cfg.get('budgets', []))}, fine-tuning "
+                       f"{', '.join(str(b) for b in cfg.get('budgets', []))}, methods "
+                       f"{', '.join(cfg.get('methods', []))}, fine-tuning "
                        f"{_epochs(cfg.get('finetune_epochs', 1))} epochs, search "
-                       f"{(cfg.get('search') or {}).get('candidates', '?')} candidates.")
+                       f"{(cfg.get('search') or {}).get('candidates', '?')} candidates"
+                       + (f", {(cfg.get('agents') or {}).get('episodes', 30)} agent episodes"
+                          if set(cfg.get("methods") or []) & {*AGENT_METHODS, *CONNECTION_METHODS} else "")
+                       + (f", on {cfg['device']}" if cfg.get("device", "cpu") != "cpu" else "") + ".")
         out.append("")
     text = "\n".join(out)
     _atomic_write(md_path, lambda tmp: tmp.write_text(text))

@@ -42,6 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "benchmarks" / "results"
+from lcp.io import atomic_path  # noqa: E402
 COLUMNS = ["model", "family", "status", "reason", "macs_ratio", "seconds", "input", "units", "prunable",
            "frozen_ops", "params", "suggestion"]
 STATUSES = ("ok", "refused", "error", "timeout", "skipped")
@@ -62,6 +63,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--suggest", type=float, default=0.0,
                    help="seconds to search --ignore patterns for a failing model (default 0: no search)")
     p.add_argument("--resume", action="store_true", help="keep the rows already in --out and run the others")
+    p.add_argument("--redo", default="", help="re-run the models of --out with these statuses (comma-separated, "
+                   "e.g. refused,timeout) and replace their rows; the other rows are kept")
     p.add_argument("--markdown", type=Path, help="write this markdown page from --out (runs no model)")
     p.add_argument("--command", default="", help="the command line to quote in the markdown page")
     p.add_argument("--large", type=Path, default=RESULTS / "support_matrix_large.csv",
@@ -256,6 +259,15 @@ def run(args: argparse.Namespace) -> int:
         params = cnn_models(args.workers)
         names = sorted(params)
     names = names[:: max(1, args.every)]
+    redo = {s for s in args.redo.split(",") if s}
+    if redo:  # keep every other row; re-run these models and put their new rows at the end
+        kept = [r for r in read_rows(args.out) if r["status"] not in redo]
+        names = [r["model"] for r in read_rows(args.out) if r["status"] in redo]
+        with atomic_path(args.out) as tmp, open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+            w.writeheader()
+            w.writerows(kept)
+        args.resume = True
     done = {r["model"]: r for r in read_rows(args.out)} if args.resume else {}
     todo = [n for n in names if n not in done]
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -311,7 +323,12 @@ def run(args: argparse.Namespace) -> int:
             "command": "python benchmarks/support_matrix.py " + " ".join(sys.argv[1:])}
     if args.resume and args.out.with_suffix(".json").is_file():
         old = json.loads(args.out.with_suffix(".json").read_text())
-        meta["wall_s"] = round(meta["wall_s"] + old.get("wall_s", 0), 1)
+        if redo:  # the full run's figures stay; the re-run is recorded beside them
+            meta = {**old, "redo": {"statuses": sorted(redo), "models": len(todo), "wall_s": round(total, 1),
+                                    "timm": timm.__version__, "cpus": os.cpu_count(), "workers": args.workers,
+                                    "date": meta["date"], "command": meta["command"]}}
+        else:
+            meta["wall_s"] = round(meta["wall_s"] + old.get("wall_s", 0), 1)
     args.out.with_suffix(".json").write_text(json.dumps(meta, indent=1))
     return 0
 
@@ -338,14 +355,23 @@ def _reason_kind(row: dict) -> str:
     return "other"
 
 
-LIMITS_SECTION = """The refusals come from three engine limitations, each found by `lcp check` and named in its output:
+LIMITS_SECTION = """What lcp does where a model normalizes over several channels:
 
 - **Weight-standardized convolutions** (`StdConv2d`, `ScaledStdConv2d`: NFNet, NF-ResNet, NF-RegNet, BiT
-  ResNetV2). Their weight is standardized over each filter's input channels in `forward`, so removing an input
-  channel changes every filter: lcp freezes them, and as every conv of these models is one, nothing is left.
-- **Normalization across channels**: GroupNorm with several channels per group (timm's `GroupNormAct` calls
-  `F.group_norm`), EvoNorm, LayerNorm over the channels (ConvNeXt's residual stream), ConvNeXt-V2's global
-  response norm (a mean over channels). Removing a channel changes the statistics of the others.
+  ResNetV2) standardize each filter over its inputs in `forward`, so removing an input would change every
+  filter. lcp folds the standardization into a plain conv (the standardized weight, frozen; the per-filter
+  gain multiplied in) when it builds the pruned network: exact, verified like every cut; fine-tuning then
+  trains plain weights. The reported params count the folded network (the gains are gone).
+- **GroupNorm** (`nn.GroupNorm`, timm's `GroupNorm`/`GroupNormAct`): statistics are per group, so lcp removes
+  whole groups (a group's channels are one unit; `num_groups` is rewritten). GroupNorm with one group is
+  LayerNorm over the channels and freezes them.
+
+The refusals left come from two engine limitations, each found by `lcp check` and named in its output:
+
+- **Normalization across channels**: EvoNorm, LayerNorm over the channels (ConvNeXt's residual stream),
+  ConvNeXt-V2's global response norm (a mean over channels). Removing a channel changes the statistics of the
+  others. EfficientNet `*_g8_gn` couples GroupNorm groups of 8 with grouped convs of 8 channels per group
+  (same positions removed in every conv group): together they leave nothing removable.
 - **Per-channel parameters used in forward code** (FilterResponseNorm's `tau`, EvoNorm, layer scale): lcp
   freezes the channels they touch rather than slicing the parameter.
 

@@ -58,6 +58,10 @@ class AgentConfig:
     sigma: float = 0.5  # truncated-normal exploration, times sigma_decay per episode after warm-up
     sigma_decay: float = 0.99
     moving_alpha: float = 0.5  # reward baseline: ma += alpha * (batch mean - ma)
+    reward_scale: bool = False
+    pre_penalty: float = 0.0
+    critic_warmup: bool = False
+    wall_penalty: float = 0.0
 
     def check(self) -> None:
         if self.episodes < 1 or self.warmup < 0 or self.hidden < 1 or self.batch_size < 1:
@@ -145,8 +149,10 @@ class Env:
     def wall(self, t: int, ratios: np.ndarray, action: float) -> float:
         """Clip ``action`` to [floor_t, 1] and into [lo, hi]: hi keeps the budget reachable with the later
         groups at their floors, lo keeps it reachable (from above) with the later groups unpruned."""
-        a = float(np.clip(action, self.low[t], 1.0))
+        lo, hi = self.bounds(t, ratios)
+        return float(np.clip(action, lo, hi))
 
+    def bounds(self, t: int, ratios: np.ndarray) -> tuple[float, float]:
         def cost(x: float, rest: np.ndarray) -> float:
             r = np.concatenate([ratios[:t], [x], rest])
             return self.rc(r)
@@ -154,8 +160,7 @@ class Env:
         floors, ones = self.low[t + 1:], np.ones(self.n - t - 1)
         hi = _bisect(lambda x: cost(x, floors) <= self.target, self.low[t], 1.0, want_max=True)
         lo = _bisect(lambda x: cost(x, ones) >= self.target, self.low[t], 1.0, want_max=False)
-        lo = min(lo, hi)
-        return float(np.clip(a, lo, hi))
+        return min(lo, hi), hi
 
 
 def _bisect(ok: Callable[[float], bool], a: float, b: float, *, want_max: bool, steps: int = 30) -> float:
@@ -190,8 +195,11 @@ class Actor(nn.Module):
         self.fc1, self.fc2, self.fc3 = nn.Linear(n_in, hidden), nn.Linear(hidden, hidden), nn.Linear(hidden, 1)
         _init(self.fc1, self.fc2, self.fc3)
 
+    def pre(self, s: Tensor) -> Tensor:
+        return self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(s)))))
+
     def forward(self, s: Tensor) -> Tensor:
-        return torch.sigmoid(self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(s))))))
+        return torch.sigmoid(self.pre(s))
 
 
 class Critic(nn.Module):
@@ -228,7 +236,8 @@ class DDPG:
         self.opt_c = torch.optim.Adam(self.critic.parameters(), lr=cfg.lr_critic)
         cap = cfg.memory_per_group * n_groups
         self.mem = {"s": torch.zeros(cap, N_FEATURES), "a": torch.zeros(cap, 1), "r": torch.zeros(cap, 1),
-                    "s2": torch.zeros(cap, N_FEATURES), "done": torch.zeros(cap, 1)}
+                    "s2": torch.zeros(cap, N_FEATURES), "done": torch.zeros(cap, 1),
+                    "lo": torch.zeros(cap, 1), "hi": torch.ones(cap, 1)}
         self.size, self.ptr = 0, 0
         self.moving: float | None = None
 
@@ -236,32 +245,40 @@ class DDPG:
         with torch.no_grad():
             return float(self.actor(torch.from_numpy(s)[None])[0, 0])
 
-    def remember(self, s: np.ndarray, a: float, r: float, s2: np.ndarray, done: bool) -> None:
+    def remember(self, s: np.ndarray, a: float, r: float, s2: np.ndarray, done: bool, lo: float = 0.0, hi: float = 1.0) -> None:
         cap = len(self.mem["a"])
         i = self.ptr
         self.mem["s"][i] = torch.from_numpy(s)
         self.mem["a"][i, 0], self.mem["r"][i, 0], self.mem["done"][i, 0] = a, r, float(done)
         self.mem["s2"][i] = torch.from_numpy(s2)
+        self.mem["lo"][i, 0], self.mem["hi"][i, 0] = lo, hi
         self.ptr, self.size = (i + 1) % cap, min(self.size + 1, cap)
 
-    def update(self, rng: np.random.Generator) -> None:
+    def update(self, rng: np.random.Generator, actor: bool = True) -> None:
         """One AMC update: critic to r - baseline + discount * Q'(s', mu'(s')), actor to maximise Q."""
         cfg = self.cfg
         idx = torch.from_numpy(rng.integers(0, self.size, size=cfg.batch_size))
-        s, a, r, s2, done = (self.mem[k][idx] for k in ("s", "a", "r", "s2", "done"))
+        s, a, r, s2, done, lo, hi = (self.mem[k][idx] for k in ("s", "a", "r", "s2", "done", "lo", "hi"))
         mean = float(r.mean())
         self.moving = mean if self.moving is None else self.moving + cfg.moving_alpha * (mean - self.moving)
         r = r - self.moving
+        if cfg.reward_scale:
+            r = r / max(float(self.mem["r"][:self.size].std()), 1e-8) if self.size > 1 else r
         with torch.no_grad():
             target = r + cfg.discount * (1.0 - done) * self.critic_t(s2, self.actor_t(s2))
         loss_c = nn.functional.mse_loss(self.critic(s, a), target)
         self.opt_c.zero_grad(set_to_none=True)
         loss_c.backward()
         self.opt_c.step()
-        loss_a = -self.critic(s, self.actor(s)).mean()
-        self.opt_a.zero_grad(set_to_none=True)
-        loss_a.backward()
-        self.opt_a.step()
+        if actor:
+            pre = self.actor.pre(s)
+            mu = torch.sigmoid(pre)
+            out = torch.relu(lo - mu) + torch.relu(mu - hi)
+            loss_a = (-self.critic(s, mu).mean() + cfg.pre_penalty * (pre ** 2).mean()
+                      + cfg.wall_penalty * (out ** 2).mean())
+            self.opt_a.zero_grad(set_to_none=True)
+            loss_a.backward()
+            self.opt_a.step()
         with torch.no_grad():
             for net, tgt in ((self.actor, self.actor_t), (self.critic, self.critic_t)):
                 for p, q in zip(net.parameters(), tgt.parameters()):
@@ -361,14 +378,15 @@ def run_agent(env: Env, reward_of: Callable[[np.ndarray], float], cfg: AgentConf
             t0 = time.perf_counter()
             sigma = cfg.sigma * cfg.sigma_decay ** max(0, episode - cfg.warmup)
             ratios = np.ones(n)
-            states, actions = [], []
+            states, actions, walls = [], [], []
             for t in range(n):
                 s = env.state(t, ratios)
                 if episode < cfg.warmup:
                     a = float(rng.uniform(0.0, 1.0))
                 else:
                     a = _truncated_normal(rng, agent.act(s), sigma)
-                ratios[t] = env.wall(t, ratios, a)
+                walls.append(env.bounds(t, ratios))
+                ratios[t] = float(np.clip(a, *walls[-1]))
                 states.append(s)
                 actions.append(float(ratios[t]))  # the action applied (after the walls) is what Q learns
             reward = float(reward_of(ratios.copy()))
@@ -378,10 +396,10 @@ def run_agent(env: Env, reward_of: Callable[[np.ndarray], float], cfg: AgentConf
             worst = min(worst, reward)
             for t in range(n):
                 s2 = states[t + 1] if t + 1 < n else states[t]
-                agent.remember(states[t], actions[t], reward, s2, t == n - 1)
-            if episode >= cfg.warmup:
+                agent.remember(states[t], actions[t], reward, s2, t == n - 1, *walls[t])
+            if episode >= cfg.warmup or (cfg.critic_warmup and agent.size > 0):
                 for _ in range(n):  # AMC: one update per transition of the episode
-                    agent.update(rng)
+                    agent.update(rng, actor=episode >= cfg.warmup)
             if reward > best["reward"]:
                 best = {"reward": reward, "ratios": ratios.tolist(), "episode": episode + 1}
             history.append({"episode": episode + 1, "reward": reward, "best": best["reward"],

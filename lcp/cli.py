@@ -128,11 +128,16 @@ def _config(args: argparse.Namespace, cls: Any = None) -> Any:
     from .pipeline import PruneConfig
 
     cls = cls or PruneConfig
+    return cls(**_given(args, cls))
+
+
+def _given(args: argparse.Namespace, cls: Any) -> dict[str, Any]:
+    """The options set by the recipe or the flags (unset ones are left to the config's defaults)."""
     values: dict[str, Any] = {}
     if getattr(args, "recipe", None):
         values.update(_read_recipe(args.recipe, cls))
     values.update({k: v for k, v in vars(args).items() if k in cls.fields()})
-    return cls(**values)
+    return values
 
 
 def _read_recipe(path: str, cls: Any = None) -> dict[str, Any]:
@@ -164,10 +169,18 @@ def _read_recipe(path: str, cls: Any = None) -> dict[str, Any]:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from .pipeline import run_prune
+    from .pipeline import PruneConfig, run_prune
     from .report import print_table
 
-    report = run_prune(_config(args))
+    given = _given(args, PruneConfig)
+    cfg = PruneConfig(**given)
+    if cfg.structure_from:
+        from .transfer import check_options
+
+        check_options(cfg, given)  # --method lcp is refused too, though it is the default
+        if "budget" not in given and "budgets" not in given:
+            cfg.budget = None  # the structure fixes the cost; nothing to compare with
+    report = run_prune(cfg)
     if len(report):  # empty on torchrun ranks other than 0
         print(print_table(report))
     return 0
@@ -185,6 +198,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     from .pipeline import run_search
 
     cfg = _config(args)
+    if cfg.structure_from:
+        raise LcpError("lcp search learns a structure; --structure-from belongs to lcp prune")
     if cfg.method != "lcp":
         raise LcpError("lcp search learns the compensation of method lcp; drop --method")
     run_search(cfg)
@@ -267,6 +282,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                        description="Prune a trained model to a MACs or params budget. Example: "
                                    "lcp prune --model resnet56 --budget 0.5 --method global --out runs/r56")
     _add_prune_args(p)
+    p.add_argument("--structure-from", metavar="DIR", default=argparse.SUPPRESS,
+                   help="apply the pruned structure of an earlier lcp prune run (its --out folder: removed channels "
+                        "or connections) to this model, data and weights, any number of classes; no search, "
+                        "--budget not needed; then recalibration, fine-tuning and outputs as usual")
     p.set_defaults(func=cmd_prune)
     s = sub.add_parser("search", help="learn the layer compensation only and write transforms.json",
                        description="Learn per-group (alpha, kappa) with the meta-learner and write "

@@ -267,8 +267,11 @@ class HeldOut:
     """``evaluate(keep)``: build the pruned network, recalibrate BatchNorm on ``recal`` batches, then top-1 and
     mean cross-entropy on the held-out batches (never the test split)."""
 
-    def __init__(self, cg: ConnectionGraph, recal: list[Tensor], eval_x: list[Tensor], eval_y: list[Tensor]):
-        self.cg, self.recal, self.eval_x, self.eval_y = cg, recal, eval_x, eval_y
+    def __init__(self, cg: ConnectionGraph, recal: list[Tensor], eval_x: list[Tensor], eval_y: list[Tensor],
+                 device: str | torch.device = "cpu"):
+        self.device = dev = torch.device(device)  # where candidates run; the batches are moved there once
+        self.cg, self.recal = cg, [x.to(dev) for x in recal]
+        self.eval_x, self.eval_y = [x.to(dev) for x in eval_x], [y.to(dev) for y in eval_y]
         self.n = sum(len(y) for y in eval_y)
         if self.n == 0 or not recal:
             raise LcpError("the connection search needs held-out images and training batches")
@@ -278,7 +281,7 @@ class HeldOut:
     def __call__(self, keep: np.ndarray) -> dict:
         from .train import recalibrate_bn
 
-        model = self.cg.apply(keep)
+        model = self.cg.apply(keep).to(self.device)
         model.eval()
         with torch.inference_mode():
             recalibrate_bn(model, self.recal, batches=len(self.recal))
@@ -291,7 +294,8 @@ class HeldOut:
 
     @classmethod
     def from_bundle(cls, cg: ConnectionGraph, bundle: "DataBundle", *, recal_batches: int = 4,  # noqa: F821
-                    eval_images: int = 1000, batch_size: int = 128, seed: int = 0) -> "HeldOut":
+                    eval_images: int = 1000, batch_size: int = 128, seed: int = 0,
+                    device: str | torch.device = "cpu") -> "HeldOut":
         recal = []
         for x, _ in bundle.loader("train", batch_size, shuffle=True, seed=seed):
             if len(recal) == recal_batches:
@@ -301,7 +305,7 @@ class HeldOut:
         for x, y in bundle.loader("holdout", batch_size, limit=eval_images):
             xs.append(x)
             ys.append(y)
-        return cls(cg, recal, xs, ys)
+        return cls(cg, recal, xs, ys, device)
 
 
 def write_controller_csv(history: list[dict], path: PathLike) -> None:
@@ -320,10 +324,12 @@ def write_controller_csv(history: list[dict], path: PathLike) -> None:
 
 def run_connection_prune(cfg: "PruneConfig", loaded: "Loaded", graph: "ChannelGraph",  # noqa: F821
                          out: Path, state: dict, save_state: Callable[..., None],
-                         log: Callable[[str], None]) -> "pd.DataFrame":  # noqa: F821
+                         log: Callable[[str], None], keep: np.ndarray | None = None,
+                         source: dict[str, str] | None = None) -> "pd.DataFrame":  # noqa: F821
     """``lcp prune --method ads|lwp``: search the connections at ``cfg.budget``, cut, recalibrate, evaluate,
     fine-tune and write model.safetensors, channels.json (with the removed connections), connections.json,
-    controller.csv and report.csv into ``out``."""
+    controller.csv and report.csv into ``out``. With ``keep`` (``--structure-from``) the connections are given:
+    no search; ``source`` (where they came from) adds report columns and channels.json keys."""
     from . import store
     from .io import atomic_write_json
     from .report import write_report
@@ -338,19 +344,22 @@ def run_connection_prune(cfg: "PruneConfig", loaded: "Loaded", graph: "ChannelGr
         raise LcpError(f"method {cfg.method} rewards held-out accuracy: --label-free and --kd are not supported")
     cg = ConnectionGraph(graph)
     log(f"{loaded.name}: {cg.summary()}")
-    ccfg = ControllerConfig(episodes=cfg.episodes)
-    reward = "held-out top-1" if cfg.method == "ads" else (f"held-out top-1 + {ccfg.lwp_lambda:g} (1 - cost ratio)")
-    log(f"searching connections: {cfg.method} controller, {cfg.episodes} episodes at {budget:g} of "
-        f"{cfg.budget_type}, reward {reward}")
-    t0 = time.perf_counter()
-    ev = HeldOut.from_bundle(cg, loaded.bundle, seed=cfg.seed)
-    result = search_connections(cg, ev, method=cfg.method, budget=budget, budget_type=cfg.budget_type, cfg=ccfg,
-                                seed=cfg.seed, state_path=out / "controller_state.safetensors", resume=cfg.resume,
-                                progress=cfg.progress, settings={"model": loaded.name, "weights": loaded.weights})
-    search_s = state.get("search_s") or time.perf_counter() - t0
-    save_state(search_s=search_s)
-    write_controller_csv(result.history, out / "controller.csv")
-    keep = result.keep
+    best_reward, search_s = None, 0.0
+    if keep is None:
+        ccfg = ControllerConfig(episodes=cfg.episodes)
+        reward = "held-out top-1" if cfg.method == "ads" else f"held-out top-1 + {ccfg.lwp_lambda:g} (1 - cost ratio)"
+        log(f"searching connections: {cfg.method} controller, {cfg.episodes} episodes at {budget:g} of "
+            f"{cfg.budget_type}, reward {reward}")
+        t0 = time.perf_counter()
+        ev = HeldOut.from_bundle(cg, loaded.bundle, seed=cfg.seed, device=cfg.device)
+        result = search_connections(cg, ev, method=cfg.method, budget=budget, budget_type=cfg.budget_type,
+                                    cfg=ccfg, seed=cfg.seed, state_path=out / "controller_state.safetensors",
+                                    resume=cfg.resume, progress=cfg.progress,
+                                    settings={"model": loaded.name, "weights": loaded.weights})
+        search_s = state.get("search_s") or time.perf_counter() - t0
+        save_state(search_s=search_s)
+        write_controller_csv(result.history, out / "controller.csv")
+        keep, best_reward = result.keep, result.best_reward
     t1 = time.perf_counter()
     pruned, verification = cg.prune(keep)
     prune_s = time.perf_counter() - t1
@@ -358,7 +367,7 @@ def run_connection_prune(cfg: "PruneConfig", loaded: "Loaded", graph: "ChannelGr
     alive = cg.alive(keep)
     log(f"kept {int(keep.sum())} of {cg.n} connections, {int(alive.sum())} of {len(alive)} consumers alive: "
         f"{macs / cg.macs_base:.3f} of MACs, {params / cg.params_base:.3f} of params; verified {verification}")
-    atomic_write_json(out / "connections.json", {"reward": result.best_reward, "kept": int(keep.sum()),
+    atomic_write_json(out / "connections.json", {"reward": best_reward, "kept": int(keep.sum()),
                                                  "connections": cg.n, "removed": cg.names(keep),
                                                  "dead": [c.name for c, a in zip(cg.consumers, alive) if not a],
                                                  "blocks": cg.adjacency(keep)})
@@ -388,7 +397,8 @@ def run_connection_prune(cfg: "PruneConfig", loaded: "Loaded", graph: "ChannelGr
                                num_classes=loaded.bundle.num_classes, input_size=loaded.input_size,
                                extra={"budget": budget, "budget_type": cfg.budget_type, "method": cfg.method,
                                       "macs": macs, "params": params, "dataset": loaded.dataset,
-                                      "data": loaded.data_spec, "removed_connections": cg.names(keep)})
+                                      "data": loaded.data_spec, "removed_connections": cg.names(keep),
+                                      **(source or {})})
     store.write(out, pruned, spec)
     row = {"model": loaded.name, "dataset": loaded.dataset, "method": cfg.method, "importance": "",
            "budget_type": cfg.budget_type, "budget": budget, "macs_base": cg.macs_base, "macs_pruned": macs,
@@ -396,7 +406,8 @@ def run_connection_prune(cfg: "PruneConfig", loaded: "Loaded", graph: "ChannelGr
            "params_ratio": params / cg.params_base, "finetune_epochs": cfg.finetune_epochs, "seed": cfg.seed,
            "top1_base": state["top1_base"], "top1_pruned_noft": done["top1_pruned_noft"], "top1_pruned": top1,
            "search_s": search_s, "prune_s": prune_s, "finetune_s": finetune_s,
-           "connections_kept": int(keep.sum()), "connections": cg.n, "verification_error": verification.max_rel_error}
+           "connections_kept": int(keep.sum()), "connections": cg.n, "verification_error": verification.max_rel_error,
+           **(source or {})}
     report = write_report(row, out / "report.csv")
     ckpt.unlink(missing_ok=True)
     log(f"top-1 after {cfg.finetune_epochs} fine-tuning epochs: {top1:.2f}%; outputs in {out}")

@@ -193,10 +193,12 @@ def cache_dir() -> Path:
 
 
 def default_checkpoint(name: str, dataset: str) -> Path | None:
-    """``$LCP_WEIGHTS/<name>_<dataset>.pt`` if it exists, else the same file in ``cache_dir()/weights``, else None."""
-    filename = f"{name}_{dataset}.pt".replace("/", "_").replace(":", "_")
+    """``$LCP_WEIGHTS/<name>_<dataset>.pt`` (or ``.safetensors``, as ``lcp prune`` caches a baseline it trained)
+    if it exists, else the same file in ``cache_dir()/weights``, else None."""
+    stem = f"{name}_{dataset}".replace("/", "_").replace(":", "_")
     roots = [Path(os.environ["LCP_WEIGHTS"]).expanduser()] if os.environ.get("LCP_WEIGHTS") else []
-    for path in (root / filename for root in [*roots, cache_dir() / "weights"]):
+    files = (root / f"{stem}{ext}" for root in [*roots, cache_dir() / "weights"] for ext in (".pt", ".safetensors"))
+    for path in files:
         if path.is_file():
             return path
     return None

@@ -75,6 +75,9 @@ class PruneConfig:
     # agent methods lfgcl / amc (lcp.agents)
     episodes: int = 30
     warmup_episodes: int = 10
+    # --structure-from DIR: the removed units (connections) of an earlier run, no search (lcp.transfer); budget
+    # None (the CLI without --budget): the structure's cost is not compared with a budget
+    structure_from: str | None = None
 
     def signature(self) -> dict[str, Any]:
         """What identifies the run's result (an output folder holds one signature)."""
@@ -83,6 +86,9 @@ class PruneConfig:
                 "search_budget", "candidates", "population", "tournament", "optimizer", "compensation", "tau", "label_free")
         sig = {k: getattr(self, k) for k in keys}
         sig.update({k: getattr(self, k) for k in ("pretrained", "input_size") if getattr(self, k)})  # when set
+        if self.structure_from:  # the folder and its channels.json as they are now
+            spec = Path(self.structure_from).expanduser().resolve() / "channels.json"
+            sig.update(structure_from=str(spec.parent), structure=_file_digest(str(spec)) if spec.is_file() else None)
         if self.method in AGENT_METHODS:
             sig.update(episodes=self.episodes, warmup_episodes=self.warmup_episodes)
         elif self.method in CONNECTION_METHODS:
@@ -382,7 +388,7 @@ def learn_ratios(cfg: PruneConfig, graph: ChannelGraph, loaded: Loaded, budgets:
         f"warm-up) at {sb:g} of {cfg.budget_type}, reward {'-KL to the unpruned outputs' if label_free else '-CE'}")
     fitness = search.make_fitness(graph, cost, scores, loaded.bundle, budget=sb, budget_type=cfg.budget_type,
                                   tau=cfg.tau, label_free=label_free, seed=cfg.seed, min_ratio=cfg.min_ratio,
-                                  round_to=cfg.round_to)
+                                  round_to=cfg.round_to, device=cfg.device)
     acfg = agents.AgentConfig(episodes=cfg.episodes, warmup=cfg.warmup_episodes)
     result = agents.search_ratios(graph, cost, scores, fitness, budget=sb, budget_type=cfg.budget_type,
                                   min_ratio=cfg.min_ratio, round_to=cfg.round_to, cfg=acfg, seed=cfg.seed,
@@ -456,17 +462,28 @@ def run_prune(cfg: PruneConfig, log: Log = print) -> "pd.DataFrame":  # noqa: F8
     """Run the whole job described by ``cfg``; returns the report (one row per budget)."""
     import pandas as pd
 
+    structure = None
+    if cfg.structure_from:
+        from .transfer import open_structure
+
+        structure = open_structure(cfg)
     budgets = cfg.all_budgets()
     for b in budgets:
-        check_budget(b, cfg.budget_type)
+        if b is not None:  # None: --structure-from without --budget
+            check_budget(b, cfg.budget_type)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     with _claim(cfg):
         out, state, save_state = _open_run(cfg)
         loaded = load_model_and_data(cfg, log)
+        graph = build_graph(loaded.model, torch.zeros(1, *loaded.input_size))
+        if structure is not None:  # a structure that does not fit is refused before the baseline is evaluated
+            structure.fit(graph, cfg.budgets[0] if cfg.budgets else cfg.budget, cfg.budget_type, log)
         if "top1_base" not in state:
             save_state(top1_base=baseline_accuracy(loaded, device=cfg.device))
-        graph = build_graph(loaded.model, torch.zeros(1, *loaded.input_size))
+        if structure is not None:
+            report = _prune_structure(structure.config(cfg), structure, graph, loaded, out, state, save_state, log)
+            return report if report is not None else pd.DataFrame()
         if cfg.method in CONNECTION_METHODS:  # DenseNet connections (lcp.controllers): own cut and outputs
             from .controllers import run_connection_prune
 
@@ -498,10 +515,23 @@ def run_prune(cfg: PruneConfig, log: Log = print) -> "pd.DataFrame":  # noqa: F8
         return report
 
 
+def _prune_structure(cfg: PruneConfig, structure: Any, graph: ChannelGraph, loaded: Loaded, out: Path, state: dict,
+                     save_state: Callable[..., None], log: Log) -> Any:
+    """``--structure-from``: cut the units (connections) of a fitted ``transfer.Structure``, no search; then as
+    every run (``cfg``: ``structure.config``)."""
+    if structure.keep is not None:
+        from .controllers import run_connection_prune
+
+        return run_connection_prune(cfg, loaded, graph, out, state, save_state, log, keep=structure.keep,
+                                    source=structure.columns())
+    return _prune_to(cfg, cfg.budget, out, graph, None, loaded, state, save_state, 0.0, log, structure=structure)
+
+
 def _prune_to(cfg: PruneConfig, budget: float, out: Path, graph: ChannelGraph, transforms: Transforms | None,
               loaded: Loaded, state: dict, save_state: Callable[..., None], search_s: float, log: Log,
-              ratios: Any = None) -> Any:
-    """Cut to one budget, recalibrate, evaluate, fine-tune and write that budget's outputs into ``out``."""
+              ratios: Any = None, structure: Any = None) -> Any:
+    """Cut to one budget (or to ``structure``, a ``transfer.Structure``), recalibrate, evaluate, fine-tune and
+    write that budget's outputs into ``out``."""
     from .train import evaluate, finetune, recalibrate_bn
 
     key = f"budget_{budget:g}"
@@ -510,7 +540,7 @@ def _prune_to(cfg: PruneConfig, budget: float, out: Path, graph: ChannelGraph, t
     if unlabeled and cfg.finetune_epochs > 0 and not cfg.kd:
         raise LcpError("the data has no labels: fine-tune with --kd (distillation) or pass --finetune-epochs 0")
     t0 = time.perf_counter()
-    result = _cut(cfg, budget, graph, transforms, loaded, log, ratios)
+    result = _cut(cfg, budget, graph, transforms, loaded, log, ratios, structure)
     prune_s = time.perf_counter() - t0
     dev = cfg.device
     pruned = result.model.to(dev)
@@ -541,15 +571,21 @@ def _prune_to(cfg: PruneConfig, budget: float, out: Path, graph: ChannelGraph, t
         return None
     report = write_outputs(cfg, budget, loaded, result, pruned, out, dict(
         top1_base=state["top1_base"], top1_pruned_noft=done["top1_pruned_noft"], top1_pruned=top1,
-        search_s=search_s, prune_s=prune_s, finetune_s=finetune_s))
+        search_s=search_s, prune_s=prune_s, finetune_s=finetune_s), source=structure and structure.columns())
     ckpt.unlink(missing_ok=True)
     log(f"top-1 after {cfg.finetune_epochs} fine-tuning epochs: {top1:.2f}%; outputs in {out}")
     return report
 
 
 def _cut(cfg: PruneConfig, budget: float, graph: ChannelGraph, transforms: Transforms | None, loaded: Loaded,
-         log: Log, ratios: Any = None) -> Any:
-    from .pruner import prune_graph
+         log: Log, ratios: Any = None, structure: Any = None) -> Any:
+    from .pruner import cut_removed, prune_graph
+
+    if structure is not None:  # --structure-from: the units are given
+        result = cut_removed(graph, structure.removed, budget=budget, budget_type=cfg.budget_type, method=cfg.method)
+        log(f"pruned {loaded.name} with the structure from {structure.path}: {result.plan.describe()}; "
+            f"verified {result.verification}")
+        return result
 
     batches = None
     if cfg.importance == "taylor":
@@ -575,20 +611,21 @@ def _cut(cfg: PruneConfig, budget: float, graph: ChannelGraph, transforms: Trans
 
 def _latency_columns(cfg: PruneConfig, loaded: Loaded, pruned: nn.Module, info: dict) -> dict[str, float]:
     """Measured latency of the original and the pruned network (batch ``--latency-batch``) and the speedup."""
-    from .latency import measure
+    from .latency import paired_latency
 
     if "latency_base_ms" in info:
-        base, new = info["latency_base_ms"], info["latency_pruned_ms"]
+        base, new, ratio = info["latency_base_ms"], info["latency_pruned_ms"], info["latency_ratio"]
     else:
-        kw = dict(batch=cfg.latency_batch, device=cfg.device, n_threads=cfg.threads)
-        base = measure(loaded.model, loaded.input_size, **kw)["median_ms"]
-        new = measure(pruned, loaded.input_size, **kw)["median_ms"]
-    return {"latency_base_ms": base, "latency_pruned_ms": new, "speedup": base / new}
+        t = paired_latency(pruned, loaded.model, loaded.input_size, batch=cfg.latency_batch, device=cfg.device,
+                           n_threads=cfg.threads)
+        base, new, ratio = t["reference_ms"], t["median_ms"], t["ratio"]
+    return {"latency_base_ms": base, "latency_pruned_ms": new, "speedup": 1 / ratio}
 
 
 def write_outputs(cfg: PruneConfig, budget: float, loaded: Loaded, result: Any, pruned: nn.Module, out: Path,
-                  numbers: dict[str, float]) -> Any:
-    """Weights, channels.json, transforms.json, report.csv, layers.csv and widths.png (all atomic)."""
+                  numbers: dict[str, float], source: dict[str, str] | None = None) -> Any:
+    """Weights, channels.json, transforms.json, report.csv, layers.csv and widths.png (all atomic); ``source``:
+    where a given structure came from (report columns and channels.json keys)."""
     from .pruner import group_widths
 
     p, graph = result.plan, result.graph
@@ -596,7 +633,7 @@ def write_outputs(cfg: PruneConfig, budget: float, loaded: Loaded, result: Any, 
                                num_classes=loaded.bundle.num_classes, input_size=loaded.input_size,
                                extra={"budget": budget, "budget_type": cfg.budget_type, "method": cfg.method,
                                       "macs": p.macs, "params": p.params, "dataset": loaded.dataset,
-                                      "data": loaded.data_spec})
+                                      "data": loaded.data_spec, **(source or {})})
     store.write(out, pruned, spec)
     atomic_write_json(out / "transforms.json", result.transforms.to_json())
     row = {"model": loaded.name, "dataset": loaded.dataset, "method": cfg.method, "importance": cfg.importance,
@@ -604,6 +641,7 @@ def write_outputs(cfg: PruneConfig, budget: float, loaded: Loaded, result: Any, 
            "macs_ratio": p.macs_ratio, "params_base": p.params_base, "params_pruned": p.params,
            "params_ratio": p.params_ratio, "finetune_epochs": cfg.finetune_epochs, "seed": cfg.seed, **numbers}
     row.update(_latency_columns(cfg, loaded, pruned, result.info))
+    row.update(source or {})
     report = write_report(row, out / "report.csv")
     rows = group_widths(graph, p.removed)
     for r, g in zip(rows, graph.groups):

@@ -88,6 +88,20 @@ def prune_graph(graph: ChannelGraph, *, budget: float = 0.5, budget_type: str = 
     return PruneResult(pruned, p, graph, tf, ver, scores, time.perf_counter() - t0, info)
 
 
+def cut_removed(graph: ChannelGraph, removed: np.ndarray, *, budget: float, budget_type: str = "macs",
+                method: str = "given", check: bool = True) -> PruneResult:
+    """Remove the given units (bool per unit; no ranking): cost, surgery and verification as ``prune_graph``."""
+    t0 = time.perf_counter()
+    removed = np.asarray(removed, dtype=bool)
+    cost = CostModel(graph)
+    macs, params = cost.evaluate(removed)
+    p = Plan(removed, macs, params, cost.macs_base, cost.params_base, budget, budget_type, method)
+    pruned = apply_plan(graph, removed)
+    ver = check_pruned(graph, p, pruned) if check else None
+    return PruneResult(pruned, p, graph, Transforms.identity(graph), ver, np.full(len(graph.units), np.nan),
+                       time.perf_counter() - t0)
+
+
 def _latency_cut(graph: ChannelGraph, cost: CostModel, scores: np.ndarray, *, budget: float, method: str,
                  transforms: Transforms, seed: int, min_ratio: float, round_to: int, batch: int = 1,
                  device: str = "cpu", n_threads: int | None = None, repeats: int = 20,
@@ -95,21 +109,16 @@ def _latency_cut(graph: ChannelGraph, cost: CostModel, scores: np.ndarray, *, bu
     """Cut to ``budget`` x the measured latency of the original on this device.
 
     The greedy walk uses a per-layer latency lookup table (``latency.LatencyTable``, NetAdapt-style) as its
-    cost. The pruned network is then built and timed as a whole (median of ``repeats``); when it misses the
-    target, or lands more than ``tolerance`` under it, the walk is redone with the table's target corrected by
-    the measured/predicted ratio, up to 8 times. The fastest-within-target network found is returned.
+    cost. The pruned network is then built and timed as a whole against the original (``paired_latency``:
+    alternating rounds, ``repeats`` timings each); when it misses the target, or lands more than ``tolerance``
+    under it, the walk is redone with the table's target corrected by the measured/predicted ratio, up to 10
+    walks. The fastest-within-target network found is returned.
     """
-    from .latency import LatencyTable, measure
+    from .latency import LatencyTable, paired_latency
 
     size = tuple(graph.example_inputs[0].shape[1:])
-
-    def timed(m: nn.Module) -> float:
-        return measure(m, size, batch=batch, device=device, n_threads=n_threads, repeats=repeats)["median_ms"]
-
     table = table or LatencyTable.build(graph, batch=batch, device=device, n_threads=n_threads, progress=progress)
     lcost = CostModel(graph, latency=table)
-    base_ms = timed(graph.model)
-    target = budget * base_ms
     walk_budget = budget  # fraction of the table's base latency the walk aims at
     lo, hi = 0.0, 1.0  # walk budgets known to meet (lo) and to miss (hi) the measured target
     best, tried = None, []
@@ -122,28 +131,30 @@ def _latency_cut(graph: ChannelGraph, cost: CostModel, scores: np.ndarray, *, bu
             p = plan(graph, lcost, scores, budget=walk_budget, budget_type="latency", method=method,
                      transforms=transforms, seed=seed, min_ratio=min_ratio, round_to=round_to)
         pruned = apply_plan(graph, p.removed)
-        ms = timed(pruned)
-        tried.append(ms / base_ms)
-        if ms <= target:
+        t = paired_latency(pruned, graph.model, size, batch=batch, device=device, n_threads=n_threads,
+                           repeats=repeats)
+        ratio = t["ratio"]
+        tried.append(ratio)
+        if ratio <= budget:
             lo = max(lo, walk_budget)
-            if best is None or ms > best[2]:
-                best = (p, pruned, ms)
-            if ms >= (1 - tolerance) * target:
+            if best is None or ratio > best[2]["ratio"]:
+                best = (p, pruned, t)
+            if ratio >= (1 - tolerance) * budget:
                 break
         else:
             hi = min(hi, walk_budget)
-        guess = walk_budget * target / ms  # the table is off by the measured/predicted ratio: aim there
+        guess = walk_budget * budget / ratio  # the table is off by the measured/predicted ratio: aim there
         walk_budget = guess if lo < guess < hi else (lo + hi) / 2
         if hi - lo < 1e-3:
             break
     if best is None:
         raise UnreachableBudget(f"latency budget {budget:g} cannot be met: the smallest network tried runs at "
-                                f"{min(tried):.3f} of the original's {base_ms:.2f} ms", min(tried))
-    p, pruned, ms = best
+                                f"{min(tried):.3f} of the original's latency", min(tried))
+    p, pruned, t = best
     p.budget, p.budget_type = budget, "latency"
-    return p, pruned, {"latency_base_ms": base_ms, "latency_pruned_ms": ms, "latency_ratio": ms / base_ms,
-                       "latency_batch": batch, "latency_device": device, "latency_walks": len(tried),
-                       "latency_table_layers": table.info["layers"]}
+    return p, pruned, {"latency_base_ms": t["reference_ms"], "latency_pruned_ms": t["median_ms"],
+                       "latency_ratio": t["ratio"], "latency_batch": batch, "latency_device": device,
+                       "latency_walks": len(tried), "latency_table_layers": table.info["layers"]}
 
 
 def check_pruned(graph: ChannelGraph, p: Plan, pruned: nn.Module) -> Verification:

@@ -66,11 +66,13 @@ class Fitness:
     def __init__(self, graph: ChannelGraph, cost: CostModel, scores: np.ndarray, *, budget: float | Sequence[float],
                  budget_type: str, recal: list[Tensor], eval_x: list[Tensor], eval_target: list[Tensor],
                  label_free: bool, tau: int, train: Iterable[tuple[Tensor, Tensor]] | None, lr: float,
-                 min_ratio: float, round_to: int, threads: int | None):
+                 min_ratio: float, round_to: int, threads: int | None, device: str | torch.device = "cpu"):
         self.graph, self.cost, self.scores = graph, cost, scores
         self.budgets = tuple(float(b) for b in (budget if isinstance(budget, Sequence) else [budget]))
         self.budget, self.budget_type = self.budgets[0], budget_type
-        self.recal, self.eval_x, self.eval_target = recal, eval_x, eval_target
+        self.device = dev = torch.device(device)  # where candidates run; the batches are moved there once
+        self.recal, self.eval_x = [x.to(dev) for x in recal], [x.to(dev) for x in eval_x]
+        self.eval_target = [t.to(dev) for t in eval_target]
         self.label_free, self.tau, self.train, self.lr = label_free, tau, train, lr
         self.min_ratio, self.round_to, self.threads = min_ratio, round_to, threads
         self.n_eval = sum(len(x) for x in eval_x)
@@ -88,6 +90,7 @@ class Fitness:
 
     def score(self, model: nn.Module) -> float:
         """Held-out loss of a physically pruned network (tau SGD steps and BN recalibration first)."""
+        model = model.to(self.device)
         if self.tau > 0:
             self._sgd(model)
         model.eval()
@@ -137,10 +140,12 @@ class Fitness:
             for step, (x, y) in enumerate(self.train):
                 if step >= self.tau:
                     break
+                if self.label_free:
+                    with torch.no_grad():  # the unpruned network stays where the graph has it
+                        ref = F.log_softmax(_eval_forward(teacher, x).float(), 1).to(self.device)
+                x, y = x.to(self.device), y.to(self.device)
                 out = model(x)
                 if self.label_free:
-                    with torch.no_grad():
-                        ref = F.log_softmax(_eval_forward(teacher, x).float(), 1)
                     loss = F.kl_div(F.log_softmax(out.float(), 1), ref, reduction="batchmean", log_target=True)
                 else:
                     loss = F.cross_entropy(out, y)
@@ -185,7 +190,8 @@ def make_fitness(graph: ChannelGraph, cost: CostModel, scores: np.ndarray, bundl
                  budget: float | Sequence[float],
                  budget_type: str = "macs", tau: int = 0, label_free: bool = False, recal_batches: int = 4,
                  eval_images: int = 1000, batch_size: int = 128, seed: int = 0, lr: float = 0.01,
-                 min_ratio: float = 0.1, round_to: int = 1, threads: int | None = None) -> Fitness:
+                 min_ratio: float = 0.1, round_to: int = 1, threads: int | None = None,
+                 device: str | torch.device = "cpu") -> Fitness:
     """The search objective at ``budget`` (lower is better): one budget, or several, whose held-out losses are
     averaged so that one learned compensation serves all of them (learn once, prune many).
 
@@ -201,7 +207,8 @@ def make_fitness(graph: ChannelGraph, cost: CostModel, scores: np.ndarray, bundl
 
     The recalibration and evaluation batches (and the unpruned network's outputs) are computed once, here.
     ``min_ratio`` and ``round_to`` must match the final cut's. ``threads``: torch threads while a candidate
-    runs (one thread was 2-3x faster than two on a 2-core machine shared with other jobs).
+    runs (one thread was 2-3x faster than two on a 2-core machine shared with other jobs). ``device``: where
+    the candidates are scored (``cuda`` needs a single process: no ``workers`` pool).
 
     Speed (ResNet-56, 2 cores): most of a candidate's time is the forward passes over the
     ``recal_batches * batch_size + eval_images`` images through the physically pruned network, which runs
@@ -241,7 +248,7 @@ def make_fitness(graph: ChannelGraph, cost: CostModel, scores: np.ndarray, bundl
     train = _Steps(bundle, tau, batch_size, seed) if tau > 0 else None
     return Fitness(graph, cost, scores, budget=budgets, budget_type=budget_type, recal=recal, eval_x=eval_x,
                    eval_target=targets, label_free=label_free, tau=tau, train=train, lr=lr, min_ratio=min_ratio,
-                   round_to=round_to, threads=threads)
+                   round_to=round_to, threads=threads, device=device)
 
 
 # ----------------------------------------------------------------------------------------------- candidates

@@ -124,25 +124,31 @@ def rebuild(spec: dict, base_model: nn.Module | None = None) -> nn.Module:
 
         cg = ConnectionGraph(graph)
         pruned = cg.apply(cg.from_names(spec["removed_connections"]))
-        if "widths" in spec and widths(pruned) != spec["widths"]:
-            raise LcpError(f"rebuilt {name} does not have the widths recorded in channels.json; "
-                           "the model definition changed since it was saved")
-        return pruned
-    index = {u.key: u.index for u in graph.units}
-    missing = [k for k in keys if k not in index]
-    if missing:
-        raise LcpError(f"channels.json does not fit {name}: unknown channel units ({', '.join(missing[:3])}); "
-                       "was it written by another version of the model?")
-    removed = np.zeros(len(graph.units), dtype=bool)
-    removed[[index[k] for k in keys]] = True
-    pruned = apply_plan(graph, removed)
-    from .timm_support import refresh_attributes
+    else:
+        pruned = apply_plan(graph, removed_mask(graph, keys, f"channels.json does not fit {name}"))
+        from .timm_support import refresh_attributes
 
-    refresh_attributes(pruned, model, graph.example_inputs)  # timm: num_features, feature_info of the pruned widths
+        refresh_attributes(pruned, model, graph.example_inputs)  # timm: num_features, feature_info of the pruned widths
     if "widths" in spec and widths(pruned) != spec["widths"]:
         raise LcpError(f"rebuilt {name} does not have the widths recorded in channels.json; "
                        "the model definition changed since it was saved")
     return pruned
+
+
+def removed_mask(graph: ChannelGraph, keys: list[str], what: str) -> np.ndarray:
+    """Bool per unit of ``graph``: the units named by ``keys`` (channels.json's ``removed_units``); ``what``
+    starts the error when a key is unknown or names a unit that cannot be pruned."""
+    index = {u.key: u.index for u in graph.units}
+    missing = [k for k in keys if k not in index]
+    if missing:
+        raise LcpError(f"{what}: unknown channel units ({', '.join(missing[:3])}); "
+                       "was it written by another version of the model?")
+    fixed = [k for k in keys if not graph.units[index[k]].prunable]
+    if fixed:
+        raise LcpError(f"{what}: channel units {', '.join(fixed[:3])} cannot be pruned in this model")
+    removed = np.zeros(len(graph.units), dtype=bool)
+    removed[[index[k] for k in keys]] = True
+    return removed
 
 
 def load(out_dir: str | Path) -> nn.Module:

@@ -1,5 +1,7 @@
-"""The benchmark harness end to end: ``benchmarks/compare.py --quick`` on the tiny fixture data, resume, refusal
-of mixed settings, ``benchmarks/report.py`` on its CSV, and Torch-Pruning driven to a MACs target."""
+"""The benchmark harness end to end: ``benchmarks/compare.py --quick`` on the tiny fixture data (the channel
+methods, the agent methods lfgcl / amc on ResNet-20, the connection methods ads / lwp on DenseNet-40 at 8x8),
+resume, refusal of mixed settings, added methods that leave the written rows valid, ``benchmarks/report.py`` on
+its CSV, and Torch-Pruning driven to a MACs target."""
 from __future__ import annotations
 
 import importlib.util
@@ -16,7 +18,8 @@ from lcp.report import REPORT_COLUMNS
 ROOT = Path(__file__).resolve().parents[1]
 COMPARE = ROOT / "benchmarks" / "compare.py"
 REPORT = ROOT / "benchmarks" / "report.py"
-METHODS = ["lcp", "global", "uniform", "random", "torch_pruning"]
+METHODS = ["lcp", "global", "uniform", "random", "lfgcl", "amc", "torch_pruning"]
+SEARCHED = {"lcp", "lfgcl", "amc"}  # one search per seed, reused for both budgets
 BUDGETS = [0.5, 0.3]
 
 
@@ -58,7 +61,11 @@ def test_quick_writes_a_row_per_method_budget_and_seed(quick):
     assert list(df.columns[: len(REPORT_COLUMNS)]) == REPORT_COLUMNS
     assert sorted((m, b) for m, b in zip(df["method"], df["budget"])) == sorted(
         (m, b) for m in METHODS for b in BUDGETS)
-    assert set(df["seed"]) == {0} and df["config"].nunique() == 1
+    assert set(df["seed"]) == {0}
+    # one config per method; the agents' settings count only for the agent rows
+    configs = df.groupby("method")["config"].unique().map(list).to_dict()
+    assert all(len(c) == 1 for c in configs.values())
+    assert configs["lfgcl"] == configs["amc"] != configs["lcp"] == configs["global"] == configs["torch_pruning"]
     assert (df["model"] == "resnet20").all() and (df["dataset"] == "tiny").all()
     ours = df[df["method"] != "torch_pruning"]
     assert (ours["status"] == "ok").all(), ours["status"].tolist()
@@ -67,10 +74,14 @@ def test_quick_writes_a_row_per_method_budget_and_seed(quick):
         assert 0 <= r["top1_pruned_noft"] <= 100 and 0 <= r["top1_pruned"] <= 100
         assert r["finetune_steps"] >= 1 and r["finetune_s"] > 0
         assert r["latency_pruned_ms"] > 0 and r["latency64_pruned_ms"] > 0 and r["speedup64"] > 0
-    # learn once, prune many: one search serves both lcp rows; the other methods have none
-    lcp_rows = ours[ours["method"] == "lcp"]
-    assert lcp_rows["search_s"].nunique() == 1 and lcp_rows["search_s"].iloc[0] > 0
-    assert (ours.loc[ours["method"] != "lcp", "search_s"] == 0).all()
+    # learn once, prune many: one search (lcp) or agent (lfgcl, amc) serves both rows; the other methods have none
+    for m in SEARCHED:
+        rows = ours[ours["method"] == m]
+        assert rows["search_s"].nunique() == 1 and rows["search_s"].iloc[0] > 0, m
+    assert (ours.loc[~ours["method"].isin(SEARCHED), "search_s"] == 0).all()
+    agents = {f.parent.name.split("-")[0]: f for f in (out.parents[1] / "work").glob("*/*/agent.csv")}
+    assert sorted(agents) == ["amc", "lfgcl"]  # the quick section's episodes, lcp's own agent (its agent.csv)
+    assert all(len(pd.read_csv(f)) == 3 for f in agents.values())
     # the identical recipe: the same baseline and the same fine-tuning length in every row
     assert df["top1_base"].nunique() == 1 and ours["finetune_steps"].nunique() == 1
     tp = df[df["method"] == "torch_pruning"]
@@ -89,7 +100,7 @@ def test_quick_resumes_and_refuses_other_settings(quick):
     before = pd.read_csv(out)
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=out.parent)
     assert again.returncode == 0, again.stderr[-2000:]
-    assert "10 of 10 rows already" in again.stdout
+    assert "14 of 14 rows already" in again.stdout
     pd.testing.assert_frame_equal(pd.read_csv(out), before)
     other = subprocess.run(cmd + ["--finetune-epochs", "0"], capture_output=True, text=True, timeout=120,
                            cwd=out.parent)
@@ -97,23 +108,98 @@ def test_quick_resumes_and_refuses_other_settings(quick):
     pd.testing.assert_frame_equal(pd.read_csv(out), before)
 
 
-def test_report_on_the_quick_csv(quick, tmp_path: Path):
-    out, _, _ = quick
+def _report(csv: Path, tmp_path: Path) -> str:
+    """``benchmarks/report.py`` on one CSV: the page it writes (its plot must be a PNG)."""
     md, png = tmp_path / "benchmarks.md", tmp_path / "benchmarks.png"
-    done = subprocess.run([sys.executable, str(REPORT), "--csv", str(out), "--md", str(md), "--png", str(png)],
+    done = subprocess.run([sys.executable, str(REPORT), "--csv", str(csv), "--md", str(md), "--png", str(png)],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     text = md.read_text()
+    assert "{" not in text.replace("```", "")  # no unformatted placeholder
+    return text
+
+
+def test_report_on_the_quick_csv(quick, tmp_path: Path):
+    text = _report(quick[0], tmp_path)
     assert "## ResNet-20 / tiny" in text and "Smoke test (`--quick`)" in text
     assert "| method | budget | seeds | MACs ratio |" in text
-    for m in METHODS[:4]:
+    for m in METHODS[:6]:
         assert f"| `{m}` | 0.5 |" in text and f"| `{m}` | 0.3 |" in text
+    assert "**lfgcl, amc:**" in text and "3 episodes (2 warm-up)" in text
     assert "torch_pruning" in text
     assert "compare.py --recipe" in text and "report.py --csv" in text  # the exact commands
     assert "fine-tuning for **0.5 epochs**" in text
     assert "93.9" in text and "AMC 92.8" in text and "## Published numbers" in text
-    assert "{" not in text.replace("```", "")  # no unformatted placeholder
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_signatures_keep_the_written_rows_valid():
+    """The committed comparisons stay valid with the new methods and settings in their recipes; the agents'
+    settings decide only the rows of the methods that use them."""
+    compare = _module(COMPARE, "bench_compare")
+    for name in ("resnet20", "resnet56"):
+        df = pd.read_csv(ROOT / "benchmarks" / "results" / f"compare_{name}.csv")
+        cfg = compare.settings_from(compare.parse_args(["--recipe", str(ROOT / "recipes" / f"bench_{name}.yaml")]))
+        assert [compare.signature(cfg, m) for m in df["method"]] == df["config"].tolist(), name
+    assert {"lfgcl", "amc"} <= set(cfg["methods"]) - set(df["method"])  # ResNet-56: methods added, rows valid
+    sig = {m: compare.signature(cfg, m) for m in compare.METHODS}
+
+    def changed(section: str, key: str, value) -> set[str]:
+        other = {**cfg, section: {**cfg[section], key: value}} if section else {**cfg, key: value}
+        return {m for m in compare.METHODS if compare.signature(other, m) != sig[m]}
+
+    assert changed("agents", "episodes", 99) == {"lfgcl", "amc", "ads", "lwp"}
+    assert changed("agents", "warmup_episodes", 99) == {"lfgcl", "amc"}
+    assert changed("", "methods", ["ads"]) == set()
+    assert changed("", "device", "cuda") == set(compare.METHODS)
+    assert changed("", "finetune_epochs", 3) == set(compare.METHODS)
+
+
+@pytest.fixture(scope="module")
+def dense(tiny_folder: Path, state_dict_saver, tmp_path_factory: pytest.TempPathFactory):
+    """The DenseNet-40 recipe's quick section on the tiny folder at 8x8 (3 classes), in this process: global
+    first, then ads and lwp added to the same CSV. Returns (csv, rows after the first run, log of the second)."""
+    compare = _module(COMPARE, "bench_compare")
+    tmp = tmp_path_factory.mktemp("bench_dense")
+    out = tmp / "compare_densenet40.csv"
+    argv = ["--recipe", str(ROOT / "recipes" / "bench_densenet40.yaml"), "--quick", "--data", str(tiny_folder),
+            "--checkpoint", str(state_dict_saver("densenet40", 3, tmp / "d40.pt")), "--input-size", "3,8,8",
+            "--holdout", "12", "--out", str(out), "--work", str(tmp / "work"), "--no-progress"]
+    threads = torch.get_num_threads()
+    try:
+        for methods in ("global", "ads,lwp,global"):
+            log: list[str] = []
+            compare.run(compare.parse_args(argv + ["--methods", methods]), argv, log=log.append)
+            if methods == "global":
+                before = pd.read_csv(out)
+    finally:
+        torch.set_num_threads(threads)
+    return out, before, "\n".join(log)
+
+
+@pytest.mark.slow  # about 10 s: DenseNet-40 searches, cut and fine-tuned twice
+def test_quick_connection_methods_on_densenet(dense):
+    out, before, log = dense
+    assert "1 of 3 rows already" in log  # the added methods add their rows only
+    df = pd.read_csv(out)
+    pd.testing.assert_frame_equal(df.loc[df["method"] == "global", before.columns].reset_index(drop=True), before)
+    assert sorted(df["method"]) == ["ads", "global", "lwp"] and (df["status"] == "ok").all(), df["status"].tolist()
+    assert (df["model"] == "densenet40").all() and df["finetune_steps"].nunique() == 1
+    conn = df[df["method"].isin(["ads", "lwp"])]
+    assert (conn["connections"] == 273).all() and (conn["connections_kept"] < 273).all()
+    assert (conn["verification_error"] < 1e-6).all() and (conn["search_s"] > 0).all()
+    assert (conn["macs_ratio"] <= 0.5 + 1e-9).all() and (df["macs_ratio"] > 0.3).all()
+    assert (conn["params_ratio"] < 1).all() and (df["top1_pruned"].between(0, 100)).all()
+    # the ads network fills the budget (lwp may stay below it); its MACs are lcp's count of the saved network
+    assert conn.loc[conn["method"] == "ads", "macs_ratio"].iloc[0] >= 0.45
+
+
+@pytest.mark.slow
+def test_report_on_the_densenet_csv(dense, tmp_path: Path):
+    text = _report(dense[0], tmp_path)
+    assert "## DenseNet-40 / tiny" in text and "| `ads` | 0.5 |" in text and "| `lwp` | 0.5 |" in text
+    assert "**ads, lwp:**" in text and "2 episodes" in text
+    assert "Not run yet: `lcp`, `uniform`" in text  # named in the recipe, left out by --methods
 
 
 @pytest.mark.skipif(not _has_tp(), reason="torch-pruning is not installed (pip install -e '.[bench]')")

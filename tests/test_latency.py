@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 import lcp
 import lcp.latency
@@ -35,6 +36,21 @@ def fake_measure(model, input_size, **kw):
     """Deterministic 'latency': 0.1 ms plus 1 ms per million MACs."""
     ms = 0.1 + lcp.count_macs(model, torch.zeros(1, *input_size)) / 1e6
     return {"median_ms": ms, "p10_ms": ms, "p90_ms": ms, "images_per_s": 1e3 / ms}
+
+
+def fake_time_layer(module, n_in, n_out, depthwise, shapes, *, batch, **kw):
+    """The stand-in's per-layer timing: 1 ms per million MACs of the probe layer, so the table is exact."""
+    probe = lcp.latency._probe(module, n_in, n_out, depthwise)
+    return sum(lcp.count_macs(probe, torch.zeros(1, probe.in_channels, *s[1:]) if not isinstance(module, nn.Linear)
+                              else torch.zeros(1, *s[:-1], n_in)) for s in shapes) / 1e6
+
+
+@pytest.fixture
+def fake_timing(monkeypatch, tmp_path):
+    """Deterministic timings (whole network and per-layer table) and a cache of their own."""
+    monkeypatch.setattr(lcp.latency, "measure", fake_measure)
+    monkeypatch.setattr(lcp.latency, "_time_layer", fake_time_layer)
+    monkeypatch.setenv("LCP_CACHE", str(tmp_path / "cache"))
 
 
 def test_layer_table_interpolates_bilinearly_and_clamps():
@@ -82,9 +98,7 @@ def test_latency_cost_is_incremental_and_needs_a_table(graph):
         CostModel(graph).value("latency")
 
 
-def test_latency_cut_meets_the_measured_target(graph, monkeypatch, tmp_path):
-    monkeypatch.setattr(lcp.latency, "measure", fake_measure)
-    monkeypatch.setenv("LCP_CACHE", str(tmp_path))  # a table of the stand-in, not the real timings cached above
+def test_latency_cut_meets_the_measured_target(graph, fake_timing):
     base = fake_measure(graph.model, SIZE)["median_ms"]
     for budget in (0.7, 0.5):
         res = prune_graph(graph, budget=budget, budget_type="latency", method="global",
@@ -95,15 +109,13 @@ def test_latency_cut_meets_the_measured_target(graph, monkeypatch, tmp_path):
         assert res.plan.budget_type == "latency" and res.verification.ok
 
 
-def test_unreachable_latency_budget_names_the_lowest(graph, monkeypatch, tmp_path):
-    monkeypatch.setattr(lcp.latency, "measure", fake_measure)
-    monkeypatch.setenv("LCP_CACHE", str(tmp_path))
+def test_unreachable_latency_budget_names_the_lowest(graph, fake_timing):
     with pytest.raises(UnreachableBudget, match="latency budget 0.01 cannot be met") as e:
         prune_graph(graph, budget=0.01, budget_type="latency", method="global", latency={"batch": 1})
     assert 0.01 < e.value.lowest < 1
 
 
-def test_search_fitness_cuts_by_the_latency_table(graph):
+def test_search_fitness_cuts_by_the_latency_table(graph, fake_timing):
     from lcp.ranking import plan
 
     scores = imp.unit_scores(graph, imp.filter_scores(graph, "l2"), "mean")
@@ -116,13 +128,11 @@ def test_search_fitness_cuts_by_the_latency_table(graph):
     assert p.removed.any()
 
 
-def test_cli_latency_budget_reports_the_measured_ratio(tiny_folder, resnet20_ckpt, tmp_path, monkeypatch):
+def test_cli_latency_budget_reports_the_measured_ratio(tiny_folder, resnet20_ckpt, tmp_path, fake_timing):
     import csv
 
     from lcp.cli import main
 
-    monkeypatch.setattr(lcp.latency, "measure", fake_measure)
-    monkeypatch.setenv("LCP_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "lat"
     code = main(["prune", "--model", "resnet20", "--data", str(tiny_folder), "--checkpoint", str(resnet20_ckpt),
                  "--budget", "0.6", "--budget-type", "latency", "--method", "global", "--finetune-epochs", "0",
