@@ -512,6 +512,16 @@ def markdown(args: argparse.Namespace) -> int:
     w(f"timm {meta.get('timm', '?')}, {meta.get('date', '?')}. On 2 cores, models over "
       f"{meta.get('max_params', 400e6) / 1e6:.0f}M parameters are skipped: several float64 copies of them "
       "(verification) do not fit in the memory of a small machine.")
+    redo = meta.get("redo")
+    if redo:
+        w("")
+        w(f"After an engine change, the {redo['models']} models that were {' or '.join(redo['statuses'])} in that "
+          f"run were run again on {redo['cpus']} cores ({redo['date']}, {float(redo['wall_s']) / 60:.0f} min, "
+          f"`{redo['command']}`); their rows replace the old ones, the other rows are the full run's.")
+    large_redo = large_meta.get("redo")
+    if large and large_redo:
+        w(f"The large run's {' and '.join(large_redo['statuses'])} rows likewise ({large_redo['date']}, "
+          f"`{large_redo['command']}`).")
     w("")
     if ratios:
         w(f"MACs ratio reached by the models that prune: {min(ratios):.4f} to {max(ratios):.4f} (target 0.5: "
