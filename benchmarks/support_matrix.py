@@ -253,7 +253,9 @@ def run(args: argparse.Namespace) -> int:
     import timm
 
     params: dict[str, int] = {}
-    if args.models:
+    if args.redo:
+        names = []  # the models come from --out (below)
+    elif args.models:
         names = [n.strip() for n in args.models.split(",") if n.strip()]
     else:
         params = cnn_models(args.workers)

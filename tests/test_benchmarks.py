@@ -221,3 +221,22 @@ def test_torch_pruning_reaches_the_macs_target():
     assert 0.5 * 0.98 <= ratio <= 0.5 and info["tp_tries"] >= 1
     assert pruned(torch.randn(2, 3, 32, 32)).shape == (2, 10)
     assert lcp.count_macs(model, x) == 24461312  # the original is untouched
+
+
+def test_support_matrix_redo_replaces_only_the_rows_asked_for(tmp_path):
+    """``support_matrix.py --redo refused`` re-runs the refused models of the CSV and keeps every other row."""
+    pytest.importorskip("timm")
+    sm = _module(ROOT / "benchmarks" / "support_matrix.py", "support_matrix_under_test")
+    out = tmp_path / "m.csv"
+    old = [{"model": "resnet18", "status": "ok", "reason": "", "macs_ratio": "0.4999", "seconds": "1.0"},
+           {"model": "test_efficientnet_gn", "status": "refused", "reason": "an old engine's refusal", "seconds": "1.0"}]
+    pd.DataFrame(old, columns=sm.COLUMNS).to_csv(out, index=False)
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "support_matrix.py"), "--redo", "refused",
+                           "--out", str(out), "--workers", "1", "--timeout", "120"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = {r["model"]: r for r in sm.read_rows(out)}
+    assert rows.keys() == {"resnet18", "test_efficientnet_gn"}
+    assert rows["resnet18"]["seconds"] == "1.0"  # kept as it was
+    assert rows["test_efficientnet_gn"]["status"] == "ok", rows["test_efficientnet_gn"]  # GroupNorm: whole groups
+    assert (tmp_path / "m.json").is_file()
