@@ -233,18 +233,19 @@ def test_features_only_of_a_rewritten_graph_says_why(runs, entries):
         timm.create_model("lcp_ghostnet_100", pruned_dir=str(out), features_only=True)
 
 
-def test_timm_script_path(runs, entries, tiny_folder, tmp_path):
+@pytest.mark.parametrize("name", ["efficientnet_b0", "resnet18"])
+def test_timm_script_path(runs, entries, tiny_folder, tmp_path, name):
     """What timm's train.py / validate.py do with ``--model lcp_<arch> --model-kwargs pruned_dir=DIR``."""
     import timm.data
     import timm.optim
     import timm.utils
 
-    out, pruned, _ = runs("efficientnet_b0")
+    out, pruned, _ = runs(name)
     parser = argparse.ArgumentParser()  # the options of train.py this path uses
     parser.add_argument("--model", default="resnet50")
     parser.add_argument("--model-kwargs", nargs="*", default={}, action=timm.utils.ParseKwargs)
     parser.add_argument("--input-size", default=None, nargs=3, type=int)
-    args = parser.parse_args(["--model", "lcp_efficientnet_b0", "--model-kwargs", f"pruned_dir={out}",
+    args = parser.parse_args(["--model", f"lcp_{name}", "--model-kwargs", f"pruned_dir={out}",
                               "--input-size", *map(str, SIZE)])
     assert args.model_kwargs == {"pruned_dir": str(out)}
     model = timm.create_model(args.model, pretrained=False, in_chans=3, num_classes=None, drop_rate=0.0,
