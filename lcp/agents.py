@@ -34,11 +34,11 @@ from .io import PathLike, atomic_write_text, load_tensor_metadata, load_tensors,
 from .ranking import AGENT_METHODS, Plan, plan_ratios
 
 __all__ = ["AGENT_METHODS", "AgentConfig", "AgentResult", "RatioCost", "search_ratios", "run_agent",
-           "write_agent_csv"]
+           "quadratic_toy", "write_agent_csv"]
 
 log = logging.getLogger("lcp.agents")
 
-_STATE_FORMAT = "lcp-agent-state/1"
+_STATE_FORMAT = "lcp-agent-state/2"
 N_FEATURES = 8
 
 
@@ -47,25 +47,26 @@ class AgentConfig:
     """DDPG hyperparameters (AMC's published values unless docs/agents.md says otherwise)."""
 
     episodes: int = 30  # episodes in all, warm-up included (about 5 min on ResNet-56, 2 busy cores)
-    warmup: int = 10  # random-action episodes before the networks learn (AMC: 100 of 400-800)
+    warmup: int = 10  # random-action episodes before the actor learns (AMC: 100 of 400-800)
     hidden: int = 300
     lr_actor: float = 1e-4
     lr_critic: float = 1e-3
     tau: float = 0.01  # soft target update
-    discount: float = 1.0
+    discount: float = 0.0  # AMC: 1.0 (every transition already gets the episode's reward; see docs)
     batch_size: int = 64
     memory_per_group: int = 100  # replay capacity = this x number of groups (AMC: rmsize 100 per layer)
     sigma: float = 0.5  # truncated-normal exploration, times sigma_decay per episode after warm-up
-    sigma_decay: float = 0.99
+    sigma_decay: float = 0.95
     moving_alpha: float = 0.5  # reward baseline: ma += alpha * (batch mean - ma)
-    reward_scale: bool = False
-    pre_penalty: float = 0.0
-    critic_warmup: bool = False
-    wall_penalty: float = 0.0
+    reward_std: bool = True  # also divide r - ma by the std of the rewards in memory
+    wall_weight: float = 10.0  # actor loss: weight of the squared distance of mu(s) outside the walls of s
+    critic_warmup: bool = True  # train the critic (not the actor) during the warm-up episodes
 
     def check(self) -> None:
         if self.episodes < 1 or self.warmup < 0 or self.hidden < 1 or self.batch_size < 1:
             raise LcpError("episodes must be at least 1, warm-up episodes 0 or more")
+        if not (0 <= self.discount <= 1) or self.wall_weight < 0:
+            raise LcpError("discount must be in [0, 1] and wall_weight >= 0")
 
 
 @dataclass
@@ -147,12 +148,13 @@ class Env:
         return np.concatenate([self.static[t], [reduced, self.rest[t], prev]]).astype(np.float32)
 
     def wall(self, t: int, ratios: np.ndarray, action: float) -> float:
-        """Clip ``action`` to [floor_t, 1] and into [lo, hi]: hi keeps the budget reachable with the later
-        groups at their floors, lo keeps it reachable (from above) with the later groups unpruned."""
-        lo, hi = self.bounds(t, ratios)
-        return float(np.clip(action, lo, hi))
+        """Clip ``action`` into the walls of group t (:meth:`bounds`)."""
+        return float(np.clip(action, *self.bounds(t, ratios)))
 
     def bounds(self, t: int, ratios: np.ndarray) -> tuple[float, float]:
+        """Walls [lo, hi] within [floor_t, 1]: hi keeps the budget reachable with the later groups at their
+        floors, lo keeps it reachable (from above) with the later groups unpruned (lo = hi if they cross)."""
+
         def cost(x: float, rest: np.ndarray) -> float:
             r = np.concatenate([ratios[:t], [x], rest])
             return self.rc(r)
@@ -195,11 +197,8 @@ class Actor(nn.Module):
         self.fc1, self.fc2, self.fc3 = nn.Linear(n_in, hidden), nn.Linear(hidden, hidden), nn.Linear(hidden, 1)
         _init(self.fc1, self.fc2, self.fc3)
 
-    def pre(self, s: Tensor) -> Tensor:
-        return self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(s)))))
-
     def forward(self, s: Tensor) -> Tensor:
-        return torch.sigmoid(self.pre(s))
+        return torch.sigmoid(self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(s))))))
 
 
 class Critic(nn.Module):
@@ -245,37 +244,38 @@ class DDPG:
         with torch.no_grad():
             return float(self.actor(torch.from_numpy(s)[None])[0, 0])
 
-    def remember(self, s: np.ndarray, a: float, r: float, s2: np.ndarray, done: bool, lo: float = 0.0, hi: float = 1.0) -> None:
+    def remember(self, s: np.ndarray, a: float, r: float, s2: np.ndarray, done: bool,
+                 walls: tuple[float, float]) -> None:
         cap = len(self.mem["a"])
         i = self.ptr
         self.mem["s"][i] = torch.from_numpy(s)
         self.mem["a"][i, 0], self.mem["r"][i, 0], self.mem["done"][i, 0] = a, r, float(done)
         self.mem["s2"][i] = torch.from_numpy(s2)
-        self.mem["lo"][i, 0], self.mem["hi"][i, 0] = lo, hi
+        self.mem["lo"][i, 0], self.mem["hi"][i, 0] = walls
         self.ptr, self.size = (i + 1) % cap, min(self.size + 1, cap)
 
     def update(self, rng: np.random.Generator, actor: bool = True) -> None:
-        """One AMC update: critic to r - baseline + discount * Q'(s', mu'(s')), actor to maximise Q."""
+        """One update on a replay batch: the critic to (r - baseline) / std + discount * Q'(s', mu'(s')), then
+        (``actor``) the actor to maximise Q(s, mu(s)) minus ``wall_weight`` x its squared distance outside the
+        walls [lo, hi] of s."""
         cfg = self.cfg
         idx = torch.from_numpy(rng.integers(0, self.size, size=cfg.batch_size))
         s, a, r, s2, done, lo, hi = (self.mem[k][idx] for k in ("s", "a", "r", "s2", "done", "lo", "hi"))
         mean = float(r.mean())
         self.moving = mean if self.moving is None else self.moving + cfg.moving_alpha * (mean - self.moving)
         r = r - self.moving
-        if cfg.reward_scale:
-            r = r / max(float(self.mem["r"][:self.size].std()), 1e-8) if self.size > 1 else r
+        if cfg.reward_std and self.size > 1:
+            r = r / max(float(self.mem["r"][:self.size].std()), 1e-8)
         with torch.no_grad():
-            target = r + cfg.discount * (1.0 - done) * self.critic_t(s2, self.actor_t(s2))
+            target = r + cfg.discount * (1.0 - done) * self.critic_t(s2, self.actor_t(s2)) if cfg.discount else r
         loss_c = nn.functional.mse_loss(self.critic(s, a), target)
         self.opt_c.zero_grad(set_to_none=True)
         loss_c.backward()
         self.opt_c.step()
         if actor:
-            pre = self.actor.pre(s)
-            mu = torch.sigmoid(pre)
-            out = torch.relu(lo - mu) + torch.relu(mu - hi)
-            loss_a = (-self.critic(s, mu).mean() + cfg.pre_penalty * (pre ** 2).mean()
-                      + cfg.wall_penalty * (out ** 2).mean())
+            mu = self.actor(s)
+            outside = torch.relu(lo - mu) + torch.relu(mu - hi)
+            loss_a = -self.critic(s, mu).mean() + cfg.wall_weight * (outside ** 2).mean()
             self.opt_a.zero_grad(set_to_none=True)
             loss_a.backward()
             self.opt_a.step()
@@ -386,7 +386,7 @@ def run_agent(env: Env, reward_of: Callable[[np.ndarray], float], cfg: AgentConf
                 else:
                     a = _truncated_normal(rng, agent.act(s), sigma)
                 walls.append(env.bounds(t, ratios))
-                ratios[t] = float(np.clip(a, *walls[-1]))
+                ratios[t] = float(np.clip(a, *walls[t]))
                 states.append(s)
                 actions.append(float(ratios[t]))  # the action applied (after the walls) is what Q learns
             reward = float(reward_of(ratios.copy()))
@@ -396,8 +396,8 @@ def run_agent(env: Env, reward_of: Callable[[np.ndarray], float], cfg: AgentConf
             worst = min(worst, reward)
             for t in range(n):
                 s2 = states[t + 1] if t + 1 < n else states[t]
-                agent.remember(states[t], actions[t], reward, s2, t == n - 1, *walls[t])
-            if episode >= cfg.warmup or (cfg.critic_warmup and agent.size > 0):
+                agent.remember(states[t], actions[t], reward, s2, t == n - 1, walls[t])
+            if episode >= cfg.warmup or cfg.critic_warmup:
                 for _ in range(n):  # AMC: one update per transition of the episode
                     agent.update(rng, actor=episode >= cfg.warmup)
             if reward > best["reward"]:
@@ -445,6 +445,17 @@ def search_ratios(graph: ChannelGraph, cost: CostModel, scores: np.ndarray, fitn
                 "budget_type": budget_type, "label_free": bool(getattr(fitness, "label_free", False))}
     return run_agent(env, reward_of, cfg, seed=seed, state_path=state_path, resume=resume, progress=progress,
                      settings=settings)
+
+
+def quadratic_toy(env: Env, seed: int = 0) -> tuple[np.ndarray, Callable[[np.ndarray], float]]:
+    """A cheap reward with a known optimum, to check that the agent learns: (target, reward) with reward(r) =
+    -sum((r - target)^2) and target a seeded random profile scaled onto the budget, so the walls can reach it
+    (best reward 0)."""
+    shape = np.random.default_rng(seed).uniform(0.2, 1.0, env.n)
+    f = _bisect(lambda x: env.rc(np.clip(x * shape, env.low, 1.0)) <= env.target, 0.0, 1.0 / shape.min(),
+                want_max=True)
+    target = np.clip(f * shape, env.low, 1.0)
+    return target, lambda ratios: -float(((np.asarray(ratios) - target) ** 2).sum())
 
 
 def write_agent_csv(history: list[dict], path: PathLike) -> None:

@@ -2,13 +2,14 @@
 
 Both use one ENAS-style controller (Pham et al. 2018): an LSTM cell steps once per consumer (dense layer,
 transition, classifier) in graph order; at consumer c it emits one keep probability per incoming connection
-s -> c with ENAS's skip-connection attention, p = sigmoid(C tanh((v^T tanh(W_a h_s + W_q h_c) + b) / T)),
-where h_s is the hidden state of the step that produced source s (a learned anchor for sources that are not
-consumers, such as the stem). Keep/drop is sampled per connection (Bernoulli), then *projected* onto the budget
-(``ConnectionGraph.project``: drop the lowest-probability kept connections until the cost fits; ``ads`` also
-adds back the highest-probability dropped ones while they fit), so every evaluated network meets the budget.
-The policy is trained with REINFORCE on the projected action (teacher-forced log-probability), an exponential
-moving-average baseline and an entropy bonus.
+s -> c with ENAS's skip-connection attention plus a learned per-connection offset,
+p = sigmoid((v^T tanh(W_a h_s + W_q h_c) + b + o_sc) / T), where h_s is the hidden state of the step that
+produced source s (a learned anchor for sources that are not consumers, such as the stem). Keep/drop is sampled
+per connection (Bernoulli), then *projected* onto the budget (``ConnectionGraph.project``: drop the
+lowest-probability kept connections until the cost fits; ``ads`` also adds back the highest-probability dropped
+ones while they fit), so every evaluated network meets the budget. The policy is trained with REINFORCE on the
+sampled masks (the projection is part of the environment), ``samples`` masks per update, advantages
+(R - moving average) / moving std, an entropy bonus and gradient clipping.
 
 Reward (held-out split, never test; the network is built physically, BatchNorm recalibrated on training
 batches, weights inherited, no fine-tuning):
@@ -38,30 +39,37 @@ from .io import PathLike, atomic_write_text, load_tensor_metadata, load_tensors,
 
 log = logging.getLogger("lcp.controllers")
 
-_STATE_FORMAT = "lcp-connection-controller/1"
+_STATE_FORMAT = "lcp-connection-controller/2"
 N_FEATURES = 6
 
 
 @dataclass
 class ControllerConfig:
-    """REINFORCE controller hyperparameters (ENAS's where known; see docs/connections.md)."""
+    """REINFORCE controller hyperparameters (ENAS's where known; measured choices in docs/connections.md)."""
 
-    episodes: int = 30
+    episodes: int = 30  # sampled masks (evaluations) in all
+    samples: int = 8  # masks per controller update; the last update takes what is left
     hidden: int = 64
-    lr: float = 1e-3
-    baseline_decay: float = 0.95
-    entropy_weight: float = 1e-4
-    tanh_constant: float = 1.5
+    lr: float = 3e-3  # Adam, LSTM and attention (ENAS: 1e-3)
+    lr_offset: float = 3e-2  # Adam, the per-connection logit offsets
+    baseline_decay: float = 0.95  # moving averages of the reward and of its squared deviation
+    entropy_weight: float = 1e-2
+    grad_clip: float = 5.0  # max gradient norm (0: off)
+    tanh_constant: float = 0.0  # ENAS 1.5: logit = 2 C tanh(raw); 0: logit = raw (see docs)
     temperature: float = 1.0
     init_keep: float = 0.5  # initial keep probability (sets the logit bias)
     lwp_lambda: float = 0.1  # lwp: bonus per unit of cost saved
     lwp_gamma: float = 1.0  # lwp: penalty per unit of cost over the budget
+    priority: str = "p"
+    kl_weight: float = 0.0
 
     def check(self) -> None:
-        if self.episodes < 1 or self.hidden < 1 or not (0 < self.init_keep < 1) or self.lr <= 0:
-            raise LcpError("episodes and hidden must be at least 1, init_keep in (0, 1), lr > 0")
-        if not (0 <= self.baseline_decay < 1) or self.temperature <= 0:
-            raise LcpError("baseline_decay must be in [0, 1) and temperature > 0")
+        if self.episodes < 1 or self.samples < 1 or self.hidden < 1 or not (0 < self.init_keep < 1):
+            raise LcpError("episodes, samples and hidden must be at least 1, init_keep in (0, 1)")
+        if self.lr <= 0 or self.lr_offset < 0 or self.entropy_weight < 0 or self.grad_clip < 0:
+            raise LcpError("lr must be > 0; lr_offset, entropy_weight and grad_clip >= 0")
+        if not (0 <= self.baseline_decay < 1) or self.temperature <= 0 or self.tanh_constant < 0:
+            raise LcpError("baseline_decay must be in [0, 1), temperature > 0, tanh_constant >= 0")
 
 
 @dataclass
@@ -86,9 +94,11 @@ class Controller(nn.Module):
         self.w_query = nn.Linear(h, h, bias=False)
         self.v = nn.Linear(h, 1, bias=False)
         self.input_anchor = nn.Parameter(torch.zeros(h))
-        p = cfg.init_keep
-        target = float(np.clip(math.log(p / (1 - p)) / cfg.tanh_constant, -0.999, 0.999))
-        self.bias = nn.Parameter(torch.tensor(math.atanh(target) * cfg.temperature))
+        self.offset = nn.Parameter(torch.zeros(cg.n))  # per-connection logit offset (own learning rate)
+        logit = math.log(cfg.init_keep / (1 - cfg.init_keep))
+        if cfg.tanh_constant > 0:
+            logit = math.atanh(float(np.clip(logit / (2 * cfg.tanh_constant), -0.999, 0.999)))
+        self.bias = nn.Parameter(torch.tensor(logit * cfg.temperature))
         for w in (self.embed.weight, self.w_anchor.weight, self.w_query.weight, self.v.weight):
             nn.init.uniform_(w, -0.1, 0.1)  # ENAS: uniform(-0.1, 0.1)
         self.register_buffer("features", torch.as_tensor(_features(cg), dtype=torch.float32), persistent=False)
@@ -96,37 +106,35 @@ class Controller(nn.Module):
         # for every connection: consumer step that produced its source, or -1 for a non-consumer source
         self.src_step = [int(cg.consumer_of_record.get(int(s), -1)) for s in cg.src]
         self.n = cg.n
+        self.order = torch.argsort(torch.cat(self.sources))  # step-concatenated logits -> connection order
 
     def forward(self, actions: Tensor | None = None, gen: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-        """(logits of every connection, actions): samples when ``actions`` is None, else teacher-forces them."""
+        """(logits, actions), both (B, n): samples one mask (B = 1) when ``actions`` is None, else teacher-forces
+        the (B, n) or (n,) ``actions``."""
         cfg = self.cfg
-        h = torch.zeros(1, cfg.hidden)
-        c = torch.zeros(1, cfg.hidden)
-        prev = torch.ones(1, 1)
-        logits = torch.zeros(self.n)
-        out = torch.zeros(self.n) if actions is None else actions.float()
+        out = torch.zeros(1, self.n) if actions is None else actions.float().reshape(-1, self.n)
+        b = out.shape[0]
+        h = torch.zeros(b, cfg.hidden)
+        c = torch.zeros(b, cfg.hidden)
+        prev = torch.ones(b, 1)
         anchors: list[Tensor] = []
-        base_anchor = self.w_anchor(self.input_anchor)
-        logit_list: list[tuple[Tensor, Tensor]] = []
+        base_anchor = self.w_anchor(self.input_anchor).expand(b, -1)
+        logit_list: list[Tensor] = []
         for step, src in enumerate(self.sources):
-            x = torch.cat([self.features[step:step + 1], prev], 1)
+            x = torch.cat([self.features[step:step + 1].expand(b, -1), prev], 1)
             h, c = self.cell(torch.tanh(self.embed(x)), (h, c))
-            anchors.append(self.w_anchor(h[0]))
-            q = self.w_query(h[0])
+            anchors.append(self.w_anchor(h))
             a = torch.stack([anchors[self.src_step[k]] if self.src_step[k] >= 0 else base_anchor
-                             for k in src.tolist()])
-            raw = (self.v(torch.tanh(a + q)).squeeze(1) + self.bias) / cfg.temperature
-            lg = cfg.tanh_constant * torch.tanh(raw)
-            logit_list.append((src, lg))
+                             for k in src.tolist()], 1)  # (B, sources, hidden)
+            raw = (self.v(torch.tanh(a + self.w_query(h)[:, None])).squeeze(2) + self.bias
+                   + self.offset[src]) / cfg.temperature
+            # ENAS samples a skip from softmax(C tanh([-raw, raw])), i.e. sigmoid(2 C tanh(raw))
+            lg = 2 * cfg.tanh_constant * torch.tanh(raw) if cfg.tanh_constant > 0 else raw
+            logit_list.append(lg)
             if actions is None:
-                act = torch.bernoulli(torch.sigmoid(lg.detach()), generator=gen)
-                out[src] = act
-            else:
-                act = out[src]
-            prev = act.mean().reshape(1, 1)
-        for src, lg in logit_list:
-            logits = logits.index_put((src,), lg)
-        return logits, out
+                out[:, src] = torch.bernoulli(torch.sigmoid(lg.detach()), generator=gen)
+            prev = out[:, src].mean(1, keepdim=True)
+        return torch.cat(logit_list, 1)[:, self.order], out
 
 
 def _features(cg: ConnectionGraph) -> np.ndarray:
@@ -162,11 +170,13 @@ def search_connections(cg: ConnectionGraph, evaluate: Callable[[np.ndarray], dic
                        budget: float, budget_type: str = "macs", cfg: ControllerConfig | None = None, seed: int = 0,
                        state_path: PathLike | None = None, resume: bool = False, progress: bool = True,
                        settings: dict | None = None) -> ControllerResult:
-    """Run ``cfg.episodes`` REINFORCE episodes; ``evaluate(keep)`` returns at least {"acc": held-out top-1 in [0, 1]}.
+    """Run ``cfg.episodes`` episodes (one sampled mask and one ``evaluate`` each); the controller is updated
+    after every ``cfg.samples`` episodes (and after the last). ``evaluate(keep)`` returns at least
+    {"acc": held-out top-1 in [0, 1]}.
 
-    The state (controller, Adam, sampling generator, baseline, history, best mask) is written atomically to
-    ``state_path`` after every episode; ``resume`` continues it and ends with the same mask as an uninterrupted
-    run (an interrupted episode is re-run).
+    The state (controller, Adam, sampling generator, baseline, the current update's masks and rewards, history,
+    best mask) is written atomically to ``state_path`` after every episode; ``resume`` continues it and ends
+    with the same mask as an uninterrupted run (an interrupted episode is re-run).
     """
     from tqdm.auto import tqdm
 
@@ -182,11 +192,13 @@ def search_connections(cg: ConnectionGraph, evaluate: Callable[[np.ndarray], dic
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         ctl = Controller(cg, cfg)
-    opt = torch.optim.Adam(ctl.parameters(), lr=cfg.lr)
+    shared = [p for name, p in ctl.named_parameters() if name != "offset"]
+    opt = torch.optim.Adam([{"params": shared}, {"params": [ctl.offset], "lr": cfg.lr_offset}], lr=cfg.lr)
     gen = torch.Generator().manual_seed(seed)
     history: list[dict] = []
     best: dict = {"reward": -math.inf, "keep": full_mask.astype(int).tolist()}
-    baseline: float | None = None
+    advantage = _Advantage(cfg.baseline_decay)
+    pending: list[tuple[np.ndarray, float]] = []  # (sampled mask, reward) of the episodes since the last update
     path = Path(state_path) if state_path is not None else None
     if resume and path is not None and path.is_file():
         try:
@@ -203,14 +215,16 @@ def search_connections(cg: ConnectionGraph, evaluate: Callable[[np.ndarray], dic
         ctl.load_state_dict({k[4:]: v for k, v in t.items() if k.startswith("ctl.")})
         sd = opt.state_dict()
         state = {}
-        for i in range(len(sd["param_groups"][0]["params"])):
+        for i in (i for g in sd["param_groups"] for i in g["params"]):
             keys = [k for k in t if k.startswith(f"opt.{i}.")]
             if keys:
                 state[i] = {k.split(".", 2)[2]: t[k].clone() for k in keys}
         sd["state"] = state
         opt.load_state_dict(sd)
         gen.set_state(t["gen_state"].clone())
-        history, best, baseline = st["history"], st["best"], st["baseline"]
+        history, best = st["history"], st["best"]
+        advantage.mean, advantage.var = st["baseline"], st["var"]
+        pending = list(zip(t["pending"].numpy().astype(bool), st["pending_rewards"]))
 
     def save() -> None:
         if path is None:
@@ -220,7 +234,9 @@ def search_connections(cg: ConnectionGraph, evaluate: Callable[[np.ndarray], dic
             for k, v in s.items():
                 tensors[f"opt.{i}.{k}"] = torch.as_tensor(v)
         tensors["gen_state"] = gen.get_state()
-        st = {"settings": settings, "history": history, "best": best, "baseline": baseline}
+        tensors["pending"] = torch.as_tensor(np.array([k for k, _ in pending], dtype=np.uint8).reshape(-1, cg.n))
+        st = {"settings": settings, "history": history, "best": best, "baseline": advantage.mean, "var": advantage.var,
+              "pending_rewards": [r for _, r in pending]}
         save_tensors(tensors, path, metadata={"state": json.dumps(st)})
 
     base = cg.base(budget_type)
@@ -231,36 +247,90 @@ def search_connections(cg: ConnectionGraph, evaluate: Callable[[np.ndarray], dic
             t0 = time.perf_counter()
             with torch.no_grad():
                 logits, sampled = ctl(gen=gen)
-            probs = torch.sigmoid(logits).numpy().astype(np.float64)
-            keep = cg.project(sampled.numpy() > 0.5, probs, budget=budget, metric=budget_type,
-                              fill=method == "ads")
+            probs = torch.sigmoid(logits[0]).numpy().astype(np.float64)
+            sample = sampled[0].numpy() > 0.5
+            prio = probs if cfg.priority == "p" else torch.rand(cg.n, generator=gen, dtype=torch.float64).numpy()
+            keep = cg.project(sample, prio, budget=budget, metric=budget_type, fill=method == "ads")
             result = evaluate(keep)
             acc = float(result["acc"])
             rho = cg.value(keep, budget_type) / base
             reward = shaped_reward(method, acc, rho, budget, cfg) if math.isfinite(acc) else -1.0
-            baseline = reward if baseline is None else baseline + (1 - cfg.baseline_decay) * (reward - baseline)
-            logits, _ = ctl(torch.as_tensor(keep, dtype=torch.float32))
-            logp = -F.binary_cross_entropy_with_logits(logits, torch.as_tensor(keep, dtype=torch.float32),
-                                                       reduction="sum")
-            p = torch.sigmoid(logits)
-            entropy = -(p * F.logsigmoid(logits) + (1 - p) * F.logsigmoid(-logits)).sum()
-            loss = -(reward - baseline) * logp - cfg.entropy_weight * entropy
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            pending.append((sample, reward))  # the sampled mask is the action; the projection is environment
+            row = {"episode": episode + 1, "update": episode // cfg.samples + 1, "reward": reward, "acc": acc,
+                   "loss": float(result.get("loss", float("nan"))), "cost": rho, "kept": int(keep.sum()),
+                   "sampled_kept": int(sample.sum()), "alive": int(cg.alive(keep).sum()),
+                   "entropy": float(_entropy(logits)[0])}
+            if len(pending) == cfg.samples or episode == cfg.episodes - 1:
+                _update(ctl, opt, pending, advantage, cfg, float(full_mask.mean()))
+                pending = []
             if reward > best["reward"]:
                 best = {"reward": reward, "keep": keep.astype(int).tolist(), "episode": episode + 1}
-            history.append({"episode": episode + 1, "reward": reward, "best": best["reward"], "acc": acc,
-                            "loss": float(result.get("loss", float("nan"))), "cost": rho,
-                            "kept": int(keep.sum()), "sampled_kept": int(sampled.sum()),
-                            "alive": int(cg.alive(keep).sum()), "baseline": baseline,
-                            "entropy": float(entropy.detach()), "seconds": time.perf_counter() - t0})
+            history.append({**row, "best": best["reward"], "baseline": advantage.mean,
+                            "seconds": time.perf_counter() - t0})
             save()
             bar.set_postfix(best=f"{best['reward']:.4f}", refresh=False)
             bar.update(1)
     finally:
         bar.close()
     return ControllerResult(np.asarray(best["keep"], dtype=bool), float(best["reward"]), history)
+
+
+def _entropy(logits: Tensor) -> Tensor:
+    """Entropy of the Bernoulli policy, summed over the connections: (B,)."""
+    p = torch.sigmoid(logits)
+    return -(p * F.logsigmoid(logits) + (1 - p) * F.logsigmoid(-logits)).sum(-1)
+
+
+@dataclass
+class _Advantage:
+    """A = (R - b) / s: b and s^2 are moving averages (``decay``, per sample) of the reward and of its squared
+    deviation from b, taken from before the batch; the first batch starts them at its own mean and spread."""
+
+    decay: float
+    mean: float | None = None
+    var: float | None = None
+
+    def __call__(self, rewards: np.ndarray) -> np.ndarray:
+        r = np.asarray(rewards, dtype=np.float64)
+        if self.mean is None or self.var is None:
+            self.mean = float(r.mean())
+            self.var = float(np.mean((r - self.mean) ** 2))
+        adv = (r - self.mean) / max(math.sqrt(self.var), 1e-8)
+        for x in r.tolist():
+            self.var = self.decay * self.var + (1 - self.decay) * (x - self.mean) ** 2
+            self.mean = self.decay * self.mean + (1 - self.decay) * x
+        return adv
+
+
+def _update(ctl: Controller, opt: torch.optim.Optimizer, batch: list[tuple[np.ndarray, float]],
+            advantage: _Advantage, cfg: ControllerConfig, q: float = 0.5) -> None:
+    """One REINFORCE step on a batch of (sampled mask, reward): loss = -mean(A log pi(mask)) - w H(pi), the
+    gradient norm clipped to ``cfg.grad_clip``."""
+    masks = torch.as_tensor(np.stack([k for k, _ in batch]), dtype=torch.float32)
+    adv = torch.as_tensor(advantage(np.array([r for _, r in batch])), dtype=torch.float32)
+    logits, _ = ctl(masks)
+    logp = -F.binary_cross_entropy_with_logits(logits, masks, reduction="none").sum(1)
+    loss = -(adv * logp).mean() - cfg.entropy_weight * _entropy(logits).mean()
+    if cfg.kl_weight:
+        p = torch.sigmoid(logits)
+        kl = p * (torch.log(p) - math.log(q)) + (1 - p) * (torch.log(1 - p) - math.log(1 - q))
+        loss = loss + cfg.kl_weight * kl.sum(1).mean()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg.grad_clip > 0:
+        nn.utils.clip_grad_norm_(ctl.parameters(), cfg.grad_clip)
+    opt.step()
+
+
+def match_toy(cg: ConnectionGraph, budget: float, seed: int = 0, *, method: str = "ads",
+              budget_type: str = "macs") -> tuple[np.ndarray, Callable[[np.ndarray], dict]]:
+    """A cheap reward with a known optimum, to check that the controller learns: (target, evaluate) with
+    evaluate(keep) = {"acc": fraction of connections where keep equals target}; target is a seeded random mask
+    projected as a sample would be (filled for ``ads``), so it is reachable (best reward 1 for ``ads``)."""
+    rng = np.random.default_rng(seed)
+    target = cg.project(rng.random(cg.n) < 0.5, rng.random(cg.n), budget=budget, metric=budget_type,
+                        fill=method == "ads")
+    return target, lambda keep: {"acc": float((np.asarray(keep) == target).mean())}
 
 
 class HeldOut:
@@ -309,8 +379,9 @@ class HeldOut:
 
 
 def write_controller_csv(history: list[dict], path: PathLike) -> None:
-    """One row per episode (reward, best, acc, loss, cost, kept, alive, baseline, entropy, seconds), atomically."""
-    cols = ("episode", "reward", "best", "acc", "loss", "cost", "kept", "sampled_kept", "alive", "baseline",
+    """One row per episode (update, reward, best, acc, loss, cost, kept, alive, baseline, entropy, seconds),
+    atomically."""
+    cols = ("episode", "update", "reward", "best", "acc", "loss", "cost", "kept", "sampled_kept", "alive", "baseline",
             "entropy", "seconds")
     lines = [",".join(cols)]
     for h in history:

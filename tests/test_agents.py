@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from lcp.agents import AgentConfig, Env, RatioCost, run_agent, search_ratios
+from lcp.agents import AgentConfig, Env, RatioCost, quadratic_toy, run_agent, search_ratios
 from lcp.errors import LcpError
 from lcp.graph import floor_keep
 from lcp.ranking import plan, plan_ratios
@@ -109,12 +109,6 @@ def test_walls_keep_the_budget_reachable(tiny):
 # ------------------------------------------------------------------------------------------------------ agent
 
 
-def quad_reward(target: np.ndarray):
-    def reward(ratios: np.ndarray) -> float:
-        return -float(((ratios - target) ** 2).sum())
-    return reward
-
-
 def test_agent_on_real_fitness_meets_budget(tiny):
     graph, cost, scores = tiny
     fit = make_fitness(graph, cost, scores, random_bundle(labeled=False), budget=0.5, label_free=True,
@@ -133,13 +127,35 @@ def test_same_seed_same_ratios(tiny):
     graph, cost, _ = tiny
     env = Env(graph, cost, budget=0.5, budget_type="macs", min_ratio=0.1)
     cfg = AgentConfig(episodes=6, warmup=2, batch_size=8)
-    reward = quad_reward(np.linspace(0.3, 1.0, env.n))
+    _, reward = quadratic_toy(env, seed=0)
     a = run_agent(env, reward, cfg, seed=4, progress=False)
     b = run_agent(env, reward, cfg, seed=4, progress=False)
     c = run_agent(env, reward, cfg, seed=5, progress=False)
     assert np.array_equal(a.ratios, b.ratios)
     assert [h["reward"] for h in a.history] == [h["reward"] for h in b.history]
     assert [h["reward"] for h in a.history] != [h["reward"] for h in c.history]
+
+
+def test_toy_target_is_on_the_budget(tiny):
+    graph, cost, _ = tiny
+    env = Env(graph, cost, budget=0.5, budget_type="macs", min_ratio=0.1)
+    target, reward = quadratic_toy(env, seed=3)
+    assert env.rc(target) == pytest.approx(env.target, rel=1e-6) and reward(target) == 0.0
+    ratios = np.ones(env.n)
+    for t in range(env.n):  # the walls let the agent reach it
+        ratios[t] = env.wall(t, ratios, target[t])
+    assert np.allclose(ratios, target, atol=1e-6)
+
+
+def test_agent_learns_a_toy_reward(tiny):
+    """150 cheap episodes (10 random) on a reward with a known optimum: the mean of the last 40 beats the first
+    40 by more than 0.1. Measured over seeds 0-29: gain +0.17 to +0.87, mean +0.53 (docs/agents.md)."""
+    graph, cost, _ = tiny
+    env = Env(graph, cost, budget=0.5, budget_type="macs", min_ratio=0.1)
+    _, reward = quadratic_toy(env, seed=0)
+    res = run_agent(env, reward, AgentConfig(episodes=150, warmup=10), seed=0, progress=False)
+    r = [h["reward"] for h in res.history]
+    assert np.mean(r[-40:]) > np.mean(r[:40]) + 0.1
 
 
 class Interrupt(Exception):
@@ -150,7 +166,7 @@ def test_resume_equals_uninterrupted(tiny, tmp_path):
     graph, cost, _ = tiny
     env = Env(graph, cost, budget=0.5, budget_type="macs", min_ratio=0.1)
     cfg = AgentConfig(episodes=7, warmup=2, batch_size=8)
-    reward = quad_reward(np.linspace(0.3, 1.0, env.n))
+    _, reward = quadratic_toy(env, seed=0)
     whole = run_agent(env, reward, cfg, seed=1, progress=False)
 
     calls = [0]

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from lcp.connections import ConnectionGraph, ZeroConv, build
-from lcp.controllers import ControllerConfig, HeldOut, search_connections, shaped_reward
+from lcp.controllers import ControllerConfig, HeldOut, match_toy, search_connections, shaped_reward
 from lcp.cost import count_macs, count_params
 from lcp.errors import LcpError, UnreachableBudget
 from lcp.zoo import CifarDenseNet, resnet20
@@ -265,10 +265,11 @@ def toy_evaluate(cg):
 
 
 def test_same_seed_same_result_and_resume_equals_uninterrupted(cg, tmp_path):
-    cfg = ControllerConfig(episodes=6)
+    cfg = ControllerConfig(episodes=7, samples=3)  # updates after episodes 3, 6 and 7
     ev = toy_evaluate(cg)
     a = search_connections(cg, ev, method="ads", budget=0.5, cfg=cfg, seed=3, progress=False,
                            state_path=tmp_path / "a.safetensors")
+    assert [h["update"] for h in a.history] == [1, 1, 1, 2, 2, 2, 3]
     b = search_connections(cg, ev, method="ads", budget=0.5, cfg=cfg, seed=3, progress=False)
     assert np.array_equal(a.keep, b.keep)
     assert [h["reward"] for h in a.history] == [h["reward"] for h in b.history]
@@ -276,7 +277,7 @@ def test_same_seed_same_result_and_resume_equals_uninterrupted(cg, tmp_path):
     assert [h["kept"] for h in a.history] != [h["kept"] for h in c.history] or not np.array_equal(a.keep, c.keep)
     # interrupted after 2 episodes, then resumed
     part = tmp_path / "p.safetensors"
-    search_connections(cg, ev, method="ads", budget=0.5, cfg=ControllerConfig(episodes=2), seed=3,
+    search_connections(cg, ev, method="ads", budget=0.5, cfg=ControllerConfig(episodes=2, samples=3), seed=3,
                        progress=False, state_path=part)
     # the settings include the episode count: resuming with a longer run must use a state made for it
     with pytest.raises(LcpError, match="other settings"):
@@ -289,7 +290,7 @@ def test_same_seed_same_result_and_resume_equals_uninterrupted(cg, tmp_path):
 
     def stopping(keep):
         calls.append(1)
-        if len(calls) == 3:
+        if len(calls) == 5:  # 4 episodes saved: one update done, one sample of the next update pending
             raise Stop
         return ev(keep)
 
@@ -300,16 +301,20 @@ def test_same_seed_same_result_and_resume_equals_uninterrupted(cg, tmp_path):
                            resume=True)
     assert [h["reward"] for h in r.history] == [h["reward"] for h in a.history]
     assert [h["kept"] for h in r.history] == [h["kept"] for h in a.history]
+    assert [h["entropy"] for h in r.history] == [h["entropy"] for h in a.history]  # same policy after resume
     assert np.array_equal(r.keep, a.keep)
 
 
 def test_controller_learns_a_toy_reward(cg):
-    ev = toy_evaluate(cg)
-    res = search_connections(cg, ev, method="ads", budget=0.6, cfg=ControllerConfig(episodes=60, lr=0.02),
-                             seed=0, progress=False)
-    first = np.mean([h["reward"] for h in res.history[:10]])
-    last = np.mean([h["reward"] for h in res.history[-10:]])
-    assert last > first
+    """400 cheap episodes (50 updates of 8 masks) on a reward with a known optimum (match a target mask): the
+    mean of the last 50 beats the first 50 by more than 0.04. Measured over seeds 0-29: gain +0.053 to +0.32,
+    mean +0.15; random masks projected onto the budget already match about 0.7 (docs/connections.md)."""
+    _, evaluate = match_toy(cg, 0.6, seed=0)
+    res = search_connections(cg, evaluate, method="ads", budget=0.6, cfg=ControllerConfig(episodes=400), seed=0,
+                             progress=False)
+    r = [h["reward"] for h in res.history]
+    assert np.mean(r[-50:]) > np.mean(r[:50]) + 0.04
+    assert res.best_reward == max(r)
 
 
 def test_unreachable_budget_in_search(cg):
