@@ -48,26 +48,25 @@ class ControllerConfig:
     """REINFORCE controller hyperparameters (ENAS's where known; measured choices in docs/connections.md)."""
 
     episodes: int = 30  # sampled masks (evaluations) in all
-    samples: int = 8  # masks per controller update; the last update takes what is left
+    samples: int = 4  # masks per controller update; the last update takes what is left
     hidden: int = 64
     lr: float = 3e-3  # Adam, LSTM and attention (ENAS: 1e-3)
     lr_offset: float = 3e-2  # Adam, the per-connection logit offsets
     baseline_decay: float = 0.95  # moving averages of the reward and of its squared deviation
     entropy_weight: float = 1e-2
+    kl_weight: float = 0.1  # ENAS skip penalty: KL(p || q) per connection, q = density the budget allows
     grad_clip: float = 5.0  # max gradient norm (0: off)
     tanh_constant: float = 0.0  # ENAS 1.5: logit = 2 C tanh(raw); 0: logit = raw (see docs)
     temperature: float = 1.0
     init_keep: float = 0.5  # initial keep probability (sets the logit bias)
     lwp_lambda: float = 0.1  # lwp: bonus per unit of cost saved
     lwp_gamma: float = 1.0  # lwp: penalty per unit of cost over the budget
-    priority: str = "p"
-    kl_weight: float = 0.0
 
     def check(self) -> None:
         if self.episodes < 1 or self.samples < 1 or self.hidden < 1 or not (0 < self.init_keep < 1):
             raise LcpError("episodes, samples and hidden must be at least 1, init_keep in (0, 1)")
-        if self.lr <= 0 or self.lr_offset < 0 or self.entropy_weight < 0 or self.grad_clip < 0:
-            raise LcpError("lr must be > 0; lr_offset, entropy_weight and grad_clip >= 0")
+        if self.lr <= 0 or min(self.lr_offset, self.entropy_weight, self.kl_weight, self.grad_clip) < 0:
+            raise LcpError("lr must be > 0; lr_offset, entropy_weight, kl_weight and grad_clip >= 0")
         if not (0 <= self.baseline_decay < 1) or self.temperature <= 0 or self.tanh_constant < 0:
             raise LcpError("baseline_decay must be in [0, 1), temperature > 0, tanh_constant >= 0")
 
@@ -187,6 +186,7 @@ def search_connections(cg: ConnectionGraph, evaluate: Callable[[np.ndarray], dic
     cfg = cfg or ControllerConfig()
     cfg.check()
     full_mask = cg.project(cg.full(), np.zeros(cg.n), budget=budget, metric=budget_type)  # unreachable: raises now
+    density = float(np.clip(full_mask.mean(), 0.01, 0.99))  # kept fraction of a mask at the budget
     settings = {"format": _STATE_FORMAT, "method": method, "seed": seed, "budget": budget, "budget_type": budget_type,
                 "controller": asdict(cfg), "connections": cg.n, **(settings or {})}
     with torch.random.fork_rng(devices=[]):
@@ -249,8 +249,7 @@ def search_connections(cg: ConnectionGraph, evaluate: Callable[[np.ndarray], dic
                 logits, sampled = ctl(gen=gen)
             probs = torch.sigmoid(logits[0]).numpy().astype(np.float64)
             sample = sampled[0].numpy() > 0.5
-            prio = probs if cfg.priority == "p" else torch.rand(cg.n, generator=gen, dtype=torch.float64).numpy()
-            keep = cg.project(sample, prio, budget=budget, metric=budget_type, fill=method == "ads")
+            keep = cg.project(sample, probs, budget=budget, metric=budget_type, fill=method == "ads")
             result = evaluate(keep)
             acc = float(result["acc"])
             rho = cg.value(keep, budget_type) / base
@@ -261,7 +260,7 @@ def search_connections(cg: ConnectionGraph, evaluate: Callable[[np.ndarray], dic
                    "sampled_kept": int(sample.sum()), "alive": int(cg.alive(keep).sum()),
                    "entropy": float(_entropy(logits)[0])}
             if len(pending) == cfg.samples or episode == cfg.episodes - 1:
-                _update(ctl, opt, pending, advantage, cfg, float(full_mask.mean()))
+                _update(ctl, opt, pending, advantage, cfg, density)
                 pending = []
             if reward > best["reward"]:
                 best = {"reward": reward, "keep": keep.astype(int).tolist(), "episode": episode + 1}
@@ -303,18 +302,18 @@ class _Advantage:
 
 
 def _update(ctl: Controller, opt: torch.optim.Optimizer, batch: list[tuple[np.ndarray, float]],
-            advantage: _Advantage, cfg: ControllerConfig, q: float = 0.5) -> None:
-    """One REINFORCE step on a batch of (sampled mask, reward): loss = -mean(A log pi(mask)) - w H(pi), the
-    gradient norm clipped to ``cfg.grad_clip``."""
+            advantage: _Advantage, cfg: ControllerConfig, density: float) -> None:
+    """One REINFORCE step on a batch of (sampled mask, reward): loss = -mean(A log pi(mask)) - w_H H(pi)
+    + w_KL KL(pi || Bernoulli(density)), the gradient norm clipped to ``cfg.grad_clip``."""
     masks = torch.as_tensor(np.stack([k for k, _ in batch]), dtype=torch.float32)
     adv = torch.as_tensor(advantage(np.array([r for _, r in batch])), dtype=torch.float32)
     logits, _ = ctl(masks)
     logp = -F.binary_cross_entropy_with_logits(logits, masks, reduction="none").sum(1)
-    loss = -(adv * logp).mean() - cfg.entropy_weight * _entropy(logits).mean()
-    if cfg.kl_weight:
-        p = torch.sigmoid(logits)
-        kl = p * (torch.log(p) - math.log(q)) + (1 - p) * (torch.log(1 - p) - math.log(1 - q))
-        loss = loss + cfg.kl_weight * kl.sum(1).mean()
+    entropy = _entropy(logits)
+    p = torch.sigmoid(logits)
+    cross = -(p * math.log(density) + (1 - p) * math.log(1 - density)).sum(1)
+    loss = (-(adv * logp).mean() - cfg.entropy_weight * entropy.mean()
+            + cfg.kl_weight * (cross - entropy).mean())  # KL = cross-entropy - entropy
     opt.zero_grad(set_to_none=True)
     loss.backward()
     if cfg.grad_clip > 0:
