@@ -97,7 +97,8 @@ def _add_prune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=S, help="random seed (default 0)")
     p.add_argument("--threads", type=int, default=S, help="torch CPU threads (also for latency timing)")
     p.add_argument("--device", choices=("cpu", "cuda"), default=S,
-                   help="device for fine-tuning, evaluation and latency measurements (default cpu)")
+                   help="device for fine-tuning, evaluation, latency measurements and the lfgcl/amc/ads/lwp searches "
+                   "(the lcp search runs on the CPU; default cpu)")
     p.add_argument("--latency-batch", type=int, default=S, help="batch size of latency measurements (default 1)")
     p.add_argument("--resume", action="store_true", default=S, help="continue an interrupted run in --out")
     p.add_argument("--overwrite", action="store_true", default=S, help="replace another run in --out")
