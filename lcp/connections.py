@@ -354,10 +354,15 @@ class ConnectionGraph:
             raise UnreachableBudget(f"budget {budget:g} of {metric} cannot be met by removing connections: the "
                                     f"lowest reachable is {lowest:.4f}; pass --budget "
                                     f"{math.ceil(lowest * 1000) / 1000:g} or more", lowest)
-        # every consumer keeps at least one connection (its highest-priority one)
-        for c in self.consumers:
-            if not keep[c.sources].any():
-                keep[c.sources[int(np.argmax(priority[c.sources]))]] = True
+        def one_each(keep: np.ndarray) -> np.ndarray:
+            # every consumer keeps at least one connection (its highest-priority one), so any mask grown from
+            # this by adding connections stays valid; dead consumers cost nothing for it
+            for c in self.consumers:
+                if not keep[c.sources].any():
+                    keep[c.sources[int(np.argmax(priority[c.sources]))]] = True
+            return keep
+
+        keep = one_each(keep)
         order = np.argsort(priority, kind="stable")
         if self.value(keep, metric) > target:
             for k in order.tolist():
@@ -370,7 +375,7 @@ class ConnectionGraph:
                 if self.value(keep, metric) <= target:
                     break
             if self.value(keep, metric) > target:
-                keep = self.minimal(metric)
+                keep = one_each(self.minimal(metric))
                 fill = True
         if fill:
             for k in order[::-1].tolist():

@@ -186,6 +186,27 @@ def test_unreachable_budget_reports_the_lowest(cg):
     assert cg.value(keep, "macs") <= lowest * cg.macs_base
 
 
+def test_projection_at_a_low_budget_is_valid(cg):
+    # regression: filling the minimal mask re-added a connection out of a consumer the fallback left without
+    # inputs, so the result read a dead layer (LcpError "keep none of its input connections")
+    keep = cg.project(cg.full(), np.zeros(cg.n), budget=0.3)
+    cg.check(keep)
+    assert cg.value(keep, "macs") <= 0.3 * cg.macs_base
+
+
+@pytest.mark.parametrize("metric", ["macs", "params"])
+def test_projection_is_valid_for_every_reachable_budget(cg, metric):
+    lowest = cg.value(cg.minimal(metric), metric) / cg.base(metric)
+    for seed in range(4):
+        rng = np.random.default_rng(seed)
+        priority = np.zeros(cg.n) if seed == 0 else rng.random(cg.n)
+        for budget in np.linspace(lowest, 1.0, 15):
+            for start in (cg.full(), rng.random(cg.n) < 0.5):
+                keep = cg.project(start, priority, budget=float(budget), metric=metric)
+                cg.check(keep)
+                assert cg.value(keep, metric) <= budget * cg.base(metric) + 1e-6
+
+
 def test_minimal_mask_keeps_one_connection_per_live_consumer(cg):
     keep = cg.minimal()
     assert cg.prune(keep)[1].ok
