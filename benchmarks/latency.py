@@ -27,7 +27,7 @@ from lcp.pruner import prune_graph  # noqa: E402
 
 
 def run(models: list[str], budgets: list[float], threads: int, repeats: int, big_batch: int,
-        device: str = "cpu", rounds: int = 5) -> pd.DataFrame:
+        device: str = "cpu", rounds: int = 5, min_seconds: float = 1.0) -> pd.DataFrame:
     rows = []
     for name in models:
         model = lcp.create_model(name).eval()
@@ -46,7 +46,9 @@ def run(models: list[str], budgets: list[float], threads: int, repeats: int, big
                     print(rows[-1], flush=True)
                     continue
                 t = {b: paired_latency(res.model, model, size, batch=b, device=device, n_threads=threads,
-                                       rounds=rounds, repeats=repeats) for b in (1, big_batch)}
+                                       rounds=rounds, repeats=repeats, min_seconds=min_seconds)
+                     for b in (1, big_batch)}
+                own = t[lat_batch]["ratio"] / budget - 1  # a latency budget re-timed at its own batch
                 macs_ratio = res.plan.macs_ratio
                 rows.append({
                     "model": name, "budget_type": budget_type if budget_type == "macs" else f"latency_b{lat_batch}",
@@ -61,7 +63,10 @@ def run(models: list[str], budgets: list[float], threads: int, repeats: int, big
                     "base_ms_b1": round(t[1]["reference_ms"], 3),
                     f"base_ms_b{big_batch}": round(t[big_batch]["reference_ms"], 2),
                     "cut_latency_ratio": round(res.info["latency_ratio"], 4) if res.info else None,
+                    "cut_walks": res.info.get("latency_walks"), "cut_timings": res.info.get("latency_timings"),
+                    "retimed_off_target": round(own, 4) if budget_type == "latency" else None,
                     "device": device, "threads": threads, "repeats": repeats, "rounds": rounds,
+                    "min_seconds": min_seconds,
                 })
                 print(rows[-1], flush=True)
     return pd.DataFrame(rows)
@@ -100,12 +105,14 @@ def main() -> None:
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--repeats", type=int, default=30, help="timings of each network per measurement (default 30)")
     p.add_argument("--rounds", type=int, default=5, help="alternating rounds they are split into (default 5)")
+    p.add_argument("--min-seconds", type=float, default=1.0,
+                   help="time each network for at least this long per measurement (default 1.0)")
     p.add_argument("--big-batch", type=int, default=64)
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "latency.csv")
     p.add_argument("--plot", type=Path, default=ROOT / "docs" / "latency.png")
     a = p.parse_args()
     df = run(a.models.split(","), [float(b) for b in a.budgets.split(",")], a.threads, a.repeats, a.big_batch,
-             a.device, a.rounds)
+             a.device, a.rounds, a.min_seconds)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(a.out) as tmp:
         df.to_csv(tmp, index=False)

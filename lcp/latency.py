@@ -6,6 +6,7 @@ ratios measured in one run, never timings across runs.
 """
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from contextlib import contextmanager
@@ -67,14 +68,20 @@ def measure(model: nn.Module, input_size: tuple[int, ...], *, batch: int = 1, de
 
 def paired_latency(model: nn.Module, reference: nn.Module, input_size: tuple[int, ...], *, batch: int = 1,
                    device: str = "cpu", n_threads: int | None = None, rounds: int = 5,
-                   repeats: int = 20) -> dict[str, float]:
+                   repeats: int = 20, min_seconds: float = 1.0) -> dict[str, float]:
     """Latency of ``model`` relative to ``reference``, timed in alternating rounds.
 
     A shared machine drifts (other load, clock changes) over the minutes between two timings; alternating
-    ``rounds`` rounds of ``repeats`` timings of each makes the drift hit both. Returns the median of the
-    per-round ratios (``ratio``) and each model's median over all its rounds, in milliseconds.
+    ``rounds`` rounds of ``repeats`` timings of each makes the drift hit both; each network is timed for at least
+    ``min_seconds`` in all (more timings than ``repeats`` when a pass is short). Returns the median of the
+    per-round ratios (``ratio``), the per-round ratios (``rounds``) and each model's median over all its rounds,
+    in milliseconds.
     """
     per_round = max(3, -(-repeats // rounds))
+    if min_seconds > 0:  # short passes (batch 1) jitter most: time them more often, at no great cost
+        est = measure(reference, input_size, batch=batch, device=device, n_threads=n_threads, warmup=1,
+                      repeats=3)["median_ms"]
+        per_round = max(per_round, math.ceil(min_seconds * 1e3 / max(est, 1e-3) / rounds))
     ms: dict[str, list[float]] = {"model": [], "reference": []}
     for _ in range(rounds):
         for key, m in (("reference", reference), ("model", model)):
@@ -82,7 +89,7 @@ def paired_latency(model: nn.Module, reference: nn.Module, input_size: tuple[int
                                    repeats=per_round)["median_ms"])
     ratios = [a / b for a, b in zip(ms["model"], ms["reference"])]
     return {"ratio": statistics.median(ratios), "median_ms": statistics.median(ms["model"]),
-            "reference_ms": statistics.median(ms["reference"])}
+            "reference_ms": statistics.median(ms["reference"]), "rounds": ratios}
 
 
 def peak_memory_mb(model: nn.Module, input_size: tuple[int, ...], *, batch: int, device: str = "cpu") -> float:

@@ -104,57 +104,92 @@ def cut_removed(graph: ChannelGraph, removed: np.ndarray, *, budget: float, budg
 
 def _latency_cut(graph: ChannelGraph, cost: CostModel, scores: np.ndarray, *, budget: float, method: str,
                  transforms: Transforms, seed: int, min_ratio: float, round_to: int, batch: int = 1,
-                 device: str = "cpu", n_threads: int | None = None, repeats: int = 20,
-                 tolerance: float = 0.05, table: Any = None, progress: bool = False) -> tuple[Plan, nn.Module, dict]:
+                 device: str = "cpu", n_threads: int | None = None, repeats: int = 20, tolerance: float = 0.05,
+                 max_walks: int = 12, table: Any = None, progress: bool = False) -> tuple[Plan, nn.Module, dict]:
     """Cut to ``budget`` x the measured latency of the original on this device.
 
     The greedy walk uses a per-layer latency lookup table (``latency.LatencyTable``, NetAdapt-style) as its
-    cost. The pruned network is then built and timed as a whole against the original (``paired_latency``:
-    alternating rounds, ``repeats`` timings each); when it misses the target, or lands more than ``tolerance``
-    under it, the walk is redone with the table's target corrected by the measured/predicted ratio, up to 10
-    walks. The fastest-within-target network found is returned.
+    cost. The table is a model, so every walk's network is built and timed as a whole against the original
+    (``paired_latency``: alternating rounds, ``repeats`` timings each). The walks aim at the middle of the
+    accepted band ``[(1 - tolerance) x budget, budget]``, so that timing noise of half the tolerance keeps a
+    network inside it; the next walk's table target is the secant through the two walks that bracket the aim
+    (before there are two: the last target corrected by the measured/predicted ratio). A network measured
+    inside the band is timed a second time and accepted when the median of both timings' rounds is still
+    inside: one lucky reading is not enough. After ``max_walks`` timings without that, the network with the
+    largest measured ratio within the budget is returned.
     """
     from .latency import LatencyTable, paired_latency
 
     size = tuple(graph.example_inputs[0].shape[1:])
     table = table or LatencyTable.build(graph, batch=batch, device=device, n_threads=n_threads, progress=progress)
     lcost = CostModel(graph, latency=table)
-    walk_budget = budget  # fraction of the table's base latency the walk aims at
-    lo, hi = 0.0, 1.0  # walk budgets known to meet (lo) and to miss (hi) the measured target
-    best, tried = None, []
-    for _ in range(10):
+    low, aim = (1 - tolerance) * budget, (1 - tolerance / 2) * budget
+    floor = 0.0  # the lowest walk target the per-layer floors allow, once a walk ran into them
+
+    def walk(target: float) -> tuple[Plan, float]:
+        nonlocal floor
+        target = min(1.0, max(target, floor))
         try:
-            p = plan(graph, lcost, scores, budget=min(1.0, walk_budget), budget_type="latency", method=method,
-                     transforms=transforms, seed=seed, min_ratio=min_ratio, round_to=round_to)
+            return plan(graph, lcost, scores, budget=target, budget_type="latency", method=method,
+                        transforms=transforms, seed=seed, min_ratio=min_ratio, round_to=round_to), target
         except UnreachableBudget as e:  # below the floors: the smallest network there is
-            walk_budget = lo = max(lo, min(1.0, e.lowest + 1e-9))
-            p = plan(graph, lcost, scores, budget=walk_budget, budget_type="latency", method=method,
-                     transforms=transforms, seed=seed, min_ratio=min_ratio, round_to=round_to)
-        pruned = apply_plan(graph, p.removed)
-        t = paired_latency(pruned, graph.model, size, batch=batch, device=device, n_threads=n_threads,
-                           repeats=repeats)
-        ratio = t["ratio"]
-        tried.append(ratio)
-        if ratio <= budget:
-            lo = max(lo, walk_budget)
-            if best is None or ratio > best[2]["ratio"]:
-                best = (p, pruned, t)
-            if ratio >= (1 - tolerance) * budget:
+            floor = min(1.0, e.lowest + 1e-9)
+            return walk(floor)
+
+    nets: list[dict] = []  # one per distinct network: walk target, plan, module, timing rounds, ratio
+    timings, target = 0, aim
+    while timings < max_walks:
+        p, target = walk(target)
+        net = next((n for n in nets if np.array_equal(n["plan"].removed, p.removed)), None)
+        if net is None:
+            net = {"target": target, "plan": p, "model": apply_plan(graph, p.removed), "rounds": [], "ms": []}
+            nets.append(net)
+        while timings < max_walks:  # time it; a second time when the first lands in the band
+            t = paired_latency(net["model"], graph.model, size, batch=batch, device=device, n_threads=n_threads,
+                               repeats=repeats)
+            timings += 1
+            net["rounds"] += t["rounds"]
+            net["ms"].append((t["median_ms"], t["reference_ms"]))
+            net["ratio"] = float(np.median(net["rounds"]))
+            if not low <= net["ratio"] <= budget or len(net["ms"]) > 1:
                 break
-        else:
-            hi = min(hi, walk_budget)
-        guess = walk_budget * budget / ratio  # the table is off by the measured/predicted ratio: aim there
-        walk_budget = guess if lo < guess < hi else (lo + hi) / 2
-        if hi - lo < 1e-3:
+        if low <= net["ratio"] <= budget and len(net["ms"]) > 1:
             break
-    if best is None:
+        if net["ratio"] > budget and net["target"] <= floor:
+            break  # the smallest network misses: unreachable
+        target = _next_target(nets, aim)
+        if target is None:
+            break
+    within = [n for n in nets if n["ratio"] <= budget]
+    if not within:
+        lowest = min(n["ratio"] for n in nets)
         raise UnreachableBudget(f"latency budget {budget:g} cannot be met: the smallest network tried runs at "
-                                f"{min(tried):.3f} of the original's latency", min(tried))
-    p, pruned, t = best
+                                f"{lowest:.3f} of the original's latency", lowest)
+    best = max(within, key=lambda n: n["ratio"])
+    p = best["plan"]
     p.budget, p.budget_type = budget, "latency"
-    return p, pruned, {"latency_base_ms": t["reference_ms"], "latency_pruned_ms": t["median_ms"],
-                       "latency_ratio": t["ratio"], "latency_batch": batch, "latency_device": device,
-                       "latency_walks": len(tried), "latency_table_layers": table.info["layers"]}
+    ms, ref_ms = (float(np.median(x)) for x in zip(*best["ms"]))
+    return p, best["model"], {"latency_base_ms": ref_ms, "latency_pruned_ms": ms, "latency_ratio": best["ratio"],
+                              "latency_batch": batch, "latency_device": device, "latency_walks": len(nets),
+                              "latency_timings": timings, "latency_table_layers": table.info["layers"]}
+
+
+def _next_target(nets: list[dict], aim: float) -> float | None:
+    """The next walk's table target from the networks timed so far (None: nothing left between them)."""
+    below = [n for n in nets if n["ratio"] <= aim]
+    above = [n for n in nets if n["ratio"] > aim]
+    if below and above:
+        lo = max(below, key=lambda n: n["target"])
+        hi = min(above, key=lambda n: n["target"])
+        gap = hi["target"] - lo["target"]
+        if abs(gap) < 1e-4:
+            return None
+        if gap < 0:  # timing noise reversed the order of two close networks: try between them
+            return (lo["target"] + hi["target"]) / 2
+        t = lo["target"] + (aim - lo["ratio"]) * gap / (hi["ratio"] - lo["ratio"])
+        return min(max(t, lo["target"] + 0.1 * gap), hi["target"] - 0.1 * gap)  # keep a step inside the bracket
+    last = (below or above)[-1]
+    return last["target"] * aim / last["ratio"]
 
 
 def check_pruned(graph: ChannelGraph, p: Plan, pruned: nn.Module) -> Verification:

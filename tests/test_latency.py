@@ -109,6 +109,36 @@ def test_latency_cut_meets_the_measured_target(graph, fake_timing):
         assert res.plan.budget_type == "latency" and res.verification.ok
 
 
+def curved_ms(model, input_size):
+    """A 'true' latency the linear table cannot predict: a per-pass term that shrinks slower than MACs."""
+    mmacs = lcp.count_macs(model, torch.zeros(1, *input_size)) / 1e6
+    return 0.1 + mmacs + 2.0 * mmacs ** 0.5
+
+
+@pytest.mark.parametrize("sigma", [0.0, 0.015])
+def test_latency_cut_corrects_the_table_and_confirms_under_noise(graph, fake_timing, monkeypatch, sigma):
+    rng = np.random.default_rng(0)
+    calls: dict[int, int] = {}
+
+    def measure(model, input_size, **kw):
+        calls[id(model)] = calls.get(id(model), 0) + 1
+        ms = curved_ms(model, input_size) * (1 + sigma * rng.standard_normal())
+        return {"median_ms": ms, "p10_ms": ms, "p90_ms": ms, "images_per_s": 1e3 / ms}
+
+    monkeypatch.setattr(lcp.latency, "measure", measure)
+    base = curved_ms(graph.model, SIZE)
+    for budget in (0.8, 0.6):
+        calls.clear()
+        res = prune_graph(graph, budget=budget, budget_type="latency", method="global", latency={"batch": 1})
+        true = curved_ms(res.model, SIZE) / base
+        # the table alone predicts the network too fast: it took more than one walk to correct it
+        assert res.info["latency_walks"] > 1, res.info
+        # the accepted network was timed twice (5 rounds of model and reference each time)
+        assert calls[id(res.model)] == 10 and res.info["latency_timings"] >= res.info["latency_walks"] + 1
+        assert 0.95 * budget <= res.info["latency_ratio"] <= budget
+        assert 0.95 * budget - 3 * sigma <= true <= budget + 3 * sigma, (budget, true, res.info)
+
+
 def test_unreachable_latency_budget_names_the_lowest(graph, fake_timing):
     with pytest.raises(UnreachableBudget, match="latency budget 0.01 cannot be met") as e:
         prune_graph(graph, budget=0.01, budget_type="latency", method="global", latency={"batch": 1})
