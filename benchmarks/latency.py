@@ -1,12 +1,13 @@
 """Fewer MACs must mean faster: MACs budgets against measured-latency budgets on this CPU.
 
 For ResNet-56 and MobileNetV2 (CIFAR-10 shapes) at budgets 0.7, 0.5 and 0.3, prune with the plain global
-ranking to a MACs budget and to latency budgets (measured at batch 1 and at batch 64), then time the original and every pruned network
-at batch 1 and 64 in one run against the original (``lcp.latency.paired_latency``: --rounds alternating rounds,
---repeats timings of each network in all, the median of the per-round ratios, same threads). Writes
-benchmarks/results/latency.csv and docs/latency.png, and prints the table that docs/latency.md shows.
+ranking to a MACs budget and to latency budgets (measured at batch 1 and at batch 64; the cut times each network
+with --cut-repeats timings), then re-time the original and every pruned network at batch 1 and 64 against the
+original (``lcp.latency.paired_latency``: --rounds alternating rounds, --repeats timings of each network in
+all, the median of the per-round ratios, same threads; ``retimed_error`` is the standard error of that median).
+Writes benchmarks/results/latency.csv and docs/latency.png, and prints the table that docs/latency.md shows.
 
-    python benchmarks/latency.py --threads 1 --repeats 30
+    python benchmarks/latency.py --threads 1 --out benchmarks/results/latency_cpu.csv --plot docs/latency_cpu.png
 """
 from __future__ import annotations
 
@@ -22,12 +23,12 @@ sys.path.insert(0, str(ROOT))
 
 import lcp  # noqa: E402
 from lcp.io import atomic_path  # noqa: E402
-from lcp.latency import paired_latency  # noqa: E402
+from lcp.latency import median_error, paired_latency  # noqa: E402
 from lcp.pruner import prune_graph  # noqa: E402
 
 
 def run(models: list[str], budgets: list[float], threads: int, repeats: int, big_batch: int,
-        device: str = "cpu", rounds: int = 5, min_seconds: float = 1.0) -> pd.DataFrame:
+        device: str = "cpu", rounds: int = 5, min_seconds: float = 1.0, cut_repeats: int = 30) -> pd.DataFrame:
     rows = []
     for name in models:
         model = lcp.create_model(name).eval()
@@ -38,7 +39,7 @@ def run(models: list[str], budgets: list[float], threads: int, repeats: int, big
                 try:
                     res = prune_graph(graph, budget=budget, budget_type=budget_type,
                                       latency={"batch": lat_batch, "device": device, "n_threads": threads,
-                                               "repeats": repeats})
+                                               "repeats": cut_repeats})
                 except lcp.UnreachableBudget as e:
                     rows.append({"model": name, "budget_type": f"{budget_type}_b{lat_batch}", "budget": budget,
                                  "status": "unreachable", "lowest_latency_ratio": round(e.lowest, 4),
@@ -49,6 +50,7 @@ def run(models: list[str], budgets: list[float], threads: int, repeats: int, big
                                        rounds=rounds, repeats=repeats, min_seconds=min_seconds)
                      for b in (1, big_batch)}
                 own = t[lat_batch]["ratio"] / budget - 1  # a latency budget re-timed at its own batch
+                err = median_error(t[lat_batch]["rounds"])
                 macs_ratio = res.plan.macs_ratio
                 rows.append({
                     "model": name, "budget_type": budget_type if budget_type == "macs" else f"latency_b{lat_batch}",
@@ -65,7 +67,9 @@ def run(models: list[str], budgets: list[float], threads: int, repeats: int, big
                     "cut_latency_ratio": round(res.info["latency_ratio"], 4) if res.info else None,
                     "cut_walks": res.info.get("latency_walks"), "cut_timings": res.info.get("latency_timings"),
                     "retimed_off_target": round(own, 4) if budget_type == "latency" else None,
+                    "retimed_error": round(err, 4) if budget_type == "latency" else None,
                     "device": device, "threads": threads, "repeats": repeats, "rounds": rounds,
+                    "cut_repeats": cut_repeats,
                     "min_seconds": min_seconds,
                 })
                 print(rows[-1], flush=True)
@@ -103,8 +107,11 @@ def main() -> None:
     p.add_argument("--budgets", default="0.7,0.5,0.3")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    p.add_argument("--repeats", type=int, default=30, help="timings of each network per measurement (default 30)")
-    p.add_argument("--rounds", type=int, default=5, help="alternating rounds they are split into (default 5)")
+    p.add_argument("--repeats", type=int, default=200,
+                   help="timings of each network when it is re-timed after the run (default 200)")
+    p.add_argument("--rounds", type=int, default=20, help="alternating rounds they are split into (default 20)")
+    p.add_argument("--cut-repeats", type=int, default=30,
+                   help="timings of each network per measurement in the latency cut (default 30)")
     p.add_argument("--min-seconds", type=float, default=1.0,
                    help="time each network for at least this long per measurement (default 1.0)")
     p.add_argument("--big-batch", type=int, default=64)
@@ -112,7 +119,7 @@ def main() -> None:
     p.add_argument("--plot", type=Path, default=ROOT / "docs" / "latency.png")
     a = p.parse_args()
     df = run(a.models.split(","), [float(b) for b in a.budgets.split(",")], a.threads, a.repeats, a.big_batch,
-             a.device, a.rounds, a.min_seconds)
+             a.device, a.rounds, a.min_seconds, a.cut_repeats)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(a.out) as tmp:
         df.to_csv(tmp, index=False)

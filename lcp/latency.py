@@ -10,7 +10,7 @@ import math
 import statistics
 import time
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -90,6 +90,14 @@ def paired_latency(model: nn.Module, reference: nn.Module, input_size: tuple[int
     ratios = [a / b for a, b in zip(ms["model"], ms["reference"])]
     return {"ratio": statistics.median(ratios), "median_ms": statistics.median(ms["model"]),
             "reference_ms": statistics.median(ms["reference"]), "rounds": ratios}
+
+
+def median_error(values: Sequence[float]) -> float:
+    """Relative standard error of the median of ``values`` (e.g. ``paired_latency``'s ``rounds``), from their
+    median absolute deviation, so that one disturbed round does not inflate it."""
+    med = statistics.median(values)
+    sigma = 1.4826 * statistics.median([abs(v - med) for v in values])
+    return 1.2533 * sigma / math.sqrt(len(values)) / med
 
 
 def peak_memory_mb(model: nn.Module, input_size: tuple[int, ...], *, batch: int, device: str = "cpu") -> float:

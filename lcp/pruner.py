@@ -105,7 +105,7 @@ def cut_removed(graph: ChannelGraph, removed: np.ndarray, *, budget: float, budg
 def _latency_cut(graph: ChannelGraph, cost: CostModel, scores: np.ndarray, *, budget: float, method: str,
                  transforms: Transforms, seed: int, min_ratio: float, round_to: int, batch: int = 1,
                  device: str = "cpu", n_threads: int | None = None, repeats: int = 20, tolerance: float = 0.05,
-                 max_walks: int = 12, table: Any = None, progress: bool = False) -> tuple[Plan, nn.Module, dict]:
+                 max_timings: int = 30, table: Any = None, progress: bool = False) -> tuple[Plan, nn.Module, dict]:
     """Cut to ``budget`` x the measured latency of the original on this device.
 
     The greedy walk uses a per-layer latency lookup table (``latency.LatencyTable``, NetAdapt-style) as its
@@ -114,11 +114,12 @@ def _latency_cut(graph: ChannelGraph, cost: CostModel, scores: np.ndarray, *, bu
     accepted band ``[(1 - tolerance) x budget, budget]``, so that timing noise of half the tolerance keeps a
     network inside it; the next walk's table target is the secant through the two walks that bracket the aim
     (before there are two: the last target corrected by the measured/predicted ratio). A network measured
-    inside the band is timed a second time and accepted when the median of both timings' rounds is still
-    inside: one lucky reading is not enough. After ``max_walks`` timings without that, the network with the
-    largest measured ratio within the budget is returned.
+    inside the band is timed again, its rounds pooled, until the standard error of their median is at most a
+    quarter of the tolerance (at least twice): it is accepted when the pooled median is still inside, so one
+    lucky reading is not enough. After ``max_timings`` timings without that, the network with the largest
+    measured ratio within the budget is returned.
     """
-    from .latency import LatencyTable, paired_latency
+    from .latency import LatencyTable, median_error, paired_latency
 
     size = tuple(graph.example_inputs[0].shape[1:])
     table = table or LatencyTable.build(graph, batch=batch, device=device, n_threads=n_threads, progress=progress)
@@ -138,22 +139,23 @@ def _latency_cut(graph: ChannelGraph, cost: CostModel, scores: np.ndarray, *, bu
 
     nets: list[dict] = []  # one per distinct network: walk target, plan, module, timing rounds, ratio
     timings, target = 0, aim
-    while timings < max_walks:
+    while timings < max_timings:
         p, target = walk(target)
         net = next((n for n in nets if np.array_equal(n["plan"].removed, p.removed)), None)
         if net is None:
             net = {"target": target, "plan": p, "model": apply_plan(graph, p.removed), "rounds": [], "ms": []}
             nets.append(net)
-        while timings < max_walks:  # time it; a second time when the first lands in the band
+        while timings < max_timings:  # time it; again while it is in the band but not yet known precisely
             t = paired_latency(net["model"], graph.model, size, batch=batch, device=device, n_threads=n_threads,
                                repeats=repeats)
             timings += 1
             net["rounds"] += t["rounds"]
             net["ms"].append((t["median_ms"], t["reference_ms"]))
             net["ratio"] = float(np.median(net["rounds"]))
-            if not low <= net["ratio"] <= budget or len(net["ms"]) > 1:
+            net["precise"] = len(net["ms"]) > 1 and median_error(net["rounds"]) <= tolerance / 4
+            if not low <= net["ratio"] <= budget or net["precise"]:
                 break
-        if low <= net["ratio"] <= budget and len(net["ms"]) > 1:
+        if low <= net["ratio"] <= budget and net["precise"]:
             break
         if net["ratio"] > budget and net["target"] <= floor:
             break  # the smallest network misses: unreachable
@@ -171,7 +173,9 @@ def _latency_cut(graph: ChannelGraph, cost: CostModel, scores: np.ndarray, *, bu
     ms, ref_ms = (float(np.median(x)) for x in zip(*best["ms"]))
     return p, best["model"], {"latency_base_ms": ref_ms, "latency_pruned_ms": ms, "latency_ratio": best["ratio"],
                               "latency_batch": batch, "latency_device": device, "latency_walks": len(nets),
-                              "latency_timings": timings, "latency_table_layers": table.info["layers"]}
+                              "latency_timings": timings, "latency_error": median_error(best["rounds"]),
+                              "latency_table_layers": table.info["layers"]}
+
 
 
 def _next_target(nets: list[dict], aim: float) -> float | None:

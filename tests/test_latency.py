@@ -133,8 +133,10 @@ def test_latency_cut_corrects_the_table_and_confirms_under_noise(graph, fake_tim
         true = curved_ms(res.model, SIZE) / base
         # the table alone predicts the network too fast: it took more than one walk to correct it
         assert res.info["latency_walks"] > 1, res.info
-        # the accepted network was timed twice (5 rounds of model and reference each time)
-        assert calls[id(res.model)] == 10 and res.info["latency_timings"] >= res.info["latency_walks"] + 1
+        # the accepted network was timed at least twice (5 rounds of model and reference each time), until
+        # the median of its pooled rounds was known to a quarter of the tolerance
+        assert calls[id(res.model)] >= 10 and res.info["latency_timings"] >= res.info["latency_walks"] + 1
+        assert res.info["latency_error"] <= 0.05 / 4
         assert 0.95 * budget <= res.info["latency_ratio"] <= budget
         assert 0.95 * budget - 3 * sigma <= true <= budget + 3 * sigma, (budget, true, res.info)
 
