@@ -8,6 +8,9 @@ all, the median of the per-round ratios, same threads; ``retimed_error`` is the 
 Writes benchmarks/results/latency.csv and docs/latency.png, and prints the table that docs/latency.md shows.
 
     python benchmarks/latency.py --threads 1 --out benchmarks/results/latency_cpu.csv --plot docs/latency_cpu.png
+
+With ``--data cifar10`` the models carry their trained weights ($LCP_WEIGHTS) and every network's top-1 after
+BatchNorm recalibration is added (``top1_recal``, measured after all timing), with a second row of plots.
 """
 from __future__ import annotations
 
@@ -28,12 +31,22 @@ from lcp.pruner import prune_graph  # noqa: E402
 
 
 def run(models: list[str], budgets: list[float], threads: int, repeats: int, big_batch: int,
-        device: str = "cpu", rounds: int = 5, min_seconds: float = 1.0, cut_repeats: int = 30) -> pd.DataFrame:
-    rows = []
+        device: str = "cpu", rounds: int = 5, min_seconds: float = 1.0, cut_repeats: int = 30,
+        data: str | None = None) -> pd.DataFrame:
+    """Cut and re-time every (model, budget, budget type); with ``data``, the models carry their trained weights
+    and every network's top-1 after BatchNorm recalibration is measured once all timing is done."""
+    rows, accuracy = [], []
     for name in models:
-        model = lcp.create_model(name).eval()
-        size = (3, 32, 32)
+        if data:
+            from lcp.pipeline import PruneConfig, load_model_and_data
+
+            loaded = load_model_and_data(PruneConfig(model=name, data=data), log=lambda *a, **k: None)
+            model, size = loaded.model.eval(), tuple(loaded.input_size)
+        else:
+            model, size = lcp.create_model(name).eval(), (3, 32, 32)
         graph = lcp.build_graph(model, torch.zeros(1, *size))
+        if data:
+            accuracy.append((None, model, loaded.bundle))
         for budget in budgets:
             for budget_type, lat_batch in (("macs", 1), ("latency", 1), ("latency", big_batch)):
                 try:
@@ -72,18 +85,47 @@ def run(models: list[str], budgets: list[float], threads: int, repeats: int, big
                     "cut_repeats": cut_repeats,
                     "min_seconds": min_seconds,
                 })
+                if data:
+                    accuracy.append((len(rows) - 1, res.model, loaded.bundle))
                 print(rows[-1], flush=True)
+    _accuracy(rows, accuracy)
     return pd.DataFrame(rows)
+
+
+def _accuracy(rows: list[dict], networks: list) -> None:
+    """Top-1 (%) on the test split: the original's (``top1_base``) and every pruned network's after
+    recalibrating its BatchNorm statistics on 20 training batches, no fine-tuning (``top1_recal``)."""
+    from lcp.train import evaluate, recalibrate_bn
+
+    base = None
+    for i, net, bundle in networks:
+        if i is None:
+            base = evaluate(net, bundle.loader("test", 256))["top1"]
+            continue
+        recalibrate_bn(net, bundle.loader("train", 128, shuffle=True, seed=0), batches=20)
+        rows[i].update(top1_base=round(base, 2), top1_recal=round(evaluate(net, bundle.loader("test", 256))["top1"], 2))
+        print(rows[i]["model"], rows[i]["budget_type"], rows[i]["budget"], rows[i]["top1_recal"], flush=True)
 
 
 def plot(df: pd.DataFrame, path: Path, big_batch: int) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(10, 4))
+    n = df.model.nunique()
+    acc = "top1_recal" in df and df.top1_recal.notna().any()
+    fig = Figure(figsize=(5 * n, 8 if acc else 4))
     FigureCanvasAgg(fig)
     for i, name in enumerate(df.model.unique()):
-        ax = fig.add_subplot(1, df.model.nunique(), i + 1)
+        if acc:  # second row: accuracy against the measured latency it costs, at batch big_batch
+            ax = fig.add_subplot(2, n, n + i + 1)
+            for bt, marker in (("macs", "o"), ("latency_b1", "s"), (f"latency_b{big_batch}", "^")):
+                d = df[(df.model == name) & (df.budget_type == bt) & (df.status == "ok")]
+                ax.plot(d[f"latency_ratio_b{big_batch}"], d.top1_recal, marker=marker, ls="", label=f"{bt} budget")
+            ax.set_xlabel(f"measured latency ratio, batch {big_batch}")
+            ax.set_ylabel("top-1 after BN recalibration (%)")
+            ax.set_title(f"{name}: accuracy against latency")
+            ax.legend(fontsize=7)
+        ax = fig.add_subplot(2 if acc else 1, n, i + 1)
         for bt, marker in (("macs", "o"), ("latency_b1", "s"), (f"latency_b{big_batch}", "^")):
             d = df[(df.model == name) & (df.budget_type == bt) & (df.status == "ok")]
             ax.plot(d.macs_ratio, d.latency_ratio_b1, marker=marker, ls="-", label=f"{bt} budget, batch 1")
@@ -115,11 +157,13 @@ def main() -> None:
     p.add_argument("--min-seconds", type=float, default=1.0,
                    help="time each network for at least this long per measurement (default 1.0)")
     p.add_argument("--big-batch", type=int, default=64)
+    p.add_argument("--data", help="data set (cifar10 or an ImageFolder root): prune the trained models "
+                   "(weights from $LCP_WEIGHTS) and add each network's top-1 after BN recalibration")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "latency.csv")
     p.add_argument("--plot", type=Path, default=ROOT / "docs" / "latency.png")
     a = p.parse_args()
     df = run(a.models.split(","), [float(b) for b in a.budgets.split(",")], a.threads, a.repeats, a.big_batch,
-             a.device, a.rounds, a.min_seconds, a.cut_repeats)
+             a.device, a.rounds, a.min_seconds, a.cut_repeats, a.data)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(a.out) as tmp:
         df.to_csv(tmp, index=False)

@@ -141,6 +141,15 @@ def test_latency_cut_corrects_the_table_and_confirms_under_noise(graph, fake_tim
         assert 0.95 * budget - 3 * sigma <= true <= budget + 3 * sigma, (budget, true, res.info)
 
 
+def test_latency_budget_walks_the_same_path_as_macs(graph, fake_timing):
+    """One ranking, two stopping rules: a latency-budget network is the MACs-budget network at its own MACs
+    ratio, so at equal accuracy it is exactly as fast (docs/latency.md)."""
+    for budget in (0.8, 0.5):
+        lat = prune_graph(graph, budget=budget, budget_type="latency", method="global", latency={"batch": 1})
+        macs = prune_graph(graph, budget=lat.plan.macs_ratio + 1e-12, budget_type="macs", method="global")
+        assert lat.plan.removed.any() and np.array_equal(lat.plan.removed, macs.plan.removed)
+
+
 def test_unreachable_latency_budget_names_the_lowest(graph, fake_timing):
     with pytest.raises(UnreachableBudget, match="latency budget 0.01 cannot be met") as e:
         prune_graph(graph, budget=0.01, budget_type="latency", method="global", latency={"batch": 1})
