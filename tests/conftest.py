@@ -42,6 +42,19 @@ def _isolated_lcp_cache(tmp_path_factory: pytest.TempPathFactory):
         yield cache
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _short_report_timings():
+    """Every prune run's report times the pruned network against the original for at least ``min_seconds``
+    (1 s by default, for users); the tests assert no timings, so 0.1 s keeps the suite short."""
+    import lcp.latency
+
+    defaults = lcp.latency.paired_latency.__kwdefaults__
+    saved = defaults["min_seconds"]
+    defaults["min_seconds"] = 0.1
+    yield
+    defaults["min_seconds"] = saved
+
+
 def _tiny_image(cls: int, rng: np.random.Generator) -> Image.Image:
     base = np.array(_COLOURS[cls], dtype=np.float64) * rng.uniform(0.7, 1.1)
     arr = base[None, None, :] + rng.normal(0.0, 25.0, (32, 32, 3))
