@@ -177,7 +177,6 @@ def _latency_cut(graph: ChannelGraph, cost: CostModel, scores: np.ndarray, *, bu
                               "latency_table_layers": table.info["layers"]}
 
 
-
 def _next_target(nets: list[dict], aim: float) -> float | None:
     """The next walk's table target from the networks timed so far (None: nothing left between them)."""
     below = [n for n in nets if n["ratio"] <= aim]
