@@ -10,7 +10,7 @@ so their ratio is what counts), wall times and a ``status`` (``ok``, ``error: <f
 What is shared, as in ``lcp prune --budgets``: the channel graph is built once per model, the learned
 compensation is searched once per (model, seed) at the recipe's budgets and reused for every budget (learn once,
 prune many; ``search_s`` is that one search's time, repeated on its lcp rows). The lcp-family cuts use
-``lcp.pruner.prune_graph``. ``lfgcl`` / ``amc`` learn keep ratios per group with lcp's DDPG agent
+``lcp.cut.pruner.prune_graph``. ``lfgcl`` / ``amc`` learn keep ratios per group with lcp's DDPG agent
 (``pipeline.learn_ratios``, the recipe's ``agents:`` episodes) once per (method, seed) at the smallest budget
 (or ``search.search_budget``) and cut every budget with them. ``ads`` / ``lwp`` (DenseNets) search the dense
 connections per (budget, seed) with ``controllers.run_connection_prune`` (search, verified cut, MACs and params
@@ -66,11 +66,11 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import lcp  # noqa: E402
-from lcp.connections import CONNECTION_METHODS  # noqa: E402
+from lcp.engine.connections import CONNECTION_METHODS  # noqa: E402
 from lcp.errors import LcpError  # noqa: E402
 from lcp.io import RunLock, atomic_path, atomic_write_json  # noqa: E402
-from lcp.pipeline import PruneConfig  # noqa: E402
-from lcp.ranking import AGENT_METHODS  # noqa: E402
+from lcp.run.pipeline import PruneConfig  # noqa: E402
+from lcp.cut.ranking import AGENT_METHODS  # noqa: E402
 from lcp.report import REPORT_COLUMNS  # noqa: E402
 
 LCP_METHODS = ("lcp", "global", "uniform", "random")  # one cut of lcp's ranking walk (prune_graph)
@@ -321,8 +321,8 @@ def prune_config(cfg: dict, **kw: Any) -> PruneConfig:
 
 def load(cfg: dict, log: Log) -> Any:
     """lcp's own loader (``pipeline.load_model_and_data``): model with weights, data bundle, holdout split."""
-    from lcp.models import default_checkpoint, model_info
-    from lcp.pipeline import load_model_and_data
+    from lcp.models.factory import default_checkpoint, model_info
+    from lcp.run.pipeline import load_model_and_data
 
     info = model_info(cfg["model"])
     spec = cfg["data"] or info.default_dataset
@@ -343,7 +343,7 @@ def load(cfg: dict, log: Log) -> Any:
 
 
 def _steps_per_epoch(bundle: Any, batch_size: int) -> int:
-    drop = len(bundle.train_x) >= batch_size  # as lcp.train does: no last batch of 1 for BatchNorm
+    drop = len(bundle.train_x) >= batch_size  # as lcp.training.train does: no last batch of 1 for BatchNorm
     n = len(bundle.train_x)
     return n // batch_size if drop else math.ceil(n / batch_size)
 
@@ -365,11 +365,11 @@ class _FirstSteps:
 
 
 def finetune(model: nn.Module, bundle: Any, cfg: dict, seed: int, progress: bool) -> int:
-    """``lcp.train.finetune`` with the recipe's settings; fractional epochs take the first steps of each epoch.
+    """``lcp.training.train.finetune`` with the recipe's settings; fractional epochs take the first steps of each epoch.
 
     Returns the number of SGD steps taken.
     """
-    from lcp.train import finetune as lcp_finetune
+    from lcp.training.train import finetune as lcp_finetune
 
     epochs = float(cfg["finetune_epochs"])
     if epochs <= 0:
@@ -532,8 +532,8 @@ class Bench:
     """One model, its data and channel graph, shared by every row of the run."""
 
     def __init__(self, cfg: dict, work: Path, log: Log, progress: bool):
-        from lcp.pipeline import baseline_accuracy
-        from lcp.train import evaluate
+        from lcp.run.pipeline import baseline_accuracy
+        from lcp.training.train import evaluate
 
         self.cfg, self.work, self.log, self.progress = cfg, work, log, progress
         self.device = cfg["device"]
@@ -589,11 +589,11 @@ class Bench:
         """Learned compensation for ``seed`` (method lcp; one search for every budget)."""
         if ("lcp", seed) in self.searches:
             return self.searches["lcp", seed]
-        from lcp import importance as imp
-        from lcp import search
-        from lcp.cost import CostModel
+        from lcp.cut import importance as imp
+        from lcp.methods import legr as search
+        from lcp.engine.cost import CostModel
         from lcp.io import read_json
-        from lcp.ranking import Transforms
+        from lcp.cut.ranking import Transforms
 
         s = self.cfg["search"]
         # one search for every budget of the recipe (mean held-out loss), unless the recipe names one
@@ -632,7 +632,7 @@ class Bench:
         ``pipeline.learn_ratios``: once per seed, used for every budget."""
         if (method, seed) in self.searches:
             return self.searches[method, seed]
-        from lcp.pipeline import learn_ratios
+        from lcp.run.pipeline import learn_ratios
 
         sb = float(self.cfg["search"]["search_budget"] or min(self.cfg["budgets"]))
         folder = self.work / f"{method}-{signature(self.cfg, method)}-seed{seed}-at{sb:g}"
@@ -651,7 +651,7 @@ class Bench:
         """``ads`` / ``lwp``: ``controllers.run_connection_prune`` searches the connections at ``budget``, cuts,
         verifies and saves the network with its cost (lcp's connection cost model, as in its report.csv); the
         saved network is reloaded and must count the same MACs."""
-        from lcp.controllers import run_connection_prune
+        from lcp.methods.controllers import run_connection_prune
 
         folder = self.work / f"{method}-{signature(self.cfg, method)}-seed{seed}-b{budget:g}"
         pc = prune_config(self.cfg, method=method, seed=seed, budget=budget, out=str(folder), resume=True,
@@ -672,7 +672,7 @@ class Bench:
     # -- one row
     def cut(self, method: str, budget: float, seed: int) -> tuple[nn.Module, dict]:
         """The pruned network and its cost columns."""
-        from lcp.pruner import prune_graph
+        from lcp.cut.pruner import prune_graph
 
         cfg = self.cfg
         if method == "torch_pruning":
@@ -702,8 +702,8 @@ class Bench:
                            "params_pruned": res.plan.params, "search_s": search_s, "prune_s": res.seconds}
 
     def row(self, method: str, budget: float, seed: int) -> dict:
-        from lcp.latency import measure
-        from lcp.train import evaluate, recalibrate_bn
+        from lcp.cut.latency import measure
+        from lcp.training.train import evaluate, recalibrate_bn
 
         cfg = self.cfg
         t_row = time.perf_counter()

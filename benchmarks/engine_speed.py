@@ -1,7 +1,7 @@
 """Speed of the channel engine (CPU): planning alone, and the full prune of 24 architectures.
 
 1. ``plan``: building the channel graph and a 50% global plan, without surgery
-   (``lcp.graph.build_graph`` + ``lcp.cost.CostModel`` + l2 importance + ``lcp.ranking.plan``) for the zoo
+   (``lcp.engine.graph.build_graph`` + ``lcp.engine.cost.CostModel`` + l2 importance + ``lcp.cut.ranking.plan``) for the zoo
    ResNet-56 at 32x32 and timm's ResNet-50 at 224x224; the median of each phase is reported too.
 2. ``prune``: the full ``lcp.prune(model, x, budget=0.5, method="global")`` (graph, plan, surgery,
    verification against the masked original and MACs/params re-count) for lcp's CIFAR zoo models at 32x32
@@ -70,10 +70,10 @@ def build(name: str) -> tuple[nn.Module, tuple[int, int, int]]:
     torch.manual_seed(0)
     if name in ZOO_MODELS:
         try:
-            from lcp.models import create_model, model_info
+            from lcp.models.factory import create_model, model_info
             return create_model(name, num_classes=10), tuple(model_info(name).input_size)
         except ImportError:
-            from lcp.zoo import ZOO
+            from lcp.models.zoo import ZOO
             return ZOO[name](num_classes=10), tuple(getattr(ZOO[name], "input_size", (3, 32, 32)))
     import timm
     model = timm.create_model(name, num_classes=10, pretrained=False)
@@ -95,10 +95,10 @@ def stats(times: list[float]) -> dict[str, float]:
 
 def bench_plan(name: str, size: int, args: argparse.Namespace) -> dict:
     """build_graph + CostModel + importance + plan, no surgery; the median of every phase and of the total."""
-    from lcp import importance as imp
-    from lcp.cost import CostModel
-    from lcp.graph import build_graph
-    from lcp.ranking import plan
+    from lcp.cut import importance as imp
+    from lcp.engine.cost import CostModel
+    from lcp.engine.graph import build_graph
+    from lcp.cut.ranking import plan
 
     model, _ = build(name)
     if not args.train_mode:

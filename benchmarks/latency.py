@@ -3,7 +3,7 @@
 For ResNet-56 and MobileNetV2 (CIFAR-10 shapes) at budgets 0.7, 0.5 and 0.3, prune with the plain global
 ranking to a MACs budget and to latency budgets (measured at batch 1 and at batch 64; the cut times each network
 with --cut-repeats timings), then re-time the original and every pruned network at batch 1 and 64 against the
-original (``lcp.latency.paired_latency``: --rounds alternating rounds, --repeats timings of each network in
+original (``lcp.cut.latency.paired_latency``: --rounds alternating rounds, --repeats timings of each network in
 all, the median of the per-round ratios, same threads; ``retimed_error`` is the standard error of that median).
 Writes benchmarks/results/latency.csv and docs/latency.png, and prints the table that docs/latency.md shows.
 
@@ -26,8 +26,8 @@ sys.path.insert(0, str(ROOT))
 
 import lcp  # noqa: E402
 from lcp.io import atomic_path  # noqa: E402
-from lcp.latency import median_error, paired_latency  # noqa: E402
-from lcp.pruner import prune_graph  # noqa: E402
+from lcp.cut.latency import median_error, paired_latency  # noqa: E402
+from lcp.cut.pruner import prune_graph  # noqa: E402
 
 
 def run(models: list[str], budgets: list[float], threads: int, repeats: int, big_batch: int,
@@ -38,7 +38,7 @@ def run(models: list[str], budgets: list[float], threads: int, repeats: int, big
     rows, accuracy = [], []
     for name in models:
         if data:
-            from lcp.pipeline import PruneConfig, load_model_and_data
+            from lcp.run.pipeline import PruneConfig, load_model_and_data
 
             loaded = load_model_and_data(PruneConfig(model=name, data=data), log=lambda *a, **k: None)
             model, size = loaded.model.eval(), tuple(loaded.input_size)
@@ -95,7 +95,7 @@ def run(models: list[str], budgets: list[float], threads: int, repeats: int, big
 def _accuracy(rows: list[dict], networks: list) -> None:
     """Top-1 (%) on the test split: the original's (``top1_base``) and every pruned network's after
     recalibrating its BatchNorm statistics on 20 training batches, no fine-tuning (``top1_recal``)."""
-    from lcp.train import evaluate, recalibrate_bn
+    from lcp.training.train import evaluate, recalibrate_bn
 
     base = None
     for i, net, bundle in networks:

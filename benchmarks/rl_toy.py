@@ -21,12 +21,12 @@ import time
 import numpy as np
 import torch
 
-from lcp.agents import AgentConfig, Env, quadratic_toy, run_agent
-from lcp.connections import build
-from lcp.controllers import ControllerConfig, match_toy, search_connections
-from lcp.cost import CostModel
-from lcp.graph import build_graph
-from lcp.zoo import CifarDenseNet, CifarResNet, densenet40
+from lcp.methods.ddpg import AgentConfig, Env, quadratic_toy, run_agent
+from lcp.engine.connections import build
+from lcp.methods.controllers import ControllerConfig, match_toy, search_connections
+from lcp.engine.cost import CostModel
+from lcp.engine.graph import build_graph
+from lcp.models.zoo import CifarDenseNet, CifarResNet, densenet40
 
 
 def seeds(text: str) -> list[int]:

@@ -59,11 +59,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def load(args: argparse.Namespace) -> tuple[Any, Any, Any, Any, np.ndarray]:
     """CIFAR-10 bundle, pretrained ResNet-56, its graph, cost model and unit scores."""
-    from lcp import importance as imp
-    from lcp.cost import CostModel
-    from lcp.data import load_data
-    from lcp.graph import build_graph
-    from lcp.models import create_model, default_checkpoint, load_checkpoint
+    from lcp.cut import importance as imp
+    from lcp.engine.cost import CostModel
+    from lcp.training.data import load_data
+    from lcp.engine.graph import build_graph
+    from lcp.models.factory import create_model, default_checkpoint, load_checkpoint
 
     bundle = load_data("cifar10", seed=args.seed)
     ckpt = default_checkpoint("resnet56", "cifar10")
@@ -78,8 +78,8 @@ def load(args: argparse.Namespace) -> tuple[Any, Any, Any, Any, np.ndarray]:
 def measure(graph: Any, removed: np.ndarray, bundle: Any, recal_batches: int, seed: int,
             holdout: bool = True) -> tuple[Any, dict]:
     """Pruned network after BN recalibration: (held-out loss,) test top-1 and loss."""
-    from lcp.surgery import apply_plan
-    from lcp.train import evaluate, recalibrate_bn
+    from lcp.engine.surgery import apply_plan
+    from lcp.training.train import evaluate, recalibrate_bn
 
     pruned = apply_plan(graph, removed)
     recalibrate_bn(pruned, bundle.loader("train", 128, shuffle=True, seed=seed), batches=recal_batches)
@@ -105,8 +105,8 @@ def write_csv(rows: list[dict], path: Path) -> None:
 
 
 def run_search(args: argparse.Namespace) -> None:
-    from lcp.ranking import plan
-    from lcp.search import make_fitness, search
+    from lcp.cut.ranking import plan
+    from lcp.methods.legr import make_fitness, search
 
     bundle, model, graph, cost, scores = load(args)
     fitness = make_fitness(graph, cost, scores, bundle, budget=args.budget, recal_batches=args.recal_batches,
@@ -158,9 +158,9 @@ class Steps:
 def run_kendall(args: argparse.Namespace) -> None:
     from scipy.stats import kendalltau
 
-    from lcp.ranking import Transforms, plan
-    from lcp.search import group_std, make_fitness
-    from lcp.train import evaluate, finetune
+    from lcp.cut.ranking import Transforms, plan
+    from lcp.methods.legr import group_std, make_fitness
+    from lcp.training.train import evaluate, finetune
 
     if args.kendall < 10:
         raise SystemExit("--kendall needs N >= 10 candidates")

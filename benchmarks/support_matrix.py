@@ -9,7 +9,7 @@ verification, surgery) would not fit in the memory of a small machine.
 
 Default list (``--models`` overrides it): every model of the installed timm that is CNN-like, meaning it has
 an ``nn.Conv2d`` and no token-mixing module (attention, MLP-mixer, recurrent or state-space blocks; see
-``lcp.timm_support.is_cnn_like``). The rule is applied to every ``timm.list_models()`` entry built on the meta
+``lcp.models.timm_support.is_cnn_like``). The rule is applied to every ``timm.list_models()`` entry built on the meta
 device (no memory, no weights); the list is cached in ``benchmarks/results/timm_cnn_models.json`` per timm
 version.
 
@@ -88,7 +88,7 @@ def _classify(name: str) -> tuple[str, bool, str, int]:
     import timm
     import torch
 
-    from lcp.timm_support import is_cnn_like
+    from lcp.models.timm_support import is_cnn_like
 
     warnings.filterwarnings("ignore")
     try:
@@ -137,7 +137,7 @@ def check_one(name: str, budget: float, size: int, suggest: float) -> dict[str, 
     import timm
     import torch
 
-    from lcp.check import check
+    from lcp.cut.diagnose import check
 
     warnings.filterwarnings("ignore")
     t0 = time.perf_counter()
@@ -297,7 +297,7 @@ def run(args: argparse.Namespace) -> int:
                   f"{args.max_params / 1e6:.0f}M", "seconds": 0})
         else:
             queue.append(n)
-    import lcp.check  # noqa: F401  (imported once here: forked workers start without importing it again)
+    import lcp.cut.diagnose  # noqa: F401  (imported once here: forked workers start without importing it again)
 
     ctx = mp.get_context("fork")
     workers = [Worker(ctx, args) for _ in range(max(1, args.workers))]
@@ -400,17 +400,17 @@ python -c "import lcp; print(lcp.load('runs/r50'))"         # rebuilt from chann
 
 **timm's `train.py` and `validate.py`** (from a clone of
 [pytorch-image-models](https://github.com/huggingface/pytorch-image-models); they are not in the pip
-package). `lcp.timm_support` registers a timm model entry `lcp_<arch>` for every timm architecture; it rebuilds
+package). `lcp.models.timm_support` registers a timm model entry `lcp_<arch>` for every timm architecture; it rebuilds
 the pruned model from the output folder (`channels.json` + `model.safetensors`). Run the scripts through
-`python -m lcp.timm_support`, which registers the entries first:
+`python -m lcp.models.timm_support`, which registers the entries first:
 
 ```bash
-python -m lcp.timm_support validate.py --data-dir ~/data/imagenette --model lcp_resnet50 \\
+python -m lcp.models.timm_support validate.py --data-dir ~/data/imagenette --model lcp_resnet50 \\
     --model-kwargs pruned_dir=runs/r50
-python -m lcp.timm_support train.py --data-dir ~/data/imagenette --model lcp_resnet50 \\
+python -m lcp.models.timm_support train.py --data-dir ~/data/imagenette --model lcp_resnet50 \\
     --model-kwargs pruned_dir=runs/r50 --epochs 10 --lr 0.01 --warmup-epochs 0
 # lcp writes timm's config.json into the folder, so timm's local-dir source works too:
-python -m lcp.timm_support validate.py --data-dir ~/data/imagenette --model local-dir:runs/r50
+python -m lcp.models.timm_support validate.py --data-dir ~/data/imagenette --model local-dir:runs/r50
 ```
 
 The pruned weights are always loaded (`--pretrained` changes nothing); `--num-classes N` puts a new classifier
@@ -426,8 +426,8 @@ offline.
 In Python:
 
 ```python
-import timm, lcp.timm_support
-lcp.timm_support.register_all()
+import timm, lcp.models.timm_support
+lcp.models.timm_support.register_all()
 model = timm.create_model("lcp_resnet50", pruned_dir="runs/r50")          # or "local-dir:runs/r50"
 feats = timm.create_model("lcp_resnet50", pruned_dir="runs/r50", features_only=True, out_indices=(2, 3, 4))
 print(feats.feature_info.channels())                                       # the pruned widths
@@ -489,7 +489,7 @@ def markdown(args: argparse.Namespace) -> int:
       "(a class named like attention: `Attention`, `Attn`, except ResNeSt's `SplitAttn` and SKNet's "
       "`SelectiveKernelAttn` channel gates; MLP-Mixer, gMLP and ResMLP blocks; LSTM/GRU; lambda layers; "
       "EfficientViT's `LiteMLA`, SHViT's `SHSA`, iFormer's `SHMA`, EfficientViM's `HSMSSD`, ConViT's "
-      "`GPSA`/`MHSA`, ViT parallel blocks). The rule is `lcp.timm_support.is_cnn_like`, applied to every "
+      "`GPSA`/`MHSA`, ViT parallel blocks). The rule is `lcp.models.timm_support.is_cnn_like`, applied to every "
       "`timm.list_models()` entry built on the meta device "
       f"({meta.get('models_listed', n) * max(1, every)} of the {meta.get('timm_models', 'installed')} models "
       f"of timm {meta.get('timm', '?')}).")

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from .errors import LcpError
+from lcp.errors import LcpError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -50,9 +50,9 @@ def _budget_list(text: str) -> list[float]:
 
 
 def _add_prune_args(p: argparse.ArgumentParser) -> None:
-    from .connections import CONNECTION_METHODS
-    from .importance import AGGREGATIONS, CRITERIA
-    from .ranking import AGENT_METHODS, BUDGET_TYPES, METHODS
+    from lcp.engine.connections import CONNECTION_METHODS
+    from lcp.cut.importance import AGGREGATIONS, CRITERIA
+    from lcp.cut.ranking import AGENT_METHODS, BUDGET_TYPES, METHODS
 
     S = argparse.SUPPRESS  # unset options fall back to --recipe, then to PruneConfig's defaults
     p.add_argument("--recipe", help="YAML file of options (keys as the long options, with _); flags override it")
@@ -126,7 +126,7 @@ def _add_prune_args(p: argparse.ArgumentParser) -> None:
 
 def _config(args: argparse.Namespace, cls: Any = None) -> Any:
     """The command's config (``PruneConfig`` unless ``cls``): recipe values, overridden by the given flags."""
-    from .pipeline import PruneConfig
+    from lcp.run.pipeline import PruneConfig
 
     cls = cls or PruneConfig
     return cls(**_given(args, cls))
@@ -144,7 +144,7 @@ def _given(args: argparse.Namespace, cls: Any) -> dict[str, Any]:
 def _read_recipe(path: str, cls: Any = None) -> dict[str, Any]:
     import yaml
 
-    from .pipeline import PruneConfig
+    from lcp.run.pipeline import PruneConfig
 
     cls = cls or PruneConfig
     try:
@@ -170,13 +170,13 @@ def _read_recipe(path: str, cls: Any = None) -> dict[str, Any]:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from .pipeline import PruneConfig, run_prune
-    from .report import print_table
+    from lcp.run.pipeline import PruneConfig, run_prune
+    from lcp.report import print_table
 
     given = _given(args, PruneConfig)
     cfg = PruneConfig(**given)
     if cfg.structure_from:
-        from .transfer import check_options
+        from lcp.methods.structure import check_options
 
         check_options(cfg, given)  # --method lcp is refused too, though it is the default
         if "budget" not in given and "budgets" not in given:
@@ -188,15 +188,15 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .pipeline import TrainConfig, run_train
-    from .report import print_table
+    from lcp.run.pipeline import TrainConfig, run_train
+    from lcp.report import print_table
 
     print(print_table(run_train(_config(args, TrainConfig))))
     return 0
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from .pipeline import run_search
+    from lcp.run.pipeline import run_search
 
     cfg = _config(args)
     if cfg.structure_from:
@@ -208,11 +208,11 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from . import store
-    from .data import load_data
-    from .io import read_json
-    from .models import model_info
-    from .train import evaluate
+    from lcp.models import store
+    from lcp.training.data import load_data
+    from lcp.io import read_json
+    from lcp.models.factory import model_info
+    from lcp.training.train import evaluate
 
     model = store.load(args.dir)
     spec = read_json(Path(args.dir) / "channels.json", what="channels.json")
@@ -232,8 +232,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     import torch
 
-    from .check import check
-    from .models import create_model, model_info
+    from lcp.cut.diagnose import check
+    from lcp.models.factory import create_model, model_info
 
     info = model_info(args.model)
     size = tuple(args.input_size) if args.input_size else info.input_size
@@ -248,11 +248,11 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from . import store
-    from .io import atomic_path, read_json
-    from .latency import bench
-    from .models import create_model, model_info
-    from .report import print_table
+    from lcp.models import store
+    from lcp.io import atomic_path, read_json
+    from lcp.cut.latency import bench
+    from lcp.models.factory import create_model, model_info
+    from lcp.report import print_table
 
     if (args.dir is None) == (args.model is None):
         raise LcpError("pass a pruned folder (lcp bench DIR) or --model NAME")

@@ -427,3 +427,11 @@ def prepare_out_dir(
         created = datetime.now(timezone.utc).isoformat(timespec="seconds")
         atomic_write_json(run_file, {"format": 1, "created": created, "signature": sig})
     return out
+
+
+def cache_dir() -> Path:
+    """lcp's cache root: ``$LCP_CACHE``, else ``$XDG_CACHE_HOME/lcp``, else ``~/.cache/lcp`` (not created)."""
+    if os.environ.get("LCP_CACHE"):
+        return Path(os.environ["LCP_CACHE"]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(xdg).expanduser() / "lcp"

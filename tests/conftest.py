@@ -46,9 +46,9 @@ def _isolated_lcp_cache(tmp_path_factory: pytest.TempPathFactory):
 def _short_report_timings():
     """Every prune run's report times the pruned network against the original for at least ``min_seconds``
     (1 s by default, for users); the tests assert no timings, so 0.1 s keeps the suite short."""
-    import lcp.latency
+    import lcp.cut.latency
 
-    defaults = lcp.latency.paired_latency.__kwdefaults__
+    defaults = lcp.cut.latency.paired_latency.__kwdefaults__
     saved = defaults["min_seconds"]
     defaults["min_seconds"] = 0.1
     yield

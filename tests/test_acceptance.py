@@ -18,9 +18,9 @@ import torch
 
 import lcp
 from lcp.cli import main
-from lcp.data import load_data
-from lcp.models import model_info
-from lcp.train import evaluate
+from lcp.training.data import load_data
+from lcp.models.factory import model_info
+from lcp.training.train import evaluate
 
 RESNET56_TOP1 = 89.58  # ../shared/weights/README.md
 

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from lcp.agents import AgentConfig, Env, RatioCost, quadratic_toy, run_agent, search_ratios
+from lcp.methods.ddpg import AgentConfig, Env, RatioCost, quadratic_toy, run_agent, search_ratios
 from lcp.errors import LcpError
-from lcp.graph import floor_keep
-from lcp.ranking import plan, plan_ratios
-from lcp.search import make_fitness
+from lcp.engine.graph import floor_keep
+from lcp.cut.ranking import plan, plan_ratios
+from lcp.methods.legr import make_fitness
 from test_search import random_bundle, tiny_graph
 
 

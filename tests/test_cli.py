@@ -478,12 +478,12 @@ def test_recal_batches_zero(tiny_folder: Path, resnet20_ckpt: Path, tmp_path: Pa
 # well under a second, a race a poller could lose).
 PAUSING_CLI = """
 import runpy, sys, time
-import lcp.train
-_save = lcp.train.save_checkpoint
+import lcp.training.train
+_save = lcp.training.train.save_checkpoint
 def save_then_pause(*args, **kwargs):
     _save(*args, **kwargs)
     time.sleep(300)
-lcp.train.save_checkpoint = save_then_pause
+lcp.training.train.save_checkpoint = save_then_pause
 runpy.run_module("lcp.cli", run_name="__main__", alter_sys=True)
 """
 

@@ -1,4 +1,4 @@
-"""Connection-level pruning of DenseNets (lcp.connections) and the ads / lwp controllers (lcp.controllers)."""
+"""Connection-level pruning of DenseNets (lcp.engine.connections) and the ads / lwp controllers (lcp.methods.controllers)."""
 from __future__ import annotations
 
 import copy
@@ -8,11 +8,11 @@ import pytest
 import torch
 from torch import nn
 
-from lcp.connections import ConnectionGraph, ZeroConv, build
-from lcp.controllers import ControllerConfig, HeldOut, match_toy, search_connections, shaped_reward
-from lcp.cost import count_macs, count_params
+from lcp.engine.connections import ConnectionGraph, ZeroConv, build
+from lcp.methods.controllers import ControllerConfig, HeldOut, match_toy, search_connections, shaped_reward
+from lcp.engine.cost import count_macs, count_params
 from lcp.errors import LcpError, UnreachableBudget
-from lcp.zoo import CifarDenseNet, resnet20
+from lcp.models.zoo import CifarDenseNet, resnet20
 
 
 @pytest.fixture(autouse=True)
@@ -347,7 +347,7 @@ def test_unreachable_budget_in_search(cg):
 
 
 def test_channels_json_rebuilds_the_connection_pruned_model(cg, tmp_path):
-    from lcp import store
+    from lcp.models import store
     from lcp.io import load_tensors
 
     rng = np.random.default_rng(2)

@@ -1,4 +1,4 @@
-"""Tests of lcp.data (loading, caching, splits, batches) and lcp.train (evaluate, BN recalibration, fine-tuning)."""
+"""Tests of lcp.training.data (loading, caching, splits, batches) and lcp.training.train (evaluate, BN recalibration, fine-tuning)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import torch
 from PIL import Image
 from torch import nn
 
-import lcp.data as data_mod
-from lcp.data import DataBundle, load_data
+import lcp.training.data as data_mod
+from lcp.training.data import DataBundle, load_data
 from lcp.errors import LcpError
-from lcp.train import evaluate, finetune, load_checkpoint, recalibrate_bn, train_baseline
+from lcp.training.train import evaluate, finetune, load_checkpoint, recalibrate_bn, train_baseline
 
 SIZE = (3, 8, 8)
 
@@ -54,7 +54,7 @@ def folder(tmp_path: Path) -> Path:
     return make_folder(tmp_path / "ds")
 
 
-# ---------------------------------------------------------------------------------------------- lcp.data
+# ---------------------------------------------------------------------------------------------- lcp.training.data
 
 
 def test_load_folder_splits(folder: Path) -> None:
@@ -224,7 +224,7 @@ def test_cifar10_sizes() -> None:
     assert torch.bincount(b.holdout_y).tolist() == [500] * 10
 
 
-# --------------------------------------------------------------------------------------------- lcp.train
+# --------------------------------------------------------------------------------------------- lcp.training.train
 
 
 class TinyNet(nn.Module):

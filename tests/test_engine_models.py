@@ -52,10 +52,10 @@ def build(name: str) -> tuple[nn.Module, torch.Tensor]:
     torch.manual_seed(0)
     if name in ZOO_MODELS:
         try:
-            from lcp.models import create_model
+            from lcp.models.factory import create_model
             model = create_model(name, num_classes=10)
-        except ImportError:  # lcp.models not written yet: the zoo registry directly
-            from lcp.zoo import ZOO
+        except ImportError:  # lcp.models.factory not written yet: the zoo registry directly
+            from lcp.models.zoo import ZOO
             model = ZOO[name](num_classes=10)
         size = ZOO_INPUT
     else:

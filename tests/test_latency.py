@@ -1,7 +1,7 @@
 """Latency budgets: the per-layer lookup table, the latency cost model and the measured cut.
 
 Timings are never asserted here (benchmarks/latency.py measures them); where the cut's logic is tested,
-``lcp.latency.measure`` is replaced by a deterministic stand-in that is a function of the network's MACs.
+``lcp.cut.latency.measure`` is replaced by a deterministic stand-in that is a function of the network's MACs.
 """
 from __future__ import annotations
 
@@ -11,14 +11,14 @@ import torch
 from torch import nn
 
 import lcp
-import lcp.latency
-from lcp import importance as imp
-from lcp.cost import CostModel
+import lcp.cut.latency
+from lcp.cut import importance as imp
+from lcp.engine.cost import CostModel
 from lcp.errors import LcpError, UnreachableBudget
-from lcp.graph import build_graph
-from lcp.latency import LatencyTable, LayerTable
-from lcp.pruner import prune_graph
-from lcp.zoo import CifarResNet
+from lcp.engine.graph import build_graph
+from lcp.cut.latency import LatencyTable, LayerTable
+from lcp.cut.pruner import prune_graph
+from lcp.models.zoo import CifarResNet
 
 SIZE = (3, 16, 16)
 
@@ -40,7 +40,7 @@ def fake_measure(model, input_size, **kw):
 
 def fake_time_layer(module, n_in, n_out, depthwise, shapes, *, batch, **kw):
     """The stand-in's per-layer timing: 1 ms per million MACs of the probe layer, so the table is exact."""
-    probe = lcp.latency._probe(module, n_in, n_out, depthwise)
+    probe = lcp.cut.latency._probe(module, n_in, n_out, depthwise)
     return sum(lcp.count_macs(probe, torch.zeros(1, probe.in_channels, *s[1:]) if not isinstance(module, nn.Linear)
                               else torch.zeros(1, *s[:-1], n_in)) for s in shapes) / 1e6
 
@@ -48,8 +48,8 @@ def fake_time_layer(module, n_in, n_out, depthwise, shapes, *, batch, **kw):
 @pytest.fixture
 def fake_timing(monkeypatch, tmp_path):
     """Deterministic timings (whole network and per-layer table) and a cache of their own."""
-    monkeypatch.setattr(lcp.latency, "measure", fake_measure)
-    monkeypatch.setattr(lcp.latency, "_time_layer", fake_time_layer)
+    monkeypatch.setattr(lcp.cut.latency, "measure", fake_measure)
+    monkeypatch.setattr(lcp.cut.latency, "_time_layer", fake_time_layer)
     monkeypatch.setenv("LCP_CACHE", str(tmp_path / "cache"))
 
 
@@ -125,7 +125,7 @@ def test_latency_cut_corrects_the_table_and_confirms_under_noise(graph, fake_tim
         ms = curved_ms(model, input_size) * (1 + sigma * rng.standard_normal())
         return {"median_ms": ms, "p10_ms": ms, "p90_ms": ms, "images_per_s": 1e3 / ms}
 
-    monkeypatch.setattr(lcp.latency, "measure", measure)
+    monkeypatch.setattr(lcp.cut.latency, "measure", measure)
     base = curved_ms(graph.model, SIZE)
     for budget in (0.8, 0.6):
         calls.clear()
@@ -157,7 +157,7 @@ def test_unreachable_latency_budget_names_the_lowest(graph, fake_timing):
 
 
 def test_search_fitness_cuts_by_the_latency_table(graph, fake_timing):
-    from lcp.ranking import plan
+    from lcp.cut.ranking import plan
 
     scores = imp.unit_scores(graph, imp.filter_scores(graph, "l2"), "mean")
     table = LatencyTable.build(graph, repeats=2, warmup=1)

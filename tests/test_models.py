@@ -1,4 +1,4 @@
-"""Tests for lcp.zoo and lcp.models: zoo architectures, model creation by name, checkpoint loading errors."""
+"""Tests for lcp.models.zoo and lcp.models.factory: zoo architectures, model creation by name, checkpoint loading errors."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ import torch.fx
 from torch import nn
 
 from lcp.errors import LcpError
-from lcp.models import cache_dir, create_model, default_checkpoint, load_checkpoint, model_info
-from lcp.zoo import ZOO, ShortcutA
+from lcp.io import cache_dir
+from lcp.models.factory import create_model, default_checkpoint, load_checkpoint, model_info
+from lcp.models.zoo import ZOO, ShortcutA
 
 
 def weights_dir() -> Path:

@@ -22,7 +22,7 @@ from torch import nn
 
 import lcp
 from lcp.errors import LcpError, UnreachableBudget
-from lcp.graph import floor_keep
+from lcp.engine.graph import floor_keep
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -586,11 +586,11 @@ def test_pad_channels_frozen():
 
 # ------------------------------------------------------------------------------------------------ ShortcutA
 
-try:  # lcp.zoo is written by another engineer; only the ShortcutA tests need it
-    from lcp import zoo
+try:  # lcp.models.zoo is written by another engineer; only the ShortcutA tests need it
+    from lcp.models import zoo
 except ImportError:  # pragma: no cover
     zoo = None
-needs_zoo = pytest.mark.skipif(zoo is None, reason="lcp.zoo (ShortcutA) is not available")
+needs_zoo = pytest.mark.skipif(zoo is None, reason="lcp.models.zoo (ShortcutA) is not available")
 
 
 class ShortcutNet(nn.Module):
@@ -1051,8 +1051,8 @@ def test_budget_one_identical_outputs(cls):
 
 def test_verification_catches_a_wrong_model():
     # the checker itself: a pruned model with its kept input channels in the wrong order is refused
-    from lcp.pruner import check_pruned
-    from lcp.surgery import verify
+    from lcp.cut.pruner import check_pruned
+    from lcp.engine.surgery import verify
 
     torch.manual_seed(0)
     res = prune_and_check(Chain(), img())

@@ -15,14 +15,14 @@ import numpy as np
 import pytest
 import torch
 
-from lcp import importance as imp
-from lcp.cost import CostModel
-from lcp.data import DataBundle
+from lcp.cut import importance as imp
+from lcp.engine.cost import CostModel
+from lcp.training.data import DataBundle
 from lcp.errors import LcpError
-from lcp.graph import ChannelGraph, build_graph
-from lcp.ranking import Transforms, plan
-from lcp.search import Fitness, make_fitness, search, write_outputs
-from lcp.zoo import CifarResNet
+from lcp.engine.graph import ChannelGraph, build_graph
+from lcp.cut.ranking import Transforms, plan
+from lcp.methods.legr import Fitness, make_fitness, search, write_outputs
+from lcp.models.zoo import CifarResNet
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = (3, 16, 16)
@@ -177,7 +177,7 @@ import json, sys, time
 import numpy as np
 sys.path.insert(0, {tests!r})
 from test_search import Recorder, tiny_graph
-from lcp.search import search
+from lcp.methods.legr import search
 
 class Slow(Recorder):
     def __call__(self, tf):

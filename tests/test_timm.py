@@ -11,7 +11,7 @@ with a model, step by step and with timm's own functions: ``--model lcp_<arch> -
 parsed by ``timm.utils.ParseKwargs``, ``timm.create_model`` with the arguments train.py passes, the data
 config and transforms from the model's ``pretrained_cfg``, timm's dataset, loader and optimizer, a checkpoint
 saved and loaded back the way ``--initial-checkpoint`` / ``validate.py --checkpoint`` do. The runner
-``python -m lcp.timm_support SCRIPT`` that registers the entries for such scripts runs a small script of that kind.
+``python -m lcp.models.timm_support SCRIPT`` that registers the entries for such scripts runs a small script of that kind.
 """
 from __future__ import annotations
 
@@ -28,7 +28,8 @@ import pytest
 import torch
 
 import lcp
-import lcp.latency
+import lcp.cut.latency
+import lcp.models.store
 from lcp.cli import main
 
 timm = pytest.importorskip("timm")
@@ -39,7 +40,7 @@ TIMM_MODELS = [
     "res2net50_14w_8s", "rexnet_100", "hrnet_w18_small", "resnext26ts", "dpn48b", "efficientnetv2_rw_t",
 ]
 SIZE = (3, 64, 64)
-_REAL_MEASURE = lcp.latency.measure
+_REAL_MEASURE = lcp.cut.latency.measure
 CLASSES = 3  # the tiny folder's
 
 
@@ -71,7 +72,7 @@ def lcp_cli(*argv: object) -> tuple[int, str, str]:
 
 
 def _quick_latency(model, input_size, **kw):
-    """Stands in for ``lcp.latency.measure`` (25 timed forwards of both models; tested elsewhere): one forward."""
+    """Stands in for ``lcp.cut.latency.measure`` (25 timed forwards of both models; tested elsewhere): one forward."""
     return _REAL_MEASURE(model, input_size, **{**kw, "warmup": 0, "repeats": 1})
 
 
@@ -87,15 +88,15 @@ class Runs:
             ckpt = self.saver(name, CLASSES, self.root / f"{name}.pt")
             out = self.root / name
             saved = []
-            real_write = lcp.store.write
+            real_write = lcp.models.store.write
 
             def spy(out_dir, model, spec):  # the pruned model exactly as the CLI writes it
                 saved.append(model)
                 return real_write(out_dir, model, spec)
 
             with pytest.MonkeyPatch.context() as mp:
-                mp.setattr(lcp.store, "write", spy)
-                mp.setattr("lcp.latency.measure", _quick_latency)
+                mp.setattr(lcp.models.store, "write", spy)
+                mp.setattr("lcp.cut.latency.measure", _quick_latency)
                 res = lcp_cli("prune", "--model", name, "--data", self.data, "--checkpoint", ckpt,
                               "--input-size", *SIZE, "--budget", "0.5", "--method", "global",
                               "--finetune-epochs", "0", "--holdout", "9", "--batch-size", "16",
@@ -112,7 +113,7 @@ def runs(tmp_path_factory, tiny_folder, state_dict_saver) -> Runs:
 
 @pytest.fixture(scope="module")
 def entries():
-    import lcp.timm_support as ts
+    import lcp.models.timm_support as ts
 
     ts.register_all()
     return ts
@@ -285,7 +286,7 @@ def test_timm_script_path(runs, entries, tiny_folder, tmp_path, name):
 
 
 def test_runner_registers_entries_for_a_script(runs, tmp_path):
-    """``python -m lcp.timm_support SCRIPT ARGS``: a script parsing --model-kwargs like train.py, in a new process."""
+    """``python -m lcp.models.timm_support SCRIPT ARGS``: a script parsing --model-kwargs like train.py, in a new process."""
     out, pruned, _ = runs("resnet18")
     script = tmp_path / "my_validate.py"
     script.write_text(textwrap.dedent("""
@@ -304,7 +305,7 @@ def test_runner_registers_entries_for_a_script(runs, tmp_path):
     with torch.no_grad():
         want = float(pruned(x).double().sum())
     env = {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
-    done = subprocess.run([sys.executable, "-m", "lcp.timm_support", str(script), "--model", "lcp_resnet18",
+    done = subprocess.run([sys.executable, "-m", "lcp.models.timm_support", str(script), "--model", "lcp_resnet18",
                            "--model-kwargs", f"pruned_dir={out}"], capture_output=True, text=True, timeout=300,
                           env=env)
     (out / "x.pt").unlink()
@@ -354,7 +355,7 @@ def test_check_offline_hub_name_is_one_line():
 
 
 def test_check_api_budget_out_of_reach():
-    from lcp.check import check
+    from lcp.cut.diagnose import check
 
     model = timm.create_model("resnet18", num_classes=CLASSES)
     rep = check(model, torch.zeros(1, *SIZE), budget=0.01)
@@ -363,7 +364,7 @@ def test_check_api_budget_out_of_reach():
 
 
 def test_cnn_like_rule():
-    from lcp.timm_support import is_cnn_like
+    from lcp.models.timm_support import is_cnn_like
 
     with torch.device("meta"):
         assert is_cnn_like(timm.create_model("resnest14d")) == (True, "")  # SplitAttn is a conv gate
@@ -382,9 +383,9 @@ def test_check_pretrained_offline_is_one_line():
 
 def test_imagenet_style_data_uses_timm_transforms(tiny_folder):
     """Above 64x64 an ImageFolder is read through timm's eval transform of the model's pretrained_cfg."""
-    from lcp.data import load_data
-    from lcp.models import model_info
-    from lcp.pipeline import _timm_eval_transform
+    from lcp.training.data import load_data
+    from lcp.models.factory import model_info
+    from lcp.run.pipeline import _timm_eval_transform
 
     info = model_info("regnetx_002")
     tf = _timm_eval_transform(info, (3, 96, 96))
@@ -399,7 +400,7 @@ def test_check_suggests_ignore_patterns_for_a_failing_block(monkeypatch):
     """A model that fails after the cut gets the --ignore patterns that make it prune (here: a fake bug in b.0)."""
     import importlib
 
-    lc = importlib.import_module("lcp.check")  # the module, even if lcp exports a function named check
+    lc = importlib.import_module("lcp.cut.diagnose")  # the module, even if lcp exports a function named check
 
     class Net(torch.nn.Module):
         def __init__(self):

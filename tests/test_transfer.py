@@ -12,7 +12,7 @@ from test_cli import OUTPUT_FILES, assert_one_line_error, lcp_cli, read_report, 
 
 import lcp
 from lcp.report import REPORT_COLUMNS
-from lcp.store import widths
+from lcp.models.store import widths
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

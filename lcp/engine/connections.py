@@ -24,10 +24,10 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from .cost import CostModel, _record_cost, count_macs, count_params
-from .errors import LcpError, UnreachableBudget
-from .graph import ChannelGraph, trace
-from .surgery import Verification, _index, _prune_norm, _set_param, _tensors, input_mask_hook
+from lcp.engine.cost import CostModel, _record_cost, count_macs, count_params
+from lcp.errors import LcpError, UnreachableBudget
+from lcp.engine.graph import ChannelGraph, trace
+from lcp.engine.surgery import Verification, _index, _prune_norm, _set_param, _tensors, input_mask_hook
 
 CONNECTION_METHODS = ("ads", "lwp")
 
@@ -504,6 +504,6 @@ def _del_submodule(root: nn.Module, name: str) -> None:
 
 def build(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor]) -> ConnectionGraph:
     """Trace ``model`` and find its connections (refuses models without dense connections)."""
-    from .graph import build_graph
+    from lcp.engine.graph import build_graph
 
     return ConnectionGraph(build_graph(model, example_inputs))

@@ -13,9 +13,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import LcpError
-from .graph import ChannelGraph, Record
-from .ops import STD_CONVS
+from lcp.errors import LcpError
+from lcp.engine.graph import ChannelGraph, Record
+from lcp.engine.rules import STD_CONVS
 
 
 def count_macs(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor]) -> int:
@@ -66,7 +66,7 @@ def _record_cost(rec: Record, n_out: int, n_in: int, n_norm_params: int) -> tupl
 class CostModel:
     """MACs and params of a model as units are removed, updated incrementally per removed unit.
 
-    With a ``latency`` table (``lcp.latency.LatencyTable``) it also predicts the latency in milliseconds
+    With a ``latency`` table (``lcp.cut.latency.LatencyTable``) it also predicts the latency in milliseconds
     (metric ``"latency"``): the table's constant plus every layer's interpolated timing at its current widths.
     """
 

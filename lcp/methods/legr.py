@@ -27,19 +27,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .cost import CostModel
-from .data import DataBundle
-from .errors import LcpError
-from .graph import ChannelGraph
-from .io import PathLike, atomic_write_json, atomic_write_text, read_json
-from .ranking import Transforms, check_budget, plan
-from .surgery import apply_plan
-from .train import recalibrate_bn
+from lcp.engine.cost import CostModel
+from lcp.training.data import DataBundle
+from lcp.errors import LcpError
+from lcp.engine.graph import ChannelGraph
+from lcp.io import PathLike, atomic_write_json, atomic_write_text, read_json
+from lcp.cut.ranking import Transforms, check_budget, plan
+from lcp.engine.surgery import apply_plan
+from lcp.training.train import recalibrate_bn
 
 __all__ = ["Fitness", "SearchResult", "group_std", "make_fitness", "search", "write_outputs", "write_search_csv",
            "OPTIMIZERS", "COMPENSATIONS"]
 
-log = logging.getLogger("lcp.search")
+log = logging.getLogger("lcp.methods.legr")
 
 #: Short optimizer names; any exact ``nevergrad.optimizers.registry`` key is accepted too.
 OPTIMIZERS: dict[str, str] = {"legr": "legr", "ngopt": "NGOpt", "cma": "CMA", "de": "DE", "pso": "PSO",
@@ -718,7 +718,7 @@ def write_search_csv(history: Sequence[dict[str, float]], path: PathLike) -> Non
 
 def write_outputs(result: SearchResult, out_dir: PathLike) -> None:
     """``search.csv`` and ``search.png`` (fitness per candidate and best so far) in ``out_dir``."""
-    from .report import plot_search
+    from lcp.report import plot_search
 
     out = Path(out_dir)
     write_search_csv(result.history, out / "search.csv")

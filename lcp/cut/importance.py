@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import LcpError
-from .graph import ChannelGraph
+from lcp.errors import LcpError
+from lcp.engine.graph import ChannelGraph
 
 CRITERIA = ("l2", "l1", "bn_scale", "taylor")
 AGGREGATIONS = ("mean", "sum")

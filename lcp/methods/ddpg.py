@@ -27,16 +27,16 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .cost import CostModel, _record_cost
-from .errors import LcpError
-from .graph import ChannelGraph, floor_keep
-from .io import PathLike, atomic_write_text, load_tensor_metadata, load_tensors, save_tensors
-from .ranking import AGENT_METHODS, Plan, plan_ratios
+from lcp.engine.cost import CostModel, _record_cost
+from lcp.errors import LcpError
+from lcp.engine.graph import ChannelGraph, floor_keep
+from lcp.io import PathLike, atomic_write_text, load_tensor_metadata, load_tensors, save_tensors
+from lcp.cut.ranking import AGENT_METHODS, Plan, plan_ratios
 
 __all__ = ["AGENT_METHODS", "AgentConfig", "AgentResult", "RatioCost", "search_ratios", "run_agent",
            "quadratic_toy", "write_agent_csv"]
 
-log = logging.getLogger("lcp.agents")
+log = logging.getLogger("lcp.methods.ddpg")
 
 _STATE_FORMAT = "lcp-agent-state/2"
 N_FEATURES = 8

@@ -12,12 +12,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .cost import CostModel
-from .errors import LcpError, UnreachableBudget
-from .graph import ChannelGraph, floor_keep
+from lcp.engine.cost import CostModel
+from lcp.errors import LcpError, UnreachableBudget
+from lcp.engine.graph import ChannelGraph, floor_keep
 
 METHODS = ("lcp", "global", "uniform", "random")
-AGENT_METHODS = ("lfgcl", "amc")  # DDPG keep ratios per group (lcp.agents), cut by plan_ratios
+AGENT_METHODS = ("lfgcl", "amc")  # DDPG keep ratios per group (lcp.methods.ddpg), cut by plan_ratios
 BUDGET_TYPES = ("macs", "params", "latency")
 
 

@@ -15,7 +15,7 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
-from .errors import LcpError
+from lcp.errors import LcpError
 
 
 @contextmanager
@@ -316,8 +316,8 @@ class LatencyTable:
 
         Layers of the same shape are timed once; timings are cached per device, batch and thread count in
         the user cache (``$LCP_CACHE/latency/``), so a second model with the same layer shapes is free."""
-        from .io import atomic_write_json, read_json
-        from .models import cache_dir
+        from lcp.io import atomic_write_json, read_json
+        from lcp.io import cache_dir
 
         if device == "cuda" and not torch.cuda.is_available():
             raise LcpError("--device cuda asked for, but no CUDA device is available")

@@ -16,10 +16,10 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from . import store
-from .errors import LcpError
-from .graph import ChannelGraph
-from .io import read_json
+from lcp.models import store
+from lcp.errors import LcpError
+from lcp.engine.graph import ChannelGraph
+from lcp.io import read_json
 
 STRUCTURE_METHOD = "structure-from"
 #: options that choose a structure; refused with --structure-from (the structure is given)
@@ -64,11 +64,11 @@ class Structure:
     def fit(self, graph: ChannelGraph, budget: float | None, budget_type: str, log: Callable[[str], None]) -> None:
         """Find the structure's units (connections) in ``graph`` and check the cut has the recorded widths;
         log the cost it keeps, and say so when ``budget`` (given, optional) is not what it reaches."""
-        from .cost import CostModel
-        from .surgery import apply_plan
+        from lcp.engine.cost import CostModel
+        from lcp.engine.surgery import apply_plan
 
         if self.connections:
-            from .connections import ConnectionGraph
+            from lcp.engine.connections import ConnectionGraph
 
             cg = ConnectionGraph(graph)
             try:
@@ -123,9 +123,7 @@ class Structure:
 def check_options(cfg: Any, given: Iterable[str] = ()) -> None:
     """Refuse options that choose a structure: those in ``given`` (set explicitly: flags, recipe) or, without it,
     those that differ from the defaults."""
-    from .pipeline import PruneConfig
-
-    default, given = PruneConfig(), set(given)
+    default, given = type(cfg)(), set(given)  # the config class's defaults
     bad = [k for k in SEARCH_OPTIONS if k in given or getattr(cfg, k) != getattr(default, k)]
     if cfg.budgets and len(cfg.budgets) > 1:
         bad.append("budgets")
@@ -138,7 +136,7 @@ def check_options(cfg: Any, given: Iterable[str] = ()) -> None:
 def open_structure(cfg: Any, given: Iterable[str] = ()) -> Structure:
     """Read ``cfg.structure_from`` and check what can be checked before the model is loaded (options, model name,
     output folder)."""
-    from .models import model_info
+    from lcp.models.factory import model_info
 
     check_options(cfg, given)
     path = Path(cfg.structure_from).expanduser()

@@ -20,7 +20,8 @@ import torchvision
 from torch import nn
 
 from lcp.errors import LcpError
-from lcp.zoo import IMAGENET_MEAN, IMAGENET_STD, ZOO
+from lcp.io import cache_dir
+from lcp.models.zoo import IMAGENET_MEAN, IMAGENET_STD, ZOO
 
 TV_PREFIX = "tv:"
 _STRIP_PREFIXES = ("module.", "_orig_mod.")  # DataParallel / DDP, torch.compile
@@ -182,14 +183,6 @@ def _timm_data_config(name: str) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------------- checkpoints
-
-
-def cache_dir() -> Path:
-    """lcp's cache root: ``$LCP_CACHE``, else ``$XDG_CACHE_HOME/lcp``, else ``~/.cache/lcp`` (not created)."""
-    if os.environ.get("LCP_CACHE"):
-        return Path(os.environ["LCP_CACHE"]).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(xdg).expanduser() / "lcp"
 
 
 def default_checkpoint(name: str, dataset: str) -> Path | None:

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lcp.data import DataBundle, atomic_write
+from lcp.training.data import DataBundle, atomic_write
 from lcp.errors import LcpError
 
 __all__ = ["evaluate", "recalibrate_bn", "finetune", "train_baseline", "load_checkpoint", "save_checkpoint"]

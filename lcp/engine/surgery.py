@@ -11,9 +11,9 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import LcpError
-from .graph import ChannelGraph, LcpTracer
-from .ops import STD_CONVS
+from lcp.errors import LcpError
+from lcp.engine.graph import ChannelGraph, LcpTracer
+from lcp.engine.rules import STD_CONVS
 
 
 def _index(t: torch.Tensor, dim: int, keep: np.ndarray) -> torch.Tensor:

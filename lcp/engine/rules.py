@@ -16,7 +16,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from .graph import Chan, Frozen, Record, UnionFind
+from lcp.engine.graph import Chan, Frozen, Record, UnionFind
 
 # ---------------------------------------------------------------------------------------------------------------
 # Module classification
@@ -70,7 +70,7 @@ _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 def _shortcut_a() -> tuple[type, ...]:
-    return _optional("lcp.zoo", ["ShortcutA"])
+    return _optional("lcp.models.zoo", ["ShortcutA"])
 
 
 def leaf_types() -> tuple[type, ...]:

@@ -20,7 +20,7 @@ import torch.fx as fx
 from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from .errors import LcpError
+from lcp.errors import LcpError
 
 # --------------------------------------------------------------------------------------------------------------
 # Ids, union-find and channel-carrying values
@@ -227,7 +227,7 @@ class ChannelGraph:
 
 
 def _leaf_types() -> tuple[type, ...]:
-    from . import ops
+    from lcp.engine import rules as ops
     return ops.leaf_types()
 
 
@@ -275,7 +275,7 @@ def build_graph(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.
 
     ``ignore``: glob patterns of module names (``"head.*"``, ``"*.se.*"``) whose output channels are kept.
     """
-    from .ops import Propagator
+    from lcp.engine.rules import Propagator
 
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)

@@ -371,7 +371,7 @@ def _scan_classes(folder: Path, classes: list[str] | None, root: Path) -> tuple[
 def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
     """Write ``path`` via ``write(file)`` into a temporary sibling, fsync, then ``os.replace`` it into place
     (``io.atomic_path``; its temporary names are recognised and cleaned up as leftovers of killed runs)."""
-    from .io import atomic_path
+    from lcp.io import atomic_path
 
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:

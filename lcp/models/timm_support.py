@@ -9,7 +9,7 @@
   the pruned channel counts in ``feature_info``), ``checkpoint_path`` (timm loads it after the entry).
 * lcp writes a timm ``config.json`` beside ``channels.json`` for timm models, so
   ``timm.create_model("local-dir:runs/r50")`` works as well (after ``register_all()``).
-* ``python -m lcp.timm_support SCRIPT [ARGS...]`` runs a script (timm's ``train.py`` or ``validate.py``) with the
+* ``python -m lcp.models.timm_support SCRIPT [ARGS...]`` runs a script (timm's ``train.py`` or ``validate.py``) with the
   entries registered: ``--model lcp_resnet50 --model-kwargs pruned_dir=runs/r50`` or ``--model local-dir:runs/r50``.
 * ``refresh_attributes``: after a cut, ``num_features``, ``head_hidden_size`` and the ``feature_info`` channel
   counts of a pruned timm model are measured on it, so ``reset_classifier`` and feature wrappers fit.
@@ -34,7 +34,7 @@ from typing import Any, Sequence
 import torch
 from torch import fx, nn
 
-from .errors import LcpError
+from lcp.errors import LcpError
 
 PREFIX = "lcp_"
 ENTRY_MODULE = "lcp.timm_entries"  # a namespace module holding the registered entry functions
@@ -74,7 +74,7 @@ def is_cnn_like(model: nn.Module) -> tuple[bool, str]:
 def _entry_module() -> types.ModuleType:
     mod = sys.modules.get(ENTRY_MODULE)
     if mod is None:
-        mod = types.ModuleType(ENTRY_MODULE, "timm model entries lcp_<arch>, registered by lcp.timm_support")
+        mod = types.ModuleType(ENTRY_MODULE, "timm model entries lcp_<arch>, registered by lcp.models.timm_support")
         mod.__all__ = []
         mod.default_cfgs = {}
         sys.modules[ENTRY_MODULE] = mod
@@ -169,9 +169,9 @@ def create_pruned(pruned_dir: str | Path | None = None, *, arch: str | None = No
     go to the original model's constructor (e.g. ``drop_path_rate``), which must keep its channel widths.
     Returned in train mode, like ``timm.create_model``.
     """
-    from . import store
-    from .io import load_tensors, read_json
-    from .models import _resolve, create_model
+    from lcp.models import store
+    from lcp.io import load_tensors, read_json
+    from lcp.models.factory import _resolve, create_model
 
     del pretrained, cache_dir  # the weights are the folder's
     folder = _pruned_folder(pruned_dir, pretrained_cfg if not dataclasses.is_dataclass(pretrained_cfg)
@@ -421,7 +421,7 @@ def _fix_feature_channels(wrapped: nn.Module, example: torch.Tensor) -> None:
 
 def timm_config(spec: dict) -> dict | None:
     """timm's ``config.json`` for an lcp output folder of a timm model (None for other models)."""
-    from .models import _resolve
+    from lcp.models.factory import _resolve
 
     try:
         source, canonical = _resolve(str(spec.get("model")))
@@ -435,12 +435,12 @@ def timm_config(spec: dict) -> dict | None:
         return None
     return {"architecture": PREFIX + arch, "num_classes": spec.get("num_classes"), "pretrained_cfg": cfg,
             "lcp": {"model": spec.get("model"), "note": "pruned by lcp: rebuilt from channels.json by the timm "
-                    f"entry {PREFIX}{arch} (import lcp.timm_support; lcp.timm_support.register_all())"}}
+                    f"entry {PREFIX}{arch} (import lcp.timm_support; lcp.models.timm_support.register_all())"}}
 
 
 def write_timm_config(out_dir: str | Path, spec: dict) -> None:
     """Write ``config.json`` (see ``timm_config``) into ``out_dir`` for timm models; nothing for others."""
-    from .io import atomic_write_json
+    from lcp.io import atomic_write_json
 
     cfg = timm_config(spec)
     if cfg is not None:
@@ -449,24 +449,24 @@ def write_timm_config(out_dir: str | Path, spec: dict) -> None:
 
 # --------------------------------------------------------------------------------------------------- runner
 
-USAGE = """usage: python -m lcp.timm_support SCRIPT [ARGS...]
+USAGE = """usage: python -m lcp.models.timm_support SCRIPT [ARGS...]
 
 Runs SCRIPT (timm's train.py, validate.py, or any script that calls timm.create_model) with the timm entries
 lcp_<arch> registered, e.g.
-  python -m lcp.timm_support validate.py --data-dir DATA --model lcp_resnet50 --model-kwargs pruned_dir=runs/r50
-  python -m lcp.timm_support train.py --data-dir DATA --model local-dir:runs/r50 --epochs 10 --lr 0.01
+  python -m lcp.models.timm_support validate.py --data-dir DATA --model lcp_resnet50 --model-kwargs pruned_dir=runs/r50
+  python -m lcp.models.timm_support train.py --data-dir DATA --model local-dir:runs/r50 --epochs 10 --lr 0.01
 """
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m lcp.timm_support SCRIPT [ARGS...]``."""
+    """``python -m lcp.models.timm_support SCRIPT [ARGS...]``."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE, end="")
         return 0 if argv else 2
     script = argv[0]
     if not Path(script).is_file():
-        print(f"lcp.timm_support: error: {script} is not a file (want timm's train.py or validate.py)", file=sys.stderr)
+        print(f"lcp.models.timm_support: error: {script} is not a file (want timm's train.py or validate.py)", file=sys.stderr)
         return 2
     register_all()
     sys.argv = [script, *argv[1:]]
@@ -475,6 +475,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from lcp import timm_support as _canonical  # register into the importable module, not this __main__ copy
+    from lcp.models import timm_support as _canonical  # register into the importable module, not this __main__ copy
 
     sys.exit(_canonical.main())

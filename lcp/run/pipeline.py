@@ -19,13 +19,13 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from . import store
-from .connections import CONNECTION_METHODS
-from .errors import LcpError
-from .graph import ChannelGraph, build_graph
-from .io import RunLock, atomic_path, atomic_write_json, prepare_out_dir, read_json
-from .ranking import AGENT_METHODS, Transforms, check_budget
-from .report import plot_widths, write_layers_csv, write_report
+from lcp.models import store
+from lcp.engine.connections import CONNECTION_METHODS
+from lcp.errors import LcpError
+from lcp.engine.graph import ChannelGraph, build_graph
+from lcp.io import RunLock, atomic_path, atomic_write_json, prepare_out_dir, read_json
+from lcp.cut.ranking import AGENT_METHODS, Transforms, check_budget
+from lcp.report import plot_widths, write_layers_csv, write_report
 
 
 @dataclass
@@ -72,10 +72,10 @@ class PruneConfig:
     label_free: bool = False
     workers: int = 1
     executor: str | None = None
-    # agent methods lfgcl / amc (lcp.agents)
+    # agent methods lfgcl / amc (lcp.methods.ddpg)
     episodes: int = 30
     warmup_episodes: int = 10
-    # --structure-from DIR: the removed units (connections) of an earlier run, no search (lcp.transfer); budget
+    # --structure-from DIR: the removed units (connections) of an earlier run, no search (lcp.methods.structure); budget
     # None (the CLI without --budget): the structure's cost is not compared with a budget
     structure_from: str | None = None
 
@@ -158,10 +158,10 @@ class Loaded:
 def run_train(cfg: TrainConfig, log: Log = print) -> "pd.DataFrame":  # noqa: F821
     """``lcp train``: train ``cfg.model`` from scratch on the train split (held-out images excluded), with a
     checkpoint per epoch (``--resume``); writes ``model.safetensors`` and ``report.csv`` (test top-1) to ``out``."""
-    from .data import load_data
-    from .io import save_tensors
-    from .models import create_model, model_info
-    from .train import evaluate, train_baseline
+    from lcp.training.data import load_data
+    from lcp.io import save_tensors
+    from lcp.models.factory import create_model, model_info
+    from lcp.training.train import evaluate, train_baseline
 
     if cfg.epochs < 1:
         raise LcpError(f"--epochs must be at least 1, got {cfg.epochs}")
@@ -213,8 +213,8 @@ def run_train(cfg: TrainConfig, log: Log = print) -> "pd.DataFrame":  # noqa: F8
 
 def load_model_and_data(cfg: PruneConfig, log: Log = print) -> Loaded:
     """Resolve the model name, load the data and the model's weights (training a baseline if none exist)."""
-    from .data import load_data
-    from .models import create_model, default_checkpoint, load_checkpoint, model_info
+    from lcp.training.data import load_data
+    from lcp.models.factory import create_model, default_checkpoint, load_checkpoint, model_info
 
     info = model_info(cfg.model)
     spec = cfg.data or info.default_dataset
@@ -253,7 +253,7 @@ def load_model_and_data(cfg: PruneConfig, log: Log = print) -> Loaded:
 
 def _checkpoint_classes(name: str, checkpoint: str) -> int | None:
     """Classifier size stored in ``checkpoint`` (its last Linear's rows), for data without classes."""
-    from .models import _read_state_dict, _strip_prefix, create_model
+    from lcp.models.factory import _read_state_dict, _strip_prefix, create_model
 
     linears = [n for n, m in create_model(name).named_modules() if isinstance(m, nn.Linear)]
     state = {_strip_prefix(k): v for k, v in _read_state_dict(Path(checkpoint)).items()}
@@ -271,13 +271,13 @@ def _timm_eval_transform(info: Any, size: tuple[int, ...]) -> Any:
 
 def _train_baseline(model: nn.Module, name: str, dataset: str, bundle: Any, cfg: PruneConfig, log: Log) -> Path:
     """Train a baseline when no weights exist, cache it in the user cache, and say so."""
-    from .io import save_tensors
-    from .models import cache_dir
-    from .train import train_baseline
+    from lcp.io import save_tensors
+    from lcp.io import cache_dir
+    from lcp.training.train import train_baseline
 
     path = cache_dir() / "weights" / f"{name}_{dataset}.safetensors"
     if path.is_file():
-        from .models import load_checkpoint
+        from lcp.models.factory import load_checkpoint
         load_checkpoint(model, path, name=name)
         return path
     log(f"no weights for {name} on {dataset} (no --checkpoint, nothing in $LCP_WEIGHTS or {path.parent}): "
@@ -301,8 +301,8 @@ def _file_digest(path: str) -> str:
 
 def baseline_accuracy(loaded: Loaded, batch_size: int = 256, device: str = "cpu") -> float:
     """Test top-1 of the unpruned model, cached per weights file and data set (NaN without a test split)."""
-    from .models import cache_dir
-    from .train import evaluate
+    from lcp.io import cache_dir
+    from lcp.training.train import evaluate
 
     if len(loaded.bundle.test_x) == 0:
         return float("nan")
@@ -331,12 +331,12 @@ def baseline_accuracy(loaded: Loaded, batch_size: int = 256, device: str = "cpu"
 def _cost_and_scores(cfg: PruneConfig, graph: ChannelGraph) -> tuple[Any, Any]:
     """The cost model a search cuts candidates with (latency budgets: the per-layer latency table's
     prediction) and the unit scores it ranks."""
-    from . import importance as imp
-    from .cost import CostModel
+    from lcp.cut import importance as imp
+    from lcp.engine.cost import CostModel
 
     table = None
     if cfg.budget_type == "latency":
-        from .latency import LatencyTable
+        from lcp.cut.latency import LatencyTable
 
         table = LatencyTable.build(graph, **cfg.latency_options(), progress=cfg.progress)
     return CostModel(graph, latency=table), imp.unit_scores(graph, imp.filter_scores(graph, cfg.importance),
@@ -348,7 +348,7 @@ def learn_transforms(cfg: PruneConfig, graph: ChannelGraph, loaded: Loaded, budg
     """Transforms for method ``lcp``: read ``--transforms`` or run the meta-learning search."""
     if cfg.transforms:
         return Transforms.from_json(read_json(cfg.transforms, what="transforms file"), graph), 0.0
-    from . import search
+    from lcp.methods import legr as search
 
     t0 = time.perf_counter()
     cost, scores = _cost_and_scores(cfg, graph)
@@ -358,7 +358,7 @@ def learn_transforms(cfg: PruneConfig, graph: ChannelGraph, loaded: Loaded, budg
     fitness = search.make_fitness(graph, cost, scores, loaded.bundle, budget=sb, budget_type=cfg.budget_type,
                                   tau=cfg.tau, label_free=cfg.label_free, seed=cfg.seed,
                                   min_ratio=cfg.min_ratio, round_to=cfg.round_to)
-    from .train import distributed
+    from lcp.training.train import distributed
 
     writer = distributed()[1] == 0  # under torchrun every rank finds the same transforms; rank 0 writes
     result = search.search(graph, scores, fitness, optimizer=cfg.optimizer, compensation=cfg.compensation,
@@ -373,8 +373,9 @@ def learn_transforms(cfg: PruneConfig, graph: ChannelGraph, loaded: Loaded, budg
 
 def learn_ratios(cfg: PruneConfig, graph: ChannelGraph, loaded: Loaded, budgets: list[float], out: Path,
                  log: Log) -> tuple[Any, float]:
-    """Keep ratios per group for methods lfgcl / amc: the DDPG agent at the search budget (lcp.agents)."""
-    from . import agents, search
+    """Keep ratios per group for methods lfgcl / amc: the DDPG agent at the search budget (lcp.methods.ddpg)."""
+    from lcp.methods import ddpg as agents
+    from lcp.methods import legr as search
 
     if cfg.budget_type == "latency":
         raise LcpError(f"method {cfg.method} takes --budget-type macs or params, not latency")
@@ -402,7 +403,7 @@ def learn_ratios(cfg: PruneConfig, graph: ChannelGraph, loaded: Loaded, budgets:
 
 def _lock(cfg: PruneConfig) -> Any:
     """The output folder's lock; under torchrun only rank 0 owns the folder."""
-    from .train import distributed
+    from lcp.training.train import distributed
 
     return RunLock(cfg.out) if distributed()[1] == 0 else contextlib.nullcontext()
 
@@ -426,7 +427,7 @@ def _claim(cfg: PruneConfig) -> Any:
 
 def _open_run(cfg: PruneConfig) -> tuple[Path, dict, Callable[..., None]]:
     """Prepare the output folder (caller holds its lock) and the resumable stage state."""
-    from .train import distributed
+    from lcp.training.train import distributed
 
     out = Path(cfg.out)
     writer = distributed()[1] == 0
@@ -464,7 +465,7 @@ def run_prune(cfg: PruneConfig, log: Log = print) -> "pd.DataFrame":  # noqa: F8
 
     structure = None
     if cfg.structure_from:
-        from .transfer import open_structure
+        from lcp.methods.structure import open_structure
 
         structure = open_structure(cfg)
     budgets = cfg.all_budgets()
@@ -484,8 +485,8 @@ def run_prune(cfg: PruneConfig, log: Log = print) -> "pd.DataFrame":  # noqa: F8
         if structure is not None:
             report = _prune_structure(structure.config(cfg), structure, graph, loaded, out, state, save_state, log)
             return report if report is not None else pd.DataFrame()
-        if cfg.method in CONNECTION_METHODS:  # DenseNet connections (lcp.controllers): own cut and outputs
-            from .controllers import run_connection_prune
+        if cfg.method in CONNECTION_METHODS:  # DenseNet connections (lcp.methods.controllers): own cut and outputs
+            from lcp.methods.controllers import run_connection_prune
 
             return run_connection_prune(cfg, loaded, graph, out, state, save_state, log)
         search_s = state.get("search_s", 0.0)
@@ -508,7 +509,7 @@ def run_prune(cfg: PruneConfig, log: Log = print) -> "pd.DataFrame":  # noqa: F8
             return pd.DataFrame()
         report = pd.concat(reports, ignore_index=True)
         if len(budgets) > 1:
-            from .io import atomic_path
+            from lcp.io import atomic_path
 
             with atomic_path(out / "report.csv") as tmp:
                 report.to_csv(tmp, index=False)
@@ -520,7 +521,7 @@ def _prune_structure(cfg: PruneConfig, structure: Any, graph: ChannelGraph, load
     """``--structure-from``: cut the units (connections) of a fitted ``transfer.Structure``, no search; then as
     every run (``cfg``: ``structure.config``)."""
     if structure.keep is not None:
-        from .controllers import run_connection_prune
+        from lcp.methods.controllers import run_connection_prune
 
         return run_connection_prune(cfg, loaded, graph, out, state, save_state, log, keep=structure.keep,
                                     source=structure.columns())
@@ -532,7 +533,7 @@ def _prune_to(cfg: PruneConfig, budget: float, out: Path, graph: ChannelGraph, t
               ratios: Any = None, structure: Any = None) -> Any:
     """Cut to one budget (or to ``structure``, a ``transfer.Structure``), recalibrate, evaluate, fine-tune and
     write that budget's outputs into ``out``."""
-    from .train import evaluate, finetune, recalibrate_bn
+    from lcp.training.train import evaluate, finetune, recalibrate_bn
 
     key = f"budget_{budget:g}"
     done = dict(state.get(key, {}))
@@ -565,7 +566,7 @@ def _prune_to(cfg: PruneConfig, budget: float, out: Path, graph: ChannelGraph, t
     else:
         top1 = done["top1_pruned_noft"]
     finetune_s = time.perf_counter() - t1
-    from .train import distributed
+    from lcp.training.train import distributed
 
     if distributed()[1] != 0:  # torchrun: rank 0 writes the outputs
         return None
@@ -579,7 +580,7 @@ def _prune_to(cfg: PruneConfig, budget: float, out: Path, graph: ChannelGraph, t
 
 def _cut(cfg: PruneConfig, budget: float, graph: ChannelGraph, transforms: Transforms | None, loaded: Loaded,
          log: Log, ratios: Any = None, structure: Any = None) -> Any:
-    from .pruner import cut_removed, prune_graph
+    from lcp.cut.pruner import cut_removed, prune_graph
 
     if structure is not None:  # --structure-from: the units are given
         result = cut_removed(graph, structure.removed, budget=budget, budget_type=cfg.budget_type, method=cfg.method)
@@ -611,7 +612,7 @@ def _cut(cfg: PruneConfig, budget: float, graph: ChannelGraph, transforms: Trans
 
 def _latency_columns(cfg: PruneConfig, loaded: Loaded, pruned: nn.Module, info: dict) -> dict[str, float]:
     """Measured latency of the original and the pruned network (batch ``--latency-batch``) and the speedup."""
-    from .latency import paired_latency
+    from lcp.cut.latency import paired_latency
 
     if "latency_base_ms" in info:
         base, new, ratio = info["latency_base_ms"], info["latency_pruned_ms"], info["latency_ratio"]
@@ -626,7 +627,7 @@ def write_outputs(cfg: PruneConfig, budget: float, loaded: Loaded, result: Any, 
                   numbers: dict[str, float], source: dict[str, str] | None = None) -> Any:
     """Weights, channels.json, transforms.json, report.csv, layers.csv and widths.png (all atomic); ``source``:
     where a given structure came from (report columns and channels.json keys)."""
-    from .pruner import group_widths
+    from lcp.cut.pruner import group_widths
 
     p, graph = result.plan, result.graph
     spec = store.channels_spec(graph, p.removed, pruned, model_name=loaded.name,

@@ -33,11 +33,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .connections import CONNECTION_METHODS, ConnectionGraph
-from .errors import LcpError
-from .io import PathLike, atomic_write_text, load_tensor_metadata, load_tensors, save_tensors
+from lcp.engine.connections import CONNECTION_METHODS, ConnectionGraph
+from lcp.errors import LcpError
+from lcp.io import PathLike, atomic_write_text, load_tensor_metadata, load_tensors, save_tensors
 
-log = logging.getLogger("lcp.controllers")
+log = logging.getLogger("lcp.methods.controllers")
 
 _STATE_FORMAT = "lcp-connection-controller/2"
 N_FEATURES = 6
@@ -348,7 +348,7 @@ class HeldOut:
             raise LcpError("the held-out images are unlabeled: methods ads and lwp need labels")
 
     def __call__(self, keep: np.ndarray) -> dict:
-        from .train import recalibrate_bn
+        from lcp.training.train import recalibrate_bn
 
         model = self.cg.apply(keep).to(self.device)
         model.eval()
@@ -400,10 +400,10 @@ def run_connection_prune(cfg: "PruneConfig", loaded: "Loaded", graph: "ChannelGr
     fine-tune and write model.safetensors, channels.json (with the removed connections), connections.json,
     controller.csv and report.csv into ``out``. With ``keep`` (``--structure-from``) the connections are given:
     no search; ``source`` (where they came from) adds report columns and channels.json keys."""
-    from . import store
-    from .io import atomic_write_json
-    from .report import write_report
-    from .train import evaluate, finetune, recalibrate_bn
+    from lcp.models import store
+    from lcp.io import atomic_write_json
+    from lcp.report import write_report
+    from lcp.training.train import evaluate, finetune, recalibrate_bn
 
     if cfg.budgets and len(cfg.budgets) > 1:
         raise LcpError(f"method {cfg.method} searches one budget: pass --budget, not several --budgets")
