@@ -11,7 +11,7 @@ What is shared, as in ``lcp prune --budgets``: the channel graph is built once p
 compensation is searched once per (model, seed) at the recipe's budgets and reused for every budget (learn once,
 prune many; ``search_s`` is that one search's time, repeated on its lcp rows). The lcp-family cuts use
 ``lcp.cut.pruner.prune_graph``. ``lfgcl`` / ``amc`` learn keep ratios per group with lcp's DDPG agent
-(``pipeline.learn_ratios``, the recipe's ``agents:`` episodes) once per (method, seed) at the smallest budget
+(the method's ``learn``, the recipe's ``agents:`` episodes) once per (method, seed) at the smallest budget
 (or ``search.search_budget``) and cut every budget with them. ``ads`` / ``lwp`` (DenseNets) search the dense
 connections per (budget, seed) with ``controllers.run_connection_prune`` (search, verified cut, MACs and params
 from the connection cost model as in its ``report.csv``), then the saved network is reloaded (``lcp.load``) and
@@ -61,17 +61,17 @@ import pandas as pd
 import torch
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import lcp
+from lcp.errors import LcpError
+from lcp.io import RunLock, atomic_path, atomic_write_json
+from lcp.methods import Context, get_method
+from lcp.methods.connections import CONNECTION_METHODS
+from lcp.methods.ddpg import AGENT_METHODS
+from lcp.models import store
+from lcp.report import REPORT_COLUMNS
+from lcp.run.config import PruneConfig
 
-import lcp  # noqa: E402
-from lcp.engine.connections import CONNECTION_METHODS  # noqa: E402
-from lcp.errors import LcpError  # noqa: E402
-from lcp.io import RunLock, atomic_path, atomic_write_json  # noqa: E402
-from lcp.run.pipeline import PruneConfig  # noqa: E402
-from lcp.cut.ranking import AGENT_METHODS  # noqa: E402
-from lcp.report import REPORT_COLUMNS  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 LCP_METHODS = ("lcp", "global", "uniform", "random")  # one cut of lcp's ranking walk (prune_graph)
 METHODS = (*LCP_METHODS, *AGENT_METHODS, *CONNECTION_METHODS, "torch_pruning")
@@ -322,7 +322,7 @@ def prune_config(cfg: dict, **kw: Any) -> PruneConfig:
 def load(cfg: dict, log: Log) -> Any:
     """lcp's own loader (``pipeline.load_model_and_data``): model with weights, data bundle, holdout split."""
     from lcp.models.factory import default_checkpoint, model_info
-    from lcp.run.pipeline import load_model_and_data
+    from lcp.run.load import load_model_and_data
 
     info = model_info(cfg["model"])
     spec = cfg["data"] or info.default_dataset
@@ -532,7 +532,7 @@ class Bench:
     """One model, its data and channel graph, shared by every row of the run."""
 
     def __init__(self, cfg: dict, work: Path, log: Log, progress: bool):
-        from lcp.run.pipeline import baseline_accuracy
+        from lcp.run.load import baseline_accuracy
         from lcp.training.train import evaluate
 
         self.cfg, self.work, self.log, self.progress = cfg, work, log, progress
@@ -629,10 +629,9 @@ class Bench:
 
     def ratios_for(self, method: str, seed: int) -> tuple[Any, float]:
         """Keep ratios per group learned by the ``method`` agent (lfgcl / amc) at the search budget, with
-        ``pipeline.learn_ratios``: once per seed, used for every budget."""
+        the method's ``learn``: once per seed, used for every budget."""
         if (method, seed) in self.searches:
             return self.searches[method, seed]
-        from lcp.run.pipeline import learn_ratios
 
         sb = float(self.cfg["search"]["search_budget"] or min(self.cfg["budgets"]))
         folder = self.work / f"{method}-{signature(self.cfg, method)}-seed{seed}-at{sb:g}"
@@ -640,27 +639,42 @@ class Bench:
                           progress=self.progress)
 
         def run() -> dict:
-            ratios, _ = learn_ratios(pc, self.graph, self.loaded, [sb], folder, self.log)
+            folder.mkdir(parents=True, exist_ok=True)
+            ratios = get_method(method).learn(self.context(pc, folder)).ratios
             return {"ratios": [float(r) for r in ratios], "search_budget": sb}
 
         info = self._searched(folder, f"seed {seed}: {method}", run)
         self.searches[method, seed] = (np.asarray(info["ratios"], dtype=np.float64), float(info["search_s"]))
         return self.searches[method, seed]
 
-    def connections_cut(self, method: str, budget: float, seed: int) -> tuple[nn.Module, dict]:
-        """``ads`` / ``lwp``: ``controllers.run_connection_prune`` searches the connections at ``budget``, cuts,
-        verifies and saves the network with its cost (lcp's connection cost model, as in its report.csv); the
-        saved network is reloaded and must count the same MACs."""
-        from lcp.methods.controllers import run_connection_prune
+    def context(self, pc: PruneConfig, folder: Path) -> Context:
+        """The method context of one search: this bench's graph and data, ``pc``'s options, ``folder``."""
+        return Context(self.graph, pc, self.bundle, folder, self.log, name=self.loaded.name,
+                       weights=self.loaded.weights)
 
+    def connections_cut(self, method: str, budget: float, seed: int) -> tuple[nn.Module, dict]:
+        """``ads`` / ``lwp``: the method searches the connections at ``budget`` and cuts them (verified); the
+        network is saved with its cost (lcp's connection cost model, as in its report.csv) and reloaded, and must
+        count the same MACs."""
         folder = self.work / f"{method}-{signature(self.cfg, method)}-seed{seed}-b{budget:g}"
         pc = prune_config(self.cfg, method=method, seed=seed, budget=budget, out=str(folder), resume=True,
                           progress=self.progress)
-        state = {"top1_base": self.top1_base}
 
         def run() -> dict:
-            report = run_connection_prune(pc, self.loaded, self.graph, folder, state, state.update, self.log)
-            return json.loads(report[list(CONNECTION_COLUMNS)].iloc[:1].to_json(orient="records"))[0]
+            folder.mkdir(parents=True, exist_ok=True)
+            m, ctx = get_method(method), self.context(pc, folder)
+            t0 = time.perf_counter()
+            learned = m.learn(ctx)
+            search_s = time.perf_counter() - t0
+            res = m.cut(ctx, learned, budget)
+            pruned = res.model.cpu()
+            spec = store.channels_spec(self.graph, res.plan.removed, pruned, model_name=self.loaded.name,
+                                       num_classes=self.bundle.num_classes, input_size=self.size,
+                                       extra={"budget": budget, "budget_type": pc.budget_type, "method": method,
+                                              **res.info.get("spec", {})})
+            store.write(folder, pruned, spec)
+            return {"search_s": search_s, "prune_s": res.seconds, "macs_pruned": res.plan.macs,
+                    "params_pruned": res.plan.params, **res.info["columns"]}
 
         info = self._searched(folder, f"seed {seed}: {method} at {budget:g}", run)
         model = lcp.load(folder)

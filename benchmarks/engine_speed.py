@@ -32,8 +32,6 @@ import torch
 from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run from a checkout without installing
-    sys.path.insert(0, str(ROOT))
 
 ZOO_MODELS = ["resnet20", "resnet56", "mobilenetv2", "densenet40"]
 TIMM_MODELS = [

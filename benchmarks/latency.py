@@ -15,19 +15,17 @@ BatchNorm recalibration is added (``top1_recal``, measured after all timing), wi
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import pandas as pd
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import lcp
+from lcp.cut.latency import median_error, paired_latency
+from lcp.cut.pruner import prune_graph
+from lcp.io import atomic_path
 
-import lcp  # noqa: E402
-from lcp.io import atomic_path  # noqa: E402
-from lcp.cut.latency import median_error, paired_latency  # noqa: E402
-from lcp.cut.pruner import prune_graph  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(models: list[str], budgets: list[float], threads: int, repeats: int, big_batch: int,
@@ -38,7 +36,8 @@ def run(models: list[str], budgets: list[float], threads: int, repeats: int, big
     rows, accuracy = [], []
     for name in models:
         if data:
-            from lcp.run.pipeline import PruneConfig, load_model_and_data
+            from lcp.run.config import PruneConfig
+            from lcp.run.load import load_model_and_data
 
             loaded = load_model_and_data(PruneConfig(model=name, data=data), log=lambda *a, **k: None)
             model, size = loaded.model.eval(), tuple(loaded.input_size)

@@ -11,17 +11,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import lcp  # noqa: E402
-import lcp.cut.latency as L  # noqa: E402
-from lcp.cut.pruner import prune_graph  # noqa: E402
+import lcp
+import lcp.cut.latency as L
+from lcp.cut.pruner import prune_graph
 
 SIZE = (3, 32, 32)
 
@@ -74,7 +71,8 @@ def interleave(times: int = 8) -> None:
 
 
 def repeat_cut() -> None:
-    from lcp.run.pipeline import PruneConfig, load_model_and_data
+    from lcp.run.config import PruneConfig
+    from lcp.run.load import load_model_and_data
 
     loaded = load_model_and_data(PruneConfig(model="mobilenetv2", data="cifar10"), log=lambda *a, **k: None)
     m = loaded.model.eval()

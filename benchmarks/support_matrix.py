@@ -38,11 +38,10 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
+from lcp.io import atomic_path
+
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run from a checkout without installing
-    sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "benchmarks" / "results"
-from lcp.io import atomic_path  # noqa: E402
 COLUMNS = ["model", "family", "status", "reason", "macs_ratio", "seconds", "input", "units", "prunable",
            "frozen_ops", "params", "suggestion"]
 STATUSES = ("ok", "refused", "error", "timeout", "skipped")
@@ -426,8 +425,8 @@ offline.
 In Python:
 
 ```python
-import timm, lcp.models.timm_support
-lcp.models.timm_support.register_all()
+import timm, lcp.models.timm_hub
+lcp.models.timm_hub.register_all()
 model = timm.create_model("lcp_resnet50", pruned_dir="runs/r50")          # or "local-dir:runs/r50"
 feats = timm.create_model("lcp_resnet50", pruned_dir="runs/r50", features_only=True, out_indices=(2, 3, 4))
 print(feats.feature_info.channels())                                       # the pruned widths

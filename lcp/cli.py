@@ -1,12 +1,36 @@
-"""Command line: ``lcp prune``, ``lcp eval``, ``lcp check``. Bad input ends with one line and exit code 2."""
+"""Command line: ``lcp prune``, ``search``, ``train``, ``eval``, ``check``, ``bench``. Bad input ends with one line
+and exit code 2.
+
+The options of ``prune``, ``search`` and ``train`` are read from their declarations (``lcp.run.config``): flags,
+types, choices, defaults and help are not re-typed here.
+"""
+
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
+import torch
+import yaml
+
+from lcp.cut.diagnose import check
+from lcp.cut.latency import bench
 from lcp.errors import LcpError
+from lcp.io import atomic_path, read_json
+from lcp.methods.structure import check_options
+from lcp.models import store
+from lcp.models.factory import create_model, model_info
+from lcp.options import add_arguments, unit_interval
+from lcp.options import from_mapping as check_values
+from lcp.report import print_table
+from lcp.run.config import PruneConfig, TrainConfig
+from lcp.run.pipeline import run_prune, run_search
+from lcp.run.train_run import run_train
+from lcp.training.data import load_data
+from lcp.training.train import evaluate
 
 
 class _Parser(argparse.ArgumentParser):
@@ -17,122 +41,23 @@ class _Parser(argparse.ArgumentParser):
 def _budget(text: str) -> float:
     try:
         value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"budget must be a number in (0, 1], got '{text}'") from None
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(
-            f"budget must be in (0, 1] (the fraction of the baseline cost to keep: 0.5 keeps 50%), got {text}")
+        unit_interval(value)
+    except ValueError as e:
+        reason = str(e) if "must be" in str(e) else f"must be a number in (0, 1], got '{text}'"
+        raise argparse.ArgumentTypeError(f"budget {reason}") from None
     return value
 
 
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
-    return value
-
-
-def _budget_list(text: str) -> list[float]:
-    return [_budget(t) for t in text.split(",") if t.strip()]
-
-
-def _add_prune_args(p: argparse.ArgumentParser) -> None:
-    from lcp.engine.connections import CONNECTION_METHODS
-    from lcp.cut.importance import AGGREGATIONS, CRITERIA
-    from lcp.cut.ranking import AGENT_METHODS, BUDGET_TYPES, METHODS
-
-    S = argparse.SUPPRESS  # unset options fall back to --recipe, then to PruneConfig's defaults
+def _recipe_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--recipe", help="YAML file of options (keys as the long options, with _); flags override it")
-    p.add_argument("--model", default=S, help="zoo name (resnet56, mobilenetv2, ...), timm name or tv:NAME "
-                                              "(default resnet56)")
-    p.add_argument("--budget", type=_budget, default=S,
-                   help="fraction of the baseline cost to keep, in (0, 1]; 0.5 keeps 50%% (default 0.5)")
-    p.add_argument("--budgets", type=_budget_list, default=S,
-                   help="several budgets, e.g. 0.7,0.5,0.3: one search, one output folder per budget")
-    p.add_argument("--budget-type", choices=BUDGET_TYPES, default=S, help="what the budget counts: macs, params, or latency measured on --device (default macs)")
-    p.add_argument("--method", choices=METHODS + AGENT_METHODS + CONNECTION_METHODS, default=S,
-                   help="lcp: learned layer compensation (default); global: plain global ranking; "
-                        "uniform: one keep ratio for all layers; random: seeded random ranking; "
-                        "lfgcl / amc: keep ratio per layer from a DDPG agent, label-free KL / cross-entropy "
-                        "reward; ads / lwp (DenseNets): dense connections kept by an LSTM controller, held-out "
-                        "accuracy / FLOPs-shaped reward")
-    p.add_argument("--transforms", default=S, help="transforms.json with learned (alpha, kappa) per group "
-                                                   "(method lcp; skips the search)")
-    p.add_argument("--importance", choices=CRITERIA, default=S, help="filter importance (default l2)")
-    p.add_argument("--aggregate", choices=AGGREGATIONS, default=S,
-                   help="how a coupled unit's filter scores combine (default mean; LeGR used sum)")
-    p.add_argument("--data", default=S, help="cifar10 or an ImageFolder root with train/ and test/ or val/ "
-                                             "(default: the model's data set)")
-    p.add_argument("--checkpoint", default=S, help="state dict to start from (default: $LCP_WEIGHTS/"
-                                                   "<model>_<data>.pt, then the user cache, else train one)")
-    p.add_argument("--pretrained", action="store_true", default=S,
-                   help="start from the hub's pretrained weights (timm, tv:; online) when no --checkpoint is given")
-    p.add_argument("--input-size", type=int, nargs=3, metavar=("C", "H", "W"), default=S,
-                   help="input size to prune and train at (default: the model's, from timm's pretrained_cfg)")
-    p.add_argument("--out", default=S, help="output folder (default runs/prune)")
-    p.add_argument("--finetune-epochs", type=_count, default=S, help="fine-tuning epochs after the cut (default 1)")
-    p.add_argument("--lr", type=float, default=S, help="fine-tuning learning rate (default 0.01, cosine)")
-    p.add_argument("--batch-size", type=int, default=S, help="training batch size (default 128)")
-    p.add_argument("--kd", action="store_true", default=S, help="distill from the unpruned model while fine-tuning")
-    p.add_argument("--recal-batches", type=_count, default=S, help="BatchNorm recalibration batches (default 20)")
-    p.add_argument("--holdout", type=int, default=S, help="training images held out for selection and search "
-                                                          "(default 5000)")
-    p.add_argument("--round-to", type=int, default=S, help="keep widths in multiples of this many channel units")
-    p.add_argument("--min-ratio", type=_fraction, default=S, help="per-group floor: keep at least this fraction "
-                                                              "(and 2 channels) (default 0.1)")
-    p.add_argument("--baseline-epochs", type=int, default=S, help="epochs when a baseline must be trained first")
-    p.add_argument("--seed", type=int, default=S, help="random seed (default 0)")
-    p.add_argument("--threads", type=int, default=S, help="torch CPU threads (also for latency timing)")
-    p.add_argument("--device", choices=("cpu", "cuda"), default=S,
-                   help="device for fine-tuning, evaluation, latency measurements and the lfgcl/amc/ads/lwp searches "
-                   "(the lcp search runs on the CPU; default cpu)")
-    p.add_argument("--latency-batch", type=int, default=S, help="batch size of latency measurements (default 1)")
-    p.add_argument("--resume", action="store_true", default=S, help="continue an interrupted run in --out")
-    p.add_argument("--overwrite", action="store_true", default=S, help="replace another run in --out")
-    p.add_argument("--no-progress", dest="progress", action="store_false", default=S, help="no progress bars")
-    g = p.add_argument_group("search (method lcp without --transforms)")
-    g.add_argument("--search-budget", type=_budget, default=S, help="budget the search prunes to (default: every budget asked for, "
-                                                        "their mean held-out loss)")
-    g.add_argument("--candidates", type=int, default=S, help="candidates evaluated by the search (default 400)")
-    g.add_argument("--population", type=int, default=S, help="legr population (default 64, LeGR's)")
-    g.add_argument("--tournament", type=int, default=S, help="legr tournament size (default 16)")
-    g.add_argument("--optimizer", default=S, help="legr (regularized evolution, default) or a nevergrad optimizer: "
-                                                  "ngopt, cma, de, ...")
-    g.add_argument("--compensation", choices=("affine", "additive"), default=S,
-                   help="affine: alpha*s+kappa (LeGR, default); additive: s+kappa (LcP)")
-    g.add_argument("--tau", type=int, default=S, help="SGD steps before scoring a candidate (default 0)")
-    g.add_argument("--label-free", action="store_true", default=S,
-                   help="fitness from matching the unpruned model's outputs (no labels needed)")
-    g.add_argument("--workers", type=int, default=S, help="local processes evaluating candidates")
-    g.add_argument("--executor", default=S, help="dask://HOST:PORT to evaluate candidates on a Dask cluster")
-    a = p.add_argument_group("agent (methods lfgcl, amc, ads and lwp)")
-    a.add_argument("--episodes", type=int, default=S, help="agent episodes, warm-up included (default 30)")
-    a.add_argument("--warmup-episodes", type=_count, default=S,
-                   help="random-action episodes before the agent learns (default 10)")
 
 
-def _config(args: argparse.Namespace, cls: Any = None) -> Any:
-    """The command's config (``PruneConfig`` unless ``cls``): recipe values, overridden by the given flags."""
-    from lcp.run.pipeline import PruneConfig
-
-    cls = cls or PruneConfig
-    return cls(**_given(args, cls))
+def _config(args: argparse.Namespace, cls: type) -> Any:
+    """The command's config: recipe values, overridden by the given flags, every value checked."""
+    return cls.from_mapping(_given(args, cls), "options")  # flags are typed; ranges and recipes checked here
 
 
-def _given(args: argparse.Namespace, cls: Any) -> dict[str, Any]:
+def _given(args: argparse.Namespace, cls: type) -> dict[str, Any]:
     """The options set by the recipe or the flags (unset ones are left to the config's defaults)."""
     values: dict[str, Any] = {}
     if getattr(args, "recipe", None):
@@ -141,43 +66,28 @@ def _given(args: argparse.Namespace, cls: Any) -> dict[str, Any]:
     return values
 
 
-def _read_recipe(path: str, cls: Any = None) -> dict[str, Any]:
-    import yaml
-
-    from lcp.run.pipeline import PruneConfig
-
-    cls = cls or PruneConfig
+def _read_recipe(path: str, cls: type) -> dict[str, Any]:
+    """A recipe's options, each checked against its declaration (type, choices, range): one line on error."""
     try:
         data = yaml.safe_load(Path(path).read_text())
     except OSError as e:
         raise LcpError(f"cannot read recipe {path}: {e.strerror}") from None
     except yaml.YAMLError as e:
         raise LcpError(f"recipe {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    except ValueError as e:  # e.g. an integer too large for Python's str->int limit
+        raise LcpError(f"recipe {path} cannot be read: {str(e).splitlines()[0]}") from None
     if not isinstance(data, dict):
         raise LcpError(f"recipe {path} must be a mapping of options")
-    data = {k.replace("-", "_"): v for k, v in data.items()}
+    data = {k.replace("-", "_") if isinstance(k, str) else k: v for k, v in data.items()}
     if "no_progress" in data:  # the recipe spelling of --no-progress
         data["progress"] = not data.pop("no_progress")
-    unknown = sorted(set(data) - set(cls.fields()))
-    if unknown:
-        raise LcpError(f"recipe {path} has unknown options: {', '.join(unknown)}")
-    if "budget" in data:
-        try:
-            data["budget"] = _budget(str(data["budget"]))
-        except argparse.ArgumentTypeError as e:
-            raise LcpError(f"recipe {path}: {e}") from None
-    return data
+    return check_values(cls, data, f"recipe {path}")
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from lcp.run.pipeline import PruneConfig, run_prune
-    from lcp.report import print_table
-
     given = _given(args, PruneConfig)
-    cfg = PruneConfig(**given)
+    cfg = PruneConfig.from_mapping(given, "options")
     if cfg.structure_from:
-        from lcp.methods.structure import check_options
-
         check_options(cfg, given)  # --method lcp is refused too, though it is the default
         if "budget" not in given and "budgets" not in given:
             cfg.budget = None  # the structure fixes the cost; nothing to compare with
@@ -188,19 +98,12 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from lcp.run.pipeline import TrainConfig, run_train
-    from lcp.report import print_table
-
     print(print_table(run_train(_config(args, TrainConfig))))
     return 0
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from lcp.run.pipeline import run_search
-
-    cfg = _config(args)
-    if cfg.structure_from:
-        raise LcpError("lcp search learns a structure; --structure-from belongs to lcp prune")
+    cfg = _config(args, PruneConfig)
     if cfg.method != "lcp":
         raise LcpError("lcp search learns the compensation of method lcp; drop --method")
     run_search(cfg)
@@ -208,12 +111,6 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from lcp.models import store
-    from lcp.training.data import load_data
-    from lcp.io import read_json
-    from lcp.models.factory import model_info
-    from lcp.training.train import evaluate
-
     model = store.load(args.dir)
     spec = read_json(Path(args.dir) / "channels.json", what="channels.json")
     info = model_info(spec["model"])
@@ -230,11 +127,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    import torch
-
-    from lcp.cut.diagnose import check
-    from lcp.models.factory import create_model, model_info
-
     info = model_info(args.model)
     size = tuple(args.input_size) if args.input_size else info.input_size
     model = create_model(args.model, num_classes=args.num_classes, checkpoint=args.checkpoint,
@@ -248,12 +140,6 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from lcp.models import store
-    from lcp.io import atomic_path, read_json
-    from lcp.cut.latency import bench
-    from lcp.models.factory import create_model, model_info
-    from lcp.report import print_table
-
     if (args.dir is None) == (args.model is None):
         raise LcpError("pass a pruned folder (lcp bench DIR) or --model NAME")
     if args.dir:
@@ -282,40 +168,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = sub.add_parser("prune", help="prune a trained model to a budget, fine-tune it and write a report",
                        description="Prune a trained model to a MACs or params budget. Example: "
                                    "lcp prune --model resnet56 --budget 0.5 --method global --out runs/r56")
-    _add_prune_args(p)
-    p.add_argument("--structure-from", metavar="DIR", default=argparse.SUPPRESS,
-                   help="apply the pruned structure of an earlier lcp prune run (its --out folder: removed channels "
-                        "or connections) to this model, data and weights, any number of classes; no search, "
-                        "--budget not needed; then recalibration, fine-tuning and outputs as usual")
+    _recipe_arg(p)
+    add_arguments(p, PruneConfig)
     p.set_defaults(func=cmd_prune)
     s = sub.add_parser("search", help="learn the layer compensation only and write transforms.json",
                        description="Learn per-group (alpha, kappa) with the meta-learner and write "
                                    "transforms.json; reuse it with lcp prune --transforms FILE at any budget.")
-    _add_prune_args(s)
+    _recipe_arg(s)
+    add_arguments(s, PruneConfig, exclude=("structure_from",))
     s.set_defaults(func=cmd_search)
     t = sub.add_parser("train", help="train a baseline from scratch (checkpoint per epoch, --resume)",
                        description="Train a model from scratch on the train split (the held-out images are kept "
                                    "out). Example: lcp train --recipe recipes/densenet40_cifar10.yaml")
-    S = argparse.SUPPRESS
-    t.add_argument("--recipe", help="YAML file of options (keys as the long options, with _); flags override it")
-    t.add_argument("--model", default=S, help="zoo name, timm name or tv:NAME (default densenet40)")
-    t.add_argument("--data", default=S, help="cifar10 or an ImageFolder root (default: the model's data set)")
-    t.add_argument("--input-size", type=int, nargs=3, metavar=("C", "H", "W"), default=S)
-    t.add_argument("--epochs", type=int, default=S, help="training epochs (default 30)")
-    t.add_argument("--lr", type=float, default=S, help="peak learning rate (default 0.1)")
-    t.add_argument("--schedule", choices=("onecycle", "cosine"), default=S,
-                   help="onecycle: 30%% warm-up then cosine (default); cosine: cosine from --lr")
-    t.add_argument("--batch-size", type=int, default=S, help="batch size (default 128)")
-    t.add_argument("--weight-decay", type=float, default=S, help="default 5e-4")
-    t.add_argument("--holdout", type=_count, default=S,
-                   help="training images kept out (the searches' fitness split, default 5000)")
-    t.add_argument("--seed", type=int, default=S)
-    t.add_argument("--threads", type=int, default=S, help="torch CPU threads")
-    t.add_argument("--device", default=S, help="cpu (default) or cuda")
-    t.add_argument("--out", default=S, help="output folder (default runs/train)")
-    t.add_argument("--resume", action="store_true", default=S, help="continue an interrupted run in --out")
-    t.add_argument("--overwrite", action="store_true", default=S, help="replace another run in --out")
-    t.add_argument("--no-progress", dest="progress", action="store_false", default=S, help="no progress bars")
+    _recipe_arg(t)
+    add_arguments(t, TrainConfig)
     t.set_defaults(func=cmd_train)
     e = sub.add_parser("eval", help="re-measure the accuracy of a pruned model folder")
     e.add_argument("dir", help="output folder of lcp prune")
@@ -337,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     b.add_argument("dir", nargs="?", help="output folder of lcp prune")
     b.add_argument("--model", help="bench one model by name instead")
     b.add_argument("--batch", type=int, nargs="+", default=[1, 64], help="batch sizes (default 1 64)")
-    b.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    b.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (default cpu)")
     b.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     b.add_argument("--repeats", type=int, default=20, help="timed runs per measurement (median reported)")
     b.add_argument("--no-compile", action="store_true", help="skip torch.compile")

@@ -1,4 +1,4 @@
-"""Connection-level pruning of DenseNets (lcp.engine.connections) and the ads / lwp controllers (lcp.methods.controllers)."""
+"""Connection-level pruning of DenseNets (lcp.engine.connections) and the ads / lwp controllers (lcp.methods.connections)."""
 from __future__ import annotations
 
 import copy
@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from lcp.engine.connections import ConnectionGraph, ZeroConv, build
-from lcp.methods.controllers import ControllerConfig, HeldOut, match_toy, search_connections, shaped_reward
+from lcp.methods.connections import ControllerConfig, HeldOut, match_toy, search_connections, shaped_reward
 from lcp.engine.cost import count_macs, count_params
 from lcp.errors import LcpError, UnreachableBudget
 from lcp.models.zoo import CifarDenseNet, resnet20

@@ -11,7 +11,7 @@ with a model, step by step and with timm's own functions: ``--model lcp_<arch> -
 parsed by ``timm.utils.ParseKwargs``, ``timm.create_model`` with the arguments train.py passes, the data
 config and transforms from the model's ``pretrained_cfg``, timm's dataset, loader and optimizer, a checkpoint
 saved and loaded back the way ``--initial-checkpoint`` / ``validate.py --checkpoint`` do. The runner
-``python -m lcp.models.timm_support SCRIPT`` that registers the entries for such scripts runs a small script of that kind.
+``python -m lcp.models.timm_hub SCRIPT`` that registers the entries for such scripts runs a small script of that kind.
 """
 from __future__ import annotations
 
@@ -113,7 +113,7 @@ def runs(tmp_path_factory, tiny_folder, state_dict_saver) -> Runs:
 
 @pytest.fixture(scope="module")
 def entries():
-    import lcp.models.timm_support as ts
+    import lcp.models.timm_hub as ts
 
     ts.register_all()
     return ts
@@ -286,7 +286,7 @@ def test_timm_script_path(runs, entries, tiny_folder, tmp_path, name):
 
 
 def test_runner_registers_entries_for_a_script(runs, tmp_path):
-    """``python -m lcp.models.timm_support SCRIPT ARGS``: a script parsing --model-kwargs like train.py, in a new process."""
+    """``python -m lcp.models.timm_hub SCRIPT ARGS``: a script parsing --model-kwargs like train.py, in a new process."""
     out, pruned, _ = runs("resnet18")
     script = tmp_path / "my_validate.py"
     script.write_text(textwrap.dedent("""
@@ -305,7 +305,7 @@ def test_runner_registers_entries_for_a_script(runs, tmp_path):
     with torch.no_grad():
         want = float(pruned(x).double().sum())
     env = {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
-    done = subprocess.run([sys.executable, "-m", "lcp.models.timm_support", str(script), "--model", "lcp_resnet18",
+    done = subprocess.run([sys.executable, "-m", "lcp.models.timm_hub", str(script), "--model", "lcp_resnet18",
                            "--model-kwargs", f"pruned_dir={out}"], capture_output=True, text=True, timeout=300,
                           env=env)
     (out / "x.pt").unlink()
@@ -385,7 +385,7 @@ def test_imagenet_style_data_uses_timm_transforms(tiny_folder):
     """Above 64x64 an ImageFolder is read through timm's eval transform of the model's pretrained_cfg."""
     from lcp.training.data import load_data
     from lcp.models.factory import model_info
-    from lcp.run.pipeline import _timm_eval_transform
+    from lcp.run.load import _timm_eval_transform
 
     info = model_info("regnetx_002")
     tf = _timm_eval_transform(info, (3, 96, 96))

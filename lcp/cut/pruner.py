@@ -3,18 +3,17 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable
 
 import numpy as np
-import torch
 from torch import nn
 
 from lcp.cut import importance as imp
 from lcp.engine.cost import CostModel, count_macs, count_params
 from lcp.errors import LcpError, UnreachableBudget
-from lcp.engine.graph import ChannelGraph, build_graph
-from lcp.cut.ranking import AGENT_METHODS, Plan, Transforms, check_budget, plan, plan_ratios
+from lcp.engine.graph import ChannelGraph
+from lcp.cut.options import check_budget
+from lcp.cut.ranking import Plan, Transforms, plan, plan_ratios
 from lcp.engine.surgery import Verification, apply_plan, verify
 
 
@@ -52,19 +51,20 @@ def prune_graph(graph: ChannelGraph, *, budget: float = 0.5, budget_type: str = 
                 importance: str = "l2", aggregate: str = "mean", transforms: Transforms | None = None,
                 round_to: int = 1, min_ratio: float = 0.1, seed: int = 0, check: bool = True,
                 batches: Iterable | None = None, cost: CostModel | None = None,
-                latency: dict | None = None, ratios: np.ndarray | None = None) -> PruneResult:
-    """Plan and build a pruned model from an existing channel graph (see ``prune``).
+                latency: dict | None = None, ratios: np.ndarray | None = None,
+                label: str | None = None) -> PruneResult:
+    """Plan, build and verify a pruned model from an existing channel graph.
 
-    ``ratios``: per-group keep ratios learned by an agent method (``lfgcl``, ``amc``), cut by ``plan_ratios``.
+    ``method`` is the order of the walk (``lcp.cut.ranking.ORDERS``: ``lcp`` ranks by ``transforms``, ``global``
+    by the raw scores, ``uniform``, ``random``); ``ratios``: per-group keep ratios (``plan_ratios``) instead;
+    ``label``: the method name the plan records (default ``method``).
     """
     t0 = time.perf_counter()
     check_budget(budget, budget_type)
     if method == "lcp" and transforms is None:
         raise LcpError("method 'lcp' needs learned transforms (--transforms FILE, or run `lcp search` first)")
-    if (method in AGENT_METHODS) != (ratios is not None):
-        raise LcpError(f"keep ratios go with the agent methods ({', '.join(AGENT_METHODS)}) and they need them")
     if ratios is not None and budget_type == "latency":
-        raise LcpError(f"method {method} takes a macs or params budget, not latency")
+        raise LcpError(f"method {label or method} takes a macs or params budget, not latency")
     if not graph.prunable_units:
         raise LcpError("nothing in this model can be pruned safely: " + _frozen_list(graph))
     cost = cost or CostModel(graph)
@@ -76,12 +76,14 @@ def prune_graph(graph: ChannelGraph, *, budget: float = 0.5, budget_type: str = 
                                        min_ratio=min_ratio, round_to=round_to, **(latency or {}))
     else:
         if ratios is not None:
-            p = plan_ratios(graph, cost, scores, ratios, budget=budget, budget_type=budget_type, method=method,
-                            min_ratio=min_ratio, round_to=round_to)
+            p = plan_ratios(graph, cost, scores, ratios, budget=budget, budget_type=budget_type,
+                            method=label or "ratios", min_ratio=min_ratio, round_to=round_to)
         else:
             p = plan(graph, cost, scores, budget=budget, budget_type=budget_type, method=method, transforms=tf,
                      seed=seed, min_ratio=min_ratio, round_to=round_to)
         pruned = apply_plan(graph, p.removed)
+    if label:
+        p.method = label
     ver = None
     if check:
         ver = check_pruned(graph, p, pruned)

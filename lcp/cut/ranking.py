@@ -12,13 +12,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from lcp.cut.options import check_budget
 from lcp.engine.cost import CostModel
 from lcp.errors import LcpError, UnreachableBudget
 from lcp.engine.graph import ChannelGraph, floor_keep
 
-METHODS = ("lcp", "global", "uniform", "random")
-AGENT_METHODS = ("lfgcl", "amc")  # DDPG keep ratios per group (lcp.methods.ddpg), cut by plan_ratios
-BUDGET_TYPES = ("macs", "params", "latency")
+#: orders of the greedy walk: one global ranking (``lcp``: of compensated scores), one keep ratio for every group,
+#: or a seeded random ranking
+ORDERS = ("lcp", "global", "uniform", "random")
 
 
 @dataclass
@@ -77,13 +78,6 @@ class Plan:
     def describe(self) -> str:
         return (f"MACs {self.macs / 1e6:.2f}M of {self.macs_base / 1e6:.2f}M ({self.macs_ratio:.1%}), "
                 f"params {self.params / 1e6:.3f}M of {self.params_base / 1e6:.3f}M ({self.params_ratio:.1%})")
-
-
-def check_budget(budget: float, budget_type: str = "macs") -> None:
-    if budget_type not in BUDGET_TYPES:
-        raise LcpError(f"unknown budget type '{budget_type}'; choose one of {', '.join(BUDGET_TYPES)}")
-    if not (isinstance(budget, (int, float)) and 0 < budget <= 1):
-        raise LcpError(f"budget must be in (0, 1] (the fraction of baseline {budget_type} to keep), got {budget}")
 
 
 def compensated_scores(graph: ChannelGraph, scores: np.ndarray, transforms: Transforms) -> np.ndarray:
@@ -187,8 +181,8 @@ def plan(graph: ChannelGraph, cost: CostModel, scores: np.ndarray, *, budget: fl
     every group, solved to hit the budget).
     """
     check_budget(budget, budget_type)
-    if method not in METHODS:
-        raise LcpError(f"unknown method '{method}'; choose one of {', '.join(METHODS)}")
+    if method not in ORDERS:
+        raise LcpError(f"unknown method '{method}'; choose one of {', '.join(ORDERS)}")
     metric = budget_type
     base = cost.base(metric)
     target = budget * base

@@ -16,16 +16,25 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from lcp.models import store
-from lcp.errors import LcpError
+from lcp.cut.pruner import PruneResult, cut_removed
+from lcp.engine.connections import ConnectionGraph
+from lcp.engine.cost import CostModel
 from lcp.engine.graph import ChannelGraph
+from lcp.engine.surgery import apply_plan
+from lcp.errors import LcpError
 from lcp.io import read_json
+from lcp.methods.base import Context, Learned, Method, register_method
+from lcp.methods.connections.method import cut_connections
+from lcp.methods.legr.method import SearchOptions
+from lcp.methods.options import AgentOptions
+from lcp.models import store
+from lcp.models.factory import model_info
+from lcp.options import field_names
 
 STRUCTURE_METHOD = "structure-from"
 #: options that choose a structure; refused with --structure-from (the structure is given)
-SEARCH_OPTIONS = ("method", "transforms", "importance", "aggregate", "round_to", "min_ratio", "search_budget",
-                  "candidates", "population", "tournament", "optimizer", "compensation", "tau", "label_free",
-                  "workers", "executor", "episodes", "warmup_episodes")
+SEARCH_OPTIONS = ("method", "transforms", "importance", "aggregate", "round_to", "min_ratio",
+                  *(n for n in field_names(SearchOptions, AgentOptions) if n != "transforms"))
 
 
 @dataclass
@@ -64,12 +73,7 @@ class Structure:
     def fit(self, graph: ChannelGraph, budget: float | None, budget_type: str, log: Callable[[str], None]) -> None:
         """Find the structure's units (connections) in ``graph`` and check the cut has the recorded widths;
         log the cost it keeps, and say so when ``budget`` (given, optional) is not what it reaches."""
-        from lcp.engine.cost import CostModel
-        from lcp.engine.surgery import apply_plan
-
         if self.connections:
-            from lcp.engine.connections import ConnectionGraph
-
             cg = ConnectionGraph(graph)
             try:
                 self.keep = cg.from_names(self.spec["removed_connections"])
@@ -85,7 +89,7 @@ class Structure:
             cost = CostModel(graph)
             (macs, params), base = cost.evaluate(self.removed), (cost.macs_base, cost.params_base)
             what = f"{int(self.removed.sum())} of {len(graph.prunable_units)} channel units removed"
-        self._check_widths(store.widths(pruned), store._num_classes(graph.model, graph.example_inputs))
+        self._check_widths(store.widths(pruned), store.output_classes(graph.model, graph.example_inputs))
         ratios = {"macs": macs / base[0], "params": params / base[1]}
         log(f"structure from {self.path} (method {self.method} on {self.spec.get('dataset', 'unknown data')}): "
             f"{what}, {ratios['macs']:.4f} of the MACs, {ratios['params']:.4f} of the params; no search")
@@ -136,8 +140,6 @@ def check_options(cfg: Any, given: Iterable[str] = ()) -> None:
 def open_structure(cfg: Any, given: Iterable[str] = ()) -> Structure:
     """Read ``cfg.structure_from`` and check what can be checked before the model is loaded (options, model name,
     output folder)."""
-    from lcp.models.factory import model_info
-
     check_options(cfg, given)
     path = Path(cfg.structure_from).expanduser()
     if not (path / "channels.json").is_file():
@@ -160,3 +162,35 @@ def open_structure(cfg: Any, given: Iterable[str] = ()) -> Structure:
     if structure.connections and cfg.kd:
         raise LcpError("--kd is not supported with a connection-pruned structure (methods ads, lwp)")
     return structure
+
+
+@register_method
+class StructureMethod(Method):
+    """``--structure-from DIR``: the units (connections) an earlier run removed, found again in this model."""
+
+    name = STRUCTURE_METHOD
+    summary = "the structure of an earlier run (--structure-from DIR), no search"
+    listed = False
+
+    def check(self, options: Any, budgets: list[float | None]) -> None:
+        pass  # the structure fixes the cost; open_structure checks the options
+
+    def learn(self, ctx: Context) -> Learned:
+        o = ctx.options
+        structure = open_structure(o)
+        structure.fit(ctx.graph, o.budget, o.budget_type, ctx.log)
+        ctx.cache["structure"] = structure
+        return Learned(keep=structure.keep, removed=structure.removed, columns=structure.columns())
+
+    def run_options(self, ctx: Context, learned: Learned) -> Any:
+        """Method ``structure-from`` at the structure's own budget (the structure fixes the cost)."""
+        return ctx.cache["structure"].config(ctx.options)
+
+    def cut(self, ctx: Context, learned: Learned, budget: float) -> PruneResult:
+        if learned.keep is not None:
+            return cut_connections(ctx, learned.keep, budget, self.name)
+        result = cut_removed(ctx.graph, learned.removed, budget=budget, budget_type=ctx.options.budget_type,
+                             method=self.name)
+        ctx.log(f"pruned {ctx.name} with the structure from {ctx.cache['structure'].path}: "
+                f"{result.plan.describe()}; verified {result.verification}")
+        return result

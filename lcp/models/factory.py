@@ -50,7 +50,7 @@ def _tv_names() -> list[str]:
     return torchvision.models.list_models(module=torchvision.models)
 
 
-def _resolve(name: str) -> tuple[str, str]:
+def resolve_name(name: str) -> tuple[str, str]:
     """Return ``(source, canonical name)`` or raise LcpError with close matches."""
     if name.lower() in ZOO:
         return "zoo", name.lower()
@@ -96,7 +96,7 @@ def create_model(
     replaces ``pretrained``. Zoo models take pretrained weights from :func:`default_checkpoint`; torchvision
     and timm download them, and a new ``num_classes`` re-initializes the classifier.
     """
-    source, canonical = _resolve(name)
+    source, canonical = resolve_name(name)
     pretrained = pretrained and checkpoint is None
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
@@ -146,7 +146,7 @@ def _create_torchvision(canonical: str, pretrained: bool, **kwargs: Any) -> nn.M
 
 def model_info(name: str) -> ModelInfo:
     """Input size, normalization and preprocessing of ``name`` (no weights are downloaded)."""
-    source, canonical = _resolve(name)
+    source, canonical = resolve_name(name)
     if source == "zoo":
         e = ZOO[canonical]
         return ModelInfo(canonical, source, e.input_size, e.mean, e.std, "bilinear", 1.0, e.dataset)
@@ -203,8 +203,8 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike[str], name: str | 
     Accepts a raw state dict or a dict holding one under ``state_dict`` or ``model``, ``.pt``/``.pth`` or
     ``.safetensors``; strips ``module.`` prefixes. Arbitrary pickled objects are refused (``weights_only``).
     """
-    state = _read_state_dict(Path(path))
-    state = {_strip_prefix(k): v for k, v in state.items()}
+    state = read_state_dict(Path(path))
+    state = {strip_prefix(k): v for k, v in state.items()}
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
@@ -212,7 +212,7 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike[str], name: str | 
     return model
 
 
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not path.exists():
         raise LcpError(f"checkpoint {path} does not exist")
     if not path.is_file():
@@ -245,7 +245,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return dict(obj)
 
 
-def _strip_prefix(key: str) -> str:
+def strip_prefix(key: str) -> str:
     for prefix in _STRIP_PREFIXES:
         if key.startswith(prefix):
             key = key[len(prefix) :]

@@ -15,10 +15,14 @@ import torch
 from torch import nn
 
 from lcp._version import __version__
-from lcp.errors import LcpError
+from lcp.engine.connections import ConnectionGraph
 from lcp.engine.graph import ChannelGraph, build_graph
-from lcp.io import atomic_write_json, load_tensors, read_json, save_tensors
 from lcp.engine.surgery import apply_plan
+from lcp.errors import LcpError
+from lcp.io import atomic_write_json, load_tensors, read_json, save_tensors
+from lcp.models.factory import create_model
+from lcp.models.timm_support import refresh_attributes, write_timm_config
+from lcp.report import write_report
 
 CHANNELS_FORMAT = 1
 
@@ -64,8 +68,6 @@ def write(out_dir: str | Path, model: nn.Module, spec: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     save_tensors(model.state_dict(), out / "model.safetensors", metadata={"format": "lcp", "model": spec["model"]})
     atomic_write_json(out / "channels.json", spec)
-    from lcp.models.timm_support import write_timm_config
-
     write_timm_config(out, spec)  # timm models: config.json for timm.create_model("local-dir:DIR")
 
 
@@ -76,13 +78,11 @@ def save(result: Any, out_dir: str | Path, *, model_name: str | None = None) -> 
     ``lcp.create_model`` remember it. Writes model.safetensors, channels.json, transforms.json and, when the
     result has one, report.csv.
     """
-    from lcp.report import write_report
-
     graph = result.graph
     name = model_name or getattr(graph.model, "lcp_name", None)
     if name is None:
         raise LcpError("lcp.save needs model_name= (the lcp.create_model name of the original model)")
-    num_classes = _num_classes(result.model, graph.example_inputs)
+    num_classes = output_classes(result.model, graph.example_inputs)
     spec = channels_spec(graph, result.plan.removed, result.model, model_name=name, num_classes=num_classes,
                          input_size=tuple(graph.example_inputs[0].shape[1:]),
                          extra={"budget": result.plan.budget, "budget_type": result.plan.budget_type,
@@ -96,7 +96,7 @@ def save(result: Any, out_dir: str | Path, *, model_name: str | None = None) -> 
     return out
 
 
-def _num_classes(model: nn.Module, example_inputs: tuple) -> int:
+def output_classes(model: nn.Module, example_inputs: tuple) -> int:
     was = model.training
     model.eval()
     with torch.no_grad():
@@ -107,8 +107,6 @@ def _num_classes(model: nn.Module, example_inputs: tuple) -> int:
 
 def rebuild(spec: dict, base_model: nn.Module | None = None) -> nn.Module:
     """The pruned architecture described by ``spec`` (weights of ``base_model``, or a fresh model)."""
-    from lcp.models.factory import create_model
-
     try:
         name, num_classes, keys = spec["model"], spec["num_classes"], spec["removed_units"]
         input_size = tuple(spec["input_size"])
@@ -120,14 +118,10 @@ def rebuild(spec: dict, base_model: nn.Module | None = None) -> nn.Module:
     model = base_model if base_model is not None else create_model(name, num_classes=num_classes)
     graph = build_graph(model, torch.zeros(1, *input_size))
     if spec.get("removed_connections"):  # connection-pruned DenseNet (methods ads, lwp)
-        from lcp.engine.connections import ConnectionGraph
-
         cg = ConnectionGraph(graph)
         pruned = cg.apply(cg.from_names(spec["removed_connections"]))
     else:
         pruned = apply_plan(graph, removed_mask(graph, keys, f"channels.json does not fit {name}"))
-        from lcp.models.timm_support import refresh_attributes
-
         refresh_attributes(pruned, model, graph.example_inputs)  # timm: num_features, feature_info of the pruned widths
     if "widths" in spec and widths(pruned) != spec["widths"]:
         raise LcpError(f"rebuilt {name} does not have the widths recorded in channels.json; "

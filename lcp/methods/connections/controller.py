@@ -33,14 +33,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lcp.engine.connections import CONNECTION_METHODS, ConnectionGraph
+from lcp.engine.connections import ConnectionGraph
 from lcp.errors import LcpError
-from lcp.io import PathLike, atomic_write_text, load_tensor_metadata, load_tensors, save_tensors
+from lcp.io import (
+    PathLike,
+    load_tensor_metadata,
+    load_tensors,
+    save_tensors,
+)
 
 log = logging.getLogger("lcp.methods.controllers")
 
 _STATE_FORMAT = "lcp-connection-controller/2"
 N_FEATURES = 6
+CONNECTION_METHODS = ("ads", "lwp")
 
 
 @dataclass
@@ -330,155 +336,3 @@ def match_toy(cg: ConnectionGraph, budget: float, seed: int = 0, *, method: str 
     target = cg.project(rng.random(cg.n) < 0.5, rng.random(cg.n), budget=budget, metric=budget_type,
                         fill=method == "ads")
     return target, lambda keep: {"acc": float((np.asarray(keep) == target).mean())}
-
-
-class HeldOut:
-    """``evaluate(keep)``: build the pruned network, recalibrate BatchNorm on ``recal`` batches, then top-1 and
-    mean cross-entropy on the held-out batches (never the test split)."""
-
-    def __init__(self, cg: ConnectionGraph, recal: list[Tensor], eval_x: list[Tensor], eval_y: list[Tensor],
-                 device: str | torch.device = "cpu"):
-        self.device = dev = torch.device(device)  # where candidates run; the batches are moved there once
-        self.cg, self.recal = cg, [x.to(dev) for x in recal]
-        self.eval_x, self.eval_y = [x.to(dev) for x in eval_x], [y.to(dev) for y in eval_y]
-        self.n = sum(len(y) for y in eval_y)
-        if self.n == 0 or not recal:
-            raise LcpError("the connection search needs held-out images and training batches")
-        if any(bool((y < 0).any()) for y in eval_y):
-            raise LcpError("the held-out images are unlabeled: methods ads and lwp need labels")
-
-    def __call__(self, keep: np.ndarray) -> dict:
-        from lcp.training.train import recalibrate_bn
-
-        model = self.cg.apply(keep).to(self.device)
-        model.eval()
-        with torch.inference_mode():
-            recalibrate_bn(model, self.recal, batches=len(self.recal))
-            correct, total = 0, 0.0
-            for x, y in zip(self.eval_x, self.eval_y):
-                out = model(x).float()
-                total += float(F.cross_entropy(out, y, reduction="sum"))
-                correct += int((out.argmax(1) == y).sum())
-        return {"acc": correct / self.n, "loss": total / self.n}
-
-    @classmethod
-    def from_bundle(cls, cg: ConnectionGraph, bundle: "DataBundle", *, recal_batches: int = 4,  # noqa: F821
-                    eval_images: int = 1000, batch_size: int = 128, seed: int = 0,
-                    device: str | torch.device = "cpu") -> "HeldOut":
-        recal = []
-        for x, _ in bundle.loader("train", batch_size, shuffle=True, seed=seed):
-            if len(recal) == recal_batches:
-                break
-            recal.append(x)
-        xs, ys = [], []
-        for x, y in bundle.loader("holdout", batch_size, limit=eval_images):
-            xs.append(x)
-            ys.append(y)
-        return cls(cg, recal, xs, ys, device)
-
-
-def write_controller_csv(history: list[dict], path: PathLike) -> None:
-    """One row per episode (update, reward, best, acc, loss, cost, kept, alive, baseline, entropy, seconds),
-    atomically."""
-    cols = ("episode", "update", "reward", "best", "acc", "loss", "cost", "kept", "sampled_kept", "alive", "baseline",
-            "entropy", "seconds")
-    lines = [",".join(cols)]
-    for h in history:
-        lines.append(",".join("" if h.get(c) is None else (str(h[c]) if isinstance(h[c], int) else f"{h[c]:.6g}")
-                              for c in cols))
-    atomic_write_text(path, "\n".join(lines) + "\n")
-
-
-# ------------------------------------------------------------------------------------------------- pipeline
-
-
-def run_connection_prune(cfg: "PruneConfig", loaded: "Loaded", graph: "ChannelGraph",  # noqa: F821
-                         out: Path, state: dict, save_state: Callable[..., None],
-                         log: Callable[[str], None], keep: np.ndarray | None = None,
-                         source: dict[str, str] | None = None) -> "pd.DataFrame":  # noqa: F821
-    """``lcp prune --method ads|lwp``: search the connections at ``cfg.budget``, cut, recalibrate, evaluate,
-    fine-tune and write model.safetensors, channels.json (with the removed connections), connections.json,
-    controller.csv and report.csv into ``out``. With ``keep`` (``--structure-from``) the connections are given:
-    no search; ``source`` (where they came from) adds report columns and channels.json keys."""
-    from lcp.models import store
-    from lcp.io import atomic_write_json
-    from lcp.report import write_report
-    from lcp.training.train import evaluate, finetune, recalibrate_bn
-
-    if cfg.budgets and len(cfg.budgets) > 1:
-        raise LcpError(f"method {cfg.method} searches one budget: pass --budget, not several --budgets")
-    budget = cfg.all_budgets()[0]
-    if cfg.budget_type not in ("macs", "params"):
-        raise LcpError(f"method {cfg.method} takes --budget-type macs or params, not {cfg.budget_type}")
-    if cfg.kd or cfg.label_free:
-        raise LcpError(f"method {cfg.method} rewards held-out accuracy: --label-free and --kd are not supported")
-    cg = ConnectionGraph(graph)
-    log(f"{loaded.name}: {cg.summary()}")
-    best_reward, search_s = None, 0.0
-    if keep is None:
-        ccfg = ControllerConfig(episodes=cfg.episodes)
-        reward = "held-out top-1" if cfg.method == "ads" else f"held-out top-1 + {ccfg.lwp_lambda:g} (1 - cost ratio)"
-        log(f"searching connections: {cfg.method} controller, {cfg.episodes} episodes at {budget:g} of "
-            f"{cfg.budget_type}, reward {reward}")
-        t0 = time.perf_counter()
-        ev = HeldOut.from_bundle(cg, loaded.bundle, seed=cfg.seed, device=cfg.device)
-        result = search_connections(cg, ev, method=cfg.method, budget=budget, budget_type=cfg.budget_type,
-                                    cfg=ccfg, seed=cfg.seed, state_path=out / "controller_state.safetensors",
-                                    resume=cfg.resume, progress=cfg.progress,
-                                    settings={"model": loaded.name, "weights": loaded.weights})
-        search_s = state.get("search_s") or time.perf_counter() - t0
-        save_state(search_s=search_s)
-        write_controller_csv(result.history, out / "controller.csv")
-        keep, best_reward = result.keep, result.best_reward
-    t1 = time.perf_counter()
-    pruned, verification = cg.prune(keep)
-    prune_s = time.perf_counter() - t1
-    macs, params = cg.evaluate(keep)
-    alive = cg.alive(keep)
-    log(f"kept {int(keep.sum())} of {cg.n} connections, {int(alive.sum())} of {len(alive)} consumers alive: "
-        f"{macs / cg.macs_base:.3f} of MACs, {params / cg.params_base:.3f} of params; verified {verification}")
-    atomic_write_json(out / "connections.json", {"reward": best_reward, "kept": int(keep.sum()),
-                                                 "connections": cg.n, "removed": cg.names(keep),
-                                                 "dead": [c.name for c, a in zip(cg.consumers, alive) if not a],
-                                                 "blocks": cg.adjacency(keep)})
-    dev = cfg.device
-    pruned = pruned.to(dev)
-    train = loaded.bundle.loader("train", cfg.batch_size, shuffle=True, augment=False, seed=cfg.seed)
-    if cfg.recal_batches > 0:
-        recalibrate_bn(pruned, train, batches=cfg.recal_batches, device=dev)
-    test = loaded.bundle.loader("test", 256)
-    done = dict(state.get("connections", {}))
-    if "top1_pruned_noft" not in done:
-        done["top1_pruned_noft"] = evaluate(pruned, test, device=dev)["top1"]
-        save_state(connections=done)
-    log(f"top-1: baseline {state['top1_base']:.2f}%, pruned before fine-tuning {done['top1_pruned_noft']:.2f}%")
-    t2 = time.perf_counter()
-    ckpt = out / "finetune.ckpt"
-    if cfg.finetune_epochs > 0:
-        finetune(pruned, loaded.bundle, epochs=cfg.finetune_epochs, lr=cfg.lr, batch_size=cfg.batch_size,
-                 ckpt_path=ckpt, resume=cfg.resume and ckpt.is_file(), seed=cfg.seed, progress=cfg.progress,
-                 device=dev)
-        top1 = evaluate(pruned, test, device=dev)["top1"]
-    else:
-        top1 = done["top1_pruned_noft"]
-    finetune_s = time.perf_counter() - t2
-    pruned = pruned.cpu()
-    spec = store.channels_spec(graph, np.zeros(len(graph.units), dtype=bool), pruned, model_name=loaded.name,
-                               num_classes=loaded.bundle.num_classes, input_size=loaded.input_size,
-                               extra={"budget": budget, "budget_type": cfg.budget_type, "method": cfg.method,
-                                      "macs": macs, "params": params, "dataset": loaded.dataset,
-                                      "data": loaded.data_spec, "removed_connections": cg.names(keep),
-                                      **(source or {})})
-    store.write(out, pruned, spec)
-    row = {"model": loaded.name, "dataset": loaded.dataset, "method": cfg.method, "importance": "",
-           "budget_type": cfg.budget_type, "budget": budget, "macs_base": cg.macs_base, "macs_pruned": macs,
-           "macs_ratio": macs / cg.macs_base, "params_base": cg.params_base, "params_pruned": params,
-           "params_ratio": params / cg.params_base, "finetune_epochs": cfg.finetune_epochs, "seed": cfg.seed,
-           "top1_base": state["top1_base"], "top1_pruned_noft": done["top1_pruned_noft"], "top1_pruned": top1,
-           "search_s": search_s, "prune_s": prune_s, "finetune_s": finetune_s,
-           "connections_kept": int(keep.sum()), "connections": cg.n, "verification_error": verification.max_rel_error,
-           **(source or {})}
-    report = write_report(row, out / "report.csv")
-    ckpt.unlink(missing_ok=True)
-    log(f"top-1 after {cfg.finetune_epochs} fine-tuning epochs: {top1:.2f}%; outputs in {out}")
-    return report

@@ -1,0 +1,44 @@
+"""Options of the cut: the budget, how units are scored and how the walk keeps widths (declared once)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lcp.cut.importance import AGGREGATIONS, CRITERIA
+from lcp.errors import LcpError
+from lcp.options import at_least, each, fraction, option, unit_interval
+
+BUDGET_TYPES = ("macs", "params", "latency")
+
+
+def check_budget(budget: float, budget_type: str = "macs") -> None:
+    """The one budget validation: a known budget type and a fraction in (0, 1] (one-line ``LcpError``)."""
+    if budget_type not in BUDGET_TYPES:
+        raise LcpError(f"unknown budget type '{budget_type}'; choose one of {', '.join(BUDGET_TYPES)}")
+    try:
+        if isinstance(budget, bool) or not isinstance(budget, (int, float)):
+            raise ValueError(f"must be a number in (0, 1], got {budget!r}")
+        unit_interval(budget)
+    except ValueError as e:
+        raise LcpError(f"budget {e}") from None
+
+
+@dataclass
+class CutOptions:
+    """How much to keep and how the units are ranked and cut."""
+
+    budget: float = option(0.5, "fraction of the baseline cost to keep, in (0, 1]; 0.5 keeps 50%",
+                           check=unit_interval)
+    budgets: list[float] | None = option(None, "several budgets, e.g. 0.7,0.5,0.3: one search, one output folder "
+                                         "per budget", check=each(unit_interval))
+    budget_type: str = option("macs", "what the budget counts: macs, params, or latency measured on --device",
+                              choices=BUDGET_TYPES)
+    importance: str = option("l2", "filter importance", choices=CRITERIA)
+    aggregate: str = option("mean", "how a coupled unit's filter scores combine (LeGR used sum)",
+                            choices=AGGREGATIONS)
+    round_to: int = option(1, "keep widths in multiples of this many channel units", check=at_least(1))
+    min_ratio: float = option(0.1, "per-group floor: keep at least this fraction (and 2 channels)", check=fraction)
+    latency_batch: int = option(1, "batch size of latency measurements", check=at_least(1), signature=False)
+
+    def all_budgets(self) -> list[float]:
+        return list(self.budgets) if self.budgets else [self.budget]

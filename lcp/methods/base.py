@@ -1,0 +1,193 @@
+"""The method interface and its registry.
+
+A method decides *what* to remove: ``learn`` once (a search, an agent, nothing at all), then ``cut`` to each
+budget. Everything after the cut (BatchNorm recalibration, evaluation, fine-tuning, distillation, the report and
+the output folder) is the run's post-cut stage, the same for every method (``lcp.run.recover``).
+
+Adding a method is one module::
+
+    from lcp.methods import Method, register_method
+
+    @register_method
+    class Mine(Method):
+        name = "mine"
+        summary = "what it does, one line"
+
+        def learn(self, ctx):   # optional: runs once for all budgets
+            return Learned(transforms=...)  # or ratios=..., or nothing
+
+        def cut(self, ctx, learned, budget):  # optional: the default cuts with ctx's importance and the order
+            ...
+
+``lcp prune --method mine`` and ``lcp.prune(model, method="mine")`` then find it (import the module first).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from lcp.cut import importance as imp
+from lcp.cut.latency import LatencyTable
+from lcp.cut.options import BUDGET_TYPES
+from lcp.cut.pruner import PruneResult, prune_graph
+from lcp.cut.ranking import Transforms
+from lcp.engine.cost import CostModel
+from lcp.engine.graph import ChannelGraph
+from lcp.errors import LcpError
+from lcp.training.data import DataBundle
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class Context:
+    """What a method works with: the traced model, the run's options, the data and where to write.
+
+    ``options`` holds the fields of every options dataclass the run uses (a ``PruneConfig`` on the command line;
+    the API builds one too). ``out`` is the run folder for the method's own outputs (``search.csv``, ...; None:
+    write nothing). ``state`` / ``save_state`` keep stage results across ``--resume``."""
+
+    graph: ChannelGraph
+    options: Any
+    data: DataBundle | None = None
+    out: Path | None = None
+    log: Log = print
+    name: str = ""
+    weights: str = ""
+    writer: bool = True  # under torchrun only rank 0 writes
+    state: dict = field(default_factory=dict)
+    save_state: Callable[..., None] = lambda **kw: None
+    cache: dict = field(default_factory=dict)  # what a method builds once per run (a connection graph, ...)
+    verify: bool = True  # check every pruned network against the masked original
+    batches: Any = None  # training batches for data-driven importance (taylor); default: from ``data``
+    _cost_scores: tuple | None = None
+
+    def need_data(self, method: str) -> DataBundle:
+        if self.data is None:
+            raise LcpError(f"method {method!r} learns from data: pass data (a data set name, an ImageFolder path "
+                           "or a DataBundle)")
+        return self.data
+
+    def cost_and_scores(self) -> tuple[CostModel, np.ndarray]:
+        """The cost model the cut walks (latency budgets: the per-layer latency table's prediction) and the unit
+        scores it ranks (``options.importance`` aggregated by ``options.aggregate``), computed once."""
+        if self._cost_scores is None:
+            o = self.options
+            table = None
+            if o.budget_type == "latency":
+                table = LatencyTable.build(self.graph, batch=o.latency_batch, device=o.device, n_threads=o.threads,
+                                           progress=o.progress)
+            scores = imp.unit_scores(self.graph, imp.filter_scores(self.graph, o.importance), o.aggregate)
+            self._cost_scores = (CostModel(self.graph, latency=table), scores)
+        return self._cost_scores
+
+
+@dataclass
+class Learned:
+    """What a method learned once, for every budget it cuts to.
+
+    ``transforms``: per-group (alpha, kappa) of the ranking; ``ratios``: per-group keep ratios; ``keep``: dense
+    connections kept (bool per connection); ``removed``: channel units to remove (bool per unit); ``columns``:
+    report columns and channels.json keys that describe it; ``seconds``: how long learning took."""
+
+    transforms: Transforms | None = None
+    ratios: np.ndarray | None = None
+    keep: np.ndarray | None = None
+    removed: np.ndarray | None = None
+    columns: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+class Method:
+    """One way to choose what to remove. Subclasses set ``name`` and ``summary`` and override what differs."""
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    #: how ``cut`` orders the units by default: ``global`` (one ranking of compensated scores), ``uniform`` or
+    #: ``random`` (see ``lcp.cut.ranking.plan``)
+    order: ClassVar[str] = "global"
+    budget_types: ClassVar[tuple[str, ...]] = BUDGET_TYPES
+    several_budgets: ClassVar[bool] = True  # one learn, many cuts (``--budgets``)
+    #: option names that belong to this method's run signature beyond the common ones (``PruneConfig``)
+    signature_options: ClassVar[tuple[str, ...]] = ()
+    #: offered by ``--method`` (``structure-from`` has its own flag)
+    listed: ClassVar[bool] = True
+
+    def check(self, options: Any, budgets: list[float | None]) -> None:
+        """Refuse options this method cannot honour (one-line ``LcpError``) before any work."""
+        if options.budget_type not in self.budget_types:
+            raise LcpError(f"method {self.name} takes --budget-type {' or '.join(self.budget_types)}, "
+                           f"not {options.budget_type}")
+        if not self.several_budgets and len(budgets) > 1:
+            raise LcpError(f"method {self.name} searches one budget: pass --budget, not several --budgets")
+
+    def learn(self, ctx: Context) -> Learned:
+        """Learn once for all budgets (default: nothing to learn)."""
+        return Learned()
+
+    def run_options(self, ctx: Context, learned: Learned) -> Any:
+        """The options the cuts and the report use after ``learn`` (default: unchanged)."""
+        return ctx.options
+
+    def cut(self, ctx: Context, learned: Learned, budget: float) -> PruneResult:
+        """Cut ``ctx.graph`` to ``budget``: the units ranked by ``ctx.options.importance``, ordered by ``order``
+        with ``learned.transforms``, or by ``learned.ratios`` per group; verified."""
+        o = ctx.options
+        batches = ctx.batches
+        if batches is None and o.importance == "taylor" and ctx.data is not None:
+            batches = ctx.data.loader("train", 64, shuffle=True, seed=o.seed, limit=1024)
+        result = prune_graph(ctx.graph, budget=budget, budget_type=o.budget_type, method=self.order,
+                             importance=o.importance, aggregate=o.aggregate, transforms=learned.transforms,
+                             round_to=o.round_to, min_ratio=o.min_ratio, seed=o.seed, batches=batches,
+                             latency={"batch": o.latency_batch, "device": o.device, "n_threads": o.threads},
+                             ratios=learned.ratios, label=self.name, check=ctx.verify)
+        if learned.ratios is not None:
+            result.info["agent_ratios"] = learned.ratios
+        return result
+
+
+_REGISTRY: dict[str, Method] = {}
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    """Class decorator: make ``cls`` available by its ``name`` to ``lcp prune --method`` and ``lcp.prune``."""
+    if not cls.name:
+        raise LcpError(f"{cls.__name__} has no name")
+    _REGISTRY[cls.name] = cls()
+    return cls
+
+
+def unregister_method(name: str) -> None:
+    _REGISTRY.pop(name, None)
+
+
+def get_method(name: str) -> Method:
+    """The registered method ``name``; an unknown name is one line naming the choices."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise LcpError(f"unknown method {name!r}; choose one of {', '.join(method_names())}") from None
+
+
+def method_names(listed_only: bool = True) -> list[str]:
+    """Names of the registered methods, in registration order (``--method`` choices)."""
+    return [n for n, m in _REGISTRY.items() if m.listed or not listed_only]
+
+
+def describe_methods() -> str:
+    """``name: summary; ...`` for help texts and docs."""
+    return "; ".join(f"{m.name}: {m.summary}" for m in _REGISTRY.values() if m.listed)
+
+
+def timed(fn: Callable[[], Learned]) -> Learned:
+    """Run ``fn`` and record its wall time in the returned ``Learned``."""
+    t0 = time.perf_counter()
+    learned = fn()
+    learned.seconds = learned.seconds or time.perf_counter() - t0
+    return learned

@@ -1,0 +1,361 @@
+"""Meta-learning of the layer compensation: search per-group ``(alpha, kappa)`` that minimise a pruning fitness.
+
+``make_fitness`` builds the objective (prune to the search budget with the compensated ranking, recalibrate
+BatchNorm, score on the held-out split; lower is better). ``search`` minimises it with LeGR's regularized
+evolution (``optimizer="legr"``) or a nevergrad optimizer, checkpointing its state after every candidate so an
+interrupted search resumes without losing an evaluation.
+
+Candidates are vectors ``z = [log alpha (G), kappa (G)]`` over the G groups of the graph (nevergrad works on
+``[log alpha, kappa / std_g]``, or ``kappa / std_g`` alone for the additive LcP form); ``std_g`` is the standard
+deviation of group g's raw unit scores, LeGR's scale for kappa.
+"""
+from __future__ import annotations
+
+import difflib
+import hashlib
+import logging
+import math
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from lcp.engine.graph import ChannelGraph
+from lcp.errors import LcpError
+from lcp.io import PathLike, atomic_write_json, atomic_write_text, read_json
+from lcp.methods.legr.evaluator import (
+    Evaluator,
+    SearchResult,
+    first_line,
+    group_std,
+    standardized,
+    transforms_from_vector,
+)
+from lcp.methods.legr.fitness import FitnessFn
+from lcp.report import plot_search
+
+log = logging.getLogger("lcp.methods.legr")
+
+#: Short optimizer names; any exact ``nevergrad.optimizers.registry`` key is accepted too.
+OPTIMIZERS: dict[str, str] = {"legr": "legr", "ngopt": "NGOpt", "cma": "CMA", "de": "DE", "pso": "PSO",
+                              "oneplusone": "OnePlusOne"}
+COMPENSATIONS = ("affine", "additive")
+_STATE_FORMAT = "lcp-search-state/1"
+_SIGMA_HORIZON = 1.25  # LeGR: step size 1 - i / (1.25 * candidates), i.e. 1 - i/500 for 400 candidates
+
+
+# ---------------------------------------------------------------------------------------------------- search
+
+
+class _State:
+    """Everything a search needs to continue: written to ``state_path`` after every candidate."""
+
+    def __init__(self, settings: dict[str, Any]):
+        self.settings = settings
+        self.rng: dict[str, Any] | None = None
+        self.pop_z: list[list[float]] = []
+        self.pop_f: list[float] = []
+        self.queue: list[int] = []  # population slots, oldest first
+        self.evaluated: list[dict[str, Any]] = []  # {"z": [...], "fitness": f}
+        self.history: list[dict[str, float]] = []
+        self.pending: list[list[float]] = []  # generated but not yet told, in candidate order
+        self.results: dict[int, list[float]] = {}  # pending index -> [fitness, seconds]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": _STATE_FORMAT, "settings": self.settings, "rng": self.rng,
+                "population": {"z": self.pop_z, "fitness": self.pop_f, "queue": self.queue},
+                "evaluated": self.evaluated, "history": self.history, "pending": self.pending,
+                "pending_results": {str(k): v for k, v in self.results.items()}}
+
+    @classmethod
+    def load(cls, path: Path, settings: dict[str, Any]) -> "_State":
+        data = read_json(path, what="search state")
+        if not isinstance(data, dict) or data.get("format") != _STATE_FORMAT:
+            raise LcpError(f"{path} is not an lcp search state: delete it or start without --resume")
+        old = data.get("settings", {})
+        diff = [k for k in settings if old.get(k) != settings[k]]
+        if diff:
+            said = ", ".join(f"{k}={old.get(k)!r} (now {settings[k]!r})" for k in diff[:4])
+            raise LcpError(f"search state {path} was made with {said}: use the same settings or start without --resume")
+        st = cls(settings)
+        try:
+            st.rng = data["rng"]
+            pop = data["population"]
+            st.pop_z, st.pop_f, st.queue = pop["z"], [float(f) for f in pop["fitness"]], pop["queue"]
+            st.evaluated = [{"z": e["z"], "fitness": float(e["fitness"])} for e in data["evaluated"]]
+            st.history = data["history"]
+            st.pending = data["pending"]
+            st.results = {int(k): [float(v[0]), float(v[1])] for k, v in data["pending_results"].items()}
+        except (KeyError, TypeError, ValueError, IndexError):
+            raise LcpError(f"search state {path} is incomplete: delete it or start without --resume") from None
+        return st
+
+
+class _Search:
+    """Shared machinery of both optimizers: telling results, history, state, progress."""
+
+    def __init__(self, graph: ChannelGraph, state: _State, state_path: Path | None, candidates: int,
+                 evaluator: Evaluator, progress: bool, decode: Callable[[np.ndarray], np.ndarray]):
+        from tqdm.auto import tqdm
+
+        self.graph, self.state, self.state_path = graph, state, state_path
+        self.candidates, self.evaluator, self.decode = candidates, evaluator, decode
+        self.best = min((e["fitness"] for e in state.evaluated), default=math.inf)
+        self.bar = tqdm(total=candidates, initial=len(state.evaluated), desc="search", disable=not progress,
+                        dynamic_ncols=True, leave=False)
+        self._postfix()
+
+    def _postfix(self) -> None:
+        self.bar.set_postfix(best=f"{self.best:.4f}", refresh=False)
+
+    def save(self) -> None:
+        if self.state_path is not None:
+            atomic_write_json(self.state_path, self.state.to_json())
+
+    def evaluate_pending(self) -> None:
+        """Evaluate the pending candidates that have no result yet, saving the state after each."""
+        st = self.state
+        todo = [(i, transforms_from_vector(self.graph, self.decode(np.asarray(z))))
+                for i, z in enumerate(st.pending) if i not in st.results]
+        for i, value, seconds in self.evaluator.run(todo):
+            st.results[i] = [value, seconds]
+            self.save()
+
+    def tell(self, z: Sequence[float], value: float, seconds: float) -> None:
+        """Record one evaluated candidate (in candidate order)."""
+        st = self.state
+        if value < self.best:
+            self.best = value
+        st.evaluated.append({"z": list(map(float, z)), "fitness": value})
+        st.history.append({"candidate": len(st.evaluated), "fitness": value, "best": self.best,
+                           "seconds": seconds})
+        self._postfix()  # before update(), which redraws the bar
+        self.bar.update(1)
+
+    def result(self) -> SearchResult:
+        """The best candidate ever evaluated (argmin keeps the first of ties: the identity wins them)."""
+        st = self.state
+        i = int(np.argmin([e["fitness"] for e in st.evaluated]))
+        tf = transforms_from_vector(self.graph, self.decode(np.asarray(st.evaluated[i]["z"])))
+        return SearchResult(tf, float(st.evaluated[i]["fitness"]), list(st.history))
+
+
+def _legr(run: _Search, *, n_groups: int, std: np.ndarray, additive: bool, population: int, tournament: int,
+          mutate_frac: float, seed: int, seeds: Sequence[np.ndarray] = ()) -> None:
+    """LeGR's regularized evolution (see ``search``); the RNG state is saved with each generated batch.
+
+    The initial population is the identity, then ``seeds`` (fixed members), then random members."""
+    st, candidates = run.state, run.candidates
+    rng = np.random.Generator(np.random.PCG64(seed))
+    if st.rng is not None:
+        rng.bit_generator.state = st.rng
+    n_mut = max(1, int(mutate_frac * n_groups))
+    width = run.evaluator.width
+
+    def initial(k: int) -> np.ndarray:
+        z = np.zeros(2 * n_groups)
+        if 0 < k <= len(seeds):
+            z[:] = seeds[k - 1]
+        elif k > 0:  # member 0 is the identity (alpha 1, kappa 0)
+            if not additive:
+                z[:n_groups] = rng.normal(0.0, 1.0, n_groups)  # alpha ~ LogNormal(0, 1)
+            z[n_groups:] = rng.normal(0.0, std)
+        return z
+
+    def child(k: int) -> np.ndarray:
+        sampled = rng.integers(0, len(st.pop_f), size=tournament)  # with replacement
+        winner = int(sampled[np.argmin(np.asarray(st.pop_f)[sampled])])
+        z = np.asarray(st.pop_z[winner], dtype=np.float64).copy()
+        sigma = 1.0 - k / (_SIGMA_HORIZON * candidates)
+        for g in np.unique(rng.integers(0, n_groups, size=n_mut)).tolist():  # with replacement, as LeGR
+            if not additive:
+                z[g] += rng.normal(0.0, sigma)  # alpha *= exp(N(0, sigma^2))
+            z[n_groups + g] += rng.normal(0.0, std[g])
+        return z
+
+    while len(st.evaluated) < candidates:
+        k = len(st.evaluated)
+        if not st.pending:
+            if k < population:
+                st.pending = [initial(k + i).tolist() for i in range(min(width, population - k, candidates - k))]
+            else:
+                st.pending = [child(k + i).tolist() for i in range(min(width, candidates - k))]
+            st.rng = rng.bit_generator.state
+        run.evaluate_pending()
+        for i, z in enumerate(st.pending):
+            value, seconds = st.results[i]
+            run.tell(z, value, seconds)
+            if len(st.pop_f) < population:
+                st.pop_z.append(z)
+                st.pop_f.append(value)
+                st.queue.append(len(st.pop_f) - 1)
+            else:  # aging: the child replaces the oldest member
+                slot = st.queue.pop(0)
+                st.pop_z[slot], st.pop_f[slot] = z, value
+                st.queue.append(slot)
+        st.pending, st.results = [], {}
+        run.save()
+
+
+def _nevergrad(run: _Search, name: str, dim: int, seed: int) -> None:
+    """A nevergrad optimizer over ``dim`` coordinates, told the identity (all zeros) as its first candidate.
+
+    Resumption replays the stored (candidate, fitness) pairs into a fresh optimizer with the same seed: each
+    asked point that equals the stored one is told the stored fitness. If the optimizer asks something else
+    (a non-deterministic optimizer), the stored point is told instead as a non-asked candidate, with a warning
+    that the continuation may differ from an uninterrupted run. Failed candidates (+inf) are told a finite
+    penalty, twice the worst finite fitness so far plus one, since some optimizers reject inf.
+    """
+    import nevergrad as ng
+
+    st, candidates, width = run.state, run.candidates, run.evaluator.width
+    param = ng.p.Array(init=np.zeros(dim))
+    param.random_state = np.random.RandomState(seed)
+    try:
+        opt = ng.optimizers.registry[name](parametrization=param, budget=candidates, num_workers=width)
+    except Exception as e:
+        raise LcpError(f"nevergrad optimizer {name} cannot run here: {first_line(e)}") from None
+    opt.suggest(np.zeros(dim))
+    worst = [1.0]
+
+    def tell(cand: Any, value: float) -> None:
+        if math.isfinite(value):
+            worst[0] = max(worst[0], abs(value))
+        opt.tell(cand, value if math.isfinite(value) else 2.0 * worst[0] + 1.0)
+
+    def replayed(cand: Any, z: Sequence[float]) -> Any:
+        if np.array_equal(cand.value, np.asarray(z)):
+            return cand
+        log.warning("nevergrad asked a different point on replay; the resumed search may differ")
+        return opt.parametrization.spawn_child(new_value=np.asarray(z, dtype=np.float64))
+
+    n_stored = len(st.evaluated)
+    old_pending, old_results = list(st.pending), dict(st.results)
+    k = 0
+    while k < candidates:
+        n = min(width, candidates - k)
+        asked = [opt.ask() for _ in range(n)]
+        new: list[int] = []
+        for i in range(n):
+            if k + i < n_stored:
+                e = st.evaluated[k + i]
+                asked[i] = replayed(asked[i], e["z"])
+                tell(asked[i], e["fitness"])
+            else:
+                new.append(i)
+        if new:
+            st.pending, st.results = [], {}
+            for p, i in enumerate(new):
+                q = k + i - n_stored  # position in the pending list of the resumed state
+                if q < len(old_pending) and q in old_results:
+                    asked[i] = replayed(asked[i], old_pending[q])
+                    st.results[p] = old_results[q]
+                st.pending.append(np.asarray(asked[i].value, dtype=np.float64).tolist())
+            run.evaluate_pending()
+            for p, i in enumerate(new):
+                value, seconds = st.results[p]
+                tell(asked[i], value)
+                run.tell(st.pending[p], value, seconds)
+            st.pending, st.results = [], {}
+            run.save()
+        k += n
+
+
+def _resolve_optimizer(name: str) -> str:
+    if name.lower() in OPTIMIZERS:
+        return OPTIMIZERS[name.lower()]
+    import nevergrad as ng
+
+    if name in ng.optimizers.registry:
+        return name
+    close = difflib.get_close_matches(name, list(OPTIMIZERS) + sorted(ng.optimizers.registry), n=3)
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    raise LcpError(f"unknown optimizer {name!r}{hint}; choose one of {', '.join(OPTIMIZERS)} "
+                   "or any nevergrad registry name")
+
+
+def search(graph: ChannelGraph, scores: np.ndarray, fitness: FitnessFn, *, optimizer: str = "legr",
+           compensation: str = "affine", candidates: int = 400, population: int = 64, tournament: int = 16,
+           mutate_frac: float = 0.1, seed: int = 0, state_path: PathLike | None = None, resume: bool = False,
+           progress: bool = True, workers: int = 1, executor: Any = None,
+           standardized_member: bool = True) -> SearchResult:
+    """Minimise ``fitness`` over per-group ``(alpha, kappa)``; the identity is always the first candidate.
+
+    ``optimizer``: ``legr`` (LeGR's regularized evolution: ``population`` members, the identity and random
+    ones with alpha ~ LogNormal(0, 1) and kappa ~ N(0, std_g), plus, with ``standardized_member``, the
+    compensation that gives every group the same score mean and std (:func:`standardized`, a near-uniform
+    ranking) as the second member; then each child mutates the winner of a
+    ``tournament`` drawn with replacement in ``mutate_frac`` of the groups, alpha times exp(N(0, s^2)) with s
+    decaying as 1 - i / (1.25 candidates) and kappa plus N(0, std_g^2), and replaces the oldest member), or a
+    nevergrad optimizer (``ngopt``, ``cma``, ``de``, ``pso``, ``oneplusone`` or any registry name).
+    ``compensation="additive"`` is LcP's kappa-only form (alpha stays 1). The result is the best candidate ever
+    evaluated (ties keep the earlier one, so it is never worse than the identity on this fitness).
+
+    ``state_path``: the state is written there atomically after every candidate; ``resume=True`` continues
+    from it, losing no evaluation, and ends with the same transforms as an uninterrupted run with the same
+    settings. ``workers > 1`` (local processes) or ``executor`` (a dask ``Client``, ``"dask://HOST:PORT"`` or a
+    ``concurrent.futures`` executor) evaluate candidates concurrently in batches of the pool's width: legr
+    breeds a batch of children from the population as it stands, and every batch is told in candidate order,
+    so results depend on the seed and the width, not on timing.
+    """
+    if compensation not in COMPENSATIONS:
+        raise LcpError(f"unknown compensation {compensation!r}; choose one of {', '.join(COMPENSATIONS)}")
+    if candidates < 1 or population < 1 or tournament < 1 or workers < 1 or not 0 < mutate_frac <= 1:
+        raise LcpError("candidates, population, tournament and workers must be at least 1, mutate_frac in (0, 1]")
+    name = _resolve_optimizer(optimizer)
+    n = len(graph.groups)
+    if n == 0:
+        raise LcpError("nothing to search: the model has no prunable channel groups")
+    if len(scores) != len(graph.units):
+        raise LcpError(f"scores has {len(scores)} entries, the graph has {len(graph.units)} units")
+    std = group_std(graph, scores)
+    additive = compensation == "additive"
+    fingerprint = hashlib.sha256(np.nan_to_num(np.asarray(scores, dtype=np.float64)).tobytes()).hexdigest()[:16]
+    settings = {"optimizer": name, "compensation": compensation, "candidates": candidates, "seed": seed,
+                "groups": [g.name for g in graph.groups], "scores": fingerprint}
+    if name == "legr":
+        settings.update(population=population, tournament=tournament, mutate_frac=mutate_frac,
+                        standardized_member=standardized_member)
+
+        def decode(z: np.ndarray) -> np.ndarray:
+            return z
+    else:
+        def decode(z: np.ndarray) -> np.ndarray:  # optimizer space -> [log alpha, kappa]
+            if additive:
+                return np.concatenate([np.zeros(n), z * std])
+            return np.concatenate([z[:n], z[n:] * std])
+
+    path = Path(state_path) if state_path is not None else None
+    state = _State.load(path, settings) if (resume and path is not None and path.is_file()) else _State(settings)
+    evaluator = Evaluator(fitness, workers, executor)
+    run = _Search(graph, state, path, candidates, evaluator, progress, decode)
+    try:
+        if name == "legr":
+            _legr(run, n_groups=n, std=std, additive=additive, population=population, tournament=tournament,
+                  mutate_frac=mutate_frac, seed=seed,
+                  seeds=[standardized(graph, scores, additive)] if standardized_member else [])
+        else:
+            _nevergrad(run, name, n if additive else 2 * n, seed)
+    finally:
+        evaluator.close()
+        run.bar.close()
+    return run.result()
+
+
+# --------------------------------------------------------------------------------------------------- outputs
+
+
+def write_search_csv(history: Sequence[dict[str, float]], path: PathLike) -> None:
+    """``candidate,fitness,best,seconds`` per evaluated candidate, written atomically."""
+    lines = ["candidate,fitness,best,seconds"]
+    for h in history:
+        lines.append(f"{int(h['candidate'])},{h['fitness']!r},{h['best']!r},{h['seconds']:.3f}")
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def write_outputs(result: SearchResult, out_dir: PathLike) -> None:
+    """``search.csv`` and ``search.png`` (fitness per candidate and best so far) in ``out_dir``."""
+    out = Path(out_dir)
+    write_search_csv(result.history, out / "search.csv")
+    plot_search(result.history, out / "search.png", title="search: held-out fitness (lower is better)",
+                maximize=False)

@@ -1,0 +1,132 @@
+"""Load what a run needs: the model by name, its weights (or a baseline trained first), the data; the
+unpruned model's test accuracy (cached)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import timm.data
+from torch import nn
+
+from lcp.errors import LcpError
+from lcp.io import atomic_write_json, cache_dir, save_tensors
+from lcp.models.factory import (create_model, default_checkpoint, load_checkpoint, model_info, read_state_dict,
+                                strip_prefix)
+from lcp.run.config import PruneConfig, file_digest
+from lcp.training.data import load_data
+from lcp.training.train import evaluate, train_baseline
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class Loaded:
+    """A model with its weights, its data and where the weights came from."""
+
+    model: nn.Module
+    name: str
+    dataset: str
+    bundle: Any
+    input_size: tuple[int, int, int]
+    weights: str
+    info: Any = None
+    data_spec: str = ""  # "cifar10" or the absolute ImageFolder path
+    extra: dict = field(default_factory=dict)
+
+
+def load_model_and_data(cfg: PruneConfig, log: Log = print) -> Loaded:
+    """Resolve the model name, load the data and the model's weights (training a baseline if none exist)."""
+    info = model_info(cfg.model)
+    spec = cfg.data or info.default_dataset
+    if spec is None:
+        raise LcpError(f"{cfg.model} has no default data set: pass --data PATH (an ImageFolder root)")
+    dataset = "cifar10" if str(spec).lower() == "cifar10" else Path(spec).name
+    size = tuple(int(v) for v in cfg.input_size) if cfg.input_size else tuple(info.input_size)
+    transform = None
+    if info.source == "timm" and min(size[1:]) > 64:
+        transform = _timm_eval_transform(info, size)
+    # lfgcl never reads labels: a folder of images without class folders (or train/) is loaded unlabeled
+    flat = cfg.method == "lfgcl" and dataset != "cifar10" and not (Path(spec).expanduser() / "train").is_dir()
+    bundle = load_data(spec, input_size=size, mean=info.mean, std=info.std, holdout=cfg.holdout,
+                       seed=0, transform=transform, labeled=not flat)
+    if flat and not cfg.checkpoint:
+        raise LcpError(f"{spec} has no class folders: pass --checkpoint (the trained model to prune)")
+    pretrained = cfg.pretrained and not cfg.checkpoint
+    classes = _checkpoint_classes(cfg.model, cfg.checkpoint) if flat else bundle.num_classes
+    model = create_model(cfg.model, num_classes=classes, pretrained=pretrained)
+    if cfg.checkpoint:
+        load_checkpoint(model, cfg.checkpoint, name=info.name)
+        weights = str(cfg.checkpoint)
+    elif pretrained:
+        weights = f"pretrained:{info.name}"
+    else:
+        path = default_checkpoint(info.name, dataset)
+        if path is None:
+            path = _train_baseline(model, info.name, dataset, bundle, cfg, log)
+        else:
+            load_checkpoint(model, path, name=info.name)
+        weights = str(path)
+    model.eval()
+    data_spec = "cifar10" if dataset == "cifar10" else str(Path(spec).expanduser().resolve())
+    return Loaded(model, info.name, dataset, bundle, size, weights, info, data_spec)
+
+
+def _checkpoint_classes(name: str, checkpoint: str) -> int | None:
+    """Classifier size stored in ``checkpoint`` (its last Linear's rows), for data without classes."""
+    linears = [n for n, m in create_model(name).named_modules() if isinstance(m, nn.Linear)]
+    state = {strip_prefix(k): v for k, v in read_state_dict(Path(checkpoint)).items()}
+    weight = state.get(f"{linears[-1]}.weight") if linears else None
+    return int(weight.shape[0]) if weight is not None else None
+
+
+def _timm_eval_transform(info: Any, size: tuple[int, ...]) -> Any:
+    """timm's eval transform from the model's pretrained_cfg (interpolation, crop_pct, mean, std) at ``size``."""
+    return timm.data.create_transform(input_size=size, interpolation=info.interpolation, mean=info.mean,
+                                      std=info.std, crop_pct=info.crop_pct, is_training=False)
+
+
+def _train_baseline(model: nn.Module, name: str, dataset: str, bundle: Any, cfg: PruneConfig, log: Log) -> Path:
+    """Train a baseline when no weights exist, cache it in the user cache, and say so."""
+    path = cache_dir() / "weights" / f"{name}_{dataset}.safetensors"
+    if path.is_file():
+        load_checkpoint(model, path, name=name)
+        return path
+    log(f"no weights for {name} on {dataset} (no --checkpoint, nothing in $LCP_WEIGHTS or {path.parent}): "
+        f"training a baseline for {cfg.baseline_epochs} epochs first")
+    ckpt = path.with_suffix(".training")
+    train_baseline(model, bundle, epochs=cfg.baseline_epochs, ckpt_path=ckpt, resume=ckpt.exists(),
+                   seed=cfg.seed, progress=cfg.progress)
+    save_tensors(model.state_dict(), path)
+    ckpt.unlink(missing_ok=True)
+    log(f"baseline saved to {path}")
+    return path
+
+
+def baseline_accuracy(loaded: Loaded, batch_size: int = 256, device: str = "cpu") -> float:
+    """Test top-1 of the unpruned model, cached per weights file and data set (NaN without a test split)."""
+    if len(loaded.bundle.test_x) == 0:
+        return float("nan")
+
+    weights = file_digest(loaded.weights) if Path(loaded.weights).is_file() else loaded.weights  # or pretrained:
+    key = f"{loaded.name}-{weights}-{hashlib.sha256(loaded.bundle.source.encode()).hexdigest()[:8]}"
+    path = cache_dir() / "baseline_accuracy.json"
+    cache = {}
+    if path.is_file():
+        try:
+            cache = json.loads(path.read_text())
+        except (OSError, ValueError):
+            cache = {}
+    if key in cache:
+        return float(cache[key])
+    top1 = evaluate(loaded.model, loaded.bundle.loader("test", batch_size), device=device)["top1"]
+    loaded.model.cpu()  # the channel graph and surgery work on the CPU copy
+    cache[key] = top1
+    try:
+        atomic_write_json(path, cache)
+    except LcpError:
+        pass  # the cache is an optimisation only
+    return top1

@@ -1,0 +1,18 @@
+"""Options of the recovery after a cut (declared once): fine-tuning, distillation, BatchNorm recalibration."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lcp.options import at_least, option, positive
+
+
+@dataclass
+class RecoveryOptions:
+    """How a pruned network recovers: the same for every method, the API and the command line."""
+
+    finetune_epochs: int = option(1, "fine-tuning epochs after the cut", check=at_least(0))
+    lr: float = option(0.01, "fine-tuning learning rate (cosine schedule)", check=positive)
+    batch_size: int = option(128, "training batch size", check=at_least(1))
+    kd: bool = option(False, "distill from the unpruned model while fine-tuning")
+    recal_batches: int = option(20, "BatchNorm recalibration batches", check=at_least(0), signature=False)
