@@ -14,7 +14,8 @@ import numpy as np
 
 from lcp.engine.cost import CostModel
 from lcp.errors import LcpError, UnreachableBudget
-from lcp.engine.graph import ChannelGraph, floor_keep
+from lcp.engine.graph import ChannelGraph
+from lcp.engine.types import floor_keep
 
 METHODS = ("lcp", "global", "uniform", "random")
 AGENT_METHODS = ("lfgcl", "amc")  # DDPG keep ratios per group (lcp.methods.ddpg), cut by plan_ratios

@@ -27,9 +27,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from lcp.engine.cost import CostModel, _record_cost
+from lcp.engine.cost import CostModel, record_cost
 from lcp.errors import LcpError
-from lcp.engine.graph import ChannelGraph, floor_keep
+from lcp.engine.graph import ChannelGraph
+from lcp.engine.types import LayerKind, floor_keep
 from lcp.io import PathLike, atomic_write_text, load_tensor_metadata, load_tensors, save_tensors
 from lcp.cut.ranking import AGENT_METHODS, Plan, plan_ratios
 
@@ -85,7 +86,7 @@ class RatioCost:
     """Cost of a keep-ratio vector with fractional channel counts (the walls' fast, continuous cost model).
 
     Kept positions of record r on an axis are ``const + sum_g count[r, g] * ratio[g]``; each record's cost is
-    ``cost._record_cost`` of those counts, so ``RatioCost(ones)`` is the baseline exactly.
+    ``cost.record_cost`` of those counts, so ``RatioCost(ones)`` is the baseline exactly.
     """
 
     def __init__(self, graph: ChannelGraph, cost: CostModel, metric: str):
@@ -110,7 +111,7 @@ class RatioCost:
         k = 0 if self.metric == "macs" else 1
         total = self.fixed
         for rec, o, i, n in zip(self.graph.records, n_out.tolist(), n_in.tolist(), self.cost.norm_params):
-            total += _record_cost(rec, o, i, n)[k]
+            total += record_cost(rec, o, i, n)[k]
         return total
 
 
@@ -128,7 +129,7 @@ class Env:
         self.share = np.array([self.rc.base - self.rc(np.where(np.arange(self.n) == g, 0.0, ones))
                                for g in range(self.n)]) / self.rc.base  # cost that depends on group g
         recs = {r.name: r for r in graph.records}
-        kind = np.array([np.mean([0.0 if recs[p].kind == "linear" else 0.5 if recs[p].mode == "depthwise" else 1.0
+        kind = np.array([np.mean([0.0 if recs[p].kind == LayerKind.LINEAR else 0.5 if recs[p].mode == "depthwise" else 1.0
                                   for p in g.producers]) for g in graph.groups])
         kernel = np.array([np.mean([recs[p].kernel for p in g.producers]) for g in graph.groups], dtype=np.float64)
         static = np.stack([np.arange(self.n, dtype=np.float64), kind, size, kernel, self.share], 1)
