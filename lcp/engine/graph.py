@@ -1,6 +1,6 @@
 """Channel-dependency graph: which channels of a network must be removed together.
 
-Every channel of every tensor gets an integer id; the traced graph says how ids flow (the rules in ``lcp.engine.rules``):
+Every channel of every tensor gets an integer id; the traced graph says how ids flow (``lcp.engine.rules``):
 convs and linears consume their input ids and produce fresh ids, per-channel ops pass ids through,
 elementwise ops between tensors unite ids position by position, concat/split join and cut id lists.
 A connected set of ids is a *channel unit*: removing it removes every producer filter, norm channel and

@@ -129,8 +129,8 @@ class Env:
         self.share = np.array([self.rc.base - self.rc(np.where(np.arange(self.n) == g, 0.0, ones))
                                for g in range(self.n)]) / self.rc.base  # cost that depends on group g
         recs = {r.name: r for r in graph.records}
-        kind = np.array([np.mean([0.0 if recs[p].kind == LayerKind.LINEAR else 0.5 if recs[p].mode == "depthwise" else 1.0
-                                  for p in g.producers]) for g in graph.groups])
+        kind = np.array([np.mean([0.0 if recs[p].kind == LayerKind.LINEAR else 0.5 if recs[p].mode == "depthwise"
+                                  else 1.0 for p in g.producers]) for g in graph.groups])
         kernel = np.array([np.mean([recs[p].kernel for p in g.producers]) for g in graph.groups], dtype=np.float64)
         static = np.stack([np.arange(self.n, dtype=np.float64), kind, size, kernel, self.share], 1)
         span = static.max(0) - static.min(0)
