@@ -31,7 +31,7 @@ MODEL_NAMES = {"resnet56": "ResNet-56", "resnet20": "ResNet-20", "mobilenetv2": 
                "densenet40": "DenseNet-40"}
 COLOURS = {"lcp": "#d62728", "global": "#1f77b4", "uniform": "#2ca02c", "random": "#7f7f7f",
            "lfgcl": "#ff7f0e", "amc": "#8c564b", "ads": "#17becf", "lwp": "#bcbd22", "torch_pruning": "#9467bd"}
-#: lcp's agent and connection methods (``lcp.cut.ranking.AGENT_METHODS``, ``lcp.engine.connections.CONNECTION_METHODS``;
+#: lcp's agent and connection methods (``lcp.methods.ddpg.AGENT_METHODS``, ``lcp.methods.connections.CONNECTION_METHODS``;
 #: this script imports no torch).
 AGENT_METHODS, CONNECTION_METHODS = ("lfgcl", "amc"), ("ads", "lwp")
 

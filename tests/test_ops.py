@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import lcp
+from lcp.engine import Chan, LayerKind
 from lcp.errors import LcpError, UnreachableBudget
 from lcp.engine.graph import floor_keep
 
@@ -764,6 +765,95 @@ def test_everything_frozen_raises():
         lcp.prune(AllFrozen(), img())
     with pytest.raises(LcpError, match="nothing in this model can be pruned"):
         lcp.prune(nn.Conv2d(3, 8, 3), img())
+
+
+# --------------------------------------------------------------------------------------- custom module rules
+
+
+class ChannelScale(nn.Module):
+    """A per-channel scale read in forward: lcp cannot slice ``gamma`` until a rule teaches it."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.rand(c) + 0.5)
+
+    def forward(self, x):
+        return x * self.gamma.view(1, -1, 1, 1)
+
+
+class Scaled(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.ls1 = nn.Conv2d(3, 16, 3, padding=1), ChannelScale(16)
+        self.conv2, self.bn2, self.ls2 = nn.Conv2d(16, 24, 3, padding=1), nn.BatchNorm2d(24), ChannelScale(24)
+        self.conv3 = nn.Conv2d(24, 10, 1)
+
+    def forward(self, x):
+        x = F.relu(self.ls1(self.conv1(x)))
+        x = F.relu(self.ls2(self.bn2(self.conv2(x))))
+        return self.conv3(x).mean((2, 3))
+
+
+def channel_scale_rule(prop, node, m, x):
+    """``gamma`` is per channel: ids pass, and a NORM record slices every parameter of the channel count."""
+    if not (isinstance(x, Chan) and x.dim == 1):
+        return prop.unknown(node, "ChannelScale input channels are not on dim 1")
+    prop.record(str(node.target), LayerKind.NORM, out_ids=x.ids)
+    return x
+
+
+def _channel_scale_frozen(graph) -> bool:
+    ri = graph.record_index["conv1"]
+    return all(graph.units[u].frozen for u in graph.axis_units[(ri, "out")])
+
+
+def test_custom_module_rule():
+    """A user block lcp does not know is frozen; once its rule is registered it prunes exactly; unregistered,
+    it is frozen again."""
+    torch.manual_seed(0)
+    model, x = Scaled(), img()
+    graph = lcp.build_graph(model, x)
+    assert _channel_scale_frozen(graph)
+    assert any("parameter or constant" in f.reason for f in graph.frozen_ops), graph.frozen_ops
+    with lcp.module_rule(ChannelScale, channel_scale_rule):
+        assert not lcp.build_graph(model, x).frozen_ops
+        res = prune_and_check(model, x)
+    m = mods(res.model)
+    assert m["conv1"].out_channels == m["ls1"].gamma.numel() == m["conv2"].in_channels < 16
+    assert m["conv2"].out_channels == m["bn2"].num_features == m["ls2"].gamma.numel() == m["conv3"].in_channels < 24
+    assert _channel_scale_frozen(lcp.build_graph(model, x))  # unregistered: back to the default
+
+
+def test_custom_rule_register_and_per_call_table():
+    """register/unregister by hand, a decorator, and a rule table for one ``build_graph`` call only."""
+    from lcp.engine.rules import RULES, norm_rule
+    from lcp.engine.surgery import apply_plan, verify
+
+    torch.manual_seed(0)
+    model, x = Scaled(), img()
+    lcp.register_module_rule(ChannelScale, channel_scale_rule)
+    try:
+        assert RULES.module_rule(ChannelScale(2)) is channel_scale_rule
+        assert not lcp.build_graph(model, x).frozen_ops
+    finally:
+        lcp.unregister_module_rule(ChannelScale)
+    assert RULES.module_rule(ChannelScale(2)) is None
+    with pytest.raises(KeyError):
+        lcp.unregister_module_rule(ChannelScale)
+    # overriding a built-in rule and unregistering brings the built-in back
+    builtin = RULES.module_rule(nn.BatchNorm2d(2))
+    lcp.register_module_rule(nn.BatchNorm2d)(channel_scale_rule)
+    assert RULES.module_rule(nn.BatchNorm2d(2)) is channel_scale_rule
+    lcp.unregister_module_rule(nn.BatchNorm2d)
+    assert RULES.module_rule(nn.BatchNorm2d(2)) is builtin
+    # a table for one call: the registry is not touched
+    graph = lcp.build_graph(model, x, rules={ChannelScale: norm_rule})
+    assert not graph.frozen_ops and _channel_scale_frozen(lcp.build_graph(model, x))
+    removed = np.zeros(len(graph.units), dtype=bool)
+    removed[graph.prunable_units[::3]] = True
+    pruned = apply_plan(graph, removed)
+    assert verify(graph, removed, pruned).ok
+    assert mods(pruned)["ls1"].gamma.numel() == mods(pruned)["conv1"].out_channels < 16
 
 
 # ------------------------------------------------------------------------------------------ budgets and errors

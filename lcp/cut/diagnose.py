@@ -256,7 +256,7 @@ def suggest_ignore(model: nn.Module, example_inputs: tuple, graph: ChannelGraph,
 
     Returns ``[]`` when nothing was found in time (or when keeping every layer whole does not help).
     """
-    layers = [r.name for r in graph.records if r.kind in ("conv", "linear")]
+    layers = [r.name for r in graph.records if r.kind.has_filters]
 
     def prunes(prefixes: Sequence[str]) -> bool:
         """Whether the model verifies with ``prefixes`` kept whole (at the budget, or the lowest reachable)."""

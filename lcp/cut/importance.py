@@ -15,6 +15,7 @@ from torch import nn
 
 from lcp.errors import LcpError
 from lcp.engine.graph import ChannelGraph
+from lcp.engine.types import LayerKind
 
 CRITERIA = ("l2", "l1", "bn_scale", "taylor")
 AGGREGATIONS = ("mean", "sum")
@@ -31,7 +32,7 @@ def filter_scores(graph: ChannelGraph, criterion: str = "l2",
     if criterion not in CRITERIA:
         raise LcpError(f"unknown importance '{criterion}'; choose one of {', '.join(CRITERIA)}")
     modules = dict(graph.model.named_modules())
-    producers = {ri: r for ri, r in enumerate(graph.records) if r.kind in ("conv", "linear")}
+    producers = {ri: r for ri, r in enumerate(graph.records) if r.kind.has_filters}
     if criterion in ("l2", "l1"):
         return {ri: _weight_scores(modules[r.name].weight, 2 if criterion == "l2" else 1)
                 for ri, r in producers.items()}
@@ -42,7 +43,7 @@ def filter_scores(graph: ChannelGraph, criterion: str = "l2",
     count = np.zeros(len(graph.units))
     for ri, r in enumerate(graph.records):
         m = modules.get(r.name)
-        if r.kind == "norm" and getattr(m, "weight", None) is not None:
+        if r.kind == LayerKind.NORM and getattr(m, "weight", None) is not None:
             units = graph.axis_units[(ri, "out")]
             np.add.at(gamma, units, m.weight.detach().abs().double().cpu().numpy())
             np.add.at(count, units, 1)

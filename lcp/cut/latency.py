@@ -322,7 +322,7 @@ class LatencyTable:
         if device == "cuda" and not torch.cuda.is_available():
             raise LcpError("--device cuda asked for, but no CUDA device is available")
         dev = torch.device(device)
-        recs = [(ri, r) for ri, r in enumerate(graph.records) if r.kind in ("conv", "linear")
+        recs = [(ri, r) for ri, r in enumerate(graph.records) if r.kind.has_filters
                 and r.out_ids is not None and r.in_ids is not None]
         shapes = _input_shapes(graph, {r.name for _, r in recs})
         modules = dict(graph.model.named_modules())

@@ -14,7 +14,6 @@ See docs/connections.md.
 """
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -24,34 +23,19 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from lcp.engine.cost import CostModel, _record_cost, count_macs, count_params
+from lcp.engine.connection_surgery import (ZeroConv, apply_connections, masked_connections, prune_connections,
+                                           verify_connections)
+from lcp.engine.cost import CostModel, record_cost
+from lcp.engine.graph import ChannelGraph, build_graph
+from lcp.engine.surgery import Verification
+from lcp.engine.types import LayerKind
 from lcp.errors import LcpError, UnreachableBudget
-from lcp.engine.graph import ChannelGraph, trace
-from lcp.engine.surgery import Verification, _index, _prune_norm, _set_param, _tensors, input_mask_hook
 
-CONNECTION_METHODS = ("ads", "lwp")
+__all__ = ["Connection", "ConnectionGraph", "Consumer", "ZeroConv", "build"]
+
 
 _PASS_FUNCS = {"relu", "relu_", "relu6", "silu", "gelu", "hardswish", "leaky_relu", "elu", "dropout",
                "adaptive_avg_pool2d", "avg_pool2d", "flatten", "contiguous", "clone"}
-
-
-class ZeroConv(nn.Module):
-    """Stands in for a dead conv: zeros of the conv's output shape (its input only gives N, H, W)."""
-
-    def __init__(self, out_channels: int, kernel_size: tuple[int, ...], stride: tuple[int, ...],
-                 padding: tuple[int, ...], dilation: tuple[int, ...]):
-        super().__init__()
-        self.out_channels = out_channels
-        self.kernel_size, self.stride = tuple(kernel_size), tuple(stride)
-        self.padding, self.dilation = tuple(padding), tuple(dilation)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        sizes = [(n + 2 * p - d * (k - 1) - 1) // s + 1 for n, k, s, p, d in
-                 zip(x.shape[2:], self.kernel_size, self.stride, self.padding, self.dilation)]
-        return x.new_zeros((x.shape[0], self.out_channels, *sizes))
-
-    def extra_repr(self) -> str:
-        return f"out_channels={self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
 
 
 @dataclass
@@ -60,7 +44,7 @@ class Consumer:
 
     record: int  # index into graph.records
     name: str
-    kind: str  # conv | linear
+    kind: LayerKind  # conv | linear
     norm: int | None  # record index of its private norm (sliced with it), if any
     norm_node: str | None  # fx node whose input gets the gather (norm or consumer)
     gather_dim: int  # channel dim at the gather (1, or -1 for a linear without private norm)
@@ -93,19 +77,19 @@ class ConnectionGraph:
         # producer of every channel id root: (record, position); ambiguous roots map to -1
         owner: dict[int, int] = {}
         for ri, r in enumerate(recs):
-            if r.kind in ("conv", "linear") and r.out_ids is not None:
+            if r.kind.has_filters and r.out_ids is not None:
                 for i in r.out_ids.tolist():
                     root = uf.find(i)
                     owner[root] = ri if owner.get(root, ri) == ri else -1
         gm = graph.gm
         nodes = {n.target: n for n in gm.graph.nodes if n.op == "call_module"}
         modules = dict(gm.named_modules())
-        norm_index = {r.name: ri for ri, r in enumerate(recs) if r.kind == "norm"}
+        norm_index = {r.name: ri for ri, r in enumerate(recs) if r.kind == LayerKind.NORM}
         candidates: list[tuple[int, np.ndarray]] = []
         for ri, r in enumerate(recs):
-            if r.kind not in ("conv", "linear") or r.in_ids is None:
+            if not r.kind.has_filters or r.in_ids is None:
                 continue
-            if r.kind == "conv" and r.mode != "dense":
+            if r.kind == LayerKind.CONV and r.mode != "dense":
                 continue
             src = np.array([owner.get(uf.find(i), -2) for i in r.in_ids.tolist()], dtype=np.int64)
             if (src < 0).any() or r.name not in nodes or len(set(src.tolist())) < 1:
@@ -134,7 +118,7 @@ class ConnectionGraph:
             first = int(min(src.tolist()))
             block = blocks.setdefault(first, len(blocks))
             m = modules[r.name]
-            can_die = r.kind == "conv" and isinstance(m, nn.Conv2d) and not isinstance(m.padding, str)
+            can_die = r.kind == LayerKind.CONV and isinstance(m, nn.Conv2d) and not isinstance(m.padding, str)
             c = Consumer(ri, r.name, r.kind, norm, at, dim if norm is None else 1, block, can_die=can_die)
             ci = len(self.consumers)
             self.consumer_of_record[ri] = ci
@@ -152,7 +136,7 @@ class ConnectionGraph:
             if rj in private_norms:
                 continue
             for axis, ids in other.axes():
-                if (axis == "in" and rj in consumer_records) or (axis == "out" and other.kind in ("conv", "linear")):
+                if (axis == "in" and rj in consumer_records) or (axis == "out" and other.kind.has_filters):
                     continue
                 other_roots.update(uf.find(i) for i in ids.tolist())
         for c in self.consumers:
@@ -199,9 +183,9 @@ class ConnectionGraph:
         for c in self.consumers:
             r = recs[c.record]
             n_out, n_in = len(r.out_ids), len(r.in_ids)
-            m1, p1 = _record_cost(r, n_out, 1, 0)
-            m0, p0 = _record_cost(r, n_out, 0, 0)  # bias only
-            mf, pf = _record_cost(r, n_out, n_in, 0)
+            m1, p1 = record_cost(r, n_out, 1, 0)
+            m0, p0 = record_cost(r, n_out, 0, 0)  # bias only
+            mf, pf = record_cost(r, n_out, n_in, 0)
             npar = 0
             if c.norm is not None:
                 npar = cost.norm_params[c.norm]
@@ -387,123 +371,24 @@ class ConnectionGraph:
         self.check(keep)
         return keep
 
-    # ------------------------------------------------------------------ surgery
+    # ------------------------------------------------------------------ surgery (lcp.engine.connection_surgery)
     def apply(self, keep: np.ndarray) -> fx.GraphModule:
         """A pruned copy of the model (GraphModule) without the dropped connections; the original is untouched."""
-        keep = np.asarray(keep, dtype=bool)
-        alive = self.check(keep)
-        recs = self.graph.records
-        model = copy.deepcopy(self.graph.model)
-        was_training = model.training
-        model.eval()
-        try:
-            gm = trace(model)
-        finally:
-            model.train(was_training)
-        for name, m in model.named_modules():  # GraphModule keeps only called submodules: bring back the rest
-            if name:
-                try:
-                    gm.get_submodule(name)
-                except AttributeError:
-                    gm.add_submodule(name, m)
-        nodes = {n.name: n for n in gm.graph.nodes}
-        by_target = {n.target: n for n in gm.graph.nodes if n.op == "call_module"}
-        for ci, c in enumerate(self.consumers):
-            r = recs[c.record]
-            m = gm.get_submodule(c.name)
-            node = by_target[c.name]
-            at = nodes[c.norm_node]
-            if not alive[ci]:
-                src = at.args[0]
-                gm.set_submodule(c.name, ZeroConv(m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation))
-                node.args = (src,) + tuple(node.args[1:])
-                continue
-            kept = np.sort(np.concatenate([self.connections[k].positions for k in c.sources if keep[k]]))
-            if len(kept) == len(r.in_ids):
-                continue
-            if c.kind == "conv":
-                _set_param(m, "weight", _index(m.weight, 1, kept))
-                m.in_channels = len(kept)
-            else:
-                _set_param(m, "weight", _index(m.weight, 1, kept))
-                m.in_features = len(kept)
-            if c.norm is not None:
-                _prune_norm(gm.get_submodule(recs[c.norm].name), len(r.in_ids), kept)
-            buf = f"_lcp_keep_{ci}"
-            gm.register_buffer(buf, torch.as_tensor(kept, dtype=torch.long), persistent=False)
-            with gm.graph.inserting_before(at):
-                idx = gm.graph.get_attr(buf)
-                sel = gm.graph.call_function(torch.index_select, (at.args[0], c.gather_dim, idx))
-            at.args = (sel,) + tuple(at.args[1:])
-        gm.graph.eliminate_dead_code()
-        gm.recompile()
-        for ci, c in enumerate(self.consumers):  # private norms of dead consumers are gone from the graph
-            if not alive[ci] and c.norm is not None:
-                _del_submodule(gm, recs[c.norm].name)
-        gm.train(was_training)
-        return gm
+        return apply_connections(self, keep)
 
     def masked_model(self, keep: np.ndarray) -> tuple[nn.Module, list]:
         """A float64 copy of the original whose consumers see dropped connections as zeros."""
-        keep = np.asarray(keep, dtype=bool)
-        ref = copy.deepcopy(self.graph.model).double().eval()
-        modules = dict(ref.named_modules())
-        handles = []
-        for c in self.consumers:
-            n_in = len(self.graph.records[c.record].in_ids)
-            mask = torch.zeros(n_in, dtype=torch.float64)
-            for k in c.sources:
-                if keep[k]:
-                    mask[torch.as_tensor(self.connections[k].positions)] = 1.0
-            if bool(mask.all()):
-                continue
-            handles.append(modules[c.name].register_forward_pre_hook(
-                input_mask_hook(mask, 1 if c.kind == "conv" else -1)))
-        return ref, handles
+        return masked_connections(self, keep)
 
     def verify(self, keep: np.ndarray, pruned: nn.Module, *, rtol: float = 1e-6, seed: int = 0) -> Verification:
         """Compare ``pruned`` with the masked original in float64 on random input."""
-        gen = torch.Generator().manual_seed(seed)
-        inputs = tuple(torch.randn(x.shape, generator=gen, dtype=torch.float64) for x in self.graph.example_inputs)
-        ref, handles = self.masked_model(keep)
-        test = copy.deepcopy(pruned).double().eval()
-        try:
-            with torch.no_grad():
-                a, b = _tensors(ref(*inputs)), _tensors(test(*inputs))
-        finally:
-            for h in handles:
-                h.remove()
-        if not (len(a) == len(b) and all(x.shape == y.shape for x, y in zip(a, b))):
-            return Verification(float("inf"), False, False)
-        err = 0.0
-        for x, y in zip(a, b):
-            scale = float(x.abs().max()) if x.numel() else 0.0
-            err = max(err, float((x - y).abs().max()) / max(scale, 1e-12) if x.numel() else 0.0)
-        return Verification(err, True, err <= rtol)
+        return verify_connections(self, keep, pruned, rtol=rtol, seed=seed)
 
     def prune(self, keep: np.ndarray, *, check_cost: bool = True) -> tuple[fx.GraphModule, Verification]:
         """Build and verify; refuses (LcpError) when the result differs from the masked original or the cost model."""
-        pruned = self.apply(keep)
-        v = self.verify(keep, pruned)
-        if not v.ok:
-            raise LcpError(f"connection surgery failed verification against the masked original: {v}")
-        if check_cost:
-            macs, params = self.evaluate(keep)
-            real = (count_macs(pruned, self.graph.example_inputs), count_params(pruned))
-            if real != (macs, params):
-                raise LcpError(f"internal: connection cost model {macs, params} differs from the built network {real}")
-        return pruned, v
-
-
-def _del_submodule(root: nn.Module, name: str) -> None:
-    parent, _, leaf = name.rpartition(".")
-    mod = root.get_submodule(parent) if parent else root
-    if hasattr(mod, leaf):
-        delattr(mod, leaf)
+        return prune_connections(self, keep, check_cost=check_cost)
 
 
 def build(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor]) -> ConnectionGraph:
     """Trace ``model`` and find its connections (refuses models without dense connections)."""
-    from lcp.engine.graph import build_graph
-
     return ConnectionGraph(build_graph(model, example_inputs))

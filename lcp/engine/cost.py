@@ -13,9 +13,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from lcp.engine.graph import ChannelGraph
+from lcp.engine.layers import LAYERS
+from lcp.engine.types import Record
 from lcp.errors import LcpError
-from lcp.engine.graph import ChannelGraph, Record
-from lcp.engine.rules import STD_CONVS
 
 
 def count_macs(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor]) -> int:
@@ -50,17 +51,9 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
 
-def _record_cost(rec: Record, n_out: int, n_in: int, n_norm_params: int) -> tuple[int, int]:
-    """(MACs, params) of one record with ``n_out`` output and ``n_in`` input positions kept."""
-    if rec.kind == "conv":
-        in_pg = 1 if rec.mode == "depthwise" else (n_in // rec.groups if rec.mode == "grouped" else n_in)
-        params = n_out * in_pg * rec.kernel + (n_out if rec.bias else 0)
-        return rec.spatial * rec.kernel * in_pg * n_out, params
-    if rec.kind == "linear":
-        return rec.spatial * n_in * n_out, n_in * n_out + (n_out if rec.bias else 0)
-    if rec.kind == "norm":
-        return 0, n_norm_params * n_out
-    return 0, 0
+def record_cost(rec: Record, n_out: int, n_in: int, n_norm_params: int) -> tuple[int, int]:
+    """(MACs, params) of one record with ``n_out`` output and ``n_in`` input positions kept (its kind's handler)."""
+    return LAYERS[rec.kind].cost(rec, n_out, n_in, n_norm_params)
 
 
 class CostModel:
@@ -77,12 +70,9 @@ class CostModel:
         self.full_out = [len(r.out_ids) if r.out_ids is not None else 0 for r in recs]
         self.full_in = [len(r.in_ids) if r.in_ids is not None else 0 for r in recs]
         modules = dict(graph.model.named_modules())
-        self.norm_params = []
-        for r in recs:
-            m = modules.get(r.name) if r.kind == "norm" else None
-            n = sum(1 for p in m.parameters(recurse=False) if p.numel() == len(r.out_ids)) if m is not None else 0
-            self.norm_params.append(n)
-        full = [_record_cost(r, o, i, n) for r, o, i, n in zip(recs, self.full_out, self.full_in, self.norm_params)]
+        self.handlers = [LAYERS[r.kind] for r in recs]
+        self.norm_params = [h.norm_params(modules.get(r.name), r) for h, r in zip(self.handlers, recs)]
+        full = [record_cost(r, o, i, n) for r, o, i, n in zip(recs, self.full_out, self.full_in, self.norm_params)]
         tracked_macs = sum(c[0] for c in full)
         tracked_params = sum(c[1] for c in full)
         self.macs_base = count_macs(graph.model, graph.example_inputs)
@@ -90,22 +80,16 @@ class CostModel:
         # cost outside tracked modules (convs inside untracked leaves, embeddings...) never changes
         self.macs_const = self.macs_base - tracked_macs
         # weight-standardized convs leave surgery as plain convs: their extra per-filter parameters go
-        self.params_folded = self._folded_params(recs, modules)
+        self.params_folded = sum(h.folded_params(modules.get(r.name)) for h, r in zip(self.handlers, recs))
         self.params_const = self.params_base - tracked_params - self.params_folded
         self.reset()
-
-    @staticmethod
-    def _folded_params(recs: list[Record], modules: dict[str, nn.Module]) -> int:
-        """Parameters beyond weight and bias of weight-standardized convs, which surgery folds away."""
-        return sum(p.numel() for r in recs if r.kind == "conv" and type(modules.get(r.name)) in STD_CONVS
-                   for n, p in modules[r.name].named_parameters(recurse=False) if n not in ("weight", "bias"))
 
     # ------------------------------------------------------------------ state
     def reset(self) -> None:
         """Back to the unpruned model."""
         self.n_out = list(self.full_out)
         self.n_in = list(self.full_in)
-        self.rec_cost = [_record_cost(r, o, i, n) for r, o, i, n in
+        self.rec_cost = [record_cost(r, o, i, n) for r, o, i, n in
                          zip(self.graph.records, self.n_out, self.n_in, self.norm_params)]
         self.macs = self.macs_base
         self.params = self.params_base - self.params_folded
@@ -121,7 +105,7 @@ class CostModel:
                 self.n_out[ri] -= sign * cnt
             else:
                 self.n_in[ri] -= sign * cnt
-            new = _record_cost(recs[ri], self.n_out[ri], self.n_in[ri], self.norm_params[ri])
+            new = self.handlers[ri].cost(recs[ri], self.n_out[ri], self.n_in[ri], self.norm_params[ri])
             old = self.rec_cost[ri]
             self.macs += new[0] - old[0]
             self.params += new[1] - old[1]

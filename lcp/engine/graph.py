@@ -1,6 +1,6 @@
 """Channel-dependency graph: which channels of a network must be removed together.
 
-Every channel of every tensor gets an integer id; the traced graph says how ids flow (see ``lcp/ops.py``):
+Every channel of every tensor gets an integer id; the traced graph says how ids flow (``lcp.engine.rules``):
 convs and linears consume their input ids and produce fresh ids, per-channel ops pass ids through,
 elementwise ops between tensors unite ids position by position, concat/split join and cut id lists.
 A connected set of ids is a *channel unit*: removing it removes every producer filter, norm channel and
@@ -10,8 +10,6 @@ LeGR's per-layer ``(alpha, kappa)``). Any op the engine does not model freezes t
 from __future__ import annotations
 
 import fnmatch
-import math
-from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
@@ -20,140 +18,21 @@ import torch.fx as fx
 from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
+from lcp.engine.rules import RULES, Propagator, RuleTable
+from lcp.engine.types import Chan, Frozen, Group, LayerKind, Record, UnionFind, Unit, floor_keep
 from lcp.errors import LcpError
 
-# --------------------------------------------------------------------------------------------------------------
-# Ids, union-find and channel-carrying values
-
-
-class UnionFind:
-    """Union-find over dense integer ids, with a frozen flag and reason per root."""
-
-    def __init__(self) -> None:
-        self.parent: list[int] = []
-        self.frozen: dict[int, str] = {}  # id -> reason (reasons are merged on union)
-
-    def new(self, n: int, frozen: str | None = None) -> np.ndarray:
-        start = len(self.parent)
-        self.parent.extend(range(start, start + n))
-        ids = np.arange(start, start + n, dtype=np.int64)
-        if frozen:
-            for i in range(start, start + n):
-                self.frozen[i] = frozen
-        return ids
-
-    def find(self, i: int) -> int:
-        parent = self.parent
-        root = i
-        while parent[root] != root:
-            root = parent[root]
-        while parent[i] != root:
-            parent[i], i = root, parent[i]
-        return root
-
-    def union(self, a: int, b: int) -> None:
-        ra, rb = self.find(int(a)), self.find(int(b))
-        if ra == rb:
-            return
-        if ra > rb:
-            ra, rb = rb, ra
-        self.parent[rb] = ra
-        reason = self.frozen.pop(rb, None)
-        if reason is not None and ra not in self.frozen:
-            self.frozen[ra] = reason
-
-    def union_arrays(self, a: np.ndarray, b: np.ndarray) -> None:
-        for x, y in zip(a.tolist(), b.tolist()):
-            if x != y:
-                self.union(x, y)
-
-    def freeze(self, ids: np.ndarray, reason: str) -> None:
-        for i in ids.tolist():
-            r = self.find(i)
-            self.frozen.setdefault(r, reason)
-
-    def is_frozen(self, i: int) -> str | None:
-        return self.frozen.get(self.find(i))
-
-
-@dataclass
-class Chan:
-    """A tensor value whose dimension ``dim`` carries channel ids ``ids`` (one per position)."""
-
-    dim: int
-    ids: np.ndarray
-
-
-# --------------------------------------------------------------------------------------------------------------
-# What the graph records about each module (or graph node) that holds channel-indexed state
-
-
-@dataclass
-class Record:
-    """Channel-indexed state of one module: its output/input ids and what its cost depends on.
-
-    kind: ``conv``, ``linear``, ``norm`` (per-channel params), ``pad`` (ShortcutA channel padding) or
-    ``split`` (a split with constant sizes: its pieces must keep at least one channel and its sizes are
-    rewritten in the pruned graph).
-    """
-
-    name: str
-    kind: str
-    out_ids: np.ndarray | None = None
-    in_ids: np.ndarray | None = None
-    mode: str = "dense"  # conv: dense | depthwise | grouped
-    groups: int = 1
-    kernel: int = 1  # number of kernel elements (kh * kw)
-    spatial: int = 0  # output positions per sample, summed over calls
-    bias: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def axes(self) -> list[tuple[str, np.ndarray]]:
-        return [(a, ids) for a, ids in (("out", self.out_ids), ("in", self.in_ids)) if ids is not None]
-
-
-@dataclass
-class Unit:
-    """A set of channels that are removed together."""
-
-    index: int
-    root: int
-    group: int = -1
-    frozen: str | None = None
-    producers: list[tuple[int, np.ndarray]] = field(default_factory=list)  # (record index, out positions)
-    members: list[tuple[int, str, int]] = field(default_factory=list)  # (record index, axis, count)
-    key: str = ""  # stable name: "<module>:<axis>:<position>" of its first member
-
-    @property
-    def prunable(self) -> bool:
-        return self.frozen is None and bool(self.producers)
-
-
-@dataclass
-class Group:
-    """Units that share the same producer modules; they share one (alpha, kappa)."""
-
-    index: int
-    name: str
-    producers: tuple[str, ...]
-    units: list[int] = field(default_factory=list)
-
-
-@dataclass
-class Frozen:
-    """One op that froze channels, and why."""
-
-    where: str
-    op: str
-    reason: str
+__all__ = ["Chan", "ChannelGraph", "Frozen", "Group", "LayerKind", "LcpTracer", "Record", "UnionFind", "Unit",
+           "build_graph", "floor_keep", "trace"]  # the data types live in lcp.engine.types
 
 
 class ChannelGraph:
     """The channel units, groups and module records of one traced model (see module docstring)."""
 
     def __init__(self, model: nn.Module, example_inputs: tuple[torch.Tensor, ...], gm: fx.GraphModule,
-                 records: list[Record], uf: UnionFind, frozen_ops: list[Frozen]):
+                 records: list[Record], uf: UnionFind, frozen_ops: list[Frozen], rules: RuleTable = RULES):
         self.model = model
+        self.rules = rules  # the rules it was built with (surgery re-traces with them)
         self.example_inputs = example_inputs
         self.gm = gm
         self.records = records
@@ -185,7 +64,7 @@ class ChannelGraph:
                 counts = np.bincount(idx, minlength=len(units))
                 for u in np.nonzero(counts)[0].tolist():
                     units[u].members.append((ri, axis, int(counts[u])))
-                if axis == "out" and rec.kind in ("conv", "linear"):
+                if axis == "out" and rec.kind.has_filters:
                     order = np.argsort(idx, kind="stable")
                     bounds = np.searchsorted(idx[order], np.arange(len(units) + 1))
                     for u in np.nonzero(counts)[0].tolist():
@@ -226,29 +105,24 @@ class ChannelGraph:
 # Tracing
 
 
-def _leaf_types() -> tuple[type, ...]:
-    from lcp.engine import rules as ops
-    return ops.leaf_types()
-
-
 #: timm no-trace modules whose forward is plain tensor code fx traces fine (timm marks NormFreeBlock for its
 #: feature extractor): lcp traces through them so their convs are prunable
 _TRACE_THROUGH = ("NormFreeBlock",)
 
 
 class LcpTracer(fx.Tracer):
-    """fx tracer that keeps torch.nn built-ins, timm's no-trace modules and lcp's known modules as leaves."""
+    """fx tracer that keeps torch.nn built-ins, timm's no-trace modules and modules with a rule as leaves."""
 
-    def __init__(self) -> None:
+    def __init__(self, rules: RuleTable = RULES) -> None:
         autowrap: tuple = ()
         try:
-            from timm.layers import _fx as timm_fx
+            from timm.layers import _fx as timm_fx  # optional dependency: imported only when tracing
             self._timm_leaves = tuple(m for m in timm_fx.get_notrace_modules() if m.__name__ not in _TRACE_THROUGH)
             autowrap = tuple(f for f in timm_fx.get_notrace_functions() if callable(f))
         except Exception:  # timm missing or changed: plain fx rules
             self._timm_leaves = ()
         super().__init__(autowrap_functions=autowrap)
-        self._lcp_leaves = _leaf_types()
+        self._lcp_leaves = rules.leaf_types()
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         if isinstance(m, self._lcp_leaves) or isinstance(m, self._timm_leaves):
@@ -256,9 +130,9 @@ class LcpTracer(fx.Tracer):
         return super().is_leaf_module(m, qualname)
 
 
-def trace(model: nn.Module) -> fx.GraphModule:
+def trace(model: nn.Module, rules: RuleTable = RULES) -> fx.GraphModule:
     """Symbolically trace ``model``; a model that does not trace is refused with the reason."""
-    tracer = LcpTracer()
+    tracer = LcpTracer(rules)
     try:
         graph = tracer.trace(model)
     except Exception as e:  # fx raises many kinds; all mean "cannot see the graph"
@@ -270,20 +144,21 @@ def trace(model: nn.Module) -> fx.GraphModule:
 
 
 def build_graph(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor],
-                ignore: Sequence[str] = ()) -> ChannelGraph:
+                ignore: Sequence[str] = (), rules: RuleTable | dict[type, Any] | None = None) -> ChannelGraph:
     """Trace ``model`` on ``example_inputs`` and derive its channel units and groups.
 
     ``ignore``: glob patterns of module names (``"head.*"``, ``"*.se.*"``) whose output channels are kept.
+    ``rules``: extra rules for this call only (a ``RuleTable`` or ``{module type: rule}``), taking precedence
+    over the registered ones (``lcp.register_module_rule``).
     """
-    from lcp.engine.rules import Propagator
-
+    table = RULES.extended(rules)
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
     example_inputs = tuple(example_inputs)
     was_training = model.training
     model.eval()
     try:
-        gm = trace(model)
+        gm = trace(model, table)
         with torch.no_grad():
             try:
                 ShapeProp(gm).propagate(*example_inputs)
@@ -291,17 +166,13 @@ def build_graph(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.
                 raise LcpError(f"the model does not run on the example input of shape "
                                f"{[tuple(x.shape) for x in example_inputs]}: {type(e).__name__}: "
                                f"{str(e).splitlines()[0] if str(e) else ''}") from None
-        prop = Propagator(gm)
+        prop = Propagator(gm, table)
         prop.run()
         for rec in prop.records:
-            if rec.kind in ("conv", "linear") and any(fnmatch.fnmatchcase(rec.name, p) for p in ignore):
+            if rec.kind.has_filters and any(fnmatch.fnmatchcase(rec.name, p) for p in ignore):
                 prop.uf.freeze(rec.out_ids, f"ignored ({rec.name})")
                 prop.frozen_ops.append(Frozen(where=rec.name, op=rec.name, reason="matched an --ignore pattern"))
     finally:
         model.train(was_training)
-    return ChannelGraph(model, example_inputs, gm, prop.records, prop.uf, prop.frozen_ops)
+    return ChannelGraph(model, example_inputs, gm, prop.records, prop.uf, prop.frozen_ops, table)
 
-
-def floor_keep(n: int, min_ratio: float = 0.1, min_channels: int = 2) -> int:
-    """Default per-group floor: keep at least max(ceil(min_ratio * n), min_channels) of n units (at most n)."""
-    return min(n, max(math.ceil(min_ratio * n - 1e-9), min_channels))

@@ -8,87 +8,12 @@ from typing import Any, Callable
 import numpy as np
 import torch
 import torch.fx as fx
-import torch.nn.functional as F
 from torch import nn
 
-from lcp.errors import LcpError
 from lcp.engine.graph import ChannelGraph, LcpTracer
-from lcp.engine.rules import STD_CONVS
-
-
-def _index(t: torch.Tensor, dim: int, keep: np.ndarray) -> torch.Tensor:
-    return t.detach().index_select(dim, torch.as_tensor(keep, dtype=torch.long, device=t.device)).clone()
-
-
-def _set_param(m: nn.Module, name: str, value: torch.Tensor) -> None:
-    old = getattr(m, name)
-    if isinstance(old, nn.Parameter):
-        setattr(m, name, nn.Parameter(value, requires_grad=old.requires_grad))
-    else:
-        setattr(m, name, value)
-
-
-def _prune_conv(m: nn.Conv2d, mode: str, keep_out: np.ndarray, keep_in: np.ndarray) -> None:
-    w = _index(m.weight, 0, keep_out)
-    if mode == "dense":
-        w = _index(w, 1, keep_in)
-    elif mode == "grouped":
-        in_pg = m.in_channels // m.groups
-        w = _index(w, 1, keep_in[keep_in < in_pg])
-    _set_param(m, "weight", w)
-    if m.bias is not None:
-        _set_param(m, "bias", _index(m.bias, 0, keep_out))
-    if mode == "depthwise":
-        m.groups = len(keep_in)
-    m.in_channels, m.out_channels = len(keep_in), len(keep_out)
-
-
-def fold_weight_standardization(m: nn.Conv2d) -> nn.Conv2d:
-    """A plain conv that computes what weight-standardized ``m`` (timm's StdConv2d, ScaledStdConv2d) computes.
-
-    Such a conv normalizes every filter over its inputs, so removing an input channel would change every
-    filter: the pruned network could not equal the masked original. With the standardized weight frozen into
-    a plain conv, removing inputs is exact. Fine-tuning then trains plain weights (no re-standardization).
-    """
-    with torch.no_grad():
-        gain = (m.gain * m.scale).reshape(-1) if isinstance(getattr(m, "gain", None), torch.Tensor) else None
-        w = F.batch_norm(m.weight.reshape(1, m.out_channels, -1), None, None, weight=gain, training=True,
-                         momentum=0.0, eps=m.eps).reshape_as(m.weight)
-    cls: type[nn.Conv2d] = nn.Conv2d
-    if getattr(m, "same_pad", False):  # dynamic TF "SAME" padding (its static padding is 0)
-        from timm.layers import Conv2dSame
-        cls = Conv2dSame
-    new = cls(m.in_channels, m.out_channels, m.kernel_size, stride=m.stride, padding=m.padding,
-              dilation=m.dilation, groups=m.groups, bias=m.bias is not None,
-              device=m.weight.device, dtype=m.weight.dtype)
-    new.weight = nn.Parameter(w.detach().clone(), requires_grad=m.weight.requires_grad)
-    if m.bias is not None:
-        new.bias = nn.Parameter(m.bias.detach().clone(), requires_grad=m.bias.requires_grad)
-    new.train(m.training)
-    return new
-
-
-def _replace_module(root: nn.Module, name: str, new: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(root.get_submodule(parent) if parent else root, child, new)
-
-
-def _prune_linear(m: nn.Linear, keep_out: np.ndarray, keep_in: np.ndarray) -> None:
-    _set_param(m, "weight", _index(_index(m.weight, 0, keep_out), 1, keep_in))
-    if m.bias is not None:
-        _set_param(m, "bias", _index(m.bias, 0, keep_out))
-    m.in_features, m.out_features = len(keep_in), len(keep_out)
-
-
-def _prune_norm(m: nn.Module, n: int, keep: np.ndarray) -> None:
-    for name, t in list(m.named_parameters(recurse=False)) + list(m.named_buffers(recurse=False)):
-        if t is not None and t.dim() >= 1 and t.shape[0] == n:
-            _set_param(m, name, _index(t, 0, keep))
-    for attr in ("num_features", "num_channels"):
-        if hasattr(m, attr):
-            setattr(m, attr, len(keep))
-    if isinstance(m, nn.GroupNorm):  # whole groups are kept (ops.Propagator.group_norm)
-        m.num_groups = len(keep) // (n // m.num_groups)
+from lcp.engine.layers import LAYERS, Rewrite
+from lcp.engine.rules import RULES, RuleTable
+from lcp.errors import LcpError
 
 
 def apply_plan(graph: ChannelGraph, removed: np.ndarray) -> nn.Module:
@@ -98,49 +23,26 @@ def apply_plan(graph: ChannelGraph, removed: np.ndarray) -> nn.Module:
     in the forward code (split sizes) had to be rewritten.
     """
     pruned = copy.deepcopy(graph.model)
-    modules = dict(pruned.named_modules())
-    split_sizes: dict[str, dict[int, tuple[int, int]]] = {}  # node -> piece -> (old, new) size
-    slices: dict[str, tuple[int, slice]] = {}
+    job = Rewrite(pruned, dict(pruned.named_modules()))
     for ri, rec in enumerate(graph.records):
         keep_out = graph.kept_positions(removed, ri, "out") if rec.out_ids is not None else None
         keep_in = graph.kept_positions(removed, ri, "in") if rec.in_ids is not None else None
-        if rec.kind == "conv":
-            m = modules[rec.name]
-            if type(m) in STD_CONVS:  # always, so a pruned network's params do not depend on which inputs went
-                m = modules[rec.name] = fold_weight_standardization(m)
-                _replace_module(pruned, rec.name, m)
-            _prune_conv(m, rec.mode, keep_out, keep_in)
-        elif rec.kind == "linear":
-            _prune_linear(modules[rec.name], keep_out, keep_in)
-        elif rec.kind == "norm":
-            _prune_norm(modules[rec.name], len(rec.out_ids), keep_out)
-        elif rec.kind == "pad":
-            m = modules[rec.name]
-            n_left = rec.extra["n_left"]
-            m.pad_left = int((keep_out < n_left).sum())
-            m.pad_right = int((keep_out >= n_left).sum())
-        elif rec.kind == "split":
-            split_sizes.setdefault(rec.extra["node"], {})[rec.extra["piece"]] = (len(rec.out_ids), len(keep_out))
-        elif rec.kind == "slice":
-            start = int((keep_in < rec.extra["start"]).sum())
-            stop = int((keep_in < rec.extra["stop"]).sum())
-            if (start, stop) != (rec.extra["start"], rec.extra["stop"]) or len(keep_in) != len(rec.in_ids):
-                slices[rec.extra["node"]] = (rec.extra["pos"], slice(start, stop))
-    patches = {node: [new for _, (old, new) in sorted(p.items())] for node, p in split_sizes.items()
+        LAYERS[rec.kind].prune(job, rec, keep_out, keep_in)
+    patches = {node: [new for _, (old, new) in sorted(p.items())] for node, p in job.split_sizes.items()
                if any(old != new for old, new in p.values())}
-    if patches or slices:
-        pruned = _patch_graph(pruned, patches, slices)
+    if patches or job.slices:
+        pruned = _patch_graph(job.model, patches, job.slices, graph.rules)
     return pruned
 
 
-def _patch_graph(model: nn.Module, patches: dict[str, list[int]],
-                 slices: dict[str, tuple[int, slice]]) -> fx.GraphModule:
+def _patch_graph(model: nn.Module, patches: dict[str, list[int]], slices: dict[str, tuple[int, slice]],
+                 rules: RuleTable = RULES) -> fx.GraphModule:
     """Re-trace the pruned model and rewrite constant split sizes and channel slice bounds."""
     # traced in eval mode, like the channel graph: `self.training` branches in forward code (functional
     # dropout, drop-path) are fixed to their eval behaviour in the rewritten graph
     was_training = model.training
     model.eval()
-    tracer = LcpTracer()
+    tracer = LcpTracer(rules)
     graph = tracer.trace(model)
     model.train(was_training)
     nodes = {n.name: n for n in graph.nodes}
@@ -191,13 +93,14 @@ class Verification:
         return f"{'ok' if self.ok else 'FAILED'} (max relative error {self.max_rel_error:.2e})"
 
 
-def _tensors(x: Any) -> list[torch.Tensor]:
+def output_tensors(x: Any) -> list[torch.Tensor]:
+    """The tensors of a model output (nested tuples, lists and dicts flattened)."""
     if isinstance(x, torch.Tensor):
         return [x]
     if isinstance(x, (list, tuple)):
-        return [t for v in x for t in _tensors(v)]
+        return [t for v in x for t in output_tensors(v)]
     if isinstance(x, dict):
-        return [t for v in x.values() for t in _tensors(v)]
+        return [t for v in x.values() for t in output_tensors(v)]
     return []
 
 
@@ -219,14 +122,14 @@ def masked_model(graph: ChannelGraph, removed: np.ndarray) -> tuple[nn.Module, l
     modules = dict(ref.named_modules())
     handles = []
     for ri, rec in enumerate(graph.records):
-        if rec.kind not in ("conv", "linear") or rec.in_ids is None:
+        dim = LAYERS[rec.kind].input_dim
+        if dim is None or rec.in_ids is None:
             continue
         units = graph.axis_units[(ri, "in")]
         mask = torch.as_tensor(~removed[units], dtype=torch.float64)
         if bool(mask.all()):
             continue
-        handles.append(modules[rec.name].register_forward_pre_hook(
-            input_mask_hook(mask, 1 if rec.kind == "conv" else -1)))
+        handles.append(modules[rec.name].register_forward_pre_hook(input_mask_hook(mask, dim)))
     return ref, handles
 
 
@@ -238,8 +141,8 @@ def verify(graph: ChannelGraph, removed: np.ndarray, pruned: nn.Module, *, rtol:
     ref, handles = masked_model(graph, removed)
     test = copy.deepcopy(pruned).double().eval()
     with torch.no_grad():
-        a = _tensors(ref(*inputs))
-        b = _tensors(test(*inputs))
+        a = output_tensors(ref(*inputs))
+        b = output_tensors(test(*inputs))
     for h in handles:
         h.remove()
     shapes = len(a) == len(b) and all(x.shape == y.shape for x, y in zip(a, b))

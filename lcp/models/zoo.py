@@ -15,6 +15,8 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from lcp.engine.rules import pad_channels_rule, register_module_rule
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -32,7 +34,8 @@ def _init_weights(model: nn.Module) -> None:
 class ShortcutA(nn.Module):
     """Option-A shortcut: subsample by ``stride`` and zero-pad channels; no parameters.
 
-    The pruning engine treats it as a leaf and may change ``pad_left``/``pad_right``, so forward reads them.
+    The pruning engine treats it as a leaf and may change ``pad_left``/``pad_right``, so forward reads them
+    (its rule, registered below: the padded channels are prunable and the pad widths shrink with them).
     """
 
     def __init__(self, pad_left: int, pad_right: int, stride: int = 2):
@@ -47,6 +50,9 @@ class ShortcutA(nn.Module):
 
     def extra_repr(self) -> str:
         return f"pad_left={self.pad_left}, pad_right={self.pad_right}, stride={self.stride}"
+
+
+register_module_rule(ShortcutA, pad_channels_rule)
 
 
 class BasicBlock(nn.Module):

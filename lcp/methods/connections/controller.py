@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lcp.engine.connections import ConnectionGraph
+from lcp.engine.types import LayerKind
 from lcp.errors import LcpError
 from lcp.io import (
     PathLike,
@@ -158,7 +159,7 @@ def _features(cg: ConnectionGraph) -> np.ndarray:
     for i, c in enumerate(cg.consumers):
         rows.append([c.block / max(1, n_blocks - 1), pos[i] / max(1, counts[c.block] - 1),
                      len(recs[c.record].in_ids) / max_in, cg.full_cost[i][0] / total,
-                     1.0 if c.kind == "conv" else 0.0, len(c.sources) / max_src])
+                     1.0 if c.kind == LayerKind.CONV else 0.0, len(c.sources) / max_src])
     return np.asarray(rows, dtype=np.float32)
 
 

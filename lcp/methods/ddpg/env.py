@@ -7,8 +7,9 @@ from typing import Callable
 
 import numpy as np
 
-from lcp.engine.cost import CostModel, _record_cost
-from lcp.engine.graph import ChannelGraph, floor_keep
+from lcp.engine.cost import CostModel, record_cost
+from lcp.engine.graph import ChannelGraph
+from lcp.engine.types import LayerKind, floor_keep
 from lcp.errors import LcpError
 
 log = logging.getLogger("lcp.methods.ddpg")
@@ -62,7 +63,7 @@ class RatioCost:
     """Cost of a keep-ratio vector with fractional channel counts (the walls' fast, continuous cost model).
 
     Kept positions of record r on an axis are ``const + sum_g count[r, g] * ratio[g]``; each record's cost is
-    ``cost._record_cost`` of those counts, so ``RatioCost(ones)`` is the baseline exactly.
+    ``cost.record_cost`` of those counts, so ``RatioCost(ones)`` is the baseline exactly.
     """
 
     def __init__(self, graph: ChannelGraph, cost: CostModel, metric: str):
@@ -87,7 +88,7 @@ class RatioCost:
         k = 0 if self.metric == "macs" else 1
         total = self.fixed
         for rec, o, i, n in zip(self.graph.records, n_out.tolist(), n_in.tolist(), self.cost.norm_params):
-            total += _record_cost(rec, o, i, n)[k]
+            total += record_cost(rec, o, i, n)[k]
         return total
 
 
@@ -105,7 +106,7 @@ class Env:
         self.share = np.array([self.rc.base - self.rc(np.where(np.arange(self.n) == g, 0.0, ones))
                                for g in range(self.n)]) / self.rc.base  # cost that depends on group g
         recs = {r.name: r for r in graph.records}
-        kind = np.array([np.mean([0.0 if recs[p].kind == "linear" else 0.5 if recs[p].mode == "depthwise" else 1.0
+        kind = np.array([np.mean([0.0 if recs[p].kind == LayerKind.LINEAR else 0.5 if recs[p].mode == "depthwise" else 1.0
                                   for p in g.producers]) for g in graph.groups])
         kernel = np.array([np.mean([recs[p].kernel for p in g.producers]) for g in graph.groups], dtype=np.float64)
         static = np.stack([np.arange(self.n, dtype=np.float64), kind, size, kernel, self.share], 1)
