@@ -68,10 +68,12 @@ class Context:
     batches: Any = None  # training batches for data-driven importance (taylor); default: from ``data``
     _cost_scores: tuple | None = None
 
-    def need_data(self, method: str) -> DataBundle:
+    def need_data(self, method: str, instead: str = "") -> DataBundle:
+        """The data a learning method needs; without it one line says what to pass (``instead``: the
+        alternative, e.g. a learned result)."""
         if self.data is None:
             raise LcpError(f"method {method!r} learns from data: pass data (a data set name, an ImageFolder path "
-                           "or a DataBundle)")
+                           f"or a DataBundle){' or ' + instead if instead else ''}")
         return self.data
 
     def cost_and_scores(self) -> tuple[CostModel, np.ndarray]:

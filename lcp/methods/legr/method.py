@@ -51,7 +51,7 @@ class LegrMethod(Method):
         o, graph = ctx.options, ctx.graph
         if o.transforms:
             return Learned(transforms=Transforms.from_json(read_json(o.transforms, what="transforms file"), graph))
-        bundle = ctx.need_data(self.name)
+        bundle = ctx.need_data(self.name, "transforms learned earlier (--transforms FILE, transforms=...)")
         cost, scores = ctx.cost_and_scores()
         budgets = [o.search_budget] if o.search_budget else sorted(set(o.all_budgets()))
         ctx.log(f"learning the layer compensation: {o.optimizer} search, {o.candidates} candidates at "
