@@ -63,7 +63,8 @@ from torch import nn
 
 import lcp
 from lcp.errors import LcpError
-from lcp.io import RunLock, atomic_path, atomic_write_json
+from lcp.io import atomic_path, atomic_write_json
+from lcp.run.folder import RunLock
 from lcp.methods import Context, get_method
 from lcp.methods.connections import CONNECTION_METHODS
 from lcp.methods.ddpg import AGENT_METHODS

@@ -13,6 +13,7 @@ from PIL import Image
 from torch import nn
 
 import lcp.training.data as data_mod
+import lcp.training.images as images_mod
 from lcp.training.data import DataBundle, load_data
 from lcp.errors import LcpError
 from lcp.training.train import evaluate, finetune, load_checkpoint, recalibrate_bn, train_baseline
@@ -86,15 +87,15 @@ def test_cache_hit_skips_decoding(folder: Path, _cache: Path, monkeypatch: pytes
     def boom(*args: object, **kwargs: object) -> None:
         raise AssertionError("decoded again despite the cache")
 
-    decode_all = data_mod._decode_all
-    monkeypatch.setattr(data_mod, "_decode_all", boom)
+    decode_all = images_mod._decode_all
+    monkeypatch.setattr(images_mod, "_decode_all", boom)
     second = load_data(folder, input_size=SIZE, holdout=6)
     assert torch.equal(first.train_x, second.train_x) and torch.equal(first.test_y, second.test_y)
     # a changed folder is a different cache entry
     _image(1, np.random.default_rng(5)).save(folder / "train" / "class1" / "new.png")
     with pytest.raises(AssertionError, match="decoded again"):
         load_data(folder, input_size=SIZE, holdout=6)
-    monkeypatch.setattr(data_mod, "_decode_all", decode_all)
+    monkeypatch.setattr(images_mod, "_decode_all", decode_all)
     third = load_data(folder, input_size=SIZE, holdout=6)
     assert len(third.train_x) == len(first.train_x) + 1
     assert [p.name for p in (_cache / "data").iterdir()] == [third.cache_dir.name]  # the stale entry is gone

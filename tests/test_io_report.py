@@ -15,17 +15,16 @@ import torch
 
 from lcp.errors import LcpError
 from lcp.io import (
-    RunLock,
     atomic_path,
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_text,
     load_tensor_metadata,
     load_tensors,
-    prepare_out_dir,
     read_json,
     save_tensors,
 )
+from lcp.run.folder import RunLock, prepare_out_dir
 from lcp.report import (
     REPORT_COLUMNS,
     plot_search,
@@ -146,7 +145,7 @@ def test_load_missing_tensor_file(tmp_path: Path) -> None:
 
 _HOLDER = """
 import sys
-from lcp.io import RunLock
+from lcp.run.folder import RunLock
 lock = RunLock(sys.argv[1])
 lock.acquire()
 print("locked", flush=True)
@@ -290,7 +289,7 @@ def test_prepare_under_a_file_is_unwritable(tmp_path: Path) -> None:
 _READ_ONLY_PROBE = """
 import json, sys
 from lcp.errors import LcpError
-from lcp.io import prepare_out_dir
+from lcp.run.folder import prepare_out_dir
 msgs = []
 for out in sys.argv[1:]:
     try:

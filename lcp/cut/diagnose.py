@@ -23,8 +23,9 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from lcp.errors import LcpError, UnreachableBudget
+from lcp.cut.pruner import prune_graph
 from lcp.engine.graph import ChannelGraph, build_graph
+from lcp.errors import LcpError, UnreachableBudget
 
 _LCP_DIR = str(Path(__file__).resolve().parent)
 
@@ -175,8 +176,6 @@ def check(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor
 def _try_prune(graph: ChannelGraph, model: nn.Module, example_inputs: tuple, budget: float,
                rep: CheckReport | None = None) -> None:
     """Plan, build and verify (raises on failure); fills ``rep``'s ratios when given."""
-    from lcp.cut.pruner import prune_graph
-
     result = prune_graph(graph, budget=budget)  # masked equivalence and MACs/params re-count, or LcpError
     train_step(result.model, model, example_inputs)
     if rep is not None:

@@ -13,9 +13,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from lcp.errors import LcpError
 from lcp.engine.graph import ChannelGraph
 from lcp.engine.types import LayerKind
+from lcp.errors import LcpError
 
 CRITERIA = ("l2", "l1", "bn_scale", "taylor")
 AGGREGATIONS = ("mean", "sum")

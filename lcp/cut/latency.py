@@ -15,7 +15,9 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
+from lcp.engine.graph import ChannelGraph
 from lcp.errors import LcpError
+from lcp.io import atomic_write_json, cache_dir, read_json
 
 
 @contextmanager
@@ -235,7 +237,7 @@ class LayerTable:
         return cls(list(d["in"]), list(d["out"]), [list(map(float, r)) for r in d["ms"]])
 
 
-def _input_shapes(graph: "ChannelGraph", names: set[str]) -> dict[str, list[tuple[int, ...]]]:  # noqa: F821
+def _input_shapes(graph: ChannelGraph, names: set[str]) -> dict[str, list[tuple[int, ...]]]:
     """Input shapes (without the batch) of every call of the named modules on the graph's example input."""
     shapes: dict[str, list[tuple[int, ...]]] = {n: [] for n in names}
     modules = dict(graph.model.named_modules())
@@ -309,16 +311,13 @@ class LatencyTable:
         return 0.0 if t is None else t(n_in, n_out)
 
     @classmethod
-    def build(cls, graph: "ChannelGraph", *, batch: int = 1, device: str = "cpu",  # noqa: F821
+    def build(cls, graph: ChannelGraph, *, batch: int = 1, device: str = "cpu",
               n_threads: int | None = None, repeats: int = 10, warmup: int = 3, cache: bool = True,
               progress: bool = False) -> "LatencyTable":
         """Time every prunable conv/linear of ``graph`` alone on a grid of widths (1/8 to 1 of each axis).
 
         Layers of the same shape are timed once; timings are cached per device, batch and thread count in
         the user cache (``$LCP_CACHE/latency/``), so a second model with the same layer shapes is free."""
-        from lcp.io import atomic_write_json, read_json
-        from lcp.io import cache_dir
-
         if device == "cuda" and not torch.cuda.is_available():
             raise LcpError("--device cuda asked for, but no CUDA device is available")
         dev = torch.device(device)

@@ -9,12 +9,13 @@ import numpy as np
 from torch import nn
 
 from lcp.cut import importance as imp
-from lcp.engine.cost import CostModel, count_macs, count_params
-from lcp.errors import LcpError, UnreachableBudget
-from lcp.engine.graph import ChannelGraph
+from lcp.cut.latency import LatencyTable, median_error, paired_latency
 from lcp.cut.options import check_budget
 from lcp.cut.ranking import Plan, Transforms, plan, plan_ratios
+from lcp.engine.cost import CostModel, count_macs, count_params
+from lcp.engine.graph import ChannelGraph
 from lcp.engine.surgery import Verification, apply_plan, verify
+from lcp.errors import LcpError, UnreachableBudget
 
 
 @dataclass
@@ -121,8 +122,6 @@ def _latency_cut(graph: ChannelGraph, cost: CostModel, scores: np.ndarray, *, bu
     lucky reading is not enough. After ``max_timings`` timings without that, the network with the largest
     measured ratio within the budget is returned.
     """
-    from lcp.cut.latency import LatencyTable, median_error, paired_latency
-
     size = tuple(graph.example_inputs[0].shape[1:])
     table = table or LatencyTable.build(graph, batch=batch, device=device, n_threads=n_threads, progress=progress)
     lcost = CostModel(graph, latency=table)

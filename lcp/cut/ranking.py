@@ -14,9 +14,9 @@ import numpy as np
 
 from lcp.cut.options import check_budget
 from lcp.engine.cost import CostModel
-from lcp.errors import LcpError, UnreachableBudget
 from lcp.engine.graph import ChannelGraph
 from lcp.engine.types import floor_keep
+from lcp.errors import LcpError, UnreachableBudget
 
 #: orders of the greedy walk: one global ranking (``lcp``: of compensated scores), one keep ratio for every group,
 #: or a seeded random ranking

@@ -18,7 +18,8 @@ import torch
 
 from lcp.cut.options import check_budget
 from lcp.engine.graph import ChannelGraph, build_graph
-from lcp.io import RunLock, atomic_path, atomic_write_json, prepare_out_dir, read_json
+from lcp.io import atomic_path, atomic_write_json, read_json
+from lcp.run.folder import RunLock, prepare_out_dir
 from lcp.methods import Context, Learned, Method, get_method
 from lcp.methods.structure import STRUCTURE_METHOD, open_structure
 from lcp.run.config import PruneConfig

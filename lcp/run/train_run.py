@@ -10,7 +10,8 @@ import pandas as pd
 import torch
 
 from lcp.errors import LcpError
-from lcp.io import RunLock, atomic_path, prepare_out_dir, save_tensors
+from lcp.io import atomic_path, save_tensors
+from lcp.run.folder import RunLock, prepare_out_dir
 from lcp.models.factory import create_model, model_info
 from lcp.run.config import TrainConfig
 from lcp.training.data import load_data

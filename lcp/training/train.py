@@ -1,20 +1,14 @@
-"""Evaluation, BatchNorm recalibration, fine-tuning (with optional distillation) and baseline training.
+"""Fine-tuning (with optional distillation) and baseline training, resumable from a checkpoint per epoch.
 
-Checkpoints are one safetensors file per run, replaced atomically after every epoch: model tensors under
-``model.<key>``, optimizer state tensors under ``optim.<param index>.<name>``, RNG states under ``rng.*``;
-everything else (epoch, step, schedule, settings, history, non-tensor optimizer state) is JSON in the file's
-metadata. No pickle anywhere.
+``evaluate`` and ``recalibrate_bn`` (``lcp.training.evaluate``) and the checkpoint format
+(``lcp.training.checkpoint``) are re-exported here.
 """
-
 from __future__ import annotations
 
-import copy
-import json
 import math
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -22,14 +16,22 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lcp.training.data import DataBundle, atomic_write
 from lcp.errors import LcpError
+from lcp.training.checkpoint import load_checkpoint, save_checkpoint
+from lcp.training.data import DataBundle
+from lcp.training.evaluate import (
+    Batch,
+    LoaderFactory,
+    evaluate,
+    inputs_and_labels,
+    modes_kept,
+    recalibrate_bn,
+    torch_threads,
+)
 
 __all__ = ["evaluate", "recalibrate_bn", "finetune", "train_baseline", "load_checkpoint", "save_checkpoint"]
 
-Batch = tuple[Tensor, Tensor]
-LoaderFactory = Callable[[int], Iterable[Batch]]
-_FORMAT = "lcp-train-checkpoint/1"
+
 
 
 class EpochCallback(Protocol):
@@ -37,209 +39,6 @@ class EpochCallback(Protocol):
 
     def __call__(self, epoch: int, record: dict[str, Any]) -> None: ...
 
-
-@contextmanager
-def _modes_kept(model: nn.Module) -> Iterator[None]:
-    """Restore every submodule's train/eval flag on exit."""
-    flags = [(m, m.training) for m in model.modules()]
-    try:
-        yield
-    finally:
-        for m, flag in flags:
-            m.training = flag
-
-
-@contextmanager
-def _threads(n: int | None) -> Iterator[None]:
-    """torch.set_num_threads(n) for the block, only when asked."""
-    before = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        if n is not None:
-            torch.set_num_threads(before)
-
-
-def _device_of(model: nn.Module, device: str | torch.device | None) -> torch.device:
-    if device is not None:
-        return torch.device(device)
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
-
-
-def _xy(batch: Any) -> tuple[Tensor, Tensor | None]:
-    if isinstance(batch, Tensor):
-        return batch, None
-    return batch[0], (batch[1] if len(batch) > 1 else None)
-
-
-@torch.no_grad()
-def inference_model(model: nn.Module) -> nn.Module:
-    """An eval-mode copy of ``model`` for fast inference: BatchNorm folded into the conv before it (where
-    torch.fx can trace the model) and channels_last weights. ``model`` itself is not touched."""
-    from torch.fx.experimental.optimization import fuse
-
-    fast = copy.deepcopy(model).eval()
-    try:
-        fast = fuse(fast, inplace=True)
-    except Exception:  # untraceable or unusual model: unfused copy, same numbers
-        pass
-    return fast.to(memory_format=torch.channels_last)
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, loader: Iterable[Batch], *, device: str | torch.device = "cpu") -> dict[str, float]:
-    """Top-1 accuracy (%), mean cross-entropy and sample count over ``loader``, in eval mode, no grad.
-
-    Runs on :func:`inference_model` (1.3-1.5x faster on CPU); the first batch is also run through ``model``
-    itself and the fast copy is dropped if their logits differ beyond float32 rounding."""
-    dev = torch.device(device)
-    model.to(dev)
-    fast: nn.Module | None = None
-    correct, loss_sum, n = 0, 0.0, 0
-    with _modes_kept(model):
-        model.eval()
-        for batch in loader:
-            x, y = _xy(batch)
-            if y is None or bool((y < 0).any()):
-                raise LcpError("cannot measure accuracy on unlabeled images: evaluate on a labeled split")
-            x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-            if fast is None:
-                out = model(x)
-                fast = inference_model(model) if x.dim() == 4 else model
-                if fast is not model and not torch.allclose(fast(x.contiguous(memory_format=torch.channels_last)),
-                                                           out, rtol=1e-3, atol=1e-4):
-                    fast = model
-            else:
-                out = fast(x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x)
-            loss_sum += float(F.cross_entropy(out, y, reduction="sum"))
-            correct += int((out.argmax(1) == y).sum())
-            n += len(y)
-    if n == 0:
-        raise LcpError("no images to evaluate: the data split is empty")
-    return {"top1": 100.0 * correct / n, "loss": loss_sum / n, "n": n}
-
-
-@torch.no_grad()
-def recalibrate_bn(
-    model: nn.Module, loader: Iterable[Any], *, batches: int = 50, device: str | torch.device | None = None
-) -> nn.Module:
-    """Re-estimate BatchNorm running stats from ``batches`` batches (cumulative average; labels unused).
-
-    Only the BatchNorm layers run in train mode; everything else (dropout, ...) stays in eval mode.
-    Momentum and train/eval flags are restored afterwards.
-    """
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    if not bns:
-        return model
-    dev = _device_of(model, device)
-    momenta = [bn.momentum for bn in bns]
-    seen = 0
-    with _modes_kept(model):
-        model.eval()
-        for bn in bns:
-            bn.reset_running_stats()
-            bn.momentum = None
-            bn.train()
-        try:
-            for batch in loader:
-                if seen >= batches:
-                    break
-                model(_xy(batch)[0].to(dev, non_blocking=True))
-                seen += 1
-        finally:
-            for bn, m in zip(bns, momenta):
-                bn.momentum = m
-    if seen == 0:
-        raise LcpError("no batches to recalibrate BatchNorm with: the data split is empty")
-    return model
-
-
-# ----------------------------------------------------------------------------------------- checkpoints
-
-
-def _rng_state() -> dict[str, Tensor]:
-    """torch's CPU (and CUDA) RNG states; lcp's data order does not use any other RNG."""
-    tensors = {"rng.torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        for i, s in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"rng.cuda.{i}"] = s
-    return tensors
-
-
-def _set_rng_state(tensors: dict[str, Tensor]) -> None:
-    torch.set_rng_state(tensors["rng.torch"])
-    n_cuda = sum(k.startswith("rng.cuda.") for k in tensors)
-    if n_cuda and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([tensors[f"rng.cuda.{i}"] for i in range(n_cuda)])
-
-
-def save_checkpoint(
-    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None, info: dict[str, Any]
-) -> None:
-    """Write model, optimizer state, RNG states and the JSON ``info`` to ``path`` atomically (safetensors)."""
-    from safetensors.torch import save
-
-    tensors: dict[str, Tensor] = {f"model.{k}": v for k, v in model.state_dict().items()}
-    opt_meta: dict[str, Any] = {}
-    if optimizer is not None:
-        sd = optimizer.state_dict()
-        scalars: dict[str, dict[str, Any]] = {}
-        for idx, st in sd["state"].items():
-            for name, v in st.items():
-                if isinstance(v, Tensor):
-                    tensors[f"optim.{idx}.{name}"] = v
-                else:
-                    scalars.setdefault(str(idx), {})[name] = v
-        opt_meta = {"param_groups": sd["param_groups"], "scalars": scalars}
-    tensors.update(_rng_state())
-    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
-    meta = {"format": _FORMAT, "info": info, "optimizer": opt_meta}
-    blob = save(tensors, metadata={"lcp": json.dumps(meta)})
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda f: f.write(blob))
-
-
-def load_checkpoint(
-    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *, restore_rng: bool = False
-) -> dict[str, Any]:
-    """Load a :func:`save_checkpoint` file into ``model`` (and ``optimizer``, and torch's RNG if asked);
-    return its ``info`` dict."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = json.loads((f.metadata() or {}).get("lcp", "{}"))
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as exc:
-        why = type(exc).__name__
-        raise LcpError(f"cannot read checkpoint {path} ({why}): delete it or start without --resume") from None
-    if meta.get("format") != _FORMAT:
-        raise LcpError(f"{path} is not an lcp training checkpoint: delete it or start without --resume")
-    state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()
-        why = first[1].strip() if len(first) > 1 else first[0]
-        raise LcpError(f"checkpoint {path} does not fit this model ({why}); "
-                       "start without --resume") from None
-    if optimizer is not None and meta["optimizer"]:
-        om = meta["optimizer"]
-        st: dict[int, dict[str, Any]] = {}
-        for k, v in tensors.items():
-            if k.startswith("optim."):
-                _, idx, name = k.split(".", 2)
-                st.setdefault(int(idx), {})[name] = v
-        for idx, scalars in om["scalars"].items():
-            st.setdefault(int(idx), {}).update(scalars)
-        optimizer.load_state_dict({"state": st, "param_groups": om["param_groups"]})
-    if restore_rng:
-        _set_rng_state(tensors)
-    return dict(meta["info"])
 
 
 # ---------------------------------------------------------------------------------------------- training
@@ -364,7 +163,7 @@ def _run(
     start_epoch, resumed_from = 0, None
     t0 = time.perf_counter()
     rng_devices = [dev.index or 0] if dev.type == "cuda" else []
-    with _threads(num_threads), torch.random.fork_rng(devices=rng_devices), _modes_kept(model):
+    with torch_threads(num_threads), torch.random.fork_rng(devices=rng_devices), modes_kept(model):
         torch.manual_seed(seed)
         if resume and ckpt is not None and ckpt.exists():
             info = load_checkpoint(ckpt, model, opt, restore_rng=True)
@@ -393,7 +192,7 @@ def _run(
                     step = epoch * steps + i
                     for g in opt.param_groups:
                         g["lr"] = _lr_at(step, total, lr, schedule)
-                    x, y = _xy(batch)
+                    x, y = inputs_and_labels(batch)
                     loss, out, y = _loss(net, teacher, x.to(dev, non_blocking=True), y, dev, kd_alpha, kd_T)
                     if not bool(torch.isfinite(loss)):
                         where = last_good if ckpt is not None else "no checkpoint is kept (no checkpoint path)"
