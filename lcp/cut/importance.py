@@ -4,10 +4,13 @@ A unit's producers are the conv/linear filters that write its channels (a residu
 producer filter gets a score from the criterion; the unit's score aggregates its producer filters' scores:
 ``mean`` (default: a residual stream is judged like any single layer) or ``sum`` (LeGR's code, which makes
 residual streams almost unprunable because they sum over many layers).
+
+Criteria are strategy objects in a registry (``Importance``, ``register_importance``): ``l2`` (default), ``l1``,
+``bn_scale`` and ``taylor`` are built in, and their names are the string aliases the options take.
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from typing import Any, Callable, ClassVar, Iterable
 
 import numpy as np
 import torch
@@ -17,8 +20,51 @@ from lcp.engine.graph import ChannelGraph
 from lcp.engine.types import LayerKind
 from lcp.errors import LcpError
 
-CRITERIA = ("l2", "l1", "bn_scale", "taylor")
+Batch = tuple[torch.Tensor, torch.Tensor]
+
 AGGREGATIONS = ("mean", "sum")
+
+
+class Importance:
+    """A filter-importance criterion: ``criterion(graph, batches)`` scores every output position of every
+    conv/linear record (keyed by record index); higher means more important. Register one with
+    ``@register_importance`` and choose it by ``name`` (``--importance NAME``, ``lcp.prune(importance=NAME)``)."""
+
+    name: ClassVar[str] = ""
+    needs_data: ClassVar[bool] = False  # scored on training batches (``batches``)
+
+    def __call__(self, graph: ChannelGraph, batches: Iterable[Batch] | None = None) -> dict[int, np.ndarray]:
+        raise NotImplementedError
+
+    @staticmethod
+    def producers(graph: ChannelGraph) -> dict[int, Any]:
+        """The records that own filters (convs, linears), by index."""
+        return {ri: r for ri, r in enumerate(graph.records) if r.kind.has_filters}
+
+
+_CRITERIA: dict[str, Importance] = {}
+
+
+def register_importance(cls: type[Importance]) -> type[Importance]:
+    """Class decorator: make the criterion ``cls`` available by its ``name``."""
+    _CRITERIA[cls.name] = cls()
+    return cls
+
+
+def unregister_importance(name: str) -> None:
+    _CRITERIA.pop(name, None)
+
+
+def importance_names() -> list[str]:
+    """The registered criteria (``--importance`` choices)."""
+    return list(_CRITERIA)
+
+
+def get_importance(name: str) -> Importance:
+    try:
+        return _CRITERIA[name]
+    except KeyError:
+        raise LcpError(f"unknown importance '{name}'; choose one of {', '.join(_CRITERIA)}") from None
 
 
 def _weight_scores(w: torch.Tensor, p: int) -> np.ndarray:
@@ -26,58 +72,88 @@ def _weight_scores(w: torch.Tensor, p: int) -> np.ndarray:
     return (w.pow(2).sum(1) if p == 2 else w.abs().sum(1)).cpu().numpy()
 
 
-def filter_scores(graph: ChannelGraph, criterion: str = "l2",
-                  batches: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None) -> dict[int, np.ndarray]:
-    """Score of every output position of every conv/linear record, keyed by record index."""
-    if criterion not in CRITERIA:
-        raise LcpError(f"unknown importance '{criterion}'; choose one of {', '.join(CRITERIA)}")
-    modules = dict(graph.model.named_modules())
-    producers = {ri: r for ri, r in enumerate(graph.records) if r.kind.has_filters}
-    if criterion in ("l2", "l1"):
-        return {ri: _weight_scores(modules[r.name].weight, 2 if criterion == "l2" else 1)
-                for ri, r in producers.items()}
-    if criterion == "taylor":
-        return _taylor_scores(graph, modules, producers, batches)
-    # bn_scale: |gamma| of the norms in the unit, spread onto the producer positions of that unit
-    gamma = np.zeros(len(graph.units))
-    count = np.zeros(len(graph.units))
-    for ri, r in enumerate(graph.records):
-        m = modules.get(r.name)
-        if r.kind == LayerKind.NORM and getattr(m, "weight", None) is not None:
-            units = graph.axis_units[(ri, "out")]
-            np.add.at(gamma, units, m.weight.detach().abs().double().cpu().numpy())
-            np.add.at(count, units, 1)
-    per_unit = np.divide(gamma, count, out=np.full_like(gamma, np.nan), where=count > 0)
-    out = {}
-    for ri, r in producers.items():
-        s = per_unit[graph.axis_units[(ri, "out")]]
-        fallback = _weight_scores(modules[r.name].weight, 2)  # units without a norm: weight norm
-        out[ri] = np.where(np.isnan(s), fallback, s)
-    return out
+@register_importance
+class L2(Importance):
+    """Squared L2 norm of each filter's weights."""
+
+    name = "l2"
+    p = 2
+
+    def __call__(self, graph: ChannelGraph, batches: Iterable[Batch] | None = None) -> dict[int, np.ndarray]:
+        modules = dict(graph.model.named_modules())
+        return {ri: _weight_scores(modules[r.name].weight, self.p) for ri, r in self.producers(graph).items()}
 
 
-def _taylor_scores(graph: ChannelGraph, modules: dict[str, nn.Module], producers: dict,
-                   batches: Iterable[tuple[torch.Tensor, torch.Tensor]] | None) -> dict[int, np.ndarray]:
-    """First-order Taylor: (sum over a filter's weights of w * dL/dw)^2, accumulated over batches."""
-    if batches is None:
-        raise LcpError("importance 'taylor' needs data: pass training batches")
-    model = graph.model
-    weights = {ri: modules[r.name].weight for ri, r in producers.items()}
-    acc = {ri: np.zeros(w.shape[0]) for ri, w in weights.items()}
-    was_training = model.training
-    model.eval()
-    try:
-        for x, y in batches:
+@register_importance
+class L1(L2):
+    """L1 norm of each filter's weights."""
+
+    name = "l1"
+    p = 1
+
+
+@register_importance
+class BnScale(Importance):
+    """|gamma| of the norms in a unit, spread onto the producer positions of that unit (weight L2 where a unit
+    has no norm)."""
+
+    name = "bn_scale"
+
+    def __call__(self, graph: ChannelGraph, batches: Iterable[Batch] | None = None) -> dict[int, np.ndarray]:
+        modules = dict(graph.model.named_modules())
+        gamma = np.zeros(len(graph.units))
+        count = np.zeros(len(graph.units))
+        for ri, r in enumerate(graph.records):
+            m = modules.get(r.name)
+            if r.kind == LayerKind.NORM and getattr(m, "weight", None) is not None:
+                units = graph.axis_units[(ri, "out")]
+                np.add.at(gamma, units, m.weight.detach().abs().double().cpu().numpy())
+                np.add.at(count, units, 1)
+        per_unit = np.divide(gamma, count, out=np.full_like(gamma, np.nan), where=count > 0)
+        out = {}
+        for ri, r in self.producers(graph).items():
+            s = per_unit[graph.axis_units[(ri, "out")]]
+            fallback = _weight_scores(modules[r.name].weight, 2)  # units without a norm: weight norm
+            out[ri] = np.where(np.isnan(s), fallback, s)
+        return out
+
+
+@register_importance
+class Taylor(Importance):
+    """First-order Taylor: (sum over a filter's weights of w * dL/dw)^2, accumulated over training batches."""
+
+    name = "taylor"
+    needs_data = True
+
+    def __call__(self, graph: ChannelGraph, batches: Iterable[Batch] | None = None) -> dict[int, np.ndarray]:
+        if batches is None:
+            raise LcpError("importance 'taylor' needs data: pass training batches")
+        modules = dict(graph.model.named_modules())
+        model = graph.model
+        weights = {ri: modules[r.name].weight for ri, r in self.producers(graph).items()}
+        acc = {ri: np.zeros(w.shape[0]) for ri, w in weights.items()}
+        was_training = model.training
+        model.eval()
+        try:
+            for x, y in batches:
+                model.zero_grad(set_to_none=True)
+                loss = nn.functional.cross_entropy(model(x), y)
+                loss.backward()
+                for ri, w in weights.items():
+                    if w.grad is not None:
+                        acc[ri] += (w.detach() * w.grad).flatten(1).sum(1).double().pow(2).cpu().numpy()
             model.zero_grad(set_to_none=True)
-            loss = nn.functional.cross_entropy(model(x), y)
-            loss.backward()
-            for ri, w in weights.items():
-                if w.grad is not None:
-                    acc[ri] += (w.detach() * w.grad).flatten(1).sum(1).double().pow(2).cpu().numpy()
-        model.zero_grad(set_to_none=True)
-    finally:
-        model.train(was_training)
-    return acc
+        finally:
+            model.train(was_training)
+        return acc
+
+
+def filter_scores(graph: ChannelGraph, criterion: str | Importance = "l2",
+                  batches: Iterable[Batch] | None = None) -> dict[int, np.ndarray]:
+    """Score of every output position of every conv/linear record, keyed by record index (``criterion``: a
+    registered name or an ``Importance``)."""
+    strategy = get_importance(criterion) if isinstance(criterion, str) else criterion
+    return strategy(graph, batches)
 
 
 def unit_scores(graph: ChannelGraph, scores: dict[int, np.ndarray], aggregate: str = "mean") -> np.ndarray:

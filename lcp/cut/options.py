@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lcp.cut.importance import AGGREGATIONS, CRITERIA
+from lcp.cut.importance import AGGREGATIONS, importance_names
 from lcp.errors import LcpError
 from lcp.options import at_least, each, fraction, option, unit_interval
 
@@ -33,7 +33,7 @@ class CutOptions:
                                          "per budget", check=each(unit_interval))
     budget_type: str = option("macs", "what the budget counts: macs, params, or latency measured on --device",
                               choices=BUDGET_TYPES)
-    importance: str = option("l2", "filter importance", choices=CRITERIA)
+    importance: str = option("l2", "filter importance", choices=importance_names)
     aggregate: str = option("mean", "how a coupled unit's filter scores combine (LeGR used sum)",
                             choices=AGGREGATIONS)
     round_to: int = option(1, "keep widths in multiples of this many channel units", check=at_least(1))

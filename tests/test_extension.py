@@ -1,0 +1,103 @@
+"""Extension points used from outside the package: a method and an importance criterion registered by a user
+run through ``lcp.prune`` and through ``lcp prune`` (the run pipeline, its post-cut stage and outputs)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import lcp
+from lcp.cli import main
+
+TOY = "toy-deep-cut"
+
+
+class DeepCut(lcp.Method):
+    """Learns nothing from data: keeps the first half of the groups whole and cuts the second half 5x deeper."""
+
+    name = TOY
+    summary = "toy: keep the early layers, cut the late ones"
+
+    def learn(self, ctx: lcp.Context) -> lcp.Learned:
+        n = len(ctx.graph.groups)
+        ratios = np.array([1.0 if i < n // 2 else 0.2 for i in range(n)])
+        return lcp.Learned(ratios=ratios, columns={"toy_groups": n})
+
+
+class ReversedL2(lcp.Importance):
+    """Ranks filters by minus their L2 norm (the strongest go first)."""
+
+    name = "toy-reversed-l2"
+
+    def __call__(self, graph, batches=None):
+        return {ri: -s for ri, s in lcp.cut.importance.get_importance("l2")(graph, batches).items()}
+
+
+@pytest.fixture
+def toy_method():
+    lcp.register_method(DeepCut)
+    yield DeepCut
+    lcp.unregister_method(TOY)
+
+
+@pytest.fixture
+def toy_importance():
+    lcp.register_importance(ReversedL2)
+    yield ReversedL2
+    lcp.unregister_importance(ReversedL2.name)
+
+
+def _keep_fraction(result: lcp.PruneResult) -> np.ndarray:
+    removed = result.plan.removed
+    return np.array([1 - removed[np.asarray(g.units)].mean() for g in result.graph.groups])
+
+
+def test_registered_method_through_the_api(toy_method) -> None:
+    torch.manual_seed(0)
+    model = lcp.create_model("resnet20").eval()
+    assert TOY in lcp.method_names()
+    res = lcp.prune(model, torch.zeros(1, 3, 32, 32), budget=0.5, method=TOY)
+    assert res.plan.method == TOY and res.verification.ok
+    assert 0.45 < res.plan.macs_ratio <= 0.5
+    keep = _keep_fraction(res)
+    half = len(keep) // 2
+    assert keep[:half].mean() > keep[half:].mean() + 0.3  # the learned shape reached the cut
+    with pytest.raises(lcp.LcpError, match="method must be one of .*toy-deep-cut, got .toy-not-registered."):
+        lcp.prune(model, torch.zeros(1, 3, 32, 32), method="toy-not-registered")
+
+
+def test_registered_method_through_the_command_line(toy_method, tiny_folder: Path, resnet20_ckpt: Path,
+                                                     tmp_path: Path) -> None:
+    out = tmp_path / "toy"
+    code = main(["prune", "--model", "resnet20", "--data", str(tiny_folder), "--checkpoint", str(resnet20_ckpt),
+                 "--method", TOY, "--budget", "0.6", "--finetune-epochs", "1", "--batch-size", "16", "--holdout", "9",
+                 "--recal-batches", "2", "--threads", "1", "--out", str(out), "--no-progress"])
+    assert code == 0
+    row = pd.read_csv(out / "report.csv").iloc[0]
+    assert row["method"] == TOY and row["toy_groups"] > 0 and row["macs_ratio"] <= 0.6
+    assert np.isfinite(row["top1_pruned"]) and row["finetune_epochs"] == 1  # the shared post-cut stage ran
+    assert json.loads((out / "channels.json").read_text())["method"] == TOY
+    assert lcp.load(out) is not None
+
+
+def test_unregistered_method_is_one_line_on_the_command_line(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(["prune", "--method", TOY])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "invalid choice" in err and len(err.splitlines()) == 1
+
+
+def test_registered_importance_changes_the_ranking(toy_importance) -> None:
+    torch.manual_seed(0)
+    model = lcp.create_model("resnet20").eval()
+    x = torch.zeros(1, 3, 32, 32)
+    base = lcp.prune(model, x, budget=0.5, method="global", importance="l2")
+    rev = lcp.prune(model, x, budget=0.5, method="global", importance=ReversedL2.name)
+    assert rev.verification.ok and rev.plan.macs_ratio <= 0.5
+    assert (base.plan.removed != rev.plan.removed).mean() > 0.3
