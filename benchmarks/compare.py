@@ -38,6 +38,7 @@ on the GPU.
 handful of search candidates and episodes, ResNet-20 unless the recipe names another model) and writes to
 ``runs/compare/`` unless ``--out`` is given.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,8 +54,9 @@ import shlex
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -64,21 +66,23 @@ from torch import nn
 import lcp
 from lcp.errors import LcpError
 from lcp.io import atomic_path, atomic_write_json
-from lcp.run.folder import RunLock
 from lcp.methods import Context, get_method
 from lcp.methods.connections import CONNECTION_METHODS
 from lcp.methods.ddpg import AGENT_METHODS
 from lcp.models import store
 from lcp.report import REPORT_COLUMNS
 from lcp.run.config import PruneConfig
+from lcp.run.folder import RunLock
 
 ROOT = Path(__file__).resolve().parents[1]
 
 LCP_METHODS = ("lcp", "global", "uniform", "random")  # one cut of lcp's ranking walk (prune_graph)
 METHODS = (*LCP_METHODS, *AGENT_METHODS, *CONNECTION_METHODS, "torch_pruning")
 #: The ``agents:`` settings that decide the rows of each search method (see ``signature``).
-AGENT_KEYS: dict[str, tuple[str, ...]] = {**{m: ("episodes", "warmup_episodes") for m in AGENT_METHODS},
-                                          **{m: ("episodes",) for m in CONNECTION_METHODS}}
+AGENT_KEYS: dict[str, tuple[str, ...]] = {
+    **{m: ("episodes", "warmup_episodes") for m in AGENT_METHODS},
+    **{m: ("episodes",) for m in CONNECTION_METHODS},
+}
 
 #: Recipe keys and their defaults. ``search``, ``agents`` and ``torch_pruning`` are nested mappings; ``quick``
 #: overrides any top-level key (and ``train_images`` / ``test_images`` subset sizes) under ``--quick``.
@@ -114,22 +118,45 @@ DEFAULTS: dict[str, Any] = {
     "quick": {},
 }
 SEARCH_DEFAULTS: dict[str, Any] = {
-    "candidates": 400, "optimizer": "legr", "compensation": "affine", "population": 64, "tournament": 16,
-    "tau": 0, "label_free": False, "search_budget": None, "recal_batches": 4, "eval_images": 1000,
+    "candidates": 400,
+    "optimizer": "legr",
+    "compensation": "affine",
+    "population": 64,
+    "tournament": 16,
+    "tau": 0,
+    "label_free": False,
+    "search_budget": None,
+    "recal_batches": 4,
+    "eval_images": 1000,
 }
 #: ``lcp prune``'s defaults: ``episodes`` for every search method, ``warmup_episodes`` for lfgcl / amc.
 AGENT_DEFAULTS: dict[str, Any] = {"episodes": PruneConfig.episodes, "warmup_episodes": PruneConfig.warmup_episodes}
 TP_DEFAULTS: dict[str, Any] = {"p": 2, "max_steps": 20, "tolerance": 0.01}
 _NESTED = {"search": SEARCH_DEFAULTS, "agents": AGENT_DEFAULTS, "torch_pruning": TP_DEFAULTS}
 QUICK_DEFAULTS: dict[str, Any] = {
-    "model": "resnet20", "train_images": 256, "test_images": 256, "holdout": 128, "finetune_epochs": 0.5,
-    "recal_batches": 2, "search": {"candidates": 4, "population": 2, "tournament": 2, "eval_images": 128,
-                                   "recal_batches": 1},
-    "agents": {"episodes": 3, "warmup_episodes": 2}, "latency_repeats": 3, "extra_seeds": None,
+    "model": "resnet20",
+    "train_images": 256,
+    "test_images": 256,
+    "holdout": 128,
+    "finetune_epochs": 0.5,
+    "recal_batches": 2,
+    "search": {"candidates": 4, "population": 2, "tournament": 2, "eval_images": 128, "recal_batches": 1},
+    "agents": {"episodes": 3, "warmup_episodes": 2},
+    "latency_repeats": 3,
+    "extra_seeds": None,
 }
 #: Settings that do not change a row's result (so a resumed CSV may differ in them).
-_NOT_IN_SIGNATURE = ("budgets", "methods", "seeds", "extra_seeds", "threads", "latency_batches",
-                     "latency_repeats", "out", "quick")
+_NOT_IN_SIGNATURE = (
+    "budgets",
+    "methods",
+    "seeds",
+    "extra_seeds",
+    "threads",
+    "latency_batches",
+    "latency_repeats",
+    "out",
+    "quick",
+)
 #: Settings added after the first CSVs were written, with the value they had then: in the signature only when
 #: they differ from it, so those CSVs stay valid.
 _ADDED = {"input_size": None, "device": "cpu"}
@@ -171,8 +198,9 @@ def _names(text: str) -> list[str]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--recipe", required=True, help="YAML recipe (recipes/bench_*.yaml)")
     p.add_argument("--quick", action="store_true", help="smoke test: the recipe's quick: section (tiny subset)")
     p.add_argument("--out", help="CSV to write (default: the recipe's out; under --quick runs/compare/)")
@@ -188,15 +216,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     over.add_argument("--candidates", type=int, help="lcp search candidates")
     over.add_argument("--episodes", type=int, help="episodes of the lfgcl, amc, ads and lwp searches")
     over.add_argument("--warmup-episodes", type=int, help="random-action episodes of the lfgcl and amc agents")
-    over.add_argument("--device", choices=("cpu", "cuda"),
-                      help="where the searches, recalibration, evaluation, fine-tuning and latency run")
+    over.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        help="where the searches, recalibration, evaluation, fine-tuning and latency run",
+    )
     over.add_argument("--holdout", type=int, help="held-out images carved from train (the search's fitness)")
     over.add_argument("--train-images", type=int, help="fixed random subset of the train split")
     over.add_argument("--test-images", type=int, help="fixed random subset of the test split")
     over.add_argument("--threads", type=int, help="torch threads for everything, latency included")
     over.add_argument("--latency-repeats", type=int)
-    p.add_argument("--work", type=Path, default=ROOT / "runs" / "compare",
-                   help="folder for the search states and learned transforms (default: runs/compare)")
+    p.add_argument(
+        "--work",
+        type=Path,
+        default=ROOT / "runs" / "compare",
+        help="folder for the search states and learned transforms (default: runs/compare)",
+    )
     p.add_argument("--overwrite", action="store_true", help="delete an existing CSV made with other settings")
     p.add_argument("--retry-errors", action="store_true", help="re-run rows whose status is an error")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -231,8 +266,22 @@ def settings_from(args: argparse.Namespace) -> dict:
         if quick["model"] != cfg["model"]:
             quick.setdefault("checkpoint", None)  # the recipe's checkpoint is for its own model
         cfg = _merge(cfg, quick, f"recipe {args.recipe}, quick")
-    for key in ("model", "data", "checkpoint", "input_size", "budgets", "methods", "seeds", "finetune_epochs",
-                "holdout", "train_images", "test_images", "device", "threads", "latency_repeats"):
+    for key in (
+        "model",
+        "data",
+        "checkpoint",
+        "input_size",
+        "budgets",
+        "methods",
+        "seeds",
+        "finetune_epochs",
+        "holdout",
+        "train_images",
+        "test_images",
+        "device",
+        "threads",
+        "latency_repeats",
+    ):
         value = getattr(args, key)
         if value is not None:
             cfg[key] = value
@@ -274,8 +323,11 @@ def signature(cfg: dict, method: str | None = None) -> str:
     Every row depends on the shared settings; a search method's rows also on its ``agents:`` settings, which no
     other row depends on, so adding a method to a recipe leaves the rows already written valid.
     """
-    sig = {k: v for k, v in cfg.items()
-           if k not in _NOT_IN_SIGNATURE and k != "agents" and not (k in _ADDED and v == _ADDED[k])}
+    sig = {
+        k: v
+        for k, v in cfg.items()
+        if k not in _NOT_IN_SIGNATURE and k != "agents" and not (k in _ADDED and v == _ADDED[k])
+    }
     if method in AGENT_KEYS:
         sig["agents"] = {k: cfg["agents"][k] for k in AGENT_KEYS[method]}
     text = json.dumps(sig, sort_keys=True, default=str)
@@ -313,11 +365,32 @@ def _subset(x: torch.Tensor, y: torch.Tensor, n: int | None, idx: torch.Tensor |
 def prune_config(cfg: dict, **kw: Any) -> PruneConfig:
     """The recipe as ``lcp prune`` settings, for lcp's own functions (no fine-tuning: the harness does it)."""
     s, a = cfg["search"], cfg["agents"]
-    same = ("model", "data", "checkpoint", "input_size", "budget_type", "importance", "aggregate", "lr", "batch_size",
-            "recal_batches", "holdout", "round_to", "min_ratio", "threads", "device")
-    return PruneConfig(**{k: cfg[k] for k in same}, search_budget=s["search_budget"], tau=s["tau"],
-                       episodes=a["episodes"], warmup_episodes=a["warmup_episodes"], finetune_epochs=0,
-                       **{"progress": False, **kw})
+    same = (
+        "model",
+        "data",
+        "checkpoint",
+        "input_size",
+        "budget_type",
+        "importance",
+        "aggregate",
+        "lr",
+        "batch_size",
+        "recal_batches",
+        "holdout",
+        "round_to",
+        "min_ratio",
+        "threads",
+        "device",
+    )
+    return PruneConfig(
+        **{k: cfg[k] for k in same},
+        search_budget=s["search_budget"],
+        tau=s["tau"],
+        episodes=a["episodes"],
+        warmup_episodes=a["warmup_episodes"],
+        finetune_epochs=0,
+        **{"progress": False, **kw},
+    )
 
 
 def load(cfg: dict, log: Log) -> Any:
@@ -331,15 +404,24 @@ def load(cfg: dict, log: Log) -> Any:
         raise LcpError(f"{cfg['model']} has no default data set: set data in the recipe or pass --data")
     dataset = "cifar10" if str(spec).lower() == "cifar10" else Path(spec).name
     if not cfg["checkpoint"] and default_checkpoint(info.name, dataset) is None:
-        raise LcpError(f"no weights for {info.name} on {dataset}: set $LCP_WEIGHTS (source ../shared/offline-env.sh) "
-                       "or pass --checkpoint; a benchmark never trains its own baseline")
+        raise LcpError(
+            f"no weights for {info.name} on {dataset}: set $LCP_WEIGHTS (source ../shared/offline-env.sh) "
+            "or pass --checkpoint; a benchmark never trains its own baseline"
+        )
     loaded = load_model_and_data(prune_config(cfg), log)
     b = loaded.bundle
     if cfg["train_images"] is not None or cfg["test_images"] is not None:
         tx, ty, ti = _subset(b.train_x, b.train_y, cfg["train_images"], b.train_idx)
         sx, sy, _ = _subset(b.test_x, b.test_y, cfg["test_images"])
-        loaded.bundle = dataclasses.replace(b, train_x=tx, train_y=ty, train_idx=ti, test_x=sx, test_y=sy,
-                                            source=b.source + f" [subset train={len(tx)} test={len(sx)}]")
+        loaded.bundle = dataclasses.replace(
+            b,
+            train_x=tx,
+            train_y=ty,
+            train_idx=ti,
+            test_x=sx,
+            test_y=sy,
+            source=b.source + f" [subset train={len(tx)} test={len(sx)}]",
+        )
     return loaded
 
 
@@ -386,8 +468,9 @@ def finetune(model: nn.Module, bundle: Any, cfg: dict, seed: int, progress: bool
     drop = len(bundle.train_x) >= bs
 
     def make(epoch: int) -> _FirstSteps:
-        return _FirstSteps(bundle.loader("train", bs, shuffle=True, augment=True, seed=seed, epoch=epoch,
-                                         drop_last=drop), steps)
+        return _FirstSteps(
+            bundle.loader("train", bs, shuffle=True, augment=True, seed=seed, epoch=epoch, drop_last=drop), steps
+        )
 
     lcp_finetune(model, make, epochs=n, **kw)
     return n * steps
@@ -426,8 +509,17 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {line}" if line else type(e).__name__
 
 
-def tp_prune(model: nn.Module, example: torch.Tensor, *, budget: float, budget_type: str, num_classes: int,
-             p: int = 2, max_steps: int = 20, tolerance: float = 0.01) -> tuple[nn.Module, dict]:
+def tp_prune(
+    model: nn.Module,
+    example: torch.Tensor,
+    *,
+    budget: float,
+    budget_type: str,
+    num_classes: int,
+    p: int = 2,
+    max_steps: int = 20,
+    tolerance: float = 0.01,
+) -> tuple[nn.Module, dict]:
     """Torch-Pruning's global magnitude pruner driven to ``budget`` x the baseline MACs (or params).
 
     The channel ``pruning_ratio`` is bisected (a fresh copy of ``model`` per try) until the result's cost,
@@ -440,24 +532,33 @@ def tp_prune(model: nn.Module, example: torch.Tensor, *, budget: float, budget_t
         return lcp.count_macs(m, example) if budget_type == "macs" else lcp.count_params(m)
 
     base = cost(model)
-    target = budget * base
     tries: list[tuple[float, float]] = []
 
     def attempt(ratio: float) -> tuple[nn.Module, float]:
         m = copy.deepcopy(model).eval()
-        pruner = tp.pruner.MagnitudePruner(m, example, importance=tp.importance.MagnitudeImportance(p=p),
-                                           global_pruning=True, pruning_ratio=ratio, ignored_layers=_classifier(m))
+        pruner = tp.pruner.MagnitudePruner(
+            m,
+            example,
+            importance=tp.importance.MagnitudeImportance(p=p),
+            global_pruning=True,
+            pruning_ratio=ratio,
+            ignored_layers=_classifier(m),
+        )
         pruner.step()
         m.eval()
         try:
             with torch.no_grad():
                 out = m(torch.randn(2, *example.shape[1:]))
         except Exception as e:
-            raise LcpError(f"torch_pruning returned a broken network at pruning_ratio {ratio:.4f} (its forward "
-                           f"fails: {_first_line(e)})") from None
+            raise LcpError(
+                f"torch_pruning returned a broken network at pruning_ratio {ratio:.4f} (its forward "
+                f"fails: {_first_line(e)})"
+            ) from None
         if tuple(out.shape) != (2, num_classes) or not bool(torch.isfinite(out).all()):
-            raise LcpError(f"torch_pruning returned a broken network at pruning_ratio {ratio:.4f} (output "
-                           f"{tuple(out.shape)}, finite {bool(torch.isfinite(out).all())})")
+            raise LcpError(
+                f"torch_pruning returned a broken network at pruning_ratio {ratio:.4f} (output "
+                f"{tuple(out.shape)}, finite {bool(torch.isfinite(out).all())})"
+            )
         c = cost(m) / base
         tries.append((ratio, c))
         return m, c
@@ -481,8 +582,10 @@ def tp_prune(model: nn.Module, example: torch.Tensor, *, budget: float, budget_t
             if hi - lo < 1e-4:
                 break
     if best is None:
-        raise LcpError(f"torch_pruning cannot reach {budget:g} of the baseline {budget_type}: the most it pruned "
-                       f"left {min(c for _, c in tries):.3f}")
+        raise LcpError(
+            f"torch_pruning cannot reach {budget:g} of the baseline {budget_type}: the most it pruned "
+            f"left {min(c for _, c in tries):.3f}"
+        )
     m, c = best
     return m, {"tp_pruning_ratio": hi, "tp_tries": len(tries), "cost_ratio": c}
 
@@ -501,8 +604,11 @@ def append_row(path: Path, row: dict) -> None:
     read, concatenate, write to a temporary file, replace (atomic)."""
     old = read_rows(path)
     if not old.empty:
-        same = ((old["method"].astype(str) == row["method"]) & ((old["budget"] - row["budget"]).abs() < 1e-9)
-                & (old["seed"] == row["seed"]))
+        same = (
+            (old["method"].astype(str) == row["method"])
+            & ((old["budget"] - row["budget"]).abs() < 1e-9)
+            & (old["seed"] == row["seed"])
+        )
         old = old[~same]
     new = pd.DataFrame([row])
     df = new if old.empty else pd.concat([old, new], ignore_index=True)
@@ -512,11 +618,26 @@ def append_row(path: Path, row: dict) -> None:
         df.to_csv(tmp, index=False)
 
 
-COLUMNS = [*REPORT_COLUMNS, "latency_base_ms", "latency_pruned_ms", "speedup", "latency64_base_ms",
-           "latency64_pruned_ms", "speedup64", "status"]
+COLUMNS = [
+    *REPORT_COLUMNS,
+    "latency_base_ms",
+    "latency_pruned_ms",
+    "speedup",
+    "latency64_base_ms",
+    "latency64_pruned_ms",
+    "speedup64",
+    "status",
+]
 #: What a connection row takes from ``run_connection_prune``'s report (the rest is measured like every row).
-CONNECTION_COLUMNS = ("search_s", "prune_s", "macs_pruned", "params_pruned", "connections_kept", "connections",
-                      "verification_error")
+CONNECTION_COLUMNS = (
+    "search_s",
+    "prune_s",
+    "macs_pruned",
+    "params_pruned",
+    "connections_kept",
+    "connections",
+    "verification_error",
+)
 
 
 def _done_keys(df: pd.DataFrame, retry_errors: bool) -> set[tuple[str, float, int]]:
@@ -554,10 +675,12 @@ class Bench:
         self.params_base = lcp.count_params(self.loaded.model)
         self.searches: dict[tuple, tuple[Any, float]] = {}
         self.setup_s = time.perf_counter() - t0
-        log(f"{self.loaded.name} on {self.loaded.dataset}: {self.macs_base / 1e6:.2f}M MACs, "
+        log(
+            f"{self.loaded.name} on {self.loaded.dataset}: {self.macs_base / 1e6:.2f}M MACs, "
             f"{self.params_base / 1e6:.3f}M params, baseline top-1 {self.top1_base:.2f}% "
             f"({len(self.bundle.train_x)} train, {len(self.bundle.holdout_x)} holdout, "
-            f"{len(self.bundle.test_x)} test images; weights {self.loaded.weights}; device {self.device})")
+            f"{len(self.bundle.test_x)} test images; weights {self.loaded.weights}; device {self.device})"
+        )
 
     # -- searches: each runs once, its record and time kept in the work folder
     def _searched(self, folder: Path, what: str, search: Callable[[], dict]) -> dict:
@@ -591,10 +714,10 @@ class Bench:
         if ("lcp", seed) in self.searches:
             return self.searches["lcp", seed]
         from lcp.cut import importance as imp
-        from lcp.methods import legr as search
+        from lcp.cut.ranking import Transforms
         from lcp.engine.cost import CostModel
         from lcp.io import read_json
-        from lcp.cut.ranking import Transforms
+        from lcp.methods import legr as search
 
         s = self.cfg["search"]
         # one search for every budget of the recipe (mean held-out loss), unless the recipe names one
@@ -602,26 +725,55 @@ class Bench:
         folder = self.work / f"search_seed{seed}"
 
         def run() -> dict:
-            self.log(f"seed {seed}: learning the layer compensation ({s['optimizer']}, {s['candidates']} "
-                     f"candidates at {', '.join(f'{b:g}' for b in sb)} of {self.cfg['budget_type']})")
-            scores = imp.unit_scores(self.graph, imp.filter_scores(self.graph, self.cfg["importance"]),
-                                     self.cfg["aggregate"])
-            fitness = search.make_fitness(self.graph, CostModel(self.graph), scores, self.bundle, budget=sb,
-                                          budget_type=self.cfg["budget_type"], tau=s["tau"],
-                                          label_free=s["label_free"], recal_batches=s["recal_batches"],
-                                          eval_images=s["eval_images"], batch_size=self.cfg["batch_size"],
-                                          seed=seed, lr=self.cfg["lr"], min_ratio=self.cfg["min_ratio"],
-                                          round_to=self.cfg["round_to"], device=self.device)
-            result = search.search(self.graph, scores, fitness, optimizer=s["optimizer"],
-                                   compensation=s["compensation"], candidates=s["candidates"],
-                                   population=s["population"], tournament=s["tournament"], seed=seed,
-                                   state_path=folder / "search_state.json", resume=True, progress=self.progress)
+            self.log(
+                f"seed {seed}: learning the layer compensation ({s['optimizer']}, {s['candidates']} "
+                f"candidates at {', '.join(f'{b:g}' for b in sb)} of {self.cfg['budget_type']})"
+            )
+            scores = imp.unit_scores(
+                self.graph, imp.filter_scores(self.graph, self.cfg["importance"]), self.cfg["aggregate"]
+            )
+            fitness = search.make_fitness(
+                self.graph,
+                CostModel(self.graph),
+                scores,
+                self.bundle,
+                budget=sb,
+                budget_type=self.cfg["budget_type"],
+                tau=s["tau"],
+                label_free=s["label_free"],
+                recal_batches=s["recal_batches"],
+                eval_images=s["eval_images"],
+                batch_size=self.cfg["batch_size"],
+                seed=seed,
+                lr=self.cfg["lr"],
+                min_ratio=self.cfg["min_ratio"],
+                round_to=self.cfg["round_to"],
+                device=self.device,
+            )
+            result = search.search(
+                self.graph,
+                scores,
+                fitness,
+                optimizer=s["optimizer"],
+                compensation=s["compensation"],
+                candidates=s["candidates"],
+                population=s["population"],
+                tournament=s["tournament"],
+                seed=seed,
+                state_path=folder / "search_state.json",
+                resume=True,
+                progress=self.progress,
+            )
             search.write_outputs(result, folder)
             atomic_write_json(folder / "transforms.json", result.transforms.to_json())
             first = result.history[0]["fitness"]
             self.log(f"seed {seed}: fitness {first:.4f} (identity) -> {result.best_fitness:.4f}")
-            return {"best_fitness": result.best_fitness, "identity_fitness": first,
-                    "candidates": len(result.history), "search_budget": sb}
+            return {
+                "best_fitness": result.best_fitness,
+                "identity_fitness": first,
+                "candidates": len(result.history),
+                "search_budget": sb,
+            }
 
         info = self._searched(folder, f"seed {seed}: lcp", run)
         tf = Transforms.from_json(read_json(folder / "transforms.json", what="transforms"), self.graph)
@@ -636,8 +788,9 @@ class Bench:
 
         sb = float(self.cfg["search"]["search_budget"] or min(self.cfg["budgets"]))
         folder = self.work / f"{method}-{signature(self.cfg, method)}-seed{seed}-at{sb:g}"
-        pc = prune_config(self.cfg, method=method, seed=seed, budget=sb, out=str(folder), resume=True,
-                          progress=self.progress)
+        pc = prune_config(
+            self.cfg, method=method, seed=seed, budget=sb, out=str(folder), resume=True, progress=self.progress
+        )
 
         def run() -> dict:
             folder.mkdir(parents=True, exist_ok=True)
@@ -650,16 +803,18 @@ class Bench:
 
     def context(self, pc: PruneConfig, folder: Path) -> Context:
         """The method context of one search: this bench's graph and data, ``pc``'s options, ``folder``."""
-        return Context(self.graph, pc, self.bundle, folder, self.log, name=self.loaded.name,
-                       weights=self.loaded.weights)
+        return Context(
+            self.graph, pc, self.bundle, folder, self.log, name=self.loaded.name, weights=self.loaded.weights
+        )
 
     def connections_cut(self, method: str, budget: float, seed: int) -> tuple[nn.Module, dict]:
         """``ads`` / ``lwp``: the method searches the connections at ``budget`` and cuts them (verified); the
         network is saved with its cost (lcp's connection cost model, as in its report.csv) and reloaded, and must
         count the same MACs."""
         folder = self.work / f"{method}-{signature(self.cfg, method)}-seed{seed}-b{budget:g}"
-        pc = prune_config(self.cfg, method=method, seed=seed, budget=budget, out=str(folder), resume=True,
-                          progress=self.progress)
+        pc = prune_config(
+            self.cfg, method=method, seed=seed, budget=budget, out=str(folder), resume=True, progress=self.progress
+        )
 
         def run() -> dict:
             folder.mkdir(parents=True, exist_ok=True)
@@ -669,13 +824,23 @@ class Bench:
             search_s = time.perf_counter() - t0
             res = m.cut(ctx, learned, budget)
             pruned = res.model.cpu()
-            spec = store.channels_spec(self.graph, res.plan.removed, pruned, model_name=self.loaded.name,
-                                       num_classes=self.bundle.num_classes, input_size=self.size,
-                                       extra={"budget": budget, "budget_type": pc.budget_type, "method": method,
-                                              **res.info.get("spec", {})})
+            spec = store.channels_spec(
+                self.graph,
+                res.plan.removed,
+                pruned,
+                model_name=self.loaded.name,
+                num_classes=self.bundle.num_classes,
+                input_size=self.size,
+                extra={"budget": budget, "budget_type": pc.budget_type, "method": method, **res.info.get("spec", {})},
+            )
             store.write(folder, pruned, spec)
-            return {"search_s": search_s, "prune_s": res.seconds, "macs_pruned": res.plan.macs,
-                    "params_pruned": res.plan.params, **res.info["columns"]}
+            return {
+                "search_s": search_s,
+                "prune_s": res.seconds,
+                "macs_pruned": res.plan.macs,
+                "params_pruned": res.plan.params,
+                **res.info["columns"],
+            }
 
         info = self._searched(folder, f"seed {seed}: {method} at {budget:g}", run)
         model = lcp.load(folder)
@@ -692,13 +857,25 @@ class Bench:
         cfg = self.cfg
         if method == "torch_pruning":
             t0 = time.perf_counter()
-            model, info = tp_prune(self.loaded.model, self.example, budget=budget, budget_type=cfg["budget_type"],
-                                   num_classes=self.bundle.num_classes, **cfg["torch_pruning"])
+            model, info = tp_prune(
+                self.loaded.model,
+                self.example,
+                budget=budget,
+                budget_type=cfg["budget_type"],
+                num_classes=self.bundle.num_classes,
+                **cfg["torch_pruning"],
+            )
             prune_s = time.perf_counter() - t0
             macs, params = lcp.count_macs(model, self.example), lcp.count_params(model)
-            return model, {"importance": f"tp_magnitude_l{cfg['torch_pruning']['p']}", "macs_pruned": macs,
-                           "params_pruned": params, "search_s": 0.0, "prune_s": prune_s,
-                           "tp_pruning_ratio": info["tp_pruning_ratio"], "tp_tries": info["tp_tries"]}
+            return model, {
+                "importance": f"tp_magnitude_l{cfg['torch_pruning']['p']}",
+                "macs_pruned": macs,
+                "params_pruned": params,
+                "search_s": 0.0,
+                "prune_s": prune_s,
+                "tp_pruning_ratio": info["tp_pruning_ratio"],
+                "tp_tries": info["tp_tries"],
+            }
         if method in CONNECTION_METHODS:
             return self.connections_cut(method, budget, seed)
         tf, ratios, search_s = None, None, 0.0
@@ -709,12 +886,27 @@ class Bench:
         batches = None
         if cfg["importance"] == "taylor":
             batches = self.bundle.loader("train", 64, shuffle=True, seed=seed, limit=1024)
-        res = prune_graph(self.graph, budget=budget, budget_type=cfg["budget_type"], method=method,
-                          importance=cfg["importance"], aggregate=cfg["aggregate"], transforms=tf,
-                          round_to=cfg["round_to"], min_ratio=cfg["min_ratio"], seed=seed, batches=batches,
-                          ratios=ratios)
-        return res.model, {"importance": cfg["importance"], "macs_pruned": res.plan.macs,
-                           "params_pruned": res.plan.params, "search_s": search_s, "prune_s": res.seconds}
+        res = prune_graph(
+            self.graph,
+            budget=budget,
+            budget_type=cfg["budget_type"],
+            method=method,
+            importance=cfg["importance"],
+            aggregate=cfg["aggregate"],
+            transforms=tf,
+            round_to=cfg["round_to"],
+            min_ratio=cfg["min_ratio"],
+            seed=seed,
+            batches=batches,
+            ratios=ratios,
+        )
+        return res.model, {
+            "importance": cfg["importance"],
+            "macs_pruned": res.plan.macs,
+            "params_pruned": res.plan.params,
+            "search_s": search_s,
+            "prune_s": res.seconds,
+        }
 
     def row(self, method: str, budget: float, seed: int) -> dict:
         from lcp.cut.latency import measure
@@ -723,10 +915,17 @@ class Bench:
         cfg = self.cfg
         t_row = time.perf_counter()
         row: dict[str, Any] = {
-            "model": self.loaded.name, "dataset": self.loaded.dataset, "method": method,
-            "importance": cfg["importance"], "budget_type": cfg["budget_type"], "budget": budget,
-            "macs_base": self.macs_base, "params_base": self.params_base, "top1_base": self.top1_base,
-            "finetune_epochs": float(cfg["finetune_epochs"]), "seed": seed,
+            "model": self.loaded.name,
+            "dataset": self.loaded.dataset,
+            "method": method,
+            "importance": cfg["importance"],
+            "budget_type": cfg["budget_type"],
+            "budget": budget,
+            "macs_base": self.macs_base,
+            "params_base": self.params_base,
+            "top1_base": self.top1_base,
+            "finetune_epochs": float(cfg["finetune_epochs"]),
+            "seed": seed,
         }
         try:
             pruned, info = self.cut(method, budget, seed)
@@ -749,8 +948,9 @@ class Bench:
             t0 = time.perf_counter()
             reps = int(cfg["latency_repeats"])
             for b in cfg["latency_batches"]:
-                kw = dict(batch=int(b), device=dev, n_threads=cfg["threads"], repeats=reps,
-                          warmup=min(5, max(1, reps // 4)))
+                kw = dict(
+                    batch=int(b), device=dev, n_threads=cfg["threads"], repeats=reps, warmup=min(5, max(1, reps // 4))
+                )
                 base = measure(self.loaded.model, self.size, **kw)["median_ms"]
                 new = measure(pruned, self.size, **kw)["median_ms"]
                 tag = "" if int(b) == 1 else str(int(b))
@@ -776,8 +976,15 @@ def _host() -> dict:
     except OSError:
         pass
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": gpu, "python": platform.python_version(),
-            "torch": torch.__version__, "torch_pruning": tp_version(), "lcp": lcp.__version__}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "gpu": gpu,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_pruning": tp_version(),
+        "lcp": lcp.__version__,
+    }
 
 
 def _command(argv: list[str]) -> str:
@@ -799,14 +1006,21 @@ def run(args: argparse.Namespace, argv: list[str], log: Log = print) -> pd.DataF
         torch.set_num_threads(int(cfg["threads"]))
     with RunLock(work):
         old = read_rows(out)
-        stale = set() if old.empty or "config" not in old.columns else {
-            (m, c) for m, c in zip(old["method"].astype(str), old["config"].astype(str)) if c != signature(cfg, m)}
+        stale = (
+            set()
+            if old.empty or "config" not in old.columns
+            else {
+                (m, c) for m, c in zip(old["method"].astype(str), old["config"].astype(str)) if c != signature(cfg, m)
+            }
+        )
         if stale:
             if not args.overwrite:
                 found = ", ".join(sorted({c for _, c in stale}))
                 now = ", ".join(sorted({signature(cfg, m) for m, _ in stale}))
-                raise LcpError(f"{out} holds rows made with other settings (config {found}, now {now}): pass "
-                               "--overwrite to start over, or --out another file")
+                raise LcpError(
+                    f"{out} holds rows made with other settings (config {found}, now {now}): pass "
+                    "--overwrite to start over, or --out another file"
+                )
             out.unlink()
             meta_path.unlink(missing_ok=True)
             old = pd.DataFrame()
@@ -828,30 +1042,50 @@ def run(args: argparse.Namespace, argv: list[str], log: Log = print) -> pd.DataF
         t_all = time.perf_counter()
         if todo:
             bench = Bench(cfg, work, log, progress=not args.no_progress)
-            meta["data"] = {"source": bench.bundle.source, "train": len(bench.bundle.train_x),
-                            "holdout": len(bench.bundle.holdout_x), "test": len(bench.bundle.test_x),
-                            "steps_per_epoch": _steps_per_epoch(bench.bundle, int(cfg["batch_size"])),
-                            "weights": bench.loaded.weights, "top1_base": bench.top1_base,
-                            "macs_base": bench.macs_base, "params_base": bench.params_base}
+            meta["data"] = {
+                "source": bench.bundle.source,
+                "train": len(bench.bundle.train_x),
+                "holdout": len(bench.bundle.holdout_x),
+                "test": len(bench.bundle.test_x),
+                "steps_per_epoch": _steps_per_epoch(bench.bundle, int(cfg["batch_size"])),
+                "weights": bench.loaded.weights,
+                "top1_base": bench.top1_base,
+                "macs_base": bench.macs_base,
+                "params_base": bench.params_base,
+            }
             atomic_write_json(meta_path, meta)
             tpv = tp_version()
             for method, budget, seed in todo:
                 if method == "torch_pruning" and tpv is None:
-                    row = {"model": bench.loaded.name, "dataset": bench.loaded.dataset, "method": method,
-                           "budget_type": cfg["budget_type"], "budget": budget, "seed": seed,
-                           "macs_base": bench.macs_base, "params_base": bench.params_base,
-                           "top1_base": bench.top1_base, "finetune_epochs": float(cfg["finetune_epochs"]),
-                           "status": "skipped: torch-pruning is not installed (pip install -e '.[bench]')"}
+                    row = {
+                        "model": bench.loaded.name,
+                        "dataset": bench.loaded.dataset,
+                        "method": method,
+                        "budget_type": cfg["budget_type"],
+                        "budget": budget,
+                        "seed": seed,
+                        "macs_base": bench.macs_base,
+                        "params_base": bench.params_base,
+                        "top1_base": bench.top1_base,
+                        "finetune_epochs": float(cfg["finetune_epochs"]),
+                        "status": "skipped: torch-pruning is not installed (pip install -e '.[bench]')",
+                    }
                 else:
                     row = bench.row(method, budget, seed)
-                row.update(config=signature(cfg, method), quick=cfg["quick"], threads=cfg["threads"],
-                           finished=_dt.datetime.now().astimezone().isoformat(timespec="seconds"))
+                row.update(
+                    config=signature(cfg, method),
+                    quick=cfg["quick"],
+                    threads=cfg["threads"],
+                    finished=_dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+                )
                 append_row(out, row)
                 if row["status"] == "ok":
-                    log(f"{method:>13} {budget:g} seed {seed}: MACs {row['macs_ratio']:.3f}, params "
+                    log(
+                        f"{method:>13} {budget:g} seed {seed}: MACs {row['macs_ratio']:.3f}, params "
                         f"{row['params_ratio']:.3f}, top-1 {row['top1_pruned_noft']:.2f}% (BN recal) -> "
                         f"{row['top1_pruned']:.2f}% ({row['finetune_steps']} steps), speedup b1 "
-                        f"{row['speedup']:.2f}x ({row['row_s']:.0f} s)")
+                        f"{row['speedup']:.2f}x ({row['row_s']:.0f} s)"
+                    )
                 else:
                     log(f"{method:>13} {budget:g} seed {seed}: {row['status']}")
         invocation["finished"] = _dt.datetime.now().astimezone().isoformat(timespec="seconds")

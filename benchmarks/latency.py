@@ -12,6 +12,7 @@ Writes benchmarks/results/latency.csv and docs/latency.png, and prints the table
 With ``--data cifar10`` the models carry their trained weights ($LCP_WEIGHTS) and every network's top-1 after
 BatchNorm recalibration is added (``top1_recal``, measured after all timing), with a second row of plots.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,9 +29,18 @@ from lcp.io import atomic_path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run(models: list[str], budgets: list[float], threads: int, repeats: int, big_batch: int,
-        device: str = "cpu", rounds: int = 5, min_seconds: float = 1.0, cut_repeats: int = 30,
-        data: str | None = None) -> pd.DataFrame:
+def run(
+    models: list[str],
+    budgets: list[float],
+    threads: int,
+    repeats: int,
+    big_batch: int,
+    device: str = "cpu",
+    rounds: int = 5,
+    min_seconds: float = 1.0,
+    cut_repeats: int = 30,
+    data: str | None = None,
+) -> pd.DataFrame:
     """Cut and re-time every (model, budget, budget type); with ``data``, the models carry their trained weights
     and every network's top-1 after BatchNorm recalibration is measured once all timing is done."""
     rows, accuracy = [], []
@@ -49,41 +59,74 @@ def run(models: list[str], budgets: list[float], threads: int, repeats: int, big
         for budget in budgets:
             for budget_type, lat_batch in (("macs", 1), ("latency", 1), ("latency", big_batch)):
                 try:
-                    res = prune_graph(graph, budget=budget, budget_type=budget_type,
-                                      latency={"batch": lat_batch, "device": device, "n_threads": threads,
-                                               "repeats": cut_repeats})
+                    res = prune_graph(
+                        graph,
+                        budget=budget,
+                        budget_type=budget_type,
+                        latency={"batch": lat_batch, "device": device, "n_threads": threads, "repeats": cut_repeats},
+                    )
                 except lcp.UnreachableBudget as e:
-                    rows.append({"model": name, "budget_type": f"{budget_type}_b{lat_batch}", "budget": budget,
-                                 "status": "unreachable", "lowest_latency_ratio": round(e.lowest, 4),
-                                 "device": device, "threads": threads, "repeats": repeats})
+                    rows.append(
+                        {
+                            "model": name,
+                            "budget_type": f"{budget_type}_b{lat_batch}",
+                            "budget": budget,
+                            "status": "unreachable",
+                            "lowest_latency_ratio": round(e.lowest, 4),
+                            "device": device,
+                            "threads": threads,
+                            "repeats": repeats,
+                        }
+                    )
                     print(rows[-1], flush=True)
                     continue
-                t = {b: paired_latency(res.model, model, size, batch=b, device=device, n_threads=threads,
-                                       rounds=rounds, repeats=repeats, min_seconds=min_seconds)
-                     for b in (1, big_batch)}
+                t = {
+                    b: paired_latency(
+                        res.model,
+                        model,
+                        size,
+                        batch=b,
+                        device=device,
+                        n_threads=threads,
+                        rounds=rounds,
+                        repeats=repeats,
+                        min_seconds=min_seconds,
+                    )
+                    for b in (1, big_batch)
+                }
                 own = t[lat_batch]["ratio"] / budget - 1  # a latency budget re-timed at its own batch
                 err = median_error(t[lat_batch]["rounds"])
                 macs_ratio = res.plan.macs_ratio
-                rows.append({
-                    "model": name, "budget_type": budget_type if budget_type == "macs" else f"latency_b{lat_batch}",
-                    "budget": budget, "status": "ok", "macs_ratio": round(macs_ratio, 4),
-                    "params_ratio": round(res.plan.params_ratio, 4),
-                    "latency_ratio_b1": round(t[1]["ratio"], 4),
-                    f"latency_ratio_b{big_batch}": round(t[big_batch]["ratio"], 4),
-                    "speedup_b1": round(1 / t[1]["ratio"], 3), f"speedup_b{big_batch}": round(1 / t[big_batch]["ratio"], 3),
-                    "ideal_speedup": round(1 / macs_ratio, 3),
-                    "fraction_of_ideal_b1": round(macs_ratio / t[1]["ratio"], 3),
-                    f"fraction_of_ideal_b{big_batch}": round(macs_ratio / t[big_batch]["ratio"], 3),
-                    "base_ms_b1": round(t[1]["reference_ms"], 3),
-                    f"base_ms_b{big_batch}": round(t[big_batch]["reference_ms"], 2),
-                    "cut_latency_ratio": round(res.info["latency_ratio"], 4) if res.info else None,
-                    "cut_walks": res.info.get("latency_walks"), "cut_timings": res.info.get("latency_timings"),
-                    "retimed_off_target": round(own, 4) if budget_type == "latency" else None,
-                    "retimed_error": round(err, 4) if budget_type == "latency" else None,
-                    "device": device, "threads": threads, "repeats": repeats, "rounds": rounds,
-                    "cut_repeats": cut_repeats,
-                    "min_seconds": min_seconds,
-                })
+                rows.append(
+                    {
+                        "model": name,
+                        "budget_type": budget_type if budget_type == "macs" else f"latency_b{lat_batch}",
+                        "budget": budget,
+                        "status": "ok",
+                        "macs_ratio": round(macs_ratio, 4),
+                        "params_ratio": round(res.plan.params_ratio, 4),
+                        "latency_ratio_b1": round(t[1]["ratio"], 4),
+                        f"latency_ratio_b{big_batch}": round(t[big_batch]["ratio"], 4),
+                        "speedup_b1": round(1 / t[1]["ratio"], 3),
+                        f"speedup_b{big_batch}": round(1 / t[big_batch]["ratio"], 3),
+                        "ideal_speedup": round(1 / macs_ratio, 3),
+                        "fraction_of_ideal_b1": round(macs_ratio / t[1]["ratio"], 3),
+                        f"fraction_of_ideal_b{big_batch}": round(macs_ratio / t[big_batch]["ratio"], 3),
+                        "base_ms_b1": round(t[1]["reference_ms"], 3),
+                        f"base_ms_b{big_batch}": round(t[big_batch]["reference_ms"], 2),
+                        "cut_latency_ratio": round(res.info["latency_ratio"], 4) if res.info else None,
+                        "cut_walks": res.info.get("latency_walks"),
+                        "cut_timings": res.info.get("latency_timings"),
+                        "retimed_off_target": round(own, 4) if budget_type == "latency" else None,
+                        "retimed_error": round(err, 4) if budget_type == "latency" else None,
+                        "device": device,
+                        "threads": threads,
+                        "repeats": repeats,
+                        "rounds": rounds,
+                        "cut_repeats": cut_repeats,
+                        "min_seconds": min_seconds,
+                    }
+                )
                 if data:
                     accuracy.append((len(rows) - 1, res.model, loaded.bundle))
                 print(rows[-1], flush=True)
@@ -128,8 +171,13 @@ def plot(df: pd.DataFrame, path: Path, big_batch: int) -> None:
         for bt, marker in (("macs", "o"), ("latency_b1", "s"), (f"latency_b{big_batch}", "^")):
             d = df[(df.model == name) & (df.budget_type == bt) & (df.status == "ok")]
             ax.plot(d.macs_ratio, d.latency_ratio_b1, marker=marker, ls="-", label=f"{bt} budget, batch 1")
-            ax.plot(d.macs_ratio, d[f"latency_ratio_b{big_batch}"], marker=marker, ls="--",
-                    label=f"{bt} budget, batch {big_batch}")
+            ax.plot(
+                d.macs_ratio,
+                d[f"latency_ratio_b{big_batch}"],
+                marker=marker,
+                ls="--",
+                label=f"{bt} budget, batch {big_batch}",
+            )
         ax.plot([0, 1], [0, 1], color="grey", lw=0.8, label="ideal (latency = MACs)")
         ax.set_xlabel("MACs ratio")
         ax.set_ylabel("measured latency ratio")
@@ -148,21 +196,46 @@ def main() -> None:
     p.add_argument("--budgets", default="0.7,0.5,0.3")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    p.add_argument("--repeats", type=int, default=200,
-                   help="timings of each network when it is re-timed after the run (default 200)")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=200,
+        help="timings of each network when it is re-timed after the run (default 200)",
+    )
     p.add_argument("--rounds", type=int, default=20, help="alternating rounds they are split into (default 20)")
-    p.add_argument("--cut-repeats", type=int, default=30,
-                   help="timings of each network per measurement in the latency cut (default 30)")
-    p.add_argument("--min-seconds", type=float, default=1.0,
-                   help="time each network for at least this long per measurement (default 1.0)")
+    p.add_argument(
+        "--cut-repeats",
+        type=int,
+        default=30,
+        help="timings of each network per measurement in the latency cut (default 30)",
+    )
+    p.add_argument(
+        "--min-seconds",
+        type=float,
+        default=1.0,
+        help="time each network for at least this long per measurement (default 1.0)",
+    )
     p.add_argument("--big-batch", type=int, default=64)
-    p.add_argument("--data", help="data set (cifar10 or an ImageFolder root): prune the trained models "
-                   "(weights from $LCP_WEIGHTS) and add each network's top-1 after BN recalibration")
+    p.add_argument(
+        "--data",
+        help="data set (cifar10 or an ImageFolder root): prune the trained models "
+        "(weights from $LCP_WEIGHTS) and add each network's top-1 after BN recalibration",
+    )
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "latency.csv")
     p.add_argument("--plot", type=Path, default=ROOT / "docs" / "latency.png")
     a = p.parse_args()
-    df = run(a.models.split(","), [float(b) for b in a.budgets.split(",")], a.threads, a.repeats, a.big_batch,
-             a.device, a.rounds, a.min_seconds, a.cut_repeats, a.data)
+    df = run(
+        a.models.split(","),
+        [float(b) for b in a.budgets.split(",")],
+        a.threads,
+        a.repeats,
+        a.big_batch,
+        a.device,
+        a.rounds,
+        a.min_seconds,
+        a.cut_repeats,
+        a.data,
+    )
     a.out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(a.out) as tmp:
         df.to_csv(tmp, index=False)

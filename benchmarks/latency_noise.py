@@ -7,6 +7,7 @@ times a network until it is known to 1.25%" (one thread, batch 64 unless said).
 
 ``repeat-cut`` needs the data and checkpoints ($LCP_DATA, $LCP_WEIGHTS: source ../shared/offline-env.sh).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -14,7 +15,6 @@ import statistics
 import time
 
 import torch
-
 
 import lcp
 import lcp.cut.latency as L
@@ -34,9 +34,18 @@ def drift(seconds: float = 240) -> None:
     while time.time() - t0 < seconds:
         a = L.paired_latency(r, m, SIZE, batch=64, n_threads=1, repeats=30)
         b = L.paired_latency(r, m, SIZE, batch=1, n_threads=1, repeats=30)
-        print("%4.0fs b64 ratio %.4f base %.1f ms rounds %s | b1 ratio %.4f base %.2f ms" % (
-            time.time() - t0, a["ratio"], a["reference_ms"], [round(x, 3) for x in a["rounds"]], b["ratio"],
-            b["reference_ms"]), flush=True)
+        print(
+            "%4.0fs b64 ratio %.4f base %.1f ms rounds %s | b1 ratio %.4f base %.2f ms"
+            % (
+                time.time() - t0,
+                a["ratio"],
+                a["reference_ms"],
+                [round(x, 3) for x in a["rounds"]],
+                b["ratio"],
+                b["reference_ms"],
+            ),
+            flush=True,
+        )
 
 
 def _interleaved(model, ref, batch: int, n: int) -> tuple[float, float]:
@@ -66,8 +75,11 @@ def interleave(times: int = 8) -> None:
         print("%4.0fs A %.4f B %.4f C %.4f" % (time.time() - t0, A[-1], b, c), flush=True)
     for name, v in (("rounds5x6", A), ("interleaved ratio of medians", B), ("interleaved median of pair ratios", C)):
         med = statistics.median(v)
-        print(name, "median %.4f spread %.1f%% sd %.1f%%" % (med, 100 * (max(v) - min(v)) / med,
-                                                            100 * statistics.stdev(v) / med))
+        print(
+            name,
+            "median %.4f spread %.1f%% sd %.1f%%"
+            % (med, 100 * (max(v) - min(v)) / med, 100 * statistics.stdev(v) / med),
+        )
 
 
 def repeat_cut() -> None:
@@ -82,9 +94,18 @@ def repeat_cut() -> None:
 
     def logged(model, ref, *a, **k):
         t = orig(model, ref, *a, **k)
-        print("%4.0fs cut timing: id %d ratio %.4f ms %.1f ref %.1f rounds %s" % (
-            time.time() - t0, id(model) % 10000, t["ratio"], t["median_ms"], t["reference_ms"],
-            [round(x, 3) for x in t["rounds"]]), flush=True)
+        print(
+            "%4.0fs cut timing: id %d ratio %.4f ms %.1f ref %.1f rounds %s"
+            % (
+                time.time() - t0,
+                id(model) % 10000,
+                t["ratio"],
+                t["median_ms"],
+                t["reference_ms"],
+                [round(x, 3) for x in t["rounds"]],
+            ),
+            flush=True,
+        )
         return t
 
     L.paired_latency = logged  # the cut imports it at call time: this logs every timing it takes
@@ -95,8 +116,11 @@ def repeat_cut() -> None:
     print("accepted id", id(res.model) % 10000, res.info, flush=True)
     for _ in range(4):
         t = orig(res.model, m, SIZE, batch=64, n_threads=1, repeats=200, rounds=20)
-        print("%4.0fs retime ratio %.4f ms %.1f ref %.1f err %.4f" % (
-            time.time() - t0, t["ratio"], t["median_ms"], t["reference_ms"], L.median_error(t["rounds"])), flush=True)
+        print(
+            "%4.0fs retime ratio %.4f ms %.1f ref %.1f err %.4f"
+            % (time.time() - t0, t["ratio"], t["median_ms"], t["reference_ms"], L.median_error(t["rounds"])),
+            flush=True,
+        )
 
 
 def main() -> None:

@@ -10,6 +10,7 @@ page is typed by hand: re-run this script after any ``compare.py`` run.
     python benchmarks/report.py
     python benchmarks/report.py --csv runs/compare/compare_resnet20_quick.csv --md /tmp/b.md --png /tmp/b.png
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,12 +28,25 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 METHOD_ORDER = ["lcp", "global", "uniform", "random", "lfgcl", "amc", "ads", "lwp", "torch_pruning"]
 MODEL_ORDER = ["resnet56", "mobilenetv2", "resnet20", "densenet40"]
-MODEL_NAMES = {"resnet56": "ResNet-56", "resnet20": "ResNet-20", "mobilenetv2": "MobileNetV2",
-               "densenet40": "DenseNet-40"}
-COLOURS = {"lcp": "#d62728", "global": "#1f77b4", "uniform": "#2ca02c", "random": "#7f7f7f",
-           "lfgcl": "#ff7f0e", "amc": "#8c564b", "ads": "#17becf", "lwp": "#bcbd22", "torch_pruning": "#9467bd"}
-#: lcp's agent and connection methods (``lcp.methods.ddpg.AGENT_METHODS``, ``lcp.methods.connections.CONNECTION_METHODS``;
-#: this script imports no torch).
+MODEL_NAMES = {
+    "resnet56": "ResNet-56",
+    "resnet20": "ResNet-20",
+    "mobilenetv2": "MobileNetV2",
+    "densenet40": "DenseNet-40",
+}
+COLOURS = {
+    "lcp": "#d62728",
+    "global": "#1f77b4",
+    "uniform": "#2ca02c",
+    "random": "#7f7f7f",
+    "lfgcl": "#ff7f0e",
+    "amc": "#8c564b",
+    "ads": "#17becf",
+    "lwp": "#bcbd22",
+    "torch_pruning": "#9467bd",
+}
+#: lcp's agent and connection methods (``lcp.methods.ddpg.AGENT_METHODS``,
+#: ``lcp.methods.connections.CONNECTION_METHODS``; this script imports no torch).
 AGENT_METHODS, CONNECTION_METHODS = ("lfgcl", "amc"), ("ads", "lwp")
 
 #: What each method of compare.py is (the tables below say which ran, with their settings).
@@ -45,7 +59,8 @@ METHODS_TEXT = (
     "rewarded by held-out top-1, lwp with a bonus for a smaller network; the channel widths stay; "
     "docs/connections.md); `torch_pruning` (Torch-Pruning's global magnitude pruner driven to the same MACs). "
     "The searches run lcp's own code (`lcp prune --method ...`) and score their candidates on the held-out split, "
-    "never on the test split.")
+    "never on the test split."
+)
 
 #: Published ResNet-56 / CIFAR-10 results (LeGR, CVPR 2020, Table 1; AMC as reported there).
 PUBLISHED = [
@@ -62,7 +77,8 @@ OPTION_A_NOTE = (
     "with `F.pad`). Torch-Pruning's dependency graph does not follow channels through that padding, so it prunes "
     "the classifier's inputs as a group separate from the residual stream that feeds them, and the network it "
     "returns fails at the classifier (lcp handles the shortcut explicitly, see docs/engine.md). The row is "
-    "reported as an error rather than patched, as a user of Torch-Pruning would meet it.")
+    "reported as an error rather than patched, as a user of Torch-Pruning would meet it."
+)
 
 
 # --------------------------------------------------------------------------------------------------- reading
@@ -89,8 +105,11 @@ def load(path: Path) -> tuple[pd.DataFrame, dict]:
 
 def _order(df: pd.DataFrame) -> pd.DataFrame:
     rank = {m: i for i, m in enumerate(METHOD_ORDER)}
-    return df.assign(_m=df["method"].map(lambda m: rank.get(m, len(rank))), _b=-df["budget"]) \
-             .sort_values(["_b", "_m"]).drop(columns=["_m", "_b"])
+    return (
+        df.assign(_m=df["method"].map(lambda m: rank.get(m, len(rank))), _b=-df["budget"])
+        .sort_values(["_b", "_m"])
+        .drop(columns=["_m", "_b"])
+    )
 
 
 def summarise(df: pd.DataFrame) -> pd.DataFrame:
@@ -105,10 +124,27 @@ def summarise(df: pd.DataFrame) -> pd.DataFrame:
         ok["lat64"] = ok["latency64_pruned_ms"] / ok["latency64_base_ms"]
     rows = []
     for (budget, method), g in ok.groupby(["budget", "method"], sort=False):
-        r: dict[str, Any] = {"method": method, "budget": budget, "n": len(g),
-                             "seeds": ",".join(str(int(s)) for s in sorted(g["seed"]))}
-        for col in ("macs_ratio", "params_ratio", "top1_base", "top1_pruned_noft", "top1_pruned", "drop",
-                    "drop_noft", "lat1", "lat64", "search_s", "prune_s", "finetune_s", "finetune_steps"):
+        r: dict[str, Any] = {
+            "method": method,
+            "budget": budget,
+            "n": len(g),
+            "seeds": ",".join(str(int(s)) for s in sorted(g["seed"])),
+        }
+        for col in (
+            "macs_ratio",
+            "params_ratio",
+            "top1_base",
+            "top1_pruned_noft",
+            "top1_pruned",
+            "drop",
+            "drop_noft",
+            "lat1",
+            "lat64",
+            "search_s",
+            "prune_s",
+            "finetune_s",
+            "finetune_steps",
+        ):
             if col in g:
                 r[col] = float(g[col].mean())
                 r[col + "_sd"] = float(g[col].std(ddof=1)) if len(g) > 1 else math.nan
@@ -132,8 +168,10 @@ def _pm(r: pd.Series | dict, col: str, places: int) -> str:
 
 def md_table(header: list[str], rows: list[list[str]], right: set[int] | None = None) -> str:
     right = right if right is not None else set(range(1, len(header)))
-    lines = ["| " + " | ".join(header) + " |",
-             "|" + "|".join("---:" if i in right else "---" for i in range(len(header))) + "|"]
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---:" if i in right else "---" for i in range(len(header))) + "|",
+    ]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines)
 
@@ -152,15 +190,38 @@ def _name(model: str) -> str:
 
 
 def results_table(s: pd.DataFrame) -> str:
-    header = ["method", "budget", "seeds", "MACs ratio", "params ratio", "top-1 BN recal (%)",
-              "top-1 fine-tuned (%)", "drop vs base (pts)", "latency ratio b1", "latency ratio b64",
-              "search (s)", "fine-tune (s)"]
+    header = [
+        "method",
+        "budget",
+        "seeds",
+        "MACs ratio",
+        "params ratio",
+        "top-1 BN recal (%)",
+        "top-1 fine-tuned (%)",
+        "drop vs base (pts)",
+        "latency ratio b1",
+        "latency ratio b64",
+        "search (s)",
+        "fine-tune (s)",
+    ]
     rows = []
     for _, r in s.iterrows():
-        rows.append([f"`{r['method']}`", f"{r['budget']:g}", str(r["seeds"]), _num(r["macs_ratio"], 3),
-                     _num(r["params_ratio"], 3), _pm(r, "top1_pruned_noft", 2), _pm(r, "top1_pruned", 2),
-                     _pm(r, "drop", 2), _pm(r, "lat1", 2), _pm(r, "lat64", 2), _num(r.get("search_s"), 0),
-                     _num(r.get("finetune_s"), 0)])
+        rows.append(
+            [
+                f"`{r['method']}`",
+                f"{r['budget']:g}",
+                str(r["seeds"]),
+                _num(r["macs_ratio"], 3),
+                _num(r["params_ratio"], 3),
+                _pm(r, "top1_pruned_noft", 2),
+                _pm(r, "top1_pruned", 2),
+                _pm(r, "drop", 2),
+                _pm(r, "lat1", 2),
+                _pm(r, "lat64", 2),
+                _num(r.get("search_s"), 0),
+                _num(r.get("finetune_s"), 0),
+            ]
+        )
     return md_table(header, rows, right=set(range(1, len(header))) - {0})
 
 
@@ -196,36 +257,47 @@ def setup_text(df: pd.DataFrame, meta: dict) -> str:
     budgets = ", ".join(f"{b:g}" for b in sorted(df["budget"].unique(), reverse=True))
     lines = []
     if cfg.get("quick") or bool(df.get("quick", pd.Series([False])).astype(str).eq("True").any()):
-        lines.append("**Smoke test (`--quick`) on a tiny subset: these numbers test the harness, they are not "
-                     "results.**\n")
+        lines.append(
+            "**Smoke test (`--quick`) on a tiny subset: these numbers test the harness, they are not results.**\n"
+        )
     top1 = data.get("top1_base", float(df["top1_base"].dropna().iloc[0]) if df["top1_base"].notna().any() else math.nan)
     lines.append(
         f"- **Model and data:** {_name(model)} on {df['dataset'].iloc[0]} ({data.get('train', '?')} train / "
         f"{data.get('holdout', '?')} held-out / {data.get('test', '?')} test images), weights "
         f"`{Path(str(data.get('weights', '?'))).name}`, baseline top-1 **{_num(top1, 2)}%**, "
         f"{_num(data.get('macs_base', df['macs_base'].iloc[0]) / 1e6, 2)}M MACs. Budgets: {budgets} of the "
-        f"baseline {'MACs' if cfg.get('budget_type', 'macs') == 'macs' else 'params'}.")
-    ft_text = ("**none**" if ft == 0 else
-               f"**{_epochs(ft)} epoch{'s' if ft != 1 else ''}**"
-               + (f" ({_plural(ft_steps, 'step')} of {bs})" if ft_steps else ""))
+        f"baseline {'MACs' if cfg.get('budget_type', 'macs') == 'macs' else 'params'}."
+    )
+    ft_text = (
+        "**none**"
+        if ft == 0
+        else f"**{_epochs(ft)} epoch{'s' if ft != 1 else ''}**"
+        + (f" ({_plural(ft_steps, 'step')} of {bs})" if ft_steps else "")
+    )
     lines.append(
         f"- **Identical for every method:** the same data split (holdout seed 0), BatchNorm recalibration on "
-        f"{cfg.get('recal_batches', 20)} train batches of {bs}, then top-1 on the test split (\"BN recal\"); then "
+        f'{cfg.get("recal_batches", 20)} train batches of {bs}, then top-1 on the test split ("BN recal"); then '
         f"fine-tuning for {ft_text}: SGD Nesterov, momentum 0.9, lr {cfg.get('lr', 0.01):g} cosine to 0, weight "
         f"decay 5e-4, batch {bs}, random crop and flip, the row's seed for the data order; then top-1 again "
-        f"(\"fine-tuned\")." + (f" One epoch is {_plural(steps, 'step')}." if steps else ""))
+        f'("fine-tuned").' + (f" One epoch is {_plural(steps, 'step')}." if steps else "")
+    )
     if "lcp" in set(df["method"]):
         sb = meta.get("search_budgets")  # runs before 2026-11-23 searched at the lowest budget only
-        searched_at = (f"at budget {_num(s.get('search_budget') or min(df['budget']), 2)}" if not sb else
-                       f"at budget {_num(sb[0], 2)}" if len(sb) == 1 else
-                       "averaging the fitness over budgets " + " and ".join(_num(b, 2) for b in sb))
+        searched_at = (
+            f"at budget {_num(s.get('search_budget') or min(df['budget']), 2)}"
+            if not sb
+            else f"at budget {_num(sb[0], 2)}"
+            if len(sb) == 1
+            else "averaging the fitness over budgets " + " and ".join(_num(b, 2) for b in sb)
+        )
         lines.append(
             f"- **lcp:** LeGR search ({s.get('optimizer', 'legr')}, {s.get('candidates', '?')} candidates, population "
             f"{s.get('population', '?')}, tournament {s.get('tournament', '?')}; fitness: cross-entropy on "
             f"{s.get('eval_images', 1000)} held-out images after BN recalibration) {searched_at}, once per seed, "
             f"reused for every budget; its "
             f"time is the `search` column. `global`, `uniform`, `random`: the same lcp walk with identity "
-            f"compensation, one keep ratio per group, a seeded random order.")
+            f"compensation, one keep ratio per group, a seeded random order."
+        )
     agents = cfg.get("agents") or {}
     episodes = agents.get("episodes", 30)
     found = [m for m in AGENT_METHODS if m in set(df["method"])]
@@ -237,7 +309,8 @@ def setup_text(df: pd.DataFrame, meta: dict) -> str:
             f"warm-up) at budget {_num(sb, 2)}, once per seed, cut at every budget with the highest-scored channels "
             f"of each group; reward on held-out images after BN recalibration: minus the KL divergence to the "
             f"unpruned network's outputs (lfgcl, label-free) or minus the cross-entropy (amc); its time is the "
-            f"`search` column.")
+            f"`search` column."
+        )
     found = [m for m in CONNECTION_METHODS if m in set(df["method"])]
     if found:
         lines.append(
@@ -247,23 +320,30 @@ def setup_text(df: pd.DataFrame, meta: dict) -> str:
             f"recalibration (ads), plus 0.1 x (1 - cost ratio) (lwp, which need not fill the budget). The network "
             f"keeps its channel widths and loses connections (a layer nobody reads any more is dropped); it is "
             f"verified against the masked original, and its MACs and params are lcp's count of the pruned "
-            f"network, as `lcp prune` reports them. Its search is the `search` column.")
+            f"network, as `lcp prune` reports them. Its search is the `search` column."
+        )
     if "torch_pruning" in set(df["method"]):
         tpv = host.get("torch_pruning") or "not installed"
         lines.append(
             f"- **torch_pruning:** Torch-Pruning {tpv}, `MagnitudePruner` with `MagnitudeImportance(p=2)`, "
             f"`global_pruning=True`, classifier ignored; its channel `pruning_ratio` is bisected until lcp's MACs "
             f"count of the result is at or just under the same target; the result must run (forward) before it "
-            f"is recalibrated, fine-tuned and evaluated like the others.")
+            f"is recalibrated, fine-tuned and evaluated like the others."
+        )
     batches = " and ".join(str(b) for b in cfg.get("latency_batches", [1, 64]))
     gpu = cfg.get("device", "cpu") == "cuda"
     lines.append(
         f"- **Latency:** median of {cfg.get('latency_repeats', 20)} forward passes at batch {batches}, "
         + ("on the GPU" if gpu else f"{cfg.get('threads', 1)} thread(s)")
-        + ", base and pruned timed back to back for every row; the columns are pruned / base (below 1 is faster).")
+        + ", base and pruned timed back to back for every row; the columns are pruned / base (below 1 is faster)."
+    )
     searches = sorted(set(df.loc[(df["method"] == "lcp") & (df["status"].astype(str) == "ok"), "search_s"].round(0)))
-    spread = (f" (the {len(searches)} searches of this table, same size, other seeds, took {searches[0]:.0f} s "
-              f"to {searches[-1]:.0f} s)" if len(searches) > 1 else "")
+    spread = (
+        f" (the {len(searches)} searches of this table, same size, other seeds, took {searches[0]:.0f} s "
+        f"to {searches[-1]:.0f} s)"
+        if len(searches) > 1
+        else ""
+    )
     machine = f"{host.get('cpu', '?')}, {host.get('cores', '?')} cores shared with other jobs"
     if gpu:
         machine = f"{host.get('gpu') or 'a CUDA GPU'} (searches, training, evaluation and latency), " + machine
@@ -271,7 +351,8 @@ def setup_text(df: pd.DataFrame, meta: dict) -> str:
         f"- **Machine and time:** {machine}, "
         f"torch {host.get('torch', '?')}; {_dates(meta)}; wall time of the comparison {_wall(meta) / 60:.0f} min "
         f"({len(df)} rows). Wall times depend on the load other jobs put on the machine{spread}: read them as "
-        f"orders of magnitude; the latency ratios are robust to it because base and pruned are timed together.")
+        f"orders of magnitude; the latency ratios are robust to it because base and pruned are timed together."
+    )
     return "\n".join(lines)
 
 
@@ -284,18 +365,23 @@ def findings_text(s: pd.DataFrame) -> str:
         g = s[s["budget"] == budget]
         best = g.loc[g["top1_pruned"].idxmax()]
         best_noft = g.loc[g["top1_pruned_noft"].idxmax()]
-        line = (f"At budget {budget:g}: best after fine-tuning `{best['method']}` ({best['top1_pruned']:.2f}%), "
-                f"best after BN recalibration alone `{best_noft['method']}` ({best_noft['top1_pruned_noft']:.2f}%)")
+        line = (
+            f"At budget {budget:g}: best after fine-tuning `{best['method']}` ({best['top1_pruned']:.2f}%), "
+            f"best after BN recalibration alone `{best_noft['method']}` ({best_noft['top1_pruned_noft']:.2f}%)"
+        )
         lcp_r, glob = g[g["method"] == "lcp"], g[g["method"] == "global"]
         if not lcp_r.empty and not glob.empty:
             d = float(lcp_r["top1_pruned"].iloc[0] - glob["top1_pruned"].iloc[0])
             d0 = float(lcp_r["top1_pruned_noft"].iloc[0] - glob["top1_pruned_noft"].iloc[0])
-            sds = [float(v) for v in (lcp_r["top1_pruned_sd"].iloc[0], glob["top1_pruned_sd"].iloc[0])
-                   if math.isfinite(float(v))]
-            noise = (f" (seed-to-seed standard deviation up to {max(sds):.2f})" if sds
-                     else " (one seed: no noise estimate)")
-            line += (f"; lcp minus global: {d0:+.2f} points after BN recalibration, {d:+.2f} after fine-tuning"
-                     f"{noise}")
+            sds = [
+                float(v)
+                for v in (lcp_r["top1_pruned_sd"].iloc[0], glob["top1_pruned_sd"].iloc[0])
+                if math.isfinite(float(v))
+            ]
+            noise = (
+                f" (seed-to-seed standard deviation up to {max(sds):.2f})" if sds else " (one seed: no noise estimate)"
+            )
+            line += f"; lcp minus global: {d0:+.2f} points after BN recalibration, {d:+.2f} after fine-tuning{noise}"
         out.append(f"- {line}.")
     return "Read from the table (generated):\n\n" + "\n".join(out)
 
@@ -326,9 +412,12 @@ def _row(s: pd.DataFrame, method: str, target: float) -> pd.Series | None:
 def published_text(tables: dict[str, tuple[pd.DataFrame, pd.DataFrame, dict]]) -> str:
     """The comparison with LeGR's and AMC's ResNet-56 numbers, with our measured numbers inserted."""
     pub = "; ".join(
-        f"{p['method']} {p['base']:.1f} → {p['pruned']:.1f}" + (f" ± {p['spread']:.1f}" if p["spread"] else "")
+        f"{p['method']} {p['base']:.1f} → {p['pruned']:.1f}"
+        + (f" ± {p['spread']:.1f}" if p["spread"] else "")
         + f" (−{p['base'] - p['pruned']:.1f} points) at {p['flops']:.0%} of the FLOPs after {p['epochs']} epochs of "
-        "fine-tuning" for p in PUBLISHED)
+        "fine-tuning"
+        for p in PUBLISHED
+    )
     intro = f"Published on ResNet-56 / CIFAR-10 (LeGR, CVPR 2020, Table 1): {pub}."
     if "resnet56" in tables:
         df, s, meta = tables["resnet56"]
@@ -352,24 +441,37 @@ def published_text(tables: dict[str, tuple[pd.DataFrame, pd.DataFrame, dict]]) -
         f"{_epochs(ft_ep)} epoch{'s' if ft_ep != 1 else ''} of fine-tuning"
         + (f" ({_plural(int(ft), 'step')})" if math.isfinite(ft) and ft_ep > 0 else "")
         + f", a drop of {_pm(r_lcp, 'drop', 2)} points"
-        + (f"; the plain global ranking ends at {_pm(r_glob, 'top1_pruned', 2)} ({_pm(r_glob, 'drop', 2)})"
-           if r_glob is not None else "") + ".")
-    gaps = " and ".join(f"{abs(p['base'] - base):.1f} points {'below' if p['base'] > base else 'above'} "
-                        f"{p['method']}'s {p['base']:.1f}" for p in PUBLISHED)
+        + (
+            f"; the plain global ranking ends at {_pm(r_glob, 'top1_pruned', 2)} ({_pm(r_glob, 'drop', 2)})"
+            if r_glob is not None
+            else ""
+        )
+        + "."
+    )
+    gaps = " and ".join(
+        f"{abs(p['base'] - base):.1f} points {'below' if p['base'] > base else 'above'} {p['method']}'s {p['base']:.1f}"
+        for p in PUBLISHED
+    )
     if ft_ep > 0:
         ratio = ", ".join(f"{ft_ep / p['epochs']:.2%} of {p['method']}'s {p['epochs']}" for p in PUBLISHED)
         ft_words = f"our fine-tuning is {_epochs(ft_ep)} epoch{'s' if ft_ep != 1 else ''} ({ratio})"
     else:
         ft_words = "we do not fine-tune at all"
-    caveat = (f"The numbers are not comparable as equals: our baseline is the shared checkpoint on the JPEG "
-              f"CIFAR-10 split ({base:.2f}%, {gaps}), {ft_words}, and the published networks were "
-              f"trained and evaluated on the original CIFAR-10 pickles.")
+    caveat = (
+        f"The numbers are not comparable as equals: our baseline is the shared checkpoint on the JPEG "
+        f"CIFAR-10 split ({base:.2f}%, {gaps}), {ft_words}, and the published networks were "
+        f"trained and evaluated on the original CIFAR-10 pickles."
+    )
     if model != "resnet56":
-        caveat += (f" {_name(model)} is also a smaller network than ResNet-56, with less redundancy to prune, so its "
-                   f"drop is no estimate of ResNet-56's.")
+        caveat += (
+            f" {_name(model)} is also a smaller network than ResNet-56, with less redundancy to prune, so its "
+            f"drop is no estimate of ResNet-56's."
+        )
     text.append(caveat)
-    text.append("What this page does measure fairly is the ranking between methods under one identical recipe, "
-                "in each table above.")
+    text.append(
+        "What this page does measure fairly is the ranking between methods under one identical recipe, "
+        "in each table above."
+    )
     return " ".join(text)
 
 
@@ -389,29 +491,62 @@ def plot(tables: dict[str, tuple[pd.DataFrame, pd.DataFrame, dict]], path: Path)
     for ax, (model, (df, s, meta)) in zip(axes, tables.items()):
         ft = _epochs(df["finetune_epochs"].iloc[0])
         if not s.empty:
-            for method in [m for m in METHOD_ORDER if m in set(s["method"])] + \
-                    sorted(set(s["method"]) - set(METHOD_ORDER)):
+            for method in [m for m in METHOD_ORDER if m in set(s["method"])] + sorted(
+                set(s["method"]) - set(METHOD_ORDER)
+            ):
                 g = s[s["method"] == method].sort_values("macs_ratio")
                 c = COLOURS.get(method, "#000000")
-                ax.errorbar(g["macs_ratio"], g["top1_pruned"], yerr=g["top1_pruned_sd"].fillna(0), color=c,
-                            marker="o", ms=6, lw=1.4, capsize=3, label=method)
-                ax.errorbar(g["macs_ratio"], g["top1_pruned_noft"], yerr=g["top1_pruned_noft_sd"].fillna(0),
-                            color=c, marker="o", ms=6, mfc="white", lw=0.8, ls=":", capsize=3)
+                ax.errorbar(
+                    g["macs_ratio"],
+                    g["top1_pruned"],
+                    yerr=g["top1_pruned_sd"].fillna(0),
+                    color=c,
+                    marker="o",
+                    ms=6,
+                    lw=1.4,
+                    capsize=3,
+                    label=method,
+                )
+                ax.errorbar(
+                    g["macs_ratio"],
+                    g["top1_pruned_noft"],
+                    yerr=g["top1_pruned_noft_sd"].fillna(0),
+                    color=c,
+                    marker="o",
+                    ms=6,
+                    mfc="white",
+                    lw=0.8,
+                    ls=":",
+                    capsize=3,
+                )
             ax.axhline(float(s["top1_base"].iloc[0]), color="black", ls="--", lw=0.8)
-            ax.annotate(f"baseline {float(s['top1_base'].iloc[0]):.2f}%", (0.02, float(s["top1_base"].iloc[0])),
-                        xycoords=("axes fraction", "data"), va="bottom", fontsize=8)
+            ax.annotate(
+                f"baseline {float(s['top1_base'].iloc[0]):.2f}%",
+                (0.02, float(s["top1_base"].iloc[0])),
+                xycoords=("axes fraction", "data"),
+                va="bottom",
+                fontsize=8,
+            )
         failed = sorted(set(df.loc[df["status"].astype(str) != "ok", "method"]) - set(s.get("method", [])))
         for method in failed:  # listed in the legend, so a missing curve is never silent
-            ax.plot([], [], color=COLOURS.get(method, "#000000"), marker="x", ls="none",
-                    label=f"{method}: no result (see table)")
+            ax.plot(
+                [],
+                [],
+                color=COLOURS.get(method, "#000000"),
+                marker="x",
+                ls="none",
+                label=f"{method}: no result (see table)",
+            )
         quick = " [--quick smoke test]" if meta.get("config", {}).get("quick") else ""
         ax.set_title(f"{_name(model)} / {df['dataset'].iloc[0]}, fine-tune {ft} ep{quick}", loc="left", fontsize=10)
         ax.set_xlabel("MACs ratio (pruned / baseline)")
         ax.set_ylabel("test top-1 (%)")
         ax.grid(alpha=0.3)
         ax.legend(loc="best", fontsize=8, framealpha=0.8)
-    style = [Line2D([], [], color="#444444", marker="o", lw=1.4, label="fine-tuned"),
-             Line2D([], [], color="#444444", marker="o", mfc="white", lw=0.8, ls=":", label="BN recalibration only")]
+    style = [
+        Line2D([], [], color="#444444", marker="o", lw=1.4, label="fine-tuned"),
+        Line2D([], [], color="#444444", marker="o", mfc="white", lw=0.8, ls=":", label="BN recalibration only"),
+    ]
     fig.legend(handles=style, loc="outside upper right", ncols=2, fontsize=8, frameon=False)
     if not tables:
         axes[0].text(0.5, 0.5, "no comparison has been run", ha="center", va="center", transform=axes[0].transAxes)
@@ -437,8 +572,10 @@ def methods_not_run(df: pd.DataFrame, meta: dict) -> str:
     missing = [m for m in _recipe(recipe).get("methods", []) if m not in set(df["method"])] if recipe.is_file() else []
     if not missing:
         return ""
-    return (f"Not run yet: {', '.join(f'`{m}`' for m in missing)} (named in `{_rel(recipe)}`; rerunning its "
-            f"compare.py command adds their rows and keeps the rows above).")
+    return (
+        f"Not run yet: {', '.join(f'`{m}`' for m in missing)} (named in `{_rel(recipe)}`; rerunning its "
+        f"compare.py command adds their rows and keeps the rows above)."
+    )
 
 
 def _recipes_not_run(done_csvs: set[Path]) -> list[tuple[str, dict]]:
@@ -478,20 +615,30 @@ def build(csvs: list[Path], md_path: Path, png_path: Path, argv: list[str]) -> s
     except ValueError:
         png_ref = str(png_path)
     report_cmd = " ".join(shlex.quote(a) for a in ["python", "benchmarks/report.py", *argv])
-    out = ["# Benchmarks: lcp against other pruning methods", "",
-           f"<!-- generated by `{report_cmd}` from the CSVs named below; do not edit by hand -->", "",
-           "Every row of every table below comes from `benchmarks/compare.py` (one CSV row per method, budget and "
-           "seed) and was turned into this page by `benchmarks/report.py`; rerun both to reproduce it. All "
-           "methods of one table share the data split, the BatchNorm recalibration, the fine-tuning recipe and "
-           "the seed; only what is pruned (channels or connections) differs. Top-1 is on the full test split "
-           "unless the section says otherwise; `drop` is baseline minus fine-tuned top-1; ± is the sample standard "
-           "deviation over the seeds listed.", "", METHODS_TEXT, ""]
+    out = [
+        "# Benchmarks: lcp against other pruning methods",
+        "",
+        f"<!-- generated by `{report_cmd}` from the CSVs named below; do not edit by hand -->",
+        "",
+        "Every row of every table below comes from `benchmarks/compare.py` (one CSV row per method, budget and "
+        "seed) and was turned into this page by `benchmarks/report.py`; rerun both to reproduce it. All "
+        "methods of one table share the data split, the BatchNorm recalibration, the fine-tuning recipe and "
+        "the seed; only what is pruned (channels or connections) differs. Top-1 is on the full test split "
+        "unless the section says otherwise; `drop` is baseline minus fine-tuned top-1; ± is the sample standard "
+        "deviation over the seeds listed.",
+        "",
+        METHODS_TEXT,
+        "",
+    ]
     measured = ", ".join(_name(k.split(" ")[0]) for k in tables) or "nothing yet"
     out += [f"Measured on this page: **{measured}**.", ""]
     for key, (df, s, meta) in tables.items():
         ft = _epochs(df["finetune_epochs"].iloc[0])
-        out += [f"## {_name(key.split(' ')[0])} / {df['dataset'].iloc[0]}, fine-tuning {ft} epoch"
-                f"{'s' if ft != '1' else ''}", ""]
+        out += [
+            f"## {_name(key.split(' ')[0])} / {df['dataset'].iloc[0]}, fine-tuning {ft} epoch"
+            f"{'s' if ft != '1' else ''}",
+            "",
+        ]
         out += [setup_text(df, meta), ""]
         out += ["Commands:", "", "```bash", "source ../shared/offline-env.sh"]
         out += _commands(meta, sources[key]) + [report_cmd, "```", ""]
@@ -506,23 +653,39 @@ def build(csvs: list[Path], md_path: Path, png_path: Path, argv: list[str]) -> s
         later = methods_not_run(df, meta)
         if later:
             out += [later, ""]
-    out += ["## Accuracy against MACs", "", f"![top-1 against MACs ratio per method]({png_ref})", "",
-            "Filled markers: after fine-tuning; hollow markers on dotted lines: after BatchNorm recalibration only; "
-            "error bars: sample standard deviation over seeds; dashed line: the unpruned baseline.", ""]
+    out += [
+        "## Accuracy against MACs",
+        "",
+        f"![top-1 against MACs ratio per method]({png_ref})",
+        "",
+        "Filled markers: after fine-tuning; hollow markers on dotted lines: after BatchNorm recalibration only; "
+        "error bars: sample standard deviation over seeds; dashed line: the unpruned baseline.",
+        "",
+    ]
     out += ["## Published numbers", "", published_text(tables), ""]
     missing = _recipes_not_run({p.resolve() for p in sources.values()})
     if missing:
-        out += ["## Not run yet", "",
-                "These recipes exist but their CSVs are not in this page; nothing is claimed for them:", ""]
+        out += [
+            "## Not run yet",
+            "",
+            "These recipes exist but their CSVs are not in this page; nothing is claimed for them:",
+            "",
+        ]
         for recipe, cfg in missing:
-            out.append(f"- `python benchmarks/compare.py --recipe {recipe}`: {_name(str(cfg.get('model')))}, budgets "
-                       f"{', '.join(str(b) for b in cfg.get('budgets', []))}, methods "
-                       f"{', '.join(cfg.get('methods', []))}, fine-tuning "
-                       f"{_epochs(cfg.get('finetune_epochs', 1))} epochs, search "
-                       f"{(cfg.get('search') or {}).get('candidates', '?')} candidates"
-                       + (f", {(cfg.get('agents') or {}).get('episodes', 30)} agent episodes"
-                          if set(cfg.get("methods") or []) & {*AGENT_METHODS, *CONNECTION_METHODS} else "")
-                       + (f", on {cfg['device']}" if cfg.get("device", "cpu") != "cpu" else "") + ".")
+            out.append(
+                f"- `python benchmarks/compare.py --recipe {recipe}`: {_name(str(cfg.get('model')))}, budgets "
+                f"{', '.join(str(b) for b in cfg.get('budgets', []))}, methods "
+                f"{', '.join(cfg.get('methods', []))}, fine-tuning "
+                f"{_epochs(cfg.get('finetune_epochs', 1))} epochs, search "
+                f"{(cfg.get('search') or {}).get('candidates', '?')} candidates"
+                + (
+                    f", {(cfg.get('agents') or {}).get('episodes', 30)} agent episodes"
+                    if set(cfg.get("methods") or []) & {*AGENT_METHODS, *CONNECTION_METHODS}
+                    else ""
+                )
+                + (f", on {cfg['device']}" if cfg.get("device", "cpu") != "cpu" else "")
+                + "."
+            )
         out.append("")
     text = "\n".join(out)
     _atomic_write(md_path, lambda tmp: tmp.write_text(text))

@@ -12,6 +12,7 @@ mean reward of the first and of the last ``--k`` episodes; ``--set name=value`` 
         --set wall_weight=0 --set critic_warmup=false
     python benchmarks/rl_toy.py controller --episodes 400 --seeds 0-9
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,11 +22,11 @@ import time
 import numpy as np
 import torch
 
-from lcp.methods.ddpg import AgentConfig, Env, quadratic_toy, run_agent
 from lcp.engine.connections import build
-from lcp.methods.controllers import ControllerConfig, match_toy, search_connections
 from lcp.engine.cost import CostModel
 from lcp.engine.graph import build_graph
+from lcp.methods.controllers import ControllerConfig, match_toy, search_connections
+from lcp.methods.ddpg import AgentConfig, Env, quadratic_toy, run_agent
 from lcp.models.zoo import CifarDenseNet, CifarResNet, densenet40
 
 
@@ -78,7 +79,7 @@ def main() -> None:
     for seed in args.seeds:
         t0 = time.perf_counter()
         r = np.array(run(seed))
-        first, last = r[:args.k].mean(), r[-args.k:].mean()
+        first, last = r[: args.k].mean(), r[-args.k :].mean()
         firsts.append(first), lasts.append(last), gains.append(last - first)
         secs = time.perf_counter() - t0
         print(f"| {seed} | {first:.3f} | {last:.3f} | {last - first:+.3f} | {secs:.1f} |", flush=True)

@@ -16,6 +16,7 @@ Needs ``LCP_DATA`` and ``LCP_WEIGHTS`` (``source ../shared/offline-env.sh``); wi
     python benchmarks/search_speed.py --kendall 12 --ft-steps 100
     python benchmarks/search_speed.py --kendall 16 --ft-steps 351 --device cuda   # one whole epoch each
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,8 +25,9 @@ import math
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,8 +41,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--budget", type=float, default=0.5, help="fraction of MACs kept (default 0.5)")
     p.add_argument("--optimizer", default="legr")
     p.add_argument("--compensation", default="affine", choices=("affine", "additive"))
-    p.add_argument("--population", type=int, default=None,
-                   help="legr population (default: candidates/5 between 8 and 64, LeGR's 64 at 320+)")
+    p.add_argument(
+        "--population",
+        type=int,
+        default=None,
+        help="legr population (default: candidates/5 between 8 and 64, LeGR's 64 at 320+)",
+    )
     p.add_argument("--tournament", type=int, default=None, help="legr tournament (default: population/4)")
     p.add_argument("--aggregate", default="mean", choices=("mean", "sum"), help="unit score aggregation")
     p.add_argument("--recal-batches", type=int, default=4, help="fitness: BN recalibration batches of 128")
@@ -61,9 +67,9 @@ def load(args: argparse.Namespace) -> tuple[Any, Any, Any, Any, np.ndarray]:
     """CIFAR-10 bundle, pretrained ResNet-56, its graph, cost model and unit scores."""
     from lcp.cut import importance as imp
     from lcp.engine.cost import CostModel
-    from lcp.training.data import load_data
     from lcp.engine.graph import build_graph
     from lcp.models.factory import create_model, default_checkpoint, load_checkpoint
+    from lcp.training.data import load_data
 
     bundle = load_data("cifar10", seed=args.seed)
     ckpt = default_checkpoint("resnet56", "cifar10")
@@ -75,8 +81,9 @@ def load(args: argparse.Namespace) -> tuple[Any, Any, Any, Any, np.ndarray]:
     return bundle, model, graph, CostModel(graph), scores
 
 
-def measure(graph: Any, removed: np.ndarray, bundle: Any, recal_batches: int, seed: int,
-            holdout: bool = True) -> tuple[Any, dict]:
+def measure(
+    graph: Any, removed: np.ndarray, bundle: Any, recal_batches: int, seed: int, holdout: bool = True
+) -> tuple[Any, dict]:
     """Pruned network after BN recalibration: (held-out loss,) test top-1 and loss."""
     from lcp.engine.surgery import apply_plan
     from lcp.training.train import evaluate, recalibrate_bn
@@ -109,31 +116,75 @@ def run_search(args: argparse.Namespace) -> None:
     from lcp.methods.legr import make_fitness, search
 
     bundle, model, graph, cost, scores = load(args)
-    fitness = make_fitness(graph, cost, scores, bundle, budget=args.budget, recal_batches=args.recal_batches,
-                           eval_images=args.eval_images, label_free=args.label_free, seed=args.seed)
+    fitness = make_fitness(
+        graph,
+        cost,
+        scores,
+        bundle,
+        budget=args.budget,
+        recal_batches=args.recal_batches,
+        eval_images=args.eval_images,
+        label_free=args.label_free,
+        seed=args.seed,
+    )
     t0 = time.perf_counter()
-    res = search(graph, scores, fitness, optimizer=args.optimizer, compensation=args.compensation,
-                 candidates=args.candidates, population=args.population, tournament=args.tournament,
-                 seed=args.seed, progress=sys.stderr.isatty())
+    res = search(
+        graph,
+        scores,
+        fitness,
+        optimizer=args.optimizer,
+        compensation=args.compensation,
+        candidates=args.candidates,
+        population=args.population,
+        tournament=args.tournament,
+        seed=args.seed,
+        progress=sys.stderr.isatty(),
+    )
     search_s = time.perf_counter() - t0
     per = float(np.mean([h["seconds"] for h in res.history]))
     ident = res.history[0]["fitness"]
-    print(f"search: {args.candidates} candidates in {search_s:.1f} s ({per:.2f} s/candidate); "
-          f"fitness identity {ident:.4f} -> best {res.best_fitness:.4f}")
-    common = {"tag": args.tag, "model": "resnet56", "budget": args.budget, "optimizer": args.optimizer,
-              "compensation": args.compensation, "aggregate": args.aggregate, "candidates": args.candidates,
-              "population": args.population, "tournament": args.tournament,
-              "recal_batches": args.recal_batches, "eval_images": args.eval_images, "label_free": args.label_free,
-              "seed": args.seed, "threads": torch.get_num_threads(), "s_per_candidate": round(per, 3),
-              "search_s": round(search_s, 1), "fitness_identity": ident, "fitness_best": res.best_fitness}
+    print(
+        f"search: {args.candidates} candidates in {search_s:.1f} s ({per:.2f} s/candidate); "
+        f"fitness identity {ident:.4f} -> best {res.best_fitness:.4f}"
+    )
+    common = {
+        "tag": args.tag,
+        "model": "resnet56",
+        "budget": args.budget,
+        "optimizer": args.optimizer,
+        "compensation": args.compensation,
+        "aggregate": args.aggregate,
+        "candidates": args.candidates,
+        "population": args.population,
+        "tournament": args.tournament,
+        "recal_batches": args.recal_batches,
+        "eval_images": args.eval_images,
+        "label_free": args.label_free,
+        "seed": args.seed,
+        "threads": torch.get_num_threads(),
+        "s_per_candidate": round(per, 3),
+        "search_s": round(search_s, 1),
+        "fitness_identity": ident,
+        "fitness_best": res.best_fitness,
+    }
     rows = []
     for method in ("lcp", "global", "uniform", "random"):
         p = plan(graph, cost, scores, budget=args.budget, method=method, transforms=res.transforms, seed=args.seed)
         _, m = measure(graph, p.removed, bundle, args.final_recal_batches, args.seed)
-        rows.append({**common, "method": method, "macs_ratio": round(p.macs_ratio, 4),
-                     "params_ratio": round(p.params_ratio, 4), **{k: round(v, 4) for k, v in m.items()}})
-        print(f"{method:8s} MACs {p.macs_ratio:.3f}  held-out loss {m['holdout_loss']:.4f}  "
-              f"test top-1 {m['test_top1']:.2f}%  test loss {m['test_loss']:.4f}", flush=True)
+        rows.append(
+            {
+                **common,
+                "method": method,
+                "macs_ratio": round(p.macs_ratio, 4),
+                "params_ratio": round(p.params_ratio, 4),
+                **{k: round(v, 4) for k, v in m.items()},
+            }
+        )
+        print(
+            f"{method:8s} MACs {p.macs_ratio:.3f}  held-out loss {m['holdout_loss']:.4f}  "
+            f"test top-1 {m['test_top1']:.2f}%  test loss {m['test_loss']:.4f}",
+            flush=True,
+        )
     write_csv(rows, args.out / "search_speed.csv")
     print(f"wrote {args.out / 'search_speed.csv'}")
 
@@ -165,8 +216,17 @@ def run_kendall(args: argparse.Namespace) -> None:
     if args.kendall < 10:
         raise SystemExit("--kendall needs N >= 10 candidates")
     bundle, model, graph, cost, scores = load(args)
-    fitness = make_fitness(graph, cost, scores, bundle, budget=args.budget, recal_batches=args.recal_batches,
-                           eval_images=args.eval_images, label_free=args.label_free, seed=args.seed)
+    fitness = make_fitness(
+        graph,
+        cost,
+        scores,
+        bundle,
+        budget=args.budget,
+        recal_batches=args.recal_batches,
+        eval_images=args.eval_images,
+        label_free=args.label_free,
+        seed=args.seed,
+    )
     rng = np.random.default_rng(args.seed + 1)
     std = group_std(graph, scores)
     names = [g.name for g in graph.groups]
@@ -179,24 +239,46 @@ def run_kendall(args: argparse.Namespace) -> None:
         p = plan(graph, cost, scores, budget=args.budget, method="lcp", transforms=tf)
         pruned, before = measure(graph, p.removed, bundle, args.final_recal_batches, args.seed, holdout=False)
         t1 = time.perf_counter()
-        finetune(pruned, lambda epoch: Steps(bundle, args.ft_steps, args.seed), epochs=1, lr=0.01,
-                 seed=args.seed, progress=False, device=args.device)
+        finetune(
+            pruned,
+            lambda epoch: Steps(bundle, args.ft_steps, args.seed),
+            epochs=1,
+            lr=0.01,
+            seed=args.seed,
+            progress=False,
+            device=args.device,
+        )
         after = evaluate(pruned, bundle.loader("test", 250), device=args.device)
-        rows.append({"tag": args.tag, "candidate": i, "fitness": fit, "fitness_s": round(t_fit, 2),
-                     "macs_ratio": round(p.macs_ratio, 4), "test_top1_noft": round(before["test_top1"], 2),
-                     "ft_steps": args.ft_steps, "device": args.device, "ft_s": round(time.perf_counter() - t1, 1),
-                     "test_top1_ft": round(after["top1"], 2)})
+        rows.append(
+            {
+                "tag": args.tag,
+                "candidate": i,
+                "fitness": fit,
+                "fitness_s": round(t_fit, 2),
+                "macs_ratio": round(p.macs_ratio, 4),
+                "test_top1_noft": round(before["test_top1"], 2),
+                "ft_steps": args.ft_steps,
+                "device": args.device,
+                "ft_s": round(time.perf_counter() - t1, 1),
+                "test_top1_ft": round(after["top1"], 2),
+            }
+        )
         print(rows[-1], flush=True)
     fit = [r["fitness"] for r in rows]
     finite = [j for j, f in enumerate(fit) if math.isfinite(f)]
     tau_ft = kendalltau([fit[j] for j in finite], [-rows[j]["test_top1_ft"] for j in finite])
     tau_noft = kendalltau([fit[j] for j in finite], [-rows[j]["test_top1_noft"] for j in finite])
     for r in rows:
-        r.update(kendall_tau_ft=round(float(tau_ft.statistic), 4), kendall_p_ft=float(tau_ft.pvalue),
-                 kendall_tau_noft=round(float(tau_noft.statistic), 4))
+        r.update(
+            kendall_tau_ft=round(float(tau_ft.statistic), 4),
+            kendall_p_ft=float(tau_ft.pvalue),
+            kendall_tau_noft=round(float(tau_noft.statistic), 4),
+        )
     write_csv(rows, args.out / "proxy_kendall.csv")
-    print(f"Kendall tau(fitness, test error after {args.ft_steps} steps) = {tau_ft.statistic:.3f} "
-          f"(p={tau_ft.pvalue:.3g}); without fine-tuning {tau_noft.statistic:.3f}")
+    print(
+        f"Kendall tau(fitness, test error after {args.ft_steps} steps) = {tau_ft.statistic:.3f} "
+        f"(p={tau_ft.pvalue:.3g}); without fine-tuning {tau_noft.statistic:.3f}"
+    )
     print(f"wrote {args.out / 'proxy_kendall.csv'}")
 
 

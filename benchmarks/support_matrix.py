@@ -23,6 +23,7 @@ documentation page from the CSV (no models are run).
     python benchmarks/support_matrix.py --models resnet18,dla34 --out /tmp/m.csv
     python benchmarks/support_matrix.py --markdown docs/support.md
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,8 +43,20 @@ from lcp.io import atomic_path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-COLUMNS = ["model", "family", "status", "reason", "macs_ratio", "seconds", "input", "units", "prunable",
-           "frozen_ops", "params", "suggestion"]
+COLUMNS = [
+    "model",
+    "family",
+    "status",
+    "reason",
+    "macs_ratio",
+    "seconds",
+    "input",
+    "units",
+    "prunable",
+    "frozen_ops",
+    "params",
+    "suggestion",
+]
 STATUSES = ("ok", "refused", "error", "timeout", "skipped")
 SMALL_INPUT = 64
 MAX_WORKER_RSS = 3 << 30  # a worker that grew past 3 GiB is replaced by a fresh one after its model
@@ -59,15 +72,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--budget", type=float, default=0.5, help="fraction of MACs kept (default 0.5)")
     p.add_argument("--input", type=int, default=SMALL_INPUT, help="input height and width tried first (default 64)")
     p.add_argument("--max-params", type=float, default=400e6, help="skip models with more parameters (default 400M)")
-    p.add_argument("--suggest", type=float, default=0.0,
-                   help="seconds to search --ignore patterns for a failing model (default 0: no search)")
+    p.add_argument(
+        "--suggest",
+        type=float,
+        default=0.0,
+        help="seconds to search --ignore patterns for a failing model (default 0: no search)",
+    )
     p.add_argument("--resume", action="store_true", help="keep the rows already in --out and run the others")
-    p.add_argument("--redo", default="", help="re-run the models of --out with these statuses (comma-separated, "
-                   "e.g. refused,timeout) and replace their rows; the other rows are kept")
+    p.add_argument(
+        "--redo",
+        default="",
+        help="re-run the models of --out with these statuses (comma-separated, "
+        "e.g. refused,timeout) and replace their rows; the other rows are kept",
+    )
     p.add_argument("--markdown", type=Path, help="write this markdown page from --out (runs no model)")
     p.add_argument("--command", default="", help="the command line to quote in the markdown page")
-    p.add_argument("--large", type=Path, default=RESULTS / "support_matrix_large.csv",
-                   help="rows of models re-run elsewhere (skipped or timed out here) that --markdown merges in")
+    p.add_argument(
+        "--large",
+        type=Path,
+        default=RESULTS / "support_matrix_large.csv",
+        help="rows of models re-run elsewhere (skipped or timed out here) that --markdown merges in",
+    )
     return p.parse_args(argv)
 
 
@@ -145,9 +170,8 @@ def check_one(name: str, budget: float, size: int, suggest: float) -> dict[str, 
     cfg = model.pretrained_cfg or {}
     own = tuple(cfg.get("input_size", (3, 224, 224)))
     sizes = [own] if cfg.get("fixed_input_size") else [(own[0], size, size), own]
-    for i, s in enumerate(dict.fromkeys(sizes)):
-        rep = check(model, torch.randn(1, *s), budget=budget, name=name, suggest=suggest > 0,
-                    suggest_seconds=suggest)
+    for s in dict.fromkeys(sizes):
+        rep = check(model, torch.randn(1, *s), budget=budget, name=name, suggest=suggest > 0, suggest_seconds=suggest)
         small_failed = rep.status != "ok" and "does not run on the example input" in rep.reason
         if not small_failed:
             break
@@ -167,8 +191,11 @@ def _worker(conn: Any, budget: float, size: int, suggest: float) -> None:
         try:
             row = check_one(name, budget, size, suggest)
         except Exception as e:  # building failed: timm's problem, still a row
-            row = {"model": name, "status": "error", "reason": f"building failed: {type(e).__name__}: "
-                                                               f"{str(e).splitlines()[0] if str(e) else ''}"}
+            row = {
+                "model": name,
+                "status": "error",
+                "reason": f"building failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+            }
         row["_retire"] = _rss_bytes() > MAX_WORKER_RSS  # freed models stay in the heap: start afresh
         conn.send(row)
         if row["_retire"]:
@@ -194,8 +221,9 @@ class Worker:
 
     def _spawn(self) -> None:
         self.conn, child = self.ctx.Pipe()
-        self.proc = self.ctx.Process(target=_worker, args=(child, self.args.budget, self.args.input,
-                                                            self.args.suggest), daemon=True)
+        self.proc = self.ctx.Process(
+            target=_worker, args=(child, self.args.budget, self.args.input, self.args.suggest), daemon=True
+        )
         self.proc.start()
 
     def submit(self, name: str) -> None:
@@ -223,9 +251,14 @@ class Worker:
             code = self.proc.exitcode
             self.proc.kill()
             self.proc.join()
-            row = {"model": self.name, "status": "timeout" if not died else "error",
-                   "reason": f"over {self.args.timeout:g} s" if not died else
-                   f"worker died (exit code {code}; out of memory?)", "seconds": round(elapsed, 1)}
+            row = {
+                "model": self.name,
+                "status": "timeout" if not died else "error",
+                "reason": f"over {self.args.timeout:g} s"
+                if not died
+                else f"worker died (exit code {code}; out of memory?)",
+                "seconds": round(elapsed, 1),
+            }
             self.name = None
             self._spawn()
             return row
@@ -284,16 +317,25 @@ def run(args: argparse.Namespace) -> int:
         fh.flush()
         counts[row["status"]] += 1
         n = sum(counts.values())
-        print(f"[{n}/{len(todo)} {time.perf_counter() - t0:6.0f}s] {row['model']:<36} {row['status']:<8} "
-              f"{row.get('seconds', '')!s:>6}s {str(row.get('reason', ''))[:90]}", flush=True)
+        print(
+            f"[{n}/{len(todo)} {time.perf_counter() - t0:6.0f}s] {row['model']:<36} {row['status']:<8} "
+            f"{row.get('seconds', '')!s:>6}s {str(row.get('reason', ''))[:90]}",
+            flush=True,
+        )
 
     counts: Counter = Counter()
     t0 = time.perf_counter()
     queue = []
     for n in todo:
         if params.get(n, 0) > args.max_params:
-            emit({"model": n, "status": "skipped", "reason": f"{params[n] / 1e6:.0f}M parameters, over --max-params "
-                  f"{args.max_params / 1e6:.0f}M", "seconds": 0})
+            emit(
+                {
+                    "model": n,
+                    "status": "skipped",
+                    "reason": f"{params[n] / 1e6:.0f}M parameters, over --max-params {args.max_params / 1e6:.0f}M",
+                    "seconds": 0,
+                }
+            )
         else:
             queue.append(n)
     import lcp.cut.diagnose  # noqa: F401  (imported once here: forked workers start without importing it again)
@@ -315,19 +357,38 @@ def run(args: argparse.Namespace) -> int:
         fh.close()
     total = time.perf_counter() - t0
     print(f"{len(todo)} models in {total:.0f} s: " + ", ".join(f"{k} {counts[k]}" for k in STATUSES if counts[k]))
-    meta = {"timm": timm.__version__, "wall_s": round(total, 1),
-            "workers": args.workers, "timeout": args.timeout, "every": args.every, "input": args.input,
-            "budget": args.budget, "models_listed": len(names), "cpus": os.cpu_count(),
-            "timm_models": len([n for n in timm.list_models() if not n.startswith("lcp_")]),
-            "max_params": args.max_params,
-            "platform": platform.platform(), "date": time.strftime("%Y-%m-%d"),
-            "command": "python benchmarks/support_matrix.py " + " ".join(sys.argv[1:])}
+    meta = {
+        "timm": timm.__version__,
+        "wall_s": round(total, 1),
+        "workers": args.workers,
+        "timeout": args.timeout,
+        "every": args.every,
+        "input": args.input,
+        "budget": args.budget,
+        "models_listed": len(names),
+        "cpus": os.cpu_count(),
+        "timm_models": len([n for n in timm.list_models() if not n.startswith("lcp_")]),
+        "max_params": args.max_params,
+        "platform": platform.platform(),
+        "date": time.strftime("%Y-%m-%d"),
+        "command": "python benchmarks/support_matrix.py " + " ".join(sys.argv[1:]),
+    }
     if args.resume and args.out.with_suffix(".json").is_file():
         old = json.loads(args.out.with_suffix(".json").read_text())
         if redo:  # the full run's figures stay; the re-run is recorded beside them
-            meta = {**old, "redo": {"statuses": sorted(redo), "models": len(todo), "wall_s": round(total, 1),
-                                    "timm": timm.__version__, "cpus": os.cpu_count(), "workers": args.workers,
-                                    "date": meta["date"], "command": meta["command"]}}
+            meta = {
+                **old,
+                "redo": {
+                    "statuses": sorted(redo),
+                    "models": len(todo),
+                    "wall_s": round(total, 1),
+                    "timm": timm.__version__,
+                    "cpus": os.cpu_count(),
+                    "workers": args.workers,
+                    "date": meta["date"],
+                    "command": meta["command"],
+                },
+            }
         else:
             meta["wall_s"] = round(meta["wall_s"] + old.get("wall_s", 0), 1)
     args.out.with_suffix(".json").write_text(json.dumps(meta, indent=1))
@@ -465,7 +526,6 @@ def markdown(args: argparse.Namespace) -> int:
     by_model.update({r["model"]: {**r, "where": "large"} for r in large if r["model"] in by_model})
     rows = list(by_model.values())
     n = len(rows)
-    counts = Counter(r["status"] for r in rows)
     ratios = [float(r["macs_ratio"]) for r in rows if r["status"] == "ok" and r["macs_ratio"]]
     every = meta.get("every", 1)
     sample = every > 1 or "--models" in meta.get("command", "")
@@ -474,60 +534,84 @@ def markdown(args: argparse.Namespace) -> int:
     w = out.append
     w("# Which models prune: the support matrix")
     w("")
-    w("Generated by `python benchmarks/support_matrix.py --markdown docs/support.md` from "
-      "`benchmarks/results/support_matrix.csv` (and `support_matrix_large.csv`); do not edit by hand.")
+    w(
+        "Generated by `python benchmarks/support_matrix.py --markdown docs/support.md` from "
+        "`benchmarks/results/support_matrix.csv` (and `support_matrix_large.csv`); do not edit by hand."
+    )
     w("")
-    w("Every model is built with random weights and its default classifier, and `lcp.check` plans a cut to 50% "
-      "of its MACs (global ranking), builds the pruned network and verifies it: outputs equal to the masked "
-      "original in float64, MACs and params re-counted, one forward and backward pass in train mode. This is "
-      "what `lcp check --model NAME` does. Input 3x64x64, or the model's own input size when it does not run "
-      "at 64x64 (fixed-size heads such as Inception's). One thread per model, a time cap per model. "
-      "*refused* means lcp declined with the reason below and returned nothing; *error* would be an lcp bug.")
+    w(
+        "Every model is built with random weights and its default classifier, and `lcp.check` plans a cut to 50% "
+        "of its MACs (global ranking), builds the pruned network and verifies it: outputs equal to the masked "
+        "original in float64, MACs and params re-counted, one forward and backward pass in train mode. This is "
+        "what `lcp check --model NAME` does. Input 3x64x64, or the model's own input size when it does not run "
+        "at 64x64 (fixed-size heads such as Inception's). One thread per model, a time cap per model. "
+        "*refused* means lcp declined with the reason below and returned nothing; *error* would be an lcp bug."
+    )
     w("")
-    w("**Which models**: every timm model that is *CNN-like*: it has an `nn.Conv2d` and no token-mixing module "
-      "(a class named like attention: `Attention`, `Attn`, except ResNeSt's `SplitAttn` and SKNet's "
-      "`SelectiveKernelAttn` channel gates; MLP-Mixer, gMLP and ResMLP blocks; LSTM/GRU; lambda layers; "
-      "EfficientViT's `LiteMLA`, SHViT's `SHSA`, iFormer's `SHMA`, EfficientViM's `HSMSSD`, ConViT's "
-      "`GPSA`/`MHSA`, ViT parallel blocks). The rule is `lcp.models.timm_support.is_cnn_like`, applied to every "
-      "`timm.list_models()` entry built on the meta device "
-      f"({meta.get('models_listed', n) * max(1, every)} of the {meta.get('timm_models', 'installed')} models "
-      f"of timm {meta.get('timm', '?')}).")
+    w(
+        "**Which models**: every timm model that is *CNN-like*: it has an `nn.Conv2d` and no token-mixing module "
+        "(a class named like attention: `Attention`, `Attn`, except ResNeSt's `SplitAttn` and SKNet's "
+        "`SelectiveKernelAttn` channel gates; MLP-Mixer, gMLP and ResMLP blocks; LSTM/GRU; lambda layers; "
+        "EfficientViT's `LiteMLA`, SHViT's `SHSA`, iFormer's `SHMA`, EfficientViM's `HSMSSD`, ConViT's "
+        "`GPSA`/`MHSA`, ViT parallel blocks). The rule is `lcp.models.timm_support.is_cnn_like`, applied to every "
+        "`timm.list_models()` entry built on the meta device "
+        f"({meta.get('models_listed', n) * max(1, every)} of the {meta.get('timm_models', 'installed')} models "
+        f"of timm {meta.get('timm', '?')})."
+    )
     w("")
     if sample:
-        w(f"> **This is a sample** (every {every}th model of the list). The full matrix: "
-          "`python benchmarks/support_matrix.py`, then `--markdown docs/support.md`.")
+        w(
+            f"> **This is a sample** (every {every}th model of the list). The full matrix: "
+            "`python benchmarks/support_matrix.py`, then `--markdown docs/support.md`."
+        )
         w("")
     w("## Summary")
     w("")
     w("| run | models | ok (50% MACs, verified) | refused (reason given) | error (lcp bug) | timeout | skipped |")
     w("|---|---:|---:|---:|---:|---:|---:|")
-    w(_summary_row(f"{meta.get('cpus', '?')} CPU cores, {meta.get('workers', '?')} workers, "
-                   f"{meta.get('timeout', '?'):g} s cap, {float(meta.get('wall_s', 0)) / 60:.0f} min",
-                   local))
+    w(
+        _summary_row(
+            f"{meta.get('cpus', '?')} CPU cores, {meta.get('workers', '?')} workers, "
+            f"{meta.get('timeout', '?'):g} s cap, {float(meta.get('wall_s', 0)) / 60:.0f} min",
+            local,
+        )
+    )
     if large:
-        w(_summary_row(f"the skipped and timed-out models again on {large_meta.get('cpus', '?')} cores, "
-                       f"128 GB, {large_meta.get('timeout', '?'):g} s cap (timm {large_meta.get('timm', '?')})",
-                       [r for r in rows if r.get("where") == "large"]))
+        w(
+            _summary_row(
+                f"the skipped and timed-out models again on {large_meta.get('cpus', '?')} cores, "
+                f"128 GB, {large_meta.get('timeout', '?'):g} s cap (timm {large_meta.get('timm', '?')})",
+                [r for r in rows if r.get("where") == "large"],
+            )
+        )
         w(_summary_row("**all models**", rows))
     w("")
-    w(f"timm {meta.get('timm', '?')}, {meta.get('date', '?')}. On 2 cores, models over "
-      f"{meta.get('max_params', 400e6) / 1e6:.0f}M parameters are skipped: several float64 copies of them "
-      "(verification) do not fit in the memory of a small machine.")
+    w(
+        f"timm {meta.get('timm', '?')}, {meta.get('date', '?')}. On 2 cores, models over "
+        f"{meta.get('max_params', 400e6) / 1e6:.0f}M parameters are skipped: several float64 copies of them "
+        "(verification) do not fit in the memory of a small machine."
+    )
     redo = meta.get("redo")
     if redo:
         w("")
-        w(f"After an engine change, the {redo['models']} models that were {' or '.join(redo['statuses'])} in that "
-          f"run were run again on {redo['cpus']} cores ({redo['date']}, {float(redo['wall_s']) / 60:.0f} min, "
-          f"`{redo['command']}`); their rows replace the old ones, the other rows are the full run's.")
+        w(
+            f"After an engine change, the {redo['models']} models that were {' or '.join(redo['statuses'])} in that "
+            f"run were run again on {redo['cpus']} cores ({redo['date']}, {float(redo['wall_s']) / 60:.0f} min, "
+            f"`{redo['command']}`); their rows replace the old ones, the other rows are the full run's."
+        )
     large_redo = large_meta.get("redo")
     if large and large_redo:
-        w(f"The large run's {' and '.join(large_redo['statuses'])} rows likewise ({large_redo['date']}, "
-          f"`{large_redo['command']}`).")
+        w(
+            f"The large run's {' and '.join(large_redo['statuses'])} rows likewise ({large_redo['date']}, "
+            f"`{large_redo['command']}`)."
+        )
     w("")
     if ratios:
-        w(f"MACs ratio reached by the models that prune: {min(ratios):.4f} to {max(ratios):.4f} (target 0.5: "
-          "the cut lands just under it). No model is returned broken: a pruned network that fails "
-          "verification is refused, never returned.")
+        w(
+            f"MACs ratio reached by the models that prune: {min(ratios):.4f} to {max(ratios):.4f} (target 0.5: "
+            "the cut lands just under it). No model is returned broken: a pruned network that fails "
+            "verification is refused, never returned."
+        )
         w("")
     w("Commands:")
     w("")
@@ -554,8 +638,10 @@ def markdown(args: argparse.Namespace) -> int:
     for r in rows:
         fam[r["family"] or "?"][r["status"]] += 1
     for f, c in sorted(fam.items(), key=lambda kv: (-sum(kv[1].values()), kv[0])):
-        w(f"| {f} | {sum(c.values())} | {c['ok']} | {c['refused'] or ''} | {c['error'] or ''} | "
-          f"{c['timeout'] or ''} | {c['skipped'] or ''} |")
+        w(
+            f"| {f} | {sum(c.values())} | {c['ok']} | {c['refused'] or ''} | {c['error'] or ''} | "
+            f"{c['timeout'] or ''} | {c['skipped'] or ''} |"
+        )
     w("")
     bad = [r for r in rows if r["status"] != "ok"]
     if bad:
@@ -563,8 +649,7 @@ def markdown(args: argparse.Namespace) -> int:
         w("")
         w("| model | status | reason |")
         w("|---|---|---|")
-        for r in sorted(bad, key=lambda r: (STATUSES.index(r["status"]) if r["status"] in STATUSES else 9,
-                                            r["model"])):
+        for r in sorted(bad, key=lambda r: (STATUSES.index(r["status"]) if r["status"] in STATUSES else 9, r["model"])):
             reason = r["reason"].replace("|", "\\|")
             reason = reason if len(reason) <= 240 else reason[:237] + "..."
             sug = r.get("suggestion", "")

@@ -24,12 +24,31 @@ from lcp.training.data import DataBundle, load_data
 from lcp.training.train import evaluate
 
 
-def prune(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor] | None = None, *,
-          budget: float = 0.5, budget_type: str = "macs", method: str = "global", importance: str = "l2",
-          aggregate: str = "mean", transforms: Transforms | None = None, round_to: int = 1, min_ratio: float = 0.1,
-          seed: int = 0, check: bool = True, batches: Iterable | None = None, data: Any = None,
-          finetune_epochs: int = 0, lr: float = 0.01, kd: bool = False, recal_batches: int = 20,
-          candidates: int = 400, optimizer: str = "legr", progress: bool = False, **options: Any) -> PruneResult:
+def prune(
+    model: nn.Module,
+    example_inputs: torch.Tensor | Sequence[torch.Tensor] | None = None,
+    *,
+    budget: float = 0.5,
+    budget_type: str = "macs",
+    method: str = "global",
+    importance: str = "l2",
+    aggregate: str = "mean",
+    transforms: Transforms | None = None,
+    round_to: int = 1,
+    min_ratio: float = 0.1,
+    seed: int = 0,
+    check: bool = True,
+    batches: Iterable | None = None,
+    data: Any = None,
+    finetune_epochs: int = 0,
+    lr: float = 0.01,
+    kd: bool = False,
+    recal_batches: int = 20,
+    candidates: int = 400,
+    optimizer: str = "legr",
+    progress: bool = False,
+    **options: Any,
+) -> PruneResult:
     """Prune ``model`` to ``budget`` x its baseline cost; returns a ``PruneResult`` whose ``.model`` is pruned.
 
     ``budget=0.5, budget_type="macs"`` keeps 50% of the baseline MACs. ``method``: any registered method
@@ -46,11 +65,27 @@ def prune(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor
     ``result.report`` is the one-row report as a pandas DataFrame.
     """
     check_budget(budget, budget_type)
-    opts = PruneConfig.from_mapping(dict(
-        budget=budget, budget_type=budget_type, method=method, importance=importance, aggregate=aggregate,
-        round_to=round_to, min_ratio=min_ratio, seed=seed, finetune_epochs=finetune_epochs, lr=lr, kd=kd,
-        recal_batches=recal_batches, candidates=candidates, optimizer=optimizer, progress=progress, **options),
-        "lcp.prune")
+    opts = PruneConfig.from_mapping(
+        dict(
+            budget=budget,
+            budget_type=budget_type,
+            method=method,
+            importance=importance,
+            aggregate=aggregate,
+            round_to=round_to,
+            min_ratio=min_ratio,
+            seed=seed,
+            finetune_epochs=finetune_epochs,
+            lr=lr,
+            kd=kd,
+            recal_batches=recal_batches,
+            candidates=candidates,
+            optimizer=optimizer,
+            progress=progress,
+            **options,
+        ),
+        "lcp.prune",
+    )
     chosen = get_method(method)
     chosen.check(opts, opts.all_budgets())
     bundle = _bundle(data, model, example_inputs)
@@ -60,15 +95,17 @@ def prune(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor
         size = bundle.input_size if bundle is not None else tuple(next(iter(data["train"]))[0].shape[1:])
         example_inputs = torch.zeros(1, *size)
     graph = build_graph(model, example_inputs)
-    ctx = Context(graph, opts, bundle, out=None, log=lambda msg: None, name=type(model).__name__, verify=check,
-                  batches=batches)
+    ctx = Context(
+        graph, opts, bundle, out=None, log=lambda msg: None, name=type(model).__name__, verify=check, batches=batches
+    )
     t0 = time.perf_counter()
     learned = Learned(transforms=transforms) if transforms is not None else chosen.learn(ctx)
     search_s = time.perf_counter() - t0 if transforms is None else 0.0
     result = chosen.cut(ctx, learned, budget)
     if data is not None:
-        result.report = _recover_and_report(result, model, bundle if bundle is not None else data, opts, budget,
-                                            search_s)
+        result.report = _recover_and_report(
+            result, model, bundle if bundle is not None else data, opts, budget, search_s
+        )
     return result
 
 
@@ -84,15 +121,21 @@ def _bundle(data: Any, model: nn.Module, example_inputs: Any) -> DataBundle | No
     return data
 
 
-def _recover_and_report(result: PruneResult, original: nn.Module, data: Any, opts: PruneConfig, budget: float,
-                        search_s: float) -> pd.DataFrame:
+def _recover_and_report(
+    result: PruneResult, original: nn.Module, data: Any, opts: PruneConfig, budget: float, search_s: float
+) -> pd.DataFrame:
     """The post-cut stage of ``lcp prune`` on ``data``; the one-row report (``REPORT_COLUMNS``)."""
     test = data.loader("test", 256) if isinstance(data, DataBundle) else data["test"]
     top1_base = evaluate(original, test, device=opts.device)["top1"]
     original.cpu()
     numbers = recover(result.model, original, data, opts)
     result.model.cpu()
-    row = report_row(result, opts, model=type(original).__name__,
-                     dataset=getattr(data, "source", "loaders"), budget=budget,
-                     numbers={"top1_base": top1_base, **numbers, "search_s": search_s})
+    row = report_row(
+        result,
+        opts,
+        model=type(original).__name__,
+        dataset=getattr(data, "source", "loaders"),
+        budget=budget,
+        numbers={"top1_base": top1_base, **numbers, "search_s": search_s},
+    )
     return pd.DataFrame([{k: row.get(k) for k in REPORT_COLUMNS}])

@@ -121,18 +121,22 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if bundle.num_classes != spec["num_classes"]:
         raise LcpError(f"{data} has {bundle.num_classes} classes but the model has {spec['num_classes']}")
     res = evaluate(model, bundle.loader("test", 256))
-    print(f"{spec['model']} from {args.dir}: top-1 {res['top1']:.2f}% on {len(bundle.test_x)} test images "
-          f"(loss {res['loss']:.4f})")
+    print(
+        f"{spec['model']} from {args.dir}: top-1 {res['top1']:.2f}% on {len(bundle.test_x)} test images "
+        f"(loss {res['loss']:.4f})"
+    )
     return 0
 
 
 def cmd_check(args: argparse.Namespace) -> int:
     info = model_info(args.model)
     size = tuple(args.input_size) if args.input_size else info.input_size
-    model = create_model(args.model, num_classes=args.num_classes, checkpoint=args.checkpoint,
-                         pretrained=args.pretrained).eval()
-    rep = check(model, torch.zeros(1, *size), budget=args.budget, ignore=args.ignore or (), name=info.name,
-                suggest=args.suggest)
+    model = create_model(
+        args.model, num_classes=args.num_classes, checkpoint=args.checkpoint, pretrained=args.pretrained
+    ).eval()
+    rep = check(
+        model, torch.zeros(1, *size), budget=args.budget, ignore=args.ignore or (), name=info.name, suggest=args.suggest
+    )
     print("\n".join(rep.lines()))
     if rep.status != "ok":
         print(f"lcp: error: {rep.model} cannot be pruned to {args.budget:g} safely: {rep.reason}", file=sys.stderr)
@@ -145,15 +149,24 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.dir:
         spec = read_json(Path(args.dir) / "channels.json", what="channels.json")
         name, size = spec["model"], tuple(spec["input_size"])
-        models = {"original": create_model(name, num_classes=spec["num_classes"]).eval(),
-                  "pruned": store.load(args.dir)}
+        models = {
+            "original": create_model(name, num_classes=spec["num_classes"]).eval(),
+            "pruned": store.load(args.dir),
+        }
         out = Path(args.out or Path(args.dir) / "bench.csv")
     else:
         name, size = args.model, model_info(args.model).input_size
         models = {"original": create_model(args.model).eval()}
         out = Path(args.out or "bench.csv")
-    table = bench(models, size, batches=tuple(args.batch), device=args.device, n_threads=args.threads,
-                  repeats=args.repeats, compile=not args.no_compile)
+    table = bench(
+        models,
+        size,
+        batches=tuple(args.batch),
+        device=args.device,
+        n_threads=args.threads,
+        repeats=args.repeats,
+        compile=not args.no_compile,
+    )
     table.insert(0, "name", name)
     with atomic_path(out) as tmp:
         table.to_csv(tmp, index=False)
@@ -165,21 +178,30 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _Parser(prog="lcp", description="Layer-compensated structured pruning for CNNs.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    p = sub.add_parser("prune", help="prune a trained model to a budget, fine-tune it and write a report",
-                       description="Prune a trained model to a MACs or params budget. Example: "
-                                   "lcp prune --model resnet56 --budget 0.5 --method global --out runs/r56")
+    p = sub.add_parser(
+        "prune",
+        help="prune a trained model to a budget, fine-tune it and write a report",
+        description="Prune a trained model to a MACs or params budget. Example: "
+        "lcp prune --model resnet56 --budget 0.5 --method global --out runs/r56",
+    )
     _recipe_arg(p)
     add_arguments(p, PruneConfig)
     p.set_defaults(func=cmd_prune)
-    s = sub.add_parser("search", help="learn the layer compensation only and write transforms.json",
-                       description="Learn per-group (alpha, kappa) with the meta-learner and write "
-                                   "transforms.json; reuse it with lcp prune --transforms FILE at any budget.")
+    s = sub.add_parser(
+        "search",
+        help="learn the layer compensation only and write transforms.json",
+        description="Learn per-group (alpha, kappa) with the meta-learner and write "
+        "transforms.json; reuse it with lcp prune --transforms FILE at any budget.",
+    )
     _recipe_arg(s)
     add_arguments(s, PruneConfig, exclude=("structure_from",))
     s.set_defaults(func=cmd_search)
-    t = sub.add_parser("train", help="train a baseline from scratch (checkpoint per epoch, --resume)",
-                       description="Train a model from scratch on the train split (the held-out images are kept "
-                                   "out). Example: lcp train --recipe recipes/densenet40_cifar10.yaml")
+    t = sub.add_parser(
+        "train",
+        help="train a baseline from scratch (checkpoint per epoch, --resume)",
+        description="Train a model from scratch on the train split (the held-out images are kept "
+        "out). Example: lcp train --recipe recipes/densenet40_cifar10.yaml",
+    )
     _recipe_arg(t)
     add_arguments(t, TrainConfig)
     t.set_defaults(func=cmd_train)
@@ -191,13 +213,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     c.add_argument("--model", required=True, help="zoo name, timm name or tv:NAME")
     c.add_argument("--budget", type=_budget, default=0.5, help="MACs fraction to plan for (default 0.5)")
     c.add_argument("--ignore", action="append", help="module-name glob whose channels are kept (repeatable)")
-    c.add_argument("--input-size", type=int, nargs=3, metavar=("C", "H", "W"),
-                   help="example input size (default: the model's)")
+    c.add_argument(
+        "--input-size", type=int, nargs=3, metavar=("C", "H", "W"), help="example input size (default: the model's)"
+    )
     c.add_argument("--num-classes", type=int, default=None, help="classifier size (default: the model's)")
     c.add_argument("--checkpoint", default=None, help="weights to load first (optional)")
     c.add_argument("--pretrained", action="store_true", help="load the hub's pretrained weights first (online)")
-    c.add_argument("--no-suggest", dest="suggest", action="store_false",
-                   help="when it fails, do not search for --ignore patterns that make it prune (up to 2 minutes)")
+    c.add_argument(
+        "--no-suggest",
+        dest="suggest",
+        action="store_false",
+        help="when it fails, do not search for --ignore patterns that make it prune (up to 2 minutes)",
+    )
     c.set_defaults(func=cmd_check)
     b = sub.add_parser("bench", help="latency, throughput and memory of a pruned folder against its original")
     b.add_argument("dir", nargs="?", help="output folder of lcp prune")

@@ -140,18 +140,14 @@ def read_json(path: PathLike, what: str = "JSON file") -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise LcpError(
-            f"{what} {p} is not valid JSON (line {exc.lineno}: {exc.msg}); fix or delete it"
-        ) from exc
+        raise LcpError(f"{what} {p} is not valid JSON (line {exc.lineno}: {exc.msg}); fix or delete it") from exc
 
 
 # --------------------------------------------------------------------------- tensors
 
 
 def save_tensors(
-    tensors: Mapping[str, torch.Tensor],
-    path: PathLike,
-    metadata: Mapping[str, str] | None = None,
+    tensors: Mapping[str, torch.Tensor], path: PathLike, metadata: Mapping[str, str] | None = None
 ) -> None:
     """Save tensors atomically with safetensors (contiguous CPU copies, no shared storage)."""
     import torch

@@ -23,17 +23,34 @@ from lcp.errors import LcpError
 Check = Callable[[Any], None]  # raises ValueError with a short reason
 
 
-def option(default: Any, help: str | Callable[[], str], *, choices: Sequence[str] | Callable[[], Sequence[str]] | None = None,
-           check: Check | None = None, flag: str | None = None, metavar: Any = None, signature: bool = True,
-           cli: bool = True, group: str | None = None) -> Any:
+def option(
+    default: Any,
+    help: str | Callable[[], str],
+    *,
+    choices: Sequence[str] | Callable[[], Sequence[str]] | None = None,
+    check: Check | None = None,
+    flag: str | None = None,
+    metavar: Any = None,
+    signature: bool = True,
+    cli: bool = True,
+    group: str | None = None,
+) -> Any:
     """A dataclass field with its command-line and validation metadata.
 
     ``help`` and ``choices`` may be callables (read when the parser is built: registries fill late); ``check`` raises
     ``ValueError`` for a value of the right type but out of range; ``signature``: the field identifies the run's
     result (``signature``); ``flag``: the long option when it is not ``--name-with-dashes``; ``cli=False``: not
     on the command line (API and recipes only)."""
-    meta = {"help": help, "choices": choices, "check": check, "flag": flag, "metavar": metavar,
-            "signature": signature, "cli": cli, "group": group}
+    meta = {
+        "help": help,
+        "choices": choices,
+        "check": check,
+        "flag": flag,
+        "metavar": metavar,
+        "signature": signature,
+        "cli": cli,
+        "group": group,
+    }
     if isinstance(default, list):
         return dataclasses.field(default_factory=lambda: list(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -57,6 +74,7 @@ def at_least(low: float) -> Check:
     def check(value: float) -> None:
         if value < low:
             raise ValueError(f"must be at least {low:g}, got {value}")
+
     return check
 
 
@@ -69,6 +87,7 @@ def each(check: Check) -> Check:
     def check_all(values: Iterable[Any]) -> None:
         for v in values:
             check(v)
+
     return check_all
 
 
@@ -169,8 +188,7 @@ def from_mapping(cls: type, values: Mapping[Any, Any], source: str) -> dict[str,
 def signature(cfg: Any, skip: Iterable[str] = ()) -> dict[str, Any]:
     """The fields of ``cfg`` that identify its result (``option(signature=True)``)."""
     skip = set(skip)
-    return {f.name: getattr(cfg, f.name) for f in fields(type(cfg))
-            if f.metadata["signature"] and f.name not in skip}
+    return {f.name: getattr(cfg, f.name) for f in fields(type(cfg)) if f.metadata["signature"] and f.name not in skip}
 
 
 def field_names(*classes: type) -> list[str]:
@@ -196,6 +214,7 @@ def _text_parser(tp: Any, check: Check | None, choices: Sequence[str] | None) ->
                 except ValueError as e:
                     raise argparse.ArgumentTypeError(str(e)) from None
             return values
+
         return parse_list
 
     def parse(text: str) -> Any:
@@ -211,6 +230,7 @@ def _text_parser(tp: Any, check: Check | None, choices: Sequence[str] | None) ->
             except ValueError as e:
                 raise argparse.ArgumentTypeError(str(e)) from None
         return value
+
     return parse
 
 

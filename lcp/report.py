@@ -40,15 +40,7 @@ REPORT_COLUMNS: list[str] = [
     "seed",
 ]
 
-LAYER_COLUMNS: list[str] = [
-    "group",
-    "layers",
-    "channels_before",
-    "channels_after",
-    "keep_ratio",
-    "alpha",
-    "kappa",
-]
+LAYER_COLUMNS: list[str] = ["group", "layers", "channels_before", "channels_after", "keep_ratio", "alpha", "kappa"]
 
 _MAX_TICK_LABELS = 40
 
@@ -145,7 +137,7 @@ def _short(name: str, limit: int = 28) -> str:
     if len(name) <= limit:
         return name
     keep = (limit - 1) // 2
-    return f"{name[:keep]}…{name[-(limit - 1 - keep):]}"
+    return f"{name[:keep]}…{name[-(limit - 1 - keep) :]}"
 
 
 def plot_widths(layers: Sequence[tuple[str, int, int]], path: PathLike, title: str) -> None:
@@ -235,9 +227,6 @@ def print_table(df: pd.DataFrame) -> str:
         cells.append([_fmt(str(c), v) for c, v in zip(df.columns, rec)])
     widths = [max(len(r[j]) for r in cells) for j in range(len(df.columns))]
     right = [pd.api.types.is_numeric_dtype(df[c]) for c in df.columns]
-    lines = [
-        "  ".join(v.rjust(w) if r_ else v.ljust(w) for v, w, r_ in zip(r, widths, right)).rstrip()
-        for r in cells
-    ]
+    lines = ["  ".join(v.rjust(w) if r_ else v.ljust(w) for v, w, r_ in zip(r, widths, right)).rstrip() for r in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)

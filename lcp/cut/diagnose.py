@@ -10,15 +10,17 @@ Statuses: ``ok`` (prunes and verifies), ``refused`` (lcp declines with a reason:
 run on the input, nothing is prunable, the budget is out of reach, or the built network failed verification
 and was not returned), ``error`` (an unexpected exception: an lcp bug, reported with where it happened).
 """
+
 from __future__ import annotations
 
 import copy
 import time
 import traceback
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -82,18 +84,24 @@ class CheckReport:
         size = "x".join(str(s) for s in self.input_size)
         head = f"{self.model}: {self.status.upper()}"
         if self.ok:
-            head += (f", pruned to {self.macs_ratio:.1%} of its MACs (budget {self.budget:g}, params "
-                     f"{self.params_ratio:.1%}) at input {size}")
+            head += (
+                f", pruned to {self.macs_ratio:.1%} of its MACs (budget {self.budget:g}, params "
+                f"{self.params_ratio:.1%}) at input {size}"
+            )
         else:
             head += f" ({self.reason})"
         out = [head]
         if self.ok:
-            out.append(f"  verified: masked equivalence (max relative error {self.max_rel_error:.1e}), MACs and "
-                       "params re-counted, forward and backward in train mode")
+            out.append(
+                f"  verified: masked equivalence (max relative error {self.max_rel_error:.1e}), MACs and "
+                "params re-counted, forward and backward in train mode"
+            )
         if self.units:
-            out.append(f"  prunable: {self.prunable} of {self.units} channel units ({self.prunable / self.units:.0%}) "
-                       f"in {self.groups} groups; the other {self.units - self.prunable} are the model's input or "
-                       f"output channels or frozen by the ops below")
+            out.append(
+                f"  prunable: {self.prunable} of {self.units} channel units ({self.prunable / self.units:.0%}) "
+                f"in {self.groups} groups; the other {self.units - self.prunable} are the model's input or "
+                f"output channels or frozen by the ops below"
+            )
         if self.frozen:
             n = len(self.frozen)
             out.append(f"  frozen by {n} op{'s' * (n != 1)} (their channels are kept whole):")
@@ -112,11 +120,18 @@ class CheckReport:
 
     def row(self) -> dict[str, Any]:
         """One CSV row (the support matrix)."""
-        return {"model": self.model, "status": self.status, "reason": self.reason,
-                "macs_ratio": "" if self.macs_ratio is None else round(self.macs_ratio, 4),
-                "seconds": round(self.seconds, 2), "input": "x".join(str(s) for s in self.input_size),
-                "units": self.units, "prunable": self.prunable, "frozen_ops": len(self.frozen),
-                "suggestion": " ".join(self.suggestion)}
+        return {
+            "model": self.model,
+            "status": self.status,
+            "reason": self.reason,
+            "macs_ratio": "" if self.macs_ratio is None else round(self.macs_ratio, 4),
+            "seconds": round(self.seconds, 2),
+            "input": "x".join(str(s) for s in self.input_size),
+            "units": self.units,
+            "prunable": self.prunable,
+            "frozen_ops": len(self.frozen),
+            "suggestion": " ".join(self.suggestion),
+        }
 
 
 def _op_kind(op: str) -> str:
@@ -136,13 +151,22 @@ def frozen_ops(graph: ChannelGraph) -> list[FrozenOp]:
             where[node.name] = str(node.target)
         elif stack:
             where[node.name] = str(list(stack.values())[-1][0])
-    return [FrozenOp(reason=f.reason, op=f.op, module=where.get(f.where, f.where) or "(top level)")
-            for f in graph.frozen_ops]
+    return [
+        FrozenOp(reason=f.reason, op=f.op, module=where.get(f.where, f.where) or "(top level)")
+        for f in graph.frozen_ops
+    ]
 
 
-def check(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor], *, budget: float = 0.5,
-          ignore: Sequence[str] = (), name: str | None = None, suggest: bool = False,
-          suggest_seconds: float = 120.0) -> CheckReport:
+def check(
+    model: nn.Module,
+    example_inputs: torch.Tensor | Sequence[torch.Tensor],
+    *,
+    budget: float = 0.5,
+    ignore: Sequence[str] = (),
+    name: str | None = None,
+    suggest: bool = False,
+    suggest_seconds: float = 120.0,
+) -> CheckReport:
     """Trace, plan a ``budget`` cut, build, verify (forward, backward, masked equivalence) and report.
 
     Never raises for a model problem: the report's ``status`` is ``ok``, ``refused`` or ``error``. With
@@ -173,8 +197,9 @@ def check(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor
     return rep
 
 
-def _try_prune(graph: ChannelGraph, model: nn.Module, example_inputs: tuple, budget: float,
-               rep: CheckReport | None = None) -> None:
+def _try_prune(
+    graph: ChannelGraph, model: nn.Module, example_inputs: tuple, budget: float, rep: CheckReport | None = None
+) -> None:
     """Plan, build and verify (raises on failure); fills ``rep``'s ratios when given."""
     result = prune_graph(graph, budget=budget)  # masked equivalence and MACs/params re-count, or LcpError
     train_step(result.model, model, example_inputs)
@@ -204,12 +229,15 @@ def train_step(pruned: nn.Module, original: nn.Module, example_inputs: tuple) ->
         original.train(was)
     net = copy.deepcopy(pruned).train()
     gen = torch.Generator().manual_seed(0)
-    xs = [torch.randn((2, *x.shape[1:]), generator=gen, dtype=x.dtype) if x.is_floating_point()
-          else torch.cat([x, x]) for x in example_inputs]
+    xs = [
+        torch.randn((2, *x.shape[1:]), generator=gen, dtype=x.dtype) if x.is_floating_point() else torch.cat([x, x])
+        for x in example_inputs
+    ]
     out = _first_tensor(net(*xs))
     if tuple(out.shape[1:]) != tuple(ref.shape[1:]):
-        raise LcpError(f"the pruned model's output shape {tuple(out.shape[1:])} differs from the original's "
-                       f"{tuple(ref.shape[1:])}")
+        raise LcpError(
+            f"the pruned model's output shape {tuple(out.shape[1:])} differs from the original's {tuple(ref.shape[1:])}"
+        )
     out.float().square().mean().backward()
     grads = [p.grad for p in net.parameters() if p.requires_grad]
     if not any(g is not None for g in grads):
@@ -249,8 +277,9 @@ def _patterns(prefixes: Sequence[str]) -> list[str]:
     return [p for prefix in prefixes for p in (prefix, prefix + ".*")]
 
 
-def suggest_ignore(model: nn.Module, example_inputs: tuple, graph: ChannelGraph, budget: float,
-                   ignore: Sequence[str], deadline: float) -> list[str]:
+def suggest_ignore(
+    model: nn.Module, example_inputs: tuple, graph: ChannelGraph, budget: float, ignore: Sequence[str], deadline: float
+) -> list[str]:
     """Module prefixes to keep whole so that the model prunes: greedy, top-level blocks first, then deeper.
 
     Returns ``[]`` when nothing was found in time (or when keeping every layer whole does not help).

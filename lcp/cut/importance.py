@@ -8,9 +8,11 @@ residual streams almost unprunable because they sum over many layers).
 Criteria are strategy objects in a registry (``Importance``, ``register_importance``): ``l2`` (default), ``l1``,
 ``bn_scale`` and ``taylor`` are built in, and their names are the string aliases the options take.
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -148,8 +150,9 @@ class Taylor(Importance):
         return acc
 
 
-def filter_scores(graph: ChannelGraph, criterion: str | Importance = "l2",
-                  batches: Iterable[Batch] | None = None) -> dict[int, np.ndarray]:
+def filter_scores(
+    graph: ChannelGraph, criterion: str | Importance = "l2", batches: Iterable[Batch] | None = None
+) -> dict[int, np.ndarray]:
     """Score of every output position of every conv/linear record, keyed by record index (``criterion``: a
     registered name or an ``Importance``)."""
     strategy = get_importance(criterion) if isinstance(criterion, str) else criterion

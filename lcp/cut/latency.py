@@ -4,13 +4,14 @@ Timings are medians over ``repeats`` runs after ``warmup`` runs, with ``torch.in
 device that will run the model (``cpu`` or ``cuda``, synchronised). These machines are noisy: compare
 ratios measured in one run, never timings across runs.
 """
+
 from __future__ import annotations
 
 import math
 import statistics
 import time
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -44,8 +45,16 @@ def _on(model: nn.Module, dev: torch.device) -> nn.Module:
     return model.eval()
 
 
-def measure(model: nn.Module, input_size: tuple[int, ...], *, batch: int = 1, device: str = "cpu",
-            n_threads: int | None = None, warmup: int = 5, repeats: int = 20) -> dict[str, float]:
+def measure(
+    model: nn.Module,
+    input_size: tuple[int, ...],
+    *,
+    batch: int = 1,
+    device: str = "cpu",
+    n_threads: int | None = None,
+    warmup: int = 5,
+    repeats: int = 20,
+) -> dict[str, float]:
     """Latency of one forward pass at ``batch``: median, p10 and p90 in milliseconds, and images/s."""
     if device == "cuda" and not torch.cuda.is_available():
         raise LcpError("--device cuda asked for, but no CUDA device is available")
@@ -64,13 +73,26 @@ def measure(model: nn.Module, input_size: tuple[int, ...], *, batch: int = 1, de
                 times.append(time.perf_counter() - t0)
     times.sort()
     med = statistics.median(times)
-    return {"median_ms": 1e3 * med, "p10_ms": 1e3 * times[len(times) // 10],
-            "p90_ms": 1e3 * times[(9 * len(times)) // 10], "images_per_s": batch / med}
+    return {
+        "median_ms": 1e3 * med,
+        "p10_ms": 1e3 * times[len(times) // 10],
+        "p90_ms": 1e3 * times[(9 * len(times)) // 10],
+        "images_per_s": batch / med,
+    }
 
 
-def paired_latency(model: nn.Module, reference: nn.Module, input_size: tuple[int, ...], *, batch: int = 1,
-                   device: str = "cpu", n_threads: int | None = None, rounds: int = 5,
-                   repeats: int = 20, min_seconds: float = 1.0) -> dict[str, float]:
+def paired_latency(
+    model: nn.Module,
+    reference: nn.Module,
+    input_size: tuple[int, ...],
+    *,
+    batch: int = 1,
+    device: str = "cpu",
+    n_threads: int | None = None,
+    rounds: int = 5,
+    repeats: int = 20,
+    min_seconds: float = 1.0,
+) -> dict[str, float]:
     """Latency of ``model`` relative to ``reference``, timed in alternating rounds.
 
     A shared machine drifts (other load, clock changes) over the minutes between two timings; alternating
@@ -81,17 +103,25 @@ def paired_latency(model: nn.Module, reference: nn.Module, input_size: tuple[int
     """
     per_round = max(3, -(-repeats // rounds))
     if min_seconds > 0:  # short passes (batch 1) jitter most: time them more often, at no great cost
-        est = measure(reference, input_size, batch=batch, device=device, n_threads=n_threads, warmup=1,
-                      repeats=3)["median_ms"]
+        est = measure(reference, input_size, batch=batch, device=device, n_threads=n_threads, warmup=1, repeats=3)[
+            "median_ms"
+        ]
         per_round = max(per_round, math.ceil(min_seconds * 1e3 / max(est, 1e-3) / rounds))
     ms: dict[str, list[float]] = {"model": [], "reference": []}
     for _ in range(rounds):
         for key, m in (("reference", reference), ("model", model)):
-            ms[key].append(measure(m, input_size, batch=batch, device=device, n_threads=n_threads, warmup=2,
-                                   repeats=per_round)["median_ms"])
+            ms[key].append(
+                measure(m, input_size, batch=batch, device=device, n_threads=n_threads, warmup=2, repeats=per_round)[
+                    "median_ms"
+                ]
+            )
     ratios = [a / b for a, b in zip(ms["model"], ms["reference"])]
-    return {"ratio": statistics.median(ratios), "median_ms": statistics.median(ms["model"]),
-            "reference_ms": statistics.median(ms["reference"]), "rounds": ratios}
+    return {
+        "ratio": statistics.median(ratios),
+        "median_ms": statistics.median(ms["model"]),
+        "reference_ms": statistics.median(ms["reference"]),
+        "rounds": ratios,
+    }
 
 
 def median_error(values: Sequence[float]) -> float:
@@ -129,9 +159,17 @@ def peak_memory_mb(model: nn.Module, input_size: tuple[int, ...], *, batch: int,
     return total[0] / 2**20
 
 
-def bench(models: dict[str, nn.Module], input_size: tuple[int, ...], *, batches: tuple[int, ...] = (1, 64),
-          device: str = "cpu", n_threads: int | None = None, repeats: int = 20, compile: bool = True,
-          onnx: bool = True) -> "pd.DataFrame":  # noqa: F821
+def bench(
+    models: dict[str, nn.Module],
+    input_size: tuple[int, ...],
+    *,
+    batches: tuple[int, ...] = (1, 64),
+    device: str = "cpu",
+    n_threads: int | None = None,
+    repeats: int = 20,
+    compile: bool = True,
+    onnx: bool = True,
+) -> pd.DataFrame:  # noqa: F821
     """One row per (model, runtime, batch): latency, throughput and peak memory; eager, torch.compile, ORT."""
     import pandas as pd
 
@@ -149,16 +187,25 @@ def bench(models: dict[str, nn.Module], input_size: tuple[int, ...], *, batches:
         for runtime, m in runtimes.items():
             for b in batches:
                 t = measure(m, input_size, batch=b, device=device, n_threads=n_threads, repeats=repeats)
-                rows.append({"model": name, "runtime": runtime, "batch": b, **t,
-                             "peak_mb": peak_memory_mb(model, input_size, batch=b, device=device)
-                             if runtime == "eager" else None})
+                rows.append(
+                    {
+                        "model": name,
+                        "runtime": runtime,
+                        "batch": b,
+                        **t,
+                        "peak_mb": peak_memory_mb(model, input_size, batch=b, device=device)
+                        if runtime == "eager"
+                        else None,
+                    }
+                )
         if onnx:
             rows.extend(_onnx_rows(name, model, input_size, batches, repeats))
     return pd.DataFrame(rows)
 
 
-def _onnx_rows(name: str, model: nn.Module, input_size: tuple[int, ...], batches: tuple[int, ...],
-               repeats: int) -> list[dict]:
+def _onnx_rows(
+    name: str, model: nn.Module, input_size: tuple[int, ...], batches: tuple[int, ...], repeats: int
+) -> list[dict]:
     """ONNX Runtime timings when onnxruntime is installed (nothing otherwise)."""
     try:
         import onnxruntime as ort
@@ -170,8 +217,9 @@ def _onnx_rows(name: str, model: nn.Module, input_size: tuple[int, ...], batches
 
     buf = io.BytesIO()
     try:
-        torch.onnx.export(model.eval(), torch.randn(1, *input_size), buf, input_names=["x"],
-                          dynamic_axes={"x": {0: "batch"}})
+        torch.onnx.export(
+            model.eval(), torch.randn(1, *input_size), buf, input_names=["x"], dynamic_axes={"x": {0: "batch"}}
+        )
     except Exception as e:
         return [{"model": name, "runtime": "onnxruntime", "error": type(e).__name__}]
     sess = ort.InferenceSession(buf.getvalue(), providers=["CPUExecutionProvider"])
@@ -185,8 +233,9 @@ def _onnx_rows(name: str, model: nn.Module, input_size: tuple[int, ...], batches
             if i >= 5:
                 times.append(time.perf_counter() - t0)
         med = statistics.median(times)
-        rows.append({"model": name, "runtime": "onnxruntime", "batch": b, "median_ms": 1e3 * med,
-                     "images_per_s": b / med})
+        rows.append(
+            {"model": name, "runtime": "onnxruntime", "batch": b, "median_ms": 1e3 * med, "images_per_s": b / med}
+        )
     return rows
 
 
@@ -233,7 +282,7 @@ class LayerTable:
         return {"in": self.in_grid, "out": self.out_grid, "ms": self.ms}
 
     @classmethod
-    def from_json(cls, d: dict) -> "LayerTable":
+    def from_json(cls, d: dict) -> LayerTable:
         return cls(list(d["in"]), list(d["out"]), [list(map(float, r)) for r in d["ms"]])
 
 
@@ -241,8 +290,11 @@ def _input_shapes(graph: ChannelGraph, names: set[str]) -> dict[str, list[tuple[
     """Input shapes (without the batch) of every call of the named modules on the graph's example input."""
     shapes: dict[str, list[tuple[int, ...]]] = {n: [] for n in names}
     modules = dict(graph.model.named_modules())
-    handles = [modules[n].register_forward_hook(
-        lambda m, inp, out, n=n: shapes[n].append(tuple(inp[0].shape[1:]))) for n in names if n in modules]
+    handles = [
+        modules[n].register_forward_hook(lambda m, inp, out, n=n: shapes[n].append(tuple(inp[0].shape[1:])))
+        for n in names
+        if n in modules
+    ]
     try:
         with torch.inference_mode():
             graph.model.eval()(*[x.float() for x in graph.example_inputs])
@@ -261,16 +313,38 @@ def _probe(module: nn.Module, n_in: int, n_out: int, depthwise: bool) -> nn.Modu
         n_in = groups = n_out
     elif groups > 1:  # grouped: widths rounded up to a multiple of the groups
         n_in, n_out = -(-n_in // groups) * groups, -(-n_out // groups) * groups
-    return type(module)(n_in, n_out, module.kernel_size, stride=module.stride, padding=module.padding,
-                        dilation=module.dilation, groups=groups, bias=module.bias is not None,
-                        padding_mode=module.padding_mode)
+    return type(module)(
+        n_in,
+        n_out,
+        module.kernel_size,
+        stride=module.stride,
+        padding=module.padding,
+        dilation=module.dilation,
+        groups=groups,
+        bias=module.bias is not None,
+        padding_mode=module.padding_mode,
+    )
 
 
-def _time_layer(module: nn.Module, n_in: int, n_out: int, depthwise: bool, shapes: list[tuple[int, ...]], *,
-                batch: int, dev: torch.device, warmup: int, repeats: int) -> float:
+def _time_layer(
+    module: nn.Module,
+    n_in: int,
+    n_out: int,
+    depthwise: bool,
+    shapes: list[tuple[int, ...]],
+    *,
+    batch: int,
+    dev: torch.device,
+    warmup: int,
+    repeats: int,
+) -> float:
     probe = _probe(module, n_in, n_out, depthwise).to(dev).eval()
-    xs = [torch.randn(batch, *s[:-1], n_in if not depthwise else n_out, device=dev) if isinstance(module, nn.Linear)
-          else torch.randn(batch, probe.in_channels, *s[1:], device=dev) for s in shapes]
+    xs = [
+        torch.randn(batch, *s[:-1], n_in if not depthwise else n_out, device=dev)
+        if isinstance(module, nn.Linear)
+        else torch.randn(batch, probe.in_channels, *s[1:], device=dev)
+        for s in shapes
+    ]
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     times = []
     with torch.inference_mode():
@@ -311,9 +385,18 @@ class LatencyTable:
         return 0.0 if t is None else t(n_in, n_out)
 
     @classmethod
-    def build(cls, graph: ChannelGraph, *, batch: int = 1, device: str = "cpu",
-              n_threads: int | None = None, repeats: int = 10, warmup: int = 3, cache: bool = True,
-              progress: bool = False) -> "LatencyTable":
+    def build(
+        cls,
+        graph: ChannelGraph,
+        *,
+        batch: int = 1,
+        device: str = "cpu",
+        n_threads: int | None = None,
+        repeats: int = 10,
+        warmup: int = 3,
+        cache: bool = True,
+        progress: bool = False,
+    ) -> LatencyTable:
         """Time every prunable conv/linear of ``graph`` alone on a grid of widths (1/8 to 1 of each axis).
 
         Layers of the same shape are timed once; timings are cached per device, batch and thread count in
@@ -321,8 +404,11 @@ class LatencyTable:
         if device == "cuda" and not torch.cuda.is_available():
             raise LcpError("--device cuda asked for, but no CUDA device is available")
         dev = torch.device(device)
-        recs = [(ri, r) for ri, r in enumerate(graph.records) if r.kind.has_filters
-                and r.out_ids is not None and r.in_ids is not None]
+        recs = [
+            (ri, r)
+            for ri, r in enumerate(graph.records)
+            if r.kind.has_filters and r.out_ids is not None and r.in_ids is not None
+        ]
         shapes = _input_shapes(graph, {r.name for _, r in recs})
         modules = dict(graph.model.named_modules())
         path = cache_dir() / "latency" / f"{_device_key(device, batch, n_threads)}.json"
@@ -347,8 +433,15 @@ class LatencyTable:
                 if key not in stored:
                     in_grid = [0] if dw else _grid(len(r.in_ids))
                     out_grid = _grid(len(r.out_ids))
-                    ms = [[_time_layer(m, n_in, n_out, dw, shapes[r.name], batch=batch, dev=dev, warmup=warmup,
-                                       repeats=repeats) for n_out in out_grid] for n_in in in_grid]
+                    ms = [
+                        [
+                            _time_layer(
+                                m, n_in, n_out, dw, shapes[r.name], batch=batch, dev=dev, warmup=warmup, repeats=repeats
+                            )
+                            for n_out in out_grid
+                        ]
+                        for n_in in in_grid
+                    ]
                     stored[key] = LayerTable(in_grid, out_grid, ms).to_json()
                     fresh += 1
                 tables[ri] = LayerTable.from_json(stored[key])
@@ -361,5 +454,9 @@ class LatencyTable:
             except OSError:
                 pass  # the cache is an optimisation only
         full = sum(t(len(graph.records[ri].in_ids), len(graph.records[ri].out_ids)) for ri, t in tables.items())
-        return cls(tables, base_ms, base_ms - full, {"device": device, "batch": batch, "layers": len(tables),
-                                                    "timed": fresh, "cache": str(path)})
+        return cls(
+            tables,
+            base_ms,
+            base_ms - full,
+            {"device": device, "batch": batch, "layers": len(tables), "timed": fresh, "cache": str(path)},
+        )

@@ -27,15 +27,15 @@ def check_budget(budget: float, budget_type: str = "macs") -> None:
 class CutOptions:
     """How much to keep and how the units are ranked and cut."""
 
-    budget: float = option(0.5, "fraction of the baseline cost to keep, in (0, 1]; 0.5 keeps 50%",
-                           check=unit_interval)
-    budgets: list[float] | None = option(None, "several budgets, e.g. 0.7,0.5,0.3: one search, one output folder "
-                                         "per budget", check=each(unit_interval))
-    budget_type: str = option("macs", "what the budget counts: macs, params, or latency measured on --device",
-                              choices=BUDGET_TYPES)
+    budget: float = option(0.5, "fraction of the baseline cost to keep, in (0, 1]; 0.5 keeps 50%", check=unit_interval)
+    budgets: list[float] | None = option(
+        None, "several budgets, e.g. 0.7,0.5,0.3: one search, one output folder per budget", check=each(unit_interval)
+    )
+    budget_type: str = option(
+        "macs", "what the budget counts: macs, params, or latency measured on --device", choices=BUDGET_TYPES
+    )
     importance: str = option("l2", "filter importance", choices=importance_names)
-    aggregate: str = option("mean", "how a coupled unit's filter scores combine (LeGR used sum)",
-                            choices=AGGREGATIONS)
+    aggregate: str = option("mean", "how a coupled unit's filter scores combine (LeGR used sum)", choices=AGGREGATIONS)
     round_to: int = option(1, "keep widths in multiples of this many channel units", check=at_least(1))
     min_ratio: float = option(0.1, "per-group floor: keep at least this fraction (and 2 channels)", check=fraction)
     latency_batch: int = option(1, "batch size of latency measurements", check=at_least(1), signature=False)

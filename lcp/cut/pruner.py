@@ -1,9 +1,11 @@
 """One call from a model to a verified, physically pruned model: graph -> importance -> plan -> surgery."""
+
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 from torch import nn
@@ -43,17 +45,36 @@ def group_widths(graph: ChannelGraph, removed: np.ndarray) -> list[dict]:
     rows = []
     for g in graph.groups:
         idx = np.asarray(g.units)
-        rows.append({"group": g.name, "layers": ";".join(g.producers), "channels_before": len(idx),
-                     "channels_after": int((~removed[idx]).sum())})
+        rows.append(
+            {
+                "group": g.name,
+                "layers": ";".join(g.producers),
+                "channels_before": len(idx),
+                "channels_after": int((~removed[idx]).sum()),
+            }
+        )
     return rows
 
 
-def prune_graph(graph: ChannelGraph, *, budget: float = 0.5, budget_type: str = "macs", method: str = "global",
-                importance: str = "l2", aggregate: str = "mean", transforms: Transforms | None = None,
-                round_to: int = 1, min_ratio: float = 0.1, seed: int = 0, check: bool = True,
-                batches: Iterable | None = None, cost: CostModel | None = None,
-                latency: dict | None = None, ratios: np.ndarray | None = None,
-                label: str | None = None) -> PruneResult:
+def prune_graph(
+    graph: ChannelGraph,
+    *,
+    budget: float = 0.5,
+    budget_type: str = "macs",
+    method: str = "global",
+    importance: str = "l2",
+    aggregate: str = "mean",
+    transforms: Transforms | None = None,
+    round_to: int = 1,
+    min_ratio: float = 0.1,
+    seed: int = 0,
+    check: bool = True,
+    batches: Iterable | None = None,
+    cost: CostModel | None = None,
+    latency: dict | None = None,
+    ratios: np.ndarray | None = None,
+    label: str | None = None,
+) -> PruneResult:
     """Plan, build and verify a pruned model from an existing channel graph.
 
     ``method`` is the order of the walk (``lcp.cut.ranking.ORDERS``: ``lcp`` ranks by ``transforms``, ``global``
@@ -73,15 +94,44 @@ def prune_graph(graph: ChannelGraph, *, budget: float = 0.5, budget_type: str = 
     tf = transforms if transforms is not None else Transforms.identity(graph)
     info: dict = {}
     if budget_type == "latency":
-        p, pruned, info = _latency_cut(graph, cost, scores, budget=budget, method=method, transforms=tf, seed=seed,
-                                       min_ratio=min_ratio, round_to=round_to, **(latency or {}))
+        p, pruned, info = _latency_cut(
+            graph,
+            cost,
+            scores,
+            budget=budget,
+            method=method,
+            transforms=tf,
+            seed=seed,
+            min_ratio=min_ratio,
+            round_to=round_to,
+            **(latency or {}),
+        )
     else:
         if ratios is not None:
-            p = plan_ratios(graph, cost, scores, ratios, budget=budget, budget_type=budget_type,
-                            method=label or "ratios", min_ratio=min_ratio, round_to=round_to)
+            p = plan_ratios(
+                graph,
+                cost,
+                scores,
+                ratios,
+                budget=budget,
+                budget_type=budget_type,
+                method=label or "ratios",
+                min_ratio=min_ratio,
+                round_to=round_to,
+            )
         else:
-            p = plan(graph, cost, scores, budget=budget, budget_type=budget_type, method=method, transforms=tf,
-                     seed=seed, min_ratio=min_ratio, round_to=round_to)
+            p = plan(
+                graph,
+                cost,
+                scores,
+                budget=budget,
+                budget_type=budget_type,
+                method=method,
+                transforms=tf,
+                seed=seed,
+                min_ratio=min_ratio,
+                round_to=round_to,
+            )
         pruned = apply_plan(graph, p.removed)
     if label:
         p.method = label
@@ -91,8 +141,15 @@ def prune_graph(graph: ChannelGraph, *, budget: float = 0.5, budget_type: str = 
     return PruneResult(pruned, p, graph, tf, ver, scores, time.perf_counter() - t0, info)
 
 
-def cut_removed(graph: ChannelGraph, removed: np.ndarray, *, budget: float, budget_type: str = "macs",
-                method: str = "given", check: bool = True) -> PruneResult:
+def cut_removed(
+    graph: ChannelGraph,
+    removed: np.ndarray,
+    *,
+    budget: float,
+    budget_type: str = "macs",
+    method: str = "given",
+    check: bool = True,
+) -> PruneResult:
     """Remove the given units (bool per unit; no ranking): cost, surgery and verification as ``prune_graph``."""
     t0 = time.perf_counter()
     removed = np.asarray(removed, dtype=bool)
@@ -101,14 +158,31 @@ def cut_removed(graph: ChannelGraph, removed: np.ndarray, *, budget: float, budg
     p = Plan(removed, macs, params, cost.macs_base, cost.params_base, budget, budget_type, method)
     pruned = apply_plan(graph, removed)
     ver = check_pruned(graph, p, pruned) if check else None
-    return PruneResult(pruned, p, graph, Transforms.identity(graph), ver, np.full(len(graph.units), np.nan),
-                       time.perf_counter() - t0)
+    return PruneResult(
+        pruned, p, graph, Transforms.identity(graph), ver, np.full(len(graph.units), np.nan), time.perf_counter() - t0
+    )
 
 
-def _latency_cut(graph: ChannelGraph, cost: CostModel, scores: np.ndarray, *, budget: float, method: str,
-                 transforms: Transforms, seed: int, min_ratio: float, round_to: int, batch: int = 1,
-                 device: str = "cpu", n_threads: int | None = None, repeats: int = 20, tolerance: float = 0.05,
-                 max_timings: int = 30, table: Any = None, progress: bool = False) -> tuple[Plan, nn.Module, dict]:
+def _latency_cut(
+    graph: ChannelGraph,
+    cost: CostModel,
+    scores: np.ndarray,
+    *,
+    budget: float,
+    method: str,
+    transforms: Transforms,
+    seed: int,
+    min_ratio: float,
+    round_to: int,
+    batch: int = 1,
+    device: str = "cpu",
+    n_threads: int | None = None,
+    repeats: int = 20,
+    tolerance: float = 0.05,
+    max_timings: int = 30,
+    table: Any = None,
+    progress: bool = False,
+) -> tuple[Plan, nn.Module, dict]:
     """Cut to ``budget`` x the measured latency of the original on this device.
 
     The greedy walk uses a per-layer latency lookup table (``latency.LatencyTable``, NetAdapt-style) as its
@@ -132,8 +206,18 @@ def _latency_cut(graph: ChannelGraph, cost: CostModel, scores: np.ndarray, *, bu
         nonlocal floor
         target = min(1.0, max(target, floor))
         try:
-            return plan(graph, lcost, scores, budget=target, budget_type="latency", method=method,
-                        transforms=transforms, seed=seed, min_ratio=min_ratio, round_to=round_to), target
+            return plan(
+                graph,
+                lcost,
+                scores,
+                budget=target,
+                budget_type="latency",
+                method=method,
+                transforms=transforms,
+                seed=seed,
+                min_ratio=min_ratio,
+                round_to=round_to,
+            ), target
         except UnreachableBudget as e:  # below the floors: the smallest network there is
             floor = min(1.0, e.lowest + 1e-9)
             return walk(floor)
@@ -147,8 +231,9 @@ def _latency_cut(graph: ChannelGraph, cost: CostModel, scores: np.ndarray, *, bu
             net = {"target": target, "plan": p, "model": apply_plan(graph, p.removed), "rounds": [], "ms": []}
             nets.append(net)
         while timings < max_timings:  # time it; again while it is in the band but not yet known precisely
-            t = paired_latency(net["model"], graph.model, size, batch=batch, device=device, n_threads=n_threads,
-                               repeats=repeats)
+            t = paired_latency(
+                net["model"], graph.model, size, batch=batch, device=device, n_threads=n_threads, repeats=repeats
+            )
             timings += 1
             net["rounds"] += t["rounds"]
             net["ms"].append((t["median_ms"], t["reference_ms"]))
@@ -166,16 +251,30 @@ def _latency_cut(graph: ChannelGraph, cost: CostModel, scores: np.ndarray, *, bu
     within = [n for n in nets if n["ratio"] <= budget]
     if not within:
         lowest = min(n["ratio"] for n in nets)
-        raise UnreachableBudget(f"latency budget {budget:g} cannot be met: the smallest network tried runs at "
-                                f"{lowest:.3f} of the original's latency", lowest)
+        raise UnreachableBudget(
+            f"latency budget {budget:g} cannot be met: the smallest network tried runs at "
+            f"{lowest:.3f} of the original's latency",
+            lowest,
+        )
     best = max(within, key=lambda n: n["ratio"])
     p = best["plan"]
     p.budget, p.budget_type = budget, "latency"
     ms, ref_ms = (float(np.median(x)) for x in zip(*best["ms"]))
-    return p, best["model"], {"latency_base_ms": ref_ms, "latency_pruned_ms": ms, "latency_ratio": best["ratio"],
-                              "latency_batch": batch, "latency_device": device, "latency_walks": len(nets),
-                              "latency_timings": timings, "latency_error": median_error(best["rounds"]),
-                              "latency_table_layers": table.info["layers"]}
+    return (
+        p,
+        best["model"],
+        {
+            "latency_base_ms": ref_ms,
+            "latency_pruned_ms": ms,
+            "latency_ratio": best["ratio"],
+            "latency_batch": batch,
+            "latency_device": device,
+            "latency_walks": len(nets),
+            "latency_timings": timings,
+            "latency_error": median_error(best["rounds"]),
+            "latency_table_layers": table.info["layers"],
+        },
+    )
 
 
 def _next_target(nets: list[dict], aim: float) -> float | None:
@@ -200,13 +299,17 @@ def check_pruned(graph: ChannelGraph, p: Plan, pruned: nn.Module) -> Verificatio
     """Refuse (LcpError) a pruned model that differs from the masked original or from its planned cost."""
     ver = verify(graph, p.removed, pruned)
     if not ver.ok:
-        raise LcpError(f"refusing the pruned {type(graph.model).__name__}: it does not match the masked original "
-                       f"({ver}); please report this model to lcp")
+        raise LcpError(
+            f"refusing the pruned {type(graph.model).__name__}: it does not match the masked original "
+            f"({ver}); please report this model to lcp"
+        )
     macs = count_macs(pruned, tuple(x.float() for x in graph.example_inputs))
     params = count_params(pruned)
     if macs != p.macs or params != p.params:
-        raise LcpError(f"refusing the pruned model: built network has {macs} MACs / {params} params, "
-                       f"the plan said {p.macs} / {p.params}; please report this model to lcp")
+        raise LcpError(
+            f"refusing the pruned model: built network has {macs} MACs / {params} params, "
+            f"the plan said {p.macs} / {p.params}; please report this model to lcp"
+        )
     return ver
 
 

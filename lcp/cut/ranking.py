@@ -6,6 +6,7 @@ until the cost is at or below ``budget * baseline``. Floors (per group) and ``ro
 module is ever left without channels, and a last pass restores the most recently removed units that still
 fit, so the result lands just under the target.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -32,26 +33,33 @@ class Transforms:
     groups: list[str] = field(default_factory=list)
 
     @classmethod
-    def identity(cls, graph: ChannelGraph) -> "Transforms":
+    def identity(cls, graph: ChannelGraph) -> Transforms:
         n = len(graph.groups)
         return cls(np.ones(n), np.zeros(n), [g.name for g in graph.groups])
 
     def to_json(self) -> dict:
-        return {"groups": [{"group": g, "alpha": float(a), "kappa": float(k)}
-                           for g, a, k in zip(self.groups, self.alpha, self.kappa)]}
+        return {
+            "groups": [
+                {"group": g, "alpha": float(a), "kappa": float(k)}
+                for g, a, k in zip(self.groups, self.alpha, self.kappa)
+            ]
+        }
 
     @classmethod
-    def from_json(cls, data: dict, graph: ChannelGraph) -> "Transforms":
+    def from_json(cls, data: dict, graph: ChannelGraph) -> Transforms:
         try:
             rows = {r["group"]: (float(r["alpha"]), float(r["kappa"])) for r in data["groups"]}
         except (KeyError, TypeError, ValueError):
-            raise LcpError("transforms file is not lcp transforms JSON "
-                           "({\"groups\": [{\"group\", \"alpha\", \"kappa\"}, ...]})") from None
+            raise LcpError(
+                'transforms file is not lcp transforms JSON ({"groups": [{"group", "alpha", "kappa"}, ...]})'
+            ) from None
         names = [g.name for g in graph.groups]
         missing = [n for n in names if n not in rows]
         if missing:
-            raise LcpError(f"transforms file does not fit this model: no entry for {len(missing)} groups "
-                           f"({', '.join(missing[:3])}...); it was learned on another architecture")
+            raise LcpError(
+                f"transforms file does not fit this model: no entry for {len(missing)} groups "
+                f"({', '.join(missing[:3])}...); it was learned on another architecture"
+            )
         return cls(np.array([rows[n][0] for n in names]), np.array([rows[n][1] for n in names]), names)
 
 
@@ -77,8 +85,10 @@ class Plan:
         return self.params / self.params_base
 
     def describe(self) -> str:
-        return (f"MACs {self.macs / 1e6:.2f}M of {self.macs_base / 1e6:.2f}M ({self.macs_ratio:.1%}), "
-                f"params {self.params / 1e6:.3f}M of {self.params_base / 1e6:.3f}M ({self.params_ratio:.1%})")
+        return (
+            f"MACs {self.macs / 1e6:.2f}M of {self.macs_base / 1e6:.2f}M ({self.macs_ratio:.1%}), "
+            f"params {self.params / 1e6:.3f}M of {self.params_base / 1e6:.3f}M ({self.params_ratio:.1%})"
+        )
 
 
 def compensated_scores(graph: ChannelGraph, scores: np.ndarray, transforms: Transforms) -> np.ndarray:
@@ -99,8 +109,9 @@ def ranking(graph: ChannelGraph, scores: np.ndarray) -> np.ndarray:
 class Walker:
     """Greedy removal along a ranking with floors, rounding and module-emptiness guards."""
 
-    def __init__(self, graph: ChannelGraph, cost: CostModel, *, min_ratio: float = 0.1, min_channels: int = 2,
-                 round_to: int = 1):
+    def __init__(
+        self, graph: ChannelGraph, cost: CostModel, *, min_ratio: float = 0.1, min_channels: int = 2, round_to: int = 1
+    ):
         self.graph, self.cost = graph, cost
         self.round_to = max(1, int(round_to))
         self.size = np.array([len(g.units) for g in graph.groups], dtype=np.int64)
@@ -172,9 +183,20 @@ class Walker:
                 blocked.add(g)
 
 
-def plan(graph: ChannelGraph, cost: CostModel, scores: np.ndarray, *, budget: float, budget_type: str = "macs",
-         method: str = "global", transforms: Transforms | None = None, seed: int = 0, min_ratio: float = 0.1,
-         min_channels: int = 2, round_to: int = 1) -> Plan:
+def plan(
+    graph: ChannelGraph,
+    cost: CostModel,
+    scores: np.ndarray,
+    *,
+    budget: float,
+    budget_type: str = "macs",
+    method: str = "global",
+    transforms: Transforms | None = None,
+    seed: int = 0,
+    min_ratio: float = 0.1,
+    min_channels: int = 2,
+    round_to: int = 1,
+) -> Plan:
     """Choose the units to remove so that the cost is at most ``budget`` x baseline.
 
     ``scores`` is one raw importance per unit (``importance.unit_scores``). Methods: ``global`` (identity
@@ -203,16 +225,28 @@ def plan(graph: ChannelGraph, cost: CostModel, scores: np.ndarray, *, budget: fl
             cost.reset()
             raise UnreachableBudget(
                 f"budget {budget:g} of {metric} cannot be met: the lowest reachable is {lowest:.4f} "
-                f"({_frozen_hint(graph)}); pass --budget {np.ceil(lowest * 1000) / 1000:g} or more", lowest)
+                f"({_frozen_hint(graph)}); pass --budget {np.ceil(lowest * 1000) / 1000:g} or more",
+                lowest,
+            )
         walker.refill(removed, batches, target, metric)
     macs, params = cost.macs, cost.params
     cost.reset()
     return Plan(removed, macs, params, cost.macs_base, cost.params_base, budget, budget_type, method)
 
 
-def plan_ratios(graph: ChannelGraph, cost: CostModel, scores: np.ndarray, ratios: np.ndarray, *, budget: float,
-                budget_type: str = "macs", method: str = "ratios", min_ratio: float = 0.1, min_channels: int = 2,
-                round_to: int = 1) -> Plan:
+def plan_ratios(
+    graph: ChannelGraph,
+    cost: CostModel,
+    scores: np.ndarray,
+    ratios: np.ndarray,
+    *,
+    budget: float,
+    budget_type: str = "macs",
+    method: str = "ratios",
+    min_ratio: float = 0.1,
+    min_channels: int = 2,
+    round_to: int = 1,
+) -> Plan:
     """Keep the highest-scored units of each group by its keep ratio, scaled to meet ``budget`` like ``uniform``.
 
     ``ratios`` (one per group, in (0, 1]) set the shape; one factor t scales them all (group g keeps
@@ -230,8 +264,15 @@ def plan_ratios(graph: ChannelGraph, cost: CostModel, scores: np.ndarray, ratios
     return Plan(removed, macs, params, cost.macs_base, cost.params_base, budget, budget_type, method)
 
 
-def _uniform(graph: ChannelGraph, cost: CostModel, walker: Walker, scores: np.ndarray, target: float,
-             metric: str, ratios: np.ndarray | None = None) -> np.ndarray:
+def _uniform(
+    graph: ChannelGraph,
+    cost: CostModel,
+    walker: Walker,
+    scores: np.ndarray,
+    target: float,
+    metric: str,
+    ratios: np.ndarray | None = None,
+) -> np.ndarray:
     """Largest single keep ratio (per group, lowest scores first) whose cost is at or below target.
 
     With ``ratios`` group g keeps ``min(1, t * ratios[g])``, bisecting t in [0, 1 / min(ratios)].
@@ -252,7 +293,7 @@ def _uniform(graph: ChannelGraph, cost: CostModel, walker: Walker, scores: np.nd
             keep = max(int(walker.floor[g.index]), int(np.ceil(min(1.0, ratio * shape[g.index]) * n)))
             if r > 1 and keep < n:
                 keep = min(n, int(np.ceil(keep / r) * r))
-            for u in order[:n - keep].tolist():
+            for u in order[: n - keep].tolist():
                 if cost.min_kept(u) >= 1:  # never a module's (or split piece's) last channel
                     cost.remove(u)
                     removed[u] = True
@@ -263,8 +304,10 @@ def _uniform(graph: ChannelGraph, cost: CostModel, walker: Walker, scores: np.nd
     if value > target:
         lowest = value / cost.base(metric)
         cost.reset()
-        raise UnreachableBudget(f"budget cannot be met with uniform pruning: the lowest reachable is "
-                                f"{lowest:.4f} ({_frozen_hint(graph)})", lowest)
+        raise UnreachableBudget(
+            f"budget cannot be met with uniform pruning: the lowest reachable is {lowest:.4f} ({_frozen_hint(graph)})",
+            lowest,
+        )
     for _ in range(40):
         mid = (lo + hi) / 2
         rem, value = removal(mid)

@@ -3,6 +3,7 @@
 Kept input positions of every consumer are gathered (``index_select`` on the channel dim) in a
 ``torch.fx.GraphModule``; a consumer nobody reads any more becomes a :class:`ZeroConv` and loses its private norm.
 """
+
 from __future__ import annotations
 
 import copy
@@ -27,16 +28,24 @@ if TYPE_CHECKING:
 class ZeroConv(nn.Module):
     """Stands in for a dead conv: zeros of the conv's output shape (its input only gives N, H, W)."""
 
-    def __init__(self, out_channels: int, kernel_size: tuple[int, ...], stride: tuple[int, ...],
-                 padding: tuple[int, ...], dilation: tuple[int, ...]):
+    def __init__(
+        self,
+        out_channels: int,
+        kernel_size: tuple[int, ...],
+        stride: tuple[int, ...],
+        padding: tuple[int, ...],
+        dilation: tuple[int, ...],
+    ):
         super().__init__()
         self.out_channels = out_channels
         self.kernel_size, self.stride = tuple(kernel_size), tuple(stride)
         self.padding, self.dilation = tuple(padding), tuple(dilation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        sizes = [(n + 2 * p - d * (k - 1) - 1) // s + 1 for n, k, s, p, d in
-                 zip(x.shape[2:], self.kernel_size, self.stride, self.padding, self.dilation)]
+        sizes = [
+            (n + 2 * p - d * (k - 1) - 1) // s + 1
+            for n, k, s, p, d in zip(x.shape[2:], self.kernel_size, self.stride, self.padding, self.dilation)
+        ]
         return x.new_zeros((x.shape[0], self.out_channels, *sizes))
 
     def extra_repr(self) -> str:
@@ -112,13 +121,13 @@ def masked_connections(cg: ConnectionGraph, keep: np.ndarray) -> tuple[nn.Module
                 mask[torch.as_tensor(cg.connections[k].positions)] = 1.0
         if bool(mask.all()):
             continue
-        handles.append(modules[c.name].register_forward_pre_hook(
-            input_mask_hook(mask, LAYERS[c.kind].input_dim)))
+        handles.append(modules[c.name].register_forward_pre_hook(input_mask_hook(mask, LAYERS[c.kind].input_dim)))
     return ref, handles
 
 
-def verify_connections(cg: ConnectionGraph, keep: np.ndarray, pruned: nn.Module, *, rtol: float = 1e-6,
-                       seed: int = 0) -> Verification:
+def verify_connections(
+    cg: ConnectionGraph, keep: np.ndarray, pruned: nn.Module, *, rtol: float = 1e-6, seed: int = 0
+) -> Verification:
     """Compare ``pruned`` with the masked original in float64 on random input."""
     gen = torch.Generator().manual_seed(seed)
     inputs = tuple(torch.randn(x.shape, generator=gen, dtype=torch.float64) for x in cg.graph.example_inputs)
@@ -139,8 +148,9 @@ def verify_connections(cg: ConnectionGraph, keep: np.ndarray, pruned: nn.Module,
     return Verification(err, True, err <= rtol)
 
 
-def prune_connections(cg: ConnectionGraph, keep: np.ndarray, *,
-                      check_cost: bool = True) -> tuple[fx.GraphModule, Verification]:
+def prune_connections(
+    cg: ConnectionGraph, keep: np.ndarray, *, check_cost: bool = True
+) -> tuple[fx.GraphModule, Verification]:
     """Build and verify; refuses (LcpError) when the result differs from the masked original or the cost model."""
     pruned = apply_connections(cg, keep)
     v = verify_connections(cg, keep, pruned)

@@ -12,30 +12,51 @@ Everything is derived from the channel graph (``graph.records`` and the union-fi
 traced model whose concats the engine tracks (lcp's ``densenet40``; timm DenseNets when they trace).
 See docs/connections.md.
 """
+
 from __future__ import annotations
 
-import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 import torch.fx as fx
 from torch import nn
 
-from lcp.engine.connection_surgery import (ZeroConv, apply_connections, masked_connections, prune_connections,
-                                           verify_connections)
+from lcp.engine.connection_budget import minimal_mask, project_to_budget
+from lcp.engine.connection_surgery import (
+    ZeroConv,
+    apply_connections,
+    masked_connections,
+    prune_connections,
+    verify_connections,
+)
 from lcp.engine.cost import CostModel, record_cost
 from lcp.engine.graph import ChannelGraph, build_graph
 from lcp.engine.surgery import Verification
 from lcp.engine.types import LayerKind
-from lcp.errors import LcpError, UnreachableBudget
+from lcp.errors import LcpError
 
 __all__ = ["Connection", "ConnectionGraph", "Consumer", "ZeroConv", "build"]
 
 
-_PASS_FUNCS = {"relu", "relu_", "relu6", "silu", "gelu", "hardswish", "leaky_relu", "elu", "dropout",
-               "adaptive_avg_pool2d", "avg_pool2d", "flatten", "contiguous", "clone"}
+_PASS_FUNCS = {
+    "relu",
+    "relu_",
+    "relu6",
+    "silu",
+    "gelu",
+    "hardswish",
+    "leaky_relu",
+    "elu",
+    "dropout",
+    "adaptive_avg_pool2d",
+    "avg_pool2d",
+    "flatten",
+    "contiguous",
+    "clone",
+}
 
 
 @dataclass
@@ -99,11 +120,16 @@ class ConnectionGraph:
         multi_sources = {int(s) for ri, src in candidates if ri in multi for s in set(src.tolist())}
         # single-source consumers join when both their source and their output are dense-block channels
         # (the first layer of a block); a bottleneck's second conv does not
-        chosen = [(ri, src) for ri, src in candidates
-                  if ri in multi or (ri in multi_sources and set(src.tolist()) <= multi_sources)]
+        chosen = [
+            (ri, src)
+            for ri, src in candidates
+            if ri in multi or (ri in multi_sources and set(src.tolist()) <= multi_sources)
+        ]
         if not multi:
-            raise LcpError(f"{type(graph.model).__name__} has no dense connections (no conv or linear reads a "
-                           "concat of several producers): connection pruning needs a DenseNet-style model")
+            raise LcpError(
+                f"{type(graph.model).__name__} has no dense connections (no conv or linear reads a "
+                "concat of several producers): connection pruning needs a DenseNet-style model"
+            )
         self.consumers: list[Consumer] = []
         self.connections: list[Connection] = []
         self.consumer_of_record: dict[int, int] = {}
@@ -153,8 +179,9 @@ class ConnectionGraph:
 
     # ------------------------------------------------------------------ construction helpers
     @staticmethod
-    def _private_norm(node: fx.Node, modules: dict[str, nn.Module], norm_index: dict[str, int],
-                      n_in: int) -> tuple[int | None, str, int]:
+    def _private_norm(
+        node: fx.Node, modules: dict[str, nn.Module], norm_index: dict[str, int], n_in: int
+    ) -> tuple[int | None, str, int]:
         """(norm record, node that gets the gather, channel dim) for a consumer node."""
         dim = -1 if isinstance(modules[node.target], nn.Linear) else 1
         cur = node.args[0] if node.args else None
@@ -167,8 +194,20 @@ class ConnectionGraph:
             name = cur.target if cur.op == "call_method" else getattr(cur.target, "__name__", "")
             if cur.op == "call_module":
                 m = modules[cur.target]
-                ok = isinstance(m, (nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Identity, nn.Dropout, nn.Flatten,
-                                    nn.AdaptiveAvgPool2d, nn.AvgPool2d))
+                ok = isinstance(
+                    m,
+                    (
+                        nn.ReLU,
+                        nn.ReLU6,
+                        nn.SiLU,
+                        nn.GELU,
+                        nn.Identity,
+                        nn.Dropout,
+                        nn.Flatten,
+                        nn.AdaptiveAvgPool2d,
+                        nn.AvgPool2d,
+                    ),
+                )
             else:
                 ok = name in _PASS_FUNCS
             if not ok or not cur.args:
@@ -251,32 +290,8 @@ class ConnectionGraph:
         return self.macs_base if metric == "macs" else self.params_base
 
     def minimal(self, metric: str = "macs") -> np.ndarray:
-        """The cheapest valid mask: every consumer keeps one connection, chosen by a shortest-path DP
-        (exact when each consumer is on one pinned consumer's chain, as in DenseNets)."""
-        k_metric = 0 if metric == "macs" else 1
-        best = np.full(len(self.consumers), np.inf)
-        choice = np.full(len(self.consumers), -1)
-        for ci, c in enumerate(self.consumers):
-            unit = self.unit_cost[ci][k_metric]
-            base = self.full_cost[ci][2 + k_metric]
-            for k in c.sources:
-                sc = self.consumer_of_record.get(int(self.src[k]))
-                v = base + unit * self.width[k] + (best[sc] if sc is not None else 0.0)
-                if v < best[ci]:
-                    best[ci], choice[ci] = v, k
-        keep = np.zeros(self.n, dtype=bool)
-        need = [ci for ci, c in enumerate(self.consumers) if c.pinned]
-        while need:
-            ci = need.pop()
-            k = int(choice[ci])
-            if keep[k]:
-                continue
-            keep[k] = True
-            sc = self.consumer_of_record.get(int(self.src[k]))
-            if sc is not None:
-                need.append(sc)
-        # consumers made alive only through their own chain are covered; dead ones need nothing
-        return keep
+        """The cheapest valid mask (``connection_budget.minimal_mask``)."""
+        return minimal_mask(self, metric)
 
     def adjacency(self, keep: np.ndarray) -> list[dict[str, Any]]:
         """Per block: sources, consumers and the lower-triangular boolean matrix keep[c][s]."""
@@ -291,15 +306,23 @@ class ConnectionGraph:
             for i, ci in enumerate(cons):
                 for k in self.consumers[ci].sources:
                     mat[i][col[int(self.src[k])]] = bool(keep[k])
-            out.append({"block": b, "sources": [recs[s].name for s in srcs],
-                        "consumers": [self.consumers[ci].name for ci in cons], "keep": mat})
+            out.append(
+                {
+                    "block": b,
+                    "sources": [recs[s].name for s in srcs],
+                    "consumers": [self.consumers[ci].name for ci in cons],
+                    "keep": mat,
+                }
+            )
         return out
 
     def names(self, keep: np.ndarray) -> list[list[str]]:
         """The removed connections as [consumer, source] module names (what channels.json stores)."""
         recs = self.graph.records
-        return [[self.consumers[int(self.dst[k])].name, recs[int(self.src[k])].name]
-                for k in np.nonzero(~np.asarray(keep, dtype=bool))[0].tolist()]
+        return [
+            [self.consumers[int(self.dst[k])].name, recs[int(self.src[k])].name]
+            for k in np.nonzero(~np.asarray(keep, dtype=bool))[0].tolist()
+        ]
 
     def from_names(self, removed: Sequence[Sequence[str]]) -> np.ndarray:
         """The mask that removes the [consumer, source] pairs in ``removed``."""
@@ -317,59 +340,17 @@ class ConnectionGraph:
 
     def summary(self) -> str:
         blocks = len({c.block for c in self.consumers})
-        return (f"{self.n} connections into {len(self.consumers)} consumers in {blocks} blocks "
-                f"({sum(not c.pinned for c in self.consumers)} consumers can be dropped)")
+        return (
+            f"{self.n} connections into {len(self.consumers)} consumers in {blocks} blocks "
+            f"({sum(not c.pinned for c in self.consumers)} consumers can be dropped)"
+        )
 
-    # ------------------------------------------------------------------ budget
-    def project(self, keep: np.ndarray, priority: np.ndarray, *, budget: float, metric: str = "macs",
-                fill: bool = True) -> np.ndarray:
-        """Make ``keep`` valid and within ``budget`` (a fraction of the baseline ``metric``).
-
-        Drops kept connections in increasing ``priority`` until the cost fits; if that cannot reach the budget,
-        starts again from :meth:`minimal`. With ``fill``, adds back dropped connections in decreasing priority
-        while the cost stays within the budget. Raises UnreachableBudget below the minimal mask's cost.
-        """
-        target = budget * self.base(metric)
-        keep = np.asarray(keep, dtype=bool).copy()
-        priority = np.asarray(priority, dtype=np.float64)
-        low = self.value(self.minimal(metric), metric)
-        if low > target + 1e-9:
-            lowest = low / self.base(metric)
-            raise UnreachableBudget(f"budget {budget:g} of {metric} cannot be met by removing connections: the "
-                                    f"lowest reachable is {lowest:.4f}; pass --budget "
-                                    f"{math.ceil(lowest * 1000) / 1000:g} or more", lowest)
-        def one_each(keep: np.ndarray) -> np.ndarray:
-            # every consumer keeps at least one connection (its highest-priority one), so any mask grown from
-            # this by adding connections stays valid; dead consumers cost nothing for it
-            for c in self.consumers:
-                if not keep[c.sources].any():
-                    keep[c.sources[int(np.argmax(priority[c.sources]))]] = True
-            return keep
-
-        keep = one_each(keep)
-        order = np.argsort(priority, kind="stable")
-        if self.value(keep, metric) > target:
-            for k in order.tolist():
-                if not keep[k]:
-                    continue
-                c = self.consumers[int(self.dst[k])]
-                if keep[c.sources].sum() <= 1:
-                    continue
-                keep[k] = False
-                if self.value(keep, metric) <= target:
-                    break
-            if self.value(keep, metric) > target:
-                keep = one_each(self.minimal(metric))
-                fill = True
-        if fill:
-            for k in order[::-1].tolist():
-                if keep[k]:
-                    continue
-                keep[k] = True
-                if self.value(keep, metric) > target:
-                    keep[k] = False
-        self.check(keep)
-        return keep
+    # ------------------------------------------------------------------ budget (lcp.engine.connection_budget)
+    def project(
+        self, keep: np.ndarray, priority: np.ndarray, *, budget: float, metric: str = "macs", fill: bool = True
+    ) -> np.ndarray:
+        """Make ``keep`` valid and within ``budget`` (``connection_budget.project_to_budget``)."""
+        return project_to_budget(self, keep, priority, budget=budget, metric=metric, fill=fill)
 
     # ------------------------------------------------------------------ surgery (lcp.engine.connection_surgery)
     def apply(self, keep: np.ndarray) -> fx.GraphModule:

@@ -5,9 +5,10 @@ per sample (batch 1): ``out_positions * kernel * in_channels_per_group * out_cha
 ``tokens * in_features * out_features`` for a linear. Biases, norms, activations and pooling are not counted.
 Params are all parameters of the model.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -32,8 +33,11 @@ def count_macs(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.T
         else:
             total[0] += out.numel() * (m.in_channels // m.groups) * int(np.prod(m.kernel_size))
 
-    handles = [m.register_forward_hook(hook) for m in model.modules()
-               if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))]
+    handles = [
+        m.register_forward_hook(hook)
+        for m in model.modules()
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))
+    ]
     was_training = model.training
     model.eval()
     try:
@@ -63,7 +67,7 @@ class CostModel:
     (metric ``"latency"``): the table's constant plus every layer's interpolated timing at its current widths.
     """
 
-    def __init__(self, graph: ChannelGraph, latency: "LatencyTable | None" = None):  # noqa: F821
+    def __init__(self, graph: ChannelGraph, latency: LatencyTable | None = None):  # noqa: F821
         self.graph = graph
         self.latency_table = latency
         recs = graph.records
@@ -89,8 +93,9 @@ class CostModel:
         """Back to the unpruned model."""
         self.n_out = list(self.full_out)
         self.n_in = list(self.full_in)
-        self.rec_cost = [record_cost(r, o, i, n) for r, o, i, n in
-                         zip(self.graph.records, self.n_out, self.n_in, self.norm_params)]
+        self.rec_cost = [
+            record_cost(r, o, i, n) for r, o, i, n in zip(self.graph.records, self.n_out, self.n_in, self.norm_params)
+        ]
         self.macs = self.macs_base
         self.params = self.params_base - self.params_folded
         lt = self.latency_table
@@ -143,8 +148,10 @@ class CostModel:
 
     def _need_latency(self) -> None:
         if self.latency_table is None:
-            raise LcpError("a latency budget needs a measured latency table: CostModel(graph, latency="
-                           "LatencyTable.build(graph, ...))")
+            raise LcpError(
+                "a latency budget needs a measured latency table: CostModel(graph, latency="
+                "LatencyTable.build(graph, ...))"
+            )
 
     def evaluate(self, removed: np.ndarray) -> tuple[int, int]:
         """(MACs, params) of the configuration with units ``removed`` (bool per unit), from scratch."""

@@ -7,10 +7,12 @@ A connected set of ids is a *channel unit*: removing it removes every producer f
 consumer input slice in it. Units with the same producer modules form a *group* (the thing that carries
 LeGR's per-layer ``(alpha, kappa)``). Any op the engine does not model freezes the ids it touches.
 """
+
 from __future__ import annotations
 
 import fnmatch
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,15 +24,35 @@ from lcp.engine.rules import RULES, Propagator, RuleTable
 from lcp.engine.types import Chan, Frozen, Group, LayerKind, Record, UnionFind, Unit, floor_keep
 from lcp.errors import LcpError
 
-__all__ = ["Chan", "ChannelGraph", "Frozen", "Group", "LayerKind", "LcpTracer", "Record", "UnionFind", "Unit",
-           "build_graph", "floor_keep", "trace"]  # the data types live in lcp.engine.types
+__all__ = [
+    "Chan",
+    "ChannelGraph",
+    "Frozen",
+    "Group",
+    "LayerKind",
+    "LcpTracer",
+    "Record",
+    "UnionFind",
+    "Unit",
+    "build_graph",
+    "floor_keep",
+    "trace",
+]  # the data types live in lcp.engine.types
 
 
 class ChannelGraph:
     """The channel units, groups and module records of one traced model (see module docstring)."""
 
-    def __init__(self, model: nn.Module, example_inputs: tuple[torch.Tensor, ...], gm: fx.GraphModule,
-                 records: list[Record], uf: UnionFind, frozen_ops: list[Frozen], rules: RuleTable = RULES):
+    def __init__(
+        self,
+        model: nn.Module,
+        example_inputs: tuple[torch.Tensor, ...],
+        gm: fx.GraphModule,
+        records: list[Record],
+        uf: UnionFind,
+        frozen_ops: list[Frozen],
+        rules: RuleTable = RULES,
+    ):
         self.model = model
         self.rules = rules  # the rules it was built with (surgery re-traces with them)
         self.example_inputs = example_inputs
@@ -57,8 +79,7 @@ class ChannelGraph:
                     if u is None:
                         u = len(units)
                         root_to_unit[root] = u
-                        units.append(Unit(index=u, root=root, frozen=uf.frozen.get(root),
-                                          key=f"{rec.name}:{axis}:{p}"))
+                        units.append(Unit(index=u, root=root, frozen=uf.frozen.get(root), key=f"{rec.name}:{axis}:{p}"))
                     idx[p] = u
                 self.axis_units[(ri, axis)] = idx
                 counts = np.bincount(idx, minlength=len(units))
@@ -68,15 +89,16 @@ class ChannelGraph:
                     order = np.argsort(idx, kind="stable")
                     bounds = np.searchsorted(idx[order], np.arange(len(units) + 1))
                     for u in np.nonzero(counts)[0].tolist():
-                        units[u].producers.append((ri, order[bounds[u]:bounds[u + 1]]))
+                        units[u].producers.append((ri, order[bounds[u] : bounds[u + 1]]))
         self.units = units
         # groups: units with the same producer modules, in order of first appearance
         groups: dict[tuple[str, ...], Group] = {}
         for unit in units:
             if not unit.prunable:
                 continue
-            names = tuple(sorted({self.records[ri].name for ri, _ in unit.producers},
-                                 key=lambda n: self.record_index[n]))
+            names = tuple(
+                sorted({self.records[ri].name for ri, _ in unit.producers}, key=lambda n: self.record_index[n])
+            )
             g = groups.get(names)
             if g is None:
                 label = names[0] if len(names) == 1 else f"{names[0]}+{len(names) - 1}"
@@ -96,9 +118,11 @@ class ChannelGraph:
 
     def summary(self) -> str:
         n_prunable = sum(u.prunable for u in self.units)
-        return (f"{len(self.records)} modules, {len(self.units)} channel units "
-                f"({n_prunable} prunable) in {len(self.groups)} groups; "
-                f"{len(self.frozen_ops)} ops froze channels")
+        return (
+            f"{len(self.records)} modules, {len(self.units)} channel units "
+            f"({n_prunable} prunable) in {len(self.groups)} groups; "
+            f"{len(self.frozen_ops)} ops froze channels"
+        )
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -117,6 +141,7 @@ class LcpTracer(fx.Tracer):
         autowrap: tuple = ()
         try:
             from timm.layers import _fx as timm_fx  # optional dependency: imported only when tracing
+
             self._timm_leaves = tuple(m for m in timm_fx.get_notrace_modules() if m.__name__ not in _TRACE_THROUGH)
             autowrap = tuple(f for f in timm_fx.get_notrace_functions() if callable(f))
         except Exception:  # timm missing or changed: plain fx rules
@@ -137,14 +162,20 @@ def trace(model: nn.Module, rules: RuleTable = RULES) -> fx.GraphModule:
         graph = tracer.trace(model)
     except Exception as e:  # fx raises many kinds; all mean "cannot see the graph"
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise LcpError(f"cannot trace {type(model).__name__} with torch.fx ({type(e).__name__}: {msg}); "
-                       "lcp needs a traceable model (mark untraceable submodules with "
-                       "timm.layers.register_notrace_module)") from None
+        raise LcpError(
+            f"cannot trace {type(model).__name__} with torch.fx ({type(e).__name__}: {msg}); "
+            "lcp needs a traceable model (mark untraceable submodules with "
+            "timm.layers.register_notrace_module)"
+        ) from None
     return fx.GraphModule(tracer.root, graph, type(model).__name__)
 
 
-def build_graph(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor],
-                ignore: Sequence[str] = (), rules: RuleTable | dict[type, Any] | None = None) -> ChannelGraph:
+def build_graph(
+    model: nn.Module,
+    example_inputs: torch.Tensor | Sequence[torch.Tensor],
+    ignore: Sequence[str] = (),
+    rules: RuleTable | dict[type, Any] | None = None,
+) -> ChannelGraph:
     """Trace ``model`` on ``example_inputs`` and derive its channel units and groups.
 
     ``ignore``: glob patterns of module names (``"head.*"``, ``"*.se.*"``) whose output channels are kept.
@@ -163,9 +194,11 @@ def build_graph(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.
             try:
                 ShapeProp(gm).propagate(*example_inputs)
             except Exception as e:
-                raise LcpError(f"the model does not run on the example input of shape "
-                               f"{[tuple(x.shape) for x in example_inputs]}: {type(e).__name__}: "
-                               f"{str(e).splitlines()[0] if str(e) else ''}") from None
+                raise LcpError(
+                    f"the model does not run on the example input of shape "
+                    f"{[tuple(x.shape) for x in example_inputs]}: {type(e).__name__}: "
+                    f"{str(e).splitlines()[0] if str(e) else ''}"
+                ) from None
         prop = Propagator(gm, table)
         prop.run()
         for rec in prop.records:
@@ -175,4 +208,3 @@ def build_graph(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.
     finally:
         model.train(was_training)
     return ChannelGraph(model, example_inputs, gm, prop.records, prop.uf, prop.frozen_ops, table)
-

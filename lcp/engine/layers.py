@@ -4,6 +4,7 @@
 A handler's ``cost`` is exact (MACs per sample and parameters, the convention of ``cost.py``); its ``prune``
 removes the positions not kept from the module (or records the forward-code constants to rewrite).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -83,15 +84,26 @@ def fold_weight_standardization(m: nn.Conv2d) -> nn.Conv2d:
     """
     with torch.no_grad():
         gain = (m.gain * m.scale).reshape(-1) if isinstance(getattr(m, "gain", None), torch.Tensor) else None
-        w = F.batch_norm(m.weight.reshape(1, m.out_channels, -1), None, None, weight=gain, training=True,
-                         momentum=0.0, eps=m.eps).reshape_as(m.weight)
+        w = F.batch_norm(
+            m.weight.reshape(1, m.out_channels, -1), None, None, weight=gain, training=True, momentum=0.0, eps=m.eps
+        ).reshape_as(m.weight)
     cls: type[nn.Conv2d] = nn.Conv2d
     if getattr(m, "same_pad", False):  # dynamic TF "SAME" padding (its static padding is 0)
         from timm.layers import Conv2dSame  # optional dependency: only timm's convs get here
+
         cls = Conv2dSame
-    new = cls(m.in_channels, m.out_channels, m.kernel_size, stride=m.stride, padding=m.padding,
-              dilation=m.dilation, groups=m.groups, bias=m.bias is not None,
-              device=m.weight.device, dtype=m.weight.dtype)
+    new = cls(
+        m.in_channels,
+        m.out_channels,
+        m.kernel_size,
+        stride=m.stride,
+        padding=m.padding,
+        dilation=m.dilation,
+        groups=m.groups,
+        bias=m.bias is not None,
+        device=m.weight.device,
+        dtype=m.weight.dtype,
+    )
     new.weight = nn.Parameter(w.detach().clone(), requires_grad=m.weight.requires_grad)
     if m.bias is not None:
         new.bias = nn.Parameter(m.bias.detach().clone(), requires_grad=m.bias.requires_grad)
@@ -220,6 +232,7 @@ class SliceHandler(LayerHandler):
 
 
 #: the handler of every layer kind
-LAYERS: dict[LayerKind, LayerHandler] = {h.kind: h for h in (ConvHandler(), LinearHandler(), NormHandler(),
-                                                             PadHandler(), SplitHandler(), SliceHandler())}
+LAYERS: dict[LayerKind, LayerHandler] = {
+    h.kind: h for h in (ConvHandler(), LinearHandler(), NormHandler(), PadHandler(), SplitHandler(), SliceHandler())
+}
 assert set(LAYERS) == set(LayerKind), "every LayerKind needs a handler"

@@ -1,9 +1,11 @@
 """Build the physically smaller network from a plan, and verify it against the masked original."""
+
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,15 +30,19 @@ def apply_plan(graph: ChannelGraph, removed: np.ndarray) -> nn.Module:
         keep_out = graph.kept_positions(removed, ri, "out") if rec.out_ids is not None else None
         keep_in = graph.kept_positions(removed, ri, "in") if rec.in_ids is not None else None
         LAYERS[rec.kind].prune(job, rec, keep_out, keep_in)
-    patches = {node: [new for _, (old, new) in sorted(p.items())] for node, p in job.split_sizes.items()
-               if any(old != new for old, new in p.values())}
+    patches = {
+        node: [new for _, (old, new) in sorted(p.items())]
+        for node, p in job.split_sizes.items()
+        if any(old != new for old, new in p.values())
+    }
     if patches or job.slices:
         pruned = _patch_graph(job.model, patches, job.slices, graph.rules)
     return pruned
 
 
-def _patch_graph(model: nn.Module, patches: dict[str, list[int]], slices: dict[str, tuple[int, slice]],
-                 rules: RuleTable = RULES) -> fx.GraphModule:
+def _patch_graph(
+    model: nn.Module, patches: dict[str, list[int]], slices: dict[str, tuple[int, slice]], rules: RuleTable = RULES
+) -> fx.GraphModule:
     """Re-trace the pruned model and rewrite constant split sizes and channel slice bounds."""
     # traced in eval mode, like the channel graph: `self.training` branches in forward code (functional
     # dropout, drop-path) are fixed to their eval behaviour in the rewritten graph
@@ -133,8 +139,9 @@ def masked_model(graph: ChannelGraph, removed: np.ndarray) -> tuple[nn.Module, l
     return ref, handles
 
 
-def verify(graph: ChannelGraph, removed: np.ndarray, pruned: nn.Module, *, rtol: float = 1e-4,
-           seed: int = 0) -> Verification:
+def verify(
+    graph: ChannelGraph, removed: np.ndarray, pruned: nn.Module, *, rtol: float = 1e-4, seed: int = 0
+) -> Verification:
     """Compare ``pruned`` with the original whose removed channels are zeroed where they enter consumers."""
     gen = torch.Generator().manual_seed(seed)
     inputs = tuple(torch.randn(x.shape, generator=gen, dtype=torch.float64) for x in graph.example_inputs)

@@ -3,6 +3,7 @@
 ``LayerKind`` names the kinds of channel-indexed state a ``Record`` can hold; ``lcp.engine.layers`` holds one
 handler per kind that owns its cost and its surgery.
 """
+
 from __future__ import annotations
 
 import math

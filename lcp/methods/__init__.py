@@ -6,9 +6,25 @@ Built in, in ``--method`` order: ``lcp`` (LeGR search, ``legr``), ``global``, ``
 with a ``@register_method`` class (see ``base``).
 """
 
-from lcp.methods.base import (Context, Learned, Method, describe_methods, get_method, method_names, register_method,
-                              unregister_method)
-from lcp.methods import legr, simple, ddpg, connections, structure  # noqa: E402,F401  (registration order)
+from lcp.methods import connections, ddpg, legr, simple, structure  # noqa: E402,F401  (registration order)
+from lcp.methods.base import (
+    Context,
+    Learned,
+    Method,
+    describe_methods,
+    get_method,
+    method_names,
+    register_method,
+    unregister_method,
+)
 
-__all__ = ["Context", "Learned", "Method", "describe_methods", "get_method", "method_names", "register_method",
-           "unregister_method"]
+__all__ = [
+    "Context",
+    "Learned",
+    "Method",
+    "describe_methods",
+    "get_method",
+    "method_names",
+    "register_method",
+    "unregister_method",
+]

@@ -72,8 +72,10 @@ class Context:
         """The data a learning method needs; without it one line says what to pass (``instead``: the
         alternative, e.g. a learned result)."""
         if self.data is None:
-            raise LcpError(f"method {method!r} learns from data: pass data (a data set name, an ImageFolder path "
-                           f"or a DataBundle){' or ' + instead if instead else ''}")
+            raise LcpError(
+                f"method {method!r} learns from data: pass data (a data set name, an ImageFolder path "
+                f"or a DataBundle){' or ' + instead if instead else ''}"
+            )
         return self.data
 
     def cost_and_scores(self) -> tuple[CostModel, np.ndarray]:
@@ -83,8 +85,9 @@ class Context:
             o = self.options
             table = None
             if o.budget_type == "latency":
-                table = LatencyTable.build(self.graph, batch=o.latency_batch, device=o.device, n_threads=o.threads,
-                                           progress=o.progress)
+                table = LatencyTable.build(
+                    self.graph, batch=o.latency_batch, device=o.device, n_threads=o.threads, progress=o.progress
+                )
             scores = imp.unit_scores(self.graph, imp.filter_scores(self.graph, o.importance), o.aggregate)
             self._cost_scores = (CostModel(self.graph, latency=table), scores)
         return self._cost_scores
@@ -124,8 +127,9 @@ class Method:
     def check(self, options: Any, budgets: list[float | None]) -> None:
         """Refuse options this method cannot honour (one-line ``LcpError``) before any work."""
         if options.budget_type not in self.budget_types:
-            raise LcpError(f"method {self.name} takes --budget-type {' or '.join(self.budget_types)}, "
-                           f"not {options.budget_type}")
+            raise LcpError(
+                f"method {self.name} takes --budget-type {' or '.join(self.budget_types)}, not {options.budget_type}"
+            )
         if not self.several_budgets and len(budgets) > 1:
             raise LcpError(f"method {self.name} searches one budget: pass --budget, not several --budgets")
 
@@ -144,11 +148,23 @@ class Method:
         batches = ctx.batches
         if batches is None and o.importance == "taylor" and ctx.data is not None:
             batches = ctx.data.loader("train", 64, shuffle=True, seed=o.seed, limit=1024)
-        result = prune_graph(ctx.graph, budget=budget, budget_type=o.budget_type, method=self.order,
-                             importance=o.importance, aggregate=o.aggregate, transforms=learned.transforms,
-                             round_to=o.round_to, min_ratio=o.min_ratio, seed=o.seed, batches=batches,
-                             latency={"batch": o.latency_batch, "device": o.device, "n_threads": o.threads},
-                             ratios=learned.ratios, label=self.name, check=ctx.verify)
+        result = prune_graph(
+            ctx.graph,
+            budget=budget,
+            budget_type=o.budget_type,
+            method=self.order,
+            importance=o.importance,
+            aggregate=o.aggregate,
+            transforms=learned.transforms,
+            round_to=o.round_to,
+            min_ratio=o.min_ratio,
+            seed=o.seed,
+            batches=batches,
+            latency={"batch": o.latency_batch, "device": o.device, "n_threads": o.threads},
+            ratios=learned.ratios,
+            label=self.name,
+            check=ctx.verify,
+        )
         if learned.ratios is not None:
             result.info["agent_ratios"] = learned.ratios
         return result

@@ -14,5 +14,6 @@ class AgentOptions:
     """Episodes of the agents; part of the run signature only for the methods that use them."""
 
     episodes: int = option(30, "agent episodes, warm-up included", check=at_least(1), signature=False, group=_GROUP)
-    warmup_episodes: int = option(10, "random-action episodes before the agent learns", check=at_least(0),
-                                  signature=False, group=_GROUP)
+    warmup_episodes: int = option(
+        10, "random-action episodes before the agent learns", check=at_least(0), signature=False, group=_GROUP
+    )

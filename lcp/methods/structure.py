@@ -7,12 +7,14 @@ of classes) is traced as usual and must have the same channel graph: the same mo
 (the number of classes is not part of the structure). No search: the pipeline cuts, verifies, recalibrates,
 fine-tunes and writes the outputs as for every method, with method ``structure-from``.
 """
+
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -33,8 +35,15 @@ from lcp.options import field_names
 
 STRUCTURE_METHOD = "structure-from"
 #: options that choose a structure; refused with --structure-from (the structure is given)
-SEARCH_OPTIONS = ("method", "transforms", "importance", "aggregate", "round_to", "min_ratio",
-                  *(n for n in field_names(SearchOptions, AgentOptions) if n != "transforms"))
+SEARCH_OPTIONS = (
+    "method",
+    "transforms",
+    "importance",
+    "aggregate",
+    "round_to",
+    "min_ratio",
+    *(n for n in field_names(SearchOptions, AgentOptions) if n != "transforms"),
+)
 
 
 @dataclass
@@ -91,14 +100,20 @@ class Structure:
             what = f"{int(self.removed.sum())} of {len(graph.prunable_units)} channel units removed"
         self._check_widths(store.widths(pruned), store.output_classes(graph.model, graph.example_inputs))
         ratios = {"macs": macs / base[0], "params": params / base[1]}
-        log(f"structure from {self.path} (method {self.method} on {self.spec.get('dataset', 'unknown data')}): "
-            f"{what}, {ratios['macs']:.4f} of the MACs, {ratios['params']:.4f} of the params; no search")
+        log(
+            f"structure from {self.path} (method {self.method} on {self.spec.get('dataset', 'unknown data')}): "
+            f"{what}, {ratios['macs']:.4f} of the MACs, {ratios['params']:.4f} of the params; no search"
+        )
         if budget is not None and budget_type == "latency":
-            log(f"--budget {budget:g} of latency is not applied: the structure fixes the cost (report.csv has the "
-                "measured speedup)")
+            log(
+                f"--budget {budget:g} of latency is not applied: the structure fixes the cost (report.csv has the "
+                "measured speedup)"
+            )
         elif budget is not None and abs(ratios[budget_type] - budget) > 0.01:
-            log(f"--budget {budget:g} is not what the structure keeps ({ratios[budget_type]:.4f} of the "
-                f"{budget_type}): the structure fixes the cost, --budget is ignored")
+            log(
+                f"--budget {budget:g} is not what the structure keeps ({ratios[budget_type]:.4f} of the "
+                f"{budget_type}): the structure fixes the cost, --budget is ignored"
+            )
 
     def _check_widths(self, actual: dict[str, list[int]], classes: int) -> None:
         """The widths recorded in DIR, except the classifier's output when the number of classes differs."""
@@ -112,16 +127,19 @@ class Structure:
                 differ.append(name)
         if differ:
             first = differ[0]
-            raise self._fits_not(f"the widths of {len(differ)} modules differ ({first}: "
-                                 f"{recorded.get(first, 'absent')} in DIR, {actual.get(first, 'absent')} here)")
+            raise self._fits_not(
+                f"the widths of {len(differ)} modules differ ({first}: "
+                f"{recorded.get(first, 'absent')} in DIR, {actual.get(first, 'absent')} here)"
+            )
 
     def config(self, cfg: Any) -> Any:
         """The run's config as the pipeline uses it: method ``structure-from``, the structure's budget."""
         budget, budget_type = self.spec.get("budget"), self.spec.get("budget_type")
         if not (isinstance(budget, (int, float)) and 0 < budget <= 1 and budget_type in ("macs", "params", "latency")):
             budget, budget_type = 1.0, "macs"  # saved without a budget (lcp.save of a hand-made result)
-        return dataclasses.replace(cfg, method=STRUCTURE_METHOD, importance="", budget=float(budget),
-                                   budget_type=budget_type, budgets=None)
+        return dataclasses.replace(
+            cfg, method=STRUCTURE_METHOD, importance="", budget=float(budget), budget_type=budget_type, budgets=None
+        )
 
 
 def check_options(cfg: Any, given: Iterable[str] = ()) -> None:
@@ -133,8 +151,7 @@ def check_options(cfg: Any, given: Iterable[str] = ()) -> None:
         bad.append("budgets")
     if bad:
         flags = ", ".join("--" + k.replace("_", "-") for k in bad)
-        raise LcpError(f"--structure-from applies the structure of {cfg.structure_from} without a search: "
-                       f"drop {flags}")
+        raise LcpError(f"--structure-from applies the structure of {cfg.structure_from} without a search: drop {flags}")
 
 
 def open_structure(cfg: Any, given: Iterable[str] = ()) -> Structure:
@@ -143,20 +160,28 @@ def open_structure(cfg: Any, given: Iterable[str] = ()) -> Structure:
     check_options(cfg, given)
     path = Path(cfg.structure_from).expanduser()
     if not (path / "channels.json").is_file():
-        hint = "; pass one of its budget_* folders" if any(path.glob("budget_*/channels.json")) else \
-            "; pass the --out folder of an lcp prune run"
+        hint = (
+            "; pass one of its budget_* folders"
+            if any(path.glob("budget_*/channels.json"))
+            else "; pass the --out folder of an lcp prune run"
+        )
         raise LcpError(f"--structure-from {path} holds no pruned structure (channels.json missing){hint}")
     spec = read_json(path / "channels.json", what="channels.json")
     ok = isinstance(spec, dict) and isinstance(spec.get("model"), str) and isinstance(spec.get("num_classes"), int)
     units, conns = (spec.get("removed_units"), spec.get("removed_connections")) if ok else (None, None)
-    if not ok or not (isinstance(units, list) and all(isinstance(k, str) for k in units)) or \
-            not isinstance(conns, (list, type(None))):
+    if (
+        not ok
+        or not (isinstance(units, list) and all(isinstance(k, str) for k in units))
+        or not isinstance(conns, (list, type(None)))
+    ):
         raise LcpError(f"channels.json in {path} is damaged: it needs model, num_classes and removed_units")
     structure = Structure(path.resolve(), spec)
     name = model_info(cfg.model).name
     if name != structure.model:
-        raise LcpError(f"the structure in {path} is of {structure.model}, not {name}: --structure-from needs the "
-                       "same architecture (pass --model " + structure.model + ")")
+        raise LcpError(
+            f"the structure in {path} is of {structure.model}, not {name}: --structure-from needs the "
+            "same architecture (pass --model " + structure.model + ")"
+        )
     if Path(cfg.out).expanduser().resolve() == structure.path:
         raise LcpError(f"--out {cfg.out} is the --structure-from folder: write the new run to another folder")
     if structure.connections and cfg.kd:
@@ -189,8 +214,11 @@ class StructureMethod(Method):
     def cut(self, ctx: Context, learned: Learned, budget: float) -> PruneResult:
         if learned.keep is not None:
             return cut_connections(ctx, learned.keep, budget, self.name)
-        result = cut_removed(ctx.graph, learned.removed, budget=budget, budget_type=ctx.options.budget_type,
-                             method=self.name)
-        ctx.log(f"pruned {ctx.name} with the structure from {ctx.cache['structure'].path}: "
-                f"{result.plan.describe()}; verified {result.verification}")
+        result = cut_removed(
+            ctx.graph, learned.removed, budget=budget, budget_type=ctx.options.budget_type, method=self.name
+        )
+        ctx.log(
+            f"pruned {ctx.name} with the structure from {ctx.cache['structure'].path}: "
+            f"{result.plan.describe()}; verified {result.verification}"
+        )
         return result

@@ -155,9 +155,7 @@ def model_info(name: str) -> ModelInfo:
         kw = getattr(weights.transforms, "keywords", {})  # a functools.partial of ImageClassification
         crop, resize = kw.get("crop_size", 224), kw.get("resize_size", 256)
         interpolation = kw.get("interpolation", torchvision.transforms.InterpolationMode.BILINEAR).value
-        return ModelInfo(
-            canonical, source, (3, crop, crop), IMAGENET_MEAN, IMAGENET_STD, interpolation, crop / resize
-        )
+        return ModelInfo(canonical, source, (3, crop, crop), IMAGENET_MEAN, IMAGENET_STD, interpolation, crop / resize)
     import timm
 
     cfg = timm.get_pretrained_cfg(canonical)

@@ -4,6 +4,7 @@
 name and the stable keys of the removed channel units. ``load`` re-creates the model by name, traces it,
 removes the same units (the same surgery that pruned it) and loads the weights strictly.
 """
+
 from __future__ import annotations
 
 import platform
@@ -40,8 +41,16 @@ def widths(model: nn.Module) -> dict[str, list[int]]:
     return out
 
 
-def channels_spec(graph: ChannelGraph, removed: np.ndarray, pruned: nn.Module, *, model_name: str,
-                  num_classes: int, input_size: tuple[int, ...], extra: dict[str, Any] | None = None) -> dict:
+def channels_spec(
+    graph: ChannelGraph,
+    removed: np.ndarray,
+    pruned: nn.Module,
+    *,
+    model_name: str,
+    num_classes: int,
+    input_size: tuple[int, ...],
+    extra: dict[str, Any] | None = None,
+) -> dict:
     """The ``channels.json`` document for a pruned model."""
     spec = {
         "format": CHANNELS_FORMAT,
@@ -55,6 +64,7 @@ def channels_spec(graph: ChannelGraph, removed: np.ndarray, pruned: nn.Module, *
     }
     try:
         import timm
+
         spec["versions"]["timm"] = timm.__version__
     except ImportError:
         pass
@@ -83,11 +93,21 @@ def save(result: Any, out_dir: str | Path, *, model_name: str | None = None) -> 
     if name is None:
         raise LcpError("lcp.save needs model_name= (the lcp.create_model name of the original model)")
     num_classes = output_classes(result.model, graph.example_inputs)
-    spec = channels_spec(graph, result.plan.removed, result.model, model_name=name, num_classes=num_classes,
-                         input_size=tuple(graph.example_inputs[0].shape[1:]),
-                         extra={"budget": result.plan.budget, "budget_type": result.plan.budget_type,
-                                "method": result.plan.method, "macs": result.plan.macs,
-                                "params": result.plan.params})
+    spec = channels_spec(
+        graph,
+        result.plan.removed,
+        result.model,
+        model_name=name,
+        num_classes=num_classes,
+        input_size=tuple(graph.example_inputs[0].shape[1:]),
+        extra={
+            "budget": result.plan.budget,
+            "budget_type": result.plan.budget_type,
+            "method": result.plan.method,
+            "macs": result.plan.macs,
+            "params": result.plan.params,
+        },
+    )
     out = Path(out_dir)
     write(out, result.model, spec)
     atomic_write_json(out / "transforms.json", result.transforms.to_json())
@@ -112,8 +132,13 @@ def rebuild(spec: dict, base_model: nn.Module | None = None) -> nn.Module:
         input_size = tuple(spec["input_size"])
     except (KeyError, TypeError):
         raise LcpError("channels.json is incomplete (needs model, num_classes, input_size, removed_units)") from None
-    if not (isinstance(name, str) and isinstance(num_classes, int) and isinstance(keys, list)
-            and all(isinstance(k, str) for k in keys) and all(isinstance(v, int) for v in input_size)):
+    if not (
+        isinstance(name, str)
+        and isinstance(num_classes, int)
+        and isinstance(keys, list)
+        and all(isinstance(k, str) for k in keys)
+        and all(isinstance(v, int) for v in input_size)
+    ):
         raise LcpError("channels.json is damaged: model, num_classes, input_size or removed_units has the wrong type")
     model = base_model if base_model is not None else create_model(name, num_classes=num_classes)
     graph = build_graph(model, torch.zeros(1, *input_size))
@@ -124,8 +149,10 @@ def rebuild(spec: dict, base_model: nn.Module | None = None) -> nn.Module:
         pruned = apply_plan(graph, removed_mask(graph, keys, f"channels.json does not fit {name}"))
         refresh_attributes(pruned, model, graph.example_inputs)  # timm: num_features, feature_info of the pruned widths
     if "widths" in spec and widths(pruned) != spec["widths"]:
-        raise LcpError(f"rebuilt {name} does not have the widths recorded in channels.json; "
-                       "the model definition changed since it was saved")
+        raise LcpError(
+            f"rebuilt {name} does not have the widths recorded in channels.json; "
+            "the model definition changed since it was saved"
+        )
     return pruned
 
 
@@ -135,8 +162,9 @@ def removed_mask(graph: ChannelGraph, keys: list[str], what: str) -> np.ndarray:
     index = {u.key: u.index for u in graph.units}
     missing = [k for k in keys if k not in index]
     if missing:
-        raise LcpError(f"{what}: unknown channel units ({', '.join(missing[:3])}); "
-                       "was it written by another version of the model?")
+        raise LcpError(
+            f"{what}: unknown channel units ({', '.join(missing[:3])}); was it written by another version of the model?"
+        )
     fixed = [k for k in keys if not graph.units[index[k]].prunable]
     if fixed:
         raise LcpError(f"{what}: channel units {', '.join(fixed[:3])} cannot be pruned in this model")
@@ -157,6 +185,8 @@ def load(out_dir: str | Path) -> nn.Module:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
         first = str(e).strip().splitlines()
-        raise LcpError(f"model.safetensors in {out} does not fit the rebuilt model: "
-                       f"{first[1].strip() if len(first) > 1 else first[0]}") from None
+        raise LcpError(
+            f"model.safetensors in {out} does not fit the rebuilt model: "
+            f"{first[1].strip() if len(first) > 1 else first[0]}"
+        ) from None
     return model.eval()

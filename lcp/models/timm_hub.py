@@ -18,8 +18,9 @@ import dataclasses
 import runpy
 import sys
 import types
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -28,14 +29,7 @@ from lcp.errors import LcpError
 from lcp.io import load_tensors, read_json
 from lcp.models import store
 from lcp.models.factory import create_model, resolve_name
-from lcp.models.timm_support import (
-    ENTRY_MODULE,
-    PREFIX,
-    clean_cfg,
-    features_model,
-    reset_classifier,
-    timm_arch,
-)
+from lcp.models.timm_support import ENTRY_MODULE, PREFIX, clean_cfg, features_model, reset_classifier, timm_arch
 
 # ---------------------------------------------------------------------------------------------- registration
 
@@ -66,8 +60,10 @@ def register(arch: str) -> str:
 
     entry.__name__ = entry.__qualname__ = name
     entry.__module__ = ENTRY_MODULE
-    entry.__doc__ = (f"{arch} pruned by lcp: timm.create_model('{name}', pruned_dir=DIR) rebuilds the pruned model "
-                     "of an lcp output folder (timm scripts: --model-kwargs pruned_dir=DIR).")
+    entry.__doc__ = (
+        f"{arch} pruned by lcp: timm.create_model('{name}', pruned_dir=DIR) rebuilds the pruned model "
+        "of an lcp output folder (timm scripts: --model-kwargs pruned_dir=DIR)."
+    )
     # the arch's data config (input size, mean, std, crop) without weights, for timm.data.resolve_data_config
     mod.default_cfgs[name] = clean_cfg(timm.get_pretrained_cfg(arch), architecture=name)
     setattr(mod, name, entry)
@@ -90,20 +86,33 @@ def _pruned_folder(pruned_dir: Any, pretrained_cfg: Any, arch: str | None) -> Pa
         pruned_dir = pretrained_cfg.get("file")  # timm.create_model("local-dir:DIR") with lcp's config.json
     if pruned_dir is None:
         entry = PREFIX + (arch or "<arch>")
-        raise LcpError(f"{entry} rebuilds a model pruned by lcp: pass its output folder, "
-                       f"timm.create_model('{entry}', pruned_dir='runs/x') (timm scripts: --model-kwargs "
-                       "pruned_dir=runs/x)")
+        raise LcpError(
+            f"{entry} rebuilds a model pruned by lcp: pass its output folder, "
+            f"timm.create_model('{entry}', pruned_dir='runs/x') (timm scripts: --model-kwargs "
+            "pruned_dir=runs/x)"
+        )
     folder = Path(pruned_dir).expanduser()
     if not (folder / "channels.json").is_file():
         raise LcpError(f"{folder} holds no pruned model (channels.json missing); pass the --out folder of lcp prune")
     return folder
 
 
-def create_pruned(pruned_dir: str | Path | None = None, *, arch: str | None = None, pretrained: bool = False,
-                  pretrained_cfg: Any = None, pretrained_cfg_overlay: dict | None = None, cache_dir: Any = None,
-                  num_classes: int | None = None, in_chans: int | None = None, features_only: bool = False,
-                  out_indices: Any = None, feature_cls: Any = None, pruned_weights: bool = True,
-                  **kwargs: Any) -> nn.Module:
+def create_pruned(
+    pruned_dir: str | Path | None = None,
+    *,
+    arch: str | None = None,
+    pretrained: bool = False,
+    pretrained_cfg: Any = None,
+    pretrained_cfg_overlay: dict | None = None,
+    cache_dir: Any = None,
+    num_classes: int | None = None,
+    in_chans: int | None = None,
+    features_only: bool = False,
+    out_indices: Any = None,
+    feature_cls: Any = None,
+    pruned_weights: bool = True,
+    **kwargs: Any,
+) -> nn.Module:
     """The pruned timm model saved in ``pruned_dir`` by ``lcp prune`` / ``lcp.save`` (what ``lcp_<arch>`` builds).
 
     ``pruned_weights=False`` keeps the fresh initialisation (the pruned architecture only); ``pretrained`` is
@@ -112,16 +121,21 @@ def create_pruned(pruned_dir: str | Path | None = None, *, arch: str | None = No
     Returned in train mode, like ``timm.create_model``.
     """
     del pretrained, cache_dir  # the weights are the folder's
-    folder = _pruned_folder(pruned_dir, pretrained_cfg if not dataclasses.is_dataclass(pretrained_cfg)
-                            else dataclasses.asdict(pretrained_cfg), arch)
+    folder = _pruned_folder(
+        pruned_dir,
+        pretrained_cfg if not dataclasses.is_dataclass(pretrained_cfg) else dataclasses.asdict(pretrained_cfg),
+        arch,
+    )
     spec = read_json(folder / "channels.json", what="channels.json")
     name = str(spec.get("model"))
     source, canonical = resolve_name(name)
     if source != "timm":
         raise LcpError(f"{folder} holds a pruned {name} ({source} model), not a timm model: load it with lcp.load")
     if arch is not None and not canonical.startswith("hf-hub:") and timm_arch(canonical) != arch:
-        raise LcpError(f"{folder} holds a pruned {name}, not a {arch}: use "
-                       f"timm.create_model('{PREFIX}{timm_arch(canonical)}', ...)")
+        raise LcpError(
+            f"{folder} holds a pruned {name}, not a {arch}: use "
+            f"timm.create_model('{PREFIX}{timm_arch(canonical)}', ...)"
+        )
     size = tuple(spec.get("input_size", (3, 224, 224)))
     if in_chans not in (None, size[0]):
         raise LcpError(f"{folder} holds a model with {size[0]} input channels, not {in_chans}")
@@ -133,17 +147,25 @@ def create_pruned(pruned_dir: str | Path | None = None, *, arch: str | None = No
             model.load_state_dict(state, strict=True)
         except RuntimeError as e:
             first = str(e).strip().splitlines()
-            raise LcpError(f"model.safetensors in {folder} does not fit the rebuilt model: "
-                           f"{first[1].strip() if len(first) > 1 else first[0]}") from None
+            raise LcpError(
+                f"model.safetensors in {folder} does not fit the rebuilt model: "
+                f"{first[1].strip() if len(first) > 1 else first[0]}"
+            ) from None
     cfg = clean_cfg(getattr(base, "pretrained_cfg", None), **(pretrained_cfg_overlay or {}))
     model.pretrained_cfg = model.default_cfg = cfg
     model.lcp_dir = str(folder)
     if num_classes is not None and num_classes != spec.get("num_classes"):
         reset_classifier(model, num_classes, torch.zeros(1, *size))
     if features_only:
-        return features_model(model, base, timm_arch(canonical) if not canonical.startswith("hf-hub:") else arch,
-                              torch.zeros(1, *size), out_indices=out_indices, feature_cls=feature_cls,
-                              kwargs=kwargs)
+        return features_model(
+            model,
+            base,
+            timm_arch(canonical) if not canonical.startswith("hf-hub:") else arch,
+            torch.zeros(1, *size),
+            out_indices=out_indices,
+            feature_cls=feature_cls,
+            kwargs=kwargs,
+        )
     return model.train()
 
 
@@ -164,7 +186,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0 if argv else 2
     script = argv[0]
     if not Path(script).is_file():
-        print(f"lcp.models.timm_support: error: {script} is not a file (want timm's train.py or validate.py)", file=sys.stderr)
+        print(
+            f"lcp.models.timm_support: error: {script} is not a file (want timm's train.py or validate.py)",
+            file=sys.stderr,
+        )
         return 2
     register_all()
     sys.argv = [script, *argv[1:]]

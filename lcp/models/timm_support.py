@@ -20,14 +20,16 @@ rather than timm's class: it has timm's attributes (``num_classes``, ``pretraine
 (``forward_features``, ``reset_classifier``); a new ``num_classes`` still works (the classifier module is
 replaced), ``features_only`` does not (it says so).
 """
+
 from __future__ import annotations
 
 import copy
 import dataclasses
 import re
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import fx, nn
@@ -41,10 +43,23 @@ ENTRY_MODULE = "lcp.timm_entries"  # a namespace module holding the registered e
 CONFIG_NAME = "config.json"
 
 #: timm attributes a GraphModule result does not get from fx and that timm's scripts read
-_COPY_ATTRS = ("num_classes", "num_features", "head_hidden_size", "pretrained_cfg", "default_cfg", "feature_info",
-               "drop_rate", "output_fmt", "pretrained_model_args", "_model_args", "_traits", "grad_checkpointing")
+_COPY_ATTRS = (
+    "num_classes",
+    "num_features",
+    "head_hidden_size",
+    "pretrained_cfg",
+    "default_cfg",
+    "feature_info",
+    "drop_rate",
+    "output_fmt",
+    "pretrained_model_args",
+    "_model_args",
+    "_traits",
+    "grad_checkpointing",
+)
 #: pretrained_cfg keys that say where weights come from: dropped, lcp's weights come from the output folder
 _WEIGHT_KEYS = ("url", "file", "state_dict", "hf_hub_id", "hf_hub_filename", "source", "tag", "license")
+
 
 def timm_arch(name: str) -> str:
     """timm architecture of a model name (tag and deprecated alias resolved)."""
@@ -73,13 +88,13 @@ def clean_cfg(cfg: Any, **update: Any) -> dict:
     return d
 
 
-
 # ---------------------------------------------------------------------------------------------- CNN-like rule
 
 #: module class names that mix tokens (attention, MLP-mixing, recurrence, state space): not CNN-like
 TOKEN_MIXERS = re.compile(
     r"Attention|Attn|MultiheadAttention|MHSA|GPSA|SHSA|SHMA|LiteMLA|HSMSSD|ParallelScalingBlock|ParallelThingsBlock"
-    r"|LambdaLayer|MixerBlock|SpatialGatingBlock|GatedMlp|LSTM|GRU|RNN")
+    r"|LambdaLayer|MixerBlock|SpatialGatingBlock|GatedMlp|LSTM|GRU|RNN"
+)
 #: convolutional channel gates whose class names look like attention
 CONV_GATES = frozenset({"SplitAttn", "SelectiveKernelAttn"})
 
@@ -174,8 +189,11 @@ def refresh_attributes(pruned: nn.Module, original: nn.Module, example_inputs: S
     def run(m: nn.Module, use_features: bool) -> tuple[Any, dict]:
         seen: dict[str, Any] = {}
         mods = dict(m.named_modules())
-        hooks = [mods[n].register_forward_hook(lambda _m, _i, o, n=n: seen.setdefault(n, o))
-                 for n in names if isinstance(n, str) and n in mods]
+        hooks = [
+            mods[n].register_forward_hook(lambda _m, _i, o, n=n: seen.setdefault(n, o))
+            for n in names
+            if isinstance(n, str) and n in mods
+        ]
         if not use_features and pool in mods:  # a GraphModule: the pool's input is what forward_features returns
             hooks.append(mods[pool].register_forward_hook(lambda _m, i, _o: seen.setdefault(" pool", i[0])))
         was = m.training
@@ -246,8 +264,11 @@ def _with_timm_wrapper(entry: Any, model: nn.Module, kwargs: dict) -> nn.Module:
         kw.pop("pruned", None)  # timm's own *_pruned variants: the widths are lcp's already
         return real(lambda *_a, **_k: model, variant, False, *args, **kw)
 
-    patched = [m for m in list(sys.modules.values())
-               if getattr(m, "__name__", "").startswith("timm.") and getattr(m, "build_model_with_cfg", None) is real]
+    patched = [
+        m
+        for m in list(sys.modules.values())
+        if getattr(m, "__name__", "").startswith("timm.") and getattr(m, "build_model_with_cfg", None) is real
+    ]
     for m in patched:
         m.build_model_with_cfg = spy
     try:
@@ -257,15 +278,25 @@ def _with_timm_wrapper(entry: Any, model: nn.Module, kwargs: dict) -> nn.Module:
             m.build_model_with_cfg = real
 
 
-def features_model(model: nn.Module, original: nn.Module, arch: str | None, example: torch.Tensor, *,
-                   out_indices: Any = None, feature_cls: Any = None, kwargs: dict | None = None) -> nn.Module:
+def features_model(
+    model: nn.Module,
+    original: nn.Module,
+    arch: str | None,
+    example: torch.Tensor,
+    *,
+    out_indices: Any = None,
+    feature_cls: Any = None,
+    kwargs: dict | None = None,
+) -> nn.Module:
     """``features_only=True`` for a pruned timm model: timm's own feature wrapper around it, pruned channels."""
     import timm
 
     if isinstance(model, fx.GraphModule) or arch is None:
-        raise LcpError(f"features_only is not available for this pruned {arch or 'model'}: lcp rewrote constants of "
-                       "its forward code (split sizes or channel slices), so it is a torch.fx GraphModule, not "
-                       "timm's class; use the classifier model (forward hooks on its modules give the features)")
+        raise LcpError(
+            f"features_only is not available for this pruned {arch or 'model'}: lcp rewrote constants of "
+            "its forward code (split sizes or channel slices), so it is a torch.fx GraphModule, not "
+            "timm's class; use the classifier model (forward hooks on its modules give the features)"
+        )
     entry = timm.models.model_entrypoint(arch)
     extra = {k: v for k, v in (("out_indices", out_indices), ("feature_cls", feature_cls)) if v is not None}
     tries = [extra]
@@ -279,8 +310,10 @@ def features_model(model: nn.Module, original: nn.Module, arch: str | None, exam
         except _OtherClass as e:
             err = e
     else:
-        raise LcpError(f"features_only is not available for the pruned {arch}: timm builds a {err} for features "
-                       "and the pruned model has no forward_intermediates; pass feature_cls='getter' or use hooks")
+        raise LcpError(
+            f"features_only is not available for the pruned {arch}: timm builds a {err} for features "
+            "and the pruned model has no forward_intermediates; pass feature_cls='getter' or use hooks"
+        )
     _fix_feature_channels(wrapped, example)
     return wrapped.train()
 
@@ -318,9 +351,16 @@ def timm_config(spec: dict) -> dict | None:
         cfg = clean_cfg(timm.get_pretrained_cfg(canonical), num_classes=spec.get("num_classes"))
     except (LcpError, ImportError):
         return None
-    return {"architecture": PREFIX + arch, "num_classes": spec.get("num_classes"), "pretrained_cfg": cfg,
-            "lcp": {"model": spec.get("model"), "note": "pruned by lcp: rebuilt from channels.json by the timm "
-                    f"entry {PREFIX}{arch} (import lcp.models.timm_hub; lcp.models.timm_hub.register_all())"}}
+    return {
+        "architecture": PREFIX + arch,
+        "num_classes": spec.get("num_classes"),
+        "pretrained_cfg": cfg,
+        "lcp": {
+            "model": spec.get("model"),
+            "note": "pruned by lcp: rebuilt from channels.json by the timm "
+            f"entry {PREFIX}{arch} (import lcp.models.timm_hub; lcp.models.timm_hub.register_all())",
+        },
+    }
 
 
 def write_timm_config(out_dir: str | Path, spec: dict) -> None:

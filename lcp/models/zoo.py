@@ -208,6 +208,5 @@ class ZooEntry:
 
 
 ZOO: dict[str, ZooEntry] = {
-    fn.__name__: ZooEntry(fn)
-    for fn in (resnet20, resnet32, resnet44, resnet56, resnet110, mobilenetv2, densenet40)
+    fn.__name__: ZooEntry(fn) for fn in (resnet20, resnet32, resnet44, resnet56, resnet110, mobilenetv2, densenet40)
 }

@@ -39,18 +39,30 @@ class JobOptions:
     """What every command that loads a model and data shares."""
 
     model: str = option("resnet56", "zoo name (resnet56, mobilenetv2, ...), timm name or tv:NAME")
-    data: str | None = option(None, "cifar10 or an ImageFolder root with train/ and test/ or val/ (default: the "
-                              "model's data set)")
-    input_size: list[int] | None = option(None, "input size to prune and train at (default: the model's, from "
-                                          "timm's pretrained_cfg)", check=_positive_size, metavar=("C", "H", "W"),
-                                          signature=False)
-    holdout: int = option(5000, "training images held out for selection and search (never trained on)",
-                          check=at_least(0), signature=False)
+    data: str | None = option(
+        None, "cifar10 or an ImageFolder root with train/ and test/ or val/ (default: the model's data set)"
+    )
+    input_size: list[int] | None = option(
+        None,
+        "input size to prune and train at (default: the model's, from timm's pretrained_cfg)",
+        check=_positive_size,
+        metavar=("C", "H", "W"),
+        signature=False,
+    )
+    holdout: int = option(
+        5000, "training images held out for selection and search (never trained on)", check=at_least(0), signature=False
+    )
     seed: int = option(0, "random seed")
-    threads: int | None = option(None, "torch CPU threads (also for latency timing)", check=at_least(1),
-                                 signature=False)
-    device: str = option("cpu", "device for fine-tuning, evaluation, latency measurements and the lfgcl/amc/ads/lwp "
-                         "searches (the lcp search runs on the CPU)", check=device_name, signature=False)
+    threads: int | None = option(
+        None, "torch CPU threads (also for latency timing)", check=at_least(1), signature=False
+    )
+    device: str = option(
+        "cpu",
+        "device for fine-tuning, evaluation, latency measurements and the lfgcl/amc/ads/lwp "
+        "searches (the lcp search runs on the CPU)",
+        check=device_name,
+        signature=False,
+    )
     out: str = option("runs/prune", "output folder", signature=False)
     resume: bool = option(False, "continue an interrupted run in --out", signature=False)
     overwrite: bool = option(False, "replace another run in --out", signature=False)
@@ -61,19 +73,27 @@ class JobOptions:
 class PruneConfig(SearchOptions, AgentOptions, RecoveryOptions, CutOptions, JobOptions):
     """Options of one prune run (see ``lcp prune --help``)."""
 
-    method: str = option("lcp", lambda: f"what chooses the units to remove: {describe_methods()}",
-                         choices=method_names)
-    checkpoint: str | None = option(None, "state dict to start from (default: $LCP_WEIGHTS/<model>_<data>.pt, then "
-                                    "the user cache, else train one)")
-    pretrained: bool = option(False, "start from the hub's pretrained weights (timm, tv:; online) when no "
-                              "--checkpoint is given", signature=False)
-    baseline_epochs: int = option(30, "epochs when a baseline must be trained first", check=at_least(1),
-                                  signature=False)
-    structure_from: str | None = option(None, "apply the pruned structure of an earlier lcp prune run (its --out "
-                                        "folder: removed channels or connections) to this model, data and "
-                                        "weights, any number of classes; no search, --budget not needed; then "
-                                        "recalibration, fine-tuning and outputs as usual", metavar="DIR",
-                                        signature=False)
+    method: str = option("lcp", lambda: f"what chooses the units to remove: {describe_methods()}", choices=method_names)
+    checkpoint: str | None = option(
+        None, "state dict to start from (default: $LCP_WEIGHTS/<model>_<data>.pt, then the user cache, else train one)"
+    )
+    pretrained: bool = option(
+        False,
+        "start from the hub's pretrained weights (timm, tv:; online) when no --checkpoint is given",
+        signature=False,
+    )
+    baseline_epochs: int = option(
+        30, "epochs when a baseline must be trained first", check=at_least(1), signature=False
+    )
+    structure_from: str | None = option(
+        None,
+        "apply the pruned structure of an earlier lcp prune run (its --out "
+        "folder: removed channels or connections) to this model, data and "
+        "weights, any number of classes; no search, --budget not needed; then "
+        "recalibration, fine-tuning and outputs as usual",
+        metavar="DIR",
+        signature=False,
+    )
 
     def signature(self) -> dict[str, Any]:
         """What identifies the run's result (an output folder holds one signature)."""
@@ -105,12 +125,14 @@ class TrainConfig(JobOptions):
     model: str = option("densenet40", "zoo name, timm name or tv:NAME")
     out: str = option("runs/train", "output folder", signature=False)
     holdout: int = option(5000, "training images kept out (the searches' fitness split)", check=at_least(0))
-    input_size: list[int] | None = option(None, "input size to train at (default: the model's)",
-                                          check=_positive_size, metavar=("C", "H", "W"))
+    input_size: list[int] | None = option(
+        None, "input size to train at (default: the model's)", check=_positive_size, metavar=("C", "H", "W")
+    )
     epochs: int = option(30, "training epochs", check=at_least(1))
     lr: float = option(0.1, "peak learning rate", check=at_least(0))
-    schedule: str = option("onecycle", "onecycle: 30% warm-up then cosine; cosine: cosine from --lr",
-                           choices=("onecycle", "cosine"))
+    schedule: str = option(
+        "onecycle", "onecycle: 30% warm-up then cosine; cosine: cosine from --lr", choices=("onecycle", "cosine")
+    )
     batch_size: int = option(128, "batch size", check=at_least(1))
     weight_decay: float = option(5e-4, "weight decay", check=at_least(0))
 

@@ -1,5 +1,6 @@
 """Run folders: an exclusive lock per output folder and the check that a folder holds this run (its signature)
 or nothing of lcp's, so that a rerun never overwrites another run's outputs unless told to."""
+
 from __future__ import annotations
 
 import fcntl
@@ -89,8 +90,7 @@ class RunLock:
             pid = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
             os.close(fd)
             raise LcpError(
-                f"output folder {self.out_dir} is in use by another lcp run (pid {pid}); "
-                "choose another --out or wait"
+                f"output folder {self.out_dir} is in use by another lcp run (pid {pid}); choose another --out or wait"
             ) from None
         except BaseException:
             os.close(fd)
@@ -116,10 +116,7 @@ class RunLock:
         return self
 
     def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.release()
 
@@ -130,9 +127,7 @@ def _lcp_outputs(out: Path) -> tuple[list[Path], list[Path]]:
     for entry in sorted(out.iterdir()):
         if TMP_MARK in entry.name or entry.name.startswith(".lcp-write-test-"):
             leftovers.append(entry)
-        elif entry.name != LOCK_NAME and any(
-            fnmatch.fnmatchcase(entry.name, pat) for pat in OUTPUT_PATTERNS
-        ):
+        elif entry.name != LOCK_NAME and any(fnmatch.fnmatchcase(entry.name, pat) for pat in OUTPUT_PATTERNS):
             outputs.append(entry)
     return outputs, leftovers
 
@@ -152,19 +147,12 @@ def _read_signature(run_file: Path) -> dict[str, Any]:
     record = read_json(run_file, what="run record")
     if not (isinstance(record, dict) and isinstance(record.get("signature"), dict)):
         raise LcpError(
-            f"run record {run_file} is not an lcp run.json; pass --overwrite to replace it "
-            "or choose another --out"
+            f"run record {run_file} is not an lcp run.json; pass --overwrite to replace it or choose another --out"
         )
     return record["signature"]
 
 
-def prepare_out_dir(
-    out_dir: PathLike,
-    signature: Mapping[str, Any],
-    *,
-    resume: bool,
-    overwrite: bool = False,
-) -> Path:
+def prepare_out_dir(out_dir: PathLike, signature: Mapping[str, Any], *, resume: bool, overwrite: bool = False) -> Path:
     """Create/validate an output folder and record the run's signature in ``run.json``.
 
     A folder holding another run (different signature, or lcp outputs without

@@ -5,17 +5,24 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import timm.data
 from torch import nn
 
 from lcp.errors import LcpError
 from lcp.io import atomic_write_json, cache_dir, save_tensors
-from lcp.models.factory import (create_model, default_checkpoint, load_checkpoint, model_info, read_state_dict,
-                                strip_prefix)
+from lcp.models.factory import (
+    create_model,
+    default_checkpoint,
+    load_checkpoint,
+    model_info,
+    read_state_dict,
+    strip_prefix,
+)
 from lcp.run.config import PruneConfig, file_digest
 from lcp.training.data import load_data
 from lcp.training.train import evaluate, train_baseline
@@ -51,8 +58,16 @@ def load_model_and_data(cfg: PruneConfig, log: Log = print) -> Loaded:
         transform = _timm_eval_transform(info, size)
     # lfgcl never reads labels: a folder of images without class folders (or train/) is loaded unlabeled
     flat = cfg.method == "lfgcl" and dataset != "cifar10" and not (Path(spec).expanduser() / "train").is_dir()
-    bundle = load_data(spec, input_size=size, mean=info.mean, std=info.std, holdout=cfg.holdout,
-                       seed=0, transform=transform, labeled=not flat)
+    bundle = load_data(
+        spec,
+        input_size=size,
+        mean=info.mean,
+        std=info.std,
+        holdout=cfg.holdout,
+        seed=0,
+        transform=transform,
+        labeled=not flat,
+    )
     if flat and not cfg.checkpoint:
         raise LcpError(f"{spec} has no class folders: pass --checkpoint (the trained model to prune)")
     pretrained = cfg.pretrained and not cfg.checkpoint
@@ -85,8 +100,14 @@ def _checkpoint_classes(name: str, checkpoint: str) -> int | None:
 
 def _timm_eval_transform(info: Any, size: tuple[int, ...]) -> Any:
     """timm's eval transform from the model's pretrained_cfg (interpolation, crop_pct, mean, std) at ``size``."""
-    return timm.data.create_transform(input_size=size, interpolation=info.interpolation, mean=info.mean,
-                                      std=info.std, crop_pct=info.crop_pct, is_training=False)
+    return timm.data.create_transform(
+        input_size=size,
+        interpolation=info.interpolation,
+        mean=info.mean,
+        std=info.std,
+        crop_pct=info.crop_pct,
+        is_training=False,
+    )
 
 
 def _train_baseline(model: nn.Module, name: str, dataset: str, bundle: Any, cfg: PruneConfig, log: Log) -> Path:
@@ -95,11 +116,20 @@ def _train_baseline(model: nn.Module, name: str, dataset: str, bundle: Any, cfg:
     if path.is_file():
         load_checkpoint(model, path, name=name)
         return path
-    log(f"no weights for {name} on {dataset} (no --checkpoint, nothing in $LCP_WEIGHTS or {path.parent}): "
-        f"training a baseline for {cfg.baseline_epochs} epochs first")
+    log(
+        f"no weights for {name} on {dataset} (no --checkpoint, nothing in $LCP_WEIGHTS or {path.parent}): "
+        f"training a baseline for {cfg.baseline_epochs} epochs first"
+    )
     ckpt = path.with_suffix(".training")
-    train_baseline(model, bundle, epochs=cfg.baseline_epochs, ckpt_path=ckpt, resume=ckpt.exists(),
-                   seed=cfg.seed, progress=cfg.progress)
+    train_baseline(
+        model,
+        bundle,
+        epochs=cfg.baseline_epochs,
+        ckpt_path=ckpt,
+        resume=ckpt.exists(),
+        seed=cfg.seed,
+        progress=cfg.progress,
+    )
     save_tensors(model.state_dict(), path)
     ckpt.unlink(missing_ok=True)
     log(f"baseline saved to {path}")

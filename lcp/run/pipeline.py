@@ -19,10 +19,10 @@ import torch
 from lcp.cut.options import check_budget
 from lcp.engine.graph import ChannelGraph, build_graph
 from lcp.io import atomic_path, atomic_write_json, read_json
-from lcp.run.folder import RunLock, prepare_out_dir
 from lcp.methods import Context, Learned, Method, get_method
 from lcp.methods.structure import STRUCTURE_METHOD, open_structure
 from lcp.run.config import PruneConfig
+from lcp.run.folder import RunLock, prepare_out_dir
 from lcp.run.load import Loaded, baseline_accuracy, load_model_and_data
 from lcp.run.recover import latency_columns, recover, report_row, write_outputs
 from lcp.training.train import distributed
@@ -87,10 +87,27 @@ def _check(cfg: PruneConfig) -> Method:
     return method
 
 
-def _context(cfg: PruneConfig, loaded: Loaded, graph: ChannelGraph, out: Path, state: dict,
-             save_state: Callable[..., None], log: Log) -> Context:
-    return Context(graph, cfg, loaded.bundle, out, log, name=loaded.name, weights=loaded.weights,
-                   writer=distributed()[1] == 0, state=state, save_state=save_state)
+def _context(
+    cfg: PruneConfig,
+    loaded: Loaded,
+    graph: ChannelGraph,
+    out: Path,
+    state: dict,
+    save_state: Callable[..., None],
+    log: Log,
+) -> Context:
+    return Context(
+        graph,
+        cfg,
+        loaded.bundle,
+        out,
+        log,
+        name=loaded.name,
+        weights=loaded.weights,
+        writer=distributed()[1] == 0,
+        state=state,
+        save_state=save_state,
+    )
 
 
 def run_search(cfg: PruneConfig, log: Log = print) -> Any:
@@ -139,12 +156,16 @@ def _log_budget(ctx: Context, budget: float, result: Any) -> None:
     o, p = ctx.options, result.plan
     if o.budget_type == "latency":
         info = result.info
-        ctx.log(f"budget {budget:g} keeps {budget:.0%} of the baseline latency at batch {o.latency_batch} on "
-                f"{o.device} ({info['latency_base_ms']:.2f} ms -> {info['latency_pruned_ms']:.2f} ms measured)")
+        ctx.log(
+            f"budget {budget:g} keeps {budget:.0%} of the baseline latency at batch {o.latency_batch} on "
+            f"{o.device} ({info['latency_base_ms']:.2f} ms -> {info['latency_pruned_ms']:.2f} ms measured)"
+        )
     elif budget is not None and p.method != STRUCTURE_METHOD:
         base = p.macs_base if o.budget_type == "macs" else p.params_base
-        ctx.log(f"budget {budget:g} keeps {budget:.0%} of the baseline {o.budget_type} "
-                f"({base / 1e6:.2f}M -> at most {budget * base / 1e6:.2f}M)")
+        ctx.log(
+            f"budget {budget:g} keeps {budget:.0%} of the baseline {o.budget_type} "
+            f"({base / 1e6:.2f}M -> at most {budget * base / 1e6:.2f}M)"
+        )
     if result.info.get("kind") != "connections" and p.method != STRUCTURE_METHOD:
         ctx.log(f"pruned {ctx.name} with method {p.method}: {p.describe()}; verified {result.verification}")
 
@@ -159,19 +180,39 @@ def _prune_to(ctx: Context, method: Method, learned: Learned, budget: float, out
     prune_s = time.perf_counter() - t0
     _log_budget(ctx, budget, result)
     done = dict(state.get(key, {}))
-    numbers = recover(result.model, loaded.model, loaded.bundle, cfg, done=done,
-                      save=lambda d: ctx.save_state(**{key: d}), ckpt=out / "finetune.ckpt")
+    numbers = recover(
+        result.model,
+        loaded.model,
+        loaded.bundle,
+        cfg,
+        done=done,
+        save=lambda d: ctx.save_state(**{key: d}),
+        ckpt=out / "finetune.ckpt",
+    )
     ctx.log(f"top-1: baseline {state['top1_base']:.2f}%, pruned before fine-tuning {numbers['top1_pruned_noft']:.2f}%")
     if distributed()[1] != 0:  # torchrun: rank 0 writes the outputs
         return None
     result.seconds = prune_s
-    row = report_row(result, cfg, model=loaded.name, dataset=loaded.dataset, budget=budget,
-                     numbers={"top1_base": state["top1_base"], **numbers, "search_s": state["search_s"]},
-                     columns=learned.columns)
+    row = report_row(
+        result,
+        cfg,
+        model=loaded.name,
+        dataset=loaded.dataset,
+        budget=budget,
+        numbers={"top1_base": state["top1_base"], **numbers, "search_s": state["search_s"]},
+        columns=learned.columns,
+    )
     row.update(latency_columns(result, loaded.model, loaded.input_size, cfg))
-    report = write_outputs(out, result, loaded.model, row, model_name=loaded.name,
-                           num_classes=loaded.bundle.num_classes, input_size=loaded.input_size,
-                           spec_extra={"dataset": loaded.dataset, "data": loaded.data_spec, **learned.columns})
+    report = write_outputs(
+        out,
+        result,
+        loaded.model,
+        row,
+        model_name=loaded.name,
+        num_classes=loaded.bundle.num_classes,
+        input_size=loaded.input_size,
+        spec_extra={"dataset": loaded.dataset, "data": loaded.data_spec, **learned.columns},
+    )
     (out / "finetune.ckpt").unlink(missing_ok=True)
     ctx.log(f"top-1 after {cfg.finetune_epochs} fine-tuning epochs: {numbers['top1_pruned']:.2f}%; outputs in {out}")
     return report

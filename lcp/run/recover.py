@@ -35,8 +35,16 @@ def _loaders(data: Data, options: Any) -> tuple[Any, Any, Any]:
     return data["train"], data["test"], lambda epoch: data["train"]
 
 
-def recover(pruned: nn.Module, original: nn.Module, data: Data, options: Any, *, done: dict | None = None,
-            save: Callable[[dict], None] | None = None, ckpt: Path | None = None) -> dict[str, float]:
+def recover(
+    pruned: nn.Module,
+    original: nn.Module,
+    data: Data,
+    options: Any,
+    *,
+    done: dict | None = None,
+    save: Callable[[dict], None] | None = None,
+    ckpt: Path | None = None,
+) -> dict[str, float]:
     """Recalibrate BatchNorm on ``options.recal_batches`` training batches, evaluate, fine-tune for
     ``options.finetune_epochs`` (teacher ``original`` with ``options.kd``), evaluate; ``pruned`` ends on
     ``options.device``. ``done`` / ``save``: the accuracy before fine-tuning is kept there across ``--resume``;
@@ -59,58 +67,114 @@ def recover(pruned: nn.Module, original: nn.Module, data: Data, options: Any, *,
     if options.finetune_epochs > 0:
         if ckpt is not None:
             ckpt.parent.mkdir(parents=True, exist_ok=True)
-        finetune(pruned, source, epochs=options.finetune_epochs, lr=options.lr, batch_size=options.batch_size,
-                 teacher=original if options.kd else None, ckpt_path=ckpt,
-                 resume=bool(options.resume and ckpt is not None and ckpt.is_file()), seed=options.seed,
-                 progress=options.progress, device=dev)
+        finetune(
+            pruned,
+            source,
+            epochs=options.finetune_epochs,
+            lr=options.lr,
+            batch_size=options.batch_size,
+            teacher=original if options.kd else None,
+            ckpt_path=ckpt,
+            resume=bool(options.resume and ckpt is not None and ckpt.is_file()),
+            seed=options.seed,
+            progress=options.progress,
+            device=dev,
+        )
         original.cpu()
         top1 = evaluate(pruned, test, device=dev)["top1"] if test is not None else float("nan")
-    return {"top1_pruned_noft": done["top1_pruned_noft"], "top1_pruned": top1,
-            "finetune_s": time.perf_counter() - t0}
+    return {"top1_pruned_noft": done["top1_pruned_noft"], "top1_pruned": top1, "finetune_s": time.perf_counter() - t0}
 
 
-def report_row(result: PruneResult, options: Any, *, model: str, dataset: str, budget: float | None,
-               numbers: Mapping[str, Any], columns: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def report_row(
+    result: PruneResult,
+    options: Any,
+    *,
+    model: str,
+    dataset: str,
+    budget: float | None,
+    numbers: Mapping[str, Any],
+    columns: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """The one-row report of a pruned network: what was asked, what it costs, how accurate it is."""
     p = result.plan
     connections = result.info.get("kind") == "connections"
-    row = {"model": model, "dataset": dataset, "method": p.method,
-           "importance": "" if connections or p.method == "structure-from" else options.importance,
-           "budget_type": options.budget_type, "budget": budget, "macs_base": p.macs_base, "macs_pruned": p.macs,
-           "macs_ratio": p.macs_ratio, "params_base": p.params_base, "params_pruned": p.params,
-           "params_ratio": p.params_ratio, "finetune_epochs": options.finetune_epochs, "seed": options.seed,
-           "prune_s": result.seconds, **numbers}
+    row = {
+        "model": model,
+        "dataset": dataset,
+        "method": p.method,
+        "importance": "" if connections or p.method == "structure-from" else options.importance,
+        "budget_type": options.budget_type,
+        "budget": budget,
+        "macs_base": p.macs_base,
+        "macs_pruned": p.macs,
+        "macs_ratio": p.macs_ratio,
+        "params_base": p.params_base,
+        "params_pruned": p.params,
+        "params_ratio": p.params_ratio,
+        "finetune_epochs": options.finetune_epochs,
+        "seed": options.seed,
+        "prune_s": result.seconds,
+        **numbers,
+    }
     row.update(result.info.get("columns", {}))
     row.update(columns or {})
     return row
 
 
-def latency_columns(result: PruneResult, original: nn.Module, input_size: tuple[int, ...],
-                    options: Any) -> dict[str, float]:
+def latency_columns(
+    result: PruneResult, original: nn.Module, input_size: tuple[int, ...], options: Any
+) -> dict[str, float]:
     """Measured latency of the original and the pruned network (batch ``--latency-batch``) and the speedup."""
     info = result.info
     if "latency_base_ms" in info:
         base, new, ratio = info["latency_base_ms"], info["latency_pruned_ms"], info["latency_ratio"]
     else:
-        t = paired_latency(result.model, original, input_size, batch=options.latency_batch, device=options.device,
-                           n_threads=options.threads)
+        t = paired_latency(
+            result.model,
+            original,
+            input_size,
+            batch=options.latency_batch,
+            device=options.device,
+            n_threads=options.threads,
+        )
         base, new, ratio = t["reference_ms"], t["median_ms"], t["ratio"]
     return {"latency_base_ms": base, "latency_pruned_ms": new, "speedup": 1 / ratio}
 
 
-def write_outputs(out: Path, result: PruneResult, original: nn.Module, row: dict[str, Any], *, model_name: str,
-                  num_classes: int, input_size: tuple[int, ...], spec_extra: Mapping[str, Any]) -> Any:
+def write_outputs(
+    out: Path,
+    result: PruneResult,
+    original: nn.Module,
+    row: dict[str, Any],
+    *,
+    model_name: str,
+    num_classes: int,
+    input_size: tuple[int, ...],
+    spec_extra: Mapping[str, Any],
+) -> Any:
     """The run folder: model.safetensors and channels.json (all that rebuilds the network), transforms.json,
     report.csv, layers.csv, widths.png and the method's own files (``result.info["files"]``), each atomic.
     Returns the report as a one-row DataFrame."""
     p, graph = result.plan, result.graph
     pruned = result.model.cpu()
     connections = result.info.get("kind") == "connections"
-    spec = store.channels_spec(graph, p.removed, pruned, model_name=model_name, num_classes=num_classes,
-                               input_size=input_size,
-                               extra={"budget": row["budget"], "budget_type": row["budget_type"], "method": p.method,
-                                      "macs": p.macs, "params": p.params, **spec_extra,
-                                      **result.info.get("spec", {})})
+    spec = store.channels_spec(
+        graph,
+        p.removed,
+        pruned,
+        model_name=model_name,
+        num_classes=num_classes,
+        input_size=input_size,
+        extra={
+            "budget": row["budget"],
+            "budget_type": row["budget_type"],
+            "method": p.method,
+            "macs": p.macs,
+            "params": p.params,
+            **spec_extra,
+            **result.info.get("spec", {}),
+        },
+    )
     store.write(out, pruned, spec)
     for name, content in result.info.get("files", {}).items():
         atomic_write_json(out / name, content)

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 import torch
 
 from lcp.errors import LcpError
 from lcp.io import atomic_path, save_tensors
-from lcp.run.folder import RunLock, prepare_out_dir
 from lcp.models.factory import create_model, model_info
 from lcp.run.config import TrainConfig
+from lcp.run.folder import RunLock, prepare_out_dir
 from lcp.training.data import load_data
 from lcp.training.train import evaluate, train_baseline
 
@@ -39,13 +39,26 @@ def run_train(cfg: TrainConfig, log: Log = print) -> pd.DataFrame:
         torch.manual_seed(cfg.seed)
         model = create_model(cfg.model, num_classes=bundle.num_classes)
         ckpt = out / "training.safetensors"
-        log(f"training {info.name} on {dataset} from scratch: {cfg.epochs} epochs, lr {cfg.lr:g} ({cfg.schedule}), "
-            f"batch {cfg.batch_size}, {len(bundle.train_y)} training images, on {cfg.device}")
+        log(
+            f"training {info.name} on {dataset} from scratch: {cfg.epochs} epochs, lr {cfg.lr:g} ({cfg.schedule}), "
+            f"batch {cfg.batch_size}, {len(bundle.train_y)} training images, on {cfg.device}"
+        )
         t0 = time.perf_counter()
-        hist = train_baseline(model, bundle, epochs=cfg.epochs, lr=cfg.lr, schedule=cfg.schedule,
-                              batch_size=cfg.batch_size, weight_decay=cfg.weight_decay, ckpt_path=ckpt,
-                              resume=cfg.resume and ckpt.exists(), seed=cfg.seed, progress=cfg.progress,
-                              device=cfg.device, eval_loader=bundle.loader("holdout", 256) if cfg.holdout else None)
+        hist = train_baseline(
+            model,
+            bundle,
+            epochs=cfg.epochs,
+            lr=cfg.lr,
+            schedule=cfg.schedule,
+            batch_size=cfg.batch_size,
+            weight_decay=cfg.weight_decay,
+            ckpt_path=ckpt,
+            resume=cfg.resume and ckpt.exists(),
+            seed=cfg.seed,
+            progress=cfg.progress,
+            device=cfg.device,
+            eval_loader=bundle.loader("holdout", 256) if cfg.holdout else None,
+        )
         train_s = time.perf_counter() - t0
         test = evaluate(model, bundle.loader("test", 256), device=cfg.device)
         model.cpu()
@@ -53,14 +66,27 @@ def run_train(cfg: TrainConfig, log: Log = print) -> pd.DataFrame:
         rows = [{k: v for k, v in r.items()} for r in hist["history"]]
         with atomic_path(out / "history.csv") as tmp:
             pd.DataFrame(rows).to_csv(tmp, index=False)
-        row = {"model": info.name, "dataset": dataset, "epochs": cfg.epochs, "lr": cfg.lr, "schedule": cfg.schedule,
-               "batch_size": cfg.batch_size, "train_images": len(bundle.train_y), "top1": round(test["top1"], 2),
-               "loss": round(test["loss"], 4), "train_s": round(train_s, 1),
-               "resumed_from_epoch": hist.get("resumed_from") or 0, "device": cfg.device, "seed": cfg.seed}
+        row = {
+            "model": info.name,
+            "dataset": dataset,
+            "epochs": cfg.epochs,
+            "lr": cfg.lr,
+            "schedule": cfg.schedule,
+            "batch_size": cfg.batch_size,
+            "train_images": len(bundle.train_y),
+            "top1": round(test["top1"], 2),
+            "loss": round(test["loss"], 4),
+            "train_s": round(train_s, 1),
+            "resumed_from_epoch": hist.get("resumed_from") or 0,
+            "device": cfg.device,
+            "seed": cfg.seed,
+        }
         report = pd.DataFrame([row])
         with atomic_path(out / "report.csv") as tmp:
             report.to_csv(tmp, index=False)
         ckpt.unlink(missing_ok=True)
-        log(f"{info.name}: test top-1 {test['top1']:.2f}% after {cfg.epochs} epochs ({train_s:.0f} s); weights in "
-            f"{out / 'model.safetensors'} (use with --checkpoint)")
+        log(
+            f"{info.name}: test top-1 {test['top1']:.2f}% after {cfg.epochs} epochs ({train_s:.0f} s); weights in "
+            f"{out / 'model.safetensors'} (use with --checkpoint)"
+        )
         return report

@@ -4,6 +4,7 @@ Model tensors under ``model.<key>``, optimizer state tensors under ``optim.<para
 ``rng.*``; everything else (epoch, step, schedule, settings, history, non-tensor optimizer state) is JSON in the
 file's metadata. No pickle anywhere.
 """
+
 from __future__ import annotations
 
 import json
@@ -87,8 +88,7 @@ def load_checkpoint(
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()
         why = first[1].strip() if len(first) > 1 else first[0]
-        raise LcpError(f"checkpoint {path} does not fit this model ({why}); "
-                       "start without --resume") from None
+        raise LcpError(f"checkpoint {path} does not fit this model ({why}); start without --resume") from None
     if optimizer is not None and meta["optimizer"]:
         om = meta["optimizer"]
         st: dict[int, dict[str, Any]] = {}

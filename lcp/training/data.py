@@ -25,12 +25,7 @@ from torch import Tensor
 
 from lcp.errors import LcpError
 from lcp.io import cache_dir
-from lcp.training.images import (
-    ImageTransform,
-    fit_image,
-    load_folder,
-    strip_tensor_steps,
-)
+from lcp.training.images import ImageTransform, fit_image, load_folder, strip_tensor_steps
 
 __all__ = ["DataBundle", "Batches", "load_data", "IMAGENET_MEAN", "IMAGENET_STD"]
 
@@ -197,10 +192,17 @@ class DataBundle:
                 keep = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:limit].sort().values
                 x, y = torch.from_numpy(x.numpy()[keep.numpy()]), torch.from_numpy(y.numpy()[keep.numpy()])
         return Batches(
-            x, y, batch_size, mean=self.mean, std=self.std, shuffle=shuffle, augment=augment,
-            seed=seed, epoch=epoch, drop_last=drop_last,
+            x,
+            y,
+            batch_size,
+            mean=self.mean,
+            std=self.std,
+            shuffle=shuffle,
+            augment=augment,
+            seed=seed,
+            epoch=epoch,
+            drop_last=drop_last,
         )
-
 
 
 def _load_torchvision_cifar10(
@@ -297,9 +299,18 @@ def load_data(
         y = np.full_like(y, -1)
     tr, ho = _holdout_split(y, holdout, seed)
     return DataBundle(
-        train_x=torch.from_numpy(x[tr]), train_y=torch.from_numpy(y[tr]),
-        holdout_x=torch.from_numpy(x[ho]), holdout_y=torch.from_numpy(y[ho]),
-        test_x=torch.from_numpy(arrays["test_x"]), test_y=torch.from_numpy(arrays["test_y"]),
-        classes=classes, mean=mean_t, std=std_t, input_size=size,  # type: ignore[arg-type]
-        source=source, train_idx=torch.from_numpy(tr), holdout_idx=torch.from_numpy(ho), cache_dir=cache_dir,
+        train_x=torch.from_numpy(x[tr]),
+        train_y=torch.from_numpy(y[tr]),
+        holdout_x=torch.from_numpy(x[ho]),
+        holdout_y=torch.from_numpy(y[ho]),
+        test_x=torch.from_numpy(arrays["test_x"]),
+        test_y=torch.from_numpy(arrays["test_y"]),
+        classes=classes,
+        mean=mean_t,
+        std=std_t,
+        input_size=size,  # type: ignore[arg-type]
+        source=source,
+        train_idx=torch.from_numpy(tr),
+        holdout_idx=torch.from_numpy(ho),
+        cache_dir=cache_dir,
     )

@@ -1,4 +1,5 @@
 """Evaluation and BatchNorm recalibration of a model on batches, on any device, leaving its modes as found."""
+
 from __future__ import annotations
 
 import copy
@@ -87,8 +88,9 @@ def evaluate(model: nn.Module, loader: Iterable[Batch], *, device: str | torch.d
             if fast is None:
                 out = model(x)
                 fast = inference_model(model) if x.dim() == 4 else model
-                if fast is not model and not torch.allclose(fast(x.contiguous(memory_format=torch.channels_last)),
-                                                           out, rtol=1e-3, atol=1e-4):
+                if fast is not model and not torch.allclose(
+                    fast(x.contiguous(memory_format=torch.channels_last)), out, rtol=1e-3, atol=1e-4
+                ):
                     fast = model
             else:
                 out = fast(x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x)

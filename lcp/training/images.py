@@ -3,6 +3,7 @@
 The cache key hashes the folder's absolute path, its file list, file count, total size and newest mtime, the
 input size and any transform; a killed run leaves no half-written cache (``atomic_write``).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -224,7 +225,9 @@ def _cache_write(folder: Path, arrays: dict[str, np.ndarray], meta: dict[str, An
         atomic_write(folder / "meta.json", lambda f: f.write(text))  # written last: marks the entry complete
         return True
     except OSError as exc:
-        warnings.warn(f"lcp: could not write the data cache at {folder} ({exc}); set LCP_CACHE to a writable folder")
+        warnings.warn(
+            f"lcp: could not write the data cache at {folder} ({exc}); set LCP_CACHE to a writable folder", stacklevel=2
+        )
         return False
 
 
@@ -232,8 +235,13 @@ def _cache_key(root: Path, scans: Sequence[Files], size: tuple[int, int, int], e
     h = hashlib.sha256()
     files = [f for scan in scans for f in scan]
     head = {
-        "v": _CACHE_VERSION, "root": str(root), "count": len(files), "bytes": sum(f[1] for f in files),
-        "mtime": max((f[2] for f in files), default=0), "size": list(size), "extra": extra,
+        "v": _CACHE_VERSION,
+        "root": str(root),
+        "count": len(files),
+        "bytes": sum(f[1] for f in files),
+        "mtime": max((f[2] for f in files), default=0),
+        "size": list(size),
+        "extra": extra,
     }
     h.update(json.dumps(head, sort_keys=True).encode())
     cut = len(str(root)) + 1  # relative paths: renames and moves between classes change the labels
@@ -278,6 +286,13 @@ def load_folder(
         "test_x": _decode_all([f[0] for f in test_files], size, transform),
         "test_y": np.asarray(test_labels, dtype=np.int64),
     }
-    meta = {"version": _CACHE_VERSION, "source": str(root), "classes": classes, "extra": extra,
-            "input_size": list(size), "train": len(train_files), "test": len(test_files)}
+    meta = {
+        "version": _CACHE_VERSION,
+        "source": str(root),
+        "classes": classes,
+        "extra": extra,
+        "input_size": list(size),
+        "train": len(train_files),
+        "test": len(test_files),
+    }
     return arrays, classes, folder if _cache_write(folder, arrays, meta) else None

@@ -3,6 +3,7 @@
 ``evaluate`` and ``recalibrate_bn`` (``lcp.training.evaluate``) and the checkpoint format
 (``lcp.training.checkpoint``) are re-exported here.
 """
+
 from __future__ import annotations
 
 import math
@@ -32,13 +33,10 @@ from lcp.training.evaluate import (
 __all__ = ["evaluate", "recalibrate_bn", "finetune", "train_baseline", "load_checkpoint", "save_checkpoint"]
 
 
-
-
 class EpochCallback(Protocol):
     """Called after each epoch (and its checkpoint) with the 1-based epoch and its history record."""
 
     def __call__(self, epoch: int, record: dict[str, Any]) -> None: ...
-
 
 
 # ---------------------------------------------------------------------------------------------- training
@@ -64,8 +62,13 @@ def _kd_loss(student: Tensor, teacher: Tensor, T: float) -> Tensor:
 
 
 def _loss(
-    model: nn.Module, teacher: nn.Module | None, x: Tensor, y: Tensor | None, dev: torch.device,
-    kd_alpha: float, kd_T: float,
+    model: nn.Module,
+    teacher: nn.Module | None,
+    x: Tensor,
+    y: Tensor | None,
+    dev: torch.device,
+    kd_alpha: float,
+    kd_T: float,
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """(loss, logits, labels on ``dev`` or None if unlabeled): CE, or CE mixed with KD, or KD alone."""
     out = model(x)
@@ -147,9 +150,18 @@ def _run(
         raise LcpError(f"no training batches: the train split has fewer images than the batch size {batch_size}")
     total = epochs * steps
     ckpt = Path(ckpt_path) if ckpt_path is not None else None
-    settings = {"epochs": epochs, "lr": lr, "schedule": schedule, "batch_size": batch_size, "seed": seed,
-                "steps_per_epoch": steps, "momentum": momentum, "nesterov": nesterov, "weight_decay": weight_decay,
-                "teacher": teacher is not None}
+    settings = {
+        "epochs": epochs,
+        "lr": lr,
+        "schedule": schedule,
+        "batch_size": batch_size,
+        "seed": seed,
+        "steps_per_epoch": steps,
+        "momentum": momentum,
+        "nesterov": nesterov,
+        "weight_decay": weight_decay,
+        "teacher": teacher is not None,
+    }
     model.to(dev)
     if teacher is not None:
         teacher.to(dev).eval()
@@ -157,8 +169,9 @@ def _run(
     # under torchrun every rank sees the same batch order and takes every world-th batch; DDP averages grads
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     usable = steps - steps % world
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0,
-                          weight_decay=weight_decay)
+    opt = torch.optim.SGD(
+        model.parameters(), lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0, weight_decay=weight_decay
+    )
     history: list[dict[str, Any]] = []
     start_epoch, resumed_from = 0, None
     t0 = time.perf_counter()
@@ -177,8 +190,9 @@ def _run(
             history = list(info["history"])
         kept = f"the last good checkpoint is kept at {ckpt}"
         last_good = "no checkpoint was written yet" if start_epoch == 0 else kept
-        bar = tqdm(total=total, initial=start_epoch * steps, disable=not progress or rank != 0, dynamic_ncols=True,
-                   unit="step")
+        bar = tqdm(
+            total=total, initial=start_epoch * steps, disable=not progress or rank != 0, dynamic_ncols=True, unit="step"
+        )
         with bar:
             for epoch in range(start_epoch, epochs):
                 loader = make(epoch)
@@ -207,9 +221,13 @@ def _run(
                         labeled += len(x)
                     bar.set_postfix(loss=f"{loss_sum / seen:.4f}", lr=f"{opt.param_groups[0]['lr']:.3g}", refresh=False)
                     bar.update()
-                record: dict[str, Any] = {"epoch": epoch + 1, "loss": loss_sum / max(1, seen),
-                                          "top1": 100.0 * correct / labeled if labeled else None,
-                                          "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
+                record: dict[str, Any] = {
+                    "epoch": epoch + 1,
+                    "loss": loss_sum / max(1, seen),
+                    "top1": 100.0 * correct / labeled if labeled else None,
+                    "lr": opt.param_groups[0]["lr"],
+                    "seconds": time.perf_counter() - t0,
+                }
                 if eval_loader is not None:
                     ev = evaluate(model, eval_loader, device=dev)
                     record.update(val_top1=ev["top1"], val_loss=ev["loss"])
@@ -220,14 +238,25 @@ def _run(
                     line = f"{desc} epoch {epoch + 1}/{epochs}: loss {record['loss']:.4f}{top1}{val}"
                     bar.write(line, file=sys.stderr)
                 if ckpt is not None and rank == 0:
-                    info = {"epoch": epoch + 1, "step": (epoch + 1) * steps, "total_steps": total,
-                            "settings": settings, "history": history}
+                    info = {
+                        "epoch": epoch + 1,
+                        "step": (epoch + 1) * steps,
+                        "total_steps": total,
+                        "settings": settings,
+                        "history": history,
+                    }
                     save_checkpoint(ckpt, model, opt, info)
                     last_good = kept
                 if on_epoch_end is not None:
                     on_epoch_end(epoch + 1, record)
-    return {"history": history, "epochs": epochs, "steps": total, "resumed_from": resumed_from,
-            "seconds": time.perf_counter() - t0, "checkpoint": str(ckpt) if ckpt is not None else None}
+    return {
+        "history": history,
+        "epochs": epochs,
+        "steps": total,
+        "resumed_from": resumed_from,
+        "seconds": time.perf_counter() - t0,
+        "checkpoint": str(ckpt) if ckpt is not None else None,
+    }
 
 
 def finetune(
@@ -261,10 +290,30 @@ def finetune(
     atomically to ``ckpt_path`` after every epoch; ``resume=True`` continues from it and ends with the same
     weights as an uninterrupted run. Returns ``{"history": [per-epoch records], ...}``.
     """
-    return _run(model, data, epochs=epochs, lr=lr, schedule="cosine", momentum=momentum, nesterov=nesterov,
-                weight_decay=weight_decay, batch_size=batch_size, augment=augment, teacher=teacher, kd_alpha=kd_alpha,
-                kd_T=kd_T, ckpt_path=ckpt_path, resume=resume, seed=seed, progress=progress, device=device,
-                on_epoch_end=on_epoch_end, eval_loader=eval_loader, num_threads=num_threads, desc="finetune")
+    return _run(
+        model,
+        data,
+        epochs=epochs,
+        lr=lr,
+        schedule="cosine",
+        momentum=momentum,
+        nesterov=nesterov,
+        weight_decay=weight_decay,
+        batch_size=batch_size,
+        augment=augment,
+        teacher=teacher,
+        kd_alpha=kd_alpha,
+        kd_T=kd_T,
+        ckpt_path=ckpt_path,
+        resume=resume,
+        seed=seed,
+        progress=progress,
+        device=device,
+        on_epoch_end=on_epoch_end,
+        eval_loader=eval_loader,
+        num_threads=num_threads,
+        desc="finetune",
+    )
 
 
 def train_baseline(
@@ -290,7 +339,27 @@ def train_baseline(
 ) -> dict[str, Any]:
     """Train from scratch: the :func:`finetune` loop with ``schedule`` "onecycle" (30% warm-up from lr/25,
     then cosine to 0) or "cosine", and no teacher."""
-    return _run(model, data, epochs=epochs, lr=lr, schedule=schedule, momentum=momentum, nesterov=nesterov,
-                weight_decay=weight_decay, batch_size=batch_size, augment=augment, teacher=None, kd_alpha=0.0,
-                kd_T=1.0, ckpt_path=ckpt_path, resume=resume, seed=seed, progress=progress, device=device,
-                on_epoch_end=on_epoch_end, eval_loader=eval_loader, num_threads=num_threads, desc="train")
+    return _run(
+        model,
+        data,
+        epochs=epochs,
+        lr=lr,
+        schedule=schedule,
+        momentum=momentum,
+        nesterov=nesterov,
+        weight_decay=weight_decay,
+        batch_size=batch_size,
+        augment=augment,
+        teacher=None,
+        kd_alpha=0.0,
+        kd_T=1.0,
+        ckpt_path=ckpt_path,
+        resume=resume,
+        seed=seed,
+        progress=progress,
+        device=device,
+        on_epoch_end=on_epoch_end,
+        eval_loader=eval_loader,
+        num_threads=num_threads,
+        desc="train",
+    )

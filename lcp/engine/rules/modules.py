@@ -3,6 +3,7 @@
 Each rule is ``rule(prop, node, module, x) -> value`` (see ``registry``); they are registered in ``RULES`` at
 the bottom of this file.
 """
+
 from __future__ import annotations
 
 import math
@@ -20,13 +21,42 @@ from lcp.engine.types import Chan, LayerKind
 # Module classification
 
 _ELEMENTWISE_MODULES: tuple[type, ...] = (
-    nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.LeakyReLU, nn.ELU,
-    nn.SELU, nn.CELU, nn.Mish, nn.Softplus, nn.Hardtanh, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d,
-    nn.Dropout3d, nn.AlphaDropout, nn.Tanhshrink, nn.Softsign,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.SiLU,
+    nn.GELU,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.SELU,
+    nn.CELU,
+    nn.Mish,
+    nn.Softplus,
+    nn.Hardtanh,
+    nn.Identity,
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
+    nn.AlphaDropout,
+    nn.Tanhshrink,
+    nn.Softsign,
 )
 _SPATIAL_MODULES: tuple[type, ...] = (
-    nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
-    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d,
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveMaxPool1d,
+    nn.AdaptiveMaxPool2d,
+    nn.Upsample,
+    nn.UpsamplingNearest2d,
+    nn.UpsamplingBilinear2d,
     nn.ZeroPad2d,
 )
 _BATCHNORMS: tuple[type, ...] = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
@@ -108,8 +138,17 @@ def conv_rule(prop: Propagator, node: fx.Node, m: nn.Module, x: Any) -> Any:
         mode = "grouped"
         prop.uf.union_arrays(x.ids, np.tile(x.ids[:in_pg], g))
         prop.uf.union_arrays(out, np.tile(out[:out_pg], g))
-    prop.record(name, LayerKind.CONV, out_ids=out, in_ids=x.ids, mode=mode, groups=g,
-                kernel=int(math.prod(m.kernel_size)), spatial=spatial, bias=m.bias is not None)
+    prop.record(
+        name,
+        LayerKind.CONV,
+        out_ids=out,
+        in_ids=x.ids,
+        mode=mode,
+        groups=g,
+        kernel=int(math.prod(m.kernel_size)),
+        spatial=spatial,
+        bias=m.bias is not None,
+    )
     return Chan(1, out)
 
 
@@ -118,8 +157,9 @@ def linear_rule(prop: Propagator, node: fx.Node, m: nn.Module, x: Any) -> Any:
     shape = prop.shape(node)
     if x is None and isinstance(shape, tuple):
         x = Chan(len(shape) - 1, prop.uf.new(m.in_features, frozen=f"input of {node.target} is untracked"))
-    if not (isinstance(x, Chan) and isinstance(shape, tuple) and x.dim == len(shape) - 1
-            and len(x.ids) == m.in_features):
+    if not (
+        isinstance(x, Chan) and isinstance(shape, tuple) and x.dim == len(shape) - 1 and len(x.ids) == m.in_features
+    ):
         return prop.unknown(node, "linear input features are not the tracked last dimension")
     name = str(node.target)
     tokens = int(math.prod(shape[1:-1])) if len(shape) > 2 else 1
@@ -196,8 +236,9 @@ def pad_channels_rule(prop: Propagator, node: fx.Node, m: nn.Module, x: Any) -> 
     if not (isinstance(x, Chan) and x.dim == 1):
         return prop.unknown(node, "shortcut input channels are not on dim 1")
     left, right = prop.uf.new(m.pad_left), prop.uf.new(m.pad_right)
-    prop.record(str(node.target), LayerKind.PAD, out_ids=np.concatenate([left, right]),
-                extra={"n_left": int(m.pad_left)})
+    prop.record(
+        str(node.target), LayerKind.PAD, out_ids=np.concatenate([left, right]), extra={"n_left": int(m.pad_left)}
+    )
     return Chan(1, np.concatenate([left, x.ids, right]))
 
 

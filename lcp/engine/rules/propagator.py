@@ -6,6 +6,7 @@ track, such as a parameter read in ``forward``). The rule for each node comes fr
 by type, function rules by op name); whatever has no rule freezes the ids it receives: the result is always a
 valid network.
 """
+
 from __future__ import annotations
 
 import math
@@ -143,8 +144,12 @@ class Propagator:
         if isinstance(x, Chan):
             shape = meta_shapes(node)
             in_shape = meta_shapes(node.args[0])
-            if isinstance(shape, tuple) and in_shape is not None and len(shape) == len(in_shape) \
-                    and shape[x.dim] == len(x.ids):
+            if (
+                isinstance(shape, tuple)
+                and in_shape is not None
+                and len(shape) == len(in_shape)
+                and shape[x.dim] == len(x.ids)
+            ):
                 return x
             return self.unknown(node, "changes the channel dimension")
         if x is None:
@@ -162,8 +167,8 @@ class Propagator:
             return x
         if x.dim > e:
             return Chan(x.dim - (e - s), x.ids)
-        inner = int(math.prod(in_shape[x.dim + 1:e + 1]))
-        outer = int(math.prod(in_shape[s:x.dim]))
+        inner = int(math.prod(in_shape[x.dim + 1 : e + 1]))
+        outer = int(math.prod(in_shape[s : x.dim]))
         return Chan(s, np.tile(np.repeat(x.ids, inner), outer))
 
     # ------------------------------------------------------------------ main loop

@@ -9,11 +9,13 @@ by the op name the propagator normalises (``torch.relu``, ``F.relu`` and ``x.rel
 Module rules are looked up along the module type's MRO (most specific class first); a rule registered with
 ``exact=True`` only matches that very type (a Conv2d subclass may transform its weight: it is not a conv).
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import torch.fx as fx
 from torch import nn
@@ -49,8 +51,9 @@ class RuleTable:
         self._shadowed_functions: dict[str, list[FunctionRule]] = {}
 
     # ------------------------------------------------------------------ registration
-    def module(self, module_type: type | tuple[type, ...], rule: ModuleRule, *, exact: bool = False,
-               leaf: bool = True) -> ModuleRule:
+    def module(
+        self, module_type: type | tuple[type, ...], rule: ModuleRule, *, exact: bool = False, leaf: bool = True
+    ) -> ModuleRule:
         """Use ``rule`` for modules of ``module_type`` (a type or a tuple of types); returns ``rule``."""
         for t in module_type if isinstance(module_type, tuple) else (module_type,):
             if not (isinstance(t, type) and issubclass(t, nn.Module)):
@@ -138,8 +141,9 @@ class RuleTable:
 RULES = RuleTable()
 
 
-def register_module_rule(module_type: type | tuple[type, ...], rule: ModuleRule | None = None, *,
-                         exact: bool = False, leaf: bool = True) -> Any:
+def register_module_rule(
+    module_type: type | tuple[type, ...], rule: ModuleRule | None = None, *, exact: bool = False, leaf: bool = True
+) -> Any:
     """Teach lcp how channels flow through ``module_type``: ``rule(prop, node, module, x) -> value``.
 
     ``exact``: match only this type, not subclasses. ``leaf``: the tracer keeps the module whole instead of

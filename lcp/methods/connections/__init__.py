@@ -5,22 +5,27 @@ methods, the connection cut).
 """
 
 from lcp.methods.connections.controller import (
-                                                CONNECTION_METHODS,
-                                                Controller,
-                                                ControllerConfig,
-                                                ControllerResult,
-                                                match_toy,
-                                                search_connections,
-                                                shaped_reward,
+    CONNECTION_METHODS,
+    Controller,
+    ControllerConfig,
+    ControllerResult,
+    match_toy,
+    search_connections,
+    shaped_reward,
 )
-from lcp.methods.connections.method import (
-                                                AdsMethod,
-                                                HeldOut,
-                                                LwpMethod,
-                                                cut_connections,
-                                                write_controller_csv,
-)
+from lcp.methods.connections.method import AdsMethod, HeldOut, LwpMethod, cut_connections, write_controller_csv
 
-__all__ = ["CONNECTION_METHODS", "AdsMethod", "Controller", "ControllerConfig", "ControllerResult", "HeldOut",
-           "LwpMethod", "cut_connections", "match_toy", "search_connections", "shaped_reward",
-           "write_controller_csv"]
+__all__ = [
+    "CONNECTION_METHODS",
+    "AdsMethod",
+    "Controller",
+    "ControllerConfig",
+    "ControllerResult",
+    "HeldOut",
+    "LwpMethod",
+    "cut_connections",
+    "match_toy",
+    "search_connections",
+    "shaped_reward",
+    "write_controller_csv",
+]

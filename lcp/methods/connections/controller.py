@@ -18,15 +18,16 @@ batches, weights inherited, no fine-tuning):
   of the sampled network and beta the budget (reward shaping; LWP's exact formula is unpublished).
 See docs/connections.md.
 """
+
 from __future__ import annotations
 
 import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -36,12 +37,7 @@ from torch import Tensor, nn
 from lcp.engine.connections import ConnectionGraph
 from lcp.engine.types import LayerKind
 from lcp.errors import LcpError
-from lcp.io import (
-    PathLike,
-    load_tensor_metadata,
-    load_tensors,
-    save_tensors,
-)
+from lcp.io import PathLike, load_tensor_metadata, load_tensors, save_tensors
 
 log = logging.getLogger("lcp.methods.controllers")
 
@@ -127,13 +123,15 @@ class Controller(nn.Module):
         base_anchor = self.w_anchor(self.input_anchor).expand(b, -1)
         logit_list: list[Tensor] = []
         for step, src in enumerate(self.sources):
-            x = torch.cat([self.features[step:step + 1].expand(b, -1), prev], 1)
+            x = torch.cat([self.features[step : step + 1].expand(b, -1), prev], 1)
             h, c = self.cell(torch.tanh(self.embed(x)), (h, c))
             anchors.append(self.w_anchor(h))
-            a = torch.stack([anchors[self.src_step[k]] if self.src_step[k] >= 0 else base_anchor
-                             for k in src.tolist()], 1)  # (B, sources, hidden)
-            raw = (self.v(torch.tanh(a + self.w_query(h)[:, None])).squeeze(2) + self.bias
-                   + self.offset[src]) / cfg.temperature
+            a = torch.stack(
+                [anchors[self.src_step[k]] if self.src_step[k] >= 0 else base_anchor for k in src.tolist()], 1
+            )  # (B, sources, hidden)
+            raw = (
+                self.v(torch.tanh(a + self.w_query(h)[:, None])).squeeze(2) + self.bias + self.offset[src]
+            ) / cfg.temperature
             # ENAS samples a skip from softmax(C tanh([-raw, raw])), i.e. sigmoid(2 C tanh(raw))
             lg = 2 * cfg.tanh_constant * torch.tanh(raw) if cfg.tanh_constant > 0 else raw
             logit_list.append(lg)
@@ -157,9 +155,16 @@ def _features(cg: ConnectionGraph) -> np.ndarray:
     max_in = max(len(recs[c.record].in_ids) for c in cg.consumers)
     max_src = max(len(c.sources) for c in cg.consumers)
     for i, c in enumerate(cg.consumers):
-        rows.append([c.block / max(1, n_blocks - 1), pos[i] / max(1, counts[c.block] - 1),
-                     len(recs[c.record].in_ids) / max_in, cg.full_cost[i][0] / total,
-                     1.0 if c.kind == LayerKind.CONV else 0.0, len(c.sources) / max_src])
+        rows.append(
+            [
+                c.block / max(1, n_blocks - 1),
+                pos[i] / max(1, counts[c.block] - 1),
+                len(recs[c.record].in_ids) / max_in,
+                cg.full_cost[i][0] / total,
+                1.0 if c.kind == LayerKind.CONV else 0.0,
+                len(c.sources) / max_src,
+            ]
+        )
     return np.asarray(rows, dtype=np.float32)
 
 
@@ -172,10 +177,20 @@ def shaped_reward(method: str, acc: float, rho: float, budget: float, cfg: Contr
     return acc - cfg.lwp_gamma * (rho - budget)
 
 
-def search_connections(cg: ConnectionGraph, evaluate: Callable[[np.ndarray], dict], *, method: str = "ads",
-                       budget: float, budget_type: str = "macs", cfg: ControllerConfig | None = None, seed: int = 0,
-                       state_path: PathLike | None = None, resume: bool = False, progress: bool = True,
-                       settings: dict | None = None) -> ControllerResult:
+def search_connections(
+    cg: ConnectionGraph,
+    evaluate: Callable[[np.ndarray], dict],
+    *,
+    method: str = "ads",
+    budget: float,
+    budget_type: str = "macs",
+    cfg: ControllerConfig | None = None,
+    seed: int = 0,
+    state_path: PathLike | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    settings: dict | None = None,
+) -> ControllerResult:
     """Run ``cfg.episodes`` episodes (one sampled mask and one ``evaluate`` each); the controller is updated
     after every ``cfg.samples`` episodes (and after the last). ``evaluate(keep)`` returns at least
     {"acc": held-out top-1 in [0, 1]}.
@@ -194,8 +209,16 @@ def search_connections(cg: ConnectionGraph, evaluate: Callable[[np.ndarray], dic
     cfg.check()
     full_mask = cg.project(cg.full(), np.zeros(cg.n), budget=budget, metric=budget_type)  # unreachable: raises now
     density = float(np.clip(full_mask.mean(), 0.01, 0.99))  # kept fraction of a mask at the budget
-    settings = {"format": _STATE_FORMAT, "method": method, "seed": seed, "budget": budget, "budget_type": budget_type,
-                "controller": asdict(cfg), "connections": cg.n, **(settings or {})}
+    settings = {
+        "format": _STATE_FORMAT,
+        "method": method,
+        "seed": seed,
+        "budget": budget,
+        "budget_type": budget_type,
+        "controller": asdict(cfg),
+        "connections": cg.n,
+        **(settings or {}),
+    }
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         ctl = Controller(cg, cfg)
@@ -212,12 +235,15 @@ def search_connections(cg: ConnectionGraph, evaluate: Callable[[np.ndarray], dic
             st = json.loads(load_tensor_metadata(path)["state"])
             old = st["settings"]
         except (KeyError, ValueError):
-            raise LcpError(f"controller state {path} is not lcp controller state: delete it or start without "
-                           "--resume") from None
+            raise LcpError(
+                f"controller state {path} is not lcp controller state: delete it or start without --resume"
+            ) from None
         diff = [k for k in set(settings) | set(old) if old.get(k) != settings.get(k)]
         if diff:
-            raise LcpError(f"controller state {path} was made with other settings ({', '.join(sorted(diff)[:4])}): "
-                           "use the same settings or start without --resume")
+            raise LcpError(
+                f"controller state {path} was made with other settings ({', '.join(sorted(diff)[:4])}): "
+                "use the same settings or start without --resume"
+            )
         t = load_tensors(path)
         ctl.load_state_dict({k[4:]: v for k, v in t.items() if k.startswith("ctl.")})
         sd = opt.state_dict()
@@ -242,13 +268,20 @@ def search_connections(cg: ConnectionGraph, evaluate: Callable[[np.ndarray], dic
                 tensors[f"opt.{i}.{k}"] = torch.as_tensor(v)
         tensors["gen_state"] = gen.get_state()
         tensors["pending"] = torch.as_tensor(np.array([k for k, _ in pending], dtype=np.uint8).reshape(-1, cg.n))
-        st = {"settings": settings, "history": history, "best": best, "baseline": advantage.mean, "var": advantage.var,
-              "pending_rewards": [r for _, r in pending]}
+        st = {
+            "settings": settings,
+            "history": history,
+            "best": best,
+            "baseline": advantage.mean,
+            "var": advantage.var,
+            "pending_rewards": [r for _, r in pending],
+        }
         save_tensors(tensors, path, metadata={"state": json.dumps(st)})
 
     base = cg.base(budget_type)
-    bar = tqdm(total=cfg.episodes, initial=len(history), desc=method, disable=not progress, dynamic_ncols=True,
-               leave=False)
+    bar = tqdm(
+        total=cfg.episodes, initial=len(history), desc=method, disable=not progress, dynamic_ncols=True, leave=False
+    )
     try:
         for episode in range(len(history), cfg.episodes):
             t0 = time.perf_counter()
@@ -262,17 +295,26 @@ def search_connections(cg: ConnectionGraph, evaluate: Callable[[np.ndarray], dic
             rho = cg.value(keep, budget_type) / base
             reward = shaped_reward(method, acc, rho, budget, cfg) if math.isfinite(acc) else -1.0
             pending.append((sample, reward))  # the sampled mask is the action; the projection is environment
-            row = {"episode": episode + 1, "update": episode // cfg.samples + 1, "reward": reward, "acc": acc,
-                   "loss": float(result.get("loss", float("nan"))), "cost": rho, "kept": int(keep.sum()),
-                   "sampled_kept": int(sample.sum()), "alive": int(cg.alive(keep).sum()),
-                   "entropy": float(_entropy(logits)[0])}
+            row = {
+                "episode": episode + 1,
+                "update": episode // cfg.samples + 1,
+                "reward": reward,
+                "acc": acc,
+                "loss": float(result.get("loss", float("nan"))),
+                "cost": rho,
+                "kept": int(keep.sum()),
+                "sampled_kept": int(sample.sum()),
+                "alive": int(cg.alive(keep).sum()),
+                "entropy": float(_entropy(logits)[0]),
+            }
             if len(pending) == cfg.samples or episode == cfg.episodes - 1:
                 _update(ctl, opt, pending, advantage, cfg, density)
                 pending = []
             if reward > best["reward"]:
                 best = {"reward": reward, "keep": keep.astype(int).tolist(), "episode": episode + 1}
-            history.append({**row, "best": best["reward"], "baseline": advantage.mean,
-                            "seconds": time.perf_counter() - t0})
+            history.append(
+                {**row, "best": best["reward"], "baseline": advantage.mean, "seconds": time.perf_counter() - t0}
+            )
             save()
             bar.set_postfix(best=f"{best['reward']:.4f}", refresh=False)
             bar.update(1)
@@ -308,8 +350,14 @@ class _Advantage:
         return adv
 
 
-def _update(ctl: Controller, opt: torch.optim.Optimizer, batch: list[tuple[np.ndarray, float]],
-            advantage: _Advantage, cfg: ControllerConfig, density: float) -> None:
+def _update(
+    ctl: Controller,
+    opt: torch.optim.Optimizer,
+    batch: list[tuple[np.ndarray, float]],
+    advantage: _Advantage,
+    cfg: ControllerConfig,
+    density: float,
+) -> None:
     """One REINFORCE step on a batch of (sampled mask, reward): loss = -mean(A log pi(mask)) - w_H H(pi)
     + w_KL KL(pi || Bernoulli(density)), the gradient norm clipped to ``cfg.grad_clip``."""
     masks = torch.as_tensor(np.stack([k for k, _ in batch]), dtype=torch.float32)
@@ -319,8 +367,9 @@ def _update(ctl: Controller, opt: torch.optim.Optimizer, batch: list[tuple[np.nd
     entropy = _entropy(logits)
     p = torch.sigmoid(logits)
     cross = -(p * math.log(density) + (1 - p) * math.log(1 - density)).sum(1)
-    loss = (-(adv * logp).mean() - cfg.entropy_weight * entropy.mean()
-            + cfg.kl_weight * (cross - entropy).mean())  # KL = cross-entropy - entropy
+    loss = (
+        -(adv * logp).mean() - cfg.entropy_weight * entropy.mean() + cfg.kl_weight * (cross - entropy).mean()
+    )  # KL = cross-entropy - entropy
     opt.zero_grad(set_to_none=True)
     loss.backward()
     if cfg.grad_clip > 0:
@@ -328,12 +377,14 @@ def _update(ctl: Controller, opt: torch.optim.Optimizer, batch: list[tuple[np.nd
     opt.step()
 
 
-def match_toy(cg: ConnectionGraph, budget: float, seed: int = 0, *, method: str = "ads",
-              budget_type: str = "macs") -> tuple[np.ndarray, Callable[[np.ndarray], dict]]:
+def match_toy(
+    cg: ConnectionGraph, budget: float, seed: int = 0, *, method: str = "ads", budget_type: str = "macs"
+) -> tuple[np.ndarray, Callable[[np.ndarray], dict]]:
     """A cheap reward with a known optimum, to check that the controller learns: (target, evaluate) with
     evaluate(keep) = {"acc": fraction of connections where keep equals target}; target is a seeded random mask
     projected as a sample would be (filled for ``ads``), so it is reachable (best reward 1 for ``ads``)."""
     rng = np.random.default_rng(seed)
-    target = cg.project(rng.random(cg.n) < 0.5, rng.random(cg.n), budget=budget, metric=budget_type,
-                        fill=method == "ads")
+    target = cg.project(
+        rng.random(cg.n) < 0.5, rng.random(cg.n), budget=budget, metric=budget_type, fill=method == "ads"
+    )
     return target, lambda keep: {"acc": float((np.asarray(keep) == target).mean())}

@@ -1,4 +1,5 @@
 """The registered methods ``ads`` and ``lwp``: search DenseNet connections on held-out data, then cut them."""
+
 from __future__ import annotations
 
 import time
@@ -13,10 +14,7 @@ from lcp.cut.pruner import PruneResult
 from lcp.cut.ranking import Plan, Transforms
 from lcp.engine.connections import ConnectionGraph
 from lcp.errors import LcpError
-from lcp.io import (
-    PathLike,
-    atomic_write_text,
-)
+from lcp.io import PathLike, atomic_write_text
 from lcp.methods.base import Context, Learned, Method, register_method
 from lcp.methods.connections.controller import ControllerConfig, search_connections
 from lcp.training.data import DataBundle
@@ -27,8 +25,14 @@ class HeldOut:
     """``evaluate(keep)``: build the pruned network, recalibrate BatchNorm on ``recal`` batches, then top-1 and
     mean cross-entropy on the held-out batches (never the test split)."""
 
-    def __init__(self, cg: ConnectionGraph, recal: list[Tensor], eval_x: list[Tensor], eval_y: list[Tensor],
-                 device: str | torch.device = "cpu"):
+    def __init__(
+        self,
+        cg: ConnectionGraph,
+        recal: list[Tensor],
+        eval_x: list[Tensor],
+        eval_y: list[Tensor],
+        device: str | torch.device = "cpu",
+    ):
         self.device = dev = torch.device(device)  # where candidates run; the batches are moved there once
         self.cg, self.recal = cg, [x.to(dev) for x in recal]
         self.eval_x, self.eval_y = [x.to(dev) for x in eval_x], [y.to(dev) for y in eval_y]
@@ -51,9 +55,17 @@ class HeldOut:
         return {"acc": correct / self.n, "loss": total / self.n}
 
     @classmethod
-    def from_bundle(cls, cg: ConnectionGraph, bundle: DataBundle, *, recal_batches: int = 4,
-                    eval_images: int = 1000, batch_size: int = 128, seed: int = 0,
-                    device: str | torch.device = "cpu") -> "HeldOut":
+    def from_bundle(
+        cls,
+        cg: ConnectionGraph,
+        bundle: DataBundle,
+        *,
+        recal_batches: int = 4,
+        eval_images: int = 1000,
+        batch_size: int = 128,
+        seed: int = 0,
+        device: str | torch.device = "cpu",
+    ) -> HeldOut:
         recal = []
         for x, _ in bundle.loader("train", batch_size, shuffle=True, seed=seed):
             if len(recal) == recal_batches:
@@ -69,12 +81,26 @@ class HeldOut:
 def write_controller_csv(history: list[dict], path: PathLike) -> None:
     """One row per episode (update, reward, best, acc, loss, cost, kept, alive, baseline, entropy, seconds),
     atomically."""
-    cols = ("episode", "update", "reward", "best", "acc", "loss", "cost", "kept", "sampled_kept", "alive", "baseline",
-            "entropy", "seconds")
+    cols = (
+        "episode",
+        "update",
+        "reward",
+        "best",
+        "acc",
+        "loss",
+        "cost",
+        "kept",
+        "sampled_kept",
+        "alive",
+        "baseline",
+        "entropy",
+        "seconds",
+    )
     lines = [",".join(cols)]
     for h in history:
-        lines.append(",".join("" if h.get(c) is None else (str(h[c]) if isinstance(h[c], int) else f"{h[c]:.6g}")
-                              for c in cols))
+        lines.append(
+            ",".join("" if h.get(c) is None else (str(h[c]) if isinstance(h[c], int) else f"{h[c]:.6g}") for c in cols)
+        )
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 
@@ -95,21 +121,50 @@ def cut_connections(ctx: Context, keep: np.ndarray, budget: float | None, label:
     pruned, verification = cg.prune(keep)
     macs, params = cg.evaluate(keep)
     alive = cg.alive(keep)
-    ctx.log(f"kept {int(keep.sum())} of {cg.n} connections, {int(alive.sum())} of {len(alive)} consumers alive: "
-            f"{macs / cg.macs_base:.3f} of MACs, {params / cg.params_base:.3f} of params; verified {verification}")
+    ctx.log(
+        f"kept {int(keep.sum())} of {cg.n} connections, {int(alive.sum())} of {len(alive)} consumers alive: "
+        f"{macs / cg.macs_base:.3f} of MACs, {params / cg.params_base:.3f} of params; verified {verification}"
+    )
     o = ctx.options
-    plan = Plan(np.zeros(len(graph.units), dtype=bool), macs, params, cg.macs_base, cg.params_base,
-                budget if budget is not None else 1.0, o.budget_type, label)
-    info = {"kind": "connections",
-            "spec": {"removed_connections": cg.names(keep)},
-            "columns": {"connections_kept": int(keep.sum()), "connections": cg.n,
-                        "verification_error": verification.max_rel_error},
-            "files": {"connections.json": {"reward": ctx.cache.get("connection_reward"), "kept": int(keep.sum()),
-                                           "connections": cg.n, "removed": cg.names(keep),
-                                           "dead": [c.name for c, a in zip(cg.consumers, alive) if not a],
-                                           "blocks": cg.adjacency(keep)}}}
-    return PruneResult(pruned, plan, graph, Transforms.identity(graph), verification,
-                       np.full(len(graph.units), np.nan), time.perf_counter() - t0, info)
+    plan = Plan(
+        np.zeros(len(graph.units), dtype=bool),
+        macs,
+        params,
+        cg.macs_base,
+        cg.params_base,
+        budget if budget is not None else 1.0,
+        o.budget_type,
+        label,
+    )
+    info = {
+        "kind": "connections",
+        "spec": {"removed_connections": cg.names(keep)},
+        "columns": {
+            "connections_kept": int(keep.sum()),
+            "connections": cg.n,
+            "verification_error": verification.max_rel_error,
+        },
+        "files": {
+            "connections.json": {
+                "reward": ctx.cache.get("connection_reward"),
+                "kept": int(keep.sum()),
+                "connections": cg.n,
+                "removed": cg.names(keep),
+                "dead": [c.name for c, a in zip(cg.consumers, alive) if not a],
+                "blocks": cg.adjacency(keep),
+            }
+        },
+    }
+    return PruneResult(
+        pruned,
+        plan,
+        graph,
+        Transforms.identity(graph),
+        verification,
+        np.full(len(graph.units), np.nan),
+        time.perf_counter() - t0,
+        info,
+    )
 
 
 class _ConnectionMethod(Method):
@@ -130,14 +185,25 @@ class _ConnectionMethod(Method):
         budget = o.all_budgets()[0]
         ccfg = ControllerConfig(episodes=o.episodes)
         reward = "held-out top-1" if self.name == "ads" else f"held-out top-1 + {ccfg.lwp_lambda:g} (1 - cost ratio)"
-        ctx.log(f"searching connections: {self.name} controller, {o.episodes} episodes at {budget:g} of "
-                f"{o.budget_type}, reward {reward}")
+        ctx.log(
+            f"searching connections: {self.name} controller, {o.episodes} episodes at {budget:g} of "
+            f"{o.budget_type}, reward {reward}"
+        )
         ev = HeldOut.from_bundle(cg, ctx.need_data(self.name), seed=o.seed, device=o.device)
         write = ctx.writer and ctx.out is not None
-        result = search_connections(cg, ev, method=self.name, budget=budget, budget_type=o.budget_type, cfg=ccfg,
-                                    seed=o.seed, state_path=ctx.out / "controller_state.safetensors" if write else None,
-                                    resume=o.resume, progress=o.progress,
-                                    settings={"model": ctx.name, "weights": ctx.weights})
+        result = search_connections(
+            cg,
+            ev,
+            method=self.name,
+            budget=budget,
+            budget_type=o.budget_type,
+            cfg=ccfg,
+            seed=o.seed,
+            state_path=ctx.out / "controller_state.safetensors" if write else None,
+            resume=o.resume,
+            progress=o.progress,
+            settings={"model": ctx.name, "weights": ctx.weights},
+        )
         if write:
             write_controller_csv(result.history, ctx.out / "controller.csv")
         ctx.cache["connection_reward"] = result.best_reward

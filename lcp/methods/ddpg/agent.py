@@ -1,13 +1,14 @@
 """DDPG (AMC's actor-critic) and the episode loop, checkpointed after every episode."""
+
 from __future__ import annotations
 
 import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -66,9 +67,15 @@ class DDPG:
         self.opt_a = torch.optim.Adam(self.actor.parameters(), lr=cfg.lr_actor)
         self.opt_c = torch.optim.Adam(self.critic.parameters(), lr=cfg.lr_critic)
         cap = cfg.memory_per_group * n_groups
-        self.mem = {"s": torch.zeros(cap, N_FEATURES), "a": torch.zeros(cap, 1), "r": torch.zeros(cap, 1),
-                    "s2": torch.zeros(cap, N_FEATURES), "done": torch.zeros(cap, 1),
-                    "lo": torch.zeros(cap, 1), "hi": torch.ones(cap, 1)}
+        self.mem = {
+            "s": torch.zeros(cap, N_FEATURES),
+            "a": torch.zeros(cap, 1),
+            "r": torch.zeros(cap, 1),
+            "s2": torch.zeros(cap, N_FEATURES),
+            "done": torch.zeros(cap, 1),
+            "lo": torch.zeros(cap, 1),
+            "hi": torch.ones(cap, 1),
+        }
         self.size, self.ptr = 0, 0
         self.moving: float | None = None
 
@@ -76,8 +83,9 @@ class DDPG:
         with torch.no_grad():
             return float(self.actor(torch.from_numpy(s)[None])[0, 0])
 
-    def remember(self, s: np.ndarray, a: float, r: float, s2: np.ndarray, done: bool,
-                 walls: tuple[float, float]) -> None:
+    def remember(
+        self, s: np.ndarray, a: float, r: float, s2: np.ndarray, done: bool, walls: tuple[float, float]
+    ) -> None:
         cap = len(self.mem["a"])
         i = self.ptr
         self.mem["s"][i] = torch.from_numpy(s)
@@ -97,7 +105,7 @@ class DDPG:
         self.moving = mean if self.moving is None else self.moving + cfg.moving_alpha * (mean - self.moving)
         r = r - self.moving
         if cfg.reward_std and self.size > 1:
-            r = r / max(float(self.mem["r"][:self.size].std()), 1e-8)
+            r = r / max(float(self.mem["r"][: self.size].std()), 1e-8)
         with torch.no_grad():
             target = r + cfg.discount * (1.0 - done) * self.critic_t(s2, self.actor_t(s2)) if cfg.discount else r
         loss_c = nn.functional.mse_loss(self.critic(s, a), target)
@@ -107,7 +115,7 @@ class DDPG:
         if actor:
             mu = self.actor(s)
             outside = torch.relu(lo - mu) + torch.relu(mu - hi)
-            loss_a = -self.critic(s, mu).mean() + cfg.wall_weight * (outside ** 2).mean()
+            loss_a = -self.critic(s, mu).mean() + cfg.wall_weight * (outside**2).mean()
             self.opt_a.zero_grad(set_to_none=True)
             loss_a.backward()
             self.opt_a.step()
@@ -161,9 +169,17 @@ def _truncated_normal(rng: np.random.Generator, mu: float, sigma: float, lo: flo
 # ------------------------------------------------------------------------------------------------------- search
 
 
-def run_agent(env: Env, reward_of: Callable[[np.ndarray], float], cfg: AgentConfig, *, seed: int = 0,
-              state_path: PathLike | None = None, resume: bool = False, progress: bool = True,
-              settings: dict | None = None) -> AgentResult:
+def run_agent(
+    env: Env,
+    reward_of: Callable[[np.ndarray], float],
+    cfg: AgentConfig,
+    *,
+    seed: int = 0,
+    state_path: PathLike | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    settings: dict | None = None,
+) -> AgentResult:
     """Run ``cfg.episodes`` episodes; ``reward_of(ratios)`` scores one episode's ratios (higher is better).
 
     The state is saved atomically to ``state_path`` after every episode; ``resume`` continues from it and ends
@@ -188,8 +204,10 @@ def run_agent(env: Env, reward_of: Callable[[np.ndarray], float], cfg: AgentConf
             raise LcpError(f"agent state {path} is not lcp agent state: delete it or start without --resume") from None
         diff = [k for k in set(settings) | set(old) if old.get(k) != settings.get(k)]
         if diff:
-            raise LcpError(f"agent state {path} was made with other settings ({', '.join(sorted(diff)[:4])}): "
-                           "use the same settings or start without --resume")
+            raise LcpError(
+                f"agent state {path} was made with other settings ({', '.join(sorted(diff)[:4])}): "
+                "use the same settings or start without --resume"
+            )
         agent.load(load_tensors(path))
         agent.size, agent.ptr, agent.moving = st["size"], st["ptr"], st["moving"]
         rng.bit_generator.state = st["rng"]
@@ -198,12 +216,20 @@ def run_agent(env: Env, reward_of: Callable[[np.ndarray], float], cfg: AgentConf
     def save() -> None:
         if path is None:
             return
-        st = {"settings": settings, "size": agent.size, "ptr": agent.ptr, "moving": agent.moving,
-              "rng": rng.bit_generator.state, "history": history, "best": best}
+        st = {
+            "settings": settings,
+            "size": agent.size,
+            "ptr": agent.ptr,
+            "moving": agent.moving,
+            "rng": rng.bit_generator.state,
+            "history": history,
+            "best": best,
+        }
         save_tensors(agent.tensors(), path, metadata={"state": json.dumps(st)})
 
-    bar = tqdm(total=cfg.episodes, initial=len(history), desc="agent", disable=not progress, dynamic_ncols=True,
-               leave=False)
+    bar = tqdm(
+        total=cfg.episodes, initial=len(history), desc="agent", disable=not progress, dynamic_ncols=True, leave=False
+    )
     worst = min((h["reward"] for h in history), default=0.0)
     try:
         for episode in range(len(history), cfg.episodes):
@@ -234,11 +260,19 @@ def run_agent(env: Env, reward_of: Callable[[np.ndarray], float], cfg: AgentConf
                     agent.update(rng, actor=episode >= cfg.warmup)
             if reward > best["reward"]:
                 best = {"reward": reward, "ratios": ratios.tolist(), "episode": episode + 1}
-            history.append({"episode": episode + 1, "reward": reward, "best": best["reward"],
-                            "ratio_mean": float(ratios.mean()), "ratio_min": float(ratios.min()),
-                            "ratio_max": float(ratios.max()), "cost": env.rc(ratios) / env.rc.base,
-                            "sigma": sigma if episode >= cfg.warmup else None,
-                            "seconds": time.perf_counter() - t0})
+            history.append(
+                {
+                    "episode": episode + 1,
+                    "reward": reward,
+                    "best": best["reward"],
+                    "ratio_mean": float(ratios.mean()),
+                    "ratio_min": float(ratios.min()),
+                    "ratio_max": float(ratios.max()),
+                    "cost": env.rc(ratios) / env.rc.base,
+                    "sigma": sigma if episode >= cfg.warmup else None,
+                    "seconds": time.perf_counter() - t0,
+                }
+            )
             save()
             bar.set_postfix(best=f"{best['reward']:.4f}", refresh=False)
             bar.update(1)

@@ -1,9 +1,10 @@
 """The agent's environment: per-group keep ratios, their cost, the budget walls; a toy reward with a known optimum."""
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
@@ -16,8 +17,6 @@ log = logging.getLogger("lcp.methods.ddpg")
 
 STATE_FORMAT = "lcp-agent-state/2"
 N_FEATURES = 8
-
-
 
 
 @dataclass
@@ -103,16 +102,27 @@ class Env:
         size = np.array([len(g.units) for g in graph.groups], dtype=np.float64)
         self.low = np.array([floor_keep(int(s), min_ratio) for s in size]) / size  # graph floors as ratios
         ones = np.ones(self.n)
-        self.share = np.array([self.rc.base - self.rc(np.where(np.arange(self.n) == g, 0.0, ones))
-                               for g in range(self.n)]) / self.rc.base  # cost that depends on group g
+        self.share = (
+            np.array([self.rc.base - self.rc(np.where(np.arange(self.n) == g, 0.0, ones)) for g in range(self.n)])
+            / self.rc.base
+        )  # cost that depends on group g
         recs = {r.name: r for r in graph.records}
-        kind = np.array([np.mean([0.0 if recs[p].kind == LayerKind.LINEAR else 0.5 if recs[p].mode == "depthwise" else 1.0
-                                  for p in g.producers]) for g in graph.groups])
+        kind = np.array(
+            [
+                np.mean(
+                    [
+                        0.0 if recs[p].kind == LayerKind.LINEAR else 0.5 if recs[p].mode == "depthwise" else 1.0
+                        for p in g.producers
+                    ]
+                )
+                for g in graph.groups
+            ]
+        )
         kernel = np.array([np.mean([recs[p].kernel for p in g.producers]) for g in graph.groups], dtype=np.float64)
         static = np.stack([np.arange(self.n, dtype=np.float64), kind, size, kernel, self.share], 1)
         span = static.max(0) - static.min(0)
         self.static = np.where(span > 0, (static - static.min(0)) / np.where(span > 0, span, 1.0), 0.0)
-        self.rest = np.array([self.share[t + 1:].sum() for t in range(self.n)])
+        self.rest = np.array([self.share[t + 1 :].sum() for t in range(self.n)])
         self.rest = self.rest / max(self.share.sum(), 1e-12)
 
     def state(self, t: int, ratios: np.ndarray) -> np.ndarray:
@@ -137,7 +147,7 @@ class Env:
             r = np.concatenate([ratios[:t], [x], rest])
             return self.rc(r)
 
-        floors, ones = self.low[t + 1:], np.ones(self.n - t - 1)
+        floors, ones = self.low[t + 1 :], np.ones(self.n - t - 1)
         hi = _bisect(lambda x: cost(x, floors) <= self.target, self.low[t], 1.0, want_max=True)
         lo = _bisect(lambda x: cost(x, ones) >= self.target, self.low[t], 1.0, want_max=False)
         return min(lo, hi), hi
@@ -171,7 +181,6 @@ def quadratic_toy(env: Env, seed: int = 0) -> tuple[np.ndarray, Callable[[np.nda
     -sum((r - target)^2) and target a seeded random profile scaled onto the budget, so the walls can reach it
     (best reward 0)."""
     shape = np.random.default_rng(seed).uniform(0.2, 1.0, env.n)
-    f = _bisect(lambda x: env.rc(np.clip(x * shape, env.low, 1.0)) <= env.target, 0.0, 1.0 / shape.min(),
-                want_max=True)
+    f = _bisect(lambda x: env.rc(np.clip(x * shape, env.low, 1.0)) <= env.target, 0.0, 1.0 / shape.min(), want_max=True)
     target = np.clip(f * shape, env.low, 1.0)
     return target, lambda ratios: -float(((np.asarray(ratios) - target) ** 2).sum())

@@ -12,6 +12,7 @@ network. See docs/agents.md for the state, the walls and the hyperparameters (kn
 The whole agent (networks, optimizers, replay memory, RNG, best ratios, history) is checkpointed after every
 episode into one safetensors file whose metadata holds the JSON state; ``resume`` continues it exactly.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -32,18 +33,31 @@ from lcp.methods.legr.fitness import Fitness, make_fitness
 AGENT_METHODS = ("lfgcl", "amc")
 
 
-def search_ratios(graph: ChannelGraph, cost: CostModel, scores: np.ndarray, fitness: Fitness, *,
-                  budget: float, budget_type: str = "macs", min_ratio: float = 0.1, round_to: int = 1,
-                  cfg: AgentConfig | None = None, seed: int = 0, state_path: PathLike | None = None,
-                  resume: bool = False, progress: bool = True) -> AgentResult:
+def search_ratios(
+    graph: ChannelGraph,
+    cost: CostModel,
+    scores: np.ndarray,
+    fitness: Fitness,
+    *,
+    budget: float,
+    budget_type: str = "macs",
+    min_ratio: float = 0.1,
+    round_to: int = 1,
+    cfg: AgentConfig | None = None,
+    seed: int = 0,
+    state_path: PathLike | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> AgentResult:
     """Learn per-group keep ratios at ``budget`` whose pruned network minimises ``fitness`` (reward = -fitness).
 
     ``fitness`` is a ``search.Fitness`` (``make_fitness``; ``label_free=True`` for LFGCL). Each episode's
     ratios become a plan by :func:`ranking.plan_ratios` and are scored with ``fitness.for_removed``.
     """
     if budget_type not in ("macs", "params"):
-        raise LcpError(f"the agent methods ({', '.join(AGENT_METHODS)}) take a macs or params budget, "
-                       f"not {budget_type}")
+        raise LcpError(
+            f"the agent methods ({', '.join(AGENT_METHODS)}) take a macs or params budget, not {budget_type}"
+        )
     if not graph.groups:
         raise LcpError("nothing to search: the model has no prunable channel groups")
     cfg = cfg or AgentConfig()
@@ -54,14 +68,21 @@ def search_ratios(graph: ChannelGraph, cost: CostModel, scores: np.ndarray, fitn
         return -fitness.for_removed(p.removed)
 
     def to_plan(ratios: np.ndarray) -> Plan:
-        return plan_ratios(graph, cost, scores, ratios, budget=budget, budget_type=budget_type,
-                           min_ratio=min_ratio, round_to=round_to)
+        return plan_ratios(
+            graph, cost, scores, ratios, budget=budget, budget_type=budget_type, min_ratio=min_ratio, round_to=round_to
+        )
 
     fingerprint = hashlib.sha256(np.nan_to_num(np.asarray(scores, dtype=np.float64)).tobytes()).hexdigest()[:16]
-    settings = {"groups": [g.name for g in graph.groups], "scores": fingerprint, "budget": budget,
-                "budget_type": budget_type, "label_free": bool(getattr(fitness, "label_free", False))}
-    return run_agent(env, reward_of, cfg, seed=seed, state_path=state_path, resume=resume, progress=progress,
-                     settings=settings)
+    settings = {
+        "groups": [g.name for g in graph.groups],
+        "scores": fingerprint,
+        "budget": budget,
+        "budget_type": budget_type,
+        "label_free": bool(getattr(fitness, "label_free", False)),
+    }
+    return run_agent(
+        env, reward_of, cfg, seed=seed, state_path=state_path, resume=resume, progress=progress, settings=settings
+    )
 
 
 def write_agent_csv(history: list[dict], path: PathLike) -> None:
@@ -70,8 +91,9 @@ def write_agent_csv(history: list[dict], path: PathLike) -> None:
     lines = [",".join(cols)]
     for h in history:
         vals = [h.get(c) for c in cols]
-        lines.append(",".join("" if v is None else (str(v) if c == "episode" else f"{v:.6g}")
-                              for c, v in zip(cols, vals)))
+        lines.append(
+            ",".join("" if v is None else (str(v) if c == "episode" else f"{v:.6g}") for c, v in zip(cols, vals))
+        )
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 
@@ -86,30 +108,59 @@ class _AgentMethod(Method):
     def check(self, options: Any, budgets: list[float | None]) -> None:
         super().check(options, budgets)
         if self.name == "amc" and options.label_free:
-            raise LcpError("method amc rewards held-out accuracy (labels); use --method lfgcl for the label-free "
-                           "reward")
+            raise LcpError(
+                "method amc rewards held-out accuracy (labels); use --method lfgcl for the label-free reward"
+            )
 
     def learn(self, ctx: Context) -> Learned:
         o, graph = ctx.options, ctx.graph
         bundle = ctx.need_data(self.name)
         cost, scores = ctx.cost_and_scores()
         budget = o.search_budget or min(o.all_budgets())
-        ctx.log(f"learning keep ratios per group: {self.name} agent, {o.episodes} episodes ({o.warmup_episodes} "
-                f"warm-up) at {budget:g} of {o.budget_type}, reward "
-                f"{'-KL to the unpruned outputs' if self.label_free else '-CE'}")
-        fitness = make_fitness(graph, cost, scores, bundle, budget=budget, budget_type=o.budget_type, tau=o.tau,
-                               label_free=self.label_free, seed=o.seed, min_ratio=o.min_ratio, round_to=o.round_to,
-                               device=o.device)
+        ctx.log(
+            f"learning keep ratios per group: {self.name} agent, {o.episodes} episodes ({o.warmup_episodes} "
+            f"warm-up) at {budget:g} of {o.budget_type}, reward "
+            f"{'-KL to the unpruned outputs' if self.label_free else '-CE'}"
+        )
+        fitness = make_fitness(
+            graph,
+            cost,
+            scores,
+            bundle,
+            budget=budget,
+            budget_type=o.budget_type,
+            tau=o.tau,
+            label_free=self.label_free,
+            seed=o.seed,
+            min_ratio=o.min_ratio,
+            round_to=o.round_to,
+            device=o.device,
+        )
         write = ctx.writer and ctx.out is not None
-        result = search_ratios(graph, cost, scores, fitness, budget=budget, budget_type=o.budget_type,
-                               min_ratio=o.min_ratio, round_to=o.round_to,
-                               cfg=AgentConfig(episodes=o.episodes, warmup=o.warmup_episodes), seed=o.seed,
-                               state_path=ctx.out / "agent_state.safetensors" if write else None, resume=o.resume,
-                               progress=o.progress)
+        result = search_ratios(
+            graph,
+            cost,
+            scores,
+            fitness,
+            budget=budget,
+            budget_type=o.budget_type,
+            min_ratio=o.min_ratio,
+            round_to=o.round_to,
+            cfg=AgentConfig(episodes=o.episodes, warmup=o.warmup_episodes),
+            seed=o.seed,
+            state_path=ctx.out / "agent_state.safetensors" if write else None,
+            resume=o.resume,
+            progress=o.progress,
+        )
         if write:
             write_agent_csv(result.history, ctx.out / "agent.csv")
-            atomic_write_json(ctx.out / "ratios.json", {"reward": result.best_reward, "groups": [
-                {"group": g.name, "ratio": float(r)} for g, r in zip(graph.groups, result.ratios)]})
+            atomic_write_json(
+                ctx.out / "ratios.json",
+                {
+                    "reward": result.best_reward,
+                    "groups": [{"group": g.name, "ratio": float(r)} for g, r in zip(graph.groups, result.ratios)],
+                },
+            )
         return Learned(ratios=result.ratios)
 
 

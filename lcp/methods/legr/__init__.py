@@ -10,5 +10,18 @@ from lcp.methods.legr.evolution import COMPENSATIONS, OPTIMIZERS, search, write_
 from lcp.methods.legr.fitness import Fitness, FitnessFn, make_fitness
 from lcp.methods.legr.method import LegrMethod, SearchOptions
 
-__all__ = ["COMPENSATIONS", "OPTIMIZERS", "Fitness", "FitnessFn", "LegrMethod", "SearchOptions", "SearchResult",
-           "group_std", "make_fitness", "search", "standardized", "write_outputs", "write_search_csv"]
+__all__ = [
+    "COMPENSATIONS",
+    "OPTIMIZERS",
+    "Fitness",
+    "FitnessFn",
+    "LegrMethod",
+    "SearchOptions",
+    "SearchResult",
+    "group_std",
+    "make_fitness",
+    "search",
+    "standardized",
+    "write_outputs",
+    "write_search_csv",
+]

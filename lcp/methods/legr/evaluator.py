@@ -1,4 +1,5 @@
 """Candidates of the search and their evaluation: serial, in local processes, or on a Dask cluster."""
+
 from __future__ import annotations
 
 import concurrent.futures as cf
@@ -6,8 +7,9 @@ import logging
 import math
 import multiprocessing
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -113,7 +115,7 @@ class Evaluator:
             from distributed import Client
 
             try:
-                self.client = Client("tcp://" + executor[len("dask://"):], timeout="20s")
+                self.client = Client("tcp://" + executor[len("dask://") :], timeout="20s")
             except Exception as e:
                 raise LcpError(f"cannot reach the Dask scheduler at {executor}: {first_line(e)}") from None
             self.own = True
@@ -124,8 +126,12 @@ class Evaluator:
         elif workers > 1:
             threads = max(1, torch.get_num_threads() // workers)
             # fork: the workers inherit the fitness (model, cached batches) instead of unpickling it
-            self.pool = cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
-                                               initializer=_init_worker, initargs=(fitness, threads))
+            self.pool = cf.ProcessPoolExecutor(
+                workers,
+                mp_context=multiprocessing.get_context("fork"),
+                initializer=_init_worker,
+                initargs=(fitness, threads),
+            )
             self.local = self.own = True
         if self.client is not None:
             self.remote = self.client.scatter(fitness, broadcast=True)  # shipped once per worker

@@ -9,14 +9,16 @@ Candidates are vectors ``z = [log alpha (G), kappa (G)]`` over the G groups of t
 ``[log alpha, kappa / std_g]``, or ``kappa / std_g`` alone for the additive LcP form); ``std_g`` is the standard
 deviation of group g's raw unit scores, LeGR's scale for kappa.
 """
+
 from __future__ import annotations
 
 import difflib
 import hashlib
 import logging
 import math
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -37,8 +39,14 @@ from lcp.report import plot_search
 log = logging.getLogger("lcp.methods.legr")
 
 #: Short optimizer names; any exact ``nevergrad.optimizers.registry`` key is accepted too.
-OPTIMIZERS: dict[str, str] = {"legr": "legr", "ngopt": "NGOpt", "cma": "CMA", "de": "DE", "pso": "PSO",
-                              "oneplusone": "OnePlusOne"}
+OPTIMIZERS: dict[str, str] = {
+    "legr": "legr",
+    "ngopt": "NGOpt",
+    "cma": "CMA",
+    "de": "DE",
+    "pso": "PSO",
+    "oneplusone": "OnePlusOne",
+}
 COMPENSATIONS = ("affine", "additive")
 _STATE_FORMAT = "lcp-search-state/1"
 _SIGMA_HORIZON = 1.25  # LeGR: step size 1 - i / (1.25 * candidates), i.e. 1 - i/500 for 400 candidates
@@ -62,13 +70,19 @@ class _State:
         self.results: dict[int, list[float]] = {}  # pending index -> [fitness, seconds]
 
     def to_json(self) -> dict[str, Any]:
-        return {"format": _STATE_FORMAT, "settings": self.settings, "rng": self.rng,
-                "population": {"z": self.pop_z, "fitness": self.pop_f, "queue": self.queue},
-                "evaluated": self.evaluated, "history": self.history, "pending": self.pending,
-                "pending_results": {str(k): v for k, v in self.results.items()}}
+        return {
+            "format": _STATE_FORMAT,
+            "settings": self.settings,
+            "rng": self.rng,
+            "population": {"z": self.pop_z, "fitness": self.pop_f, "queue": self.queue},
+            "evaluated": self.evaluated,
+            "history": self.history,
+            "pending": self.pending,
+            "pending_results": {str(k): v for k, v in self.results.items()},
+        }
 
     @classmethod
-    def load(cls, path: Path, settings: dict[str, Any]) -> "_State":
+    def load(cls, path: Path, settings: dict[str, Any]) -> _State:
         data = read_json(path, what="search state")
         if not isinstance(data, dict) or data.get("format") != _STATE_FORMAT:
             raise LcpError(f"{path} is not an lcp search state: delete it or start without --resume")
@@ -94,15 +108,29 @@ class _State:
 class _Search:
     """Shared machinery of both optimizers: telling results, history, state, progress."""
 
-    def __init__(self, graph: ChannelGraph, state: _State, state_path: Path | None, candidates: int,
-                 evaluator: Evaluator, progress: bool, decode: Callable[[np.ndarray], np.ndarray]):
+    def __init__(
+        self,
+        graph: ChannelGraph,
+        state: _State,
+        state_path: Path | None,
+        candidates: int,
+        evaluator: Evaluator,
+        progress: bool,
+        decode: Callable[[np.ndarray], np.ndarray],
+    ):
         from tqdm.auto import tqdm
 
         self.graph, self.state, self.state_path = graph, state, state_path
         self.candidates, self.evaluator, self.decode = candidates, evaluator, decode
         self.best = min((e["fitness"] for e in state.evaluated), default=math.inf)
-        self.bar = tqdm(total=candidates, initial=len(state.evaluated), desc="search", disable=not progress,
-                        dynamic_ncols=True, leave=False)
+        self.bar = tqdm(
+            total=candidates,
+            initial=len(state.evaluated),
+            desc="search",
+            disable=not progress,
+            dynamic_ncols=True,
+            leave=False,
+        )
         self._postfix()
 
     def _postfix(self) -> None:
@@ -115,8 +143,11 @@ class _Search:
     def evaluate_pending(self) -> None:
         """Evaluate the pending candidates that have no result yet, saving the state after each."""
         st = self.state
-        todo = [(i, transforms_from_vector(self.graph, self.decode(np.asarray(z))))
-                for i, z in enumerate(st.pending) if i not in st.results]
+        todo = [
+            (i, transforms_from_vector(self.graph, self.decode(np.asarray(z))))
+            for i, z in enumerate(st.pending)
+            if i not in st.results
+        ]
         for i, value, seconds in self.evaluator.run(todo):
             st.results[i] = [value, seconds]
             self.save()
@@ -127,8 +158,7 @@ class _Search:
         if value < self.best:
             self.best = value
         st.evaluated.append({"z": list(map(float, z)), "fitness": value})
-        st.history.append({"candidate": len(st.evaluated), "fitness": value, "best": self.best,
-                           "seconds": seconds})
+        st.history.append({"candidate": len(st.evaluated), "fitness": value, "best": self.best, "seconds": seconds})
         self._postfix()  # before update(), which redraws the bar
         self.bar.update(1)
 
@@ -140,8 +170,18 @@ class _Search:
         return SearchResult(tf, float(st.evaluated[i]["fitness"]), list(st.history))
 
 
-def _legr(run: _Search, *, n_groups: int, std: np.ndarray, additive: bool, population: int, tournament: int,
-          mutate_frac: float, seed: int, seeds: Sequence[np.ndarray] = ()) -> None:
+def _legr(
+    run: _Search,
+    *,
+    n_groups: int,
+    std: np.ndarray,
+    additive: bool,
+    population: int,
+    tournament: int,
+    mutate_frac: float,
+    seed: int,
+    seeds: Sequence[np.ndarray] = (),
+) -> None:
     """LeGR's regularized evolution (see ``search``); the RNG state is saved with each generated batch.
 
     The initial population is the identity, then ``seeds`` (fixed members), then random members."""
@@ -270,15 +310,30 @@ def _resolve_optimizer(name: str) -> str:
         return name
     close = difflib.get_close_matches(name, list(OPTIMIZERS) + sorted(ng.optimizers.registry), n=3)
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
-    raise LcpError(f"unknown optimizer {name!r}{hint}; choose one of {', '.join(OPTIMIZERS)} "
-                   "or any nevergrad registry name")
+    raise LcpError(
+        f"unknown optimizer {name!r}{hint}; choose one of {', '.join(OPTIMIZERS)} or any nevergrad registry name"
+    )
 
 
-def search(graph: ChannelGraph, scores: np.ndarray, fitness: FitnessFn, *, optimizer: str = "legr",
-           compensation: str = "affine", candidates: int = 400, population: int = 64, tournament: int = 16,
-           mutate_frac: float = 0.1, seed: int = 0, state_path: PathLike | None = None, resume: bool = False,
-           progress: bool = True, workers: int = 1, executor: Any = None,
-           standardized_member: bool = True) -> SearchResult:
+def search(
+    graph: ChannelGraph,
+    scores: np.ndarray,
+    fitness: FitnessFn,
+    *,
+    optimizer: str = "legr",
+    compensation: str = "affine",
+    candidates: int = 400,
+    population: int = 64,
+    tournament: int = 16,
+    mutate_frac: float = 0.1,
+    seed: int = 0,
+    state_path: PathLike | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    workers: int = 1,
+    executor: Any = None,
+    standardized_member: bool = True,
+) -> SearchResult:
     """Minimise ``fitness`` over per-group ``(alpha, kappa)``; the identity is always the first candidate.
 
     ``optimizer``: ``legr`` (LeGR's regularized evolution: ``population`` members, the identity and random
@@ -311,15 +366,26 @@ def search(graph: ChannelGraph, scores: np.ndarray, fitness: FitnessFn, *, optim
     std = group_std(graph, scores)
     additive = compensation == "additive"
     fingerprint = hashlib.sha256(np.nan_to_num(np.asarray(scores, dtype=np.float64)).tobytes()).hexdigest()[:16]
-    settings = {"optimizer": name, "compensation": compensation, "candidates": candidates, "seed": seed,
-                "groups": [g.name for g in graph.groups], "scores": fingerprint}
+    settings = {
+        "optimizer": name,
+        "compensation": compensation,
+        "candidates": candidates,
+        "seed": seed,
+        "groups": [g.name for g in graph.groups],
+        "scores": fingerprint,
+    }
     if name == "legr":
-        settings.update(population=population, tournament=tournament, mutate_frac=mutate_frac,
-                        standardized_member=standardized_member)
+        settings.update(
+            population=population,
+            tournament=tournament,
+            mutate_frac=mutate_frac,
+            standardized_member=standardized_member,
+        )
 
         def decode(z: np.ndarray) -> np.ndarray:
             return z
     else:
+
         def decode(z: np.ndarray) -> np.ndarray:  # optimizer space -> [log alpha, kappa]
             if additive:
                 return np.concatenate([np.zeros(n), z * std])
@@ -331,9 +397,17 @@ def search(graph: ChannelGraph, scores: np.ndarray, fitness: FitnessFn, *, optim
     run = _Search(graph, state, path, candidates, evaluator, progress, decode)
     try:
         if name == "legr":
-            _legr(run, n_groups=n, std=std, additive=additive, population=population, tournament=tournament,
-                  mutate_frac=mutate_frac, seed=seed,
-                  seeds=[standardized(graph, scores, additive)] if standardized_member else [])
+            _legr(
+                run,
+                n_groups=n,
+                std=std,
+                additive=additive,
+                population=population,
+                tournament=tournament,
+                mutate_frac=mutate_frac,
+                seed=seed,
+                seeds=[standardized(graph, scores, additive)] if standardized_member else [],
+            )
         else:
             _nevergrad(run, name, n if additive else 2 * n, seed)
     finally:
@@ -357,5 +431,4 @@ def write_outputs(result: SearchResult, out_dir: PathLike) -> None:
     """``search.csv`` and ``search.png`` (fitness per candidate and best so far) in ``out_dir``."""
     out = Path(out_dir)
     write_search_csv(result.history, out / "search.csv")
-    plot_search(result.history, out / "search.png", title="search: held-out fitness (lower is better)",
-                maximize=False)
+    plot_search(result.history, out / "search.png", title="search: held-out fitness (lower is better)", maximize=False)

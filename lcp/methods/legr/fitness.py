@@ -1,9 +1,11 @@
 """The search objective: held-out loss of the network pruned with a candidate compensation (lower is better)."""
+
 from __future__ import annotations
 
 import logging
 import math
-from typing import Callable, Iterable, Iterator, Protocol, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -30,7 +32,6 @@ class FitnessFn(Protocol):
     def __call__(self, transforms: Transforms) -> float: ...
 
 
-
 # ---------------------------------------------------------------------------------------------------- fitness
 
 
@@ -41,10 +42,26 @@ class Fitness:
     non-finite value is logged and scores ``+inf``.
     """
 
-    def __init__(self, graph: ChannelGraph, cost: CostModel, scores: np.ndarray, *, budget: float | Sequence[float],
-                 budget_type: str, recal: list[Tensor], eval_x: list[Tensor], eval_target: list[Tensor],
-                 label_free: bool, tau: int, train: Iterable[tuple[Tensor, Tensor]] | None, lr: float,
-                 min_ratio: float, round_to: int, threads: int | None, device: str | torch.device = "cpu"):
+    def __init__(
+        self,
+        graph: ChannelGraph,
+        cost: CostModel,
+        scores: np.ndarray,
+        *,
+        budget: float | Sequence[float],
+        budget_type: str,
+        recal: list[Tensor],
+        eval_x: list[Tensor],
+        eval_target: list[Tensor],
+        label_free: bool,
+        tau: int,
+        train: Iterable[tuple[Tensor, Tensor]] | None,
+        lr: float,
+        min_ratio: float,
+        round_to: int,
+        threads: int | None,
+        device: str | torch.device = "cpu",
+    ):
         self.graph, self.cost, self.scores = graph, cost, scores
         self.budgets = tuple(float(b) for b in (budget if isinstance(budget, Sequence) else [budget]))
         self.budget, self.budget_type = self.budgets[0], budget_type
@@ -58,8 +75,17 @@ class Fitness:
     def prune(self, transforms: Transforms, budget: float | None = None) -> nn.Module:
         """The physically pruned (not yet recalibrated) network for ``transforms`` at ``budget`` (default: the
         first)."""
-        p = plan(self.graph, self.cost, self.scores, budget=budget or self.budget, budget_type=self.budget_type,
-                 method="lcp", transforms=transforms, min_ratio=self.min_ratio, round_to=self.round_to)
+        p = plan(
+            self.graph,
+            self.cost,
+            self.scores,
+            budget=budget or self.budget,
+            budget_type=self.budget_type,
+            method="lcp",
+            transforms=transforms,
+            min_ratio=self.min_ratio,
+            round_to=self.round_to,
+        )
         return apply_plan(self.graph, p.removed)
 
     def evaluate(self, transforms: Transforms) -> float:
@@ -142,8 +168,9 @@ class _Steps:
         n, epoch = 0, 0
         drop = len(self.bundle.train_x) >= self.batch_size
         while n < self.tau:
-            loader = self.bundle.loader("train", self.batch_size, shuffle=True, augment=True, seed=self.seed,
-                                        epoch=epoch, drop_last=drop)
+            loader = self.bundle.loader(
+                "train", self.batch_size, shuffle=True, augment=True, seed=self.seed, epoch=epoch, drop_last=drop
+            )
             if len(loader) == 0:
                 return
             for batch in loader:
@@ -164,12 +191,26 @@ def _eval_forward(model: nn.Module, x: Tensor) -> Tensor:
             m.training = flag
 
 
-def make_fitness(graph: ChannelGraph, cost: CostModel, scores: np.ndarray, bundle: DataBundle, *,
-                 budget: float | Sequence[float],
-                 budget_type: str = "macs", tau: int = 0, label_free: bool = False, recal_batches: int = 4,
-                 eval_images: int = 1000, batch_size: int = 128, seed: int = 0, lr: float = 0.01,
-                 min_ratio: float = 0.1, round_to: int = 1, threads: int | None = None,
-                 device: str | torch.device = "cpu") -> Fitness:
+def make_fitness(
+    graph: ChannelGraph,
+    cost: CostModel,
+    scores: np.ndarray,
+    bundle: DataBundle,
+    *,
+    budget: float | Sequence[float],
+    budget_type: str = "macs",
+    tau: int = 0,
+    label_free: bool = False,
+    recal_batches: int = 4,
+    eval_images: int = 1000,
+    batch_size: int = 128,
+    seed: int = 0,
+    lr: float = 0.01,
+    min_ratio: float = 0.1,
+    round_to: int = 1,
+    threads: int | None = None,
+    device: str | torch.device = "cpu",
+) -> Fitness:
     """The search objective at ``budget`` (lower is better): one budget, or several, whose held-out losses are
     averaged so that one learned compensation serves all of them (learn once, prune many).
 
@@ -201,8 +242,16 @@ def make_fitness(graph: ChannelGraph, cost: CostModel, scores: np.ndarray, bundl
     if tau < 0 or recal_batches < 1 or eval_images < 1 or batch_size < 1:
         raise LcpError("tau must be >= 0 and recal_batches, eval_images and batch_size at least 1")
     # fail early (and once) if the budget cannot be met at all
-    plan(graph, cost, scores, budget=min(budgets), budget_type=budget_type, method="global", min_ratio=min_ratio,
-         round_to=round_to)
+    plan(
+        graph,
+        cost,
+        scores,
+        budget=min(budgets),
+        budget_type=budget_type,
+        method="global",
+        min_ratio=min_ratio,
+        round_to=round_to,
+    )
     recal = []
     for x, _ in bundle.loader("train", batch_size, shuffle=True, seed=seed):
         if len(recal) == recal_batches:
@@ -224,6 +273,21 @@ def make_fitness(graph: ChannelGraph, cost: CostModel, scores: np.ndarray, bundl
     if tau > 0 and not label_free and bool((bundle.train_y < 0).any()):
         raise LcpError("tau > 0 needs labeled training images: use label_free=True (--label-free) or tau=0")
     train = _Steps(bundle, tau, batch_size, seed) if tau > 0 else None
-    return Fitness(graph, cost, scores, budget=budgets, budget_type=budget_type, recal=recal, eval_x=eval_x,
-                   eval_target=targets, label_free=label_free, tau=tau, train=train, lr=lr, min_ratio=min_ratio,
-                   round_to=round_to, threads=threads, device=device)
+    return Fitness(
+        graph,
+        cost,
+        scores,
+        budget=budgets,
+        budget_type=budget_type,
+        recal=recal,
+        eval_x=eval_x,
+        eval_target=targets,
+        label_free=label_free,
+        tau=tau,
+        train=train,
+        lr=lr,
+        min_ratio=min_ratio,
+        round_to=round_to,
+        threads=threads,
+        device=device,
+    )

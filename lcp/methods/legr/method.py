@@ -18,24 +18,32 @@ _GROUP = "search (method lcp without --transforms)"
 class SearchOptions:
     """The meta-learner's settings (LeGR's defaults)."""
 
-    transforms: str | None = option(None, "transforms.json with learned (alpha, kappa) per group (method lcp; "
-                                    "skips the search)", group=_GROUP)
-    search_budget: float | None = option(None, "budget the search prunes to (default: every budget asked for, "
-                                         "their mean held-out loss)", check=unit_interval, group=_GROUP)
+    transforms: str | None = option(
+        None, "transforms.json with learned (alpha, kappa) per group (method lcp; skips the search)", group=_GROUP
+    )
+    search_budget: float | None = option(
+        None,
+        "budget the search prunes to (default: every budget asked for, their mean held-out loss)",
+        check=unit_interval,
+        group=_GROUP,
+    )
     candidates: int = option(400, "candidates evaluated by the search", check=at_least(1), group=_GROUP)
     population: int = option(64, "legr population (LeGR's)", check=at_least(1), group=_GROUP)
     tournament: int = option(16, "legr tournament size", check=at_least(1), group=_GROUP)
-    optimizer: str = option("legr", "legr (regularized evolution) or a nevergrad optimizer: ngopt, cma, de, ...",
-                            group=_GROUP)
-    compensation: str = option("affine", "affine: alpha*s+kappa (LeGR); additive: s+kappa (LcP)",
-                               choices=COMPENSATIONS, group=_GROUP)
+    optimizer: str = option(
+        "legr", "legr (regularized evolution) or a nevergrad optimizer: ngopt, cma, de, ...", group=_GROUP
+    )
+    compensation: str = option(
+        "affine", "affine: alpha*s+kappa (LeGR); additive: s+kappa (LcP)", choices=COMPENSATIONS, group=_GROUP
+    )
     tau: int = option(0, "SGD steps before scoring a candidate", check=at_least(0), group=_GROUP)
-    label_free: bool = option(False, "fitness from matching the unpruned model's outputs (no labels needed)",
-                              group=_GROUP)
-    workers: int = option(1, "local processes evaluating candidates", check=at_least(1), signature=False,
-                          group=_GROUP)
-    executor: str | None = option(None, "dask://HOST:PORT to evaluate candidates on a Dask cluster",
-                                  signature=False, group=_GROUP)
+    label_free: bool = option(
+        False, "fitness from matching the unpruned model's outputs (no labels needed)", group=_GROUP
+    )
+    workers: int = option(1, "local processes evaluating candidates", check=at_least(1), signature=False, group=_GROUP)
+    executor: str | None = option(
+        None, "dask://HOST:PORT to evaluate candidates on a Dask cluster", signature=False, group=_GROUP
+    )
 
 
 @register_method
@@ -54,16 +62,41 @@ class LegrMethod(Method):
         bundle = ctx.need_data(self.name, "transforms learned earlier (--transforms FILE, transforms=...)")
         cost, scores = ctx.cost_and_scores()
         budgets = [o.search_budget] if o.search_budget else sorted(set(o.all_budgets()))
-        ctx.log(f"learning the layer compensation: {o.optimizer} search, {o.candidates} candidates at "
-                f"{', '.join(f'{b:g}' for b in budgets)} of {o.budget_type}"
-                + (" (mean held-out loss)" if len(budgets) > 1 else ""))
-        fitness = make_fitness(graph, cost, scores, bundle, budget=budgets, budget_type=o.budget_type, tau=o.tau,
-                               label_free=o.label_free, seed=o.seed, min_ratio=o.min_ratio, round_to=o.round_to)
+        ctx.log(
+            f"learning the layer compensation: {o.optimizer} search, {o.candidates} candidates at "
+            f"{', '.join(f'{b:g}' for b in budgets)} of {o.budget_type}"
+            + (" (mean held-out loss)" if len(budgets) > 1 else "")
+        )
+        fitness = make_fitness(
+            graph,
+            cost,
+            scores,
+            bundle,
+            budget=budgets,
+            budget_type=o.budget_type,
+            tau=o.tau,
+            label_free=o.label_free,
+            seed=o.seed,
+            min_ratio=o.min_ratio,
+            round_to=o.round_to,
+        )
         write = ctx.writer and ctx.out is not None
-        result = search(graph, scores, fitness, optimizer=o.optimizer, compensation=o.compensation,
-                        candidates=o.candidates, population=o.population, tournament=o.tournament, seed=o.seed,
-                        state_path=ctx.out / "search_state.json" if write else None, resume=o.resume,
-                        progress=o.progress and ctx.writer, workers=o.workers, executor=o.executor)
+        result = search(
+            graph,
+            scores,
+            fitness,
+            optimizer=o.optimizer,
+            compensation=o.compensation,
+            candidates=o.candidates,
+            population=o.population,
+            tournament=o.tournament,
+            seed=o.seed,
+            state_path=ctx.out / "search_state.json" if write else None,
+            resume=o.resume,
+            progress=o.progress and ctx.writer,
+            workers=o.workers,
+            executor=o.executor,
+        )
         if write:
             write_outputs(result, ctx.out)
             atomic_write_json(ctx.out / "transforms.json", result.transforms.to_json())

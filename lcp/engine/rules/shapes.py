@@ -1,9 +1,8 @@
-"""Function and method rules: elementwise, concat / split / indexing, shape ops, reductions and padding.
+"""Function rules for concat / split / indexing, shape ops, reductions, padding and non-tensor ops.
 
-Each rule is ``rule(prop, node, name, x) -> value`` (see ``registry``), keyed by the op name the propagator
-normalises, so ``torch.relu``, ``F.relu`` and ``x.relu()`` share one rule; they are registered in ``RULES`` at
-the bottom of this file.
-"""
+Rules are ``rule(prop, node, name, x) -> value`` keyed by the normalised op name (see ``registry``); registered in
+``RULES`` at the bottom (after ``elementwise``: non-tensor ops wrap the rule registered before them)."""
+
 from __future__ import annotations
 
 import math
@@ -13,78 +12,30 @@ import numpy as np
 import torch
 import torch.fx as fx
 
+from lcp.engine.rules import elementwise as _elementwise  # noqa: F401  (the non-tensor rules wrap its rules)
 from lcp.engine.rules.propagator import Propagator, flatten_args, meta_shapes, norm_dim
 from lcp.engine.rules.registry import RULES
 from lcp.engine.types import Chan
 
-_UNARY = {
-    "relu", "relu_", "relu6", "sigmoid", "sigmoid_", "tanh", "tanh_", "gelu", "silu", "silu_", "hardswish",
-    "hardswish_", "hardsigmoid", "hardsigmoid_", "hardtanh", "hardtanh_", "leaky_relu", "leaky_relu_", "elu",
-    "elu_", "selu", "celu", "mish", "softplus", "dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout",
-    "feature_alpha_dropout", "contiguous", "clone", "detach", "float", "half", "double", "bfloat16", "to", "cpu",
-    "cuda", "abs", "neg", "exp", "log", "sqrt", "rsqrt", "clamp", "clamp_", "clip", "clamp_min", "clamp_max",
-    "sign", "square", "reciprocal", "erf", "floor", "ceil", "round", "sin", "cos", "logsigmoid", "softsign",
-    "tanhshrink", "interpolate", "upsample", "upsample_nearest", "upsample_bilinear", "avg_pool1d", "avg_pool2d",
-    "avg_pool3d", "max_pool1d", "max_pool2d", "max_pool3d", "adaptive_avg_pool1d", "adaptive_avg_pool2d",
-    "adaptive_max_pool1d", "adaptive_max_pool2d", "lp_pool2d", "pad_same", "max_pool2d_same", "avg_pool2d_same",
-    "type_as", "requires_grad_", "pow", "__pow__",
-}
-_BINARY = {"add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "truediv", "__add__", "__radd__", "__mul__",
-           "__rmul__", "__sub__", "__rsub__", "__truediv__", "maximum", "minimum", "iadd", "imul", "isub",
-           "itruediv", "floordiv"}
 _REDUCE = {"mean", "sum", "amax", "amin", "std", "var", "logsumexp", "norm"}
-_NON_TENSOR = {"size", "dim", "numel", "getattr", "_assert", "is_floating_point", "is_contiguous",
-               "_assert_scalar", "sym_size", "eq", "ne", "lt", "gt", "le", "ge", "floordiv"}
-
-
-def unary(prop: Propagator, node: fx.Node, name: str, x: Any) -> Any:
-    """Elementwise op of one tensor (activations, casts, per-channel pooling): ids pass."""
-    if not isinstance(x, Chan):
-        return prop.unknown(node, "unexpected input")
-    # second operands of unary-like ops (pow exponent, clamp bounds) must not be channel tensors
-    for a in flatten_args((node.args[1:], node.kwargs)):
-        if isinstance(a, fx.Node) and isinstance(meta_shapes(a), tuple) and len(meta_shapes(a)) > 0:
-            return prop.unknown(node, "tensor-valued second operand")
-    return prop.passthrough(node, x)
-
-
-def binary(prop: Propagator, node: fx.Node, name: str, x: Any) -> Any:
-    """Elementwise op between tensors: unite ids position by position along the shared channel dim."""
-    shape = prop.shape(node)
-    if not isinstance(shape, tuple):
-        return prop.unknown(node, "unexpected output")
-    nd = len(shape)
-    chans: list[tuple[int, Chan]] = []  # (aligned channel dim in output, value)
-    untracked: list[tuple[int, ...]] = []
-    for a in node.args[:2]:
-        if not isinstance(a, fx.Node):
-            continue
-        v, s = prop.values.get(a), meta_shapes(a)
-        if not isinstance(s, tuple):
-            continue
-        if isinstance(v, Chan):
-            chans.append((v.dim + nd - len(s), v))
-        elif len(s) > 0:
-            untracked.append((nd - len(s),) + s)
-    dims = {d for d, v in chans if len(v.ids) == shape[d] and shape[d] > 1} or {d for d, _ in chans}
-    if len(dims) != 1:
-        return prop.unknown(node, "operands carry channels on different dimensions")
-    d = dims.pop()
-    full = [v for dd, v in chans if len(v.ids) == shape[d]]
-    for dd, v in chans:
-        if len(v.ids) != shape[d]:
-            # a size-1 channel broadcast over all channels (spatial gate): keep it whole
-            prop.freeze(node, v, "broadcast of one channel over many")
-    for u in untracked:
-        offset, s = u[0], u[1:]
-        k = d - offset
-        if 0 <= k < len(s) and s[k] > 1:
-            prop.freeze(node, full, "elementwise op with a parameter or constant tensor over channels")
-    if not full:
-        return prop.unknown(node, "no operand carries the output channels")
-    for v in full[1:]:
-        prop.uf.union_arrays(full[0].ids, v.ids)
-    return Chan(d, full[0].ids)
+_NON_TENSOR = {
+    "size",
+    "dim",
+    "numel",
+    "getattr",
+    "_assert",
+    "is_floating_point",
+    "is_contiguous",
+    "_assert_scalar",
+    "sym_size",
+    "eq",
+    "ne",
+    "lt",
+    "gt",
+    "le",
+    "ge",
+    "floordiv",
+}
 
 
 def cat(prop: Propagator, node: fx.Node, name: str, x: Any) -> Any:
@@ -125,7 +76,7 @@ def split(prop: Propagator, node: fx.Node, name: str, x: Any) -> Any:
     sizes = [s[x.dim] for s in shapes]
     pieces, start = [], 0
     for s in sizes:
-        pieces.append(x.ids[start:start + s])
+        pieces.append(x.ids[start : start + s])
         start += s
     if name == "chunk" and len(set(sizes)) == 1:
         # chunk(n) re-derives sizes from the width: remove the same positions from every piece
@@ -176,13 +127,22 @@ def getitem(prop: Propagator, node: fx.Node, name: str, x: Any) -> Any:
 def _channel_index(prop: Propagator, node: fx.Node, x: Chan, pos: int, i: Any, out_dim: int) -> Any:
     if isinstance(i, slice) and i == slice(None):
         return Chan(out_dim, x.ids)
-    if isinstance(i, slice) and i.step in (None, 1) and pos >= 0 \
-            and all(isinstance(b, (int, type(None))) for b in (i.start, i.stop)):
+    if (
+        isinstance(i, slice)
+        and i.step in (None, 1)
+        and pos >= 0
+        and all(isinstance(b, (int, type(None))) for b in (i.start, i.stop))
+    ):
         start, stop, _ = i.indices(len(x.ids))
         if stop > start:
             # constant bounds: rewritten in the pruned graph to the kept counts before start and stop
-            prop.record(node.name, "slice", out_ids=x.ids[start:stop], in_ids=x.ids,
-                        extra={"node": node.name, "start": start, "stop": stop, "pos": pos})
+            prop.record(
+                node.name,
+                "slice",
+                out_ids=x.ids[start:stop],
+                in_ids=x.ids,
+                extra={"node": node.name, "start": start, "stop": stop, "pos": pos},
+            )
             return Chan(out_dim, x.ids[start:stop])
     return prop.unknown(node, "indexing into channels")
 
@@ -199,7 +159,7 @@ def reshape(prop: Propagator, node: fx.Node, name: str, x: Any) -> Any:
     const = [a for a in flatten_args(node.args[1:]) if isinstance(a, int) and a not in (-1, 1)]
     for s0 in range(len(in_shape)):
         for e0 in range(s0 + 1, len(in_shape)):
-            merged = in_shape[:s0] + (int(math.prod(in_shape[s0:e0 + 1])),) + in_shape[e0 + 1:]
+            merged = in_shape[:s0] + (int(math.prod(in_shape[s0 : e0 + 1])),) + in_shape[e0 + 1 :]
             if merged == shape and s0 <= x.dim <= e0:
                 if shape[s0] in const:
                     return prop.unknown(node, "reshape to a constant size that includes the channels")
@@ -207,7 +167,7 @@ def reshape(prop: Propagator, node: fx.Node, name: str, x: Any) -> Any:
             if merged == shape:
                 return Chan(x.dim if x.dim < s0 else x.dim - (e0 - s0), x.ids)
     # splitting dims after the channel dim (N, C, HW) -> (N, C, H, W)
-    if shape[:x.dim + 1] == in_shape[:x.dim + 1] and len(x.ids) not in const:
+    if shape[: x.dim + 1] == in_shape[: x.dim + 1] and len(x.ids) not in const:
         return x
     return prop.unknown(node, "reshape that moves or splits the channels")
 
@@ -311,8 +271,12 @@ def flatten(prop: Propagator, node: fx.Node, name: str, x: Any) -> Any:
 def expand(prop: Propagator, node: fx.Node, name: str, x: Any) -> Any:
     """expand / expand_as / repeat that keep the channel count: ids pass."""
     shape, in_shape = prop.shape(node), meta_shapes(node.args[0])
-    if isinstance(x, Chan) and isinstance(shape, tuple) and len(shape) == len(in_shape) \
-            and shape[x.dim] == in_shape[x.dim]:
+    if (
+        isinstance(x, Chan)
+        and isinstance(shape, tuple)
+        and len(shape) == len(in_shape)
+        and shape[x.dim] == in_shape[x.dim]
+    ):
         return x
     return prop.unknown(node, f"{name} changes the channel dimension")
 
@@ -345,8 +309,6 @@ def _non_tensor(otherwise: Any) -> Any:
 # ---------------------------------------------------------------------------------------------------------------
 # Registration
 
-RULES.function(tuple(_UNARY), unary)
-RULES.function(tuple(_BINARY), binary)
 RULES.function(("softmax", "log_softmax"), softmax)
 RULES.function(("cat", "concat", "concatenate"), cat)
 RULES.function(("split", "chunk", "tensor_split", "unbind", "split_with_sizes"), split)
