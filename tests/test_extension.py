@@ -101,3 +101,19 @@ def test_registered_importance_changes_the_ranking(toy_importance) -> None:
     rev = lcp.prune(model, x, budget=0.5, method="global", importance=ReversedL2.name)
     assert rev.verification.ok and rev.plan.macs_ratio <= 0.5
     assert (base.plan.removed != rev.plan.removed).mean() > 0.3
+
+
+def test_method_choices_and_docs_come_from_the_registry(capsys: pytest.CaptureFixture, toy_method) -> None:
+    """``--method`` offers every registered method (a new one too), and docs/methods.md is the generated page of
+    the built-in ones."""
+    with pytest.raises(SystemExit):
+        main(["prune", "--help"])
+    help_text = capsys.readouterr().out.replace("\n", " ")
+    for name in lcp.method_names():
+        assert name in help_text
+    lcp.unregister_method(TOY)
+    assert main(["methods", "--markdown"]) == 0
+    page = capsys.readouterr().out
+    assert page == (Path(__file__).resolve().parents[1] / "docs" / "methods.md").read_text()
+    assert all(f"`--method {n}`" in page for n in lcp.method_names())
+    lcp.register_method(DeepCut)  # the fixture unregisters it

@@ -6,7 +6,6 @@ Built in, in ``--method`` order: ``lcp`` (LeGR search, ``legr``), ``global``, ``
 with a ``@register_method`` class (see ``base``).
 """
 
-from lcp.methods import connections, ddpg, legr, simple, structure  # noqa: E402,F401  (registration order)
 from lcp.methods.base import (
     Context,
     Learned,
@@ -17,6 +16,15 @@ from lcp.methods.base import (
     register_method,
     unregister_method,
 )
+
+# isort: off
+# the built-in methods register themselves on import, in this order (the order of --method's choices)
+from lcp.methods import legr  # noqa: E402,F401
+from lcp.methods import simple  # noqa: E402,F401
+from lcp.methods import ddpg  # noqa: E402,F401
+from lcp.methods import connections  # noqa: E402,F401
+from lcp.methods import structure  # noqa: E402,F401
+# isort: on
 
 __all__ = [
     "Context",

@@ -173,6 +173,7 @@ class _ConnectionMethod(Method):
     budget_types = ("macs", "params")
     several_budgets = False
     signature_options = ("episodes",)
+    learns_from_data = True
 
     def check(self, options: Any, budgets: list[float | None]) -> None:
         super().check(options, budgets)

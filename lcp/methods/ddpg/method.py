@@ -104,6 +104,7 @@ class _AgentMethod(Method):
     label_free: ClassVar[bool] = False
     budget_types = ("macs", "params")
     signature_options = ("episodes", "warmup_episodes")
+    learns_from_data = True
 
     def check(self, options: Any, budgets: list[float | None]) -> None:
         super().check(options, budgets)

@@ -54,6 +54,7 @@ class LegrMethod(Method):
     name = "lcp"
     summary = "learned layer compensation (LeGR search), then one global ranking"
     order = "lcp"
+    learns_from_data = True
 
     def learn(self, ctx: Context) -> Learned:
         o, graph = ctx.options, ctx.graph
