@@ -198,8 +198,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from lcp.models import (
-        timm_hub as _canonical,  # register into the importable module, not this __main__ copy
-    )
+    from lcp.models import timm_hub as _canonical  # register into the importable module, not this __main__ copy
 
     sys.exit(_canonical.main())

@@ -1,18 +1,10 @@
-"""timm integration: pruned models as timm models, and the CNN-like rule of the support matrix.
+"""timm support: pruned timm models keep working as timm models, and the CNN-like rule of the support matrix.
 
-* ``register_all()`` (or ``register(arch)``) adds a timm model entry ``lcp_<arch>`` for every timm architecture.
-  ``timm.create_model("lcp_resnet50", pruned_dir="runs/r50")`` rebuilds the pruned model of an lcp output
-  folder: the architecture from ``channels.json`` (the original is created by name and the same channel units
-  are removed, no pickle), the weights from ``model.safetensors``. timm's arguments keep working:
-  ``num_classes`` (a new classifier when it differs), ``drop_rate``, ``drop_path_rate``, ... (applied to the
-  original before the cut), ``features_only`` / ``out_indices`` (the model's own timm feature wrapper, with
-  the pruned channel counts in ``feature_info``), ``checkpoint_path`` (timm loads it after the entry).
-* lcp writes a timm ``config.json`` beside ``channels.json`` for timm models, so
-  ``timm.create_model("local-dir:runs/r50")`` works as well (after ``register_all()``).
-* ``python -m lcp.models.timm_hub SCRIPT [ARGS...]`` runs a script (timm's ``train.py`` or ``validate.py``) with the
-  entries registered: ``--model lcp_resnet50 --model-kwargs pruned_dir=runs/r50`` or ``--model local-dir:runs/r50``.
 * ``refresh_attributes``: after a cut, ``num_features``, ``head_hidden_size`` and the ``feature_info`` channel
-  counts of a pruned timm model are measured on it, so ``reset_classifier`` and feature wrappers fit.
+  counts of a pruned timm model are measured on it, so ``reset_classifier`` and feature wrappers fit;
+  ``reset_classifier`` and ``features_model`` give a pruned model a new head or timm's feature wrapper.
+* ``timm_config`` / ``write_timm_config``: the timm ``config.json`` lcp writes beside ``channels.json``, so
+  ``timm.create_model("local-dir:runs/r50")`` works (the entries themselves: ``lcp.models.timm_hub``).
 * ``is_cnn_like``: the rule that picks the CNN-like timm models for ``benchmarks/support_matrix.py``.
 
 A pruned model whose forward code lcp had to rewrite (split sizes or channel slices) is a ``torch.fx.GraphModule``

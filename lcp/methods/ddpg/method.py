@@ -1,4 +1,4 @@
-"""A DDPG agent that sets the keep ratio of every channel group: methods ``amc`` and ``lfgcl``.
+"""The registered methods ``lfgcl`` and ``amc``: a DDPG agent sets the keep ratio of every channel group.
 
 AMC (He et al., ECCV 2018): an episode walks the channel groups in graph order; at group t the actor maps an
 8-feature state to a keep ratio, exploration adds truncated-normal noise, and the action is clipped so that the
