@@ -7,6 +7,7 @@ ratios measured in one run, never timings across runs.
 from __future__ import annotations
 
 import math
+import os
 import statistics
 import time
 from contextlib import contextmanager
@@ -66,17 +67,22 @@ def measure(model: nn.Module, input_size: tuple[int, ...], *, batch: int = 1, de
             "p90_ms": 1e3 * times[(9 * len(times)) // 10], "images_per_s": batch / med}
 
 
+DEFAULT_MIN_SECONDS = 1.0  # paired_latency's min_seconds when not given; $LCP_MIN_TIMING_SECONDS overrides it
+
+
 def paired_latency(model: nn.Module, reference: nn.Module, input_size: tuple[int, ...], *, batch: int = 1,
                    device: str = "cpu", n_threads: int | None = None, rounds: int = 5,
-                   repeats: int = 20, min_seconds: float = 1.0) -> dict[str, float]:
+                   repeats: int = 20, min_seconds: float | None = None) -> dict[str, float]:
     """Latency of ``model`` relative to ``reference``, timed in alternating rounds.
 
     A shared machine drifts (other load, clock changes) over the minutes between two timings; alternating
     ``rounds`` rounds of ``repeats`` timings of each makes the drift hit both; each network is timed for at least
     ``min_seconds`` in all (more timings than ``repeats`` when a pass is short). Returns the median of the
     per-round ratios (``ratio``), the per-round ratios (``rounds``) and each model's median over all its rounds,
-    in milliseconds.
+    in milliseconds. ``min_seconds`` defaults to ``$LCP_MIN_TIMING_SECONDS``, else ``DEFAULT_MIN_SECONDS``.
     """
+    if min_seconds is None:
+        min_seconds = float(os.environ.get("LCP_MIN_TIMING_SECONDS") or DEFAULT_MIN_SECONDS)
     per_round = max(3, -(-repeats // rounds))
     if min_seconds > 0:  # short passes (batch 1) jitter most: time them more often, at no great cost
         est = measure(reference, input_size, batch=batch, device=device, n_threads=n_threads, warmup=1,
@@ -250,7 +256,7 @@ def _input_shapes(graph: "ChannelGraph", names: set[str]) -> dict[str, list[tupl
     return shapes
 
 
-def _probe(module: nn.Module, n_in: int, n_out: int, depthwise: bool) -> nn.Module:
+def probe_layer(module: nn.Module, n_in: int, n_out: int, depthwise: bool) -> nn.Module:
     """A fresh layer like ``module`` with ``n_in`` inputs and ``n_out`` outputs."""
     if isinstance(module, nn.Linear):
         return nn.Linear(n_in, n_out, bias=module.bias is not None)
@@ -264,9 +270,9 @@ def _probe(module: nn.Module, n_in: int, n_out: int, depthwise: bool) -> nn.Modu
                         padding_mode=module.padding_mode)
 
 
-def _time_layer(module: nn.Module, n_in: int, n_out: int, depthwise: bool, shapes: list[tuple[int, ...]], *,
+def time_layer(module: nn.Module, n_in: int, n_out: int, depthwise: bool, shapes: list[tuple[int, ...]], *,
                 batch: int, dev: torch.device, warmup: int, repeats: int) -> float:
-    probe = _probe(module, n_in, n_out, depthwise).to(dev).eval()
+    probe = probe_layer(module, n_in, n_out, depthwise).to(dev).eval()
     xs = [torch.randn(batch, *s[:-1], n_in if not depthwise else n_out, device=dev) if isinstance(module, nn.Linear)
           else torch.randn(batch, probe.in_channels, *s[1:], device=dev) for s in shapes]
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
@@ -348,7 +354,7 @@ class LatencyTable:
                 if key not in stored:
                     in_grid = [0] if dw else _grid(len(r.in_ids))
                     out_grid = _grid(len(r.out_ids))
-                    ms = [[_time_layer(m, n_in, n_out, dw, shapes[r.name], batch=batch, dev=dev, warmup=warmup,
+                    ms = [[time_layer(m, n_in, n_out, dw, shapes[r.name], batch=batch, dev=dev, warmup=warmup,
                                        repeats=repeats) for n_out in out_grid] for n_in in in_grid]
                     stored[key] = LayerTable(in_grid, out_grid, ms).to_json()
                     fresh += 1
