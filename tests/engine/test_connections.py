@@ -13,14 +13,10 @@ from lcp.methods.controllers import ControllerConfig, HeldOut, match_toy, search
 from lcp.engine.cost import count_macs, count_params
 from lcp.errors import LcpError, UnreachableBudget
 from lcp.models.zoo import CifarDenseNet, resnet20
+from tests.helpers import assert_one_line_error, lcp_cli, save_state_dict
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_densenet(seed: int = 0) -> nn.Module:
@@ -378,7 +374,6 @@ def test_cli_ads_on_densenet40_then_load(tiny_folder, tmp_path):
 
     import lcp
     from lcp.cli import main
-    from conftest import save_state_dict
 
     ckpt = save_state_dict("densenet40", 3, tmp_path / "d40.pt")
     out = tmp_path / "ads"
@@ -399,7 +394,8 @@ def test_cli_ads_on_densenet40_then_load(tiny_folder, tmp_path):
     assert lcp.count_macs(model, torch.zeros(1, 3, 8, 8)) == int(report["macs_pruned"])
     assert main(args + ["--resume"]) == 0  # the finished search is read back
     assert len(list(csv.DictReader(open(out / "controller.csv")))) == 2
-    assert main(args[:-2] + ["--budgets", "0.6,0.5", "--out", str(tmp_path / "two")]) == 2
+    assert_one_line_error(lcp_cli(*args[:-2], "--budgets", "0.6,0.5", "--out", tmp_path / "two"),
+                          "method ads searches one budget", "--budget, not several --budgets")
 
 
 def test_timm_densenet121_connections_verify():
