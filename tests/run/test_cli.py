@@ -29,6 +29,10 @@ from lcp.report import REPORT_COLUMNS
 from tests.helpers import (OUTPUT_FILES, Result, assert_one_line_error, assert_unchanged, evil_pickle, lcp_cli,
                            read_csv, read_report, snapshot, subprocess_env, tiny_args)
 
+
+# ------------------------------------------------------------------------------------------------- helpers
+
+
 def measured(column: str) -> bool:
     """Columns that time something (``*_s``, ``*_ms``, ``speedup``): they differ between identical runs."""
     return column.endswith(("_s", "_ms")) or column == "speedup"
@@ -36,9 +40,6 @@ def measured(column: str) -> bool:
 
 def stable_part(row: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in row.items() if not measured(k)}
-
-
-# ------------------------------------------------------------------------------------------------- helpers
 
 
 def macs_of(model: torch.nn.Module) -> int:
