@@ -1,7 +1,11 @@
 """Shared fixtures: a tiny ImageFolder, a 3-class ResNet-20 checkpoint, an isolated lcp cache, and CIFAR-10.
 
+Helpers that test modules share (builders, the prune contract, CLI runners) are in ``tests/helpers.py``.
+
+
 * Every test session gets its own empty ``$LCP_CACHE`` (autouse), so no test writes the user's ``~/.cache``.
-  ``$LCP_DATA`` and ``$LCP_WEIGHTS`` are left as the environment has them.
+  ``$LCP_DATA`` and ``$LCP_WEIGHTS`` are left as the environment has them. Report timings are short (autouse).
+* ``one_thread`` (one torch thread) and ``hub_offline``: for modules with ``pytest.mark.usefixtures``.
 * ``tiny_folder``: ``train/`` and ``test/`` with 3 classes of 32x32 RGB images (PNG and JPEG) whose dominant
   colour is the class, so a model learns something within one epoch.
 * ``resnet20_ckpt``: ``torch.save`` of a seeded ``create_model("resnet20", num_classes=3)`` state dict.
@@ -16,15 +20,10 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-TINY_CLASSES = 3
-TINY_TRAIN_PER_CLASS = 24
-TINY_TEST_PER_CLASS = 9
-_COLOURS = ((210, 50, 40), (40, 190, 60), (50, 60, 210))  # class -> dominant colour
+from tests.helpers import TINY_CLASSES, make_image_folder, save_state_dict
 
 
 def shared_dir() -> Path | None:
@@ -44,54 +43,18 @@ def _isolated_lcp_cache(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(autouse=True, scope="session")
 def _short_report_timings():
-    """Every prune run's report times the pruned network against the original for at least ``min_seconds``
-    (1 s by default, for users); the tests assert no timings, so 0.1 s keeps the suite short."""
-    import lcp.cut.latency
-
-    defaults = lcp.cut.latency.paired_latency.__kwdefaults__
-    saved = defaults["min_seconds"]
-    defaults["min_seconds"] = 0.1
-    yield
-    defaults["min_seconds"] = saved
-
-
-def _tiny_image(cls: int, rng: np.random.Generator) -> Image.Image:
-    base = np.array(_COLOURS[cls], dtype=np.float64) * rng.uniform(0.7, 1.1)
-    arr = base[None, None, :] + rng.normal(0.0, 25.0, (32, 32, 3))
-    y0, x0 = rng.integers(0, 24, 2)  # a bright square somewhere, so the images are not flat
-    arr[y0 : y0 + 8, x0 : x0 + 8] += 40
-    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
-
-
-def make_image_folder(root: Path, classes: int = TINY_CLASSES, train_per_class: int = TINY_TRAIN_PER_CLASS,
-                      test_per_class: int = TINY_TEST_PER_CLASS, seed: int = 0) -> Path:
-    """An ImageFolder tree ``root/{train,test}/class<c>/NNN.{png,jpg}`` (see the module docstring)."""
-    rng = np.random.default_rng(seed)
-    for split, n in (("train", train_per_class), ("test", test_per_class)):
-        for c in range(classes):
-            folder = root / split / f"class{c}"
-            folder.mkdir(parents=True)
-            for i in range(n):
-                ext = "png" if i % 2 else "jpg"
-                _tiny_image(c, rng).save(folder / f"{i:03d}.{ext}", **({"quality": 95} if ext == "jpg" else {}))
-    return root
+    """Every prune run's report times the pruned network against the original for at least
+    ``lcp.cut.latency.DEFAULT_MIN_SECONDS`` (1 s, for users); the tests assert no timings, so 0.1 s keeps the
+    suite short. Set through ``$LCP_MIN_TIMING_SECONDS``, so child ``lcp`` processes get it too."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LCP_MIN_TIMING_SECONDS", "0.1")
+        yield
 
 
 @pytest.fixture(scope="session")
 def tiny_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """3 classes, 24 train and 9 test images per class, 32x32 RGB (read-only: copy it before changing it)."""
     return make_image_folder(tmp_path_factory.mktemp("data") / "tiny")
-
-
-def save_state_dict(name: str, num_classes: int, path: Path, seed: int = 0) -> Path:
-    """``torch.save`` the state dict of a seeded ``lcp.create_model(name, num_classes)`` to ``path``."""
-    import lcp
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = lcp.create_model(name, num_classes=num_classes)
-    torch.save(model.state_dict(), path)
-    return path
 
 
 @pytest.fixture(scope="session")
@@ -162,3 +125,14 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture()
+def hub_offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No Hugging Face hub access (``$HF_HUB_OFFLINE``, and the constant huggingface_hub read at import)."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    try:
+        import huggingface_hub.constants as hf
+    except ImportError:
+        return
+    monkeypatch.setattr(hf, "HF_HUB_OFFLINE", True)

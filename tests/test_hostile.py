@@ -1,26 +1,15 @@
 """Files that would run code when unpickled: lcp never executes them (it reads JSON and safetensors only)."""
-import os
-import pickle
 from pathlib import Path
 
 import pytest
 import torch
 
 import lcp
-from lcp.cli import main
-
-
-class _Evil:
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
+from tests.helpers import assert_one_line_error, evil_pickle, lcp_cli
 
 
 def _evil_file(path: Path, marker: Path) -> Path:
-    path.write_bytes(pickle.dumps(_Evil(marker)))
-    return path
+    return evil_pickle(path, marker, "plain")
 
 
 @pytest.fixture()
@@ -33,7 +22,7 @@ def saved(tmp_path: Path) -> Path:
 def test_pickle_as_weights_in_output_folder(saved: Path, tmp_path: Path) -> None:
     marker = tmp_path / "MARKER"
     _evil_file(saved / "model.safetensors", marker)
-    with pytest.raises(lcp.LcpError):
+    with pytest.raises(lcp.LcpError, match="model.safetensors is corrupt or truncated"):
         lcp.load(saved)
     assert not marker.exists()
 
@@ -41,28 +30,26 @@ def test_pickle_as_weights_in_output_folder(saved: Path, tmp_path: Path) -> None
 def test_pickle_as_channels_json(saved: Path, tmp_path: Path) -> None:
     marker = tmp_path / "MARKER"
     _evil_file(saved / "channels.json", marker)
-    with pytest.raises(lcp.LcpError):
+    with pytest.raises(lcp.LcpError, match="cannot read channels.json .*: not UTF-8 text"):
         lcp.load(saved)
     assert not marker.exists()
 
 
-def test_pickle_as_transforms(tmp_path: Path, tiny_folder: Path, resnet20_ckpt: Path,
-                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_pickle_as_transforms(tmp_path: Path, tiny_folder: Path, resnet20_ckpt: Path) -> None:
     marker = tmp_path / "MARKER"
     bad = _evil_file(tmp_path / "transforms.json", marker)
-    code = main(["prune", "--model", "resnet20", "--data", str(tiny_folder), "--checkpoint", str(resnet20_ckpt),
-                 "--method", "lcp", "--transforms", str(bad), "--finetune-epochs", "0", "--holdout", "9",
-                 "--no-progress", "--out", str(tmp_path / "out")])
-    assert code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "transforms" in err[0]
+    res = lcp_cli("prune", "--model", "resnet20", "--data", tiny_folder, "--checkpoint", resnet20_ckpt,
+                  "--method", "lcp", "--transforms", bad, "--finetune-epochs", "0", "--holdout", "9",
+                  "--no-progress", "--out", tmp_path / "out")
+    line = assert_one_line_error(res, "cannot read transforms file", "not UTF-8 text")
+    assert "transforms" in line
     assert not marker.exists()
 
 
-def test_pickle_as_checkpoint_for_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_pickle_as_checkpoint_for_check(tmp_path: Path) -> None:
     marker = tmp_path / "MARKER"
     bad = _evil_file(tmp_path / "ckpt.pt", marker)
-    assert main(["check", "--model", "resnet20", "--checkpoint", str(bad)]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("lcp: error:")
+    line = assert_one_line_error(lcp_cli("check", "--model", "resnet20", "--checkpoint", bad),
+                                 "is not a readable PyTorch checkpoint")
+    assert line.startswith("lcp: error:")
     assert not marker.exists()

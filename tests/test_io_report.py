@@ -33,8 +33,8 @@ from lcp.report import (
     write_layers_csv,
     write_report,
 )
+from tests.helpers import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SIG = {"model": "resnet18", "data": "cifar10", "method": "lcp", "budget": 0.5, "seed": 0}
 

@@ -8,6 +8,7 @@ ratios measured in one run, never timings across runs.
 from __future__ import annotations
 
 import math
+import os
 import statistics
 import time
 from collections.abc import Iterator, Sequence
@@ -81,6 +82,9 @@ def measure(
     }
 
 
+DEFAULT_MIN_SECONDS = 1.0  # paired_latency's min_seconds when not given; $LCP_MIN_TIMING_SECONDS overrides it
+
+
 def paired_latency(
     model: nn.Module,
     reference: nn.Module,
@@ -91,7 +95,7 @@ def paired_latency(
     n_threads: int | None = None,
     rounds: int = 5,
     repeats: int = 20,
-    min_seconds: float = 1.0,
+    min_seconds: float | None = None,
 ) -> dict[str, float]:
     """Latency of ``model`` relative to ``reference``, timed in alternating rounds.
 
@@ -99,8 +103,10 @@ def paired_latency(
     ``rounds`` rounds of ``repeats`` timings of each makes the drift hit both; each network is timed for at least
     ``min_seconds`` in all (more timings than ``repeats`` when a pass is short). Returns the median of the
     per-round ratios (``ratio``), the per-round ratios (``rounds``) and each model's median over all its rounds,
-    in milliseconds.
+    in milliseconds. ``min_seconds`` defaults to ``$LCP_MIN_TIMING_SECONDS``, else ``DEFAULT_MIN_SECONDS``.
     """
+    if min_seconds is None:
+        min_seconds = float(os.environ.get("LCP_MIN_TIMING_SECONDS") or DEFAULT_MIN_SECONDS)
     per_round = max(3, -(-repeats // rounds))
     if min_seconds > 0:  # short passes (batch 1) jitter most: time them more often, at no great cost
         est = measure(reference, input_size, batch=batch, device=device, n_threads=n_threads, warmup=1, repeats=3)[
@@ -304,7 +310,7 @@ def _input_shapes(graph: ChannelGraph, names: set[str]) -> dict[str, list[tuple[
     return shapes
 
 
-def _probe(module: nn.Module, n_in: int, n_out: int, depthwise: bool) -> nn.Module:
+def probe_layer(module: nn.Module, n_in: int, n_out: int, depthwise: bool) -> nn.Module:
     """A fresh layer like ``module`` with ``n_in`` inputs and ``n_out`` outputs."""
     if isinstance(module, nn.Linear):
         return nn.Linear(n_in, n_out, bias=module.bias is not None)
@@ -326,7 +332,7 @@ def _probe(module: nn.Module, n_in: int, n_out: int, depthwise: bool) -> nn.Modu
     )
 
 
-def _time_layer(
+def time_layer(
     module: nn.Module,
     n_in: int,
     n_out: int,
@@ -338,7 +344,7 @@ def _time_layer(
     warmup: int,
     repeats: int,
 ) -> float:
-    probe = _probe(module, n_in, n_out, depthwise).to(dev).eval()
+    probe = probe_layer(module, n_in, n_out, depthwise).to(dev).eval()
     xs = [
         torch.randn(batch, *s[:-1], n_in if not depthwise else n_out, device=dev)
         if isinstance(module, nn.Linear)
@@ -407,7 +413,7 @@ class LatencyTable:
         recs = [
             (ri, r)
             for ri, r in enumerate(graph.records)
-            if r.kind.has_filters and r.out_ids is not None and r.in_ids is not None
+            if r.kind in ("conv", "linear") and r.out_ids is not None and r.in_ids is not None
         ]
         shapes = _input_shapes(graph, {r.name for _, r in recs})
         modules = dict(graph.model.named_modules())
@@ -435,7 +441,7 @@ class LatencyTable:
                     out_grid = _grid(len(r.out_ids))
                     ms = [
                         [
-                            _time_layer(
+                            time_layer(
                                 m, n_in, n_out, dw, shapes[r.name], batch=batch, dev=dev, warmup=warmup, repeats=repeats
                             )
                             for n_out in out_grid

@@ -1,6 +1,6 @@
 """Per-op tests of the channel engine: one tiny model per op kind, pruned end to end with ``lcp.prune``.
 
-Every test checks the generic contract (see ``prune_and_check``): the pruned model runs forward and
+Every test checks the generic contract (see ``tests.helpers.prune_and_check``): the pruned model runs forward and
 backward, keeps its output shape, meets the budget, its re-counted MACs/params equal the plan's, it
 matches the masked original (``verification.ok``) and the original model is left untouched. On top of
 that each test asserts the structural facts of its op (which layers shrank, which widths are coupled,
@@ -24,62 +24,13 @@ import lcp
 from lcp.engine import Chan, LayerKind
 from lcp.errors import LcpError, UnreachableBudget
 from lcp.engine.graph import floor_keep
+from tests.helpers import assert_refusal, prune_and_check
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # These models are tiny: intra-op threads only add overhead, and on a shared 2-core machine they make
-    # conv2d up to 100x slower through OpenMP contention.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: intra-op threads only add overhead
 
 
 # ------------------------------------------------------------------------------------------------- helpers
-
-
-def _out_shape(model: nn.Module, x: torch.Tensor) -> torch.Size:
-    was = model.training
-    model.eval()
-    with torch.no_grad():
-        out = model(x)
-    model.train(was)
-    return out.shape
-
-
-def prune_and_check(model: nn.Module, x: torch.Tensor, budget: float = 0.5, **kw) -> lcp.PruneResult:
-    """``lcp.prune`` plus the checks every pruned model must pass; returns the result."""
-    budget_type = kw.get("budget_type", "macs")
-    state = {k: v.clone() for k, v in model.state_dict().items()}
-    shape = _out_shape(model, x)
-    res = lcp.prune(model, x, budget=budget, **kw)
-    p = res.plan
-    assert res.verification is not None and res.verification.ok, res.verification
-    assert p.macs_base == lcp.count_macs(model, x)
-    assert p.params_base == lcp.count_params(model)
-    if budget_type == "macs":
-        assert p.macs <= budget * p.macs_base
-    else:
-        assert p.params <= budget * p.params_base
-    assert lcp.count_macs(res.model, x) == p.macs
-    assert lcp.count_params(res.model) == p.params
-    # the original model is not modified
-    after = model.state_dict()
-    assert state.keys() == after.keys()
-    assert all(torch.equal(state[k], after[k]) for k in state)
-    # the pruned model trains: forward + backward in train mode (batch 2 so BatchNorm has >1 value per channel),
-    # on a copy so that the BatchNorm statistics of ``res.model`` stay as built
-    assert _out_shape(res.model, x) == shape
-    pruned = copy.deepcopy(res.model).train()
-    xb = torch.randn(2, *x.shape[1:])
-    out = pruned(xb)
-    assert out.shape[1:] == shape[1:]
-    out.square().mean().backward()
-    for name, prm in pruned.named_parameters():
-        assert prm.grad is not None, f"no gradient for {name}"
-        assert torch.isfinite(prm.grad).all(), name
-    return res
 
 
 def mods(model: nn.Module) -> dict[str, nn.Module]:
@@ -1197,8 +1148,9 @@ def test_unbind_wrong_dim_never_crashes():
     torch.manual_seed(0)
     try:
         res = lcp.prune(UnbindPermute(), img())
-    except LcpError:
-        return  # refusing is acceptable
+    except LcpError as e:
+        assert_refusal(e)  # refusing (nothing prunable) is acceptable; a failed verification is not
+        return
     assert res.verification.ok
 
 

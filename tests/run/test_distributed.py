@@ -4,26 +4,19 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import lcp
+from tests.helpers import make_image_folder, save_state_dict
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
+    """``ds``: 3 classes of 40 train and 12 test images; ``r20.pt``: a seeded 3-class ResNet-20."""
     root = tmp_path_factory.mktemp("ddp")
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 40), ("test", 12)):
-        for c in range(3):
-            d = root / "ds" / split / f"c{c}"
-            d.mkdir(parents=True)
-            for i in range(n):
-                Image.fromarray((rng.random((32, 32, 3)) * 80 + c * 60).astype("uint8")).save(d / f"{i}.png")
-    torch.manual_seed(0)
-    torch.save(lcp.create_model("resnet20", num_classes=3).state_dict(), root / "r20.pt")
+    make_image_folder(root / "ds", train_per_class=40, test_per_class=12)
+    save_state_dict("resnet20", 3, root / "r20.pt")
     return root
 
 

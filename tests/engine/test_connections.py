@@ -1,4 +1,7 @@
-"""Connection-level pruning of DenseNets (lcp.engine.connections) and the ads / lwp controllers (lcp.methods.connections)."""
+"""Connection-level pruning of DenseNets (lcp.engine.connections): discovery, surgery, budgets, save and load.
+
+The ads / lwp controllers that search the connections are tested in tests/methods/test_controllers.py.
+"""
 from __future__ import annotations
 
 import copy
@@ -6,34 +9,15 @@ import copy
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from lcp.engine.connections import ConnectionGraph, ZeroConv, build
-from lcp.methods.connections import ControllerConfig, HeldOut, match_toy, search_connections, shaped_reward
 from lcp.engine.cost import count_macs, count_params
 from lcp.errors import LcpError, UnreachableBudget
-from lcp.models.zoo import CifarDenseNet, resnet20
+from lcp.models.zoo import resnet20
+from tests.helpers import tiny_densenet
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def tiny_densenet(seed: int = 0) -> nn.Module:
-    """DenseNet with 3 layers per block, growth 4, 6-channel stem; random BN statistics so nothing is trivial."""
-    torch.manual_seed(seed)
-    m = CifarDenseNet(13, 4, 10, stem_channels=6)
-    for mod in m.modules():
-        if isinstance(mod, nn.BatchNorm2d):
-            mod.running_mean.uniform_(-0.5, 0.5)
-            mod.running_var.uniform_(0.5, 1.5)
-            mod.weight.data.uniform_(0.5, 1.5)
-            mod.bias.data.uniform_(-0.2, 0.2)
-    return m.eval()
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -230,119 +214,6 @@ def test_minimal_mask_keeps_one_connection_per_live_consumer(cg):
     assert cg.value(keep, "macs") == total
 
 
-# ------------------------------------------------------------------------------------------------ controllers
-
-
-def random_heldout(cg: ConnectionGraph) -> HeldOut:
-    g = torch.Generator().manual_seed(0)
-    recal = [torch.randn(16, 3, 16, 16, generator=g) for _ in range(2)]
-    xs = [torch.randn(32, 3, 16, 16, generator=g)]
-    ys = [torch.randint(0, 10, (32,), generator=g)]
-    return HeldOut(cg, recal, xs, ys)
-
-
-@pytest.mark.parametrize("method", ["ads", "lwp"])
-def test_controller_runs_and_meets_the_budget(cg, method):
-    ev = random_heldout(cg)
-    seen = []
-
-    def evaluate(keep):
-        seen.append(keep.copy())
-        return ev(keep)
-
-    cfg = ControllerConfig(episodes=4)
-    res = search_connections(cg, evaluate, method=method, budget=0.5, cfg=cfg, seed=0, progress=False)
-    assert len(res.history) == 4 and len(seen) == 4
-    for keep in seen + [res.keep]:
-        assert cg.value(keep, "macs") <= 0.5 * cg.macs_base
-        cg.check(keep)
-    assert res.best_reward == max(h["reward"] for h in res.history)
-    if method == "ads":  # filled up to the budget: no dropped connection still fits
-        for keep in seen:
-            for k in np.nonzero(~keep)[0]:
-                more = keep.copy()
-                more[k] = True
-                assert cg.value(more, "macs") > 0.5 * cg.macs_base or cg.value(more, "macs") == cg.value(keep, "macs")
-    if method == "lwp":
-        h = res.history[0]
-        assert h["reward"] == pytest.approx(h["acc"] + cfg.lwp_lambda * (1 - h["cost"]))
-
-
-def test_shaped_reward():
-    cfg = ControllerConfig(lwp_lambda=0.2, lwp_gamma=2.0)
-    assert shaped_reward("ads", 0.8, 0.4, 0.5, cfg) == 0.8
-    assert shaped_reward("lwp", 0.8, 0.4, 0.5, cfg) == pytest.approx(0.8 + 0.2 * 0.6)
-    assert shaped_reward("lwp", 0.8, 0.6, 0.5, cfg) == pytest.approx(0.8 - 2.0 * 0.1)
-
-
-def toy_evaluate(cg):
-    """A cheap deterministic reward: fraction of kept connections that come from the block input."""
-    first = np.array([cg.consumers[int(c)].sources[0] == k for k, c in enumerate(cg.dst)])
-
-    def evaluate(keep):
-        return {"acc": float((keep & first).sum() / max(1, keep.sum()))}
-
-    return evaluate
-
-
-def test_same_seed_same_result_and_resume_equals_uninterrupted(cg, tmp_path):
-    cfg = ControllerConfig(episodes=7, samples=3)  # updates after episodes 3, 6 and 7
-    ev = toy_evaluate(cg)
-    a = search_connections(cg, ev, method="ads", budget=0.5, cfg=cfg, seed=3, progress=False,
-                           state_path=tmp_path / "a.safetensors")
-    assert [h["update"] for h in a.history] == [1, 1, 1, 2, 2, 2, 3]
-    b = search_connections(cg, ev, method="ads", budget=0.5, cfg=cfg, seed=3, progress=False)
-    assert np.array_equal(a.keep, b.keep)
-    assert [h["reward"] for h in a.history] == [h["reward"] for h in b.history]
-    c = search_connections(cg, ev, method="ads", budget=0.5, cfg=cfg, seed=4, progress=False)
-    assert [h["kept"] for h in a.history] != [h["kept"] for h in c.history] or not np.array_equal(a.keep, c.keep)
-    # interrupted after 2 episodes, then resumed
-    part = tmp_path / "p.safetensors"
-    search_connections(cg, ev, method="ads", budget=0.5, cfg=ControllerConfig(episodes=2, samples=3), seed=3,
-                       progress=False, state_path=part)
-    # the settings include the episode count: resuming with a longer run must use a state made for it
-    with pytest.raises(LcpError, match="other settings"):
-        search_connections(cg, ev, method="ads", budget=0.5, cfg=cfg, seed=3, progress=False, state_path=part,
-                           resume=True)
-    calls = []
-
-    class Stop(Exception):
-        pass
-
-    def stopping(keep):
-        calls.append(1)
-        if len(calls) == 5:  # 4 episodes saved: one update done, one sample of the next update pending
-            raise Stop
-        return ev(keep)
-
-    part2 = tmp_path / "p2.safetensors"
-    with pytest.raises(Stop):
-        search_connections(cg, stopping, method="ads", budget=0.5, cfg=cfg, seed=3, progress=False, state_path=part2)
-    r = search_connections(cg, ev, method="ads", budget=0.5, cfg=cfg, seed=3, progress=False, state_path=part2,
-                           resume=True)
-    assert [h["reward"] for h in r.history] == [h["reward"] for h in a.history]
-    assert [h["kept"] for h in r.history] == [h["kept"] for h in a.history]
-    assert [h["entropy"] for h in r.history] == [h["entropy"] for h in a.history]  # same policy after resume
-    assert np.array_equal(r.keep, a.keep)
-
-
-def test_controller_learns_a_toy_reward(cg):
-    """400 cheap episodes (100 updates of 4 masks) on a reward with a known optimum (match a target mask): the
-    mean of the last 50 beats the first 50 by more than 0.05. Measured over seeds 0-29: gain +0.075 or more,
-    mean +0.155; random masks projected onto the budget already match about 0.75 (docs/connections.md)."""
-    _, evaluate = match_toy(cg, 0.6, seed=0)
-    res = search_connections(cg, evaluate, method="ads", budget=0.6, cfg=ControllerConfig(episodes=400), seed=0,
-                             progress=False)
-    r = [h["reward"] for h in res.history]
-    assert np.mean(r[-50:]) > np.mean(r[:50]) + 0.05
-    assert res.best_reward == max(r)
-
-
-def test_unreachable_budget_in_search(cg):
-    with pytest.raises(UnreachableBudget):
-        search_connections(cg, toy_evaluate(cg), method="lwp", budget=0.01, progress=False)
-
-
 # ------------------------------------------------------------------------------------------------ save / load
 
 
@@ -367,39 +238,6 @@ def test_channels_json_rebuilds_the_connection_pruned_model(cg, tmp_path):
     bad = dict(spec, removed_connections=[["linear", "dense9.conv"]])
     with pytest.raises(LcpError, match="does not exist"):
         store.rebuild(bad, base_model=tiny_densenet())
-
-
-# ------------------------------------------------------------------------------------------------ CLI
-
-
-def test_cli_ads_on_densenet40_then_load(tiny_folder, tmp_path):
-    import csv
-    import json
-
-    import lcp
-    from lcp.cli import main
-    from conftest import save_state_dict
-
-    ckpt = save_state_dict("densenet40", 3, tmp_path / "d40.pt")
-    out = tmp_path / "ads"
-    args = ["prune", "--model", "densenet40", "--checkpoint", str(ckpt), "--data", str(tiny_folder),
-            "--input-size", "3", "8", "8", "--method", "ads", "--episodes", "2", "--budget", "0.5",
-            "--finetune-epochs", "0", "--holdout", "12", "--recal-batches", "1", "--no-progress", "--out", str(out)]
-    assert main(args) == 0
-    report = next(csv.DictReader(open(out / "report.csv")))
-    assert report["method"] == "ads" and 0.45 <= float(report["macs_ratio"]) <= 0.5
-    assert float(report["verification_error"]) < 1e-6
-    rows = list(csv.DictReader(open(out / "controller.csv")))
-    assert [int(r["episode"]) for r in rows] == [1, 2]
-    conn = json.load(open(out / "connections.json"))
-    assert len(conn["blocks"]) == 3 and conn["kept"] < 273
-    model = lcp.load(out)
-    x = torch.randn(2, 3, 8, 8)
-    assert model(x).shape == (2, 3)
-    assert lcp.count_macs(model, torch.zeros(1, 3, 8, 8)) == int(report["macs_pruned"])
-    assert main(args + ["--resume"]) == 0  # the finished search is read back
-    assert len(list(csv.DictReader(open(out / "controller.csv")))) == 2
-    assert main(args[:-2] + ["--budgets", "0.6,0.5", "--out", str(tmp_path / "two")]) == 2
 
 
 def test_timm_densenet121_connections_verify():

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from torch import nn
 
 import lcp.training.data as data_mod
@@ -17,6 +16,7 @@ import lcp.training.images as images_mod
 from lcp.training.data import DataBundle, load_data
 from lcp.errors import LcpError
 from lcp.training.train import evaluate, finetune, load_checkpoint, recalibrate_bn, train_baseline
+from tests.helpers import channel_image, make_image_folder
 
 SIZE = (3, 8, 8)
 
@@ -29,24 +29,13 @@ def _cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return cache
 
 
-def _image(cls: int, rng: np.random.Generator, size: tuple[int, int] = (8, 8)) -> Image.Image:
-    """A noisy image whose dominant colour channel is its class."""
-    arr = rng.integers(0, 90, (size[1], size[0], 3), dtype=np.uint8)
-    arr[..., cls] += 150
-    return Image.fromarray(arr)
+_image = channel_image
 
 
 def make_folder(root: Path, per_class: int = 20, test_per_class: int = 4, classes: int = 3, seed: int = 0) -> Path:
-    """A small ImageFolder tree: PNG and JPEG files, one larger image that must be resized."""
-    rng = np.random.default_rng(seed)
-    for split, n in (("train", per_class), ("test", test_per_class)):
-        for c in range(classes):
-            d = root / split / f"class{c}"
-            d.mkdir(parents=True)
-            for i in range(n):
-                ext = "jpg" if i % 2 else "png"
-                _image(c, rng).save(d / f"{i:03d}.{ext}")
-    _image(0, rng, (12, 10)).save(root / "train" / "class0" / "big.png")
+    """A small ImageFolder of 8x8 ``channel_image``s (PNG and JPEG), plus one larger image that must be resized."""
+    make_image_folder(root, classes, per_class, test_per_class, seed, image=_image, first_ext="png", jpeg_quality=None)
+    _image(0, np.random.default_rng(seed + 1000), (12, 10)).save(root / "train" / "class0" / "big.png")
     return root
 
 

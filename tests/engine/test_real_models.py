@@ -7,7 +7,7 @@ independent counter, ptflops (see ``ptflops_macs`` for how its numbers are made 
 
 Inputs: zoo models at 1x3x32x32 (their native size); timm models at a reduced 1x3x64x64 to keep CI
 fast (every one of these 20 works at 64x64; the benchmark script runs them at their default size).
-The whole file takes about 1 minute on 2 CPU cores with one intra-op thread (see ``_one_thread``).
+The whole file takes about 1 minute on 2 CPU cores with one intra-op thread (the ``one_thread`` fixture).
 """
 from __future__ import annotations
 
@@ -32,20 +32,15 @@ TIMM_MODELS = [
 TIMM_INPUT = 64  # reduced from 224 for speed; the smallest side that every model above handles is 32
 ZOO_INPUT = 32
 
-# Known engine bugs (see tests/test_ops.py for minimal reproducers).
+# Known engine bugs (see tests/engine/test_ops.py for minimal reproducers).
 XFAIL: dict[str, str] = {}  # model name -> reason, for models that are known to fail
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # On a shared 2-core machine, 2 intra-op threads make conv2d up to 100x slower (OpenMP contention);
-    # with one thread this file runs in about a minute.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# On a shared 2-core machine, 2 intra-op threads make conv2d up to 100x slower (OpenMP contention);
+# with one thread this file runs in about a minute.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def build(name: str) -> tuple[nn.Module, torch.Tensor]:

@@ -40,7 +40,7 @@ def fake_measure(model, input_size, **kw):
 
 def fake_time_layer(module, n_in, n_out, depthwise, shapes, *, batch, **kw):
     """The stand-in's per-layer timing: 1 ms per million MACs of the probe layer, so the table is exact."""
-    probe = lcp.cut.latency._probe(module, n_in, n_out, depthwise)
+    probe = lcp.cut.latency.probe_layer(module, n_in, n_out, depthwise)
     return sum(lcp.count_macs(probe, torch.zeros(1, probe.in_channels, *s[1:]) if not isinstance(module, nn.Linear)
                               else torch.zeros(1, *s[:-1], n_in)) for s in shapes) / 1e6
 
@@ -49,7 +49,7 @@ def fake_time_layer(module, n_in, n_out, depthwise, shapes, *, batch, **kw):
 def fake_timing(monkeypatch, tmp_path):
     """Deterministic timings (whole network and per-layer table) and a cache of their own."""
     monkeypatch.setattr(lcp.cut.latency, "measure", fake_measure)
-    monkeypatch.setattr(lcp.cut.latency, "_time_layer", fake_time_layer)
+    monkeypatch.setattr(lcp.cut.latency, "time_layer", fake_time_layer)
     monkeypatch.setenv("LCP_CACHE", str(tmp_path / "cache"))
 
 
@@ -183,3 +183,29 @@ def test_cli_latency_budget_reports_the_measured_ratio(tiny_folder, resnet20_ckp
     assert row["budget_type"] == "latency"
     ratio = float(row["latency_pruned_ms"]) / float(row["latency_base_ms"])
     assert 0.6 * 0.95 <= ratio <= 0.6 and float(row["speedup"]) == pytest.approx(1 / ratio, rel=1e-3)
+
+
+@pytest.mark.parametrize("env,per_round", [(None, 100), ("0.1", 10), ("0", 4)])
+def test_paired_latency_min_seconds_default_is_read_at_call_time(monkeypatch, env, per_round):
+    """``min_seconds`` left out: ``$LCP_MIN_TIMING_SECONDS``, else ``DEFAULT_MIN_SECONDS`` (1 s); 0 turns it off."""
+    calls = []
+
+    def measure(model, input_size, *, repeats, **kw):
+        calls.append(repeats)
+        return {"median_ms": 2.0, "p10_ms": 2.0, "p90_ms": 2.0, "images_per_s": 500.0}
+
+    monkeypatch.setattr(lcp.cut.latency, "measure", measure)
+    if env is None:
+        monkeypatch.delenv("LCP_MIN_TIMING_SECONDS", raising=False)
+    else:
+        monkeypatch.setenv("LCP_MIN_TIMING_SECONDS", env)
+    net = nn.Linear(2, 2)
+    t = lcp.cut.latency.paired_latency(net, net, (2,), rounds=5, repeats=20)
+    # 2 ms a pass: min_seconds / 2 ms / 5 rounds timings per round (at least ceil(20 / 5) = 4)
+    assert calls[-10:] == [per_round] * 10 and t["ratio"] == 1.0
+    assert len(calls) == 10 + (env != "0")  # the estimate of a pass is skipped when min_seconds is 0
+    monkeypatch.setattr(lcp.cut.latency, "DEFAULT_MIN_SECONDS", 0.2)
+    monkeypatch.delenv("LCP_MIN_TIMING_SECONDS", raising=False)
+    calls.clear()
+    lcp.cut.latency.paired_latency(net, net, (2,), rounds=5, repeats=20)
+    assert calls[-10:] == [20] * 10  # the module default, read when called

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import csv
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +13,7 @@ from lcp.errors import LcpError
 from lcp.engine.graph import floor_keep
 from lcp.cut.ranking import plan, plan_ratios
 from lcp.methods.legr import make_fitness
-from test_search import random_bundle, tiny_graph
+from tests.helpers import assert_one_line_error, lcp_cli, random_bundle, tiny_graph
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -232,7 +231,8 @@ def test_cli_lfgcl_on_a_folder_without_classes(tiny_folder, resnet20_ckpt, tmp_p
     assert (out / "model.safetensors").is_file() and (out / "agent_state.safetensors").is_file()
     assert main(args + ["--resume"]) == 0  # the finished search is read back, not re-run
     assert len(list(csv.DictReader(open(out / "agent.csv")))) == 3
-    assert main(args[:-2] + ["--out", str(tmp_path / "bad"), "--finetune-epochs", "1"]) == 2  # no labels, no kd
+    no_labels = lcp_cli(*args[:-2], "--out", tmp_path / "bad", "--finetune-epochs", "1")  # no labels, no kd
+    assert_one_line_error(no_labels, "the data has no labels", "--kd")
 
 
 def test_cli_amc_on_labelled_folder(tiny_folder, resnet20_ckpt, tmp_path):
@@ -246,5 +246,6 @@ def test_cli_amc_on_labelled_folder(tiny_folder, resnet20_ckpt, tmp_path):
     for b in ("0.7", "0.5"):
         report = next(csv.DictReader(open(out / f"budget_{b}" / "report.csv")))
         assert float(report["macs_ratio"]) <= float(b)
-    assert main(["prune", "--model", "resnet20", "--checkpoint", str(resnet20_ckpt), "--data", str(tiny_folder),
-                 "--method", "amc", "--budget-type", "latency", "--out", str(tmp_path / "lat")]) == 2
+    latency = lcp_cli("prune", "--model", "resnet20", "--checkpoint", resnet20_ckpt, "--data", tiny_folder,
+                      "--method", "amc", "--budget-type", "latency", "--holdout", "12", "--out", tmp_path / "lat")
+    assert_one_line_error(latency, "method amc takes --budget-type macs or params, not latency")

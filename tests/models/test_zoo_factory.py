@@ -15,12 +15,13 @@ from lcp.errors import LcpError
 from lcp.io import cache_dir
 from lcp.models.factory import create_model, default_checkpoint, load_checkpoint, model_info
 from lcp.models.zoo import ZOO, ShortcutA
+from tests.helpers import REPO, evil_pickle
 
 
 def weights_dir() -> Path:
     """$LCP_WEIGHTS, else ../shared/weights beside the checkout."""
     env = os.environ.get("LCP_WEIGHTS")
-    return Path(env) if env else Path(__file__).parents[1].parent / "shared" / "weights"
+    return Path(env) if env else REPO.parent / "shared" / "weights"
 
 
 def shared_weight(name: str) -> Path:
@@ -194,19 +195,9 @@ def test_corrupt_safetensors(tmp_path: Path) -> None:
         load_checkpoint(ZOO["resnet20"](), path)
 
 
-class _Exploit:
-    """Unpickling this runs a shell command that creates a marker file."""
-
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
 def test_pickle_with_code_is_refused(tmp_path: Path) -> None:
     marker, path = tmp_path / "MARKER", tmp_path / "evil.pt"
-    torch.save({"state_dict": _Exploit(marker)}, path)
+    evil_pickle(path, marker, "zip", payload=lambda e: {"state_dict": e})
     with pytest.raises(LcpError, match="refused for safety"):
         load_checkpoint(ZOO["resnet20"](), path)
     assert not marker.exists()

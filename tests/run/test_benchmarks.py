@@ -14,8 +14,9 @@ import pytest
 import torch
 
 from lcp.report import REPORT_COLUMNS
+from tests.helpers import REPO
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO
 COMPARE = ROOT / "benchmarks" / "compare.py"
 REPORT = ROOT / "benchmarks" / "report.py"
 METHODS = ["lcp", "global", "uniform", "random", "lfgcl", "amc", "torch_pruning"]

@@ -16,9 +16,7 @@ saved and loaded back the way ``--initial-checkpoint`` / ``validate.py --checkpo
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
-import io
 import subprocess
 import sys
 import textwrap
@@ -30,7 +28,7 @@ import torch
 import lcp
 import lcp.cut.latency
 import lcp.models.store
-from lcp.cli import main
+from tests.helpers import assert_one_line_error, lcp_cli
 
 timm = pytest.importorskip("timm")
 
@@ -44,31 +42,8 @@ _REAL_MEASURE = lcp.cut.latency.measure
 CLASSES = 3  # the tiny folder's
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread_offline():
-    """One intra-op thread (2 threads on a shared 2-core machine are much slower) and no hub access."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        try:  # huggingface_hub reads the variable when it is imported: set its constant too
-            import huggingface_hub.constants as hf
-
-            mp.setattr(hf, "HF_HUB_OFFLINE", True)
-        except ImportError:
-            pass
-        yield
-    torch.set_num_threads(n)
-
-
-def lcp_cli(*argv: object) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = main([str(a) for a in argv])
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else 1
-    return code, out.getvalue(), err.getvalue()
+# one intra-op thread (2 threads on a shared 2-core machine are much slower) and no hub access
+pytestmark = pytest.mark.usefixtures("one_thread", "hub_offline")
 
 
 def _quick_latency(model, input_size, **kw):
@@ -325,8 +300,10 @@ def test_check_ok_exit_0():
 
 
 def test_check_refused_exit_2_with_reason():
-    code, out, err = lcp_cli("check", "--model", "resnet18", "--input-size", *SIZE, "--ignore", "*")
-    assert code == 2
+    res = lcp_cli("check", "--model", "resnet18", "--input-size", *SIZE, "--ignore", "*")
+    code, out, err = res
+    line = assert_one_line_error(res, "resnet18 cannot be pruned to 0.5 safely: nothing")
+    assert code == 2 and line.startswith("lcp: error: resnet18 cannot be pruned to 0.5 safely: nothing")
     assert "REFUSED (nothing in this model can be pruned safely" in out
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("lcp: error: resnet18 cannot be pruned to 0.5 safely: nothing")
@@ -349,9 +326,8 @@ def test_check_names(name):
 
 
 def test_check_offline_hub_name_is_one_line():
-    code, out, err = lcp_cli("check", "--model", "hf-hub:timm/not-a-real-model-lcp-test")
-    assert code == 2
-    assert len(err.strip().splitlines()) == 1 and "offline?" in err
+    res = lcp_cli("check", "--model", "hf-hub:timm/not-a-real-model-lcp-test")
+    assert_one_line_error(res, "not-a-real-model-lcp-test", "offline?")
 
 
 def test_check_api_budget_out_of_reach():
@@ -375,10 +351,8 @@ def test_cnn_like_rule():
 
 
 def test_check_pretrained_offline_is_one_line():
-    code, _, err = lcp_cli("check", "--model", "resnet18", "--pretrained", "--input-size", *SIZE)
-    assert code == 2
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and "could not download pretrained weights for resnet18" in lines[0]
+    res = lcp_cli("check", "--model", "resnet18", "--pretrained", "--input-size", *SIZE)
+    assert_one_line_error(res, "could not download pretrained weights for resnet18")
 
 
 def test_imagenet_style_data_uses_timm_transforms(tiny_folder):

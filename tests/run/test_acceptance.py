@@ -24,17 +24,8 @@ from lcp.training.train import evaluate
 
 RESNET56_TOP1 = 89.58  # ../shared/weights/README.md
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a busy 2-core machine two threads make these runs several times slower
-    (``--threads`` sets torch's thread count for the whole process; restore it afterwards)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# one intra-op thread: on a busy 2-core machine two threads make these runs several times slower
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 
 def _prune(out: Path, *extra: str) -> dict[str, str]:

@@ -1,0 +1,79 @@
+"""The Python API with data: ``lcp.prune(model, ..., data=...)`` recalibrates, fine-tunes and reports; ``lcp.save``
+and ``lcp.load`` round-trip the pruned model."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import lcp
+from lcp.report import REPORT_COLUMNS
+from lcp.training.data import load_data
+from lcp.training.train import evaluate
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_folder: Path):
+    return load_data(tiny_folder, input_size=(3, 32, 32), holdout=9)
+
+
+def _model(resnet20_ckpt: Path) -> torch.nn.Module:
+    return lcp.create_model("resnet20", num_classes=3, checkpoint=resnet20_ckpt)
+
+
+def test_prune_with_data_reports_and_round_trips(bundle, resnet20_ckpt: Path, tmp_path: Path) -> None:
+    model = _model(resnet20_ckpt)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    res = lcp.prune(model, budget=0.5, data=bundle, finetune_epochs=1, lr=0.05, recal_batches=2)
+    df = res.report
+    assert list(df.columns) == REPORT_COLUMNS and len(df) == 1
+    row = df.iloc[0]
+    assert (row["method"], row["budget"], row["finetune_epochs"], row["model"]) == ("global", 0.5, 1, "CifarResNet")
+    assert 0.49 <= row["macs_ratio"] <= 0.5
+    assert row["macs_pruned"] == lcp.count_macs(res.model, torch.zeros(1, 3, 32, 32))
+    assert row["params_pruned"] == lcp.count_params(res.model) < row["params_base"]
+    # the report's accuracies are the models' accuracies on the test split
+    test = bundle.loader("test", 256)
+    assert row["top1_base"] == pytest.approx(evaluate(model, test)["top1"])
+    assert row["top1_pruned"] == pytest.approx(evaluate(res.model, test)["top1"])
+    assert 0 <= row["top1_pruned_noft"] <= 100 and row["finetune_s"] > 0
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the original is untouched
+
+    out = lcp.save(res, tmp_path / "api")
+    loaded = lcp.load(out)
+    assert not loaded.training
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), res.model.eval()(x), rtol=1e-5, atol=1e-6)
+    assert lcp.count_macs(loaded, torch.zeros(1, 3, 32, 32)) == row["macs_pruned"]
+
+
+def test_prune_with_data_fine_tunes(bundle, resnet20_ckpt: Path) -> None:
+    """Fine-tuning moves the weights (and the report says 0 epochs when there were none)."""
+    kw = dict(budget=0.5, data=bundle, lr=0.05, recal_batches=2)
+    none = lcp.prune(_model(resnet20_ckpt), finetune_epochs=0, **kw)
+    one = lcp.prune(_model(resnet20_ckpt), finetune_epochs=1, **kw)
+    assert np.array_equal(none.plan.removed, one.plan.removed)
+    r0, r1 = none.report.iloc[0], one.report.iloc[0]
+    assert r0["top1_pruned"] == r0["top1_pruned_noft"] and r0["finetune_epochs"] == 0
+    assert r1["top1_pruned_noft"] == pytest.approx(r0["top1_pruned_noft"])  # the same cut and recalibration
+    assert not torch.equal(none.model.linear.weight, one.model.linear.weight)
+
+
+def test_prune_with_plain_loaders(bundle, resnet20_ckpt: Path) -> None:
+    loaders = {"train": bundle.loader("train", 32, shuffle=True), "test": bundle.loader("test", 64)}
+    res = lcp.prune(_model(resnet20_ckpt), budget=0.6, data=loaders, recal_batches=1)
+    row = res.report.iloc[0]
+    assert row["dataset"] == "loaders" and 0.59 <= row["macs_ratio"] <= 0.6
+    assert row["top1_pruned"] == pytest.approx(evaluate(res.model, loaders["test"])["top1"])
+
+
+def test_prune_without_inputs_or_data_is_refused(resnet20_ckpt: Path) -> None:
+    with pytest.raises(lcp.LcpError, match=r"pass example_inputs \(e.g. torch.zeros"):
+        lcp.prune(_model(resnet20_ckpt), budget=0.5)
+    with pytest.raises(lcp.LcpError, match="method 'lcp' needs transforms or data"):
+        lcp.prune(_model(resnet20_ckpt), torch.zeros(1, 3, 32, 32), method="lcp")
