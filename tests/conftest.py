@@ -93,8 +93,9 @@ def _cifar_paths(tmp_path_factory: pytest.TempPathFactory) -> CifarEnv:
         data = Path(env_data).expanduser()
     elif shared is not None and (shared / "data" / "unpack-cifar10.sh").is_file():
         data = tmp_path_factory.mktemp("cifar")
-        done = subprocess.run(["bash", str(shared / "data" / "unpack-cifar10.sh"), str(data)],
-                              capture_output=True, text=True, timeout=600)
+        done = subprocess.run(
+            ["bash", str(shared / "data" / "unpack-cifar10.sh"), str(data)], capture_output=True, text=True, timeout=600
+        )
         if done.returncode != 0 or not _has_cifar(data):
             pytest.fail(f"unpack-cifar10.sh failed ({done.returncode}): {done.stderr.strip()}")
     else:

@@ -14,8 +14,9 @@ import csv
 import io
 import os
 import pickle
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -48,10 +49,17 @@ def channel_image(cls: int, rng: np.random.Generator, size: tuple[int, int] = (8
     return Image.fromarray(arr)
 
 
-def make_image_folder(root: Path, classes: int = TINY_CLASSES, train_per_class: int = TINY_TRAIN_PER_CLASS,
-                      test_per_class: int = TINY_TEST_PER_CLASS, seed: int = 0, *,
-                      image: Callable[[int, np.random.Generator], Image.Image] = colour_image,
-                      first_ext: str = "jpg", jpeg_quality: int | None = 95) -> Path:
+def make_image_folder(
+    root: Path,
+    classes: int = TINY_CLASSES,
+    train_per_class: int = TINY_TRAIN_PER_CLASS,
+    test_per_class: int = TINY_TEST_PER_CLASS,
+    seed: int = 0,
+    *,
+    image: Callable[[int, np.random.Generator], Image.Image] = colour_image,
+    first_ext: str = "jpg",
+    jpeg_quality: int | None = 95,
+) -> Path:
     """An ImageFolder tree ``root/{train,test}/class<c>/NNN.{png,jpg}``: ``image(c, rng)`` per file, JPEG and PNG
     alternating from ``first_ext`` (JPEG at ``jpeg_quality``, PIL's default if None)."""
     rng = np.random.default_rng(seed)
@@ -245,8 +253,16 @@ def tiny_densenet(seed: int = 0) -> nn.Module:
 
 # -------------------------------------------------------------------------------------------------------- the CLI
 
-OUTPUT_FILES = ("model.safetensors", "channels.json", "transforms.json", "report.csv", "layers.csv", "widths.png",
-                "run.json", "state.json")
+OUTPUT_FILES = (
+    "model.safetensors",
+    "channels.json",
+    "transforms.json",
+    "report.csv",
+    "layers.csv",
+    "widths.png",
+    "run.json",
+    "state.json",
+)
 
 
 class Result(NamedTuple):
@@ -268,13 +284,35 @@ def lcp_cli(*argv: object) -> Result:
     return Result(code, out.getvalue(), err.getvalue())
 
 
-def tiny_args(data: Path, ckpt: Path, out: Path, *extra: object, finetune: int = 0,
-              progress: bool = False) -> list[str]:
+def tiny_args(
+    data: Path, ckpt: Path, out: Path, *extra: object, finetune: int = 0, progress: bool = False
+) -> list[str]:
     """``prune`` options for the tiny folder (global method unless ``extra`` says otherwise)."""
-    return ["prune", "--model", "resnet20", "--data", str(data), "--checkpoint", str(ckpt), "--budget", "0.5",
-            "--method", "global", "--finetune-epochs", str(finetune), "--holdout", "9", "--batch-size", "16",
-            "--recal-batches", "2", "--out", str(out), *([] if progress else ["--no-progress"]),
-            *[str(e) for e in extra]]
+    return [
+        "prune",
+        "--model",
+        "resnet20",
+        "--data",
+        str(data),
+        "--checkpoint",
+        str(ckpt),
+        "--budget",
+        "0.5",
+        "--method",
+        "global",
+        "--finetune-epochs",
+        str(finetune),
+        "--holdout",
+        "9",
+        "--batch-size",
+        "16",
+        "--recal-batches",
+        "2",
+        "--out",
+        str(out),
+        *([] if progress else ["--no-progress"]),
+        *[str(e) for e in extra],
+    ]
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:

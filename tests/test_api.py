@@ -1,5 +1,6 @@
 """The Python API with data: ``lcp.prune(model, ..., data=...)`` recalibrates, fine-tunes and reports; ``lcp.save``
 and ``lcp.load`` round-trip the pruned model."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -56,7 +56,9 @@ def _imports(path: Path, modules: dict[str, Path]) -> list[tuple[str, int, bool]
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                base = ".".join(
+                    package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else [])
+                )
             for a in node.names:  # ``from lcp.x import y``: y is a module or a name of lcp.x
                 names.append(f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base)
         for name in names:
@@ -122,20 +124,28 @@ def test_no_function_local_import_of_lcp() -> None:
     """lcp imports itself at module level only (local imports hide cycles); TYPE_CHECKING and __main__ blocks
     are exempt."""
     modules = _modules()
-    local = [f"{p.relative_to(ROOT)}:{line} imports {name}" for m, p in modules.items()
-             for name, line, inside in _imports(p, modules) if inside]
+    local = [
+        f"{p.relative_to(ROOT)}:{line} imports {name}"
+        for m, p in modules.items()
+        for name, line, inside in _imports(p, modules)
+        if inside
+    ]
     assert local == []
 
 
 def test_modules_are_small() -> None:
-    big = {str(p.relative_to(ROOT)): n for p in PACKAGE.rglob("*.py") if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    big = {
+        str(p.relative_to(ROOT)): n for p in PACKAGE.rglob("*.py") if (n := len(p.read_text().splitlines())) > MAX_LINES
+    }
     assert big == {}
 
 
 def test_import_lcp_is_light() -> None:
     """``import lcp`` loads neither dask, matplotlib, nevergrad nor onnx (they load when a feature needs them)."""
-    code = ("import sys, lcp; heavy = ('dask', 'matplotlib', 'nevergrad', 'onnx'); "
-            "print(','.join(m for m in heavy if m in sys.modules))")
+    code = (
+        "import sys, lcp; heavy = ('dask', 'matplotlib', 'nevergrad', 'onnx'); "
+        "print(','.join(m for m in heavy if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == ""
 
@@ -144,8 +154,13 @@ def _lint_imports(root: Path) -> subprocess.CompletedProcess:
     exe = Path(sys.executable).with_name("lint-imports")
     if not exe.exists():
         pytest.skip("import-linter is not installed (pip install -e '.[test]')")
-    return subprocess.run([str(exe), "--no-cache"], capture_output=True, text=True, cwd=root,
-                          env={"PYTHONPATH": str(root), "PATH": str(exe.parent)})
+    return subprocess.run(
+        [str(exe), "--no-cache"],
+        capture_output=True,
+        text=True,
+        cwd=root,
+        env={"PYTHONPATH": str(root), "PATH": str(exe.parent)},
+    )
 
 
 def test_layer_contract_holds_and_fails_when_broken(tmp_path: Path) -> None:

@@ -71,12 +71,38 @@ def test_registered_method_through_the_api(toy_method) -> None:
         lcp.prune(model, torch.zeros(1, 3, 32, 32), method="toy-not-registered")
 
 
-def test_registered_method_through_the_command_line(toy_method, tiny_folder: Path, resnet20_ckpt: Path,
-                                                     tmp_path: Path) -> None:
+def test_registered_method_through_the_command_line(
+    toy_method, tiny_folder: Path, resnet20_ckpt: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "toy"
-    code = main(["prune", "--model", "resnet20", "--data", str(tiny_folder), "--checkpoint", str(resnet20_ckpt),
-                 "--method", TOY, "--budget", "0.6", "--finetune-epochs", "1", "--batch-size", "16", "--holdout", "9",
-                 "--recal-batches", "2", "--threads", "1", "--out", str(out), "--no-progress"])
+    code = main(
+        [
+            "prune",
+            "--model",
+            "resnet20",
+            "--data",
+            str(tiny_folder),
+            "--checkpoint",
+            str(resnet20_ckpt),
+            "--method",
+            TOY,
+            "--budget",
+            "0.6",
+            "--finetune-epochs",
+            "1",
+            "--batch-size",
+            "16",
+            "--holdout",
+            "9",
+            "--recal-batches",
+            "2",
+            "--threads",
+            "1",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert code == 0
     row = pd.read_csv(out / "report.csv").iloc[0]
     assert row["method"] == TOY and row["toy_groups"] > 0 and row["macs_ratio"] <= 0.6

@@ -1,4 +1,5 @@
 """Files that would run code when unpickled: lcp never executes them (it reads JSON and safetensors only)."""
+
 from pathlib import Path
 
 import pytest
@@ -38,9 +39,26 @@ def test_pickle_as_channels_json(saved: Path, tmp_path: Path) -> None:
 def test_pickle_as_transforms(tmp_path: Path, tiny_folder: Path, resnet20_ckpt: Path) -> None:
     marker = tmp_path / "MARKER"
     bad = _evil_file(tmp_path / "transforms.json", marker)
-    res = lcp_cli("prune", "--model", "resnet20", "--data", tiny_folder, "--checkpoint", resnet20_ckpt,
-                  "--method", "lcp", "--transforms", bad, "--finetune-epochs", "0", "--holdout", "9",
-                  "--no-progress", "--out", tmp_path / "out")
+    res = lcp_cli(
+        "prune",
+        "--model",
+        "resnet20",
+        "--data",
+        tiny_folder,
+        "--checkpoint",
+        resnet20_ckpt,
+        "--method",
+        "lcp",
+        "--transforms",
+        bad,
+        "--finetune-epochs",
+        "0",
+        "--holdout",
+        "9",
+        "--no-progress",
+        "--out",
+        tmp_path / "out",
+    )
     line = assert_one_line_error(res, "cannot read transforms file", "not UTF-8 text")
     assert "transforms" in line
     assert not marker.exists()
@@ -49,7 +67,8 @@ def test_pickle_as_transforms(tmp_path: Path, tiny_folder: Path, resnet20_ckpt: 
 def test_pickle_as_checkpoint_for_check(tmp_path: Path) -> None:
     marker = tmp_path / "MARKER"
     bad = _evil_file(tmp_path / "ckpt.pt", marker)
-    line = assert_one_line_error(lcp_cli("check", "--model", "resnet20", "--checkpoint", bad),
-                                 "is not a readable PyTorch checkpoint")
+    line = assert_one_line_error(
+        lcp_cli("check", "--model", "resnet20", "--checkpoint", bad), "is not a readable PyTorch checkpoint"
+    )
     assert line.startswith("lcp: error:")
     assert not marker.exists()

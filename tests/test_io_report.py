@@ -24,15 +24,8 @@ from lcp.io import (
     read_json,
     save_tensors,
 )
+from lcp.report import REPORT_COLUMNS, plot_search, plot_widths, print_table, write_layers_csv, write_report
 from lcp.run.folder import RunLock, prepare_out_dir
-from lcp.report import (
-    REPORT_COLUMNS,
-    plot_search,
-    plot_widths,
-    print_table,
-    write_layers_csv,
-    write_report,
-)
 from tests.helpers import REPO
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -160,11 +153,7 @@ def _env() -> dict[str, str]:
 
 def _start_holder(out: Path) -> subprocess.Popen[str]:
     proc = subprocess.Popen(
-        [sys.executable, "-c", _HOLDER, str(out)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        env=_env(),
+        [sys.executable, "-c", _HOLDER, str(out)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=_env()
     )
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "locked"
@@ -359,15 +348,34 @@ def test_write_report_columns_and_rounding(tmp_path: Path) -> None:
 
 def test_write_layers_csv(tmp_path: Path) -> None:
     rows = [
-        {"group": 0, "layers": ["conv1", "bn1"], "channels_before": 64, "channels_after": 32,
-         "alpha": 1.5, "kappa": 0.1},
-        {"group": 1, "layers": "layer1.0.conv1", "channels_before": 64, "channels_after": 48,
-         "keep_ratio": 0.75, "alpha": 1.0, "kappa": 0.0},
+        {
+            "group": 0,
+            "layers": ["conv1", "bn1"],
+            "channels_before": 64,
+            "channels_after": 32,
+            "alpha": 1.5,
+            "kappa": 0.1,
+        },
+        {
+            "group": 1,
+            "layers": "layer1.0.conv1",
+            "channels_before": 64,
+            "channels_after": 48,
+            "keep_ratio": 0.75,
+            "alpha": 1.0,
+            "kappa": 0.0,
+        },
     ]
     df = write_layers_csv(rows, tmp_path / "layers.csv")
     back = pd.read_csv(tmp_path / "layers.csv")
     assert list(back.columns) == [
-        "group", "layers", "channels_before", "channels_after", "keep_ratio", "alpha", "kappa"
+        "group",
+        "layers",
+        "channels_before",
+        "channels_after",
+        "keep_ratio",
+        "alpha",
+        "kappa",
     ]
     assert back["layers"].tolist() == ["conv1;bn1", "layer1.0.conv1"]
     assert back["keep_ratio"].tolist() == [0.5, 0.75]
@@ -386,14 +394,10 @@ def test_plots_produce_png(tmp_path: Path) -> None:
     for name in ["widths.png", "few.png", "none.png", "search.png", "search_empty.png"]:
         data = (tmp_path / name).read_bytes()
         assert data.startswith(PNG_MAGIC) and len(data) > 1000
-    assert _names(tmp_path) == sorted(
-        ["widths.png", "few.png", "none.png", "search.png", "search_empty.png"]
-    )
+    assert _names(tmp_path) == sorted(["widths.png", "few.png", "none.png", "search.png", "search_empty.png"])
 
 
 def test_import_lcp_report_does_not_import_pyplot() -> None:
     code = "import sys, lcp.report, lcp.io; print('matplotlib.pyplot' in sys.modules)"
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=_env(), check=True
-    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), check=True)
     assert out.stdout.strip() == "False"

@@ -1,4 +1,5 @@
 """Params budgets on a real architecture: the zoo's ResNet-20 (random weights) cut to a fraction of its parameters."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -36,5 +37,6 @@ def test_params_and_macs_budgets_cut_differently(resnet20):
     params = lcp.prune(resnet20, x, budget=0.5, budget_type="params")
     macs = lcp.prune(resnet20, x, budget=0.5, budget_type="macs")
     assert not np.array_equal(params.plan.removed, macs.plan.removed)
-    assert params.plan.params_ratio <= 0.5 < macs.plan.params_ratio or macs.plan.macs_ratio <= 0.5 < \
-        params.plan.macs_ratio
+    assert (
+        params.plan.params_ratio <= 0.5 < macs.plan.params_ratio or macs.plan.macs_ratio <= 0.5 < params.plan.macs_ratio
+    )

@@ -1,4 +1,5 @@
 """Importance criteria (lcp.cut.importance): every criterion gives a valid, verified cut, and its own ranking."""
+
 from __future__ import annotations
 
 import itertools
@@ -55,8 +56,10 @@ def test_criteria_rank_differently():
     for a, b in itertools.combinations(imp.CRITERIA, 2):
         assert not np.array_equal(rankings[a], rankings[b]), (a, b)
     # and they lead to different cuts, not only to different orders
-    removed = {c: prune_and_check(model, torch.randn(1, *SIZE), budget=0.5, importance=c, batches=batches())
-               .plan.removed for c in imp.CRITERIA}
+    removed = {
+        c: prune_and_check(model, torch.randn(1, *SIZE), budget=0.5, importance=c, batches=batches()).plan.removed
+        for c in imp.CRITERIA
+    }
     assert len({r.tobytes() for r in removed.values()}) == len(imp.CRITERIA)
 
 

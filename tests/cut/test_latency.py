@@ -3,6 +3,7 @@
 Timings are never asserted here (benchmarks/latency.py measures them); where the cut's logic is tested,
 ``lcp.cut.latency.measure`` is replaced by a deterministic stand-in that is a function of the network's MACs.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -13,11 +14,11 @@ from torch import nn
 import lcp
 import lcp.cut.latency
 from lcp.cut import importance as imp
-from lcp.engine.cost import CostModel
-from lcp.errors import LcpError, UnreachableBudget
-from lcp.engine.graph import build_graph
 from lcp.cut.latency import LatencyTable, LayerTable
 from lcp.cut.pruner import prune_graph
+from lcp.engine.cost import CostModel
+from lcp.engine.graph import build_graph
+from lcp.errors import LcpError, UnreachableBudget
 from lcp.models.zoo import CifarResNet
 
 SIZE = (3, 16, 16)
@@ -41,8 +42,18 @@ def fake_measure(model, input_size, **kw):
 def fake_time_layer(module, n_in, n_out, depthwise, shapes, *, batch, **kw):
     """The stand-in's per-layer timing: 1 ms per million MACs of the probe layer, so the table is exact."""
     probe = lcp.cut.latency.probe_layer(module, n_in, n_out, depthwise)
-    return sum(lcp.count_macs(probe, torch.zeros(1, probe.in_channels, *s[1:]) if not isinstance(module, nn.Linear)
-                              else torch.zeros(1, *s[:-1], n_in)) for s in shapes) / 1e6
+    return (
+        sum(
+            lcp.count_macs(
+                probe,
+                torch.zeros(1, probe.in_channels, *s[1:])
+                if not isinstance(module, nn.Linear)
+                else torch.zeros(1, *s[:-1], n_in),
+            )
+            for s in shapes
+        )
+        / 1e6
+    )
 
 
 @pytest.fixture
@@ -64,8 +75,11 @@ def test_layer_table_interpolates_bilinearly_and_clamps():
 
 def test_table_covers_every_prunable_layer_and_is_cached(graph):
     table = LatencyTable.build(graph, repeats=2, warmup=1)
-    convs = [i for i, r in enumerate(graph.records) if r.kind in ("conv", "linear")
-             and r.in_ids is not None and r.out_ids is not None]
+    convs = [
+        i
+        for i, r in enumerate(graph.records)
+        if r.kind in ("conv", "linear") and r.in_ids is not None and r.out_ids is not None
+    ]
     assert sorted(table.tables) == convs and table.info["timed"] > 0
     assert all(min(min(row) for row in t.ms) > 0 for t in table.tables.values())
     # the prediction at full width is the measured whole network by construction
@@ -78,9 +92,15 @@ def test_table_covers_every_prunable_layer_and_is_cached(graph):
 
 def test_latency_cost_is_incremental_and_needs_a_table(graph):
     table = LatencyTable(
-        {ri: LayerTable([1, len(r.in_ids)], [1, len(r.out_ids)], [[0.0, 1.0], [1.0, 2.0]])
-         for ri, r in enumerate(graph.records) if r.kind == "conv" and r.in_ids is not None and r.out_ids is not None},
-        base_ms=50.0, const_ms=3.0, info={"layers": 0})
+        {
+            ri: LayerTable([1, len(r.in_ids)], [1, len(r.out_ids)], [[0.0, 1.0], [1.0, 2.0]])
+            for ri, r in enumerate(graph.records)
+            if r.kind == "conv" and r.in_ids is not None and r.out_ids is not None
+        },
+        base_ms=50.0,
+        const_ms=3.0,
+        info={"layers": 0},
+    )
     cost = CostModel(graph, latency=table)
     rng = np.random.default_rng(0)
     units = rng.permutation(graph.prunable_units)[:10]
@@ -101,8 +121,9 @@ def test_latency_cost_is_incremental_and_needs_a_table(graph):
 def test_latency_cut_meets_the_measured_target(graph, fake_timing):
     base = fake_measure(graph.model, SIZE)["median_ms"]
     for budget in (0.7, 0.5):
-        res = prune_graph(graph, budget=budget, budget_type="latency", method="global",
-                          latency={"batch": 1, "tolerance": 0.05})
+        res = prune_graph(
+            graph, budget=budget, budget_type="latency", method="global", latency={"batch": 1, "tolerance": 0.05}
+        )
         measured = fake_measure(res.model, SIZE)["median_ms"] / base
         assert res.info["latency_ratio"] == pytest.approx(measured)
         assert (1 - 0.05) * budget <= measured <= budget, (budget, measured, res.info)
@@ -112,7 +133,7 @@ def test_latency_cut_meets_the_measured_target(graph, fake_timing):
 def curved_ms(model, input_size):
     """A 'true' latency the linear table cannot predict: a per-pass term that shrinks slower than MACs."""
     mmacs = lcp.count_macs(model, torch.zeros(1, *input_size)) / 1e6
-    return 0.1 + mmacs + 2.0 * mmacs ** 0.5
+    return 0.1 + mmacs + 2.0 * mmacs**0.5
 
 
 @pytest.mark.parametrize("sigma", [0.0, 0.015])
@@ -175,9 +196,34 @@ def test_cli_latency_budget_reports_the_measured_ratio(tiny_folder, resnet20_ckp
     from lcp.cli import main
 
     out = tmp_path / "lat"
-    code = main(["prune", "--model", "resnet20", "--data", str(tiny_folder), "--checkpoint", str(resnet20_ckpt),
-                 "--budget", "0.6", "--budget-type", "latency", "--method", "global", "--finetune-epochs", "0",
-                 "--holdout", "9", "--batch-size", "16", "--recal-batches", "2", "--out", str(out), "--no-progress"])
+    code = main(
+        [
+            "prune",
+            "--model",
+            "resnet20",
+            "--data",
+            str(tiny_folder),
+            "--checkpoint",
+            str(resnet20_ckpt),
+            "--budget",
+            "0.6",
+            "--budget-type",
+            "latency",
+            "--method",
+            "global",
+            "--finetune-epochs",
+            "0",
+            "--holdout",
+            "9",
+            "--batch-size",
+            "16",
+            "--recal-batches",
+            "2",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert code == 0
     row = next(csv.DictReader(open(out / "report.csv")))
     assert row["budget_type"] == "latency"

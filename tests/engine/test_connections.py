@@ -2,6 +2,7 @@
 
 The ads / lwp controllers that search the connections are tested in tests/methods/test_controllers.py.
 """
+
 from __future__ import annotations
 
 import copy
@@ -15,7 +16,6 @@ from lcp.engine.cost import count_macs, count_params
 from lcp.errors import LcpError, UnreachableBudget
 from lcp.models.zoo import resnet20
 from tests.helpers import tiny_densenet
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -218,17 +218,23 @@ def test_minimal_mask_keeps_one_connection_per_live_consumer(cg):
 
 
 def test_channels_json_rebuilds_the_connection_pruned_model(cg, tmp_path):
-    from lcp.models import store
     from lcp.io import load_tensors
+    from lcp.models import store
 
     rng = np.random.default_rng(2)
     keep = cg.project(rng.random(cg.n) < 0.5, rng.random(cg.n), budget=0.5)
     assert not cg.alive(keep).all()  # a dead layer makes the round trip harder
     pruned, _ = cg.prune(keep)
     graph = cg.graph
-    spec = store.channels_spec(graph, np.zeros(len(graph.units), dtype=bool), pruned, model_name="tiny",
-                               num_classes=10, input_size=(3, 16, 16),
-                               extra={"removed_connections": cg.names(keep)})
+    spec = store.channels_spec(
+        graph,
+        np.zeros(len(graph.units), dtype=bool),
+        pruned,
+        model_name="tiny",
+        num_classes=10,
+        input_size=(3, 16, 16),
+        extra={"removed_connections": cg.names(keep)},
+    )
     store.write(tmp_path, pruned, spec)
     rebuilt = store.rebuild(spec, base_model=tiny_densenet(seed=1))  # other weights: architecture only
     rebuilt.load_state_dict(load_tensors(tmp_path / "model.safetensors"), strict=True)

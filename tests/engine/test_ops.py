@@ -6,6 +6,7 @@ matches the masked original (``verification.ok``) and the original model is left
 that each test asserts the structural facts of its op (which layers shrank, which widths are coupled,
 which channels are frozen).
 """
+
 from __future__ import annotations
 
 import copy
@@ -22,10 +23,9 @@ from torch import nn
 
 import lcp
 from lcp.engine import Chan, LayerKind
-from lcp.errors import LcpError, UnreachableBudget
 from lcp.engine.graph import floor_keep
+from lcp.errors import LcpError, UnreachableBudget
 from tests.helpers import assert_refusal, prune_and_check
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: intra-op threads only add overhead
 
@@ -294,8 +294,9 @@ def test_grouped_conv_keeps_groups():
     ri, _ = record(res, "g")
     for axis, per_group in (("in", 4), ("out", 8)):
         kept = res.graph.kept_positions(res.plan.removed, ri, axis)
-        sets = [sorted(int(p) - k * per_group for p in kept if k * per_group <= p < (k + 1) * per_group)
-                for k in range(4)]
+        sets = [
+            sorted(int(p) - k * per_group for p in kept if k * per_group <= p < (k + 1) * per_group) for k in range(4)
+        ]
         assert all(s == sets[0] for s in sets) and sets[0]
 
 
@@ -308,6 +309,7 @@ class GroupNormNet(nn.Module):
     def __init__(self, conv: type = nn.Conv2d):
         super().__init__()
         from timm.layers import GroupNormAct
+
         self.stem, self.gn1 = conv(3, 32, 3, padding=1), nn.GroupNorm(4, 32)
         self.conv2, self.gn2 = conv(32, 32, 3, padding=1), GroupNormAct(32, num_groups=4)
         self.conv3, self.gn3 = conv(32, 24, 3, padding=1), nn.GroupNorm(24, 24)  # one channel per group
@@ -891,8 +893,10 @@ def test_floors(method):
         for before, kept in kept_per_group(res):
             assert kept >= max(math.ceil(0.1 * before), 2), (before, kept)
     # at the lowest reachable budget every group sits exactly on its floor
-    assert all(k == max(math.ceil(0.1 * b), 2) for b, k in kept_per_group(
-        lcp.prune(model, x, budget=e.value.lowest + 1e-6, method=method)))
+    assert all(
+        k == max(math.ceil(0.1 * b), 2)
+        for b, k in kept_per_group(lcp.prune(model, x, budget=e.value.lowest + 1e-6, method=method))
+    )
 
 
 def test_min_ratio_floor():
@@ -936,7 +940,7 @@ def test_global_lands_close_to_budget():
     assert res.plan.macs_ratio >= 0.48  # the refill pass lands just under the target
 
 
-# ------------------------------------------------------------------------------------ rewritten graphs, unbind, uniform guards
+# ------------------------------------------------------------------------ rewritten graphs, unbind, uniform guards
 
 
 class SliceDropout(nn.Module):
@@ -960,8 +964,11 @@ def test_patched_graph_train_mode_model():
     assert res.verification.ok
 
 
-@pytest.mark.xfail(strict=True, reason="known limitation, documented in docs/engine.md: a rewritten GraphModule "
-                   "keeps the eval-mode behaviour of functional dropout / drop-path written in forward code")
+@pytest.mark.xfail(
+    strict=True,
+    reason="known limitation, documented in docs/engine.md: a rewritten GraphModule "
+    "keeps the eval-mode behaviour of functional dropout / drop-path written in forward code",
+)
 def test_patched_graph_keeps_train_eval_switch():
     torch.manual_seed(0)
     res = lcp.prune(SliceDropout().eval(), torch.randn(1, 3, 8, 8), budget=0.5)
@@ -1205,15 +1212,21 @@ class RandomCNN(nn.Module):
                 blk = nn.Sequential(nn.Conv2d(c, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU())
                 c = w
             elif kind == "residual":
-                blk = nn.Sequential(nn.Conv2d(c, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(),
-                                    nn.Conv2d(w, c, 3, padding=1, bias=False), nn.BatchNorm2d(c))
+                blk = nn.Sequential(
+                    nn.Conv2d(c, w, 3, padding=1, bias=False),
+                    nn.BatchNorm2d(w),
+                    nn.ReLU(),
+                    nn.Conv2d(w, c, 3, padding=1, bias=False),
+                    nn.BatchNorm2d(c),
+                )
             elif kind == "concat":
                 blk = nn.Sequential(nn.BatchNorm2d(c), nn.ReLU(), nn.Conv2d(c, w, 3, padding=1, bias=False))
                 c = c + w
             elif kind in ("depthwise", "depthwise2"):
                 k = 2 if kind == "depthwise2" else 1
-                blk = nn.Sequential(nn.Conv2d(c, k * c, 3, padding=1, groups=c, bias=False),
-                                    nn.BatchNorm2d(k * c), nn.ReLU6())
+                blk = nn.Sequential(
+                    nn.Conv2d(c, k * c, 3, padding=1, groups=c, bias=False), nn.BatchNorm2d(k * c), nn.ReLU6()
+                )
                 c = k * c
             elif kind == "se":
                 r = max(2, min(w, c) // 4)
@@ -1283,13 +1296,19 @@ if zoo is not None:
     KINDS.append("shortcut")
 
 
-@settings(deadline=None, max_examples=25, derandomize=True,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(stem=st.integers(4, 24),
-       spec=st.lists(st.tuples(st.sampled_from(KINDS), st.integers(4, 24)), min_size=1, max_size=4),
-       budget=st.floats(0.2, 1.0),
-       method=st.sampled_from(["global", "global", "uniform", "random"]),
-       seed=st.integers(0, 2**16))
+@settings(
+    deadline=None,
+    max_examples=25,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(
+    stem=st.integers(4, 24),
+    spec=st.lists(st.tuples(st.sampled_from(KINDS), st.integers(4, 24)), min_size=1, max_size=4),
+    budget=st.floats(0.2, 1.0),
+    method=st.sampled_from(["global", "global", "uniform", "random"]),
+    seed=st.integers(0, 2**16),
+)
 def test_property_random_cnns(stem, spec, budget, method, seed):
     # depth 2..5 convolution stages: the stem plus 1..4 blocks
     if method == "uniform" and any(k in ("split", "slice") for k, _ in spec):

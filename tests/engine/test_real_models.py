@@ -9,6 +9,7 @@ Inputs: zoo models at 1x3x32x32 (their native size); timm models at a reduced 1x
 fast (every one of these 20 works at 64x64; the benchmark script runs them at their default size).
 The whole file takes about 1 minute on 2 CPU cores with one intra-op thread (the ``one_thread`` fixture).
 """
+
 from __future__ import annotations
 
 import copy
@@ -25,9 +26,26 @@ from ptflops.pytorch_ops import MODULES_MAPPING, conv_flops_counter_hook, linear
 
 ZOO_MODELS = ["resnet20", "resnet56", "mobilenetv2", "densenet40"]
 TIMM_MODELS = [
-    "resnet18", "resnet50", "mobilenetv2_100", "mobilenetv3_large_100", "efficientnet_b0", "regnetx_002",
-    "regnety_004", "densenet121", "ghostnet_100", "convnext_atto", "repvgg_a0", "mixnet_s", "dla34", "cspresnet50",
-    "res2net50_14w_8s", "rexnet_100", "hrnet_w18_small", "resnext26ts", "dpn48b", "efficientnetv2_rw_t",
+    "resnet18",
+    "resnet50",
+    "mobilenetv2_100",
+    "mobilenetv3_large_100",
+    "efficientnet_b0",
+    "regnetx_002",
+    "regnety_004",
+    "densenet121",
+    "ghostnet_100",
+    "convnext_atto",
+    "repvgg_a0",
+    "mixnet_s",
+    "dla34",
+    "cspresnet50",
+    "res2net50_14w_8s",
+    "rexnet_100",
+    "hrnet_w18_small",
+    "resnext26ts",
+    "dpn48b",
+    "efficientnetv2_rw_t",
 ]
 TIMM_INPUT = 64  # reduced from 224 for speed; the smallest side that every model above handles is 32
 ZOO_INPUT = 32
@@ -48,9 +66,11 @@ def build(name: str) -> tuple[nn.Module, torch.Tensor]:
     if name in ZOO_MODELS:
         try:
             from lcp.models.factory import create_model
+
             model = create_model(name, num_classes=10)
         except ImportError:  # lcp.models.factory not written yet: the zoo registry directly
             from lcp.models.zoo import ZOO
+
             model = ZOO[name](num_classes=10)
         size = ZOO_INPUT
     else:
@@ -84,9 +104,16 @@ def ptflops_macs(model: nn.Module, x: torch.Tensor) -> int:
                 custom[type(mod)] = conv_flops_counter_hook if isinstance(mod, _CONVS) else linear_flops_counter_hook
     ignore = [t for t in MODULES_MAPPING if t not in _CONVS + (nn.Linear,)]
     macs, _ = ptflops.get_model_complexity_info(
-        m, tuple(x.shape[1:]), as_strings=False, print_per_layer_stat=False, backend="pytorch",
-        input_constructor=lambda _: x, ignore_modules=ignore, custom_modules_hooks=custom,
-        backend_specific_config={"count_functional": False})
+        m,
+        tuple(x.shape[1:]),
+        as_strings=False,
+        print_per_layer_stat=False,
+        backend="pytorch",
+        input_constructor=lambda _: x,
+        ignore_modules=ignore,
+        custom_modules_hooks=custom,
+        backend_specific_config={"count_functional": False},
+    )
     assert macs is not None, "ptflops failed on this model"
     return int(macs)
 

@@ -1,4 +1,5 @@
 """The ads / lwp controllers (lcp.methods.connections) that search DenseNet connections, and ``--method ads``."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -76,8 +77,9 @@ def toy_evaluate(cg):
 def test_same_seed_same_result_and_resume_equals_uninterrupted(cg, tmp_path):
     cfg = ControllerConfig(episodes=7, samples=3)  # updates after episodes 3, 6 and 7
     ev = toy_evaluate(cg)
-    a = search_connections(cg, ev, method="ads", budget=0.5, cfg=cfg, seed=3, progress=False,
-                           state_path=tmp_path / "a.safetensors")
+    a = search_connections(
+        cg, ev, method="ads", budget=0.5, cfg=cfg, seed=3, progress=False, state_path=tmp_path / "a.safetensors"
+    )
     assert [h["update"] for h in a.history] == [1, 1, 1, 2, 2, 2, 3]
     b = search_connections(cg, ev, method="ads", budget=0.5, cfg=cfg, seed=3, progress=False)
     assert np.array_equal(a.keep, b.keep)
@@ -86,12 +88,21 @@ def test_same_seed_same_result_and_resume_equals_uninterrupted(cg, tmp_path):
     assert [h["kept"] for h in a.history] != [h["kept"] for h in c.history] or not np.array_equal(a.keep, c.keep)
     # interrupted after 2 episodes, then resumed
     part = tmp_path / "p.safetensors"
-    search_connections(cg, ev, method="ads", budget=0.5, cfg=ControllerConfig(episodes=2, samples=3), seed=3,
-                       progress=False, state_path=part)
+    search_connections(
+        cg,
+        ev,
+        method="ads",
+        budget=0.5,
+        cfg=ControllerConfig(episodes=2, samples=3),
+        seed=3,
+        progress=False,
+        state_path=part,
+    )
     # the settings include the episode count: resuming with a longer run must use a state made for it
     with pytest.raises(LcpError, match="other settings"):
-        search_connections(cg, ev, method="ads", budget=0.5, cfg=cfg, seed=3, progress=False, state_path=part,
-                           resume=True)
+        search_connections(
+            cg, ev, method="ads", budget=0.5, cfg=cfg, seed=3, progress=False, state_path=part, resume=True
+        )
     calls = []
 
     class Stop(Exception):
@@ -106,8 +117,9 @@ def test_same_seed_same_result_and_resume_equals_uninterrupted(cg, tmp_path):
     part2 = tmp_path / "p2.safetensors"
     with pytest.raises(Stop):
         search_connections(cg, stopping, method="ads", budget=0.5, cfg=cfg, seed=3, progress=False, state_path=part2)
-    r = search_connections(cg, ev, method="ads", budget=0.5, cfg=cfg, seed=3, progress=False, state_path=part2,
-                           resume=True)
+    r = search_connections(
+        cg, ev, method="ads", budget=0.5, cfg=cfg, seed=3, progress=False, state_path=part2, resume=True
+    )
     assert [h["reward"] for h in r.history] == [h["reward"] for h in a.history]
     assert [h["kept"] for h in r.history] == [h["kept"] for h in a.history]
     assert [h["entropy"] for h in r.history] == [h["entropy"] for h in a.history]  # same policy after resume
@@ -119,8 +131,9 @@ def test_controller_learns_a_toy_reward(cg):
     mean of the last 50 beats the first 50 by more than 0.05. Measured over seeds 0-29: gain +0.075 or more,
     mean +0.155; random masks projected onto the budget already match about 0.75 (docs/connections.md)."""
     _, evaluate = match_toy(cg, 0.6, seed=0)
-    res = search_connections(cg, evaluate, method="ads", budget=0.6, cfg=ControllerConfig(episodes=400), seed=0,
-                             progress=False)
+    res = search_connections(
+        cg, evaluate, method="ads", budget=0.6, cfg=ControllerConfig(episodes=400), seed=0, progress=False
+    )
     r = [h["reward"] for h in res.history]
     assert np.mean(r[-50:]) > np.mean(r[:50]) + 0.05
     assert res.best_reward == max(r)
@@ -143,9 +156,34 @@ def test_cli_ads_on_densenet40_then_load(tiny_folder, tmp_path):
 
     ckpt = save_state_dict("densenet40", 3, tmp_path / "d40.pt")
     out = tmp_path / "ads"
-    args = ["prune", "--model", "densenet40", "--checkpoint", str(ckpt), "--data", str(tiny_folder),
-            "--input-size", "3", "8", "8", "--method", "ads", "--episodes", "2", "--budget", "0.5",
-            "--finetune-epochs", "0", "--holdout", "12", "--recal-batches", "1", "--no-progress", "--out", str(out)]
+    args = [
+        "prune",
+        "--model",
+        "densenet40",
+        "--checkpoint",
+        str(ckpt),
+        "--data",
+        str(tiny_folder),
+        "--input-size",
+        "3",
+        "8",
+        "8",
+        "--method",
+        "ads",
+        "--episodes",
+        "2",
+        "--budget",
+        "0.5",
+        "--finetune-epochs",
+        "0",
+        "--holdout",
+        "12",
+        "--recal-batches",
+        "1",
+        "--no-progress",
+        "--out",
+        str(out),
+    ]
     assert main(args) == 0
     report = next(csv.DictReader(open(out / "report.csv")))
     assert report["method"] == "ads" and 0.45 <= float(report["macs_ratio"]) <= 0.5
@@ -160,5 +198,8 @@ def test_cli_ads_on_densenet40_then_load(tiny_folder, tmp_path):
     assert lcp.count_macs(model, torch.zeros(1, 3, 8, 8)) == int(report["macs_pruned"])
     assert main(args + ["--resume"]) == 0  # the finished search is read back
     assert len(list(csv.DictReader(open(out / "controller.csv")))) == 2
-    assert_one_line_error(lcp_cli(*args[:-2], "--budgets", "0.6,0.5", "--out", tmp_path / "two"),
-                          "method ads searches one budget", "--budget, not several --budgets")
+    assert_one_line_error(
+        lcp_cli(*args[:-2], "--budgets", "0.6,0.5", "--out", tmp_path / "two"),
+        "method ads searches one budget",
+        "--budget, not several --budgets",
+    )

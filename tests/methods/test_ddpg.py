@@ -1,4 +1,5 @@
 """The DDPG agent methods (lfgcl, amc): ratio plans, walls, determinism, resume, label-free reward, CLI."""
+
 from __future__ import annotations
 
 import csv
@@ -8,13 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from lcp.methods.ddpg import AgentConfig, Env, RatioCost, quadratic_toy, run_agent, search_ratios
-from lcp.errors import LcpError
-from lcp.engine.graph import floor_keep
 from lcp.cut.ranking import plan, plan_ratios
+from lcp.engine.graph import floor_keep
+from lcp.errors import LcpError
+from lcp.methods.ddpg import AgentConfig, Env, RatioCost, quadratic_toy, run_agent, search_ratios
 from lcp.methods.legr import make_fitness
 from tests.helpers import assert_one_line_error, lcp_cli, random_bundle, tiny_graph
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -110,10 +110,18 @@ def test_walls_keep_the_budget_reachable(tiny):
 
 def test_agent_on_real_fitness_meets_budget(tiny):
     graph, cost, scores = tiny
-    fit = make_fitness(graph, cost, scores, random_bundle(labeled=False), budget=0.5, label_free=True,
-                       recal_batches=1, eval_images=32, batch_size=32)
-    res = search_ratios(graph, cost, scores, fit, budget=0.5, cfg=AgentConfig(episodes=5, warmup=2),
-                        progress=False)
+    fit = make_fitness(
+        graph,
+        cost,
+        scores,
+        random_bundle(labeled=False),
+        budget=0.5,
+        label_free=True,
+        recal_batches=1,
+        eval_images=32,
+        batch_size=32,
+    )
+    res = search_ratios(graph, cost, scores, fit, budget=0.5, cfg=AgentConfig(episodes=5, warmup=2), progress=False)
     assert len(res.history) == 5 and res.ratios.shape == (len(graph.groups),)
     assert res.best_reward == max(h["reward"] for h in res.history) and res.best_reward < 0
     p = plan_ratios(graph, cost, scores, res.ratios, budget=0.5)
@@ -184,8 +192,15 @@ def test_resume_equals_uninterrupted(tiny, tmp_path):
     assert np.array_equal(resumed.ratios, whole.ratios)
     assert [h["reward"] for h in resumed.history] == [h["reward"] for h in whole.history]
     with pytest.raises(LcpError, match="other settings"):
-        run_agent(env, reward, AgentConfig(episodes=9, warmup=2, batch_size=8), seed=1, state_path=path,
-                  resume=True, progress=False)
+        run_agent(
+            env,
+            reward,
+            AgentConfig(episodes=9, warmup=2, batch_size=8),
+            seed=1,
+            state_path=path,
+            resume=True,
+            progress=False,
+        )
 
 
 def test_label_free_reward_reads_no_labels(tiny):
@@ -193,17 +208,17 @@ def test_label_free_reward_reads_no_labels(tiny):
     bundle = random_bundle(labeled=False)  # every label is -1
     with pytest.raises(LcpError, match="unlabeled"):  # the labelled (amc) reward cannot run on it
         make_fitness(graph, cost, scores, bundle, budget=0.5, label_free=False, recal_batches=1, eval_images=32)
-    fit = make_fitness(graph, cost, scores, bundle, budget=0.5, label_free=True, recal_batches=1, eval_images=32,
-                       batch_size=32)
-    res = search_ratios(graph, cost, scores, fit, budget=0.5, cfg=AgentConfig(episodes=2, warmup=1),
-                        progress=False)
+    fit = make_fitness(
+        graph, cost, scores, bundle, budget=0.5, label_free=True, recal_batches=1, eval_images=32, batch_size=32
+    )
+    res = search_ratios(graph, cost, scores, fit, budget=0.5, cfg=AgentConfig(episodes=2, warmup=1), progress=False)
     assert all(np.isfinite(h["reward"]) and h["reward"] < 0 for h in res.history)
     other = random_bundle(labeled=False)  # same images, arbitrary labels: the rewards must not change
     other.train_y, other.holdout_y = torch.randint(0, 10, other.train_y.shape), torch.randint(0, 10, (64,))
-    fit2 = make_fitness(graph, cost, scores, other, budget=0.5, label_free=True, recal_batches=1, eval_images=32,
-                        batch_size=32)
-    res2 = search_ratios(graph, cost, scores, fit2, budget=0.5, cfg=AgentConfig(episodes=2, warmup=1),
-                         progress=False)
+    fit2 = make_fitness(
+        graph, cost, scores, other, budget=0.5, label_free=True, recal_batches=1, eval_images=32, batch_size=32
+    )
+    res2 = search_ratios(graph, cost, scores, fit2, budget=0.5, cfg=AgentConfig(episodes=2, warmup=1), progress=False)
     assert [h["reward"] for h in res2.history] == [h["reward"] for h in res.history]
 
 
@@ -218,9 +233,32 @@ def test_cli_lfgcl_on_a_folder_without_classes(tiny_folder, resnet20_ckpt, tmp_p
     for i, f in enumerate(sorted((tiny_folder / "train").rglob("*.*"))):
         shutil.copy(f, flat / f"{i:03d}{f.suffix}")  # images only, no class folders, no train/
     out = tmp_path / "run"
-    args = ["prune", "--model", "resnet20", "--checkpoint", str(resnet20_ckpt), "--data", str(flat),
-            "--method", "lfgcl", "--episodes", "3", "--warmup-episodes", "1", "--budget", "0.6",
-            "--finetune-epochs", "0", "--holdout", "16", "--recal-batches", "1", "--no-progress", "--out", str(out)]
+    args = [
+        "prune",
+        "--model",
+        "resnet20",
+        "--checkpoint",
+        str(resnet20_ckpt),
+        "--data",
+        str(flat),
+        "--method",
+        "lfgcl",
+        "--episodes",
+        "3",
+        "--warmup-episodes",
+        "1",
+        "--budget",
+        "0.6",
+        "--finetune-epochs",
+        "0",
+        "--holdout",
+        "16",
+        "--recal-batches",
+        "1",
+        "--no-progress",
+        "--out",
+        str(out),
+    ]
     assert main(args) == 0
     rows = list(csv.DictReader(open(out / "agent.csv")))
     assert [int(r["episode"]) for r in rows] == [1, 2, 3]
@@ -239,13 +277,55 @@ def test_cli_amc_on_labelled_folder(tiny_folder, resnet20_ckpt, tmp_path):
     from lcp.cli import main
 
     out = tmp_path / "amc"
-    assert main(["prune", "--model", "resnet20", "--checkpoint", str(resnet20_ckpt), "--data", str(tiny_folder),
-                 "--method", "amc", "--episodes", "2", "--warmup-episodes", "1", "--budgets", "0.7,0.5",
-                 "--finetune-epochs", "0", "--holdout", "12", "--recal-batches", "1", "--no-progress",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "prune",
+                "--model",
+                "resnet20",
+                "--checkpoint",
+                str(resnet20_ckpt),
+                "--data",
+                str(tiny_folder),
+                "--method",
+                "amc",
+                "--episodes",
+                "2",
+                "--warmup-episodes",
+                "1",
+                "--budgets",
+                "0.7,0.5",
+                "--finetune-epochs",
+                "0",
+                "--holdout",
+                "12",
+                "--recal-batches",
+                "1",
+                "--no-progress",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     for b in ("0.7", "0.5"):
         report = next(csv.DictReader(open(out / f"budget_{b}" / "report.csv")))
         assert float(report["macs_ratio"]) <= float(b)
-    latency = lcp_cli("prune", "--model", "resnet20", "--checkpoint", resnet20_ckpt, "--data", tiny_folder,
-                      "--method", "amc", "--budget-type", "latency", "--holdout", "12", "--out", tmp_path / "lat")
+    latency = lcp_cli(
+        "prune",
+        "--model",
+        "resnet20",
+        "--checkpoint",
+        resnet20_ckpt,
+        "--data",
+        tiny_folder,
+        "--method",
+        "amc",
+        "--budget-type",
+        "latency",
+        "--holdout",
+        "12",
+        "--out",
+        tmp_path / "lat",
+    )
     assert_one_line_error(latency, "method amc takes --budget-type macs or params, not latency")

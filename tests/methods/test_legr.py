@@ -1,4 +1,5 @@
 """The meta-learned compensation search: LeGR evolution, nevergrad, fitness, resume, parallel evaluation."""
+
 from __future__ import annotations
 
 import json
@@ -68,8 +69,19 @@ def test_standardized_member_aligns_group_statistics(tiny):
 
 def test_same_seed_same_transforms(tiny):
     graph, cost, scores = tiny
-    runs = [search(graph, scores, Recorder(graph, cost, scores), candidates=25, population=8, tournament=4,
-                   seed=s, progress=False) for s in (3, 3, 4)]
+    runs = [
+        search(
+            graph,
+            scores,
+            Recorder(graph, cost, scores),
+            candidates=25,
+            population=8,
+            tournament=4,
+            seed=s,
+            progress=False,
+        )
+        for s in (3, 3, 4)
+    ]
     assert np.array_equal(runs[0].transforms.alpha, runs[1].transforms.alpha)
     assert np.array_equal(runs[0].transforms.kappa, runs[1].transforms.kappa)
     assert [h["fitness"] for h in runs[0].history] == [h["fitness"] for h in runs[1].history]
@@ -79,8 +91,7 @@ def test_same_seed_same_transforms(tiny):
 def test_additive_keeps_alpha_one(tiny):
     graph, cost, scores = tiny
     fit = Recorder(graph, cost, scores)
-    res = search(graph, scores, fit, compensation="additive", candidates=20, population=6, tournament=3,
-                 progress=False)
+    res = search(graph, scores, fit, compensation="additive", candidates=20, population=6, tournament=3, progress=False)
     assert all(np.all(tf.alpha == 1.0) for tf in fit.calls)
     assert np.all(res.transforms.alpha == 1.0)
     assert any(np.any(tf.kappa != 0.0) for tf in fit.calls)
@@ -220,14 +231,33 @@ def test_resume_after_abort_matches_uninterrupted(tiny, tmp_path, optimizer):
 def test_resume_refuses_other_settings(tiny, tmp_path):
     graph, cost, scores = tiny
     state = tmp_path / "state.json"
-    search(graph, scores, Recorder(graph, cost, scores), candidates=6, population=4, tournament=2,
-           state_path=state, progress=False)
+    search(
+        graph,
+        scores,
+        Recorder(graph, cost, scores),
+        candidates=6,
+        population=4,
+        tournament=2,
+        state_path=state,
+        progress=False,
+    )
     with pytest.raises(LcpError, match="seed=0 \\(now 1\\)"):
-        search(graph, scores, Recorder(graph, cost, scores), candidates=6, population=4, tournament=2, seed=1,
-               state_path=state, resume=True, progress=False)
+        search(
+            graph,
+            scores,
+            Recorder(graph, cost, scores),
+            candidates=6,
+            population=4,
+            tournament=2,
+            seed=1,
+            state_path=state,
+            resume=True,
+            progress=False,
+        )
     fit = Recorder(graph, cost, scores)  # a finished state resumes without evaluating anything
-    res = search(graph, scores, fit, candidates=6, population=4, tournament=2, state_path=state, resume=True,
-                 progress=False)
+    res = search(
+        graph, scores, fit, candidates=6, population=4, tournament=2, state_path=state, resume=True, progress=False
+    )
     assert not fit.calls and len(res.history) == 6
 
 
@@ -256,8 +286,9 @@ def test_fitness_over_several_budgets_is_their_mean(tiny):
     graph, cost, scores = tiny
     bundle = random_bundle()
     kw = dict(recal_batches=2, eval_images=48, batch_size=32)
-    tf = Transforms(np.linspace(0.5, 2.0, len(graph.groups)), np.zeros(len(graph.groups)),
-                    [g.name for g in graph.groups])
+    tf = Transforms(
+        np.linspace(0.5, 2.0, len(graph.groups)), np.zeros(len(graph.groups)), [g.name for g in graph.groups]
+    )
     each = [make_fitness(graph, cost, scores, bundle, budget=b, **kw)(tf) for b in (0.5, 0.8)]
     both = make_fitness(graph, cost, scores, bundle, budget=[0.5, 0.8], **kw)(tf)
     assert each[0] != each[1]
@@ -268,8 +299,9 @@ def test_fitness_over_several_budgets_is_their_mean(tiny):
 
 def test_fitness_with_tau_steps(tiny):
     graph, cost, scores = tiny
-    fit = make_fitness(graph, cost, scores, random_bundle(), budget=0.6, tau=3, recal_batches=1, eval_images=32,
-                       batch_size=32)
+    fit = make_fitness(
+        graph, cost, scores, random_bundle(), budget=0.6, tau=3, recal_batches=1, eval_images=32, batch_size=32
+    )
     state = {k: v.clone() for k, v in graph.model.state_dict().items()}
     assert math.isfinite(fit(Transforms.identity(graph)))
     assert all(torch.equal(state[k], v) for k, v in graph.model.state_dict().items())  # original untouched
@@ -280,15 +312,18 @@ def test_label_free_fitness_reads_no_labels(tiny):
     bundle = random_bundle(labeled=False)
     with pytest.raises(LcpError, match="unlabeled"):
         make_fitness(graph, cost, scores, bundle, budget=0.6, eval_images=32)
-    fit = make_fitness(graph, cost, scores, bundle, budget=0.6, label_free=True, recal_batches=2, eval_images=32,
-                       batch_size=32)
+    fit = make_fitness(
+        graph, cost, scores, bundle, budget=0.6, label_free=True, recal_batches=2, eval_images=32, batch_size=32
+    )
     value = fit(Transforms.identity(graph))
     assert math.isfinite(value) and value > 0
-    light = make_fitness(graph, cost, scores, bundle, budget=0.99, label_free=True, recal_batches=2,
-                         eval_images=32, batch_size=32)
+    light = make_fitness(
+        graph, cost, scores, bundle, budget=0.99, label_free=True, recal_batches=2, eval_images=32, batch_size=32
+    )
     assert light(Transforms.identity(graph)) < value  # pruning less moves the outputs less
-    tau = make_fitness(graph, cost, scores, bundle, budget=0.6, label_free=True, tau=2, recal_batches=1,
-                       eval_images=32, batch_size=32)
+    tau = make_fitness(
+        graph, cost, scores, bundle, budget=0.6, label_free=True, tau=2, recal_batches=1, eval_images=32, batch_size=32
+    )
     assert math.isfinite(tau(Transforms.identity(graph)))
 
 
@@ -302,8 +337,15 @@ def test_fitness_failure_gives_inf(tiny, caplog):
 
 def test_write_outputs(tiny, tmp_path):
     graph, cost, scores = tiny
-    res = search(graph, scores, Recorder(graph, cost, scores, fail_every=4), candidates=8, population=4,
-                 tournament=2, progress=False)
+    res = search(
+        graph,
+        scores,
+        Recorder(graph, cost, scores, fail_every=4),
+        candidates=8,
+        population=4,
+        tournament=2,
+        progress=False,
+    )
     write_outputs(res, tmp_path)
     lines = (tmp_path / "search.csv").read_text().splitlines()
     assert lines[0] == "candidate,fitness,best,seconds" and len(lines) == 9
@@ -316,8 +358,7 @@ def test_write_outputs(tiny, tmp_path):
 
 def test_local_workers(tiny):
     graph, cost, scores = tiny
-    fit = make_fitness(graph, cost, scores, random_bundle(), budget=0.6, recal_batches=1, eval_images=32,
-                       batch_size=32)
+    fit = make_fitness(graph, cost, scores, random_bundle(), budget=0.6, recal_batches=1, eval_images=32, batch_size=32)
     kw = dict(candidates=12, population=6, tournament=3, seed=2, progress=False)
     a = search(graph, scores, fit, workers=2, **kw)
     b = search(graph, scores, fit, workers=2, **kw)
@@ -329,14 +370,21 @@ def test_local_workers(tiny):
 def test_dask_cluster(tiny):
     distributed = pytest.importorskip("distributed")
     graph, cost, scores = tiny
-    fit = make_fitness(graph, cost, scores, random_bundle(), budget=0.6, recal_batches=1, eval_images=32,
-                       batch_size=32)
-    with distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None) as lc, \
-            distributed.Client(lc) as client:
-        res = search(graph, scores, fit, candidates=10, population=4, tournament=2, executor=client,
-                     progress=False)
-        by_address = search(graph, scores, fit, optimizer="oneplusone", candidates=6,
-                            executor="dask://" + lc.scheduler_address.removeprefix("tcp://"), progress=False)
+    fit = make_fitness(graph, cost, scores, random_bundle(), budget=0.6, recal_batches=1, eval_images=32, batch_size=32)
+    with (
+        distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None) as lc,
+        distributed.Client(lc) as client,
+    ):
+        res = search(graph, scores, fit, candidates=10, population=4, tournament=2, executor=client, progress=False)
+        by_address = search(
+            graph,
+            scores,
+            fit,
+            optimizer="oneplusone",
+            candidates=6,
+            executor="dask://" + lc.scheduler_address.removeprefix("tcp://"),
+            progress=False,
+        )
     assert len(res.history) == 10 and all(math.isfinite(h["fitness"]) for h in res.history)
     assert res.history[0]["fitness"] == pytest.approx(fit(Transforms.identity(graph)), rel=1e-5)
     assert len(by_address.history) == 6 and res.best_fitness < res.history[0]["fitness"]

@@ -4,6 +4,7 @@ held-out training images beat the identity (plain global ranking) on test images
 About 25 s on 2 busy cores: 500 CIFAR-10 training images (250 held out for the fitness, 250 for BatchNorm
 recalibration) and 1,000 test images, 24 candidates. Skipped without ``$LCP_DATA``/``$LCP_WEIGHTS`` (or ../shared).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -49,9 +50,14 @@ def test_legr_beats_the_identity_on_held_out_images(cifar_env, tmp_path: Path) -
     kw = dict(budget=0.5, recal_batches=4, batch_size=64)
     fitness = make_fitness(graph, cost, scores, bundle, eval_images=HOLDOUT, **kw)  # reads the held-out images
     # the same measurement (cut, recalibrate on the same training batches, mean loss) on the test images instead
-    on_test = make_fitness(graph, cost, scores, dataclasses.replace(bundle, holdout_x=bundle.test_x,
-                                                                    holdout_y=bundle.test_y),
-                           eval_images=len(bundle.test_x), **kw)
+    on_test = make_fitness(
+        graph,
+        cost,
+        scores,
+        dataclasses.replace(bundle, holdout_x=bundle.test_x, holdout_y=bundle.test_y),
+        eval_images=len(bundle.test_x),
+        **kw,
+    )
     res = search(graph, scores, fitness, candidates=24, population=8, tournament=4, seed=0, progress=False)
     identity = Transforms.identity(graph)
     assert res.history[0]["fitness"] == pytest.approx(fitness(identity))

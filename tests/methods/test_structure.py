@@ -1,4 +1,5 @@
 """``lcp prune --structure-from DIR``: a structure found by one run applied to other weights, data and classes."""
+
 from __future__ import annotations
 
 import json
@@ -11,8 +12,16 @@ import torch
 import lcp
 from lcp.models.store import widths
 from lcp.report import REPORT_COLUMNS
-from tests.helpers import (OUTPUT_FILES, assert_one_line_error, lcp_cli, make_image_folder, read_report,
-                           save_state_dict, snapshot, tiny_args)
+from tests.helpers import (
+    OUTPUT_FILES,
+    assert_one_line_error,
+    lcp_cli,
+    make_image_folder,
+    read_report,
+    save_state_dict,
+    snapshot,
+    tiny_args,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -34,11 +43,37 @@ def other(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return data, save_state_dict("resnet20", 2, root / "resnet20_two.pt", seed=1)
 
 
-def transfer_args(structure: Path, data: Path, ckpt: Path, out: Path, *extra: object, model: str = "resnet20",
-                  size: tuple[int, ...] = ()) -> list[str]:
-    return ["prune", "--model", model, "--data", data, "--checkpoint", ckpt, "--structure-from", structure,
-            "--holdout", "4", "--batch-size", "16", "--recal-batches", "1", "--no-progress", "--out", out,
-            *(["--input-size", *size] if size else []), *extra]
+def transfer_args(
+    structure: Path,
+    data: Path,
+    ckpt: Path,
+    out: Path,
+    *extra: object,
+    model: str = "resnet20",
+    size: tuple[int, ...] = (),
+) -> list[str]:
+    return [
+        "prune",
+        "--model",
+        model,
+        "--data",
+        data,
+        "--checkpoint",
+        ckpt,
+        "--structure-from",
+        structure,
+        "--holdout",
+        "4",
+        "--batch-size",
+        "16",
+        "--recal-batches",
+        "1",
+        "--no-progress",
+        "--out",
+        out,
+        *(["--input-size", *size] if size else []),
+        *extra,
+    ]
 
 
 def test_structure_transfers_to_another_task(source: Path, other: tuple[Path, Path], tmp_path: Path) -> None:
@@ -74,14 +109,49 @@ def test_structure_transfers_to_another_task(source: Path, other: tuple[Path, Pa
 def test_connection_structure_transfers(tiny_folder: Path, other: tuple[Path, Path], tmp_path: Path) -> None:
     found = tmp_path / "ads"
     ckpt = save_state_dict("densenet40", 3, tmp_path / "d40.pt")
-    res = lcp_cli("prune", "--model", "densenet40", "--checkpoint", ckpt, "--data", tiny_folder, "--input-size", 3,
-                  8, 8, "--method", "ads", "--episodes", 1, "--budget", 0.5, "--finetune-epochs", 0, "--holdout", 12,
-                  "--recal-batches", 1, "--no-progress", "--out", found)
+    res = lcp_cli(
+        "prune",
+        "--model",
+        "densenet40",
+        "--checkpoint",
+        ckpt,
+        "--data",
+        tiny_folder,
+        "--input-size",
+        3,
+        8,
+        8,
+        "--method",
+        "ads",
+        "--episodes",
+        1,
+        "--budget",
+        0.5,
+        "--finetune-epochs",
+        0,
+        "--holdout",
+        12,
+        "--recal-batches",
+        1,
+        "--no-progress",
+        "--out",
+        found,
+    )
     assert res.code == 0, res.err
     out = tmp_path / "transfer"
     data = other[0]
-    res = lcp_cli(*transfer_args(found, data, save_state_dict("densenet40", 2, tmp_path / "d40_two.pt", seed=1), out,
-                                 "--finetune-epochs", "0", model="densenet40", size=(3, 8, 8)))
+    res = lcp_cli(
+        *transfer_args(
+            found,
+            data,
+            save_state_dict("densenet40", 2, tmp_path / "d40_two.pt", seed=1),
+            out,
+            "--finetune-epochs",
+            "0",
+            model="densenet40",
+            size=(3, 8, 8),
+        )
+    )
     assert res.code == 0, res.err
     row, before = read_report(out), read_report(found)
     assert (row["method"], row["structure_method"]) == ("structure-from", "ads")
@@ -103,29 +173,39 @@ def _edit(source: Path, dest: Path, **changes: object) -> Path:
 
 # id -> (argv builder from (source, data, ckpt, tmp, out), words the one-line error must contain)
 ERRORS = {
-    "other-architecture": (lambda s, d, c, t, o: transfer_args(s, d, c, o, model="resnet56"),
-                           ["is of resnet20, not resnet56"]),
-    "unknown-unit": (lambda s, d, c, t, o: transfer_args(_edit(s, t / "s", removed_units=["fc:out:9"]), d, c, o),
-                     ["does not fit resnet20", "fc:out:9"]),
-    "widths-differ": (lambda s, d, c, t, o: transfer_args(_edit(s, t / "s", removed_units=[]), d, c, o),
-                      ["does not fit resnet20", "widths"]),
+    "other-architecture": (
+        lambda s, d, c, t, o: transfer_args(s, d, c, o, model="resnet56"),
+        ["is of resnet20, not resnet56"],
+    ),
+    "unknown-unit": (
+        lambda s, d, c, t, o: transfer_args(_edit(s, t / "s", removed_units=["fc:out:9"]), d, c, o),
+        ["does not fit resnet20", "fc:out:9"],
+    ),
+    "widths-differ": (
+        lambda s, d, c, t, o: transfer_args(_edit(s, t / "s", removed_units=[]), d, c, o),
+        ["does not fit resnet20", "widths"],
+    ),
     "method": (lambda s, d, c, t, o: transfer_args(s, d, c, o, "--method", "global"), ["drop --method"]),
-    "transforms": (lambda s, d, c, t, o: transfer_args(s, d, c, o, "--transforms", s / "transforms.json"),
-                   ["drop --transforms"]),
+    "transforms": (
+        lambda s, d, c, t, o: transfer_args(s, d, c, o, "--transforms", s / "transforms.json"),
+        ["drop --transforms"],
+    ),
     "budgets": (lambda s, d, c, t, o: transfer_args(s, d, c, o, "--budgets", "0.5,0.3"), ["drop --budgets"]),
     "no-structure": (lambda s, d, c, t, o: transfer_args(t, d, c, o), ["holds no pruned structure"]),
 }
 
 
 @pytest.mark.parametrize("case", list(ERRORS))
-def test_mismatch_is_one_line_and_writes_nothing(case: str, source: Path, other: tuple[Path, Path],
-                                                 tmp_path: Path) -> None:
+def test_mismatch_is_one_line_and_writes_nothing(
+    case: str, source: Path, other: tuple[Path, Path], tmp_path: Path
+) -> None:
     build, words = ERRORS[case]
     out, before = tmp_path / "out", snapshot(source)
     res = lcp_cli(*build(source, *other, tmp_path, out))
     assert_one_line_error(res, *words)
     for word in words:
         assert word in res.err, res.err  # case-sensitive too
-    assert not out.exists() or not [p.name for p in out.iterdir() if not p.name.startswith(".")], \
-        sorted(p.name for p in out.iterdir())
+    assert not out.exists() or not [p.name for p in out.iterdir() if not p.name.startswith(".")], sorted(
+        p.name for p in out.iterdir()
+    )
     assert snapshot(source) == before

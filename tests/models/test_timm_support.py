@@ -13,6 +13,7 @@ config and transforms from the model's ``pretrained_cfg``, timm's dataset, loade
 saved and loaded back the way ``--initial-checkpoint`` / ``validate.py --checkpoint`` do. The runner
 ``python -m lcp.models.timm_hub SCRIPT`` that registers the entries for such scripts runs a small script of that kind.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,9 +34,26 @@ from tests.helpers import assert_one_line_error, lcp_cli
 timm = pytest.importorskip("timm")
 
 TIMM_MODELS = [
-    "resnet18", "resnet50", "mobilenetv2_100", "mobilenetv3_large_100", "efficientnet_b0", "regnetx_002",
-    "regnety_004", "densenet121", "ghostnet_100", "convnext_atto", "repvgg_a0", "mixnet_s", "dla34", "cspresnet50",
-    "res2net50_14w_8s", "rexnet_100", "hrnet_w18_small", "resnext26ts", "dpn48b", "efficientnetv2_rw_t",
+    "resnet18",
+    "resnet50",
+    "mobilenetv2_100",
+    "mobilenetv3_large_100",
+    "efficientnet_b0",
+    "regnetx_002",
+    "regnety_004",
+    "densenet121",
+    "ghostnet_100",
+    "convnext_atto",
+    "repvgg_a0",
+    "mixnet_s",
+    "dla34",
+    "cspresnet50",
+    "res2net50_14w_8s",
+    "rexnet_100",
+    "hrnet_w18_small",
+    "resnext26ts",
+    "dpn48b",
+    "efficientnetv2_rw_t",
 ]
 SIZE = (3, 64, 64)
 _REAL_MEASURE = lcp.cut.latency.measure
@@ -72,10 +90,32 @@ class Runs:
             with pytest.MonkeyPatch.context() as mp:
                 mp.setattr(lcp.models.store, "write", spy)
                 mp.setattr("lcp.cut.latency.measure", _quick_latency)
-                res = lcp_cli("prune", "--model", name, "--data", self.data, "--checkpoint", ckpt,
-                              "--input-size", *SIZE, "--budget", "0.5", "--method", "global",
-                              "--finetune-epochs", "0", "--holdout", "9", "--batch-size", "16",
-                              "--recal-batches", "2", "--out", out, "--no-progress")
+                res = lcp_cli(
+                    "prune",
+                    "--model",
+                    name,
+                    "--data",
+                    self.data,
+                    "--checkpoint",
+                    ckpt,
+                    "--input-size",
+                    *SIZE,
+                    "--budget",
+                    "0.5",
+                    "--method",
+                    "global",
+                    "--finetune-epochs",
+                    "0",
+                    "--holdout",
+                    "9",
+                    "--batch-size",
+                    "16",
+                    "--recal-batches",
+                    "2",
+                    "--out",
+                    out,
+                    "--no-progress",
+                )
             assert res[0] == 0, res[2][-2000:]
             self.done[name] = (out, saved[-1].eval(), res)
         return self.done[name]
@@ -172,8 +212,11 @@ def test_own_class_keeps_forward_features_and_widths(runs, entries):
         feats = model.forward_features(x)
     assert model.num_features == feats.shape[1] == model.fc.in_features
     assert [fi["num_chs"] for fi in model.feature_info][1:] == [
-        model.layer1[-1].conv2.out_channels, model.layer2[-1].conv2.out_channels,
-        model.layer3[-1].conv2.out_channels, model.layer4[-1].conv2.out_channels]
+        model.layer1[-1].conv2.out_channels,
+        model.layer2[-1].conv2.out_channels,
+        model.layer3[-1].conv2.out_channels,
+        model.layer4[-1].conv2.out_channels,
+    ]
     model.reset_classifier(5)  # timm's own method fits the pruned width
     with torch.no_grad():
         assert model(x).shape == (2, 5)
@@ -221,19 +264,39 @@ def test_timm_script_path(runs, entries, tiny_folder, tmp_path, name):
     parser.add_argument("--model", default="resnet50")
     parser.add_argument("--model-kwargs", nargs="*", default={}, action=timm.utils.ParseKwargs)
     parser.add_argument("--input-size", default=None, nargs=3, type=int)
-    args = parser.parse_args(["--model", f"lcp_{name}", "--model-kwargs", f"pruned_dir={out}",
-                              "--input-size", *map(str, SIZE)])
+    args = parser.parse_args(
+        ["--model", f"lcp_{name}", "--model-kwargs", f"pruned_dir={out}", "--input-size", *map(str, SIZE)]
+    )
     assert args.model_kwargs == {"pruned_dir": str(out)}
-    model = timm.create_model(args.model, pretrained=False, in_chans=3, num_classes=None, drop_rate=0.0,
-                              drop_path_rate=None, drop_block_rate=None, global_pool=None, bn_momentum=None,
-                              bn_eps=None, scriptable=False, checkpoint_path="", **args.model_kwargs)
+    model = timm.create_model(
+        args.model,
+        pretrained=False,
+        in_chans=3,
+        num_classes=None,
+        drop_rate=0.0,
+        drop_path_rate=None,
+        drop_block_rate=None,
+        global_pool=None,
+        bn_momentum=None,
+        bn_eps=None,
+        scriptable=False,
+        checkpoint_path="",
+        **args.model_kwargs,
+    )
     assert model.num_classes == CLASSES
     data_config = timm.data.resolve_data_config(vars(args), model=model)
     assert tuple(data_config["input_size"]) == SIZE
     train_set = timm.data.create_dataset("", root=str(tiny_folder), split="train", is_training=True)
-    loader = timm.data.create_loader(train_set, input_size=data_config["input_size"], batch_size=16,
-                                     is_training=True, use_prefetcher=False, mean=data_config["mean"],
-                                     std=data_config["std"], num_workers=0)
+    loader = timm.data.create_loader(
+        train_set,
+        input_size=data_config["input_size"],
+        batch_size=16,
+        is_training=True,
+        use_prefetcher=False,
+        mean=data_config["mean"],
+        std=data_config["std"],
+        num_workers=0,
+    )
     optimizer = timm.optim.create_optimizer_v2(model, opt="sgd", lr=0.01, weight_decay=2e-5)
     model.train()
     for step, (images, target) in enumerate(loader):
@@ -249,22 +312,32 @@ def test_timm_script_path(runs, entries, tiny_folder, tmp_path, name):
     # validate.py: the same entry, its checkpoint loaded by timm (like --checkpoint / --initial-checkpoint)
     again = timm.create_model(args.model, checkpoint_path=str(ckpt), **args.model_kwargs).eval()
     eval_set = timm.data.create_dataset("", root=str(tiny_folder), split="test", is_training=False)
-    eval_loader = timm.data.create_loader(eval_set, input_size=data_config["input_size"], batch_size=32,
-                                          is_training=False, use_prefetcher=False, mean=data_config["mean"],
-                                          std=data_config["std"], crop_pct=data_config["crop_pct"], num_workers=0)
+    eval_loader = timm.data.create_loader(
+        eval_set,
+        input_size=data_config["input_size"],
+        batch_size=32,
+        is_training=False,
+        use_prefetcher=False,
+        mean=data_config["mean"],
+        std=data_config["std"],
+        crop_pct=data_config["crop_pct"],
+        num_workers=0,
+    )
     images, target = next(iter(eval_loader))
     with torch.no_grad():
         logits = again(images)
         assert _same(logits, model.eval()(images))
-    top1, = timm.utils.accuracy(logits, target, topk=(1,))
+    (top1,) = timm.utils.accuracy(logits, target, topk=(1,))
     assert 0 <= float(top1) <= 100
 
 
 def test_runner_registers_entries_for_a_script(runs, tmp_path):
-    """``python -m lcp.models.timm_hub SCRIPT ARGS``: a script parsing --model-kwargs like train.py, in a new process."""
+    """``python -m lcp.models.timm_hub SCRIPT ARGS``: a script parsing --model-kwargs like train.py, in a new
+    process."""
     out, pruned, _ = runs("resnet18")
     script = tmp_path / "my_validate.py"
-    script.write_text(textwrap.dedent("""
+    script.write_text(
+        textwrap.dedent("""
         import argparse, timm, torch
         p = argparse.ArgumentParser()
         p.add_argument("--model")
@@ -274,15 +347,29 @@ def test_runner_registers_entries_for_a_script(runs, tmp_path):
         x = torch.load(a.model_kwargs["pruned_dir"] + "/x.pt")
         with torch.no_grad():
             print("sum", float(m(x).double().sum()))
-    """))
+    """)
+    )
     x = _x(4)
     torch.save(x, out / "x.pt")
     with torch.no_grad():
         want = float(pruned(x).double().sum())
     env = {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
-    done = subprocess.run([sys.executable, "-m", "lcp.models.timm_hub", str(script), "--model", "lcp_resnet18",
-                           "--model-kwargs", f"pruned_dir={out}"], capture_output=True, text=True, timeout=300,
-                          env=env)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lcp.models.timm_hub",
+            str(script),
+            "--model",
+            "lcp_resnet18",
+            "--model-kwargs",
+            f"pruned_dir={out}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     (out / "x.pt").unlink()
     assert done.returncode == 0, done.stderr[-2000:]
     got = float(done.stdout.split("sum")[-1])
@@ -357,9 +444,9 @@ def test_check_pretrained_offline_is_one_line():
 
 def test_imagenet_style_data_uses_timm_transforms(tiny_folder):
     """Above 64x64 an ImageFolder is read through timm's eval transform of the model's pretrained_cfg."""
-    from lcp.training.data import load_data
     from lcp.models.factory import model_info
     from lcp.run.load import _timm_eval_transform
+    from lcp.training.data import load_data
 
     info = model_info("regnetx_002")
     tf = _timm_eval_transform(info, (3, 96, 96))
@@ -380,8 +467,9 @@ def test_check_suggests_ignore_patterns_for_a_failing_block(monkeypatch):
         def __init__(self):
             super().__init__()
             conv = lambda: torch.nn.Conv2d(16, 16, 3, padding=1)  # noqa: E731
-            self.a = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.BatchNorm2d(16),
-                                         torch.nn.ReLU())
+            self.a = torch.nn.Sequential(
+                torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.BatchNorm2d(16), torch.nn.ReLU()
+            )
             self.b = torch.nn.Sequential(conv(), torch.nn.ReLU(), conv())
             self.c = conv()
             self.head = torch.nn.Linear(16, 10)

@@ -1,4 +1,5 @@
-"""Tests for lcp.models.zoo and lcp.models.factory: zoo architectures, model creation by name, checkpoint loading errors."""
+"""Tests for lcp.models.zoo and lcp.models.factory: zoo architectures, model creation by name, checkpoint loading
+errors."""
 
 from __future__ import annotations
 

@@ -18,8 +18,8 @@ import torch
 
 import lcp
 from lcp.cli import main
-from lcp.training.data import load_data
 from lcp.models.factory import model_info
+from lcp.training.data import load_data
 from lcp.training.train import evaluate
 
 RESNET56_TOP1 = 89.58  # ../shared/weights/README.md
@@ -29,8 +29,21 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 
 def _prune(out: Path, *extra: str) -> dict[str, str]:
-    argv = ["prune", "--model", "resnet56", "--budget", "0.5", "--method", "global", "--out", str(out),
-            "--no-progress", "--threads", "1", *extra]
+    argv = [
+        "prune",
+        "--model",
+        "resnet56",
+        "--budget",
+        "0.5",
+        "--method",
+        "global",
+        "--out",
+        str(out),
+        "--no-progress",
+        "--threads",
+        "1",
+        *extra,
+    ]
     err = io.StringIO()
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
         code = main(argv)
@@ -63,7 +76,9 @@ def test_resnet56_global_half_macs(cifar_env, tmp_path: Path) -> None:
 def test_resnet56_one_finetune_epoch_recovers_accuracy(cifar_env, tmp_path: Path) -> None:
     row = _prune(tmp_path / "r56ft", "--finetune-epochs", "1")
     noft, ft = float(row["top1_pruned_noft"]), float(row["top1_pruned"])
-    print(f"\nresnet56 at 50% MACs: top-1 {noft:.2f}% before fine-tuning, {ft:.2f}% after 1 epoch "
-          f"(baseline {row['top1_base']}%, fine-tuning {row['finetune_s']} s)")
+    print(
+        f"\nresnet56 at 50% MACs: top-1 {noft:.2f}% before fine-tuning, {ft:.2f}% after 1 epoch "
+        f"(baseline {row['top1_base']}%, fine-tuning {row['finetune_s']} s)"
+    )
     assert 0.49 <= float(row["macs_ratio"]) <= 0.50
     assert ft > noft + 5.0

@@ -2,6 +2,7 @@
 methods, the agent methods lfgcl / amc on ResNet-20, the connection methods ads / lwp on DenseNet-40 at 8x8),
 resume, refusal of mixed settings, added methods that leave the written rows valid, ``benchmarks/report.py`` on
 its CSV, and Torch-Pruning driven to a MACs target."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -45,9 +46,24 @@ def quick(tiny_folder: Path, resnet20_ckpt: Path, tmp_path_factory: pytest.TempP
     """One ``--quick`` run of the ResNet-56 recipe on the tiny folder (ResNet-20, 3 classes): (csv, cmd, output)."""
     tmp = tmp_path_factory.mktemp("bench")
     out = tmp / "results" / "compare_tiny.csv"
-    cmd = [sys.executable, str(COMPARE), "--recipe", str(ROOT / "recipes" / "bench_resnet56.yaml"), "--quick",
-           "--data", str(tiny_folder), "--checkpoint", str(resnet20_ckpt), "--holdout", "12",
-           "--out", str(out), "--work", str(tmp / "work"), "--no-progress"]
+    cmd = [
+        sys.executable,
+        str(COMPARE),
+        "--recipe",
+        str(ROOT / "recipes" / "bench_resnet56.yaml"),
+        "--quick",
+        "--data",
+        str(tiny_folder),
+        "--checkpoint",
+        str(resnet20_ckpt),
+        "--holdout",
+        "12",
+        "--out",
+        str(out),
+        "--work",
+        str(tmp / "work"),
+        "--no-progress",
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return out, cmd, done.stdout
@@ -56,12 +72,23 @@ def quick(tiny_folder: Path, resnet20_ckpt: Path, tmp_path_factory: pytest.TempP
 def test_quick_writes_a_row_per_method_budget_and_seed(quick):
     out, _, log = quick
     df = pd.read_csv(out)
-    expected = [*REPORT_COLUMNS, "latency_base_ms", "latency_pruned_ms", "speedup", "latency64_base_ms",
-                "latency64_pruned_ms", "speedup64", "status", "finetune_steps", "config"]
+    expected = [
+        *REPORT_COLUMNS,
+        "latency_base_ms",
+        "latency_pruned_ms",
+        "speedup",
+        "latency64_base_ms",
+        "latency64_pruned_ms",
+        "speedup64",
+        "status",
+        "finetune_steps",
+        "config",
+    ]
     assert [c for c in expected if c not in df.columns] == []
     assert list(df.columns[: len(REPORT_COLUMNS)]) == REPORT_COLUMNS
     assert sorted((m, b) for m, b in zip(df["method"], df["budget"])) == sorted(
-        (m, b) for m in METHODS for b in BUDGETS)
+        (m, b) for m in METHODS for b in BUDGETS
+    )
     assert set(df["seed"]) == {0}
     # one config per method; the agents' settings count only for the agent rows
     configs = df.groupby("method")["config"].unique().map(list).to_dict()
@@ -103,8 +130,9 @@ def test_quick_resumes_and_refuses_other_settings(quick):
     assert again.returncode == 0, again.stderr[-2000:]
     assert "14 of 14 rows already" in again.stdout
     pd.testing.assert_frame_equal(pd.read_csv(out), before)
-    other = subprocess.run(cmd + ["--finetune-epochs", "0"], capture_output=True, text=True, timeout=120,
-                           cwd=out.parent)
+    other = subprocess.run(
+        cmd + ["--finetune-epochs", "0"], capture_output=True, text=True, timeout=120, cwd=out.parent
+    )
     assert other.returncode == 2 and "other settings" in other.stderr
     pd.testing.assert_frame_equal(pd.read_csv(out), before)
 
@@ -112,8 +140,12 @@ def test_quick_resumes_and_refuses_other_settings(quick):
 def _report(csv: Path, tmp_path: Path) -> str:
     """``benchmarks/report.py`` on one CSV: the page it writes (its plot must be a PNG)."""
     md, png = tmp_path / "benchmarks.md", tmp_path / "benchmarks.png"
-    done = subprocess.run([sys.executable, str(REPORT), "--csv", str(csv), "--md", str(md), "--png", str(png)],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, str(REPORT), "--csv", str(csv), "--md", str(md), "--png", str(png)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     text = md.read_text()
@@ -164,9 +196,24 @@ def dense(tiny_folder: Path, state_dict_saver, tmp_path_factory: pytest.TempPath
     compare = _module(COMPARE, "bench_compare")
     tmp = tmp_path_factory.mktemp("bench_dense")
     out = tmp / "compare_densenet40.csv"
-    argv = ["--recipe", str(ROOT / "recipes" / "bench_densenet40.yaml"), "--quick", "--data", str(tiny_folder),
-            "--checkpoint", str(state_dict_saver("densenet40", 3, tmp / "d40.pt")), "--input-size", "3,8,8",
-            "--holdout", "12", "--out", str(out), "--work", str(tmp / "work"), "--no-progress"]
+    argv = [
+        "--recipe",
+        str(ROOT / "recipes" / "bench_densenet40.yaml"),
+        "--quick",
+        "--data",
+        str(tiny_folder),
+        "--checkpoint",
+        str(state_dict_saver("densenet40", 3, tmp / "d40.pt")),
+        "--input-size",
+        "3,8,8",
+        "--holdout",
+        "12",
+        "--out",
+        str(out),
+        "--work",
+        str(tmp / "work"),
+        "--no-progress",
+    ]
     threads = torch.get_num_threads()
     try:
         for methods in ("global", "ads,lwp,global"):
@@ -230,12 +277,28 @@ def test_support_matrix_redo_replaces_only_the_rows_asked_for(tmp_path):
     pytest.importorskip("timm")
     sm = _module(ROOT / "benchmarks" / "support_matrix.py", "support_matrix_under_test")
     out = tmp_path / "m.csv"
-    old = [{"model": "resnet18", "status": "ok", "reason": "", "macs_ratio": "0.4999", "seconds": "1.0"},
-           {"model": "test_efficientnet_gn", "status": "refused", "reason": "an old engine's refusal", "seconds": "1.0"}]
+    old = [
+        {"model": "resnet18", "status": "ok", "reason": "", "macs_ratio": "0.4999", "seconds": "1.0"},
+        {"model": "test_efficientnet_gn", "status": "refused", "reason": "an old engine's refusal", "seconds": "1.0"},
+    ]
     pd.DataFrame(old, columns=sm.COLUMNS).to_csv(out, index=False)
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "support_matrix.py"), "--redo", "refused",
-                           "--out", str(out), "--workers", "1", "--timeout", "120"],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "support_matrix.py"),
+            "--redo",
+            "refused",
+            "--out",
+            str(out),
+            "--workers",
+            "1",
+            "--timeout",
+            "120",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     rows = {r["model"]: r for r in sm.read_rows(out)}
     assert rows.keys() == {"resnet18", "test_efficientnet_gn"}

@@ -15,9 +15,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import torch
@@ -26,9 +26,19 @@ from safetensors.torch import load_file
 
 import lcp
 from lcp.report import REPORT_COLUMNS
-from tests.helpers import (OUTPUT_FILES, Result, assert_one_line_error, assert_unchanged, evil_pickle, lcp_cli,
-                           read_csv, read_report, snapshot, subprocess_env, tiny_args)
-
+from tests.helpers import (
+    OUTPUT_FILES,
+    Result,
+    assert_one_line_error,
+    assert_unchanged,
+    evil_pickle,
+    lcp_cli,
+    read_csv,
+    read_report,
+    snapshot,
+    subprocess_env,
+    tiny_args,
+)
 
 # ------------------------------------------------------------------------------------------------- helpers
 
@@ -107,10 +117,14 @@ def test_prune_load_and_eval_agree_with_report(e2e: tuple[Path, Result], tiny_fo
     assert float(match.group(1)) == pytest.approx(float(row["top1_pruned"]), abs=0.006)
 
 
-@pytest.mark.parametrize("extra", [("--method", "uniform"), ("--method", "random"), ("--round-to", "4")],
-                         ids=["uniform", "random", "round-to-4"])
-def test_prune_methods_and_round_to(extra: tuple[str, ...], tiny_folder: Path, resnet20_ckpt: Path,
-                                    tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "extra",
+    [("--method", "uniform"), ("--method", "random"), ("--round-to", "4")],
+    ids=["uniform", "random", "round-to-4"],
+)
+def test_prune_methods_and_round_to(
+    extra: tuple[str, ...], tiny_folder: Path, resnet20_ckpt: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "out"
     res = lcp_cli(*tiny_args(tiny_folder, resnet20_ckpt, out, *extra))
     assert res.code == 0, res.err
@@ -129,8 +143,22 @@ def test_prune_methods_and_round_to(extra: tuple[str, ...], tiny_folder: Path, r
 
 def test_train_writes_weights_that_prune_loads(tiny_folder: Path, tmp_path: Path) -> None:
     out = tmp_path / "train"
-    args = ["train", "--model", "resnet20", "--data", tiny_folder, "--epochs", "2", "--batch-size", "16",
-            "--holdout", "9", "--out", out, "--no-progress"]
+    args = [
+        "train",
+        "--model",
+        "resnet20",
+        "--data",
+        tiny_folder,
+        "--epochs",
+        "2",
+        "--batch-size",
+        "16",
+        "--holdout",
+        "9",
+        "--out",
+        out,
+        "--no-progress",
+    ]
     res = lcp_cli(*args)
     assert res.code == 0, res.err
     row = read_report(out)
@@ -140,23 +168,67 @@ def test_train_writes_weights_that_prune_loads(tiny_folder: Path, tmp_path: Path
     assert not (out / "training.safetensors").exists()
     # the weights are what the report measured: lcp prune starts from them with the same baseline accuracy
     pruned = tmp_path / "pruned"
-    res = lcp_cli("prune", "--model", "resnet20", "--data", tiny_folder, "--checkpoint", out / "model.safetensors",
-                  "--method", "global", "--finetune-epochs", "0", "--holdout", "9", "--out", pruned, "--no-progress")
+    res = lcp_cli(
+        "prune",
+        "--model",
+        "resnet20",
+        "--data",
+        tiny_folder,
+        "--checkpoint",
+        out / "model.safetensors",
+        "--method",
+        "global",
+        "--finetune-epochs",
+        "0",
+        "--holdout",
+        "9",
+        "--out",
+        pruned,
+        "--no-progress",
+    )
     assert res.code == 0, res.err
     assert float(read_report(pruned)["top1_base"]) == pytest.approx(float(row["top1"]), abs=0.01)
     # same signature: a rerun without --resume or --overwrite into another run's folder is refused
-    assert_one_line_error(lcp_cli(*args[:-3], "--epochs", "3", "--out", out, "--no-progress"),
-                          "holds another run (model=resnet20, epochs=2)", "--overwrite")
-    assert_one_line_error(lcp_cli("train", "--model", "resnet20", "--data", tiny_folder, "--epochs", "0",
-                                  "--holdout", "9", "--out", tmp_path / "t0"), "--epochs must be at least 1, got 0")
+    assert_one_line_error(
+        lcp_cli(*args[:-3], "--epochs", "3", "--out", out, "--no-progress"),
+        "holds another run (model=resnet20, epochs=2)",
+        "--overwrite",
+    )
+    assert_one_line_error(
+        lcp_cli(
+            "train",
+            "--model",
+            "resnet20",
+            "--data",
+            tiny_folder,
+            "--epochs",
+            "0",
+            "--holdout",
+            "9",
+            "--out",
+            tmp_path / "t0",
+        ),
+        "--epochs must be at least 1, got 0",
+    )
 
 
 def test_recipe_sets_options_and_flags_override(tiny_folder: Path, resnet20_ckpt: Path, tmp_path: Path) -> None:
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(yaml.safe_dump({
-        "model": "resnet20", "budget": 0.7, "method": "uniform", "finetune_epochs": 0, "holdout": 9,
-        "batch_size": 16, "recal-batches": 2, "progress": False, "seed": 3,
-    }))
+    recipe.write_text(
+        yaml.safe_dump(
+            {
+                "model": "resnet20",
+                "budget": 0.7,
+                "method": "uniform",
+                "finetune_epochs": 0,
+                "holdout": 9,
+                "batch_size": 16,
+                "recal-batches": 2,
+                "progress": False,
+                "seed": 3,
+            }
+        )
+    )
     common = ["--data", tiny_folder, "--checkpoint", resnet20_ckpt]
     res = lcp_cli("prune", "--recipe", recipe, *common, "--out", tmp_path / "a")
     assert res.code == 0, res.err
@@ -164,8 +236,9 @@ def test_recipe_sets_options_and_flags_override(tiny_folder: Path, resnet20_ckpt
     assert (row["method"], row["budget"], row["seed"], row["finetune_epochs"]) == ("uniform", "0.7", "3", "0")
     assert 0.65 < float(row["macs_ratio"]) <= 0.7
 
-    res = lcp_cli("prune", "--recipe", recipe, *common, "--budget", "0.5", "--method", "random",
-                  "--out", tmp_path / "b")
+    res = lcp_cli(
+        "prune", "--recipe", recipe, *common, "--budget", "0.5", "--method", "random", "--out", tmp_path / "b"
+    )
     assert res.code == 0, res.err
     row = read_report(tmp_path / "b")
     assert (row["method"], row["budget"], row["seed"]) == ("random", "0.5", "3")  # flags win, the rest stays
@@ -175,8 +248,19 @@ def test_recipe_sets_options_and_flags_override(tiny_folder: Path, resnet20_ckpt
 def test_recipe_accepts_no_progress_key(tiny_folder: Path, resnet20_ckpt: Path, tmp_path: Path) -> None:
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("model: resnet20\nfinetune_epochs: 0\nholdout: 9\nrecal_batches: 2\nno_progress: true\n")
-    res = lcp_cli("prune", "--recipe", recipe, "--data", tiny_folder, "--checkpoint", resnet20_ckpt,
-                  "--method", "global", "--out", tmp_path / "out")
+    res = lcp_cli(
+        "prune",
+        "--recipe",
+        recipe,
+        "--data",
+        tiny_folder,
+        "--checkpoint",
+        resnet20_ckpt,
+        "--method",
+        "global",
+        "--out",
+        tmp_path / "out",
+    )
     assert res.code == 0, res.err
 
 
@@ -191,10 +275,15 @@ class Ctx:
     out: Path
     save_state_dict: Callable[..., Path]
 
-    def args(self, *extra: object, data: Path | str | None = None, ckpt: Path | str | None = None,
-             out: Path | None = None) -> list[str]:
-        return tiny_args(data if data is not None else self.tiny, ckpt if ckpt is not None else self.ckpt,
-                         out if out is not None else self.out, *extra)
+    def args(
+        self, *extra: object, data: Path | str | None = None, ckpt: Path | str | None = None, out: Path | None = None
+    ) -> list[str]:
+        return tiny_args(
+            data if data is not None else self.tiny,
+            ckpt if ckpt is not None else self.ckpt,
+            out if out is not None else self.out,
+            *extra,
+        )
 
 
 def _two_class_folder(c: Ctx) -> Path:
@@ -241,18 +330,23 @@ ERROR_CASES = {
     "budget-unreachable": (lambda c: c.args("--budget", "0.001"), ["cannot be met", "--budget"]),
     "unknown-method": (lambda c: c.args("--method", "magic"), ["method", "magic"]),
     "unknown-importance": (lambda c: c.args("--importance", "magic"), ["importance", "magic"]),
-    "unknown-optimizer": (lambda c: c.args("--method", "lcp", "--optimizer", "magic", "--candidates", "2"),
-                          ["optimizer", "magic"]),
+    "unknown-optimizer": (
+        lambda c: c.args("--method", "lcp", "--optimizer", "magic", "--candidates", "2"),
+        ["optimizer", "magic"],
+    ),
     "missing-data": (lambda c: c.args(data=c.tmp / "nowhere"), ["nowhere", "does not exist"]),
     "empty-data": (lambda c: c.args(data=c.tmp / "empty"), ["empty has no train/ folder"]),
     "data-without-classes": (lambda c: c.args(data=_empty_splits(c)), ["has no class subfolders"]),
-    "class-count-mismatch": (lambda c: c.args(data=_two_class_folder(c)),
-                             ["does not fit", "linear.weight [3, 64] vs [2, 64]"]),
+    "class-count-mismatch": (
+        lambda c: c.args(data=_two_class_folder(c)),
+        ["does not fit", "linear.weight [3, 64] vs [2, 64]"],
+    ),
     "other-architecture": (lambda c: c.args(ckpt=_resnet56_ckpt(c)), ["does not fit resnet20"]),
-    "truncated-checkpoint": (lambda c: c.args(ckpt=_bytes_file(c, "cut.pt", c.ckpt.read_bytes()[:20000])),
-                             ["corrupt"]),
-    "text-checkpoint": (lambda c: c.args(ckpt=_bytes_file(c, "notes.pt", b"these are not weights\n" * 10)),
-                        ["not a readable"]),
+    "truncated-checkpoint": (lambda c: c.args(ckpt=_bytes_file(c, "cut.pt", c.ckpt.read_bytes()[:20000])), ["corrupt"]),
+    "text-checkpoint": (
+        lambda c: c.args(ckpt=_bytes_file(c, "notes.pt", b"these are not weights\n" * 10)),
+        ["not a readable"],
+    ),
     "missing-checkpoint": (lambda c: c.args(ckpt=c.tmp / "nothing.pt"), ["does not exist"]),
     "evil-pickle-zip": (lambda c: c.args(ckpt=_evil_pickle(c, "zip")), ["refused"]),
     "evil-pickle-legacy": (lambda c: c.args(ckpt=_evil_pickle(c, "legacy")), ["refused"]),
@@ -260,30 +354,44 @@ ERROR_CASES = {
     "evil-pickle-plain": (lambda c: c.args(ckpt=_evil_pickle(c, "plain")), ["not a readable"]),
     "out-under-a-file": (lambda c: c.args(out=c.tmp / "afile" / "sub"), ["cannot write", "afile"]),
     "out-is-a-file": (lambda c: c.args(out=c.tmp / "afile"), ["afile", "is a file"]),
-    "transforms-not-json": (lambda c: c.args("--method", "lcp", "--transforms", _bytes_file(c, "t.json", b"{oops")),
-                            ["transforms", "not valid json"]),
-    "transforms-wrong-shape": (lambda c: c.args("--method", "lcp", "--transforms",
-                                                _bytes_file(c, "t.json", b'{"groups": [{"group": "x"}]}')),
-                               ["transforms file is not lcp transforms json"]),
-    "transforms-other-model": (lambda c: c.args("--method", "lcp", "--transforms", _bytes_file(
-        c, "t.json", b'{"groups": [{"group": "x", "alpha": 1, "kappa": 0}]}')),
-        ["transforms file does not fit this model"]),
+    "transforms-not-json": (
+        lambda c: c.args("--method", "lcp", "--transforms", _bytes_file(c, "t.json", b"{oops")),
+        ["transforms", "not valid json"],
+    ),
+    "transforms-wrong-shape": (
+        lambda c: c.args("--method", "lcp", "--transforms", _bytes_file(c, "t.json", b'{"groups": [{"group": "x"}]}')),
+        ["transforms file is not lcp transforms json"],
+    ),
+    "transforms-other-model": (
+        lambda c: c.args(
+            "--method",
+            "lcp",
+            "--transforms",
+            _bytes_file(c, "t.json", b'{"groups": [{"group": "x", "alpha": 1, "kappa": 0}]}'),
+        ),
+        ["transforms file does not fit this model"],
+    ),
     "transforms-missing": (lambda c: c.args("--method", "lcp", "--transforms", c.tmp / "none.json"), ["not found"]),
     "resume-and-overwrite": (lambda c: c.args("--resume", "--overwrite"), ["contradict"]),
-    "recipe-missing": (lambda c: ["prune", "--recipe", str(c.tmp / "none.yaml"), "--out", str(c.out)],
-                       ["cannot read recipe"]),
+    "recipe-missing": (
+        lambda c: ["prune", "--recipe", str(c.tmp / "none.yaml"), "--out", str(c.out)],
+        ["cannot read recipe"],
+    ),
     "recipe-bad-yaml": (lambda c: c.args("--recipe", _recipe(c, "budget: [0.5\n")), ["not valid yaml"]),
     "recipe-unknown-key": (lambda c: c.args("--recipe", _recipe(c, "budgett: 0.5\n")), ["unknown options", "budgett"]),
-    "recipe-bad-budget": (lambda c: ["prune", "--recipe", str(_recipe(c, "budget: 2\n")), "--out", str(c.out)],
-                          ["budget must be in (0, 1]", "got 2"]),
+    "recipe-bad-budget": (
+        lambda c: ["prune", "--recipe", str(_recipe(c, "budget: 2\n")), "--out", str(c.out)],
+        ["budget must be in (0, 1]", "got 2"],
+    ),
     "eval-no-model": (lambda c: ["eval", str(c.out)], ["holds no pruned model"]),
     "eval-missing-folder": (lambda c: ["eval", str(c.tmp / "nowhere")], ["holds no pruned model"]),
 }
 
 
 @pytest.mark.parametrize("case", list(ERROR_CASES))
-def test_error_is_one_line_and_touches_nothing(case: str, tiny_folder: Path, resnet20_ckpt: Path,
-                                               state_dict_saver: Callable[..., Path], tmp_path: Path) -> None:
+def test_error_is_one_line_and_touches_nothing(
+    case: str, tiny_folder: Path, resnet20_ckpt: Path, state_dict_saver: Callable[..., Path], tmp_path: Path
+) -> None:
     build, expected = ERROR_CASES[case]
     c = Ctx(tiny_folder, resnet20_ckpt, tmp_path, tmp_path / "out", state_dict_saver)
     (tmp_path / "empty").mkdir()
@@ -302,12 +410,19 @@ def test_error_is_one_line_and_touches_nothing(case: str, tiny_folder: Path, res
 
 
 @pytest.mark.parametrize("case", ["evil-pickle-zip", "unknown-model"])
-def test_error_in_a_real_process_is_one_line(case: str, tiny_folder: Path, resnet20_ckpt: Path,
-                                             state_dict_saver: Callable[..., Path], tmp_path: Path) -> None:
+def test_error_in_a_real_process_is_one_line(
+    case: str, tiny_folder: Path, resnet20_ckpt: Path, state_dict_saver: Callable[..., Path], tmp_path: Path
+) -> None:
     c = Ctx(tiny_folder, resnet20_ckpt, tmp_path, tmp_path / "out", state_dict_saver)
     build, expected = ERROR_CASES[case]
-    done = subprocess.run([sys.executable, "-m", "lcp.cli", *build(c)], capture_output=True, text=True,
-                          env=subprocess_env(), cwd=tmp_path, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "lcp.cli", *build(c)],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert_one_line_error(Result(done.returncode, done.stdout, done.stderr), *expected)
     assert not (tmp_path / "MARKER").exists()
 
@@ -369,8 +484,9 @@ def test_outputs_get_umask_permissions(e2e: tuple[Path, Result]) -> None:
     assert modes == {name: 0o666 & ~umask for name in OUTPUT_FILES}
 
 
-def test_eval_defaults_to_the_pruning_data(e2e: tuple[Path, Result], tmp_path: Path,
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_eval_defaults_to_the_pruning_data(
+    e2e: tuple[Path, Result], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     out, res = e2e
     assert res.code == 0, res.err
     monkeypatch.chdir(tmp_path)  # somewhere without a folder named like the data set
@@ -408,8 +524,14 @@ def _ft_args(tiny: Path, ckpt: Path, out: Path, *extra: str, progress: bool = Fa
 
 
 def _start_paused_run(argv: list[str], cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", PAUSING_CLI, *argv], cwd=cwd, env=subprocess_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", PAUSING_CLI, *argv],
+        cwd=cwd,
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 240.0) -> None:
@@ -426,12 +548,17 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 240.0) -> Non
 
 
 def _run_cli_process(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lcp.cli", *argv], cwd=cwd, env=subprocess_env(),
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "lcp.cli", *argv],
+        cwd=cwd,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
-def test_sigkill_then_resume_matches_uninterrupted_run(tiny_folder: Path, resnet20_ckpt: Path,
-                                                       tmp_path: Path) -> None:
+def test_sigkill_then_resume_matches_uninterrupted_run(tiny_folder: Path, resnet20_ckpt: Path, tmp_path: Path) -> None:
     ref, out = tmp_path / "ref", tmp_path / "out"
     done = _run_cli_process(_ft_args(tiny_folder, resnet20_ckpt, ref), tmp_path)
     assert done.returncode == 0, done.stderr
@@ -491,25 +618,44 @@ runpy.run_module("lcp.cli", run_name="__main__", alter_sys=True)
 """
 
 
-def _killing_run(argv: list[str], cwd: Path, kill_at: int, before: bool = False,
-                 count_file: Path | None = None) -> subprocess.CompletedProcess:
+def _killing_run(
+    argv: list[str], cwd: Path, kill_at: int, before: bool = False, count_file: Path | None = None
+) -> subprocess.CompletedProcess:
     env = {**subprocess_env(), "LCP_KILL_AT": str(kill_at), "LCP_KILL_BEFORE": "1" if before else "0"}
     if count_file is not None:
         env["LCP_COUNT_FILE"] = str(count_file)
-    return subprocess.run([sys.executable, "-c", KILLING_CLI, *argv], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-c", KILLING_CLI, *argv], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
 
 
-def test_sigkill_at_random_points_of_the_lcp_pipeline_then_resume(tiny_folder: Path, resnet20_ckpt: Path,
-                                                                   tmp_path: Path) -> None:
+def test_sigkill_at_random_points_of_the_lcp_pipeline_then_resume(
+    tiny_folder: Path, resnet20_ckpt: Path, tmp_path: Path
+) -> None:
     """Search + cut + fine-tuning, killed (SIGKILL) just before or after randomly chosen file writes, several
     times in a row, then resumed: the result equals an uninterrupted run of the same seed."""
     import random
 
     def args(out: Path, *extra: str) -> list[str]:
-        return tiny_args(tiny_folder, resnet20_ckpt, out, "--method", "lcp", "--candidates", "10",
-                         "--population", "4", "--tournament", "2", "--threads", "1", "--lr", "0.05", *extra,
-                         finetune=2)
+        return tiny_args(
+            tiny_folder,
+            resnet20_ckpt,
+            out,
+            "--method",
+            "lcp",
+            "--candidates",
+            "10",
+            "--population",
+            "4",
+            "--tournament",
+            "2",
+            "--threads",
+            "1",
+            "--lr",
+            "0.05",
+            *extra,
+            finetune=2,
+        )
 
     ref, out, count = tmp_path / "ref", tmp_path / "out", tmp_path / "count"
     done = _killing_run(args(ref), tmp_path, 0, count_file=count)
@@ -535,16 +681,19 @@ def test_sigkill_at_random_points_of_the_lcp_pipeline_then_resume(tiny_folder: P
         assert (ref / name).read_bytes() == (out / name).read_bytes(), name
     searched = [[(r["candidate"], r["fitness"], r["best"]) for r in read_csv(d / "search.csv")] for d in (ref, out)]
     assert searched[0] == searched[1] and len(searched[0]) == 10  # every candidate once, none lost or repeated
-    assert json.loads((ref / "channels.json").read_text())["removed_units"] == \
-        json.loads((out / "channels.json").read_text())["removed_units"]
+    assert (
+        json.loads((ref / "channels.json").read_text())["removed_units"]
+        == json.loads((out / "channels.json").read_text())["removed_units"]
+    )
     a, b = load_file(ref / "model.safetensors"), load_file(out / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert stable_part(read_report(ref)) == stable_part(read_report(out))
     assert not list(out.glob("*.tmp*")) and not list(out.glob(".*tmp*"))
 
 
-def test_nan_loss_through_the_cli_is_one_line_and_keeps_the_folder_reusable(tiny_folder: Path, resnet20_ckpt: Path,
-                                                                           tmp_path: Path) -> None:
+def test_nan_loss_through_the_cli_is_one_line_and_keeps_the_folder_reusable(
+    tiny_folder: Path, resnet20_ckpt: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "nan"
     res = lcp_cli(*tiny_args(tiny_folder, resnet20_ckpt, out, "--lr", "1e12", "--threads", "1", finetune=2))
     assert_one_line_error(res, "loss became NaN", "--lr")
@@ -558,8 +707,9 @@ def test_nan_loss_through_the_cli_is_one_line_and_keeps_the_folder_reusable(tiny
 
 
 @pytest.mark.parametrize("method", ["global", "random"])
-def test_identical_runs_give_identical_results(method: str, tiny_folder: Path, resnet20_ckpt: Path,
-                                               tmp_path: Path) -> None:
+def test_identical_runs_give_identical_results(
+    method: str, tiny_folder: Path, resnet20_ckpt: Path, tmp_path: Path
+) -> None:
     outs = [tmp_path / "a", tmp_path / "b"]
     for out in outs:
         res = lcp_cli(*tiny_args(tiny_folder, resnet20_ckpt, out, "--method", method))
@@ -601,13 +751,18 @@ EVAL_ERRORS = {
     "channels-not-json": (lambda o: (o / "channels.json").write_text("{"), None, ["channels.json", "not valid json"]),
     "channels-unknown-units": (lambda o: _edit_channels(o, removed_units=["no.such.unit:0"]), None, ["does not fit"]),
     "channels-incomplete": (lambda o: _edit_channels(o, drop=("removed_units",)), None, ["incomplete"]),
-    "weights-of-other-run": (lambda o: _edit_channels(o, drop=("widths",), removed_units=[]), None,
-                             ["model.safetensors", "does not fit"]),
+    "weights-of-other-run": (
+        lambda o: _edit_channels(o, drop=("widths",), removed_units=[]),
+        None,
+        ["model.safetensors", "does not fit"],
+    ),
     "wrong-class-count": (lambda o: None, "two", ["2 classes", "3"]),
 }
 
 
 EVAL_ERRORS["channels-model-null"] = (lambda o: _edit_channels(o, model=None), None, ["channels.json"])
+
+
 @pytest.mark.parametrize("case", list(EVAL_ERRORS))
 def test_eval_errors(case: str, e2e: tuple[Path, Result], tiny_folder: Path, tmp_path: Path) -> None:
     src, res = e2e

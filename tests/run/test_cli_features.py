@@ -1,5 +1,6 @@
 """CLI features on the tiny folder: ``lcp bench``, ``lcp search`` then ``lcp prune --transforms``, the baseline
 trained when no weights exist, ``--kd`` and ``lcp train --resume``."""
+
 from __future__ import annotations
 
 import json
@@ -33,14 +34,16 @@ def pruned(tiny_folder: Path, resnet20_ckpt: Path, tmp_path_factory: pytest.Temp
 
 def test_bench_writes_a_row_per_model_and_batch(pruned: Path, tmp_path: Path) -> None:
     csv_path = tmp_path / "bench.csv"
-    res = lcp_cli("bench", pruned, "--batch", "1", "2", "--repeats", "2", "--no-compile", "--threads", "1",
-                  "--out", csv_path)
+    res = lcp_cli(
+        "bench", pruned, "--batch", "1", "2", "--repeats", "2", "--no-compile", "--threads", "1", "--out", csv_path
+    )
     assert res.code == 0, res.err
     assert f"written {csv_path}" in res.out and "images_per_s" in res.out  # the table, then where it went
     rows = read_csv(csv_path)
     assert list(rows[0]) == BENCH_COLUMNS
     assert [(r["name"], r["model"], r["runtime"], r["batch"]) for r in rows] == [
-        ("resnet20", m, "eager", b) for m in ("original", "pruned") for b in ("1", "2")]
+        ("resnet20", m, "eager", b) for m in ("original", "pruned") for b in ("1", "2")
+    ]
     for r in rows:
         med, p10, p90 = float(r["median_ms"]), float(r["p10_ms"]), float(r["p90_ms"])
         assert 0 < p10 <= med <= p90
@@ -61,10 +64,35 @@ def test_bench_needs_a_folder_or_a_model(pruned: Path) -> None:
 
 
 def test_search_then_prune_with_its_transforms(tiny_folder: Path, resnet20_ckpt: Path, tmp_path: Path) -> None:
-    common = ["--model", "resnet20", "--data", tiny_folder, "--checkpoint", resnet20_ckpt, "--holdout", "9",
-              "--batch-size", "16", "--recal-batches", "1", "--no-progress"]
-    res = lcp_cli("search", *common, "--budget", "0.5", "--candidates", "8", "--population", "4", "--tournament",
-                  "2", "--out", tmp_path / "search")
+    common = [
+        "--model",
+        "resnet20",
+        "--data",
+        tiny_folder,
+        "--checkpoint",
+        resnet20_ckpt,
+        "--holdout",
+        "9",
+        "--batch-size",
+        "16",
+        "--recal-batches",
+        "1",
+        "--no-progress",
+    ]
+    res = lcp_cli(
+        "search",
+        *common,
+        "--budget",
+        "0.5",
+        "--candidates",
+        "8",
+        "--population",
+        "4",
+        "--tournament",
+        "2",
+        "--out",
+        tmp_path / "search",
+    )
     assert res.code == 0, res.err
     found = json.loads((tmp_path / "search" / "transforms.json").read_text())
     assert len(read_csv(tmp_path / "search" / "search.csv")) == 8
@@ -72,8 +100,20 @@ def test_search_then_prune_with_its_transforms(tiny_folder: Path, resnet20_ckpt:
     pairs = {g["group"]: (g["alpha"], g["kappa"]) for g in found["groups"]}
     assert any(p != (1.0, 0.0) for p in pairs.values())  # the search moved away from the identity
 
-    res = lcp_cli("prune", *common, "--method", "lcp", "--transforms", tmp_path / "search" / "transforms.json",
-                  "--budget", "0.6", "--finetune-epochs", "0", "--out", tmp_path / "prune")
+    res = lcp_cli(
+        "prune",
+        *common,
+        "--method",
+        "lcp",
+        "--transforms",
+        tmp_path / "search" / "transforms.json",
+        "--budget",
+        "0.6",
+        "--finetune-epochs",
+        "0",
+        "--out",
+        tmp_path / "prune",
+    )
     assert res.code == 0, res.err
     out = tmp_path / "prune"
     used = json.loads((out / "transforms.json").read_text())
@@ -87,8 +127,20 @@ def test_search_then_prune_with_its_transforms(tiny_folder: Path, resnet20_ckpt:
     # the transforms decide the cut: the identity gives another network
     ident = {"groups": [dict(g, alpha=1.0, kappa=0.0) for g in found["groups"]]}
     (tmp_path / "identity.json").write_text(json.dumps(ident))
-    res = lcp_cli("prune", *common, "--method", "lcp", "--transforms", tmp_path / "identity.json", "--budget", "0.6",
-                  "--finetune-epochs", "0", "--out", tmp_path / "ident")
+    res = lcp_cli(
+        "prune",
+        *common,
+        "--method",
+        "lcp",
+        "--transforms",
+        tmp_path / "identity.json",
+        "--budget",
+        "0.6",
+        "--finetune-epochs",
+        "0",
+        "--out",
+        tmp_path / "ident",
+    )
     assert res.code == 0, res.err
     units = [json.loads((d / "channels.json").read_text())["removed_units"] for d in (out, tmp_path / "ident")]
     assert units[0] != units[1]
@@ -97,13 +149,33 @@ def test_search_then_prune_with_its_transforms(tiny_folder: Path, resnet20_ckpt:
 # -------------------------------------------------------------------------------------------------- baseline
 
 
-def test_prune_trains_a_baseline_when_no_weights_exist(tiny_folder: Path, tmp_path: Path,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_prune_trains_a_baseline_when_no_weights_exist(
+    tiny_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("LCP_WEIGHTS", str(tmp_path / "no-weights"))
     monkeypatch.setenv("LCP_CACHE", str(tmp_path / "cache"))
-    args = ["prune", "--model", "resnet20", "--data", tiny_folder, "--baseline-epochs", "1", "--budget", "0.5",
-            "--method", "global", "--finetune-epochs", "0", "--holdout", "9", "--batch-size", "16",
-            "--recal-batches", "1", "--no-progress"]
+    args = [
+        "prune",
+        "--model",
+        "resnet20",
+        "--data",
+        tiny_folder,
+        "--baseline-epochs",
+        "1",
+        "--budget",
+        "0.5",
+        "--method",
+        "global",
+        "--finetune-epochs",
+        "0",
+        "--holdout",
+        "9",
+        "--batch-size",
+        "16",
+        "--recal-batches",
+        "1",
+        "--no-progress",
+    ]
     res = lcp_cli(*args, "--out", tmp_path / "a")
     assert res.code == 0, res.err
     said = res.out + res.err
@@ -129,8 +201,9 @@ def test_prune_trains_a_baseline_when_no_weights_exist(tiny_folder: Path, tmp_pa
 # -------------------------------------------------------------------------------------------------------- kd
 
 
-def test_kd_fine_tunes_with_distillation(tiny_folder: Path, resnet20_ckpt: Path, tmp_path: Path,
-                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_kd_fine_tunes_with_distillation(
+    tiny_folder: Path, resnet20_ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     teachers = []
     real = lcp.training.train.finetune
 
@@ -156,10 +229,24 @@ def test_kd_fine_tunes_with_distillation(tiny_folder: Path, resnet20_ckpt: Path,
 # ------------------------------------------------------------------------------------------- train --resume
 
 
-def test_train_resume_continues_from_the_checkpoint(tiny_folder: Path, tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    args = ["train", "--model", "resnet20", "--data", tiny_folder, "--epochs", "2", "--batch-size", "16",
-            "--holdout", "9", "--threads", "1"]
+def test_train_resume_continues_from_the_checkpoint(
+    tiny_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    args = [
+        "train",
+        "--model",
+        "resnet20",
+        "--data",
+        tiny_folder,
+        "--epochs",
+        "2",
+        "--batch-size",
+        "16",
+        "--holdout",
+        "9",
+        "--threads",
+        "1",
+    ]
     ref = lcp_cli(*args, "--out", tmp_path / "ref", "--no-progress")
     assert ref.code == 0, ref.err
 

@@ -1,4 +1,5 @@
-"""Tests of lcp.training.data (loading, caching, splits, batches) and lcp.training.train (evaluate, BN recalibration, fine-tuning)."""
+"""Tests of lcp.training.data (loading, caching, splits, batches) and lcp.training.train (evaluate, BN
+recalibration, fine-tuning)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ from torch import nn
 
 import lcp.training.data as data_mod
 import lcp.training.images as images_mod
-from lcp.training.data import DataBundle, load_data
 from lcp.errors import LcpError
+from lcp.training.data import DataBundle, load_data
 from lcp.training.train import evaluate, finetune, load_checkpoint, recalibrate_bn, train_baseline
 from tests.helpers import channel_image, make_image_folder
 
@@ -281,8 +282,9 @@ def test_finetune_lowers_loss_and_baseline(bundle: DataBundle, capsys: pytest.Ca
     assert res["history"][1]["lr"] < 0.05 * 0.2  # cosine near its end
 
     threads = torch.get_num_threads()
-    base = train_baseline(_net(1), bundle, epochs=1, lr=0.1, batch_size=32, eval_loader=bundle.loader("test", 64),
-                          num_threads=1)
+    base = train_baseline(
+        _net(1), bundle, epochs=1, lr=0.1, batch_size=32, eval_loader=bundle.loader("test", 64), num_threads=1
+    )
     assert np.isfinite(base["history"][0]["loss"]) and "val_top1" in base["history"][0]
     assert "train epoch 1/1: loss" in capsys.readouterr().err and torch.get_num_threads() == threads
 
