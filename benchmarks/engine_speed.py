@@ -11,7 +11,7 @@
 
 Every time is the median of ``--repeats`` runs (default 5; min and max are in the CSV). Models are built
 with random weights (``pretrained=False``, seed 0) and pruned in eval mode (``--train-mode`` keeps the
-train mode timm gives them; ghostnet_100 then fails, see tests/test_engine_models.py). A model that fails
+train mode timm gives them; ghostnet_100 then fails, see tests/engine/test_real_models.py). A model that fails
 gets a row with ``status`` = the error and the run goes on.
 
     python benchmarks/engine_speed.py [--out benchmarks/results/engine_speed.csv] [--threads 1]

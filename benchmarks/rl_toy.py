@@ -25,7 +25,7 @@ import torch
 from lcp.engine.connections import build
 from lcp.engine.cost import CostModel
 from lcp.engine.graph import build_graph
-from lcp.methods.controllers import ControllerConfig, match_toy, search_connections
+from lcp.methods.connections import ControllerConfig, match_toy, search_connections
 from lcp.methods.ddpg import AgentConfig, Env, quadratic_toy, run_agent
 from lcp.models.zoo import CifarDenseNet, CifarResNet, densenet40
 

@@ -476,7 +476,7 @@ python -m lcp.models.timm_support validate.py --data-dir ~/data/imagenette --mod
 The pruned weights are always loaded (`--pretrained` changes nothing); `--num-classes N` puts a new classifier
 on the pruned features; `--initial-checkpoint` / `--checkpoint` / `--resume` load checkpoints of the pruned model
 as usual; `--drop`, `--drop-path` and the other model arguments reach the original model before the cut.
-`tests/test_timm.py` follows train.py's and validate.py's steps with a pruned model (`timm.utils.ParseKwargs`,
+`tests/models/test_timm_support.py` follows train.py's and validate.py's steps with a pruned model (`timm.utils.ParseKwargs`,
 `timm.create_model` with train.py's arguments, data config and transforms from `pretrained_cfg`, timm's dataset,
 loader and optimizer, a checkpoint saved and loaded back) and runs a script through the runner. By hand, a copy
 of validate.py (its model creation, data pipeline and evaluation loop unchanged; AMP, scripting and bulk mode
@@ -496,7 +496,7 @@ print(feats.feature_info.channels())                                       # the
 **forward_features and features_only.** A pruned model is timm's own class (all its methods work, and
 `num_features`, `head_hidden_size` and `feature_info` give the pruned widths, so `reset_classifier` fits) unless
 lcp had to rewrite constants of its forward code (split sizes or channel slices: of the 20 models of
-`tests/test_timm.py`, ghostnet_100, mixnet_s, cspresnet50, res2net50_14w_8s and dpn48b); then it is a
+`tests/models/test_timm_support.py`, ghostnet_100, mixnet_s, cspresnet50, res2net50_14w_8s and dpn48b); then it is a
 `torch.fx.GraphModule` with timm's attributes (`num_classes`,
 `pretrained_cfg`, ...) but not its methods. `features_only=True` wraps the pruned model in the architecture's
 own timm feature wrapper (`FeatureListNet`, `FeatureGetterNet` via `forward_intermediates`, ...) with the pruned

@@ -198,21 +198,26 @@ def field_names(*classes: type) -> list[str]:
 # ------------------------------------------------------------------------------------------------- command line
 
 
-def _text_parser(tp: Any, check: Check | None, choices: Sequence[str] | None) -> Callable[[str], Any]:
+def _text_parser(tp: Any, check: Check | None, label: str) -> Callable[[str], Any]:
+    """argparse ``type=`` for a field of type ``tp``: convert, then ``check``; errors name the flag (``label``)."""
     base, _ = _split_optional(tp)
+
+    def fail(reason: str) -> argparse.ArgumentTypeError:
+        return argparse.ArgumentTypeError(f"{label} {reason}")
+
     if typing.get_origin(base) is list:  # comma-separated ("0.7,0.5")
         item = typing.get_args(base)[0]
 
         def parse_list(text: str) -> list:
             parts = [t for t in text.split(",") if t.strip()]
             if not parts:
-                raise argparse.ArgumentTypeError(f"expected {_type_name(base)} separated by commas, got '{text}'")
-            values = [_text_parser(item, None, None)(t) for t in parts]
+                raise fail(f"must be {_type_name(base)} separated by commas, got '{text}'")
+            values = [_text_parser(item, None, label)(t) for t in parts]
             if check:
                 try:
                     check(values)
                 except ValueError as e:
-                    raise argparse.ArgumentTypeError(str(e)) from None
+                    raise fail(str(e)) from None
             return values
 
         return parse_list
@@ -221,14 +226,14 @@ def _text_parser(tp: Any, check: Check | None, choices: Sequence[str] | None) ->
         try:
             value = base(text) if base in (int, float) else text
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {_type_name(base)}, got '{text}'") from None
-        if base is float and not math.isfinite(value):
-            raise argparse.ArgumentTypeError(f"expected a finite number, got '{text}'")
+            raise fail(f"must be {_type_name(base)}, got '{text}'") from None
         if check:
             try:
                 check(value)
             except ValueError as e:
-                raise argparse.ArgumentTypeError(str(e)) from None
+                raise fail(str(e)) from None
+        if base is float and not math.isfinite(value):
+            raise fail(f"must be a finite number, got '{text}'")
         return value
 
     return parse
@@ -267,7 +272,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, *, exclude: Iterab
         if typing.get_origin(tp) is list and m["metavar"] and isinstance(m["metavar"], tuple):
             kw.update(nargs=len(m["metavar"]), metavar=m["metavar"], type=typing.get_args(tp)[0])
         else:
-            kw["type"] = _text_parser(tp, m["check"], None)
+            kw["type"] = _text_parser(tp, m["check"], flag)
             if choices is not None:
                 kw["choices"] = list(choices)
             if m["metavar"]:

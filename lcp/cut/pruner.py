@@ -11,7 +11,8 @@ import numpy as np
 from torch import nn
 
 from lcp.cut import importance as imp
-from lcp.cut.latency import LatencyTable, median_error, paired_latency
+from lcp.cut.latency import median_error, paired_latency
+from lcp.cut.latency_table import LatencyTable
 from lcp.cut.options import check_budget
 from lcp.cut.ranking import Plan, Transforms, plan, plan_ratios
 from lcp.engine.cost import CostModel, count_macs, count_params
@@ -185,7 +186,7 @@ def _latency_cut(
 ) -> tuple[Plan, nn.Module, dict]:
     """Cut to ``budget`` x the measured latency of the original on this device.
 
-    The greedy walk uses a per-layer latency lookup table (``latency.LatencyTable``, NetAdapt-style) as its
+    The greedy walk uses a per-layer latency lookup table (``latency_table.LatencyTable``, NetAdapt-style) as its
     cost. The table is a model, so every walk's network is built and timed as a whole against the original
     (``paired_latency``: alternating rounds, ``repeats`` timings each). The walks aim at the middle of the
     accepted band ``[(1 - tolerance) x budget, budget]``, so that timing noise of half the tolerance keeps a

@@ -63,7 +63,7 @@ def record_cost(rec: Record, n_out: int, n_in: int, n_norm_params: int) -> tuple
 class CostModel:
     """MACs and params of a model as units are removed, updated incrementally per removed unit.
 
-    With a ``latency`` table (``lcp.cut.latency.LatencyTable``) it also predicts the latency in milliseconds
+    With a ``latency`` table (``lcp.cut.latency_table.LatencyTable``) it also predicts the latency in milliseconds
     (metric ``"latency"``): the table's constant plus every layer's interpolated timing at its current widths.
     """
 

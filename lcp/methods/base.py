@@ -33,7 +33,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from lcp.cut import importance as imp
-from lcp.cut.latency import LatencyTable
+from lcp.cut.latency_table import LatencyTable
 from lcp.cut.options import BUDGET_TYPES
 from lcp.cut.pruner import PruneResult, prune_graph
 from lcp.cut.ranking import Transforms
@@ -73,8 +73,8 @@ class Context:
         alternative, e.g. a learned result)."""
         if self.data is None:
             raise LcpError(
-                f"method {method!r} learns from data: pass data (a data set name, an ImageFolder path "
-                f"or a DataBundle){' or ' + instead if instead else ''}"
+                f"method {method!r} needs {instead + ' or ' if instead else ''}data (a data set name, an "
+                "ImageFolder path or a DataBundle) to learn from"
             )
         return self.data
 

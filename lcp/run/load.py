@@ -55,7 +55,7 @@ def load_model_and_data(cfg: PruneConfig, log: Log = print) -> Loaded:
     size = tuple(int(v) for v in cfg.input_size) if cfg.input_size else tuple(info.input_size)
     transform = None
     if info.source == "timm" and min(size[1:]) > 64:
-        transform = _timm_eval_transform(info, size)
+        transform = timm_eval_transform(info, size)
     # lfgcl never reads labels: a folder of images without class folders (or train/) is loaded unlabeled
     flat = cfg.method == "lfgcl" and dataset != "cifar10" and not (Path(spec).expanduser() / "train").is_dir()
     bundle = load_data(
@@ -98,7 +98,7 @@ def _checkpoint_classes(name: str, checkpoint: str) -> int | None:
     return int(weight.shape[0]) if weight is not None else None
 
 
-def _timm_eval_transform(info: Any, size: tuple[int, ...]) -> Any:
+def timm_eval_transform(info: Any, size: tuple[int, ...]) -> Any:
     """timm's eval transform from the model's pretrained_cfg (interpolation, crop_pct, mean, std) at ``size``."""
     return timm.data.create_transform(
         input_size=size,

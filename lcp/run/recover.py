@@ -20,8 +20,9 @@ from lcp.errors import LcpError
 from lcp.io import atomic_write_json
 from lcp.models import store
 from lcp.report import plot_widths, write_layers_csv, write_report
+from lcp.training import train as training
 from lcp.training.data import DataBundle
-from lcp.training.train import evaluate, finetune, recalibrate_bn
+from lcp.training.evaluate import evaluate, recalibrate_bn
 
 Data = DataBundle | Mapping[str, Any]  # a DataBundle, or {"train": loader, "test": loader}
 
@@ -67,7 +68,7 @@ def recover(
     if options.finetune_epochs > 0:
         if ckpt is not None:
             ckpt.parent.mkdir(parents=True, exist_ok=True)
-        finetune(
+        training.finetune(  # through the module, so that the fine-tuning step can be replaced (tests spy on it)
             pruned,
             source,
             epochs=options.finetune_epochs,

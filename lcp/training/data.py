@@ -45,7 +45,7 @@ def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
 
 
-def _augment(x: Tensor, gen: torch.Generator, pad: int = _PAD) -> Tensor:
+def augment_batch(x: Tensor, gen: torch.Generator, pad: int = _PAD) -> Tensor:
     """Zero-pad by ``pad``, random crop back to HxW, random horizontal flip, per image of a uint8 batch.
 
     Batches are assembled with single-threaded numpy: torch's parallel kernels stall on a busy 2-core
@@ -112,12 +112,12 @@ class Batches:
             sl = slice(i * self.batch_size, min(n, (i + 1) * self.batch_size))
             if order is None:
                 xb, yb = self.x[sl], self.y[sl]
-            else:  # numpy take: single-threaded and fast (see _augment)
+            else:  # numpy take: single-threaded and fast (see augment_batch)
                 idx = order[sl].numpy()
                 xb, yb = torch.from_numpy(self.x.numpy()[idx]), torch.from_numpy(self.y.numpy()[idx])
             if self.augment:
-                xb = _augment(xb, gen)
-            xf = xb.numpy().astype(np.float32)  # numpy, single-threaded: see _augment
+                xb = augment_batch(xb, gen)
+            xf = xb.numpy().astype(np.float32)  # numpy, single-threaded: see augment_batch
             np.multiply(xf, self._scale, out=xf)
             np.subtract(xf, self._shift, out=xf)
             yield torch.from_numpy(xf), yb

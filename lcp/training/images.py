@@ -105,7 +105,7 @@ def _decode_jpegs(paths: Sequence[str], size: tuple[int, int, int]) -> list[np.n
     return out
 
 
-def _decode_all(
+def decode_all(
     paths: Sequence[str], size: tuple[int, int, int], transform: ImageTransform | None, chunk: int = 2048
 ) -> np.ndarray:
     """Decode ``paths`` into one uint8 array [N,C,H,W].
@@ -281,9 +281,9 @@ def load_folder(
     if hit is not None:
         return hit[0], list(hit[1]["classes"]), folder
     arrays = {
-        "train_x": _decode_all([f[0] for f in train_files], size, transform),
+        "train_x": decode_all([f[0] for f in train_files], size, transform),
         "train_y": np.asarray(train_labels, dtype=np.int64),
-        "test_x": _decode_all([f[0] for f in test_files], size, transform),
+        "test_x": decode_all([f[0] for f in test_files], size, transform),
         "test_y": np.asarray(test_labels, dtype=np.int64),
     }
     meta = {

@@ -14,7 +14,7 @@ from torch import nn
 import lcp
 import lcp.cut.latency
 from lcp.cut import importance as imp
-from lcp.cut.latency import LatencyTable, LayerTable
+from lcp.cut.latency_table import LatencyTable, LayerTable
 from lcp.cut.pruner import prune_graph
 from lcp.engine.cost import CostModel
 from lcp.engine.graph import build_graph

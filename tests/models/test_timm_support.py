@@ -445,11 +445,11 @@ def test_check_pretrained_offline_is_one_line():
 def test_imagenet_style_data_uses_timm_transforms(tiny_folder):
     """Above 64x64 an ImageFolder is read through timm's eval transform of the model's pretrained_cfg."""
     from lcp.models.factory import model_info
-    from lcp.run.load import _timm_eval_transform
+    from lcp.run.load import timm_eval_transform
     from lcp.training.data import load_data
 
     info = model_info("regnetx_002")
-    tf = _timm_eval_transform(info, (3, 96, 96))
+    tf = timm_eval_transform(info, (3, 96, 96))
     steps = [type(t).__name__ for t in tf.transforms]
     assert steps[:2] == ["Resize", "CenterCrop"], steps
     assert tf.transforms[0].size == int(96 / info.crop_pct) and tf.transforms[1].size == (96, 96)

@@ -77,15 +77,15 @@ def test_cache_hit_skips_decoding(folder: Path, _cache: Path, monkeypatch: pytes
     def boom(*args: object, **kwargs: object) -> None:
         raise AssertionError("decoded again despite the cache")
 
-    decode_all = images_mod._decode_all
-    monkeypatch.setattr(images_mod, "_decode_all", boom)
+    decode_all = images_mod.decode_all
+    monkeypatch.setattr(images_mod, "decode_all", boom)
     second = load_data(folder, input_size=SIZE, holdout=6)
     assert torch.equal(first.train_x, second.train_x) and torch.equal(first.test_y, second.test_y)
     # a changed folder is a different cache entry
     _image(1, np.random.default_rng(5)).save(folder / "train" / "class1" / "new.png")
     with pytest.raises(AssertionError, match="decoded again"):
         load_data(folder, input_size=SIZE, holdout=6)
-    monkeypatch.setattr(images_mod, "_decode_all", decode_all)
+    monkeypatch.setattr(images_mod, "decode_all", decode_all)
     third = load_data(folder, input_size=SIZE, holdout=6)
     assert len(third.train_x) == len(first.train_x) + 1
     assert [p.name for p in (_cache / "data").iterdir()] == [third.cache_dir.name]  # the stale entry is gone
@@ -130,9 +130,9 @@ def test_loader_normalize_augment_determinism(folder: Path) -> None:
     assert len(b.loader("train", 16, drop_last=True)) == 3
 
     # the crop keeps image content: an augmented batch holds shifted/flipped copies, padded with zeros
-    aug = data_mod._augment(b.test_x[:4], torch.Generator().manual_seed(0))
+    aug = data_mod.augment_batch(b.test_x[:4], torch.Generator().manual_seed(0))
     assert aug.shape == (4, *SIZE) and aug.dtype == torch.uint8
-    assert data_mod._augment(b.test_x[:4], torch.Generator().manual_seed(0)).equal(aug)
+    assert data_mod.augment_batch(b.test_x[:4], torch.Generator().manual_seed(0)).equal(aug)
 
     limited = b.loader("test", 4, limit=5)
     assert sum(len(yb) for _, yb in limited) == 5

@@ -60,7 +60,7 @@ class LegrMethod(Method):
         o, graph = ctx.options, ctx.graph
         if o.transforms:
             return Learned(transforms=Transforms.from_json(read_json(o.transforms, what="transforms file"), graph))
-        bundle = ctx.need_data(self.name, "transforms learned earlier (--transforms FILE, transforms=...)")
+        bundle = ctx.need_data(self.name, "transforms")
         cost, scores = ctx.cost_and_scores()
         budgets = [o.search_budget] if o.search_budget else sorted(set(o.all_budgets()))
         ctx.log(
