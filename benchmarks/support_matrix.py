@@ -476,7 +476,8 @@ python -m lcp.models.timm_support validate.py --data-dir ~/data/imagenette --mod
 The pruned weights are always loaded (`--pretrained` changes nothing); `--num-classes N` puts a new classifier
 on the pruned features; `--initial-checkpoint` / `--checkpoint` / `--resume` load checkpoints of the pruned model
 as usual; `--drop`, `--drop-path` and the other model arguments reach the original model before the cut.
-`tests/models/test_timm_support.py` follows train.py's and validate.py's steps with a pruned model (`timm.utils.ParseKwargs`,
+`tests/models/test_timm_support.py` follows train.py's and validate.py's steps with a pruned model
+(`timm.utils.ParseKwargs`,
 `timm.create_model` with train.py's arguments, data config and transforms from `pretrained_cfg`, timm's dataset,
 loader and optimizer, a checkpoint saved and loaded back) and runs a script through the runner. By hand, a copy
 of validate.py (its model creation, data pipeline and evaluation loop unchanged; AMP, scripting and bulk mode
