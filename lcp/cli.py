@@ -28,7 +28,7 @@ from lcp.models.factory import create_model, model_info
 from lcp.options import add_arguments, unit_interval
 from lcp.options import from_mapping as check_values
 from lcp.report import print_table
-from lcp.run.config import PruneConfig, TrainConfig
+from lcp.run.config import PruneConfig, TrainConfig, require_device
 from lcp.run.pipeline import run_prune, run_search
 from lcp.run.train_run import run_train
 from lcp.training.data import load_data
@@ -166,6 +166,7 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    require_device(args.device)
     if (args.dir is None) == (args.model is None):
         raise LcpError("pass a pruned folder (lcp bench DIR) or --model NAME")
     if args.dir:

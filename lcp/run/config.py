@@ -14,7 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from lcp.cut.options import CutOptions
+from lcp.errors import LcpError
 from lcp.methods import describe_methods, get_method, method_names
 from lcp.methods.legr import SearchOptions
 from lcp.methods.options import AgentOptions
@@ -27,6 +30,22 @@ _DEVICE = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
 def device_name(value: str) -> None:
     if not _DEVICE.match(value):
         raise ValueError(f"must be cpu, cuda, cuda:N or mps, got {value!r}")
+
+
+def require_device(name: str) -> None:
+    """Refuse (one line) a device this machine does not have, before any work."""
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise LcpError(f"--device {name} is not a device: use cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise LcpError(f"--device {name}: no CUDA device is available on this machine; use --device cpu")
+        if dev.index is not None and dev.index >= count:
+            raise LcpError(f"--device {name}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+    elif dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise LcpError(f"--device {name}: MPS (Apple GPU) is not available on this machine; use --device cpu")
 
 
 def _positive_size(values: list[int]) -> None:
@@ -58,8 +77,7 @@ class JobOptions:
     )
     device: str = option(
         "cpu",
-        "device for fine-tuning, evaluation, latency measurements and the lfgcl/amc/ads/lwp "
-        "searches (the lcp search runs on the CPU)",
+        "device for fine-tuning, evaluation, latency measurements and every search (cpu, cuda, cuda:N, mps)",
         check=device_name,
         signature=False,
     )
@@ -98,7 +116,7 @@ class PruneConfig(SearchOptions, AgentOptions, RecoveryOptions, CutOptions, JobO
     def signature(self) -> dict[str, Any]:
         """What identifies the run's result (an output folder holds one signature)."""
         sig = signature(self)
-        sig.update({k: getattr(self, k) for k in ("pretrained", "input_size") if getattr(self, k)})  # when set
+        sig.update({k: getattr(self, k) for k in ("pretrained", "input_size", "search_stop") if getattr(self, k)})
         if self.structure_from:  # the folder and its channels.json as they are now
             spec = Path(self.structure_from).expanduser().resolve() / "channels.json"
             sig.update(structure_from=str(spec.parent), structure=file_digest(str(spec)) if spec.is_file() else None)

@@ -21,7 +21,7 @@ from lcp.engine.graph import ChannelGraph, build_graph
 from lcp.io import atomic_path, atomic_write_json, read_json
 from lcp.methods import Context, Learned, Method, get_method
 from lcp.methods.structure import STRUCTURE_METHOD, open_structure
-from lcp.run.config import PruneConfig
+from lcp.run.config import PruneConfig, require_device
 from lcp.run.folder import RunLock, prepare_out_dir
 from lcp.run.load import Loaded, baseline_accuracy, load_model_and_data
 from lcp.run.recover import latency_columns, recover, report_row, write_outputs
@@ -80,6 +80,7 @@ def _check(cfg: PruneConfig) -> Method:
     for b in cfg.all_budgets():
         if b is not None:  # None: --structure-from without --budget
             check_budget(b, cfg.budget_type)
+    require_device(cfg.device)
     method = _method(cfg)
     method.check(cfg, cfg.all_budgets())
     if cfg.threads:

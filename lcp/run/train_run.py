@@ -12,7 +12,7 @@ import torch
 from lcp.errors import LcpError
 from lcp.io import atomic_path, save_tensors
 from lcp.models.factory import create_model, model_info
-from lcp.run.config import TrainConfig
+from lcp.run.config import TrainConfig, require_device
 from lcp.run.folder import RunLock, prepare_out_dir
 from lcp.training.data import load_data
 from lcp.training.train import evaluate, train_baseline
@@ -24,6 +24,7 @@ def run_train(cfg: TrainConfig, log: Log = print) -> pd.DataFrame:
     """``lcp train``: train ``cfg.model`` from scratch on the train split (held-out images excluded), with a
     checkpoint per epoch (``--resume``); writes ``model.safetensors`` and ``report.csv`` (test top-1) to ``out``."""
     cfg = TrainConfig.from_mapping(vars(cfg), "lcp train")  # every value checked once more (API callers)
+    require_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     info = model_info(cfg.model)

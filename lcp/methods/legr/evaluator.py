@@ -27,11 +27,18 @@ log = logging.getLogger("lcp.methods.legr")
 
 @dataclass
 class SearchResult:
-    """Best transforms found, their fitness and one history row per evaluated candidate."""
+    """Best transforms found, their fitness and one history row per evaluated candidate; ``stopped_by``:
+    ``candidates`` (the limit) or ``time`` (the time budget); ``seconds``: wall time of the whole search."""
 
     transforms: Transforms
     best_fitness: float
     history: list[dict[str, float]] = field(default_factory=list)
+    stopped_by: str = "candidates"
+    seconds: float = 0.0
+
+    @property
+    def evaluated(self) -> int:
+        return len(self.history)
 
 
 def group_std(graph: ChannelGraph, scores: np.ndarray) -> np.ndarray:

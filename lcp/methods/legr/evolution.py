@@ -16,7 +16,8 @@ import difflib
 import hashlib
 import logging
 import math
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ import numpy as np
 
 from lcp.engine.graph import ChannelGraph
 from lcp.errors import LcpError
-from lcp.io import PathLike, atomic_write_text
+from lcp.io import PathLike, atomic_write_json, atomic_write_text
 from lcp.methods.legr.evaluator import Evaluator, SearchResult, first_line, group_std, standardized
 from lcp.methods.legr.fitness import FitnessFn
 from lcp.methods.legr.state import SearchRun, SearchState
@@ -88,13 +89,13 @@ def _legr(
             z[n_groups + g] += rng.normal(0.0, std[g])
         return z
 
-    while len(st.evaluated) < candidates:
+    while st.pending or not run.done():
         k = len(st.evaluated)
         if not st.pending:
             if k < population:
-                st.pending = [initial(k + i).tolist() for i in range(min(width, population - k, candidates - k))]
+                st.pending = [initial(k + i).tolist() for i in range(min(run.room(width), population - k))]
             else:
-                st.pending = [child(k + i).tolist() for i in range(min(width, candidates - k))]
+                st.pending = [child(k + i).tolist() for i in range(run.room(width))]
             st.rng = rng.bit_generator.state
         run.evaluate_pending()
         for i, z in enumerate(st.pending):
@@ -147,8 +148,8 @@ def _nevergrad(run: SearchRun, name: str, dim: int, seed: int) -> None:
     n_stored = len(st.evaluated)
     old_pending, old_results = list(st.pending), dict(st.results)
     k = 0
-    while k < candidates:
-        n = min(width, candidates - k)
+    while k < run.limit and (k < n_stored or not run.done()):
+        n = min(width, run.limit - k)
         asked = [opt.ask() for _ in range(n)]
         new: list[int] = []
         for i in range(n):
@@ -208,6 +209,9 @@ def search(
     workers: int = 1,
     executor: Any = None,
     standardized_member: bool = True,
+    stop_after: int | None = None,
+    time_budget: float | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> SearchResult:
     """Minimise ``fitness`` over per-group ``(alpha, kappa)``; the identity is always the first candidate.
 
@@ -227,6 +231,11 @@ def search(
     ``concurrent.futures`` executor) evaluate candidates concurrently in batches of the pool's width: legr
     breeds a batch of children from the population as it stands, and every batch is told in candidate order,
     so results depend on the seed and the width, not on timing.
+
+    ``time_budget`` (seconds of wall time by ``clock``, over every run of a resumed search) stops the search
+    between batches once it is spent; ``stop_after`` stops it after that many candidates. Both keep the schedule
+    of ``candidates`` (LeGR's step size decays over ``candidates``), so a search stopped by time after N
+    candidates is reproduced exactly by ``stop_after=N`` (``SearchResult.evaluated``).
     """
     if compensation not in COMPENSATIONS:
         raise LcpError(f"unknown compensation {compensation!r}; choose one of {', '.join(COMPENSATIONS)}")
@@ -271,7 +280,20 @@ def search(
         SearchState.load(path, settings) if (resume and path is not None and path.is_file()) else SearchState(settings)
     )
     evaluator = Evaluator(fitness, workers, executor)
-    run = SearchRun(graph, state, path, candidates, evaluator, progress, decode)
+    if stop_after is not None and stop_after < 1 or time_budget is not None and not time_budget > 0:
+        raise LcpError("stop_after must be at least 1 and time_budget positive")
+    run = SearchRun(
+        graph,
+        state,
+        path,
+        candidates,
+        evaluator,
+        progress,
+        decode,
+        stop_after=stop_after,
+        time_budget=time_budget,
+        clock=clock,
+    )
     try:
         if name == "legr":
             _legr(
@@ -305,7 +327,19 @@ def write_search_csv(history: Sequence[dict[str, float]], path: PathLike) -> Non
 
 
 def write_outputs(result: SearchResult, out_dir: PathLike) -> None:
-    """``search.csv`` and ``search.png`` (fitness per candidate and best so far) in ``out_dir``."""
+    """``search.csv``, ``search.png`` (fitness per candidate and best so far) and ``search.json`` (how many
+    candidates were evaluated, what stopped the search, its wall time) in ``out_dir``."""
     out = Path(out_dir)
     write_search_csv(result.history, out / "search.csv")
+    atomic_write_json(
+        out / "search.json",
+        {
+            "candidates_evaluated": result.evaluated,
+            "stopped_by": result.stopped_by,
+            "seconds": round(result.seconds, 1),
+            "best_fitness": result.best_fitness,
+            "identity_fitness": result.history[0]["fitness"] if result.history else None,
+            "reproduce_with": f"--search-stop {result.evaluated}",
+        },
+    )
     plot_search(result.history, out / "search.png", title="search: held-out fitness (lower is better)", maximize=False)

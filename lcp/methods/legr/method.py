@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from lcp.cut.ranking import Transforms
+from lcp.errors import LcpError
 from lcp.io import atomic_write_json, read_json
 from lcp.methods.base import Context, Learned, Method, register_method
 from lcp.methods.legr.evolution import COMPENSATIONS, search, write_outputs
 from lcp.methods.legr.fitness import make_fitness
-from lcp.options import at_least, option, unit_interval
+from lcp.options import at_least, option, positive, unit_interval
 
 _GROUP = "search (method lcp without --transforms)"
 
@@ -44,6 +46,22 @@ class SearchOptions:
     executor: str | None = option(
         None, "dask://HOST:PORT to evaluate candidates on a Dask cluster", signature=False, group=_GROUP
     )
+    search_time: float | None = option(
+        None,
+        "wall-time budget of the search in seconds (over every run of a resumed search): it stops between "
+        "candidates once spent; search.json records how many it evaluated",
+        check=positive,
+        signature=False,
+        group=_GROUP,
+    )
+    search_stop: int | None = option(
+        None,
+        "stop the search after this many candidates, keeping the schedule of --candidates (reproduces a search "
+        "that --search-time stopped: see its search.json)",
+        check=at_least(1),
+        signature=False,
+        group=_GROUP,
+    )
 
 
 @register_method
@@ -55,6 +73,14 @@ class LegrMethod(Method):
     summary = "learned layer compensation (LeGR search), then one global ranking"
     order = "lcp"
     learns_from_data = True
+
+    def check(self, options: Any, budgets: list[float | None]) -> None:
+        super().check(options, budgets)
+        if options.device != "cpu" and (options.workers > 1 or options.executor):
+            raise LcpError(
+                f"the lcp search on --device {options.device} scores candidates in this process: drop --workers "
+                "and --executor (they spread the search over CPU processes)"
+            )
 
     def learn(self, ctx: Context) -> Learned:
         o, graph = ctx.options, ctx.graph
@@ -80,6 +106,7 @@ class LegrMethod(Method):
             seed=o.seed,
             min_ratio=o.min_ratio,
             round_to=o.round_to,
+            device=o.device,
         )
         write = ctx.writer and ctx.out is not None
         result = search(
@@ -97,6 +124,18 @@ class LegrMethod(Method):
             progress=o.progress and ctx.writer,
             workers=o.workers,
             executor=o.executor,
+            stop_after=o.search_stop,
+            time_budget=o.search_time,
+        )
+        first = result.history[0]["fitness"] if result.history else float("nan")
+        ctx.log(
+            f"search: {result.evaluated} of {o.candidates} candidates in {result.seconds:.0f} s"
+            + (
+                f" (the --search-time budget stopped it; --search-stop {result.evaluated} reproduces it)"
+                if result.stopped_by == "time"
+                else ""
+            )
+            + f"; held-out fitness {first:.4f} (identity) -> {result.best_fitness:.4f}"
         )
         if write:
             write_outputs(result, ctx.out)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ class SearchState:
         self.history: list[dict[str, float]] = []
         self.pending: list[list[float]] = []  # generated but not yet told, in candidate order
         self.results: dict[int, list[float]] = {}  # pending index -> [fitness, seconds]
+        self.elapsed = 0.0  # wall seconds spent searching, over every run of a resumed search
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -44,6 +46,7 @@ class SearchState:
             "history": self.history,
             "pending": self.pending,
             "pending_results": {str(k): v for k, v in self.results.items()},
+            "elapsed": self.elapsed,
         }
 
     @classmethod
@@ -65,6 +68,7 @@ class SearchState:
             st.history = data["history"]
             st.pending = data["pending"]
             st.results = {int(k): [float(v[0]), float(v[1])] for k, v in data["pending_results"].items()}
+            st.elapsed = float(data.get("elapsed", 0.0))
         except (KeyError, TypeError, ValueError, IndexError):
             raise LcpError(f"search state {path} is incomplete: delete it or start without --resume") from None
         return st
@@ -82,14 +86,23 @@ class SearchRun:
         evaluator: Evaluator,
         progress: bool,
         decode: Callable[[np.ndarray], np.ndarray],
+        *,
+        stop_after: int | None = None,
+        time_budget: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ):
         from tqdm.auto import tqdm
 
         self.graph, self.state, self.state_path = graph, state, state_path
         self.candidates, self.evaluator, self.decode = candidates, evaluator, decode
+        #: candidates this run may evaluate: ``stop_after`` cuts the schedule of ``candidates`` short
+        self.limit = min(candidates, stop_after) if stop_after else candidates
+        self.time_budget, self.clock = time_budget, clock
+        self._since, self._at = state.elapsed, clock()
+        self.stopped_by = "candidates"
         self.best = min((e["fitness"] for e in state.evaluated), default=math.inf)
         self.bar = tqdm(
-            total=candidates,
+            total=self.limit,
             initial=len(state.evaluated),
             desc="search",
             disable=not progress,
@@ -98,10 +111,32 @@ class SearchRun:
         )
         self._postfix()
 
+    def elapsed(self) -> float:
+        """Wall seconds of search so far, earlier runs of a resumed search included."""
+        return self._since + self.clock() - self._at
+
+    def done(self) -> bool:
+        """No more candidates: the limit is reached, or the time budget is spent (checked between batches, so a
+        started batch is always finished and told)."""
+        if len(self.state.evaluated) >= self.limit:
+            return True
+        if self.time_budget is not None and self.elapsed() >= self.time_budget:
+            self.stopped_by = "time"
+            return True
+        return False
+
+    def room(self, width: int) -> int:
+        """Candidates of the next batch: the pool's width, at most what is left of the limit."""
+        return min(width, self.limit - len(self.state.evaluated))
+
     def _postfix(self) -> None:
-        self.bar.set_postfix(best=f"{self.best:.4f}", refresh=False)
+        left = {}
+        if self.time_budget is not None:
+            left = {"left": f"{max(0.0, self.time_budget - self.elapsed()):.0f}s"}
+        self.bar.set_postfix(best=f"{self.best:.4f}", **left, refresh=False)
 
     def save(self) -> None:
+        self.state.elapsed = self.elapsed()
         if self.state_path is not None:
             atomic_write_json(self.state_path, self.state.to_json())
 
@@ -132,4 +167,4 @@ class SearchRun:
         st = self.state
         i = int(np.argmin([e["fitness"] for e in st.evaluated]))
         tf = transforms_from_vector(self.graph, self.decode(np.asarray(st.evaluated[i]["z"])))
-        return SearchResult(tf, float(st.evaluated[i]["fitness"]), list(st.history))
+        return SearchResult(tf, float(st.evaluated[i]["fitness"]), list(st.history), self.stopped_by, self.elapsed())
