@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +11,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from lcp.cut.options import check_budget
+from lcp.cut.options import caps_from, check_budget
 from lcp.cut.pruner import PruneResult
 from lcp.cut.ranking import Transforms
 from lcp.engine.graph import build_graph
@@ -47,6 +47,8 @@ def prune(
     candidates: int = 400,
     optimizer: str = "legr",
     progress: bool = False,
+    ignore: Sequence[str] = (),
+    max_removal: Mapping[str, float] | None = None,
     **options: Any,
 ) -> PruneResult:
     """Prune ``model`` to ``budget`` x its baseline cost; returns a ``PruneResult`` whose ``.model`` is pruned.
@@ -57,7 +59,8 @@ def prune(
     registered. Every result is verified against the masked original and its cost re-counted; a model lcp cannot
     prune safely raises ``LcpError``. The original model is not modified. ``options``: any other option of
     ``lcp prune`` by its Python name (``episodes=...``, ``population=...``, ``device=...``), checked like a
-    recipe's.
+    recipe's. ``ignore``: module-name globs whose output channels are kept whole; ``max_removal``:
+    ``{glob: fraction}``, at most that fraction of the channels written by the matching modules is removed.
 
     With ``data`` (a data set name or ImageFolder path, an ``lcp.training.data.DataBundle``, or a dict with
     ``train`` and ``test`` loaders) the pruned model goes through the same post-cut stage as ``lcp prune``
@@ -82,6 +85,8 @@ def prune(
             candidates=candidates,
             optimizer=optimizer,
             progress=progress,
+            ignore=list(ignore) or None,
+            max_removal=[f"{g}={f}" for g, f in (max_removal or {}).items()] or None,
             **options,
         ),
         "lcp.prune",
@@ -94,7 +99,8 @@ def prune(
             raise LcpError("pass example_inputs (e.g. torch.zeros(1, 3, 32, 32)) or data")
         size = bundle.input_size if bundle is not None else tuple(next(iter(data["train"]))[0].shape[1:])
         example_inputs = torch.zeros(1, *size)
-    graph = build_graph(model, example_inputs)
+    graph = build_graph(model, example_inputs, ignore=opts.ignore or ())
+    graph.limit_removal(caps_from(opts.max_removal))
     ctx = Context(
         graph, opts, bundle, out=None, log=lambda msg: None, name=type(model).__name__, verify=check, batches=batches
     )

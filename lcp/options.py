@@ -34,13 +34,14 @@ def option(
     signature: bool = True,
     cli: bool = True,
     group: str | None = None,
+    repeat: bool = False,
 ) -> Any:
     """A dataclass field with its command-line and validation metadata.
 
     ``help`` and ``choices`` may be callables (read when the parser is built: registries fill late); ``check`` raises
     ``ValueError`` for a value of the right type but out of range; ``signature``: the field identifies the run's
     result (``signature``); ``flag``: the long option when it is not ``--name-with-dashes``; ``cli=False``: not
-    on the command line (API and recipes only)."""
+    on the command line (API and recipes only); ``repeat``: a list given by repeating the flag, one item each."""
     meta = {
         "help": help,
         "choices": choices,
@@ -49,6 +50,7 @@ def option(
         "metavar": metavar,
         "signature": signature,
         "cli": cli,
+        "repeat": repeat,
         "group": group,
     }
     if isinstance(default, list):
@@ -239,6 +241,20 @@ def _text_parser(tp: Any, check: Check | None, label: str) -> Callable[[str], An
     return parse
 
 
+def _checked_item(parse: Callable[[str], Any], check: Check, label: str) -> Callable[[str], Any]:
+    """One item of a repeated flag, checked as a one-item list."""
+
+    def parse_item(text: str) -> Any:
+        value = parse(text)
+        try:
+            check([value])
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(f"{label} {e}") from None
+        return value
+
+    return parse_item
+
+
 def _default_text(f: dataclasses.Field) -> str:
     d = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
     if d is None or d is False or d == [] or isinstance(d, bool):
@@ -269,6 +285,13 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, *, exclude: Iterab
             target.add_argument(flag, help=help_text, **kw)
             continue
         choices = _choices(f)
+        if typing.get_origin(tp) is list and m.get("repeat"):  # --flag A --flag B
+            item = _text_parser(typing.get_args(tp)[0], None, flag)
+            if m["check"]:
+                item = _checked_item(item, m["check"], flag)
+            kw.update(action="append", type=item, metavar=m["metavar"] or "VALUE")
+            target.add_argument(flag, help=help_text + " (repeatable)", **kw)
+            continue
         if typing.get_origin(tp) is list and m["metavar"] and isinstance(m["metavar"], tuple):
             kw.update(nargs=len(m["metavar"]), metavar=m["metavar"], type=typing.get_args(tp)[0])
         else:

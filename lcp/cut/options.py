@@ -23,6 +23,29 @@ def check_budget(budget: float, budget_type: str = "macs") -> None:
         raise LcpError(f"budget {e}") from None
 
 
+def caps_from(specs: list[str] | dict[str, float] | None) -> dict[str, float]:
+    """``["layer1.*=0.3", ...]`` (or a ``{glob: fraction}`` dict) as ``{glob: fraction}``; ValueError when an
+    entry is not GLOB=FRACTION with a fraction in [0, 1]."""
+    if not specs:
+        return {}
+    if isinstance(specs, dict):
+        pairs = list(specs.items())
+    else:
+        pairs = []
+        for spec in specs:
+            glob, sep, value = str(spec).rpartition("=")
+            if not sep or not glob:
+                raise ValueError(f"must be GLOB=FRACTION (e.g. 'layer1.*=0.3'), got {spec!r}")
+            try:
+                pairs.append((glob, float(value)))
+            except ValueError:
+                raise ValueError(f"must be GLOB=FRACTION with a number after '=', got {spec!r}") from None
+    for glob, share in pairs:
+        if not (isinstance(share, (int, float)) and 0 <= share <= 1):
+            raise ValueError(f"needs a fraction in [0, 1] for {glob!r}, got {share}")
+    return {glob: float(share) for glob, share in pairs}
+
+
 @dataclass
 class CutOptions:
     """How much to keep and how the units are ranked and cut."""
@@ -38,6 +61,22 @@ class CutOptions:
     aggregate: str = option("mean", "how a coupled unit's filter scores combine (LeGR used sum)", choices=AGGREGATIONS)
     round_to: int = option(1, "keep widths in multiples of this many channel units", check=at_least(1))
     min_ratio: float = option(0.1, "per-group floor: keep at least this fraction (and 2 channels)", check=fraction)
+    ignore: list[str] | None = option(
+        None,
+        "module-name glob (e.g. 'layer1.*') whose output channels are kept whole",
+        metavar="GLOB",
+        repeat=True,
+        signature=False,
+    )
+    max_removal: list[str] | None = option(
+        None,
+        "GLOB=FRACTION: remove at most this fraction of the channels written by the modules matching GLOB "
+        "(e.g. 'layer1.*=0.3')",
+        check=lambda specs: caps_from(specs),
+        metavar="GLOB=FRACTION",
+        repeat=True,
+        signature=False,
+    )
     latency_batch: int = option(1, "batch size of latency measurements", check=at_least(1), signature=False)
 
     def all_budgets(self) -> list[float]:

@@ -16,7 +16,6 @@ import numpy as np
 from lcp.cut.options import check_budget
 from lcp.engine.cost import CostModel
 from lcp.engine.graph import ChannelGraph
-from lcp.engine.types import floor_keep
 from lcp.errors import LcpError, UnreachableBudget
 
 #: orders of the greedy walk: one global ranking (``lcp``: of compensated scores), one keep ratio for every group,
@@ -115,7 +114,7 @@ class Walker:
         self.graph, self.cost = graph, cost
         self.round_to = max(1, int(round_to))
         self.size = np.array([len(g.units) for g in graph.groups], dtype=np.int64)
-        self.floor = np.array([floor_keep(n, min_ratio, min_channels) for n in self.size], dtype=np.int64)
+        self.floor = graph.floors(min_ratio, min_channels)
         self.group_of = np.array([u.group for u in graph.units], dtype=np.int64)
 
     def _step(self, kept: int) -> int:

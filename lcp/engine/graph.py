@@ -11,7 +11,7 @@ LeGR's per-layer ``(alpha, kappa)``). Any op the engine does not model freezes t
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -106,6 +106,29 @@ class ChannelGraph:
             g.units.append(unit.index)
             unit.group = g.index
         self.groups = list(groups.values())
+        #: the largest fraction of each group's units a cut may remove (``limit_removal``; 1: no cap)
+        self.max_removal = np.ones(len(self.groups))
+
+    def limit_removal(self, caps: Mapping[str, float]) -> None:
+        """Cap the fraction of units a cut may remove from the groups that a module matching each glob writes
+        (``{"layer1.*": 0.3}``: at most 30% of those channels); a glob that matches no conv or linear module is
+        refused. Every walk (the cut, the searches, the agents) keeps ``floors``."""
+        for pattern, fraction in caps.items():
+            if not 0 <= fraction <= 1:
+                raise LcpError(f"--max-removal {pattern}={fraction}: the fraction must be between 0 and 1")
+            hit = [g.index for g in self.groups if any(fnmatch.fnmatchcase(n, pattern) for n in g.producers)]
+            if not hit:
+                layers = [r.name for r in self.records if r.kind.has_filters]
+                if not any(fnmatch.fnmatchcase(n, pattern) for n in layers):
+                    raise LcpError(_no_match("--max-removal", pattern, layers, type(self.model).__name__))
+            self.max_removal[hit] = np.minimum(self.max_removal[hit], fraction)
+
+    def floors(self, min_ratio: float = 0.1, min_channels: int = 2) -> np.ndarray:
+        """Units each group keeps at least: ``floor_keep`` of its size, raised by its cap (``limit_removal``)."""
+        sizes = np.array([len(g.units) for g in self.groups], dtype=np.int64)
+        base = np.array([floor_keep(int(n), min_ratio, min_channels) for n in sizes], dtype=np.int64)
+        capped = sizes - np.floor(self.max_removal * sizes + 1e-9).astype(np.int64)
+        return np.maximum(base, capped)
 
     # ------------------------------------------------------------------ queries
     @property
@@ -170,6 +193,11 @@ def trace(model: nn.Module, rules: RuleTable = RULES) -> fx.GraphModule:
     return fx.GraphModule(tracer.root, graph, type(model).__name__)
 
 
+def _no_match(flag: str, pattern: str, names: Sequence[str], model: str) -> str:
+    some = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+    return f"{flag} {pattern!r} matches no conv or linear module of {model} (its modules are named like {some})"
+
+
 def build_graph(
     model: nn.Module,
     example_inputs: torch.Tensor | Sequence[torch.Tensor],
@@ -201,8 +229,12 @@ def build_graph(
                 ) from None
         prop = Propagator(gm, table)
         prop.run()
-        for rec in prop.records:
-            if rec.kind.has_filters and any(fnmatch.fnmatchcase(rec.name, p) for p in ignore):
+        layers = [rec for rec in prop.records if rec.kind.has_filters]
+        for pattern in ignore:
+            if not any(fnmatch.fnmatchcase(rec.name, pattern) for rec in layers):
+                raise LcpError(_no_match("--ignore", pattern, [rec.name for rec in layers], type(model).__name__))
+        for rec in layers:
+            if any(fnmatch.fnmatchcase(rec.name, p) for p in ignore):
                 prop.uf.freeze(rec.out_ids, f"ignored ({rec.name})")
                 prop.frozen_ops.append(Frozen(where=rec.name, op=rec.name, reason="matched an --ignore pattern"))
     finally:

@@ -42,6 +42,8 @@ SEARCH_OPTIONS = (
     "aggregate",
     "round_to",
     "min_ratio",
+    "ignore",
+    "max_removal",
     *(n for n in field_names(SearchOptions, AgentOptions) if n != "transforms"),
 )
 

@@ -116,7 +116,13 @@ class PruneConfig(SearchOptions, AgentOptions, RecoveryOptions, CutOptions, JobO
     def signature(self) -> dict[str, Any]:
         """What identifies the run's result (an output folder holds one signature)."""
         sig = signature(self)
-        sig.update({k: getattr(self, k) for k in ("pretrained", "input_size", "search_stop") if getattr(self, k)})
+        sig.update(
+            {
+                k: getattr(self, k)
+                for k in ("pretrained", "input_size", "search_stop", "ignore", "max_removal")
+                if getattr(self, k)
+            }
+        )
         if self.structure_from:  # the folder and its channels.json as they are now
             spec = Path(self.structure_from).expanduser().resolve() / "channels.json"
             sig.update(structure_from=str(spec.parent), structure=file_digest(str(spec)) if spec.is_file() else None)

@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from lcp.cut.options import check_budget
+from lcp.cut.options import caps_from, check_budget
 from lcp.engine.graph import ChannelGraph, build_graph
 from lcp.io import atomic_path, atomic_write_json, read_json
 from lcp.methods import Context, Learned, Method, get_method
@@ -88,6 +88,13 @@ def _check(cfg: PruneConfig) -> Method:
     return method
 
 
+def channel_graph(cfg: PruneConfig, model: Any, input_size: tuple[int, ...]) -> ChannelGraph:
+    """The model's channel graph with the run's protected layers (``--ignore``) and caps (``--max-removal``)."""
+    graph = build_graph(model, torch.zeros(1, *input_size), ignore=cfg.ignore or ())
+    graph.limit_removal(caps_from(cfg.max_removal))
+    return graph
+
+
 def _context(
     cfg: PruneConfig,
     loaded: Loaded,
@@ -117,7 +124,7 @@ def run_search(cfg: PruneConfig, log: Log = print) -> Any:
     with _claim(cfg):
         out, state, save_state = _open_run(cfg)
         loaded = load_model_and_data(cfg, log)
-        graph = build_graph(loaded.model, torch.zeros(1, *loaded.input_size))
+        graph = channel_graph(cfg, loaded.model, loaded.input_size)
         t0 = time.perf_counter()
         learned = method.learn(_context(cfg, loaded, graph, out, state, save_state, log))
         log(f"search took {time.perf_counter() - t0:.0f} s; transforms in {out / 'transforms.json'}")
@@ -130,7 +137,7 @@ def run_prune(cfg: PruneConfig, log: Log = print) -> pd.DataFrame:
     with _claim(cfg):
         out, state, save_state = _open_run(cfg)
         loaded = load_model_and_data(cfg, log)
-        graph = build_graph(loaded.model, torch.zeros(1, *loaded.input_size))
+        graph = channel_graph(cfg, loaded.model, loaded.input_size)
         ctx = _context(cfg, loaded, graph, out, state, save_state, log)
         t0 = time.perf_counter()
         learned = method.learn(ctx)

@@ -10,7 +10,7 @@ import numpy as np
 
 from lcp.engine.cost import CostModel, record_cost
 from lcp.engine.graph import ChannelGraph
-from lcp.engine.types import LayerKind, floor_keep
+from lcp.engine.types import LayerKind
 from lcp.errors import LcpError
 
 log = logging.getLogger("lcp.methods.ddpg")
@@ -100,7 +100,7 @@ class Env:
         self.rc = RatioCost(graph, cost, budget_type)
         self.target = budget * self.rc.base
         size = np.array([len(g.units) for g in graph.groups], dtype=np.float64)
-        self.low = np.array([floor_keep(int(s), min_ratio) for s in size]) / size  # graph floors as ratios
+        self.low = graph.floors(min_ratio) / size  # graph floors (and caps) as ratios
         ones = np.ones(self.n)
         self.share = (
             np.array([self.rc.base - self.rc(np.where(np.arange(self.n) == g, 0.0, ones)) for g in range(self.n)])

@@ -1,0 +1,144 @@
+"""Protected layers (``ignore``) and caps on removal (``max_removal``) in the API, the CLI and recipes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import lcp
+from lcp.cut.ranking import plan
+from lcp.engine.cost import CostModel
+from lcp.models import store
+from tests.helpers import assert_one_line_error, lcp_cli
+
+X = torch.zeros(1, 3, 32, 32)
+
+
+@pytest.fixture(scope="module")
+def resnet20() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return lcp.create_model("resnet20").eval()
+
+
+def _removed_share(result: lcp.PruneResult, glob: str) -> float:
+    """The largest fraction of units removed from a group that a module matching ``glob`` writes."""
+    import fnmatch
+
+    removed = result.plan.removed
+    shares = [
+        removed[np.asarray(g.units)].mean()
+        for g in result.graph.groups
+        if any(fnmatch.fnmatchcase(n, glob) for n in g.producers)
+    ]
+    assert shares, glob
+    return float(max(shares))
+
+
+def test_ignore_keeps_the_channels_of_the_matching_layers(resnet20) -> None:
+    before = store.widths(resnet20)
+    plain = lcp.prune(resnet20, X, budget=0.5, method="global")
+    kept = lcp.prune(resnet20, X, budget=0.5, method="global", ignore=["layer1.*"])
+    after_plain, after_kept = store.widths(plain.model), store.widths(kept.model)
+    layer1 = [n for n in before if n.startswith("layer1.") and n.endswith(("conv1", "conv2"))]
+    assert layer1 and all(after_kept[n][0] == before[n][0] for n in layer1)
+    assert any(after_plain[n][0] < before[n][0] for n in layer1)  # without ignore, layer1 is cut
+    assert kept.verification.ok and kept.plan.macs_ratio <= 0.5
+
+
+@pytest.mark.parametrize("method", ["global", "uniform", "random"])
+def test_a_cap_is_respected(resnet20, method: str) -> None:
+    free = lcp.prune(resnet20, X, budget=0.3, method=method)
+    assert _removed_share(free, "layer3.*") > 0.3  # a deep cut takes more than the cap from layer3
+    capped = lcp.prune(resnet20, X, budget=0.3, method=method, max_removal={"layer3.*": 0.3})
+    assert _removed_share(capped, "layer3.*") <= 0.3
+    assert capped.verification.ok and capped.plan.macs_ratio <= 0.3
+
+
+def test_caps_reach_every_walk(resnet20) -> None:
+    """The searches and the agents walk with the graph's floors: a capped graph caps them too."""
+    graph = lcp.build_graph(resnet20, X)
+    graph.limit_removal({"layer2.*": 0.1})
+    cost = CostModel(graph)
+    scores = np.nan_to_num(np.random.default_rng(0).random(len(graph.units)))
+    p = plan(graph, cost, scores, budget=0.4, method="random", seed=3)
+    for g in graph.groups:
+        if any(n.startswith("layer2.") for n in g.producers):
+            assert p.removed[np.asarray(g.units)].mean() <= 0.1
+
+
+@pytest.mark.parametrize(
+    "kw, phrase",
+    [
+        ({"ignore": ["nope.*"]}, "--ignore 'nope.*' matches no conv or linear module of CifarResNet"),
+        ({"max_removal": {"nope*": 0.3}}, "--max-removal 'nope*' matches no conv or linear module"),
+        ({"max_removal": {"layer1.*": 1.5}}, "max_removal needs a fraction in [0, 1]"),
+    ],
+)
+def test_bad_globs_and_fractions_are_refused(resnet20, kw: dict, phrase: str) -> None:
+    with pytest.raises(lcp.LcpError) as e:
+        lcp.prune(resnet20, X, budget=0.5, **kw)
+    assert phrase in str(e.value) and "\n" not in str(e.value)
+
+
+def _cli(tiny_folder: Path, ckpt: Path, out: Path, *extra: str):
+    return lcp_cli(
+        "prune",
+        "--model",
+        "resnet20",
+        "--data",
+        tiny_folder,
+        "--checkpoint",
+        ckpt,
+        "--method",
+        "global",
+        "--budget",
+        "0.7",
+        "--finetune-epochs",
+        "0",
+        "--holdout",
+        "9",
+        "--recal-batches",
+        "2",
+        "--threads",
+        "1",
+        "--out",
+        out,
+        "--no-progress",
+        *extra,
+    )
+
+
+def test_cli_ignore_and_cap(tiny_folder: Path, resnet20_ckpt: Path, tmp_path: Path) -> None:
+    out = tmp_path / "protected"
+    res = _cli(tiny_folder, resnet20_ckpt, out, "--ignore", "layer1.*", "--max-removal", "layer3.*=0.2")
+    assert res.code == 0, res.err
+    spec = json.loads((out / "channels.json").read_text())
+    original = store.widths(lcp.create_model("resnet20", num_classes=3))
+    for name, w in spec["widths"].items():
+        if name.startswith("layer1.") and name.endswith(("conv1", "conv2")):
+            assert w[0] == original[name][0]
+        if name.startswith("layer3.") and name.endswith("conv1"):
+            assert w[0] >= 0.8 * original[name][0]
+    signature = json.loads((out / "run.json").read_text())["signature"]
+    assert signature["ignore"] == ["layer1.*"] and signature["max_removal"] == ["layer3.*=0.2"]
+
+
+def test_cli_bad_glob_is_one_line_and_writes_nothing(tiny_folder: Path, resnet20_ckpt: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bad"
+    assert_one_line_error(_cli(tiny_folder, resnet20_ckpt, out, "--ignore", "nope.*"), "--ignore 'nope.*' matches no")
+    assert not (out / "report.csv").exists() and not (out / "run.json").exists()
+    res = _cli(tiny_folder, resnet20_ckpt, out, "--max-removal", "layer1.*")
+    assert_one_line_error(res, "--max-removal must be GLOB=FRACTION")
+
+
+def test_recipe_takes_ignore_and_caps(tiny_folder: Path, resnet20_ckpt: Path, tmp_path: Path) -> None:
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("ignore: ['layer1.*']\nmax_removal: ['layer3.*=0.2']\n")
+    res = _cli(tiny_folder, resnet20_ckpt, tmp_path / "r", "--recipe", recipe)
+    assert res.code == 0, res.err
+    recipe.write_text("ignore: layer1\n")  # a string, not a list
+    assert_one_line_error(_cli(tiny_folder, resnet20_ckpt, tmp_path / "r2", "--recipe", recipe), "ignore must be")
