@@ -141,3 +141,16 @@ def test_search_on_a_device_refuses_process_workers() -> None:
     legr.check(PruneConfig(device="cpu", workers=2), [0.5])  # CPU processes are fine
     with pytest.raises(LcpError, match="on --device cuda scores candidates in this process"):
         legr.check(PruneConfig(device="cuda", workers=2), [0.5])
+
+
+def test_patience_stops_on_convergence_and_the_count_reproduces_it(tiny) -> None:
+    graph, cost, scores = tiny
+    kw = dict(candidates=200, population=8, tournament=4, seed=5, progress=False)
+    full = search(graph, scores, Recorder(graph, cost, scores), **kw)
+    res = search(graph, scores, Recorder(graph, cost, scores), patience=10, **kw)
+    assert res.stopped_by == "convergence" and res.evaluated < 200
+    best_at = int(np.argmin([h["fitness"] for h in res.history]))
+    assert res.evaluated - 1 - best_at == 10  # ten candidates without improvement, then it stopped
+    assert [h["fitness"] for h in res.history] == [h["fitness"] for h in full.history[: res.evaluated]]
+    again = search(graph, scores, Recorder(graph, cost, scores), stop_after=res.evaluated, **kw)
+    assert np.array_equal(again.transforms.alpha, res.transforms.alpha)

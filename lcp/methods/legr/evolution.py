@@ -211,6 +211,7 @@ def search(
     standardized_member: bool = True,
     stop_after: int | None = None,
     time_budget: float | None = None,
+    patience: int | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> SearchResult:
     """Minimise ``fitness`` over per-group ``(alpha, kappa)``; the identity is always the first candidate.
@@ -233,7 +234,8 @@ def search(
     so results depend on the seed and the width, not on timing.
 
     ``time_budget`` (seconds of wall time by ``clock``, over every run of a resumed search) stops the search
-    between batches once it is spent; ``stop_after`` stops it after that many candidates. Both keep the schedule
+    between batches once it is spent; ``patience`` stops it once the best fitness has not improved for that many
+    candidates (convergence); ``stop_after`` stops it after that many candidates. All keep the schedule
     of ``candidates`` (LeGR's step size decays over ``candidates``), so a search stopped by time after N
     candidates is reproduced exactly by ``stop_after=N`` (``SearchResult.evaluated``).
     """
@@ -280,8 +282,8 @@ def search(
         SearchState.load(path, settings) if (resume and path is not None and path.is_file()) else SearchState(settings)
     )
     evaluator = Evaluator(fitness, workers, executor)
-    if stop_after is not None and stop_after < 1 or time_budget is not None and not time_budget > 0:
-        raise LcpError("stop_after must be at least 1 and time_budget positive")
+    if any(v is not None and not v > 0 for v in (stop_after, time_budget, patience)):
+        raise LcpError("stop_after, time_budget and patience must be positive")
     run = SearchRun(
         graph,
         state,
@@ -292,6 +294,7 @@ def search(
         decode,
         stop_after=stop_after,
         time_budget=time_budget,
+        patience=patience,
         clock=clock,
     )
     try:

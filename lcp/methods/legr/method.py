@@ -14,6 +14,7 @@ from lcp.methods.legr.fitness import make_fitness
 from lcp.options import at_least, option, positive, unit_interval
 
 _GROUP = "search (method lcp without --transforms)"
+STOPPED_BY = {"time": "the --search-time budget", "convergence": "convergence (--search-patience)"}
 
 
 @dataclass
@@ -51,6 +52,13 @@ class SearchOptions:
         "wall-time budget of the search in seconds (over every run of a resumed search): it stops between "
         "candidates once spent; search.json records how many it evaluated",
         check=positive,
+        signature=False,
+        group=_GROUP,
+    )
+    search_patience: int | None = option(
+        None,
+        "stop the search once the best held-out fitness has not improved for this many candidates (convergence)",
+        check=at_least(1),
         signature=False,
         group=_GROUP,
     )
@@ -126,13 +134,14 @@ class LegrMethod(Method):
             executor=o.executor,
             stop_after=o.search_stop,
             time_budget=o.search_time,
+            patience=o.search_patience,
         )
         first = result.history[0]["fitness"] if result.history else float("nan")
         ctx.log(
             f"search: {result.evaluated} of {o.candidates} candidates in {result.seconds:.0f} s"
             + (
-                f" (the --search-time budget stopped it; --search-stop {result.evaluated} reproduces it)"
-                if result.stopped_by == "time"
+                f" (stopped by {STOPPED_BY[result.stopped_by]}; --search-stop {result.evaluated} reproduces it)"
+                if result.stopped_by in STOPPED_BY
                 else ""
             )
             + f"; held-out fitness {first:.4f} (identity) -> {result.best_fitness:.4f}"

@@ -89,6 +89,7 @@ class SearchRun:
         *,
         stop_after: int | None = None,
         time_budget: float | None = None,
+        patience: int | None = None,
         clock: Callable[[], float] = time.monotonic,
     ):
         from tqdm.auto import tqdm
@@ -97,7 +98,7 @@ class SearchRun:
         self.candidates, self.evaluator, self.decode = candidates, evaluator, decode
         #: candidates this run may evaluate: ``stop_after`` cuts the schedule of ``candidates`` short
         self.limit = min(candidates, stop_after) if stop_after else candidates
-        self.time_budget, self.clock = time_budget, clock
+        self.time_budget, self.patience, self.clock = time_budget, patience, clock
         self._since, self._at = state.elapsed, clock()
         self.stopped_by = "candidates"
         self.best = min((e["fitness"] for e in state.evaluated), default=math.inf)
@@ -123,7 +124,17 @@ class SearchRun:
         if self.time_budget is not None and self.elapsed() >= self.time_budget:
             self.stopped_by = "time"
             return True
+        if self.patience and self.since_improvement() >= self.patience:
+            self.stopped_by = "convergence"
+            return True
         return False
+
+    def since_improvement(self) -> int:
+        """Candidates evaluated since the best fitness last improved."""
+        fitness = [e["fitness"] for e in self.state.evaluated]
+        if not fitness:
+            return 0
+        return len(fitness) - 1 - int(np.argmin(fitness))
 
     def room(self, width: int) -> int:
         """Candidates of the next batch: the pool's width, at most what is left of the limit."""
