@@ -111,7 +111,8 @@ def _split_optional(tp: Any) -> tuple[Any, bool]:
 
 def _type_name(tp: Any) -> str:
     if typing.get_origin(tp) is list:
-        return f"a list of {_type_name(typing.get_args(tp)[0])}s"
+        item = typing.get_args(tp)[0]
+        return "a list of " + {int: "whole numbers", float: "numbers", str: "strings"}.get(item, str(item))
     return {int: "a whole number", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
 
 
