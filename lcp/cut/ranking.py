@@ -52,6 +52,12 @@ class Transforms:
             raise LcpError(
                 'transforms file is not lcp transforms JSON ({"groups": [{"group", "alpha", "kappa"}, ...]})'
             ) from None
+        bad = [g for g, (a, k) in rows.items() if not (np.isfinite(a) and np.isfinite(k) and a > 0)]
+        if bad:
+            raise LcpError(
+                f"transforms file has a non-finite or non-positive alpha, or a non-finite kappa, for group {bad[0]} "
+                "(alpha must be a positive number, kappa a finite one)"
+            )
         names = [g.name for g in graph.groups]
         missing = [n for n in names if n not in rows]
         if missing:

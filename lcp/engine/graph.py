@@ -10,7 +10,9 @@ LeGR's per-layer ``(alpha, kappa)``). Any op the engine does not model freezes t
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
+import io
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -219,8 +221,9 @@ def build_graph(
     try:
         gm = trace(model, table)
         with torch.no_grad():
-            try:
-                ShapeProp(gm).propagate(*example_inputs)
+            try:  # ShapeProp prints the traceback of a failing node itself: keep stderr to lcp's one line
+                with contextlib.redirect_stderr(io.StringIO()):
+                    ShapeProp(gm).propagate(*example_inputs)
             except Exception as e:
                 raise LcpError(
                     f"the model does not run on the example input of shape "

@@ -81,12 +81,13 @@ def write(out_dir: str | Path, model: nn.Module, spec: dict) -> None:
     write_timm_config(out, spec)  # timm models: config.json for timm.create_model("local-dir:DIR")
 
 
-def save(result: Any, out_dir: str | Path, *, model_name: str | None = None) -> Path:
+def save(result: Any, out_dir: str | Path, *, model_name: str | None = None, overwrite: bool = False) -> Path:
     """Save a ``PruneResult`` (from ``lcp.prune``) so that ``lcp.load(out_dir)`` rebuilds it.
 
     ``model_name`` is the name ``lcp.create_model`` builds the original from; models made by
     ``lcp.create_model`` remember it. Writes model.safetensors, channels.json, transforms.json and, when the
-    result has one, report.csv.
+    result has one, report.csv. A folder that already holds a pruned model or a run is refused unless
+    ``overwrite=True``.
     """
     graph = result.graph
     name = model_name or getattr(graph.model, "lcp_name", None)
@@ -109,6 +110,11 @@ def save(result: Any, out_dir: str | Path, *, model_name: str | None = None) -> 
         },
     )
     out = Path(out_dir)
+    taken = [n for n in ("channels.json", "run.json", "model.safetensors") if (out / n).exists()]
+    if taken and not overwrite:
+        raise LcpError(
+            f"{out} already holds a pruned model or a run ({taken[0]}): save elsewhere or pass overwrite=True"
+        )
     write(out, result.model, spec)
     atomic_write_json(out / "transforms.json", result.transforms.to_json())
     if result.report is not None:
@@ -125,21 +131,65 @@ def output_classes(model: nn.Module, example_inputs: tuple) -> int:
     return int(out.shape[-1])
 
 
+MAX_SIDE = 8192  # an input side larger than this in channels.json is damage, not a model
+
+
+def _whole(v: Any, low: int = 1, high: int | None = None) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= low and (high is None or v <= high)
+
+
+def check_spec(spec: Any) -> None:
+    """Refuse (one line) a channels.json whose fields lack, have the wrong type or are out of range."""
+    if not isinstance(spec, dict):
+        raise LcpError("channels.json is damaged: it must be a JSON object")
+    missing = [k for k in ("model", "num_classes", "input_size", "removed_units") if k not in spec]
+    if missing:
+        raise LcpError(f"channels.json is incomplete: it has no {', '.join(missing)}")
+    size, keys, conns = spec["input_size"], spec["removed_units"], spec.get("removed_connections")
+    problems = {
+        "model must be a model name": not isinstance(spec["model"], str) or not spec["model"],
+        "num_classes must be a whole number of at least 1": not _whole(spec["num_classes"]),
+        f"input_size must be three whole numbers C H W (1 to {MAX_SIDE})": not (
+            isinstance(size, list) and len(size) == 3 and all(_whole(v, 1, MAX_SIDE) for v in size)
+        ),
+        "removed_units must be a list of unit names": not (
+            isinstance(keys, list) and all(isinstance(k, str) for k in keys)
+        ),
+        "removed_connections must be a list of [consumer, source] names": conns is not None
+        and not (
+            isinstance(conns, list)
+            and all(isinstance(c, list) and len(c) == 2 and all(isinstance(n, str) for n in c) for c in conns)
+        ),
+        "widths must map module names to lists of whole numbers": "widths" in spec
+        and not (
+            isinstance(spec["widths"], dict)
+            and all(isinstance(w, list) and all(_whole(v, 0) for v in w) for w in spec["widths"].values())
+        ),
+    }
+    bad = [what for what, wrong in problems.items() if wrong]
+    if bad:
+        raise LcpError(f"channels.json is damaged: {bad[0]}")
+
+
+def check_weights(state: dict[str, torch.Tensor], model: nn.Module, where: str) -> None:
+    """Refuse weights of the wrong kind for ``model`` (integer or boolean tensors for floating-point parameters)
+    and non-finite values, before they are loaded (``load_state_dict`` would convert them silently)."""
+    own = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    for key, tensor in state.items():
+        mine = own.get(key)
+        if mine is None:
+            continue  # load_state_dict names unexpected keys itself
+        if mine.is_floating_point() and not tensor.is_floating_point():
+            raise LcpError(f"{where} holds {key} as {tensor.dtype}, not floating point: it is not this model's weights")
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise LcpError(f"{where} holds NaN or infinite values in {key}: the weights are damaged")
+
+
 def rebuild(spec: dict, base_model: nn.Module | None = None) -> nn.Module:
     """The pruned architecture described by ``spec`` (weights of ``base_model``, or a fresh model)."""
-    try:
-        name, num_classes, keys = spec["model"], spec["num_classes"], spec["removed_units"]
-        input_size = tuple(spec["input_size"])
-    except (KeyError, TypeError):
-        raise LcpError("channels.json is incomplete (needs model, num_classes, input_size, removed_units)") from None
-    if not (
-        isinstance(name, str)
-        and isinstance(num_classes, int)
-        and isinstance(keys, list)
-        and all(isinstance(k, str) for k in keys)
-        and all(isinstance(v, int) for v in input_size)
-    ):
-        raise LcpError("channels.json is damaged: model, num_classes, input_size or removed_units has the wrong type")
+    check_spec(spec)
+    name, num_classes, keys = spec["model"], spec["num_classes"], spec["removed_units"]
+    input_size = tuple(spec["input_size"])
     model = base_model if base_model is not None else create_model(name, num_classes=num_classes)
     graph = build_graph(model, torch.zeros(1, *input_size))
     if spec.get("removed_connections"):  # connection-pruned DenseNet (methods ads, lwp)
@@ -170,6 +220,9 @@ def removed_mask(graph: ChannelGraph, keys: list[str], what: str) -> np.ndarray:
         raise LcpError(f"{what}: channel units {', '.join(fixed[:3])} cannot be pruned in this model")
     removed = np.zeros(len(graph.units), dtype=bool)
     removed[[index[k] for k in keys]] = True
+    emptied = [g.name for g in graph.groups if removed[np.asarray(g.units)].all()]
+    if emptied:
+        raise LcpError(f"{what}: it removes every channel of {emptied[0]} (a layer needs at least one)")
     return removed
 
 
@@ -181,6 +234,7 @@ def load(out_dir: str | Path) -> nn.Module:
     spec = read_json(out / "channels.json", what="channels.json")
     model = rebuild(spec)
     state = load_tensors(out / "model.safetensors")
+    check_weights(state, model, f"model.safetensors in {out}")
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:

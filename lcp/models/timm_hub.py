@@ -143,6 +143,7 @@ def create_pruned(
     model = store.rebuild(spec, base_model=base)
     if pruned_weights:
         state = load_tensors(folder / "model.safetensors")
+        store.check_weights(state, model, f"model.safetensors in {folder}")
         try:
             model.load_state_dict(state, strict=True)
         except RuntimeError as e:
