@@ -22,6 +22,7 @@ from lcp.engine.rules import (
 )
 from lcp.errors import LcpError, UnreachableBudget
 from lcp.methods import Context, Learned, Method, method_names, register_method, unregister_method
+from lcp.models.export import export
 from lcp.models.factory import create_model
 from lcp.models.store import load, save
 
@@ -41,6 +42,7 @@ __all__ = [
     "count_macs",
     "count_params",
     "create_model",
+    "export",
     "load",
     "method_names",
     "module_rule",

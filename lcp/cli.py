@@ -24,6 +24,7 @@ from lcp.methods import get_method, method_names
 from lcp.methods.base import methods_markdown
 from lcp.methods.structure import check_options
 from lcp.models import store
+from lcp.models.export import FORMATS, export
 from lcp.models.factory import create_model, model_info
 from lcp.options import add_arguments, unit_interval
 from lcp.options import from_mapping as check_values
@@ -154,6 +155,16 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0 if rep.status == "ok" else 2
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """Export a pruned folder and report how closely the reloaded file matches the model."""
+    res = export(args.dir, args.out, format=args.format, atol=args.atol)
+    print(
+        f"exported {args.dir} to {res.path} ({res.format}); reloaded and compared on random inputs: max abs "
+        f"difference {res.max_abs_diff:.3g} (tolerance {args.atol:g}), {res.seconds:.1f} s"
+    )
+    return 0
+
+
 def cmd_methods(args: argparse.Namespace) -> int:
     """The registered methods: the choices of --method, with what each needs."""
     if args.markdown:
@@ -189,6 +200,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         n_threads=args.threads,
         repeats=args.repeats,
         compile=not args.no_compile,
+        onnx=not args.no_onnx,
     )
     table.insert(0, "name", name)
     with atomic_path(out) as tmp:
@@ -257,8 +269,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     b.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     b.add_argument("--repeats", type=int, default=20, help="timed runs per measurement (median reported)")
     b.add_argument("--no-compile", action="store_true", help="skip torch.compile")
+    b.add_argument("--no-onnx", action="store_true", help="skip ONNX Runtime (timed when onnxruntime is installed)")
     b.add_argument("--out", help="CSV path (default DIR/bench.csv)")
     b.set_defaults(func=cmd_bench)
+    x = sub.add_parser("export", help="export a pruned folder to ONNX, TorchScript or an ExportedProgram, checked")
+    x.add_argument("dir", help="output folder of lcp prune (or lcp.save)")
+    x.add_argument("--format", choices=list(FORMATS), default="onnx", help="default onnx")
+    x.add_argument("--out", help="file to write (default DIR/model.onnx, .ts.pt or .pt2)")
+    x.add_argument("--atol", type=float, default=1e-4, help="largest accepted difference to the model (default 1e-4)")
+    x.set_defaults(func=cmd_export)
     m = sub.add_parser("methods", help="list the pruning methods (--method choices), from the method registry")
     m.add_argument("--markdown", action="store_true", help="print docs/methods.md (a generated page)")
     m.set_defaults(func=cmd_methods)

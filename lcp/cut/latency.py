@@ -7,6 +7,7 @@ ratios measured in one run, never timings across runs.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import statistics
@@ -221,9 +222,14 @@ def _onnx_rows(
 
     buf = io.BytesIO()
     try:
-        torch.onnx.export(
-            model.eval(), torch.randn(1, *input_size), buf, input_names=["x"], dynamic_axes={"x": {0: "batch"}}
-        )
+        with contextlib.redirect_stdout(io.StringIO()):  # the exporter narrates its passes
+            torch.onnx.export(
+                model.eval(),
+                (torch.randn(2, *input_size),),
+                buf,
+                input_names=["x"],
+                dynamic_shapes=({0: torch.export.Dim.AUTO},),
+            )
     except Exception as e:
         return [{"model": name, "runtime": "onnxruntime", "error": type(e).__name__}]
     sess = ort.InferenceSession(buf.getvalue(), providers=["CPUExecutionProvider"])

@@ -35,7 +35,19 @@ def pruned(tiny_folder: Path, resnet20_ckpt: Path, tmp_path_factory: pytest.Temp
 def test_bench_writes_a_row_per_model_and_batch(pruned: Path, tmp_path: Path) -> None:
     csv_path = tmp_path / "bench.csv"
     res = lcp_cli(
-        "bench", pruned, "--batch", "1", "2", "--repeats", "2", "--no-compile", "--threads", "1", "--out", csv_path
+        "bench",
+        pruned,
+        "--batch",
+        "1",
+        "2",
+        "--repeats",
+        "2",
+        "--no-compile",
+        "--no-onnx",
+        "--threads",
+        "1",
+        "--out",
+        csv_path,
     )
     assert res.code == 0, res.err
     assert f"written {csv_path}" in res.out and "images_per_s" in res.out  # the table, then where it went
@@ -53,6 +65,18 @@ def test_bench_writes_a_row_per_model_and_batch(pruned: Path, tmp_path: Path) ->
         assert 0 < peak[("pruned", b)] < peak[("original", b)]
     assert peak[("original", "1")] < peak[("original", "2")]
     assert not (pruned / "bench.csv").exists()  # --out was honoured
+
+
+def test_bench_times_onnx_runtime_when_installed(pruned: Path, tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    csv_path = tmp_path / "bench.csv"
+    res = lcp_cli(
+        "bench", pruned, "--batch", "1", "--repeats", "2", "--no-compile", "--threads", "1", "--out", csv_path
+    )
+    assert res.code == 0, res.err
+    onnx = {r["model"]: float(r["median_ms"]) for r in read_csv(csv_path) if r["runtime"] == "onnxruntime"}
+    assert set(onnx) == {"original", "pruned"} and all(v > 0 for v in onnx.values())
+    assert "[torch.onnx]" not in res.out  # the exporter's narration is not in lcp's output
 
 
 def test_bench_needs_a_folder_or_a_model(pruned: Path) -> None:

@@ -1,0 +1,114 @@
+"""Export a pruned model for deployment: ONNX, TorchScript or a ``torch.export`` ExportedProgram.
+
+Every export is reloaded from the written file and compared with the model on random inputs (batch 2 and a
+batch size the export did not see, where the format has a dynamic batch). The largest absolute difference is
+reported, and an export that differs by more than ``atol`` is refused. ONNX needs the ``export`` extra
+(``pip install -e ".[export]"``: onnx, onnxruntime, onnxscript).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lcp.errors import LcpError
+from lcp.io import PathLike, atomic_path, read_json
+from lcp.models import store
+
+FORMATS = {"onnx": ".onnx", "torchscript": ".ts.pt", "exported-program": ".pt2"}
+
+
+@dataclass
+class Exported:
+    """Where the export went and how closely the reloaded file matches the model."""
+
+    path: Path
+    format: str
+    max_abs_diff: float
+    seconds: float
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+
+
+def _write(model: nn.Module, x: torch.Tensor, fmt: str, path: Path) -> None:
+    batch = ({0: torch.export.Dim.AUTO},)
+    quiet = contextlib.redirect_stdout(io.StringIO())  # the exporters narrate their passes on stdout
+    if fmt == "onnx":
+        with quiet:
+            torch.onnx.export(
+                model, (x,), str(path), input_names=["input"], output_names=["output"], dynamic_shapes=batch
+            )
+    elif fmt == "torchscript":
+        torch.jit.save(torch.jit.trace(model, x), str(path))
+    else:
+        torch.export.save(torch.export.export(model, (x,), dynamic_shapes=batch), str(path))
+
+
+def _reloaded(fmt: str, path: Path):
+    """A callable ``f(x) -> tensor`` that runs the exported file."""
+    if fmt == "onnx":
+        try:
+            import onnxruntime as ort  # the export extra; not a dependency of lcp itself
+        except ImportError:
+            raise LcpError("checking an ONNX export needs onnxruntime: pip install -e '.[export]'") from None
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return lambda x: torch.from_numpy(session.run(None, {"input": x.numpy()})[0])
+    if fmt == "torchscript":
+        return torch.jit.load(str(path))
+    return torch.export.load(str(path)).module()
+
+
+def export(
+    model: nn.Module | PathLike,
+    path: PathLike | None = None,
+    *,
+    format: str = "onnx",
+    example_inputs: torch.Tensor | None = None,
+    atol: float = 1e-4,
+    seed: int = 0,
+) -> Exported:
+    """Export ``model`` (an ``nn.Module``, or the output folder of ``lcp prune`` / ``lcp.save``) to ``path`` in
+    ``format`` (``onnx``, ``torchscript``, ``exported-program``), reload it and compare it with the model.
+
+    A folder's model is rebuilt with ``lcp.load`` and its input size read from channels.json; the default path
+    is ``DIR/model.onnx`` (``.ts.pt``, ``.pt2``). A model that cannot be exported, or whose export differs from
+    it by more than ``atol``, raises ``LcpError`` (one line) and leaves no file."""
+    if format not in FORMATS:
+        raise LcpError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
+    if isinstance(model, (str, Path)):
+        folder = Path(model)
+        net = store.load(folder)
+        size = tuple(read_json(folder / "channels.json", what="channels.json")["input_size"])
+        path = Path(path) if path is not None else folder / f"model{FORMATS[format]}"
+    else:
+        if example_inputs is None or path is None:
+            raise LcpError("export of a module needs example_inputs (e.g. torch.zeros(1, 3, 32, 32)) and a path")
+        net, size, path = model, tuple(example_inputs.shape[1:]), Path(path)
+    net = net.eval().cpu()
+    gen = torch.Generator().manual_seed(seed)
+    x, x_other = torch.randn(2, *size, generator=gen), torch.randn(3, *size, generator=gen)
+    t0 = time.perf_counter()
+    with atomic_path(path) as tmp, torch.no_grad():
+        try:
+            _write(net, x, format, tmp)
+            run = _reloaded(format, tmp)
+            checks = [x] if format == "torchscript" else [x, x_other]  # a traced script keeps batch 2 only
+            diff = max(float((run(c).float() - net(c).float()).abs().max()) for c in checks)
+        except LcpError:
+            raise
+        except Exception as e:  # the exporters raise many kinds; all mean "this model does not export"
+            raise LcpError(f"{type(net).__name__} cannot be exported to {format}: {_first_line(e)}") from None
+        if not diff <= atol:
+            raise LcpError(
+                f"the {format} export differs from the model by {diff:.3g} (more than {atol:g}); not written"
+            )
+    return Exported(path, format, diff, time.perf_counter() - t0)

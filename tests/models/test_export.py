@@ -1,0 +1,89 @@
+"""``lcp export`` / ``lcp.export``: ONNX, TorchScript and ExportedProgram files that reload and match the pruned
+model within 1e-4; a model that cannot be exported is one line and leaves no file."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import lcp
+from tests.helpers import assert_one_line_error, lcp_cli
+
+pytest.importorskip("onnxruntime")  # the export extra (installed with .[test])
+
+
+@pytest.fixture(scope="module")
+def zoo_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    model = lcp.create_model("resnet20", num_classes=10)
+    return lcp.save(lcp.prune(model, torch.zeros(1, 3, 32, 32), budget=0.5), tmp_path_factory.mktemp("zoo") / "r20")
+
+
+@pytest.fixture(scope="module")
+def timm_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    model = lcp.create_model("resnet18", num_classes=10)  # timm, random weights
+    res = lcp.prune(model, torch.zeros(1, 3, 64, 64), budget=0.5)
+    return lcp.save(res, tmp_path_factory.mktemp("timm") / "r18", model_name="resnet18")
+
+
+def _run_file(path: Path, fmt: str, x: torch.Tensor) -> np.ndarray:
+    """The exported file run on its own (not through lcp)."""
+    if fmt == "onnx":
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    if fmt == "torchscript":
+        return torch.jit.load(str(path))(x).detach().numpy()
+    return torch.export.load(str(path)).module()(x).detach().numpy()
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript", "exported-program"])
+@pytest.mark.parametrize("which", ["zoo_folder", "timm_folder"])
+def test_export_round_trip(which: str, fmt: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    folder = request.getfixturevalue(which)
+    out = tmp_path / f"model.{fmt}"
+    res = lcp_cli("export", folder, "--format", fmt, "--out", out)
+    assert res.code == 0, res.err
+    reported = float(re.search(r"max abs difference (\S+)", res.out).group(1))
+    assert reported <= 1e-4 and out.is_file()
+    model = lcp.load(folder)
+    size = tuple(lcp.io.read_json(folder / "channels.json")["input_size"])
+    x = torch.randn(2, *size, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        expected = model(x).numpy()
+    assert np.abs(_run_file(out, fmt, x) - expected).max() <= 1e-4
+
+
+def test_default_path_is_in_the_folder(zoo_folder: Path) -> None:
+    res = lcp.export(zoo_folder, format="exported-program")
+    assert res.path == zoo_folder / "model.pt2" and res.path.is_file() and res.max_abs_diff <= 1e-4
+
+
+class NotExportable(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        return y * float(y.detach().numpy().mean())  # leaves the graph: no exporter can follow it
+
+
+def test_a_model_that_cannot_be_exported_is_one_line(tmp_path: Path) -> None:
+    out = tmp_path / "bad.pt2"
+    with pytest.raises(lcp.LcpError) as e:
+        lcp.export(NotExportable(), out, format="exported-program", example_inputs=torch.zeros(1, 3, 8, 8))
+    assert "NotExportable cannot be exported to exported-program" in str(e.value) and "\n" not in str(e.value)
+    assert not out.exists() and not list(tmp_path.iterdir())  # no file, no temporary left
+
+
+def test_export_errors_on_the_command_line(tmp_path: Path) -> None:
+    assert_one_line_error(lcp_cli("export", tmp_path), "holds no pruned model")
+    res = lcp_cli("export", tmp_path, "--format", "tflite")
+    assert_one_line_error(res, "invalid choice")
