@@ -138,17 +138,13 @@ def read_json(path: PathLike, what: str = "JSON file") -> Any:
         reason = os_reason(exc) if isinstance(exc, OSError) else "not UTF-8 text"
         raise LcpError(f"cannot read {what} {p}: {reason}") from exc
     try:
-        return json.loads(text, parse_constant=_no_constant)
+        return json.loads(text)
     except json.JSONDecodeError as exc:
         raise LcpError(f"{what} {p} is not valid JSON (line {exc.lineno}: {exc.msg}); fix or delete it") from exc
     except RecursionError:
         raise LcpError(f"{what} {p} is nested too deeply to be an lcp file; fix or delete it") from None
-    except ValueError as exc:  # a number too long for Python's int conversion, NaN or Infinity
+    except ValueError as exc:  # a number too long for Python's int conversion
         raise LcpError(f"{what} {p} cannot be read: {str(exc).splitlines()[0]}") from None
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"it holds {name}, which is not standard JSON (lcp files hold finite numbers)")
 
 
 # --------------------------------------------------------------------------- tensors

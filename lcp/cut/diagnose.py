@@ -181,7 +181,7 @@ def check(
     rep = CheckReport(model=name, status="ok", budget=budget, input_size=tuple(example_inputs[0].shape[1:]))
     graph = None
     try:
-        graph = build_graph(model, example_inputs, ignore=ignore)
+        graph = build_graph(model, example_inputs, ignore=ignore, strict=False)  # its suggestions add "name.*"
         rep.units, rep.prunable, rep.groups = len(graph.units), len(graph.prunable_units), len(graph.groups)
         rep.frozen = frozen_ops(graph)
         _try_prune(graph, model, example_inputs, budget, rep)
@@ -291,7 +291,8 @@ def suggest_ignore(
         if time.perf_counter() > deadline:
             raise TimeoutError
         try:
-            g = build_graph(model, example_inputs, ignore=[*ignore, *_patterns(prefixes)])
+            # candidate patterns: one may match no module (a leaf's "name.*"), the set as a whole does
+            g = build_graph(model, example_inputs, ignore=[*ignore, *_patterns(prefixes)], strict=False)
             if not g.prunable_units:
                 return True  # nothing left to break
             try:

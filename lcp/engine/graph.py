@@ -205,10 +205,13 @@ def build_graph(
     example_inputs: torch.Tensor | Sequence[torch.Tensor],
     ignore: Sequence[str] = (),
     rules: RuleTable | dict[type, Any] | None = None,
+    *,
+    strict: bool = True,
 ) -> ChannelGraph:
     """Trace ``model`` on ``example_inputs`` and derive its channel units and groups.
 
-    ``ignore``: glob patterns of module names (``"head.*"``, ``"*.se.*"``) whose output channels are kept.
+    ``ignore``: glob patterns of module names (``"head.*"``, ``"*.se.*"``) whose output channels are kept; with
+    ``strict`` a pattern that matches no conv or linear module is refused (``LcpError``).
     ``rules``: extra rules for this call only (a ``RuleTable`` or ``{module type: rule}``), taking precedence
     over the registered ones (``lcp.register_module_rule``).
     """
@@ -233,7 +236,7 @@ def build_graph(
         prop = Propagator(gm, table)
         prop.run()
         layers = [rec for rec in prop.records if rec.kind.has_filters]
-        for pattern in ignore:
+        for pattern in ignore if strict else ():
             if not any(fnmatch.fnmatchcase(rec.name, pattern) for rec in layers):
                 raise LcpError(_no_match("--ignore", pattern, [rec.name for rec in layers], type(model).__name__))
         for rec in layers:
