@@ -358,3 +358,28 @@ def subprocess_env() -> dict[str, str]:
     env.setdefault("OMP_NUM_THREADS", "1")
     env.pop("PYTHONWARNINGS", None)
     return env
+
+
+#: timm CNNs of many families, built with random weights (engine and timm-integration tests)
+TIMM_MODELS = [
+    "resnet18",
+    "resnet50",
+    "mobilenetv2_100",
+    "mobilenetv3_large_100",
+    "efficientnet_b0",
+    "regnetx_002",
+    "regnety_004",
+    "densenet121",
+    "ghostnet_100",
+    "convnext_atto",
+    "repvgg_a0",
+    "mixnet_s",
+    "dla34",
+    "cspresnet50",
+    "res2net50_14w_8s",
+    "rexnet_100",
+    "hrnet_w18_small",
+    "resnext26ts",
+    "dpn48b",
+    "efficientnetv2_rw_t",
+]

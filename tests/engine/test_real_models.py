@@ -19,34 +19,13 @@ import torch
 from torch import nn
 
 import lcp
+from tests.helpers import TIMM_MODELS
 
 timm = pytest.importorskip("timm")
 ptflops = pytest.importorskip("ptflops")
 from ptflops.pytorch_ops import MODULES_MAPPING, conv_flops_counter_hook, linear_flops_counter_hook  # noqa: E402
 
 ZOO_MODELS = ["resnet20", "resnet56", "mobilenetv2", "densenet40"]
-TIMM_MODELS = [
-    "resnet18",
-    "resnet50",
-    "mobilenetv2_100",
-    "mobilenetv3_large_100",
-    "efficientnet_b0",
-    "regnetx_002",
-    "regnety_004",
-    "densenet121",
-    "ghostnet_100",
-    "convnext_atto",
-    "repvgg_a0",
-    "mixnet_s",
-    "dla34",
-    "cspresnet50",
-    "res2net50_14w_8s",
-    "rexnet_100",
-    "hrnet_w18_small",
-    "resnext26ts",
-    "dpn48b",
-    "efficientnetv2_rw_t",
-]
 TIMM_INPUT = 64  # reduced from 224 for speed; the smallest side that every model above handles is 32
 ZOO_INPUT = 32
 

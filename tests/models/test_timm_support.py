@@ -29,32 +29,10 @@ import torch
 import lcp
 import lcp.cut.latency
 import lcp.models.store
-from tests.helpers import assert_one_line_error, lcp_cli
+from tests.helpers import TIMM_MODELS, assert_one_line_error, lcp_cli
 
 timm = pytest.importorskip("timm")
 
-TIMM_MODELS = [
-    "resnet18",
-    "resnet50",
-    "mobilenetv2_100",
-    "mobilenetv3_large_100",
-    "efficientnet_b0",
-    "regnetx_002",
-    "regnety_004",
-    "densenet121",
-    "ghostnet_100",
-    "convnext_atto",
-    "repvgg_a0",
-    "mixnet_s",
-    "dla34",
-    "cspresnet50",
-    "res2net50_14w_8s",
-    "rexnet_100",
-    "hrnet_w18_small",
-    "resnext26ts",
-    "dpn48b",
-    "efficientnetv2_rw_t",
-]
 SIZE = (3, 64, 64)
 _REAL_MEASURE = lcp.cut.latency.measure
 CLASSES = 3  # the tiny folder's

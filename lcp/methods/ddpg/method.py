@@ -28,7 +28,7 @@ from lcp.io import PathLike, atomic_write_json, atomic_write_text
 from lcp.methods.base import Context, Learned, Method, register_method
 from lcp.methods.ddpg.agent import run_agent
 from lcp.methods.ddpg.env import AgentConfig, AgentResult, Env
-from lcp.methods.legr.fitness import Fitness, make_fitness
+from lcp.methods.legr.fitness import Fitness, fitness_for
 
 AGENT_METHODS = ("lfgcl", "amc")
 
@@ -115,7 +115,7 @@ class _AgentMethod(Method):
 
     def learn(self, ctx: Context) -> Learned:
         o, graph = ctx.options, ctx.graph
-        bundle = ctx.need_data(self.name)
+        ctx.need_data(self.name)
         cost, scores = ctx.cost_and_scores()
         budget = o.search_budget or min(o.all_budgets())
         ctx.log(
@@ -123,20 +123,7 @@ class _AgentMethod(Method):
             f"warm-up) at {budget:g} of {o.budget_type}, reward "
             f"{'-KL to the unpruned outputs' if self.label_free else '-CE'}"
         )
-        fitness = make_fitness(
-            graph,
-            cost,
-            scores,
-            bundle,
-            budget=budget,
-            budget_type=o.budget_type,
-            tau=o.tau,
-            label_free=self.label_free,
-            seed=o.seed,
-            min_ratio=o.min_ratio,
-            round_to=o.round_to,
-            device=o.device,
-        )
+        fitness = fitness_for(ctx, budget, label_free=self.label_free)
         write = ctx.writer and ctx.out is not None
         result = search_ratios(
             graph,

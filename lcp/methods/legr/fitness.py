@@ -17,6 +17,7 @@ from lcp.engine.cost import CostModel
 from lcp.engine.graph import ChannelGraph
 from lcp.engine.surgery import apply_plan
 from lcp.errors import LcpError
+from lcp.methods.base import Context
 from lcp.training.data import DataBundle
 from lcp.training.train import recalibrate_bn
 
@@ -290,4 +291,25 @@ def make_fitness(
         round_to=round_to,
         threads=threads,
         device=device,
+    )
+
+
+def fitness_for(ctx: Context, budget: float | Sequence[float], *, label_free: bool) -> Fitness:
+    """``make_fitness`` with a method context's graph, cost, scores, data and options (the lcp search and the
+    DDPG agents score their candidates the same way)."""
+    o = ctx.options
+    cost, scores = ctx.cost_and_scores()
+    return make_fitness(
+        ctx.graph,
+        cost,
+        scores,
+        ctx.data,
+        budget=budget,
+        budget_type=o.budget_type,
+        tau=o.tau,
+        label_free=label_free,
+        seed=o.seed,
+        min_ratio=o.min_ratio,
+        round_to=o.round_to,
+        device=o.device,
     )

@@ -10,7 +10,7 @@ from lcp.errors import LcpError
 from lcp.io import atomic_write_json, read_json
 from lcp.methods.base import Context, Learned, Method, register_method
 from lcp.methods.legr.evolution import COMPENSATIONS, search, write_outputs
-from lcp.methods.legr.fitness import make_fitness
+from lcp.methods.legr.fitness import fitness_for
 from lcp.options import at_least, option, positive, unit_interval
 
 _GROUP = "search (method lcp without --transforms)"
@@ -94,7 +94,7 @@ class LegrMethod(Method):
         o, graph = ctx.options, ctx.graph
         if o.transforms:
             return Learned(transforms=Transforms.from_json(read_json(o.transforms, what="transforms file"), graph))
-        bundle = ctx.need_data(self.name, "transforms")
+        ctx.need_data(self.name, "transforms")
         cost, scores = ctx.cost_and_scores()
         budgets = [o.search_budget] if o.search_budget else sorted(set(o.all_budgets()))
         ctx.log(
@@ -102,20 +102,7 @@ class LegrMethod(Method):
             f"{', '.join(f'{b:g}' for b in budgets)} of {o.budget_type}"
             + (" (mean held-out loss)" if len(budgets) > 1 else "")
         )
-        fitness = make_fitness(
-            graph,
-            cost,
-            scores,
-            bundle,
-            budget=budgets,
-            budget_type=o.budget_type,
-            tau=o.tau,
-            label_free=o.label_free,
-            seed=o.seed,
-            min_ratio=o.min_ratio,
-            round_to=o.round_to,
-            device=o.device,
-        )
+        fitness = fitness_for(ctx, budgets, label_free=o.label_free)
         write = ctx.writer and ctx.out is not None
         result = search(
             graph,
