@@ -1,5 +1,6 @@
 """Compare pruning methods on one model under one recipe: lcp, global, uniform, random, the agent methods
-lfgcl and amc, the DenseNet connection methods ads and lwp, and Torch-Pruning.
+lfgcl and amc, the DenseNet connection methods ads and lwp, Torch-Pruning, and the ceiling (the unpruned
+network through the same recalibration and recovery: one row per seed, budget 1).
 
 For a model, a list of budgets, a list of methods and seeds (all from a YAML recipe in ``recipes/bench_*.yaml``),
 every method gets the identical data split (lcp's holdout split, seed 0), the identical BatchNorm recalibration
@@ -8,8 +9,10 @@ and the identical fine-tuning recipe and seed, and one CSV row is written per (m
 so their ratio is what counts), wall times and a ``status`` (``ok``, ``error: <first line>`` or ``skipped: ...``).
 
 What is shared, as in ``lcp prune --budgets``: the channel graph is built once per model, the learned
-compensation is searched once per (model, seed) at the recipe's budgets and reused for every budget (learn once,
-prune many; ``search_s`` is that one search's time, repeated on its lcp rows). The lcp-family cuts use
+compensation is searched once per (model, seed) at the recipe's budgets by method lcp's own ``learn`` (the
+recipe's ``search:`` section: ``search_preset``, legr for the recipes written before presets, or fast, lcp
+prune's default) and reused for every budget (learn once, prune many; ``search_s`` is that one search's time,
+the sensitivity measurement included, repeated on its lcp rows). The lcp-family cuts use
 ``lcp.cut.pruner.prune_graph``. ``lfgcl`` / ``amc`` learn keep ratios per group with lcp's DDPG agent
 (the method's ``learn``, the recipe's ``agents:`` episodes) once per (method, seed) at the smallest budget
 (or ``search.search_budget``) and cut every budget with them. ``ads`` / ``lwp`` (DenseNets) search the dense
@@ -77,7 +80,9 @@ from lcp.run.folder import RunLock
 ROOT = Path(__file__).resolve().parents[1]
 
 LCP_METHODS = ("lcp", "global", "uniform", "random")  # one cut of lcp's ranking walk (prune_graph)
-METHODS = (*LCP_METHODS, *AGENT_METHODS, *CONNECTION_METHODS, "torch_pruning")
+#: ``ceiling``: the unpruned network through the same recalibration and recovery (one row per seed, budget 1)
+CEILING = "ceiling"
+METHODS = (*LCP_METHODS, *AGENT_METHODS, *CONNECTION_METHODS, "torch_pruning", CEILING)
 #: The ``agents:`` settings that decide the rows of each search method (see ``signature``).
 AGENT_KEYS: dict[str, tuple[str, ...]] = {
     **{m: ("episodes", "warmup_episodes") for m in AGENT_METHODS},
@@ -118,11 +123,13 @@ DEFAULTS: dict[str, Any] = {
     "quick": {},
 }
 SEARCH_DEFAULTS: dict[str, Any] = {
-    "candidates": 400,
+    "search_preset": "legr",  # what the rows written before presets used; new recipes say fast
+    "search_time": None,  # None: the preset's (fast: 120 s); 0: none (a table needs the same count every run)
+    "candidates": None,  # None: the preset's
     "optimizer": "legr",
     "compensation": "affine",
-    "population": 64,
-    "tournament": 16,
+    "population": None,
+    "tournament": None,
     "tau": 0,
     "label_free": False,
     "search_budget": None,
@@ -160,6 +167,8 @@ _NOT_IN_SIGNATURE = (
 #: Settings added after the first CSVs were written, with the value they had then: in the signature only when
 #: they differ from it, so those CSVs stay valid.
 _ADDED = {"input_size": None, "device": "cpu"}
+#: search settings added later, with the value the rows written before them used (left out of signatures)
+_ADDED_SEARCH = {"search_preset": "legr", "search_time": None}
 
 Log = Callable[[str], None]
 
@@ -328,6 +337,8 @@ def signature(cfg: dict, method: str | None = None) -> str:
         for k, v in cfg.items()
         if k not in _NOT_IN_SIGNATURE and k != "agents" and not (k in _ADDED and v == _ADDED[k])
     }
+    if "search" in sig:
+        sig["search"] = {k: v for k, v in sig["search"].items() if not (k in _ADDED_SEARCH and v == _ADDED_SEARCH[k])}
     if method in AGENT_KEYS:
         sig["agents"] = {k: cfg["agents"][k] for k in AGENT_KEYS[method]}
     text = json.dumps(sig, sort_keys=True, default=str)
@@ -338,9 +349,12 @@ def tasks(cfg: dict) -> list[tuple[str, float, int]]:
     """(method, budget, seed) in run order: by seed, then budget, then method (extra seeds last)."""
     out: list[tuple[str, float, int]] = []
     for s in cfg["seeds"]:
+        if CEILING in cfg["methods"]:
+            out.append((CEILING, 1.0, int(s)))
         for b in cfg["budgets"]:
             for m in cfg["methods"]:
-                out.append((m, float(b), int(s)))
+                if m != CEILING:
+                    out.append((m, float(b), int(s)))
     extra = cfg.get("extra_seeds") or {}
     if extra:
         for s in extra.get("seeds", []):
@@ -710,69 +724,48 @@ class Bench:
         return record
 
     def transforms_for(self, seed: int) -> tuple[Any, float]:
-        """Learned compensation for ``seed`` (method lcp; one search for every budget)."""
+        """Learned compensation for ``seed`` (method lcp's ``learn``, as ``lcp prune`` runs it; one search for
+        every budget)."""
         if ("lcp", seed) in self.searches:
             return self.searches["lcp", seed]
-        from lcp.cut import importance as imp
         from lcp.cut.ranking import Transforms
-        from lcp.engine.cost import CostModel
         from lcp.io import read_json
-        from lcp.methods import legr as search
 
         s = self.cfg["search"]
-        # one search for every budget of the recipe (mean held-out loss), unless the recipe names one
-        sb = [float(s["search_budget"])] if s["search_budget"] else sorted(float(b) for b in self.cfg["budgets"])
         folder = self.work / f"search_seed{seed}"
+        budgets = sorted(float(b) for b in self.cfg["budgets"])
+        pc = prune_config(
+            self.cfg,
+            method="lcp",
+            seed=seed,
+            budget=budgets[0],
+            budgets=budgets,
+            out=str(folder),
+            resume=True,
+            progress=self.progress,
+            search_preset=s["search_preset"],
+            search_time=s["search_time"],
+            candidates=s["candidates"],
+            population=s["population"],
+            tournament=s["tournament"],
+            optimizer=s["optimizer"],
+            compensation=s["compensation"],
+            label_free=s["label_free"],
+            search_eval_images=s["eval_images"],
+            search_recal_batches=s["recal_batches"],
+        )
 
         def run() -> dict:
-            self.log(
-                f"seed {seed}: learning the layer compensation ({s['optimizer']}, {s['candidates']} "
-                f"candidates at {', '.join(f'{b:g}' for b in sb)} of {self.cfg['budget_type']})"
-            )
-            scores = imp.unit_scores(
-                self.graph, imp.filter_scores(self.graph, self.cfg["importance"]), self.cfg["aggregate"]
-            )
-            fitness = search.make_fitness(
-                self.graph,
-                CostModel(self.graph),
-                scores,
-                self.bundle,
-                budget=sb,
-                budget_type=self.cfg["budget_type"],
-                tau=s["tau"],
-                label_free=s["label_free"],
-                recal_batches=s["recal_batches"],
-                eval_images=s["eval_images"],
-                batch_size=self.cfg["batch_size"],
-                seed=seed,
-                lr=self.cfg["lr"],
-                min_ratio=self.cfg["min_ratio"],
-                round_to=self.cfg["round_to"],
-                device=self.device,
-            )
-            result = search.search(
-                self.graph,
-                scores,
-                fitness,
-                optimizer=s["optimizer"],
-                compensation=s["compensation"],
-                candidates=s["candidates"],
-                population=s["population"],
-                tournament=s["tournament"],
-                seed=seed,
-                state_path=folder / "search_state.json",
-                resume=True,
-                progress=self.progress,
-            )
-            search.write_outputs(result, folder)
-            atomic_write_json(folder / "transforms.json", result.transforms.to_json())
-            first = result.history[0]["fitness"]
-            self.log(f"seed {seed}: fitness {first:.4f} (identity) -> {result.best_fitness:.4f}")
+            folder.mkdir(parents=True, exist_ok=True)
+            get_method("lcp").learn(self.context(pc, folder))
+            done = read_json(folder / "search.json", what="search summary")
+            self.log(f"seed {seed}: fitness {done['identity_fitness']:.4f} (identity) -> {done['best_fitness']:.4f}")
             return {
-                "best_fitness": result.best_fitness,
-                "identity_fitness": first,
-                "candidates": len(result.history),
-                "search_budget": sb,
+                "best_fitness": done["best_fitness"],
+                "identity_fitness": done["identity_fitness"],
+                "candidates": done["candidates_evaluated"],
+                "prior_s": done.get("prior_seconds", 0.0),
+                "search_budget": [s["search_budget"]] if s["search_budget"] else budgets,
             }
 
         info = self._searched(folder, f"seed {seed}: lcp", run)
@@ -855,6 +848,14 @@ class Bench:
         from lcp.cut.pruner import prune_graph
 
         cfg = self.cfg
+        if method == CEILING:
+            return copy.deepcopy(self.loaded.model), {
+                "importance": "",
+                "macs_pruned": self.macs_base,
+                "params_pruned": self.params_base,
+                "search_s": 0.0,
+                "prune_s": 0.0,
+            }
         if method == "torch_pruning":
             t0 = time.perf_counter()
             model, info = tp_prune(

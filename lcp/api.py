@@ -44,7 +44,7 @@ def prune(
     lr: float = 0.01,
     kd: bool = False,
     recal_batches: int = 20,
-    candidates: int = 400,
+    candidates: int | None = None,
     optimizer: str = "legr",
     progress: bool = False,
     ignore: Sequence[str] = (),

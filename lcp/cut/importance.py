@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from lcp.engine.graph import ChannelGraph
-from lcp.engine.types import LayerKind
+from lcp.engine.layers import LAYERS
+from lcp.engine.types import LayerKind, Record
 from lcp.errors import LcpError
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -69,6 +70,11 @@ def get_importance(name: str) -> Importance:
         raise LcpError(f"unknown importance '{name}'; choose one of {', '.join(_CRITERIA)}") from None
 
 
+def _filters(m: nn.Module, r: Record) -> torch.Tensor:
+    """The weight of ``r``'s module with one row per output position."""
+    return LAYERS[r.kind].filters(m, m.weight)
+
+
 def _weight_scores(w: torch.Tensor, p: int) -> np.ndarray:
     w = w.detach().double().flatten(1)
     return (w.pow(2).sum(1) if p == 2 else w.abs().sum(1)).cpu().numpy()
@@ -83,7 +89,7 @@ class L2(Importance):
 
     def __call__(self, graph: ChannelGraph, batches: Iterable[Batch] | None = None) -> dict[int, np.ndarray]:
         modules = dict(graph.model.named_modules())
-        return {ri: _weight_scores(modules[r.name].weight, self.p) for ri, r in self.producers(graph).items()}
+        return {ri: _weight_scores(_filters(modules[r.name], r), self.p) for ri, r in self.producers(graph).items()}
 
 
 @register_importance
@@ -115,7 +121,7 @@ class BnScale(Importance):
         out = {}
         for ri, r in self.producers(graph).items():
             s = per_unit[graph.axis_units[(ri, "out")]]
-            fallback = _weight_scores(modules[r.name].weight, 2)  # units without a norm: weight norm
+            fallback = _weight_scores(_filters(modules[r.name], r), 2)  # units without a norm: weight norm
             out[ri] = np.where(np.isnan(s), fallback, s)
         return out
 
@@ -132,8 +138,9 @@ class Taylor(Importance):
             raise LcpError("importance 'taylor' needs data: pass training batches")
         modules = dict(graph.model.named_modules())
         model = graph.model
-        weights = {ri: modules[r.name].weight for ri, r in self.producers(graph).items()}
-        acc = {ri: np.zeros(w.shape[0]) for ri, w in weights.items()}
+        producers = self.producers(graph)
+        weights = {ri: modules[r.name].weight for ri, r in producers.items()}
+        acc = {ri: np.zeros(len(r.out_ids)) for ri, r in producers.items()}
         was_training = model.training
         model.eval()
         try:
@@ -143,7 +150,8 @@ class Taylor(Importance):
                 loss.backward()
                 for ri, w in weights.items():
                     if w.grad is not None:
-                        acc[ri] += (w.detach() * w.grad).flatten(1).sum(1).double().pow(2).cpu().numpy()
+                        wg = LAYERS[producers[ri].kind].filters(modules[producers[ri].name], w.detach() * w.grad)
+                        acc[ri] += wg.flatten(1).sum(1).double().pow(2).cpu().numpy()
             model.zero_grad(set_to_none=True)
         finally:
             model.train(was_training)

@@ -19,6 +19,8 @@ from lcp.engine.layers import LAYERS
 from lcp.engine.types import Record
 from lcp.errors import LcpError
 
+_TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+
 
 def count_macs(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor]) -> int:
     """Conv and linear MACs of one forward pass, per sample of the batch (see module docstring)."""
@@ -30,13 +32,15 @@ def count_macs(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.T
     def hook(m: nn.Module, inp: tuple, out: torch.Tensor) -> None:
         if isinstance(m, nn.Linear):
             total[0] += out.numel() * m.in_features
+        elif isinstance(m, _TRANSPOSED):  # every input element meets out_channels / groups kernels
+            total[0] += inp[0].numel() * (m.out_channels // m.groups) * int(np.prod(m.kernel_size))
         else:
             total[0] += out.numel() * (m.in_channels // m.groups) * int(np.prod(m.kernel_size))
 
     handles = [
         m.register_forward_hook(hook)
         for m in model.modules()
-        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, *_TRANSPOSED))
     ]
     was_training = model.training
     model.eval()

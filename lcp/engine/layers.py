@@ -22,8 +22,8 @@ from lcp.engine.types import LayerKind, Record
 
 
 def select_positions(t: torch.Tensor, dim: int, keep: np.ndarray) -> torch.Tensor:
-    """A detached copy of ``t`` with only positions ``keep`` along ``dim``."""
-    return t.detach().index_select(dim, torch.as_tensor(keep, dtype=torch.long, device=t.device)).clone()
+    """A detached copy of ``t`` with only positions ``keep`` along ``dim`` (``index_select`` always allocates)."""
+    return t.detach().index_select(dim, torch.as_tensor(keep, dtype=torch.long, device=t.device))
 
 
 def set_param(m: nn.Module, name: str, value: torch.Tensor) -> None:
@@ -49,6 +49,22 @@ def prune_conv(m: nn.Conv2d, mode: str, keep_out: np.ndarray, keep_in: np.ndarra
         in_pg = m.in_channels // m.groups
         w = select_positions(w, 1, keep_in[keep_in < in_pg])
     set_param(m, "weight", w)
+    if m.bias is not None:
+        set_param(m, "bias", select_positions(m.bias, 0, keep_out))
+    if mode == "depthwise":
+        m.groups = len(keep_in)
+    m.in_channels, m.out_channels = len(keep_in), len(keep_out)
+
+
+def prune_conv_transpose(m: nn.Module, mode: str, keep_out: np.ndarray, keep_in: np.ndarray) -> None:
+    """Keep outputs ``keep_out`` and inputs ``keep_in`` of a transposed conv (weight ``(in, out / groups, *k)``)."""
+    w = select_positions(m.weight, 0, keep_in)
+    out_pg = m.out_channels // m.groups
+    if mode == "dense":
+        w = select_positions(w, 1, keep_out)
+    elif mode == "grouped":  # the same positions go from every group
+        w = select_positions(w, 1, keep_out[keep_out < out_pg])
+    set_param(m, "weight", w)  # depthwise: one input per group, its out_pg outputs go with it
     if m.bias is not None:
         set_param(m, "bias", select_positions(m.bias, 0, keep_out))
     if mode == "depthwise":
@@ -153,6 +169,10 @@ class LayerHandler:
     def prune(self, job: Rewrite, rec: Record, keep_out: np.ndarray | None, keep_in: np.ndarray | None) -> None:
         """Shrink the module of ``rec`` in ``job`` to the kept positions."""
 
+    def filters(self, m: nn.Module, w: torch.Tensor) -> torch.Tensor:
+        """``w`` (the weight, or a tensor shaped like it) with one row per output position (importance)."""
+        return w
+
 
 class ConvHandler(LayerHandler):
     kind = LayerKind.CONV
@@ -174,6 +194,23 @@ class ConvHandler(LayerHandler):
             m = fold_weight_standardization(m)
             job.replace(rec.name, m)
         prune_conv(m, rec.mode, keep_out, keep_in)
+
+
+class ConvTransposeHandler(ConvHandler):
+    """A transposed conv; its record's ``spatial`` counts input positions, so the conv cost formula holds."""
+
+    kind = LayerKind.CONV_TRANSPOSE
+
+    def folded_params(self, m: nn.Module | None) -> int:
+        return 0
+
+    def prune(self, job: Rewrite, rec: Record, keep_out: np.ndarray | None, keep_in: np.ndarray | None) -> None:
+        prune_conv_transpose(job.modules[rec.name], rec.mode, keep_out, keep_in)
+
+    def filters(self, m: nn.Module, w: torch.Tensor) -> torch.Tensor:
+        g = m.groups
+        grouped = w.reshape(g, w.shape[0] // g, w.shape[1], -1)  # (groups, in / groups, out / groups, k)
+        return grouped.transpose(1, 2).reshape(g * w.shape[1], -1)
 
 
 class LinearHandler(LayerHandler):
@@ -233,6 +270,15 @@ class SliceHandler(LayerHandler):
 
 #: the handler of every layer kind
 LAYERS: dict[LayerKind, LayerHandler] = {
-    h.kind: h for h in (ConvHandler(), LinearHandler(), NormHandler(), PadHandler(), SplitHandler(), SliceHandler())
+    h.kind: h
+    for h in (
+        ConvHandler(),
+        ConvTransposeHandler(),
+        LinearHandler(),
+        NormHandler(),
+        PadHandler(),
+        SplitHandler(),
+        SliceHandler(),
+    )
 }
 assert set(LAYERS) == set(LayerKind), "every LayerKind needs a handler"

@@ -18,6 +18,7 @@ class LayerKind(str, Enum):
     """What a ``Record`` is; a str Enum, so ``rec.kind == "conv"`` and JSON keep working."""
 
     CONV = "conv"  # a conv: output positions are filters, input positions are weight slices
+    CONV_TRANSPOSE = "conv_transpose"  # a transposed conv: weight (in, out / groups, *kernel)
     LINEAR = "linear"  # a linear layer (features on the last dim)
     NORM = "norm"  # per-channel parameters and buffers (BatchNorm, GroupNorm, affine InstanceNorm...)
     PAD = "pad"  # a module that zero-pads channels (``pad_left`` / ``pad_right``), e.g. option-A shortcuts
@@ -30,7 +31,7 @@ class LayerKind(str, Enum):
     @property
     def has_filters(self) -> bool:
         """Whether its output positions are filters: the producers of a channel unit (conv, linear)."""
-        return self in (LayerKind.CONV, LayerKind.LINEAR)
+        return self in (LayerKind.CONV, LayerKind.CONV_TRANSPOSE, LayerKind.LINEAR)
 
 
 # --------------------------------------------------------------------------------------------------------------

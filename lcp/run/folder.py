@@ -29,6 +29,7 @@ OUTPUT_PATTERNS: tuple[str, ...] = (
     "*.png",
     "*.jsonl",
     "search*.json",
+    "sensitivity.json",
     "state*.json",
     "checkpoint*",
     "*.log",

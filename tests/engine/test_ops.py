@@ -1329,3 +1329,80 @@ def test_property_random_cnns(stem, spec, budget, method, seed):
         return
     else:
         assert res.plan.macs_ratio <= budget
+
+
+# ------------------------------------------------------------------------------------------ transposed convs
+
+
+class UpsampleHead(nn.Module):
+    """conv -> ConvTranspose (dense, grouped or depthwise) -> conv, in 1, 2 or 3 spatial dims."""
+
+    def __init__(self, dims: int = 2, groups: int = 1):
+        super().__init__()
+        conv, up, bn = {
+            1: (nn.Conv1d, nn.ConvTranspose1d, nn.BatchNorm1d),
+            2: (nn.Conv2d, nn.ConvTranspose2d, nn.BatchNorm2d),
+            3: (nn.Conv3d, nn.ConvTranspose3d, nn.BatchNorm3d),
+        }[dims]
+        mid = {1: 8, 2: 16, 16: 16}[groups]
+        self.conv1 = conv(3, 16, 3, padding=1)
+        self.bn1 = bn(16)
+        self.up = up(16, mid, 4, stride=2, padding=1, groups=groups)
+        self.bn2 = bn(mid)
+        self.conv2 = conv(mid, 5, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv2(F.relu(self.bn2(self.up(F.relu(self.bn1(self.conv1(x)))))))
+
+
+def _flop_counter_macs(model: nn.Module, x: torch.Tensor) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model.eval()(x)
+    return counter.get_total_flops() // 2 // x.shape[0]
+
+
+@pytest.mark.parametrize("dims,groups", [(2, 1), (2, 2), (2, 16), (1, 1), (3, 1)])
+def test_transposed_conv_prunes_and_its_macs_are_torchs(dims: int, groups: int) -> None:
+    torch.manual_seed(0)
+    model = UpsampleHead(dims, groups).eval()
+    x = torch.randn(1, 3, *([8] * dims))
+    base = _flop_counter_macs(model, x)
+    assert lcp.count_macs(model, x) == base  # the transposed conv counted per input element, as torch does
+    res = prune_and_check(model, x, importance="l1")
+    up = mods(res.model)["up"]
+    _, rec = record(res, "up")
+    assert rec.kind == LayerKind.CONV_TRANSPOSE and rec.mode == {1: "dense", 2: "grouped", 16: "depthwise"}[groups]
+    assert up.in_channels < 16 or up.out_channels < model.up.out_channels
+    assert up.weight.shape[0] == up.in_channels and up.weight.shape[1] == up.out_channels // up.groups
+    assert _flop_counter_macs(res.model, x) == res.plan.macs  # the budget is torch's MACs too
+    if groups == 16:  # depthwise: each input keeps its outputs
+        assert up.groups == up.in_channels == up.out_channels
+
+
+def test_transposed_conv_filter_scores_follow_its_output_channels() -> None:
+    from lcp.cut.importance import filter_scores
+
+    torch.manual_seed(0)
+    model = UpsampleHead(2, 2).eval()
+    with torch.no_grad():
+        model.up.weight.zero_()
+        model.up.weight[:, 3] = 1.0  # output 3 of each group: outputs 3 and 3 + 8
+    graph = lcp.build_graph(model, img(1, 3, 8))
+    ri = graph.record_index["up"]
+    scores = filter_scores(graph, "l2")[ri]
+    assert scores.shape == (16,) and set(np.nonzero(scores)[0].tolist()) == {3, 11}
+    batches = [(img(4, 3, 8), torch.zeros(4, dtype=torch.long))]
+
+    class Head(nn.Module):  # taylor needs logits: average the map
+        def __init__(self, body):
+            super().__init__()
+            self.body = body
+
+        def forward(self, x):
+            return self.body(x).mean((2, 3))
+
+    g2 = lcp.build_graph(Head(UpsampleHead(2, 2).eval()), img(1, 3, 8))
+    taylor = filter_scores(g2, "taylor", batches)[g2.record_index["body.up"]]
+    assert taylor.shape == (16,) and np.all(np.isfinite(taylor))

@@ -152,6 +152,46 @@ def conv_rule(prop: Propagator, node: fx.Node, m: nn.Module, x: Any) -> Any:
     return Chan(1, out)
 
 
+def conv_transpose_rule(prop: Propagator, node: fx.Node, m: nn.Module, x: Any) -> Any:
+    """A transposed conv (dense, depthwise, grouped): like a conv, with its cost counted per input position."""
+    if x is None:
+        x = Chan(1, prop.uf.new(m.in_channels, frozen=f"input of {node.target} comes from an untracked op"))
+    if not (isinstance(x, Chan) and x.dim == 1 and len(x.ids) == m.in_channels) or len(node.args) != 1:
+        return prop.unknown(node, "transposed conv input channels are not on dim 1 (or an output_size is given)")
+    name = str(node.target)
+    in_shape = prop.shape(node.args[0])
+    spatial = int(math.prod(in_shape[2:])) if isinstance(in_shape, tuple) else 1
+    rec = prop.get_record(name)
+    if rec is not None:
+        prop.uf.union_arrays(rec.in_ids, x.ids)
+        rec.spatial += spatial
+        return Chan(1, rec.out_ids)
+    g, cin, cout = m.groups, m.in_channels, m.out_channels
+    in_pg, out_pg = cin // g, cout // g
+    out = prop.uf.new(cout)
+    if g == 1:
+        mode = "dense"
+    elif in_pg == 1:  # output k*out_pg+t is made from input k alone
+        mode = "depthwise"
+        prop.uf.union_arrays(out, np.repeat(x.ids, out_pg))
+    else:
+        mode = "grouped"
+        prop.uf.union_arrays(x.ids, np.tile(x.ids[:in_pg], g))
+        prop.uf.union_arrays(out, np.tile(out[:out_pg], g))
+    prop.record(
+        name,
+        LayerKind.CONV_TRANSPOSE,
+        out_ids=out,
+        in_ids=x.ids,
+        mode=mode,
+        groups=g,
+        kernel=int(math.prod(m.kernel_size)),
+        spatial=spatial,
+        bias=m.bias is not None,
+    )
+    return Chan(1, out)
+
+
 def linear_rule(prop: Propagator, node: fx.Node, m: nn.Module, x: Any) -> Any:
     """A linear layer on the last dim (tokens: every other dim but the batch)."""
     shape = prop.shape(node)
@@ -249,6 +289,7 @@ def pad_channels_rule(prop: Propagator, node: fx.Node, m: nn.Module, x: Any) -> 
 # into a plain conv first. ``leaf=False``: torch.nn built-ins are leaves anyway; timm's activations are traced.
 
 RULES.module(_CONVS + _TIMM_CONVS + STD_CONVS, conv_rule, exact=True)
+RULES.module((nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d), conv_transpose_rule, exact=True)
 RULES.module((nn.Linear,) + _TIMM_LINEAR, linear_rule, exact=True)
 RULES.module(_BATCHNORMS + _FROZEN_BNS + _TIMM_BN_ACT, norm_rule)
 RULES.module((nn.GroupNorm,) + _TIMM_GROUP_NORMS, group_norm_rule)

@@ -6,9 +6,10 @@ evaluation of candidates), ``evolution`` (LeGR's regularized evolution or a neve
 """
 
 from lcp.methods.legr.evaluator import SearchResult, group_std, standardized
-from lcp.methods.legr.evolution import COMPENSATIONS, OPTIMIZERS, search, write_outputs, write_search_csv
+from lcp.methods.legr.evolution import COMPENSATIONS, OPTIMIZERS, search
 from lcp.methods.legr.fitness import Fitness, FitnessFn, make_fitness
 from lcp.methods.legr.method import LegrMethod, SearchOptions
+from lcp.methods.legr.outputs import write_outputs, write_search_csv
 
 __all__ = [
     "COMPENSATIONS",

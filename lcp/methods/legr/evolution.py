@@ -25,11 +25,17 @@ import numpy as np
 
 from lcp.engine.graph import ChannelGraph
 from lcp.errors import LcpError
-from lcp.io import PathLike, atomic_write_json, atomic_write_text
-from lcp.methods.legr.evaluator import Evaluator, SearchResult, first_line, group_std, standardized
+from lcp.io import PathLike
+from lcp.methods.legr.evaluator import (
+    Evaluator,
+    SearchResult,
+    first_line,
+    group_std,
+    standardized,
+    transforms_from_vector,
+)
 from lcp.methods.legr.fitness import FitnessFn
 from lcp.methods.legr.state import SearchRun, SearchState
-from lcp.report import plot_search
 
 log = logging.getLogger("lcp.methods.legr")
 
@@ -51,43 +57,71 @@ def _legr(
     *,
     n_groups: int,
     std: np.ndarray,
+    center: np.ndarray,
     additive: bool,
     population: int,
     tournament: int,
     mutate_frac: float,
     seed: int,
     seeds: Sequence[np.ndarray] = (),
+    refine: bool = False,
+    key: Callable[[np.ndarray], str] | None = None,
 ) -> None:
     """LeGR's regularized evolution (see ``search``); the RNG state is saved with each generated batch.
 
-    The initial population is the identity, then ``seeds`` (fixed members), then random members."""
+    The initial population is the identity, then ``seeds`` (fixed members), then LeGR's random members
+    (alpha ~ LogNormal(0, 1), kappa ~ N(0, std_g)). ``refine`` (a short search from good members) changes four
+    things: the other initial members are children of the best member so far; the best member is never aged
+    out; a mutation of alpha keeps the group's mean compensated score (``center``: mean raw score per group)
+    and kappa steps scale with alpha (the spread of the group's compensated scores); with ``key`` (the cut a
+    vector gives), a child that would repeat a cut already evaluated is drawn again (up to 16 times)."""
     st, candidates = run.state, run.candidates
     rng = np.random.Generator(np.random.PCG64(seed))
     if st.rng is not None:
         rng.bit_generator.state = st.rng
     n_mut = max(1, int(mutate_frac * n_groups))
     width = run.evaluator.width
+    seen: set[str] = set()
+    if refine and key is not None:
+        seen.update(key(np.asarray(e["z"])) for e in st.evaluated)
+        seen.update(key(np.asarray(z)) for z in st.pending)
 
     def initial(k: int) -> np.ndarray:
         z = np.zeros(2 * n_groups)
         if 0 < k <= len(seeds):
             z[:] = seeds[k - 1]
+        elif k > 0 and refine and st.pop_f:
+            return child(k, parent=int(np.argmin(st.pop_f)))
         elif k > 0:  # member 0 is the identity (alpha 1, kappa 0)
             if not additive:
                 z[:n_groups] = rng.normal(0.0, 1.0, n_groups)  # alpha ~ LogNormal(0, 1)
             z[n_groups:] = rng.normal(0.0, std)
         return z
 
-    def child(k: int) -> np.ndarray:
-        sampled = rng.integers(0, len(st.pop_f), size=tournament)  # with replacement
-        winner = int(sampled[np.argmin(np.asarray(st.pop_f)[sampled])])
-        z = np.asarray(st.pop_z[winner], dtype=np.float64).copy()
+    def mutate(z: np.ndarray, k: int) -> np.ndarray:
+        z = z.copy()
         sigma = 1.0 - k / (_SIGMA_HORIZON * candidates)
         for g in np.unique(rng.integers(0, n_groups, size=n_mut)).tolist():  # with replacement, as LeGR
-            if not additive:
-                z[g] += rng.normal(0.0, sigma)  # alpha *= exp(N(0, sigma^2))
-            z[n_groups + g] += rng.normal(0.0, std[g])
+            step = rng.normal(0.0, sigma) if not additive else 0.0  # alpha *= exp(N(0, sigma^2))
+            if refine:
+                z[n_groups + g] -= (math.exp(z[g] + step) - math.exp(z[g])) * center[g]
+            z[g] += step
+            z[n_groups + g] += rng.normal(0.0, std[g] * (math.exp(z[g]) if refine else 1.0))
         return z
+
+    def child(k: int, parent: int | None = None) -> np.ndarray:
+        if parent is None:
+            sampled = rng.integers(0, len(st.pop_f), size=tournament)  # with replacement
+            parent = int(sampled[np.argmin(np.asarray(st.pop_f)[sampled])])
+        z = np.asarray(st.pop_z[parent], dtype=np.float64)
+        if not (refine and key is not None):
+            return mutate(z, k)
+        for _ in range(16):
+            out = mutate(z, k)
+            if key(out) not in seen:
+                break
+        seen.add(key(out))
+        return out
 
     while st.pending or not run.done():
         k = len(st.evaluated)
@@ -105,16 +139,19 @@ def _legr(
                 st.pop_z.append(z)
                 st.pop_f.append(value)
                 st.queue.append(len(st.pop_f) - 1)
-            else:  # aging: the child replaces the oldest member
-                slot = st.queue.pop(0)
+            else:  # aging: the child replaces the oldest member (with refine, never the best)
+                best = int(np.argmin(st.pop_f))
+                at = next((j for j, q in enumerate(st.queue) if not (refine and q == best)), 0)
+                slot = st.queue.pop(at)
                 st.pop_z[slot], st.pop_f[slot] = z, value
                 st.queue.append(slot)
         st.pending, st.results = [], {}
         run.save()
 
 
-def _nevergrad(run: SearchRun, name: str, dim: int, seed: int) -> None:
-    """A nevergrad optimizer over ``dim`` coordinates, told the identity (all zeros) as its first candidate.
+def _nevergrad(run: SearchRun, name: str, dim: int, seed: int, seeds: Sequence[np.ndarray] = ()) -> None:
+    """A nevergrad optimizer over ``dim`` coordinates, told the identity (all zeros) and then ``seeds`` (in its
+    own coordinates) as its first candidates.
 
     Resumption replays the stored (candidate, fitness) pairs into a fresh optimizer with the same seed: each
     asked point that equals the stored one is told the stored fitness. If the optimizer asks something else
@@ -132,6 +169,8 @@ def _nevergrad(run: SearchRun, name: str, dim: int, seed: int) -> None:
     except Exception as e:
         raise LcpError(f"nevergrad optimizer {name} cannot run here: {first_line(e)}") from None
     opt.suggest(np.zeros(dim))
+    for member in seeds:
+        opt.suggest(np.asarray(member, dtype=np.float64))
     worst = [1.0]
 
     def tell(cand: Any, value: float) -> None:
@@ -177,6 +216,15 @@ def _nevergrad(run: SearchRun, name: str, dim: int, seed: int) -> None:
         k += n
 
 
+def _key_of(
+    fitness: FitnessFn, graph: ChannelGraph, decode: Callable[[np.ndarray], np.ndarray]
+) -> Callable[[np.ndarray], str] | None:
+    key = getattr(fitness, "key", None)
+    if key is None:
+        return None
+    return lambda z: key(transforms_from_vector(graph, decode(z)))
+
+
 def _resolve_optimizer(name: str) -> str:
     if name.lower() in OPTIMIZERS:
         return OPTIMIZERS[name.lower()]
@@ -209,6 +257,8 @@ def search(
     workers: int = 1,
     executor: Any = None,
     standardized_member: bool = True,
+    members: Sequence[np.ndarray] = (),
+    refine: bool = False,
     stop_after: int | None = None,
     time_budget: float | None = None,
     patience: int | None = None,
@@ -223,8 +273,14 @@ def search(
     ``tournament`` drawn with replacement in ``mutate_frac`` of the groups, alpha times exp(N(0, s^2)) with s
     decaying as 1 - i / (1.25 candidates) and kappa plus N(0, std_g^2), and replaces the oldest member), or a
     nevergrad optimizer (``ngopt``, ``cma``, ``de``, ``pso``, ``oneplusone`` or any registry name).
-    ``compensation="additive"`` is LcP's kappa-only form (alpha stays 1). The result is the best candidate ever
-    evaluated (ties keep the earlier one, so it is never worse than the identity on this fitness).
+    ``members``: more fixed initial members as ``[log alpha, kappa]`` vectors (``prior.structured_members``,
+    ``prior.sensitivity_members``), evaluated right after the identity (and the standardized member); for
+    nevergrad they are suggested after the identity. ``refine`` (legr) grows the rest of the population from
+    the best member, keeps the best from aging out, scales the steps to each group's compensated scores and,
+    when ``fitness`` has a ``key`` (``Fitness.key``: the cut a candidate makes), does not evaluate a cut twice.
+    ``compensation="additive"`` is LcP's kappa-only form (alpha stays 1; ``members`` must keep alpha 1). The
+    result is the best candidate ever evaluated (ties keep the earlier one, so it is never worse than the
+    identity on this fitness).
 
     ``state_path``: the state is written there atomically after every candidate; ``resume=True`` continues
     from it, losing no evaluation, and ends with the same transforms as an uninterrupted run with the same
@@ -260,6 +316,11 @@ def search(
         "groups": [g.name for g in graph.groups],
         "scores": fingerprint,
     }
+    fixed = [np.asarray(m, dtype=np.float64) for m in members]
+    if any(m.shape != (2 * n,) or not np.all(np.isfinite(m)) for m in fixed):
+        raise LcpError(f"members must be finite [log alpha, kappa] vectors of length {2 * n}")
+    if fixed:
+        settings["members"] = hashlib.sha256(np.stack(fixed).tobytes()).hexdigest()[:16]
     if name == "legr":
         settings.update(
             population=population,
@@ -267,6 +328,8 @@ def search(
             mutate_frac=mutate_frac,
             standardized_member=standardized_member,
         )
+        if refine:
+            settings.update(refine=True)
 
         def decode(z: np.ndarray) -> np.ndarray:
             return z
@@ -303,46 +366,20 @@ def search(
                 run,
                 n_groups=n,
                 std=std,
+                center=np.array([float(np.nan_to_num(np.nanmean(np.asarray(scores)[g.units]))) for g in graph.groups]),
                 additive=additive,
                 population=population,
                 tournament=tournament,
                 mutate_frac=mutate_frac,
                 seed=seed,
-                seeds=[standardized(graph, scores, additive)] if standardized_member else [],
+                seeds=([standardized(graph, scores, additive)] if standardized_member else []) + fixed,
+                refine=refine,
+                key=_key_of(fitness, graph, decode) if refine else None,
             )
         else:
-            _nevergrad(run, name, n if additive else 2 * n, seed)
+            encoded = [m[n:] / std if additive else np.concatenate([m[:n], m[n:] / std]) for m in fixed]
+            _nevergrad(run, name, n if additive else 2 * n, seed, encoded)
     finally:
         evaluator.close()
         run.bar.close()
     return run.result()
-
-
-# --------------------------------------------------------------------------------------------------- outputs
-
-
-def write_search_csv(history: Sequence[dict[str, float]], path: PathLike) -> None:
-    """``candidate,fitness,best,seconds`` per evaluated candidate, written atomically."""
-    lines = ["candidate,fitness,best,seconds"]
-    for h in history:
-        lines.append(f"{int(h['candidate'])},{h['fitness']!r},{h['best']!r},{h['seconds']:.3f}")
-    atomic_write_text(path, "\n".join(lines) + "\n")
-
-
-def write_outputs(result: SearchResult, out_dir: PathLike) -> None:
-    """``search.csv``, ``search.png`` (fitness per candidate and best so far) and ``search.json`` (how many
-    candidates were evaluated, what stopped the search, its wall time) in ``out_dir``."""
-    out = Path(out_dir)
-    write_search_csv(result.history, out / "search.csv")
-    atomic_write_json(
-        out / "search.json",
-        {
-            "candidates_evaluated": result.evaluated,
-            "stopped_by": result.stopped_by,
-            "seconds": round(result.seconds, 1),
-            "best_fitness": result.best_fitness,
-            "identity_fitness": result.history[0]["fitness"] if result.history else None,
-            "reproduce_with": f"--search-stop {result.evaluated}",
-        },
-    )
-    plot_search(result.history, out / "search.png", title="search: held-out fitness (lower is better)", maximize=False)

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lcp.cut.ranking import Transforms, check_budget, plan
+from lcp.cut.ranking import Plan, Transforms, check_budget, plan
 from lcp.engine.cost import CostModel
 from lcp.engine.graph import ChannelGraph
 from lcp.engine.surgery import apply_plan
@@ -76,18 +77,27 @@ class Fitness:
     def prune(self, transforms: Transforms, budget: float | None = None) -> nn.Module:
         """The physically pruned (not yet recalibrated) network for ``transforms`` at ``budget`` (default: the
         first)."""
-        p = plan(
+        return apply_plan(self.graph, self._plan(transforms, budget or self.budget).removed)
+
+    def key(self, transforms: Transforms) -> str:
+        """A digest of the cuts ``transforms`` make at every budget: candidates with equal keys score the same."""
+        h = hashlib.sha256()
+        for b in self.budgets:
+            h.update(np.packbits(self._plan(transforms, b).removed).tobytes())
+        return h.hexdigest()
+
+    def _plan(self, transforms: Transforms, budget: float) -> Plan:
+        return plan(
             self.graph,
             self.cost,
             self.scores,
-            budget=budget or self.budget,
+            budget=budget,
             budget_type=self.budget_type,
             method="lcp",
             transforms=transforms,
             min_ratio=self.min_ratio,
             round_to=self.round_to,
         )
-        return apply_plan(self.graph, p.removed)
 
     def evaluate(self, transforms: Transforms) -> float:
         """The fitness of ``transforms``; exceptions propagate (``__call__`` turns them into ``+inf``)."""
@@ -294,9 +304,10 @@ def make_fitness(
     )
 
 
-def fitness_for(ctx: Context, budget: float | Sequence[float], *, label_free: bool) -> Fitness:
+def fitness_for(ctx: Context, budget: float | Sequence[float], *, label_free: bool, **overrides: Any) -> Fitness:
     """``make_fitness`` with a method context's graph, cost, scores, data and options (the lcp search and the
-    DDPG agents score their candidates the same way)."""
+    DDPG agents score their candidates the same way); ``overrides``: other ``make_fitness`` keywords
+    (``eval_images``, ``recal_batches``, ``batch_size``)."""
     o = ctx.options
     cost, scores = ctx.cost_and_scores()
     return make_fitness(
@@ -312,4 +323,5 @@ def fitness_for(ctx: Context, budget: float | Sequence[float], *, label_free: bo
         min_ratio=o.min_ratio,
         round_to=o.round_to,
         device=o.device,
+        **overrides,
     )

@@ -2,19 +2,69 @@
 
 from __future__ import annotations
 
+import hashlib
+import time
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
 
 from lcp.cut.ranking import Transforms
 from lcp.errors import LcpError
 from lcp.io import atomic_write_json, read_json
 from lcp.methods.base import Context, Learned, Method, register_method
-from lcp.methods.legr.evolution import COMPENSATIONS, search, write_outputs
+from lcp.methods.legr.evolution import COMPENSATIONS, search
 from lcp.methods.legr.fitness import fitness_for
-from lcp.options import at_least, option, positive, unit_interval
+from lcp.methods.legr.outputs import write_outputs
+from lcp.methods.legr.prior import (
+    SENSITIVITY_FITNESS,
+    SENSITIVITY_LEVELS,
+    measure_sensitivity,
+    sensitivity_members,
+    structured_members,
+)
+from lcp.options import at_least, option, unit_interval
 
 _GROUP = "search (method lcp without --transforms)"
-STOPPED_BY = {"time": "the --search-time budget", "convergence": "convergence (--search-patience)"}
+STOPPED_BY = {"time": "its time budget (--search-time)", "convergence": "convergence (--search-patience)"}
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named search setting; ``--candidates``, ``--population`` and ``--tournament`` override its numbers."""
+
+    candidates: int
+    population: int
+    tournament: int
+    prior: bool  # structured and sensitivity members start the population (prior.py)
+    refine: bool  # grow from the best member, keep it, steps scaled to it, no cut evaluated twice (search)
+    seconds: float | None  # wall-time budget, the sensitivity measurement included (None: none)
+    summary: str
+
+
+PRESETS = {
+    "fast": Preset(
+        40,
+        12,
+        3,
+        True,
+        True,
+        120.0,
+        "measured per-layer sensitivity and structured members start a short evolution (40 candidates, "
+        "population 12, tournament 3), stopped after 120 s in all",
+    ),
+    "legr": Preset(
+        400,
+        64,
+        16,
+        False,
+        False,
+        None,
+        "LeGR's reference: 400 candidates, population 64, tournament 16, identity, standardized and random "
+        "initial members",
+    ),
+}
 
 
 @dataclass
@@ -30,14 +80,25 @@ class SearchOptions:
         check=unit_interval,
         group=_GROUP,
     )
-    candidates: int = option(400, "candidates evaluated by the search", check=at_least(1), group=_GROUP)
-    population: int = option(64, "legr population (LeGR's)", check=at_least(1), group=_GROUP)
-    tournament: int = option(16, "legr tournament size", check=at_least(1), group=_GROUP)
+    search_preset: str = option(
+        "fast", "; ".join(f"{k}: {p.summary}" for k, p in PRESETS.items()), choices=tuple(PRESETS), group=_GROUP
+    )
+    candidates: int | None = option(
+        None, "candidates evaluated by the search (default: the preset's)", check=at_least(1), group=_GROUP
+    )
+    population: int | None = option(None, "legr population (default: the preset's)", check=at_least(1), group=_GROUP)
+    tournament: int | None = option(
+        None, "legr tournament size (default: the preset's)", check=at_least(1), group=_GROUP
+    )
     optimizer: str = option(
         "legr", "legr (regularized evolution) or a nevergrad optimizer: ngopt, cma, de, ...", group=_GROUP
     )
     compensation: str = option(
         "affine", "affine: alpha*s+kappa (LeGR); additive: s+kappa (LcP)", choices=COMPENSATIONS, group=_GROUP
+    )
+    search_eval_images: int = option(1000, "held-out images that score each candidate", check=at_least(1), group=_GROUP)
+    search_recal_batches: int = option(
+        4, "training batches that recalibrate BatchNorm before a candidate is scored", check=at_least(1), group=_GROUP
     )
     tau: int = option(0, "SGD steps before scoring a candidate", check=at_least(0), group=_GROUP)
     label_free: bool = option(
@@ -49,9 +110,10 @@ class SearchOptions:
     )
     search_time: float | None = option(
         None,
-        "wall-time budget of the search in seconds (over every run of a resumed search): it stops between "
-        "candidates once spent; search.json records how many it evaluated",
-        check=positive,
+        "wall-time budget of the search in seconds, the sensitivity measurement included, over every run of a "
+        "resumed search (default: the preset's; 0: none): it stops between candidates once spent; search.json "
+        "records how many it evaluated and --search-stop with that count reproduces it",
+        check=at_least(0),
         signature=False,
         group=_GROUP,
     )
@@ -96,36 +158,52 @@ class LegrMethod(Method):
             return Learned(transforms=Transforms.from_json(read_json(o.transforms, what="transforms file"), graph))
         ctx.need_data(self.name, "transforms")
         cost, scores = ctx.cost_and_scores()
+        preset = PRESETS[o.search_preset]
+        candidates = o.candidates or preset.candidates
         budgets = [o.search_budget] if o.search_budget else sorted(set(o.all_budgets()))
         ctx.log(
-            f"learning the layer compensation: {o.optimizer} search, {o.candidates} candidates at "
-            f"{', '.join(f'{b:g}' for b in budgets)} of {o.budget_type}"
+            f"learning the layer compensation: {o.optimizer} search ({o.search_preset} preset), {candidates} "
+            f"candidates at {', '.join(f'{b:g}' for b in budgets)} of {o.budget_type}"
             + (" (mean held-out loss)" if len(budgets) > 1 else "")
         )
-        fitness = fitness_for(ctx, budgets, label_free=o.label_free)
         write = ctx.writer and ctx.out is not None
+        members, prior_s = [], 0.0
+        if preset.prior and o.compensation == "affine":
+            members, prior_s = self._prior(ctx, budgets, write)
+        fitness = fitness_for(
+            ctx,
+            budgets,
+            label_free=o.label_free,
+            eval_images=o.search_eval_images,
+            recal_batches=o.search_recal_batches,
+        )
+        # the preset's time budget yields to --search-stop, which reproduces a stopped search exactly
+        limit = o.search_time if o.search_time is not None else (None if o.search_stop else preset.seconds)
+        time_budget = None if not limit else max(limit - prior_s, 1e-3)
         result = search(
             graph,
             scores,
             fitness,
             optimizer=o.optimizer,
             compensation=o.compensation,
-            candidates=o.candidates,
-            population=o.population,
-            tournament=o.tournament,
+            candidates=candidates,
+            population=o.population or preset.population,
+            tournament=o.tournament or preset.tournament,
             seed=o.seed,
             state_path=ctx.out / "search_state.json" if write else None,
             resume=o.resume,
             progress=o.progress and ctx.writer,
             workers=o.workers,
             executor=o.executor,
+            members=members,
+            refine=preset.refine,
             stop_after=o.search_stop,
-            time_budget=o.search_time,
+            time_budget=time_budget,
             patience=o.search_patience,
         )
         first = result.history[0]["fitness"] if result.history else float("nan")
         ctx.log(
-            f"search: {result.evaluated} of {o.candidates} candidates in {result.seconds:.0f} s"
+            f"search: {result.evaluated} of {candidates} candidates in {result.seconds:.0f} s"
             + (
                 f" (stopped by {STOPPED_BY[result.stopped_by]}; --search-stop {result.evaluated} reproduces it)"
                 if result.stopped_by in STOPPED_BY
@@ -134,6 +212,62 @@ class LegrMethod(Method):
             + f"; held-out fitness {first:.4f} (identity) -> {result.best_fitness:.4f}"
         )
         if write:
-            write_outputs(result, ctx.out)
+            write_outputs(result, ctx.out, prior_seconds=prior_s)
             atomic_write_json(ctx.out / "transforms.json", result.transforms.to_json())
         return Learned(transforms=result.transforms)
+
+    def _prior(self, ctx: Context, budgets: list[float], write: bool) -> tuple[list[np.ndarray], float]:
+        """The structured members and the sensitivity member (prior.py), with the seconds the measurement took;
+        the measurement is kept in ``sensitivity.json`` and reused by ``--resume``."""
+        o, graph = ctx.options, ctx.graph
+        cost, scores = ctx.cost_and_scores()
+        key = {
+            "scores": hashlib.sha256(np.nan_to_num(np.asarray(scores, dtype=np.float64)).tobytes()).hexdigest()[:16],
+            "groups": [g.name for g in graph.groups],
+            "levels": list(SENSITIVITY_LEVELS),
+            "fitness": dict(SENSITIVITY_FITNESS, label_free=o.label_free, seed=o.seed, tau=o.tau),
+            "min_ratio": o.min_ratio,
+        }
+        path = ctx.out / "sensitivity.json" if write else None
+        cached = (
+            read_json(path, what="sensitivity file") if (o.resume and path is not None and path.is_file()) else None
+        )
+        damage = _cached_damage(cached, key, (len(graph.groups), len(SENSITIVITY_LEVELS)))
+        if damage is not None:
+            seconds = float(cached["seconds"])
+            ctx.log(f"per-layer sensitivity: reused from {path.name} ({seconds:.0f} s when measured)")
+        else:
+            t0 = time.perf_counter()
+            cheap = fitness_for(ctx, budgets, label_free=o.label_free, **SENSITIVITY_FITNESS)
+            n = 1 + len(graph.groups) * len(SENSITIVITY_LEVELS)
+            with tqdm(total=n, desc="sensitivity", disable=not (o.progress and ctx.writer), leave=False) as bar:
+                damage = measure_sensitivity(
+                    graph,
+                    scores,
+                    cheap.for_removed,
+                    graph.floors(o.min_ratio),
+                    done=lambda i, total: bar.update(i - bar.n),
+                )
+            seconds = time.perf_counter() - t0
+            ctx.log(f"per-layer sensitivity: {n} one-group cuts of {len(graph.groups)} groups in {seconds:.0f} s")
+            if path is not None:
+                atomic_write_json(path, {"key": key, "seconds": seconds, "damage": damage.tolist()})
+        metric = o.budget_type if o.budget_type in ("macs", "params") else "macs"
+        members = sensitivity_members(graph, cost, scores, damage, metric=metric)
+        members += structured_members(graph, scores, o.aggregate)[1:]  # the standardized member is always there
+        return members, seconds
+
+
+def _cached_damage(cached: Any, key: dict, shape: tuple[int, int]) -> np.ndarray | None:
+    """The damage kept in ``sensitivity.json`` if it was measured with ``key`` and is well formed (else None:
+    measure again)."""
+    if not isinstance(cached, dict) or cached.get("key") != key:
+        return None
+    try:
+        damage = np.asarray(cached["damage"], dtype=np.float64)
+        seconds = float(cached["seconds"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    if damage.shape != shape or not np.all(np.isfinite(damage)) or not np.isfinite(seconds):
+        return None
+    return damage
