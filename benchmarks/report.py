@@ -296,13 +296,30 @@ def setup_text(df: pd.DataFrame, meta: dict) -> str:
             if len(sb) == 1
             else "averaging the fitness over budgets " + " and ".join(_num(b, 2) for b in sb)
         )
+        if s.get("search_preset", "legr") == "fast":
+            kind = (
+                "lcp prune's default `fast` search (a measured per-layer sensitivity, then "
+                f"{s.get('candidates') or 40} candidates of a refining evolution"
+                + ("" if s.get("search_time") == 0 else ", stopped after 120 s")
+                + ")"
+            )
+        else:
+            kind = (
+                f"LeGR search ({s.get('optimizer', 'legr')}, {s.get('candidates') or 400} candidates, population "
+                f"{s.get('population') or 64}, tournament {s.get('tournament') or 16})"
+            )
         lines.append(
-            f"- **lcp:** LeGR search ({s.get('optimizer', 'legr')}, {s.get('candidates', '?')} candidates, population "
-            f"{s.get('population', '?')}, tournament {s.get('tournament', '?')}; fitness: cross-entropy on "
-            f"{s.get('eval_images', 1000)} held-out images after BN recalibration) {searched_at}, once per seed, "
-            f"reused for every budget; its "
-            f"time is the `search` column. `global`, `uniform`, `random`: the same lcp walk with identity "
-            f"compensation, one keep ratio per group, a seeded random order."
+            f"- **lcp:** {kind}; fitness: cross-entropy on {s.get('eval_images', 1000)} held-out images after BN "
+            f"recalibration, {searched_at}, once per seed, reused for every budget; its time is the `search` column "
+            "(the sensitivity measurement included). `global`, `uniform`, `random`: the same lcp walk with identity "
+            "compensation, one keep ratio per group, a seeded random order."
+        )
+    if "ceiling" in set(df["method"]):
+        lines.append(
+            "- **ceiling:** the unpruned network through the same BN recalibration and fine-tuning (same epochs, "
+            "schedule and seed; no distillation): the honest reference for a pruned network, since the shared "
+            "checkpoints are under-trained and any fine-tuning also improves them. `drop vs ceiling` is the ceiling's "
+            "fine-tuned top-1 minus the row's."
         )
     agents = cfg.get("agents") or {}
     episodes = agents.get("episodes", 30)
@@ -601,6 +618,12 @@ def _rel(path: Path) -> str:
         return str(path)
 
 
+def _search_words(search: dict) -> str:
+    if search.get("candidates"):
+        return f"search {search['candidates']} candidates"
+    return f"the {search.get('search_preset', 'legr')} search preset"
+
+
 def build(csvs: list[Path], md_path: Path, png_path: Path, argv: list[str]) -> str:
     tables: dict[str, tuple[pd.DataFrame, pd.DataFrame, dict]] = {}
     sources: dict[str, Path] = {}
@@ -682,8 +705,8 @@ def build(csvs: list[Path], md_path: Path, png_path: Path, argv: list[str]) -> s
                 f"- `python benchmarks/compare.py --recipe {recipe}`: {_name(str(cfg.get('model')))}, budgets "
                 f"{', '.join(str(b) for b in cfg.get('budgets', []))}, methods "
                 f"{', '.join(cfg.get('methods', []))}, fine-tuning "
-                f"{_epochs(cfg.get('finetune_epochs', 1))} epochs, search "
-                f"{(cfg.get('search') or {}).get('candidates', '?')} candidates"
+                f"{_epochs(cfg.get('finetune_epochs', 1))} epochs, "
+                + _search_words(cfg.get("search") or {})
                 + (
                     f", {(cfg.get('agents') or {}).get('episodes', 30)} agent episodes"
                     if set(cfg.get("methods") or []) & {*AGENT_METHODS, *CONNECTION_METHODS}
