@@ -110,15 +110,8 @@ def is_elementwise_module(m: nn.Module) -> bool:
 # Rules
 
 
-def conv_rule(prop: Propagator, node: fx.Node, m: nn.Module, x: Any) -> Any:
-    """A conv (dense, depthwise with a channel multiplier, grouped): consumes input ids, makes one id per filter."""
-    shape = prop.shape(node)
-    if x is None:  # input from an untracked op: its channels stay, the filters are still prunable
-        x = Chan(1, prop.uf.new(m.in_channels, frozen=f"input of {node.target} comes from an untracked op"))
-    if not (isinstance(x, Chan) and x.dim == 1 and len(x.ids) == m.in_channels):
-        return prop.unknown(node, "conv input channels are not on dim 1")
-    name = str(node.target)
-    spatial = int(math.prod(shape[2:])) if isinstance(shape, tuple) else 1
+def _conv_like(prop: Propagator, name: str, m: nn.Module, x: Chan, kind: LayerKind, spatial: int) -> Chan:
+    """The ids of a conv or transposed conv (dense, depthwise with a channel multiplier, grouped) fed ``x``."""
     rec = prop.get_record(name)
     if rec is not None:  # module called again: same filters, inputs coupled position by position
         prop.uf.union_arrays(rec.in_ids, x.ids)
@@ -140,7 +133,7 @@ def conv_rule(prop: Propagator, node: fx.Node, m: nn.Module, x: Any) -> Any:
         prop.uf.union_arrays(out, np.tile(out[:out_pg], g))
     prop.record(
         name,
-        LayerKind.CONV,
+        kind,
         out_ids=out,
         in_ids=x.ids,
         mode=mode,
@@ -150,6 +143,17 @@ def conv_rule(prop: Propagator, node: fx.Node, m: nn.Module, x: Any) -> Any:
         bias=m.bias is not None,
     )
     return Chan(1, out)
+
+
+def conv_rule(prop: Propagator, node: fx.Node, m: nn.Module, x: Any) -> Any:
+    """A conv (dense, depthwise with a channel multiplier, grouped): consumes input ids, makes one id per filter."""
+    shape = prop.shape(node)
+    if x is None:  # input from an untracked op: its channels stay, the filters are still prunable
+        x = Chan(1, prop.uf.new(m.in_channels, frozen=f"input of {node.target} comes from an untracked op"))
+    if not (isinstance(x, Chan) and x.dim == 1 and len(x.ids) == m.in_channels):
+        return prop.unknown(node, "conv input channels are not on dim 1")
+    spatial = int(math.prod(shape[2:])) if isinstance(shape, tuple) else 1
+    return _conv_like(prop, str(node.target), m, x, LayerKind.CONV, spatial)
 
 
 def conv_transpose_rule(prop: Propagator, node: fx.Node, m: nn.Module, x: Any) -> Any:
@@ -158,38 +162,9 @@ def conv_transpose_rule(prop: Propagator, node: fx.Node, m: nn.Module, x: Any) -
         x = Chan(1, prop.uf.new(m.in_channels, frozen=f"input of {node.target} comes from an untracked op"))
     if not (isinstance(x, Chan) and x.dim == 1 and len(x.ids) == m.in_channels) or len(node.args) != 1:
         return prop.unknown(node, "transposed conv input channels are not on dim 1 (or an output_size is given)")
-    name = str(node.target)
     in_shape = prop.shape(node.args[0])
     spatial = int(math.prod(in_shape[2:])) if isinstance(in_shape, tuple) else 1
-    rec = prop.get_record(name)
-    if rec is not None:
-        prop.uf.union_arrays(rec.in_ids, x.ids)
-        rec.spatial += spatial
-        return Chan(1, rec.out_ids)
-    g, cin, cout = m.groups, m.in_channels, m.out_channels
-    in_pg, out_pg = cin // g, cout // g
-    out = prop.uf.new(cout)
-    if g == 1:
-        mode = "dense"
-    elif in_pg == 1:  # output k*out_pg+t is made from input k alone
-        mode = "depthwise"
-        prop.uf.union_arrays(out, np.repeat(x.ids, out_pg))
-    else:
-        mode = "grouped"
-        prop.uf.union_arrays(x.ids, np.tile(x.ids[:in_pg], g))
-        prop.uf.union_arrays(out, np.tile(out[:out_pg], g))
-    prop.record(
-        name,
-        LayerKind.CONV_TRANSPOSE,
-        out_ids=out,
-        in_ids=x.ids,
-        mode=mode,
-        groups=g,
-        kernel=int(math.prod(m.kernel_size)),
-        spatial=spatial,
-        bias=m.bias is not None,
-    )
-    return Chan(1, out)
+    return _conv_like(prop, str(node.target), m, x, LayerKind.CONV_TRANSPOSE, spatial)
 
 
 def linear_rule(prop: Propagator, node: fx.Node, m: nn.Module, x: Any) -> Any:
