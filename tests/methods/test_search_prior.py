@@ -237,3 +237,45 @@ def test_the_fast_preset_stops_in_time_and_search_stop_reproduces_it(
     res = lcp_cli(*tiny_args(tiny_folder, resnet20_ckpt, unlimited, *common, "--search-time", "0"))
     assert res.code == 0, res.err
     assert json.loads((unlimited / "search.json").read_text())["candidates_evaluated"] == 8
+
+
+def test_a_sensitivity_measurement_too_slow_for_the_budget_is_given_up(tiny) -> None:
+    graph, _, scores = tiny
+    now = [0.0]
+    calls = []
+
+    def slow(removed: np.ndarray) -> float:
+        now[0] += 10.0  # ten seconds per cut
+        calls.append(removed)
+        return 1.0
+
+    total = 1 + 3 * len(graph.groups)
+    floors = graph.floors(0.1)
+    assert measure_sensitivity(graph, scores, slow, floors, seconds=10.0 * total - 1, clock=lambda: now[0]) is None
+    assert len(calls) == 2  # the baseline and one cut, then the projection says no
+    calls.clear()
+    done = measure_sensitivity(graph, scores, slow, floors, seconds=10.0 * total + 1, clock=lambda: now[0])
+    assert done is not None and len(calls) == total
+
+
+def test_a_skipped_measurement_stays_skipped_on_resume(
+    tiny_folder: Path, resnet20_ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import lcp.methods.legr.method as method
+
+    monkeypatch.setattr(method, "SENSITIVITY_SHARE", 1e-9)  # no time for the measurement
+    out = tmp_path / "run"
+    args = tiny_args(tiny_folder, resnet20_ckpt, out, "--method", "lcp", "--candidates", "5", "--threads", "1")
+    res = lcp_cli(*args, "--search-time", "600")
+    assert res.code == 0, res.err
+    assert "per-layer sensitivity skipped" in res.out
+    assert json.loads((out / "sensitivity.json").read_text())["skipped"] is True
+    state = out / "search_state.json"
+    data = json.loads(state.read_text())  # as if killed after 3 candidates
+    data["evaluated"], data["history"] = data["evaluated"][:3], data["history"][:3]
+    state.write_text(json.dumps(data))
+    monkeypatch.setattr(method, "SENSITIVITY_SHARE", 0.75)
+    (out / "report.csv").unlink()
+    res = lcp_cli(*args, "--search-time", "600", "--resume")
+    assert res.code == 0, res.err
+    assert "skipped, as in the run" in res.out

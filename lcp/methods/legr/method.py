@@ -27,6 +27,8 @@ from lcp.methods.legr.prior import (
 from lcp.options import at_least, option, unit_interval
 
 _GROUP = "search (method lcp without --transforms)"
+#: the largest share of the search's time budget the sensitivity measurement may take
+SENSITIVITY_SHARE = 0.75
 STOPPED_BY = {"time": "its time budget (--search-time)", "convergence": "convergence (--search-patience)"}
 
 
@@ -168,8 +170,9 @@ class LegrMethod(Method):
         )
         write = ctx.writer and ctx.out is not None
         members, prior_s = [], 0.0
+        limit = o.search_time if o.search_time is not None else (None if o.search_stop else preset.seconds)
         if preset.prior and o.compensation == "affine":
-            members, prior_s = self._prior(ctx, budgets, write)
+            members, prior_s = self._prior(ctx, budgets, write, SENSITIVITY_SHARE * limit if limit else None)
         fitness = fitness_for(
             ctx,
             budgets,
@@ -177,8 +180,7 @@ class LegrMethod(Method):
             eval_images=o.search_eval_images,
             recal_batches=o.search_recal_batches,
         )
-        # the preset's time budget yields to --search-stop, which reproduces a stopped search exactly
-        limit = o.search_time if o.search_time is not None else (None if o.search_stop else preset.seconds)
+        # (the preset's time budget yields to --search-stop, which reproduces a stopped search exactly)
         time_budget = None if not limit else max(limit - prior_s, 1e-3)
         result = search(
             graph,
@@ -216,9 +218,13 @@ class LegrMethod(Method):
             atomic_write_json(ctx.out / "transforms.json", result.transforms.to_json())
         return Learned(transforms=result.transforms)
 
-    def _prior(self, ctx: Context, budgets: list[float], write: bool) -> tuple[list[np.ndarray], float]:
-        """The structured members and the sensitivity member (prior.py), with the seconds the measurement took;
-        the measurement is kept in ``sensitivity.json`` and reused by ``--resume``."""
+    def _prior(
+        self, ctx: Context, budgets: list[float], write: bool, cap: float | None
+    ) -> tuple[list[np.ndarray], float]:
+        """The sensitivity and structured members (prior.py), with the seconds the measurement took; the
+        measurement is kept in ``sensitivity.json`` and reused by ``--resume``. If it would take more than
+        ``cap`` seconds, it is given up (and stays so on ``--resume``) and the search starts from the structured
+        members."""
         o, graph = ctx.options, ctx.graph
         cost, scores = ctx.cost_and_scores()
         key = {
@@ -232,6 +238,10 @@ class LegrMethod(Method):
         cached = (
             read_json(path, what="sensitivity file") if (o.resume and path is not None and path.is_file()) else None
         )
+        structured = structured_members(graph, scores, o.aggregate)[1:]  # the standardized member is always there
+        if isinstance(cached, dict) and cached.get("key") == key and cached.get("skipped") is True:
+            ctx.log(f"per-layer sensitivity: skipped, as in the run that wrote {path.name}")
+            return structured, 0.0
         damage = _cached_damage(cached, key, (len(graph.groups), len(SENSITIVITY_LEVELS)))
         if damage is not None:
             seconds = float(cached["seconds"])
@@ -247,15 +257,22 @@ class LegrMethod(Method):
                     cheap.for_removed,
                     graph.floors(o.min_ratio),
                     done=lambda i, total: bar.update(i - bar.n),
+                    seconds=cap,
                 )
             seconds = time.perf_counter() - t0
+            if damage is None:
+                ctx.log(
+                    f"per-layer sensitivity skipped: {n} one-group cuts would take more than {cap:.0f} s of the "
+                    "search's time budget; the search starts from the structured members"
+                )
+                if path is not None:
+                    atomic_write_json(path, {"key": key, "seconds": seconds, "skipped": True})
+                return structured, seconds
             ctx.log(f"per-layer sensitivity: {n} one-group cuts of {len(graph.groups)} groups in {seconds:.0f} s")
             if path is not None:
                 atomic_write_json(path, {"key": key, "seconds": seconds, "damage": damage.tolist()})
         metric = o.budget_type if o.budget_type in ("macs", "params") else "macs"
-        members = sensitivity_members(graph, cost, scores, damage, metric=metric)
-        members += structured_members(graph, scores, o.aggregate)[1:]  # the standardized member is always there
-        return members, seconds
+        return sensitivity_members(graph, cost, scores, damage, metric=metric) + structured, seconds
 
 
 def _cached_damage(cached: Any, key: dict, shape: tuple[int, int]) -> np.ndarray | None:

@@ -21,6 +21,7 @@ several groups at their floor). A short search needs good starting points instea
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -83,14 +84,18 @@ def measure_sensitivity(
     *,
     levels: Sequence[float] = SENSITIVITY_LEVELS,
     done: Callable[[int, int], None] | None = None,
-) -> np.ndarray:
+    seconds: float | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> np.ndarray | None:
     """Damage (held-out loss above the unpruned network's) per group and keep level, shape ``(G, len(levels))``.
 
     ``loss_of(removed)`` scores a removal mask (``Fitness.for_removed``); ``floors``: units each group keeps at
     least. Damage is made monotone (keeping less never hurts less) and a failed cut counts as the worst damage
-    measured. ``done(i, total)`` is called after each measurement (progress).
+    measured. ``done(i, total)`` is called after each measurement (progress). ``seconds``: if the first two
+    measurements project a longer total (a large model on a slow device), stop there and return None.
     """
     total = 1 + len(graph.groups) * len(levels)
+    start = clock()
     base = loss_of(np.zeros(len(graph.units), dtype=bool))
     damage = np.zeros((len(graph.groups), len(levels)))
     if done:
@@ -105,6 +110,8 @@ def measure_sensitivity(
             damage[g.index, j] = loss_of(removed) - base if removed.any() else 0.0
             if done:
                 done(1 + g.index * len(levels) + j + 1, total)
+            if seconds is not None and g.index == 0 and j == 0 and (clock() - start) / 2 * total > seconds:
+                return None
     finite = damage[np.isfinite(damage)]
     worst = float(finite.max()) if finite.size else 1.0
     damage = np.where(np.isfinite(damage), damage, 10.0 * max(worst, 1.0))

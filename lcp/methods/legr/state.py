@@ -121,6 +121,8 @@ class SearchRun:
         started batch is always finished and told)."""
         if len(self.state.evaluated) >= self.limit:
             return True
+        if not self.state.evaluated:  # the identity is always evaluated, whatever the budget
+            return False
         if self.time_budget is not None and self.elapsed() >= self.time_budget:
             self.stopped_by = "time"
             return True
