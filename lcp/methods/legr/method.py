@@ -170,6 +170,7 @@ class LegrMethod(Method):
         )
         write = ctx.writer and ctx.out is not None
         members, prior_s = [], 0.0
+        # the preset's time budget yields to --search-stop, which reproduces a stopped search exactly
         limit = o.search_time if o.search_time is not None else (None if o.search_stop else preset.seconds)
         if preset.prior and o.compensation == "affine":
             members, prior_s = self._prior(ctx, budgets, write, SENSITIVITY_SHARE * limit if limit else None)
@@ -180,7 +181,6 @@ class LegrMethod(Method):
             eval_images=o.search_eval_images,
             recal_batches=o.search_recal_batches,
         )
-        # (the preset's time budget yields to --search-stop, which reproduces a stopped search exactly)
         time_budget = None if not limit else max(limit - prior_s, 1e-3)
         result = search(
             graph,
