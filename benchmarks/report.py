@@ -260,7 +260,8 @@ def setup_text(df: pd.DataFrame, meta: dict) -> str:
     if "finetune_steps" in df and df["finetune_steps"].notna().any():
         ft_steps = int(df["finetune_steps"].dropna().iloc[0])
     s = cfg.get("search", {})
-    budgets = ", ".join(f"{b:g}" for b in sorted(df["budget"].unique(), reverse=True))
+    pruned = df[df["method"] != "ceiling"]
+    budgets = ", ".join(f"{b:g}" for b in sorted(pruned["budget"].unique(), reverse=True))
     lines = []
     if cfg.get("quick") or bool(df.get("quick", pd.Series([False])).astype(str).eq("True").any()):
         lines.append(
@@ -384,7 +385,7 @@ def findings_text(s: pd.DataFrame) -> str:
     if s.empty:
         return ""
     out = []
-    for budget in sorted(set(s["budget"]), reverse=True):
+    for budget in sorted(set(s.loc[s["method"] != "ceiling", "budget"]), reverse=True):
         g = s[s["budget"] == budget]
         best = g.loc[g["top1_pruned"].idxmax()]
         best_noft = g.loc[g["top1_pruned_noft"].idxmax()]
@@ -405,6 +406,9 @@ def findings_text(s: pd.DataFrame) -> str:
                 f" (seed-to-seed standard deviation up to {max(sds):.2f})" if sds else " (one seed: no noise estimate)"
             )
             line += f"; lcp minus global: {d0:+.2f} points after BN recalibration, {d:+.2f} after fine-tuning{noise}"
+        if not lcp_r.empty and "vs_ceiling" in lcp_r:
+            gap = float(lcp_r["vs_ceiling"].iloc[0])
+            line += f"; lcp is {gap:.2f} points below the ceiling (the unpruned network, same recovery)"
         out.append(f"- {line}.")
     return "Read from the table (generated):\n\n" + "\n".join(out)
 

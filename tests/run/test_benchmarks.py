@@ -305,3 +305,41 @@ def test_support_matrix_redo_replaces_only_the_rows_asked_for(tmp_path):
     assert rows["resnet18"]["seconds"] == "1.0"  # kept as it was
     assert rows["test_efficientnet_gn"]["status"] == "ok", rows["test_efficientnet_gn"]  # GroupNorm: whole groups
     assert (tmp_path / "m.json").is_file()
+
+
+def test_recovery_recipe_has_a_ceiling_row_and_the_fast_search(tiny_folder: Path, resnet20_ckpt: Path, tmp_path: Path):
+    """The recovery recipe's quick section: one ceiling row (budget 1, the unpruned network through the same
+    recovery) and lcp searched with the fast preset (a sensitivity measurement); the report shows the gap."""
+    compare, report = _module(COMPARE, "bench_compare"), _module(ROOT / "benchmarks" / "report.py", "bench_report")
+    out = tmp_path / "compare_recovery.csv"
+    argv = [
+        "--recipe",
+        str(ROOT / "recipes" / "bench_recovery_resnet56.yaml"),
+        "--quick",
+        "--data",
+        str(tiny_folder),
+        "--checkpoint",
+        str(resnet20_ckpt),
+        "--holdout",
+        "12",
+        "--out",
+        str(out),
+        "--work",
+        str(tmp_path / "work"),
+        "--no-progress",
+    ]
+    threads = torch.get_num_threads()
+    try:
+        compare.run(compare.parse_args(argv), argv, log=lambda _: None)
+    finally:
+        torch.set_num_threads(threads)
+    df = pd.read_csv(out)
+    assert (df["status"] == "ok").all(), df["status"].tolist()
+    ceiling = df[df["method"] == "ceiling"]
+    assert len(ceiling) == 1 and ceiling["budget"].iloc[0] == 1.0 and ceiling["macs_ratio"].iloc[0] == 1.0
+    assert sorted(df.loc[df["method"] != "ceiling", "budget"].unique()) == [0.5]
+    assert len(list((tmp_path / "work").glob("*/search_seed0/sensitivity.json"))) == 1  # the fast preset's
+    md = tmp_path / "b.md"
+    report.main(["--csv", str(out), "--md", str(md), "--png", str(tmp_path / "b.png")])
+    text = md.read_text()
+    assert "drop vs ceiling (pts)" in text and "points below the ceiling" in text and "`fast` search" in text
