@@ -663,7 +663,7 @@ def build(csvs: list[Path], md_path: Path, png_path: Path, argv: list[str]) -> s
         METHODS_TEXT,
         "",
     ]
-    measured = ", ".join(_name(k.split(" ")[0]) for k in tables) or "nothing yet"
+    measured = ", ".join(dict.fromkeys(_name(k.split(" ")[0]) for k in tables)) or "nothing yet"
     out += [f"Measured on this page: **{measured}**.", ""]
     for key, (df, s, meta) in tables.items():
         ft = _epochs(df["finetune_epochs"].iloc[0])
