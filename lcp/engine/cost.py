@@ -1,8 +1,12 @@
 """Exact MACs and parameter counts of any pruned configuration, without building it.
 
-Convention (as in the LcP/LeGR papers): MACs are the multiply-accumulates of conv and linear weights,
-per sample (batch 1): ``out_positions * kernel * in_channels_per_group * out_channels`` for a conv,
-``tokens * in_features * out_features`` for a linear. Biases, norms, activations and pooling are not counted.
+Convention (as in the LcP/LeGR papers, extended to functional ops): MACs are the multiply-accumulates of every
+convolution and matrix product, per sample (batch 1): ``out_positions * kernel * in_channels_per_group *
+out_channels`` for a conv, ``tokens * in_features * out_features`` for a linear, and the products of activations
+(attention's ``q @ k^T`` and ``attn @ v``) as torch's ``FlopCounterMode`` counts them (its FLOPs / 2). Biases,
+norms, activations, pooling and other elementwise ops are not counted. What the channel graph does not model
+(functional products, convs inside untracked modules) is a constant of the cost model: the budget applies to
+the whole network, and a cut that changes such a constant is refused by the re-count after surgery.
 Params are all parameters of the model.
 """
 
@@ -19,39 +23,40 @@ from lcp.engine.layers import LAYERS
 from lcp.engine.types import Record
 from lcp.errors import LcpError
 
-_TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
-
 
 def count_macs(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor]) -> int:
-    """Conv and linear MACs of one forward pass, per sample of the batch (see module docstring)."""
+    """Multiply-accumulates of one forward pass, per sample of the batch (see module docstring).
+
+    Counted by ``torch.utils.flop_counter.FlopCounterMode`` (its FLOPs / 2), in eval mode without gradients and
+    with the fused multi-head-attention fast path off (torch does not count that kernel): every convolution,
+    transposed convolution and matrix product, whether a module or a functional call carries its weight
+    (``F.linear`` in attention blocks, ``scaled_dot_product_attention``, ``matmul`` / ``bmm`` of activations).
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
     batch = int(example_inputs[0].shape[0]) if example_inputs[0].dim() > 0 else 1
-    total = [0]
-
-    def hook(m: nn.Module, inp: tuple, out: torch.Tensor) -> None:
-        if isinstance(m, nn.Linear):
-            total[0] += out.numel() * m.in_features
-        elif isinstance(m, _TRANSPOSED):  # every input element meets out_channels / groups kernels
-            total[0] += inp[0].numel() * (m.out_channels // m.groups) * int(np.prod(m.kernel_size))
-        else:
-            total[0] += out.numel() * (m.in_channels // m.groups) * int(np.prod(m.kernel_size))
-
-    handles = [
-        m.register_forward_hook(hook)
-        for m in model.modules()
-        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, *_TRANSPOSED))
-    ]
     was_training = model.training
+    fastpath = _mha_fastpath(None)
     model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
             model(*example_inputs)
     finally:
         model.train(was_training)
-        for h in handles:
-            h.remove()
-    return total[0] // batch
+        _mha_fastpath(fastpath)
+    return int(counter.get_total_flops()) // 2 // batch
+
+
+def _mha_fastpath(enabled: bool | None) -> bool | None:
+    """Set torch's fused multi-head-attention fast path (None: turn it off); returns the previous setting."""
+    mha = getattr(torch.backends, "mha", None)
+    if mha is None or not hasattr(mha, "set_fastpath_enabled"):
+        return None
+    before = bool(mha.get_fastpath_enabled())
+    mha.set_fastpath_enabled(False if enabled is None else enabled)
+    return before
 
 
 def count_params(model: nn.Module) -> int:

@@ -1381,6 +1381,65 @@ def test_transposed_conv_prunes_and_its_macs_are_torchs(dims: int, groups: int) 
         assert up.groups == up.in_channels == up.out_channels
 
 
+class FunctionalAttention(nn.Module):
+    """A conv stem, then one attention layer whose projection is a functional ``F.linear`` of a module's weight,
+    then a prunable MLP (the shape of torchvision's Swin): only the MLP's hidden width is tracked."""
+
+    def __init__(self, dim: int = 16, hidden: int = 64):
+        super().__init__()
+        self.stem = nn.Conv2d(3, dim, 4, stride=4)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+        self.head = nn.Linear(dim, 10)
+
+    def forward(self, x):
+        t = self.stem(x).flatten(2).transpose(1, 2)  # (B, tokens, dim)
+        q, k, v = F.linear(t, self.qkv.weight, self.qkv.bias).chunk(3, dim=-1)
+        t = t + F.scaled_dot_product_attention(q, k, v)
+        t = t + self.fc2(F.relu(self.fc1(t)))
+        return self.head(t.mean(1))
+
+
+def test_functional_products_are_counted_and_a_budget_applies_to_the_whole_network() -> None:
+    """Attention's functional projection and products are MACs too (what FlopCounterMode counts); the budget
+    applies to them, so an unreachable one is refused with the lowest ratio instead of silently missed."""
+    torch.manual_seed(0)
+    model = FunctionalAttention(hidden=16).eval()
+    x = torch.randn(1, 3, 32, 32)
+    base = lcp.count_macs(model, x)
+    assert base == _flop_counter_macs(model, x)
+    modules_only = 64 * (3 * 16 * 16) + 64 * (16 * 16 + 16 * 16) + 16 * 10  # stem, MLP, head
+    assert base > modules_only  # qkv (functional) and q @ k^T, attn @ v are counted
+    with pytest.raises(UnreachableBudget) as err:
+        lcp.prune(model, x, budget=0.5)
+    lowest = err.value.lowest
+    assert 0.5 < lowest < 1
+    res = prune_and_check(model, x, budget=round(lowest + 0.02, 2))
+    assert _flop_counter_macs(res.model, x) == res.plan.macs <= (lowest + 0.02) * base
+
+
+def test_count_macs_counts_multi_head_attention_in_eval_mode() -> None:
+    """nn.MultiheadAttention's fused inference kernel is invisible to FlopCounterMode: lcp counts with it off,
+    so eval-mode counts equal the training-mode ones."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    class Attn(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.mha = nn.MultiheadAttention(16, 2, batch_first=True)
+
+        def forward(self, x):
+            return self.mha(x, x, x, need_weights=False)[0]
+
+    model = Attn()
+    x = torch.randn(2, 5, 16)
+    with FlopCounterMode(display=False) as counter:
+        model.train()(x)
+    assert lcp.count_macs(model, x) == counter.get_total_flops() // 2 // 2 > 0
+    assert model.training  # the model's mode is kept
+
+
 def test_transposed_conv_filter_scores_follow_its_output_channels() -> None:
     from lcp.cut.importance import filter_scores
 
