@@ -103,6 +103,7 @@ DEFAULTS: dict[str, Any] = {
     "extra_seeds": None,  # {"seeds": [1], "methods": [...], "budgets": [...]}: more seeds for some rows
     "finetune_epochs": 1.0,  # may be fractional: the first steps of each shuffled epoch, cosine over them
     "lr": 0.01,
+    "kd": False,  # distil from the unpruned network while fine-tuning (the ceiling distils from itself)
     "batch_size": 128,
     "recal_batches": 20,
     "holdout": 5000,
@@ -166,7 +167,7 @@ _NOT_IN_SIGNATURE = (
 )
 #: Settings added after the first CSVs were written, with the value they had then: in the signature only when
 #: they differ from it, so those CSVs stay valid.
-_ADDED = {"input_size": None, "device": "cpu"}
+_ADDED = {"input_size": None, "device": "cpu", "kd": False}
 #: search settings added later, with the value the rows written before them used (left out of signatures)
 _ADDED_SEARCH = {"search_preset": "legr", "search_time": None}
 
@@ -461,8 +462,11 @@ class _FirstSteps:
             yield batch
 
 
-def finetune(model: nn.Module, bundle: Any, cfg: dict, seed: int, progress: bool) -> int:
+def finetune(
+    model: nn.Module, bundle: Any, cfg: dict, seed: int, progress: bool, teacher: nn.Module | None = None
+) -> int:
     """``lcp.training.train.finetune`` with the recipe's settings; fractional epochs take the first steps of each epoch.
+    ``teacher``: the unpruned network to distil from (used when the recipe says ``kd``).
 
     Returns the number of SGD steps taken.
     """
@@ -473,6 +477,10 @@ def finetune(model: nn.Module, bundle: Any, cfg: dict, seed: int, progress: bool
         return 0
     bs = int(cfg["batch_size"])
     kw = dict(lr=cfg["lr"], batch_size=bs, seed=seed, progress=progress, device=cfg["device"])
+    if cfg["kd"]:
+        if teacher is None:
+            raise LcpError("kd: the recipe distils, but no teacher was given")
+        kw["teacher"] = copy.deepcopy(teacher).eval()  # a frozen copy: the ceiling's student is the same network
     per = _steps_per_epoch(bundle, bs)
     if epochs.is_integer():
         lcp_finetune(model, bundle, epochs=int(epochs), **kw)
@@ -942,7 +950,7 @@ class Bench:
             row["top1_pruned_noft"] = evaluate(pruned, self.test, device=dev)["top1"]
             row["recal_eval_s"] = time.perf_counter() - t0
             t0 = time.perf_counter()
-            steps = finetune(pruned, self.bundle, cfg, seed, self.progress)
+            steps = finetune(pruned, self.bundle, cfg, seed, self.progress, teacher=self.loaded.model)
             row["finetune_steps"] = steps
             row["finetune_s"] = time.perf_counter() - t0
             row["top1_pruned"] = evaluate(pruned, self.test, device=dev)["top1"] if steps else row["top1_pruned_noft"]

@@ -285,8 +285,15 @@ def setup_text(df: pd.DataFrame, meta: dict) -> str:
         f"- **Identical for every method:** the same data split (holdout seed 0), BatchNorm recalibration on "
         f'{cfg.get("recal_batches", 20)} train batches of {bs}, then top-1 on the test split ("BN recal"); then '
         f"fine-tuning for {ft_text}: SGD Nesterov, momentum 0.9, lr {cfg.get('lr', 0.01):g} cosine to 0, weight "
-        f"decay 5e-4, batch {bs}, random crop and flip, the row's seed for the data order; then top-1 again "
-        f'("fine-tuned").' + (f" One epoch is {_plural(steps, 'step')}." if steps else "")
+        f"decay 5e-4, batch {bs}, random crop and flip, the row's seed for the data order"
+        + (
+            ", distilling from the unpruned network (loss 0.1 CE + 0.9 T^2 KL, T = 4; the ceiling from a frozen "
+            "copy of itself)"
+            if cfg.get("kd")
+            else ""
+        )
+        + '; then top-1 again ("fine-tuned").'
+        + (f" One epoch is {_plural(steps, 'step')}." if steps else "")
     )
     if "lcp" in set(df["method"]):
         sb = meta.get("search_budgets")  # runs before 2026-11-23 searched at the lowest budget only

@@ -343,3 +343,72 @@ def test_recovery_recipe_has_a_ceiling_row_and_the_fast_search(tiny_folder: Path
     report.main(["--csv", str(out), "--md", str(md), "--png", str(tmp_path / "b.png")])
     text = md.read_text()
     assert "drop vs ceiling (pts)" in text and "points below the ceiling" in text and "`fast` search" in text
+
+
+def test_recovery_ablation_writes_rows_resumes_and_reports(tiny_folder: Path, resnet20_ckpt: Path, tmp_path: Path):
+    """``benchmarks/recovery.py``: every variant recovers the cut and the ceiling (one row each, distillation
+    included), a rerun adds nothing, the page gives each variant's gap to the ceiling, bad recipes are refused."""
+    from tests.helpers import lcp_cli, tiny_args
+
+    rec = _module(ROOT / "benchmarks" / "recovery.py", "bench_recovery")
+    cut = tmp_path / "cut"
+    assert lcp_cli(*tiny_args(tiny_folder, resnet20_ckpt, cut)).code == 0
+    out = tmp_path / "results" / "recovery_tiny.csv"
+    recipe = tmp_path / "recovery_tiny.yaml"
+    recipe.write_text(
+        f"model: resnet20\ndata: {tiny_folder}\ncheckpoint: {resnet20_ckpt}\ncut: {cut}\nholdout: 12\n"
+        f"batch_size: 16\nrecal_batches: 1\nout: {out}\n"
+        "variants:\n  plain: {lr: 0.01, epochs: 1}\n  kd: {lr: 0.02, epochs: 1, kd: true}\n"
+    )
+    threads = torch.get_num_threads()
+    try:
+        assert rec.main(["--recipe", str(recipe)]) == 0
+        df = pd.read_csv(out)
+        assert sorted(zip(df["variant"], df["net"])) == [
+            ("kd", "ceiling"),
+            ("kd", "pruned"),
+            ("plain", "ceiling"),
+            ("plain", "pruned"),
+        ]
+        assert df.loc[df["net"] == "ceiling", "macs_ratio"].eq(1.0).all()
+        assert df.loc[df["net"] == "pruned", "macs_ratio"].between(0.4, 0.55).all()
+        assert df[["top1_noft", "holdout_top1", "top1"]].notna().all().all()
+        assert rec.main(["--recipe", str(recipe)]) == 0
+        assert len(pd.read_csv(out)) == 4  # nothing run twice
+    finally:
+        torch.set_num_threads(threads)
+    md = tmp_path / "recovery.md"
+    rec.report([recipe], md)
+    text = md.read_text()
+    assert "| plain | 0.01 | no | 1 | 1 |" in text and "| kd | 0.02 | yes | 1 | 1 |" in text
+    assert "Best pruned held-out top-1" in text and "do not edit" in text
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"model: resnet20\ncut: {cut}\nout: {out}\nvariants:\n  x: {{lr: 0.01, momentum: 0.5}}\n")
+    assert rec.main(["--recipe", str(bad)]) == 2
+
+
+def test_compare_distils_from_a_frozen_copy_when_the_recipe_says_kd(monkeypatch):
+    """``kd: true`` fine-tunes every row with a frozen copy of the unpruned network as teacher (the ceiling's
+    student is that network itself, so the teacher must be a copy); ``kd`` false leaves the signature as it was."""
+    import lcp.training.train as train
+
+    compare = _module(COMPARE, "bench_compare_kd")
+    seen = {}
+    monkeypatch.setattr(train, "finetune", lambda model, data, **kw: seen.update(kw))
+
+    class Bundle:
+        train_x = torch.zeros(256, 3, 4, 4)
+
+    net, teacher = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    cfg = {"finetune_epochs": 1, "batch_size": 128, "lr": 0.01, "device": "cpu", "kd": True}
+    assert compare.finetune(net, Bundle(), cfg, 0, False, teacher=teacher) == 2
+    t = seen["teacher"]
+    assert t is not teacher and not t.training and torch.equal(t.weight, teacher.weight)
+    with pytest.raises(compare.LcpError, match="teacher"):
+        compare.finetune(net, Bundle(), cfg, 0, False)
+    seen.clear()
+    compare.finetune(net, Bundle(), {**cfg, "kd": False}, 0, False, teacher=teacher)
+    assert "teacher" not in seen
+    base = {k: v for k, v in compare.DEFAULTS.items() if k != "kd"}
+    assert compare.signature({**base, "kd": False}) == compare.signature(base)
+    assert compare.signature({**base, "kd": True}) != compare.signature(base)

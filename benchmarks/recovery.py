@@ -1,0 +1,312 @@
+"""The recovery ablation: one pruned network, several recovery recipes, each beside the ceiling.
+
+A cut is made once by ``lcp prune ... --finetune-epochs 0 --out DIR`` (the recipe's ``cut``). Every variant of
+the recipe (learning rate, distillation from the unpruned network, epochs) then recovers a fresh copy of that
+pruned network, and a fresh copy of the unpruned network (the ceiling: the same recovery; with ``kd`` it
+distils from a frozen copy of itself), with lcp's own ``recalibrate_bn`` and ``finetune`` (SGD Nesterov, cosine
+to 0, weight decay 5e-4, flip and pad-crop; KD loss ``0.1 * CE + 0.9 * T^2 KL`` at ``T = 4``). Each row gives
+top-1 on the held-out split (carved from train, seed 0: what a default is chosen on) and on the test split
+(what is reported), so nothing is selected on the test split.
+
+Rows are appended atomically as they finish and a rerun skips the rows already there, so the ablation runs in
+resumable chunks (``--only NAME`` runs one variant, ``--nets pruned`` the pruned side only).
+
+    source ../shared/offline-env.sh
+    lcp prune --model resnet20 --budget 0.5 --finetune-epochs 0 --search-time 0 --threads 1 --out runs/cut/resnet20_0.5
+    python benchmarks/recovery.py --recipe recipes/recovery_resnet20.yaml
+    python benchmarks/recovery.py --report          # docs/recovery.md from every recipes/recovery_*.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime as _dt
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+import yaml
+from torch import nn
+
+import lcp
+from lcp.errors import LcpError
+from lcp.io import atomic_path
+from lcp.run.config import PruneConfig
+from lcp.run.load import load_model_and_data
+from lcp.training.evaluate import evaluate, recalibrate_bn, torch_threads
+from lcp.training.train import finetune
+
+ROOT = Path(__file__).resolve().parents[1]
+NETS = ("pruned", "ceiling")
+#: What a variant may set, with the defaults of ``lcp prune``'s recovery.
+VARIANT_KEYS = {"lr": 0.01, "kd": False, "epochs": 1}
+COLUMNS = [
+    "model",
+    "cut",
+    "macs_ratio",
+    "variant",
+    "net",
+    "seed",
+    "lr",
+    "kd",
+    "epochs",
+    "top1_noft",
+    "holdout_top1",
+    "top1",
+    "finetune_s",
+    "host",
+    "date",
+]
+
+
+def read_recipe(path: str | Path) -> dict:
+    """The recipe: ``model``, ``cut`` (an ``lcp prune --finetune-epochs 0`` folder), ``variants`` (name ->
+    lr / kd / epochs), ``seeds``, ``out``; optional ``data``, ``checkpoint`` (as for ``lcp prune``), ``threads``,
+    ``batch_size``, ``recal_batches``, ``holdout``."""
+    try:
+        cfg = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise LcpError(f"cannot read recipe {path}: {str(e).splitlines()[0]}") from None
+    if not isinstance(cfg, dict):
+        raise LcpError(f"recipe {path} must be a mapping")
+    for key in ("model", "cut", "variants", "out"):
+        if key not in cfg:
+            raise LcpError(f"recipe {path} has no {key!r}")
+    variants = cfg["variants"]
+    if not isinstance(variants, dict) or not variants:
+        raise LcpError(f"recipe {path}: variants must map names to settings")
+    for name, v in variants.items():
+        bad = set(v or {}) - set(VARIANT_KEYS)
+        if bad:
+            raise LcpError(f"recipe {path}: variant {name} has unknown keys {sorted(bad)} (use {list(VARIANT_KEYS)})")
+        variants[name] = {**VARIANT_KEYS, **(v or {})}
+        if not isinstance(variants[name]["kd"], bool) or variants[name]["lr"] <= 0 or variants[name]["epochs"] < 1:
+            raise LcpError(f"recipe {path}: variant {name} needs lr > 0, kd true/false, epochs >= 1")
+    defaults = {"seeds": [0], "threads": 1, "batch_size": 128, "recal_batches": 20, "holdout": 5000}
+    return {**defaults, "data": None, "checkpoint": None, **cfg}
+
+
+def append_row(path: Path, row: dict) -> None:
+    """Add one row (replacing an earlier one of the same variant, net and seed) and rewrite the CSV atomically."""
+    old = pd.read_csv(path) if path.is_file() else pd.DataFrame()
+    if not old.empty:
+        old = old[~((old["variant"] == row["variant"]) & (old["net"] == row["net"]) & (old["seed"] == row["seed"]))]
+    df = pd.DataFrame([row]) if old.empty else pd.concat([old, pd.DataFrame([row])], ignore_index=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        df[COLUMNS].to_csv(tmp, index=False)
+
+
+def recover_once(net: nn.Module, teacher: nn.Module | None, bundle: Any, v: dict, seed: int, cfg: dict) -> dict:
+    """Recalibrate, evaluate, fine-tune with variant ``v``, evaluate on the held-out and test splits."""
+    recal = bundle.loader("train", cfg["batch_size"], shuffle=True, augment=False, seed=seed)
+    recalibrate_bn(net, recal, batches=cfg["recal_batches"])
+    test, holdout = bundle.loader("test", 256), bundle.loader("holdout", 256)
+    noft = evaluate(net, test)["top1"]
+    t0 = time.perf_counter()
+    finetune(
+        net,
+        bundle,
+        epochs=v["epochs"],
+        lr=v["lr"],
+        batch_size=cfg["batch_size"],
+        teacher=teacher,
+        seed=seed,
+        progress=cfg["progress"],
+    )
+    return {
+        "top1_noft": noft,
+        "holdout_top1": evaluate(net, holdout)["top1"],
+        "top1": evaluate(net, test)["top1"],
+        "finetune_s": time.perf_counter() - t0,
+    }
+
+
+def run(cfg: dict, only: list[str] | None, nets: list[str], log=print) -> pd.DataFrame:
+    out = ROOT / cfg["out"] if not Path(cfg["out"]).is_absolute() else Path(cfg["out"])
+    cut = Path(cfg["cut"]).expanduser()
+    if not cut.is_absolute():
+        cut = ROOT / cut
+    if not (cut / "channels.json").is_file():
+        raise LcpError(
+            f"no cut in {cut}: make it with lcp prune --model {cfg['model']} --budget B --finetune-epochs 0 --out {cut}"
+        )
+    done = pd.read_csv(out) if out.is_file() else pd.DataFrame(columns=COLUMNS)
+    have = {(r.variant, r.net, int(r.seed)) for r in done.itertuples()}
+    todo = [
+        (name, net, seed)
+        for name in cfg["variants"]
+        if not only or name in only
+        for net in nets
+        for seed in cfg["seeds"]
+        if (name, net, seed) not in have
+    ]
+    if not todo:
+        log(f"nothing to do: every row is in {out}")
+        return done
+    pc = PruneConfig(
+        model=cfg["model"],
+        data=cfg["data"],
+        checkpoint=cfg["checkpoint"],
+        holdout=cfg["holdout"],
+        threads=cfg["threads"],
+        finetune_epochs=0,
+        progress=False,
+    )
+    loaded = load_model_and_data(pc, log)
+    original = loaded.model.eval()
+    pruned = lcp.load(cut)
+    macs_ratio = lcp.count_macs(pruned, torch.zeros(1, *loaded.input_size)) / lcp.count_macs(
+        original, torch.zeros(1, *loaded.input_size)
+    )
+    host = f"{platform.node()} {torch.get_num_threads()} threads"
+    with torch_threads(cfg["threads"]):
+        for name, net, seed in todo:
+            v = cfg["variants"][name]
+            log(f"{name} ({v}) {net} seed {seed} ...")
+            student = copy.deepcopy(pruned if net == "pruned" else original)
+            teacher = copy.deepcopy(original).eval() if v["kd"] else None
+            numbers = recover_once(student, teacher, loaded.bundle, v, seed, cfg)
+            row = {
+                "model": cfg["model"],
+                "cut": str(cfg["cut"]),
+                "macs_ratio": round(macs_ratio, 4) if net == "pruned" else 1.0,
+                "variant": name,
+                "net": net,
+                "seed": seed,
+                **v,
+                **{k: round(x, 2) for k, x in numbers.items()},
+                "host": host,
+                "date": _dt.date.today().isoformat(),
+            }
+            append_row(out, row)
+            log(
+                f"  {name} {net} seed {seed}: {numbers['top1_noft']:.2f}% -> held-out {numbers['holdout_top1']:.2f}%, "
+                f"test {numbers['top1']:.2f}% ({numbers['finetune_s']:.0f} s)"
+            )
+    return pd.read_csv(out)
+
+
+def summary(df: pd.DataFrame) -> pd.DataFrame:
+    """Per variant: mean held-out and test top-1 of the pruned network and the ceiling, and the gap."""
+    g = df.groupby(["variant", "net"])[["holdout_top1", "top1"]].mean().unstack("net")
+    g.columns = [f"{a}_{b}" for a, b in g.columns]
+    if {"top1_pruned", "top1_ceiling"} <= set(g.columns):
+        g["gap"] = g["top1_ceiling"] - g["top1_pruned"]
+    return g.round(2)
+
+
+def _f(v: float) -> str:
+    return "-" if pd.isna(v) else f"{v:.2f}"
+
+
+def report(recipes: list[Path], md: Path) -> str:
+    """``docs/recovery.md``: one table per recipe whose CSV exists (mean over seeds), the commands beside it."""
+    parts = [
+        "# Recovery: what brings a pruned network back",
+        "",
+        "<!-- generated by benchmarks/recovery.py --report from benchmarks/results/recovery_*.csv; do not edit -->",
+        "",
+        "One pruned network per model (an `lcp prune` cut with the default search, no fine-tuning), recovered "
+        "with each recipe below, and the unpruned network recovered the same way (the ceiling: the shared "
+        "checkpoints are under-trained, so any fine-tuning also improves them). Every recipe: BatchNorm "
+        "recalibration on 20 train batches, SGD Nesterov (momentum 0.9, weight decay 5e-4), cosine to 0, batch "
+        "128, random crop and flip; `kd`: distillation from the unpruned network, loss 0.1 CE + 0.9 T^2 KL at "
+        "T = 4 (the ceiling from a frozen copy of itself). A default is chosen on the held-out split (5,000 "
+        "training images never trained on); the test split is reported.",
+        "",
+    ]
+    for recipe in recipes:
+        cfg = read_recipe(recipe)
+        csv = ROOT / cfg["out"]
+        if not csv.is_file():
+            continue
+        df = pd.read_csv(csv)
+        g = df.groupby(["variant", "net"])[["holdout_top1", "top1", "top1_noft", "finetune_s"]].mean()
+        seeds = df.groupby(["variant", "net"])["seed"].nunique()
+        rows = []
+
+        def cell(name: str, net: str, col: str, g: pd.DataFrame = g) -> float:
+            return g.loc[(name, net), col] if (name, net) in g.index else float("nan")
+
+        for name, v in cfg["variants"].items():
+            n = int(seeds.get((name, "pruned"), 0))
+            if n == 0:
+                continue
+            gap = cell(name, "ceiling", "top1") - cell(name, "pruned", "top1")
+            rows.append(
+                f"| {name} | {v['lr']:g} | {'yes' if v['kd'] else 'no'} | {v['epochs']} | {n} | "
+                f"{_f(cell(name, 'pruned', 'top1_noft'))} | {_f(cell(name, 'pruned', 'holdout_top1'))} | "
+                f"{_f(cell(name, 'pruned', 'top1'))} | {_f(cell(name, 'ceiling', 'holdout_top1'))} | "
+                f"{_f(cell(name, 'ceiling', 'top1'))} | {_f(gap)} | {cell(name, 'pruned', 'finetune_s'):.0f} |"
+            )
+        ratio = df.loc[df["net"] == "pruned", "macs_ratio"]
+        best = g.xs("pruned", level="net")["holdout_top1"].idxmax()
+        parts += [
+            f"## {cfg['model']} at {ratio.iloc[0]:.3f} of the MACs",
+            "",
+            f"Cut: `{cfg['cut']}`; machine: {df['host'].iloc[0]} ({', '.join(sorted(set(df['date'])))}); "
+            "fine-tuning seconds are wall time on a shared machine, not a speed measurement.",
+            "",
+            "| recipe | lr | kd | epochs | seeds | pruned, BN recal | pruned held-out | pruned test | "
+            "ceiling held-out | ceiling test | gap to ceiling (test) | fine-tuning s |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+            *rows,
+            "",
+            f"Best pruned held-out top-1: **{best}**.",
+            "",
+            "```",
+            f"python benchmarks/recovery.py --recipe {_rel(recipe)}",
+            "```",
+            "",
+        ]
+    text = "\n".join(parts)
+    md.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(md) as tmp:
+        tmp.write_text(text)
+    return text
+
+
+def _rel(path: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--recipe", help="a recipes/recovery_*.yaml to run")
+    p.add_argument("--report", action="store_true", help="write docs/recovery.md from every recovery recipe's CSV")
+    p.add_argument("--md", default=str(ROOT / "docs" / "recovery.md"), help="where --report writes")
+    p.add_argument("--only", help="comma-separated variant names to run")
+    p.add_argument("--nets", default=",".join(NETS), help="pruned, ceiling or both (default)")
+    p.add_argument("--progress", action="store_true", help="progress bars")
+    args = p.parse_args(argv)
+    try:
+        if args.report:
+            report(sorted((ROOT / "recipes").glob("recovery_*.yaml")), Path(args.md))
+            print(f"wrote {args.md}")
+            return 0
+        if not args.recipe:
+            raise LcpError("pass --recipe FILE (or --report)")
+        cfg = read_recipe(args.recipe)
+        cfg["progress"] = args.progress
+        nets = [n for n in args.nets.split(",") if n]
+        if not nets or set(nets) - set(NETS):
+            raise LcpError(f"--nets takes {', '.join(NETS)}")
+        df = run(cfg, args.only.split(",") if args.only else None, nets)
+    except LcpError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(summary(df).to_string())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
