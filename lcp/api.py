@@ -14,6 +14,7 @@ from torch import nn
 from lcp.cut.options import caps_from, check_budget
 from lcp.cut.pruner import PruneResult
 from lcp.cut.ranking import Transforms
+from lcp.engine.depth import allow_depth
 from lcp.engine.graph import build_graph
 from lcp.errors import LcpError
 from lcp.methods import Context, Learned, get_method
@@ -49,6 +50,7 @@ def prune(
     progress: bool = False,
     ignore: Sequence[str] = (),
     max_removal: Mapping[str, float] | None = None,
+    depth: bool = False,
     **options: Any,
 ) -> PruneResult:
     """Prune ``model`` to ``budget`` x its baseline cost; returns a ``PruneResult`` whose ``.model`` is pruned.
@@ -60,7 +62,8 @@ def prune(
     prune safely raises ``LcpError``. The original model is not modified. ``options``: any other option of
     ``lcp prune`` by its Python name (``episodes=...``, ``population=...``, ``device=...``), checked like a
     recipe's. ``ignore``: module-name globs whose output channels are kept whole; ``max_removal``:
-    ``{glob: fraction}``, at most that fraction of the channels written by the matching modules is removed.
+    ``{glob: fraction}``, at most that fraction of the channels written by the matching modules is removed;
+    ``depth``: the walk may also remove whole residual branches (``lcp.engine.depth``).
 
     With ``data`` (a data set name or ImageFolder path, an ``lcp.training.data.DataBundle``, or a dict with
     ``train`` and ``test`` loaders) the pruned model goes through the same post-cut stage as ``lcp prune``
@@ -87,6 +90,7 @@ def prune(
             progress=progress,
             ignore=list(ignore) or None,
             max_removal=[f"{g}={f}" for g, f in (max_removal or {}).items()] or None,
+            depth=depth,
             **options,
         ),
         "lcp.prune",
@@ -101,6 +105,7 @@ def prune(
         example_inputs = torch.zeros(1, *size)
     graph = build_graph(model, example_inputs, ignore=opts.ignore or ())
     graph.limit_removal(caps_from(opts.max_removal))
+    allow_depth(graph, opts.depth)
     ctx = Context(
         graph, opts, bundle, out=None, log=lambda msg: None, name=type(model).__name__, verify=check, batches=batches
     )

@@ -77,6 +77,12 @@ class CutOptions:
         repeat=True,
         signature=False,
     )
+    depth: bool = option(
+        False,
+        "let the walk also remove whole residual branches (a block goes when its inner channel group is emptied, "
+        "in the same global ranking)",
+        signature=False,  # in a run's signature only when on (lcp.run.config), so older runs still resume
+    )
     latency_batch: int = option(1, "batch size of latency measurements", check=at_least(1), signature=False)
 
     def all_budgets(self) -> list[float]:

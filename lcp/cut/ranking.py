@@ -122,6 +122,7 @@ class Walker:
         self.size = np.array([len(g.units) for g in graph.groups], dtype=np.int64)
         self.floor = graph.floors(min_ratio, min_channels)
         self.group_of = np.array([u.group for u in graph.units], dtype=np.int64)
+        self.depth = getattr(graph, "depth", np.zeros(len(graph.groups), dtype=bool))
 
     def _step(self, kept: int) -> int:
         return kept % self.round_to or self.round_to
@@ -144,13 +145,16 @@ class Walker:
             batch = pending.setdefault(g, [])
             batch.append(u)
             need = self._step(int(kept[g]))
+            emptying = kept[g] - need < self.floor[g] and self.depth[g]
+            if emptying:  # a depth unit at its floor goes whole, at its highest remaining score
+                need = int(kept[g])
             if len(batch) < need:
                 continue
             pending[g] = []
-            if kept[g] - need < self.floor[g]:
+            if kept[g] - need < self.floor[g] and not emptying:
                 done[g] = True
                 continue
-            if not self._try_remove(batch):
+            if not self._try_remove(batch, allow_empty=emptying):
                 continue
             kept[g] -= need
             removed[batch] = True
@@ -159,11 +163,12 @@ class Walker:
                 break
         return removed, batches
 
-    def _try_remove(self, batch: list[int]) -> bool:
-        """Remove a batch unless some module axis would lose its last channel."""
+    def _try_remove(self, batch: list[int], allow_empty: bool = False) -> bool:
+        """Remove a batch unless some module axis would lose its last channel (``allow_empty``: a depth unit's
+        whole group, whose modules go with its branch)."""
         done = []
         for u in batch:
-            if self.cost.min_kept(u) < 1:
+            if not allow_empty and self.cost.min_kept(u) < 1:
                 for v in reversed(done):
                     self.cost.restore(v)
                 return False

@@ -110,6 +110,9 @@ class ChannelGraph:
         self.groups = list(groups.values())
         #: the largest fraction of each group's units a cut may remove (``limit_removal``; 1: no cap)
         self.max_removal = np.ones(len(self.groups))
+        #: groups a walk may empty, removing a residual branch (``lcp.engine.depth.allow_depth``)
+        self.depth = np.zeros(len(self.groups), dtype=bool)
+        self.depth_cache: dict | None = None  # ``lcp.engine.depth.depth_units`` of this graph, once found
 
     def limit_removal(self, caps: Mapping[str, float]) -> None:
         """Cap the fraction of units a cut may remove from the groups that a module matching each glob writes

@@ -12,6 +12,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from lcp.engine.depth import depth_units, empty_groups, remove_branches
 from lcp.engine.graph import ChannelGraph, LcpTracer
 from lcp.engine.layers import LAYERS, Rewrite
 from lcp.engine.rules import RULES, RuleTable
@@ -26,7 +27,12 @@ def apply_plan(graph: ChannelGraph, removed: np.ndarray) -> nn.Module:
     """
     pruned = copy.deepcopy(graph.model)
     job = Rewrite(pruned, dict(pruned.named_modules()))
+    units = depth_units(graph) if empty_groups(graph, removed) else {}
+    emptied = [units[g] for g in empty_groups(graph, removed) if g in units]
+    skip = {name for d in emptied for name in (d.consumer, *d.dying)}  # replaced or deleted with their branch
     for ri, rec in enumerate(graph.records):
+        if rec.name in skip:
+            continue
         keep_out = graph.kept_positions(removed, ri, "out") if rec.out_ids is not None else None
         keep_in = graph.kept_positions(removed, ri, "in") if rec.in_ids is not None else None
         LAYERS[rec.kind].prune(job, rec, keep_out, keep_in)
@@ -37,6 +43,17 @@ def apply_plan(graph: ChannelGraph, removed: np.ndarray) -> nn.Module:
     }
     if patches or job.slices:
         pruned = _patch_graph(job.model, patches, job.slices, graph.rules)
+    if emptied:
+        consumers, dims = {}, {}
+        for d in emptied:
+            ri = graph.record_index[d.consumer]
+            consumers[d.consumer] = len(graph.kept_positions(removed, ri, "out"))
+            dims[d.consumer] = LAYERS[graph.records[ri].kind].input_dim
+            bias = getattr(pruned.get_submodule(d.consumer), "bias", None)
+            if isinstance(bias, torch.Tensor):  # the consumer's bias on its kept outputs (the rest of it was skipped)
+                keep = torch.as_tensor(graph.kept_positions(removed, ri, "out"))
+                pruned.get_submodule(d.consumer).bias = nn.Parameter(bias.detach()[keep].clone())
+        pruned = remove_branches(pruned, consumers, graph.rules, dims)
     return pruned
 
 

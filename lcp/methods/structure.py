@@ -44,6 +44,7 @@ SEARCH_OPTIONS = (
     "min_ratio",
     "ignore",
     "max_removal",
+    "depth",
     *(n for n in field_names(SearchOptions, AgentOptions) if n != "transforms"),
 )
 

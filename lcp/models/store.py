@@ -17,6 +17,7 @@ from torch import nn
 
 from lcp._version import __version__
 from lcp.engine.connections import ConnectionGraph
+from lcp.engine.depth import depth_units
 from lcp.engine.graph import ChannelGraph, build_graph
 from lcp.engine.surgery import apply_plan
 from lcp.errors import LcpError
@@ -220,9 +221,9 @@ def removed_mask(graph: ChannelGraph, keys: list[str], what: str) -> np.ndarray:
         raise LcpError(f"{what}: channel units {', '.join(fixed[:3])} cannot be pruned in this model")
     removed = np.zeros(len(graph.units), dtype=bool)
     removed[[index[k] for k in keys]] = True
-    emptied = [g.name for g in graph.groups if removed[np.asarray(g.units)].all()]
-    if emptied:
-        raise LcpError(f"{what}: it removes every channel of {emptied[0]} (a layer needs at least one)")
+    emptied = [g for g in graph.groups if removed[np.asarray(g.units)].all() and g.index not in depth_units(graph)]
+    if emptied:  # a depth unit's group may go whole: its residual branch goes with it (lcp.engine.depth)
+        raise LcpError(f"{what}: it removes every channel of {emptied[0].name} (a layer needs at least one)")
     return removed
 
 

@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 
 from lcp.cut.options import caps_from, check_budget
+from lcp.engine.depth import allow_depth
 from lcp.engine.graph import ChannelGraph, build_graph
 from lcp.io import atomic_path, atomic_write_json, read_json
 from lcp.methods import Context, Learned, Method, get_method
@@ -92,6 +93,7 @@ def channel_graph(cfg: PruneConfig, model: Any, input_size: tuple[int, ...]) -> 
     """The model's channel graph with the run's protected layers (``--ignore``) and caps (``--max-removal``)."""
     graph = build_graph(model, torch.zeros(1, *input_size), ignore=cfg.ignore or ())
     graph.limit_removal(caps_from(cfg.max_removal))
+    allow_depth(graph, cfg.depth)
     return graph
 
 

@@ -234,6 +234,9 @@ class LegrMethod(Method):
             "fitness": dict(SENSITIVITY_FITNESS, label_free=o.label_free, seed=o.seed, tau=o.tau),
             "min_ratio": o.min_ratio,
         }
+        empty = graph.depth.copy() if graph.depth.any() else None  # depth units: also measured emptied
+        if empty is not None:
+            key["depth"] = [graph.groups[g].name for g in np.nonzero(empty)[0].tolist()]
         path = ctx.out / "sensitivity.json" if write else None
         cached = (
             read_json(path, what="sensitivity file") if (o.resume and path is not None and path.is_file()) else None
@@ -242,14 +245,15 @@ class LegrMethod(Method):
         if isinstance(cached, dict) and cached.get("key") == key and cached.get("skipped") is True:
             ctx.log(f"per-layer sensitivity: skipped, as in the run that wrote {path.name}")
             return structured, 0.0
-        damage = _cached_damage(cached, key, (len(graph.groups), len(SENSITIVITY_LEVELS)))
+        columns = len(SENSITIVITY_LEVELS) + (empty is not None)
+        damage = _cached_damage(cached, key, (len(graph.groups), columns))
         if damage is not None:
             seconds = float(cached["seconds"])
             ctx.log(f"per-layer sensitivity: reused from {path.name} ({seconds:.0f} s when measured)")
         else:
             t0 = time.perf_counter()
             cheap = fitness_for(ctx, budgets, label_free=o.label_free, **SENSITIVITY_FITNESS)
-            n = 1 + len(graph.groups) * len(SENSITIVITY_LEVELS)
+            n = 1 + len(graph.groups) * len(SENSITIVITY_LEVELS) + (0 if empty is None else int(empty.sum()))
             with tqdm(total=n, desc="sensitivity", disable=not (o.progress and ctx.writer), leave=False) as bar:
                 damage = measure_sensitivity(
                     graph,
@@ -258,6 +262,7 @@ class LegrMethod(Method):
                     graph.floors(o.min_ratio),
                     done=lambda i, total: bar.update(i - bar.n),
                     seconds=cap,
+                    empty=empty,
                 )
             seconds = time.perf_counter() - t0
             if damage is None:
@@ -272,7 +277,8 @@ class LegrMethod(Method):
             if path is not None:
                 atomic_write_json(path, {"key": key, "seconds": seconds, "damage": damage.tolist()})
         metric = o.budget_type if o.budget_type in ("macs", "params") else "macs"
-        return sensitivity_members(graph, cost, scores, damage, metric=metric) + structured, seconds
+        members = sensitivity_members(graph, cost, scores, damage, metric=metric, empty=empty)
+        return members + structured, seconds
 
 
 def _cached_damage(cached: Any, key: dict, shape: tuple[int, int]) -> np.ndarray | None:

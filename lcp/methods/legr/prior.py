@@ -86,6 +86,7 @@ def measure_sensitivity(
     done: Callable[[int, int], None] | None = None,
     seconds: float | None = None,
     clock: Callable[[], float] = time.monotonic,
+    empty: np.ndarray | None = None,
 ) -> np.ndarray | None:
     """Damage (held-out loss above the unpruned network's) per group and keep level, shape ``(G, len(levels))``.
 
@@ -93,8 +94,11 @@ def measure_sensitivity(
     least. Damage is made monotone (keeping less never hurts less) and a failed cut counts as the worst damage
     measured. ``done(i, total)`` is called after each measurement (progress). ``seconds``: if the first two
     measurements project a longer total (a large model on a slow device), stop there and return None.
+    ``empty`` (bool per group, depth units): those groups are also measured emptied (their residual branch
+    removed), in one more column (the deepest level's damage for the other groups).
     """
-    total = 1 + len(graph.groups) * len(levels)
+    extra = np.zeros(len(graph.groups), dtype=bool) if empty is None else np.asarray(empty, dtype=bool)
+    total = 1 + len(graph.groups) * len(levels) + int(extra.sum())
     start = clock()
     base = loss_of(np.zeros(len(graph.units), dtype=bool))
     damage = np.zeros((len(graph.groups), len(levels)))
@@ -112,16 +116,32 @@ def measure_sensitivity(
                 done(1 + g.index * len(levels) + j + 1, total)
             if seconds is not None and g.index == 0 and j == 0 and (clock() - start) / 2 * total > seconds:
                 return None
+    emptied = np.full(len(graph.groups), np.nan)
+    for i, g in enumerate(np.nonzero(extra)[0].tolist()):
+        removed = np.zeros(len(graph.units), dtype=bool)
+        removed[_prunable(graph, g)] = True
+        emptied[g] = loss_of(removed) - base
+        if done:
+            done(1 + len(graph.groups) * len(levels) + i + 1, total)
+    damage = np.concatenate([damage, emptied[:, None]], axis=1) if empty is not None else damage
     finite = damage[np.isfinite(damage)]
     worst = float(finite.max()) if finite.size else 1.0
-    damage = np.where(np.isfinite(damage), damage, 10.0 * max(worst, 1.0))
+    failed = 10.0 * max(worst, 1.0)
+    if empty is not None:  # the extra column: measured for depth units, the deepest level's for the rest
+        damage[~extra, -1] = np.nan
+    body = damage[:, : len(levels)]
+    body = np.where(np.isfinite(body), body, failed)
     order = np.argsort(levels)  # from the smallest keep
-    damage = damage[:, order]
+    body = body[:, order]
     for j in range(len(levels) - 2, -1, -1):
-        damage[:, j] = np.maximum(damage[:, j], damage[:, j + 1])
-    out = np.empty_like(damage)
-    out[:, order] = np.maximum(damage, 0.0)
-    return out
+        body[:, j] = np.maximum(body[:, j], body[:, j + 1])
+    out = np.empty_like(body)
+    out[:, order] = np.maximum(body, 0.0)
+    if empty is None:
+        return out
+    last = damage[:, -1]
+    last = np.where(extra, np.where(np.isfinite(last), last, failed), 0.0)
+    return np.concatenate([out, np.maximum(last, body[:, 0])[:, None]], axis=1)
 
 
 def sensitivity_member(
@@ -134,6 +154,7 @@ def sensitivity_member(
     metric: str = "macs",
     beyond: float = 1.0,
     per_cost: bool = True,
+    empty: np.ndarray | None = None,
 ) -> np.ndarray:
     """``[log alpha, kappa]`` whose compensated scores approximate each unit's damage per ``metric`` saved
     (``macs`` or ``params``; a latency budget uses MACs).
@@ -143,7 +164,9 @@ def sensitivity_member(
     the group's cost per removed fraction. Beyond the deepest measured cut the last slope times ``beyond`` is
     used. ``per_cost=False`` targets the damage itself instead (FastNAS: one threshold on each layer's damage,
     whatever it saves). The affine (alpha, kappa) is the least-squares fit of that target on the unit's raw
-    score over the lowest 90% of the group (where cuts happen).
+    score over the lowest 90% of the group (where cuts happen). ``empty`` (depth units; ``damage`` then has
+    the emptied group's damage as an extra last column): their curve ends at the measured removal of the branch
+    instead of the extrapolation.
     """
     n = len(graph.groups)
     s_all = np.asarray(scores, dtype=np.float64)
@@ -163,7 +186,11 @@ def sensitivity_member(
         per_frac = max((base - after) / max(base, 1) / (len(units) // 2 / len(units)), 1e-9)
         curve = np.concatenate([[0.0], damage[g.index, order]])
         slopes = np.maximum.accumulate(np.diff(curve) / np.maximum(np.diff(removed_frac), 1e-9))
-        slopes = np.concatenate([slopes, [slopes[-1] * beyond]])
+        if empty is not None and empty[g.index]:  # measured: the whole group (and its branch) removed
+            last = (damage[g.index, len(keep)] - curve[-1]) / max(1.0 - removed_frac[-1], 1e-9)
+            slopes = np.concatenate([slopes, [max(last, slopes[-1])]])
+        else:
+            slopes = np.concatenate([slopes, [slopes[-1] * beyond]])
         s = s_all[units]
         q = (np.argsort(np.argsort(s, kind="stable"), kind="stable") + 0.5) / len(s)
         segment = np.clip(np.searchsorted(removed_frac, q, side="right") - 1, 0, len(slopes) - 1)
@@ -185,12 +212,18 @@ def sensitivity_member(
 
 
 def sensitivity_members(
-    graph: ChannelGraph, cost: CostModel, scores: np.ndarray, damage: np.ndarray, *, metric: str = "macs"
+    graph: ChannelGraph,
+    cost: CostModel,
+    scores: np.ndarray,
+    damage: np.ndarray,
+    *,
+    metric: str = "macs",
+    empty: np.ndarray | None = None,
 ) -> list[np.ndarray]:
     """The three sensitivity members (see the module docstring), duplicates dropped."""
     out: list[np.ndarray] = []
     for kw in ({}, {"beyond": 3.0}, {"per_cost": False}):
-        z = sensitivity_member(graph, cost, scores, damage, metric=metric, **kw)
+        z = sensitivity_member(graph, cost, scores, damage, metric=metric, empty=empty, **kw)
         if not any(np.array_equal(z, o) for o in out):
             out.append(z)
     return out
