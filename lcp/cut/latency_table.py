@@ -38,6 +38,8 @@ class LayerTable:
         self.in_grid, self.out_grid, self.ms = in_grid, out_grid, ms
 
     def __call__(self, n_in: float, n_out: float) -> float:
+        if n_out <= 0 or (n_in <= 0 and self.in_grid != [0]):  # emptied with its residual branch: not run
+            return 0.0
         i0, i1, wi = _interp(self.in_grid, n_in)
         o0, o1, wo = _interp(self.out_grid, n_out)
         m = self.ms

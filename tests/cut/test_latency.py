@@ -71,6 +71,9 @@ def test_layer_table_interpolates_bilinearly_and_clamps():
     assert t(3, 10) == pytest.approx(3.0) and t(2, 15) == pytest.approx(2.0)
     assert t(1, 5) == 1.0 and t(9, 99) == 7.0  # clamped at the grid's ends
     assert LayerTable.from_json(t.to_json())(3, 15) == pytest.approx(4.0)
+    assert t(0, 15) == 0.0 and t(3, 0) == 0.0  # a layer emptied with its residual branch does not run
+    depthwise = LayerTable([0], [10, 20], [[1.0, 3.0]])
+    assert depthwise(0, 15) == pytest.approx(2.0) and depthwise(0, 0) == 0.0
 
 
 def test_table_covers_every_prunable_layer_and_is_cached(graph):
