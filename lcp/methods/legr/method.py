@@ -276,7 +276,7 @@ class LegrMethod(Method):
             ctx.log(f"per-layer sensitivity: {n} one-group cuts of {len(graph.groups)} groups in {seconds:.0f} s")
             if path is not None:
                 atomic_write_json(path, {"key": key, "seconds": seconds, "damage": damage.tolist()})
-        metric = o.budget_type if o.budget_type in ("macs", "params") else "macs"
+        metric = o.budget_type  # a latency budget's cost model has the latency table
         members = sensitivity_members(graph, cost, scores, damage, metric=metric, empty=empty)
         return members + structured, seconds
 

@@ -157,49 +157,53 @@ def sensitivity_member(
     empty: np.ndarray | None = None,
 ) -> np.ndarray:
     """``[log alpha, kappa]`` whose compensated scores approximate each unit's damage per ``metric`` saved
-    (``macs`` or ``params``; a latency budget uses MACs).
+    (``macs``, ``params``, or ``latency`` when ``cost`` has a latency table).
 
     A unit at within-group score quantile q is removed when the group has lost a fraction q of its units; its
-    target value is the slope of the group's damage curve there (convexified, so it grows with q) divided by
-    the group's cost per removed fraction. Beyond the deepest measured cut the last slope times ``beyond`` is
-    used. ``per_cost=False`` targets the damage itself instead (FastNAS: one threshold on each layer's damage,
-    whatever it saves). The affine (alpha, kappa) is the least-squares fit of that target on the unit's raw
-    score over the lowest 90% of the group (where cuts happen). ``empty`` (depth units; ``damage`` then has
-    the emptied group's damage as an extra last column): their curve ends at the measured removal of the branch
-    instead of the extrapolation.
+    target value is the damage per unit of cost saved in the measured segment of the group's curve that holds
+    q (the same cuts as the measurement, priced by ``cost``, convexified so it grows with q). Beyond the
+    deepest measured cut the last value times ``beyond`` is used. ``per_cost=False`` targets the damage itself
+    instead (FastNAS: one threshold on each layer's damage, whatever it saves). The affine (alpha, kappa) is
+    the least-squares fit of that target on the unit's raw score over the lowest 90% of the group (where cuts
+    happen). ``empty`` (depth units; ``damage`` then has the emptied group's damage as an extra last column):
+    their curve ends at the measured removal of the branch, priced at what the whole branch saves (at batch 1
+    on a CPU far more time than its MACs say), instead of the extrapolation.
     """
     n = len(graph.groups)
     s_all = np.asarray(scores, dtype=np.float64)
     keep = np.asarray(levels, dtype=np.float64)
     order = np.argsort(-keep)  # from the largest keep: removed fraction grows
     removed_frac = np.concatenate([[0.0], 1.0 - keep[order]])
-    which = 1 if metric == "params" else 0
-    base = cost.evaluate(np.zeros(len(graph.units), dtype=bool))[which]
+    base = _cost(cost, np.zeros(len(graph.units), dtype=bool), metric)
+    scale = max(base, 1e-12)
     z = np.zeros(2 * n)
     for g in graph.groups:
         units = _prunable(graph, g.index)
         if len(units) < 2:
             continue
-        half = np.zeros(len(graph.units), dtype=bool)
-        half[units[: len(units) // 2]] = True
-        after = cost.evaluate(half)[which]
-        per_frac = max((base - after) / max(base, 1) / (len(units) // 2 / len(units)), 1e-9)
+        ranked = units[np.argsort(s_all[units], kind="stable")]
+        depth = empty is not None and bool(empty[g.index])
+        fracs = list(removed_frac[1:]) + ([1.0] if depth else [])
+        saved = [0.0]
+        for f in fracs:  # the measured cuts (lowest scores first), priced
+            removed = np.zeros(len(graph.units), dtype=bool)
+            removed[ranked[: int(round(f * len(units)))]] = True
+            saved.append((base - _cost(cost, removed, metric)) / scale)
         curve = np.concatenate([[0.0], damage[g.index, order]])
-        slopes = np.maximum.accumulate(np.diff(curve) / np.maximum(np.diff(removed_frac), 1e-9))
-        if empty is not None and empty[g.index]:  # measured: the whole group (and its branch) removed
-            last = (damage[g.index, len(keep)] - curve[-1]) / max(1.0 - removed_frac[-1], 1e-9)
-            slopes = np.concatenate([slopes, [max(last, slopes[-1])]])
-        else:
-            slopes = np.concatenate([slopes, [slopes[-1] * beyond]])
+        if depth:
+            curve = np.concatenate([curve, [max(float(damage[g.index, len(keep)]), curve[-1])]])
+        edges = np.asarray([0.0, *fracs])  # removed fraction at each point of the curve
+        per = np.maximum.accumulate(np.diff(curve) / np.maximum(np.diff(saved), 1e-9))  # damage per cost saved
+        slope = np.maximum.accumulate(np.diff(curve) / np.maximum(np.diff(edges), 1e-9))  # damage per fraction
+        if not depth:  # beyond the deepest measured cut
+            per, slope = np.append(per, per[-1] * beyond), np.append(slope, slope[-1] * beyond)
         s = s_all[units]
         q = (np.argsort(np.argsort(s, kind="stable"), kind="stable") + 0.5) / len(s)
-        segment = np.clip(np.searchsorted(removed_frac, q, side="right") - 1, 0, len(slopes) - 1)
-        # q beyond the deepest measured cut falls in the last (extrapolated) segment
+        segment = np.clip(np.searchsorted(edges, q, side="right") - 1, 0, len(per) - 1)
         if per_cost:
-            target = slopes[segment] / per_frac
+            target = per[segment]
         else:  # FastNAS: the group's damage when cut down to this unit (one threshold on damage)
-            edges = np.concatenate([removed_frac, [1.0]])
-            target = curve[np.minimum(segment, len(curve) - 1)] + slopes[segment] * (q - edges[segment])
+            target = curve[np.minimum(segment, len(curve) - 1)] + slope[segment] * (q - edges[segment])
         sel = q <= 0.9
         a_mat = np.vstack([s[sel], np.ones(int(sel.sum()))]).T
         (alpha, kappa), *_ = np.linalg.lstsq(a_mat, target[sel], rcond=None)
@@ -209,6 +213,16 @@ def sensitivity_member(
             kappa = float(np.mean(target)) - alpha * float(np.mean(s))
         z[g.index], z[n + g.index] = math.log(alpha), kappa
     return np.where(np.isfinite(z), z, 0.0)
+
+
+def _cost(cost: CostModel, removed: np.ndarray, metric: str) -> float:
+    """``metric`` (macs, params, latency) of the configuration without ``removed``; the cost model is reset."""
+    cost.reset()
+    for u in np.nonzero(removed)[0].tolist():
+        cost.remove(u)
+    value = float(cost.value(metric))
+    cost.reset()
+    return value
 
 
 def sensitivity_members(
