@@ -43,7 +43,7 @@ def prune(
     data: Any = None,
     finetune_epochs: int = 0,
     lr: float = 0.01,
-    kd: bool = False,
+    kd: bool = True,
     recal_batches: int = 20,
     candidates: int | None = None,
     optimizer: str = "legr",

@@ -282,7 +282,10 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, *, exclude: Iterab
         help_text = (m["help"]() if callable(m["help"]) else m["help"]).replace("%", "%%")
         kw: dict[str, Any] = {"default": argparse.SUPPRESS, "dest": f.name}
         if tp is bool:
-            kw["action"] = "store_false" if flag.startswith("--no-") else "store_true"
+            on = f.default is True and not flag.startswith("--no-")  # on by default: --flag and --no-flag
+            kw["action"] = (
+                argparse.BooleanOptionalAction if on else "store_false" if flag.startswith("--no-") else "store_true"
+            )
             target.add_argument(flag, help=help_text, **kw)
             continue
         choices = _choices(f)

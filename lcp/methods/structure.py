@@ -187,8 +187,6 @@ def open_structure(cfg: Any, given: Iterable[str] = ()) -> Structure:
         )
     if Path(cfg.out).expanduser().resolve() == structure.path:
         raise LcpError(f"--out {cfg.out} is the --structure-from folder: write the new run to another folder")
-    if structure.connections and cfg.kd:
-        raise LcpError("--kd is not supported with a connection-pruned structure (methods ads, lwp)")
     return structure
 
 

@@ -11,8 +11,8 @@ from lcp.options import at_least, option, positive
 class RecoveryOptions:
     """How a pruned network recovers: the same for every method, the API and the command line."""
 
-    finetune_epochs: int = option(1, "fine-tuning epochs after the cut", check=at_least(0))
+    finetune_epochs: int = option(3, "fine-tuning epochs after the cut", check=at_least(0))
     lr: float = option(0.01, "fine-tuning learning rate (cosine schedule)", check=positive)
     batch_size: int = option(128, "training batch size", check=at_least(1))
-    kd: bool = option(False, "distill from the unpruned model while fine-tuning")
+    kd: bool = option(True, "distil from the unpruned model while fine-tuning (on by default; --no-kd: labels only)")
     recal_batches: int = option(20, "BatchNorm recalibration batches", check=at_least(0), signature=False)

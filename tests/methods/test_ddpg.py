@@ -269,7 +269,7 @@ def test_cli_lfgcl_on_a_folder_without_classes(tiny_folder, resnet20_ckpt, tmp_p
     assert (out / "model.safetensors").is_file() and (out / "agent_state.safetensors").is_file()
     assert main(args + ["--resume"]) == 0  # the finished search is read back, not re-run
     assert len(list(csv.DictReader(open(out / "agent.csv")))) == 3
-    no_labels = lcp_cli(*args[:-2], "--out", tmp_path / "bad", "--finetune-epochs", "1")  # no labels, no kd
+    no_labels = lcp_cli(*args[:-2], "--out", tmp_path / "bad", "--finetune-epochs", "1", "--no-kd")  # no labels
     assert_one_line_error(no_labels, "the data has no labels", "--kd")
 
 

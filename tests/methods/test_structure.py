@@ -87,7 +87,8 @@ def test_structure_transfers_to_another_task(source: Path, other: tuple[Path, Pa
         assert (out / name).is_file(), name
     row, before = read_report(out), read_report(source)
     assert list(row)[: len(REPORT_COLUMNS)] == REPORT_COLUMNS
-    assert (row["method"], row["importance"], row["budget"], row["search_s"]) == ("structure-from", "", "0.5", "0.0")
+    assert (row["method"], row["importance"], row["budget"]) == ("structure-from", "", "0.5")
+    assert float(row["search_s"]) < 2.0  # no search: only the structure's check (a busy machine stretches it)
     assert (row["structure_from"], row["structure_method"]) == (str(source.resolve()), "global")
     assert abs(float(row["macs_ratio"]) - float(before["macs_ratio"])) < 1e-3  # only the classifier is smaller
     spec, src = (json.loads((d / "channels.json").read_text()) for d in (out, source))

@@ -237,7 +237,7 @@ def test_kd_fine_tunes_with_distillation(
 
     monkeypatch.setattr(lcp.training.train, "finetune", spy)
     outs = {}
-    for name, extra in (("plain", ()), ("kd", ("--kd",))):
+    for name, extra in (("plain", ("--no-kd",)), ("kd", ())):  # distillation is on by default
         outs[name] = tmp_path / name
         res = lcp_cli(*tiny_args(tiny_folder, resnet20_ckpt, outs[name], "--lr", "0.05", *extra, finetune=1))
         assert res.code == 0, res.err
