@@ -65,7 +65,8 @@ COLUMNS = [
 
 
 def read_recipe(path: str | Path) -> dict:
-    """The recipe: ``model``, ``cut`` (an ``lcp prune --finetune-epochs 0`` folder), ``variants`` (name ->
+    """The recipe: ``model``, ``cut`` (an ``lcp prune --finetune-epochs 0`` folder; ``cut_command``: how it was
+    made, for the page), ``variants`` (name ->
     lr / kd / epochs), ``seeds``, ``out``; optional ``data``, ``checkpoint`` (as for ``lcp prune``), ``threads``,
     ``batch_size``, ``recal_batches``, ``holdout``."""
     try:
@@ -164,7 +165,7 @@ def run(cfg: dict, only: list[str] | None, nets: list[str], log=print) -> pd.Dat
     macs_ratio = lcp.count_macs(pruned, torch.zeros(1, *loaded.input_size)) / lcp.count_macs(
         original, torch.zeros(1, *loaded.input_size)
     )
-    host = f"{platform.node()} {torch.get_num_threads()} threads"
+    host = f"{platform.node()} ({cfg['threads']} thread{'s' if cfg['threads'] != 1 else ''})"
     with torch_threads(cfg["threads"]):
         for name, net, seed in todo:
             v = cfg["variants"][name]
@@ -218,7 +219,11 @@ def report(recipes: list[Path], md: Path) -> str:
         "recalibration on 20 train batches, SGD Nesterov (momentum 0.9, weight decay 5e-4), cosine to 0, batch "
         "128, random crop and flip; `kd`: distillation from the unpruned network, loss 0.1 CE + 0.9 T^2 KL at "
         "T = 4 (the ceiling from a frozen copy of itself). A default is chosen on the held-out split (5,000 "
-        "training images never trained on); the test split is reported.",
+        "training images the pruning and fine-tuning never train on); the test split is reported. Caveat: the "
+        "shared checkpoints were trained on the whole train split, these 5,000 images included "
+        "(`../shared/weights/README.md`), so held-out accuracy is inflated and favours recipes that move the "
+        "weights less (a lower learning rate); compare recipes on it only where the test split agrees in sign "
+        "or the gap is large.",
         "",
     ]
     for recipe in recipes:
@@ -250,8 +255,9 @@ def report(recipes: list[Path], md: Path) -> str:
         parts += [
             f"## {cfg['model']} at {ratio.iloc[0]:.3f} of the MACs",
             "",
-            f"Cut: `{cfg['cut']}`; machine: {df['host'].iloc[0]} ({', '.join(sorted(set(df['date'])))}); "
-            "fine-tuning seconds are wall time on a shared machine, not a speed measurement.",
+            f"Cut: `{cfg.get('cut_command') or cfg['cut']}`; machine: {df['host'].iloc[0]} "
+            f"({', '.join(sorted(set(df['date'])))}); fine-tuning seconds are wall time on a shared machine (other "
+            "rows and jobs ran at the same time), not a speed measurement.",
             "",
             "| recipe | lr | kd | epochs | seeds | pruned, BN recal | pruned held-out | pruned test | "
             "ceiling held-out | ceiling test | gap to ceiling (test) | fine-tuning s |",
