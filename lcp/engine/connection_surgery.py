@@ -15,7 +15,7 @@ import torch.fx as fx
 from torch import nn
 
 from lcp.engine.cost import count_macs, count_params
-from lcp.engine.graph import trace
+from lcp.engine.graph import retrace
 from lcp.engine.layers import LAYERS, prune_norm, select_positions, set_param
 from lcp.engine.surgery import Verification, input_mask_hook, output_tensors
 from lcp.engine.types import LayerKind
@@ -59,17 +59,7 @@ def apply_connections(cg: ConnectionGraph, keep: np.ndarray) -> fx.GraphModule:
     recs = cg.graph.records
     model = copy.deepcopy(cg.graph.model)
     was_training = model.training
-    model.eval()
-    try:
-        gm = trace(model, cg.graph.rules)
-    finally:
-        model.train(was_training)
-    for name, m in model.named_modules():  # GraphModule keeps only called submodules: bring back the rest
-        if name:
-            try:
-                gm.get_submodule(name)
-            except AttributeError:
-                gm.add_submodule(name, m)
+    gm = retrace(model, cg.graph.rules)
     nodes = {n.name: n for n in gm.graph.nodes}
     by_target = {n.target: n for n in gm.graph.nodes if n.op == "call_module"}
     for ci, c in enumerate(cg.consumers):

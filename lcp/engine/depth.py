@@ -28,7 +28,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from lcp.engine.graph import ChannelGraph, LcpTracer
+from lcp.engine.graph import ChannelGraph, retrace
 from lcp.engine.types import LayerKind
 from lcp.errors import LcpError
 
@@ -213,20 +213,7 @@ def _find_units(graph: ChannelGraph) -> dict[int, DepthUnit]:
 def remove_branches(model: nn.Module, consumers: dict[str, int], rules, channel_dims: dict[str, int]) -> fx.GraphModule:
     """Re-trace ``model`` (already cut in width) and replace each consumer named in ``consumers`` (name -> kept
     outputs) by :class:`ZeroInput` fed with its branch's stream; what only fed it is dropped."""
-    was_training = model.training
-    model.eval()
-    try:
-        tracer = LcpTracer(rules)
-        graph = tracer.trace(model)
-    finally:
-        model.train(was_training)
-    gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
-    for name, m in model.named_modules():  # GraphModule keeps only called submodules: bring back the rest
-        if name:
-            try:
-                gm.get_submodule(name)
-            except AttributeError:
-                gm.add_submodule(name, m)
+    gm = retrace(model, rules)
     nodes = {n.target: n for n in gm.graph.nodes if n.op == "call_module"}
     for name, n_out in consumers.items():
         node = nodes[name]
@@ -253,7 +240,6 @@ def remove_branches(model: nn.Module, consumers: dict[str, int], rules, channel_
     for name in sorted(gone, key=lambda n: -n.count(".")):  # only what died with a branch; other uncalled
         _delete_submodule(gm, name)  # submodules (and their parameters) stay, as in every cut
     gm.recompile()
-    gm.train(was_training)
     return gm
 
 

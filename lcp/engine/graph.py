@@ -38,6 +38,7 @@ __all__ = [
     "Unit",
     "build_graph",
     "floor_keep",
+    "retrace",
     "trace",
 ]  # the data types live in lcp.engine.types
 
@@ -196,6 +197,26 @@ def trace(model: nn.Module, rules: RuleTable = RULES) -> fx.GraphModule:
             "timm.layers.register_notrace_module)"
         ) from None
     return fx.GraphModule(tracer.root, graph, type(model).__name__)
+
+
+def retrace(model: nn.Module, rules: RuleTable = RULES) -> fx.GraphModule:
+    """:func:`trace` in eval mode (``self.training`` branches fixed to inference; the model's mode is kept),
+    keeping every submodule, called or not: a GraphModule keeps only those forward calls, and surgery must not
+    lose the others (or their parameters). Surgery rewrites the result's graph and recompiles it."""
+    was_training = model.training
+    model.eval()
+    try:
+        gm = trace(model, rules)
+    finally:
+        model.train(was_training)
+    for name, m in model.named_modules():
+        if name:
+            try:
+                gm.get_submodule(name)
+            except AttributeError:
+                gm.add_submodule(name, m)
+    gm.train(was_training)
+    return gm
 
 
 def _no_match(flag: str, pattern: str, names: Sequence[str], model: str) -> str:

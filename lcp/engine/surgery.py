@@ -13,7 +13,7 @@ import torch.fx as fx
 from torch import nn
 
 from lcp.engine.depth import depth_units, empty_groups, remove_branches
-from lcp.engine.graph import ChannelGraph, LcpTracer
+from lcp.engine.graph import ChannelGraph, retrace
 from lcp.engine.layers import LAYERS, Rewrite
 from lcp.engine.rules import RULES, RuleTable
 from lcp.errors import LcpError
@@ -63,12 +63,8 @@ def _patch_graph(
     """Re-trace the pruned model and rewrite constant split sizes and channel slice bounds."""
     # traced in eval mode, like the channel graph: `self.training` branches in forward code (functional
     # dropout, drop-path) are fixed to their eval behaviour in the rewritten graph
-    was_training = model.training
-    model.eval()
-    tracer = LcpTracer(rules)
-    graph = tracer.trace(model)
-    model.train(was_training)
-    nodes = {n.name: n for n in graph.nodes}
+    gm = retrace(model, rules)
+    nodes = {n.name: n for n in gm.graph.nodes}
     for name, (pos, new) in slices.items():
         node = nodes.get(name)
         if node is None:
@@ -87,16 +83,7 @@ def _patch_graph(
             args = list(node.args)
             args[1] = sizes
             node.args = tuple(args)
-    gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
-    # GraphModule keeps only the submodules forward calls: bring back the others (and their parameters)
-    for name, m in model.named_modules():
-        if name:
-            try:
-                gm.get_submodule(name)
-            except AttributeError:
-                gm.add_submodule(name, m)
     gm.recompile()
-    gm.train(was_training)
     return gm
 
 
