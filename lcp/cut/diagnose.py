@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from lcp.cut.pruner import prune_graph
+from lcp.engine.depth import depth_units
 from lcp.engine.graph import ChannelGraph, build_graph
 from lcp.errors import LcpError, UnreachableBudget
 
@@ -59,6 +60,8 @@ class CheckReport:
     max_rel_error: float | None = None
     lowest_ratio: float | None = None  # set when the budget is out of reach
     suggestion: list[str] = field(default_factory=list)  # --ignore patterns that made a failing model prune
+    depth_units: int = 0  # residual branches --depth may remove (lcp.engine.depth)
+    depth_error: str = ""  # why they could not be found (an lcp bug; the width check is unaffected)
     seconds: float = 0.0
 
     @property
@@ -102,6 +105,11 @@ class CheckReport:
                 f"in {self.groups} groups; the other {self.units - self.prunable} are the model's input or "
                 f"output channels or frozen by the ops below"
             )
+        if self.depth_error:
+            out.append(f"  depth: not analysed ({self.depth_error}); please report it")
+        elif self.depth_units:
+            n = self.depth_units
+            out.append(f"  depth: {n} residual branch{'es' * (n != 1)} can also be removed whole (--depth)")
         if self.frozen:
             n = len(self.frozen)
             out.append(f"  frozen by {n} op{'s' * (n != 1)} (their channels are kept whole):")
@@ -184,6 +192,10 @@ def check(
         graph = build_graph(model, example_inputs, ignore=ignore, strict=False)  # its suggestions add "name.*"
         rep.units, rep.prunable, rep.groups = len(graph.units), len(graph.prunable_units), len(graph.groups)
         rep.frozen = frozen_ops(graph)
+        try:
+            rep.depth_units = len(depth_units(graph))
+        except Exception as e:  # reported, not fatal: depth is an option on top of the width cut
+            rep.depth_error = describe_exception(e)
         _try_prune(graph, model, example_inputs, budget, rep)
     except UnreachableBudget as e:
         rep.status, rep.reason, rep.lowest_ratio = "refused", str(e), e.lowest

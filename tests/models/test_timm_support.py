@@ -362,6 +362,7 @@ def test_check_ok_exit_0():
     assert code == 0, err
     assert out.startswith("resnet18: OK, pruned to ")
     assert "verified: masked equivalence" in out and "prunable:" in out
+    assert "depth: 8 residual branches can also be removed whole (--depth)" in out  # timm's BasicBlocks
 
 
 def test_check_refused_exit_2_with_reason():
