@@ -17,6 +17,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry
 
 from lcp.engine.graph import ChannelGraph
 from lcp.engine.layers import LAYERS
@@ -27,26 +29,42 @@ from lcp.errors import LcpError
 def count_macs(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor]) -> int:
     """Multiply-accumulates of one forward pass, per sample of the batch (see module docstring).
 
-    Counted by ``torch.utils.flop_counter.FlopCounterMode`` (its FLOPs / 2), in eval mode without gradients and
-    with the fused multi-head-attention fast path off (torch does not count that kernel): every convolution,
-    transposed convolution and matrix product, whether a module or a functional call carries its weight
-    (``F.linear`` in attention blocks, ``scaled_dot_product_attention``, ``matmul`` / ``bmm`` of activations).
+    Counted with the formulas of ``torch.utils.flop_counter`` (FLOPs / 2, what ``FlopCounterMode`` reports; a
+    lean dispatch mode without its per-module bookkeeping, several times faster), in eval mode without
+    gradients and with the fused multi-head-attention fast path off (torch does not count that kernel): every
+    convolution, transposed convolution and matrix product, whether a module or a functional call carries its
+    weight (``F.linear`` in attention blocks, ``scaled_dot_product_attention``, ``matmul`` / ``bmm``).
     """
-    from torch.utils.flop_counter import FlopCounterMode
-
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
     batch = int(example_inputs[0].shape[0]) if example_inputs[0].dim() > 0 else 1
     was_training = model.training
     fastpath = _mha_fastpath(None)
     model.eval()
+    counter = _FlopCount()
     try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        with torch.no_grad(), counter:
             model(*example_inputs)
     finally:
         model.train(was_training)
         _mha_fastpath(fastpath)
-    return int(counter.get_total_flops()) // 2 // batch
+    return int(counter.flops) // 2 // batch
+
+
+class _FlopCount(TorchDispatchMode):
+    """Sums torch's registered FLOP formulas over the ops a forward pass dispatches."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.flops = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001 - torch's protocol
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        formula = flop_registry.get(func._overloadpacket)
+        if formula is not None:
+            self.flops += int(formula(*args, **kwargs, out_val=out))
+        return out
 
 
 def _mha_fastpath(enabled: bool | None) -> bool | None:
