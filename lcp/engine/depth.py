@@ -21,6 +21,7 @@ once the walk reaches its highest remaining score, so blocks and channels compet
 from __future__ import annotations
 
 import operator
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -166,6 +167,7 @@ def allow_depth(graph: ChannelGraph, allow: bool = True) -> int:
 def _find_units(graph: ChannelGraph) -> dict[int, DepthUnit]:
     gm = graph.gm
     modules = dict(graph.model.named_modules())
+    calls = Counter(n.target for n in gm.graph.nodes if n.op == "call_module")
     by_target = {n.target: n for n in gm.graph.nodes if n.op == "call_module"}
     records = graph.records
     out: dict[int, DepthUnit] = {}
@@ -185,7 +187,7 @@ def _find_units(graph: ChannelGraph) -> dict[int, DepthUnit]:
             continue
         cname = records[ci].name
         cnode = by_target.get(cname)
-        if cnode is None or len([n for n in gm.graph.nodes if n.op == "call_module" and n.target == cname]) != 1:
+        if cnode is None or calls[cname] != 1:  # a module called twice is shared, not a branch's
             continue
         found = find_residual_add(cnode)
         if found is None:

@@ -27,8 +27,9 @@ def apply_plan(graph: ChannelGraph, removed: np.ndarray) -> nn.Module:
     """
     pruned = copy.deepcopy(graph.model)
     job = Rewrite(pruned, dict(pruned.named_modules()))
-    units = depth_units(graph) if empty_groups(graph, removed) else {}
-    emptied = [units[g] for g in empty_groups(graph, removed) if g in units]
+    empty = empty_groups(graph, removed)
+    units = depth_units(graph) if empty else {}
+    emptied = [units[g] for g in empty if g in units]
     skip = {name for d in emptied for name in (d.consumer, *d.dying)}  # replaced or deleted with their branch
     for ri, rec in enumerate(graph.records):
         if rec.name in skip:
