@@ -14,11 +14,11 @@ recipe's ``search:`` section: ``search_preset``, legr for the recipes written be
 prune's default) and reused for every budget (learn once, prune many; ``search_s`` is that one search's time,
 the sensitivity measurement included, repeated on its lcp rows). The lcp-family cuts use
 ``lcp.cut.pruner.prune_graph``. ``lfgcl`` / ``amc`` learn keep ratios per group with lcp's DDPG agent
-(the method's ``learn``, the recipe's ``agents:`` episodes) once per (method, seed) at the smallest budget
-(or ``search.search_budget``) and cut every budget with them. ``ads`` / ``lwp`` (DenseNets) search the dense
-connections per (budget, seed) with ``controllers.run_connection_prune`` (search, verified cut, MACs and params
-from the connection cost model as in its ``report.csv``), then the saved network is reloaded (``lcp.load``) and
-treated like every other row. Searches score candidates on the held-out split only. ``torch_pruning`` is
+(the method's ``learn``, the recipe's ``agents:`` episodes) once per (method, seed, budget), or once per (method,
+seed) at ``search.search_budget`` when the recipe sets it, and cut with them. ``ads`` / ``lwp`` (DenseNets) search
+the dense connections per (budget, seed) with ``controllers.run_connection_prune`` (search, verified cut, MACs and
+params from the connection cost model as in its ``report.csv``), then the saved network is reloaded (``lcp.load``)
+and treated like every other row. Searches score candidates on the held-out split only. ``torch_pruning`` is
 Torch-Pruning's global magnitude pruner (``tp.pruner.MagnitudePruner``, ``MagnitudeImportance(p=2)``,
 ``global_pruning=True``, classifier ignored) with its channel ``pruning_ratio`` bisected until ``lcp.count_macs``
 of the result is at or just under the same MACs target; a network it breaks, or any exception, gives an error
@@ -72,6 +72,7 @@ from lcp.io import atomic_path, atomic_write_json
 from lcp.methods import Context, get_method
 from lcp.methods.connections import CONNECTION_METHODS
 from lcp.methods.ddpg import AGENT_METHODS
+from lcp.methods.options import episodes_for
 from lcp.models import store
 from lcp.report import REPORT_COLUMNS
 from lcp.run.config import PruneConfig
@@ -137,7 +138,8 @@ SEARCH_DEFAULTS: dict[str, Any] = {
     "recal_batches": 4,
     "eval_images": 1000,
 }
-#: ``lcp prune``'s defaults: ``episodes`` for every search method, ``warmup_episodes`` for lfgcl / amc.
+#: ``lcp prune``'s defaults: ``episodes`` for every search method (None: each method's own,
+#: ``lcp.methods.options.DEFAULT_EPISODES``), ``warmup_episodes`` for lfgcl / amc.
 AGENT_DEFAULTS: dict[str, Any] = {"episodes": PruneConfig.episodes, "warmup_episodes": PruneConfig.warmup_episodes}
 TP_DEFAULTS: dict[str, Any] = {"p": 2, "max_steps": 20, "tolerance": 0.01}
 _NESTED = {"search": SEARCH_DEFAULTS, "agents": AGENT_DEFAULTS, "torch_pruning": TP_DEFAULTS}
@@ -342,6 +344,7 @@ def signature(cfg: dict, method: str | None = None) -> str:
         sig["search"] = {k: v for k, v in sig["search"].items() if not (k in _ADDED_SEARCH and v == _ADDED_SEARCH[k])}
     if method in AGENT_KEYS:
         sig["agents"] = {k: cfg["agents"][k] for k in AGENT_KEYS[method]}
+        sig["agents"]["episodes"] = episodes_for(method, sig["agents"]["episodes"])
     text = json.dumps(sig, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
@@ -781,13 +784,13 @@ class Bench:
         self.searches["lcp", seed] = (tf, float(info["search_s"]))
         return self.searches["lcp", seed]
 
-    def ratios_for(self, method: str, seed: int) -> tuple[Any, float]:
-        """Keep ratios per group learned by the ``method`` agent (lfgcl / amc) at the search budget, with
-        the method's ``learn``: once per seed, used for every budget."""
-        if (method, seed) in self.searches:
-            return self.searches[method, seed]
+    def ratios_for(self, method: str, seed: int, budget: float) -> tuple[Any, float]:
+        """Keep ratios per group learned by the ``method`` agent (lfgcl / amc) at ``budget`` (or at the
+        recipe's ``search.search_budget``, then once per seed for every budget), with the method's ``learn``."""
+        sb = float(self.cfg["search"]["search_budget"] or budget)
+        if (method, seed, sb) in self.searches:
+            return self.searches[method, seed, sb]
 
-        sb = float(self.cfg["search"]["search_budget"] or min(self.cfg["budgets"]))
         folder = self.work / f"{method}-{signature(self.cfg, method)}-seed{seed}-at{sb:g}"
         pc = prune_config(
             self.cfg, method=method, seed=seed, budget=sb, out=str(folder), resume=True, progress=self.progress
@@ -798,9 +801,9 @@ class Bench:
             ratios = get_method(method).learn(self.context(pc, folder)).ratios
             return {"ratios": [float(r) for r in ratios], "search_budget": sb}
 
-        info = self._searched(folder, f"seed {seed}: {method}", run)
-        self.searches[method, seed] = (np.asarray(info["ratios"], dtype=np.float64), float(info["search_s"]))
-        return self.searches[method, seed]
+        info = self._searched(folder, f"seed {seed}: {method} at {sb:g}", run)
+        self.searches[method, seed, sb] = (np.asarray(info["ratios"], dtype=np.float64), float(info["search_s"]))
+        return self.searches[method, seed, sb]
 
     def context(self, pc: PruneConfig, folder: Path) -> Context:
         """The method context of one search: this bench's graph and data, ``pc``'s options, ``folder``."""
@@ -891,7 +894,7 @@ class Bench:
         if method == "lcp":
             tf, search_s = self.transforms_for(seed)
         elif method in AGENT_METHODS:
-            ratios, search_s = self.ratios_for(method, seed)
+            ratios, search_s = self.ratios_for(method, seed, budget)
         batches = None
         if cfg["importance"] == "taylor":
             batches = self.bundle.loader("train", 64, shuffle=True, seed=seed, limit=1024)

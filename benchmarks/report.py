@@ -48,6 +48,10 @@ COLOURS = {
 #: lcp's agent and connection methods (``lcp.methods.ddpg.AGENT_METHODS``,
 #: ``lcp.methods.connections.CONNECTION_METHODS``; this script imports no torch).
 AGENT_METHODS, CONNECTION_METHODS = ("lfgcl", "amc"), ("ads", "lwp")
+#: ``lcp prune``'s agent episodes (``--episodes``, ``--warmup-episodes``), used where a recipe sets none
+AGENT_DEFAULTS = {"episodes": None, "warmup_episodes": 50}
+#: each method's episodes when neither the recipe nor ``--episodes`` sets them (``lcp.methods.options``)
+DEFAULT_EPISODES = {"lfgcl": 200, "amc": 200, "ads": 30, "lwp": 30}
 
 #: What each method of compare.py is (the tables below say which ran, with their settings).
 METHODS_TEXT = (
@@ -329,21 +333,24 @@ def setup_text(df: pd.DataFrame, meta: dict) -> str:
             "checkpoints are under-trained and any fine-tuning also improves them. `drop vs ceiling` is the ceiling's "
             "fine-tuned top-1 minus the row's."
         )
-    agents = cfg.get("agents") or {}
-    episodes = agents.get("episodes", 30)
+    agents = {**AGENT_DEFAULTS, **(cfg.get("agents") or {})}
     found = [m for m in AGENT_METHODS if m in set(df["method"])]
     if found:
-        sb = s.get("search_budget") or min(df["budget"])
+        episodes = agents["episodes"] or DEFAULT_EPISODES[found[0]]
+        sb = s.get("search_budget")
+        where = f"once per seed at budget {_num(sb, 2)}, cut at every budget" if sb else "searched per budget and seed"
         lines.append(
             f"- **{', '.join(found)}:** the DDPG agent of `lcp prune --method lfgcl|amc` (docs/agents.md): one keep "
-            f"ratio per channel group, {_plural(episodes, 'episode')} ({agents.get('warmup_episodes', 10)} "
-            f"warm-up) at budget {_num(sb, 2)}, once per seed, cut at every budget with the highest-scored channels "
-            f"of each group; reward on held-out images after BN recalibration: minus the KL divergence to the "
-            f"unpruned network's outputs (lfgcl, label-free) or minus the cross-entropy (amc); its time is the "
-            f"`search` column."
+            f"ratio per channel group, {_plural(episodes, 'episode')} (the uniform cut and, for residual networks, "
+            f"the uniform cut with the streams whole first, then {agents['warmup_episodes']} warm-up episodes "
+            f"around the better of them), {where}, with the highest-scored channels of each group; reward on 256 "
+            f"held-out images after BN recalibration: minus the KL divergence to the unpruned network's outputs "
+            f"(lfgcl, label-free) or minus the cross-entropy (amc); the 5 best episodes and the starting cuts are "
+            f"re-scored on 1,000 held-out images; its time is the `search` column."
         )
     found = [m for m in CONNECTION_METHODS if m in set(df["method"])]
     if found:
+        episodes = agents["episodes"] or DEFAULT_EPISODES[found[0]]
         lines.append(
             f"- **{', '.join(found)}:** DenseNet connection pruning of `lcp prune --method ads|lwp` "
             f"(docs/connections.md): an LSTM controller trained with REINFORCE keeps or drops every dense "

@@ -177,6 +177,7 @@ def plot_search(
     *,
     key: str = "fitness",
     maximize: bool = True,
+    xlabel: str = "candidate",
 ) -> None:
     """Plot fitness per candidate (dots) and the best so far (line) as PNG.
 
@@ -194,9 +195,9 @@ def plot_search(
         best.append(y if not best else (max if maximize else min)(best[-1], y))
     fig = _new_figure(8.0, 4.5)
     ax = fig.add_subplot()
-    ax.scatter(xs, ys, s=10, alpha=0.6, color="#1f77b4", label="candidate")
+    ax.scatter(xs, ys, s=10, alpha=0.6, color="#1f77b4", label=xlabel)
     ax.step(xs, best, where="post", color="#d62728", linewidth=1.5, label="best so far")
-    ax.set_xlabel("candidate")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(key)
     ax.set_title(title, loc="left")
     ax.grid(alpha=0.3)

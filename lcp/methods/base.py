@@ -97,12 +97,14 @@ class Context:
 class Learned:
     """What a method learned once, for every budget it cuts to.
 
-    ``transforms``: per-group (alpha, kappa) of the ranking; ``ratios``: per-group keep ratios; ``keep``: dense
-    connections kept (bool per connection); ``removed``: channel units to remove (bool per unit); ``columns``:
-    report columns and channels.json keys that describe it; ``seconds``: how long learning took."""
+    ``transforms``: per-group (alpha, kappa) of the ranking; ``ratios``: per-group keep ratios
+    (``ratios_by_budget``: those learned at each budget); ``keep``: dense connections kept (bool per connection);
+    ``removed``: channel units to remove (bool per unit); ``columns``: report columns and channels.json keys that
+    describe it; ``seconds``: how long learning took."""
 
     transforms: Transforms | None = None
     ratios: np.ndarray | None = None
+    ratios_by_budget: dict[float, np.ndarray] | None = None
     keep: np.ndarray | None = None
     removed: np.ndarray | None = None
     columns: dict[str, Any] = field(default_factory=dict)

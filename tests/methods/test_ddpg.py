@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 
 import numpy as np
@@ -14,6 +15,7 @@ from lcp.engine.graph import floor_keep
 from lcp.errors import LcpError
 from lcp.methods.ddpg import AgentConfig, Env, RatioCost, quadratic_toy, run_agent, search_ratios
 from lcp.methods.legr import make_fitness
+from lcp.methods.legr.prior import stream_groups
 from tests.helpers import assert_one_line_error, lcp_cli, random_bundle, tiny_graph
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -105,7 +107,51 @@ def test_walls_keep_the_budget_reachable(tiny):
         assert env.rc(ratios) == pytest.approx(env.target, rel=1e-6)  # the walls end exactly on the budget
 
 
+def test_uniform_start_is_on_the_budget_and_keeps_whole_groups(tiny):
+    graph, cost, _ = tiny
+    env = Env(graph, cost, budget=0.5, budget_type="macs", min_ratio=0.1)
+    streams = stream_groups(graph)
+    assert streams.any() and not streams.all()  # ResNet-8: the stage streams, and the inner convs
+    plain, kept = env.uniform(), env.uniform(streams)
+    assert env.rc(plain) == pytest.approx(env.target, rel=1e-6) and np.ptp(plain) == 0
+    assert env.rc(kept) == pytest.approx(env.target, rel=1e-6)
+    assert np.all(kept[streams] == 1.0) and np.ptp(kept[~streams]) == 0 and kept[~streams][0] < plain[0]
+    assert Env(graph, cost, budget=0.05, budget_type="macs", min_ratio=0.1).uniform(streams) is None
+    env.keep_whole(streams)
+    ratios = np.ones(env.n)
+    for t in range(env.n):  # a group kept whole has no choice left
+        lo, hi = env.bounds(t, ratios)
+        assert (lo == hi == 1.0) if streams[t] else lo - 1e-6 <= kept[t] <= hi + 1e-6
+        ratios[t] = hi if streams[t] else kept[t]
+
+
 # ------------------------------------------------------------------------------------------------------ agent
+
+
+def test_agent_starts_from_the_uniform_cuts_and_never_ends_below_them(tiny):
+    """The first episodes are the uniform cut and the uniform cut with the streams whole; the better decides
+    which groups the agent may cut; the result is re-scored and at least as good as both starts."""
+    graph, cost, scores = tiny
+    kw = {"budget": 0.5, "label_free": True, "recal_batches": 1, "batch_size": 32}
+    bundle = random_bundle(labeled=False)
+    cheap = make_fitness(graph, cost, scores, bundle, eval_images=16, **kw)
+    final = make_fitness(graph, cost, scores, bundle, eval_images=64, **kw)
+    res = search_ratios(
+        graph, cost, scores, cheap, budget=0.5, cfg=AgentConfig(episodes=6, warmup=2), progress=False, final=final
+    )
+    assert [h["phase"] for h in res.history] == ["uniform", "uniform streams whole", *["warm-up"] * 2, "agent", "agent"]
+    env = Env(graph, cost, budget=0.5, budget_type="macs", min_ratio=0.1)
+    streams = stream_groups(graph)
+    starts = {1: env.uniform(), 2: env.uniform(streams)}
+    best_start = max((1, 2), key=lambda e: res.history[e - 1]["reward"])
+    if best_start == 2:  # the streams stayed whole in every later episode
+        assert all(h["ratio_max"] == 1.0 for h in res.history[2:])
+    rescored = {e["episode"]: e["reward"] for e in res.top}
+    assert set(starts) <= set(rescored) and res.best_reward == max(rescored.values())
+    for ep, ratios in starts.items():
+        p = plan_ratios(graph, cost, scores, ratios, budget=0.5)
+        assert rescored[ep] == pytest.approx(-final.for_removed(p.removed))
+    assert res.best_reward >= max(rescored[1], rescored[2])
 
 
 def test_agent_on_real_fitness_meets_budget(tiny):
@@ -308,9 +354,19 @@ def test_cli_amc_on_labelled_folder(tiny_folder, resnet20_ckpt, tmp_path):
         )
         == 0
     )
-    for b in ("0.7", "0.5"):
+    for b in ("0.7", "0.5"):  # one search per budget, each cut with the ratios learned at its budget
         report = next(csv.DictReader(open(out / f"budget_{b}" / "report.csv")))
         assert float(report["macs_ratio"]) <= float(b)
+        rows = list(csv.DictReader(open(out / f"agent_{b}.csv")))
+        assert [r["phase"] for r in rows] == ["uniform", "uniform streams whole"]
+        assert float(rows[0]["cost"]) == pytest.approx(float(b), rel=1e-6)
+    learned = json.loads((out / "ratios.json").read_text())["budgets"]
+    assert [e["budget"] for e in learned] == [0.5, 0.7]
+    for e in learned:
+        layers = list(csv.DictReader(open(out / f"budget_{e['budget']:g}" / "layers.csv")))
+        ratio = {r["group"]: float(r["agent_ratio"]) for r in layers if r.get("agent_ratio")}
+        assert ratio
+        assert all(ratio[g["group"]] == pytest.approx(g["ratio"], abs=1e-4) for g in e["groups"] if g["group"] in ratio)
     latency = lcp_cli(
         "prune",
         "--model",

@@ -21,7 +21,7 @@ ROOT = REPO
 COMPARE = ROOT / "benchmarks" / "compare.py"
 REPORT = ROOT / "benchmarks" / "report.py"
 METHODS = ["lcp", "global", "uniform", "random", "lfgcl", "amc", "torch_pruning"]
-SEARCHED = {"lcp", "lfgcl", "amc"}  # one search per seed, reused for both budgets
+SEARCHED = {"lcp", "lfgcl", "amc"}  # lcp: one search per seed for both budgets; the agents: one per budget
 BUDGETS = [0.5, 0.3]
 
 
@@ -102,14 +102,19 @@ def test_quick_writes_a_row_per_method_budget_and_seed(quick):
         assert 0 <= r["top1_pruned_noft"] <= 100 and 0 <= r["top1_pruned"] <= 100
         assert r["finetune_steps"] >= 1 and r["finetune_s"] > 0
         assert r["latency_pruned_ms"] > 0 and r["latency64_pruned_ms"] > 0 and r["speedup64"] > 0
-    # learn once, prune many: one search (lcp) or agent (lfgcl, amc) serves both rows; the other methods have none
-    for m in SEARCHED:
-        rows = ours[ours["method"] == m]
-        assert rows["search_s"].nunique() == 1 and rows["search_s"].iloc[0] > 0, m
+    # learn once, prune many: one lcp search serves both rows; the agents search at each budget; the other
+    # methods have none
+    lcp_rows = ours[ours["method"] == "lcp"]
+    assert lcp_rows["search_s"].nunique() == 1 and lcp_rows["search_s"].iloc[0] > 0
+    assert (ours.loc[ours["method"].isin(SEARCHED), "search_s"] > 0).all()
     assert (ours.loc[~ours["method"].isin(SEARCHED), "search_s"] == 0).all()
-    agents = {f.parent.name.split("-")[0]: f for f in (out.parents[1] / "work").glob("*/*/agent.csv")}
-    assert sorted(agents) == ["amc", "lfgcl"]  # the quick section's episodes, lcp's own agent (its agent.csv)
-    assert all(len(pd.read_csv(f)) == 3 for f in agents.values())
+    agents = {
+        f"{f.parent.name.split('-')[0]}@{f.parent.name.rsplit('-at', 1)[1]}": f
+        for f in (out.parents[1] / "work").glob("*/*/agent.csv")
+    }
+    assert sorted(agents) == ["amc@0.3", "amc@0.5", "lfgcl@0.3", "lfgcl@0.5"]  # lcp's own agent (its agent.csv)
+    for f in agents.values():  # the quick section's 3 episodes: the two uniform starting cuts, one warm-up
+        assert pd.read_csv(f)["phase"].tolist() == ["uniform", "uniform streams whole", "warm-up"]
     # the identical recipe: the same baseline and the same fine-tuning length in every row
     assert df["top1_base"].nunique() == 1 and ours["finetune_steps"].nunique() == 1
     tp = df[df["method"] == "torch_pruning"]
@@ -159,11 +164,21 @@ def test_report_on_the_quick_csv(quick, tmp_path: Path):
     assert "| method | budget | seeds | MACs ratio |" in text
     for m in METHODS[:6]:
         assert f"| `{m}` | 0.5 |" in text and f"| `{m}` | 0.3 |" in text
-    assert "**lfgcl, amc:**" in text and "3 episodes (2 warm-up)" in text
+    assert "**lfgcl, amc:**" in text and "3 episodes (the uniform cut" in text and "2 warm-up episodes" in text
     assert "torch_pruning" in text
     assert "compare.py --recipe" in text and "report.py --csv" in text  # the exact commands
     assert "fine-tuning for **0.5 epochs**" in text
     assert "93.9" in text and "AMC 92.8" in text and "## Published numbers" in text
+
+
+def test_report_knows_lcp_prunes_agent_defaults():
+    """report.py imports no torch, so it mirrors lcp prune's agent episodes; they must agree."""
+    from lcp.methods.options import DEFAULT_EPISODES
+    from lcp.run.config import PruneConfig
+
+    report = _module(REPORT, "bench_report")
+    assert report.DEFAULT_EPISODES == DEFAULT_EPISODES
+    assert report.AGENT_DEFAULTS == {"episodes": PruneConfig.episodes, "warmup_episodes": PruneConfig.warmup_episodes}
 
 
 def test_signatures_keep_the_written_rows_valid():
@@ -174,8 +189,13 @@ def test_signatures_keep_the_written_rows_valid():
         df = pd.read_csv(ROOT / "benchmarks" / "results" / f"compare_{name}.csv")
         cfg = compare.settings_from(compare.parse_args(["--recipe", str(ROOT / "recipes" / f"bench_{name}.yaml")]))
         assert [compare.signature(cfg, m) for m in df["method"]] == df["config"].tolist(), name
-    # ResNet-56: lfgcl and amc were added to the recipe after its other rows; all rows, old and new, are valid
-    assert {"lfgcl", "amc"} <= set(cfg["methods"]) & set(df["method"])
+    # ResNet-56 with 3 epochs: uniform, random, lfgcl and amc were added to the recipe after its other rows
+    rec = pd.read_csv(ROOT / "benchmarks" / "results" / "compare_recovery_resnet56.csv")
+    rcfg = compare.settings_from(
+        compare.parse_args(["--recipe", str(ROOT / "recipes" / "bench_recovery_resnet56.yaml")])
+    )
+    assert [compare.signature(rcfg, m) for m in rec["method"]] == rec["config"].tolist()
+    assert {"lfgcl", "amc", "uniform", "random"} <= set(rcfg["methods"])
     sig = {m: compare.signature(cfg, m) for m in compare.METHODS}
 
     def changed(section: str, key: str, value) -> set[str]:

@@ -17,6 +17,7 @@ from lcp.errors import LcpError
 from lcp.io import PathLike, atomic_write_text
 from lcp.methods.base import Context, Learned, Method, register_method
 from lcp.methods.connections.controller import ControllerConfig, search_connections
+from lcp.methods.options import episodes_for
 from lcp.training.data import DataBundle
 from lcp.training.train import recalibrate_bn
 
@@ -184,10 +185,10 @@ class _ConnectionMethod(Method):
         o = ctx.options
         cg = connection_graph(ctx)
         budget = o.all_budgets()[0]
-        ccfg = ControllerConfig(episodes=o.episodes)
+        ccfg = ControllerConfig(episodes=episodes_for(self.name, o.episodes))
         reward = "held-out top-1" if self.name == "ads" else f"held-out top-1 + {ccfg.lwp_lambda:g} (1 - cost ratio)"
         ctx.log(
-            f"searching connections: {self.name} controller, {o.episodes} episodes at {budget:g} of "
+            f"searching connections: {self.name} controller, {ccfg.episodes} episodes at {budget:g} of "
             f"{o.budget_type}, reward {reward}"
         )
         ev = HeldOut.from_bundle(cg, ctx.need_data(self.name), seed=o.seed, device=o.device)

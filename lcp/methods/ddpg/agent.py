@@ -6,7 +6,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -179,8 +179,14 @@ def run_agent(
     resume: bool = False,
     progress: bool = True,
     settings: dict | None = None,
+    starts: Sequence[tuple[str, np.ndarray, np.ndarray]] = (),
 ) -> AgentResult:
     """Run ``cfg.episodes`` episodes; ``reward_of(ratios)`` scores one episode's ratios (higher is better).
+
+    ``starts``: (label, ratios, whole) starting profiles, evaluated first, one episode each (e.g. the uniform
+    cut, so the agent can never end below it). The best of them decides the action space (its ``whole``
+    groups stay at 1 from then on) and centres the warm-up: actions drawn from a truncated normal
+    (``cfg.warmup_sigma``) around its ratios instead of U(0, 1).
 
     The state is saved atomically to ``state_path`` after every episode; ``resume`` continues from it and ends
     with the same ratios as an uninterrupted run (an interrupted episode is re-run).
@@ -231,35 +237,65 @@ def run_agent(
         total=cfg.episodes, initial=len(history), desc="agent", disable=not progress, dynamic_ncols=True, leave=False
     )
     worst = min((h["reward"] for h in history), default=0.0)
+    n_starts = len(starts)
+    center: np.ndarray | None = None
+    whole = np.zeros(n, dtype=bool)
+
+    def choose_start() -> tuple[np.ndarray, np.ndarray]:
+        """The best starting profile (by its episode's reward): its whole groups leave the action space, its
+        ratios centre the warm-up."""
+        i = int(np.argmax([h["reward"] for h in history[:n_starts]]))
+        env.keep_whole(starts[i][2])
+        return np.asarray(starts[i][1], dtype=np.float64), np.asarray(starts[i][2], dtype=bool)
+
+    if n_starts and len(history) >= n_starts:
+        center, whole = choose_start()
     try:
         for episode in range(len(history), cfg.episodes):
             t0 = time.perf_counter()
-            sigma = cfg.sigma * cfg.sigma_decay ** max(0, episode - cfg.warmup)
+            start = starts[episode] if episode < n_starts else None
+            learning = episode >= n_starts + cfg.warmup
+            sigma = cfg.sigma * cfg.sigma_decay ** max(0, episode - n_starts - cfg.warmup)
             ratios = np.ones(n)
             states, actions, walls = [], [], []
             for t in range(n):
                 s = env.state(t, ratios)
-                if episode < cfg.warmup:
-                    a = float(rng.uniform(0.0, 1.0))
+                bounds = env.bounds(t, ratios)
+                if start is not None:
+                    a = float(start[1][t])
+                elif whole[t]:  # out of the action space: no transition
+                    ratios[t] = 1.0
+                    continue
+                elif not learning:
+                    a = (
+                        float(rng.uniform(0.0, 1.0))
+                        if center is None
+                        else _truncated_normal(rng, float(center[t]), cfg.warmup_sigma)
+                    )
                 else:
                     a = _truncated_normal(rng, agent.act(s), sigma)
-                walls.append(env.bounds(t, ratios))
-                ratios[t] = float(np.clip(a, *walls[t]))
+                ratios[t] = float(np.clip(a, *bounds))
                 states.append(s)
+                walls.append(bounds)
                 actions.append(float(ratios[t]))  # the action applied (after the walls) is what Q learns
             reward = float(reward_of(ratios.copy()))
             if not math.isfinite(reward):  # a failed evaluation: below the worst reward seen
                 log.warning("episode %d: evaluation failed, reward set below the worst so far", episode)
                 reward = worst - 1.0
             worst = min(worst, reward)
-            for t in range(n):
-                s2 = states[t + 1] if t + 1 < n else states[t]
-                agent.remember(states[t], actions[t], reward, s2, t == n - 1, walls[t])
-            if episode >= cfg.warmup or cfg.critic_warmup:
-                for _ in range(n):  # AMC: one update per transition of the episode
-                    agent.update(rng, actor=episode >= cfg.warmup)
+            for i in range(len(states)):
+                s2 = states[i + 1] if i + 1 < len(states) else states[i]
+                agent.remember(states[i], actions[i], reward, s2, i == len(states) - 1, walls[i])
+            if agent.size and (learning or cfg.critic_warmup):
+                for _ in range(len(states)):  # AMC: one update per transition of the episode
+                    agent.update(rng, actor=learning)
             if reward > best["reward"]:
-                best = {"reward": reward, "ratios": ratios.tolist(), "episode": episode + 1}
+                best = {**best, "reward": reward, "ratios": ratios.tolist(), "episode": episode + 1}
+            top = sorted(
+                [*best.get("top", []), {"reward": reward, "ratios": ratios.tolist(), "episode": episode + 1}],
+                key=lambda e: -e["reward"],
+            )
+            best["top"] = top[: cfg.top]
             history.append(
                 {
                     "episode": episode + 1,
@@ -269,13 +305,17 @@ def run_agent(
                     "ratio_min": float(ratios.min()),
                     "ratio_max": float(ratios.max()),
                     "cost": env.rc(ratios) / env.rc.base,
-                    "sigma": sigma if episode >= cfg.warmup else None,
+                    "sigma": sigma if learning else None,
                     "seconds": time.perf_counter() - t0,
+                    "phase": start[0] if start is not None else "agent" if learning else "warm-up",
                 }
             )
+            if n_starts and episode + 1 == n_starts:
+                center, whole = choose_start()
             save()
             bar.set_postfix(best=f"{best['reward']:.4f}", refresh=False)
             bar.update(1)
     finally:
         bar.close()
-    return AgentResult(np.asarray(best["ratios"], dtype=np.float64), float(best["reward"]), history)
+    top = [{**e, "ratios": np.asarray(e["ratios"], dtype=np.float64)} for e in best.get("top", [])]
+    return AgentResult(np.asarray(best["ratios"], dtype=np.float64), float(best["reward"]), history, top)

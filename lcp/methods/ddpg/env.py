@@ -23,8 +23,10 @@ N_FEATURES = 8
 class AgentConfig:
     """DDPG hyperparameters (AMC's published values unless docs/agents.md says otherwise)."""
 
-    episodes: int = 30  # episodes in all, warm-up included (about 5 min on ResNet-56, 2 busy cores)
-    warmup: int = 10  # random-action episodes before the actor learns (AMC: 100 of 400-800)
+    episodes: int = 200  # episodes in all, the starting profiles and the warm-up included
+    warmup: int = 50  # random-action episodes before the actor learns (AMC: 100 of 400-800)
+    warmup_sigma: float = 0.2  # warm-up actions: truncated normal around the best starting profile (if any)
+    top: int = 5  # the best episodes kept for re-scoring (``search_ratios``' final fitness)
     hidden: int = 300
     lr_actor: float = 1e-4
     lr_critic: float = 1e-3
@@ -42,8 +44,8 @@ class AgentConfig:
     def check(self) -> None:
         if self.episodes < 1 or self.warmup < 0 or self.hidden < 1 or self.batch_size < 1:
             raise LcpError("episodes must be at least 1, warm-up episodes 0 or more")
-        if not (0 <= self.discount <= 1) or self.wall_weight < 0:
-            raise LcpError("discount must be in [0, 1] and wall_weight >= 0")
+        if not (0 <= self.discount <= 1) or self.wall_weight < 0 or self.warmup_sigma <= 0 or self.top < 1:
+            raise LcpError("discount must be in [0, 1], wall_weight >= 0, warmup_sigma > 0 and top >= 1")
 
 
 @dataclass
@@ -53,6 +55,8 @@ class AgentResult:
     ratios: np.ndarray
     best_reward: float
     history: list[dict] = field(default_factory=list)
+    #: the best episodes, best first: ``{"reward", "ratios", "episode"}`` (at most ``AgentConfig.top``)
+    top: list[dict] = field(default_factory=list)
 
 
 # ------------------------------------------------------------------------------------------------- environment
@@ -100,7 +104,8 @@ class Env:
         self.rc = RatioCost(graph, cost, budget_type)
         self.target = budget * self.rc.base
         size = np.array([len(g.units) for g in graph.groups], dtype=np.float64)
-        self.low = graph.floors(min_ratio) / size  # graph floors (and caps) as ratios
+        self.floor = graph.floors(min_ratio) / size  # graph floors (and caps) as ratios
+        self.low = self.floor.copy()  # the floors the walls use: 1 for the groups kept whole
         ones = np.ones(self.n)
         self.share = (
             np.array([self.rc.base - self.rc(np.where(np.arange(self.n) == g, 0.0, ones)) for g in range(self.n)])
@@ -124,6 +129,26 @@ class Env:
         self.static = np.where(span > 0, (static - static.min(0)) / np.where(span > 0, span, 1.0), 0.0)
         self.rest = np.array([self.share[t + 1 :].sum() for t in range(self.n)])
         self.rest = self.rest / max(self.share.sum(), 1e-12)
+
+    def keep_whole(self, whole: np.ndarray) -> None:
+        """Take the groups of mask ``whole`` out of the action space: their walls become [1, 1]."""
+        self.low = np.where(whole, 1.0, self.floor)
+
+    @property
+    def whole(self) -> np.ndarray:
+        return self.low >= 1.0
+
+    def uniform(self, whole: np.ndarray | None = None) -> np.ndarray | None:
+        """One keep ratio for every group (the ``whole`` groups at 1, every group at least its floor) with
+        cost = budget, or None where the budget cannot be met with those groups whole."""
+        whole = np.zeros(self.n, dtype=bool) if whole is None else np.asarray(whole, dtype=bool)
+
+        def ratios(x: float) -> np.ndarray:
+            return np.where(whole, 1.0, np.clip(np.full(self.n, x), self.floor, 1.0))
+
+        if self.rc(ratios(0.0)) > self.target * (1 + 1e-9):
+            return None
+        return ratios(_bisect(lambda x: self.rc(ratios(x)) <= self.target, 0.0, 1.0, want_max=True))
 
     def state(self, t: int, ratios: np.ndarray) -> np.ndarray:
         """Features of group t: index, type, channels, kernel, cost share (min-max over groups), cost reduced

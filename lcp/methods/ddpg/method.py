@@ -16,10 +16,12 @@ episode into one safetensors file whose metadata holds the JSON state; ``resume`
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from typing import Any, ClassVar
 
 import numpy as np
 
+from lcp.cut.pruner import PruneResult
 from lcp.cut.ranking import Plan, plan_ratios
 from lcp.engine.cost import CostModel
 from lcp.engine.graph import ChannelGraph
@@ -29,6 +31,9 @@ from lcp.methods.base import Context, Learned, Method, register_method
 from lcp.methods.ddpg.agent import run_agent
 from lcp.methods.ddpg.env import AgentConfig, AgentResult, Env
 from lcp.methods.legr.fitness import Fitness, fitness_for
+from lcp.methods.legr.prior import stream_groups
+from lcp.methods.options import episodes_for
+from lcp.report import plot_search
 
 AGENT_METHODS = ("lfgcl", "amc")
 
@@ -48,11 +53,16 @@ def search_ratios(
     state_path: PathLike | None = None,
     resume: bool = False,
     progress: bool = True,
+    final: Fitness | None = None,
 ) -> AgentResult:
     """Learn per-group keep ratios at ``budget`` whose pruned network minimises ``fitness`` (reward = -fitness).
 
     ``fitness`` is a ``search.Fitness`` (``make_fitness``; ``label_free=True`` for LFGCL). Each episode's
-    ratios become a plan by :func:`ranking.plan_ratios` and are scored with ``fitness.for_removed``.
+    ratios become a plan by :func:`ranking.plan_ratios` and are scored with ``fitness.for_removed``. The first
+    episodes are the uniform cut and, where the model has residual streams, the uniform cut of every other
+    group with the streams kept whole (:func:`run_agent`'s ``starts``). ``final``: a fitness on more images
+    that re-scores the best episodes and the starts at the end (the best of many noisy scores is optimistic);
+    the result is the best by it, its reward ``-final``.
     """
     if budget_type not in ("macs", "params"):
         raise LcpError(
@@ -63,15 +73,17 @@ def search_ratios(
     cfg = cfg or AgentConfig()
     env = Env(graph, cost, budget=budget, budget_type=budget_type, min_ratio=min_ratio)
 
-    def reward_of(ratios: np.ndarray) -> float:
-        p = to_plan(ratios)
-        return -fitness.for_removed(p.removed)
-
     def to_plan(ratios: np.ndarray) -> Plan:
         return plan_ratios(
             graph, cost, scores, ratios, budget=budget, budget_type=budget_type, min_ratio=min_ratio, round_to=round_to
         )
 
+    starts = []
+    if (uniform := env.uniform()) is not None:
+        starts.append(("uniform", uniform, np.zeros(env.n, dtype=bool)))
+    streams = stream_groups(graph)
+    if streams.any() and (kept := env.uniform(streams)) is not None:
+        starts.append(("uniform streams whole", kept, streams))
     fingerprint = hashlib.sha256(np.nan_to_num(np.asarray(scores, dtype=np.float64)).tobytes()).hexdigest()[:16]
     settings = {
         "groups": [g.name for g in graph.groups],
@@ -79,27 +91,54 @@ def search_ratios(
         "budget": budget,
         "budget_type": budget_type,
         "label_free": bool(getattr(fitness, "label_free", False)),
+        "starts": [label for label, _, _ in starts],
     }
-    return run_agent(
-        env, reward_of, cfg, seed=seed, state_path=state_path, resume=resume, progress=progress, settings=settings
+    result = run_agent(
+        env,
+        lambda r: -fitness.for_removed(to_plan(r).removed),
+        cfg,
+        seed=seed,
+        state_path=state_path,
+        resume=resume,
+        progress=progress,
+        settings=settings,
+        starts=starts,
     )
+    if final is None:
+        return result
+    candidates = {e["episode"]: e["ratios"] for e in result.top}
+    for i, (_, ratios, _) in enumerate(starts):
+        candidates.setdefault(i + 1, np.asarray(ratios, dtype=np.float64))
+    rescored = [
+        {"episode": ep, "reward": -final.for_removed(to_plan(r).removed), "ratios": r} for ep, r in candidates.items()
+    ]
+    rescored.sort(key=lambda e: -e["reward"])
+    result.ratios, result.best_reward, result.top = rescored[0]["ratios"], rescored[0]["reward"], rescored
+    return result
+
+
+#: the fitness of an episode: few held-out images (hundreds of episodes must fit in minutes); the best
+#: episodes are re-scored on the search's full fitness (``make_fitness``' defaults) at the end
+EPISODE_FITNESS = {"eval_images": 256, "recal_batches": 1, "batch_size": 128}
 
 
 def write_agent_csv(history: list[dict], path: PathLike) -> None:
-    """``episode,reward,best,ratio_mean,ratio_min,ratio_max,cost,sigma,seconds`` per episode, atomically."""
-    cols = ("episode", "reward", "best", "ratio_mean", "ratio_min", "ratio_max", "cost", "sigma", "seconds")
+    """``episode,phase,reward,best,ratio_mean,ratio_min,ratio_max,cost,sigma,seconds`` per episode, atomically."""
+    cols = ("episode", "phase", "reward", "best", "ratio_mean", "ratio_min", "ratio_max", "cost", "sigma", "seconds")
     lines = [",".join(cols)]
     for h in history:
         vals = [h.get(c) for c in cols]
         lines.append(
-            ",".join("" if v is None else (str(v) if c == "episode" else f"{v:.6g}") for c, v in zip(cols, vals))
+            ",".join(
+                "" if v is None else (str(v) if c in ("episode", "phase") else f"{v:.6g}") for c, v in zip(cols, vals)
+            )
         )
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 class _AgentMethod(Method):
-    """Keep ratios per group learned by the DDPG agent at the search budget; each budget's cut keeps the
-    highest-scored units of each group by those ratios, scaled to the budget."""
+    """Keep ratios per group learned by the DDPG agent, one search per budget (or once at ``--search-budget``);
+    each budget's cut keeps the highest-scored units of each group by its ratios, scaled to the budget."""
 
     label_free: ClassVar[bool] = False
     budget_types = ("macs", "params")
@@ -117,39 +156,68 @@ class _AgentMethod(Method):
         o, graph = ctx.options, ctx.graph
         ctx.need_data(self.name)
         cost, scores = ctx.cost_and_scores()
-        budget = o.search_budget or min(o.all_budgets())
-        ctx.log(
-            f"learning keep ratios per group: {self.name} agent, {o.episodes} episodes ({o.warmup_episodes} "
-            f"warm-up) at {budget:g} of {o.budget_type}, reward "
-            f"{'-KL to the unpruned outputs' if self.label_free else '-CE'}"
-        )
-        fitness = fitness_for(ctx, budget, label_free=self.label_free)
+        budgets = [o.search_budget] if o.search_budget else sorted(set(o.all_budgets()))
         write = ctx.writer and ctx.out is not None
-        result = search_ratios(
-            graph,
-            cost,
-            scores,
-            fitness,
-            budget=budget,
-            budget_type=o.budget_type,
-            min_ratio=o.min_ratio,
-            round_to=o.round_to,
-            cfg=AgentConfig(episodes=o.episodes, warmup=o.warmup_episodes),
-            seed=o.seed,
-            state_path=ctx.out / "agent_state.safetensors" if write else None,
-            resume=o.resume,
-            progress=o.progress,
-        )
-        if write:
-            write_agent_csv(result.history, ctx.out / "agent.csv")
-            atomic_write_json(
-                ctx.out / "ratios.json",
-                {
-                    "reward": result.best_reward,
-                    "groups": [{"group": g.name, "ratio": float(r)} for g, r in zip(graph.groups, result.ratios)],
-                },
+        # lfgcl and amc draw different exploration from the same --seed (their episodes would coincide otherwise)
+        seed = int(np.random.SeedSequence([o.seed, int(self.label_free)]).generate_state(1)[0])
+        per_budget: dict[float, np.ndarray] = {}
+        episodes = episodes_for(self.name, o.episodes)
+        summary = []
+        for budget in budgets:
+            tag = "" if len(budgets) == 1 else f"_{budget:g}"
+            ctx.log(
+                f"learning keep ratios per group at {budget:g} of {o.budget_type}: {self.name} agent, "
+                f"{episodes} episodes ({o.warmup_episodes} warm-up), reward "
+                f"{'-KL to the unpruned outputs' if self.label_free else '-CE'} on "
+                f"{EPISODE_FITNESS['eval_images']} held-out images"
             )
-        return Learned(ratios=result.ratios)
+            result = search_ratios(
+                graph,
+                cost,
+                scores,
+                fitness_for(ctx, budget, label_free=self.label_free, **EPISODE_FITNESS),
+                budget=budget,
+                budget_type=o.budget_type,
+                min_ratio=o.min_ratio,
+                round_to=o.round_to,
+                cfg=AgentConfig(episodes=episodes, warmup=o.warmup_episodes),
+                seed=seed,
+                state_path=ctx.out / f"agent_state{tag}.safetensors" if write else None,
+                resume=o.resume,
+                progress=o.progress,
+                final=fitness_for(ctx, budget, label_free=self.label_free),
+            )
+            per_budget[budget] = result.ratios
+            best = result.top[0]
+            phase = result.history[best["episode"] - 1].get("phase", "") if result.history else ""
+            ctx.log(f"at {budget:g}: best episode {best['episode']} ({phase}), re-scored reward {best['reward']:.4f}")
+            summary.append(
+                {
+                    "budget": budget,
+                    "reward": result.best_reward,
+                    "episode": best["episode"],
+                    "phase": phase,
+                    "rescored": [{"episode": e["episode"], "reward": e["reward"]} for e in result.top],
+                    "groups": [{"group": g.name, "ratio": float(r)} for g, r in zip(graph.groups, result.ratios)],
+                }
+            )
+            if write:
+                write_agent_csv(result.history, ctx.out / f"agent{tag}.csv")
+                plot_search(
+                    result.history,
+                    ctx.out / f"agent{tag}.png",
+                    title=f"{self.name} at {budget:g} of {o.budget_type}: reward per episode (higher is better)",
+                    key="reward",
+                    xlabel="episode",
+                )
+        if write:
+            atomic_write_json(ctx.out / "ratios.json", summary[0] if len(summary) == 1 else {"budgets": summary})
+        return Learned(ratios=per_budget[budgets[0]], ratios_by_budget=per_budget)
+
+    def cut(self, ctx: Context, learned: Learned, budget: float) -> PruneResult:
+        """Cut with the ratios learned at ``budget`` (those of ``--search-budget`` when it was given)."""
+        ratios = (learned.ratios_by_budget or {}).get(budget, learned.ratios)
+        return super().cut(ctx, replace(learned, ratios=ratios), budget)
 
 
 @register_method
