@@ -68,7 +68,7 @@ from torch import nn
 
 import lcp
 from lcp.errors import LcpError
-from lcp.io import atomic_path, atomic_write_json
+from lcp.io import atomic_write_json, upsert_csv_row
 from lcp.methods import Context, get_method
 from lcp.methods.connections import CONNECTION_METHODS
 from lcp.methods.ddpg import AGENT_METHODS
@@ -625,22 +625,9 @@ def read_rows(path: Path) -> pd.DataFrame:
 
 
 def append_row(path: Path, row: dict) -> None:
-    """Append one row (replacing an earlier row of the same method, budget and seed, e.g. a retried error):
-    read, concatenate, write to a temporary file, replace (atomic)."""
-    old = read_rows(path)
-    if not old.empty:
-        same = (
-            (old["method"].astype(str) == row["method"])
-            & ((old["budget"] - row["budget"]).abs() < 1e-9)
-            & (old["seed"] == row["seed"])
-        )
-        old = old[~same]
-    new = pd.DataFrame([row])
-    df = new if old.empty else pd.concat([old, new], ignore_index=True)
-    first = [c for c in COLUMNS if c in df.columns]
-    df = df[first + [c for c in df.columns if c not in first]]
-    with atomic_path(path) as tmp:
-        df.to_csv(tmp, index=False)
+    """Append one row (replacing an earlier row of the same method, budget and seed, e.g. a retried error),
+    atomically."""
+    upsert_csv_row(path, row, keys=("method", "budget", "seed"), first=COLUMNS)
 
 
 COLUMNS = [

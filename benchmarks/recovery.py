@@ -35,7 +35,7 @@ from torch import nn
 
 import lcp
 from lcp.errors import LcpError
-from lcp.io import atomic_path
+from lcp.io import atomic_write_text, upsert_csv_row
 from lcp.run.config import PruneConfig
 from lcp.run.load import load_model_and_data
 from lcp.training.evaluate import evaluate, recalibrate_bn, torch_threads
@@ -94,13 +94,7 @@ def read_recipe(path: str | Path) -> dict:
 
 def append_row(path: Path, row: dict) -> None:
     """Add one row (replacing an earlier one of the same variant, net and seed) and rewrite the CSV atomically."""
-    old = pd.read_csv(path) if path.is_file() else pd.DataFrame()
-    if not old.empty:
-        old = old[~((old["variant"] == row["variant"]) & (old["net"] == row["net"]) & (old["seed"] == row["seed"]))]
-    df = pd.DataFrame([row]) if old.empty else pd.concat([old, pd.DataFrame([row])], ignore_index=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        df[COLUMNS].to_csv(tmp, index=False)
+    upsert_csv_row(path, {c: row[c] for c in COLUMNS}, keys=("variant", "net", "seed"), first=COLUMNS)
 
 
 def recover_once(net: nn.Module, teacher: nn.Module | None, bundle: Any, v: dict, seed: int, cfg: dict) -> dict:
@@ -273,8 +267,7 @@ def report(recipes: list[Path], md: Path) -> str:
         ]
     text = "\n".join(parts)
     md.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(md) as tmp:
-        tmp.write_text(text)
+    atomic_write_text(md, text)
     return text
 
 

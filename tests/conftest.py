@@ -3,7 +3,8 @@
 Helpers that test modules share (builders, the prune contract, CLI runners) are in ``tests/helpers.py``.
 
 
-* Every test session gets its own empty ``$LCP_CACHE`` (autouse), so no test writes the user's ``~/.cache``.
+* Every test session (each pytest-xdist worker) gets its own empty ``$LCP_CACHE`` (autouse), so no test writes
+  the user's ``~/.cache``; under xdist each worker runs one torch thread.
   ``$LCP_DATA`` and ``$LCP_WEIGHTS`` are left as the environment has them. Report timings are short (autouse).
 * ``one_thread`` (one torch thread) and ``hub_offline``: for modules with ``pytest.mark.usefixtures``.
 * ``tiny_folder``: ``train/`` and ``test/`` with 3 classes of 32x32 RGB images (PNG and JPEG) whose dominant
@@ -39,6 +40,19 @@ def _isolated_lcp_cache(tmp_path_factory: pytest.TempPathFactory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("LCP_CACHE", str(cache))
         yield cache
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread_per_worker():
+    """Under pytest-xdist (the README's ``-n auto``) the workers share the cores: one torch thread each, as two
+    threads per process on a busy 2-core machine make small models several times slower."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        n = torch.get_num_threads()
+        torch.set_num_threads(1)
+        yield
+        torch.set_num_threads(n)
+    else:
+        yield
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -143,3 +143,30 @@ def test_method_choices_and_docs_come_from_the_registry(capsys: pytest.CaptureFi
     assert page == (Path(__file__).resolve().parents[1] / "docs" / "methods.md").read_text()
     assert all(f"`--method {n}`" in page for n in lcp.method_names())
     lcp.register_method(DeepCut)  # the fixture unregisters it
+
+
+def test_rules_of_an_optional_package_load_when_it_is_imported(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``RuleTable.when_imported``: the rules of a package lcp does not import (timm) are registered at the first
+    lookup after the package is imported, and a rule registered later still takes precedence."""
+    import sys
+    import types
+
+    from lcp.engine.rules import RuleTable
+
+    class Gate(torch.nn.Module):
+        pass
+
+    table, calls = RuleTable(), []
+
+    def register(t: RuleTable) -> None:
+        calls.append(1)
+        t.module(Gate, lambda *a: "optional")
+
+    table.when_imported("lcp_test_optional_pkg", register)
+    assert table.module_rule(Gate()) is None and calls == []
+    monkeypatch.setitem(sys.modules, "lcp_test_optional_pkg", types.ModuleType("lcp_test_optional_pkg"))
+    assert table.module_rule(Gate())(None) == "optional" and calls == [1]
+    table.module(Gate, lambda *a: "user")
+    assert table.module_rule(Gate())(None) == "user" and calls == [1]  # registered once; the later rule wins
+    table.remove_module(Gate)
+    assert table.module_rule(Gate())(None) == "optional"

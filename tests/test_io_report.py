@@ -23,6 +23,7 @@ from lcp.io import (
     load_tensors,
     read_json,
     save_tensors,
+    upsert_csv_row,
 )
 from lcp.report import REPORT_COLUMNS, plot_search, plot_widths, print_table, write_layers_csv, write_report
 from lcp.run.folder import RunLock, prepare_out_dir
@@ -78,6 +79,22 @@ def test_atomic_path_replaces_on_success(tmp_path: Path) -> None:
         tmp.write_text("new")
     assert target.read_text() == "new"
     assert _names(tmp_path) == ["t.txt"]
+
+
+def test_upsert_csv_row_replaces_the_same_keys_and_orders_columns(tmp_path: Path) -> None:
+    target = tmp_path / "sub" / "rows.csv"
+    upsert_csv_row(target, {"x": 1, "method": "lcp", "budget": 0.5, "seed": 0}, keys=("method", "budget", "seed"))
+    upsert_csv_row(target, {"x": 2, "method": "lcp", "budget": 0.3, "seed": 0}, keys=("method", "budget", "seed"))
+    upsert_csv_row(
+        target,
+        {"x": 3, "method": "lcp", "budget": 0.5 + 1e-12, "seed": 0, "new": "y"},
+        keys=("method", "budget", "seed"),
+        first=("method", "budget"),
+    )
+    df = pd.read_csv(target)
+    assert list(df.columns) == ["method", "budget", "x", "seed", "new"]
+    assert sorted(zip(df["budget"].round(6), df["x"])) == [(0.3, 2), (0.5, 3)]  # the 0.5 row replaced, not added
+    assert _names(target.parent) == ["rows.csv"]
 
 
 def test_atomic_write_under_a_file_is_lcp_error(tmp_path: Path) -> None:

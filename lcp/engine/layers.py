@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lcp.engine.rules import STD_CONVS
+from lcp.engine.rules import is_std_conv
 from lcp.engine.types import LayerKind, Record
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -184,13 +184,13 @@ class ConvHandler(LayerHandler):
         return rec.spatial * rec.kernel * in_pg * n_out, params
 
     def folded_params(self, m: nn.Module | None) -> int:
-        if type(m) not in STD_CONVS:
+        if not is_std_conv(m):
             return 0
         return sum(p.numel() for n, p in m.named_parameters(recurse=False) if n not in ("weight", "bias"))
 
     def prune(self, job: Rewrite, rec: Record, keep_out: np.ndarray | None, keep_in: np.ndarray | None) -> None:
         m = job.modules[rec.name]
-        if type(m) in STD_CONVS:  # always, so a pruned network's params do not depend on which inputs went
+        if is_std_conv(m):  # always, so a pruned network's params do not depend on which inputs went
             m = fold_weight_standardization(m)
             job.replace(rec.name, m)
         prune_conv(m, rec.mode, keep_out, keep_in)

@@ -6,6 +6,7 @@ Every user-facing failure becomes one :class:`~lcp.errors.LcpError` line.
 from __future__ import annotations
 
 import difflib
+import inspect
 import os
 import pickle
 import re
@@ -16,7 +17,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
-import torchvision
 from torch import nn
 
 from lcp.errors import LcpError
@@ -47,7 +47,12 @@ class ModelInfo:
 
 
 def _tv_names() -> list[str]:
-    return torchvision.models.list_models(module=torchvision.models)
+    import torchvision  # lazily: with torch._dynamo it adds seconds to every start
+    import torchvision.models.detection
+    import torchvision.models.segmentation
+
+    tv = torchvision.models
+    return [n for m in (tv, tv.detection, tv.segmentation) for n in tv.list_models(module=m)]
 
 
 def resolve_name(name: str) -> tuple[str, str]:
@@ -131,7 +136,14 @@ def _zoo_pretrained(name: str) -> Path:
 
 def _create_torchvision(canonical: str, pretrained: bool, **kwargs: Any) -> nn.Module:
     """torchvision model; pretrained weights are loaded except tensors whose shape changed (a new head)."""
+    import torchvision
+
     arch = canonical[len(TV_PREFIX) :]
+    if (
+        not pretrained
+        and "weights_backbone" in inspect.signature(torchvision.models.get_model_builder(arch)).parameters
+    ):
+        kwargs.setdefault("weights_backbone", None)  # detectors and segmenters would download their backbone's
     model = torchvision.models.get_model(arch, **kwargs)
     if pretrained:
         weights = torchvision.models.get_model_weights(arch).DEFAULT
@@ -151,6 +163,8 @@ def model_info(name: str) -> ModelInfo:
         e = ZOO[canonical]
         return ModelInfo(canonical, source, e.input_size, e.mean, e.std, "bilinear", 1.0, e.dataset)
     if source == "torchvision":
+        import torchvision
+
         weights = torchvision.models.get_model_weights(canonical[len(TV_PREFIX) :]).DEFAULT
         kw = getattr(weights.transforms, "keywords", {})  # a functools.partial of ImageClassification
         crop, resize = kw.get("crop_size", 224), kw.get("resize_size", 256)

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import nn
 
 from lcp.engine.rules import pad_channels_rule, register_module_rule
@@ -125,6 +124,8 @@ def resnet110(num_classes: int = 10) -> CifarResNet:
 
 def mobilenetv2(num_classes: int = 10) -> nn.Module:
     """torchvision MobileNetV2 with a stride-1 stem, for 32x32 inputs (keeps torchvision's state-dict keys)."""
+    import torchvision  # lazily, like in factory.py
+
     model = torchvision.models.mobilenet_v2(num_classes=num_classes)
     model.features[0][0].stride = (1, 1)
     return model

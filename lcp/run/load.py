@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import timm.data
 from torch import nn
 
 from lcp.errors import LcpError
@@ -100,6 +99,8 @@ def _checkpoint_classes(name: str, checkpoint: str) -> int | None:
 
 def timm_eval_transform(info: Any, size: tuple[int, ...]) -> Any:
     """timm's eval transform from the model's pretrained_cfg (interpolation, crop_pct, mean, std) at ``size``."""
+    import timm.data  # lazily: timm adds seconds to every start and zoo models do not need it
+
     return timm.data.create_transform(
         input_size=size,
         interpolation=info.interpolation,

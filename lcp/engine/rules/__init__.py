@@ -11,9 +11,9 @@
 from lcp.engine.rules import elementwise as _elementwise  # noqa: F401  (registers its rules)
 from lcp.engine.rules import shapes as _shapes  # noqa: F401  (registers its rules, after elementwise)
 from lcp.engine.rules.modules import (
-    STD_CONVS,
     conv_rule,
     is_elementwise_module,
+    is_std_conv,
     linear_rule,
     norm_rule,
     pad_channels_rule,
@@ -44,9 +44,9 @@ __all__ = [
     "ModuleRule",
     "Propagator",
     "RuleTable",
-    "STD_CONVS",
     "conv_rule",
     "is_elementwise_module",
+    "is_std_conv",
     "leaf_types",
     "linear_rule",
     "meta_shapes",

@@ -6,7 +6,9 @@ the bottom of this file.
 
 from __future__ import annotations
 
+import functools
 import math
+import sys
 from typing import Any
 
 import numpy as np
@@ -62,11 +64,7 @@ _SPATIAL_MODULES: tuple[type, ...] = (
 _BATCHNORMS: tuple[type, ...] = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
-def _optional(path: str, names: list[str]) -> tuple[type, ...]:
-    try:
-        mod = __import__(path, fromlist=names)
-    except Exception:
-        return ()
+def _types(mod: Any, names: list[str]) -> tuple[type, ...]:
     return tuple(getattr(mod, n) for n in names if hasattr(mod, n))
 
 
@@ -74,9 +72,8 @@ def _timm_elementwise() -> tuple[type, ...]:
     """timm's parameter-free activation modules (elementwise by construction)."""
     out: list[type] = []
     for path in ("timm.layers.activations", "timm.layers.activations_me"):
-        try:
-            mod = __import__(path, fromlist=["x"])
-        except Exception:
+        mod = sys.modules.get(path)
+        if mod is None:
             continue
         for v in vars(mod).values():
             if isinstance(v, type) and issubclass(v, nn.Module) and v.__module__ == mod.__name__:
@@ -85,21 +82,37 @@ def _timm_elementwise() -> tuple[type, ...]:
     return tuple(t for t in out if t.__name__ not in ("PReLU",))
 
 
-_TIMM_ELEMENTWISE = _timm_elementwise()
-_TIMM_CONVS = _optional("timm.layers", ["Conv2dSame"])
-_TIMM_BN_ACT = _optional("timm.layers", ["BatchNormAct2d", "SyncBatchNormAct", "FrozenBatchNormAct2d"])
-_FROZEN_BNS = _optional("timm.layers", ["FrozenBatchNorm2d"]) + _optional("torchvision.ops", ["FrozenBatchNorm2d"])
-_TIMM_LINEAR = _optional("timm.layers", ["Linear"])
-_TIMM_POOLS = _optional("timm.layers", ["MaxPool2dSame", "AvgPool2dSame"])
-#: convs that standardize each filter over its inputs (BiT, NFNet); see ``layers.fold_weight_standardization``
-STD_CONVS = _optional("timm.layers", ["StdConv2d", "StdConv2dSame", "ScaledStdConv2d", "ScaledStdConv2dSame"])
-_TIMM_GROUP_NORMS = _optional("timm.layers", ["GroupNorm", "GroupNormAct", "GroupNorm1", "GroupNorm1Act"])
+@functools.cache
+def _timm() -> dict[str, tuple[type, ...]]:
+    """timm's layer types by role; only called once ``timm.layers`` is imported (see ``RuleTable.when_imported``)."""
+    layers = sys.modules["timm.layers"]
+    return {
+        "elementwise": _timm_elementwise(),
+        "convs": _types(layers, ["Conv2dSame"]),
+        "bn_act": _types(layers, ["BatchNormAct2d", "SyncBatchNormAct", "FrozenBatchNormAct2d", "FrozenBatchNorm2d"]),
+        "linear": _types(layers, ["Linear"]),
+        "pools": _types(layers, ["MaxPool2dSame", "AvgPool2dSame"]),
+        # convs that standardize each filter over its inputs (BiT, NFNet); see ``layers.fold_weight_standardization``
+        "std_convs": _types(layers, ["StdConv2d", "StdConv2dSame", "ScaledStdConv2d", "ScaledStdConv2dSame"]),
+        "group_norms": _types(layers, ["GroupNorm", "GroupNormAct", "GroupNorm1", "GroupNorm1Act"]),
+    }
+
+
+def _timm_types(role: str) -> tuple[type, ...]:
+    return _timm()[role] if "timm.layers" in sys.modules else ()
+
+
+def is_std_conv(m: nn.Module | None) -> bool:
+    """Whether ``m`` is a weight-standardized conv (timm's StdConv2d family: surgery folds it into a plain conv)."""
+    return type(m) in _timm_types("std_convs")
+
+
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 def is_elementwise_module(m: nn.Module) -> bool:
     """Whether ``m`` acts on every element alone (activations, dropout, identity)."""
-    if type(m) in _ELEMENTWISE_MODULES or type(m) in _TIMM_ELEMENTWISE:
+    if type(m) in _ELEMENTWISE_MODULES or type(m) in _timm_types("elementwise"):
         return True
     if isinstance(m, nn.PReLU):
         return m.num_parameters == 1
@@ -263,15 +276,32 @@ def pad_channels_rule(prop: Propagator, node: fx.Node, m: nn.Module, x: Any) -> 
 # (removing an input changes every filter's statistics), but they are modelled: surgery folds the standardization
 # into a plain conv first. ``leaf=False``: torch.nn built-ins are leaves anyway; timm's activations are traced.
 
-RULES.module(_CONVS + _TIMM_CONVS + STD_CONVS, conv_rule, exact=True)
+RULES.module(_CONVS, conv_rule, exact=True)
 RULES.module((nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d), conv_transpose_rule, exact=True)
-RULES.module((nn.Linear,) + _TIMM_LINEAR, linear_rule, exact=True)
-RULES.module(_BATCHNORMS + _FROZEN_BNS + _TIMM_BN_ACT, norm_rule)
-RULES.module((nn.GroupNorm,) + _TIMM_GROUP_NORMS, group_norm_rule)
+RULES.module(nn.Linear, linear_rule, exact=True)
+RULES.module(_BATCHNORMS, norm_rule)
+RULES.module(nn.GroupNorm, group_norm_rule)
 RULES.module((nn.InstanceNorm1d, nn.InstanceNorm2d), instance_norm_rule, leaf=False)
-RULES.module(_ELEMENTWISE_MODULES + _TIMM_ELEMENTWISE, passthrough_rule, exact=True, leaf=False)
+RULES.module(_ELEMENTWISE_MODULES, passthrough_rule, exact=True, leaf=False)
 RULES.module(nn.PReLU, _elementwise, leaf=False)
 RULES.module(_SPATIAL_MODULES, passthrough_rule, leaf=False)
-RULES.module(_TIMM_POOLS, passthrough_rule)
 RULES.module(nn.Flatten, _flatten, leaf=False)
 RULES.module(nn.LayerNorm, _across_channels, leaf=False)
+
+
+def _register_timm(table: Any) -> None:
+    """timm's layers (registered once timm is imported; lcp itself does not import it)."""
+    t = _timm()
+    table.module(t["convs"] + t["std_convs"], conv_rule, exact=True)
+    table.module(t["linear"], linear_rule, exact=True)
+    table.module(t["bn_act"], norm_rule)
+    table.module(t["group_norms"], group_norm_rule)
+    table.module(t["elementwise"], passthrough_rule, exact=True, leaf=False)
+    table.module(t["pools"], passthrough_rule)
+
+
+RULES.when_imported("timm.layers", _register_timm)
+RULES.when_imported(
+    "torchvision.ops.misc",
+    lambda t: t.module(_types(sys.modules["torchvision.ops.misc"], ["FrozenBatchNorm2d"]), norm_rule),
+)

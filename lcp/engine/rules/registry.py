@@ -8,10 +8,13 @@ by the op name the propagator normalises (``torch.relu``, ``F.relu`` and ``x.rel
 
 Module rules are looked up along the module type's MRO (most specific class first); a rule registered with
 ``exact=True`` only matches that very type (a Conv2d subclass may transform its weight: it is not a conv).
+Rules for an optional package's modules (timm's) are registered once that package has been imported
+(``RuleTable.when_imported``): a model made of its modules has imported it, and lcp does not pay its import.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -49,12 +52,27 @@ class RuleTable:
         self.functions: dict[str, FunctionRule] = {}
         self._shadowed_modules: dict[type, list[ModuleEntry]] = {}
         self._shadowed_functions: dict[str, list[FunctionRule]] = {}
+        self._deferred: list[tuple[str, Callable[[RuleTable], None]]] = []
 
     # ------------------------------------------------------------------ registration
+    def when_imported(self, module_name: str, register: Callable[[RuleTable], None]) -> None:
+        """Call ``register(self)`` once ``module_name`` is in ``sys.modules`` (checked before every lookup and
+        registration, so rules registered later still take precedence over these)."""
+        self._deferred.append((module_name, register))
+        self._load_deferred()
+
+    def _load_deferred(self) -> None:
+        if self._deferred:
+            ready = [d for d in self._deferred if d[0] in sys.modules]
+            self._deferred = [d for d in self._deferred if d not in ready]
+            for _, register in ready:
+                register(self)
+
     def module(
         self, module_type: type | tuple[type, ...], rule: ModuleRule, *, exact: bool = False, leaf: bool = True
     ) -> ModuleRule:
         """Use ``rule`` for modules of ``module_type`` (a type or a tuple of types); returns ``rule``."""
+        self._load_deferred()
         for t in module_type if isinstance(module_type, tuple) else (module_type,):
             if not (isinstance(t, type) and issubclass(t, nn.Module)):
                 raise TypeError(f"a module rule needs an nn.Module subclass, got {t!r}")
@@ -97,6 +115,7 @@ class RuleTable:
     def _chain(self) -> list[RuleTable]:
         tables, t = [], self
         while t is not None:
+            t._load_deferred()
             tables.append(t)
             t = t.parent
         return tables

@@ -259,13 +259,13 @@ def run_agent(
             ratios = np.ones(n)
             states, actions, walls = [], [], []
             for t in range(n):
+                if start is None and whole[t]:  # out of the action space: no transition
+                    ratios[t] = 1.0
+                    continue
                 s = env.state(t, ratios)
                 bounds = env.bounds(t, ratios)
                 if start is not None:
                     a = float(start[1][t])
-                elif whole[t]:  # out of the action space: no transition
-                    ratios[t] = 1.0
-                    continue
                 elif not learning:
                     a = (
                         float(rng.uniform(0.0, 1.0))

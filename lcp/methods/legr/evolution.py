@@ -225,7 +225,8 @@ def _key_of(
     return lambda z: key(transforms_from_vector(graph, decode(z)))
 
 
-def _resolve_optimizer(name: str) -> str:
+def resolve_optimizer(name: str) -> str:
+    """The nevergrad registry name (or ``legr``) of ``name``; an unknown name is an ``LcpError``."""
     if name.lower() in OPTIMIZERS:
         return OPTIMIZERS[name.lower()]
     import nevergrad as ng
@@ -299,7 +300,7 @@ def search(
         raise LcpError(f"unknown compensation {compensation!r}; choose one of {', '.join(COMPENSATIONS)}")
     if candidates < 1 or population < 1 or tournament < 1 or workers < 1 or not 0 < mutate_frac <= 1:
         raise LcpError("candidates, population, tournament and workers must be at least 1, mutate_frac in (0, 1]")
-    name = _resolve_optimizer(optimizer)
+    name = resolve_optimizer(optimizer)
     n = len(graph.groups)
     if n == 0:
         raise LcpError("nothing to search: the model has no prunable channel groups")

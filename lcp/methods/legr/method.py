@@ -14,7 +14,7 @@ from lcp.cut.ranking import Transforms
 from lcp.errors import LcpError
 from lcp.io import atomic_write_json, read_json
 from lcp.methods.base import Context, Learned, Method, register_method
-from lcp.methods.legr.evolution import COMPENSATIONS, search
+from lcp.methods.legr.evolution import COMPENSATIONS, resolve_optimizer, search
 from lcp.methods.legr.fitness import fitness_for
 from lcp.methods.legr.outputs import write_outputs
 from lcp.methods.legr.prior import (
@@ -148,6 +148,8 @@ class LegrMethod(Method):
 
     def check(self, options: Any, budgets: list[float | None]) -> None:
         super().check(options, budgets)
+        if not options.transforms:
+            resolve_optimizer(options.optimizer)  # an unknown name is refused before any work
         if options.device != "cpu" and (options.workers > 1 or options.executor):
             raise LcpError(
                 f"the lcp search on --device {options.device} scores candidates in this process: drop --workers "
