@@ -20,6 +20,7 @@ from lcp.engine.cost import CostModel
 from lcp.engine.graph import ChannelGraph
 from lcp.errors import LcpError
 from lcp.methods.legr import Fitness, make_fitness, search, write_outputs
+from lcp.training.train import recalibrate_bn
 from tests.helpers import REPO, Recorder, random_bundle, tiny_graph
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -280,6 +281,23 @@ def test_fitness_prefers_good_networks_and_never_uses_test(tiny):
     assert res.best_fitness < value and fit(res.transforms) == res.best_fitness  # a better network, and its score
     after = graph.model.state_dict()  # the search never changes the original (weights and BatchNorm statistics)
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_fitness_is_the_plain_held_out_loss_of_the_recalibrated_cut(tiny):
+    """Channels-last and the BatchNorm folding are only faster: the score equals recalibration then cross-entropy
+    on the held-out batches in the plain (contiguous, unfolded) network."""
+    graph, cost, scores = tiny
+    fit = make_fitness(graph, cost, scores, random_bundle(), budget=0.6, recal_batches=2, eval_images=48, batch_size=32)
+    assert fit.channels_last
+    tf = Transforms.identity(graph)
+    plain = fit.prune(tf).eval()
+    with torch.no_grad():
+        recalibrate_bn(plain, [x.contiguous() for x in fit.recal], batches=len(fit.recal))
+        loss = sum(
+            float(torch.nn.functional.cross_entropy(plain(x.contiguous()), t, reduction="sum"))
+            for x, t in zip(fit.eval_x, fit.eval_target)
+        )
+    assert fit(tf) == pytest.approx(loss / fit.n_eval, rel=1e-5)
 
 
 def test_fitness_over_several_budgets_is_their_mean(tiny):

@@ -37,6 +37,17 @@ class FitnessFn(Protocol):
 # ---------------------------------------------------------------------------------------------------- fitness
 
 
+def _fold_bn(model: nn.Module) -> nn.Module:
+    """``model`` (eval, recalibrated) with every BatchNorm that follows a conv folded into it, in place: the same
+    outputs up to rounding, a third less time per held-out batch. A model torch.fx cannot trace stays as is."""
+    from torch.fx.experimental.optimization import fuse
+
+    try:
+        return fuse(model, inplace=True)
+    except Exception:
+        return model
+
+
 class Fitness:
     """``fitness(transforms) -> float``: held-out loss of the network pruned with ``transforms`` (lower is better).
 
@@ -68,7 +79,13 @@ class Fitness:
         self.budgets = tuple(float(b) for b in (budget if isinstance(budget, Sequence) else [budget]))
         self.budget, self.budget_type = self.budgets[0], budget_type
         self.device = dev = torch.device(device)  # where candidates run; the batches are moved there once
-        self.recal, self.eval_x = [x.to(dev) for x in recal], [x.to(dev) for x in eval_x]
+        # channels-last images and weights: depthwise and small convs run up to twice as fast on CPU kernels
+        self.channels_last = all(x.dim() == 4 for x in [*recal, *eval_x]) and not any(
+            p.dim() == 5 for p in graph.model.parameters()
+        )
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        self.recal = [x.to(dev).contiguous(memory_format=fmt) for x in recal]
+        self.eval_x = [x.to(dev).contiguous(memory_format=fmt) for x in eval_x]
         self.eval_target = [t.to(dev) for t in eval_target]
         self.label_free, self.tau, self.train, self.lr = label_free, tau, train, lr
         self.min_ratio, self.round_to, self.threads = min_ratio, round_to, threads
@@ -105,12 +122,16 @@ class Fitness:
 
     def score(self, model: nn.Module) -> float:
         """Held-out loss of a physically pruned network (tau SGD steps and BN recalibration first)."""
-        model = model.to(self.device)
+        model = (
+            model.to(self.device, memory_format=torch.channels_last) if self.channels_last else model.to(self.device)
+        )
         if self.tau > 0:
             self._sgd(model)
         model.eval()
-        with torch.inference_mode():
+        with torch.no_grad():
             recalibrate_bn(model, self.recal, batches=len(self.recal))
+            model = _fold_bn(model)
+        with torch.inference_mode():
             total = 0.0
             for x, target in zip(self.eval_x, self.eval_target):
                 out = model(x).float()
