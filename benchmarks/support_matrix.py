@@ -22,6 +22,13 @@ documentation page from the CSV (no models are run).
     python benchmarks/support_matrix.py --every 3              # a sample: every 3rd model of the list
     python benchmarks/support_matrix.py --models resnet18,dla34 --out /tmp/m.csv
     python benchmarks/support_matrix.py --markdown docs/support.md
+
+``--torchvision``: torchvision's classification, detection and segmentation models instead (``tv:NAME``, random
+weights, no backbone weights), into ``benchmarks/results/support_matrix_torchvision.csv``; detectors are built
+to resize their images to 128 px (``min_size``/``max_size`` where the builder takes them) and, since torch.fx
+cannot trace them whole, are pruned by their traceable parts (``lcp.cut.parts``; the ``parts`` column).
+
+    python benchmarks/support_matrix.py --torchvision
 """
 
 from __future__ import annotations
@@ -56,8 +63,10 @@ COLUMNS = [
     "frozen_ops",
     "params",
     "suggestion",
+    "parts",
 ]
 STATUSES = ("ok", "refused", "error", "timeout", "skipped")
+TV_OUT = RESULTS / "support_matrix_torchvision.csv"
 SMALL_INPUT = 64
 MAX_WORKER_RSS = 3 << 30  # a worker that grew past 3 GiB is replaced by a fresh one after its model
 
@@ -65,8 +74,14 @@ MAX_WORKER_RSS = 3 << 30  # a worker that grew past 3 GiB is replaced by a fresh
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", default="", help="comma-separated timm names (default: every CNN-like timm model)")
+    p.add_argument(
+        "--torchvision",
+        action="store_true",
+        help="torchvision's classification, detection and segmentation models (tv:NAME) instead of timm's; "
+        f"--out defaults to {TV_OUT.relative_to(ROOT)}",
+    )
     p.add_argument("--every", type=int, default=1, help="run every N-th model of the list (a sample; default 1)")
-    p.add_argument("--out", type=Path, default=RESULTS / "support_matrix.csv", help="CSV to write")
+    p.add_argument("--out", type=Path, default=None, help="CSV to write (default: results/support_matrix.csv)")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per model before it is killed (default 60)")
     p.add_argument("--workers", type=int, default=2, help="worker processes, one thread each (default 2)")
     p.add_argument("--budget", type=float, default=0.5, help="fraction of MACs kept (default 0.5)")
@@ -93,14 +108,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=RESULTS / "support_matrix_large.csv",
         help="rows of models re-run elsewhere (skipped or timed out here) that --markdown merges in",
     )
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.out is None:
+        args.out = TV_OUT if args.torchvision and not args.markdown else RESULTS / "support_matrix.csv"
+    return args
 
 
 # ---------------------------------------------------------------------------------------------- model list
 
 
+def torchvision_models() -> dict[str, str]:
+    """``tv:NAME`` -> task (classification, detection, segmentation) of every model torchvision lists."""
+    import torchvision.models.detection
+    import torchvision.models.segmentation
+
+    tv = torchvision.models
+    tasks = {"classification": tv, "detection": tv.detection, "segmentation": tv.segmentation}
+    out: dict[str, str] = {}
+    for task, module in tasks.items():
+        for n in tv.list_models(module=module):
+            out.setdefault(f"tv:{n}", task)
+    return out
+
+
 def family(name: str) -> str:
-    """timm's module of a model (resnet, efficientnet, byobnet, ...)."""
+    """timm's module of a model (resnet, efficientnet, byobnet, ...); torchvision's task of a ``tv:`` model."""
+    if name.startswith("tv:"):
+        return "torchvision " + torchvision_models().get(name, "?")
     from timm.models._registry import _model_to_module
 
     return _model_to_module.get(name, "")
@@ -166,10 +200,13 @@ def check_one(name: str, budget: float, size: int, suggest: float) -> dict[str, 
     warnings.filterwarnings("ignore")
     t0 = time.perf_counter()
     torch.manual_seed(0)
-    model = timm.create_model(name)
-    cfg = model.pretrained_cfg or {}
-    own = tuple(cfg.get("input_size", (3, 224, 224)))
-    sizes = [own] if cfg.get("fixed_input_size") else [(own[0], size, size), own]
+    if name.startswith("tv:"):
+        model, own, fixed = _torchvision_model(name)
+    else:
+        model = timm.create_model(name)
+        cfg = model.pretrained_cfg or {}
+        own, fixed = tuple(cfg.get("input_size", (3, 224, 224))), cfg.get("fixed_input_size")
+    sizes = [own] if fixed else [(own[0], size, size), own]
     for s in dict.fromkeys(sizes):
         rep = check(model, torch.randn(1, *s), budget=budget, name=name, suggest=suggest > 0, suggest_seconds=suggest)
         small_failed = rep.status != "ok" and "does not run on the example input" in rep.reason
@@ -178,6 +215,30 @@ def check_one(name: str, budget: float, size: int, suggest: float) -> dict[str, 
     row = rep.row()
     row["seconds"] = round(time.perf_counter() - t0, 2)
     return row
+
+
+def _torchvision_model(name: str) -> tuple[Any, tuple[int, ...], bool]:
+    """A torchvision model with random weights, its own input size and whether that size is fixed; detectors
+    resize their images to 128 px where their builder allows it."""
+    import inspect
+
+    import torchvision
+
+    from lcp.models.factory import create_model
+
+    builder = torchvision.models.get_model_builder(name[3:])
+    accepts = inspect.signature(builder).parameters
+    kw = (
+        {"min_size": 128, "max_size": 128}
+        if "weights_backbone" in accepts and family(name).endswith("detection")
+        else {}
+    )
+    try:
+        model = create_model(name, **kw)
+    except TypeError:  # a builder that does not pass these on
+        model = create_model(name)
+    fixed = name[3:].startswith(("vit_", "swin_", "maxvit_", "inception", "googlenet"))
+    return model, (3, 224, 224), fixed
 
 
 def _worker(conn: Any, budget: float, size: int, suggest: float) -> None:
@@ -289,6 +350,8 @@ def run(args: argparse.Namespace) -> int:
         names = []  # the models come from --out (below)
     elif args.models:
         names = [n.strip() for n in args.models.split(",") if n.strip()]
+    elif args.torchvision:
+        names = sorted(torchvision_models())
     else:
         params = cnn_models(args.workers)
         names = sorted(params)
@@ -512,6 +575,41 @@ def _summary_row(label: str, rows: list[dict]) -> str:
     return f"| {label} | {n} | " + " | ".join(cell(k) for k in STATUSES) + " |"
 
 
+def torchvision_section(rows: list[dict], meta: dict) -> list[str]:
+    """The page's section on torchvision's models (``--torchvision``), by task, every model listed."""
+    out = [
+        "## torchvision's classification, detection and segmentation models",
+        "",
+        f"`{meta.get('command', 'python benchmarks/support_matrix.py --torchvision')}` "
+        f"({meta.get('date', '?')}, {meta.get('cpus', '?')} cores, torchvision's models as `tv:NAME`, random weights, "
+        "no backbone weights): the same check as above at input 3x64x64, or 3x224x224 when a model does not run "
+        "at 64 px or has a fixed size. The detectors resize their images to 128 px where their builder allows it "
+        "(`min_size`/`max_size`; SSD and SSDlite have a fixed size). torch.fx cannot trace a detector whole (its "
+        "list of images, anchors, box decoding), so lcp prunes its traceable parts in place (`lcp.cut.parts`): "
+        "each part keeps the budget's share of its own MACs and is verified on the inputs it was called with, "
+        "and the whole pruned detector is run; the MACs ratio is that of the parts.",
+        "",
+        "| task | models | ok | refused | error | timeout |",
+        "|---|---|---|---|---|---|",
+    ]
+    by_task: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        by_task[r["family"]].append(r)
+    for task, rs in sorted(by_task.items()):
+        c = Counter(r["status"] for r in rs)
+        out.append(
+            f"| {task.replace('torchvision ', '')} | {len(rs)} | {c['ok']} | {c['refused'] or ''} | "
+            f"{c['error'] or ''} | {c['timeout'] or ''} |"
+        )
+    out += ["", "| model | task | status | MACs kept | parts pruned (detectors) or reason |", "|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (r["family"], r["model"])):
+        what = r.get("parts", "") if r["status"] == "ok" else r["reason"].replace("|", "\\|")[:200]
+        ratio = f"{float(r['macs_ratio']):.3f}" if r.get("macs_ratio") else ""
+        out.append(f"| {r['model']} | {r['family'].replace('torchvision ', '')} | {r['status']} | {ratio} | {what} |")
+    out.append("")
+    return out
+
+
 def markdown(args: argparse.Namespace) -> int:
     local = read_rows(args.out)
     if not local:
@@ -658,6 +756,9 @@ def markdown(args: argparse.Namespace) -> int:
                 reason += " (prunes with " + " ".join(f"`--ignore '{p}'`" for p in sug.split()) + ")"
             w(f"| {r['model']} | {r['status']}{' (large run)' if r.get('where') == 'large' else ''} | {reason} |")
         w("")
+    tv_rows = read_rows(TV_OUT) if TV_OUT.is_file() else []
+    if tv_rows:
+        out.extend(torchvision_section(tv_rows, json.loads(TV_OUT.with_suffix(".json").read_text())))
     w(TIMM_SECTION)
     w("## Reproduce one row")
     w("")

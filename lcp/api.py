@@ -12,10 +12,11 @@ import torch
 from torch import nn
 
 from lcp.cut.options import caps_from, check_budget
+from lcp.cut.parts import PartsResult, prune_parts
 from lcp.cut.pruner import PruneResult
 from lcp.cut.ranking import Transforms
 from lcp.engine.depth import allow_depth
-from lcp.engine.graph import build_graph
+from lcp.engine.graph import UntraceableModel, build_graph
 from lcp.errors import LcpError
 from lcp.methods import Context, Learned, get_method
 from lcp.report import REPORT_COLUMNS
@@ -52,7 +53,7 @@ def prune(
     max_removal: Mapping[str, float] | None = None,
     depth: bool = False,
     **options: Any,
-) -> PruneResult:
+) -> PruneResult | PartsResult:
     """Prune ``model`` to ``budget`` x its baseline cost; returns a ``PruneResult`` whose ``.model`` is pruned.
 
     ``budget=0.5, budget_type="macs"`` keeps 50% of the baseline MACs. ``method``: any registered method
@@ -69,6 +70,12 @@ def prune(
     ``train`` and ``test`` loaders) the pruned model goes through the same post-cut stage as ``lcp prune``
     (BatchNorm recalibration, evaluation, ``finetune_epochs`` of fine-tuning, distillation with ``kd``), and
     ``result.report`` is the one-row report as a pandas DataFrame.
+
+    A model torch.fx cannot trace whole (a torchvision detector: ``example_inputs=([image],)``) is pruned by its
+    traceable parts (``lcp.cut.parts``): each part (a backbone with its feature pyramid, a box head) keeps
+    ``budget`` of its own MACs and is verified on the inputs it was called with; the result is a
+    ``PartsResult`` whose ``.model`` is the whole model, pruned there and unchanged elsewhere. Data-free
+    methods only (``global``, ``uniform``, ``random``); recover it with your own training loop.
     """
     check_budget(budget, budget_type)
     opts = PruneConfig.from_mapping(
@@ -103,7 +110,10 @@ def prune(
             raise LcpError("pass example_inputs (e.g. torch.zeros(1, 3, 32, 32)) or data")
         size = bundle.input_size if bundle is not None else tuple(next(iter(data["train"]))[0].shape[1:])
         example_inputs = torch.zeros(1, *size)
-    graph = build_graph(model, example_inputs, ignore=opts.ignore or ())
+    try:
+        graph = build_graph(model, example_inputs, ignore=opts.ignore or ())
+    except UntraceableModel as e:
+        return _prune_parts(model, example_inputs, chosen, opts, budget, check, transforms, data, e)
     graph.limit_removal(caps_from(opts.max_removal))
     allow_depth(graph, opts.depth)
     ctx = Context(
@@ -118,6 +128,42 @@ def prune(
             result, model, bundle if bundle is not None else data, opts, budget, search_s
         )
     return result
+
+
+def _prune_parts(
+    model: nn.Module,
+    example_inputs: Any,
+    chosen: Any,
+    opts: PruneConfig,
+    budget: float,
+    check: bool,
+    transforms: Transforms | None,
+    data: Any,
+    untraced: UntraceableModel,
+) -> PartsResult:
+    """A model torch.fx cannot trace whole: its traceable parts pruned in place (``lcp.cut.parts``)."""
+    unsupported = [
+        what
+        for what, bad in (
+            (f"method {opts.method} (it learns from data on the whole model)", chosen.learns_from_data),
+            ("transforms", transforms is not None),
+            ("data (recover the returned model with your own training loop)", data is not None),
+            ("depth", opts.depth),
+            (f"a {opts.budget_type} budget", opts.budget_type == "latency"),
+            ("max_removal", bool(opts.max_removal)),
+        )
+        if bad
+    ]
+    if unsupported:
+        raise LcpError(f"{untraced}; its traceable parts can be pruned, but not with {', '.join(unsupported)}")
+    if isinstance(example_inputs, torch.Tensor):
+        example_inputs = (example_inputs,)
+
+    def cut(graph: Any, name: str) -> PruneResult:
+        ctx = Context(graph, opts, None, out=None, log=lambda msg: None, name=name, verify=check)
+        return chosen.cut(ctx, chosen.learn(ctx), budget)
+
+    return prune_parts(model, example_inputs, cut, ignore=opts.ignore or (), untraced=str(untraced))
 
 
 def _bundle(data: Any, model: nn.Module, example_inputs: Any) -> DataBundle | None:

@@ -25,9 +25,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from lcp.cut.parts import prune_parts
 from lcp.cut.pruner import prune_graph
 from lcp.engine.depth import depth_units
-from lcp.engine.graph import ChannelGraph, build_graph
+from lcp.engine.graph import ChannelGraph, UntraceableModel, build_graph
 from lcp.errors import LcpError, UnreachableBudget
 
 _LCP_DIR = str(Path(__file__).resolve().parent)
@@ -62,6 +63,7 @@ class CheckReport:
     suggestion: list[str] = field(default_factory=list)  # --ignore patterns that made a failing model prune
     depth_units: int = 0  # residual branches --depth may remove (lcp.engine.depth)
     depth_error: str = ""  # why they could not be found (an lcp bug; the width check is unaffected)
+    parts: list[str] = field(default_factory=list)  # a model that does not trace whole: the parts pruned
     seconds: float = 0.0
 
     @property
@@ -94,7 +96,15 @@ class CheckReport:
         else:
             head += f" ({self.reason})"
         out = [head]
-        if self.ok:
+        if self.parts:
+            out.append(
+                f"  does not trace whole; pruned by its traceable parts (MACs counted there): {', '.join(self.parts)}"
+            )
+            out.append(
+                f"  verified: each part's masked equivalence (max relative error {self.max_rel_error:.1e}) and "
+                "MACs/params re-count, the whole pruned model run in eval mode"
+            )
+        elif self.ok:
             out.append(
                 f"  verified: masked equivalence (max relative error {self.max_rel_error:.1e}), MACs and "
                 "params re-counted, forward and backward in train mode"
@@ -139,6 +149,7 @@ class CheckReport:
             "prunable": self.prunable,
             "frozen_ops": len(self.frozen),
             "suggestion": " ".join(self.suggestion),
+            "parts": " ".join(p.split(" (")[0] for p in self.parts),
         }
 
 
@@ -186,7 +197,10 @@ def check(
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
     example_inputs = tuple(example_inputs)
-    rep = CheckReport(model=name, status="ok", budget=budget, input_size=tuple(example_inputs[0].shape[1:]))
+    first = example_inputs[0]
+    if isinstance(first, (list, tuple)) and first:  # a detector's list of images
+        first = first[0][None]
+    rep = CheckReport(model=name, status="ok", budget=budget, input_size=tuple(first.shape[1:]))
     graph = None
     try:
         graph = build_graph(model, example_inputs, ignore=ignore, strict=False)  # its suggestions add "name.*"
@@ -197,6 +211,15 @@ def check(
         except Exception as e:  # reported, not fatal: depth is an option on top of the width cut
             rep.depth_error = describe_exception(e)
         _try_prune(graph, model, example_inputs, budget, rep)
+    except UntraceableModel as e:
+        try:
+            _check_parts(model, example_inputs, budget, ignore, rep, e)
+        except UnreachableBudget as e2:
+            rep.status, rep.reason, rep.lowest_ratio = "refused", str(e2), e2.lowest
+        except LcpError as e2:
+            rep.status, rep.reason = "refused", str(e2)
+        except Exception as e2:
+            rep.status, rep.reason = "error", describe_exception(e2)
     except UnreachableBudget as e:
         rep.status, rep.reason, rep.lowest_ratio = "refused", str(e), e.lowest
     except LcpError as e:
@@ -207,6 +230,25 @@ def check(
         rep.suggestion = suggest_ignore(model, example_inputs, graph, budget, ignore, t0 + suggest_seconds)
     rep.seconds = time.perf_counter() - t0
     return rep
+
+
+def _check_parts(
+    model: nn.Module, example_inputs: tuple, budget: float, ignore: Sequence[str], rep: CheckReport, why: Exception
+) -> None:
+    """A model that does not trace whole: prune its traceable parts (``lcp.cut.parts``) and run the result."""
+    res = prune_parts(
+        model, example_inputs, lambda g, name: prune_graph(g, budget=budget), ignore=ignore, untraced=str(why)
+    )
+    with torch.no_grad():
+        res.model.eval()(*example_inputs)
+    rep.parts = [f"{n} ({r.plan.macs_ratio:.1%} of its MACs)" for n, r in res.parts.items()]
+    rep.macs_ratio, rep.params_ratio = res.macs_ratio, res.params_ratio
+    rep.max_rel_error = max(r.verification.max_rel_error for r in res.parts.values())
+    graphs = [r.graph for r in res.parts.values()]
+    rep.units = sum(len(g.units) for g in graphs)
+    rep.prunable = sum(len(g.prunable_units) for g in graphs)
+    rep.groups = sum(len(g.groups) for g in graphs)
+    rep.frozen = [f for g in graphs for f in frozen_ops(g)]
 
 
 def _try_prune(

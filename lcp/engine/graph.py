@@ -184,6 +184,10 @@ class LcpTracer(fx.Tracer):
         return super().is_leaf_module(m, qualname)
 
 
+class UntraceableModel(LcpError):
+    """torch.fx cannot trace the model whole (``lcp.cut.parts`` may still prune its traceable parts)."""
+
+
 def trace(model: nn.Module, rules: RuleTable = RULES) -> fx.GraphModule:
     """Symbolically trace ``model``; a model that does not trace is refused with the reason."""
     tracer = LcpTracer(rules)
@@ -191,10 +195,10 @@ def trace(model: nn.Module, rules: RuleTable = RULES) -> fx.GraphModule:
         graph = tracer.trace(model)
     except Exception as e:  # fx raises many kinds; all mean "cannot see the graph"
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise LcpError(
+        raise UntraceableModel(
             f"cannot trace {type(model).__name__} with torch.fx ({type(e).__name__}: {msg}); "
-            "lcp needs a traceable model (mark untraceable submodules with "
-            "timm.layers.register_notrace_module)"
+            "lcp needs a traceable model (register a rule for the module that does not trace, "
+            "lcp.register_module_rule, so the tracer keeps it whole)"
         ) from None
     return fx.GraphModule(tracer.root, graph, type(model).__name__)
 

@@ -90,6 +90,11 @@ def save(result: Any, out_dir: str | Path, *, model_name: str | None = None, ove
     result has one, report.csv. A folder that already holds a pruned model or a run is refused unless
     ``overwrite=True``.
     """
+    if not hasattr(result, "graph"):  # a PartsResult: no channel graph of the whole model to rebuild it from
+        raise LcpError(
+            "lcp.save keeps models pruned whole; a model pruned by its traceable parts is kept in memory "
+            "(result.model): fine-tune it there and save its state_dict, or export it with torch.export"
+        )
     graph = result.graph
     name = model_name or getattr(graph.model, "lcp_name", None)
     if name is None:

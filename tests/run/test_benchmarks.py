@@ -327,6 +327,30 @@ def test_support_matrix_redo_replaces_only_the_rows_asked_for(tmp_path):
     assert (tmp_path / "m.json").is_file()
 
 
+def test_support_matrix_of_torchvision_models_prunes_a_detector_by_parts(tmp_path):
+    """``support_matrix.py --torchvision``: ``tv:`` models, a detector pruned by its traceable parts (the ``parts``
+    column), and the page's torchvision section from the rows."""
+    sm = _module(ROOT / "benchmarks" / "support_matrix.py", "support_matrix_tv_under_test")
+    out = tmp_path / "tv.csv"
+    models = "tv:mobilenet_v3_small,tv:fasterrcnn_mobilenet_v3_large_320_fpn"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "support_matrix.py"), "--torchvision", "--models", models]
+    done = subprocess.run(
+        [*cmd, "--out", str(out), "--workers", "1", "--timeout", "200"], capture_output=True, text=True, timeout=400
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = {r["model"]: r for r in sm.read_rows(out)}
+    assert rows["tv:mobilenet_v3_small"]["status"] == "ok" and rows["tv:mobilenet_v3_small"]["family"] == (
+        "torchvision classification"
+    )
+    det = rows["tv:fasterrcnn_mobilenet_v3_large_320_fpn"]
+    assert (det["status"], det["family"]) == ("ok", "torchvision detection")
+    assert det["parts"] == "backbone roi_heads.box_head"
+    assert float(det["macs_ratio"]) <= 0.5
+    page = "\n".join(sm.torchvision_section(list(rows.values()), {"command": "cmd", "date": "today"}))
+    assert "| tv:fasterrcnn_mobilenet_v3_large_320_fpn | detection | ok | " in page
+    assert "backbone roi_heads.box_head" in page
+
+
 def test_recovery_recipe_has_a_ceiling_row_and_the_fast_search(tiny_folder: Path, resnet20_ckpt: Path, tmp_path: Path):
     """The recovery recipe's quick section: one ceiling row (budget 1, the unpruned network through the same
     recovery) and lcp searched with the fast preset (a sensitivity measurement); the report shows the gap."""

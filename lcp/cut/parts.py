@@ -1,0 +1,163 @@
+"""Models torch.fx cannot trace whole (detectors): prune their traceable parts in place.
+
+A torchvision detector's ``forward`` takes a list of images and runs Python control flow (image batching,
+anchors, box decoding, non-maximum suppression) that ``torch.fx`` cannot trace. Its parts can: the backbone
+with its feature pyramid takes a tensor and returns a dict of feature maps; a box head takes the pooled regions.
+``traceable_parts`` runs the model once on the example input, records what each submodule is called with, and
+walks the module tree from the root: a submodule called with tensors only that traces and has prunable units is
+a part; one that does not trace (or takes lists, image batches, ...) is looked into, its children in turn.
+``prune_parts`` cuts every part to the budget (each part keeps ``budget`` of its own cost, so the parts
+together keep that fraction of theirs), verifies each against its masked original on the inputs it was
+called with, and puts the pruned parts into a copy of the model. What is left outside the parts (pre- and
+post-processing, heads that take lists) runs unchanged and is not counted.
+
+A part's outputs keep their channels (they are its graph's outputs), so whatever consumes them outside the
+part is untouched.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from lcp.cut.pruner import PruneResult
+from lcp.engine.cost import count_macs, count_params
+from lcp.engine.graph import ChannelGraph, UntraceableModel, build_graph
+from lcp.errors import LcpError, UnreachableBudget
+
+
+@dataclass
+class Part:
+    """A traceable submodule: its dotted name, the module, the inputs it was called with and its graph."""
+
+    name: str
+    module: nn.Module
+    inputs: tuple[torch.Tensor, ...]
+    graph: ChannelGraph
+
+
+@dataclass
+class PartsResult:
+    """The whole model with its parts pruned; ``parts``: per part name, the part's own ``PruneResult``."""
+
+    model: nn.Module
+    parts: dict[str, PruneResult]
+    macs_base: int  # the parts' MACs on the example input, before and after (the rest is not counted)
+    macs_pruned: int
+    params_base: int  # the whole model's parameters, before and after
+    params_pruned: int
+    untraced: str  # why the whole model does not trace
+    info: dict = field(default_factory=dict)
+
+    @property
+    def macs_ratio(self) -> float:
+        return self.macs_pruned / self.macs_base
+
+    @property
+    def params_ratio(self) -> float:
+        return self.params_pruned / self.params_base
+
+
+def _calls(model: nn.Module, example_inputs: tuple) -> dict[str, tuple]:
+    """What every submodule is first called with when ``model`` runs on ``example_inputs`` (eval, no grad)."""
+    seen: dict[str, tuple] = {}
+
+    def record(name: str) -> Callable[[nn.Module, tuple], None]:
+        def hook(module: nn.Module, args: tuple) -> None:  # returns None: the call's inputs stay as they are
+            seen.setdefault(name, args)
+
+        return hook
+
+    hooks = [m.register_forward_pre_hook(record(name)) for name, m in model.named_modules() if name]
+    try:
+        with torch.no_grad():
+            model(*example_inputs)
+    except Exception as e:
+        raise LcpError(f"{type(model).__name__} does not run on the example input: {type(e).__name__}: {e}") from None
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
+
+
+def traceable_parts(model: nn.Module, example_inputs: Sequence[Any], ignore: Sequence[str] = ()) -> list[Part]:
+    """The largest submodules of ``model`` that take tensors, trace and have prunable units (see module doc);
+    ``ignore``: module-name globs (relative to the whole model) whose output channels are kept."""
+    was_training = model.training
+    model.eval()
+    try:
+        calls = _calls(model, tuple(example_inputs))
+    finally:
+        model.train(was_training)
+    parts: list[Part] = []
+
+    def visit(prefix: str, module: nn.Module) -> None:
+        for child_name, child in module.named_children():
+            name = f"{prefix}.{child_name}" if prefix else child_name
+            args = calls.get(name)
+            if args is None or not any(p.requires_grad for p in child.parameters()):
+                continue  # never called, or nothing to prune in it
+            if args and all(isinstance(a, torch.Tensor) for a in args):
+                local = [g[len(name) + 1 :] for g in ignore if g.startswith(name + ".")]
+                try:
+                    graph = build_graph(child, args, ignore=local, strict=False)
+                except LcpError:
+                    graph = None
+                if graph is not None:
+                    if graph.prunable_units:
+                        parts.append(Part(name, child, tuple(args), graph))
+                    continue  # traced: its children's outputs are inside it, none is freer than the whole
+            visit(name, child)
+
+    visit("", model)
+    return parts
+
+
+def prune_parts(
+    model: nn.Module,
+    example_inputs: Sequence[Any],
+    cut: Callable[[ChannelGraph, str], PruneResult],
+    *,
+    ignore: Sequence[str] = (),
+    untraced: str = "",
+) -> PartsResult:
+    """Cut every traceable part with ``cut(graph, part_name)`` and return a copy of ``model`` holding the pruned
+    parts. A part whose budget is out of reach is refused with its name (``UnreachableBudget``)."""
+    parts = traceable_parts(model, example_inputs, ignore)
+    if not parts:
+        raise LcpError(
+            f"{type(model).__name__} does not trace whole ({untraced}) and no part of it that takes tensors "
+            "traces with prunable channels"
+        )
+    pruned_model = copy.deepcopy(model)
+    results: dict[str, PruneResult] = {}
+    macs_base = macs_pruned = 0
+    for part in parts:
+        try:
+            res = cut(part.graph, part.name)
+        except UnreachableBudget as e:
+            raise UnreachableBudget(f"part {part.name}: {e}", e.lowest) from None
+        results[part.name] = res
+        n = part.inputs[0].shape[0] if part.inputs[0].dim() else 1
+        macs_base += count_macs(part.module, part.inputs) * n
+        macs_pruned += count_macs(res.model, part.inputs) * n
+        parent_name, _, attr = part.name.rpartition(".")
+        parent = pruned_model.get_submodule(parent_name) if parent_name else pruned_model
+        setattr(parent, attr, res.model)
+    return PartsResult(
+        pruned_model.train(model.training),
+        results,
+        macs_base,
+        macs_pruned,
+        count_params(model),
+        count_params(pruned_model),
+        untraced,
+    )
+
+
+__all__ = ["Part", "PartsResult", "UntraceableModel", "prune_parts", "traceable_parts"]

@@ -1,0 +1,118 @@
+"""Models torch.fx cannot trace whole: torchvision's detectors pruned by their traceable parts (``lcp.cut.parts``),
+and a segmentation model that traces whole. Random weights, small inputs (SSDlite resizes to its fixed 320 px)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torchvision
+
+import lcp
+from lcp.cut.parts import PartsResult, traceable_parts
+from tests.helpers import lcp_cli
+
+SMALL = {"min_size": 96, "max_size": 96, "rpn_pre_nms_top_n_test": 100, "rpn_post_nms_top_n_test": 50}
+
+
+def _detector(name: str, **kw: object) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torchvision.models.get_model(name, weights=None, weights_backbone=None, num_classes=4, **kw).eval()
+
+
+def _images() -> list[torch.Tensor]:
+    return [torch.rand(3, 160, 160, generator=torch.Generator().manual_seed(1))]
+
+
+@pytest.fixture(scope="module")
+def faster_rcnn() -> tuple[torch.nn.Module, PartsResult]:
+    model = _detector("fasterrcnn_mobilenet_v3_large_320_fpn", **SMALL)
+    before = copy.deepcopy(model.state_dict())
+    result = lcp.prune(model, (_images(),), budget=0.5)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the original is untouched
+    return model, result
+
+
+def test_a_detector_is_pruned_by_its_traceable_parts_and_still_returns_boxes(faster_rcnn) -> None:
+    model, result = faster_rcnn
+    assert isinstance(result, PartsResult)
+    assert list(result.parts) == ["backbone", "roi_heads.box_head"]  # the RPN head takes a list: left whole
+    for part in result.parts.values():
+        assert part.plan.macs_ratio <= 0.5 and part.verification.max_rel_error < 1e-6
+    assert 0.45 <= result.macs_ratio <= 0.5
+    assert result.params_ratio < 0.6  # the box head's fc6 holds most of the parameters
+    assert lcp.count_params(result.model) == result.params_pruned < lcp.count_params(model)
+    with torch.no_grad():
+        (out,) = result.model(_images())
+    assert set(out) == {"boxes", "labels", "scores"} and out["boxes"].shape[1] == 4
+    assert isinstance(result.model.transform, type(model.transform))  # pre- and post-processing kept as they were
+
+
+def test_parts_are_the_largest_traceable_submodules() -> None:
+    model = _detector("ssdlite320_mobilenet_v3_large", topk_candidates=50)  # resizes to 320 px: its size is fixed
+    parts = traceable_parts(model, (_images(),))
+    assert [p.name for p in parts] == ["backbone"]  # the head takes a list of feature maps
+    result = lcp.prune(model, (_images(),), budget=0.5, budget_type="params")
+    assert result.parts["backbone"].plan.params_ratio <= 0.5
+    with torch.no_grad():
+        (out,) = result.model(_images())
+    assert out["boxes"].shape[1] == 4
+
+
+def test_a_segmentation_model_traces_whole_and_prunes() -> None:
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(
+        "lraspp_mobilenet_v3_large", weights=None, weights_backbone=None, num_classes=3
+    )
+    x = torch.rand(1, 3, 32, 32)
+    result = lcp.prune(model.eval(), x, budget=0.5)
+    assert result.plan.macs_ratio <= 0.5 and result.verification.max_rel_error < 1e-6
+    with torch.no_grad():
+        assert result.model(x)["out"].shape == (1, 3, 32, 32)
+
+
+def test_what_parts_cannot_do_is_one_line(faster_rcnn) -> None:
+    model, result = faster_rcnn
+    with pytest.raises(lcp.LcpError, match="traceable parts can be pruned, but not with method lcp"):
+        lcp.prune(model, (_images(),), budget=0.5, method="lcp")
+    with pytest.raises(lcp.LcpError, match="pruned by its traceable parts"):
+        lcp.save(result, "unused", model_name="tv:fasterrcnn_mobilenet_v3_large_320_fpn")
+
+
+def test_check_names_the_parts_it_prunes() -> None:
+    code, out, err = lcp_cli(
+        "check",
+        "--model",
+        "tv:fasterrcnn_mobilenet_v3_large_320_fpn",
+        "--num-classes",
+        "4",
+        "--input-size",
+        "3",
+        "64",
+        "64",
+    )
+    assert code == 0, err
+    assert "OK, pruned to" in out and "pruned by its traceable parts" in out
+    assert "backbone (" in out and "roi_heads.box_head (" in out
+
+
+def test_a_model_with_no_traceable_part_is_one_line() -> None:
+    class Lists(torch.nn.Module):  # takes a list, and its only layer takes a list too
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = Inner()
+
+        def forward(self, xs: list[torch.Tensor]) -> torch.Tensor:
+            return self.inner([x * 2 for x in xs])
+
+    class Inner(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3)
+
+        def forward(self, xs: list[torch.Tensor]) -> torch.Tensor:
+            return sum(self.conv(x) for x in xs)
+
+    with pytest.raises(lcp.LcpError, match="no part of it that takes tensors traces with prunable channels"):
+        lcp.prune(Lists(), ([torch.rand(1, 3, 8, 8)],), budget=0.5)
