@@ -102,6 +102,8 @@ def traceable_parts(model: nn.Module, example_inputs: Sequence[Any], ignore: Seq
             args = calls.get(name)
             if args is None or not any(p.requires_grad for p in child.parameters()):
                 continue  # never called, or nothing to prune in it
+            if any(isinstance(a, torch.Tensor) and a.numel() == 0 for a in args):
+                continue  # called on nothing (no region survived on the example input): cannot be verified
             if args and all(isinstance(a, torch.Tensor) for a in args):
                 local = [g[len(name) + 1 :] for g in ignore if g.startswith(name + ".")]
                 try:
