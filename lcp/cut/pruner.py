@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 from torch import nn
 
 from lcp.cut import importance as imp
@@ -304,6 +306,9 @@ def check_pruned(graph: ChannelGraph, p: Plan, pruned: nn.Module) -> Verificatio
             f"refusing the pruned {type(graph.model).__name__}: it does not match the masked original "
             f"({ver}); please report this model to lcp"
         )
+    untraced = train_only_modules(graph)
+    if untraced:
+        _runs_in_train_mode(graph, pruned, untraced)
     macs = count_macs(pruned, tuple(x.float() for x in graph.example_inputs))
     params = count_params(pruned)
     if macs != p.macs or params != p.params:
@@ -312,6 +317,40 @@ def check_pruned(graph: ChannelGraph, p: Plan, pruned: nn.Module) -> Verificatio
             f"the plan said {p.macs} / {p.params}; please report this model to lcp"
         )
     return ver
+
+
+def train_only_modules(graph: ChannelGraph) -> list[str]:
+    """Submodules holding parameters that the eval-mode trace never reaches (branches only training runs, such as
+    GoogLeNet's and Inception's auxiliary classifiers): what they read is unknown to the channel graph."""
+    reached = {n.target for n in graph.gm.graph.nodes if n.op == "call_module"}
+    reached |= {str(n.target).rpartition(".")[0] for n in graph.gm.graph.nodes if n.op == "get_attr"}
+
+    def covered(name: str) -> bool:
+        return any(name == r or name.startswith(r + ".") or r.startswith(name + ".") for r in reached)
+
+    return [
+        name
+        for name, m in graph.model.named_modules()
+        if name and any(v is not None for v in m._parameters.values()) and not covered(name)
+    ]
+
+
+def _runs_in_train_mode(graph: ChannelGraph, pruned: nn.Module, untraced: list[str]) -> None:
+    """Refuse a pruned network that runs in eval mode but not in train mode (a train-only branch reads channels
+    that were cut). A copy runs, on a batch of at least 2, without touching the global random state."""
+    x = tuple(torch.cat([t, t]) if t.dim() and t.shape[0] == 1 else t for t in graph.example_inputs)
+    model = copy.deepcopy(pruned).train()
+    with torch.no_grad(), torch.random.fork_rng():
+        try:
+            model(*x)
+        except Exception as e:
+            shown = ", ".join(untraced[:3]) + (f" and {len(untraced) - 3} more" if len(untraced) > 3 else "")
+            raise LcpError(
+                f"refusing the pruned {type(graph.model).__name__}: it runs in eval mode but not in train mode "
+                f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); modules only training runs "
+                f"({shown}) read channels that were cut: build the model without them (e.g. aux_logits=False) or "
+                "keep their inputs whole with --ignore"
+            ) from None
 
 
 def _frozen_list(graph: ChannelGraph) -> str:

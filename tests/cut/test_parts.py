@@ -116,3 +116,28 @@ def test_a_model_with_no_traceable_part_is_one_line() -> None:
 
     with pytest.raises(lcp.LcpError, match="no part of it that takes tensors traces with prunable channels"):
         lcp.prune(Lists(), ([torch.rand(1, 3, 8, 8)],), budget=0.5)
+
+
+def test_a_branch_only_training_runs_is_refused_not_returned_broken() -> None:
+    """GoogLeNet / Inception style: an auxiliary head called only in train mode reads a tensor whose channels the
+    eval-mode trace sees as free; the cut would break training, so it is refused with the modules named."""
+
+    class WithAux(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3), torch.nn.BatchNorm2d(16), torch.nn.ReLU())
+            self.body = torch.nn.Sequential(torch.nn.Conv2d(16, 16, 3), torch.nn.BatchNorm2d(16), torch.nn.ReLU())
+            self.aux = torch.nn.Conv2d(16, 2, 1)
+            self.head = torch.nn.Conv2d(16, 2, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = self.stem(x)
+            aux = self.aux(x) if self.training else None
+            out = self.head(self.body(x)).mean((2, 3))
+            return out + aux.mean((2, 3)) if aux is not None else out
+
+    torch.manual_seed(0)
+    with pytest.raises(lcp.LcpError, match=r"not in train mode .*modules only training runs \(aux\)"):
+        lcp.prune(WithAux().eval(), torch.rand(1, 3, 12, 12), budget=0.5)
+    result = lcp.prune(WithAux().eval(), torch.rand(1, 3, 12, 12), budget=0.5, ignore=["stem.0"])
+    assert result.plan.macs_ratio <= 0.5
