@@ -78,7 +78,8 @@ def _calls(model: nn.Module, example_inputs: tuple) -> dict[str, tuple]:
         with torch.no_grad():
             model(*example_inputs)
     except Exception as e:
-        raise LcpError(f"{type(model).__name__} does not run on the example input: {type(e).__name__}: {e}") from None
+        why = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+        raise LcpError(f"{type(model).__name__} does not run on the example input: {why}") from None
     finally:
         for h in hooks:
             h.remove()
