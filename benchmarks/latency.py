@@ -22,6 +22,7 @@ import pandas as pd
 import torch
 
 import lcp
+from lcp.cut.alignment import measure_alignment
 from lcp.cut.latency import median_error, paired_latency
 from lcp.cut.pruner import prune_graph
 from lcp.io import atomic_path
@@ -40,9 +41,14 @@ def run(
     min_seconds: float = 1.0,
     cut_repeats: int = 30,
     data: str | None = None,
+    round_to: str = "1",
+    kinds: tuple[str, ...] = ("macs", "latency"),
+    image_size: int = 32,
 ) -> pd.DataFrame:
     """Cut and re-time every (model, budget, budget type); with ``data``, the models carry their trained weights
-    and every network's top-1 after BatchNorm recalibration is measured once all timing is done."""
+    and every network's top-1 after BatchNorm recalibration is measured once all timing is done. ``round_to``:
+    a whole number, or ``auto`` (measured per model on ``device`` at ``big_batch``); ``kinds``: macs and/or latency
+    budgets; ``image_size``: the input's side for models without data."""
     rows, accuracy = [], []
     for name in models:
         if data:
@@ -52,30 +58,38 @@ def run(
             loaded = load_model_and_data(PruneConfig(model=name, data=data), log=lambda *a, **k: None)
             model, size = loaded.model.eval(), tuple(loaded.input_size)
         else:
-            model, size = lcp.create_model(name).eval(), (3, 32, 32)
+            model, size = lcp.create_model(name).eval(), (3, image_size, image_size)
         graph = lcp.build_graph(model, torch.zeros(1, *size))
+        align = (
+            int(round_to) if round_to != "auto" else measure_alignment(graph, device=device, batch=big_batch).round_to
+        )
+        print(f"{name}: round_to {align}{' (auto)' if round_to == 'auto' else ''}", flush=True)
         if data:
             accuracy.append((None, model, loaded.bundle))
         for budget in budgets:
             for budget_type, lat_batch in (("macs", 1), ("latency", 1), ("latency", big_batch)):
+                if budget_type not in kinds:
+                    continue
                 try:
                     res = prune_graph(
                         graph,
                         budget=budget,
                         budget_type=budget_type,
+                        round_to=align,
                         latency={"batch": lat_batch, "device": device, "n_threads": threads, "repeats": cut_repeats},
                     )
                 except lcp.UnreachableBudget as e:
                     rows.append(
                         {
                             "model": name,
-                            "budget_type": f"{budget_type}_b{lat_batch}",
+                            "budget_type": budget_type if budget_type == "macs" else f"latency_b{lat_batch}",
                             "budget": budget,
                             "status": "unreachable",
                             "lowest_latency_ratio": round(e.lowest, 4),
                             "device": device,
                             "threads": threads,
                             "repeats": repeats,
+                            "round_to": align,
                         }
                     )
                     print(rows[-1], flush=True)
@@ -122,6 +136,7 @@ def run(
                         "device": device,
                         "threads": threads,
                         "repeats": repeats,
+                        "round_to": align,
                         "rounds": rounds,
                         "cut_repeats": cut_repeats,
                         "min_seconds": min_seconds,
@@ -195,7 +210,7 @@ def main() -> None:
     p.add_argument("--models", default="resnet56,mobilenetv2")
     p.add_argument("--budgets", default="0.7,0.5,0.3")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
     p.add_argument(
         "--repeats",
         type=int,
@@ -217,6 +232,13 @@ def main() -> None:
     )
     p.add_argument("--big-batch", type=int, default=64)
     p.add_argument(
+        "--round-to",
+        default="1",
+        help="widths in multiples of N, or auto: measured per model on --device at --big-batch (default 1)",
+    )
+    p.add_argument("--kinds", default="macs,latency", help="budget kinds to cut: macs and/or latency (default both)")
+    p.add_argument("--image-size", type=int, default=32, help="input side for models without --data (default 32)")
+    p.add_argument(
         "--data",
         help="data set (cifar10 or an ImageFolder root): prune the trained models "
         "(weights from $LCP_WEIGHTS) and add each network's top-1 after BN recalibration",
@@ -235,11 +257,15 @@ def main() -> None:
         a.min_seconds,
         a.cut_repeats,
         a.data,
+        a.round_to,
+        tuple(a.kinds.split(",")),
+        a.image_size,
     )
     a.out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(a.out) as tmp:
         df.to_csv(tmp, index=False)
-    plot(df, a.plot, a.big_batch)
+    if "macs_ratio" in df:  # no plot when every budget was unreachable
+        plot(df, a.plot, a.big_batch)
     print(df.to_string(index=False))
 
 

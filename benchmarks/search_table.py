@@ -44,6 +44,8 @@ COLUMNS = [
     "search_s",
     "sensitivity_s",
     "threads",
+    "device",
+    "seconds_per_candidate",
     "host",
     "command",
 ]
@@ -60,6 +62,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--budget", type=float, default=0.5, help="fraction of the MACs kept (default 0.5)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="where the search runs (cpu, cuda, ...; default cpu)")
     p.add_argument("--out", type=Path, default=OUT, help=f"CSV of rows (default {OUT.relative_to(ROOT)})")
     p.add_argument("--work", type=Path, default=Path("runs/search_table"), help="run folders")
     p.add_argument("--markdown", action="store_true", help="print the summary table of --out and exit")
@@ -73,6 +76,7 @@ def cell(model: str, preset: str, optimizer: str, most: int, seed: int, args: ar
     cmd = [
         "lcp", "prune", "--model", model, "--budget", f"{args.budget:g}", "--finetune-epochs", "0",
         "--seed", str(seed), "--threads", str(args.threads), "--search-preset", preset, "--optimizer", optimizer,
+        *(["--device", args.device] if args.device != "cpu" else []),
         *(["--candidates", str(most)] if most else []), "--out", str(folder),
     ]  # fmt: skip
     resume = folder.is_dir() and not (folder / "report.csv").is_file()
@@ -96,9 +100,20 @@ def cell(model: str, preset: str, optimizer: str, most: int, seed: int, args: ar
         "search_s": search["seconds"] + search["prior_seconds"],
         "sensitivity_s": search["prior_seconds"],
         "threads": args.threads,
+        "device": _device_name(args.device),
+        "seconds_per_candidate": round(search["seconds"] / max(1, search["candidates_evaluated"]), 3),
         "host": f"{platform.node()} ({os.cpu_count()} cores)",
         "command": shlex.join(cmd),
     }
+
+
+def _device_name(device: str) -> str:
+    """``cpu``, or the GPU's name (``cuda: NVIDIA H200``)."""
+    if device.startswith("cuda"):
+        import torch
+
+        return f"cuda: {torch.cuda.get_device_name(torch.device(device))}"
+    return device
 
 
 def _filled(df: pd.DataFrame) -> pd.DataFrame:
@@ -106,6 +121,7 @@ def _filled(df: pd.DataFrame) -> pd.DataFrame:
     df = df.copy()
     df["optimizer"] = df["optimizer"].fillna("legr") if "optimizer" in df else "legr"
     df["candidates_max"] = df["candidates_max"].fillna(0).astype(int) if "candidates_max" in df else 0
+    df["device"] = df["device"].fillna("cpu") if "device" in df else "cpu"
     return df
 
 
@@ -116,19 +132,25 @@ def markdown(df: pd.DataFrame) -> str:
         "(mean ± sd) | per seed | search s (mean, range) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
+    gpu = "device" in df and (df["device"].fillna("cpu") != "cpu").any()
+    if gpu:
+        lines[0] = lines[0].replace("| model |", "| model | device |", 1) + " s per candidate (mean) |"
+        lines[1] += "---|---|"
     df = _filled(df)
-    for (model, preset, opt, most), g in df.groupby(
-        ["model", "search_preset", "optimizer", "candidates_max"], sort=False
+    for (model, preset, opt, most, device), g in df.groupby(
+        ["model", "search_preset", "optimizer", "candidates_max", "device"], sort=False
     ):
         g = g.sort_values("seed")
         sd = lambda s: s.std(ddof=1) if len(s) > 1 else 0.0  # noqa: E731
+        per = f" {(g['search_s'] - g['sensitivity_s']).sum() / g['candidates'].sum():.3f} |" if gpu else ""
         lines.append(
-            f"| {model} | `{preset}`{f' (--candidates {most})' if most else ''} | {opt} | {len(g)} | "
+            f"| {model}{f' | {device}' if gpu else ''} | `{preset}`{f' (--candidates {most})' if most else ''} | "
+            f"{opt} | {len(g)} | "
             f"{g['candidates'].min()}-{g['candidates'].max()} | "
             f"{g['best_fitness'].mean():.3f} ± {sd(g['best_fitness']):.3f} | "
             f"{g['top1_pruned_noft'].mean():.2f} ± {sd(g['top1_pruned_noft']):.2f} | "
             f"{', '.join(f'{x:.2f}' for x in g['top1_pruned_noft'])} | "
-            f"{g['search_s'].mean():.0f} ({g['search_s'].min():.0f}-{g['search_s'].max():.0f}) |"
+            f"{g['search_s'].mean():.0f} ({g['search_s'].min():.0f}-{g['search_s'].max():.0f}) |" + per
         )
     return "\n".join(lines)
 

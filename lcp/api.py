@@ -11,6 +11,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from lcp.cut.alignment import resolve_round_to
 from lcp.cut.options import caps_from, check_budget
 from lcp.cut.parts import PartsResult, prune_parts
 from lcp.cut.pruner import PruneResult
@@ -36,7 +37,7 @@ def prune(
     importance: str = "l2",
     aggregate: str = "mean",
     transforms: Transforms | None = None,
-    round_to: int = 1,
+    round_to: int | str = 1,
     min_ratio: float = 0.1,
     seed: int = 0,
     check: bool = True,
@@ -64,7 +65,9 @@ def prune(
     ``lcp prune`` by its Python name (``episodes=...``, ``population=...``, ``device=...``), checked like a
     recipe's. ``ignore``: module-name globs whose output channels are kept whole; ``max_removal``:
     ``{glob: fraction}``, at most that fraction of the channels written by the matching modules is removed;
-    ``depth``: the walk may also remove whole residual branches (``lcp.engine.depth``).
+    ``depth``: the walk may also remove whole residual branches (``lcp.engine.depth``). ``round_to``: widths
+    kept in multiples of N, or ``"auto"``: the multiple that runs without a slowdown on ``device`` at
+    ``latency_batch``, measured (``lcp.cut.alignment``).
 
     With ``data`` (a data set name or ImageFolder path, an ``lcp.training.data.DataBundle``, or a dict with
     ``train`` and ``test`` loaders) the pruned model goes through the same post-cut stage as ``lcp prune``
@@ -116,6 +119,7 @@ def prune(
         return _prune_parts(model, example_inputs, chosen, opts, budget, check, transforms, data, e)
     graph.limit_removal(caps_from(opts.max_removal))
     allow_depth(graph, opts.depth)
+    opts, _ = resolve_round_to(opts, graph)
     ctx = Context(
         graph, opts, bundle, out=None, log=lambda msg: None, name=type(model).__name__, verify=check, batches=batches
     )
@@ -160,7 +164,9 @@ def _prune_parts(
         example_inputs = (example_inputs,)
 
     def cut(graph: Any, name: str) -> PruneResult:
-        ctx = Context(graph, opts, None, out=None, log=lambda msg: None, name=name, verify=check)
+        ctx = Context(
+            graph, resolve_round_to(opts, graph)[0], None, out=None, log=lambda msg: None, name=name, verify=check
+        )
         return chosen.cut(ctx, chosen.learn(ctx), budget)
 
     return prune_parts(model, example_inputs, cut, ignore=opts.ignore or (), untraced=str(untraced))

@@ -109,6 +109,11 @@ def _split_optional(tp: Any) -> tuple[Any, bool]:
     return tp, False
 
 
+def _number_or_word(tp: Any) -> bool:
+    """``int | str``: a whole number or a word such as ``auto``."""
+    return typing.get_origin(tp) in (typing.Union, types.UnionType) and set(typing.get_args(tp)) == {int, str}
+
+
 def _type_name(tp: Any) -> str:
     if typing.get_origin(tp) is list:
         item = typing.get_args(tp)[0]
@@ -127,6 +132,10 @@ def _coerce(value: Any, tp: Any) -> Any:
         if not isinstance(value, (list, tuple)):
             raise TypeError(f"must be {_type_name(base)}")
         return [_coerce(v, typing.get_args(base)[0]) for v in value]
+    if _number_or_word(base):
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise TypeError("must be a whole number or a word")
+        return value
     if base is bool:
         if not isinstance(value, bool):
             raise TypeError("must be true or false")
@@ -227,7 +236,10 @@ def _text_parser(tp: Any, check: Check | None, label: str) -> Callable[[str], An
 
     def parse(text: str) -> Any:
         try:
-            value = base(text) if base in (int, float) else text
+            if _number_or_word(base):
+                value = int(text) if text.strip().lstrip("+-").isdigit() else text
+            else:
+                value = base(text) if base in (int, float) else text
         except ValueError:
             raise fail(f"must be {_type_name(base)}, got '{text}'") from None
         if check:

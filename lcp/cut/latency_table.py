@@ -55,7 +55,7 @@ class LayerTable:
         return cls(list(d["in"]), list(d["out"]), [list(map(float, r)) for r in d["ms"]])
 
 
-def _input_shapes(graph: ChannelGraph, names: set[str]) -> dict[str, list[tuple[int, ...]]]:
+def input_shapes(graph: ChannelGraph, names: set[str]) -> dict[str, list[tuple[int, ...]]]:
     """Input shapes (without the batch) of every call of the named modules on the graph's example input."""
     shapes: dict[str, list[tuple[int, ...]]] = {n: [] for n in names}
     modules = dict(graph.model.named_modules())
@@ -123,7 +123,7 @@ class LatencyTable:
             for ri, r in enumerate(graph.records)
             if r.kind in ("conv", "linear") and r.out_ids is not None and r.in_ids is not None
         ]
-        shapes = _input_shapes(graph, {r.name for _, r in recs})
+        shapes = input_shapes(graph, {r.name for _, r in recs})
         modules = dict(graph.model.named_modules())
         path = cache_dir() / "latency" / f"{_device_key(device, batch, n_threads)}.json"
         stored: dict = {}

@@ -46,6 +46,15 @@ def caps_from(specs: list[str] | dict[str, float] | None) -> dict[str, float]:
     return {glob: float(share) for glob, share in pairs}
 
 
+def round_to_value(value: int | str) -> None:
+    """``round_to``: a whole number of at least 1, or ``auto``."""
+    if isinstance(value, str):
+        if value != "auto":
+            raise ValueError(f"must be a whole number of at least 1 or auto, got {value!r}")
+    else:
+        at_least(1)(value)
+
+
 @dataclass
 class CutOptions:
     """How much to keep and how the units are ranked and cut."""
@@ -59,7 +68,12 @@ class CutOptions:
     )
     importance: str = option("l2", "filter importance", choices=importance_names)
     aggregate: str = option("mean", "how a coupled unit's filter scores combine (LeGR used sum)", choices=AGGREGATIONS)
-    round_to: int = option(1, "keep widths in multiples of this many channel units", check=at_least(1))
+    round_to: int | str = option(
+        1,
+        "keep widths in multiples of this many channel units; auto: the multiple that runs without a slowdown on "
+        "--device at --latency-batch, measured on the model's costliest conv",
+        check=round_to_value,
+    )
     min_ratio: float = option(0.1, "per-group floor: keep at least this fraction (and 2 channels)", check=fraction)
     ignore: list[str] | None = option(
         None,

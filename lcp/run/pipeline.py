@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 import torch
 
+from lcp.cut.alignment import resolve_round_to
 from lcp.cut.options import caps_from, check_budget
 from lcp.engine.depth import allow_depth
 from lcp.engine.graph import ChannelGraph, build_graph
@@ -97,6 +98,15 @@ def channel_graph(cfg: PruneConfig, model: Any, input_size: tuple[int, ...]) -> 
     return graph
 
 
+def _aligned(cfg: PruneConfig, graph: ChannelGraph, state: dict, save_state: Callable[..., None], log: Log) -> Any:
+    """``cfg`` with ``--round-to auto`` measured once per run (kept in the state, so a resumed run cuts alike)."""
+    cfg, found = resolve_round_to(cfg, graph, known=state.get("round_to"))
+    if found is not None:
+        log(found.describe())
+        save_state(round_to=found.round_to)
+    return cfg
+
+
 def _context(
     cfg: PruneConfig,
     loaded: Loaded,
@@ -127,6 +137,7 @@ def run_search(cfg: PruneConfig, log: Log = print) -> Any:
         out, state, save_state = _open_run(cfg)
         loaded = load_model_and_data(cfg, log)
         graph = channel_graph(cfg, loaded.model, loaded.input_size)
+        cfg = _aligned(cfg, graph, state, save_state, log)
         t0 = time.perf_counter()
         learned = method.learn(_context(cfg, loaded, graph, out, state, save_state, log))
         log(f"search took {time.perf_counter() - t0:.0f} s; transforms in {out / 'transforms.json'}")
@@ -140,6 +151,7 @@ def run_prune(cfg: PruneConfig, log: Log = print) -> pd.DataFrame:
         out, state, save_state = _open_run(cfg)
         loaded = load_model_and_data(cfg, log)
         graph = channel_graph(cfg, loaded.model, loaded.input_size)
+        cfg = _aligned(cfg, graph, state, save_state, log)
         ctx = _context(cfg, loaded, graph, out, state, save_state, log)
         t0 = time.perf_counter()
         learned = method.learn(ctx)

@@ -117,6 +117,8 @@ def report_row(
         "prune_s": result.seconds,
         **numbers,
     }
+    if getattr(options, "round_to", 1) != 1:  # aligned widths (--round-to N, or what auto measured)
+        row["round_to"] = options.round_to
     row.update(result.info.get("columns", {}))
     row.update(columns or {})
     return row

@@ -456,3 +456,19 @@ def test_compare_distils_from_a_frozen_copy_when_the_recipe_says_kd(monkeypatch)
     base = {k: v for k, v in compare.DEFAULTS.items() if k != "kd"}
     assert compare.signature({**base, "kd": False}) == compare.signature(base)
     assert compare.signature({**base, "kd": True}) != compare.signature(base)
+
+
+def test_search_table_markdown_keeps_devices_apart():
+    """``search_table.py --markdown``: rows written before the device column count as CPU rows; a GPU row gets
+    its own line with its time per candidate, and the old rows keep theirs."""
+    st = _module(ROOT / "benchmarks" / "search_table.py", "search_table_under_test")
+    base = dict(optimizer="legr", candidates_max=0, best_fitness=0.5, top1_pruned_noft=70.0, sensitivity_s=10.0)
+    rows = [dict(base, model="resnet56", search_preset="fast", seed=s, candidates=40, search_s=120.0) for s in (0, 1)]
+    old = pd.DataFrame(rows)
+    assert "device" not in old and "| cpu |" not in st.markdown(old)
+    gpu = dict(base, model="resnet56", search_preset="fast", seed=0, candidates=80, search_s=26.0, device="cuda: X")
+    text = st.markdown(pd.concat([old, pd.DataFrame([gpu])], ignore_index=True))
+    lines = [ln for ln in text.splitlines() if ln.startswith("| resnet56")]
+    assert len(lines) == 2
+    assert lines[0].startswith("| resnet56 | cpu |") and lines[0].endswith(" 2.750 |")  # (240 - 20) / 80
+    assert lines[1].startswith("| resnet56 | cuda: X |") and lines[1].endswith(" 0.200 |")  # 16 / 80

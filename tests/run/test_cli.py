@@ -119,12 +119,18 @@ def test_prune_load_and_eval_agree_with_report(e2e: tuple[Path, Result], tiny_fo
 
 @pytest.mark.parametrize(
     "extra",
-    [("--method", "uniform"), ("--method", "random"), ("--round-to", "4")],
-    ids=["uniform", "random", "round-to-4"],
+    [("--method", "uniform"), ("--method", "random"), ("--round-to", "4"), ("--round-to", "auto")],
+    ids=["uniform", "random", "round-to-4", "round-to-auto"],
 )
 def test_prune_methods_and_round_to(
-    extra: tuple[str, ...], tiny_folder: Path, resnet20_ckpt: Path, tmp_path: Path
+    extra: tuple[str, ...], tiny_folder: Path, resnet20_ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    if extra[-1] == "auto":  # a stand-in clock on which widths off a multiple of 4 run slower: auto must choose 4
+        from lcp.cut import latency as timing
+
+        monkeypatch.setattr(
+            timing, "time_layer", lambda m, n_in, n_out, dw, s, **kw: 0.01 * n_out * (1 + (n_out % 4 > 0))
+        )
     out = tmp_path / "out"
     res = lcp_cli(*tiny_args(tiny_folder, resnet20_ckpt, out, *extra))
     assert res.code == 0, res.err
@@ -134,11 +140,15 @@ def test_prune_methods_and_round_to(
     if extra[0] == "--method":
         assert row["method"] == extra[1]
     else:
+        step = int(row.get("round_to") or 1)  # auto: what it measured (reported, and logged)
+        assert step == (4 if extra[1] == "auto" else int(extra[1]))
+        if extra[1] == "auto":
+            assert f"--round-to auto chose {step}" in res.out + res.err
         layers = read_csv(out / "layers.csv")
         widths = [(int(r["channels_before"]), int(r["channels_after"])) for r in layers]
         assert any(a < b for b, a in widths)
-        bad = [(b, a) for b, a in widths if a != b and a % 4]
-        assert not bad, f"widths not in multiples of 4: {bad}"
+        bad = [(b, a) for b, a in widths if a != b and a % step]
+        assert not bad, f"widths not in multiples of {step}: {bad}"
 
 
 def test_train_writes_weights_that_prune_loads(tiny_folder: Path, tmp_path: Path) -> None:

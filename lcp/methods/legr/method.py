@@ -47,13 +47,13 @@ class Preset:
 
 PRESETS = {
     "fast": Preset(
-        40,
+        80,
         12,
         3,
         True,
         True,
         120.0,
-        "measured per-layer sensitivity and structured members start a short evolution (40 candidates, "
+        "measured per-layer sensitivity and structured members start a short evolution (80 candidates, "
         "population 12, tournament 3), stopped after 120 s in all",
     ),
     "legr": Preset(
