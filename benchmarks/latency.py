@@ -25,6 +25,7 @@ import lcp
 from lcp.cut.alignment import measure_alignment
 from lcp.cut.latency import median_error, paired_latency
 from lcp.cut.pruner import prune_graph
+from lcp.engine.depth import allow_depth
 from lcp.io import atomic_path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,11 +45,13 @@ def run(
     round_to: str = "1",
     kinds: tuple[str, ...] = ("macs", "latency"),
     image_size: int = 32,
+    depth: bool = False,
 ) -> pd.DataFrame:
     """Cut and re-time every (model, budget, budget type); with ``data``, the models carry their trained weights
     and every network's top-1 after BatchNorm recalibration is measured once all timing is done. ``round_to``:
     a whole number, or ``auto`` (measured per model on ``device`` at ``big_batch``); ``kinds``: macs and/or latency
-    budgets; ``image_size``: the input's side for models without data."""
+    budgets; ``image_size``: the input's side for models without data; ``depth``: the walk may also remove whole
+    residual branches (``lcp.engine.depth``)."""
     rows, accuracy = [], []
     for name in models:
         if data:
@@ -60,6 +63,7 @@ def run(
         else:
             model, size = lcp.create_model(name).eval(), (3, image_size, image_size)
         graph = lcp.build_graph(model, torch.zeros(1, *size))
+        allow_depth(graph, depth)
         align = (
             int(round_to) if round_to != "auto" else measure_alignment(graph, device=device, batch=big_batch).round_to
         )
@@ -90,6 +94,7 @@ def run(
                             "threads": threads,
                             "repeats": repeats,
                             "round_to": align,
+                            "depth": depth,
                         }
                     )
                     print(rows[-1], flush=True)
@@ -137,6 +142,10 @@ def run(
                         "threads": threads,
                         "repeats": repeats,
                         "round_to": align,
+                        "depth": depth,
+                        "blocks_removed": sum(
+                            bool(graph.depth[g.index] and res.plan.removed[g.units].all()) for g in graph.groups
+                        ),
                         "rounds": rounds,
                         "cut_repeats": cut_repeats,
                         "min_seconds": min_seconds,
@@ -238,6 +247,7 @@ def main() -> None:
     )
     p.add_argument("--kinds", default="macs,latency", help="budget kinds to cut: macs and/or latency (default both)")
     p.add_argument("--image-size", type=int, default=32, help="input side for models without --data (default 32)")
+    p.add_argument("--depth", action="store_true", help="let the walk remove whole residual branches too")
     p.add_argument(
         "--data",
         help="data set (cifar10 or an ImageFolder root): prune the trained models "
@@ -260,6 +270,7 @@ def main() -> None:
         a.round_to,
         tuple(a.kinds.split(",")),
         a.image_size,
+        a.depth,
     )
     a.out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(a.out) as tmp:
