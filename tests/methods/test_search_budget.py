@@ -48,14 +48,14 @@ def test_time_budget_stops_and_the_count_reproduces_it(tiny, optimizer: str) -> 
     kw = dict(optimizer=optimizer, candidates=40, population=8, tournament=4, seed=3, progress=False)
     clock = Clock()
     timed = search(graph, scores, Ticking(graph, cost, scores, clock), time_budget=12.5, clock=clock, **kw)
-    assert timed.stopped_by == "time" and timed.evaluated == 13  # the 13th candidate ends at 13 s >= 12.5 s
-    assert timed.seconds == pytest.approx(13.0)
+    assert timed.stopped_by == "time" and timed.evaluated == 12  # a 13th candidate would end at 13 s > 12.5 s
+    assert timed.seconds == pytest.approx(12.0)
     again = search(graph, scores, Recorder(graph, cost, scores), stop_after=timed.evaluated, **kw)
-    assert again.stopped_by == "candidates" and again.evaluated == 13
+    assert again.stopped_by == "candidates" and again.evaluated == 12
     assert [h["fitness"] for h in again.history] == [h["fitness"] for h in timed.history]
     assert np.array_equal(again.transforms.kappa, timed.transforms.kappa)
     full = search(graph, scores, Recorder(graph, cost, scores), **kw)  # the schedule of 40 candidates is kept
-    assert [h["fitness"] for h in full.history[:13]] == [h["fitness"] for h in timed.history]
+    assert [h["fitness"] for h in full.history[:12]] == [h["fitness"] for h in timed.history]
 
 
 def test_time_budget_counts_every_run_of_a_resumed_search(tiny, tmp_path: Path) -> None:
@@ -79,7 +79,8 @@ def test_time_budget_counts_every_run_of_a_resumed_search(tiny, tmp_path: Path) 
     clock2 = Clock()  # a new process: its clock starts anywhere
     clock2.now = 1000.0
     res = search(graph, scores, Ticking(graph, cost, scores, clock2), state_path=state, resume=True, clock=clock2, **kw)
-    assert res.evaluated == 11 and res.stopped_by == "time"  # 6 s before the kill + 5 s after it
+    # 6 s before the kill + 4 s after it: an 11th candidate would end at 11 s > 10.5 s
+    assert res.evaluated == 10 and res.stopped_by == "time"
 
 
 def test_search_time_on_the_command_line_records_the_count(tiny_folder: Path, resnet20_ckpt: Path, tmp_path) -> None:

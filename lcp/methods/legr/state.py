@@ -100,6 +100,7 @@ class SearchRun:
         self.limit = min(candidates, stop_after) if stop_after else candidates
         self.time_budget, self.patience, self.clock = time_budget, patience, clock
         self._since, self._at = state.elapsed, clock()
+        self._checks: list[float] = []  # elapsed() at each ``done`` check of this run: batch durations
         self.stopped_by = "candidates"
         self.best = min((e["fitness"] for e in state.evaluated), default=math.inf)
         self.bar = tqdm(
@@ -117,13 +118,17 @@ class SearchRun:
         return self._since + self.clock() - self._at
 
     def done(self) -> bool:
-        """No more candidates: the limit is reached, or the time budget is spent (checked between batches, so a
-        started batch is always finished and told)."""
+        """No more candidates: the limit is reached, or the time budget is spent or would be by the next batch
+        (checked between batches, so a started batch is always finished and told; the next batch is predicted to
+        take the median of this run's last five batches, so the search ends within its budget)."""
+        now = self.elapsed()
+        self._checks.append(now)
         if len(self.state.evaluated) >= self.limit:
             return True
         if not self.state.evaluated:  # the identity is always evaluated, whatever the budget
             return False
-        if self.time_budget is not None and self.elapsed() >= self.time_budget:
+        steps = np.diff(self._checks[-6:])
+        if self.time_budget is not None and now + (float(np.median(steps)) if len(steps) else 0.0) > self.time_budget:
             self.stopped_by = "time"
             return True
         if self.patience and self.since_improvement() >= self.patience:
