@@ -113,8 +113,8 @@ class SearchOptions:
     search_time: float | None = option(
         None,
         "wall-time budget of the search in seconds, the sensitivity measurement included, over every run of a "
-        "resumed search (default: the preset's; 0: none): it stops between candidates once spent; search.json "
-        "records how many it evaluated and --search-stop with that count reproduces it",
+        "resumed search (default: the preset's; 0: none): it stops between candidates before the next would end "
+        "past it; search.json records how many it evaluated and --search-stop with that count reproduces it",
         check=at_least(0),
         signature=False,
         group=_GROUP,
