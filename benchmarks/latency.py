@@ -64,9 +64,10 @@ def run(
             model, size = lcp.create_model(name).eval(), (3, image_size, image_size)
         graph = lcp.build_graph(model, torch.zeros(1, *size))
         allow_depth(graph, depth)
-        align = (
-            int(round_to) if round_to != "auto" else measure_alignment(graph, device=device, batch=big_batch).round_to
-        )
+        if round_to == "auto":
+            align = measure_alignment(graph, device=device, batch=big_batch, n_threads=threads).round_to
+        else:
+            align = int(round_to)
         print(f"{name}: round_to {align}{' (auto)' if round_to == 'auto' else ''}", flush=True)
         if data:
             accuracy.append((None, model, loaded.bundle))

@@ -163,10 +163,12 @@ def _prune_parts(
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
 
+    aligned: list[PruneConfig] = []  # --round-to auto: measured on the first part, reused by the others
+
     def cut(graph: Any, name: str) -> PruneResult:
-        ctx = Context(
-            graph, resolve_round_to(opts, graph)[0], None, out=None, log=lambda msg: None, name=name, verify=check
-        )
+        if not aligned:
+            aligned.append(resolve_round_to(opts, graph)[0])
+        ctx = Context(graph, aligned[0], None, out=None, log=lambda msg: None, name=name, verify=check)
         return chosen.cut(ctx, chosen.learn(ctx), budget)
 
     return prune_parts(model, example_inputs, cut, ignore=opts.ignore or (), untraced=str(untraced))

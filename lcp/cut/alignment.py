@@ -51,15 +51,14 @@ class Alignment:
 def _probe_record(graph: ChannelGraph) -> tuple[str, int]:
     """The name and the smaller width (input or output) of the dense (not depthwise) conv with the most MACs
     (ties: the widest), else of any conv or linear layer."""
-    best, best_macs = None, -1
+    best, best_key = None, None
     for r in graph.records:
         if r.kind not in ("conv", "linear") or r.out_ids is None or r.in_ids is None:
             continue
-        dense = r.mode == "dense"
         macs = len(r.out_ids) * len(r.in_ids) // max(1, r.groups) * r.kernel * max(1, r.spatial)
-        key = (dense, macs, min(len(r.out_ids), len(r.in_ids)))
-        if best is None or key > best_macs:
-            best, best_macs = r, key
+        key = (r.mode == "dense", macs, min(len(r.out_ids), len(r.in_ids)))
+        if best_key is None or key > best_key:
+            best, best_key = r, key
     if best is None:
         raise LcpError("--round-to auto: the model has no prunable conv or linear layer to time")
     return best.name, min(len(best.out_ids), len(best.in_ids))
