@@ -83,15 +83,18 @@ ROOT = Path(__file__).resolve().parents[1]
 LCP_METHODS = ("lcp", "global", "uniform", "random")  # one cut of lcp's ranking walk (prune_graph)
 #: ``ceiling``: the unpruned network through the same recalibration and recovery (one row per seed, budget 1)
 CEILING = "ceiling"
-METHODS = (*LCP_METHODS, *AGENT_METHODS, *CONNECTION_METHODS, "torch_pruning", CEILING)
+#: peers installed apart (``pip install -e '.[bench]'`` for Torch-Pruning; Model Optimizer in its own venv)
+PEERS = ("torch_pruning", "modelopt")
+METHODS = (*LCP_METHODS, *AGENT_METHODS, *CONNECTION_METHODS, *PEERS, CEILING)
 #: The ``agents:`` settings that decide the rows of each search method (see ``signature``).
 AGENT_KEYS: dict[str, tuple[str, ...]] = {
     **{m: ("episodes", "warmup_episodes") for m in AGENT_METHODS},
     **{m: ("episodes",) for m in CONNECTION_METHODS},
 }
 
-#: Recipe keys and their defaults. ``search``, ``agents`` and ``torch_pruning`` are nested mappings; ``quick``
-#: overrides any top-level key (and ``train_images`` / ``test_images`` subset sizes) under ``--quick``.
+#: Recipe keys and their defaults. ``search``, ``agents``, ``torch_pruning`` and ``modelopt`` are nested
+#: mappings; ``quick`` overrides any top-level key (and ``train_images`` / ``test_images`` subset sizes) under
+#: ``--quick``.
 DEFAULTS: dict[str, Any] = {
     "model": "resnet20",
     "data": None,  # None: the model's default data set (cifar10 for the zoo models)
@@ -117,6 +120,7 @@ DEFAULTS: dict[str, Any] = {
     "search": {},
     "agents": {},
     "torch_pruning": {},
+    "modelopt": {},
     "device": "cpu",  # cuda: searches, recalibration, evaluation, fine-tuning and latency on the GPU
     "threads": 1,
     "latency_batches": [1, 64],
@@ -142,7 +146,13 @@ SEARCH_DEFAULTS: dict[str, Any] = {
 #: ``lcp.methods.options.DEFAULT_EPISODES``), ``warmup_episodes`` for lfgcl / amc.
 AGENT_DEFAULTS: dict[str, Any] = {"episodes": PruneConfig.episodes, "warmup_episodes": PruneConfig.warmup_episodes}
 TP_DEFAULTS: dict[str, Any] = {"p": 2, "max_steps": 20, "tolerance": 0.01}
-_NESTED = {"search": SEARCH_DEFAULTS, "agents": AGENT_DEFAULTS, "torch_pruning": TP_DEFAULTS}
+#: Model Optimizer's FastNAS: candidates are scored by top-1 on ``score_images`` held-out images after
+#: BatchNorm recalibration on ``recal_batches`` train batches; ``channel_divisor`` 4 (its default 32 leaves the
+#: 16-channel layers of CIFAR ResNets no choice).
+MO_DEFAULTS: dict[str, Any] = {"channel_divisor": 4, "score_images": 1000, "recal_batches": 10, "max_tries": 4}
+_NESTED = {"search": SEARCH_DEFAULTS, "agents": AGENT_DEFAULTS, "torch_pruning": TP_DEFAULTS, "modelopt": MO_DEFAULTS}
+#: nested sections that decide only their own method's rows (left out of every other row's signature)
+_OWN_SECTIONS = ("agents", "modelopt")
 QUICK_DEFAULTS: dict[str, Any] = {
     "model": "resnet20",
     "train_images": 256,
@@ -338,8 +348,10 @@ def signature(cfg: dict, method: str | None = None) -> str:
     sig = {
         k: v
         for k, v in cfg.items()
-        if k not in _NOT_IN_SIGNATURE and k != "agents" and not (k in _ADDED and v == _ADDED[k])
+        if k not in _NOT_IN_SIGNATURE and k not in _OWN_SECTIONS and not (k in _ADDED and v == _ADDED[k])
     }
+    if method == "modelopt":
+        sig["modelopt"] = cfg["modelopt"]
     if "search" in sig:
         sig["search"] = {k: v for k, v in sig["search"].items() if not (k in _ADDED_SEARCH and v == _ADDED_SEARCH[k])}
     if method in AGENT_KEYS:
@@ -615,6 +627,83 @@ def tp_prune(
     return m, {"tp_pruning_ratio": hi, "tp_tries": len(tries), "cost_ratio": c}
 
 
+# ------------------------------------------------------------------------------------------- model optimizer
+
+
+def mo_version() -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        import modelopt.torch.prune  # noqa: F401
+    except Exception:
+        return None
+    try:
+        return version("nvidia-modelopt")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def mo_prune(
+    model: nn.Module,
+    example: torch.Tensor,
+    *,
+    budget: float,
+    budget_type: str,
+    score: Callable[[nn.Module], float],
+    checkpoint: Path,
+    channel_divisor: int = 4,
+    max_tries: int = 4,
+    tolerance: float = 0.01,
+    **_: Any,
+) -> tuple[nn.Module, dict]:
+    """NVIDIA Model Optimizer's FastNAS pruning (``modelopt.torch.prune.prune(mode="fastnas")``) of a copy of
+    ``model`` to ``budget`` x the baseline MACs (or params).
+
+    FastNAS measures every layer's ``score`` at each of its widths (a multiple of ``channel_divisor``), then
+    bisects one threshold on that damage until its own FLOPs count meets the constraint. Its count may differ a
+    little from lcp's and its bisection stops short of the target: while lcp's count of the result is over the
+    target or more than ``tolerance`` under it, the constraint is scaled by the miss and the bisection re-run
+    (the measured sensitivities are kept in ``checkpoint``, so a retry, or a resumed run, does not measure them
+    again); the largest result within the target is returned.
+    """
+    import modelopt.torch.prune as mtp
+
+    def cost(m: nn.Module) -> int:
+        return lcp.count_macs(m, example) if budget_type == "macs" else lcp.count_params(m)
+
+    base = cost(model)
+    key = "flops" if budget_type == "macs" else "params"  # its flops are 2x MACs: a percentage is the same budget
+    rules = {
+        "nn.Conv2d": {"*": {"channel_divisor": channel_divisor}},
+        "nn.BatchNorm2d": {"*": {"feature_divisor": channel_divisor}},
+        "nn.Linear": {"*": {"feature_divisor": channel_divisor}},
+    }
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    target, tries, best = budget, [], None
+    for _ in range(max_tries):
+        m = copy.deepcopy(model).eval()
+        m, _state = mtp.prune(
+            m,
+            mode=[("fastnas", rules)],
+            constraints={key: f"{100 * target:.4f}%"},
+            dummy_input=example,
+            config={"score_func": score, "checkpoint": str(checkpoint), "verbose": False},
+        )
+        c = cost(m) / base
+        tries.append((target, c))
+        if c <= budget * 1.001 and (best is None or c > best[1]):
+            best = (m, c, target)
+        if budget * (1.0 - tolerance) <= c <= budget * 1.001:
+            break
+        target *= budget / c
+    if best is not None:
+        return best[0], {"mo_constraint": best[2], "mo_tries": len(tries), "cost_ratio": best[1]}
+    raise LcpError(
+        f"modelopt cannot meet {budget:g} of the baseline {budget_type} by lcp's count: its results kept "
+        + ", ".join(f"{c:.3f} at {100 * t:.1f}%" for t, c in tries)
+    )
+
+
 # ------------------------------------------------------------------------------------------------------ CSV
 
 
@@ -686,6 +775,7 @@ class Bench:
         self.macs_base = lcp.count_macs(self.loaded.model, self.example)
         self.params_base = lcp.count_params(self.loaded.model)
         self.searches: dict[tuple, tuple[Any, float]] = {}
+        self.search_candidates: dict[int, int] = {}  # seed -> candidates lcp's search evaluated
         self.setup_s = time.perf_counter() - t0
         log(
             f"{self.loaded.name} on {self.loaded.dataset}: {self.macs_base / 1e6:.2f}M MACs, "
@@ -769,6 +859,7 @@ class Bench:
         info = self._searched(folder, f"seed {seed}: lcp", run)
         tf = Transforms.from_json(read_json(folder / "transforms.json", what="transforms"), self.graph)
         self.searches["lcp", seed] = (tf, float(info["search_s"]))
+        self.search_candidates[seed] = int(info["candidates"])
         return self.searches["lcp", seed]
 
     def ratios_for(self, method: str, seed: int, budget: float) -> tuple[Any, float]:
@@ -840,6 +931,41 @@ class Bench:
             raise LcpError(f"the {method} network in {folder} counts {macs} MACs, its report {info['macs_pruned']}")
         return model, {"importance": "", **info}
 
+    def modelopt_cut(self, budget: float, seed: int) -> tuple[nn.Module, dict]:
+        """Model Optimizer's FastNAS at ``budget``; its sensitivities are scored on the held-out split (top-1
+        after BatchNorm recalibration on the row's seeded train batches) and kept in the work folder."""
+        from lcp.training.train import evaluate, recalibrate_bn
+
+        mo = self.cfg["modelopt"]
+        folder = self.work / f"modelopt-{signature(self.cfg, 'modelopt')}-seed{seed}"
+        held = self.bundle.loader("holdout", 250, limit=int(mo["score_images"]))
+        recal = self.bundle.loader("train", int(self.cfg["batch_size"]), shuffle=True, seed=seed)
+
+        def score(m: nn.Module) -> float:
+            recalibrate_bn(m, recal, batches=int(mo["recal_batches"]))
+            return evaluate(m, held)["top1"]
+
+        t0 = time.perf_counter()
+        model, info = mo_prune(
+            self.loaded.model,
+            self.example,
+            budget=budget,
+            budget_type=self.cfg["budget_type"],
+            score=score,
+            checkpoint=folder / "fastnas_search.pth",
+            **mo,
+        )
+        macs, params = lcp.count_macs(model, self.example), lcp.count_params(model)
+        return model, {
+            "importance": "fastnas",
+            "macs_pruned": macs,
+            "params_pruned": params,
+            "search_s": time.perf_counter() - t0,
+            "prune_s": 0.0,
+            "mo_constraint": info["mo_constraint"],
+            "mo_tries": info["mo_tries"],
+        }
+
     # -- one row
     def cut(self, method: str, budget: float, seed: int) -> tuple[nn.Module, dict]:
         """The pruned network and its cost columns."""
@@ -875,6 +1001,8 @@ class Bench:
                 "tp_pruning_ratio": info["tp_pruning_ratio"],
                 "tp_tries": info["tp_tries"],
             }
+        if method == "modelopt":
+            return self.modelopt_cut(budget, seed)
         if method in CONNECTION_METHODS:
             return self.connections_cut(method, budget, seed)
         tf, ratios, search_s = None, None, 0.0
@@ -905,6 +1033,7 @@ class Bench:
             "params_pruned": res.plan.params,
             "search_s": search_s,
             "prune_s": res.seconds,
+            **({"search_candidates": self.search_candidates[seed]} if method == "lcp" else {}),
         }
 
     def row(self, method: str, budget: float, seed: int) -> dict:
@@ -982,6 +1111,7 @@ def _host() -> dict:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torch_pruning": tp_version(),
+        "modelopt": mo_version(),
         "lcp": lcp.__version__,
     }
 
@@ -1032,7 +1162,10 @@ def run(args: argparse.Namespace, argv: list[str], log: Log = print) -> pd.DataF
         todo = [t for t in todo_all if (t[0], round(t[1], 6), t[2]) not in done]
         started = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
         meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-        meta.update(config=cfg, config_hash=sig, recipe=str(args.recipe), host=_host())
+        host = _host()
+        for peer in PEERS:  # the peers may run from another venv: keep the version their rows were made with
+            host[peer] = host[peer] or (meta.get("host") or {}).get(peer)
+        meta.update(config=cfg, config_hash=sig, recipe=str(args.recipe), host=host)
         sbud = cfg["search"].get("search_budget")
         meta["search_budgets"] = [float(sbud)] if sbud else sorted(float(b) for b in cfg["budgets"])
         invocation = {"command": _command(argv), "started": started, "rows": len(todo)}
@@ -1053,9 +1186,12 @@ def run(args: argparse.Namespace, argv: list[str], log: Log = print) -> pd.DataF
                 "params_base": bench.params_base,
             }
             atomic_write_json(meta_path, meta)
-            tpv = tp_version()
+            missing = {
+                "torch_pruning": None if tp_version() else "torch-pruning is not installed (pip install -e '.[bench]')",
+                "modelopt": None if mo_version() else "nvidia-modelopt is not installed (docs/benchmarks.md: its venv)",
+            }
             for method, budget, seed in todo:
-                if method == "torch_pruning" and tpv is None:
+                if missing.get(method):
                     row = {
                         "model": bench.loaded.name,
                         "dataset": bench.loaded.dataset,
@@ -1067,7 +1203,7 @@ def run(args: argparse.Namespace, argv: list[str], log: Log = print) -> pd.DataF
                         "params_base": bench.params_base,
                         "top1_base": bench.top1_base,
                         "finetune_epochs": float(cfg["finetune_epochs"]),
-                        "status": "skipped: torch-pruning is not installed (pip install -e '.[bench]')",
+                        "status": f"skipped: {missing[method]}",
                     }
                 else:
                     row = bench.row(method, budget, seed)

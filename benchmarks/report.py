@@ -26,7 +26,19 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-METHOD_ORDER = ["ceiling", "lcp", "global", "uniform", "random", "lfgcl", "amc", "ads", "lwp", "torch_pruning"]
+METHOD_ORDER = [
+    "ceiling",
+    "lcp",
+    "global",
+    "uniform",
+    "random",
+    "lfgcl",
+    "amc",
+    "ads",
+    "lwp",
+    "torch_pruning",
+    "modelopt",
+]
 MODEL_ORDER = ["resnet56", "mobilenetv2", "resnet20", "densenet40"]
 MODEL_NAMES = {
     "resnet56": "ResNet-56",
@@ -44,6 +56,7 @@ COLOURS = {
     "ads": "#17becf",
     "lwp": "#bcbd22",
     "torch_pruning": "#9467bd",
+    "modelopt": "#e377c2",
 }
 #: lcp's agent and connection methods (``lcp.methods.ddpg.AGENT_METHODS``,
 #: ``lcp.methods.connections.CONNECTION_METHODS``; this script imports no torch).
@@ -61,7 +74,8 @@ METHODS_TEXT = (
     "the KL divergence to the unpruned network's outputs, label-free, or minus the held-out cross-entropy; "
     "docs/agents.md); `ads` and `lwp` (DenseNets: an LSTM controller keeps or drops every dense connection, "
     "rewarded by held-out top-1, lwp with a bonus for a smaller network; the channel widths stay; "
-    "docs/connections.md); `torch_pruning` (Torch-Pruning's global magnitude pruner driven to the same MACs). "
+    "docs/connections.md); `torch_pruning` (Torch-Pruning's global magnitude pruner driven to the same MACs); "
+    "`modelopt` (NVIDIA Model Optimizer's FastNAS: per-layer measured damage at each width, then one threshold). "
     "The searches run lcp's own code (`lcp prune --method ...`) and score their candidates on the held-out split, "
     "never on the test split."
 )
@@ -244,6 +258,19 @@ def _wall(meta: dict) -> float:
     return float(sum(r.get("wall_s", 0.0) for r in meta.get("runs", [])))
 
 
+def _fast_candidates(search: dict, df: pd.DataFrame) -> str:
+    """How many candidates the fast preset's lcp rows evaluated: the recipe's count, else the rows' own, else
+    the preset's cap when they ran (40 before 2026-12-04, 80 since)."""
+    if search.get("candidates"):
+        return str(search["candidates"])
+    lcp_rows = df[df["method"] == "lcp"]
+    if "search_candidates" in lcp_rows and lcp_rows["search_candidates"].notna().any():
+        n = sorted({int(v) for v in lcp_rows["search_candidates"].dropna()})
+        return str(n[0]) if len(n) == 1 else f"{n[0]} to {n[-1]}"
+    first = str(lcp_rows["finished"].dropna().min()) if "finished" in lcp_rows else ""
+    return "40" if first and first < "2026-12-04" else "80"
+
+
 def _dates(meta: dict) -> str:
     runs = meta.get("runs", [])
     if not runs:
@@ -311,7 +338,7 @@ def setup_text(df: pd.DataFrame, meta: dict) -> str:
         if s.get("search_preset", "legr") == "fast":
             kind = (
                 "lcp prune's default `fast` search (a measured per-layer sensitivity, then "
-                f"{s.get('candidates') or 40} candidates of a refining evolution"
+                f"{_fast_candidates(s, df)} candidates of a refining evolution"
                 + ("" if s.get("search_time") == 0 else ", stopped after 120 s")
                 + ")"
             )
@@ -329,7 +356,9 @@ def setup_text(df: pd.DataFrame, meta: dict) -> str:
     if "ceiling" in set(df["method"]):
         lines.append(
             "- **ceiling:** the unpruned network through the same BN recalibration and fine-tuning (same epochs, "
-            "schedule and seed; no distillation): the honest reference for a pruned network, since the shared "
+            "schedule and seed; "
+            + ("distilled from a frozen copy of itself" if cfg.get("kd") else "no distillation")
+            + "): the honest reference for a pruned network, since the shared "
             "checkpoints are under-trained and any fine-tuning also improves them. `drop vs ceiling` is the ceiling's "
             "fine-tuned top-1 minus the row's."
         )
@@ -367,6 +396,19 @@ def setup_text(df: pd.DataFrame, meta: dict) -> str:
             f"`global_pruning=True`, classifier ignored; its channel `pruning_ratio` is bisected until lcp's MACs "
             f"count of the result is at or just under the same target; the result must run (forward) before it "
             f"is recalibrated, fine-tuned and evaluated like the others."
+        )
+    if "modelopt" in set(df["method"]):
+        mo = {"channel_divisor": 4, "score_images": 1000, "recal_batches": 10, **(cfg.get("modelopt") or {})}
+        lines.append(
+            f"- **modelopt:** NVIDIA Model Optimizer {host.get('modelopt') or '(version not recorded)'}, "
+            f'`modelopt.torch.prune.prune(mode="fastnas")` with `channel_divisor` {mo["channel_divisor"]}, '
+            f"its FLOPs constraint at the budget (scaled and re-run while lcp's MACs count of the result is over "
+            f"the target or more than 1% under it); its score: top-1 on {mo['score_images']} held-out images after "
+            f"BN recalibration on {mo['recal_batches']} train batches, the held-out split lcp's search uses. Its "
+            f"search (the per-layer sensitivity measurement and the bisection) is the `search` column. It runs "
+            f"from a venv of its own: `python -m venv venv-mo && venv-mo/bin/pip install torch==2.14.1 "
+            f"torchvision==0.29.1 -e '.[modelopt]'`, then `venv-mo/bin/python benchmarks/compare.py ... --methods "
+            f"modelopt` (other rows of the same CSV may come from lcp's own venv)."
         )
     batches = " and ".join(str(b) for b in cfg.get("latency_batches", [1, 64]))
     gpu = cfg.get("device", "cpu") == "cuda"
@@ -654,7 +696,18 @@ def build(csvs: list[Path], md_path: Path, png_path: Path, argv: list[str]) -> s
         tables[key] = (df, summarise(df), meta)
         sources[key] = path
     rank = {m: i for i, m in enumerate(MODEL_ORDER)}
-    tables = dict(sorted(tables.items(), key=lambda kv: (rank.get(kv[0], len(rank)), kv[0])))
+    # per model, lcp prune's default recovery (distilled) first, then the longest fine-tuning
+    tables = dict(
+        sorted(
+            tables.items(),
+            key=lambda kv: (
+                rank.get(kv[0].split(" ")[0], len(rank)),
+                not (kv[1][2].get("config") or {}).get("kd"),
+                -float(kv[1][0]["finetune_epochs"].iloc[0]),
+                kv[0],
+            ),
+        )
+    )
     plot(tables, png_path)
 
     try:
@@ -683,7 +736,7 @@ def build(csvs: list[Path], md_path: Path, png_path: Path, argv: list[str]) -> s
         ft = _epochs(df["finetune_epochs"].iloc[0])
         out += [
             f"## {_name(key.split(' ')[0])} / {df['dataset'].iloc[0]}, fine-tuning {ft} epoch"
-            f"{'s' if ft != '1' else ''}",
+            f"{'s' if ft != '1' else ''}{', distilled' if (meta.get('config') or {}).get('kd') else ''}",
             "",
         ]
         out += [setup_text(df, meta), ""]

@@ -97,8 +97,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--redo",
         default="",
-        help="re-run the models of --out with these statuses (comma-separated, "
-        "e.g. refused,timeout) and replace their rows; the other rows are kept",
+        help="re-run the models of --out with these statuses or names (comma-separated, "
+        "e.g. refused,timeout or efficientnet_cc_b0_4e) and replace their rows; the other rows are kept",
     )
     p.add_argument("--markdown", type=Path, help="write this markdown page from --out (runs no model)")
     p.add_argument("--command", default="", help="the command line to quote in the markdown page")
@@ -358,8 +358,8 @@ def run(args: argparse.Namespace) -> int:
     names = names[:: max(1, args.every)]
     redo = {s for s in args.redo.split(",") if s}
     if redo:  # keep every other row; re-run these models and put their new rows at the end
-        kept = [r for r in read_rows(args.out) if r["status"] not in redo]
-        names = [r["model"] for r in read_rows(args.out) if r["status"] in redo]
+        kept = [r for r in read_rows(args.out) if not {r["status"], r["model"]} & redo]
+        names = [r["model"] for r in read_rows(args.out) if {r["status"], r["model"]} & redo]
         with atomic_path(args.out) as tmp, open(tmp, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
             w.writeheader()

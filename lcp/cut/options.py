@@ -97,6 +97,12 @@ class CutOptions:
         "in the same global ranking)",
         signature=False,  # in a run's signature only when on (lcp.run.config), so older runs still resume
     )
+    time_aware: bool = option(
+        False,
+        "latency budgets: rank channels by importance per millisecond they save (the per-layer latency table, "
+        "a branch's whole time with --depth), not by importance alone",
+        signature=False,  # in a run's signature only when on, like depth
+    )
     latency_batch: int = option(1, "batch size of latency measurements", check=at_least(1), signature=False)
 
     def all_budgets(self) -> list[float]:

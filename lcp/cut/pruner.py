@@ -185,6 +185,7 @@ def _latency_cut(
     max_timings: int = 30,
     table: Any = None,
     progress: bool = False,
+    time_aware: bool = False,
 ) -> tuple[Plan, nn.Module, dict]:
     """Cut to ``budget`` x the measured latency of the original on this device.
 
@@ -197,7 +198,8 @@ def _latency_cut(
     inside the band is timed again, its rounds pooled, until the standard error of their median is at most a
     quarter of the tolerance (at least twice): it is accepted when the pooled median is still inside, so one
     lucky reading is not enough. After ``max_timings`` timings without that, the network with the largest
-    measured ratio within the budget is returned.
+    measured ratio within the budget is returned. ``time_aware``: the walk ranks by importance per millisecond
+    saved (``ranking.time_aware_ranking``).
     """
     size = tuple(graph.example_inputs[0].shape[1:])
     table = table or LatencyTable.build(graph, batch=batch, device=device, n_threads=n_threads, progress=progress)
@@ -220,6 +222,7 @@ def _latency_cut(
                 seed=seed,
                 min_ratio=min_ratio,
                 round_to=round_to,
+                time_aware=time_aware,
             ), target
         except UnreachableBudget as e:  # below the floors: the smallest network there is
             floor = min(1.0, e.lowest + 1e-9)

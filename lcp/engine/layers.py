@@ -213,6 +213,45 @@ class ConvTransposeHandler(ConvHandler):
         return grouped.transpose(1, 2).reshape(g * w.shape[1], -1)
 
 
+class CondConvHandler(ConvHandler):
+    """timm's CondConv2d: every sample convolves with its own mixture ``routing @ weight`` of ``experts`` expert
+    convs (weight ``(experts, out * in / groups * kh * kw)``); per sample it costs the conv plus the mixing
+    matmuls, and surgery slices every expert alike."""
+
+    kind = LayerKind.COND_CONV
+
+    def cost(self, rec: Record, n_out: int, n_in: int, n_norm_params: int) -> tuple[int, int]:
+        in_pg = 1 if rec.mode == "depthwise" else (n_in // rec.groups if rec.mode == "grouped" else n_in)
+        experts = int(rec.extra["experts"])
+        per_expert = n_out * in_pg * rec.kernel + (n_out if rec.bias else 0)
+        return rec.spatial * rec.kernel * in_pg * n_out + experts * per_expert, experts * per_expert
+
+    def folded_params(self, m: nn.Module | None) -> int:
+        return 0
+
+    def prune(self, job: Rewrite, rec: Record, keep_out: np.ndarray | None, keep_in: np.ndarray | None) -> None:
+        m = job.modules[rec.name]
+        experts = m.weight.shape[0]
+        w = m.weight.reshape(experts, m.out_channels, m.in_channels // m.groups, *m.kernel_size)
+        w = select_positions(w, 1, keep_out)
+        if rec.mode == "dense":
+            w = select_positions(w, 2, keep_in)
+        elif rec.mode == "grouped":
+            w = select_positions(w, 2, keep_in[keep_in < m.in_channels // m.groups])
+        if rec.mode == "depthwise":
+            m.groups = len(keep_in)
+        m.in_channels, m.out_channels = len(keep_in), len(keep_out)
+        m.weight_shape = tuple(w.shape[1:])
+        set_param(m, "weight", w.reshape(experts, -1).contiguous())
+        if m.bias is not None:
+            set_param(m, "bias", select_positions(m.bias, 1, keep_out))
+            m.bias_shape = (len(keep_out),)
+
+    def filters(self, m: nn.Module, w: torch.Tensor) -> torch.Tensor:
+        experts = w.shape[0]
+        return w.reshape(experts, m.out_channels, -1).transpose(0, 1).reshape(m.out_channels, -1)
+
+
 class LinearHandler(LayerHandler):
     kind = LayerKind.LINEAR
     input_dim = -1
@@ -274,6 +313,7 @@ LAYERS: dict[LayerKind, LayerHandler] = {
     for h in (
         ConvHandler(),
         ConvTransposeHandler(),
+        CondConvHandler(),
         LinearHandler(),
         NormHandler(),
         PadHandler(),

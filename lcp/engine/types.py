@@ -19,6 +19,7 @@ class LayerKind(str, Enum):
 
     CONV = "conv"  # a conv: output positions are filters, input positions are weight slices
     CONV_TRANSPOSE = "conv_transpose"  # a transposed conv: weight (in, out / groups, *kernel)
+    COND_CONV = "cond_conv"  # timm's CondConv2d: per-sample mixture of expert convs, weight (experts, out * ...)
     LINEAR = "linear"  # a linear layer (features on the last dim)
     NORM = "norm"  # per-channel parameters and buffers (BatchNorm, GroupNorm, affine InstanceNorm...)
     PAD = "pad"  # a module that zero-pads channels (``pad_left`` / ``pad_right``), e.g. option-A shortcuts
@@ -31,7 +32,7 @@ class LayerKind(str, Enum):
     @property
     def has_filters(self) -> bool:
         """Whether its output positions are filters: the producers of a channel unit (conv, linear)."""
-        return self in (LayerKind.CONV, LayerKind.CONV_TRANSPOSE, LayerKind.LINEAR)
+        return self in (LayerKind.CONV, LayerKind.CONV_TRANSPOSE, LayerKind.COND_CONV, LayerKind.LINEAR)
 
 
 # --------------------------------------------------------------------------------------------------------------

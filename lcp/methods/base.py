@@ -136,6 +136,11 @@ class Method:
             )
         if not self.several_budgets and len(budgets) > 1:
             raise LcpError(f"method {self.name} searches one budget: pass --budget, not several --budgets")
+        if getattr(options, "time_aware", False) and options.budget_type != "latency":
+            raise LcpError(
+                f"--time-aware ranks by the time a channel saves: it needs --budget-type latency, "
+                f"not {options.budget_type}"
+            )
 
     def learn(self, ctx: Context) -> Learned:
         """Learn once for all budgets (default: nothing to learn)."""
@@ -164,7 +169,7 @@ class Method:
             min_ratio=o.min_ratio,
             seed=o.seed,
             batches=batches,
-            latency={"batch": o.latency_batch, "device": o.device, "n_threads": o.threads},
+            latency={"batch": o.latency_batch, "device": o.device, "n_threads": o.threads, "time_aware": o.time_aware},
             ratios=learned.ratios,
             label=self.name,
             check=ctx.verify,

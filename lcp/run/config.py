@@ -119,7 +119,7 @@ class PruneConfig(SearchOptions, AgentOptions, RecoveryOptions, CutOptions, JobO
         sig.update(
             {
                 k: getattr(self, k)
-                for k in ("pretrained", "input_size", "search_stop", "ignore", "max_removal", "depth")
+                for k in ("pretrained", "input_size", "search_stop", "ignore", "max_removal", "depth", "time_aware")
                 if getattr(self, k)
             }
         )

@@ -258,3 +258,74 @@ def test_paired_latency_min_seconds_default_is_read_at_call_time(monkeypatch, en
     calls.clear()
     lcp.cut.latency.paired_latency(net, net, (2,), rounds=5, repeats=20)
     assert calls[-10:] == [20] * 10  # the module default, read when called
+
+
+def test_time_gains_average_a_groups_saving_down_to_its_floor_or_its_whole_branch(graph, fake_timing):
+    """The time a channel saves is its group's table saving over what the walk can remove, per channel: down to
+    the floor for a width group, the whole branch (fixed time included) for a depth unit."""
+    from lcp.cut.ranking import time_gains
+    from lcp.engine.depth import allow_depth
+
+    table = LatencyTable.build(graph, repeats=2, warmup=1)
+    cost = CostModel(graph, latency=table)
+    floor = graph.floors(0.1, 2)
+    no_depth = np.zeros(len(graph.groups), dtype=bool)
+    gains = time_gains(graph, cost, floor, no_depth)
+    assert cost.value("latency") == pytest.approx(table.base_ms)  # the cost model is left as it was
+    for g in graph.groups:
+        units = [u for u in g.units if graph.units[u].prunable]
+        if not units:
+            continue
+        for u in units[: len(g.units) - int(floor[g.index])]:
+            cost.remove(u)
+        saved = table.base_ms - cost.value("latency")
+        cost.reset()
+        assert gains[units] == pytest.approx(saved / (len(g.units) - int(floor[g.index])))
+    allow_depth(graph, True)
+    depth = graph.depth
+    assert depth.any()
+    with_depth = time_gains(graph, cost, floor, depth)
+    g = next(g for g in graph.groups if depth[g.index])
+    for u in g.units:
+        cost.remove(u)
+    assert with_depth[g.units[0]] == pytest.approx((table.base_ms - cost.value("latency")) / len(g.units))
+    cost.reset()
+
+
+def test_time_aware_ranking_keeps_each_groups_order_and_favours_the_time_it_buys(graph):
+    from lcp.cut.ranking import ranking, time_aware_ranking
+
+    scores = imp.unit_scores(graph, imp.filter_scores(graph, "l2"), "mean")
+    gains = np.where(np.isnan(scores), np.nan, 1.0)
+    assert np.array_equal(time_aware_ranking(graph, scores, gains), ranking(graph, scores))  # equal gains: same
+    fast = graph.groups[0].units  # this group's channels save 10x the time of any other
+    gains[fast] = 10.0
+    order = time_aware_ranking(graph, scores, gains).tolist()
+    plain = ranking(graph, scores).tolist()
+    for g in graph.groups:  # within a group, still by score
+        mine = [u for u in order if u in set(g.units)]
+        assert mine == [u for u in plain if u in set(g.units)]
+    assert np.mean([order.index(u) for u in fast]) < np.mean([plain.index(u) for u in fast])
+    gains[fast] = 0.0  # saves nothing: last
+    assert set(time_aware_ranking(graph, scores, gains).tolist()[-len(fast) :]) == set(fast)
+
+
+def test_time_aware_latency_cut_meets_the_target_by_another_path(graph, fake_timing):
+    base = fake_measure(graph.model, SIZE)["median_ms"]
+    plain = prune_graph(graph, budget=0.6, budget_type="latency", method="global", latency={"batch": 1})
+    aware = prune_graph(
+        graph, budget=0.6, budget_type="latency", method="global", latency={"batch": 1, "time_aware": True}
+    )
+    measured = fake_measure(aware.model, SIZE)["median_ms"] / base
+    assert 0.95 * 0.6 <= measured <= 0.6 and aware.verification.ok
+    assert not np.array_equal(aware.plan.removed, plain.plan.removed)
+
+
+def test_time_aware_needs_a_latency_budget(tiny_folder, resnet20_ckpt, tmp_path, capsys):
+    from lcp.cli import main
+
+    out = tmp_path / "run"
+    argv = ["prune", "--model", "resnet20", "--data", str(tiny_folder), "--checkpoint", str(resnet20_ckpt)]
+    assert main([*argv, "--budget", "0.5", "--time-aware", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--time-aware" in err[0] and "latency" in err[0] and not out.exists()

@@ -361,6 +361,44 @@ def test_weight_standardized_convs_are_folded(conv):
     assert all(isinstance(x, cls) for x in (model.stem, model.conv2, model.conv3))  # the original is untouched
 
 
+class CondConvNet(nn.Module):
+    """timm's CondConv block shape: routing weights from the pooled block input pick a mixture of expert convs
+    per sample (dense, then depthwise, then a projection)."""
+
+    def __init__(self, cls: type, experts: int = 3):
+        super().__init__()
+        self.stem, self.bn0 = nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16)
+        self.routing = nn.Linear(16, experts)
+        self.pw = cls(16, 24, 1, num_experts=experts)
+        self.bn1 = nn.BatchNorm2d(24)
+        self.dw = cls(24, 24, 3, padding=1, groups=24, num_experts=experts)
+        self.pwl = cls(24, 12, 1, bias=True, num_experts=experts)
+        self.fc = nn.Linear(12, 10)
+
+    def forward(self, x):
+        x = F.relu(self.bn0(self.stem(x)))
+        r = torch.sigmoid(self.routing(F.adaptive_avg_pool2d(x, 1).flatten(1)))
+        x = F.relu(self.bn1(self.pw(x, r)))
+        x = self.pwl(F.relu(self.dw(x, r)), r)
+        return self.fc(x.mean((2, 3)))
+
+
+def test_cond_conv_prunes_every_expert_alike():
+    """CondConv2d (timm's efficientnet_cc_*): filters and inputs go from every expert; the routing weights'
+    producer keeps its experts; its cost (the conv plus the per-sample mixing of the experts) is exact."""
+    cls = pytest.importorskip("timm.layers").CondConv2d
+    torch.manual_seed(0)
+    model = CondConvNet(cls)
+    x = img(2)
+    res = prune_and_check(model, x, budget=0.6, method="uniform")  # every group loses channels
+    m = mods(res.model)
+    assert m["pw"].out_channels < 24 and m["dw"].in_channels == m["dw"].groups == m["pw"].out_channels
+    assert m["pw"].in_channels == m["stem"].out_channels == m["routing"].in_features < 16
+    assert m["routing"].out_features == 3 and m["pwl"].bias.shape == (3, m["pwl"].out_channels)
+    assert m["pw"].weight.shape == (3, m["pw"].out_channels * m["pw"].in_channels)
+    assert lcp.count_macs(model, x[:1]) == res.plan.macs_base  # the mixing matmuls counted like torch does
+
+
 # ---------------------------------------------------------------------------------------------------- concat
 
 

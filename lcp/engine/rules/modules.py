@@ -95,6 +95,7 @@ def _timm() -> dict[str, tuple[type, ...]]:
         # convs that standardize each filter over its inputs (BiT, NFNet); see ``layers.fold_weight_standardization``
         "std_convs": _types(layers, ["StdConv2d", "StdConv2dSame", "ScaledStdConv2d", "ScaledStdConv2dSame"]),
         "group_norms": _types(layers, ["GroupNorm", "GroupNormAct", "GroupNorm1", "GroupNorm1Act"]),
+        "cond_convs": _types(layers, ["CondConv2d"]),
     }
 
 
@@ -178,6 +179,24 @@ def conv_transpose_rule(prop: Propagator, node: fx.Node, m: nn.Module, x: Any) -
     in_shape = prop.shape(node.args[0])
     spatial = int(math.prod(in_shape[2:])) if isinstance(in_shape, tuple) else 1
     return _conv_like(prop, str(node.target), m, x, LayerKind.CONV_TRANSPOSE, spatial)
+
+
+def cond_conv_rule(prop: Propagator, node: fx.Node, m: nn.Module, x: Any) -> Any:
+    """timm's CondConv2d ``(x, routing_weights)``: channels like a conv's; the routing weights pick a mixture of
+    its experts per sample, so the experts (their producer's outputs) are kept whole."""
+    if len(node.args) != 2 or node.kwargs:
+        return prop.unknown(node, "CondConv2d called without (x, routing_weights)")
+    prop.freeze(node, prop.val(node.args[1]), "routing weights of a CondConv2d (its experts are kept whole)")
+    if x is None:
+        x = Chan(1, prop.uf.new(m.in_channels, frozen=f"input of {node.target} comes from an untracked op"))
+    shape = prop.shape(node)
+    if not (isinstance(x, Chan) and x.dim == 1 and len(x.ids) == m.in_channels and isinstance(shape, tuple)):
+        return prop.unknown(node, "CondConv2d input channels are not on dim 1")
+    rec = prop.get_record(str(node.target))
+    out = _conv_like(prop, str(node.target), m, x, LayerKind.COND_CONV, int(math.prod(shape[2:])))
+    if rec is None:
+        prop.get_record(str(node.target)).extra["experts"] = int(m.num_experts)
+    return out
 
 
 def linear_rule(prop: Propagator, node: fx.Node, m: nn.Module, x: Any) -> Any:
@@ -298,6 +317,7 @@ def _register_timm(table: Any) -> None:
     table.module(t["group_norms"], group_norm_rule)
     table.module(t["elementwise"], passthrough_rule, exact=True, leaf=False)
     table.module(t["pools"], passthrough_rule)
+    table.module(t["cond_convs"], cond_conv_rule, exact=True)
 
 
 RULES.when_imported("timm.layers", _register_timm)
