@@ -66,7 +66,7 @@ def input_shapes(graph: ChannelGraph, names: set[str]) -> dict[str, list[tuple[i
     ]
     try:
         with torch.inference_mode():
-            graph.model.eval()(*[x.float() for x in graph.example_inputs])
+            graph.model.eval()(*[x.float() if x.is_floating_point() else x for x in graph.example_inputs])
     finally:
         for h in handles:
             h.remove()

@@ -312,7 +312,7 @@ def check_pruned(graph: ChannelGraph, p: Plan, pruned: nn.Module) -> Verificatio
     untraced = train_only_modules(graph)
     if untraced:
         _runs_in_train_mode(graph, pruned, untraced)
-    macs = count_macs(pruned, tuple(x.float() for x in graph.example_inputs))
+    macs = count_macs(pruned, tuple(x.float() if x.is_floating_point() else x for x in graph.example_inputs))
     params = count_params(pruned)
     if macs != p.macs or params != p.params:
         raise LcpError(
@@ -358,4 +358,9 @@ def _runs_in_train_mode(graph: ChannelGraph, pruned: nn.Module, untraced: list[s
 
 def _frozen_list(graph: ChannelGraph) -> str:
     ops = sorted({f"{f.op} ({f.reason})" for f in graph.frozen_ops})
-    return "; ".join(ops[:5]) + (f" and {len(ops) - 5} more" if len(ops) > 5 else "") or "no prunable channels"
+    if ops:
+        return "; ".join(ops[:5]) + (f" and {len(ops) - 5} more" if len(ops) > 5 else "")
+    reasons = sorted({u.frozen for u in graph.units if u.frozen})  # no op froze them: model inputs and outputs
+    if reasons:
+        return "every width is fixed: " + "; ".join(reasons[:5])
+    return "no prunable channels"

@@ -149,14 +149,25 @@ def verify(
 ) -> Verification:
     """Compare ``pruned`` with the original whose removed channels are zeroed where they enter consumers."""
     gen = torch.Generator().manual_seed(seed)
-    inputs = tuple(torch.randn(x.shape, generator=gen, dtype=torch.float64) for x in graph.example_inputs)
+    inputs = tuple(  # random floats; integer inputs (token ids...) are the example's own
+        torch.randn(x.shape, generator=gen, dtype=torch.float64) if x.is_floating_point() else x.clone()
+        for x in graph.example_inputs
+    )
     ref, handles = masked_model(graph, removed)
     test = copy.deepcopy(pruned).double().eval()
     with torch.no_grad():
         a = output_tensors(ref(*inputs))
-        b = output_tensors(test(*inputs))
-    for h in handles:
-        h.remove()
+        try:
+            b = output_tensors(test(*inputs))
+        except Exception as e:
+            raise LcpError(
+                f"refusing the pruned {type(graph.model).__name__}: it does not run ({type(e).__name__}: "
+                f"{str(e).splitlines()[0] if str(e) else ''}); its forward code probably sizes a tensor by a width "
+                "that was cut (e.g. a reshape to sizes read from x.shape): keep that layer whole with --ignore"
+            ) from None
+        finally:
+            for h in handles:
+                h.remove()
     shapes = len(a) == len(b) and all(x.shape == y.shape for x, y in zip(a, b))
     if not shapes:
         return Verification(float("inf"), False, False)

@@ -254,8 +254,9 @@ def group_norm_rule(prop: Propagator, node: fx.Node, m: nn.GroupNorm, x: Any) ->
 
 
 def instance_norm_rule(prop: Propagator, node: fx.Node, m: nn.Module, x: Any) -> Any:
-    """InstanceNorm: per channel; its parameters or statistics (if any) are sliced like a norm's."""
-    return norm_rule(prop, node, m, x) if m.affine or m.track_running_stats else prop.passthrough(node, x)
+    """InstanceNorm: per channel; its parameters or statistics (if any) are sliced like a norm's, and its
+    ``num_features`` follows the channels kept even without them."""
+    return norm_rule(prop, node, m, x)
 
 
 def passthrough_rule(prop: Propagator, node: fx.Node, m: nn.Module, x: Any) -> Any:
