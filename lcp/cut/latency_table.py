@@ -87,16 +87,30 @@ class LatencyTable:
     """Per-record latency lookup of a channel graph on one device, at one batch size (see :meth:`build`).
 
     ``tables[ri]`` is the :class:`LayerTable` of record ``ri`` (prunable convs and linears); ``base_ms`` is the
-    whole original network's measured latency and ``const_ms`` what the tables do not explain (norms,
-    activations, pooling, call overhead), so that the prediction at full width equals ``base_ms``.
+    whole original network's measured latency. What the tables do not explain (norms, activations, additions,
+    call overhead) is ``const_ms`` plus ``overhead_ms[ri]``, a fixed time per layer that goes with it only when
+    the layer goes (a residual branch removed by ``--depth``): :meth:`build` spreads it evenly over the timed
+    layers, so the prediction at full width equals ``base_ms`` and a removed block takes its share with it.
     """
 
-    def __init__(self, tables: dict[int, LayerTable], base_ms: float, const_ms: float, info: dict):
+    def __init__(
+        self,
+        tables: dict[int, LayerTable],
+        base_ms: float,
+        const_ms: float,
+        info: dict,
+        overhead_ms: dict[int, float] | None = None,
+    ):
         self.tables, self.base_ms, self.const_ms, self.info = tables, base_ms, const_ms, info
+        self.overhead_ms = overhead_ms or {}
 
     def record_ms(self, ri: int, n_out: int, n_in: int) -> float:
         t = self.tables.get(ri)
-        return 0.0 if t is None else t(n_in, n_out)
+        if t is None:
+            return 0.0
+        ms = t(n_in, n_out)
+        alive = n_out > 0 and (n_in > 0 or t.in_grid == [0])
+        return ms + self.overhead_ms.get(ri, 0.0) if alive else 0.0
 
     @classmethod
     def build(
@@ -170,9 +184,12 @@ class LatencyTable:
             except OSError:
                 pass  # the cache is an optimisation only
         full = sum(t(len(graph.records[ri].in_ids), len(graph.records[ri].out_ids)) for ri, t in tables.items())
+        rest = base_ms - full  # per-layer work the layer timings miss: spread over the layers it goes with
+        share = rest / len(tables) if tables and rest > 0 else 0.0
         return cls(
             tables,
             base_ms,
-            base_ms - full,
+            rest - share * len(tables),
             {"device": device, "batch": batch, "layers": len(tables), "timed": fresh, "cache": str(path)},
+            overhead_ms={ri: share for ri in tables},
         )

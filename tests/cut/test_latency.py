@@ -76,6 +76,31 @@ def test_layer_table_interpolates_bilinearly_and_clamps():
     assert depthwise(0, 15) == pytest.approx(2.0) and depthwise(0, 0) == 0.0
 
 
+def test_unexplained_time_goes_with_the_layers_and_leaves_with_a_removed_branch(graph, fake_timing):
+    """What the layer timings miss (norms, activations, additions, dispatch: here the stand-in's 0.1 ms) is a
+    fixed share per timed layer: width cuts keep it, a layer that no longer runs (a branch removed with
+    ``--depth``) takes its share with it."""
+    from lcp.engine.depth import allow_depth
+
+    table = LatencyTable.build(graph, repeats=2, warmup=1)
+    full = sum(t(t.in_grid[-1], t.out_grid[-1]) for t in table.tables.values())
+    shares = table.overhead_ms
+    assert set(shares) == set(table.tables) and len(set(shares.values())) == 1
+    assert table.const_ms + sum(shares.values()) == pytest.approx(table.base_ms - full)
+    ri = next(iter(table.tables))
+    t = table.tables[ri]
+    assert table.record_ms(ri, t.out_grid[-1], t.in_grid[-1]) == pytest.approx(t.ms[-1][-1] + shares[ri])
+    assert table.record_ms(ri, 0, t.in_grid[-1]) == 0.0
+    allow_depth(graph, True)
+    g = next(g for g in graph.groups if graph.depth[g.index])
+    cost = CostModel(graph, latency=table)
+    for u in g.units[:-1]:
+        cost.remove(u)
+    one_left = cost.value("latency")
+    cost.remove(g.units[-1])  # the branch goes: its two convs and their shares
+    assert one_left - cost.value("latency") > 2 * shares[ri] * 0.999
+
+
 def test_table_covers_every_prunable_layer_and_is_cached(graph):
     table = LatencyTable.build(graph, repeats=2, warmup=1)
     convs = [
@@ -260,18 +285,17 @@ def test_paired_latency_min_seconds_default_is_read_at_call_time(monkeypatch, en
     assert calls[-10:] == [20] * 10  # the module default, read when called
 
 
-def test_time_gains_average_a_groups_saving_down_to_its_floor_or_its_whole_branch(graph, fake_timing):
-    """The time a channel saves is its group's table saving over what the walk can remove, per channel: down to
-    the floor for a width group, the whole branch (fixed time included) for a depth unit."""
+def test_time_gains_per_channel_down_to_the_floor_and_per_whole_branch(graph, fake_timing):
+    """The time a channel saves is its group's table saving down to its floor, per channel; a depth unit's
+    branch saves its whole time (its layers' fixed shares included) when it goes whole."""
     from lcp.cut.ranking import time_gains
     from lcp.engine.depth import allow_depth
 
     table = LatencyTable.build(graph, repeats=2, warmup=1)
     cost = CostModel(graph, latency=table)
     floor = graph.floors(0.1, 2)
-    no_depth = np.zeros(len(graph.groups), dtype=bool)
-    gains = time_gains(graph, cost, floor, no_depth)
-    assert cost.value("latency") == pytest.approx(table.base_ms)  # the cost model is left as it was
+    gains, branches = time_gains(graph, cost, floor, np.zeros(len(graph.groups), dtype=bool))
+    assert branches == {} and cost.value("latency") == pytest.approx(table.base_ms)  # the cost model as it was
     for g in graph.groups:
         units = [u for u in g.units if graph.units[u].prunable]
         if not units:
@@ -282,14 +306,33 @@ def test_time_gains_average_a_groups_saving_down_to_its_floor_or_its_whole_branc
         cost.reset()
         assert gains[units] == pytest.approx(saved / (len(g.units) - int(floor[g.index])))
     allow_depth(graph, True)
-    depth = graph.depth
-    assert depth.any()
-    with_depth = time_gains(graph, cost, floor, depth)
-    g = next(g for g in graph.groups if depth[g.index])
+    _, branches = time_gains(graph, cost, floor, graph.depth)
+    assert set(branches) == set(np.nonzero(graph.depth)[0].tolist())
+    g = graph.groups[next(iter(branches))]
     for u in g.units:
         cost.remove(u)
-    assert with_depth[g.units[0]] == pytest.approx((table.base_ms - cost.value("latency")) / len(g.units))
+    assert branches[g.index] == pytest.approx(table.base_ms - cost.value("latency"))
     cost.reset()
+
+
+def test_time_aware_walk_removes_whole_branches(graph, fake_timing):
+    """A branch is one entry of the time-aware order: the walk removes what is left of its group at once."""
+    from lcp.cut.ranking import Walker, time_aware_ranking, time_gains
+    from lcp.engine.depth import allow_depth
+
+    allow_depth(graph, True)
+    table = LatencyTable.build(graph, repeats=2, warmup=1)
+    cost = CostModel(graph, latency=table)
+    scores = imp.unit_scores(graph, imp.filter_scores(graph, "l2"), "mean")
+    walker = Walker(graph, cost)
+    gains, branches = time_gains(graph, cost, walker.floor, walker.depth)
+    first = min(branches, key=lambda gi: branches[gi])
+    branches = {first: 1e6}  # one branch that saves everything: it comes first
+    order = time_aware_ranking(graph, scores, gains, branches)
+    assert order[0] == -(first + 1) and len(order) == len(graph.prunable_units) + 1
+    removed, batches = walker.walk(order, 0.999 * table.base_ms, "latency")
+    assert batches[0] == graph.groups[first].units and removed[graph.groups[first].units].all()
+    assert removed.sum() == len(graph.groups[first].units)
 
 
 def test_time_aware_ranking_keeps_each_groups_order_and_favours_the_time_it_buys(graph):

@@ -74,8 +74,10 @@ class Fitness:
         round_to: int,
         threads: int | None,
         device: str | torch.device = "cpu",
+        time_aware: bool = False,
     ):
         self.graph, self.cost, self.scores = graph, cost, scores
+        self.time_aware = time_aware
         self.budgets = tuple(float(b) for b in (budget if isinstance(budget, Sequence) else [budget]))
         self.budget, self.budget_type = self.budgets[0], budget_type
         self.device = dev = torch.device(device)  # where candidates run; the batches are moved there once
@@ -117,6 +119,7 @@ class Fitness:
             transforms=transforms,
             min_ratio=self.min_ratio,
             round_to=self.round_to,
+            time_aware=self.time_aware,
         )
 
     def evaluate(self, transforms: Transforms) -> float:
@@ -245,6 +248,7 @@ def make_fitness(
     round_to: int = 1,
     threads: int | None = None,
     device: str | torch.device = "cpu",
+    time_aware: bool = False,
 ) -> Fitness:
     """The search objective at ``budget`` (lower is better): one budget, or several, whose held-out losses are
     averaged so that one learned compensation serves all of them (learn once, prune many).
@@ -260,9 +264,10 @@ def make_fitness(
     is ever read (tau steps distil from the unpruned network).
 
     The recalibration and evaluation batches (and the unpruned network's outputs) are computed once, here.
-    ``min_ratio`` and ``round_to`` must match the final cut's. ``threads``: torch threads while a candidate
-    runs (one thread was 2-3x faster than two on a 2-core machine shared with other jobs). ``device``: where
-    the candidates are scored (``cuda`` needs a single process: no ``workers`` pool).
+    ``min_ratio``, ``round_to`` and ``time_aware`` (latency budgets) must match the final cut's. ``threads``:
+    torch threads while a candidate runs (one thread was 2-3x faster than two on a 2-core machine shared with
+    other jobs). ``device``: where the candidates are scored (``cuda`` needs a single process: no ``workers``
+    pool).
 
     Speed (ResNet-56, 2 cores): most of a candidate's time is the forward passes over the
     ``recal_batches * batch_size + eval_images`` images through the physically pruned network, which runs
@@ -326,6 +331,7 @@ def make_fitness(
         round_to=round_to,
         threads=threads,
         device=device,
+        time_aware=time_aware,
     )
 
 
@@ -348,5 +354,6 @@ def fitness_for(ctx: Context, budget: float | Sequence[float], *, label_free: bo
         min_ratio=o.min_ratio,
         round_to=o.round_to,
         device=o.device,
+        time_aware=o.time_aware and o.budget_type == "latency",
         **overrides,
     )
