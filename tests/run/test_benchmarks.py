@@ -521,3 +521,26 @@ def test_search_table_markdown_keeps_devices_apart():
     assert len(lines) == 2
     assert lines[0].startswith("| resnet56 | cpu |") and lines[0].endswith(" 2.750 |")  # (240 - 20) / 80
     assert lines[1].startswith("| resnet56 | cuda: X |") and lines[1].endswith(" 0.200 |")  # 16 / 80
+
+
+def test_collect_runs_appends_a_row_per_run_folder(tmp_path, capsys):
+    """``benchmarks/collect_runs.py``: a finished run folder becomes one row with its command and the blocks it
+    removed; the same command replaces its row; a folder that is not a finished run is one line, exit 2."""
+    cr = _module(ROOT / "benchmarks" / "collect_runs.py", "collect_runs_under_test")
+    run = tmp_path / "run"
+    run.mkdir()
+    pd.DataFrame([{"budget_type": "latency", "budget": 0.5, "macs_ratio": 0.28, "top1_pruned": 82.47}]).to_csv(
+        run / "report.csv", index=False
+    )
+    pd.DataFrame(
+        [{"group": "a", "channels_after": 0}, {"group": "b", "channels_after": 16}, {"group": "c", "channels_after": 0}]
+    ).to_csv(run / "layers.csv", index=False)
+    out = tmp_path / "rows.csv"
+    argv = [str(run), "--out", str(out), "--command", "lcp prune X", "--machine", "vm"]
+    assert cr.main(argv) == 0 and cr.main(argv) == 0
+    rows = pd.read_csv(out)
+    assert len(rows) == 1 and rows["blocks_removed"].iloc[0] == 2 and rows["top1_pruned"].iloc[0] == 82.47
+    assert list(rows.columns) == cr.COLUMNS
+    capsys.readouterr()
+    assert cr.main([str(tmp_path / "nothing"), "--out", str(out), "--command", "c", "--machine", "vm"]) == 2
+    assert len(capsys.readouterr().out.strip().splitlines()) == 1 and len(pd.read_csv(out)) == 1
