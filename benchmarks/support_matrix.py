@@ -360,6 +360,7 @@ def run(args: argparse.Namespace) -> int:
     if redo:  # keep every other row; re-run these models and put their new rows at the end
         kept = [r for r in read_rows(args.out) if not {r["status"], r["model"]} & redo]
         names = [r["model"] for r in read_rows(args.out) if {r["status"], r["model"]} & redo]
+        params = {r["model"]: int(r["params"]) for r in read_rows(args.out) if r.get("params")}  # kept as counted
         with atomic_path(args.out) as tmp, open(tmp, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
             w.writeheader()
@@ -438,19 +439,24 @@ def run(args: argparse.Namespace) -> int:
     }
     if args.resume and args.out.with_suffix(".json").is_file():
         old = json.loads(args.out.with_suffix(".json").read_text())
-        if redo:  # the full run's figures stay; the re-run is recorded beside them
+        if redo:  # the full run's figures stay; every re-run is recorded beside them
+            earlier = old.pop("redos", None) or ([old.pop("redo")] if "redo" in old else [])
             meta = {
                 **old,
-                "redo": {
-                    "statuses": sorted(redo),
-                    "models": len(todo),
-                    "wall_s": round(total, 1),
-                    "timm": timm.__version__,
-                    "cpus": os.cpu_count(),
-                    "workers": args.workers,
-                    "date": meta["date"],
-                    "command": meta["command"],
-                },
+                "redos": earlier
+                + [
+                    {
+                        "statuses": sorted(redo & set(STATUSES)),
+                        "names": sorted(redo - set(STATUSES)),
+                        "models": len(todo),
+                        "wall_s": round(total, 1),
+                        "timm": timm.__version__,
+                        "cpus": os.cpu_count(),
+                        "workers": args.workers,
+                        "date": meta["date"],
+                        "command": meta["command"],
+                    }
+                ],
             }
         else:
             meta["wall_s"] = round(meta["wall_s"] + old.get("wall_s", 0), 1)
@@ -690,13 +696,15 @@ def markdown(args: argparse.Namespace) -> int:
         f"{meta.get('max_params', 400e6) / 1e6:.0f}M parameters are skipped: several float64 copies of them "
         "(verification) do not fit in the memory of a small machine."
     )
-    redo = meta.get("redo")
-    if redo:
+    for redo in meta.get("redos") or ([meta["redo"]] if meta.get("redo") else []):
+        which = " or ".join(redo.get("statuses") or [])
+        named = ", ".join(redo.get("names") or [])
+        what = f"that were {which} in that run" + (f" and {named}" if named else "") if which else f"({named})"
         w("")
         w(
-            f"After an engine change, the {redo['models']} models that were {' or '.join(redo['statuses'])} in that "
-            f"run were run again on {redo['cpus']} cores ({redo['date']}, {float(redo['wall_s']) / 60:.0f} min, "
-            f"`{redo['command']}`); their rows replace the old ones, the other rows are the full run's."
+            f"After an engine change, the {redo['models']} models {what} were run again on {redo['cpus']} cores "
+            f"({redo['date']}, {float(redo['wall_s']) / 60:.1f} min, `{redo['command']}`); their rows replace the "
+            "old ones, the other rows are the full run's."
         )
     large_redo = large_meta.get("redo")
     if large and large_redo:
