@@ -25,6 +25,7 @@ from lcp.methods import Context, Learned, Method, method_names, register_method,
 from lcp.models.export import export
 from lcp.models.factory import create_model
 from lcp.models.store import load, save
+from lcp.training.train import finetune
 
 __all__ = [
     "ChannelGraph",
@@ -43,6 +44,7 @@ __all__ = [
     "count_params",
     "create_model",
     "export",
+    "finetune",
     "load",
     "method_names",
     "module_rule",

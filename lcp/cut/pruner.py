@@ -199,7 +199,7 @@ def _latency_cut(
     quarter of the tolerance (at least twice): it is accepted when the pooled median is still inside, so one
     lucky reading is not enough. After ``max_timings`` timings without that, the network with the largest
     measured ratio within the budget is returned. ``time_aware``: the walk ranks by importance per millisecond
-    saved (``ranking.time_aware_ranking``).
+    saved (``lcp.cut.time_aware``).
     """
     size = tuple(graph.example_inputs[0].shape[1:])
     table = table or LatencyTable.build(graph, batch=batch, device=device, n_threads=n_threads, progress=progress)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from lcp.cut.options import check_budget
+from lcp.cut.time_aware import time_aware_ranking, time_gains
 from lcp.engine.cost import CostModel
 from lcp.engine.graph import ChannelGraph
 from lcp.errors import LcpError, UnreachableBudget
@@ -109,58 +110,6 @@ def ranking(graph: ChannelGraph, scores: np.ndarray) -> np.ndarray:
     """Prunable unit indices, ascending by score (ties by unit index)."""
     units = np.asarray(graph.prunable_units, dtype=np.int64)
     return units[np.lexsort((units, scores[units]))]
-
-
-def time_gains(
-    graph: ChannelGraph, cost: CostModel, floor: np.ndarray, depth: np.ndarray
-) -> tuple[np.ndarray, dict[int, float]]:
-    """What removing saves by the cost model's latency table: per unit, the milliseconds its group saves per
-    channel removed down to its floor (NaN for units that cannot be pruned); per ``depth`` group, the
-    milliseconds its whole branch takes (its layers' fixed time included)."""
-    gains = np.full(len(graph.units), np.nan)
-    branches: dict[int, float] = {}
-    cost.reset()
-    base = cost.value("latency")
-    for g in graph.groups:
-        units = [u for u in g.units if graph.units[u].prunable]
-        take = units[: max(0, len(g.units) - int(floor[g.index]))]
-        for u in take:
-            cost.remove(u)
-        if take:
-            gains[units] = (base - cost.value("latency")) / len(take)
-        if depth[g.index] and len(units) == len(g.units):
-            for u in units[len(take) :]:
-                cost.remove(u)
-            branches[g.index] = base - cost.value("latency")
-        cost.reset()
-    return gains, branches
-
-
-def time_aware_ranking(
-    graph: ChannelGraph, scores: np.ndarray, gains: np.ndarray, branches: dict[int, float] | None = None
-) -> np.ndarray:
-    """The walk's order by importance per millisecond saved (a greedy knapsack): a unit's rank in the score
-    ranking (as a fraction, so the order within a group is the score's) over its time gain relative to the
-    median gain; a ``branches`` group also enters whole, as the entry ``-(group + 1)``, at the sum of its
-    units' ranks over the branch's time. A unit that saves no time comes last."""
-    units = ranking(graph, scores)
-    rank = np.empty(len(graph.units))
-    rank[units] = (np.arange(len(units)) + 1.0) / len(units)
-    g = gains[units]
-    positive = g[np.isfinite(g) & (g > 0)]
-    if positive.size == 0:
-        return units
-    median = float(np.median(positive))
-    rel = np.where(np.isfinite(g) & (g > 0), g / median, 0.0)
-    with np.errstate(divide="ignore"):
-        key = np.where(rel > 0, rank[units] / np.where(rel > 0, rel, 1.0), np.inf)
-    entries, keys = list(units.tolist()), list(key.tolist())
-    for gi, ms in sorted((branches or {}).items()):
-        if ms > 0:
-            entries.append(-(gi + 1))
-            keys.append(float(rank[graph.groups[gi].units].sum()) / (ms / median))
-    order = np.asarray(entries, dtype=np.int64)
-    return order[np.lexsort((order, np.asarray(keys)))]
 
 
 class Walker:
@@ -295,7 +244,9 @@ def plan(
             tf = transforms if (transforms is not None and method == "lcp") else Transforms.identity(graph)
             compensated = compensated_scores(graph, scores, tf)
             if time_aware and metric == "latency":
-                order = time_aware_ranking(graph, compensated, *time_gains(graph, cost, walker.floor, walker.depth))
+                order = time_aware_ranking(
+                    graph, ranking(graph, compensated), *time_gains(graph, cost, walker.floor, walker.depth)
+                )
             else:
                 order = ranking(graph, compensated)
         removed, batches = walker.walk(order, target, metric)

@@ -39,6 +39,12 @@ class EpochCallback(Protocol):
     def __call__(self, epoch: int, record: dict[str, Any]) -> None: ...
 
 
+class LossFn(Protocol):
+    """The caller's training loss: ``loss_fn(model, batch)`` -> a scalar tensor (``finetune(loss_fn=...)``)."""
+
+    def __call__(self, model: nn.Module, batch: Any) -> Tensor: ...
+
+
 # ---------------------------------------------------------------------------------------------- training
 
 
@@ -132,6 +138,7 @@ def _run(
     eval_loader: Iterable[Batch] | None,
     num_threads: int | None,
     desc: str,
+    loss_fn: LossFn | None = None,
 ) -> dict[str, Any]:
     """The shared SGD loop of :func:`finetune` and :func:`train_baseline`."""
     from tqdm.auto import tqdm
@@ -206,19 +213,25 @@ def _run(
                     step = epoch * steps + i
                     for g in opt.param_groups:
                         g["lr"] = _lr_at(step, total, lr, schedule)
-                    x, y = inputs_and_labels(batch)
-                    loss, out, y = _loss(net, teacher, x.to(dev, non_blocking=True), y, dev, kd_alpha, kd_T)
+                    if loss_fn is not None:  # the caller's loss of the whole batch (detection targets, ...)
+                        loss, out, y, n = loss_fn(net, batch), None, None, 1  # its mean loss is per batch
+                        if not (isinstance(loss, Tensor) and loss.dim() == 0):
+                            raise LcpError(f"loss_fn must return a scalar tensor, got {type(loss).__name__}")
+                    else:
+                        x, y = inputs_and_labels(batch)
+                        loss, out, y = _loss(net, teacher, x.to(dev, non_blocking=True), y, dev, kd_alpha, kd_T)
+                        n = len(x)
                     if not bool(torch.isfinite(loss)):
                         where = last_good if ckpt is not None else "no checkpoint is kept (no checkpoint path)"
                         raise LcpError(f"loss became NaN at epoch {epoch + 1} step {i + 1}; {where}; lower --lr")
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
-                    loss_sum += float(loss.detach()) * len(x)
-                    seen += len(x)
-                    if y is not None:
+                    loss_sum += float(loss.detach()) * n
+                    seen += n
+                    if y is not None and out is not None:
                         correct += int((out.detach().argmax(1) == y).sum())
-                        labeled += len(x)
+                        labeled += n
                     bar.set_postfix(loss=f"{loss_sum / seen:.4f}", lr=f"{opt.param_groups[0]['lr']:.3g}", refresh=False)
                     bar.update()
                 record: dict[str, Any] = {
@@ -281,12 +294,16 @@ def finetune(
     on_epoch_end: EpochCallback | None = None,
     eval_loader: Iterable[Batch] | None = None,
     num_threads: int | None = None,
+    loss_fn: LossFn | None = None,
 ) -> dict[str, Any]:
     """Fine-tune with SGD (Nesterov) and a per-step cosine schedule to 0; optional distillation.
 
     ``data`` is a :class:`DataBundle` (its train split, shuffled and augmented per epoch from ``seed``) or a
     function ``epoch -> batches`` whose result has ``len()``. With a ``teacher`` the loss is
-    ``(1 - kd_alpha) * CE + kd_alpha * T^2 * KL`` (pure KD on unlabeled batches). A checkpoint is written
+    ``(1 - kd_alpha) * CE + kd_alpha * T^2 * KL`` (pure KD on unlabeled batches). ``loss_fn(model, batch)``
+    replaces that loss by the caller's, for models that are not classifiers: it gets each batch as the loader
+    yields it (moving it to ``device`` is its job) and returns a scalar tensor, e.g. a torchvision detector's
+    ``sum(model(images, targets).values())``. A checkpoint is written
     atomically to ``ckpt_path`` after every epoch; ``resume=True`` continues from it and ends with the same
     weights as an uninterrupted run. Returns ``{"history": [per-epoch records], ...}``.
     """
@@ -313,6 +330,7 @@ def finetune(
         eval_loader=eval_loader,
         num_threads=num_threads,
         desc="finetune",
+        loss_fn=loss_fn,
     )
 
 

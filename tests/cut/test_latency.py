@@ -288,7 +288,7 @@ def test_paired_latency_min_seconds_default_is_read_at_call_time(monkeypatch, en
 def test_time_gains_per_channel_down_to_the_floor_and_per_whole_branch(graph, fake_timing):
     """The time a channel saves is its group's table saving down to its floor, per channel; a depth unit's
     branch saves its whole time (its layers' fixed shares included) when it goes whole."""
-    from lcp.cut.ranking import time_gains
+    from lcp.cut.time_aware import time_gains
     from lcp.engine.depth import allow_depth
 
     table = LatencyTable.build(graph, repeats=2, warmup=1)
@@ -317,7 +317,8 @@ def test_time_gains_per_channel_down_to_the_floor_and_per_whole_branch(graph, fa
 
 def test_time_aware_walk_removes_whole_branches(graph, fake_timing):
     """A branch is one entry of the time-aware order: the walk removes what is left of its group at once."""
-    from lcp.cut.ranking import Walker, time_aware_ranking, time_gains
+    from lcp.cut.ranking import Walker, ranking
+    from lcp.cut.time_aware import time_aware_ranking, time_gains
     from lcp.engine.depth import allow_depth
 
     allow_depth(graph, True)
@@ -328,7 +329,7 @@ def test_time_aware_walk_removes_whole_branches(graph, fake_timing):
     gains, branches = time_gains(graph, cost, walker.floor, walker.depth)
     first = min(branches, key=lambda gi: branches[gi])
     branches = {first: 1e6}  # one branch that saves everything: it comes first
-    order = time_aware_ranking(graph, scores, gains, branches)
+    order = time_aware_ranking(graph, ranking(graph, scores), gains, branches)
     assert order[0] == -(first + 1) and len(order) == len(graph.prunable_units) + 1
     removed, batches = walker.walk(order, 0.999 * table.base_ms, "latency")
     assert batches[0] == graph.groups[first].units and removed[graph.groups[first].units].all()
@@ -336,21 +337,23 @@ def test_time_aware_walk_removes_whole_branches(graph, fake_timing):
 
 
 def test_time_aware_ranking_keeps_each_groups_order_and_favours_the_time_it_buys(graph):
-    from lcp.cut.ranking import ranking, time_aware_ranking
+    from lcp.cut.ranking import ranking
+    from lcp.cut.time_aware import time_aware_ranking
 
     scores = imp.unit_scores(graph, imp.filter_scores(graph, "l2"), "mean")
     gains = np.where(np.isnan(scores), np.nan, 1.0)
-    assert np.array_equal(time_aware_ranking(graph, scores, gains), ranking(graph, scores))  # equal gains: same
+    plain = ranking(graph, scores)
+    assert np.array_equal(time_aware_ranking(graph, plain, gains), plain)  # equal gains: the same order
     fast = graph.groups[0].units  # this group's channels save 10x the time of any other
     gains[fast] = 10.0
-    order = time_aware_ranking(graph, scores, gains).tolist()
+    order = time_aware_ranking(graph, ranking(graph, scores), gains).tolist()
     plain = ranking(graph, scores).tolist()
     for g in graph.groups:  # within a group, still by score
         mine = [u for u in order if u in set(g.units)]
         assert mine == [u for u in plain if u in set(g.units)]
     assert np.mean([order.index(u) for u in fast]) < np.mean([plain.index(u) for u in fast])
     gains[fast] = 0.0  # saves nothing: last
-    assert set(time_aware_ranking(graph, scores, gains).tolist()[-len(fast) :]) == set(fast)
+    assert set(time_aware_ranking(graph, ranking(graph, scores), gains).tolist()[-len(fast) :]) == set(fast)
 
 
 def test_time_aware_latency_cut_meets_the_target_by_another_path(graph, fake_timing):

@@ -49,6 +49,31 @@ def test_a_detector_is_pruned_by_its_traceable_parts_and_still_returns_boxes(fas
     assert isinstance(result.model.transform, type(model.transform))  # pre- and post-processing kept as they were
 
 
+def test_a_pruned_detector_recovers_with_its_own_loss(faster_rcnn) -> None:
+    """``lcp.finetune(loss_fn=...)``: a model that is not a classifier trains with the caller's loss (a
+    detector's loss dict, in train mode with its targets), on the caller's batches."""
+    _, result = faster_rcnn
+    model = copy.deepcopy(result.model)
+    images = _images()
+    targets = [{"boxes": torch.tensor([[20.0, 30.0, 90.0, 120.0]]), "labels": torch.tensor([2])}]
+    batches = [(images, targets)] * 2
+
+    def detection_loss(m: torch.nn.Module, batch: tuple) -> torch.Tensor:
+        return sum(m(*batch).values())
+
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    out = lcp.finetune(model, lambda epoch: batches, epochs=1, lr=0.001, loss_fn=detection_loss, progress=False)
+    assert out["steps"] == 2 and out["history"][0]["top1"] is None
+    assert torch.isfinite(torch.tensor(out["history"][0]["loss"]))
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+    with pytest.raises(lcp.LcpError, match="loss_fn must return a scalar tensor"):
+        lcp.finetune(model, lambda epoch: batches, epochs=1, loss_fn=lambda m, b: m(*b), progress=False)
+    model.eval()
+    with torch.no_grad():
+        (det,) = model(images)
+    assert set(det) == {"boxes", "labels", "scores"}
+
+
 def test_parts_are_the_largest_traceable_submodules() -> None:
     model = _detector("ssdlite320_mobilenet_v3_large", topk_candidates=50)  # resizes to 320 px: its size is fixed
     parts = traceable_parts(model, (_images(),))
