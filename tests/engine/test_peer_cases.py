@@ -410,12 +410,13 @@ class PReLUNet(nn.Module):
 
 
 class GroupNormNet(nn.Module):
-    """OPTYPE.GN: GroupNorm with 4 groups of 4 and 8 groups of 4 channels."""
+    """OPTYPE.GN: GroupNorm with 4 groups of 4 and 8 groups of 4 channels (``groups=(1, 1)``: over all the
+    channels, a LayerNorm, after every conv)."""
 
-    def __init__(self):
+    def __init__(self, groups: tuple[int, int] = (4, 8)):
         super().__init__()
-        self.conv1, self.gn1 = nn.Conv2d(3, 16, 3, padding=1), nn.GroupNorm(4, 16)
-        self.conv2, self.gn2 = nn.Conv2d(16, 32, 3, padding=1), nn.GroupNorm(8, 32)
+        self.conv1, self.gn1 = nn.Conv2d(3, 16, 3, padding=1), nn.GroupNorm(groups[0], 16)
+        self.conv2, self.gn2 = nn.Conv2d(16, 32, 3, padding=1), nn.GroupNorm(groups[1], 32)
         self.fc = nn.Linear(32, 10)
 
     def forward(self, x):
@@ -424,8 +425,8 @@ class GroupNormNet(nn.Module):
 
 
 class InstanceNormNet(nn.Module):
-    """OPTYPE.IN: InstanceNorm2d with and without affine parameters (per-channel statistics). lcp leaves the
-    non-affine one's ``num_features`` at 32 when its input shrinks, so torch warns when the pruned model runs."""
+    """OPTYPE.IN: InstanceNorm2d with and without affine parameters (per-channel statistics); both follow their
+    channels when they shrink."""
 
     def __init__(self):
         super().__init__()
@@ -689,20 +690,6 @@ class UpsampleConcat(nn.Module):
         return self.out(F.relu(self.dec(torch.cat([up, e1], dim=1))))
 
 
-class GroupNormOneGroup(nn.Module):
-    """OPTYPE.GN with ``num_groups=1``: GroupNorm over all the channels (LayerNorm), after every conv."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv1, self.gn1 = nn.Conv2d(3, 16, 3, padding=1), nn.GroupNorm(1, 16)
-        self.conv2, self.gn2 = nn.Conv2d(16, 32, 3, padding=1), nn.GroupNorm(1, 32)
-        self.fc = nn.Linear(32, 10)
-
-    def forward(self, x):
-        x = F.relu(self.gn2(self.conv2(F.relu(self.gn1(self.conv1(x))))))
-        return self.fc(x.mean((2, 3)))
-
-
 class LayerScaleEverywhere(nn.Module):
     """tests/test_unwrapped_parameters.py (``layer_scale``) on every conv: per-channel ``nn.Parameter`` scales read
     in forward touch every prunable width."""
@@ -878,7 +865,7 @@ CASES: list[Case] = [
     Case("group_norm", m(GroupNormNet, 1, 3, 16, 16), "ops.py OPTYPE.GN"),
     Case(
         "group_norm_one_group",
-        m(GroupNormOneGroup, 1, 3, 16, 16),
+        m(GroupNormNet, 1, 3, 16, 16, groups=(1, 1)),
         "ops.py OPTYPE.GN",
         refusal=NOTHING + "GroupNorm (gn1) (GroupNorm " + ACROSS + ")",
     ),
