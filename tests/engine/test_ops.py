@@ -683,6 +683,15 @@ class ChannelLast(nn.Module):
         return self.conv2(F.gelu(x)).mean((2, 3))
 
 
+def test_linear_on_a_token_input_prunes_its_hidden_width():
+    """A model input of tokens ``(batch, tokens, features)``: its features stay (a model input), the hidden width of
+    the MLP on the last dimension is prunable (Torch-Pruning's tests/test_fully_connected_layers.py on tokens)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 10))
+    res = prune_and_check(model, torch.randn(1, 16, 8), budget=0.6)
+    assert res.model[0].in_features == 8 and res.model[0].out_features == res.model[2].in_features < 32
+
+
 def test_channel_last_linear():
     torch.manual_seed(0)
     res = prune_and_check(ChannelLast(), img())

@@ -202,6 +202,13 @@ def cond_conv_rule(prop: Propagator, node: fx.Node, m: nn.Module, x: Any) -> Any
 def linear_rule(prop: Propagator, node: fx.Node, m: nn.Module, x: Any) -> Any:
     """A linear layer on the last dim (tokens: every other dim but the batch)."""
     shape = prop.shape(node)
+    if (
+        isinstance(x, Chan)
+        and isinstance(shape, tuple)
+        and x.dim != len(shape) - 1
+        and all(prop.uf.is_frozen(int(i)) for i in x.ids)
+    ):
+        x = None  # e.g. a model input of tokens (batch, tokens, features): its tracked dim is not this one's
     if x is None and isinstance(shape, tuple):
         x = Chan(len(shape) - 1, prop.uf.new(m.in_features, frozen=f"input of {node.target} is untracked"))
     if not (
