@@ -347,6 +347,14 @@ def _runs_in_train_mode(graph: ChannelGraph, pruned: nn.Module, untraced: list[s
         try:
             model(*x)
         except Exception as e:
+            try:
+                copy.deepcopy(graph.model).train()(*x)
+            except Exception as original:  # not the cut's doing: the model itself cannot train on this input
+                raise LcpError(
+                    f"refusing to prune {type(graph.model).__name__} on this example input: the original does "
+                    f"not run in train mode on it ({type(original).__name__}: "
+                    f"{str(original).splitlines()[0] if str(original) else ''}); pass a larger example input"
+                ) from None
             shown = ", ".join(untraced[:3]) + (f" and {len(untraced) - 3} more" if len(untraced) > 3 else "")
             raise LcpError(
                 f"refusing the pruned {type(graph.model).__name__}: it runs in eval mode but not in train mode "

@@ -928,6 +928,12 @@ CASES: list[Case] = [
         tv("inception_v3", size=80, aux_logits=False, init_weights=False),
         "torchvision inception_v3(aux_logits=False) at 80 px, as tests/test_backward.py builds it",
     ),
+    Case(
+        "tv_inception_v3_aux_small",
+        tv("inception_v3", size=80, aux_logits=True, init_weights=False),
+        "torchvision inception_v3 with its aux classifier at 80 px, too small for the aux head in train mode",
+        refusal="the original does not run in train mode on it",
+    ),
     Case("tv_vit_tiny", tv_tiny_vit, "torchvision VisionTransformer (vit_b_16, tests/test_serialization.py)"),
     Case(
         "tv_swin_tiny",
