@@ -84,7 +84,7 @@ def prune_norm(m: nn.Module, n: int, keep: np.ndarray) -> None:
     for name, t in list(m.named_parameters(recurse=False)) + list(m.named_buffers(recurse=False)):
         if t is not None and t.dim() >= 1 and t.shape[0] == n:
             set_param(m, name, select_positions(t, 0, keep))
-    for attr in ("num_features", "num_channels"):
+    for attr in ("num_features", "num_channels", "num_parameters"):
         if hasattr(m, attr):
             setattr(m, attr, len(keep))
     if isinstance(m, nn.GroupNorm):  # whole groups are kept (rules.modules.group_norm_rule)

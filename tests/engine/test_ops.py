@@ -683,6 +683,18 @@ class ChannelLast(nn.Module):
         return self.conv2(F.gelu(x)).mean((2, 3))
 
 
+def test_per_channel_prelu_is_sliced_with_its_channels():
+    """PReLU with one slope per channel (Torch-Pruning's OPTYPE.PRELU) keeps the slopes of the kept channels."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3), nn.PReLU(16), nn.Conv2d(16, 8, 3), nn.Flatten(), nn.LazyLinear(10))
+    x = img()
+    model(x)
+    with torch.no_grad():
+        model[1].weight.uniform_(-1, 1)  # slopes that differ, so a wrong slice shows in the verification
+    res = prune_and_check(model, x, budget=0.6, method="uniform")
+    assert res.model[1].num_parameters == res.model[1].weight.numel() == res.model[0].out_channels < 16
+
+
 def test_linear_on_a_token_input_prunes_its_hidden_width():
     """A model input of tokens ``(batch, tokens, features)``: its features stay (a model input), the hidden width of
     the MLP on the last dimension is prunable (Torch-Pruning's tests/test_fully_connected_layers.py on tokens)."""

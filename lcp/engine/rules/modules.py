@@ -274,6 +274,8 @@ def passthrough_rule(prop: Propagator, node: fx.Node, m: nn.Module, x: Any) -> A
 def _elementwise(prop: Propagator, node: fx.Node, m: nn.Module, x: Any) -> Any:
     if is_elementwise_module(m):
         return prop.passthrough(node, x)
+    if isinstance(m, nn.PReLU) and isinstance(x, Chan) and x.dim == 1 and len(x.ids) == m.num_parameters:
+        return norm_rule(prop, node, m, x)  # one slope per channel: sliced with the channels, like a norm's
     return prop.unknown(node, f"module {type(m).__name__} is not modelled")
 
 
