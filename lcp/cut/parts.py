@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from fnmatch import fnmatch
 from typing import Any
 
 import torch
@@ -101,8 +102,11 @@ def traceable_parts(model: nn.Module, example_inputs: Sequence[Any], ignore: Seq
         for child_name, child in module.named_children():
             name = f"{prefix}.{child_name}" if prefix else child_name
             args = calls.get(name)
-            if args is None or not any(p.requires_grad for p in child.parameters()):
-                continue  # never called, or nothing to prune in it
+            if not any(p.requires_grad for p in child.parameters()) or any(fnmatch(name, g) for g in ignore):
+                continue  # nothing to prune in it, or kept whole (--ignore)
+            if args is None:  # never called itself: a container whose layers its parent runs one by one
+                visit(name, child)
+                continue
             if any(isinstance(a, torch.Tensor) and a.numel() == 0 for a in args):
                 continue  # called on nothing (no region survived on the example input): cannot be verified
             if args and all(isinstance(a, torch.Tensor) for a in args):

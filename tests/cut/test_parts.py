@@ -74,6 +74,52 @@ def test_a_pruned_detector_recovers_with_its_own_loss(faster_rcnn) -> None:
     assert set(det) == {"boxes", "labels", "scores"}
 
 
+class _Block(torch.nn.Module):
+    """A traceable block with a hidden width (an Ultralytics bottleneck)."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.cv1, self.cv2 = torch.nn.Conv2d(c, 2 * c, 3, padding=1), torch.nn.Conv2d(2 * c, c, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.cv2(torch.relu(self.cv1(x)))
+
+
+class _LayerLoop(torch.nn.Module):
+    """Ultralytics' ``DetectionModel``: the parent runs the layers of a container one by one, each fed by the
+    outputs its ``f`` names, in Python that torch.fx cannot trace; the container itself is never called."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), _Block(8), _Block(8))
+        for i, m in enumerate(self.model):
+            m.f = [-1] if i == 0 else [-1, 0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not bool(torch.isfinite(x).all()):  # control flow on values: what stops torch.fx here
+            raise ValueError("non-finite input")
+        y: list[torch.Tensor] = []
+        for m in self.model:
+            inputs = [x if j == -1 else y[j] for j in m.f]
+            x = m(sum(inputs) if len(inputs) > 1 else inputs[0])
+            y.append(x)
+        return x.mean((2, 3))
+
+
+def test_a_container_run_layer_by_layer_is_looked_into() -> None:
+    """Ultralytics' YOLO layout: the container is never called, its layers are; they are the parts, and
+    ``ignore`` keeps a part whole (YOLOv8n itself: docs/engine.md)."""
+    torch.manual_seed(0)
+    model = _LayerLoop().eval()
+    x = torch.randn(1, 3, 16, 16)
+    result = lcp.prune(model, x, budget=0.5)
+    assert list(result.parts) == ["model.1", "model.2"]
+    assert all(result.model.model[i].cv1.out_channels < 16 for i in (1, 2))
+    assert result.model(x).shape == (1, 8)
+    kept = lcp.prune(model, x, budget=0.5, ignore=["model.2"])
+    assert list(kept.parts) == ["model.1"] and kept.model.model[2].cv1.out_channels == 16
+
+
 def test_parts_are_the_largest_traceable_submodules() -> None:
     model = _detector("ssdlite320_mobilenet_v3_large", topk_candidates=50)  # resizes to 320 px: its size is fixed
     parts = traceable_parts(model, (_images(),))
