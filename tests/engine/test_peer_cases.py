@@ -269,14 +269,17 @@ class LeNet(nn.Module):
         return self.relu5(self.fc3(y))
 
 
-class SingleChannelOutput(nn.Module):
-    """tests/test_single_channel_output.py: a conv stack that ends in one channel (and a one-channel BatchNorm)."""
+class ThreeConvs(nn.Module):
+    """tests/test_single_channel_output.py: a conv stack that ends in one channel (and a one-channel BatchNorm);
+    with ``transpose``, tests/test_pruner.py and tests/test_isomorphic.py (``test_pruner_TransposeConv``): conv, a
+    stride-2 ConvTranspose2d, conv, each with BatchNorm."""
 
-    def __init__(self):
+    def __init__(self, transpose: bool = False, out: int = 1):
         super().__init__()
+        mid = nn.ConvTranspose2d(16, 64, 2, stride=2) if transpose else nn.Conv2d(16, 64, 2, stride=2)
         self.conv1, self.bn1 = nn.Conv2d(3, 16, 3, stride=1, padding=1), nn.BatchNorm2d(16)
-        self.conv2, self.bn2 = nn.Conv2d(16, 64, 2, stride=2), nn.BatchNorm2d(64)
-        self.conv3, self.bn3 = nn.Conv2d(64, 1, 3, 1, 1), nn.BatchNorm2d(1)
+        self.conv2, self.bn2 = mid, nn.BatchNorm2d(64)
+        self.conv3, self.bn3 = nn.Conv2d(64, out, 3, 1, 1), nn.BatchNorm2d(out)
 
     def forward(self, x):
         x = F.relu(self.bn1(self.conv1(x)))
@@ -304,22 +307,6 @@ class WideDeep(nn.Module):
         x = x.reshape(x.shape[0], -1)
         x = torch.concat([self.linear(x), self.mlp(x)], dim=-1)
         return torch.sigmoid(self.lin2(x))
-
-
-class TransposeModel(nn.Module):
-    """tests/test_pruner.py and tests/test_isomorphic.py (``test_pruner_TransposeConv``): conv, a stride-2
-    ConvTranspose2d, conv, each with BatchNorm."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv1, self.bn1 = nn.Conv2d(3, 16, 3, stride=1, padding=1), nn.BatchNorm2d(16)
-        self.conv2, self.bn2 = nn.ConvTranspose2d(16, 64, 2, stride=2), nn.BatchNorm2d(64)
-        self.conv3, self.bn3 = nn.Conv2d(64, 8, 3, 1, 1), nn.BatchNorm2d(8)
-
-    def forward(self, x):
-        x = F.relu(self.bn1(self.conv1(x)))
-        x = F.relu(self.bn2(self.conv2(x)))
-        return F.relu(self.bn3(self.conv3(x)))
 
 
 class InplaceSkip(nn.Module):
@@ -848,9 +835,9 @@ CASES: list[Case] = [
     Case("multi_input", two_inputs(MultiInput), "tests/test_multiple_inputs_and_outputs.py"),
     Case("fc_residual", m(FCResidual, 1, 32), "tests/test_fully_connected_layers.py"),
     Case("lenet", m(LeNet, 1, 1, 28, 28), "tests/test_dependency_lenet.py"),
-    Case("single_channel_output", m(SingleChannelOutput, 1, 3, 32, 32), "tests/test_single_channel_output.py"),
+    Case("single_channel_output", m(ThreeConvs, 1, 3, 32, 32), "tests/test_single_channel_output.py"),
     Case("wide_deep", m(WideDeep, 1, 32), "tests/test_concat.py"),
-    Case("transpose_conv", m(TransposeModel, 1, 3, 16, 16), "tests/test_pruner.py, tests/test_isomorphic.py"),
+    Case("transpose_conv", m(ThreeConvs, 1, 3, 16, 16, transpose=True, out=8), "tests/test_pruner.py, tests/test_isomorphic.py"),
     Case("inplace_skip", m(InplaceSkip, 1, 3, 16, 16), "tests/graph_drawing.py"),
     Case(
         "data_dependent_branch",
