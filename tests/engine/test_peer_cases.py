@@ -837,7 +837,11 @@ CASES: list[Case] = [
     Case("lenet", m(LeNet, 1, 1, 28, 28), "tests/test_dependency_lenet.py"),
     Case("single_channel_output", m(ThreeConvs, 1, 3, 32, 32), "tests/test_single_channel_output.py"),
     Case("wide_deep", m(WideDeep, 1, 32), "tests/test_concat.py"),
-    Case("transpose_conv", m(ThreeConvs, 1, 3, 16, 16, transpose=True, out=8), "tests/test_pruner.py, tests/test_isomorphic.py"),
+    Case(
+        "transpose_conv",
+        m(ThreeConvs, 1, 3, 16, 16, transpose=True, out=8),
+        "tests/test_pruner.py, tests/test_isomorphic.py",
+    ),
     Case("inplace_skip", m(InplaceSkip, 1, 3, 16, 16), "tests/graph_drawing.py"),
     Case(
         "data_dependent_branch",
