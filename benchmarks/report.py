@@ -312,20 +312,27 @@ def setup_text(df: pd.DataFrame, meta: dict) -> str:
         else f"**{_epochs(ft)} epoch{'s' if ft != 1 else ''}**"
         + (f" ({_plural(ft_steps, 'step')} of {bs})" if ft_steps else "")
     )
-    lines.append(
-        f"- **Identical for every method:** the same data split (holdout seed 0), BatchNorm recalibration on "
-        f'{cfg.get("recal_batches", 20)} train batches of {bs}, then top-1 on the test split ("BN recal"); then '
-        f"fine-tuning for {ft_text}: SGD Nesterov, momentum 0.9, lr {cfg.get('lr', 0.01):g} cosine to 0, weight "
-        f"decay 5e-4, batch {bs}, random crop and flip, the row's seed for the data order"
-        + (
-            ", distilling from the unpruned network (loss 0.1 CE + 0.9 T^2 KL, T = 4; the ceiling from a frozen "
-            "copy of itself)"
-            if cfg.get("kd")
-            else ""
+    if ft == 0:
+        lines.append(
+            f"- **Identical for every method:** the same data split (holdout seed 0), BatchNorm recalibration on "
+            f'{cfg.get("recal_batches", 20)} train batches of {bs}, then top-1 on the test split ("BN recal"); no '
+            "fine-tuning: this table compares the cuts before any recovery."
         )
-        + '; then top-1 again ("fine-tuned").'
-        + (f" One epoch is {_plural(steps, 'step')}." if steps else "")
-    )
+    else:
+        lines.append(
+            f"- **Identical for every method:** the same data split (holdout seed 0), BatchNorm recalibration on "
+            f'{cfg.get("recal_batches", 20)} train batches of {bs}, then top-1 on the test split ("BN recal"); then '
+            f"fine-tuning for {ft_text}: SGD Nesterov, momentum 0.9, lr {cfg.get('lr', 0.01):g} cosine to 0, weight "
+            f"decay 5e-4, batch {bs}, random crop and flip, the row's seed for the data order"
+            + (
+                ", distilling from the unpruned network (loss 0.1 CE + 0.9 T^2 KL, T = 4; the ceiling from a frozen "
+                "copy of itself)"
+                if cfg.get("kd")
+                else ""
+            )
+            + '; then top-1 again ("fine-tuned").'
+            + (f" One epoch is {_plural(steps, 'step')}." if steps else "")
+        )
     if "lcp" in set(df["method"]):
         sb = meta.get("search_budgets")  # runs before 2026-11-23 searched at the lowest budget only
         searched_at = (
@@ -436,8 +443,9 @@ def setup_text(df: pd.DataFrame, meta: dict) -> str:
     return "\n".join(lines)
 
 
-def findings_text(s: pd.DataFrame) -> str:
-    """Per budget: the best fine-tuned method, and lcp against the plain global ranking, with the seed noise."""
+def findings_text(s: pd.DataFrame, tuned: bool = True) -> str:
+    """Per budget: the best fine-tuned method, and lcp against the plain global ranking, with the seed noise
+    (``tuned`` False: a table without fine-tuning, BN recalibration only)."""
     if s.empty:
         return ""
     out = []
@@ -446,8 +454,9 @@ def findings_text(s: pd.DataFrame) -> str:
         best = g.loc[g["top1_pruned"].idxmax()]
         best_noft = g.loc[g["top1_pruned_noft"].idxmax()]
         line = (
-            f"At budget {budget:g}: best after fine-tuning `{best['method']}` ({best['top1_pruned']:.2f}%), "
-            f"best after BN recalibration alone `{best_noft['method']}` ({best_noft['top1_pruned_noft']:.2f}%)"
+            f"At budget {budget:g}: "
+            + (f"best after fine-tuning `{best['method']}` ({best['top1_pruned']:.2f}%), " if tuned else "")
+            + f"best after BN recalibration alone `{best_noft['method']}` ({best_noft['top1_pruned_noft']:.2f}%)"
         )
         lcp_r, glob = g[g["method"] == "lcp"], g[g["method"] == "global"]
         if not lcp_r.empty and not glob.empty:
@@ -461,7 +470,8 @@ def findings_text(s: pd.DataFrame) -> str:
             noise = (
                 f" (seed-to-seed standard deviation up to {max(sds):.2f})" if sds else " (one seed: no noise estimate)"
             )
-            line += f"; lcp minus global: {d0:+.2f} points after BN recalibration, {d:+.2f} after fine-tuning{noise}"
+            after = f", {d:+.2f} after fine-tuning" if tuned else ""
+            line += f"; lcp minus global: {d0:+.2f} points after BN recalibration{after}{noise}"
         if not lcp_r.empty and "vs_ceiling" in lcp_r:
             gap = float(lcp_r["vs_ceiling"].iloc[0])
             line += f"; lcp is {gap:.2f} points below the ceiling (the unpruned network, same recovery)"
@@ -735,8 +745,13 @@ def build(csvs: list[Path], md_path: Path, png_path: Path, argv: list[str]) -> s
     for key, (df, s, meta) in tables.items():
         ft = _epochs(df["finetune_epochs"].iloc[0])
         out += [
-            f"## {_name(key.split(' ')[0])} / {df['dataset'].iloc[0]}, fine-tuning {ft} epoch"
-            f"{'s' if ft != '1' else ''}{', distilled' if (meta.get('config') or {}).get('kd') else ''}",
+            f"## {_name(key.split(' ')[0])} / {df['dataset'].iloc[0]}, "
+            + (
+                "before recovery (BatchNorm recalibration only)"
+                if ft == "0"
+                else f"fine-tuning {ft} epoch{'s' if ft != '1' else ''}"
+                f"{', distilled' if (meta.get('config') or {}).get('kd') else ''}"
+            ),
             "",
         ]
         out += [setup_text(df, meta), ""]
@@ -744,7 +759,7 @@ def build(csvs: list[Path], md_path: Path, png_path: Path, argv: list[str]) -> s
         out += _commands(meta, sources[key]) + [report_cmd, "```", ""]
         out += [f"Results (`{_rel(sources[key])}`):", ""]
         out += [results_table(s) if not s.empty else "No row finished successfully.", ""]
-        found = findings_text(s)
+        found = findings_text(s, tuned=float(df["finetune_epochs"].max()) > 0)
         if found:
             out += [found, ""]
         err = errors_text(df)
