@@ -2,8 +2,9 @@
 
 Each model is pruned to 50% of its MACs with the global ranking and must: verify against the masked
 original, run forward and backward, keep its output shape, land in [0.99, 1] x target, and have its
-re-counted MACs/params equal the plan's. The MACs of the built network are cross-checked with an
-independent counter, ptflops (see ``ptflops_macs`` for how its numbers are made comparable).
+re-counted MACs/params equal the plan's. The MACs of the original and the built network are cross-checked with
+an independent counter, ptflops (see ``ptflops_macs`` for how its numbers are made comparable), and must equal
+torch's own ``FlopCounterMode`` (FLOPs / 2) exactly.
 
 Inputs: zoo models at 1x3x32x32 (their native size); timm models at a reduced 1x3x64x64 to keep CI
 fast (every one of these 20 works at 64x64; the benchmark script runs them at their default size).
@@ -120,10 +121,18 @@ def check_model(model: nn.Module, x: torch.Tensor) -> lcp.PruneResult:
     assert lcp.count_params(pruned) == p.params
     with torch.no_grad():
         assert pruned.eval()(x).shape == shape
-    # an independent counter over the same layers agrees (exactly, in practice; 1% is the contract)
+    # an independent counter over the same layers agrees (exactly, in practice; 1% is the contract), and torch's
+    # own FlopCounterMode (FLOPs / 2) exactly, before and after the cut
+    from torch.utils.flop_counter import FlopCounterMode
+
     for net, ours in ((model, p.macs_base), (pruned, p.macs)):
         theirs = ptflops_macs(net, x)
         assert abs(theirs - ours) <= 0.01 * ours, (theirs, ours)
+        was = net.training
+        with FlopCounterMode(display=False) as flops, torch.no_grad():
+            net.eval()(x)
+        net.train(was)
+        assert flops.get_total_flops() // 2 // x.shape[0] == ours
     # forward + backward in train mode (batch 2 so BatchNorm sees >1 value per channel), on a copy
     net = copy.deepcopy(pruned).train()
     out = net(torch.randn(2, *x.shape[1:]))
