@@ -654,7 +654,6 @@ def mo_prune(
     channel_divisor: int = 4,
     max_tries: int = 4,
     tolerance: float = 0.01,
-    **_: Any,
 ) -> tuple[nn.Module, dict]:
     """NVIDIA Model Optimizer's FastNAS pruning (``modelopt.torch.prune.prune(mode="fastnas")``) of a copy of
     ``model`` to ``budget`` x the baseline MACs (or params).
@@ -953,7 +952,8 @@ class Bench:
             budget_type=self.cfg["budget_type"],
             score=score,
             checkpoint=folder / "fastnas_search.pth",
-            **mo,
+            channel_divisor=int(mo["channel_divisor"]),
+            max_tries=int(mo["max_tries"]),
         )
         macs, params = lcp.count_macs(model, self.example), lcp.count_params(model)
         return model, {
