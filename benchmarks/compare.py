@@ -247,7 +247,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     over.add_argument("--train-images", type=int, help="fixed random subset of the train split")
     over.add_argument("--test-images", type=int, help="fixed random subset of the test split")
     over.add_argument("--threads", type=int, help="torch threads for everything, latency included")
-    over.add_argument("--latency-repeats", type=int)
+    over.add_argument(
+        "--latency-repeats", type=int, help="timed forward passes per latency figure (0: no latency columns)"
+    )
     p.add_argument(
         "--work",
         type=Path,
@@ -1075,7 +1077,7 @@ class Bench:
             row["top1_pruned"] = evaluate(pruned, self.test, device=dev)["top1"] if steps else row["top1_pruned_noft"]
             t0 = time.perf_counter()
             reps = int(cfg["latency_repeats"])
-            for b in cfg["latency_batches"]:
+            for b in cfg["latency_batches"] if reps > 0 else ():
                 kw = dict(
                     batch=int(b), device=dev, n_threads=cfg["threads"], repeats=reps, warmup=min(5, max(1, reps // 4))
                 )
@@ -1218,8 +1220,9 @@ def run(args: argparse.Namespace, argv: list[str], log: Log = print) -> pd.DataF
                     log(
                         f"{method:>13} {budget:g} seed {seed}: MACs {row['macs_ratio']:.3f}, params "
                         f"{row['params_ratio']:.3f}, top-1 {row['top1_pruned_noft']:.2f}% (BN recal) -> "
-                        f"{row['top1_pruned']:.2f}% ({row['finetune_steps']} steps), speedup b1 "
-                        f"{row['speedup']:.2f}x ({row['row_s']:.0f} s)"
+                        f"{row['top1_pruned']:.2f}% ({row['finetune_steps']} steps)"
+                        + (f", speedup b1 {row['speedup']:.2f}x" if "speedup" in row else "")
+                        + f" ({row['row_s']:.0f} s)"
                     )
                 else:
                     log(f"{method:>13} {budget:g} seed {seed}: {row['status']}")

@@ -137,7 +137,8 @@ def summarise(df: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame()
     ok["drop"] = ok["top1_base"] - ok["top1_pruned"]
     ok["drop_noft"] = ok["top1_base"] - ok["top1_pruned_noft"]
-    ok["lat1"] = ok["latency_pruned_ms"] / ok["latency_base_ms"]
+    if "latency_pruned_ms" in ok:
+        ok["lat1"] = ok["latency_pruned_ms"] / ok["latency_base_ms"]
     if "latency64_pruned_ms" in ok:
         ok["lat64"] = ok["latency64_pruned_ms"] / ok["latency64_base_ms"]
     rows = []
@@ -212,6 +213,7 @@ def _name(model: str) -> str:
 
 
 def results_table(s: pd.DataFrame) -> str:
+    timed = "lat1" in s
     header = [
         "method",
         "budget",
@@ -222,8 +224,7 @@ def results_table(s: pd.DataFrame) -> str:
         "top-1 fine-tuned (%)",
         "drop vs base (pts)",
         *(["drop vs ceiling (pts)"] if "vs_ceiling" in s else []),
-        "latency ratio b1",
-        "latency ratio b64",
+        *(["latency ratio b1", "latency ratio b64"] if timed else []),
         "search (s)",
         "fine-tune (s)",
     ]
@@ -240,8 +241,7 @@ def results_table(s: pd.DataFrame) -> str:
                 _pm(r, "top1_pruned", 2),
                 _pm(r, "drop", 2),
                 *([_num(r["vs_ceiling"], 2)] if "vs_ceiling" in s else []),
-                _pm(r, "lat1", 2),
-                _pm(r, "lat64", 2),
+                *([_pm(r, "lat1", 2), _pm(r, "lat64", 2)] if timed else []),
                 _num(r.get("search_s"), 0),
                 _num(r.get("finetune_s"), 0),
             ]
@@ -272,11 +272,11 @@ def _fast_candidates(search: dict, df: pd.DataFrame) -> str:
 
 
 def _dates(meta: dict) -> str:
-    runs = meta.get("runs", [])
+    runs = [r for r in meta.get("runs", []) if r.get("started")]  # a merge (benchmarks/merge_rows.py) has none
     if not runs:
         return "unknown dates"
-    first = runs[0].get("started", "?")[:16].replace("T", " ")
-    last = (runs[-1].get("finished") or runs[-1].get("started", "?"))[:16].replace("T", " ")
+    first = min(r["started"] for r in runs)[:16].replace("T", " ")
+    last = max(r.get("finished") or r["started"] for r in runs)[:16].replace("T", " ")
     return first if first == last else f"{first} to {last}"
 
 
@@ -419,11 +419,18 @@ def setup_text(df: pd.DataFrame, meta: dict) -> str:
         )
     batches = " and ".join(str(b) for b in cfg.get("latency_batches", [1, 64]))
     gpu = cfg.get("device", "cpu") == "cuda"
-    lines.append(
-        f"- **Latency:** median of {cfg.get('latency_repeats', 20)} forward passes at batch {batches}, "
-        + ("on the GPU" if gpu else f"{cfg.get('threads', 1)} thread(s)")
-        + ", base and pruned timed back to back for every row; the columns are pruned / base (below 1 is faster)."
-    )
+    if cfg.get("latency_repeats", 20) > 0:
+        lines.append(
+            f"- **Latency:** median of {cfg.get('latency_repeats', 20)} forward passes at batch {batches}, "
+            + ("on the GPU" if gpu else f"{cfg.get('threads', 1)} thread(s)")
+            + ", base and pruned timed back to back for every row; the columns are pruned / base (below 1 is "
+            "faster)."
+        )
+    else:
+        lines.append(
+            "- **Latency:** not measured here (the rows ran as parallel jobs on one machine, so their timings "
+            "would say nothing); docs/latency.md has the speed figures."
+        )
     searches = sorted(set(df.loc[(df["method"] == "lcp") & (df["status"].astype(str) == "ok"), "search_s"].round(0)))
     spread = (
         f" (the {len(searches)} searches of this table, same size, other seeds, took {searches[0]:.0f} s "
@@ -433,12 +440,26 @@ def setup_text(df: pd.DataFrame, meta: dict) -> str:
     )
     machine = f"{host.get('cpu', '?')}, {host.get('cores', '?')} cores shared with other jobs"
     if gpu:
-        machine = f"{host.get('gpu') or 'a CUDA GPU'} (searches, training, evaluation and latency), " + machine
+        work = "evaluation and latency" if cfg.get("latency_repeats", 20) > 0 else "and evaluation"
+        machine = (
+            f"{host.get('gpu') or 'a CUDA GPU'} (searches, training{',' if 'latency' in work else ''} {work}), "
+            + machine
+        )
     lines.append(
         f"- **Machine and time:** {machine}, "
-        f"torch {host.get('torch', '?')}; {_dates(meta)}; wall time of the comparison {_wall(meta) / 60:.0f} min "
-        f"({len(df)} rows). Wall times depend on the load other jobs put on the machine{spread}: read them as "
-        f"orders of magnitude; the latency ratios are robust to it because base and pruned are timed together."
+        f"torch {host.get('torch', '?')}; {_dates(meta)}; "
+        + (
+            f"wall time of the comparison {_wall(meta) / 60:.0f} min "
+            if cfg.get("latency_repeats", 20) > 0
+            else f"run time of the comparison {_wall(meta) / 60:.0f} min summed over its parallel runs "
+        )
+        + f"({len(df)} rows). Wall times depend on the load other jobs put on the machine{spread}: read them as "
+        + "orders of magnitude"
+        + (
+            "; the latency ratios are robust to it because base and pruned are timed together."
+            if cfg.get("latency_repeats", 20) > 0
+            else "."
+        )
     )
     return "\n".join(lines)
 
@@ -688,6 +709,14 @@ def _rel(path: Path) -> str:
         return str(path)
 
 
+_BUDGET_WORDS = {"macs": "MACs", "latency": "latency"}
+
+
+def _budgets(df: pd.DataFrame) -> list[float]:
+    """The budgets a table's pruned rows were cut to (the ceiling's budget 1 left out)."""
+    return sorted({float(b) for b in df.loc[df["method"] != "ceiling", "budget"]})
+
+
 def _search_words(search: dict) -> str:
     if search.get("candidates"):
         return f"search {search['candidates']} candidates"
@@ -714,6 +743,8 @@ def build(csvs: list[Path], md_path: Path, png_path: Path, argv: list[str]) -> s
                 rank.get(kv[0].split(" ")[0], len(rank)),
                 not (kv[1][2].get("config") or {}).get("kd"),
                 -float(kv[1][0]["finetune_epochs"].iloc[0]),
+                (kv[1][2].get("config") or {}).get("device", "cpu") != "cuda",  # the GPU's many-seed tables first
+                -max(_budgets(kv[1][0]) or [0.0]),
                 kv[0],
             ),
         )
@@ -745,12 +776,24 @@ def build(csvs: list[Path], md_path: Path, png_path: Path, argv: list[str]) -> s
     for key, (df, s, meta) in tables.items():
         ft = _epochs(df["finetune_epochs"].iloc[0])
         out += [
-            f"## {_name(key.split(' ')[0])} / {df['dataset'].iloc[0]}, "
+            f"## {_name(key.split(' ')[0])} / {df['dataset'].iloc[0]}"
+            + (
+                f" at {' and '.join(f'{b:g}' for b in sorted(_budgets(df), reverse=True))} of the "
+                f"{_BUDGET_WORDS.get(str(df['budget_type'].iloc[0]), df['budget_type'].iloc[0])}"
+                if _budgets(df)
+                else ""
+            )
+            + ", "
             + (
                 "before recovery (BatchNorm recalibration only)"
                 if ft == "0"
                 else f"fine-tuning {ft} epoch{'s' if ft != '1' else ''}"
                 f"{', distilled' if (meta.get('config') or {}).get('kd') else ''}"
+            )
+            + (
+                f", on {(meta.get('host') or {}).get('gpu') or 'a GPU'}"
+                if (meta.get("config") or {}).get("device") == "cuda"
+                else ""
             ),
             "",
         ]

@@ -6,6 +6,7 @@ its CSV, and Torch-Pruning driven to a MACs target."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -544,3 +545,46 @@ def test_collect_runs_appends_a_row_per_run_folder(tmp_path, capsys):
     capsys.readouterr()
     assert cr.main([str(tmp_path / "nothing"), "--out", str(out), "--command", "c", "--machine", "vm"]) == 2
     assert len(capsys.readouterr().out.strip().splitlines()) == 1 and len(pd.read_csv(out)) == 1
+
+
+def test_parallel_runs_merge_into_one_table_without_latency(tiny_folder: Path, resnet20_ckpt: Path, tmp_path: Path):
+    """gpu_tables.sh's path: chains write their own CSVs with --latency-repeats 0; merge_rows.py joins them per
+    budget, the ceiling in each; the report then shows no latency columns and says why."""
+    base = [
+        sys.executable,
+        str(COMPARE),
+        "--recipe",
+        str(ROOT / "recipes" / "bench_kd_resnet20.yaml"),
+        "--quick",
+        "--data",
+        str(tiny_folder),
+        "--checkpoint",
+        str(resnet20_ckpt),
+        "--holdout",
+        "12",
+        "--latency-repeats",
+        "0",
+        "--no-progress",
+    ]
+    chains = {"c1": ("ceiling", "0.5"), "c2": ("uniform", "0.5,0.3")}
+    for name, (methods, budgets) in chains.items():
+        cmd = base + ["--methods", methods, "--budgets", budgets, "--out", f"csv/{name}.csv", "--work", f"w/{name}"]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "latency64_base_ms" not in pd.read_csv(tmp_path / "csv" / "c2.csv").columns
+
+    merge = ROOT / "benchmarks" / "merge_rows.py"
+    for budget, into in (("0.5", "m05.csv"), ("0.3", "m03.csv")):
+        cmd = [sys.executable, str(merge), "--into", into, "--budgets", budget, "csv/c1.csv", "csv/c2.csv"]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr[-3000:]
+    for into, budget in (("m05.csv", 0.5), ("m03.csv", 0.3)):
+        df = pd.read_csv(tmp_path / into)
+        assert sorted(df["method"]) == ["ceiling", "uniform"]
+        assert float(df.loc[df["method"] == "uniform", "budget"].iloc[0]) == budget
+        meta = json.loads((tmp_path / into).with_suffix(".meta.json").read_text())
+        assert meta["config"]["budgets"] == [budget] and "merge_rows.py" in meta["runs"][-1]["command"]
+
+    text = _report(tmp_path / "m03.csv", tmp_path)
+    assert "at 0.3 of the MACs" in text and "latency ratio" not in text
+    assert "not measured here (the rows ran as parallel jobs" in text

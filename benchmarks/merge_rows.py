@@ -1,0 +1,75 @@
+"""Merge the rows of comparison CSVs written by parallel runs of ``benchmarks/compare.py`` (e.g. the chains of
+``benchmarks/gpu_tables.sh``) into one table per budget, with the ceiling rows (budget 1) in each.
+
+    python benchmarks/merge_rows.py --into benchmarks/results/compare_kd_resnet56_cuda.csv --budgets 0.5 \\
+        OUT/csv/resnet56_c*.csv
+
+Every input must come from the same recipe signature (the ``config`` column of the ceiling rows must agree); the
+meta files are merged: the first one's settings with the union of methods, seeds and the chosen budgets, every
+input's invocations in ``runs``. Rows already in ``--into`` are replaced by rows of the same method, budget and
+seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from compare import append_row  # noqa: E402
+
+from lcp.io import atomic_write_json  # noqa: E402
+
+
+def merge(inputs: list[Path], into: Path, budgets: list[float], command: str = "") -> int:
+    """Copy the rows of ``inputs`` at ``budgets`` (and every ceiling row) into ``into``; return how many."""
+    metas = [json.loads(p.with_suffix(".meta.json").read_text()) for p in inputs]
+    hashes = {m["config_hash"] for m in metas}
+    if len(hashes) > 1:
+        raise SystemExit(f"error: the inputs come from different recipes (config hashes {sorted(hashes)})")
+    frames = [pd.read_csv(p, dtype=str, keep_default_na=False) for p in inputs]
+    rows = pd.concat(frames, ignore_index=True)
+    b = pd.to_numeric(rows["budget"])
+    keep = rows[(rows["method"] == "ceiling") | b.apply(lambda v: any(abs(v - x) < 1e-9 for x in budgets))]
+    for _, r in keep.iterrows():
+        row = {k: v for k, v in r.items() if v != ""}
+        for k in ("budget", "seed"):
+            row[k] = float(row[k]) if k == "budget" else int(row[k])
+        append_row(into, row)
+
+    meta_path = into.with_suffix(".meta.json")
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else dict(metas[0], runs=[])
+    cfg = meta["config"]
+    cfg["methods"] = sorted(set(cfg.get("methods", [])) | set(keep["method"]))
+    cfg["seeds"] = sorted({int(s) for s in cfg.get("seeds", [])} | {int(s) for s in keep["seed"]})
+    cfg["budgets"] = sorted(set(float(x) for x in budgets))
+    meta["search_budgets"] = cfg["budgets"]
+    seen = {json.dumps(r, sort_keys=True) for r in meta["runs"]}
+    for m in metas:
+        meta["runs"] += [r for r in m.get("runs", []) if json.dumps(r, sort_keys=True) not in seen]
+    if command:
+        meta["runs"].append({"command": command})
+    atomic_write_json(meta_path, meta)
+    return len(keep)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("inputs", nargs="+", type=Path, help="comparison CSVs (each with its .meta.json)")
+    p.add_argument("--into", type=Path, required=True, help="the merged CSV (created or updated)")
+    p.add_argument("--budgets", required=True, help="comma-separated budgets to keep, e.g. 0.5")
+    args = p.parse_args(argv)
+    shown = ["python benchmarks/merge_rows.py", f"--into {args.into}", f"--budgets {args.budgets}"]
+    shown += [str(p) for p in args.inputs]
+    n = merge(args.inputs, args.into, [float(x) for x in args.budgets.split(",")], " ".join(shown))
+    print(f"{n} rows into {args.into}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
