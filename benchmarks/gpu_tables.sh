@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
-# The distilled-recovery tables of docs/benchmarks.md on one GPU, in one short run (about 9 minutes on an H200):
+# The distilled-recovery tables of docs/benchmarks.md on one GPU, in short runs (9 minutes on an H200 each):
 # ResNet-56 and MobileNetV2 at 0.5 of the MACs (ceiling, lcp, global, uniform, random, torch_pruning; seeds 0-2 for
 # the ceiling, lcp, global and uniform) and at 0.3 (lcp searched at 0.3, global, uniform, random, torch_pruning,
 # seed 0), each row with the recipe's recovery (recipes/bench_kd_*.yaml: 3 distilled epochs). The rows run as
 # parallel chains of benchmarks/compare.py, so none of them is timed (--latency-repeats 0); a chain that runs out of
-# time leaves the rows it finished. Then, with the GPU to itself, the MACs budgets 0.7/0.5/0.3 with width and depth
-# (--depth, --round-to auto) re-timed against the originals (benchmarks/latency.py).
+# time leaves the rows it finished, and a later run does only the rows the committed tables lack (14 chains at
+# once starved the lcp searches on 2026-12-04: GPU_TABLES_ONLY=lcp then ran them alone). Then, with the GPU to
+# itself, the MACs budgets 0.7/0.5/0.3 with width and depth (--depth, --round-to auto) re-timed against the
+# originals (benchmarks/latency.py; GPU_TABLES_LATENCY=0 skips it).
 #
-#   source ../shared/offline-env.sh && bash benchmarks/gpu_tables.sh OUT_DIR
-#   python benchmarks/merge_rows.py OUT_DIR/csv  # into benchmarks/results/compare_kd_*_cuda.csv
+#   source ../shared/offline-env.sh && bash benchmarks/gpu_tables.sh OUT
+#   tar -C OUT -xzf OUT/tables.tgz
+#   python benchmarks/merge_rows.py --into benchmarks/results/compare_kd_resnet56_cuda.csv --budgets 0.5 \
+#       OUT/csv/resnet56_*.csv   # and --budgets 0.3 into compare_kd_resnet56_03_cuda.csv; likewise mobilenetv2
 #
 # GPU_TABLES_DEVICE=cpu GPU_TABLES_QUICK=--quick GPU_TABLES_MODELS=resnet56: a dry run of the script here.
 set -u
@@ -33,10 +37,14 @@ cat "$out/machine.txt"
 # decode the data once (the cache every chain then reads)
 python -c "from lcp.training.data import load_data; load_data('cifar10')" || exit 1
 
-# one chain: NAME, then one "methods budgets seeds" triple per compare.py call, run in order until the time is up
+# one chain: NAME, then one "methods budgets seeds" triple per compare.py call, run in order until the time is up;
+# it starts from the rows already in the committed tables, so compare.py skips them and only the missing ones run
 chain() {
-    local name=$1 model=$2
+    local name=$1 model=$2 r=benchmarks/results/compare_kd_$2
     shift 2
+    if [ -z "$quick" ] && [ -f "${r}_cuda.csv" ]; then
+        python benchmarks/merge_rows.py --into "$out/csv/$name.csv" --budgets 0.5,0.3 "${r}"_*cuda.csv >/dev/null
+    fi
     for call in "$@"; do
         read -r methods budgets seeds <<<"$call"
         left=$((limit - SECONDS))

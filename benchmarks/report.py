@@ -686,9 +686,15 @@ def methods_not_run(df: pd.DataFrame, meta: dict) -> str:
     missing = [m for m in _recipe(recipe).get("methods", []) if m not in set(df["method"])] if recipe.is_file() else []
     if not missing:
         return ""
+    names = ", ".join(f"`{m}`" for m in missing)
+    if (meta.get("config") or {}).get("device") == "cuda":
+        return (
+            f"Not run yet: {names} (named in `{_rel(recipe)}`; the lent GPU's time ran out first: their "
+            f"compare.py commands with `--device cuda` add their rows and keep the rows above)."
+        )
     return (
-        f"Not run yet: {', '.join(f'`{m}`' for m in missing)} (named in `{_rel(recipe)}`; rerunning its "
-        f"compare.py command adds their rows and keeps the rows above)."
+        f"Not run yet: {names} (named in `{_rel(recipe)}`; rerunning its compare.py command adds their rows and "
+        f"keeps the rows above)."
     )
 
 

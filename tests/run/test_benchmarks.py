@@ -42,29 +42,31 @@ def _has_tp() -> bool:
     return True
 
 
+def quick_cmd(recipe: str, data: Path, ckpt: Path, *extra: object) -> list[str]:
+    """``compare.py --quick`` of ``recipes/<recipe>`` on the tiny folder and checkpoint, then ``extra``."""
+    return [
+        sys.executable,
+        str(COMPARE),
+        "--recipe",
+        str(ROOT / "recipes" / recipe),
+        "--quick",
+        "--data",
+        str(data),
+        "--checkpoint",
+        str(ckpt),
+        "--holdout",
+        "12",
+        "--no-progress",
+        *map(str, extra),
+    ]
+
+
 @pytest.fixture(scope="module")
 def quick(tiny_folder: Path, resnet20_ckpt: Path, tmp_path_factory: pytest.TempPathFactory):
     """One ``--quick`` run of the ResNet-56 recipe on the tiny folder (ResNet-20, 3 classes): (csv, cmd, output)."""
     tmp = tmp_path_factory.mktemp("bench")
     out = tmp / "results" / "compare_tiny.csv"
-    cmd = [
-        sys.executable,
-        str(COMPARE),
-        "--recipe",
-        str(ROOT / "recipes" / "bench_resnet56.yaml"),
-        "--quick",
-        "--data",
-        str(tiny_folder),
-        "--checkpoint",
-        str(resnet20_ckpt),
-        "--holdout",
-        "12",
-        "--out",
-        str(out),
-        "--work",
-        str(tmp / "work"),
-        "--no-progress",
-    ]
+    cmd = quick_cmd("bench_resnet56.yaml", tiny_folder, resnet20_ckpt, "--out", out, "--work", tmp / "work")
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return out, cmd, done.stdout
@@ -550,22 +552,7 @@ def test_collect_runs_appends_a_row_per_run_folder(tmp_path, capsys):
 def test_parallel_runs_merge_into_one_table_without_latency(tiny_folder: Path, resnet20_ckpt: Path, tmp_path: Path):
     """gpu_tables.sh's path: chains write their own CSVs with --latency-repeats 0; merge_rows.py joins them per
     budget, the ceiling in each; the report then shows no latency columns and says why."""
-    base = [
-        sys.executable,
-        str(COMPARE),
-        "--recipe",
-        str(ROOT / "recipes" / "bench_kd_resnet20.yaml"),
-        "--quick",
-        "--data",
-        str(tiny_folder),
-        "--checkpoint",
-        str(resnet20_ckpt),
-        "--holdout",
-        "12",
-        "--latency-repeats",
-        "0",
-        "--no-progress",
-    ]
+    base = quick_cmd("bench_kd_resnet20.yaml", tiny_folder, resnet20_ckpt, "--latency-repeats", "0")
     chains = {"c1": ("ceiling", "0.5"), "c2": ("uniform", "0.5,0.3")}
     for name, (methods, budgets) in chains.items():
         cmd = base + ["--methods", methods, "--budgets", budgets, "--out", f"csv/{name}.csv", "--work", f"w/{name}"]
