@@ -575,3 +575,24 @@ def test_parallel_runs_merge_into_one_table_without_latency(tiny_folder: Path, r
     text = _report(tmp_path / "m03.csv", tmp_path)
     assert "at 0.3 of the MACs" in text and "latency ratio" not in text
     assert "not measured here (the rows ran as parallel jobs" in text
+
+
+def test_transfer_task_is_the_animal_classes_of_cifar10(tmp_path: Path, monkeypatch):
+    """benchmarks/transfer.py's second task: links to the six animal classes of each split, made once."""
+    spec = importlib.util.spec_from_file_location("transfer", ROOT / "benchmarks" / "transfer.py")
+    transfer = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(transfer)
+    classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    for split in ("train", "test"):
+        for c in classes:
+            (tmp_path / "data" / "cifar10" / split / c).mkdir(parents=True)
+    (tmp_path / "data" / "cifar10" / "train" / "cat" / "0.jpg").write_bytes(b"x")
+    monkeypatch.setenv("LCP_DATA", str(tmp_path / "data"))
+    for _ in range(2):  # the second call finds the links made
+        root = transfer.task_folder(tmp_path / "work")
+    for split in ("train", "test"):
+        assert sorted(p.name for p in (root / split).iterdir()) == sorted(transfer.ANIMALS)
+    assert (root / "train" / "cat" / "0.jpg").read_bytes() == b"x"
+    monkeypatch.setenv("LCP_DATA", str(tmp_path / "nowhere"))
+    with pytest.raises(SystemExit, match="LCP_DATA/cifar10 is missing"):
+        transfer.task_folder(tmp_path / "work2")
