@@ -249,6 +249,9 @@ def results_table(s: pd.DataFrame) -> str:
     return md_table(header, rows, right=set(range(1, len(header))) - {0})
 
 
+_BUDGET_WORDS = {"macs": "MACs", "params": "params", "latency": "latency"}
+
+
 def _commands(meta: dict, csv: Path) -> list[str]:
     cmds = [r["command"] for r in meta.get("runs", []) if r.get("command")]
     return list(dict.fromkeys(cmds)) or [f"python benchmarks/compare.py --recipe <recipe> --out {csv}"]
@@ -304,7 +307,7 @@ def setup_text(df: pd.DataFrame, meta: dict) -> str:
         f"{data.get('holdout', '?')} held-out / {data.get('test', '?')} test images), weights "
         f"`{Path(str(data.get('weights', '?'))).name}`, baseline top-1 **{_num(top1, 2)}%**, "
         f"{_num(data.get('macs_base', df['macs_base'].iloc[0]) / 1e6, 2)}M MACs. Budgets: {budgets} of the "
-        f"baseline {'MACs' if cfg.get('budget_type', 'macs') == 'macs' else 'params'}."
+        f"baseline {_BUDGET_WORDS.get(cfg.get('budget_type', 'macs'), 'params')}."
     )
     ft_text = (
         "**none**"
@@ -713,9 +716,6 @@ def _rel(path: Path) -> str:
         return str(path.resolve().relative_to(ROOT))
     except ValueError:
         return str(path)
-
-
-_BUDGET_WORDS = {"macs": "MACs", "latency": "latency"}
 
 
 def _budgets(df: pd.DataFrame) -> list[float]:

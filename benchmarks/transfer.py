@@ -81,7 +81,18 @@ def prune(args: list[str], out: Path, threads: int) -> pd.Series:
     """One ``lcp prune`` run (resumed if its folder exists); its report row."""
     if (out / "report.csv").is_file():
         return pd.read_csv(out / "report.csv").iloc[0]
-    cmd = ["lcp", "prune", *args, "--out", str(out), "--threads", str(threads), "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "lcp.cli",
+        "prune",
+        *args,
+        "--out",
+        str(out),
+        "--threads",
+        str(threads),
+        "--no-progress",
+    ]
     if out.is_dir() and any(out.iterdir()):
         cmd.append("--resume")
     print("$ " + " ".join(cmd), flush=True)
