@@ -4,7 +4,10 @@ A cut is made once by ``lcp prune ... --finetune-epochs 0 --out DIR`` (the recip
 the recipe (learning rate, distillation from the unpruned network, epochs) then recovers a fresh copy of that
 pruned network, and a fresh copy of the unpruned network (the ceiling: the same recovery; with ``kd`` it
 distils from a frozen copy of itself), with lcp's own ``recalibrate_bn`` and ``finetune`` (SGD Nesterov, cosine
-to 0, weight decay 5e-4, flip and pad-crop; KD loss ``0.1 * CE + 0.9 * T^2 KL`` at ``T = 4``). Each row gives
+to 0, weight decay 5e-4, flip and pad-crop; KD loss ``0.1 * CE + 0.9 * T^2 KL`` at ``T = 4``). A variant with
+``steps: N`` prunes in N steps instead (``stepwise_cut``): the cut's own learned compensation
+(``transforms.json``) cuts the original to the geometric intermediate budgets, one epoch of the same recovery
+after each, then to the cut's budget, which gets the remaining epochs. Each row gives
 top-1 on the held-out split (carved from train, seed 0: what a default is chosen on) and on the test split
 (what is reported), so nothing is selected on the test split.
 
@@ -34,8 +37,9 @@ import yaml
 from torch import nn
 
 import lcp
+from lcp.cut.ranking import Transforms
 from lcp.errors import LcpError
-from lcp.io import atomic_write_text, upsert_csv_row
+from lcp.io import atomic_write_text, read_json, upsert_csv_row
 from lcp.run.config import PruneConfig
 from lcp.run.load import load_model_and_data
 from lcp.training.evaluate import evaluate, recalibrate_bn, torch_threads
@@ -44,7 +48,7 @@ from lcp.training.train import finetune
 ROOT = Path(__file__).resolve().parents[1]
 NETS = ("pruned", "ceiling")
 #: What a variant may set, with the defaults of ``lcp prune``'s recovery.
-VARIANT_KEYS = {"lr": 0.01, "kd": False, "epochs": 1}
+VARIANT_KEYS = {"lr": 0.01, "kd": False, "epochs": 1, "steps": 1}
 COLUMNS = [
     "model",
     "cut",
@@ -55,6 +59,7 @@ COLUMNS = [
     "lr",
     "kd",
     "epochs",
+    "steps",
     "top1_noft",
     "holdout_top1",
     "top1",
@@ -86,8 +91,13 @@ def read_recipe(path: str | Path) -> dict:
         if bad:
             raise LcpError(f"recipe {path}: variant {name} has unknown keys {sorted(bad)} (use {list(VARIANT_KEYS)})")
         variants[name] = {**VARIANT_KEYS, **(v or {})}
-        if not isinstance(variants[name]["kd"], bool) or variants[name]["lr"] <= 0 or variants[name]["epochs"] < 1:
-            raise LcpError(f"recipe {path}: variant {name} needs lr > 0, kd true/false, epochs >= 1")
+        v = variants[name]
+        steps_ok = isinstance(v["steps"], int) and not isinstance(v["steps"], bool) and 1 <= v["steps"] <= v["epochs"]
+        if not isinstance(v["kd"], bool) or v["lr"] <= 0 or v["epochs"] < 1 or not steps_ok:
+            raise LcpError(
+                f"recipe {path}: variant {name} needs lr > 0, kd true/false, epochs >= 1, steps an integer from 1 "
+                "to epochs"
+            )
     defaults = {"seeds": [0], "threads": 1, "batch_size": 128, "recal_batches": 20, "holdout": 5000}
     return {**defaults, "data": None, "checkpoint": None, **cfg}
 
@@ -122,6 +132,53 @@ def recover_once(net: nn.Module, teacher: nn.Module | None, bundle: Any, v: dict
     }
 
 
+def stepwise_cut(original: nn.Module, cut: Path, bundle: Any, v: dict, seed: int, cfg: dict, log=print) -> nn.Module:
+    """The cut's budget reached in ``v["steps"]`` cuts of ``original``, each with the cut's learned compensation
+    (its ``transforms.json``, importance, aggregation and floor) re-applied to the scores of the network as it is
+    then, and one epoch of the variant's recovery after every cut but the last. Budget k of N is the cut's
+    budget to the power k / N (0.3 in two steps: 0.548, then 0.3), always a fraction of the original's MACs."""
+    sig = read_json(cut / "run.json", what="run.json")["signature"]
+    spec = read_json(cut / "channels.json", what="channels.json")
+    if spec.get("method") not in ("lcp", "global") or spec.get("budget_type") != "macs" or sig.get("depth"):
+        raise LcpError(f"steps need a width-only lcp or global cut to a MACs budget; {cut} is not one")
+    learned = read_json(cut / "transforms.json", what="transforms.json")
+    x = torch.zeros(1, *bundle.input_size)
+    macs0 = lcp.count_macs(original, x)
+    teacher = copy.deepcopy(original).eval() if v["kd"] else None
+    net = copy.deepcopy(original)
+    for k in range(1, v["steps"] + 1):
+        target = spec["budget"] ** (k / v["steps"])
+        graph = lcp.build_graph(net, x, ignore=sig.get("ignore") or ())
+        net = lcp.prune(
+            net,
+            x,
+            budget=min(1.0, target * macs0 / lcp.count_macs(net, x)),
+            method="lcp",
+            transforms=Transforms.from_json(learned, graph),
+            importance=sig["importance"],
+            aggregate=sig["aggregate"],
+            min_ratio=sig["min_ratio"],
+            round_to=sig["round_to"],
+            ignore=sig.get("ignore") or (),
+            max_removal=dict(item.split("=", 1) for item in sig.get("max_removal") or ()),
+        ).model
+        log(f"  step {k} of {v['steps']}: cut to {lcp.count_macs(net, x) / macs0:.3f} of the MACs")
+        if k < v["steps"]:
+            recal = bundle.loader("train", cfg["batch_size"], shuffle=True, augment=False, seed=seed)
+            recalibrate_bn(net, recal, batches=cfg["recal_batches"])
+            finetune(
+                net,
+                bundle,
+                epochs=1,
+                lr=v["lr"],
+                batch_size=cfg["batch_size"],
+                teacher=teacher,
+                seed=seed + k,
+                progress=cfg["progress"],
+            )
+    return net
+
+
 def run(cfg: dict, only: list[str] | None, nets: list[str], log=print) -> pd.DataFrame:
     out = ROOT / cfg["out"] if not Path(cfg["out"]).is_absolute() else Path(cfg["out"])
     cut = Path(cfg["cut"]).expanduser()
@@ -140,6 +197,7 @@ def run(cfg: dict, only: list[str] | None, nets: list[str], log=print) -> pd.Dat
         for net in nets
         for seed in cfg["seeds"]
         if (name, net, seed) not in have
+        and not (net == "ceiling" and cfg["variants"][name]["steps"] > 1)  # its ceiling: the one-step variant's
     ]
     if not todo:
         log(f"nothing to do: every row is in {out}")
@@ -156,21 +214,27 @@ def run(cfg: dict, only: list[str] | None, nets: list[str], log=print) -> pd.Dat
     loaded = load_model_and_data(pc, log)
     original = loaded.model.eval()
     pruned = lcp.load(cut)
-    macs_ratio = lcp.count_macs(pruned, torch.zeros(1, *loaded.input_size)) / lcp.count_macs(
-        original, torch.zeros(1, *loaded.input_size)
-    )
+    x = torch.zeros(1, *loaded.input_size)
+    macs0 = lcp.count_macs(original, x)
     host = f"{platform.node()} ({cfg['threads']} thread{'s' if cfg['threads'] != 1 else ''})"
     with torch_threads(cfg["threads"]):
         for name, net, seed in todo:
             v = cfg["variants"][name]
             log(f"{name} ({v}) {net} seed {seed} ...")
-            student = copy.deepcopy(pruned if net == "pruned" else original)
+            t0 = time.perf_counter()
+            if net == "pruned" and v["steps"] > 1:
+                student = stepwise_cut(original, cut, loaded.bundle, v, seed, cfg, log)
+                last = {**v, "epochs": v["epochs"] - (v["steps"] - 1)}  # one epoch went to each earlier step
+            else:
+                student, last = copy.deepcopy(pruned if net == "pruned" else original), v
+            steps_s = time.perf_counter() - t0
             teacher = copy.deepcopy(original).eval() if v["kd"] else None
-            numbers = recover_once(student, teacher, loaded.bundle, v, seed, cfg)
+            numbers = recover_once(student, teacher, loaded.bundle, last, seed, cfg)
+            numbers["finetune_s"] += steps_s
             row = {
                 "model": cfg["model"],
                 "cut": str(cfg["cut"]),
-                "macs_ratio": round(macs_ratio, 4) if net == "pruned" else 1.0,
+                "macs_ratio": round(lcp.count_macs(student, x) / macs0, 4),
                 "variant": name,
                 "net": net,
                 "seed": seed,
@@ -217,7 +281,10 @@ def report(recipes: list[Path], md: Path) -> str:
         "shared checkpoints were trained on the whole train split, these 5,000 images included "
         "(`../shared/weights/README.md`), so held-out accuracy is inflated and favours recipes that move the "
         "weights less (a lower learning rate); compare recipes on it only where the test split agrees in sign "
-        "or the gap is large.",
+        "or the gap is large. `steps` N > 1: the cut's budget reached in N cuts with the cut's own learned "
+        "compensation, one epoch of the same recovery after each but the last (`pruned, BN recal` is then "
+        "the last cut's accuracy, after those epochs); its ceiling is the one-step recipe's. Several seeds: "
+        "mean ± standard deviation.",
         "",
     ]
     for recipe in recipes:
@@ -227,24 +294,35 @@ def report(recipes: list[Path], md: Path) -> str:
             continue
         df = pd.read_csv(csv)
         g = df.groupby(["variant", "net"])[["holdout_top1", "top1", "top1_noft", "finetune_s"]].mean()
+        sd = df.groupby(["variant", "net"])["top1"].std()
         seeds = df.groupby(["variant", "net"])["seed"].nunique()
         rows = []
 
         def cell(name: str, net: str, col: str, g: pd.DataFrame = g) -> float:
             return g.loc[(name, net), col] if (name, net) in g.index else float("nan")
 
+        def one_step(v: dict, cfg: dict = cfg) -> str:
+            """The variant whose ceiling a stepwise variant shares: same lr, kd and epochs, one step."""
+            same = [n for n, w in cfg["variants"].items() if w["steps"] == 1 and {**w, "steps": v["steps"]} == v]
+            return same[0] if same else ""
+
         for name, v in cfg["variants"].items():
             n = int(seeds.get((name, "pruned"), 0))
             if n == 0:
                 continue
-            gap = cell(name, "ceiling", "top1") - cell(name, "pruned", "top1")
+            top = _f(cell(name, "pruned", "top1")) + (f" ± {sd[(name, 'pruned')]:.2f}" if n > 1 else "")
+            ceil = name if v["steps"] == 1 else one_step(v)
+            gap = cell(ceil, "ceiling", "top1") - cell(name, "pruned", "top1")
             rows.append(
-                f"| {name} | {v['lr']:g} | {'yes' if v['kd'] else 'no'} | {v['epochs']} | {n} | "
+                f"| {name} | {v['lr']:g} | {'yes' if v['kd'] else 'no'} | {v['epochs']} | {v['steps']} | {n} | "
                 f"{_f(cell(name, 'pruned', 'top1_noft'))} | {_f(cell(name, 'pruned', 'holdout_top1'))} | "
-                f"{_f(cell(name, 'pruned', 'top1'))} | {_f(cell(name, 'ceiling', 'holdout_top1'))} | "
-                f"{_f(cell(name, 'ceiling', 'top1'))} | {_f(gap)} | {cell(name, 'pruned', 'finetune_s'):.0f} |"
+                f"{top} | {_f(cell(ceil, 'ceiling', 'holdout_top1'))} | "
+                f"{_f(cell(ceil, 'ceiling', 'top1'))} | {_f(gap)} | {cell(name, 'pruned', 'finetune_s'):.0f} |"
             )
-        ratio = df.loc[df["net"] == "pruned", "macs_ratio"]
+        steps = df["steps"].fillna(1) if "steps" in df.columns else pd.Series(1, index=df.index)
+        ratio = df.loc[(df["net"] == "pruned") & (steps == 1), "macs_ratio"]
+        if ratio.empty:
+            ratio = df.loc[df["net"] == "pruned", "macs_ratio"]
         best = g.xs("pruned", level="net")["holdout_top1"].idxmax()
         parts += [
             f"## {cfg['model']} at {ratio.iloc[0]:.3f} of the MACs",
@@ -253,9 +331,9 @@ def report(recipes: list[Path], md: Path) -> str:
             f"({', '.join(sorted(set(df['date'])))}); fine-tuning seconds are wall time on a shared machine (other "
             "rows and jobs ran at the same time), not a speed measurement.",
             "",
-            "| recipe | lr | kd | epochs | seeds | pruned, BN recal | pruned held-out | pruned test | "
+            "| recipe | lr | kd | epochs | steps | seeds | pruned, BN recal | pruned held-out | pruned test | "
             "ceiling held-out | ceiling test | gap to ceiling (test) | fine-tuning s |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
             *rows,
             "",
             f"Best pruned held-out top-1: **{best}**.",

@@ -398,7 +398,8 @@ def test_recovery_recipe_has_a_ceiling_row_and_the_fast_search(tiny_folder: Path
 
 def test_recovery_ablation_writes_rows_resumes_and_reports(tiny_folder: Path, resnet20_ckpt: Path, tmp_path: Path):
     """``benchmarks/recovery.py``: every variant recovers the cut and the ceiling (one row each, distillation
-    included), a rerun adds nothing, the page gives each variant's gap to the ceiling, bad recipes are refused."""
+    included), a stepwise variant reaches the cut's budget in two cuts and shares the one-step ceiling, a rerun
+    adds nothing, the page gives each variant's gap to the ceiling, bad recipes are refused."""
     from tests.helpers import lcp_cli, tiny_args
 
     rec = _module(ROOT / "benchmarks" / "recovery.py", "bench_recovery")
@@ -409,32 +410,43 @@ def test_recovery_ablation_writes_rows_resumes_and_reports(tiny_folder: Path, re
     recipe.write_text(
         f"model: resnet20\ndata: {tiny_folder}\ncheckpoint: {resnet20_ckpt}\ncut: {cut}\nholdout: 12\n"
         f"batch_size: 16\nrecal_batches: 1\nout: {out}\n"
-        "variants:\n  plain: {lr: 0.01, epochs: 1}\n  kd: {lr: 0.02, epochs: 1, kd: true}\n"
+        "variants:\n  plain: {lr: 0.01, epochs: 1}\n  kd: {lr: 0.02, epochs: 2, kd: true}\n"
+        "  kd_steps: {lr: 0.02, epochs: 2, kd: true, steps: 2}\n"
     )
+    logged = []
     threads = torch.get_num_threads()
     try:
-        assert rec.main(["--recipe", str(recipe)]) == 0
-        df = pd.read_csv(out)
+        cfg = {**rec.read_recipe(recipe), "progress": False}
+        df = rec.run(cfg, None, list(rec.NETS), log=logged.append)
         assert sorted(zip(df["variant"], df["net"])) == [
             ("kd", "ceiling"),
             ("kd", "pruned"),
+            ("kd_steps", "pruned"),  # its ceiling is kd's
             ("plain", "ceiling"),
             ("plain", "pruned"),
         ]
         assert df.loc[df["net"] == "ceiling", "macs_ratio"].eq(1.0).all()
         assert df.loc[df["net"] == "pruned", "macs_ratio"].between(0.4, 0.55).all()
         assert df[["top1_noft", "holdout_top1", "top1"]].notna().all().all()
+        first, second = (float(line.split(" of the MACs")[0].split()[-1]) for line in logged if "step " in line)
+        assert 0.5**0.5 - 0.03 < first <= 0.5**0.5  # the cut's budget 0.5 in two steps: 0.707, then 0.5
+        assert 0.47 < second <= 0.5
+        assert df.loc[df["variant"] == "kd_steps", "macs_ratio"].iloc[0] == pytest.approx(second, abs=1e-3)
         assert rec.main(["--recipe", str(recipe)]) == 0
-        assert len(pd.read_csv(out)) == 4  # nothing run twice
+        assert len(pd.read_csv(out)) == 5  # nothing run twice
     finally:
         torch.set_num_threads(threads)
     md = tmp_path / "recovery.md"
     rec.report([recipe], md)
     text = md.read_text()
-    assert "| plain | 0.01 | no | 1 | 1 |" in text and "| kd | 0.02 | yes | 1 | 1 |" in text
+    assert "| plain | 0.01 | no | 1 | 1 | 1 |" in text and "| kd | 0.02 | yes | 2 | 1 | 1 |" in text
+    kd_row, steps_row = (next(r for r in text.splitlines() if r.startswith(f"| {n} |")) for n in ("kd", "kd_steps"))
+    assert steps_row.split("|")[10:12] == kd_row.split("|")[10:12]  # the same ceiling, held-out and test
     assert "Best pruned held-out top-1" in text and "do not edit" in text
     bad = tmp_path / "bad.yaml"
     bad.write_text(f"model: resnet20\ncut: {cut}\nout: {out}\nvariants:\n  x: {{lr: 0.01, momentum: 0.5}}\n")
+    assert rec.main(["--recipe", str(bad)]) == 2
+    bad.write_text(f"model: resnet20\ncut: {cut}\nout: {out}\nvariants:\n  x: {{epochs: 2, steps: 3}}\n")
     assert rec.main(["--recipe", str(bad)]) == 2
 
 
