@@ -71,9 +71,9 @@ COLUMNS = [
 
 def read_recipe(path: str | Path) -> dict:
     """The recipe: ``model``, ``cut`` (an ``lcp prune --finetune-epochs 0`` folder; ``cut_command``: how it was
-    made, for the page), ``variants`` (name ->
-    lr / kd / epochs), ``seeds``, ``out``; optional ``data``, ``checkpoint`` (as for ``lcp prune``), ``threads``,
-    ``batch_size``, ``recal_batches``, ``holdout``."""
+    made, for the page), ``variants`` (name -> lr / kd / epochs / steps), ``seeds``, ``out``; optional ``data``,
+    ``checkpoint`` (as for ``lcp prune``), ``threads``, ``batch_size``, ``recal_batches``, ``holdout`` and
+    ``note`` (a paragraph under the table on the page)."""
     try:
         cfg = yaml.safe_load(Path(path).read_text())
     except (OSError, yaml.YAMLError) as e:
@@ -260,6 +260,31 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
     return g.round(2)
 
 
+def _ceiling_key(cfg: dict, v: dict) -> tuple:
+    """What a ceiling row depends on: the network, the data and the recovery, not the cut."""
+    same = ("model", "data", "checkpoint", "batch_size", "recal_batches", "holdout")
+    return (*(str(cfg[k]) for k in same), float(v["lr"]), bool(v["kd"]), v["epochs"])
+
+
+def _ceilings(recipes: list[Path]) -> dict[tuple, tuple[pd.Series, str]]:
+    """Every recipe's ceiling rows (mean over their seeds) by ``_ceiling_key``, with the recipe they are in."""
+    out: dict[tuple, tuple[pd.Series, str]] = {}
+    for recipe in recipes:
+        cfg = read_recipe(recipe)
+        csv = ROOT / cfg["out"]
+        if not csv.is_file():
+            continue
+        df = pd.read_csv(csv)
+        for name, v in cfg["variants"].items():
+            rows = df[(df["variant"] == name) & (df["net"] == "ceiling")]
+            if len(rows):
+                key = _ceiling_key(cfg, v)
+                mean = rows[["holdout_top1", "top1", "top1_noft", "finetune_s"]].mean()
+                seeds = ", ".join(str(int(x)) for x in sorted(set(rows["seed"])))
+                out.setdefault(key, (mean, f"`{_rel(recipe)}` (seed {seeds})"))
+    return out
+
+
 def _f(v: float) -> str:
     return "-" if pd.isna(v) else f"{v:.2f}"
 
@@ -287,6 +312,7 @@ def report(recipes: list[Path], md: Path) -> str:
         "mean ± standard deviation.",
         "",
     ]
+    shared = _ceilings(recipes)
     for recipe in recipes:
         cfg = read_recipe(recipe)
         csv = ROOT / cfg["out"]
@@ -294,12 +320,20 @@ def report(recipes: list[Path], md: Path) -> str:
             continue
         df = pd.read_csv(csv)
         g = df.groupby(["variant", "net"])[["holdout_top1", "top1", "top1_noft", "finetune_s"]].mean()
+        borrowed: set[str] = set()
         sd = df.groupby(["variant", "net"])["top1"].std()
         seeds = df.groupby(["variant", "net"])["seed"].nunique()
         rows = []
 
-        def cell(name: str, net: str, col: str, g: pd.DataFrame = g) -> float:
-            return g.loc[(name, net), col] if (name, net) in g.index else float("nan")
+        def cell(name: str, net: str, col: str, g: pd.DataFrame = g, cfg: dict = cfg, borrowed=borrowed) -> float:
+            if (name, net) in g.index:
+                return g.loc[(name, net), col]
+            if net == "ceiling" and name in cfg["variants"]:  # the same recovery of the same network elsewhere
+                found = shared.get(_ceiling_key(cfg, cfg["variants"][name]))
+                if found is not None:
+                    borrowed.add(found[1])
+                    return found[0][col]
+            return float("nan")
 
         def one_step(v: dict, cfg: dict = cfg) -> str:
             """The variant whose ceiling a stepwise variant shares: same lr, kd and epochs, one step."""
@@ -324,6 +358,11 @@ def report(recipes: list[Path], md: Path) -> str:
         if ratio.empty:
             ratio = df.loc[df["net"] == "pruned", "macs_ratio"]
         best = g.xs("pruned", level="net")["holdout_top1"].idxmax()
+        if borrowed:
+            rows.append(
+                f"\nThe ceiling columns come from {', '.join(sorted(borrowed))}: the unpruned network through the "
+                "same recovery (same lr, distillation and epochs) does not depend on the cut."
+            )
         parts += [
             f"## {cfg['model']} at {ratio.iloc[0]:.3f} of the MACs",
             "",
@@ -338,6 +377,7 @@ def report(recipes: list[Path], md: Path) -> str:
             "",
             f"Best pruned held-out top-1: **{best}**.",
             "",
+            *([cfg["note"].strip(), ""] if cfg.get("note") else []),
             "```",
             f"python benchmarks/recovery.py --recipe {_rel(recipe)}",
             "```",

@@ -443,6 +443,18 @@ def test_recovery_ablation_writes_rows_resumes_and_reports(tiny_folder: Path, re
     kd_row, steps_row = (next(r for r in text.splitlines() if r.startswith(f"| {n} |")) for n in ("kd", "kd_steps"))
     assert steps_row.split("|")[10:12] == kd_row.split("|")[10:12]  # the same ceiling, held-out and test
     assert "Best pruned held-out top-1" in text and "do not edit" in text
+    # another cut of the same network with the same recovery, no ceiling rows of its own: it borrows recipe 1's
+    other, other_csv = tmp_path / "recovery_other.yaml", tmp_path / "results" / "recovery_other.csv"
+    df[(df["variant"] == "plain") & (df["net"] == "pruned")].to_csv(other_csv, index=False)
+    other.write_text(
+        recipe.read_text().split("variants:")[0].replace(str(out), str(other_csv))
+        + "variants:\n  plain: {lr: 0.01, epochs: 1}\nnote: One step is enough.\n"
+    )
+    text = rec.report([recipe, other], md)
+    first, second = text.split("\n## ")[1:3]
+    row = lambda part: next(r for r in part.splitlines() if r.startswith("| plain |")).split("|")  # noqa: E731
+    assert row(second)[10:12] == row(first)[10:12] and "ceiling columns come from" in second
+    assert "One step is enough." in second and "ceiling columns come from" not in first
     bad = tmp_path / "bad.yaml"
     bad.write_text(f"model: resnet20\ncut: {cut}\nout: {out}\nvariants:\n  x: {{lr: 0.01, momentum: 0.5}}\n")
     assert rec.main(["--recipe", str(bad)]) == 2
@@ -608,3 +620,33 @@ def test_transfer_task_is_the_animal_classes_of_cifar10(tmp_path: Path, monkeypa
     monkeypatch.setenv("LCP_DATA", str(tmp_path / "nowhere"))
     with pytest.raises(SystemExit, match="LCP_DATA/cifar10 is missing"):
         transfer.task_folder(tmp_path / "work2")
+
+
+def test_search_rescore_recuts_the_searchs_best_candidates(tiny_folder: Path, resnet20_ckpt: Path, tmp_path: Path):
+    """``benchmarks/search_rescore.py``: the search's best candidate, cut again from its vector, is the network
+    the run saved (same widths, same test accuracy after the same recalibration); distinct cuts only; a folder
+    without an lcp search is one line, exit 2."""
+    import lcp
+    from lcp.run.config import PruneConfig
+    from lcp.run.load import load_model_and_data
+    from lcp.training.evaluate import evaluate, recalibrate_bn
+    from tests.helpers import lcp_cli, tiny_args
+
+    rs = _module(ROOT / "benchmarks" / "search_rescore.py", "bench_search_rescore")
+    out = tmp_path / "run"
+    args = tiny_args(tiny_folder, resnet20_ckpt, out, "--method", "lcp", "--candidates", "6", "--threads", "1")
+    assert lcp_cli(*args).code == 0
+    threads = torch.get_num_threads()
+    try:
+        rows = rs.rescore(out, top=3, threads=1, holdout=9, log=lambda _: None)
+        saved = lcp.load(out)
+        cfg = PruneConfig(model="resnet20", data=str(tiny_folder), checkpoint=str(resnet20_ckpt), holdout=9)
+        loaded = load_model_and_data(cfg, log=lambda *a, **k: None)
+        recalibrate_bn(saved, loaded.bundle.loader("train", 128, shuffle=True, augment=False, seed=0), batches=20)
+        test = evaluate(saved, loaded.bundle.loader("test", 256))["top1"]
+    finally:
+        torch.set_num_threads(threads)
+    assert 1 <= len(rows) <= 3 and len({r["candidate"] for r in rows}) == len(rows)
+    assert [r["search_fitness"] for r in rows] == sorted(r["search_fitness"] for r in rows)
+    assert rows[0]["test_top1"] == pytest.approx(test)  # the saved network, recalibrated alike
+    assert rs.main([str(tmp_path)]) == 2
