@@ -31,9 +31,8 @@ from lcp.run.load import load_model_and_data
 from lcp.training.evaluate import evaluate, recalibrate_bn, torch_threads
 
 
-def rescore(folder: Path, top: int, threads: int, holdout: int = 5000, log=print) -> list[dict]:
-    """One row per re-scored candidate: its index, the search's fitness, held-out loss and top-1, test top-1.
-    ``holdout``: the run's ``--holdout`` (run folders do not record it)."""
+def rescore(folder: Path, top: int, threads: int, log=print) -> list[dict]:
+    """One row per re-scored candidate: its index, the search's fitness, held-out loss and top-1, test top-1."""
     sig = read_json(folder / "run.json", what="run.json")["signature"]
     spec = read_json(folder / "channels.json", what="channels.json")
     if not (folder / "search_state.json").is_file() or spec.get("method") != "lcp":
@@ -41,8 +40,8 @@ def rescore(folder: Path, top: int, threads: int, holdout: int = 5000, log=print
     state = read_json(folder / "search_state.json", what="search_state.json")
     if state["settings"].get("optimizer") != "legr":
         raise LcpError("only the legr optimizer's candidates are [log alpha, kappa] vectors")
-    same = {k: sig[k] for k in ("data", "checkpoint", "input_size") if sig.get(k) is not None}
-    cfg = PruneConfig(model=sig["model"], holdout=holdout, **same)
+    same = {k: sig[k] for k in ("data", "checkpoint", "input_size", "holdout") if sig.get(k) is not None}
+    cfg = PruneConfig(model=sig["model"], **same)
     loaded = load_model_and_data(cfg, log=lambda *a, **k: None)
     model, x = loaded.model.eval(), torch.zeros(1, *loaded.input_size)
     graph = lcp.build_graph(model, x, ignore=sig.get("ignore") or ())
@@ -93,10 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("folder", type=Path, help="an lcp prune (method lcp) output folder")
     p.add_argument("--top", type=int, default=5, help="distinct cuts to re-score (default 5)")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--holdout", type=int, default=5000, help="the run's --holdout (default 5000, lcp prune's)")
     a = p.parse_args(argv)
     try:
-        rows = rescore(a.folder, a.top, a.threads, a.holdout)
+        rows = rescore(a.folder, a.top, a.threads)
     except LcpError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -638,7 +638,7 @@ def test_search_rescore_recuts_the_searchs_best_candidates(tiny_folder: Path, re
     assert lcp_cli(*args).code == 0
     threads = torch.get_num_threads()
     try:
-        rows = rs.rescore(out, top=3, threads=1, holdout=9, log=lambda _: None)
+        rows = rs.rescore(out, top=3, threads=1, log=lambda _: None)
         saved = lcp.load(out)
         cfg = PruneConfig(model="resnet20", data=str(tiny_folder), checkpoint=str(resnet20_ckpt), holdout=9)
         loaded = load_model_and_data(cfg, log=lambda *a, **k: None)

@@ -456,6 +456,10 @@ def test_output_folder_of_another_run_is_refused(tiny_folder: Path, resnet20_ckp
         assert_one_line_error(res, "budget=0.5", "--overwrite")
         assert "--overwrite" in res.err and "budget" in res.err
         assert snapshot(out) == before
+    # another held-out split scores the search differently: resuming with it is refused too
+    res = lcp_cli(*tiny_args(tiny_folder, resnet20_ckpt, out, "--holdout", "10", "--resume"))
+    assert_one_line_error(res, "holdout=9", "holdout=10")
+    assert snapshot(out) == before
     # the same run again is accepted, and --overwrite replaces the other run
     res = lcp_cli(*tiny_args(tiny_folder, resnet20_ckpt, out, "--budget", "0.6", "--overwrite"))
     assert res.code == 0, res.err
