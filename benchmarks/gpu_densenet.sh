@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Issue 19's DenseNet-40 table on one lent GPU in one short run: train the baseline
+# (recipes/densenet40_cifar10.yaml; 5,000 training images held out for the searches), then the rows of
+# recipes/bench_densenet40.yaml at 0.5 of the MACs, seed 0, as parallel chains of benchmarks/compare.py (no
+# timing under a shared GPU: --latency-repeats 0): ads and lwp (the connection searches), uniform, global, lcp
+# and the ceiling (the unpruned network through the same 2 fine-tuning epochs). The trained weights come back in
+# OUT (carry them to the next run as GPU_DENSENET_CKPT to skip the training), with the table's CSV and logs.
+#
+#   source ../shared/offline-env.sh && bash benchmarks/gpu_densenet.sh OUT
+#   cp OUT/densenet40_cifar10.safetensors "$LCP_CACHE/weights/"   # or pass it as --checkpoint
+#   python benchmarks/merge_rows.py --into benchmarks/results/compare_densenet40_cuda.csv --budgets 0.5 OUT/csv/*.csv
+#
+# A dry run here (random weights, the recipes' quick sections, about 3 minutes on 2 cores):
+#   python -c "import torch, lcp; torch.save(lcp.create_model('densenet40').state_dict(), '/tmp/d40.pt')"
+#   GPU_DENSENET_DEVICE=cpu GPU_DENSENET_QUICK=--quick GPU_DENSENET_CKPT=/tmp/d40.pt bash benchmarks/gpu_densenet.sh /tmp/d40out
+set -u
+out=${1:?usage: gpu_densenet.sh OUT_DIR}
+mkdir -p "$out/csv" "$out/log"
+export PYTHONUNBUFFERED=1
+here=$(cd "$(dirname "$0")/.." && pwd)
+cd "$here"
+export PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}"
+dev=${GPU_DENSENET_DEVICE:-cuda}
+quick=${GPU_DENSENET_QUICK:-}
+limit=${GPU_DENSENET_SECONDS:-480}  # everything after the training
+work=${TMPDIR:-/tmp}/gpu_densenet
+ckpt=${GPU_DENSENET_CKPT:-}
+python -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu')"
+
+if [ -z "$ckpt" ]; then
+    echo "== training DenseNet-40 (${GPU_DENSENET_EPOCHS:-40} epochs)"
+    python -m lcp.cli train --recipe recipes/densenet40_cifar10.yaml --device "$dev" --out "$work/train" \
+        --no-progress --overwrite --epochs "${GPU_DENSENET_EPOCHS:-40}" --batch-size "${GPU_DENSENET_BATCH:-64}" \
+        2>&1 | tail -n 5
+    [ "${PIPESTATUS[0]}" = 0 ] || exit 1
+    ckpt=$work/train/model.safetensors
+    cp "$ckpt" "$out/densenet40_cifar10.safetensors"
+fi
+[ -f "$ckpt" ] || { echo "no trained weights at $ckpt"; exit 1; }
+
+# one chain: NAME, then the methods it runs in order until the time is up
+chain() {
+    local name=$1
+    shift
+    for methods in "$@"; do
+        left=$((limit - SECONDS))
+        [ "$left" -gt 20 ] || break
+        timeout "$left" python benchmarks/compare.py --recipe recipes/bench_densenet40.yaml $quick --device "$dev" \
+            --checkpoint "$ckpt" --threads 1 --latency-repeats 0 --no-progress --methods "$methods" --seeds 0 \
+            ${GPU_DENSENET_EXTRA:-} --out "$out/csv/$name.csv" --work "$work/$name" >>"$out/log/$name.log" 2>&1
+    done
+}
+SECONDS=0
+chain c1 ads &
+chain c2 lwp &
+chain c3 ceiling uniform &
+chain c4 global lcp &
+wait
+grep -h -E "seed [0-9]:|Error|error" "$out"/log/*.log | tail -20
+ls -l "$out" "$out/csv"
