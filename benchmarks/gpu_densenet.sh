@@ -4,10 +4,12 @@
 # recipes/bench_densenet40.yaml at 0.5 of the MACs, seed 0, as parallel chains of benchmarks/compare.py (no
 # timing under a shared GPU: --latency-repeats 0): ads and lwp (the connection searches), uniform, global, lcp
 # and the ceiling (the unpruned network through the same 2 fine-tuning epochs). The trained weights come back in
-# OUT (carry them to the next run as GPU_DENSENET_CKPT to skip the training), with the table's CSV and logs.
+# OUT with the table's CSV and logs. One device call runs at most 600 s (GPU_DENSENET_SECONDS, default 540, covers
+# the training too): if the training leaves too little time, carry the weights to a second call as
+# GPU_DENSENET_CKPT=FILE, which skips the training.
 #
 #   source ../shared/offline-env.sh && bash benchmarks/gpu_densenet.sh OUT
-#   cp OUT/densenet40_cifar10.safetensors "$LCP_CACHE/weights/"   # or pass it as --checkpoint
+#   cp OUT/densenet40_cifar10.safetensors ~/.cache/lcp/weights/   # ($LCP_CACHE/weights), or pass it as --checkpoint
 #   python benchmarks/merge_rows.py --into benchmarks/results/compare_densenet40_cuda.csv --budgets 0.5 OUT/csv/*.csv
 #
 # A dry run here (random weights, the recipes' quick sections, about 3 minutes on 2 cores):
@@ -22,19 +24,20 @@ cd "$here"
 export PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}"
 dev=${GPU_DENSENET_DEVICE:-cuda}
 quick=${GPU_DENSENET_QUICK:-}
-limit=${GPU_DENSENET_SECONDS:-480}  # everything after the training
-work=${TMPDIR:-/tmp}/gpu_densenet
+limit=${GPU_DENSENET_SECONDS:-540}  # the whole run, training included (one device call runs at most 600 s)
+work=$(mktemp -d "${TMPDIR:-/tmp}/gpu_densenet.XXXX")  # fresh: no search state of an earlier run is resumed
 ckpt=${GPU_DENSENET_CKPT:-}
+SECONDS=0
 python -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu')"
 
 if [ -z "$ckpt" ]; then
     echo "== training DenseNet-40 (${GPU_DENSENET_EPOCHS:-40} epochs)"
-    python -m lcp.cli train --recipe recipes/densenet40_cifar10.yaml --device "$dev" --out "$work/train" \
-        --no-progress --overwrite --epochs "${GPU_DENSENET_EPOCHS:-40}" --batch-size "${GPU_DENSENET_BATCH:-64}" \
-        2>&1 | tail -n 5
-    [ "${PIPESTATUS[0]}" = 0 ] || exit 1
+    timeout -k 10 $((limit - 120)) python -m lcp.cli train --recipe recipes/densenet40_cifar10.yaml --device "$dev" \
+        --out "$work/train" --no-progress --epochs "${GPU_DENSENET_EPOCHS:-40}" \
+        --batch-size "${GPU_DENSENET_BATCH:-64}" 2>&1 | tail -n 5
+    [ "${PIPESTATUS[0]}" = 0 ] || { echo "training failed or ran out of time (GPU_DENSENET_EPOCHS fewer)"; exit 1; }
     ckpt=$work/train/model.safetensors
-    cp "$ckpt" "$out/densenet40_cifar10.safetensors"
+    cp "$ckpt" "$out/densenet40_cifar10.safetensors" || exit 1
 fi
 [ -f "$ckpt" ] || { echo "no trained weights at $ckpt"; exit 1; }
 
@@ -45,12 +48,11 @@ chain() {
     for methods in "$@"; do
         left=$((limit - SECONDS))
         [ "$left" -gt 20 ] || break
-        timeout "$left" python benchmarks/compare.py --recipe recipes/bench_densenet40.yaml $quick --device "$dev" \
+        timeout -k 10 "$left" python benchmarks/compare.py --recipe recipes/bench_densenet40.yaml $quick --device "$dev" \
             --checkpoint "$ckpt" --threads 1 --latency-repeats 0 --no-progress --methods "$methods" --seeds 0 \
             ${GPU_DENSENET_EXTRA:-} --out "$out/csv/$name.csv" --work "$work/$name" >>"$out/log/$name.log" 2>&1
     done
 }
-SECONDS=0
 chain c1 ads &
 chain c2 lwp &
 chain c3 ceiling uniform &
@@ -58,3 +60,4 @@ chain c4 global lcp &
 wait
 grep -h -E "seed [0-9]:|Error|error" "$out"/log/*.log | tail -20
 ls -l "$out" "$out/csv"
+for c in c1 c2 c3 c4; do [ -s "$out/csv/$c.csv" ] || { echo "chain $c wrote no rows"; exit 1; }; done

@@ -37,6 +37,9 @@ def rescore(folder: Path, top: int, threads: int, log=print) -> list[dict]:
     spec = read_json(folder / "channels.json", what="channels.json")
     if not (folder / "search_state.json").is_file() or spec.get("method") != "lcp":
         raise LcpError(f"{folder} holds no lcp search (search_state.json of method lcp)")
+    unsupported = [k for k in ("pretrained", "max_removal", "depth", "time_aware", "structure_from") if sig.get(k)]
+    if unsupported:
+        raise LcpError(f"{folder} was cut with {', '.join(unsupported)}: not re-cut here")
     state = read_json(folder / "search_state.json", what="search_state.json")
     if state["settings"].get("optimizer") != "legr":
         raise LcpError("only the legr optimizer's candidates are [log alpha, kappa] vectors")
@@ -74,6 +77,7 @@ def rescore(folder: Path, top: int, threads: int, log=print) -> list[dict]:
             held, test = evaluate(net, bundle.loader("holdout", 256)), evaluate(net, bundle.loader("test", 256))
             row = {
                 "candidate": i + 1,
+                "widths": dict(shape),
                 "search_fitness": cand["fitness"],
                 "holdout_loss": held["loss"],
                 "holdout_top1": held["top1"],
@@ -93,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--top", type=int, default=5, help="distinct cuts to re-score (default 5)")
     p.add_argument("--threads", type=int, default=1)
     a = p.parse_args(argv)
+    if a.top < 1:
+        p.error("--top must be at least 1")
     try:
         rows = rescore(a.folder, a.top, a.threads)
     except LcpError as e:

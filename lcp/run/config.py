@@ -123,8 +123,8 @@ class PruneConfig(SearchOptions, AgentOptions, RecoveryOptions, CutOptions, JobO
                 if getattr(self, k)
             }
         )
-        if self.holdout != 5000:  # the searches' fitness split (recorded when not the default, as before)
-            sig["holdout"] = self.holdout
+        if self.holdout != type(self).__dataclass_fields__["holdout"].default:
+            sig["holdout"] = self.holdout  # the searches' fitness split; runs at the default keep their signature
         if self.structure_from:  # the folder and its channels.json as they are now
             spec = Path(self.structure_from).expanduser().resolve() / "channels.json"
             sig.update(structure_from=str(spec.parent), structure=file_digest(str(spec)) if spec.is_file() else None)

@@ -404,7 +404,7 @@ def test_recovery_ablation_writes_rows_resumes_and_reports(tiny_folder: Path, re
 
     rec = _module(ROOT / "benchmarks" / "recovery.py", "bench_recovery")
     cut = tmp_path / "cut"
-    assert lcp_cli(*tiny_args(tiny_folder, resnet20_ckpt, cut)).code == 0
+    assert lcp_cli(*tiny_args(tiny_folder, resnet20_ckpt, cut, "--method", "lcp", "--candidates", "4")).code == 0
     out = tmp_path / "results" / "recovery_tiny.csv"
     recipe = tmp_path / "recovery_tiny.yaml"
     recipe.write_text(
@@ -441,7 +441,7 @@ def test_recovery_ablation_writes_rows_resumes_and_reports(tiny_folder: Path, re
     text = md.read_text()
     assert "| plain | 0.01 | no | 1 | 1 | 1 |" in text and "| kd | 0.02 | yes | 2 | 1 | 1 |" in text
     kd_row, steps_row = (next(r for r in text.splitlines() if r.startswith(f"| {n} |")) for n in ("kd", "kd_steps"))
-    assert steps_row.split("|")[10:12] == kd_row.split("|")[10:12]  # the same ceiling, held-out and test
+    assert steps_row.split("|")[10:12] == kd_row.split("|")[10:12] != [" - ", " - "]  # kd's ceiling
     assert "Best pruned held-out top-1" in text and "do not edit" in text
     # another cut of the same network with the same recovery, no ceiling rows of its own: it borrows recipe 1's
     other, other_csv = tmp_path / "recovery_other.yaml", tmp_path / "results" / "recovery_other.csv"
@@ -453,8 +453,12 @@ def test_recovery_ablation_writes_rows_resumes_and_reports(tiny_folder: Path, re
     text = rec.report([recipe, other], md)
     first, second = text.split("\n## ")[1:3]
     row = lambda part: next(r for r in part.splitlines() if r.startswith("| plain |")).split("|")  # noqa: E731
-    assert row(second)[10:12] == row(first)[10:12] and "ceiling columns come from" in second
-    assert "One step is enough." in second and "ceiling columns come from" not in first
+    assert row(second)[10:12] == row(first)[10:12] != [" - ", " - "] and "did not measure come from" in second
+    assert "One step is enough." in second and "did not measure" not in first
+    # a recipe with another held-out split borrows nothing
+    other.write_text(other.read_text().replace("holdout: 12", "holdout: 13"))
+    third = rec.report([recipe, other], md).split("\n## ")[2]
+    assert row(third)[10:12] == [" - ", " - "] and "did not measure" not in third
     bad = tmp_path / "bad.yaml"
     bad.write_text(f"model: resnet20\ncut: {cut}\nout: {out}\nvariants:\n  x: {{lr: 0.01, momentum: 0.5}}\n")
     assert rec.main(["--recipe", str(bad)]) == 2
@@ -625,8 +629,9 @@ def test_transfer_task_is_the_animal_classes_of_cifar10(tmp_path: Path, monkeypa
 def test_search_rescore_recuts_the_searchs_best_candidates(tiny_folder: Path, resnet20_ckpt: Path, tmp_path: Path):
     """``benchmarks/search_rescore.py``: the search's best candidate, cut again from its vector, is the network
     the run saved (same widths, same test accuracy after the same recalibration); distinct cuts only; a folder
-    without an lcp search is one line, exit 2."""
+    without an lcp search is refused (exit 2)."""
     import lcp
+    from lcp.models.store import widths
     from lcp.run.config import PruneConfig
     from lcp.run.load import load_model_and_data
     from lcp.training.evaluate import evaluate, recalibrate_bn
@@ -646,7 +651,8 @@ def test_search_rescore_recuts_the_searchs_best_candidates(tiny_folder: Path, re
         test = evaluate(saved, loaded.bundle.loader("test", 256))["top1"]
     finally:
         torch.set_num_threads(threads)
-    assert 1 <= len(rows) <= 3 and len({r["candidate"] for r in rows}) == len(rows)
+    assert 1 <= len(rows) <= 3 and len({tuple(r["widths"].items()) for r in rows}) == len(rows)  # distinct cuts
     assert [r["search_fitness"] for r in rows] == sorted(r["search_fitness"] for r in rows)
-    assert rows[0]["test_top1"] == pytest.approx(test)  # the saved network, recalibrated alike
+    assert rows[0]["widths"] == {n: w[0] for n, w in widths(saved).items()}  # the network the run saved
+    assert rows[0]["test_top1"] == pytest.approx(test)  # recalibrated alike
     assert rs.main([str(tmp_path)]) == 2
