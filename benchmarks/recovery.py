@@ -278,15 +278,21 @@ def _ceiling_key(cfg: dict, v: dict) -> tuple:
     return (*(str(cfg[k]) for k in same), float(v["lr"]), bool(v["kd"]), v["epochs"])
 
 
-def _ceilings(recipes: list[Path]) -> dict[tuple, tuple[pd.Series, str]]:
-    """Every recipe's ceiling rows (mean over their seeds) by ``_ceiling_key``, with the recipe they are in."""
-    out: dict[tuple, tuple[pd.Series, str]] = {}
+def _tables(recipes: list[Path]) -> list[tuple[Path, dict, pd.DataFrame]]:
+    """(recipe, its settings, its CSV) for every recipe whose CSV exists."""
+    out = []
     for recipe in recipes:
         cfg = read_recipe(recipe)
         csv = ROOT / cfg["out"]
-        if not csv.is_file():
-            continue
-        df = pd.read_csv(csv)
+        if csv.is_file():
+            out.append((recipe, cfg, pd.read_csv(csv)))
+    return out
+
+
+def _ceilings(recipes: list[Path]) -> dict[tuple, tuple[pd.Series, str]]:
+    """Every recipe's ceiling rows (mean over their seeds) by ``_ceiling_key``, with the recipe they are in."""
+    out: dict[tuple, tuple[pd.Series, str]] = {}
+    for recipe, cfg, df in _tables(recipes):
         for name, v in cfg["variants"].items():
             rows = df[(df["variant"] == name) & (df["net"] == "ceiling")]
             if len(rows):
@@ -325,12 +331,7 @@ def report(recipes: list[Path], md: Path) -> str:
         "",
     ]
     shared = _ceilings(recipes)
-    for recipe in recipes:
-        cfg = read_recipe(recipe)
-        csv = ROOT / cfg["out"]
-        if not csv.is_file():
-            continue
-        df = pd.read_csv(csv)
+    for recipe, cfg, df in _tables(recipes):
         g = df.groupby(["variant", "net"])[["holdout_top1", "top1", "top1_noft", "finetune_s"]].mean()
         borrowed: set[str] = set()
         sd = df.groupby(["variant", "net"])["top1"].std()
