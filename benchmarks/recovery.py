@@ -289,10 +289,10 @@ def _tables(recipes: list[Path]) -> list[tuple[Path, dict, pd.DataFrame]]:
     return out
 
 
-def _ceilings(recipes: list[Path]) -> dict[tuple, tuple[pd.Series, str]]:
-    """Every recipe's ceiling rows (mean over their seeds) by ``_ceiling_key``, with the recipe they are in."""
+def _ceilings(tables: list[tuple[Path, dict, pd.DataFrame]]) -> dict[tuple, tuple[pd.Series, str]]:
+    """Every table's ceiling rows (mean over their seeds) by ``_ceiling_key``, with the recipe they are in."""
     out: dict[tuple, tuple[pd.Series, str]] = {}
-    for recipe, cfg, df in _tables(recipes):
+    for recipe, cfg, df in tables:
         for name, v in cfg["variants"].items():
             rows = df[(df["variant"] == name) & (df["net"] == "ceiling")]
             if len(rows):
@@ -330,8 +330,9 @@ def report(recipes: list[Path], md: Path) -> str:
         "the one-step recipe's. Several seeds: means, and the standard deviation of the pruned test top-1.",
         "",
     ]
-    shared = _ceilings(recipes)
-    for recipe, cfg, df in _tables(recipes):
+    tables = _tables(recipes)
+    shared = _ceilings(tables)
+    for recipe, cfg, df in tables:
         g = df.groupby(["variant", "net"])[["holdout_top1", "top1", "top1_noft", "finetune_s"]].mean()
         borrowed: set[str] = set()
         sd = df.groupby(["variant", "net"])["top1"].std()
