@@ -23,7 +23,7 @@ import torch
 
 import lcp
 from lcp.cut.alignment import measure_alignment
-from lcp.cut.latency import median_error, paired_latency
+from lcp.cut.latency import RUNTIMES, in_runtime, median_error, paired_latency
 from lcp.cut.pruner import prune_graph
 from lcp.engine.depth import allow_depth
 from lcp.io import atomic_path
@@ -46,12 +46,14 @@ def run(
     kinds: tuple[str, ...] = ("macs", "latency"),
     image_size: int = 32,
     depth: bool = False,
+    runtime: str = "eager",
 ) -> pd.DataFrame:
     """Cut and re-time every (model, budget, budget type); with ``data``, the models carry their trained weights
     and every network's top-1 after BatchNorm recalibration is measured once all timing is done. ``round_to``:
     a whole number, or ``auto`` (measured per model on ``device`` at ``big_batch``); ``kinds``: macs and/or latency
     budgets; ``image_size``: the input's side for models without data; ``depth``: the walk may also remove whole
-    residual branches (``lcp.engine.depth``)."""
+    residual branches (``lcp.engine.depth``); ``runtime``: what the re-timing runs both networks in (``eager``, or
+    ``onnxruntime``: each exported to ONNX and run by ONNX Runtime on the CPU with ``threads`` threads)."""
     rows, accuracy = [], []
     for name in models:
         if data:
@@ -64,6 +66,7 @@ def run(
             model, size = lcp.create_model(name).eval(), (3, image_size, image_size)
         graph = lcp.build_graph(model, torch.zeros(1, *size))
         allow_depth(graph, depth)
+        reference = in_runtime(model, runtime, size, threads)
         if round_to == "auto":
             align = measure_alignment(graph, device=device, batch=big_batch, n_threads=threads).round_to
         else:
@@ -100,10 +103,11 @@ def run(
                     )
                     print(rows[-1], flush=True)
                     continue
+                timed = in_runtime(res.model, runtime, size, threads)
                 t = {
                     b: paired_latency(
-                        res.model,
-                        model,
+                        timed,
+                        reference,
                         size,
                         batch=b,
                         device=device,
@@ -143,6 +147,7 @@ def run(
                         "threads": threads,
                         "repeats": repeats,
                         "round_to": align,
+                        "runtime": runtime,
                         "depth": depth,
                         "blocks_removed": sum(
                             bool(graph.depth[g.index] and res.plan.removed[g.units].all()) for g in graph.groups
@@ -250,6 +255,9 @@ def main() -> None:
     p.add_argument("--image-size", type=int, default=32, help="input side for models without --data (default 32)")
     p.add_argument("--depth", action="store_true", help="let the walk remove whole residual branches too")
     p.add_argument(
+        "--runtime", default="eager", choices=RUNTIMES, help="what the re-timing runs the networks in (default eager)"
+    )
+    p.add_argument(
         "--data",
         help="data set (cifar10 or an ImageFolder root): prune the trained models "
         "(weights from $LCP_WEIGHTS) and add each network's top-1 after BN recalibration",
@@ -272,6 +280,7 @@ def main() -> None:
         tuple(a.kinds.split(",")),
         a.image_size,
         a.depth,
+        a.runtime,
     )
     a.out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(a.out) as tmp:

@@ -6,6 +6,7 @@
 For each folder, its pruned network and the original it was cut from (the folder's model and weights, as
 ``lcp prune`` loaded them) are timed by ``lcp.cut.latency.paired_latency`` (eager, ``--rounds`` alternating
 rounds, ``--repeats`` timings of each): the median of the per-round ratios and its standard error.
+``--runtime onnxruntime`` exports both to ONNX and times them in ONNX Runtime instead.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import json
 from pathlib import Path
 
 import lcp
-from lcp.cut.latency import median_error, paired_latency
+from lcp.cut.latency import RUNTIMES, in_runtime, median_error, paired_latency
 from lcp.run.config import PruneConfig
 from lcp.run.load import load_model_and_data
 
@@ -27,16 +28,19 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--repeats", type=int, default=60)
+    p.add_argument("--runtime", default="eager", choices=RUNTIMES, help="what runs both networks (default eager)")
     a = p.parse_args()
     for folder in a.folders:
         run = json.loads((folder / "run.json").read_text())["signature"]
         data = json.loads((folder / "channels.json").read_text()).get("dataset") or "cifar10"
         cfg = PruneConfig(model=run["model"], data=run.get("data") or data, checkpoint=run.get("checkpoint"))
         loaded = load_model_and_data(cfg, log=lambda *x, **k: None)
-        pruned, original = lcp.load(folder).eval(), loaded.model.eval()
+        size = tuple(loaded.input_size)
+        pruned = in_runtime(lcp.load(folder).eval(), a.runtime, size, a.threads)
+        original = in_runtime(loaded.model.eval(), a.runtime, size, a.threads)
         for b in (int(x) for x in a.batches.split(",")):
             t = paired_latency(
-                pruned, original, tuple(loaded.input_size), batch=b, n_threads=a.threads, rounds=a.rounds,
+                pruned, original, size, batch=b, n_threads=a.threads, rounds=a.rounds,
                 repeats=a.repeats,
             )  # fmt: skip
             err = median_error(t["rounds"]) * t["ratio"]

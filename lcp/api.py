@@ -66,8 +66,9 @@ def prune(
     recipe's. ``ignore``: module-name globs whose output channels are kept whole; ``max_removal``:
     ``{glob: fraction}``, at most that fraction of the channels written by the matching modules is removed;
     ``depth``: the walk may also remove whole residual branches (``lcp.engine.depth``). ``round_to``: widths
-    kept in multiples of N, or ``"auto"``: the multiple that runs without a slowdown on ``device`` at
-    ``latency_batch``, measured (``lcp.cut.alignment``).
+    kept in multiples of N (default 1: any width; halved for a group narrower than 4N,
+    ``lcp.cut.alignment.group_alignment``), or ``"auto"``: the multiple that runs without a slowdown on
+    ``device`` at ``latency_batch``, measured (``lcp.cut.alignment``).
 
     With ``data`` (a data set name or ImageFolder path, an ``lcp.training.data.DataBundle``, or a dict with
     ``train`` and ``test`` loaders) the pruned model goes through the same post-cut stage as ``lcp prune``

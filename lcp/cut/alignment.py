@@ -6,8 +6,9 @@ pruned network with fewer MACs ends up no faster, or slower, than its original. 
 network's most expensive dense conv alone (its kernel, stride and input size; input and output widths pruned
 together, as a cut does) at ``BAND`` consecutive widths, fits a smooth quadratic to those times, and scores each
 alignment by the mean of its multiples' time over the fit: below 1 where aligned widths run cheaper than their
-neighbours. ``round_to="auto"`` takes the smallest alignment scored within ``TOLERANCE`` of the best one, among
-those no larger than half the narrowest prunable group (so every group can still be cut to half its width).
+neighbours. ``round_to="auto"`` takes the smallest alignment scored within ``TOLERANCE`` of the best one. For a group
+narrower than four times the alignment the multiple is halved until it is at most a quarter of the group's width
+(:func:`group_alignment`: with 16, a 16-channel group keeps multiples of 4).
 """
 
 from __future__ import annotations
@@ -64,6 +65,17 @@ def _probe_record(graph: ChannelGraph) -> tuple[str, int]:
     return best.name, min(len(best.out_ids), len(best.in_ids))
 
 
+def group_alignment(sizes: np.ndarray, round_to: int) -> np.ndarray:
+    """Each group's width multiple: ``round_to``, halved (down to 1) until it is at most a quarter of the group's
+    width, so that every group keeps at least four widths to choose from (``round_to=16``: groups of 64 channels
+    or more in multiples of 16, a 32-channel group in multiples of 8, a 16-channel group in multiples of 4)."""
+    align = np.full(len(sizes), max(1, int(round_to)), dtype=np.int64)
+    for g, n in enumerate(sizes):
+        while align[g] > 1 and align[g] * 4 > n:
+            align[g] //= 2
+    return align
+
+
 def measure_alignment(
     graph: ChannelGraph,
     *,
@@ -90,8 +102,7 @@ def measure_alignment(
                     timing.time_layer(module, c, c, False, shapes, batch=batch, dev=dev, warmup=1, repeats=repeats)
                 )
     ms = {c: statistics.median(t) for c, t in times.items()}
-    narrowest = min((len(g.units) for g in graph.groups), default=1)
-    chosen, score = choose_alignment(ms, [a for a in ALIGNMENTS if a <= max(1, narrowest // 2)])
+    chosen, score = choose_alignment(ms)
     return Alignment(chosen, score, f"{name} at batch {batch}, widths {widths[0]}-{widths[-1]}", ms)
 
 

@@ -14,6 +14,7 @@ import statistics
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import nn
@@ -208,17 +209,14 @@ def bench(
     return pd.DataFrame(rows)
 
 
-def _onnx_rows(
-    name: str, model: nn.Module, input_size: tuple[int, ...], batches: tuple[int, ...], repeats: int
-) -> list[dict]:
-    """ONNX Runtime timings when onnxruntime is installed (nothing otherwise)."""
+def onnx_session(model: nn.Module, input_size: tuple[int, ...], n_threads: int | None = None) -> Any:
+    """An ONNX Runtime CPU session of ``model`` (exported with a dynamic batch, input ``x``), on ``n_threads``
+    intra-op threads. Raises ``LcpError`` without onnxruntime (the ``export`` extra) or when the export fails."""
     try:
         import onnxruntime as ort
     except ImportError:
-        return []
+        raise LcpError("ONNX Runtime timings need onnxruntime: pip install -e '.[export]'") from None
     import io
-
-    import numpy as np
 
     buf = io.BytesIO()
     try:
@@ -230,9 +228,52 @@ def _onnx_rows(
                 input_names=["x"],
                 dynamic_shapes=({0: torch.export.Dim.AUTO},),
             )
-    except Exception as e:
-        return [{"model": name, "runtime": "onnxruntime", "error": type(e).__name__}]
-    sess = ort.InferenceSession(buf.getvalue(), providers=["CPUExecutionProvider"])
+    except Exception as e:  # the exporter raises many kinds; all mean "this model does not export"
+        raise LcpError(f"{type(model).__name__} cannot be exported to ONNX: {type(e).__name__}") from None
+    options = ort.SessionOptions()
+    if n_threads:
+        options.intra_op_num_threads, options.inter_op_num_threads = n_threads, 1
+    return ort.InferenceSession(buf.getvalue(), options, providers=["CPUExecutionProvider"])
+
+
+class OnnxRuntimeModule(nn.Module):
+    """An ONNX Runtime session called like a module (CPU tensors in and out), so that ``measure`` and
+    ``paired_latency`` time it like an eager network."""
+
+    def __init__(self, model: nn.Module, input_size: tuple[int, ...], n_threads: int | None = None):
+        super().__init__()
+        self.session = onnx_session(model, input_size, n_threads)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.session.run(None, {"x": x.cpu().numpy()})[0])
+
+
+RUNTIMES = ("eager", "onnxruntime")
+
+
+def in_runtime(model: nn.Module, runtime: str, input_size: tuple[int, ...], n_threads: int | None = None) -> nn.Module:
+    """``model`` as ``runtime`` runs it: ``eager`` (itself) or ``onnxruntime`` (:class:`OnnxRuntimeModule`)."""
+    if runtime == "eager":
+        return model
+    if runtime == "onnxruntime":
+        return OnnxRuntimeModule(model, input_size, n_threads)
+    raise LcpError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
+
+
+def _onnx_rows(
+    name: str, model: nn.Module, input_size: tuple[int, ...], batches: tuple[int, ...], repeats: int
+) -> list[dict]:
+    """ONNX Runtime timings when onnxruntime is installed (nothing otherwise)."""
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return []
+    import numpy as np
+
+    try:
+        sess = onnx_session(model, input_size)
+    except LcpError as e:
+        return [{"model": name, "runtime": "onnxruntime", "error": str(e).rsplit(": ", 1)[-1]}]
     rows = []
     for b in batches:
         x = np.random.randn(b, *input_size).astype("float32")

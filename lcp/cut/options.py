@@ -70,8 +70,9 @@ class CutOptions:
     aggregate: str = option("mean", "how a coupled unit's filter scores combine (LeGR used sum)", choices=AGGREGATIONS)
     round_to: int | str = option(
         1,
-        "keep widths in multiples of this many channel units; auto: the multiple that runs without a slowdown on "
-        "--device at --latency-batch, measured on the model's costliest conv",
+        "keep widths in multiples of this many channel units (halved for a group narrower than four times it); auto: "
+        "the multiple that runs without a slowdown on --device at --latency-batch, measured on the model's "
+        "costliest conv",
         check=round_to_value,
     )
     min_ratio: float = option(0.1, "per-group floor: keep at least this fraction (and 2 channels)", check=fraction)

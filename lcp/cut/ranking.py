@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from lcp.cut.alignment import group_alignment
 from lcp.cut.options import check_budget
 from lcp.cut.time_aware import time_aware_ranking, time_gains
 from lcp.engine.cost import CostModel
@@ -113,7 +114,8 @@ def ranking(graph: ChannelGraph, scores: np.ndarray) -> np.ndarray:
 
 
 class Walker:
-    """Greedy removal along a ranking with floors, rounding and module-emptiness guards."""
+    """Greedy removal along a ranking with floors, rounding (per group, :func:`group_alignment`) and
+    module-emptiness guards."""
 
     def __init__(
         self, graph: ChannelGraph, cost: CostModel, *, min_ratio: float = 0.1, min_channels: int = 2, round_to: int = 1
@@ -121,12 +123,14 @@ class Walker:
         self.graph, self.cost = graph, cost
         self.round_to = max(1, int(round_to))
         self.size = np.array([len(g.units) for g in graph.groups], dtype=np.int64)
+        self.align = group_alignment(self.size, self.round_to)
         self.floor = graph.floors(min_ratio, min_channels)
         self.group_of = np.array([u.group for u in graph.units], dtype=np.int64)
         self.depth = getattr(graph, "depth", np.zeros(len(graph.groups), dtype=bool))
 
-    def _step(self, kept: int) -> int:
-        return kept % self.round_to or self.round_to
+    def _step(self, g: int, kept: int) -> int:
+        r = int(self.align[g])
+        return kept % r or r
 
     def walk(self, order: np.ndarray, target: float, metric: str) -> tuple[np.ndarray, list[list[int]]]:
         """Remove units in ``order`` until cost <= target; returns (removed mask, removed batches)."""
@@ -156,7 +160,7 @@ class Walker:
                 continue
             batch = pending.setdefault(g, [])
             batch.append(u)
-            need = self._step(int(kept[g]))
+            need = self._step(g, int(kept[g]))
             emptying = kept[g] - need < self.floor[g] and self.depth[g]
             if emptying:  # a depth unit at its floor goes whole, at its highest remaining score
                 need = int(kept[g])
@@ -317,9 +321,8 @@ def _uniform(
         """Units removed at ``ratio`` (never a module's last channel) and the resulting cost."""
         removed = np.zeros(len(graph.units), dtype=bool)
         cost.reset()
-        r = walker.round_to
         for g, order in zip(graph.groups, orders):
-            n = len(order)
+            n, r = len(order), int(walker.align[g.index])
             keep = max(int(walker.floor[g.index]), int(np.ceil(min(1.0, ratio * shape[g.index]) * n)))
             if r > 1 and keep < n:
                 keep = min(n, int(np.ceil(keep / r) * r))
@@ -349,7 +352,10 @@ def _uniform(
     for u in np.nonzero(best)[0].tolist():
         cost.remove(u)
     # one ratio moves whole steps per group; top up with the best removed units that still fit the budget
-    removed_units = np.nonzero(best)[0] if walker.round_to == 1 else np.zeros(0, dtype=np.int64)
+    if walker.round_to > 1:
+        _top_up_aligned(graph, walker, cost, scores, best, target, metric)
+        return best
+    removed_units = np.nonzero(best)[0]
     for u in removed_units[np.lexsort((removed_units, -scores[removed_units]))].tolist():
         cost.restore(u)
         if cost.value(metric) <= target:
@@ -357,6 +363,32 @@ def _uniform(
         else:
             cost.remove(u)
     return best
+
+
+def _top_up_aligned(
+    graph: ChannelGraph, walker: Walker, cost: CostModel, scores: np.ndarray, removed: np.ndarray, target: float,
+    metric: str,
+) -> None:  # fmt: skip
+    """Restore whole alignment steps (each group's best removed units) while the cost stays at or below target,
+    best steps first, until none fits: with coarse steps a single ratio can land far under the budget."""
+    while True:
+        steps, restored = [], False
+        for g in graph.groups:
+            out = (idx := np.asarray(g.units, dtype=np.int64))[removed[idx]]
+            if len(out):
+                out = out[np.lexsort((out, -scores[out]))][: int(walker.align[g.index])]
+                steps.append((-float(scores[out].mean()), g.index, out.tolist()))
+        for _, _, step in sorted(steps):
+            for u in step:
+                cost.restore(u)
+            if cost.value(metric) <= target:
+                removed[step] = False
+                restored = True
+            else:
+                for u in step:
+                    cost.remove(u)
+        if not restored:
+            return
 
 
 def _frozen_hint(graph: ChannelGraph) -> str:

@@ -6,12 +6,13 @@ with ``lcp.cut.latency.time_layer`` replaced by a deterministic stand-in where t
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 import lcp
 import lcp.cut.latency
-from lcp.cut.alignment import ALIGNMENTS, choose_alignment, measure_alignment
+from lcp.cut.alignment import ALIGNMENTS, choose_alignment, group_alignment, measure_alignment
 from lcp.errors import LcpError
 from lcp.models.zoo import CifarResNet
 from lcp.options import from_mapping
@@ -73,8 +74,22 @@ def test_prune_with_auto_keeps_the_measured_multiple(monkeypatch):
     torch.manual_seed(0)
     model = CifarResNet(1).eval()
     res = lcp.prune(model, torch.zeros(1, 3, 16, 16), budget=0.5, round_to="auto")
-    widths = [m.out_channels for m in res.model.modules() if isinstance(m, torch.nn.Conv2d)]
-    assert all(w % 8 == 0 for w in widths), widths
+    convs = [(a.out_channels, b.out_channels) for a, b in zip(model.modules(), res.model.modules())
+             if isinstance(a, torch.nn.Conv2d)]  # fmt: skip
+    assert all(w % min(8, full // 4) == 0 for full, w in convs), convs  # 8, halved for the 16-channel groups
+
+
+def test_a_multiple_over_a_quarter_of_a_group_is_halved_for_that_group_only():
+    """``round_to=16`` on a CIFAR ResNet: the 64-channel groups keep multiples of 16, the 32-channel groups
+    multiples of 8 and the 16-channel groups multiples of 4, so that each has at least four widths to choose
+    from (a global 16 would keep the 16-channel groups whole)."""
+    assert group_alignment(np.array([16, 32, 64, 3, 24, 1, 960]), 16).tolist() == [4, 8, 16, 1, 4, 1, 16]
+    assert group_alignment(np.array([16, 64]), 1).tolist() == [1, 1]
+    torch.manual_seed(0)
+    res = lcp.prune(CifarResNet(2).eval(), torch.zeros(1, 3, 16, 16), budget=0.5, round_to=16)
+    kept = [(len(g.units), int((~res.plan.removed[np.asarray(g.units)]).sum())) for g in res.graph.groups]
+    assert all(k == n or k % (n // 4) == 0 for n, k in kept), kept
+    assert any(k < n for n, k in kept if n == 16) and any(k < n for n, k in kept if n >= 32), kept
 
 
 def test_auto_on_the_real_clock_returns_an_alignment():

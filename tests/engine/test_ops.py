@@ -932,12 +932,12 @@ def test_round_to(method):
     torch.manual_seed(0)
     model = Chain(20, 48, 36)
     res = prune_and_check(model, img(), budget=0.4, round_to=8, method=method)
-    for before, kept in kept_per_group(res):
-        assert kept == before or kept % 8 == 0, (before, kept)
+    for before, kept in kept_per_group(res):  # 8, halved to 4 for the 20-channel group (lcp.cut.alignment)
+        assert kept == before or kept % (8 if before >= 32 else 4) == 0, (before, kept)
     m = mods(res.model)
     for name, full in (("conv1", 20), ("conv2", 48), ("conv3", 36)):
         w = m[name].out_channels
-        assert w == full or w % 8 == 0, (name, w)
+        assert w == full or w % (8 if full >= 32 else 4) == 0, (name, w)
     assert any(k < b for b, k in kept_per_group(res))
 
 

@@ -87,3 +87,20 @@ def test_export_errors_on_the_command_line(tmp_path: Path) -> None:
     assert_one_line_error(lcp_cli("export", tmp_path), "holds no pruned model")
     res = lcp_cli("export", tmp_path, "--format", "tflite")
     assert_one_line_error(res, "invalid choice")
+
+
+def test_onnx_runtime_module_runs_like_the_model_and_is_timed_like_one(zoo_folder: Path) -> None:
+    """``in_runtime(..., "onnxruntime")``: the exported network called like a module (any batch), which
+    ``paired_latency`` times against another; an unknown runtime is one line."""
+    from lcp.cut.latency import in_runtime, paired_latency
+
+    net = lcp.load(zoo_folder).eval()
+    ort_net = in_runtime(net, "onnxruntime", (3, 32, 32), n_threads=1)
+    for batch in (1, 5):
+        x = torch.randn(batch, 3, 32, 32)
+        with torch.no_grad():
+            assert torch.allclose(ort_net(x), net(x), atol=1e-4)
+    t = paired_latency(ort_net, in_runtime(net, "eager", (3, 32, 32)), (3, 32, 32), rounds=2, repeats=4, min_seconds=0)
+    assert t["ratio"] > 0 and len(t["rounds"]) == 2
+    with pytest.raises(lcp.LcpError, match="unknown runtime 'tvm'"):
+        in_runtime(net, "tvm", (3, 32, 32))

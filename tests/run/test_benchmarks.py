@@ -656,3 +656,20 @@ def test_search_rescore_recuts_the_searchs_best_candidates(tiny_folder: Path, re
     assert rows[0]["widths"] == {n: w[0] for n, w in widths(saved).items()}  # the network the run saved
     assert rows[0]["test_top1"] == pytest.approx(test)  # recalibrated alike
     assert rs.main([str(tmp_path)]) == 2
+
+
+def test_latency_benchmark_times_both_networks_in_onnx_runtime(monkeypatch: pytest.MonkeyPatch) -> None:
+    """benchmarks/latency.py --runtime onnxruntime: the re-timing runs the exported original and the exported
+    pruned network (the row says so); widths keep the asked multiple, halved for narrow groups."""
+    pytest.importorskip("onnxruntime")
+    bench = _module(REPO / "benchmarks" / "latency.py", "bench_latency")
+    timed = []
+    real = bench.in_runtime
+    monkeypatch.setattr(bench, "in_runtime", lambda m, rt, *a: timed.append(rt) or real(m, rt, *a))
+    df = bench.run(
+        ["resnet20"], [0.5], threads=1, repeats=2, big_batch=2, rounds=1, min_seconds=0.0,
+        kinds=("macs",), image_size=16, round_to="16", runtime="onnxruntime",
+    )  # fmt: skip
+    row = df.iloc[0]
+    assert row["status"] == "ok" and row["runtime"] == "onnxruntime" and row["round_to"] == 16
+    assert timed == ["onnxruntime", "onnxruntime"] and row["latency_ratio_b1"] > 0 and 0.45 < row["macs_ratio"] <= 0.5
