@@ -711,7 +711,7 @@ def mo_prune(
 def read_rows(path: Path) -> pd.DataFrame:
     if not path.is_file():
         return pd.DataFrame()
-    return pd.read_csv(path)
+    return pd.read_csv(path, dtype={"config": str})  # a signature of digits only is still a string
 
 
 def append_row(path: Path, row: dict) -> None:

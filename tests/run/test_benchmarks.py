@@ -74,7 +74,7 @@ def quick(tiny_folder: Path, resnet20_ckpt: Path, tmp_path_factory: pytest.TempP
 
 def test_quick_writes_a_row_per_method_budget_and_seed(quick):
     out, _, log = quick
-    df = pd.read_csv(out)
+    df = pd.read_csv(out, dtype={"config": str})
     expected = [
         *REPORT_COLUMNS,
         "latency_base_ms",
@@ -133,16 +133,16 @@ def test_quick_writes_a_row_per_method_budget_and_seed(quick):
 
 def test_quick_resumes_and_refuses_other_settings(quick):
     out, cmd, _ = quick
-    before = pd.read_csv(out)
+    before = pd.read_csv(out, dtype={"config": str})
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=out.parent)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "14 of 14 rows already" in again.stdout
-    pd.testing.assert_frame_equal(pd.read_csv(out), before)
+    pd.testing.assert_frame_equal(pd.read_csv(out, dtype={"config": str}), before)
     other = subprocess.run(
         cmd + ["--finetune-epochs", "0"], capture_output=True, text=True, timeout=120, cwd=out.parent
     )
     assert other.returncode == 2 and "other settings" in other.stderr
-    pd.testing.assert_frame_equal(pd.read_csv(out), before)
+    pd.testing.assert_frame_equal(pd.read_csv(out, dtype={"config": str}), before)
 
 
 def _report(csv: Path, tmp_path: Path) -> str:
@@ -244,7 +244,7 @@ def dense(tiny_folder: Path, state_dict_saver, tmp_path_factory: pytest.TempPath
             log: list[str] = []
             compare.run(compare.parse_args(argv + ["--methods", methods]), argv, log=log.append)
             if methods == "global":
-                before = pd.read_csv(out)
+                before = pd.read_csv(out, dtype={"config": str})
     finally:
         torch.set_num_threads(threads)
     return out, before, "\n".join(log)
@@ -254,7 +254,7 @@ def dense(tiny_folder: Path, state_dict_saver, tmp_path_factory: pytest.TempPath
 def test_quick_connection_methods_on_densenet(dense):
     out, before, log = dense
     assert "1 of 3 rows already" in log  # the added methods add their rows only
-    df = pd.read_csv(out)
+    df = pd.read_csv(out, dtype={"config": str})
     pd.testing.assert_frame_equal(df.loc[df["method"] == "global", before.columns].reset_index(drop=True), before)
     assert sorted(df["method"]) == ["ads", "global", "lwp"] and (df["status"] == "ok").all(), df["status"].tolist()
     assert (df["model"] == "densenet40").all() and df["finetune_steps"].nunique() == 1
@@ -384,7 +384,7 @@ def test_recovery_recipe_has_a_ceiling_row_and_the_fast_search(tiny_folder: Path
         compare.run(compare.parse_args(argv), argv, log=lambda _: None)
     finally:
         torch.set_num_threads(threads)
-    df = pd.read_csv(out)
+    df = pd.read_csv(out, dtype={"config": str})
     assert (df["status"] == "ok").all(), df["status"].tolist()
     ceiling = df[df["method"] == "ceiling"]
     assert len(ceiling) == 1 and ceiling["budget"].iloc[0] == 1.0 and ceiling["macs_ratio"].iloc[0] == 1.0
@@ -569,7 +569,7 @@ def test_collect_runs_appends_a_row_per_run_folder(tmp_path, capsys):
     out = tmp_path / "rows.csv"
     argv = [str(run), "--out", str(out), "--command", "lcp prune X", "--machine", "vm"]
     assert cr.main(argv) == 0 and cr.main(argv) == 0
-    rows = pd.read_csv(out)
+    rows = pd.read_csv(out, dtype={"config": str})
     assert len(rows) == 1 and rows["blocks_removed"].iloc[0] == 2 and rows["top1_pruned"].iloc[0] == 82.47
     assert list(rows.columns) == cr.COLUMNS
     capsys.readouterr()
@@ -673,3 +673,12 @@ def test_latency_benchmark_times_both_networks_in_onnx_runtime(monkeypatch: pyte
     row = df.iloc[0]
     assert row["status"] == "ok" and row["runtime"] == "onnxruntime" and row["round_to"] == 16
     assert timed == ["onnxruntime", "onnxruntime"] and row["latency_ratio_b1"] > 0 and 0.45 < row["macs_ratio"] <= 0.5
+
+
+def test_a_signature_of_digits_reads_back_unchanged(tmp_path: Path) -> None:
+    """A row's config signature is a hex string that can be all digits: read back as a number it would lose its
+    leading zero, no longer match, and the row would run again."""
+    compare = _module(COMPARE, "bench_compare")
+    path = tmp_path / "rows.csv"
+    path.write_text("method,config\nglobal,0123\nlcp,ab12\n")
+    assert compare.read_rows(path)["config"].tolist() == ["0123", "ab12"]
