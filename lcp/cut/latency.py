@@ -190,6 +190,11 @@ def bench(
                 runtimes["compile"] = compiled
             except Exception as e:  # compile needs a C++ toolchain and may not support the model
                 rows.append({"model": name, "runtime": "compile", "error": f"{type(e).__name__}"})
+        if onnx and _has_onnxruntime():
+            try:
+                runtimes["onnxruntime"] = OnnxRuntimeModule(model, input_size)
+            except LcpError:
+                rows.append({"model": name, "runtime": "onnxruntime", "error": "the model does not export to ONNX"})
         for runtime, m in runtimes.items():
             for b in batches:
                 t = measure(m, input_size, batch=b, device=device, n_threads=n_threads, repeats=repeats)
@@ -204,8 +209,6 @@ def bench(
                         else None,
                     }
                 )
-        if onnx:
-            rows.extend(_onnx_rows(name, model, input_size, batches, repeats))
     return pd.DataFrame(rows)
 
 
@@ -260,34 +263,12 @@ def in_runtime(model: nn.Module, runtime: str, input_size: tuple[int, ...], n_th
     raise LcpError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
 
 
-def _onnx_rows(
-    name: str, model: nn.Module, input_size: tuple[int, ...], batches: tuple[int, ...], repeats: int
-) -> list[dict]:
-    """ONNX Runtime timings when onnxruntime is installed (nothing otherwise)."""
+def _has_onnxruntime() -> bool:
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
-        return []
-    import numpy as np
-
-    try:
-        sess = onnx_session(model, input_size)
-    except LcpError as e:
-        return [{"model": name, "runtime": "onnxruntime", "error": str(e).rsplit(": ", 1)[-1]}]
-    rows = []
-    for b in batches:
-        x = np.random.randn(b, *input_size).astype("float32")
-        times = []
-        for i in range(5 + repeats):
-            t0 = time.perf_counter()
-            sess.run(None, {"x": x})
-            if i >= 5:
-                times.append(time.perf_counter() - t0)
-        med = statistics.median(times)
-        rows.append(
-            {"model": name, "runtime": "onnxruntime", "batch": b, "median_ms": 1e3 * med, "images_per_s": b / med}
-        )
-    return rows
+        return False
+    return True
 
 
 # ------------------------------------------------------------------------------ per-layer lookup table
