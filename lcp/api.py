@@ -37,7 +37,7 @@ def prune(
     importance: str = "l2",
     aggregate: str = "mean",
     transforms: Transforms | None = None,
-    round_to: int | str = 1,
+    round_to: int | str = 16,
     min_ratio: float = 0.1,
     seed: int = 0,
     check: bool = True,
@@ -66,7 +66,7 @@ def prune(
     recipe's. ``ignore``: module-name globs whose output channels are kept whole; ``max_removal``:
     ``{glob: fraction}``, at most that fraction of the channels written by the matching modules is removed;
     ``depth``: the walk may also remove whole residual branches (``lcp.engine.depth``). ``round_to``: widths
-    kept in multiples of N (default 1: any width; halved for a group narrower than 4N,
+    kept in multiples of N (default 16; 1: any width; halved for a group narrower than 4N,
     ``lcp.cut.alignment.group_alignment``), or ``"auto"``: the multiple that runs without a slowdown on
     ``device`` at ``latency_batch``, measured (``lcp.cut.alignment``).
 

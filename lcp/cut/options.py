@@ -69,7 +69,7 @@ class CutOptions:
     importance: str = option("l2", "filter importance", choices=importance_names)
     aggregate: str = option("mean", "how a coupled unit's filter scores combine (LeGR used sum)", choices=AGGREGATIONS)
     round_to: int | str = option(
-        1,
+        16,
         "keep widths in multiples of this many channel units (halved for a group narrower than four times it); auto: "
         "the multiple that runs without a slowdown on --device at --latency-batch, measured on the model's "
         "costliest conv",

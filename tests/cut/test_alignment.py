@@ -80,13 +80,14 @@ def test_prune_with_auto_keeps_the_measured_multiple(monkeypatch):
 
 
 def test_a_multiple_over_a_quarter_of_a_group_is_halved_for_that_group_only():
-    """``round_to=16`` on a CIFAR ResNet: the 64-channel groups keep multiples of 16, the 32-channel groups
-    multiples of 8 and the 16-channel groups multiples of 4, so that each has at least four widths to choose
-    from (a global 16 would keep the 16-channel groups whole)."""
+    """``round_to=16`` (the default of ``lcp.prune`` and ``lcp prune``) on a CIFAR ResNet: the 64-channel groups
+    keep multiples of 16, the 32-channel groups multiples of 8 and the 16-channel groups multiples of 4, so that
+    each has at least four widths to choose from (a global 16 would keep the 16-channel groups whole)."""
     assert group_alignment(np.array([16, 32, 64, 3, 24, 1, 960]), 16).tolist() == [4, 8, 16, 1, 4, 1, 16]
     assert group_alignment(np.array([16, 64]), 1).tolist() == [1, 1]
     torch.manual_seed(0)
-    res = lcp.prune(CifarResNet(2).eval(), torch.zeros(1, 3, 16, 16), budget=0.5, round_to=16)
+    assert PruneConfig().round_to == 16
+    res = lcp.prune(CifarResNet(2).eval(), torch.zeros(1, 3, 16, 16), budget=0.5)
     kept = [(len(g.units), int((~res.plan.removed[np.asarray(g.units)]).sum())) for g in res.graph.groups]
     assert all(k == n or k % (n // 4) == 0 for n, k in kept), kept
     assert any(k < n for n, k in kept if n == 16) and any(k < n for n, k in kept if n >= 32), kept

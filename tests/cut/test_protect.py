@@ -51,9 +51,9 @@ def test_ignore_keeps_the_channels_of_the_matching_layers(resnet20) -> None:
 
 @pytest.mark.parametrize("method", ["global", "uniform", "random"])
 def test_a_cap_is_respected(resnet20, method: str) -> None:
-    free = lcp.prune(resnet20, X, budget=0.3, method=method)
+    free = lcp.prune(resnet20, X, budget=0.3, method=method, round_to=1)
     assert _removed_share(free, "layer3.*") > 0.3  # a deep cut takes more than the cap from layer3
-    capped = lcp.prune(resnet20, X, budget=0.3, method=method, max_removal={"layer3.*": 0.3})
+    capped = lcp.prune(resnet20, X, budget=0.3, method=method, max_removal={"layer3.*": 0.3}, round_to=1)
     assert _removed_share(capped, "layer3.*") <= 0.3
     assert capped.verification.ok and capped.plan.macs_ratio <= 0.3
 
@@ -96,7 +96,7 @@ def _cli(tiny_folder: Path, ckpt: Path, out: Path, *extra: str):
         "--method",
         "global",
         "--budget",
-        "0.7",
+        "0.8",  # with layer1 kept whole and aligned widths, 0.76 is the lowest reachable
         "--finetune-epochs",
         "0",
         "--holdout",

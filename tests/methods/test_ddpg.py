@@ -311,7 +311,7 @@ def test_cli_lfgcl_on_a_folder_without_classes(tiny_folder, resnet20_ckpt, tmp_p
     layers = list(csv.DictReader(open(out / "layers.csv")))
     assert "agent_ratio" in layers[0]
     report = next(csv.DictReader(open(out / "report.csv")))
-    assert report["method"] == "lfgcl" and 0.594 <= float(report["macs_ratio"]) <= 0.6
+    assert report["method"] == "lfgcl" and 0.57 <= float(report["macs_ratio"]) <= 0.6
     assert (out / "model.safetensors").is_file() and (out / "agent_state.safetensors").is_file()
     assert main(args + ["--resume"]) == 0  # the finished search is read back, not re-run
     assert len(list(csv.DictReader(open(out / "agent.csv")))) == 3

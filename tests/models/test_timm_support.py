@@ -143,7 +143,7 @@ def test_cli_prune_and_load_round_trip(runs, name):
     out, pruned, _ = runs(name)
     with open(out / "report.csv", newline="") as f:
         (row,) = list(csv.DictReader(f))
-    assert 0.49 <= float(row["macs_ratio"]) <= 0.5, row["macs_ratio"]
+    assert 0.47 <= float(row["macs_ratio"]) <= 0.5, row["macs_ratio"]  # aligned widths land within a step
     assert float(row["macs_pruned"]) < float(row["macs_base"])
     loaded = lcp.load(out)
     x = _x()

@@ -144,7 +144,7 @@ def test_search_then_prune_with_its_transforms(tiny_folder: Path, resnet20_ckpt:
     assert {g["group"]: (g["alpha"], g["kappa"]) for g in used["groups"]} == pairs
     assert not (out / "search.csv").exists()  # no search of its own
     row = read_report(out)
-    assert row["method"] == "lcp" and float(row["search_s"]) == 0.0 and 0.59 <= float(row["macs_ratio"]) <= 0.6
+    assert row["method"] == "lcp" and float(row["search_s"]) == 0.0 and 0.57 <= float(row["macs_ratio"]) <= 0.6
     by_group = {r["group"]: (float(r["alpha"]), float(r["kappa"])) for r in read_csv(out / "layers.csv")}
     for name, (alpha, kappa) in by_group.items():
         assert alpha == pytest.approx(pairs[name][0], rel=1e-6) and kappa == pytest.approx(pairs[name][1], abs=1e-9)
