@@ -24,6 +24,7 @@ import torch
 import lcp
 from lcp.cut.alignment import measure_alignment
 from lcp.cut.latency import RUNTIMES, in_runtime, median_error, paired_latency
+from lcp.cut.options import CutOptions
 from lcp.cut.pruner import prune_graph
 from lcp.engine.depth import allow_depth
 from lcp.io import atomic_path
@@ -42,7 +43,7 @@ def run(
     min_seconds: float = 1.0,
     cut_repeats: int = 30,
     data: str | None = None,
-    round_to: str = "1",
+    round_to: str = str(CutOptions.round_to),
     kinds: tuple[str, ...] = ("macs", "latency"),
     image_size: int = 32,
     depth: bool = False,
@@ -248,8 +249,9 @@ def main() -> None:
     p.add_argument("--big-batch", type=int, default=64)
     p.add_argument(
         "--round-to",
-        default="1",
-        help="widths in multiples of N, or auto: measured per model on --device at --big-batch (default 1)",
+        default=str(CutOptions.round_to),
+        help="widths in multiples of N, or auto: measured per model on --device at --big-batch (default: lcp's, "
+        f"{CutOptions.round_to})",
     )
     p.add_argument("--kinds", default="macs,latency", help="budget kinds to cut: macs and/or latency (default both)")
     p.add_argument("--image-size", type=int, default=32, help="input side for models without --data (default 32)")

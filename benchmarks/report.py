@@ -336,6 +336,12 @@ def setup_text(df: pd.DataFrame, meta: dict) -> str:
             + '; then top-1 again ("fine-tuned").'
             + (f" One epoch is {_plural(steps, 'step')}." if steps else "")
         )
+    r = cfg.get("round_to", 1)
+    lines[-1] += (
+        " Every cut keeps any channel width (`round_to` 1; `lcp prune`'s default is 16 since 2026-12-05)."
+        if str(r) == "1"
+        else f" Every cut keeps widths in multiples of {r} (halved per narrow group, `round_to`)."
+    )
     if "lcp" in set(df["method"]):
         sb = meta.get("search_budgets")  # runs before 2026-11-23 searched at the lowest budget only
         searched_at = (
