@@ -53,8 +53,9 @@ def run(
     and every network's top-1 after BatchNorm recalibration is measured once all timing is done. ``round_to``:
     a whole number, or ``auto`` (measured per model on ``device`` at ``big_batch``); ``kinds``: macs and/or latency
     budgets; ``image_size``: the input's side for models without data; ``depth``: the walk may also remove whole
-    residual branches (``lcp.engine.depth``); ``runtime``: what the re-timing runs both networks in (``eager``, or
-    ``onnxruntime``: each exported to ONNX and run by ONNX Runtime on the CPU with ``threads`` threads)."""
+    residual branches (``lcp.engine.depth``); ``runtime``: what the re-timing runs both networks in (``eager``,
+    ``compile``: ``torch.compile`` per batch size, or ``onnxruntime``: each exported to ONNX and run by ONNX Runtime
+    on the CPU with ``threads`` threads)."""
     rows, accuracy = [], []
     for name in models:
         if data:

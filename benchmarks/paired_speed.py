@@ -6,7 +6,8 @@
 For each folder, its pruned network and the original it was cut from (the folder's model and weights, as
 ``lcp prune`` loaded them) are timed by ``lcp.cut.latency.paired_latency`` (eager, ``--rounds`` alternating
 rounds, ``--repeats`` timings of each): the median of the per-round ratios and its standard error.
-``--runtime onnxruntime`` exports both to ONNX and times them in ONNX Runtime instead.
+``--runtime onnxruntime`` exports both to ONNX and times them in ONNX Runtime instead; ``--runtime compile``
+times both through ``torch.compile`` (kernels specialized per batch size).
 """
 
 from __future__ import annotations

@@ -184,10 +184,7 @@ def bench(
         runtimes: dict[str, nn.Module] = {"eager": model}
         if compile:
             try:
-                compiled = torch.compile(model)
-                with torch.inference_mode():
-                    compiled(torch.randn(1, *input_size))
-                runtimes["compile"] = compiled
+                runtimes["compile"] = compiled_module(model, input_size)
             except Exception as e:  # compile needs a C++ toolchain and may not support the model
                 rows.append({"model": name, "runtime": "compile", "error": f"{type(e).__name__}"})
         if onnx and _has_onnxruntime():
@@ -251,13 +248,30 @@ class OnnxRuntimeModule(nn.Module):
         return torch.from_numpy(self.session.run(None, {"x": x.cpu().numpy()})[0])
 
 
-RUNTIMES = ("eager", "onnxruntime")
+RUNTIMES = ("eager", "compile", "onnxruntime")
+
+
+def compiled_module(model: nn.Module, input_size: tuple[int, ...]) -> nn.Module:
+    """``torch.compile(model, dynamic=False)`` (kernels specialized to each batch size, as a fixed-batch
+    deployment would compile them), compiled once on a batch of 1; raises what compilation raises."""
+    compiled = torch.compile(model, dynamic=False)
+    with torch.inference_mode():
+        compiled(torch.randn(1, *input_size))
+    return compiled
 
 
 def in_runtime(model: nn.Module, runtime: str, input_size: tuple[int, ...], n_threads: int | None = None) -> nn.Module:
-    """``model`` as ``runtime`` runs it: ``eager`` (itself) or ``onnxruntime`` (:class:`OnnxRuntimeModule`)."""
+    """``model`` as ``runtime`` runs it: ``eager`` (itself), ``compile`` (:func:`compiled_module`) or
+    ``onnxruntime`` (:class:`OnnxRuntimeModule`)."""
     if runtime == "eager":
         return model
+    if runtime == "compile":
+        try:
+            return compiled_module(model, input_size)
+        except Exception as e:  # compile needs a C++ toolchain and may not support the model
+            raise LcpError(
+                f"{type(model).__name__} cannot be compiled with torch.compile: {type(e).__name__}"
+            ) from None
     if runtime == "onnxruntime":
         return OnnxRuntimeModule(model, input_size, n_threads)
     raise LcpError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")

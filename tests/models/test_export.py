@@ -104,3 +104,34 @@ def test_onnx_runtime_module_runs_like_the_model_and_is_timed_like_one(zoo_folde
     assert t["ratio"] > 0 and len(t["rounds"]) == 2
     with pytest.raises(lcp.LcpError, match="unknown runtime 'tvm'"):
         in_runtime(net, "tvm", (3, 32, 32))
+
+
+def test_compile_runtime_is_compiled_once_and_a_failure_is_one_line(monkeypatch) -> None:
+    """``in_runtime(..., "compile")``: ``torch.compile`` with kernels specialized per batch size, compiled on a
+    batch of 1 before it is timed; a model that does not compile is an ``LcpError`` naming it, not a traceback.
+    (``torch.compile`` itself is replaced here: a real compilation takes a minute on 2 cores.)"""
+    from lcp.cut.latency import in_runtime
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU()).eval()
+    calls = []
+
+    def fake_compile(model, **kw):
+        def run(x):
+            calls.append(tuple(x.shape))
+            return model(x)
+
+        assert kw == {"dynamic": False}
+        return run
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    compiled = in_runtime(net, "compile", (3, 8, 8))
+    assert calls == [(1, 3, 8, 8)]
+    x = torch.randn(2, 3, 8, 8)
+    assert torch.equal(compiled(x), net(x))
+
+    def broken(model, **kw):
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setattr(torch, "compile", broken)
+    with pytest.raises(lcp.LcpError, match="Sequential cannot be compiled with torch.compile: RuntimeError"):
+        in_runtime(net, "compile", (3, 8, 8))
