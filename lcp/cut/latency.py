@@ -182,16 +182,12 @@ def bench(
     rows = []
     for name, model in models.items():
         runtimes: dict[str, nn.Module] = {"eager": model}
-        if compile:
+        wanted = {"compile": compile, "onnxruntime": onnx and _has_onnxruntime()}
+        for runtime in [r for r, on in wanted.items() if on]:
             try:
-                runtimes["compile"] = compiled_module(model, input_size)
-            except Exception as e:  # compile needs a C++ toolchain and may not support the model
-                rows.append({"model": name, "runtime": "compile", "error": f"{type(e).__name__}"})
-        if onnx and _has_onnxruntime():
-            try:
-                runtimes["onnxruntime"] = OnnxRuntimeModule(model, input_size)
-            except LcpError:
-                rows.append({"model": name, "runtime": "onnxruntime", "error": "the model does not export to ONNX"})
+                runtimes[runtime] = in_runtime(model, runtime, input_size)
+            except LcpError as e:  # no C++ toolchain, or the model does not compile / export: a row says why
+                rows.append({"model": name, "runtime": runtime, "error": str(e)})
         for runtime, m in runtimes.items():
             for b in batches:
                 t = measure(m, input_size, batch=b, device=device, n_threads=n_threads, repeats=repeats)
