@@ -282,6 +282,18 @@ class ConnectionGraph:
                 params -= pf
         return int(macs), int(params)
 
+    def slice_l1(self) -> np.ndarray:
+        """Per connection, the mean absolute weight of the consumer's input slice that reads it (CondenseNet's
+        importance of a connection: the L1 norm of that slice divided by its size, so slices of different widths
+        and consumers compare)."""
+        modules = dict(self.graph.gm.named_modules())
+        out = np.zeros(self.n)
+        for c in self.consumers:
+            w = modules[c.name].weight.detach().abs()
+            for k in c.sources:
+                out[k] = float(w[:, torch.as_tensor(self.connections[k].positions)].mean())
+        return out
+
     def value(self, keep: np.ndarray, metric: str) -> int:
         m, p = self.evaluate(keep)
         return m if metric == "macs" else p

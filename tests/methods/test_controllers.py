@@ -9,6 +9,7 @@ import torch
 from lcp.engine.connections import ConnectionGraph, build
 from lcp.errors import LcpError, UnreachableBudget
 from lcp.methods.connections import ControllerConfig, HeldOut, match_toy, search_connections, shaped_reward
+from lcp.methods.connections.controller import connection_prior
 from tests.helpers import assert_one_line_error, lcp_cli, save_state_dict, tiny_densenet
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -41,11 +42,14 @@ def test_controller_runs_and_meets_the_budget(cg, method):
 
     cfg = ControllerConfig(episodes=4)
     res = search_connections(cg, evaluate, method=method, budget=0.5, cfg=cfg, seed=0, progress=False)
-    assert len(res.history) == 4 and len(seen) == 4
+    assert len(res.history) == 4 and len(seen) == 5  # the importance prior's mask first, then one per episode
+    prior = cg.project(cg.full(), connection_prior(cg), budget=0.5, fill=method == "ads")
+    assert (seen[0] == prior).all()
     for keep in seen + [res.keep]:
         assert cg.value(keep, "macs") <= 0.5 * cg.macs_base
         cg.check(keep)
-    assert res.best_reward == max(h["reward"] for h in res.history)
+    prior_reward = shaped_reward(method, ev(prior)["acc"], cg.value(prior, "macs") / cg.macs_base, 0.5, cfg)
+    assert res.best_reward == pytest.approx(max(prior_reward, *(h["reward"] for h in res.history)))
     if method == "ads":  # filled up to the budget: no dropped connection still fits
         for keep in seen:
             for k in np.nonzero(~keep)[0]:
@@ -55,6 +59,34 @@ def test_controller_runs_and_meets_the_budget(cg, method):
     if method == "lwp":
         h = res.history[0]
         assert h["reward"] == pytest.approx(h["acc"] + cfg.lwp_lambda * (1 - h["cost"]))
+
+
+def test_slice_l1_prior_ranks_connections_by_their_weights():
+    """A connection whose input slice has no weight scores lowest, one with large weights highest, and the
+    controller starts from that order (prior_weight 0: flat offsets, no prior evaluation)."""
+    model = tiny_densenet()
+    g = build(model, torch.zeros(1, 3, 16, 16))
+    modules = dict(g.graph.gm.named_modules())
+    c = next(c for c in g.consumers if len(c.sources) >= 2)
+    weak, strong = c.sources[0], c.sources[1]
+    w = modules[c.name].weight
+    with torch.no_grad():
+        w[:, torch.as_tensor(g.connections[weak].positions)] = 0.0
+        w[:, torch.as_tensor(g.connections[strong].positions)] *= 100.0
+    score = g.slice_l1()
+    assert score[weak] == 0.0 and score.argmin() == weak and score.argmax() == strong
+    prior = connection_prior(g)
+    assert prior.argmin() == weak and abs(prior.mean()) < 1e-9
+    from lcp.methods.connections.controller import Controller
+
+    assert torch.allclose(Controller(g, ControllerConfig()).offset.detach(), torch.as_tensor(prior).float())
+    assert (Controller(g, ControllerConfig(prior_weight=0.0)).offset.detach() == 0).all()
+    seen = []
+    flat = ControllerConfig(episodes=2, prior_weight=0.0)
+    search_connections(g, lambda k: seen.append(k) or {"acc": 0.5}, budget=0.5, cfg=flat, progress=False)
+    assert len(seen) == 2
+    with pytest.raises(LcpError, match="prior_weight"):
+        ControllerConfig(prior_weight=-1.0).check()
 
 
 def test_shaped_reward():

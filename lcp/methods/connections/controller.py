@@ -9,7 +9,10 @@ per connection (Bernoulli), then *projected* onto the budget (``ConnectionGraph.
 lowest-probability kept connections until the cost fits; ``ads`` also adds back the highest-probability dropped
 ones while they fit), so every evaluated network meets the budget. The policy is trained with REINFORCE on the
 sampled masks (the projection is part of the environment), ``samples`` masks per update, advantages
-(R - moving average) / moving std, an entropy bonus and gradient clipping.
+(R - moving average) / moving std, an entropy bonus and gradient clipping. The offsets start from an importance
+prior (``prior_weight`` times the standardised log of CondenseNet's slice-L1 score, ``connection_prior``), and
+the prior's own mask (the budget met by dropping the least important connections) is evaluated first: the
+result to beat.
 
 Reward (held-out split, never test; the network is built physically, BatchNorm recalibrated on training
 batches, weights inherited, no fine-tuning):
@@ -62,6 +65,7 @@ class ControllerConfig:
     tanh_constant: float = 0.0  # ENAS 1.5: logit = 2 C tanh(raw); 0: logit = raw (see docs)
     temperature: float = 1.0
     init_keep: float = 0.5  # initial keep probability (sets the logit bias)
+    prior_weight: float = 1.0  # initial logit offsets: this times the standardised log slice-L1 (0: no prior)
     lwp_lambda: float = 0.1  # lwp: bonus per unit of cost saved
     lwp_gamma: float = 1.0  # lwp: penalty per unit of cost over the budget
 
@@ -70,6 +74,8 @@ class ControllerConfig:
             raise LcpError("episodes, samples and hidden must be at least 1, init_keep in (0, 1)")
         if self.lr <= 0 or min(self.lr_offset, self.entropy_weight, self.kl_weight, self.grad_clip) < 0:
             raise LcpError("lr must be > 0; lr_offset, entropy_weight, kl_weight and grad_clip >= 0")
+        if self.prior_weight < 0:
+            raise LcpError("prior_weight must be >= 0")
         if not (0 <= self.baseline_decay < 1) or self.temperature <= 0 or self.tanh_constant < 0:
             raise LcpError("baseline_decay must be in [0, 1), temperature > 0, tanh_constant >= 0")
 
@@ -96,7 +102,8 @@ class Controller(nn.Module):
         self.w_query = nn.Linear(h, h, bias=False)
         self.v = nn.Linear(h, 1, bias=False)
         self.input_anchor = nn.Parameter(torch.zeros(h))
-        self.offset = nn.Parameter(torch.zeros(cg.n))  # per-connection logit offset (own learning rate)
+        # per-connection logit offset (own learning rate), starting from the importance prior
+        self.offset = nn.Parameter(torch.as_tensor(cfg.prior_weight * connection_prior(cg), dtype=torch.float32))
         logit = math.log(cfg.init_keep / (1 - cfg.init_keep))
         if cfg.tanh_constant > 0:
             logit = math.atanh(float(np.clip(logit / (2 * cfg.tanh_constant), -0.999, 0.999)))
@@ -139,6 +146,14 @@ class Controller(nn.Module):
                 out[:, src] = torch.bernoulli(torch.sigmoid(lg.detach()), generator=gen)
             prev = out[:, src].mean(1, keepdim=True)
         return torch.cat(logit_list, 1)[:, self.order], out
+
+
+def connection_prior(cg: ConnectionGraph) -> np.ndarray:
+    """The importance prior of every connection: its slice-L1 (``ConnectionGraph.slice_l1``), log-scaled and
+    standardised over all connections (0 where every connection scores the same)."""
+    z = np.log(cg.slice_l1() + 1e-12)
+    sd = z.std()
+    return (z - z.mean()) / sd if sd > 0 else np.zeros_like(z)
 
 
 def _features(cg: ConnectionGraph) -> np.ndarray:
@@ -279,6 +294,15 @@ def search_connections(
         save_tensors(tensors, path, metadata={"state": json.dumps(st)})
 
     base = cg.base(budget_type)
+    if best["reward"] == -math.inf and cfg.prior_weight > 0:
+        # the prior's own mask (most important connections first) is the result to beat, like AMC's uniform policy
+        prior = cg.project(cg.full(), connection_prior(cg), budget=budget, metric=budget_type, fill=method == "ads")
+        acc = float(evaluate(prior)["acc"])
+        rho = cg.value(prior, budget_type) / base
+        reward = shaped_reward(method, acc, rho, budget, cfg) if math.isfinite(acc) else -1.0
+        best = {"reward": reward, "keep": prior.astype(int).tolist(), "episode": 0}
+        log.info("importance prior's mask: reward %.4f (cost %.3f)", reward, rho)
+        save()
     bar = tqdm(
         total=cfg.episodes, initial=len(history), desc=method, disable=not progress, dynamic_ncols=True, leave=False
     )
