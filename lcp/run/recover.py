@@ -75,6 +75,7 @@ def recover(
             lr=options.lr,
             batch_size=options.batch_size,
             teacher=original if options.kd else None,
+            kd_alpha=options.kd_weight,
             ckpt_path=ckpt,
             resume=bool(options.resume and ckpt is not None and ckpt.is_file()),
             seed=options.seed,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lcp.options import at_least, option, positive
+from lcp.options import at_least, fraction, option, positive
 
 
 @dataclass
@@ -15,4 +15,7 @@ class RecoveryOptions:
     lr: float = option(0.01, "fine-tuning learning rate (cosine schedule)", check=positive)
     batch_size: int = option(128, "training batch size", check=at_least(1))
     kd: bool = option(True, "distil from the unpruned model while fine-tuning (on by default; --no-kd: labels only)")
+    kd_weight: float = option(
+        0.9, "weight w of the distillation term: (1 - w) cross-entropy + w T^2 KL at T = 4", check=fraction
+    )
     recal_batches: int = option(20, "BatchNorm recalibration batches", check=at_least(0), signature=False)

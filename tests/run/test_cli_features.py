@@ -228,25 +228,32 @@ def test_prune_trains_a_baseline_when_no_weights_exist(
 def test_kd_fine_tunes_with_distillation(
     tiny_folder: Path, resnet20_ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    teachers = []
+    teachers, weights = [], []
     real = lcp.training.train.finetune
 
-    def spy(model, data, *args, **kwargs):  # which teacher the pipeline hands to fine-tuning
+    def spy(model, data, *args, **kwargs):  # which teacher and loss weight the pipeline hands to fine-tuning
         teachers.append(kwargs.get("teacher"))
+        weights.append(kwargs.get("kd_alpha"))
         return real(model, data, *args, **kwargs)
 
     monkeypatch.setattr(lcp.training.train, "finetune", spy)
     outs = {}
-    for name, extra in (("plain", ("--no-kd",)), ("kd", ())):  # distillation is on by default
+    runs = (("plain", ("--no-kd",)), ("kd", ()), ("kd_only", ("--kd-weight", "1")))  # distillation is on by default
+    for name, extra in runs:
         outs[name] = tmp_path / name
         res = lcp_cli(*tiny_args(tiny_folder, resnet20_ckpt, outs[name], "--lr", "0.05", *extra, finetune=1))
         assert res.code == 0, res.err
-    assert len(teachers) == 2 and teachers[0] is None and isinstance(teachers[1], torch.nn.Module)
+    assert len(teachers) == 3 and teachers[0] is None and isinstance(teachers[1], torch.nn.Module)
+    assert weights[1:] == [0.9, 1.0]
     rows = {k: read_report(v) for k, v in outs.items()}
     assert rows["plain"]["top1_pruned_noft"] == rows["kd"]["top1_pruned_noft"]  # the same cut before fine-tuning
     a, b = load_file(outs["plain"] / "model.safetensors"), load_file(outs["kd"] / "model.safetensors")
     assert a.keys() == b.keys()
     assert not torch.equal(a["linear.weight"], b["linear.weight"])  # distillation changed the fine-tuning
+    c = load_file(outs["kd_only"] / "model.safetensors")
+    assert not torch.equal(b["linear.weight"], c["linear.weight"])  # so did the weight of its term
+    bad = lcp_cli(*tiny_args(tiny_folder, resnet20_ckpt, tmp_path / "bad", "--kd-weight", "1.5", finetune=1))
+    assert_one_line_error(bad, "kd")
     assert json.loads((outs["kd"] / "run.json").read_text())["signature"]["kd"] is True
 
 
