@@ -50,7 +50,7 @@ from lcp.training.train import finetune
 ROOT = Path(__file__).resolve().parents[1]
 NETS = ("pruned", "ceiling")
 #: What a variant may set, with the defaults of ``lcp prune``'s recovery.
-VARIANT_KEYS = {"lr": 0.01, "kd": False, "epochs": 1, "steps": 1}
+VARIANT_KEYS = {"lr": 0.01, "kd": False, "epochs": 1, "steps": 1, "kd_weight": 0.9, "batch": None}
 COLUMNS = [
     "model",
     "cut",
@@ -62,6 +62,8 @@ COLUMNS = [
     "kd",
     "epochs",
     "steps",
+    "kd_weight",
+    "batch",
     "top1_noft",
     "holdout_top1",
     "top1",
@@ -73,7 +75,8 @@ COLUMNS = [
 
 def read_recipe(path: str | Path) -> dict:
     """The recipe: ``model``, ``cut`` (an ``lcp prune --finetune-epochs 0`` folder; ``cut_command``: how it was
-    made, for the page), ``variants`` (name -> lr / kd / epochs / steps), ``seeds``, ``out``; optional ``data``,
+    made, for the page), ``variants`` (name -> lr / kd / epochs / steps / kd_weight / batch: the fine-tuning batch size,
+    the recipe's ``batch_size`` when absent), ``seeds``, ``out``; optional ``data``,
     ``checkpoint`` (as for ``lcp prune``), ``threads``, ``batch_size``, ``recal_batches``, ``holdout`` and
     ``note`` (a paragraph under the table on the page)."""
     try:
@@ -95,13 +98,27 @@ def read_recipe(path: str | Path) -> dict:
         variants[name] = {**VARIANT_KEYS, **(v or {})}
         v = variants[name]
         steps_ok = isinstance(v["steps"], int) and not isinstance(v["steps"], bool) and 1 <= v["steps"] <= v["epochs"]
-        if not isinstance(v["kd"], bool) or v["lr"] <= 0 or v["epochs"] < 1 or not steps_ok:
+        alpha_ok = isinstance(v["kd_weight"], (int, float)) and 0 <= v["kd_weight"] <= 1
+        batch_ok = v["batch"] is None or (
+            isinstance(v["batch"], int) and not isinstance(v["batch"], bool) and v["batch"] > 0
+        )
+        if (
+            not isinstance(v["kd"], bool)
+            or v["lr"] <= 0
+            or v["epochs"] < 1
+            or not steps_ok
+            or not alpha_ok
+            or not batch_ok
+        ):
             raise LcpError(
                 f"recipe {path}: variant {name} needs lr > 0, kd true/false, epochs >= 1, steps an integer from 1 "
-                "to epochs"
+                "to epochs, kd_weight from 0 to 1, batch a positive integer"
             )
     defaults = {"seeds": [0], "threads": 1, "batch_size": 128, "recal_batches": 20, "holdout": 5000}
-    return {**defaults, "data": None, "checkpoint": None, **cfg}
+    cfg = {**defaults, "data": None, "checkpoint": None, **cfg}
+    for v in variants.values():
+        v["batch"] = v["batch"] or cfg["batch_size"]
+    return cfg
 
 
 def append_row(path: Path, row: dict) -> None:
@@ -121,8 +138,9 @@ def recover_once(net: nn.Module, teacher: nn.Module | None, bundle: Any, v: dict
         bundle,
         epochs=v["epochs"],
         lr=v["lr"],
-        batch_size=cfg["batch_size"],
+        batch_size=v["batch"],
         teacher=teacher,
+        kd_alpha=v["kd_weight"],
         seed=seed,
         progress=cfg["progress"],
     )
@@ -183,8 +201,9 @@ def stepwise_cut(original: nn.Module, cut: Path, bundle: Any, v: dict, seed: int
                 bundle,
                 epochs=1,
                 lr=v["lr"],
-                batch_size=cfg["batch_size"],
+                batch_size=v["batch"],
                 teacher=teacher,
+                kd_alpha=v["kd_weight"],
                 seed=seed + k,
                 progress=cfg["progress"],
             )
@@ -275,7 +294,8 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
 def _ceiling_key(cfg: dict, v: dict) -> tuple:
     """What a ceiling row depends on: the network, the data and the recovery, not the cut."""
     same = ("model", "data", "checkpoint", "batch_size", "recal_batches", "holdout")
-    return (*(str(cfg[k]) for k in same), float(v["lr"]), bool(v["kd"]), v["epochs"])
+    alpha = float(v["kd_weight"]) if v["kd"] else None
+    return (*(str(cfg[k]) for k in same), float(v["lr"]), bool(v["kd"]), v["epochs"], alpha, v["batch"])
 
 
 def _tables(recipes: list[Path]) -> list[tuple[Path, dict, pd.DataFrame]]:
@@ -317,11 +337,11 @@ def report(recipes: list[Path], md: Path) -> str:
         "One pruned network per table (an `lcp prune` cut with the default search, no fine-tuning), recovered "
         "with each recipe below, and the unpruned network recovered the same way (the ceiling: the shared "
         "checkpoints are under-trained, so any fine-tuning also improves them). Every recipe: BatchNorm "
-        "recalibration on 20 train batches, SGD Nesterov (momentum 0.9, weight decay 5e-4), cosine to 0, batch "
-        "128, random crop and flip; `kd`: distillation from the unpruned network, loss 0.1 CE + 0.9 T^2 KL at "
-        "T = 4 (the ceiling from a frozen copy of itself). A default is chosen on the held-out split (5,000 "
-        "training images the pruning and fine-tuning never train on); the test split is reported. Caveat: the "
-        "shared checkpoints were trained on the whole train split, these 5,000 images included "
+        "recalibration on 20 train batches, SGD Nesterov (momentum 0.9, weight decay 5e-4), cosine to 0, "
+        "random crop and flip; `kd weight` w: distillation from the unpruned network, loss (1 - w) CE + w T^2 KL "
+        "at T = 4 (the ceiling from a frozen copy of itself; `no`: labels only). A default is chosen on the "
+        "held-out split (5,000 training images the pruning and fine-tuning never train on); the test split is "
+        "reported. Caveat: the shared checkpoints were trained on the whole train split, these 5,000 images included "
         "(`../shared/weights/README.md`), so held-out accuracy is inflated and favours recipes that move the "
         "weights less (a lower learning rate); compare recipes on it only where the test split agrees in sign "
         "or the gap is large. `steps` N > 1: the cut's budget reached in N cuts with the cut's own learned "
@@ -361,8 +381,10 @@ def report(recipes: list[Path], md: Path) -> str:
             top = _f(cell(name, "pruned", "top1")) + (f" ± {sd[(name, 'pruned')]:.2f}" if n > 1 else "")
             ceil = name if v["steps"] == 1 else (one_step(v) or name)  # no twin here: a ceiling from elsewhere
             gap = cell(ceil, "ceiling", "top1") - cell(name, "pruned", "top1")
+            kd_weight = f"{v['kd_weight']:g}" if v["kd"] else "no"
             rows.append(
-                f"| {name} | {v['lr']:g} | {'yes' if v['kd'] else 'no'} | {v['epochs']} | {v['steps']} | {n} | "
+                f"| {name} | {v['lr']:g} | {kd_weight} | {v['batch']} | {v['epochs']} | "
+                f"{v['steps']} | {n} | "
                 f"{_f(cell(name, 'pruned', 'top1_noft'))} | {_f(cell(name, 'pruned', 'holdout_top1'))} | "
                 f"{top} | {_f(cell(ceil, 'ceiling', 'holdout_top1'))} | "
                 f"{_f(cell(ceil, 'ceiling', 'top1'))} | {_f(gap)} | {cell(name, 'pruned', 'finetune_s'):.0f} |"
@@ -384,9 +406,9 @@ def report(recipes: list[Path], md: Path) -> str:
             f"({', '.join(sorted(set(df['date'])))}); fine-tuning seconds are wall time on a shared machine (other "
             "rows and jobs ran at the same time), not a speed measurement.",
             "",
-            "| recipe | lr | kd | epochs | steps | seeds | pruned, BN recal | pruned held-out | pruned test | "
-            "ceiling held-out | ceiling test | gap to ceiling (test) | fine-tuning s |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "| recipe | lr | kd weight | batch | epochs | steps | seeds | pruned, BN recal | pruned held-out | "
+            "pruned test | ceiling held-out | ceiling test | gap to ceiling (test) | fine-tuning s |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
             *rows,
             "",
             f"Best pruned held-out top-1: **{best}**.",

@@ -410,8 +410,8 @@ def test_recovery_ablation_writes_rows_resumes_and_reports(tiny_folder: Path, re
     recipe.write_text(
         f"model: resnet20\ndata: {tiny_folder}\ncheckpoint: {resnet20_ckpt}\ncut: {cut}\nholdout: 12\n"
         f"batch_size: 16\nrecal_batches: 1\nout: {out}\n"
-        "variants:\n  plain: {lr: 0.01, epochs: 1}\n  kd: {lr: 0.02, epochs: 2, kd: true}\n"
-        "  kd_steps: {lr: 0.02, epochs: 2, kd: true, steps: 2}\n"
+        "variants:\n  plain: {lr: 0.01, epochs: 1}\n  kd: {lr: 0.02, epochs: 2, kd: true, kd_weight: 1.0, batch: 8}\n"
+        "  kd_steps: {lr: 0.02, epochs: 2, kd: true, kd_weight: 1.0, batch: 8, steps: 2}\n"
     )
     logged = []
     threads = torch.get_num_threads()
@@ -427,6 +427,9 @@ def test_recovery_ablation_writes_rows_resumes_and_reports(tiny_folder: Path, re
         ]
         assert df.loc[df["net"] == "ceiling", "macs_ratio"].eq(1.0).all()
         assert df.loc[df["net"] == "pruned", "macs_ratio"].between(0.4, 0.55).all()
+        kd_rows = df[df["variant"] != "plain"]
+        assert kd_rows["kd_weight"].eq(1.0).all() and kd_rows["batch"].eq(8).all()
+        assert df.loc[df["variant"] == "plain", "batch"].eq(16).all()  # the recipe's batch_size
         assert df[["top1_noft", "holdout_top1", "top1"]].notna().all().all()
         first, second = (float(line.split(" of the MACs")[0].split()[-1]) for line in logged if "step " in line)
         assert 0.5**0.5 - 0.03 < first <= 0.5**0.5  # the cut's budget 0.5 in two steps: 0.707, then 0.5
@@ -439,9 +442,9 @@ def test_recovery_ablation_writes_rows_resumes_and_reports(tiny_folder: Path, re
     md = tmp_path / "recovery.md"
     rec.report([recipe], md)
     text = md.read_text()
-    assert "| plain | 0.01 | no | 1 | 1 | 1 |" in text and "| kd | 0.02 | yes | 2 | 1 | 1 |" in text
+    assert "| plain | 0.01 | no | 16 | 1 | 1 | 1 |" in text and "| kd | 0.02 | 1 | 8 | 2 | 1 | 1 |" in text
     kd_row, steps_row = (next(r for r in text.splitlines() if r.startswith(f"| {n} |")) for n in ("kd", "kd_steps"))
-    assert steps_row.split("|")[10:12] == kd_row.split("|")[10:12] != [" - ", " - "]  # kd's ceiling
+    assert steps_row.split("|")[12:14] == kd_row.split("|")[12:14] != [" - ", " - "]  # kd's ceiling
     assert "Best pruned held-out top-1" in text and "do not edit" in text
     # another cut of the same network with the same recovery, no ceiling rows of its own: it borrows recipe 1's
     other, other_csv = tmp_path / "recovery_other.yaml", tmp_path / "results" / "recovery_other.csv"
@@ -453,17 +456,20 @@ def test_recovery_ablation_writes_rows_resumes_and_reports(tiny_folder: Path, re
     text = rec.report([recipe, other], md)
     first, second = text.split("\n## ")[1:3]
     row = lambda part: next(r for r in part.splitlines() if r.startswith("| plain |")).split("|")  # noqa: E731
-    assert row(second)[10:12] == row(first)[10:12] != [" - ", " - "] and "did not measure come from" in second
+    assert row(second)[12:14] == row(first)[12:14] != [" - ", " - "] and "did not measure come from" in second
     assert "One step is enough." in second and "did not measure" not in first
     # a recipe with another held-out split borrows nothing
     other.write_text(other.read_text().replace("holdout: 12", "holdout: 13"))
     third = rec.report([recipe, other], md).split("\n## ")[2]
-    assert row(third)[10:12] == [" - ", " - "] and "did not measure" not in third
+    assert row(third)[12:14] == [" - ", " - "] and "did not measure" not in third
     bad = tmp_path / "bad.yaml"
     bad.write_text(f"model: resnet20\ncut: {cut}\nout: {out}\nvariants:\n  x: {{lr: 0.01, momentum: 0.5}}\n")
     assert rec.main(["--recipe", str(bad)]) == 2
     bad.write_text(f"model: resnet20\ncut: {cut}\nout: {out}\nvariants:\n  x: {{epochs: 2, steps: 3}}\n")
     assert rec.main(["--recipe", str(bad)]) == 2
+    for wrong in ("kd_weight: 1.5", "batch: 0", "batch: 8.5"):
+        bad.write_text(f"model: resnet20\ncut: {cut}\nout: {out}\nvariants:\n  x: {{{wrong}}}\n")
+        assert rec.main(["--recipe", str(bad)]) == 2
 
 
 def test_compare_distils_from_a_frozen_copy_when_the_recipe_says_kd(monkeypatch):
