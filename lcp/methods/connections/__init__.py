@@ -9,11 +9,11 @@ from lcp.methods.connections.controller import (
     Controller,
     ControllerConfig,
     ControllerResult,
-    match_toy,
     search_connections,
     shaped_reward,
 )
 from lcp.methods.connections.method import AdsMethod, HeldOut, LwpMethod, cut_connections, write_controller_csv
+from lcp.methods.connections.toy import match_toy
 
 __all__ = [
     "CONNECTION_METHODS",

@@ -9,10 +9,8 @@ per connection (Bernoulli), then *projected* onto the budget (``ConnectionGraph.
 lowest-probability kept connections until the cost fits; ``ads`` also adds back the highest-probability dropped
 ones while they fit), so every evaluated network meets the budget. The policy is trained with REINFORCE on the
 sampled masks (the projection is part of the environment), ``samples`` masks per update, advantages
-(R - moving average) / moving std, an entropy bonus and gradient clipping. The offsets start from an importance
-prior (``prior_weight`` times the standardised log of CondenseNet's slice-L1 score, ``connection_prior``), and
-the prior's own mask (the budget met by dropping the least important connections) is evaluated first: the
-result to beat.
+(R - moving average) / moving std, an entropy bonus and gradient clipping. The offsets start from CondenseNet's
+slice-L1 prior (``connection_prior``), whose own mask is evaluated first: the result to beat.
 
 Reward (held-out split, never test; the network is built physically, BatchNorm recalibrated on training
 batches, weights inherited, no fine-tuning):
@@ -37,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lcp.engine.connections import ConnectionGraph
+from lcp.engine.connections import ConnectionGraph, connection_prior
 from lcp.engine.types import LayerKind
 from lcp.errors import LcpError
 from lcp.io import PathLike, load_tensor_metadata, load_tensors, save_tensors
@@ -72,10 +70,11 @@ class ControllerConfig:
     def check(self) -> None:
         if self.episodes < 1 or self.samples < 1 or self.hidden < 1 or not (0 < self.init_keep < 1):
             raise LcpError("episodes, samples and hidden must be at least 1, init_keep in (0, 1)")
-        if self.lr <= 0 or min(self.lr_offset, self.entropy_weight, self.kl_weight, self.grad_clip) < 0:
-            raise LcpError("lr must be > 0; lr_offset, entropy_weight, kl_weight and grad_clip >= 0")
-        if self.prior_weight < 0:
-            raise LcpError("prior_weight must be >= 0")
+        if (
+            self.lr <= 0
+            or min(self.lr_offset, self.entropy_weight, self.kl_weight, self.grad_clip, self.prior_weight) < 0
+        ):
+            raise LcpError("lr must be > 0; lr_offset, entropy_weight, kl_weight, grad_clip and prior_weight >= 0")
         if not (0 <= self.baseline_decay < 1) or self.temperature <= 0 or self.tanh_constant < 0:
             raise LcpError("baseline_decay must be in [0, 1), temperature > 0, tanh_constant >= 0")
 
@@ -146,14 +145,6 @@ class Controller(nn.Module):
                 out[:, src] = torch.bernoulli(torch.sigmoid(lg.detach()), generator=gen)
             prev = out[:, src].mean(1, keepdim=True)
         return torch.cat(logit_list, 1)[:, self.order], out
-
-
-def connection_prior(cg: ConnectionGraph) -> np.ndarray:
-    """The importance prior of every connection: its slice-L1 (``ConnectionGraph.slice_l1``), log-scaled and
-    standardised over all connections (0 where every connection scores the same)."""
-    z = np.log(cg.slice_l1() + 1e-12)
-    sd = z.std()
-    return (z - z.mean()) / sd if sd > 0 else np.zeros_like(z)
 
 
 def _features(cg: ConnectionGraph) -> np.ndarray:
@@ -399,16 +390,3 @@ def _update(
     if cfg.grad_clip > 0:
         nn.utils.clip_grad_norm_(ctl.parameters(), cfg.grad_clip)
     opt.step()
-
-
-def match_toy(
-    cg: ConnectionGraph, budget: float, seed: int = 0, *, method: str = "ads", budget_type: str = "macs"
-) -> tuple[np.ndarray, Callable[[np.ndarray], dict]]:
-    """A cheap reward with a known optimum, to check that the controller learns: (target, evaluate) with
-    evaluate(keep) = {"acc": fraction of connections where keep equals target}; target is a seeded random mask
-    projected as a sample would be (filled for ``ads``), so it is reachable (best reward 1 for ``ads``)."""
-    rng = np.random.default_rng(seed)
-    target = cg.project(
-        rng.random(cg.n) < 0.5, rng.random(cg.n), budget=budget, metric=budget_type, fill=method == "ads"
-    )
-    return target, lambda keep: {"acc": float((np.asarray(keep) == target).mean())}
