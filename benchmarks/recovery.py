@@ -1,10 +1,11 @@
 """The recovery ablation: one pruned network, several recovery recipes, each beside the ceiling.
 
 A cut is made once by ``lcp prune ... --finetune-epochs 0 --out DIR`` (the recipe's ``cut``). Every variant of
-the recipe (learning rate, distillation from the unpruned network, epochs) then recovers a fresh copy of that
-pruned network, and a fresh copy of the unpruned network (the ceiling: the same recovery; with ``kd`` it
-distils from a frozen copy of itself), with lcp's own ``recalibrate_bn`` and ``finetune`` (SGD Nesterov, cosine
-to 0, weight decay 5e-4, flip and pad-crop; KD loss ``0.1 * CE + 0.9 * T^2 KL`` at ``T = 4``). A variant with
+the recipe (learning rate, distillation from the unpruned network and its weight, batch size, epochs) then
+recovers a fresh copy of that pruned network, and a fresh copy of the unpruned network (the ceiling: the same
+recovery; with ``kd`` it distils from a frozen copy of itself), with lcp's own ``recalibrate_bn`` and
+``finetune`` (SGD Nesterov, cosine to 0, weight decay 5e-4, flip and pad-crop; KD loss
+``(1 - w) * CE + w * T^2 KL`` at ``T = 4``, ``w`` the variant's ``kd_weight``, 0.9 unless set). A variant with
 ``steps: N`` prunes in N steps instead (``stepwise_cut``): the cut's own learned compensation
 (``transforms.json``) cuts the original to the geometric intermediate budgets, one epoch of the same recovery
 after each, then to the cut's budget, which gets the remaining epochs. Each row gives
@@ -98,7 +99,7 @@ def read_recipe(path: str | Path) -> dict:
         variants[name] = {**VARIANT_KEYS, **(v or {})}
         v = variants[name]
         steps_ok = isinstance(v["steps"], int) and not isinstance(v["steps"], bool) and 1 <= v["steps"] <= v["epochs"]
-        alpha_ok = isinstance(v["kd_weight"], (int, float)) and 0 <= v["kd_weight"] <= 1
+        weight_ok = isinstance(v["kd_weight"], (int, float)) and 0 <= v["kd_weight"] <= 1
         batch_ok = v["batch"] is None or (
             isinstance(v["batch"], int) and not isinstance(v["batch"], bool) and v["batch"] > 0
         )
@@ -107,7 +108,7 @@ def read_recipe(path: str | Path) -> dict:
             or v["lr"] <= 0
             or v["epochs"] < 1
             or not steps_ok
-            or not alpha_ok
+            or not weight_ok
             or not batch_ok
         ):
             raise LcpError(
@@ -294,8 +295,8 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
 def _ceiling_key(cfg: dict, v: dict) -> tuple:
     """What a ceiling row depends on: the network, the data and the recovery, not the cut."""
     same = ("model", "data", "checkpoint", "batch_size", "recal_batches", "holdout")
-    alpha = float(v["kd_weight"]) if v["kd"] else None
-    return (*(str(cfg[k]) for k in same), float(v["lr"]), bool(v["kd"]), v["epochs"], alpha, v["batch"])
+    weight = float(v["kd_weight"]) if v["kd"] else None
+    return (*(str(cfg[k]) for k in same), float(v["lr"]), bool(v["kd"]), v["epochs"], weight, v["batch"])
 
 
 def _tables(recipes: list[Path]) -> list[tuple[Path, dict, pd.DataFrame]]:
