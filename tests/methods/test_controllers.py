@@ -171,6 +171,36 @@ def test_controller_learns_a_toy_reward(cg):
     assert res.best_reward == max(r)
 
 
+def test_top_masks_are_kept_and_rescored(cg):
+    """The search keeps the prior's mask and the cfg.top best episodes; re-scoring picks the best by the new
+    evaluation, not by the search's (noisy) reward."""
+    from lcp.methods.connections.method import rescore
+
+    _, evaluate = match_toy(cg, 0.6, seed=0)
+    cfg = ControllerConfig(episodes=12, top=3)
+    res = search_connections(cg, evaluate, method="ads", budget=0.6, cfg=cfg, seed=0, progress=False)
+    episodes = [e["episode"] for e in res.top]
+    assert 0 in episodes and len(episodes) == 4 and len(set(episodes)) == 4
+    best3 = sorted(res.history, key=lambda h: (-h["reward"], h["episode"]))[:3]
+    assert {h["episode"] for h in best3} == set(episodes) - {0}
+    assert res.top[0]["reward"] == res.best_reward and np.array_equal(res.top[0]["keep"], res.keep)
+    # a re-scoring evaluation that prefers the last-ranked mask
+    last = np.asarray(res.top[-1]["keep"], dtype=bool)
+    out = rescore(
+        res,
+        lambda k: {"acc": 1.0 if np.array_equal(k, last) else 0.5},
+        method="ads",
+        cg=cg,
+        budget=0.6,
+        budget_type="macs",
+        cfg=cfg,
+    )
+    assert np.array_equal(out[0]["keep"], last) and out[0]["reward"] == 1.0
+    assert out[0]["search_reward"] == res.top[-1]["reward"] and len(out) == 4
+    with pytest.raises(LcpError, match="top"):
+        ControllerConfig(top=0).check()
+
+
 def test_unreachable_budget_in_search(cg):
     with pytest.raises(UnreachableBudget):
         search_connections(cg, toy_evaluate(cg), method="lwp", budget=0.01, progress=False)
@@ -224,6 +254,8 @@ def test_cli_ads_on_densenet40_then_load(tiny_folder, tmp_path):
     assert [int(r["episode"]) for r in rows] == [1, 2]
     conn = json.load(open(out / "connections.json"))
     assert len(conn["blocks"]) == 3 and conn["kept"] < 273
+    rescored = conn["rescored"]  # the prior's mask and the 2 episodes, re-scored on every held-out image
+    assert sorted(e["episode"] for e in rescored) == [0, 1, 2] and conn["reward"] == rescored[0]["reward"]
     model = lcp.load(out)
     x = torch.randn(2, 3, 8, 8)
     assert model(x).shape == (2, 3)

@@ -32,13 +32,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lcp.engine.connections import ConnectionGraph, connection_prior
 from lcp.engine.types import LayerKind
 from lcp.errors import LcpError
 from lcp.io import PathLike, load_tensor_metadata, load_tensors, save_tensors
+from lcp.methods.connections.reinforce import Advantage, entropy, reinforce_step
 
 log = logging.getLogger("lcp.methods.controllers")
 
@@ -66,10 +66,11 @@ class ControllerConfig:
     prior_weight: float = 1.0  # initial logit offsets: this times the standardised log slice-L1 (0: no prior)
     lwp_lambda: float = 0.1  # lwp: bonus per unit of cost saved
     lwp_gamma: float = 1.0  # lwp: penalty per unit of cost over the budget
+    top: int = 5  # the best episodes kept (with the prior's mask) for re-scoring on more images at the end
 
     def check(self) -> None:
-        if self.episodes < 1 or self.samples < 1 or self.hidden < 1 or not (0 < self.init_keep < 1):
-            raise LcpError("episodes, samples and hidden must be at least 1, init_keep in (0, 1)")
+        if min(self.episodes, self.samples, self.hidden, self.top) < 1 or not (0 < self.init_keep < 1):
+            raise LcpError("episodes, samples, hidden and top must be at least 1, init_keep in (0, 1)")
         if (
             self.lr <= 0
             or min(self.lr_offset, self.entropy_weight, self.kl_weight, self.grad_clip, self.prior_weight) < 0
@@ -81,11 +82,13 @@ class ControllerConfig:
 
 @dataclass
 class ControllerResult:
-    """Best connection mask found, its reward and one history row per episode."""
+    """Best connection mask found, its reward and one history row per episode; ``top``: the ``cfg.top`` best
+    evaluated masks and the prior's (episode 0), each {"episode", "reward", "keep"}, best first."""
 
     keep: np.ndarray
     best_reward: float
     history: list[dict] = field(default_factory=list)
+    top: list[dict] = field(default_factory=list)
 
 
 class Controller(nn.Module):
@@ -233,7 +236,15 @@ def search_connections(
     gen = torch.Generator().manual_seed(seed)
     history: list[dict] = []
     best: dict = {"reward": -math.inf, "keep": full_mask.astype(int).tolist()}
-    advantage = _Advantage(cfg.baseline_decay)
+    top: list[dict] = []  # the best evaluated masks (best first) and the prior's, as {"episode", "reward", "keep"}
+
+    def remember(entry: dict) -> None:
+        """Keep the prior's mask (episode 0) and the ``cfg.top`` best episodes."""
+        prior = [e for e in [*top, entry] if e["episode"] == 0]
+        others = sorted((e for e in [*top, entry] if e["episode"] != 0), key=lambda e: (-e["reward"], e["episode"]))
+        top[:] = prior + others[: cfg.top]
+
+    advantage = Advantage(cfg.baseline_decay)
     pending: list[tuple[np.ndarray, float]] = []  # (sampled mask, reward) of the episodes since the last update
     path = Path(state_path) if state_path is not None else None
     if resume and path is not None and path.is_file():
@@ -261,7 +272,7 @@ def search_connections(
         sd["state"] = state
         opt.load_state_dict(sd)
         gen.set_state(t["gen_state"].clone())
-        history, best = st["history"], st["best"]
+        history, best, top[:] = st["history"], st["best"], st.get("top", [best])
         advantage.mean, advantage.var = st["baseline"], st["var"]
         pending = list(zip(t["pending"].numpy().astype(bool), st["pending_rewards"]))
 
@@ -278,6 +289,7 @@ def search_connections(
             "settings": settings,
             "history": history,
             "best": best,
+            "top": top,
             "baseline": advantage.mean,
             "var": advantage.var,
             "pending_rewards": [r for _, r in pending],
@@ -292,6 +304,7 @@ def search_connections(
         rho = cg.value(prior, budget_type) / base
         reward = shaped_reward(method, acc, rho, budget, cfg) if math.isfinite(acc) else -1.0
         best = {"reward": reward, "keep": prior.astype(int).tolist(), "episode": 0}
+        remember(dict(best))
         log.info("importance prior's mask: reward %.4f (cost %.3f)", reward, rho)
         save()
     bar = tqdm(
@@ -320,13 +333,15 @@ def search_connections(
                 "kept": int(keep.sum()),
                 "sampled_kept": int(sample.sum()),
                 "alive": int(cg.alive(keep).sum()),
-                "entropy": float(_entropy(logits)[0]),
+                "entropy": float(entropy(logits)[0]),
             }
             if len(pending) == cfg.samples or episode == cfg.episodes - 1:
-                _update(ctl, opt, pending, advantage, cfg, density)
+                reinforce_step(ctl, opt, pending, advantage, cfg, density)
                 pending = []
+            entry = {"reward": reward, "keep": keep.astype(int).tolist(), "episode": episode + 1}
             if reward > best["reward"]:
-                best = {"reward": reward, "keep": keep.astype(int).tolist(), "episode": episode + 1}
+                best = entry
+            remember(entry)
             history.append(
                 {**row, "best": best["reward"], "baseline": advantage.mean, "seconds": time.perf_counter() - t0}
             )
@@ -335,58 +350,5 @@ def search_connections(
             bar.update(1)
     finally:
         bar.close()
-    return ControllerResult(np.asarray(best["keep"], dtype=bool), float(best["reward"]), history)
-
-
-def _entropy(logits: Tensor) -> Tensor:
-    """Entropy of the Bernoulli policy, summed over the connections: (B,)."""
-    p = torch.sigmoid(logits)
-    return -(p * F.logsigmoid(logits) + (1 - p) * F.logsigmoid(-logits)).sum(-1)
-
-
-@dataclass
-class _Advantage:
-    """A = (R - b) / s: b and s^2 are moving averages (``decay``, per sample) of the reward and of its squared
-    deviation from b, taken from before the batch; the first batch starts them at its own mean and spread."""
-
-    decay: float
-    mean: float | None = None
-    var: float | None = None
-
-    def __call__(self, rewards: np.ndarray) -> np.ndarray:
-        r = np.asarray(rewards, dtype=np.float64)
-        if self.mean is None or self.var is None:
-            self.mean = float(r.mean())
-            self.var = float(np.mean((r - self.mean) ** 2))
-        adv = (r - self.mean) / max(math.sqrt(self.var), 1e-8)
-        for x in r.tolist():
-            self.var = self.decay * self.var + (1 - self.decay) * (x - self.mean) ** 2
-            self.mean = self.decay * self.mean + (1 - self.decay) * x
-        return adv
-
-
-def _update(
-    ctl: Controller,
-    opt: torch.optim.Optimizer,
-    batch: list[tuple[np.ndarray, float]],
-    advantage: _Advantage,
-    cfg: ControllerConfig,
-    density: float,
-) -> None:
-    """One REINFORCE step on a batch of (sampled mask, reward): loss = -mean(A log pi(mask)) - w_H H(pi)
-    + w_KL KL(pi || Bernoulli(density)), the gradient norm clipped to ``cfg.grad_clip``."""
-    masks = torch.as_tensor(np.stack([k for k, _ in batch]), dtype=torch.float32)
-    adv = torch.as_tensor(advantage(np.array([r for _, r in batch])), dtype=torch.float32)
-    logits, _ = ctl(masks)
-    logp = -F.binary_cross_entropy_with_logits(logits, masks, reduction="none").sum(1)
-    entropy = _entropy(logits)
-    p = torch.sigmoid(logits)
-    cross = -(p * math.log(density) + (1 - p) * math.log(1 - density)).sum(1)
-    loss = (
-        -(adv * logp).mean() - cfg.entropy_weight * entropy.mean() + cfg.kl_weight * (cross - entropy).mean()
-    )  # KL = cross-entropy - entropy
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    if cfg.grad_clip > 0:
-        nn.utils.clip_grad_norm_(ctl.parameters(), cfg.grad_clip)
-    opt.step()
+    ranked = sorted(top, key=lambda e: (-e["reward"], e["episode"]))
+    return ControllerResult(np.asarray(best["keep"], dtype=bool), float(best["reward"]), history, ranked)
