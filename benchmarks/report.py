@@ -505,8 +505,35 @@ def findings_text(s: pd.DataFrame, tuned: bool = True) -> str:
         if not lcp_r.empty and "vs_ceiling" in lcp_r:
             gap = float(lcp_r["vs_ceiling"].iloc[0])
             line += f"; lcp is {gap:.2f} points below the ceiling (the unpruned network, same recovery)"
+        if not lcp_r.empty:
+            line += lead_text(g, "top1_pruned" if tuned else "top1_pruned_noft")
         out.append(f"- {line}.")
     return "Read from the table (generated):\n\n" + "\n".join(out)
+
+
+def lead_text(g: pd.DataFrame, col: str) -> str:
+    """lcp against every other method of one budget on ``col``: ahead by more than the seed spread (the larger
+    of the two rows' standard deviations), not ahead by that much, or a lead resting on one seed per row."""
+    lcp_r = g[g["method"] == "lcp"].iloc[0]
+    ahead, behind, single = [], [], []
+    for _, r in g[~g["method"].isin(["lcp", "ceiling"])].iterrows():
+        d = float(lcp_r[col] - r[col])
+        if not math.isfinite(d):
+            continue
+        sds = [float(v) for v in (lcp_r.get(col + "_sd"), r.get(col + "_sd")) if v is not None and math.isfinite(v)]
+        name = f"`{r['method']}` ({d:+.2f}" + (f", spread {max(sds):.2f})" if sds else ")")
+        (single if not sds else ahead if d > max(sds) else behind).append(name)
+    if not (ahead or behind or single):
+        return ""
+    parts = []
+    if ahead:
+        parts.append("ahead by more than the seed spread of " + ", ".join(ahead))
+    if behind:
+        parts.append("**not ahead by more than the seed spread** of " + ", ".join(behind))
+    if single:
+        parts.append("one seed on each side (no spread to compare with) against " + ", ".join(single))
+    what = "after fine-tuning" if col == "top1_pruned" else "after BN recalibration"
+    return f"; lcp {what} (lcp minus the method): " + "; ".join(parts)
 
 
 def errors_text(df: pd.DataFrame) -> str:

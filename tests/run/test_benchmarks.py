@@ -184,6 +184,24 @@ def test_report_knows_lcp_prunes_agent_defaults():
     assert report.AGENT_DEFAULTS == {"episodes": PruneConfig.episodes, "warmup_episodes": PruneConfig.warmup_episodes}
 
 
+def test_report_says_where_lcp_is_not_ahead_by_more_than_the_seed_spread():
+    report = _module(REPORT, "bench_report")
+    nan = float("nan")
+    g = pd.DataFrame(
+        {
+            "method": ["ceiling", "lcp", "global", "amc", "random"],
+            "top1_pruned": [90.0, 88.0, 87.0, 87.9, 85.0],
+            "top1_pruned_sd": [nan, 0.3, 0.2, 0.4, nan],
+        }
+    )
+    text = report.lead_text(g, "top1_pruned")
+    ahead, rest = text.split("**not ahead", 1)
+    assert "`global` (+1.00, spread 0.30)" in ahead and "`random` (+3.00, spread 0.30)" in ahead
+    assert "`amc` (+0.10, spread 0.40)" in rest and "ceiling" not in text
+    one = report.lead_text(g.assign(top1_pruned_sd=nan), "top1_pruned")
+    assert "ahead by" not in one and "one seed on each side" in one and "`amc` (+0.10)" in one
+
+
 def test_signatures_keep_the_written_rows_valid():
     """The committed comparisons stay valid with the new methods and settings in their recipes; the agents'
     settings decide only the rows of the methods that use them."""
