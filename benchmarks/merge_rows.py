@@ -49,6 +49,9 @@ def merge(inputs: list[Path], into: Path, budgets: list[float], command: str = "
     cfg["seeds"] = sorted({int(s) for s in cfg.get("seeds", [])} | {int(s) for s in keep["seed"]})
     cfg["budgets"] = sorted(set(float(x) for x in budgets))
     meta["search_budgets"] = cfg["budgets"]
+    host = meta.setdefault("host", {})
+    for m in metas:  # e.g. the modelopt version, known only to the run from its own venv
+        host.update({k: v for k, v in (m.get("host") or {}).items() if host.get(k) is None and v is not None})
     seen = {json.dumps(r, sort_keys=True) for r in meta["runs"]}
     for m in metas:
         meta["runs"] += [r for r in m.get("runs", []) if json.dumps(r, sort_keys=True) not in seen]

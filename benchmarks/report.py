@@ -426,6 +426,13 @@ def setup_text(df: pd.DataFrame, meta: dict) -> str:
             f"torchvision==0.29.1 -e '.[modelopt]'`, then `venv-mo/bin/python benchmarks/compare.py ... --methods "
             f"modelopt` (other rows of the same CSV may come from lcp's own venv)."
         )
+        mo_rows = df[(df["method"] == "modelopt") & (df["status"].astype(str) == "ok")]
+        if (mo_rows["search_s"] < 60).any():
+            lines[-1] += (
+                " A `search` under a minute: the row's sensitivities were measured by an earlier run of the same "
+                "model, held-out scoring and seed (another table's), and its `fastnas_search.pth` copied into this "
+                "run's work folder; the column then holds the bisection only."
+            )
     batches = " and ".join(str(b) for b in cfg.get("latency_batches", [1, 64]))
     gpu = cfg.get("device", "cpu") == "cuda"
     if cfg.get("latency_repeats", 20) > 0:
@@ -828,6 +835,11 @@ def build(csvs: list[Path], md_path: Path, png_path: Path, argv: list[str]) -> s
                 if ft == "0"
                 else f"fine-tuning {ft} epoch{'s' if ft != '1' else ''}"
                 f"{', distilled' if (meta.get('config') or {}).get('kd') else ''}"
+            )
+            + (
+                f", widths in multiples of {(meta.get('config') or {}).get('round_to')}"
+                if (meta.get("config") or {}).get("round_to", 1) != 1
+                else ""
             )
             + (
                 f", on {(meta.get('host') or {}).get('gpu') or 'a GPU'}"

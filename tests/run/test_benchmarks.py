@@ -629,6 +629,22 @@ def test_parallel_runs_merge_into_one_table_without_latency(tiny_folder: Path, r
     assert "not measured here (the rows ran as parallel jobs" in text
 
 
+def test_merged_meta_takes_a_version_only_one_input_knows(tmp_path: Path):
+    """A modelopt row run from its own venv brings the modelopt version into the merged table's host."""
+    merge_rows = _module(ROOT / "benchmarks" / "merge_rows.py", "merge_rows")
+    inputs = (("a", "ceiling", {"modelopt": None, "cpu": "x"}), ("b", "modelopt", {"modelopt": "9.9"}))
+    for name, method, host in inputs:
+        pd.DataFrame([{"method": method, "budget": 1.0 if method == "ceiling" else 0.5, "seed": 0}]).to_csv(
+            tmp_path / f"{name}.csv", index=False
+        )
+        meta = {"config_hash": "h", "config": {"methods": [method]}, "host": host, "runs": []}
+        (tmp_path / f"{name}.meta.json").write_text(json.dumps(meta))
+    merge_rows.merge([tmp_path / "a.csv", tmp_path / "b.csv"], tmp_path / "m.csv", [0.5])
+    meta = json.loads((tmp_path / "m.meta.json").read_text())
+    assert meta["host"] == {"modelopt": "9.9", "cpu": "x"}
+    assert sorted(pd.read_csv(tmp_path / "m.csv")["method"]) == ["ceiling", "modelopt"]
+
+
 def test_transfer_task_is_the_animal_classes_of_cifar10(tmp_path: Path, monkeypatch):
     """benchmarks/transfer.py's second task: links to the six animal classes of each split, made once."""
     spec = importlib.util.spec_from_file_location("transfer", ROOT / "benchmarks" / "transfer.py")
