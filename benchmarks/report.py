@@ -171,7 +171,14 @@ def summarise(df: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame(rows)
     ceiling = ok[ok["method"] == "ceiling"]
     if not ceiling.empty:  # the unpruned network given the same recovery: the honest reference
-        out["vs_ceiling"] = float(ceiling["top1_pruned"].mean()) - out["top1_pruned"]
+        by_seed = ceiling.groupby(ceiling["seed"].astype(int))["top1_pruned"].mean()
+
+        def reference(seeds: str) -> float:
+            """The ceiling of the row's own seeds where measured (same data order), else of every seed."""
+            same = [by_seed[s] for s in (int(x) for x in seeds.split(",")) if s in by_seed.index]
+            return float(sum(same) / len(same)) if same else float(by_seed.mean())
+
+        out["vs_ceiling"] = out["seeds"].map(reference) - out["top1_pruned"]
     return _order(out).reset_index(drop=True)
 
 
@@ -435,7 +442,14 @@ def setup_text(df: pd.DataFrame, meta: dict) -> str:
             )
     batches = " and ".join(str(b) for b in cfg.get("latency_batches", [1, 64]))
     gpu = cfg.get("device", "cpu") == "cuda"
-    if cfg.get("latency_repeats", 20) > 0:
+    timed = "latency_pruned_ms" in df and bool(pd.to_numeric(df["latency_pruned_ms"], errors="coerce").notna().any())
+    if timed and cfg.get("latency_repeats", 20) == 0:  # a later untimed run (e.g. one more row) updated the config
+        lines.append(
+            f"- **Latency:** rows with latency columns were timed by an earlier run of this recipe (medians of "
+            f"forward passes at batch {batches}, base and pruned back to back; pruned / base, below 1 is faster); "
+            f"rows with `-` ran beside other jobs and were not timed."
+        )
+    elif cfg.get("latency_repeats", 20) > 0:
         lines.append(
             f"- **Latency:** median of {cfg.get('latency_repeats', 20)} forward passes at batch {batches}, "
             + ("on the GPU" if gpu else f"{cfg.get('threads', 1)} thread(s)")
@@ -456,7 +470,7 @@ def setup_text(df: pd.DataFrame, meta: dict) -> str:
     )
     machine = f"{host.get('cpu', '?')}, {host.get('cores', '?')} cores shared with other jobs"
     if gpu:
-        work = "evaluation and latency" if cfg.get("latency_repeats", 20) > 0 else "and evaluation"
+        work = "evaluation and latency" if timed else "and evaluation"
         machine = (
             f"{host.get('gpu') or 'a CUDA GPU'} (searches, training{',' if 'latency' in work else ''} {work}), "
             + machine
@@ -467,15 +481,12 @@ def setup_text(df: pd.DataFrame, meta: dict) -> str:
         + (
             f"wall time of the comparison {_wall(meta) / 60:.0f} min "
             if cfg.get("latency_repeats", 20) > 0
-            else f"run time of the comparison {_wall(meta) / 60:.0f} min summed over its parallel runs "
+            else f"run time of the comparison {_wall(meta) / 60:.0f} min summed over its "
+            + ("runs " if timed else "parallel runs ")
         )
         + f"({len(df)} rows). Wall times depend on the load other jobs put on the machine{spread}: read them as "
         + "orders of magnitude"
-        + (
-            "; the latency ratios are robust to it because base and pruned are timed together."
-            if cfg.get("latency_repeats", 20) > 0
-            else "."
-        )
+        + ("; the latency ratios are robust to it because base and pruned are timed together." if timed else ".")
     )
     return "\n".join(lines)
 

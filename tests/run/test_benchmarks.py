@@ -202,6 +202,20 @@ def test_report_says_where_lcp_is_not_ahead_by_more_than_the_seed_spread():
     assert "ahead by" not in one and "one seed on each side" in one and "`amc` (+0.10)" in one
 
 
+def test_drop_vs_ceiling_uses_the_rows_own_seeds_where_measured():
+    report = _module(REPORT, "bench_report")
+    rows = [("ceiling", 1.0, 0, 84.0), ("ceiling", 1.0, 2, 85.0), ("lcp", 0.5, 0, 83.0), ("uniform", 0.5, 1, 82.0)]
+    df = pd.DataFrame(
+        [
+            {"method": m, "budget": b, "seed": s, "top1_pruned": t, "top1_pruned_noft": t, "top1_base": 84.0}
+            for m, b, s, t in rows
+        ]
+    ).assign(status="ok")
+    s = report.summarise(df).set_index("method")["vs_ceiling"]
+    assert s["lcp"] == pytest.approx(1.0)  # seed 0's ceiling
+    assert s["uniform"] == pytest.approx(2.5)  # no seed-1 ceiling: the mean of all
+
+
 def test_signatures_keep_the_written_rows_valid():
     """The committed comparisons stay valid with the new methods and settings in their recipes; the agents'
     settings decide only the rows of the methods that use them."""
