@@ -417,7 +417,9 @@ def test_recovery_recipe_has_a_ceiling_row_and_the_fast_search(tiny_folder: Path
     finally:
         torch.set_num_threads(threads)
     df = pd.read_csv(out, dtype={"config": str})
-    assert (df["status"] == "ok").all(), df["status"].tolist()
+    peer = df["method"].isin(compare.PEERS) & df["status"].str.startswith("skipped: ")  # not installed here
+    assert (df.loc[~peer, "status"] == "ok").all(), df["status"].tolist()
+    df = df[~peer]
     ceiling = df[df["method"] == "ceiling"]
     assert len(ceiling) == 1 and ceiling["budget"].iloc[0] == 1.0 and ceiling["macs_ratio"].iloc[0] == 1.0
     assert sorted(df.loc[df["method"] != "ceiling", "budget"].unique()) == [0.5]
