@@ -7,7 +7,8 @@
 Every input must come from the same recipe signature (the ``config`` column of the ceiling rows must agree); the
 meta files are merged: the first one's settings with the union of methods, seeds and the chosen budgets, every
 input's invocations in ``runs``. Rows already in ``--into`` are replaced by rows of the same method, budget and
-seed.
+seed; merged into a table of other budgets, the budgets are joined and the meta says the searches ran separately
+(``searched_separately``: one search per budget, not one averaged over them).
 """
 
 from __future__ import annotations
@@ -43,11 +44,18 @@ def merge(inputs: list[Path], into: Path, budgets: list[float], command: str = "
         append_row(into, row)
 
     meta_path = into.with_suffix(".meta.json")
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else dict(metas[0], runs=[])
+    existing = meta_path.is_file()
+    meta = json.loads(meta_path.read_text()) if existing else dict(metas[0], runs=[])
     cfg = meta["config"]
     cfg["methods"] = sorted(set(cfg.get("methods", [])) | set(keep["method"]))
     cfg["seeds"] = sorted({int(s) for s in cfg.get("seeds", [])} | {int(s) for s in keep["seed"]})
-    cfg["budgets"] = sorted(set(float(x) for x in budgets))
+    chosen = {float(x) for x in budgets}
+    if existing:  # rows at other budgets stay: their budgets too; each input's searches ran at its own budgets
+        old = set(meta.get("search_budgets") or cfg.get("budgets", []))
+        if old and old != chosen:
+            meta["searched_separately"] = True
+        chosen |= {float(b) for b in cfg.get("budgets", [])}
+    cfg["budgets"] = sorted(chosen)
     meta["search_budgets"] = cfg["budgets"]
     host = meta.setdefault("host", {})
     for m in metas:  # e.g. the modelopt version, known only to the run from its own venv

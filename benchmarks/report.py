@@ -273,12 +273,16 @@ def _fast_candidates(search: dict, df: pd.DataFrame) -> str:
     the preset's cap when they ran (40 before 2026-12-04, 80 since)."""
     if search.get("candidates"):
         return str(search["candidates"])
-    lcp_rows = df[df["method"] == "lcp"]
-    if "search_candidates" in lcp_rows and lcp_rows["search_candidates"].notna().any():
-        n = sorted({int(v) for v in lcp_rows["search_candidates"].dropna()})
-        return str(n[0]) if len(n) == 1 else f"{n[0]} to {n[-1]}"
-    first = str(lcp_rows["finished"].dropna().min()) if "finished" in lcp_rows else ""
-    return "40" if first and first < "2026-12-04" else "80"
+    counts = set()
+    for _, r in df[df["method"] == "lcp"].iterrows():
+        own = r.get("search_candidates")
+        if own is not None and not pd.isna(own):
+            counts.add(int(own))
+        else:
+            finished = str(r.get("finished") or "")
+            counts.add(40 if finished and finished != "nan" and finished < "2026-12-04" else 80)
+    n = sorted(counts) or [80]
+    return str(n[0]) if len(n) == 1 else f"{n[0]} to {n[-1]}"
 
 
 def _dates(meta: dict) -> str:
@@ -356,8 +360,11 @@ def setup_text(df: pd.DataFrame, meta: dict) -> str:
             if not sb
             else f"at budget {_num(sb[0], 2)}"
             if len(sb) == 1
+            else "at the row's budget"
+            if meta.get("searched_separately")
             else "averaging the fitness over budgets " + " and ".join(_num(b, 2) for b in sb)
         )
+        reuse = " and budget" if meta.get("searched_separately") else ", reused for every budget"
         if s.get("search_preset", "legr") == "fast":
             kind = (
                 "lcp prune's default `fast` search (a measured per-layer sensitivity, then "
@@ -372,7 +379,7 @@ def setup_text(df: pd.DataFrame, meta: dict) -> str:
             )
         lines.append(
             f"- **lcp:** {kind}; fitness: cross-entropy on {s.get('eval_images', 1000)} held-out images after BN "
-            f"recalibration, {searched_at}, once per seed, reused for every budget; its time is the `search` column "
+            f"recalibration, {searched_at}, once per seed{reuse}; its time is the `search` column "
             "(the sensitivity measurement included). `global`, `uniform`, `random`: the same lcp walk with identity "
             "compensation, one keep ratio per group, a seeded random order."
         )
@@ -737,10 +744,19 @@ def methods_not_run(df: pd.DataFrame, meta: dict) -> str:
     """The methods the table's recipe names that have no row yet (added to the recipe after the run)."""
     recipe = Path(str(meta.get("recipe", "")))
     recipe = recipe if recipe.is_absolute() else ROOT / recipe
-    missing = [m for m in _recipe(recipe).get("methods", []) if m not in set(df["method"])] if recipe.is_file() else []
+    named = _recipe(recipe).get("methods", []) if recipe.is_file() else []
+    budgets = sorted({float(b) for b in df.loc[df["method"] != "ceiling", "budget"]}, reverse=True)
+    missing = []
+    for m in (m for m in named if m != "ceiling"):
+        absent = [b for b in budgets if df[(df["method"] == m) & (df["budget"] == b)].empty]
+        if absent:  # a method the table has at some budgets only is named with the budgets it lacks
+            at = "" if len(absent) == len(budgets) else " at " + " and ".join(f"{b:g}" for b in absent)
+            missing.append(f"`{m}`{at}")
+    if "ceiling" in named and "ceiling" not in set(df["method"]):
+        missing.append("`ceiling`")
     if not missing:
         return ""
-    names = ", ".join(f"`{m}`" for m in missing)
+    names = ", ".join(missing)
     if (meta.get("config") or {}).get("device") == "cuda":
         return (
             f"Not run yet: {names} (named in `{_rel(recipe)}`; the lent GPU's time ran out first: their "

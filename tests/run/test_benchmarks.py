@@ -661,6 +661,33 @@ def test_merged_meta_takes_a_version_only_one_input_knows(tmp_path: Path):
     assert sorted(pd.read_csv(tmp_path / "m.csv")["method"]) == ["ceiling", "modelopt"]
 
 
+def test_rows_merged_into_a_table_of_another_budget_keep_both_and_name_what_is_missing(tmp_path: Path):
+    """0.3 rows merged into a 0.5 table: both budgets stay in the meta, the searches are said to be separate
+    (not one averaged over both), and a method the recipe names that lacks a budget is named with it."""
+    merge_rows = _module(ROOT / "benchmarks" / "merge_rows.py", "merge_rows")
+    report = _module(ROOT / "benchmarks" / "report.py", "report")
+    cfg = {"methods": ["ceiling", "lcp"], "budgets": [0.5], "seeds": [0]}
+    rows = [("ceiling", 1.0), ("lcp", 0.5)]
+    pd.DataFrame([{"method": m, "budget": b, "seed": 0} for m, b in rows]).to_csv(tmp_path / "t.csv", index=False)
+    meta = {"config_hash": "h", "config": cfg, "host": {}, "runs": [], "search_budgets": [0.5]}
+    (tmp_path / "t.meta.json").write_text(json.dumps(meta))
+    pd.DataFrame([{"method": m, "budget": 0.3, "seed": 0} for m in ("lcp", "global")]).to_csv(
+        tmp_path / "n.csv", index=False
+    )
+    new = {**meta, "config": {**cfg, "budgets": [0.3], "methods": ["lcp", "global"]}, "search_budgets": [0.3]}
+    (tmp_path / "n.meta.json").write_text(json.dumps(new))
+    merge_rows.merge([tmp_path / "n.csv"], tmp_path / "t.csv", [0.3])
+    merged = json.loads((tmp_path / "t.meta.json").read_text())
+    assert merged["config"]["budgets"] == merged["search_budgets"] == [0.3, 0.5]
+    assert merged["searched_separately"] is True
+    df = pd.read_csv(tmp_path / "t.csv")
+    assert sorted(zip(df["method"], df["budget"])) == [("ceiling", 1.0), ("global", 0.3), ("lcp", 0.3), ("lcp", 0.5)]
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("methods: [ceiling, lcp, global, uniform]\n")
+    text = report.methods_not_run(df, {"recipe": str(recipe), "config": {}})
+    assert "`global` at 0.5, `uniform` (named in" in text
+
+
 def test_transfer_task_is_the_animal_classes_of_cifar10(tmp_path: Path, monkeypatch):
     """benchmarks/transfer.py's second task: links to the six animal classes of each split, made once."""
     spec = importlib.util.spec_from_file_location("transfer", ROOT / "benchmarks" / "transfer.py")
