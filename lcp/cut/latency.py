@@ -247,12 +247,27 @@ class OnnxRuntimeModule(nn.Module):
 RUNTIMES = ("eager", "compile", "onnxruntime")
 
 
+class FrozenCompiled(nn.Module):
+    """``torch.compile(model, dynamic=False)`` for inference with Inductor's freezing, as PyTorch recommends for
+    CPU inference: the weights become constants, BatchNorm is folded into the convs and their weights are
+    prepacked. Kernels are specialized to each batch size (compiled on first use of it), as a fixed-batch
+    deployment would compile them. Called under ``torch.inference_mode`` (a grad-mode call would recompile)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.compiled = torch.compile(model, dynamic=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import torch._inductor.config as inductor_config
+
+        with torch.inference_mode(), inductor_config.patch(freezing=True):
+            return self.compiled(x)
+
+
 def compiled_module(model: nn.Module, input_size: tuple[int, ...]) -> nn.Module:
-    """``torch.compile(model, dynamic=False)`` (kernels specialized to each batch size, as a fixed-batch
-    deployment would compile them), compiled once on a batch of 1; raises what compilation raises."""
-    compiled = torch.compile(model, dynamic=False)
-    with torch.inference_mode():
-        compiled(torch.randn(1, *input_size))
+    """:class:`FrozenCompiled` of ``model``, compiled once on a batch of 1; raises what compilation raises."""
+    compiled = FrozenCompiled(model)
+    compiled(torch.randn(1, *input_size))
     return compiled
 
 

@@ -107,9 +107,12 @@ def test_onnx_runtime_module_runs_like_the_model_and_is_timed_like_one(zoo_folde
 
 
 def test_compile_runtime_is_compiled_once_and_a_failure_is_one_line(monkeypatch) -> None:
-    """``in_runtime(..., "compile")``: ``torch.compile`` with kernels specialized per batch size, compiled on a
-    batch of 1 before it is timed; a model that does not compile is an ``LcpError`` naming it, not a traceback.
+    """``in_runtime(..., "compile")``: ``torch.compile`` with kernels specialized per batch size, called for
+    inference with Inductor's freezing on, compiled on a batch of 1 before it is timed; a model that does not
+    compile is an ``LcpError`` naming it, not a traceback.
     (``torch.compile`` itself is replaced here: a real compilation takes a minute on 2 cores.)"""
+    import torch._inductor.config as inductor_config
+
     from lcp.cut.latency import in_runtime
 
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU()).eval()
@@ -117,7 +120,7 @@ def test_compile_runtime_is_compiled_once_and_a_failure_is_one_line(monkeypatch)
 
     def fake_compile(model, **kw):
         def run(x):
-            calls.append(tuple(x.shape))
+            calls.append((tuple(x.shape), inductor_config.freezing, torch.is_inference_mode_enabled()))
             return model(x)
 
         assert kw == {"dynamic": False}
@@ -125,9 +128,10 @@ def test_compile_runtime_is_compiled_once_and_a_failure_is_one_line(monkeypatch)
 
     monkeypatch.setattr(torch, "compile", fake_compile)
     compiled = in_runtime(net, "compile", (3, 8, 8))
-    assert calls == [(1, 3, 8, 8)]
+    assert calls == [((1, 3, 8, 8), True, True)]
     x = torch.randn(2, 3, 8, 8)
     assert torch.equal(compiled(x), net(x))
+    assert not inductor_config.freezing  # only while the compiled module runs
 
     def broken(model, **kw):
         raise RuntimeError("no C++ compiler")
