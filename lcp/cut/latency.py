@@ -267,7 +267,8 @@ class FrozenCompiled(nn.Module):
 def compiled_module(model: nn.Module, input_size: tuple[int, ...]) -> nn.Module:
     """:class:`FrozenCompiled` of ``model``, compiled once on a batch of 1; raises what compilation raises."""
     compiled = FrozenCompiled(model)
-    compiled(torch.randn(1, *input_size))
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    compiled(torch.randn(1, *input_size, device=device))
     return compiled
 
 
