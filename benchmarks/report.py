@@ -275,12 +275,11 @@ def _fast_candidates(search: dict, df: pd.DataFrame) -> str:
         return str(search["candidates"])
     counts = set()
     for _, r in df[df["method"] == "lcp"].iterrows():
-        own = r.get("search_candidates")
-        if own is not None and not pd.isna(own):
+        own, finished = r.get("search_candidates"), r.get("finished")
+        if not pd.isna(own):
             counts.add(int(own))
         else:
-            finished = str(r.get("finished") or "")
-            counts.add(40 if finished and finished != "nan" and finished < "2026-12-04" else 80)
+            counts.add(40 if isinstance(finished, str) and "" < finished < "2026-12-04" else 80)
     n = sorted(counts) or [80]
     return str(n[0]) if len(n) == 1 else f"{n[0]} to {n[-1]}"
 
