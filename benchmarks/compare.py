@@ -110,6 +110,7 @@ DEFAULTS: dict[str, Any] = {
     "kd": False,  # distil from the unpruned network while fine-tuning (the ceiling distils from itself)
     "batch_size": 128,
     "recal_batches": 20,
+    "reconstruct_images": 0,  # lcp prune --reconstruct-images: refit lcp's cuts to the original's outputs (0: off)
     "holdout": 5000,
     "importance": "l2",
     "aggregate": "mean",
@@ -179,7 +180,7 @@ _NOT_IN_SIGNATURE = (
 )
 #: Settings added after the first CSVs were written, with the value they had then: in the signature only when
 #: they differ from it, so those CSVs stay valid.
-_ADDED = {"input_size": None, "device": "cpu", "kd": False}
+_ADDED = {"input_size": None, "device": "cpu", "kd": False, "reconstruct_images": 0}
 #: search settings added later, with the value the rows written before them used (left out of signatures)
 _ADDED_SEARCH = {"search_preset": "legr", "search_time": None}
 
@@ -1036,10 +1037,12 @@ class Bench:
             "search_s": search_s,
             "prune_s": res.seconds,
             **({"search_candidates": self.search_candidates[seed]} if method == "lcp" else {}),
+            "cut": res,  # for the reconstruction (popped by ``row``)
         }
 
     def row(self, method: str, budget: float, seed: int) -> dict:
         from lcp.cut.latency import measure
+        from lcp.training.reconstruct import reconstruct
         from lcp.training.train import evaluate, recalibrate_bn
 
         cfg = self.cfg
@@ -1059,6 +1062,7 @@ class Bench:
         }
         try:
             pruned, info = self.cut(method, budget, seed)
+            cut = info.pop("cut", None)
             row.update(info)
             row["macs_ratio"] = row["macs_pruned"] / self.macs_base
             row["params_ratio"] = row["params_pruned"] / self.params_base
@@ -1066,6 +1070,20 @@ class Bench:
             dev = self.device
             pruned = pruned.to(dev)
             train = self.bundle.loader("train", cfg["batch_size"], shuffle=True, augment=False, seed=seed)
+            if cfg["reconstruct_images"] > 0:  # the cut's layers refitted (lcp's own cuts; not the peers')
+                rec = {"layers": 0}
+                if cut is not None:
+                    rec = reconstruct(
+                        pruned,
+                        self.loaded.model,
+                        cut.graph,
+                        cut.plan.removed,
+                        train,
+                        images=cfg["reconstruct_images"],
+                        seed=seed,
+                        device=dev,
+                    )
+                row["reconstructed_layers"] = rec["layers"]
             if cfg["recal_batches"] > 0:
                 recalibrate_bn(pruned, train, batches=cfg["recal_batches"], device=dev)
             row["top1_pruned_noft"] = evaluate(pruned, self.test, device=dev)["top1"]

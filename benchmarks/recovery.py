@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 import yaml
@@ -39,6 +40,7 @@ from torch import nn
 
 import lcp
 from lcp.cut.ranking import Transforms
+from lcp.engine.surgery import apply_plan
 from lcp.engine.types import floor_keep
 from lcp.errors import LcpError
 from lcp.io import atomic_write_text, read_json, upsert_csv_row
@@ -46,12 +48,13 @@ from lcp.models.store import widths
 from lcp.run.config import PruneConfig
 from lcp.run.load import load_model_and_data
 from lcp.training.evaluate import evaluate, recalibrate_bn, torch_threads
+from lcp.training.reconstruct import reconstruct
 from lcp.training.train import finetune
 
 ROOT = Path(__file__).resolve().parents[1]
 NETS = ("pruned", "ceiling")
 #: What a variant may set, with the defaults of ``lcp prune``'s recovery.
-VARIANT_KEYS = {"lr": 0.01, "kd": False, "epochs": 1, "steps": 1, "kd_weight": 0.9, "batch": None}
+VARIANT_KEYS = {"lr": 0.01, "kd": False, "epochs": 1, "steps": 1, "kd_weight": 0.9, "batch": None, "reconstruct": 0}
 COLUMNS = [
     "model",
     "cut",
@@ -65,6 +68,7 @@ COLUMNS = [
     "steps",
     "kd_weight",
     "batch",
+    "reconstruct",
     "top1_noft",
     "holdout_top1",
     "top1",
@@ -77,7 +81,8 @@ COLUMNS = [
 def read_recipe(path: str | Path) -> dict:
     """The recipe: ``model``, ``cut`` (an ``lcp prune --finetune-epochs 0`` folder; ``cut_command``: how it was
     made, for the page), ``variants`` (name -> lr / kd / epochs / steps / kd_weight / batch: the fine-tuning batch size,
-    the recipe's ``batch_size`` when absent), ``seeds``, ``out``; optional ``data``,
+    the recipe's ``batch_size`` when absent / reconstruct: images for ``lcp prune --reconstruct-images``, 0 off),
+    ``seeds``, ``out``; optional ``data``,
     ``checkpoint`` (as for ``lcp prune``), ``threads``, ``batch_size``, ``recal_batches``, ``holdout`` and
     ``note`` (a paragraph under the table on the page)."""
     try:
@@ -103,6 +108,7 @@ def read_recipe(path: str | Path) -> dict:
         batch_ok = v["batch"] is None or (
             isinstance(v["batch"], int) and not isinstance(v["batch"], bool) and v["batch"] > 0
         )
+        rec_ok = isinstance(v["reconstruct"], int) and not isinstance(v["reconstruct"], bool) and v["reconstruct"] >= 0
         if (
             not isinstance(v["kd"], bool)
             or v["lr"] <= 0
@@ -110,10 +116,13 @@ def read_recipe(path: str | Path) -> dict:
             or not steps_ok
             or not weight_ok
             or not batch_ok
+            or not rec_ok
+            or (v["reconstruct"] and v["steps"] > 1)
         ):
             raise LcpError(
                 f"recipe {path}: variant {name} needs lr > 0, kd true/false, epochs >= 1, steps an integer from 1 "
-                "to epochs, kd_weight from 0 to 1, batch a positive integer"
+                "to epochs, kd_weight from 0 to 1, batch a positive integer, reconstruct a whole number of images "
+                "(one-step variants only)"
             )
     defaults = {"seeds": [0], "threads": 1, "batch_size": 128, "recal_batches": 20, "holdout": 5000}
     cfg = {**defaults, "data": None, "checkpoint": None, **cfg}
@@ -211,6 +220,17 @@ def stepwise_cut(original: nn.Module, cut: Path, bundle: Any, v: dict, seed: int
     return net
 
 
+def cut_units(original: nn.Module, cut: Path, x: torch.Tensor) -> tuple[Any, np.ndarray]:
+    """The channel graph of ``original`` and the units the cut in ``cut`` removed (its channels.json)."""
+    sig = read_json(cut / "run.json", what="run.json")["signature"]
+    keys = set(read_json(cut / "channels.json", what="channels.json")["removed_units"])
+    graph = lcp.build_graph(original, x, ignore=sig.get("ignore") or ())
+    removed = np.array([u.key in keys for u in graph.units])
+    if int(removed.sum()) != len(keys):
+        raise LcpError(f"the cut in {cut} does not fit {type(original).__name__}'s channel graph")
+    return graph, removed
+
+
 def run(cfg: dict, only: list[str] | None, nets: list[str], log=print) -> pd.DataFrame:
     out = ROOT / cfg["out"] if not Path(cfg["out"]).is_absolute() else Path(cfg["out"])
     cut = Path(cfg["cut"]).expanduser()
@@ -229,7 +249,8 @@ def run(cfg: dict, only: list[str] | None, nets: list[str], log=print) -> pd.Dat
         for net in nets
         for seed in cfg["seeds"]
         if (name, net, seed) not in have
-        and not (net == "ceiling" and cfg["variants"][name]["steps"] > 1)  # its ceiling: the one-step variant's
+        # the ceiling of a stepwise or reconstructing variant is the plain one-step variant's (nothing is cut)
+        and not (net == "ceiling" and (cfg["variants"][name]["steps"] > 1 or cfg["variants"][name]["reconstruct"]))
     ]
     if not todo:
         log(f"nothing to do: every row is in {out}")
@@ -259,6 +280,16 @@ def run(cfg: dict, only: list[str] | None, nets: list[str], log=print) -> pd.Dat
                 last = {**v, "epochs": v["epochs"] - (v["steps"] - 1)}  # one epoch went to each earlier step
             else:
                 student, last = copy.deepcopy(pruned if net == "pruned" else original), v
+                if net == "pruned" and v["reconstruct"]:
+                    # the cut made again from the original: the saved one has BatchNorm statistics recalibrated
+                    # for the unfitted cut, and the refit reproduces the original's outputs under the original's
+                    graph, removed = cut_units(original, cut, x)
+                    student = apply_plan(graph, removed)
+                    if widths(student) != widths(pruned):
+                        raise LcpError(f"the cut in {cut} made again from the original has other widths")
+                    recal = loaded.bundle.loader("train", cfg["batch_size"], shuffle=True, augment=False, seed=seed)
+                    refit = reconstruct(student, original, graph, removed, recal, images=v["reconstruct"], seed=seed)
+                    log(f"  refitted {refit['layers']} of {refit['candidates']} layers")
             steps_s = time.perf_counter() - t0
             teacher = copy.deepcopy(original).eval() if v["kd"] else None
             numbers = recover_once(student, teacher, loaded.bundle, last, seed, cfg)
@@ -348,7 +379,10 @@ def report(recipes: list[Path], md: Path) -> str:
         "or the gap is large. `steps` N > 1: the cut's budget reached in N cuts with the cut's own learned "
         "compensation, one epoch of the same recovery after each but the last (`pruned, BN recal` is then "
         "the last cut's accuracy, after those epochs; its fine-tuning seconds include the cuts); its ceiling is "
-        "the one-step recipe's. Several seeds: means, and the standard deviation of the pruned test top-1.",
+        "the one-step recipe's. `refit images` N: before the recalibration, every dense layer of the pruned "
+        "network refitted by least squares to the unpruned layer's output on N training images (`lcp prune "
+        "--reconstruct-images N`, `lcp.training.reconstruct`); its ceiling is the plain recipe's (nothing is cut "
+        "in the unpruned network). Several seeds: means, and the standard deviation of the pruned test top-1.",
         "",
     ]
     tables = _tables(recipes)
@@ -370,9 +404,10 @@ def report(recipes: list[Path], md: Path) -> str:
                     return found[0][col]
             return float("nan")
 
-        def one_step(v: dict, cfg: dict = cfg) -> str:
-            """The variant whose ceiling a stepwise variant shares: same lr, kd and epochs, one step."""
-            same = [n for n, w in cfg["variants"].items() if w["steps"] == 1 and {**w, "steps": v["steps"]} == v]
+        def plain(v: dict, cfg: dict = cfg) -> str:
+            """The variant whose ceiling a stepwise or refitting variant shares: same recovery, one step, no refit."""
+            twin = {**v, "steps": 1, "reconstruct": 0}
+            same = [n for n, w in cfg["variants"].items() if w == twin]
             return same[0] if same else ""
 
         for name, v in cfg["variants"].items():
@@ -380,12 +415,12 @@ def report(recipes: list[Path], md: Path) -> str:
             if n == 0:
                 continue
             top = _f(cell(name, "pruned", "top1")) + (f" ± {sd[(name, 'pruned')]:.2f}" if n > 1 else "")
-            ceil = name if v["steps"] == 1 else (one_step(v) or name)  # no twin here: a ceiling from elsewhere
+            ceil = name if v["steps"] == 1 and not v["reconstruct"] else (plain(v) or name)  # else from elsewhere
             gap = cell(ceil, "ceiling", "top1") - cell(name, "pruned", "top1")
             kd_weight = f"{v['kd_weight']:g}" if v["kd"] else "no"
             rows.append(
                 f"| {name} | {v['lr']:g} | {kd_weight} | {v['batch']} | {v['epochs']} | "
-                f"{v['steps']} | {n} | "
+                f"{v['steps']} | {v['reconstruct'] or 'no'} | {n} | "
                 f"{_f(cell(name, 'pruned', 'top1_noft'))} | {_f(cell(name, 'pruned', 'holdout_top1'))} | "
                 f"{top} | {_f(cell(ceil, 'ceiling', 'holdout_top1'))} | "
                 f"{_f(cell(ceil, 'ceiling', 'top1'))} | {_f(gap)} | {cell(name, 'pruned', 'finetune_s'):.0f} |"
@@ -407,9 +442,9 @@ def report(recipes: list[Path], md: Path) -> str:
             f"({', '.join(sorted(set(df['date'])))}); fine-tuning seconds are wall time on a shared machine (other "
             "rows and jobs ran at the same time), not a speed measurement.",
             "",
-            "| recipe | lr | kd weight | batch | epochs | steps | seeds | pruned, BN recal | pruned held-out | "
-            "pruned test | ceiling held-out | ceiling test | gap to ceiling (test) | fine-tuning s |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "| recipe | lr | kd weight | batch | epochs | steps | refit images | seeds | pruned, BN recal | "
+            "pruned held-out | pruned test | ceiling held-out | ceiling test | gap to ceiling (test) | fine-tuning s |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
             *rows,
             "",
             f"Best pruned held-out top-1: **{best}**.",

@@ -325,15 +325,24 @@ def setup_text(df: pd.DataFrame, meta: dict) -> str:
         else f"**{_epochs(ft)} epoch{'s' if ft != 1 else ''}**"
         + (f" ({_plural(ft_steps, 'step')} of {bs})" if ft_steps else "")
     )
+    refit = int(cfg.get("reconstruct_images") or 0)
+    refit_text = (
+        f"every cut lcp makes refitted by least squares to the unpruned network's layer outputs on {refit:,} "
+        "training images (`lcp prune --reconstruct-images`; the peers' cuts are not), then "
+        if refit
+        else ""
+    )
     if ft == 0:
         lines.append(
-            f"- **Identical for every method:** the same data split (holdout seed 0), BatchNorm recalibration on "
+            f"- **Identical for every method:** the same data split (holdout seed 0), {refit_text}BatchNorm "
+            "recalibration on "
             f'{cfg.get("recal_batches", 20)} train batches of {bs}, then top-1 on the test split ("BN recal"); no '
             "fine-tuning: this table compares the cuts before any recovery."
         )
     else:
         lines.append(
-            f"- **Identical for every method:** the same data split (holdout seed 0), BatchNorm recalibration on "
+            f"- **Identical for every method:** the same data split (holdout seed 0), {refit_text}BatchNorm "
+            "recalibration on "
             f'{cfg.get("recal_batches", 20)} train batches of {bs}, then top-1 on the test split ("BN recal"); then '
             f"fine-tuning for {ft_text}: SGD Nesterov, momentum 0.9, lr {cfg.get('lr', 0.01):g} cosine to 0, weight "
             f"decay 5e-4, batch {bs}, random crop and flip, the row's seed for the data order"
@@ -857,7 +866,11 @@ def build(csvs: list[Path], md_path: Path, png_path: Path, argv: list[str]) -> s
             )
             + ", "
             + (
-                "before recovery (BatchNorm recalibration only)"
+                (
+                    "before recovery (least-squares refit and BatchNorm recalibration)"
+                    if (meta.get("config") or {}).get("reconstruct_images")
+                    else "before recovery (BatchNorm recalibration only)"
+                )
                 if ft == "0"
                 else f"fine-tuning {ft} epoch{'s' if ft != '1' else ''}"
                 f"{', distilled' if (meta.get('config') or {}).get('kd') else ''}"

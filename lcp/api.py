@@ -106,6 +106,11 @@ def prune(
         ),
         "lcp.prune",
     )
+    if opts.structure_from:  # lcp prune's --structure-from; here it would be silently ignored
+        raise LcpError(
+            "structure_from is an option of lcp prune, not of lcp.prune: run lcp prune --structure-from DIR, "
+            "or load the pruned network with lcp.load(DIR)"
+        )
     chosen = get_method(method)
     chosen.check(opts, opts.all_budgets())
     bundle = _bundle(data, model, example_inputs)
@@ -194,7 +199,7 @@ def _recover_and_report(
     test = data.loader("test", 256) if isinstance(data, DataBundle) else data["test"]
     top1_base = evaluate(original, test, device=opts.device)["top1"]
     original.cpu()
-    numbers = recover(result.model, original, data, opts)
+    numbers = recover(result, original, data, opts)
     result.model.cpu()
     row = report_row(
         result,

@@ -78,3 +78,6 @@ def test_prune_without_inputs_or_data_is_refused(resnet20_ckpt: Path) -> None:
         lcp.prune(_model(resnet20_ckpt), budget=0.5)
     with pytest.raises(lcp.LcpError, match="method 'lcp' needs transforms or data"):
         lcp.prune(_model(resnet20_ckpt), torch.zeros(1, 3, 32, 32), method="lcp")
+    # an option of lcp prune that the API would otherwise ignore (it returned a global cut instead)
+    with pytest.raises(lcp.LcpError, match="structure_from is an option of lcp prune, not of lcp.prune"):
+        lcp.prune(_model(resnet20_ckpt), torch.zeros(1, 3, 32, 32), structure_from="runs/anything")

@@ -203,7 +203,7 @@ def _prune_to(ctx: Context, method: Method, learned: Learned, budget: float, out
     _log_budget(ctx, budget, result)
     done = dict(state.get(key, {}))
     numbers = recover(
-        result.model,
+        result,
         loaded.model,
         loaded.bundle,
         cfg,
@@ -211,7 +211,20 @@ def _prune_to(ctx: Context, method: Method, learned: Learned, budget: float, out
         save=lambda d: ctx.save_state(**{key: d}),
         ckpt=out / "finetune.ckpt",
     )
-    ctx.log(f"top-1: baseline {state['top1_base']:.2f}%, pruned before fine-tuning {numbers['top1_pruned_noft']:.2f}%")
+    refit = (
+        f" (after refitting {numbers['reconstructed_layers']} layers to the original's outputs)"
+        if "reconstructed_layers" in numbers
+        else ""
+    )
+    ctx.log(
+        f"top-1: baseline {state['top1_base']:.2f}%, pruned before fine-tuning {numbers['top1_pruned_noft']:.2f}%"
+        + refit
+    )
+    if cfg.finetune_epochs == 0 and not cfg.reconstruct_images:
+        ctx.log(
+            "not fine-tuned: --reconstruct-images 1024 refits the cut's layers to the unpruned network's outputs "
+            "first, which recovers much of the cut's loss without training (docs/recovery.md)"
+        )
     if distributed()[1] != 0:  # torchrun: rank 0 writes the outputs
         return None
     result.seconds = prune_s

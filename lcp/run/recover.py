@@ -23,6 +23,7 @@ from lcp.report import plot_widths, write_layers_csv, write_report
 from lcp.training import train as training
 from lcp.training.data import DataBundle
 from lcp.training.evaluate import evaluate, recalibrate_bn
+from lcp.training.reconstruct import reconstruct
 
 Data = DataBundle | Mapping[str, Any]  # a DataBundle, or {"train": loader, "test": loader}
 
@@ -37,7 +38,7 @@ def _loaders(data: Data, options: Any) -> tuple[Any, Any, Any]:
 
 
 def recover(
-    pruned: nn.Module,
+    result: PruneResult,
     original: nn.Module,
     data: Data,
     options: Any,
@@ -46,17 +47,31 @@ def recover(
     save: Callable[[dict], None] | None = None,
     ckpt: Path | None = None,
 ) -> dict[str, float]:
-    """Recalibrate BatchNorm on ``options.recal_batches`` training batches, evaluate, fine-tune for
+    """Refit the cut layers to the original's outputs (``options.reconstruct_images``, ``reconstruct``),
+    recalibrate BatchNorm on ``options.recal_batches`` training batches, evaluate, fine-tune for
     ``options.finetune_epochs`` (teacher ``original`` with ``options.kd``), evaluate; ``pruned`` ends on
     ``options.device``. ``done`` / ``save``: the accuracy before fine-tuning is kept there across ``--resume``;
     ``ckpt``: the fine-tuning checkpoint. Returns top1_pruned_noft, top1_pruned and finetune_s (NaN accuracies
-    when the data has no labels)."""
+    when the data has no labels), and reconstructed_layers (the layers refitted) when asked to reconstruct."""
+    pruned = result.model
     done = {} if done is None else done
     dev = options.device
     train, test, source = _loaders(data, options)
     if test is None and options.finetune_epochs > 0 and not options.kd:
         raise LcpError("the data has no labels: fine-tune with --kd (distillation) or pass --finetune-epochs 0")
     pruned.to(dev)
+    refitted = {}
+    if options.reconstruct_images > 0:
+        refitted = reconstruct(
+            pruned,
+            original,
+            result.graph,
+            result.plan.removed,
+            train,
+            images=options.reconstruct_images,
+            seed=options.seed,
+            device=dev,
+        )
     if options.recal_batches > 0:
         recalibrate_bn(pruned, train, batches=options.recal_batches, device=dev)
     if "top1_pruned_noft" not in done:
@@ -84,7 +99,14 @@ def recover(
         )
         original.cpu()
         top1 = evaluate(pruned, test, device=dev)["top1"] if test is not None else float("nan")
-    return {"top1_pruned_noft": done["top1_pruned_noft"], "top1_pruned": top1, "finetune_s": time.perf_counter() - t0}
+    numbers = {
+        "top1_pruned_noft": done["top1_pruned_noft"],
+        "top1_pruned": top1,
+        "finetune_s": time.perf_counter() - t0,
+    }
+    if refitted:
+        numbers["reconstructed_layers"] = refitted["layers"]
+    return numbers
 
 
 def report_row(

@@ -19,3 +19,9 @@ class RecoveryOptions:
         0.9, "weight w of the distillation term: (1 - w) cross-entropy + w T^2 KL at T = 4", check=fraction
     )
     recal_batches: int = option(20, "BatchNorm recalibration batches", check=at_least(0), signature=False)
+    reconstruct_images: int = option(
+        0,
+        "refit the pruned dense layers by least squares to the original's outputs on this many training images, "
+        "before BatchNorm recalibration (0: off)",
+        check=at_least(0),
+    )

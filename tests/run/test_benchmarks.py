@@ -216,6 +216,25 @@ def test_drop_vs_ceiling_uses_the_rows_own_seeds_where_measured():
     assert s["uniform"] == pytest.approx(2.5)  # no seed-1 ceiling: the mean of all
 
 
+def test_compare_refits_lcps_cuts_when_the_recipe_asks(tiny_folder: Path, resnet20_ckpt: Path, tmp_path: Path):
+    """``reconstruct_images: N`` refits every cut lcp makes before the recalibration (the row says how many
+    layers); the ceiling has nothing cut; the setting is part of the rows' signature only when it is on."""
+    recipe = tmp_path / "refit.yaml"
+    recipe.write_text((ROOT / "recipes" / "bench_resnet56.yaml").read_text() + "\nreconstruct_images: 32\n")
+    out = tmp_path / "refit.csv"
+    cmd = quick_cmd("bench_resnet56.yaml", tiny_folder, resnet20_ckpt, "--out", out, "--work", tmp_path / "work")
+    cmd[cmd.index("--recipe") + 1] = str(recipe)
+    cmd += ["--methods", "global,ceiling", "--budgets", "0.5", "--latency-repeats", "0"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    df = pd.read_csv(out).set_index("method")
+    assert df.loc["global", "reconstructed_layers"] > 0 and df.loc["ceiling", "reconstructed_layers"] == 0
+    compare = _module(COMPARE, "bench_compare_refit")
+    base = {k: v for k, v in compare.DEFAULTS.items() if k != "reconstruct_images"}
+    assert compare.signature({**base, "reconstruct_images": 0}) == compare.signature(base)
+    assert compare.signature({**base, "reconstruct_images": 32}) != compare.signature(base)
+
+
 def test_signatures_keep_the_written_rows_valid():
     """The committed comparisons stay valid with the new methods and settings in their recipes; the agents'
     settings decide only the rows of the methods that use them."""
@@ -432,8 +451,9 @@ def test_recovery_recipe_has_a_ceiling_row_and_the_fast_search(tiny_folder: Path
 
 def test_recovery_ablation_writes_rows_resumes_and_reports(tiny_folder: Path, resnet20_ckpt: Path, tmp_path: Path):
     """``benchmarks/recovery.py``: every variant recovers the cut and the ceiling (one row each, distillation
-    included), a stepwise variant reaches the cut's budget in two cuts and shares the one-step ceiling, a rerun
-    adds nothing, the page gives each variant's gap to the ceiling, bad recipes are refused."""
+    included), a stepwise variant reaches the cut's budget in two cuts and shares the one-step ceiling, so does a
+    refitting one (least-squares reconstruction), a rerun adds nothing, the page gives each variant's gap to the
+    ceiling, bad recipes are refused."""
     from tests.helpers import lcp_cli, tiny_args
 
     rec = _module(ROOT / "benchmarks" / "recovery.py", "bench_recovery")
@@ -446,6 +466,7 @@ def test_recovery_ablation_writes_rows_resumes_and_reports(tiny_folder: Path, re
         f"batch_size: 16\nrecal_batches: 1\nout: {out}\n"
         "variants:\n  plain: {lr: 0.01, epochs: 1}\n  kd: {lr: 0.02, epochs: 2, kd: true, kd_weight: 1.0, batch: 8}\n"
         "  kd_steps: {lr: 0.02, epochs: 2, kd: true, kd_weight: 1.0, batch: 8, steps: 2}\n"
+        "  kd_refit: {lr: 0.02, epochs: 2, kd: true, kd_weight: 1.0, batch: 8, reconstruct: 24}\n"
     )
     logged = []
     threads = torch.get_num_threads()
@@ -455,6 +476,7 @@ def test_recovery_ablation_writes_rows_resumes_and_reports(tiny_folder: Path, re
         assert sorted(zip(df["variant"], df["net"])) == [
             ("kd", "ceiling"),
             ("kd", "pruned"),
+            ("kd_refit", "pruned"),  # its ceiling is kd's
             ("kd_steps", "pruned"),  # its ceiling is kd's
             ("plain", "ceiling"),
             ("plain", "pruned"),
@@ -469,16 +491,24 @@ def test_recovery_ablation_writes_rows_resumes_and_reports(tiny_folder: Path, re
         assert 0.5**0.5 - 0.03 < first <= 0.5**0.5  # the cut's budget 0.5 in two steps: 0.707, then 0.5
         assert 0.47 < second <= 0.5
         assert df.loc[df["variant"] == "kd_steps", "macs_ratio"].iloc[0] == pytest.approx(second, abs=1e-3)
+        refits = [line for line in logged if "refitted" in line]
+        assert len(refits) == 1 and int(refits[0].split()[1]) > 0  # "refitted N of M layers"
+        assert df.loc[df["variant"] == "kd_refit", "reconstruct"].iloc[0] == 24
         assert rec.main(["--recipe", str(recipe)]) == 0
-        assert len(pd.read_csv(out)) == 5  # nothing run twice
+        assert len(pd.read_csv(out)) == 6  # nothing run twice
     finally:
         torch.set_num_threads(threads)
     md = tmp_path / "recovery.md"
     rec.report([recipe], md)
     text = md.read_text()
-    assert "| plain | 0.01 | no | 16 | 1 | 1 | 1 |" in text and "| kd | 0.02 | 1 | 8 | 2 | 1 | 1 |" in text
-    kd_row, steps_row = (next(r for r in text.splitlines() if r.startswith(f"| {n} |")) for n in ("kd", "kd_steps"))
-    assert steps_row.split("|")[12:14] == kd_row.split("|")[12:14] != [" - ", " - "]  # kd's ceiling
+    assert "| plain | 0.01 | no | 16 | 1 | 1 | no | 1 |" in text and "| kd | 0.02 | 1 | 8 | 2 | 1 | no | 1 |" in text
+    assert "| kd_refit | 0.02 | 1 | 8 | 2 | 1 | 24 | 1 |" in text
+    kd_row, steps_row, refit_row = (
+        next(r for r in text.splitlines() if r.startswith(f"| {n} |")) for n in ("kd", "kd_steps", "kd_refit")
+    )
+    ceiling = kd_row.split("|")[13:15]
+    assert steps_row.split("|")[13:15] == refit_row.split("|")[13:15] == ceiling != [" - ", " - "]  # kd's ceiling
+    assert "did not measure" not in text.split("\n## ")[1]  # shared within the recipe, not borrowed
     assert "Best pruned held-out top-1" in text and "do not edit" in text
     # another cut of the same network with the same recovery, no ceiling rows of its own: it borrows recipe 1's
     other, other_csv = tmp_path / "recovery_other.yaml", tmp_path / "results" / "recovery_other.csv"
@@ -490,18 +520,25 @@ def test_recovery_ablation_writes_rows_resumes_and_reports(tiny_folder: Path, re
     text = rec.report([recipe, other], md)
     first, second = text.split("\n## ")[1:3]
     row = lambda part: next(r for r in part.splitlines() if r.startswith("| plain |")).split("|")  # noqa: E731
-    assert row(second)[12:14] == row(first)[12:14] != [" - ", " - "] and "did not measure come from" in second
+    assert row(second)[13:15] == row(first)[13:15] != [" - ", " - "] and "did not measure come from" in second
     assert "One step is enough." in second and "did not measure" not in first
     # a recipe with another held-out split borrows nothing
     other.write_text(other.read_text().replace("holdout: 12", "holdout: 13"))
     third = rec.report([recipe, other], md).split("\n## ")[2]
-    assert row(third)[12:14] == [" - ", " - "] and "did not measure" not in third
+    assert row(third)[13:15] == [" - ", " - "] and "did not measure" not in third
     bad = tmp_path / "bad.yaml"
     bad.write_text(f"model: resnet20\ncut: {cut}\nout: {out}\nvariants:\n  x: {{lr: 0.01, momentum: 0.5}}\n")
     assert rec.main(["--recipe", str(bad)]) == 2
     bad.write_text(f"model: resnet20\ncut: {cut}\nout: {out}\nvariants:\n  x: {{epochs: 2, steps: 3}}\n")
     assert rec.main(["--recipe", str(bad)]) == 2
-    for wrong in ("kd_weight: 1.5", "batch: 0", "batch: 8.5"):
+    for wrong in (
+        "kd_weight: 1.5",
+        "batch: 0",
+        "batch: 8.5",
+        "reconstruct: -1",
+        "reconstruct: 2.5",
+        "reconstruct: 8, steps: 2, epochs: 2",
+    ):
         bad.write_text(f"model: resnet20\ncut: {cut}\nout: {out}\nvariants:\n  x: {{{wrong}}}\n")
         assert rec.main(["--recipe", str(bad)]) == 2
 
