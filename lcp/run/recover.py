@@ -49,7 +49,7 @@ def recover(
 ) -> dict[str, float]:
     """Refit the cut layers to the original's outputs (``options.reconstruct_images``, ``reconstruct``),
     recalibrate BatchNorm on ``options.recal_batches`` training batches, evaluate, fine-tune for
-    ``options.finetune_epochs`` (teacher ``original`` with ``options.kd``), evaluate; ``pruned`` ends on
+    ``options.finetune_epochs`` (teacher ``original`` with ``options.kd``), evaluate; ``result.model`` ends on
     ``options.device``. ``done`` / ``save``: the accuracy before fine-tuning is kept there across ``--resume``;
     ``ckpt``: the fine-tuning checkpoint. Returns top1_pruned_noft, top1_pruned and finetune_s (NaN accuracies
     when the data has no labels), and reconstructed_layers (the layers refitted) when asked to reconstruct."""
