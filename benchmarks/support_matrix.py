@@ -646,7 +646,8 @@ def markdown(args: argparse.Namespace) -> int:
     w("")
     w(
         "Every model is built with random weights and its default classifier, and `lcp.check` plans a cut to 50% "
-        "of its MACs (global ranking), builds the pruned network and verifies it: outputs equal to the masked "
+        "of its MACs (global ranking, any channel width: `lcp prune` then keeps widths in multiples of 16), "
+        "builds the pruned network and verifies it: outputs equal to the masked "
         "original in float64, MACs and params re-counted, one forward and backward pass in train mode. This is "
         "what `lcp check --model NAME` does. Input 3x64x64, or the model's own input size when it does not run "
         "at 64x64 (fixed-size heads such as Inception's). One thread per model, a time cap per model. "

@@ -1,9 +1,10 @@
 """lcp: layer-compensated structured pruning (LcP / LeGR) for convolutional networks.
 
 The public API: prune (``prune``, ``check``), count (``count_macs``, ``count_params``), build and keep models
-(``create_model``, ``save``, ``load``, ``build_graph``), and the three extension points, each a registry:
-methods (``register_method``), op rules for custom modules (``register_module_rule``, ``register_function_rule``)
-and importance criteria (``register_importance``). See docs/architecture.md.
+(``create_model``, ``save``, ``load``, ``build_graph``), recover and deploy (``finetune``, ``export``), and the
+three extension points, each a registry: methods (``register_method``), op rules for custom modules
+(``register_module_rule``, ``register_function_rule``) and importance criteria (``register_importance``). See
+docs/architecture.md.
 """
 
 from lcp._version import __version__

@@ -113,6 +113,8 @@ def prune(
         )
     chosen = get_method(method)
     chosen.check(opts, opts.all_budgets())
+    if transforms is not None and chosen.order != "lcp":
+        raise LcpError(f"transforms are the learned compensation of method='lcp'; method {method!r} would ignore them")
     bundle = _bundle(data, model, example_inputs)
     if example_inputs is None:
         if bundle is None and not isinstance(data, dict):

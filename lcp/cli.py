@@ -1,5 +1,5 @@
-"""Command line: ``lcp prune``, ``search``, ``train``, ``eval``, ``check``, ``bench``. Bad input ends with one line
-and exit code 2.
+"""Command line: ``lcp prune``, ``search``, ``train``, ``eval``, ``check``, ``bench``, ``export``, ``methods``. Bad
+input ends with one line and exit code 2.
 
 The options of ``prune``, ``search`` and ``train`` are read from their declarations (``lcp.run.config``): flags,
 types, choices, defaults and help are not re-typed here.
@@ -22,17 +22,19 @@ from lcp.errors import LcpError
 from lcp.io import atomic_path, read_json
 from lcp.methods import get_method, method_names
 from lcp.methods.base import methods_markdown
+from lcp.methods.options import AgentOptions
 from lcp.methods.structure import check_options
 from lcp.models import store
 from lcp.models.export import FORMATS, export
 from lcp.models.factory import create_model, model_info
-from lcp.options import add_arguments, unit_interval
+from lcp.options import add_arguments, field_names, unit_interval
 from lcp.options import from_mapping as check_values
 from lcp.report import print_table
 from lcp.run.config import PruneConfig, TrainConfig, require_device
 from lcp.run.pipeline import run_prune, run_search
 from lcp.run.train_run import run_train
 from lcp.training.data import load_data
+from lcp.training.options import RecoveryOptions
 from lcp.training.train import evaluate
 
 METHODS_PAGE_HEAD = """# Methods
@@ -117,7 +119,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_search(args: argparse.Namespace) -> int:
     cfg = _config(args, PruneConfig)
     if cfg.method != "lcp":
-        raise LcpError("lcp search learns the compensation of method lcp; drop --method")
+        raise LcpError(f"lcp search learns the compensation of method lcp, not of {cfg.method} (the recipe's method)")
+    if cfg.transforms:  # from a recipe: the search would be skipped and nothing written
+        raise LcpError("lcp search learns the transforms; a transforms file is for lcp prune --transforms FILE")
     run_search(cfg)
     return 0
 
@@ -216,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = sub.add_parser(
         "prune",
         help="prune a trained model to a budget, fine-tune it and write a report",
-        description="Prune a trained model to a MACs or params budget. Example: "
+        description="Prune a trained model to a MACs, params or latency budget. Example: "
         "lcp prune --model resnet56 --budget 0.5 --method global --out runs/r56",
     )
     _recipe_arg(p)
@@ -229,7 +233,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "transforms.json; reuse it with lcp prune --transforms FILE at any budget.",
     )
     _recipe_arg(s)
-    add_arguments(s, PruneConfig, exclude=("structure_from",))
+    # no cut, no recovery: the options of those stages (and the agents') would be ignored
+    add_arguments(
+        s, PruneConfig, exclude=("structure_from", "method", "transforms", *field_names(RecoveryOptions, AgentOptions))
+    )
     s.set_defaults(func=cmd_search)
     t = sub.add_parser(
         "train",

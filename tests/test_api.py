@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import lcp
+from lcp.cut.ranking import Transforms
 from lcp.report import REPORT_COLUMNS
 from lcp.training.data import load_data
 from lcp.training.train import evaluate
@@ -81,3 +82,7 @@ def test_prune_without_inputs_or_data_is_refused(resnet20_ckpt: Path) -> None:
     # an option of lcp prune that the API would otherwise ignore (it returned a global cut instead)
     with pytest.raises(lcp.LcpError, match="structure_from is an option of lcp prune, not of lcp.prune"):
         lcp.prune(_model(resnet20_ckpt), torch.zeros(1, 3, 32, 32), structure_from="runs/anything")
+    # transforms with a method that does not use them (the default, global) were silently ignored
+    tf = Transforms.identity(lcp.build_graph(_model(resnet20_ckpt), torch.zeros(1, 3, 32, 32)))
+    with pytest.raises(lcp.LcpError, match="method 'global' would ignore them"):
+        lcp.prune(_model(resnet20_ckpt), torch.zeros(1, 3, 32, 32), transforms=tf)

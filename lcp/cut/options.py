@@ -61,7 +61,10 @@ class CutOptions:
 
     budget: float = option(0.5, "fraction of the baseline cost to keep, in (0, 1]; 0.5 keeps 50%", check=unit_interval)
     budgets: list[float] | None = option(
-        None, "several budgets, e.g. 0.7,0.5,0.3: one search, one output folder per budget", check=each(unit_interval)
+        None,
+        "several budgets, e.g. 0.7,0.5,0.3: one output folder per budget (lcp: one search for all of them; "
+        "lfgcl, amc: one search per budget unless --search-budget)",
+        check=each(unit_interval),
     )
     budget_type: str = option(
         "macs", "what the budget counts: macs, params, or latency measured on --device", choices=BUDGET_TYPES

@@ -16,7 +16,7 @@ from torch import nn
 
 from lcp.engine.cost import count_macs, count_params
 from lcp.engine.graph import retrace
-from lcp.engine.layers import LAYERS, prune_norm, select_positions, set_param
+from lcp.engine.layers import LAYERS, delete_module, prune_norm, select_positions, set_param
 from lcp.engine.surgery import Verification, input_mask_hook, output_tensors
 from lcp.engine.types import LayerKind
 from lcp.errors import LcpError
@@ -92,7 +92,7 @@ def apply_connections(cg: ConnectionGraph, keep: np.ndarray) -> fx.GraphModule:
     gm.recompile()
     for ci, c in enumerate(cg.consumers):  # private norms of dead consumers are gone from the graph
         if not alive[ci] and c.norm is not None:
-            _del_submodule(gm, recs[c.norm].name)
+            delete_module(gm, recs[c.norm].name)
     gm.train(was_training)
     return gm
 
@@ -152,10 +152,3 @@ def prune_connections(
         if real != (macs, params):
             raise LcpError(f"internal: connection cost model {macs, params} differs from the built network {real}")
     return pruned, v
-
-
-def _del_submodule(root: nn.Module, name: str) -> None:
-    parent, _, leaf = name.rpartition(".")
-    mod = root.get_submodule(parent) if parent else root
-    if hasattr(mod, leaf):
-        delattr(mod, leaf)

@@ -30,6 +30,7 @@ import torch.fx as fx
 from torch import nn
 
 from lcp.engine.graph import ChannelGraph, retrace
+from lcp.engine.layers import delete_module, replace_module
 from lcp.engine.types import LayerKind
 from lcp.errors import LcpError
 
@@ -233,28 +234,16 @@ def remove_branches(model: nn.Module, consumers: dict[str, int], rules, channel_
         bias = getattr(old, "bias", None)
         zero = ZeroInput(n_out, bias if isinstance(bias, torch.Tensor) else None, channel_dims[name])
         zero.train(old.training)
-        _replace_submodule(gm, name, zero)
+        replace_module(gm, name, zero)
         node.args = (stream,)
         node.kwargs = {}
     called = {n.target for n in gm.graph.nodes if n.op == "call_module"}
     gm.graph.eliminate_dead_code()
     gone = called - {n.target for n in gm.graph.nodes if n.op == "call_module"}
     for name in sorted(gone, key=lambda n: -n.count(".")):  # only what died with a branch; other uncalled
-        _delete_submodule(gm, name)  # submodules (and their parameters) stay, as in every cut
+        delete_module(gm, name)  # submodules (and their parameters) stay, as in every cut
     gm.recompile()
     return gm
-
-
-def _delete_submodule(root: nn.Module, name: str) -> None:
-    parent_name, _, leaf = name.rpartition(".")
-    parent = root.get_submodule(parent_name) if parent_name else root
-    delattr(parent, leaf)
-
-
-def _replace_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, leaf = name.rpartition(".")
-    parent = root.get_submodule(parent_name) if parent_name else root
-    setattr(parent, leaf, new)
 
 
 def empty_groups(graph: ChannelGraph, removed: np.ndarray) -> list[int]:

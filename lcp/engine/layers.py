@@ -40,6 +40,14 @@ def replace_module(root: nn.Module, name: str, new: nn.Module) -> None:
     setattr(root.get_submodule(parent) if parent else root, child, new)
 
 
+def delete_module(root: nn.Module, name: str) -> None:
+    """Remove submodule ``name`` (dotted) from ``root``; nothing when it is already gone."""
+    parent, _, child = name.rpartition(".")
+    mod = root.get_submodule(parent) if parent else root
+    if hasattr(mod, child):
+        delattr(mod, child)
+
+
 def prune_conv(m: nn.Conv2d, mode: str, keep_out: np.ndarray, keep_in: np.ndarray) -> None:
     """Keep filters ``keep_out`` and input channels ``keep_in`` of a dense, depthwise or grouped conv."""
     w = select_positions(m.weight, 0, keep_out)

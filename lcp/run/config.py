@@ -131,9 +131,6 @@ class PruneConfig(SearchOptions, AgentOptions, RecoveryOptions, CutOptions, JobO
         sig.update({k: getattr(self, k) for k in get_method(self.method).signature_options})
         return sig
 
-    def latency_options(self) -> dict[str, Any]:
-        return {"batch": self.latency_batch, "device": self.device, "n_threads": self.threads}
-
     @classmethod
     def fields(cls) -> list[str]:
         return field_names(cls)

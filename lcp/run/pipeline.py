@@ -30,8 +30,19 @@ from lcp.run.recover import latency_columns, recover, report_row, write_outputs
 from lcp.training.train import distributed
 
 Log = Callable[[str], None]
-#: files whose presence means a run wrote something worth keeping (``_claim`` leaves them)
-_WORK_FILES = ("report.csv", "search_state.json", "agent_state.safetensors", "controller_state.safetensors")
+#: files whose presence (in the folder or a budget's subfolder) means a run wrote something worth keeping:
+#: ``_claim`` then leaves run.json and state.json so that ``--resume`` continues it
+_WORK_FILES = (
+    "report.csv",
+    "search_state.json",
+    "agent_state*.safetensors",
+    "controller_state.safetensors",
+    "finetune.ckpt",
+)
+
+
+def _has_work(out: Path) -> bool:
+    return any(next(d.glob(p), None) for d in (out, *out.glob("budget_*")) for p in _WORK_FILES)
 
 
 def _method(cfg: PruneConfig) -> Method:
@@ -52,7 +63,7 @@ def _claim(cfg: PruneConfig) -> Iterator[None]:
         try:
             yield
         except BaseException:
-            if fresh and not any((out / n).exists() for n in _WORK_FILES):
+            if fresh and not _has_work(out):
                 for name in ("run.json", "state.json"):
                     (out / name).unlink(missing_ok=True)
             raise

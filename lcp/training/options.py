@@ -9,7 +9,8 @@ from lcp.options import at_least, fraction, option, positive
 
 @dataclass
 class RecoveryOptions:
-    """How a pruned network recovers: the same for every method, the API and the command line."""
+    """How a pruned network recovers: the same stage for every method, the API and the command line (the API
+    defaults to no fine-tuning: ``lcp.prune(finetune_epochs=0)``)."""
 
     finetune_epochs: int = option(3, "fine-tuning epochs after the cut", check=at_least(0))
     lr: float = option(0.01, "fine-tuning learning rate (cosine schedule)", check=positive)

@@ -382,6 +382,10 @@ ERROR_CASES = {
         ["transforms file does not fit this model"],
     ),
     "transforms-missing": (lambda c: c.args("--method", "lcp", "--transforms", c.tmp / "none.json"), ["not found"]),
+    "transforms-without-lcp": (  # global would cut with identity compensation and ignore the file
+        lambda c: c.args("--method", "global", "--transforms", c.tmp / "none.json"),
+        ["--transforms is the learned compensation of --method lcp", "method global would ignore it"],
+    ),
     "resume-and-overwrite": (lambda c: c.args("--resume", "--overwrite"), ["contradict"]),
     "recipe-missing": (
         lambda c: ["prune", "--recipe", str(c.tmp / "none.yaml"), "--out", str(c.out)],
@@ -610,6 +614,11 @@ def test_sigint_exits_130_and_suggests_resume(tiny_folder: Path, resnet20_ckpt: 
     assert err.strip().splitlines()[-1].startswith("lcp")
     assert (out / "finetune.ckpt").is_file()  # kept for --resume
     assert (out / ".lcp.lock").read_text() == ""  # the lock was released
+
+    done = _run_cli_process(_ft_args(tiny_folder, resnet20_ckpt, out, "--resume", progress=True), tmp_path)
+    assert done.returncode == 0, done.stderr  # the run the message suggests resuming does resume
+    assert "finetune epoch 1/3:" not in done.stderr and "finetune epoch 3/3:" in done.stderr, done.stderr
+    assert (out / "report.csv").is_file() and not (out / "finetune.ckpt").exists()
 
 
 KILLING_CLI = """

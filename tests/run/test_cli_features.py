@@ -97,12 +97,9 @@ def test_search_then_prune_with_its_transforms(tiny_folder: Path, resnet20_ckpt:
         resnet20_ckpt,
         "--holdout",
         "9",
-        "--batch-size",
-        "16",
-        "--recal-batches",
-        "1",
         "--no-progress",
     ]
+    recovery = ["--batch-size", "16", "--recal-batches", "1"]  # lcp search has no recovery: not its options
     res = lcp_cli(
         "search",
         *common,
@@ -124,9 +121,19 @@ def test_search_then_prune_with_its_transforms(tiny_folder: Path, resnet20_ckpt:
     pairs = {g["group"]: (g["alpha"], g["kappa"]) for g in found["groups"]}
     assert any(p != (1.0, 0.0) for p in pairs.values())  # the search moved away from the identity
 
+    # options of stages lcp search does not run are not offered; a recipe's transforms file is refused
+    res = lcp_cli("search", *common, "--finetune-epochs", "2", "--out", tmp_path / "s2")
+    assert res.code == 2 and "unrecognized arguments: --finetune-epochs" in res.err, res.err
+    recipe = tmp_path / "with_transforms.yaml"
+    recipe.write_text(f"transforms: {tmp_path / 'search' / 'transforms.json'}\n")
+    res = lcp_cli("search", *common, "--recipe", recipe, "--out", tmp_path / "s3")
+    assert_one_line_error(res, "lcp search learns the transforms")
+    assert not (tmp_path / "s3").exists()
+
     res = lcp_cli(
         "prune",
         *common,
+        *recovery,
         "--method",
         "lcp",
         "--transforms",
@@ -154,6 +161,7 @@ def test_search_then_prune_with_its_transforms(tiny_folder: Path, resnet20_ckpt:
     res = lcp_cli(
         "prune",
         *common,
+        *recovery,
         "--method",
         "lcp",
         "--transforms",
