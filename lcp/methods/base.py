@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -127,6 +127,9 @@ class Method:
     listed: ClassVar[bool] = True
     #: ``learn`` reads the data (held-out images): the search methods; the others need data only to recover
     learns_from_data: ClassVar[bool] = False
+    #: the method-specific options (those of a search or an agent) this method reads; another method's option
+    #: set away from its default is refused by ``check``, since it would be silently ignored
+    reads: ClassVar[frozenset[str]] = frozenset()
 
     def check(self, options: Any, budgets: list[float | None]) -> None:
         """Refuse options this method cannot honour (one-line ``LcpError``) before any work."""
@@ -136,11 +139,7 @@ class Method:
             )
         if not self.several_budgets and len(budgets) > 1:
             raise LcpError(f"method {self.name} searches one budget: pass --budget, not several --budgets")
-        if getattr(options, "transforms", None) and self.order != "lcp":
-            raise LcpError(
-                f"--transforms is the learned compensation of --method lcp; method {self.name} would ignore it: "
-                "pass --method lcp, or drop --transforms"
-            )
+        _refuse_foreign_options(self, options)
         if getattr(options, "time_aware", False) and options.budget_type != "latency":
             raise LcpError(
                 f"--time-aware ranks by the time a channel saves: it needs --budget-type latency, "
@@ -210,6 +209,21 @@ def get_method(name: str) -> Method:
 def method_names(listed_only: bool = True) -> list[str]:
     """Names of the registered methods, in registration order (``--method`` choices)."""
     return [n for n, m in _REGISTRY.items() if m.listed or not listed_only]
+
+
+def _refuse_foreign_options(method: Method, options: Any) -> None:
+    """One line for an option of other methods (``Method.reads``) that ``method`` would ignore."""
+    if not is_dataclass(options):
+        return
+    defaults = {f.name: f.default for f in fields(options)}
+    for name in sorted({n for m in _REGISTRY.values() for n in m.reads} - method.reads):
+        if name in defaults and getattr(options, name) != defaults[name]:
+            users = ", ".join(m.name for m in _REGISTRY.values() if name in m.reads)
+            flag = "--" + name.replace("_", "-")
+            raise LcpError(
+                f"{flag} is an option of method {users}; method {method.name} would ignore it: drop it or choose "
+                f"--method {users.split(', ')[0]}"
+            )
 
 
 def describe_methods() -> str:

@@ -137,6 +137,30 @@ def test_malformed_device_is_one_line(tiny_folder: Path) -> None:
     assert_one_line_error(res, "--device must be cpu, cuda, cuda:N or mps")
 
 
+@pytest.mark.parametrize(
+    ("method", "option", "value", "refused"),
+    [
+        ("global", "candidates", 10, True),  # a search option without a search
+        ("uniform", "tau", 5, True),
+        ("lcp", "candidates", 10, False),
+        ("lcp", "episodes", 10, True),  # an agent option with the search
+        ("amc", "tau", 5, False),  # the agents score episodes with the search's fitness (tau steps)
+        ("amc", "population", 8, True),
+        ("lfgcl", "label_free", True, False),
+        ("ads", "episodes", 10, False),
+        ("ads", "search_budget", 0.3, True),
+        ("global", "episodes", None, False),  # the default is never refused
+    ],
+)
+def test_an_option_the_method_would_ignore_is_refused(method: str, option: str, value, refused: bool) -> None:
+    cfg = PruneConfig(**{option: value})
+    if refused:
+        with pytest.raises(LcpError, match=f"--{option.replace('_', '-')} is an option of method .*; method {method} "):
+            get_method(method).check(cfg, [0.5])
+    else:
+        get_method(method).check(cfg, [0.5])
+
+
 def test_search_on_a_device_refuses_process_workers() -> None:
     legr = get_method("lcp")
     legr.check(PruneConfig(device="cpu", workers=2), [0.5])  # CPU processes are fine

@@ -384,7 +384,15 @@ ERROR_CASES = {
     "transforms-missing": (lambda c: c.args("--method", "lcp", "--transforms", c.tmp / "none.json"), ["not found"]),
     "transforms-without-lcp": (  # global would cut with identity compensation and ignore the file
         lambda c: c.args("--method", "global", "--transforms", c.tmp / "none.json"),
-        ["--transforms is the learned compensation of --method lcp", "method global would ignore it"],
+        ["--transforms is an option of method lcp", "method global would ignore it"],
+    ),
+    "search-option-without-search": (
+        lambda c: c.args("--method", "uniform", "--candidates", "10"),
+        ["--candidates is an option of method lcp", "method uniform would ignore it"],
+    ),
+    "agent-option-with-lcp": (
+        lambda c: c.args("--method", "lcp", "--episodes", "10"),
+        ["--episodes is an option of method lfgcl, amc, ads, lwp", "method lcp would ignore it"],
     ),
     "resume-and-overwrite": (lambda c: c.args("--resume", "--overwrite"), ["contradict"]),
     "recipe-missing": (

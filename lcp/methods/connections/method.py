@@ -205,11 +205,12 @@ class _ConnectionMethod(Method):
     several_budgets = False
     signature_options = ("episodes",)
     learns_from_data = True
+    reads = frozenset({"episodes"})
 
     def check(self, options: Any, budgets: list[float | None]) -> None:
-        super().check(options, budgets)
         if options.label_free:
             raise LcpError(f"method {self.name} rewards held-out accuracy: --label-free is not supported")
+        super().check(options, budgets)
 
     def learn(self, ctx: Context) -> Learned:
         o = ctx.options

@@ -144,13 +144,14 @@ class _AgentMethod(Method):
     budget_types = ("macs", "params")
     signature_options = ("episodes", "warmup_episodes")
     learns_from_data = True
+    reads = frozenset({"episodes", "warmup_episodes", "search_budget", "tau"})
 
     def check(self, options: Any, budgets: list[float | None]) -> None:
-        super().check(options, budgets)
         if self.name == "amc" and options.label_free:
             raise LcpError(
                 "method amc rewards held-out accuracy (labels); use --method lfgcl for the label-free reward"
             )
+        super().check(options, budgets)
 
     def learn(self, ctx: Context) -> Learned:
         o, graph = ctx.options, ctx.graph
@@ -225,6 +226,7 @@ class LfgclMethod(_AgentMethod):
     name = "lfgcl"
     summary = "keep ratio per layer from a DDPG agent, label-free KL reward"
     label_free = True
+    reads = _AgentMethod.reads | {"label_free"}  # always label-free: --label-free is welcome, not needed
 
 
 @register_method

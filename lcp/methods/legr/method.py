@@ -24,7 +24,7 @@ from lcp.methods.legr.prior import (
     sensitivity_members,
     structured_members,
 )
-from lcp.options import at_least, option, unit_interval
+from lcp.options import at_least, field_names, option, unit_interval
 
 _GROUP = "search (method lcp without --transforms)"
 #: the largest share of the search's time budget the sensitivity measurement may take
@@ -145,6 +145,7 @@ class LegrMethod(Method):
     summary = "learned layer compensation (LeGR search), then one global ranking"
     order = "lcp"
     learns_from_data = True
+    reads = frozenset(field_names(SearchOptions))
 
     def check(self, options: Any, budgets: list[float | None]) -> None:
         super().check(options, budgets)
