@@ -19,14 +19,15 @@ Adding a method is one module::
         def cut(self, ctx, learned, budget):  # optional: the default cuts with ctx's importance and the order
             ...
 
-``lcp prune --method mine`` and ``lcp.prune(model, method="mine")`` then find it (import the module first).
+``lcp prune --method mine`` and ``lcp.prune(model, method="mine")`` then find it (import the module first). A
+method that reads another method's options (``ctx.options.tau``, ...) names them in ``reads``.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -215,7 +216,7 @@ def _refuse_foreign_options(method: Method, options: Any) -> None:
     """One line for an option of other methods (``Method.reads``) that ``method`` would ignore."""
     if not is_dataclass(options):
         return
-    defaults = {f.name: f.default for f in fields(options)}
+    defaults = {f.name: f.default if f.default is not MISSING else f.default_factory() for f in fields(options)}
     for name in sorted({n for m in _REGISTRY.values() for n in m.reads} - method.reads):
         if name in defaults and getattr(options, name) != defaults[name]:
             users = ", ".join(m.name for m in _REGISTRY.values() if name in m.reads)

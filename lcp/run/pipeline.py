@@ -24,25 +24,19 @@ from lcp.io import atomic_path, atomic_write_json, read_json
 from lcp.methods import Context, Learned, Method, get_method
 from lcp.methods.structure import STRUCTURE_METHOD, open_structure
 from lcp.run.config import PruneConfig, require_device
-from lcp.run.folder import RunLock, prepare_out_dir
+from lcp.run.folder import OUTPUT_PATTERNS, RUN_NAME, RunLock, prepare_out_dir
 from lcp.run.load import Loaded, baseline_accuracy, load_model_and_data
 from lcp.run.recover import latency_columns, recover, report_row, write_outputs
 from lcp.training.train import distributed
 
 Log = Callable[[str], None]
-#: files whose presence (in the folder or a budget's subfolder) means a run wrote something worth keeping:
-#: ``_claim`` then leaves run.json and state.json so that ``--resume`` continues it
-_WORK_FILES = (
-    "report.csv",
-    "search_state.json",
-    "agent_state*.safetensors",
-    "controller_state.safetensors",
-    "finetune.ckpt",
-)
+#: what marks a run's work (in the folder or a budget's subfolder): any lcp output but the run's own record;
+#: ``_claim`` then keeps run.json and state.json, so that ``--resume`` continues the run (or --overwrite replaces it)
+_WORK_PATTERNS = tuple(p for p in OUTPUT_PATTERNS if p not in (RUN_NAME, "state*.json"))
 
 
 def _has_work(out: Path) -> bool:
-    return any(next(d.glob(p), None) for d in (out, *out.glob("budget_*")) for p in _WORK_FILES)
+    return any(next(d.glob(p), None) for d in (out, *out.glob("budget_*")) for p in _WORK_PATTERNS)
 
 
 def _method(cfg: PruneConfig) -> Method:

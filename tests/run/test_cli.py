@@ -629,6 +629,31 @@ def test_sigint_exits_130_and_suggests_resume(tiny_folder: Path, resnet20_ckpt: 
     assert (out / "report.csv").is_file() and not (out / "finetune.ckpt").exists()
 
 
+@pytest.mark.parametrize(
+    ("written", "kept"),
+    [
+        ((), False),  # failed before any work: the folder is left as it was found
+        (("sensitivity.json",), True),  # the search's first measurement
+        (("budget_0.5/finetune.ckpt",), True),  # a budget's interrupted fine-tuning (several --budgets)
+        (("agent_state_0.5.safetensors",), True),
+    ],
+)
+def test_an_interrupted_fresh_run_keeps_its_record_when_it_wrote_work(tmp_path: Path, written, kept) -> None:
+    from lcp.run.config import PruneConfig
+    from lcp.run.folder import prepare_out_dir
+    from lcp.run.pipeline import _claim
+
+    cfg = PruneConfig(out=str(tmp_path / "out"))
+    with pytest.raises(KeyboardInterrupt), _claim(cfg):
+        prepare_out_dir(Path(cfg.out), cfg.signature(), resume=False, overwrite=False)
+        (Path(cfg.out) / "state.json").write_text("{}")
+        for name in written:
+            (Path(cfg.out) / name).parent.mkdir(parents=True, exist_ok=True)
+            (Path(cfg.out) / name).write_text("x")
+        raise KeyboardInterrupt
+    assert (Path(cfg.out) / "run.json").exists() == kept and (Path(cfg.out) / "state.json").exists() == kept
+
+
 KILLING_CLI = """
 import atexit, os, runpy, signal
 kill_at = int(os.environ["LCP_KILL_AT"])  # 0: count only
