@@ -55,8 +55,10 @@ def load_model_and_data(cfg: PruneConfig, log: Log = print) -> Loaded:
     transform = None
     if info.source == "timm" and min(size[1:]) > 64:
         transform = timm_eval_transform(info, size)
-    # lfgcl never reads labels: a folder of images without class folders (or train/) is loaded unlabeled
-    flat = cfg.method == "lfgcl" and dataset != "cifar10" and not (Path(spec).expanduser() / "train").is_dir()
+    # lfgcl and a --label-free lcp search never read labels: a folder of images without class folders (or
+    # train/) is loaded unlabeled
+    label_free = cfg.method == "lfgcl" or (cfg.method == "lcp" and cfg.label_free)
+    flat = label_free and dataset != "cifar10" and not (Path(spec).expanduser() / "train").is_dir()
     bundle = load_data(
         spec,
         input_size=size,

@@ -317,6 +317,14 @@ def test_cli_lfgcl_on_a_folder_without_classes(tiny_folder, resnet20_ckpt, tmp_p
     assert len(list(csv.DictReader(open(out / "agent.csv")))) == 3
     no_labels = lcp_cli(*args[:-2], "--out", tmp_path / "bad", "--finetune-epochs", "1", "--no-kd")  # no labels
     assert_one_line_error(no_labels, "the data has no labels", "--kd")
+    # lcp's search with the label-free fitness reads no labels either: the same folder, then distilled recovery
+    lcp_args = [a for a in args[: args.index("--method")]] + ["--method", "lcp", "--label-free", "--candidates", "3"]
+    lcp_args += ["--population", "2", "--tournament", "2", "--budget", "0.6", "--holdout", "16", "--no-progress"]
+    res = lcp_cli(*lcp_args, "--finetune-epochs", "1", "--batch-size", "16", "--out", tmp_path / "lcp")
+    assert res.code == 0, res.err
+    report = next(csv.DictReader(open(tmp_path / "lcp" / "report.csv")))
+    assert report["method"] == "lcp" and 0.57 <= float(report["macs_ratio"]) <= 0.6
+    assert len(list(csv.DictReader(open(tmp_path / "lcp" / "search.csv")))) == 3
 
 
 def test_cli_amc_on_labelled_folder(tiny_folder, resnet20_ckpt, tmp_path):
