@@ -544,29 +544,88 @@ def findings_text(s: pd.DataFrame, tuned: bool = True) -> str:
     return "Read from the table (generated):\n\n" + "\n".join(out)
 
 
-def lead_text(g: pd.DataFrame, col: str) -> str:
-    """lcp against every other method of one budget on ``col``: ahead by more than the seed spread (the larger
-    of the two rows' standard deviations), not ahead by that much, or a lead resting on one seed per row."""
+def lead(g: pd.DataFrame, col: str) -> dict[str, list[tuple[str, float, float]]]:
+    """lcp against every other method of one budget on ``col``: (method, lcp minus it, seed spread) in
+    ``ahead`` (by more than the spread, the larger of the two rows' standard deviations), ``behind`` (not by that
+    much) or ``single`` (one seed per row: no spread)."""
     lcp_r = g[g["method"] == "lcp"].iloc[0]
-    ahead, behind, single = [], [], []
+    out: dict[str, list[tuple[str, float, float]]] = {"ahead": [], "behind": [], "single": []}
     for _, r in g[~g["method"].isin(["lcp", "ceiling"])].iterrows():
         d = float(lcp_r[col] - r[col])
         if not math.isfinite(d):
             continue
         sds = [float(v) for v in (lcp_r.get(col + "_sd"), r.get(col + "_sd")) if v is not None and math.isfinite(v)]
-        name = f"`{r['method']}` ({d:+.2f}" + (f", spread {max(sds):.2f})" if sds else ")")
-        (single if not sds else ahead if d > max(sds) else behind).append(name)
-    if not (ahead or behind or single):
-        return ""
+        spread = max(sds) if sds else math.nan
+        out["single" if not sds else "ahead" if d > spread else "behind"].append((str(r["method"]), d, spread))
+    return out
+
+
+def lead_text(g: pd.DataFrame, col: str) -> str:
+    """``lead`` as a clause of the findings."""
+    found = lead(g, col)
+
+    def names(rows: list[tuple[str, float, float]]) -> str:
+        return ", ".join(
+            f"`{m}` ({d:+.2f}" + (f", spread {sp:.2f})" if math.isfinite(sp) else ")") for m, d, sp in rows
+        )
+
     parts = []
-    if ahead:
-        parts.append("ahead by more than the seed spread of " + ", ".join(ahead))
-    if behind:
-        parts.append("**not ahead by more than the seed spread** of " + ", ".join(behind))
-    if single:
-        parts.append("one seed on each side (no spread to compare with) against " + ", ".join(single))
+    if found["ahead"]:
+        parts.append("ahead by more than the seed spread of " + names(found["ahead"]))
+    if found["behind"]:
+        parts.append("**not ahead by more than the seed spread** of " + names(found["behind"]))
+    if found["single"]:
+        parts.append("one seed on each side (no spread to compare with) against " + names(found["single"]))
+    if not parts:
+        return ""
     what = "after fine-tuning" if col == "top1_pruned" else "after BN recalibration"
     return f"; lcp {what} (lcp minus the method): " + "; ".join(parts)
+
+
+def standing_text(tables: dict[str, tuple[pd.DataFrame, pd.DataFrame, dict]], titles: dict[str, str]) -> str:
+    """One line per table and budget with an lcp row: lcp's top-1, its gap to the ceiling, and the methods it
+    leads by more than the seed spread, by less, or on one seed only (the findings under each table, gathered)."""
+    rows = []
+    for key, (df, s, _) in tables.items():
+        if s.empty or "lcp" not in set(s["method"]):
+            continue
+        col = "top1_pruned" if float(df["finetune_epochs"].max()) > 0 else "top1_pruned_noft"
+        for budget in sorted(set(s.loc[s["method"] == "lcp", "budget"]), reverse=True):
+            g = s[s["budget"] == budget]
+            r = g[g["method"] == "lcp"].iloc[0]
+            found = lead(g, col)
+            gap = float(r.get("vs_ceiling", math.nan)) if col == "top1_pruned" else math.nan
+
+            def names(key: str, found: dict = found) -> str:
+                return ", ".join(f"{m} {d:+.2f}" for m, d, _ in found[key]) or "-"
+
+            rows.append(
+                [
+                    titles[key],
+                    f"{budget:g}",
+                    f"{_pm(r, col, 2)} (seeds {r['seeds']})",
+                    _num(gap, 2),
+                    names("ahead"),
+                    names("behind"),
+                    names("single"),
+                ]
+            )
+    if not rows:
+        return ""
+    header = [
+        "table",
+        "budget",
+        "lcp top-1 (%)",
+        "below the ceiling (pts)",
+        "lcp ahead by more than the seed spread",
+        "not ahead by more than the spread",
+        "one seed per side",
+    ]
+    return (
+        "Where lcp stands, gathered from the tables below (generated): top-1 after the table's recovery (before "
+        "it for the tables without fine-tuning), lcp minus each method in points.\n\n"
+        + md_table(header, rows, right={1, 3})
+    )
 
 
 def errors_text(df: pd.DataFrame) -> str:
@@ -804,6 +863,41 @@ def _search_words(search: dict) -> str:
     return f"the {search.get('search_preset', 'legr')} search preset"
 
 
+def _title(key: str, df: pd.DataFrame, meta: dict) -> str:
+    """A table's heading: model, data set, budgets, recovery, widths and device."""
+    ft = _epochs(df["finetune_epochs"].iloc[0])
+    return (
+        f"{_name(key.split(' ')[0])} / {df['dataset'].iloc[0]}"
+        + (
+            f" at {' and '.join(f'{b:g}' for b in sorted(_budgets(df), reverse=True))} of the "
+            f"{_BUDGET_WORDS.get(str(df['budget_type'].iloc[0]), df['budget_type'].iloc[0])}"
+            if _budgets(df)
+            else ""
+        )
+        + ", "
+        + (
+            (
+                "before recovery (least-squares refit and BatchNorm recalibration)"
+                if (meta.get("config") or {}).get("reconstruct_images")
+                else "before recovery (BatchNorm recalibration only)"
+            )
+            if ft == "0"
+            else f"fine-tuning {ft} epoch{'s' if ft != '1' else ''}"
+            f"{', distilled' if (meta.get('config') or {}).get('kd') else ''}"
+        )
+        + (
+            f", widths in multiples of {(meta.get('config') or {}).get('round_to')}"
+            if (meta.get("config") or {}).get("round_to", 1) != 1
+            else ""
+        )
+        + (
+            f", on {(meta.get('host') or {}).get('gpu') or 'a GPU'}"
+            if (meta.get("config") or {}).get("device") == "cuda"
+            else ""
+        )
+    )
+
+
 def build(csvs: list[Path], md_path: Path, png_path: Path, argv: list[str]) -> str:
     tables: dict[str, tuple[pd.DataFrame, pd.DataFrame, dict]] = {}
     sources: dict[str, Path] = {}
@@ -854,39 +948,12 @@ def build(csvs: list[Path], md_path: Path, png_path: Path, argv: list[str]) -> s
     ]
     measured = ", ".join(dict.fromkeys(_name(k.split(" ")[0]) for k in tables)) or "nothing yet"
     out += [f"Measured on this page: **{measured}**.", ""]
+    titles = {key: _title(key, df, meta) for key, (df, _, meta) in tables.items()}
+    standing = standing_text(tables, titles)
+    if standing:
+        out += [standing, ""]
     for key, (df, s, meta) in tables.items():
-        ft = _epochs(df["finetune_epochs"].iloc[0])
-        out += [
-            f"## {_name(key.split(' ')[0])} / {df['dataset'].iloc[0]}"
-            + (
-                f" at {' and '.join(f'{b:g}' for b in sorted(_budgets(df), reverse=True))} of the "
-                f"{_BUDGET_WORDS.get(str(df['budget_type'].iloc[0]), df['budget_type'].iloc[0])}"
-                if _budgets(df)
-                else ""
-            )
-            + ", "
-            + (
-                (
-                    "before recovery (least-squares refit and BatchNorm recalibration)"
-                    if (meta.get("config") or {}).get("reconstruct_images")
-                    else "before recovery (BatchNorm recalibration only)"
-                )
-                if ft == "0"
-                else f"fine-tuning {ft} epoch{'s' if ft != '1' else ''}"
-                f"{', distilled' if (meta.get('config') or {}).get('kd') else ''}"
-            )
-            + (
-                f", widths in multiples of {(meta.get('config') or {}).get('round_to')}"
-                if (meta.get("config") or {}).get("round_to", 1) != 1
-                else ""
-            )
-            + (
-                f", on {(meta.get('host') or {}).get('gpu') or 'a GPU'}"
-                if (meta.get("config") or {}).get("device") == "cuda"
-                else ""
-            ),
-            "",
-        ]
+        out += [f"## {titles[key]}", ""]
         out += [setup_text(df, meta), ""]
         out += ["Commands:", "", "```bash", "source ../shared/offline-env.sh"]
         out += _commands(meta, sources[key]) + [report_cmd, "```", ""]

@@ -202,6 +202,23 @@ def test_report_says_where_lcp_is_not_ahead_by_more_than_the_seed_spread():
     assert "ahead by" not in one and "one seed on each side" in one and "`amc` (+0.10)" in one
 
 
+def test_report_gathers_where_lcp_stands_in_one_table():
+    report = _module(REPORT, "bench_report")
+    rows = [("ceiling", 1.0, 0, 90.0), ("lcp", 0.5, 0, 88.0), ("lcp", 0.5, 1, 88.4), ("global", 0.5, 0, 87.0)]
+    rows += [("global", 0.5, 1, 87.2), ("amc", 0.5, 0, 88.1), ("amc", 0.5, 1, 87.9)]
+    df = pd.DataFrame(
+        [
+            {"method": m, "budget": b, "seed": s, "top1_pruned": t, "top1_pruned_noft": t - 10, "top1_base": 89.0}
+            for m, b, s, t in rows
+        ]
+    ).assign(status="ok", finetune_epochs=3.0)
+    text = report.standing_text({"r56": (df, report.summarise(df), {})}, {"r56": "ResNet-56, 3 epochs"})
+    row = next(line for line in text.splitlines() if line.startswith("| ResNet-56, 3 epochs"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[:4] == ["ResNet-56, 3 epochs", "0.5", "88.20 ± 0.28 (seeds 0,1)", "1.80"]  # ceiling of seed 0
+    assert cells[4] == "global +1.10" and cells[5] == "amc +0.20" and cells[6] == "-"
+
+
 def test_drop_vs_ceiling_uses_the_rows_own_seeds_where_measured():
     report = _module(REPORT, "bench_report")
     rows = [("ceiling", 1.0, 0, 84.0), ("ceiling", 1.0, 2, 85.0), ("lcp", 0.5, 0, 83.0), ("uniform", 0.5, 1, 82.0)]
