@@ -586,9 +586,15 @@ def standing_text(tables: dict[str, tuple[pd.DataFrame, pd.DataFrame, dict]], ti
     """One line per table and budget with an lcp row: lcp's top-1, its gap to the ceiling, and the methods it
     leads by more than the seed spread, by less, or on one seed only (the findings under each table, gathered)."""
     rows = []
-    for key, (df, s, _) in tables.items():
+    for key, (df, s, meta) in tables.items():
         if s.empty or "lcp" not in set(s["method"]):
             continue
+        search = (meta.get("config") or {}).get("search") or {}
+        how = (
+            "default (fast preset)"
+            if search.get("search_preset") == "fast"
+            else f"LeGR, {search.get('candidates') or 400} candidates"
+        )
         col = "top1_pruned" if float(df["finetune_epochs"].max()) > 0 else "top1_pruned_noft"
         for budget in sorted(set(s.loc[s["method"] == "lcp", "budget"]), reverse=True):
             g = s[s["budget"] == budget]
@@ -602,6 +608,7 @@ def standing_text(tables: dict[str, tuple[pd.DataFrame, pd.DataFrame, dict]], ti
             rows.append(
                 [
                     titles[key],
+                    how,
                     f"{budget:g}",
                     f"{_pm(r, col, 2)} (seeds {r['seeds']})",
                     _num(gap, 2),
@@ -614,6 +621,7 @@ def standing_text(tables: dict[str, tuple[pd.DataFrame, pd.DataFrame, dict]], ti
         return ""
     header = [
         "table",
+        "lcp's search",
         "budget",
         "lcp top-1 (%)",
         "below the ceiling (pts)",
@@ -624,7 +632,7 @@ def standing_text(tables: dict[str, tuple[pd.DataFrame, pd.DataFrame, dict]], ti
     return (
         "Where lcp stands, gathered from the tables below (generated): top-1 after the table's recovery (before "
         "it for the tables without fine-tuning), lcp minus each method in points.\n\n"
-        + md_table(header, rows, right={1, 3})
+        + md_table(header, rows, right={2, 4})
     )
 
 

@@ -212,11 +212,12 @@ def test_report_gathers_where_lcp_stands_in_one_table():
             for m, b, s, t in rows
         ]
     ).assign(status="ok", finetune_epochs=3.0)
-    text = report.standing_text({"r56": (df, report.summarise(df), {})}, {"r56": "ResNet-56, 3 epochs"})
+    meta = {"config": {"search": {"search_preset": "fast"}}}
+    text = report.standing_text({"r56": (df, report.summarise(df), meta)}, {"r56": "ResNet-56, 3 epochs"})
     row = next(line for line in text.splitlines() if line.startswith("| ResNet-56, 3 epochs"))
     cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells[:4] == ["ResNet-56, 3 epochs", "0.5", "88.20 ± 0.28 (seeds 0,1)", "1.80"]  # ceiling of seed 0
-    assert cells[4] == "global +1.10" and cells[5] == "amc +0.20" and cells[6] == "-"
+    assert cells[:5] == ["ResNet-56, 3 epochs", "default (fast preset)", "0.5", "88.20 ± 0.28 (seeds 0,1)", "1.80"]
+    assert cells[5] == "global +1.10" and cells[6] == "amc +0.20" and cells[7] == "-"  # 1.80: seed 0's ceiling
 
 
 def test_drop_vs_ceiling_uses_the_rows_own_seeds_where_measured():
