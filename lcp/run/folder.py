@@ -3,13 +3,14 @@ or nothing of lcp's, so that a rerun never overwrites another run's outputs unle
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import fnmatch
 import json
 import os
 import secrets
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from types import TracebackType
@@ -41,6 +42,35 @@ OUTPUT_PATTERNS: tuple[str, ...] = (
 
 
 # --------------------------------------------------------------------------- output folders
+
+#: what marks a run's work (in the folder or a budget's subfolder): any lcp output but the run's own record
+_WORK_PATTERNS = tuple(p for p in OUTPUT_PATTERNS if p not in (RUN_NAME, "state*.json"))
+
+
+def _has_work(out: Path) -> bool:
+    return any(next(d.glob(p), None) for d in (out, *out.glob("budget_*")) for p in _WORK_PATTERNS)
+
+
+@contextlib.contextmanager
+def claim(out: Path, lock: contextlib.AbstractContextManager) -> Iterator[None]:
+    """Hold ``lock`` on the output folder ``out`` for a run; if the run fails before writing any work, leave the
+    folder as it was found: run.json and state.json go again, and a folder the run created is removed. Once work
+    exists (a search state, a checkpoint, ...), they stay, so that ``--resume`` continues the run."""
+    fresh, created = not (out / RUN_NAME).exists(), not out.exists()
+    try:
+        with lock:
+            try:
+                yield
+            except BaseException:
+                if fresh and not _has_work(out):
+                    for name in (RUN_NAME, "state.json"):
+                        (out / name).unlink(missing_ok=True)
+                raise
+    except BaseException:
+        if created and out.is_dir() and {p.name for p in out.iterdir()} <= {LOCK_NAME}:
+            (out / LOCK_NAME).unlink(missing_ok=True)
+            out.rmdir()
+        raise
 
 
 def _ensure_dir(out: Path) -> None:

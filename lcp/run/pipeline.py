@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,19 +24,12 @@ from lcp.io import atomic_path, atomic_write_json, read_json
 from lcp.methods import Context, Learned, Method, get_method
 from lcp.methods.structure import STRUCTURE_METHOD, open_structure
 from lcp.run.config import PruneConfig, require_device
-from lcp.run.folder import OUTPUT_PATTERNS, RUN_NAME, RunLock, prepare_out_dir
+from lcp.run.folder import RunLock, claim, prepare_out_dir
 from lcp.run.load import Loaded, baseline_accuracy, load_model_and_data
 from lcp.run.recover import latency_columns, recover, report_row, write_outputs
 from lcp.training.train import distributed
 
 Log = Callable[[str], None]
-#: what marks a run's work (in the folder or a budget's subfolder): any lcp output but the run's own record;
-#: ``_claim`` then keeps run.json and state.json, so that ``--resume`` continues the run (or --overwrite replaces it)
-_WORK_PATTERNS = tuple(p for p in OUTPUT_PATTERNS if p not in (RUN_NAME, "state*.json"))
-
-
-def _has_work(out: Path) -> bool:
-    return any(next(d.glob(p), None) for d in (out, *out.glob("budget_*")) for p in _WORK_PATTERNS)
 
 
 def _method(cfg: PruneConfig) -> Method:
@@ -48,19 +41,8 @@ def _lock(cfg: PruneConfig) -> Any:
     return RunLock(cfg.out) if distributed()[1] == 0 else contextlib.nullcontext()
 
 
-@contextlib.contextmanager
-def _claim(cfg: PruneConfig) -> Iterator[None]:
-    """Lock the output folder; if the run fails before writing anything, leave the folder as it was found."""
-    out = Path(cfg.out)
-    fresh = not (out / "run.json").exists()
-    with _lock(cfg):
-        try:
-            yield
-        except BaseException:
-            if fresh and not _has_work(out):
-                for name in ("run.json", "state.json"):
-                    (out / name).unlink(missing_ok=True)
-            raise
+def _claim(cfg: PruneConfig) -> contextlib.AbstractContextManager:
+    return claim(Path(cfg.out), _lock(cfg))
 
 
 def _open_run(cfg: PruneConfig) -> tuple[Path, dict, Callable[..., None]]:

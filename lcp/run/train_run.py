@@ -13,7 +13,7 @@ from lcp.errors import LcpError
 from lcp.io import atomic_path, save_tensors
 from lcp.models.factory import create_model, model_info
 from lcp.run.config import TrainConfig, require_device
-from lcp.run.folder import RunLock, prepare_out_dir
+from lcp.run.folder import RunLock, claim, prepare_out_dir
 from lcp.training.data import load_data
 from lcp.training.train import evaluate, train_baseline
 
@@ -34,7 +34,7 @@ def run_train(cfg: TrainConfig, log: Log = print) -> pd.DataFrame:
     dataset = "cifar10" if str(spec).lower() == "cifar10" else Path(spec).name
     size = tuple(int(v) for v in cfg.input_size) if cfg.input_size else tuple(info.input_size)
     out = Path(cfg.out)
-    with RunLock(out):
+    with claim(out, RunLock(out)):
         prepare_out_dir(out, cfg.signature(), resume=cfg.resume, overwrite=cfg.overwrite)
         bundle = load_data(spec, input_size=size, mean=info.mean, std=info.std, holdout=cfg.holdout, seed=0)
         torch.manual_seed(cfg.seed)

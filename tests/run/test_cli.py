@@ -431,6 +431,21 @@ def test_error_is_one_line_and_touches_nothing(
     assert not (tmp_path / "MARKER").exists(), "a pickled checkpoint ran code"
 
 
+def test_an_output_folder_a_failed_run_created_is_removed(tiny_folder: Path, resnet20_ckpt: Path, tmp_path: Path):
+    out = tmp_path / "new" / "run"
+    res = lcp_cli(*tiny_args(tiny_folder, resnet20_ckpt, out, "--data", tmp_path / "nowhere", finetune=0))
+    assert_one_line_error(res, "does not exist")
+    assert not out.exists()  # not even the lock file is left behind
+    # lcp train likewise; in a folder that exists, no run.json is left to refuse the corrected command
+    res = lcp_cli("train", "--model", "resnet20", "--data", tmp_path / "nowhere", "--out", out)
+    assert_one_line_error(res, "does not exist")
+    assert not out.exists()
+    out.mkdir(parents=True)
+    res = lcp_cli("train", "--model", "resnet20", "--data", tmp_path / "nowhere", "--out", out)
+    assert_one_line_error(res, "does not exist")
+    assert {p.name for p in out.iterdir()} <= {".lcp.lock"}
+
+
 @pytest.mark.parametrize("case", ["evil-pickle-zip", "unknown-model"])
 def test_error_in_a_real_process_is_one_line(
     case: str, tiny_folder: Path, resnet20_ckpt: Path, state_dict_saver: Callable[..., Path], tmp_path: Path
