@@ -43,35 +43,6 @@ OUTPUT_PATTERNS: tuple[str, ...] = (
 
 # --------------------------------------------------------------------------- output folders
 
-#: what marks a run's work (in the folder or a budget's subfolder): any lcp output but the run's own record
-_WORK_PATTERNS = tuple(p for p in OUTPUT_PATTERNS if p not in (RUN_NAME, "state*.json"))
-
-
-def _has_work(out: Path) -> bool:
-    return any(next(d.glob(p), None) for d in (out, *out.glob("budget_*")) for p in _WORK_PATTERNS)
-
-
-@contextlib.contextmanager
-def claim(out: Path, lock: contextlib.AbstractContextManager) -> Iterator[None]:
-    """Hold ``lock`` on the output folder ``out`` for a run; if the run fails before writing any work, leave the
-    folder as it was found: run.json and state.json go again, and a folder the run created is removed. Once work
-    exists (a search state, a checkpoint, ...), they stay, so that ``--resume`` continues the run."""
-    fresh, created = not (out / RUN_NAME).exists(), not out.exists()
-    try:
-        with lock:
-            try:
-                yield
-            except BaseException:
-                if fresh and not _has_work(out):
-                    for name in (RUN_NAME, "state.json"):
-                        (out / name).unlink(missing_ok=True)
-                raise
-    except BaseException:
-        if created and out.is_dir() and {p.name for p in out.iterdir()} <= {LOCK_NAME}:
-            (out / LOCK_NAME).unlink(missing_ok=True)
-            out.rmdir()
-        raise
-
 
 def _ensure_dir(out: Path) -> None:
     """Create ``out`` (and parents) or raise a one-line LcpError."""
@@ -150,6 +121,38 @@ class RunLock:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.release()
+
+
+#: what marks a run's work (in the folder or a budget's subfolder): any lcp output but the run's own record
+_WORK_PATTERNS = tuple(p for p in OUTPUT_PATTERNS if p not in (RUN_NAME, "state*.json"))
+
+
+def _has_work(out: Path) -> bool:
+    return any(next(d.glob(p), None) for d in (out, *out.glob("budget_*")) for p in _WORK_PATTERNS)
+
+
+@contextlib.contextmanager
+def claim(out: Path, lock: contextlib.AbstractContextManager) -> Iterator[None]:
+    """Hold ``lock`` on the output folder ``out`` for a run; if the run fails before writing any work, leave the
+    folder as it was found: run.json and state.json go again, and a folder the run created is removed. Once work
+    exists (a search state, a checkpoint, ...), they stay, so that ``--resume`` continues the run."""
+    fresh = not (out / RUN_NAME).exists()
+    created = not out.exists() and isinstance(lock, RunLock)  # only the lock's owner removes the folder
+    try:
+        with lock:
+            try:
+                yield
+            except BaseException:
+                if fresh and not _has_work(out):
+                    for name in (RUN_NAME, "state.json"):
+                        (out / name).unlink(missing_ok=True)
+                raise
+    except BaseException:
+        if created and out.is_dir() and {p.name for p in out.iterdir()} <= {LOCK_NAME}:
+            with contextlib.suppress(OSError):  # the run's own error is the one to report
+                (out / LOCK_NAME).unlink(missing_ok=True)
+                out.rmdir()
+        raise
 
 
 def _lcp_outputs(out: Path) -> tuple[list[Path], list[Path]]:
