@@ -44,7 +44,7 @@ from lcp.engine.surgery import apply_plan
 from lcp.engine.types import floor_keep
 from lcp.errors import LcpError
 from lcp.io import atomic_write_text, read_json, upsert_csv_row
-from lcp.models.store import widths
+from lcp.models.store import removed_mask, widths
 from lcp.run.config import PruneConfig
 from lcp.run.load import load_model_and_data
 from lcp.training.evaluate import evaluate, recalibrate_bn, torch_threads
@@ -223,12 +223,9 @@ def stepwise_cut(original: nn.Module, cut: Path, bundle: Any, v: dict, seed: int
 def cut_units(original: nn.Module, cut: Path, x: torch.Tensor) -> tuple[Any, np.ndarray]:
     """The channel graph of ``original`` and the units the cut in ``cut`` removed (its channels.json)."""
     sig = read_json(cut / "run.json", what="run.json")["signature"]
-    keys = set(read_json(cut / "channels.json", what="channels.json")["removed_units"])
+    keys = read_json(cut / "channels.json", what="channels.json")["removed_units"]
     graph = lcp.build_graph(original, x, ignore=sig.get("ignore") or ())
-    removed = np.array([u.key in keys for u in graph.units])
-    if int(removed.sum()) != len(keys):
-        raise LcpError(f"the cut in {cut} does not fit {type(original).__name__}'s channel graph")
-    return graph, removed
+    return graph, removed_mask(graph, keys, f"the cut in {cut}")
 
 
 def run(cfg: dict, only: list[str] | None, nets: list[str], log=print) -> pd.DataFrame:
