@@ -8,6 +8,7 @@ with a ``@register_method`` class (see ``base``).
 
 from lcp.methods.base import (
     Context,
+    ForeignOptionError,
     Learned,
     Method,
     describe_methods,
@@ -28,6 +29,7 @@ from lcp.methods import structure  # noqa: E402,F401
 
 __all__ = [
     "Context",
+    "ForeignOptionError",
     "Learned",
     "Method",
     "describe_methods",

@@ -212,6 +212,17 @@ def method_names(listed_only: bool = True) -> list[str]:
     return [n for n, m in _REGISTRY.items() if m.listed or not listed_only]
 
 
+class ForeignOptionError(LcpError):
+    """An option of other methods (``users``) that the chosen method would ignore."""
+
+    def __init__(self, flag: str, users: list[str], method: str) -> None:
+        self.flag, self.users = flag, users
+        super().__init__(
+            f"{flag} is an option of method {', '.join(users)}; method {method} would ignore it: drop it or choose "
+            f"--method {users[0]}"
+        )
+
+
 def _refuse_foreign_options(method: Method, options: Any) -> None:
     """One line for an option of other methods (``Method.reads``) that ``method`` would ignore."""
     if not is_dataclass(options):
@@ -219,12 +230,8 @@ def _refuse_foreign_options(method: Method, options: Any) -> None:
     defaults = {f.name: f.default if f.default is not MISSING else f.default_factory() for f in fields(options)}
     for name in sorted({n for m in _REGISTRY.values() for n in m.reads} - method.reads):
         if name in defaults and getattr(options, name) != defaults[name]:
-            users = ", ".join(m.name for m in _REGISTRY.values() if name in m.reads)
-            flag = "--" + name.replace("_", "-")
-            raise LcpError(
-                f"{flag} is an option of method {users}; method {method.name} would ignore it: drop it or choose "
-                f"--method {users.split(', ')[0]}"
-            )
+            users = [m.name for m in _REGISTRY.values() if name in m.reads]
+            raise ForeignOptionError("--" + name.replace("_", "-"), users, method.name)
 
 
 def describe_methods() -> str:

@@ -20,8 +20,9 @@ from lcp.cut.alignment import resolve_round_to
 from lcp.cut.options import caps_from, check_budget
 from lcp.engine.depth import allow_depth
 from lcp.engine.graph import ChannelGraph, build_graph
+from lcp.errors import LcpError
 from lcp.io import atomic_path, atomic_write_json, read_json
-from lcp.methods import Context, Learned, Method, get_method
+from lcp.methods import Context, ForeignOptionError, Learned, Method, get_method
 from lcp.methods.structure import STRUCTURE_METHOD, open_structure
 from lcp.run.config import PruneConfig, require_device
 from lcp.run.folder import RunLock, claim, prepare_out_dir
@@ -119,7 +120,11 @@ def _context(
 
 def run_search(cfg: PruneConfig, log: Log = print) -> Any:
     """``lcp search``: learn the layer compensation only and write transforms.json (+ search.csv, plot)."""
-    method = _check(cfg)
+    try:
+        method = _check(cfg)
+    except ForeignOptionError as e:  # a recipe's option: lcp search has no --method to choose
+        users = ", ".join(e.users)
+        raise LcpError(f"{e.flag} is an option of method {users}; lcp search would ignore it: drop it") from None
     with _claim(cfg):
         out, state, save_state = _open_run(cfg)
         loaded = load_model_and_data(cfg, log)

@@ -129,6 +129,11 @@ def test_search_then_prune_with_its_transforms(tiny_folder: Path, resnet20_ckpt:
     res = lcp_cli("search", *common, "--recipe", recipe, "--out", tmp_path / "s3")
     assert_one_line_error(res, "lcp search learns the transforms")
     assert not (tmp_path / "s3").exists()
+    recipe.write_text("episodes: 5\n")  # an agent's option: lcp search has no --method to offer
+    res = lcp_cli("search", *common, "--recipe", recipe, "--out", tmp_path / "s3")
+    line = assert_one_line_error(res, "--episodes is an option of method", "lcp search would ignore it")
+    assert "--method" not in line
+    assert not (tmp_path / "s3").exists()
 
     res = lcp_cli(
         "prune",
