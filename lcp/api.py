@@ -20,10 +20,13 @@ from lcp.engine.depth import allow_depth
 from lcp.engine.graph import UntraceableModel, build_graph
 from lcp.errors import LcpError
 from lcp.methods import Context, Learned, get_method
+from lcp.models.timm_support import refresh_attributes
+from lcp.options import changed, field_names
 from lcp.report import REPORT_COLUMNS
-from lcp.run.config import PruneConfig
+from lcp.run.config import PruneConfig, require_device
 from lcp.run.recover import recover, report_row
 from lcp.training.data import DataBundle, load_data
+from lcp.training.options import RecoveryOptions
 from lcp.training.train import evaluate
 
 
@@ -82,6 +85,10 @@ def prune(
     methods only (``global``, ``uniform``, ``random``); recover it with your own training loop.
     """
     check_budget(budget, budget_type)
+    if isinstance(ignore, str):  # one glob, not its characters
+        ignore = (ignore,)
+    if max_removal is not None and not isinstance(max_removal, Mapping):
+        raise LcpError(f"max_removal must be a dict {{glob: fraction}}, e.g. {{'layer1.*': 0.3}}, not {max_removal!r}")
     opts = PruneConfig.from_mapping(
         dict(
             budget=budget,
@@ -106,16 +113,13 @@ def prune(
         ),
         "lcp.prune",
     )
-    if opts.structure_from:  # lcp prune's --structure-from; here it would be silently ignored
-        raise LcpError(
-            "structure_from is an option of lcp prune, not of lcp.prune: run lcp prune --structure-from DIR, "
-            "or load the pruned network with lcp.load(DIR)"
-        )
+    _refuse_unused(opts, data)
+    require_device(opts.device)
     chosen = get_method(method)
     chosen.check(opts, opts.all_budgets())
     if transforms is not None and chosen.order != "lcp":
         raise LcpError(f"transforms are the learned compensation of method='lcp'; method {method!r} would ignore them")
-    bundle = _bundle(data, model, example_inputs)
+    bundle = _bundle(data, model, example_inputs, opts)
     if example_inputs is None:
         if bundle is None and not isinstance(data, dict):
             raise LcpError("pass example_inputs (e.g. torch.zeros(1, 3, 32, 32)) or data")
@@ -128,6 +132,8 @@ def prune(
     graph.limit_removal(caps_from(opts.max_removal))
     allow_depth(graph, opts.depth)
     opts, _ = resolve_round_to(opts, graph)
+    if transforms is not None:
+        transforms = transforms.fitted(graph)
     ctx = Context(
         graph, opts, bundle, out=None, log=lambda msg: None, name=type(model).__name__, verify=check, batches=batches
     )
@@ -135,11 +141,35 @@ def prune(
     learned = Learned(transforms=transforms) if transforms is not None else chosen.learn(ctx)
     search_s = time.perf_counter() - t0 if transforms is None else 0.0
     result = chosen.cut(ctx, learned, budget)
+    refresh_attributes(result.model, model, graph.example_inputs)  # timm: num_features etc. of the pruned widths
     if data is not None:
         result.report = _recover_and_report(
             result, model, bundle if bundle is not None else data, opts, budget, search_s
         )
     return result
+
+
+# lcp prune's options of a run folder and of the model it builds by name: lcp.prune gets the model itself
+_CLI_ONLY = ("model", "checkpoint", "pretrained", "baseline_epochs", "out", "resume", "overwrite")
+
+
+def _refuse_unused(opts: PruneConfig, data: Any) -> None:
+    """One line for an option lcp.prune would silently ignore."""
+    if opts.structure_from:
+        raise LcpError(
+            "structure_from is an option of lcp prune, not of lcp.prune: run lcp prune --structure-from DIR, "
+            "or load the pruned network with lcp.load(DIR)"
+        )
+    if opts.budgets:
+        raise LcpError("lcp.prune cuts one budget: pass budget=, and call it once per budget (or lcp prune --budgets)")
+    cli_only = changed(opts, _CLI_ONLY)
+    if cli_only:
+        raise LcpError(f"{cli_only[0]} is an option of lcp prune; lcp.prune takes the model and writes no folder")
+    if data is None:
+        unused = changed(opts, ["holdout", "input_size", *field_names(RecoveryOptions)])
+        unused = [n for n in unused if n != "finetune_epochs"] + ["finetune_epochs"] * (opts.finetune_epochs > 0)
+        if unused:
+            raise LcpError(f"{unused[0]} acts on data: pass data= (a data set, an ImageFolder path or loaders)")
 
 
 def _prune_parts(
@@ -182,15 +212,21 @@ def _prune_parts(
     return prune_parts(model, example_inputs, cut, ignore=opts.ignore or (), untraced=str(untraced))
 
 
-def _bundle(data: Any, model: nn.Module, example_inputs: Any) -> DataBundle | None:
+def _bundle(data: Any, model: nn.Module, example_inputs: Any, opts: PruneConfig) -> DataBundle | None:
     """A DataBundle from a data set name/path, or the bundle itself (None for plain loaders)."""
     if data is None or isinstance(data, dict):
         return None
     if isinstance(data, (str, Path)):
-        size = tuple(example_inputs.shape[1:]) if isinstance(example_inputs, torch.Tensor) else (3, 32, 32)
+        first = example_inputs[0] if isinstance(example_inputs, (tuple, list)) and example_inputs else example_inputs
+        if opts.input_size:
+            size = tuple(opts.input_size)
+        elif isinstance(first, torch.Tensor) and first.dim() == 4:
+            size = tuple(first.shape[1:])
+        else:
+            size = (3, 32, 32)
         cfg = getattr(model, "pretrained_cfg", None) or {}
         kw = {k: tuple(cfg[k]) for k in ("mean", "std") if k in cfg}
-        return load_data(str(data), input_size=size, **kw)
+        return load_data(str(data), input_size=size, holdout=opts.holdout, seed=0, **kw)  # lcp prune's split
     return data
 
 

@@ -187,10 +187,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.dir:
         spec = read_json(Path(args.dir) / "channels.json", what="channels.json")
         name, size = spec["model"], tuple(spec["input_size"])
-        models = {
-            "original": create_model(name, num_classes=spec["num_classes"]).eval(),
-            "pruned": store.load(args.dir),
-        }
+        models = {"original": store.original(spec).eval(), "pruned": store.load(args.dir)}
         out = Path(args.out or Path(args.dir) / "bench.csv")
     else:
         name, size = args.model, model_info(args.model).input_size

@@ -230,6 +230,18 @@ def load_tensors(path: PathLike) -> dict[str, torch.Tensor]:
         raise _open_error(p, exc) from exc
 
 
+def with_metadata_of(model: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` carrying ``model``'s own state-dict metadata (module versions), which safetensors files do not
+    keep: some modules refuse a state without it (torchvision's MNASNet)."""
+    from collections import OrderedDict
+
+    out = OrderedDict(state)
+    meta = getattr(model.state_dict(), "_metadata", None)
+    if meta is not None:
+        out._metadata = meta  # type: ignore[attr-defined]
+    return out
+
+
 def load_tensor_metadata(path: PathLike) -> dict[str, str]:
     """Read the string metadata stored by :func:`save_tensors` (empty if none)."""
     from safetensors import SafetensorError, safe_open

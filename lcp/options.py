@@ -203,6 +203,20 @@ def signature(cfg: Any, skip: Iterable[str] = ()) -> dict[str, Any]:
     return {f.name: getattr(cfg, f.name) for f in fields(type(cfg)) if f.metadata["signature"] and f.name not in skip}
 
 
+def changed(options: Any, names: Iterable[str]) -> list[str]:
+    """Those of ``names`` (fields of the dataclass instance ``options``) set away from their defaults."""
+    own = {f.name: f for f in dataclasses.fields(options)}
+    out = []
+    for name in names:
+        f = own.get(name)
+        if f is None:
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        if getattr(options, name) != default:
+            out.append(name)
+    return out
+
+
 def field_names(*classes: type) -> list[str]:
     return [f.name for cls in classes for f in fields(cls)]
 

@@ -86,3 +86,64 @@ def test_prune_without_inputs_or_data_is_refused(resnet20_ckpt: Path) -> None:
     tf = Transforms.identity(lcp.build_graph(_model(resnet20_ckpt), torch.zeros(1, 3, 32, 32)))
     with pytest.raises(lcp.LcpError, match="method 'global' would ignore them"):
         lcp.prune(_model(resnet20_ckpt), torch.zeros(1, 3, 32, 32), transforms=tf)
+
+
+def test_options_lcp_prune_would_ignore_are_refused(resnet20_ckpt: Path) -> None:
+    x = torch.zeros(1, 3, 32, 32)
+    for options, phrase in [
+        ({"budgets": [0.7, 0.3]}, "lcp.prune cuts one budget"),  # it returned one 0.5 cut
+        ({"finetune_epochs": 3}, "finetune_epochs acts on data: pass data="),  # no data: nothing was fine-tuned
+        ({"reconstruct_images": 64}, "reconstruct_images acts on data"),
+        ({"out": "runs/x"}, "out is an option of lcp prune"),  # no folder was written
+        ({"max_removal": ["layer1*=0.2"]}, "max_removal must be a dict"),  # an AttributeError before
+    ]:
+        with pytest.raises(lcp.LcpError, match=phrase):
+            lcp.prune(_model(resnet20_ckpt), x, **options)
+    if not torch.cuda.is_available():  # the whole cut ran before torch said there is no driver
+        with pytest.raises(lcp.LcpError, match="no CUDA device"):
+            lcp.prune(_model(resnet20_ckpt), x, device="cuda")
+    # one glob as a string is that glob, not its characters
+    kept = lcp.prune(_model(resnet20_ckpt), x, ignore="layer1.*", round_to=1).model
+    assert all(kept.get_submodule(f"layer1.{i}.conv1").out_channels == 16 for i in range(3))
+
+
+def test_transforms_are_matched_to_the_model_by_group_name(resnet20_ckpt: Path) -> None:
+    x = torch.zeros(1, 3, 32, 32)
+    other = lcp.prune(lcp.create_model("resnet56", num_classes=3), x, method="uniform").transforms
+    with pytest.raises(lcp.LcpError, match="does not fit this model"):  # applied by position before
+        lcp.prune(_model(resnet20_ckpt), x, method="lcp", transforms=other)
+    own = Transforms.identity(lcp.build_graph(_model(resnet20_ckpt), x))
+    own.alpha = np.linspace(0.5, 2.0, len(own.alpha))
+    shuffled = Transforms(own.alpha[::-1].copy(), own.kappa[::-1].copy(), own.groups[::-1])  # same pairs, reordered
+    a = lcp.prune(_model(resnet20_ckpt), x, method="lcp", transforms=own, round_to=1)
+    b = lcp.prune(_model(resnet20_ckpt), x, method="lcp", transforms=shuffled, round_to=1)
+    assert (a.plan.removed == b.plan.removed).all()
+
+
+def test_a_data_path_is_loaded_with_the_given_holdout_and_input_size(
+    tiny_folder: Path, resnet20_ckpt: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import lcp.api
+
+    seen: dict = {}
+
+    def spy(spec, **kw):
+        seen.update(kw)
+        return load_data(spec, **kw)
+
+    monkeypatch.setattr(lcp.api, "load_data", spy)
+    res = lcp.prune(_model(resnet20_ckpt), (torch.zeros(1, 3, 32, 32),), data=str(tiny_folder), holdout=9)
+    assert seen["holdout"] == 9 and tuple(seen["input_size"]) == (3, 32, 32)  # holdout was dropped (5000)
+    assert res.report is not None
+    lcp.prune(
+        lcp.create_model("resnet20", num_classes=3), (torch.zeros(1, 3, 40, 40),), data=str(tiny_folder), holdout=9
+    )
+    assert tuple(seen["input_size"]) == (3, 40, 40)  # a tuple of inputs fell back to 32 px
+
+
+def test_a_pruned_timm_model_describes_its_pruned_widths() -> None:
+    x = torch.randn(1, 3, 64, 64)
+    pruned = lcp.prune(lcp.create_model("efficientnet_b0", num_classes=10), x).model.eval()
+    assert pruned.num_features == pruned.conv_head.out_channels < 1280  # the original's 1280 before
+    pruned.reset_classifier(5)
+    assert pruned(x).shape == (1, 5)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -41,6 +41,7 @@ from lcp.cut.ranking import Transforms
 from lcp.engine.cost import CostModel
 from lcp.engine.graph import ChannelGraph
 from lcp.errors import LcpError
+from lcp.options import changed
 from lcp.training.data import DataBundle
 
 Log = Callable[[str], None]
@@ -227,11 +228,9 @@ def _refuse_foreign_options(method: Method, options: Any) -> None:
     """One line for an option of other methods (``Method.reads``) that ``method`` would ignore."""
     if not is_dataclass(options):
         return
-    defaults = {f.name: f.default if f.default is not MISSING else f.default_factory() for f in fields(options)}
-    for name in sorted({n for m in _REGISTRY.values() for n in m.reads} - method.reads):
-        if name in defaults and getattr(options, name) != defaults[name]:
-            users = [m.name for m in _REGISTRY.values() if name in m.reads]
-            raise ForeignOptionError("--" + name.replace("_", "-"), users, method.name)
+    for name in changed(options, sorted({n for m in _REGISTRY.values() for n in m.reads} - method.reads)):
+        users = [m.name for m in _REGISTRY.values() if name in m.reads]
+        raise ForeignOptionError("--" + name.replace("_", "-"), users, method.name)
 
 
 def describe_methods() -> str:

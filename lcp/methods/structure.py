@@ -170,7 +170,11 @@ def open_structure(cfg: Any, given: Iterable[str] = ()) -> Structure:
         )
         raise LcpError(f"--structure-from {path} holds no pruned structure (channels.json missing){hint}")
     spec = read_json(path / "channels.json", what="channels.json")
-    ok = isinstance(spec, dict) and isinstance(spec.get("model"), str) and isinstance(spec.get("num_classes"), int)
+    ok = (
+        isinstance(spec, dict)
+        and isinstance(spec.get("model"), str)
+        and isinstance(spec.get("num_classes", 0), (int, type(None)))
+    )
     units, conns = (spec.get("removed_units"), spec.get("removed_connections")) if ok else (None, None)
     if (
         not ok

@@ -104,22 +104,28 @@ def create_model(
     source, canonical = resolve_name(name)
     pretrained = pretrained and checkpoint is None
     if num_classes is not None:
+        if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 0:
+            raise LcpError(f"num_classes must be a whole number (0: no classifier), not {num_classes!r}")
         kwargs["num_classes"] = num_classes
-    if source == "zoo":
-        model = ZOO[canonical](**kwargs)
-        if pretrained:
-            checkpoint = str(_zoo_pretrained(canonical))
-    elif source == "torchvision":
-        model = _create_torchvision(canonical, pretrained, **kwargs)
-    else:
-        import timm
+    try:
+        if source == "zoo":
+            model = ZOO[canonical](**kwargs)
+            if pretrained:
+                checkpoint = str(_zoo_pretrained(canonical))
+        elif source == "torchvision":
+            model = _create_torchvision(canonical, pretrained, **kwargs)
+        else:
+            import timm
 
-        what = f"pretrained weights for {canonical}" if pretrained else f"the config of {canonical}"
-        hint = "pass --checkpoint FILE" if pretrained else _HF_HINT
-        model = _fetch(what, lambda: timm.create_model(canonical, pretrained=pretrained, **kwargs), hint)
+            what = f"pretrained weights for {canonical}" if pretrained else f"the config of {canonical}"
+            hint = "pass --checkpoint FILE" if pretrained else _HF_HINT
+            model = _fetch(what, lambda: timm.create_model(canonical, pretrained=pretrained, **kwargs), hint)
+    except TypeError as e:  # an argument the model's constructor does not take, or of the wrong type
+        raise LcpError(f"cannot create {canonical} with {', '.join(kwargs) or 'no arguments'}: {e}") from None
     if checkpoint is not None:
         load_checkpoint(model, checkpoint, name=canonical)
     model.lcp_name = name if source == "timm" and name.startswith("hf-hub:") else canonical  # for lcp.save
+    model.lcp_kwargs = dict(kwargs)  # lcp.save records them, so lcp.load rebuilds the same network
     return model
 
 

@@ -7,7 +7,9 @@ removes the same units (the same surgery that pruned it) and loads the weights s
 
 from __future__ import annotations
 
+import json
 import platform
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,7 @@ from lcp.engine.depth import depth_units
 from lcp.engine.graph import ChannelGraph, build_graph
 from lcp.engine.surgery import apply_plan
 from lcp.errors import LcpError
-from lcp.io import atomic_write_json, load_tensors, read_json, save_tensors
+from lcp.io import atomic_write_json, load_tensors, os_reason, read_json, save_tensors, with_metadata_of
 from lcp.models.factory import create_model
 from lcp.models.timm_support import refresh_attributes, write_timm_config
 from lcp.report import write_report
@@ -48,7 +50,7 @@ def channels_spec(
     pruned: nn.Module,
     *,
     model_name: str,
-    num_classes: int,
+    num_classes: int | None,
     input_size: tuple[int, ...],
     extra: dict[str, Any] | None = None,
 ) -> dict:
@@ -56,7 +58,7 @@ def channels_spec(
     spec = {
         "format": CHANNELS_FORMAT,
         "model": model_name,
-        "num_classes": int(num_classes),
+        "num_classes": None if num_classes is None else int(num_classes),
         "input_size": [int(s) for s in input_size],
         "removed_units": [graph.units[u].key for u in np.nonzero(removed)[0].tolist()],
         "graph_module": isinstance(pruned, torch.fx.GraphModule),
@@ -73,10 +75,43 @@ def channels_spec(
     return spec
 
 
+def output_check(model: nn.Module, input_size: Sequence[int]) -> list[float]:
+    """Sum and absolute sum (float64) of ``model``'s eval-mode outputs on a fixed random input: ``load`` compares
+    them, so a model rebuilt differently (another definition, other constructor arguments) is refused."""
+    p = next(model.parameters(), None)
+    x = torch.randn(1, *input_size, generator=torch.Generator().manual_seed(0))
+    x = x.to(p.device, p.dtype) if p is not None and p.is_floating_point() else x
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(x)
+    finally:
+        for m, flag in flags:
+            m.training = flag
+    tensors = [out] if isinstance(out, torch.Tensor) else [t for t in _leaves(out) if isinstance(t, torch.Tensor)]
+    total = sum(float(t.double().sum()) for t in tensors)
+    return [total, sum(float(t.double().abs().sum()) for t in tensors)]
+
+
+def _leaves(out: Any) -> list[Any]:
+    if isinstance(out, dict):
+        return [v for x in out.values() for v in _leaves(x)]
+    if isinstance(out, (list, tuple)):
+        return [v for x in out for v in _leaves(x)]
+    return [out]
+
+
 def write(out_dir: str | Path, model: nn.Module, spec: dict) -> None:
     """Write ``model.safetensors`` and ``channels.json`` into ``out_dir`` (atomically, no pickle)."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise LcpError(f"{out} is a file, not a folder: save the model elsewhere")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise LcpError(f"cannot create {out}: {os_reason(e)}") from None
+    spec = {**spec, "output_check": output_check(model, spec["input_size"])}
     save_tensors(model.state_dict(), out / "model.safetensors", metadata={"format": "lcp", "model": spec["model"]})
     atomic_write_json(out / "channels.json", spec)
     write_timm_config(out, spec)  # timm models: config.json for timm.create_model("local-dir:DIR")
@@ -99,7 +134,17 @@ def save(result: Any, out_dir: str | Path, *, model_name: str | None = None, ove
     name = model_name or getattr(graph.model, "lcp_name", None)
     if name is None:
         raise LcpError("lcp.save needs model_name= (the lcp.create_model name of the original model)")
-    num_classes = output_classes(result.model, graph.example_inputs)
+    kwargs = dict(getattr(graph.model, "lcp_kwargs", {}) if model_name is None else {})
+    try:
+        json.dumps(kwargs)
+    except (TypeError, ValueError):
+        raise LcpError(
+            f"lcp.save records the arguments {name} was created with as JSON, and {sorted(kwargs)} are not all "
+            "JSON values: create the model with names or numbers (e.g. act_layer='gelu')"
+        ) from None
+    num_classes = kwargs.pop("num_classes", None)
+    if num_classes is None:
+        num_classes = output_classes(result.model, graph.example_inputs)
     spec = channels_spec(
         graph,
         result.plan.removed,
@@ -108,6 +153,7 @@ def save(result: Any, out_dir: str | Path, *, model_name: str | None = None, ove
         num_classes=num_classes,
         input_size=tuple(graph.example_inputs[0].shape[1:]),
         extra={
+            **({"model_kwargs": kwargs} if kwargs else {}),
             "budget": result.plan.budget,
             "budget_type": result.plan.budget_type,
             "method": result.plan.method,
@@ -128,13 +174,17 @@ def save(result: Any, out_dir: str | Path, *, model_name: str | None = None, ove
     return out
 
 
-def output_classes(model: nn.Module, example_inputs: tuple) -> int:
-    was = model.training
+def output_classes(model: nn.Module, example_inputs: tuple) -> int | None:
+    """The width of a classifier's (N, classes) output; None for other outputs (the model's default is kept)."""
+    flags = [(m, m.training) for m in model.modules()]
     model.eval()
-    with torch.no_grad():
-        out = model(*[torch.zeros_like(x) for x in example_inputs])
-    model.train(was)
-    return int(out.shape[-1])
+    try:
+        with torch.no_grad():
+            out = model(*[torch.zeros_like(x) for x in example_inputs])
+    finally:
+        for m, flag in flags:
+            m.training = flag
+    return int(out.shape[-1]) if isinstance(out, torch.Tensor) and out.dim() == 2 else None
 
 
 MAX_SIDE = 8192  # an input side larger than this in channels.json is damage, not a model
@@ -154,7 +204,16 @@ def check_spec(spec: Any) -> None:
     size, keys, conns = spec["input_size"], spec["removed_units"], spec.get("removed_connections")
     problems = {
         "model must be a model name": not isinstance(spec["model"], str) or not spec["model"],
-        "num_classes must be a whole number of at least 1": not _whole(spec["num_classes"]),
+        "num_classes must be a whole number or null": spec["num_classes"] is not None
+        and not _whole(spec["num_classes"], 0),
+        "model_kwargs must be an object of create_model arguments": not isinstance(spec.get("model_kwargs", {}), dict)
+        or "num_classes" in spec.get("model_kwargs", {}),
+        "output_check must be two numbers": "output_check" in spec
+        and not (
+            isinstance(spec["output_check"], list)
+            and len(spec["output_check"]) == 2
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in spec["output_check"])
+        ),
         f"input_size must be three whole numbers C H W (1 to {MAX_SIDE})": not (
             isinstance(size, list) and len(size) == 3 and all(_whole(v, 1, MAX_SIDE) for v in size)
         ),
@@ -191,12 +250,17 @@ def check_weights(state: dict[str, torch.Tensor], model: nn.Module, where: str) 
             raise LcpError(f"{where} holds NaN or infinite values in {key}: the weights are damaged")
 
 
+def original(spec: dict) -> nn.Module:
+    """A fresh unpruned model as ``spec`` (channels.json) records it: name, classes, create_model arguments."""
+    return create_model(spec["model"], num_classes=spec["num_classes"], **spec.get("model_kwargs", {}))
+
+
 def rebuild(spec: dict, base_model: nn.Module | None = None) -> nn.Module:
     """The pruned architecture described by ``spec`` (weights of ``base_model``, or a fresh model)."""
     check_spec(spec)
-    name, num_classes, keys = spec["model"], spec["num_classes"], spec["removed_units"]
+    name, keys = spec["model"], spec["removed_units"]
     input_size = tuple(spec["input_size"])
-    model = base_model if base_model is not None else create_model(name, num_classes=num_classes)
+    model = base_model if base_model is not None else original(spec)
     graph = build_graph(model, torch.zeros(1, *input_size))
     if spec.get("removed_connections"):  # connection-pruned DenseNet (methods ads, lwp)
         cg = ConnectionGraph(graph)
@@ -239,14 +303,25 @@ def load(out_dir: str | Path) -> nn.Module:
         raise LcpError(f"{out} holds no pruned model (channels.json missing); pass the --out folder of a prune run")
     spec = read_json(out / "channels.json", what="channels.json")
     model = rebuild(spec)
-    state = load_tensors(out / "model.safetensors")
-    check_weights(state, model, f"model.safetensors in {out}")
+    load_weights(model, load_tensors(out / "model.safetensors"), f"model.safetensors in {out}")
+    if "output_check" in spec:  # folders written before 2026-12-06 have none
+        saved, now = spec["output_check"], output_check(model, spec["input_size"])
+        scale = max(abs(saved[1]), 1e-6)
+        if any(abs(a - b) > 1e-3 * scale for a, b in zip(saved, now)):
+            raise LcpError(
+                f"the rebuilt {spec['model']} does not compute what was saved in {out} (its outputs differ): the "
+                "model's definition or its create_model arguments changed since it was saved"
+            )
+    return model.eval()
+
+
+def load_weights(model: nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
+    """Load ``state`` (read from ``where``) into ``model`` strictly, after ``check_weights``; one line if not."""
+    check_weights(state, model, where)
     try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
+        model.load_state_dict(with_metadata_of(model, state), strict=True)
+    except (RuntimeError, ValueError) as e:  # ValueError: a module's own check of the state (MNASNet's version)
         first = str(e).strip().splitlines()
         raise LcpError(
-            f"model.safetensors in {out} does not fit the rebuilt model: "
-            f"{first[1].strip() if len(first) > 1 else first[0]}"
+            f"{where} does not fit the rebuilt model: {first[1].strip() if len(first) > 1 else first[0]}"
         ) from None
-    return model.eval()

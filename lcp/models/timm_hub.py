@@ -139,19 +139,10 @@ def create_pruned(
     size = tuple(spec.get("input_size", (3, 224, 224)))
     if in_chans not in (None, size[0]):
         raise LcpError(f"{folder} holds a model with {size[0]} input channels, not {in_chans}")
-    base = create_model(name, num_classes=spec.get("num_classes"), **kwargs)
+    base = create_model(name, num_classes=spec.get("num_classes"), **{**spec.get("model_kwargs", {}), **kwargs})
     model = store.rebuild(spec, base_model=base)
     if pruned_weights:
-        state = load_tensors(folder / "model.safetensors")
-        store.check_weights(state, model, f"model.safetensors in {folder}")
-        try:
-            model.load_state_dict(state, strict=True)
-        except RuntimeError as e:
-            first = str(e).strip().splitlines()
-            raise LcpError(
-                f"model.safetensors in {folder} does not fit the rebuilt model: "
-                f"{first[1].strip() if len(first) > 1 else first[0]}"
-            ) from None
+        store.load_weights(model, load_tensors(folder / "model.safetensors"), f"model.safetensors in {folder}")
     cfg = clean_cfg(getattr(base, "pretrained_cfg", None), **(pretrained_cfg_overlay or {}))
     model.pretrained_cfg = model.default_cfg = cfg
     model.lcp_dir = str(folder)

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from lcp.errors import LcpError
+from lcp.io import with_metadata_of
 from lcp.training.images import atomic_write
 
 _FORMAT = "lcp-train-checkpoint/1"
@@ -84,7 +85,7 @@ def load_checkpoint(
         raise LcpError(f"{path} is not an lcp training checkpoint: delete it or start without --resume")
     state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
     try:
-        model.load_state_dict(state)
+        model.load_state_dict(with_metadata_of(model, state))
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()
         why = first[1].strip() if len(first) > 1 else first[0]

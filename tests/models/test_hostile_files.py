@@ -54,8 +54,11 @@ def test_hostile_channels_json_text(saved: Path, text: str, phrase: str) -> None
 @pytest.mark.parametrize(
     "changes, phrase",
     [
-        ({"num_classes": -1}, "num_classes must be a whole number of at least 1"),
-        ({"num_classes": True}, "num_classes must be a whole number of at least 1"),
+        ({"num_classes": -1}, "num_classes must be a whole number or null"),
+        ({"num_classes": True}, "num_classes must be a whole number or null"),
+        ({"model_kwargs": ["gelu"]}, "model_kwargs must be an object of create_model arguments"),
+        ({"model_kwargs": {"num_classes": 3}}, "model_kwargs must be an object of create_model arguments"),
+        ({"output_check": [1.0]}, "output_check must be two numbers"),
         ({"input_size": [3, -32, 32]}, "input_size must be three whole numbers"),
         ({"input_size": [3, 10**9, 10**9]}, "input_size must be three whole numbers"),
         ({"removed_units": "all"}, "removed_units must be a list of unit names"),
