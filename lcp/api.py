@@ -7,6 +7,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import nn
@@ -119,6 +120,8 @@ def prune(
     chosen.check(opts, opts.all_budgets())
     if transforms is not None and chosen.order != "lcp":
         raise LcpError(f"transforms are the learned compensation of method='lcp'; method {method!r} would ignore them")
+    if isinstance(example_inputs, (tuple, list)) and any(isinstance(v, int) for v in example_inputs):
+        raise LcpError(f"example_inputs are tensors (e.g. torch.zeros(1, 3, 32, 32)), not a shape {example_inputs}")
     bundle = _bundle(data, model, example_inputs, opts)
     if example_inputs is None:
         if bundle is None and not isinstance(data, dict):
@@ -133,7 +136,7 @@ def prune(
     allow_depth(graph, opts.depth)
     opts, _ = resolve_round_to(opts, graph)
     if transforms is not None:
-        transforms = transforms.fitted(graph)
+        transforms = _fitted(transforms, graph)
     ctx = Context(
         graph, opts, bundle, out=None, log=lambda msg: None, name=type(model).__name__, verify=check, batches=batches
     )
@@ -147,6 +150,14 @@ def prune(
             result, model, bundle if bundle is not None else data, opts, budget, search_s
         )
     return result
+
+
+def _fitted(transforms: Transforms, graph: Any) -> Transforms:
+    """In ``graph``'s group order, matched by name (unnamed ones: by position, if as many as the groups)."""
+    t = transforms
+    if not t.groups and len(t.alpha) == len(t.kappa) == len(graph.groups):
+        return Transforms(np.asarray(t.alpha), np.asarray(t.kappa), [g.name for g in graph.groups])
+    return Transforms.from_json(t.to_json(), graph)
 
 
 # lcp prune's options of a run folder and of the model it builds by name: lcp.prune gets the model itself

@@ -8,6 +8,7 @@ types, choices, defaults and help are not re-typed here.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -59,6 +60,27 @@ def _budget(text: str) -> float:
     except ValueError as e:
         reason = str(e) if "must be" in str(e) else f"must be a number in (0, 1], got '{text}'"
         raise argparse.ArgumentTypeError(f"budget {reason}") from None
+    return value
+
+
+def _count(text: str) -> int:
+    """A whole number of at least 1 (batch sizes, repeats, threads)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got '{text}'")
+    return value
+
+
+def _tolerance(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number of at least 0, got '{text}'")
     return value
 
 
@@ -161,6 +183,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Export a pruned folder and report how closely the reloaded file matches the model."""
+    if args.out and Path(args.out).is_dir():  # checked before the export's work
+        raise LcpError(f"--out {args.out} is a folder; name the file to write")
     res = export(args.dir, args.out, format=args.format, atol=args.atol)
     print(
         f"exported {args.dir} to {res.path} ({res.format}); reloaded and compared on random inputs: max abs "
@@ -184,8 +208,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     require_device(args.device)
     if (args.dir is None) == (args.model is None):
         raise LcpError("pass a pruned folder (lcp bench DIR) or --model NAME")
+    if args.out and Path(args.out).is_dir():  # checked before the timings
+        raise LcpError(f"--out {args.out} is a folder; name the CSV file to write")
     if args.dir:
-        spec = read_json(Path(args.dir) / "channels.json", what="channels.json")
+        spec = store.read_spec(Path(args.dir))
         name, size = spec["model"], tuple(spec["input_size"])
         models = {"original": store.original(spec).eval(), "pruned": store.load(args.dir)}
         out = Path(args.out or Path(args.dir) / "bench.csv")
@@ -268,10 +294,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     b = sub.add_parser("bench", help="latency, throughput and memory of a pruned folder against its original")
     b.add_argument("dir", nargs="?", help="output folder of lcp prune")
     b.add_argument("--model", help="bench one model by name instead")
-    b.add_argument("--batch", type=int, nargs="+", default=[1, 64], help="batch sizes (default 1 64)")
+    b.add_argument("--batch", type=_count, nargs="+", default=[1, 64], help="batch sizes (default 1 64)")
     b.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (default cpu)")
-    b.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    b.add_argument("--repeats", type=int, default=20, help="timed runs per measurement (median reported)")
+    b.add_argument("--threads", type=_count, default=None, help="torch CPU threads")
+    b.add_argument("--repeats", type=_count, default=20, help="timed runs per measurement (median reported)")
     b.add_argument("--no-compile", action="store_true", help="skip torch.compile")
     b.add_argument("--no-onnx", action="store_true", help="skip ONNX Runtime (timed when onnxruntime is installed)")
     b.add_argument("--out", help="CSV path (default DIR/bench.csv)")
@@ -280,7 +306,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     x.add_argument("dir", help="output folder of lcp prune (or lcp.save)")
     x.add_argument("--format", choices=list(FORMATS), default="onnx", help="default onnx")
     x.add_argument("--out", help="file to write (default DIR/model.onnx, .ts.pt or .pt2)")
-    x.add_argument("--atol", type=float, default=1e-4, help="largest accepted difference to the model (default 1e-4)")
+    x.add_argument(
+        "--atol", type=_tolerance, default=1e-4, help="largest accepted difference to the model (default 1e-4)"
+    )
     x.set_defaults(func=cmd_export)
     m = sub.add_parser("methods", help="list the pruning methods (--method choices), from the method registry")
     m.add_argument("--markdown", action="store_true", help="print docs/methods.md (a generated page)")

@@ -68,6 +68,8 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     """
     target = Path(path)
     folder = target.parent
+    if target.is_dir():
+        raise LcpError(f"cannot write {target}: it is a folder; name a file")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         while True:

@@ -102,6 +102,10 @@ def test_options_lcp_prune_would_ignore_are_refused(resnet20_ckpt: Path) -> None
     if not torch.cuda.is_available():  # the whole cut ran before torch said there is no driver
         with pytest.raises(lcp.LcpError, match="no CUDA device"):
             lcp.prune(_model(resnet20_ckpt), x, device="cuda")
+    with pytest.raises(lcp.LcpError, match="not a shape"):  # an AttributeError before
+        lcp.prune(_model(resnet20_ckpt), (1, 3, 32, 32))
+    with pytest.raises(lcp.LcpError, match="not a CifarResNet"):
+        lcp.save(_model(resnet20_ckpt), "unused")
     # one glob as a string is that glob, not its characters
     kept = lcp.prune(_model(resnet20_ckpt), x, ignore="layer1.*", round_to=1).model
     assert all(kept.get_submodule(f"layer1.{i}.conv1").out_channels == 16 for i in range(3))

@@ -248,6 +248,8 @@ def test_prepare_overwrite_replaces_lcp_outputs_only(tmp_path: Path) -> None:
     (tmp_path / "report.csv").write_text("old")
     (tmp_path / "notes.md").write_text("mine")
     (tmp_path / ".layers.csv.0a1b2c3d.lcp-tmp.csv").write_text("left by a killed run")
+    for export in ("model.onnx", "model.ts.pt", "model.pt2"):  # lcp export's files of the old model
+        (tmp_path / export).write_text("old")
     other = dict(SIG, budget=0.3)
     prepare_out_dir(tmp_path, other, resume=False, overwrite=True)
     assert json.loads((tmp_path / "run.json").read_text())["signature"] == other

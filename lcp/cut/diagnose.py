@@ -29,6 +29,7 @@ from lcp.cut.parts import prune_parts
 from lcp.cut.pruner import prune_graph
 from lcp.engine.depth import depth_units
 from lcp.engine.graph import ChannelGraph, UntraceableModel, build_graph
+from lcp.engine.modes import modes_kept
 from lcp.errors import LcpError, UnreachableBudget
 
 _LCP_DIR = str(Path(__file__).resolve().parent)
@@ -235,9 +236,15 @@ def check(
 def _check_parts(
     model: nn.Module, example_inputs: tuple, budget: float, ignore: Sequence[str], rep: CheckReport, why: Exception
 ) -> None:
-    """A model that does not trace whole: prune its traceable parts (``lcp.cut.parts``) and run the result."""
+    """A model that does not trace whole: prune its traceable parts (``lcp.cut.parts``) and run the result;
+    ``ignore`` is not strict, as for a model that traces whole."""
     res = prune_parts(
-        model, example_inputs, lambda g, name: prune_graph(g, budget=budget), ignore=ignore, untraced=str(why)
+        model,
+        example_inputs,
+        lambda g, n: prune_graph(g, budget=budget),
+        ignore=ignore,
+        untraced=str(why),
+        strict=False,
     )
     with torch.no_grad():
         res.model.eval()(*example_inputs)
@@ -275,12 +282,8 @@ def _first_tensor(out: Any) -> torch.Tensor:
 
 def train_step(pruned: nn.Module, original: nn.Module, example_inputs: tuple) -> None:
     """Forward and backward of a copy of ``pruned`` in train mode on a batch of 2; output shape as the original's."""
-    was = original.training
-    try:
-        with torch.no_grad():
-            ref = _first_tensor(original.eval()(*example_inputs))
-    finally:
-        original.train(was)
+    with modes_kept(original), torch.no_grad():
+        ref = _first_tensor(original.eval()(*example_inputs))
     net = copy.deepcopy(pruned).train()
     gen = torch.Generator().manual_seed(0)
     xs = [

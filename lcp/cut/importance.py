@@ -20,6 +20,7 @@ from torch import nn
 
 from lcp.engine.graph import ChannelGraph
 from lcp.engine.layers import LAYERS
+from lcp.engine.modes import modes_kept
 from lcp.engine.types import LayerKind, Record
 from lcp.errors import LcpError
 
@@ -128,7 +129,10 @@ class BnScale(Importance):
 
 @register_importance
 class Taylor(Importance):
-    """First-order Taylor: (sum over a filter's weights of w * dL/dw)^2, accumulated over training batches."""
+    """First-order Taylor: (sum over a filter's weights of w * dL/dw)^2, accumulated over training batches.
+
+    Frozen weights (``requires_grad=False``) are scored like the others: during the pass only the filter weights
+    take gradients; every parameter's ``requires_grad`` and ``.grad`` and every module's mode are restored."""
 
     name = "taylor"
     needs_data = True
@@ -141,20 +145,25 @@ class Taylor(Importance):
         producers = self.producers(graph)
         weights = {ri: modules[r.name].weight for ri, r in producers.items()}
         acc = {ri: np.zeros(len(r.out_ids)) for ri, r in producers.items()}
-        was_training = model.training
-        model.eval()
+        scored = {id(w) for w in weights.values()}
+        saved = [(p, p.requires_grad, p.grad) for p in model.parameters()]
         try:
-            for x, y in batches:
-                model.zero_grad(set_to_none=True)
-                loss = nn.functional.cross_entropy(model(x), y)
-                loss.backward()
-                for ri, w in weights.items():
-                    if w.grad is not None:
-                        wg = LAYERS[producers[ri].kind].filters(modules[producers[ri].name], w.detach() * w.grad)
-                        acc[ri] += wg.flatten(1).sum(1).double().pow(2).cpu().numpy()
-            model.zero_grad(set_to_none=True)
+            with modes_kept(model), torch.enable_grad():
+                model.eval()
+                for p, _, _ in saved:
+                    p.requires_grad_(id(p) in scored)
+                for x, y in batches:
+                    for p, _, _ in saved:
+                        p.grad = None
+                    nn.functional.cross_entropy(model(x), y).backward()
+                    for ri, w in weights.items():
+                        if w.grad is not None:
+                            wg = LAYERS[producers[ri].kind].filters(modules[producers[ri].name], w.detach() * w.grad)
+                            acc[ri] += wg.flatten(1).sum(1).double().pow(2).cpu().numpy()
         finally:
-            model.train(was_training)
+            for p, requires_grad, grad in saved:
+                p.requires_grad_(requires_grad)
+                p.grad = grad
         return acc
 
 

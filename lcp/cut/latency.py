@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lcp.engine.modes import modes_kept
 from lcp.errors import LcpError
 
 
@@ -36,14 +37,17 @@ def threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(old)
 
 
-def _on(model: nn.Module, dev: torch.device) -> nn.Module:
-    """``model`` in eval mode on ``dev``; a copy when it lives elsewhere (the caller's model is not moved)."""
+@contextmanager
+def _on(model: nn.Module, dev: torch.device) -> Iterator[nn.Module]:
+    """``model`` in eval mode on ``dev`` for the block; a copy when it lives elsewhere (the caller's model is not
+    moved), and every submodule's train/eval flag as it was afterwards."""
     p = next(model.parameters(), None)
     if p is not None and p.device != dev:
         import copy
 
         model = copy.deepcopy(model).to(dev)
-    return model.eval()
+    with modes_kept(model):
+        yield model.eval()
 
 
 def measure(
@@ -60,11 +64,10 @@ def measure(
     if device == "cuda" and not torch.cuda.is_available():
         raise LcpError("--device cuda asked for, but no CUDA device is available")
     dev = torch.device(device)
-    model = _on(model, dev)
     x = torch.randn(batch, *input_size, device=dev)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     times = []
-    with threads(n_threads), torch.inference_mode():
+    with _on(model, dev) as model, threads(n_threads), torch.inference_mode():
         for i in range(warmup + repeats):
             sync()
             t0 = time.perf_counter()
@@ -142,9 +145,8 @@ def peak_memory_mb(model: nn.Module, input_size: tuple[int, ...], *, batch: int,
     """Memory of one forward pass in MiB: the CUDA allocator's peak on a GPU; on CPU, parameters plus every
     leaf module's output (an upper bound of the peak, since eager frees activations as it goes)."""
     dev = torch.device(device)
-    model = _on(model, dev)
     x = torch.randn(batch, *input_size, device=dev)
-    with torch.inference_mode():
+    with _on(model, dev) as model, torch.inference_mode():
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
             model(x)
@@ -185,7 +187,7 @@ def bench(
         wanted = {"compile": compile, "onnxruntime": onnx and _has_onnxruntime()}
         for runtime in [r for r, on in wanted.items() if on]:
             try:
-                runtimes[runtime] = in_runtime(model, runtime, input_size)
+                runtimes[runtime] = in_runtime(model, runtime, input_size, n_threads)
             except LcpError as e:  # no C++ toolchain, or the model does not compile / export: a row says why
                 rows.append({"model": name, "runtime": runtime, "error": str(e)})
         for runtime, m in runtimes.items():

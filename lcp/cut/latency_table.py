@@ -3,10 +3,13 @@ cached per device; it predicts the latency of any configuration for the latency 
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from lcp.cut import latency as timing
 from lcp.engine.graph import ChannelGraph
+from lcp.engine.modes import modes_kept
 from lcp.errors import LcpError
 from lcp.io import atomic_write_json, cache_dir, read_json
 
@@ -65,19 +68,31 @@ def input_shapes(graph: ChannelGraph, names: set[str]) -> dict[str, list[tuple[i
         if n in modules
     ]
     try:
-        with torch.inference_mode():
-            graph.model.eval()(*[x.float() if x.is_floating_point() else x for x in graph.example_inputs])
+        with modes_kept(graph.model), torch.inference_mode():
+            graph.model.eval()(*graph.example_inputs)
     finally:
         for h in handles:
             h.remove()
     return shapes
 
 
+def _table(entry: Any) -> LayerTable | None:
+    """A cached entry as a table; None when it is missing or damaged (it is measured again)."""
+    try:
+        t = LayerTable.from_json(entry)
+    except (KeyError, TypeError, ValueError):
+        return None
+    return t if len(t.ms) == len(t.in_grid) and all(len(r) == len(t.out_grid) for r in t.ms) else None
+
+
 def _device_key(device: str, batch: int, n_threads: int | None) -> str:
     import platform
 
-    if device == "cuda":
-        name = torch.cuda.get_device_name()
+    dev = torch.device(device)
+    if dev.type == "cuda":  # cuda and cuda:N: that card's name and index
+        name = f"{torch.cuda.get_device_name(dev)}-{dev.index or 0}"
+    elif dev.type != "cpu":
+        name = dev.type
     else:
         name = f"{platform.machine()}-{platform.processor() or 'cpu'}-t{n_threads or torch.get_num_threads()}"
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in f"{name}-b{batch}-torch{torch.__version__}")
@@ -158,7 +173,7 @@ class LatencyTable:
             from tqdm import tqdm
 
             for ri, r, m, dw, key in tqdm(todo, desc="latency table", disable=not progress, leave=False):
-                if key not in stored:
+                if _table(stored.get(key)) is None:  # not measured yet, or a damaged entry
                     in_grid = [0] if dw else _grid(len(r.in_ids))
                     out_grid = _grid(len(r.out_ids))
                     ms = [

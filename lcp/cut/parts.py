@@ -20,7 +20,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from fnmatch import fnmatch
+from fnmatch import fnmatchcase
 from typing import Any
 
 import torch
@@ -28,7 +28,8 @@ from torch import nn
 
 from lcp.cut.pruner import PruneResult
 from lcp.engine.cost import count_macs, count_params
-from lcp.engine.graph import ChannelGraph, UntraceableModel, build_graph
+from lcp.engine.graph import ChannelGraph, UntraceableModel, build_graph, no_match
+from lcp.engine.modes import modes_kept
 from lcp.errors import LcpError, UnreachableBudget
 
 
@@ -87,41 +88,52 @@ def _calls(model: nn.Module, example_inputs: tuple) -> dict[str, tuple]:
     return seen
 
 
-def traceable_parts(model: nn.Module, example_inputs: Sequence[Any], ignore: Sequence[str] = ()) -> list[Part]:
+def traceable_parts(
+    model: nn.Module, example_inputs: Sequence[Any], ignore: Sequence[str] = (), *, strict: bool = True
+) -> list[Part]:
     """The largest submodules of ``model`` that take tensors, trace and have prunable units (see module doc);
-    ``ignore``: module-name globs (relative to the whole model) whose output channels are kept."""
-    was_training = model.training
-    model.eval()
-    try:
+    ``ignore``: globs of full module names (``"backbone.body.5.*"``, ``"*body.5.*"``) whose output channels are
+    kept, or that keep a whole submodule out of the parts; with ``strict`` a glob that matches no conv or linear
+    module of any part (and keeps no submodule whole) is refused, as ``build_graph`` refuses it."""
+    with modes_kept(model):
+        model.eval()
         calls = _calls(model, tuple(example_inputs))
-    finally:
-        model.train(was_training)
     parts: list[Part] = []
+    layers: list[str] = []  # full names of the conv/linear modules of every traced submodule
+    used: set[str] = set()  # the globs that matched something
 
     def visit(prefix: str, module: nn.Module) -> None:
         for child_name, child in module.named_children():
             name = f"{prefix}.{child_name}" if prefix else child_name
             args = calls.get(name)
-            if not any(p.requires_grad for p in child.parameters()) or any(fnmatch(name, g) for g in ignore):
-                continue  # nothing to prune in it, or kept whole (--ignore)
+            whole = {g for g in ignore if fnmatchcase(name, g)}
+            used.update(whole)
+            if whole:
+                continue  # kept whole (--ignore)
+            if not any(p.requires_grad for p in child.parameters()):  # nothing to prune in it
+                used.update(g for g in ignore for n, _ in child.named_modules(prefix=name) if fnmatchcase(n, g))
+                continue
             if args is None:  # never called itself: a container whose layers its parent runs one by one
                 visit(name, child)
                 continue
             if any(isinstance(a, torch.Tensor) and a.numel() == 0 for a in args):
                 continue  # called on nothing (no region survived on the example input): cannot be verified
             if args and all(isinstance(a, torch.Tensor) for a in args):
-                local = [g[len(name) + 1 :] for g in ignore if g.startswith(name + ".")]
                 try:
-                    graph = build_graph(child, args, ignore=local, strict=False)
+                    graph = build_graph(child, args, ignore=ignore, strict=False, prefix=name + ".")
                 except LcpError:
                     graph = None
                 if graph is not None:
+                    layers.extend(f"{name}.{r.name}" for r in graph.records if r.kind.has_filters)
                     if graph.prunable_units:
                         parts.append(Part(name, child, tuple(args), graph))
                     continue  # traced: its children's outputs are inside it, none is freer than the whole
             visit(name, child)
 
     visit("", model)
+    unused = [g for g in ignore if g not in used and not any(fnmatchcase(n, g) for n in layers)]
+    if strict and unused:
+        raise LcpError(no_match("--ignore", unused[0], layers, type(model).__name__))
     return parts
 
 
@@ -132,10 +144,12 @@ def prune_parts(
     *,
     ignore: Sequence[str] = (),
     untraced: str = "",
+    strict: bool = True,
 ) -> PartsResult:
     """Cut every traceable part with ``cut(graph, part_name)`` and return a copy of ``model`` holding the pruned
-    parts. A part whose budget is out of reach is refused with its name (``UnreachableBudget``)."""
-    parts = traceable_parts(model, example_inputs, ignore)
+    parts, every submodule's train/eval flag as in ``model`` (``ignore`` and ``strict``: ``traceable_parts``).
+    A part whose budget is out of reach is refused with its name (``UnreachableBudget``)."""
+    parts = traceable_parts(model, example_inputs, ignore, strict=strict)
     if not parts:
         raise LcpError(
             f"{type(model).__name__} does not trace whole ({untraced}) and no part of it that takes tensors "
@@ -157,13 +171,7 @@ def prune_parts(
         parent = pruned_model.get_submodule(parent_name) if parent_name else pruned_model
         setattr(parent, attr, res.model)
     return PartsResult(
-        pruned_model.train(model.training),
-        results,
-        macs_base,
-        macs_pruned,
-        count_params(model),
-        count_params(pruned_model),
-        untraced,
+        pruned_model, results, macs_base, macs_pruned, count_params(model), count_params(pruned_model), untraced
     )
 
 

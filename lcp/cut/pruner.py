@@ -312,7 +312,7 @@ def check_pruned(graph: ChannelGraph, p: Plan, pruned: nn.Module) -> Verificatio
     untraced = train_only_modules(graph)
     if untraced:
         _runs_in_train_mode(graph, pruned, untraced)
-    macs = count_macs(pruned, tuple(x.float() if x.is_floating_point() else x for x in graph.example_inputs))
+    macs = count_macs(pruned, graph.example_inputs)  # the inputs the original ran on, in their own dtype
     params = count_params(pruned)
     if macs != p.macs or params != p.params:
         raise LcpError(

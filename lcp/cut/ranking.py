@@ -46,14 +46,6 @@ class Transforms:
             ]
         }
 
-    def fitted(self, graph: ChannelGraph) -> Transforms:
-        """These transforms in ``graph``'s group order, matched by group name (one ``LcpError`` line when they do
-        not fit); unnamed ones are taken in order when their length is the number of groups."""
-        named = self
-        if not self.groups and len(self.alpha) == len(self.kappa) == len(graph.groups):
-            named = Transforms(np.asarray(self.alpha), np.asarray(self.kappa), [g.name for g in graph.groups])
-        return Transforms.from_json(named.to_json(), graph)
-
     @classmethod
     def from_json(cls, data: dict, graph: ChannelGraph) -> Transforms:
         try:

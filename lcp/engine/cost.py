@@ -20,8 +20,9 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
-from lcp.engine.graph import ChannelGraph
+from lcp.engine.graph import ChannelGraph, check_batch
 from lcp.engine.layers import LAYERS
+from lcp.engine.modes import modes_kept
 from lcp.engine.types import Record
 from lcp.errors import LcpError
 
@@ -33,20 +34,20 @@ def count_macs(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.T
     lean dispatch mode without its per-module bookkeeping, several times faster), in eval mode without
     gradients and with the fused multi-head-attention fast path off (torch does not count that kernel): every
     convolution, transposed convolution and matrix product, whether a module or a functional call carries its
-    weight (``F.linear`` in attention blocks, ``scaled_dot_product_attention``, ``matmul`` / ``bmm``).
+    weight (``F.linear`` in attention blocks, ``scaled_dot_product_attention``, ``matmul`` / ``bmm``). Every
+    submodule's train/eval flag is kept; a batch of 0 is refused (``LcpError``).
     """
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
+    check_batch(example_inputs)
     batch = int(example_inputs[0].shape[0]) if example_inputs[0].dim() > 0 else 1
-    was_training = model.training
     fastpath = _mha_fastpath(None)
-    model.eval()
     counter = _FlopCount()
     try:
-        with torch.no_grad(), counter:
+        with modes_kept(model), torch.no_grad(), counter:
+            model.eval()
             model(*example_inputs)
     finally:
-        model.train(was_training)
         _mha_fastpath(fastpath)
     return int(counter.flops) // 2 // batch
 

@@ -22,6 +22,7 @@ import torch.fx as fx
 from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
+from lcp.engine.modes import modes_kept
 from lcp.engine.rules import RULES, Propagator, RuleTable
 from lcp.engine.types import Chan, Frozen, Group, LayerKind, Record, UnionFind, Unit, floor_keep
 from lcp.errors import LcpError
@@ -37,7 +38,9 @@ __all__ = [
     "UnionFind",
     "Unit",
     "build_graph",
+    "check_batch",
     "floor_keep",
+    "no_match",
     "retrace",
     "trace",
 ]  # the data types live in lcp.engine.types
@@ -126,7 +129,7 @@ class ChannelGraph:
             if not hit:
                 layers = [r.name for r in self.records if r.kind.has_filters]
                 if not any(fnmatch.fnmatchcase(n, pattern) for n in layers):
-                    raise LcpError(_no_match("--max-removal", pattern, layers, type(self.model).__name__))
+                    raise LcpError(no_match("--max-removal", pattern, layers, type(self.model).__name__))
             self.max_removal[hit] = np.minimum(self.max_removal[hit], fraction)
 
     def floors(self, min_ratio: float = 0.1, min_channels: int = 2) -> np.ndarray:
@@ -207,23 +210,28 @@ def retrace(model: nn.Module, rules: RuleTable = RULES) -> fx.GraphModule:
     """:func:`trace` in eval mode (``self.training`` branches fixed to inference; the model's mode is kept),
     keeping every submodule, called or not: a GraphModule keeps only those forward calls, and surgery must not
     lose the others (or their parameters). Surgery rewrites the result's graph and recompiles it."""
-    was_training = model.training
-    model.eval()
-    try:
+    with modes_kept(model):
+        model.eval()
         gm = trace(model, rules)
-    finally:
-        model.train(was_training)
     for name, m in model.named_modules():
         if name:
             try:
                 gm.get_submodule(name)
             except AttributeError:
                 gm.add_submodule(name, m)
-    gm.train(was_training)
+    gm.training = model.training  # its submodules are the model's own, flags as they are
     return gm
 
 
-def _no_match(flag: str, pattern: str, names: Sequence[str], model: str) -> str:
+def check_batch(example_inputs: Sequence[Any]) -> None:
+    """Refuse example inputs whose first tensor has a batch of 0 (nothing runs, nothing can be counted)."""
+    first = example_inputs[0] if len(example_inputs) else None
+    if isinstance(first, torch.Tensor) and first.dim() > 0 and first.shape[0] == 0:
+        raise LcpError("example inputs need a batch of at least 1")
+
+
+def no_match(flag: str, pattern: str, names: Sequence[str], model: str) -> str:
+    """The refusal of a module-name glob (``flag`` ``pattern``) that matches none of the conv/linear ``names``."""
     some = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
     return f"{flag} {pattern!r} matches no conv or linear module of {model} (its modules are named like {some})"
 
@@ -235,11 +243,14 @@ def build_graph(
     rules: RuleTable | dict[type, Any] | None = None,
     *,
     strict: bool = True,
+    prefix: str = "",
 ) -> ChannelGraph:
-    """Trace ``model`` on ``example_inputs`` and derive its channel units and groups.
+    """Trace ``model`` on ``example_inputs`` (in eval mode; every submodule's mode is kept) and derive its channel
+    units and groups.
 
     ``ignore``: glob patterns of module names (``"head.*"``, ``"*.se.*"``) whose output channels are kept; with
-    ``strict`` a pattern that matches no conv or linear module is refused (``LcpError``).
+    ``strict`` a pattern that matches no conv or linear module is refused (``LcpError``). ``prefix``: what the
+    globs see before each name (``"backbone."`` when ``model`` is that part of a larger model, ``lcp.cut.parts``).
     ``rules``: extra rules for this call only (a ``RuleTable`` or ``{module type: rule}``), taking precedence
     over the registered ones (``lcp.register_module_rule``).
     """
@@ -247,9 +258,9 @@ def build_graph(
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
     example_inputs = tuple(example_inputs)
-    was_training = model.training
-    model.eval()
-    try:
+    check_batch(example_inputs)
+    with modes_kept(model):
+        model.eval()
         gm = trace(model, table)
         with torch.no_grad():
             try:  # ShapeProp prints the traceback of a failing node itself: keep stderr to lcp's one line
@@ -265,12 +276,11 @@ def build_graph(
         prop.run()
         layers = [rec for rec in prop.records if rec.kind.has_filters]
         for pattern in ignore if strict else ():
-            if not any(fnmatch.fnmatchcase(rec.name, pattern) for rec in layers):
-                raise LcpError(_no_match("--ignore", pattern, [rec.name for rec in layers], type(model).__name__))
+            if not any(fnmatch.fnmatchcase(prefix + rec.name, pattern) for rec in layers):
+                names = [prefix + rec.name for rec in layers]
+                raise LcpError(no_match("--ignore", pattern, names, type(model).__name__))
         for rec in layers:
-            if any(fnmatch.fnmatchcase(rec.name, p) for p in ignore):
+            if any(fnmatch.fnmatchcase(prefix + rec.name, p) for p in ignore):
                 prop.uf.freeze(rec.out_ids, f"ignored ({rec.name})")
                 prop.frozen_ops.append(Frozen(where=rec.name, op=rec.name, reason="matched an --ignore pattern"))
-    finally:
-        model.train(was_training)
     return ChannelGraph(model, example_inputs, gm, prop.records, prop.uf, prop.frozen_ops, table)

@@ -132,6 +132,10 @@ class Method:
     #: the method-specific options (those of a search or an agent) this method reads; another method's option
     #: set away from its default is refused by ``check``, since it would be silently ignored
     reads: ClassVar[frozenset[str]] = frozenset()
+    #: its cut can empty a residual branch's group (``--depth``) / rank units by the time they save
+    #: (``--time-aware``); where not, those options are refused, since they would be ignored
+    removes_blocks: ClassVar[bool] = True
+    ranks_by_time: ClassVar[bool] = True
 
     def check(self, options: Any, budgets: list[float | None]) -> None:
         """Refuse options this method cannot honour (one-line ``LcpError``) before any work."""
@@ -147,6 +151,13 @@ class Method:
                 f"--time-aware ranks by the time a channel saves: it needs --budget-type latency, "
                 f"not {options.budget_type}"
             )
+        for flag, wanted, able in (
+            ("--depth", getattr(options, "depth", False), "removes_blocks"),
+            ("--time-aware", getattr(options, "time_aware", False), "ranks_by_time"),
+        ):
+            if wanted and not getattr(self, able):
+                users = ", ".join(m.name for m in _REGISTRY.values() if m.listed and getattr(m, able))
+                raise LcpError(f"method {self.name} would ignore {flag}: drop it or choose --method {users}")
 
     def learn(self, ctx: Context) -> Learned:
         """Learn once for all budgets (default: nothing to learn)."""

@@ -17,6 +17,8 @@ class UniformMethod(Method):
     name = "uniform"
     summary = "one keep ratio for all layers"
     order = "uniform"
+    removes_blocks = False  # one keep ratio above the floor: no group is emptied
+    ranks_by_time = False
 
 
 @register_method
@@ -24,3 +26,4 @@ class RandomMethod(Method):
     name = "random"
     summary = "seeded random ranking"
     order = "random"
+    ranks_by_time = False

@@ -9,6 +9,7 @@ reported, and an export that differs by more than ``atol`` is refused. ONNX need
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import time
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from lcp.engine.modes import modes_kept
 from lcp.errors import LcpError
 from lcp.io import PathLike, atomic_path, read_json
 from lcp.models import store
@@ -39,13 +41,28 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
 
 
+ONNX_MAX_BYTES = 3 * 2**29  # 1.5 GiB: a protobuf file holds at most 2 GiB, graph included
+
+
 def _write(model: nn.Module, x: torch.Tensor, fmt: str, path: Path) -> None:
     batch = ({0: torch.export.Dim.AUTO},)
     quiet = contextlib.redirect_stdout(io.StringIO())  # the exporters narrate their passes on stdout
     if fmt == "onnx":
-        with quiet:
+        size = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+        if size > ONNX_MAX_BYTES:
+            raise LcpError(
+                f"{type(model).__name__} holds {size / 2**30:.1f} GiB of weights: lcp writes ONNX as one "
+                "self-contained file (at most 1.5 GiB); export it with torch.onnx.export(..., external_data=True)"
+            )
+        with quiet:  # one self-contained file: an external .data file would be named after the temporary path
             torch.onnx.export(
-                model, (x,), str(path), input_names=["input"], output_names=["output"], dynamic_shapes=batch
+                model,
+                (x,),
+                str(path),
+                input_names=["input"],
+                output_names=["output"],
+                dynamic_shapes=batch,
+                external_data=False,
             )
     elif fmt == "torchscript":
         torch.jit.save(torch.jit.trace(model, x), str(path))
@@ -81,7 +98,8 @@ def export(
 
     A folder's model is rebuilt with ``lcp.load`` and its input size read from channels.json; the default path
     is ``DIR/model.onnx`` (``.ts.pt``, ``.pt2``). A model that cannot be exported, or whose export differs from
-    it by more than ``atol``, raises ``LcpError`` (one line) and leaves no file."""
+    it by more than ``atol``, raises ``LcpError`` (one line) and leaves no file. A module is exported in eval
+    mode from the CPU and left as it was: every submodule's train/eval flag and its device."""
     if format not in FORMATS:
         raise LcpError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
     if isinstance(model, (str, Path)):
@@ -92,12 +110,18 @@ def export(
     else:
         if example_inputs is None or path is None:
             raise LcpError("export of a module needs example_inputs (e.g. torch.zeros(1, 3, 32, 32)) and a path")
+        if isinstance(example_inputs, (tuple, list)) and len(example_inputs) == 1:
+            example_inputs = example_inputs[0]  # lcp.prune's form: a tuple of the forward's inputs
+        if not isinstance(example_inputs, torch.Tensor) or example_inputs.dim() < 1:
+            raise LcpError("lcp.export takes one input tensor as example_inputs (e.g. torch.zeros(1, 3, 32, 32))")
         net, size, path = model, tuple(example_inputs.shape[1:]), Path(path)
-    net = net.eval().cpu()
+    if any(t.device.type != "cpu" for t in (*net.parameters(), *net.buffers())):
+        net = copy.deepcopy(net).cpu()  # exported from the CPU; the caller's model stays where it is
     gen = torch.Generator().manual_seed(seed)
     x, x_other = torch.randn(2, *size, generator=gen), torch.randn(3, *size, generator=gen)
     t0 = time.perf_counter()
-    with atomic_path(path) as tmp, torch.no_grad():
+    with atomic_path(path) as tmp, modes_kept(net), torch.no_grad():
+        net.eval()
         try:
             _write(net, x, format, tmp)
             run = _reloaded(format, tmp)

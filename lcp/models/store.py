@@ -125,6 +125,8 @@ def save(result: Any, out_dir: str | Path, *, model_name: str | None = None, ove
     result has one, report.csv. A folder that already holds a pruned model or a run is refused unless
     ``overwrite=True``.
     """
+    if isinstance(result, nn.Module) or not hasattr(result, "model"):
+        raise LcpError(f"lcp.save takes what lcp.prune returns (a PruneResult), not a {type(result).__name__}")
     if not hasattr(result, "graph"):  # a PartsResult: no channel graph of the whole model to rebuild it from
         raise LcpError(
             "lcp.save keeps models pruned whole; a model pruned by its traceable parts is kept in memory "
@@ -296,12 +298,23 @@ def removed_mask(graph: ChannelGraph, keys: list[str], what: str) -> np.ndarray:
     return removed
 
 
+def read_spec(folder: Path) -> dict:
+    """``channels.json`` of a pruned folder; one line when there is none (a ``--budgets`` run: its subfolders)."""
+    if not (folder / "channels.json").is_file():
+        subs = sorted(p.parent.name for p in folder.glob("budget_*/channels.json"))
+        hint = (
+            f": it holds one per budget, pass {folder / subs[0]} ({', '.join(subs)})"
+            if subs
+            else "; pass the --out folder of a prune run"
+        )
+        raise LcpError(f"{folder} holds no pruned model (channels.json missing){hint}")
+    return read_json(folder / "channels.json", what="channels.json")
+
+
 def load(out_dir: str | Path) -> nn.Module:
     """Rebuild the pruned model saved in ``out_dir`` and load its weights (eval mode)."""
     out = Path(out_dir)
-    if not (out / "channels.json").is_file():
-        raise LcpError(f"{out} holds no pruned model (channels.json missing); pass the --out folder of a prune run")
-    spec = read_json(out / "channels.json", what="channels.json")
+    spec = read_spec(out)
     model = rebuild(spec)
     load_weights(model, load_tensors(out / "model.safetensors"), f"model.safetensors in {out}")
     if "output_check" in spec:  # folders written before 2026-12-06 have none

@@ -38,6 +38,9 @@ OUTPUT_PATTERNS: tuple[str, ...] = (
     "transforms.json",
     "config.json",
     "*.ckpt",
+    "model.onnx*",  # lcp export's files (an ONNX model may have a .data file beside it)
+    "*.ts.pt",
+    "*.pt2",
 )
 
 

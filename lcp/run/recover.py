@@ -140,8 +140,7 @@ def report_row(
         "prune_s": result.seconds,
         **numbers,
     }
-    if getattr(options, "round_to", 1) != 1:  # aligned widths (--round-to N, or what auto measured)
-        row["round_to"] = options.round_to
+    row["round_to"] = getattr(options, "round_to", 1)  # the width multiple (--round-to N, or what auto measured)
     row.update(result.info.get("columns", {}))
     row.update(columns or {})
     return row

@@ -11,21 +11,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lcp.engine.modes import modes_kept
 from lcp.errors import LcpError
 
 Batch = tuple[Tensor, Tensor]
 LoaderFactory = Callable[[int], Iterable[Batch]]
-
-
-@contextmanager
-def modes_kept(model: nn.Module) -> Iterator[None]:
-    """Restore every submodule's train/eval flag on exit."""
-    flags = [(m, m.training) for m in model.modules()]
-    try:
-        yield
-    finally:
-        for m, flag in flags:
-            m.training = flag
 
 
 @contextmanager

@@ -90,3 +90,22 @@ def test_l1_and_bn_scale_read_what_they_name():
     bn = imp.filter_scores(graph, "bn_scale")
     # conv1's channels are the residual stream of layer1: its score is the mean |gamma| of the BNs on that stream
     assert not np.allclose(bn[ri], expected) and np.all(bn[ri] > 0) and np.all(bn[ri] <= 1.5)
+
+
+def test_taylor_scores_frozen_weights_and_leaves_them_as_they_were():
+    """Frozen layers (``requires_grad=False``) get the scores they would get trainable, even when every
+    parameter is frozen; afterwards every ``requires_grad`` and ``.grad`` is the caller's again."""
+    graph = build_graph(resnet8(), torch.zeros(1, *SIZE))
+    trainable = imp.filter_scores(graph, "taylor", batches())
+    model = graph.model
+    for p in model.layer1.parameters():
+        p.requires_grad_(False)
+    kept_grad = model.linear.weight.grad = torch.ones_like(model.linear.weight)
+    partly = imp.filter_scores(graph, "taylor", batches())
+    for p in model.parameters():
+        p.requires_grad_(False)
+    frozen = imp.filter_scores(graph, "taylor", batches())
+    for scores in (partly, frozen):
+        assert all(np.allclose(scores[ri], trainable[ri]) for ri in trainable)
+    assert model.linear.weight.grad is kept_grad and torch.equal(kept_grad, torch.ones_like(kept_grad))
+    assert all(not p.requires_grad and (p.grad is None) == (p is not model.linear.weight) for p in model.parameters())

@@ -6,6 +6,9 @@ Timings are never asserted here (benchmarks/latency.py measures them); where the
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -14,7 +17,7 @@ from torch import nn
 import lcp
 import lcp.cut.latency
 from lcp.cut import importance as imp
-from lcp.cut.latency_table import LatencyTable, LayerTable
+from lcp.cut.latency_table import LatencyTable, LayerTable, input_shapes
 from lcp.cut.pruner import prune_graph
 from lcp.engine.cost import CostModel
 from lcp.engine.graph import build_graph
@@ -116,6 +119,35 @@ def test_table_covers_every_prunable_layer_and_is_cached(graph):
     again = LatencyTable.build(graph, repeats=2, warmup=1)
     assert again.info["timed"] == 0 and again.info["cache"] == table.info["cache"]
     assert {k: v.ms for k, v in again.tables.items()} == {k: v.ms for k, v in table.tables.items()}
+    # a damaged entry (valid JSON, wrong content) is measured again, not a KeyError
+    cache = json.loads(Path(table.info["cache"]).read_text())
+    first = next(iter(cache))
+    cache[first] = {"in": [1], "out": [1]}
+    Path(table.info["cache"]).write_text(json.dumps(cache))
+    healed = LatencyTable.build(graph, repeats=2, warmup=1)
+    assert healed.info["timed"] == 1
+
+
+def test_the_cache_key_names_the_device():
+    from lcp.cut.latency_table import _device_key
+
+    assert _device_key("cpu", 1, 2) != _device_key("mps", 1, 2)
+    if torch.cuda.is_available():  # cuda:N was keyed as the CPU
+        assert _device_key("cuda:0", 1, 2) != _device_key("cpu", 1, 2)
+
+
+def test_timings_and_the_table_keep_each_submodules_mode():
+    """The latency cut times and runs the caller's model: every submodule's flag stays as the caller set it."""
+    torch.manual_seed(0)
+    model = CifarResNet(1).train()
+    model.layer1.eval()
+    before = [m.training for m in model.modules()]
+    lcp.cut.latency.measure(model, SIZE, warmup=0, repeats=1)
+    lcp.cut.latency.peak_memory_mb(model, SIZE, batch=1)
+    assert input_shapes(build_graph(model, torch.zeros(1, *SIZE)), {"conv1"}) == {"conv1": [SIZE]}
+    assert [m.training for m in model.modules()] == before
+    double = build_graph(CifarResNet(1).double(), torch.zeros(1, *SIZE, dtype=torch.float64))
+    assert input_shapes(double, {"conv1"}) == {"conv1": [SIZE]}  # run in the model's own dtype
 
 
 def test_latency_cost_is_incremental_and_needs_a_table(graph):

@@ -120,6 +120,32 @@ def test_a_container_run_layer_by_layer_is_looked_into() -> None:
     assert list(kept.parts) == ["model.1"] and kept.model.model[2].cv1.out_channels == 16
 
 
+def test_ignore_globs_see_full_module_names_and_one_matching_nothing_is_refused() -> None:
+    """A part's layers are matched by their full names (``*1.cv1`` keeps ``model.1.cv1``, as it would in a model
+    that traces whole); a glob that matches no conv of any part is refused as ``build_graph`` refuses it."""
+    torch.manual_seed(0)
+    model = _LayerLoop().eval()
+    x = torch.randn(1, 3, 16, 16)
+    kept = lcp.prune(model, x, budget=0.7, ignore=["*1.cv1"])
+    assert kept.model.model[1].cv1.out_channels == 16 and kept.model.model[2].cv1.out_channels < 16
+    with pytest.raises(lcp.LcpError) as e:
+        lcp.prune(model, x, budget=0.5, ignore=["nomatch*"])
+    assert str(e.value) == (
+        "--ignore 'nomatch*' matches no conv or linear module of _LayerLoop (its modules are named like "
+        "model.1.cv1, model.1.cv2, model.2.cv1, ...)"
+    )
+
+
+def test_the_callers_modes_are_kept_in_the_model_and_in_its_pruned_copy() -> None:
+    torch.manual_seed(0)
+    model = _LayerLoop().train()
+    model.model[1].eval()
+    before = {name: m.training for name, m in model.named_modules()}
+    result = lcp.prune(model, torch.randn(2, 3, 16, 16), budget=0.5)
+    assert {name: m.training for name, m in model.named_modules()} == before
+    assert {name: m.training for name, m in result.model.named_modules()} == before
+
+
 def test_parts_are_the_largest_traceable_submodules() -> None:
     model = _detector("ssdlite320_mobilenet_v3_large", topk_candidates=50)  # resizes to 320 px: its size is fixed
     parts = traceable_parts(model, (_images(),))

@@ -1525,3 +1525,50 @@ def test_transposed_conv_filter_scores_follow_its_output_channels() -> None:
     g2 = lcp.build_graph(Head(UpsampleHead(2, 2).eval()), img(1, 3, 8))
     taylor = filter_scores(g2, "taylor", batches)[g2.record_index["body.up"]]
     assert taylor.shape == (16,) and np.all(np.isfinite(taylor))
+
+
+# ------------------------------------------------------------------------ the caller's model: modes, dtypes, batch
+
+
+def modes(model: nn.Module) -> dict[str, bool]:
+    return {name: m.training for name, m in model.named_modules()}
+
+
+def test_every_entry_point_keeps_each_submodules_mode() -> None:
+    """build_graph, count_macs, prune and check run the caller's model in eval mode and leave every submodule's
+    flag as they found it (a model in train mode with one block in eval mode is not set all alike); the pruned
+    model, a rewritten GraphModule included, keeps the original's flags too."""
+    from lcp.models.zoo import CifarResNet
+
+    torch.manual_seed(0)
+    model = CifarResNet(1).train()
+    model.layer1.eval()
+    before = modes(model)
+    x = img()
+    lcp.build_graph(model, x)
+    lcp.count_macs(model, x)
+    assert modes(lcp.prune(model, x, budget=0.5).model) == before
+    assert lcp.check(model, x).ok
+    assert modes(model) == before
+    sliced = SliceDropout().train()
+    sliced.c2.eval()
+    res = lcp.prune(sliced, img(1, 3, 8), budget=0.5)
+    assert isinstance(res.model, fx.GraphModule) and not res.model.c2.training and res.model.c1.training
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16, torch.float16])
+def test_a_model_in_another_float_dtype_prunes_in_its_dtype(dtype: torch.dtype) -> None:
+    torch.manual_seed(0)
+    model = Chain().to(dtype).eval()
+    x = img().to(dtype)
+    res = lcp.prune(model, x, budget=0.5)
+    assert res.verification.ok and res.plan.macs <= 0.5 * res.plan.macs_base
+    assert lcp.count_macs(res.model, x) == res.plan.macs and lcp.count_macs(model, x) == res.plan.macs_base
+    assert {p.dtype for p in res.model.parameters()} == {dtype} and res.model(x).dtype == dtype
+
+
+def test_a_batch_of_zero_is_one_line() -> None:
+    model, x = Chain().eval(), torch.zeros(0, 3, 16, 16)
+    for call in (lcp.count_macs, lcp.build_graph, lcp.prune):
+        with pytest.raises(LcpError, match=r"^example inputs need a batch of at least 1$"):
+            call(model, x)

@@ -52,6 +52,10 @@ def test_export_round_trip(which: str, fmt: str, request: pytest.FixtureRequest,
     assert res.code == 0, res.err
     reported = float(re.search(r"max abs difference (\S+)", res.out).group(1))
     assert reported <= 1e-4 and out.is_file()
+    # one self-contained file that works elsewhere (the ONNX weights lay in a temporary file beside it before)
+    assert [p.name for p in tmp_path.iterdir()] == [out.name]
+    (tmp_path / "deploy").mkdir()
+    out = out.rename(tmp_path / "deploy" / out.name)
     model = lcp.load(folder)
     size = tuple(lcp.io.read_json(folder / "channels.json")["input_size"])
     x = torch.randn(2, *size, generator=torch.Generator().manual_seed(7))
@@ -63,6 +67,12 @@ def test_export_round_trip(which: str, fmt: str, request: pytest.FixtureRequest,
 def test_default_path_is_in_the_folder(zoo_folder: Path) -> None:
     res = lcp.export(zoo_folder, format="exported-program")
     assert res.path == zoo_folder / "model.pt2" and res.path.is_file() and res.max_abs_diff <= 1e-4
+
+
+def test_a_module_exports_with_a_tuple_of_inputs(tmp_path: Path) -> None:
+    model = lcp.create_model("resnet20").eval()
+    res = lcp.export(model, tmp_path / "m.onnx", example_inputs=(torch.zeros(1, 3, 32, 32),))
+    assert res.max_abs_diff <= 1e-4  # an AttributeError before: lcp.prune's form of the inputs
 
 
 class NotExportable(torch.nn.Module):
@@ -81,6 +91,22 @@ def test_a_model_that_cannot_be_exported_is_one_line(tmp_path: Path) -> None:
         lcp.export(NotExportable(), out, format="exported-program", example_inputs=torch.zeros(1, 3, 8, 8))
     assert "NotExportable cannot be exported to exported-program" in str(e.value) and "\n" not in str(e.value)
     assert not out.exists() and not list(tmp_path.iterdir())  # no file, no temporary left
+
+
+@pytest.mark.parametrize(
+    "device",
+    ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU"))],
+)
+def test_export_leaves_the_callers_model_as_it_was(device: str, tmp_path: Path) -> None:
+    """A module is exported in eval mode from the CPU, and left with every submodule's flag and on its device."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Dropout(0.5)).to(device)
+    model.train()
+    model[1].eval()
+    res = lcp.export(model, tmp_path / "m.pt2", format="exported-program", example_inputs=torch.zeros(1, 3, 8, 8))
+    assert res.max_abs_diff <= 1e-4
+    assert [m.training for m in model.modules()] == [True, True, False, True]
+    assert {t.device.type for t in model.state_dict().values()} == {device}
 
 
 def test_export_errors_on_the_command_line(tmp_path: Path) -> None:

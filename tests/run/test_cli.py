@@ -140,7 +140,7 @@ def test_prune_methods_and_round_to(
     if extra[0] == "--method":
         assert row["method"] == extra[1]
     else:
-        step = int(row.get("round_to") or 1)  # auto: what it measured (reported, and logged)
+        step = int(row["round_to"])  # auto: what it measured (reported even when it is 1, and logged)
         assert step == (4 if extra[1] == "auto" else int(extra[1]))
         if extra[1] == "auto":
             assert f"--round-to auto chose {step}" in res.out + res.err
@@ -407,6 +407,18 @@ ERROR_CASES = {
     ),
     "eval-no-model": (lambda c: ["eval", str(c.out)], ["holds no pruned model"]),
     "eval-missing-folder": (lambda c: ["eval", str(c.tmp / "nowhere")], ["holds no pruned model"]),
+    # options a method would ignore (uniform empties no group; random does not rank by time)
+    "depth-with-uniform": (lambda c: c.args("--method", "uniform", "--depth"), ["uniform would ignore --depth"]),
+    "time-aware-with-random": (
+        lambda c: c.args("--method", "random", "--budget-type", "latency", "--time-aware"),
+        ["random would ignore --time-aware"],
+    ),
+    # nonsense numbers for bench and export (tracebacks, or rows of 0 images/s, before)
+    "bench-repeats-0": (lambda c: ["bench", "--model", "resnet20", "--repeats", "0"], ["--repeats", "at least 1"]),
+    "bench-batch-negative": (lambda c: ["bench", "--model", "resnet20", "--batch", "-1"], ["--batch", "at least 1"]),
+    "bench-out-folder": (lambda c: ["bench", "--model", "resnet20", "--out", str(c.tmp / "empty")], ["is a folder"]),
+    "export-atol-negative": (lambda c: ["export", str(c.out), "--atol", "-1"], ["--atol", "at least 0"]),
+    "export-atol-nan": (lambda c: ["export", str(c.out), "--atol", "nan"], ["--atol", "finite"]),
 }
 
 

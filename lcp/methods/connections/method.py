@@ -206,6 +206,8 @@ class _ConnectionMethod(Method):
     signature_options = ("episodes",)
     learns_from_data = True
     reads = frozenset({"episodes"})
+    removes_blocks = False  # ratios above the floor / connections: no residual branch is emptied
+    ranks_by_time = False
 
     def check(self, options: Any, budgets: list[float | None]) -> None:
         if options.label_free:

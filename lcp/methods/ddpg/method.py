@@ -145,6 +145,8 @@ class _AgentMethod(Method):
     signature_options = ("episodes", "warmup_episodes")
     learns_from_data = True
     reads = frozenset({"episodes", "warmup_episodes", "search_budget", "tau"})
+    removes_blocks = False  # ratios above the floor / connections: no residual branch is emptied
+    ranks_by_time = False
 
     def check(self, options: Any, budgets: list[float | None]) -> None:
         if self.name == "amc" and options.label_free:
