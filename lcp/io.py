@@ -36,6 +36,16 @@ def os_reason(exc: OSError) -> str:
     return (exc.strerror or str(exc)).lower()
 
 
+def ensure_dir(folder: Path, what: str = "output folder", hint: str = "choose another --out") -> None:
+    """Create ``folder`` (and parents) or raise a one-line LcpError (``what`` and ``hint`` word it)."""
+    if folder.exists() and not folder.is_dir():
+        raise LcpError(f"{what} {folder} is a file; {hint}")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise LcpError(f"cannot write to {what} {folder}: {os_reason(exc)}") from exc
+
+
 def _fsync_dir(folder: Path) -> None:
     """fsync a directory so a rename inside it survives a crash (best effort)."""
     try:

@@ -23,7 +23,7 @@ from lcp.engine.depth import depth_units
 from lcp.engine.graph import ChannelGraph, build_graph
 from lcp.engine.surgery import apply_plan
 from lcp.errors import LcpError
-from lcp.io import atomic_write_json, load_tensors, os_reason, read_json, save_tensors, with_metadata_of
+from lcp.io import atomic_write_json, ensure_dir, load_tensors, read_json, save_tensors, with_metadata_of
 from lcp.models.factory import create_model
 from lcp.models.timm_support import refresh_attributes, write_timm_config
 from lcp.report import write_report
@@ -105,12 +105,7 @@ def _leaves(out: Any) -> list[Any]:
 def write(out_dir: str | Path, model: nn.Module, spec: dict) -> None:
     """Write ``model.safetensors`` and ``channels.json`` into ``out_dir`` (atomically, no pickle)."""
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise LcpError(f"{out} is a file, not a folder: save the model elsewhere")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise LcpError(f"cannot create {out}: {os_reason(e)}") from None
+    ensure_dir(out, "folder", "save the model elsewhere")
     spec = {**spec, "output_check": output_check(model, spec["input_size"])}
     save_tensors(model.state_dict(), out / "model.safetensors", metadata={"format": "lcp", "model": spec["model"]})
     atomic_write_json(out / "channels.json", spec)

@@ -17,7 +17,7 @@ from types import TracebackType
 from typing import Any
 
 from lcp.errors import LcpError
-from lcp.io import TMP_MARK, PathLike, atomic_write_json, os_reason, read_json, to_json
+from lcp.io import TMP_MARK, PathLike, atomic_write_json, ensure_dir, os_reason, read_json, to_json
 
 LOCK_NAME = ".lcp.lock"
 RUN_NAME = "run.json"
@@ -47,16 +47,6 @@ OUTPUT_PATTERNS: tuple[str, ...] = (
 # --------------------------------------------------------------------------- output folders
 
 
-def _ensure_dir(out: Path) -> None:
-    """Create ``out`` (and parents) or raise a one-line LcpError."""
-    if out.exists() and not out.is_dir():
-        raise LcpError(f"output folder {out} is a file; choose another --out")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise LcpError(f"cannot write to output folder {out}: {os_reason(exc)}") from exc
-
-
 def _check_writable(out: Path) -> None:
     """Really try to create a file in ``out`` (os.access lies for root)."""
     probe = out / f".lcp-write-test-{os.getpid()}-{secrets.token_hex(4)}"
@@ -84,7 +74,7 @@ class RunLock:
         """Take the lock or raise LcpError naming the holder's pid."""
         if self._fd is not None:
             raise RuntimeError(f"{self.path} is already locked by this RunLock")
-        _ensure_dir(self.out_dir)
+        ensure_dir(self.out_dir)
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
@@ -237,7 +227,7 @@ def prepare_out_dir(out_dir: PathLike, signature: Mapping[str, Any], *, resume: 
                 f"{RUN_NAME}; pass --overwrite to replace them or choose another --out"
             )
 
-    _ensure_dir(out)
+    ensure_dir(out)
     _check_writable(out)
     for p in stale:
         try:

@@ -64,6 +64,6 @@ def test_arguments_that_cannot_be_recorded_or_built_are_one_line(tmp_path: Path)
     with pytest.raises(lcp.LcpError, match="num_classes must be a whole number"):
         lcp.create_model("resnet20", num_classes="10")
     (tmp_path / "file").write_text("x")
-    with pytest.raises(lcp.LcpError, match="is a file, not a folder"):
+    with pytest.raises(lcp.LcpError, match="is a file; save the model elsewhere"):
         lcp.save(lcp.prune(lcp.create_model("resnet20"), x), tmp_path / "file")
     assert (tmp_path / "file").read_text() == "x"
