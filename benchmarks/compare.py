@@ -746,7 +746,9 @@ CONNECTION_COLUMNS = (
 def _done_keys(df: pd.DataFrame, retry_errors: bool) -> set[tuple[str, float, int]]:
     if df.empty:
         return set()
-    keep = df if not retry_errors else df[~df["status"].astype(str).str.startswith("error")]
+    status = df["status"].astype(str)
+    redo = status.str.startswith("skipped")  # a peer that was not installed: tried again (e.g. from its venv)
+    keep = df[~(redo | status.str.startswith("error"))] if retry_errors else df[~redo]
     return {(str(r.method), round(float(r.budget), 6), int(r.seed)) for r in keep.itertuples()}
 
 
@@ -822,8 +824,9 @@ class Bench:
         from lcp.io import read_json
 
         s = self.cfg["search"]
-        folder = self.work / f"search_seed{seed}"
         budgets = sorted(float(b) for b in self.cfg["budgets"])
+        # the budgets the search is fitted at name its folder: a rerun at other budgets searches again
+        folder = self.work / f"search_seed{seed}_at{'_'.join(f'{b:g}' for b in budgets)}"
         pc = prune_config(
             self.cfg,
             method="lcp",

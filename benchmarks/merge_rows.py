@@ -4,7 +4,7 @@
     python benchmarks/merge_rows.py --into benchmarks/results/compare_kd_resnet56_cuda.csv --budgets 0.5 \\
         OUT/csv/resnet56_c*.csv
 
-Every input must come from the same recipe signature (the ``config`` column of the ceiling rows must agree); the
+Every input, and ``--into`` when it exists, must come from the same recipe signature (``config_hash``); the
 meta files are merged: the first one's settings with the union of methods, seeds and the chosen budgets, every
 input's invocations in ``runs``. Rows already in ``--into`` are replaced by rows of the same method, budget and
 seed; merged into a table of other budgets, the budgets are joined and the meta says the searches ran separately
@@ -33,6 +33,12 @@ def merge(inputs: list[Path], into: Path, budgets: list[float], command: str = "
     hashes = {m["config_hash"] for m in metas}
     if len(hashes) > 1:
         raise SystemExit(f"error: the inputs come from different recipes (config hashes {sorted(hashes)})")
+    target = into.with_suffix(".meta.json")
+    if target.is_file() and json.loads(target.read_text()).get("config_hash") not in hashes:
+        raise SystemExit(
+            f"error: {into} holds rows of another recipe (config hash "
+            f"{json.loads(target.read_text()).get('config_hash')}, the inputs' {sorted(hashes)[0]})"
+        )
     frames = [pd.read_csv(p, dtype=str, keep_default_na=False) for p in inputs]
     rows = pd.concat(frames, ignore_index=True)
     b = pd.to_numeric(rows["budget"])

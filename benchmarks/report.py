@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -130,6 +131,9 @@ def _order(df: pd.DataFrame) -> pd.DataFrame:
     )
 
 
+PAIRED = ("top1_pruned", "top1_pruned_noft")  # kept per seed by ``summarise``
+
+
 def summarise(df: pd.DataFrame) -> pd.DataFrame:
     """One row per (budget, method) over the ok rows: means, sample std where n > 1, and the seeds."""
     ok = df[df["status"].astype(str) == "ok"].copy()
@@ -167,18 +171,22 @@ def summarise(df: pd.DataFrame) -> pd.DataFrame:
             if col in g:
                 r[col] = float(g[col].mean())
                 r[col + "_sd"] = float(g[col].std(ddof=1)) if len(g) > 1 else math.nan
+        for col in PAIRED:  # per seed, for comparisons on the seeds two rows share
+            r["by_seed_" + col] = g.groupby(g["seed"].astype(int))[col].mean().to_dict()
         rows.append(r)
     out = pd.DataFrame(rows)
     ceiling = ok[ok["method"] == "ceiling"]
     if not ceiling.empty:  # the unpruned network given the same recovery: the honest reference
-        by_seed = ceiling.groupby(ceiling["seed"].astype(int))["top1_pruned"].mean()
+        ref = ceiling.groupby(ceiling["seed"].astype(int))["top1_pruned"].mean().to_dict()
 
-        def reference(seeds: str) -> float:
-            """The ceiling of the row's own seeds where measured (same data order), else of every seed."""
-            same = [by_seed[s] for s in (int(x) for x in seeds.split(",")) if s in by_seed.index]
-            return float(sum(same) / len(same)) if same else float(by_seed.mean())
+        def gap(values: dict[int, float]) -> float:
+            """Ceiling minus the row on the seeds both have (same data order), else mean minus mean."""
+            shared = sorted(set(values) & set(ref))
+            if shared:
+                return float(np.mean([ref[k] - values[k] for k in shared]))
+            return float(np.mean(list(ref.values())) - np.mean(list(values.values())))
 
-        out["vs_ceiling"] = out["seeds"].map(reference) - out["top1_pruned"]
+        out["vs_ceiling"] = out["by_seed_top1_pruned"].map(gap)
     return _order(out).reset_index(drop=True)
 
 
@@ -260,8 +268,10 @@ _BUDGET_WORDS = {"macs": "MACs", "params": "params", "latency": "latency"}
 
 
 def _commands(meta: dict, csv: Path) -> list[str]:
+    """The runs' commands in run order; a repeat stays (a merge after later runs brings in their rows)."""
     cmds = [r["command"] for r in meta.get("runs", []) if r.get("command")]
-    return list(dict.fromkeys(cmds)) or [f"python benchmarks/compare.py --recipe <recipe> --out {csv}"]
+    kept = [c for i, c in enumerate(cmds) if i == 0 or c != cmds[i - 1]]  # only back-to-back repeats go
+    return kept or [f"python benchmarks/compare.py --recipe <recipe> --out {csv}"]
 
 
 def _wall(meta: dict) -> float:
@@ -545,18 +555,33 @@ def findings_text(s: pd.DataFrame, tuned: bool = True) -> str:
 
 
 def lead(g: pd.DataFrame, col: str) -> dict[str, list[tuple[str, float, float]]]:
-    """lcp against every other method of one budget on ``col``: (method, lcp minus it, seed spread) in
-    ``ahead`` (by more than the spread, the larger of the two rows' standard deviations), ``behind`` (not by that
-    much) or ``single`` (one seed per row: no spread)."""
+    """lcp against every other method of one budget on ``col``, on the seeds the two rows share (paired: same
+    data order): (method, mean of lcp minus it, seed spread) in ``ahead`` (by more than the spread: the largest
+    of the two rows' standard deviations over those seeds and that of the per-seed differences), ``behind`` (not
+    by that much) or ``single`` (at most one seed in common: no spread; with none, the difference of the means)."""
     lcp_r = g[g["method"] == "lcp"].iloc[0]
     out: dict[str, list[tuple[str, float, float]]] = {"ahead": [], "behind": [], "single": []}
     for _, r in g[~g["method"].isin(["lcp", "ceiling"])].iterrows():
-        d = float(lcp_r[col] - r[col])
+        mine, theirs = lcp_r.get("by_seed_" + col), r.get("by_seed_" + col)
+        if isinstance(mine, dict) and isinstance(theirs, dict):
+            shared = sorted(set(mine) & set(theirs))
+            a, b = [mine[k] for k in shared], [theirs[k] for k in shared]
+            if len(shared) >= 2:
+                diff = np.subtract(a, b)
+                d = float(diff.mean())
+                spread = float(max(np.std(a, ddof=1), np.std(b, ddof=1), np.std(diff, ddof=1)))
+            else:
+                d = float(a[0] - b[0]) if shared else float(lcp_r[col] - r[col])
+                spread = math.nan
+        else:  # a summary without per-seed values: means and their standard deviations
+            d = float(lcp_r[col] - r[col])
+            sds = [float(v) for v in (lcp_r.get(col + "_sd"), r.get(col + "_sd")) if v is not None and math.isfinite(v)]
+            spread = max(sds) if sds else math.nan
         if not math.isfinite(d):
             continue
-        sds = [float(v) for v in (lcp_r.get(col + "_sd"), r.get(col + "_sd")) if v is not None and math.isfinite(v)]
-        spread = max(sds) if sds else math.nan
-        out["single" if not sds else "ahead" if d > spread else "behind"].append((str(r["method"]), d, spread))
+        out["single" if not math.isfinite(spread) else "ahead" if d > spread else "behind"].append(
+            (str(r["method"]), d, spread)
+        )
     return out
 
 
@@ -575,7 +600,7 @@ def lead_text(g: pd.DataFrame, col: str) -> str:
     if found["behind"]:
         parts.append("**not ahead by more than the seed spread** of " + names(found["behind"]))
     if found["single"]:
-        parts.append("one seed on each side (no spread to compare with) against " + names(found["single"]))
+        parts.append("at most one seed in common (no spread to compare with) against " + names(found["single"]))
     if not parts:
         return ""
     what = "after fine-tuning" if col == "top1_pruned" else "after BN recalibration"
@@ -627,11 +652,13 @@ def standing_text(tables: dict[str, tuple[pd.DataFrame, pd.DataFrame, dict]], ti
         "below the ceiling (pts)",
         "lcp ahead by more than the seed spread",
         "not ahead by more than the spread",
-        "one seed per side",
+        "at most one seed in common",
     ]
     return (
         "Where lcp stands, gathered from the tables below (generated): top-1 after the table's recovery (before "
-        "it for the tables without fine-tuning), lcp minus each method in points.\n\n"
+        "it for the tables without fine-tuning), lcp minus each method in points, paired on the seeds both rows "
+        "have (the gap to the ceiling likewise); the seed spread is the largest standard deviation over those "
+        "seeds: of lcp's row, of the other row, and of their per-seed differences.\n\n"
         + md_table(header, rows, right={2, 4})
     )
 
@@ -669,9 +696,10 @@ def published_text(tables: dict[str, tuple[pd.DataFrame, pd.DataFrame, dict]]) -
         for p in PUBLISHED
     )
     intro = f"Published on ResNet-56 / CIFAR-10 (LeGR, CVPR 2020, Table 1): {pub}."
-    if "resnet56" in tables:
-        df, s, meta = tables["resnet56"]
-        model, where = "resnet56", "this ResNet-56 table"
+    first = next((k for k in tables if k.split(" ")[0] == "resnet56"), None)  # the page's order: default recovery
+    if first is not None:
+        df, s, meta = tables[first]
+        model, where = "resnet56", f"the table {_title(first, df, meta)!r}" if " " in first else "this ResNet-56 table"
     elif tables:
         model = next(iter(tables))
         df, s, meta = tables[model]
