@@ -32,6 +32,7 @@ from lcp.options import add_arguments, field_names, unit_interval
 from lcp.options import from_mapping as check_values
 from lcp.report import print_table
 from lcp.run.config import PruneConfig, TrainConfig, require_device
+from lcp.run.load import eval_transform
 from lcp.run.pipeline import run_prune, run_search
 from lcp.run.train_run import run_train
 from lcp.training.data import load_data
@@ -155,7 +156,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     data = args.data or spec.get("data") or info.default_dataset
     if data is None:
         raise LcpError("pass --data (the data set to evaluate on)")
-    bundle = load_data(data, input_size=info.input_size, mean=info.mean, std=info.std, holdout=0)
+    size = tuple(spec["input_size"])  # the size it was pruned at
+    transform = eval_transform(info, size)
+    bundle = load_data(data, input_size=size, mean=info.mean, std=info.std, holdout=0, transform=transform)
     if bundle.num_classes != spec["num_classes"]:
         raise LcpError(f"{data} has {bundle.num_classes} classes but the model has {spec['num_classes']}")
     res = evaluate(model, bundle.loader("test", 256))

@@ -250,6 +250,8 @@ def test_prepare_overwrite_replaces_lcp_outputs_only(tmp_path: Path) -> None:
     (tmp_path / ".layers.csv.0a1b2c3d.lcp-tmp.csv").write_text("left by a killed run")
     for export in ("model.onnx", "model.ts.pt", "model.pt2"):  # lcp export's files of the old model
         (tmp_path / export).write_text("old")
+    (tmp_path / "budget_0.5").mkdir()  # a --budgets run's folder: its checkpoint would be resumed later
+    (tmp_path / "budget_0.5" / "finetune.ckpt").write_text("old")
     other = dict(SIG, budget=0.3)
     prepare_out_dir(tmp_path, other, resume=False, overwrite=True)
     assert json.loads((tmp_path / "run.json").read_text())["signature"] == other
@@ -420,3 +422,14 @@ def test_import_lcp_report_does_not_import_pyplot() -> None:
     code = "import sys, lcp.report, lcp.io; print('matplotlib.pyplot' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_folder_of_the_users_own_files_is_not_taken_for_a_run(tmp_path: Path) -> None:
+    """Names anyone may write (a CSV, a figure, a log, config.json) without any file only lcp writes: lcp refused
+    the folder as "outputs of another lcp run", and --overwrite, as the refusal suggested, deleted them."""
+    mine = {"my_results.csv": "a", "figure.png": "b", "config.json": "{}", "train.log": "c"}
+    for name, text in mine.items():
+        (tmp_path / name).write_text(text)
+    prepare_out_dir(tmp_path, SIG, resume=False)
+    prepare_out_dir(tmp_path, dict(SIG, budget=0.3), resume=False, overwrite=True)
+    assert {n: (tmp_path / n).read_text() for n in mine} == mine

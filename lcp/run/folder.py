@@ -44,6 +44,19 @@ OUTPUT_PATTERNS: tuple[str, ...] = (
 )
 
 
+#: The names among OUTPUT_PATTERNS that only lcp writes: a folder without any of them holds no lcp run.
+LCP_ONLY: tuple[str, ...] = (
+    RUN_NAME,
+    "*.safetensors",
+    "search*.json",
+    "sensitivity.json",
+    "state*.json",
+    "channels.json",
+    "transforms.json",
+    "*.ckpt",
+)
+
+
 # --------------------------------------------------------------------------- output folders
 
 
@@ -156,6 +169,10 @@ def _lcp_outputs(out: Path) -> tuple[list[Path], list[Path]]:
             leftovers.append(entry)
         elif entry.name != LOCK_NAME and any(fnmatch.fnmatchcase(entry.name, pat) for pat in OUTPUT_PATTERNS):
             outputs.append(entry)
+        elif entry.is_dir() and entry.name.startswith("budget_") and _lcp_outputs(entry)[0]:
+            outputs.append(entry)  # one budget's folder of a --budgets run
+    if not any(e.is_dir() or any(fnmatch.fnmatchcase(e.name, p) for p in LCP_ONLY) for e in outputs):
+        outputs = []  # only names anyone may write (notes.csv, a figure): the user's files, not lcp's
     return outputs, leftovers
 
 
@@ -203,6 +220,10 @@ def prepare_out_dir(out_dir: PathLike, signature: Mapping[str, Any], *, resume: 
             outputs, leftovers = _lcp_outputs(out)
         except OSError as exc:
             raise LcpError(f"cannot read output folder {out}: {os_reason(exc)}") from exc
+        # the user's files in the folder before lcp's first run there are never lcp's to remove
+        ours = {p.name for p in outputs + leftovers}
+        users = _users_files(run_file) if run_file.exists() else _names(out) - ours
+        outputs = [p for p in outputs if p.name not in users]
         # temporary files are leftovers of a killed writer (the caller holds the folder's lock)
         stale = outputs + leftovers if overwrite else leftovers
         if not overwrite and run_file.exists():
@@ -227,6 +248,8 @@ def prepare_out_dir(out_dir: PathLike, signature: Mapping[str, Any], *, resume: 
                 f"{RUN_NAME}; pass --overwrite to replace them or choose another --out"
             )
 
+    else:
+        users = set()
     ensure_dir(out)
     _check_writable(out)
     for p in stale:
@@ -239,5 +262,20 @@ def prepare_out_dir(out_dir: PathLike, signature: Mapping[str, Any], *, resume: 
             raise LcpError(f"cannot remove old output {p}: {os_reason(exc)}") from exc
     if stale or not run_file.exists():
         created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        atomic_write_json(run_file, {"format": 1, "created": created, "signature": sig})
+        record = {"format": 1, "created": created, "signature": sig}
+        atomic_write_json(run_file, {**record, "users_files": sorted(users)} if users else record)
     return out
+
+
+def _names(out: Path) -> set[str]:
+    """The entries of a folder (the lock aside)."""
+    return {e.name for e in out.iterdir() if e.name != LOCK_NAME}
+
+
+def _users_files(run_file: Path) -> set[str]:
+    """The names run.json records as the user's (in the folder before lcp's first run there)."""
+    try:
+        names = json.loads(run_file.read_text()).get("users_files", [])
+    except (OSError, ValueError, AttributeError):
+        return set()
+    return {n for n in names if isinstance(n, str)} if isinstance(names, list) else set()

@@ -41,6 +41,7 @@ class Loaded:
     weights: str
     info: Any = None
     data_spec: str = ""  # "cifar10" or the absolute ImageFolder path
+    num_classes: int | None = None  # the model's classes (an unlabeled folder has none of its own)
     extra: dict = field(default_factory=dict)
 
 
@@ -52,9 +53,7 @@ def load_model_and_data(cfg: PruneConfig, log: Log = print) -> Loaded:
         raise LcpError(f"{cfg.model} has no default data set: pass --data PATH (an ImageFolder root)")
     dataset = "cifar10" if str(spec).lower() == "cifar10" else Path(spec).name
     size = tuple(int(v) for v in cfg.input_size) if cfg.input_size else tuple(info.input_size)
-    transform = None
-    if info.source == "timm" and min(size[1:]) > 64:
-        transform = timm_eval_transform(info, size)
+    transform = eval_transform(info, size)
     # lfgcl and a --label-free lcp search never read labels: a folder of images without class folders (or
     # train/) is loaded unlabeled
     label_free = cfg.method == "lfgcl" or (cfg.method == "lcp" and cfg.label_free)
@@ -88,7 +87,7 @@ def load_model_and_data(cfg: PruneConfig, log: Log = print) -> Loaded:
         weights = str(path)
     model.eval()
     data_spec = "cifar10" if dataset == "cifar10" else str(Path(spec).expanduser().resolve())
-    return Loaded(model, info.name, dataset, bundle, size, weights, info, data_spec)
+    return Loaded(model, info.name, dataset, bundle, size, weights, info, data_spec, num_classes=classes)
 
 
 def _checkpoint_classes(name: str, checkpoint: str) -> int | None:
@@ -97,6 +96,12 @@ def _checkpoint_classes(name: str, checkpoint: str) -> int | None:
     state = {strip_prefix(k): v for k, v in read_state_dict(Path(checkpoint)).items()}
     weight = state.get(f"{linears[-1]}.weight") if linears else None
     return int(weight.shape[0]) if weight is not None else None
+
+
+def eval_transform(info: Any, size: tuple[int, ...]) -> Any:
+    """How images are brought to ``size``: timm's eval transform for timm models above 64 px, else None (resize
+    and center crop, ``lcp.training.data``)."""
+    return timm_eval_transform(info, size) if info.source == "timm" and min(size[1:]) > 64 else None
 
 
 def timm_eval_transform(info: Any, size: tuple[int, ...]) -> Any:
@@ -115,7 +120,10 @@ def timm_eval_transform(info: Any, size: tuple[int, ...]) -> Any:
 
 def _train_baseline(model: nn.Module, name: str, dataset: str, bundle: Any, cfg: PruneConfig, log: Log) -> Path:
     """Train a baseline when no weights exist, cache it in the user cache, and say so."""
-    path = cache_dir() / "weights" / f"{name}_{dataset}.safetensors"
+    # the data's path, size and classes and the training settings name it: another folder of the same name, or
+    # other epochs, train their own baseline (and never resume another's interrupted training)
+    what = f"{bundle.source}|{tuple(bundle.input_size)}|{bundle.num_classes}|{cfg.baseline_epochs}|{cfg.seed}"
+    path = cache_dir() / "weights" / f"{name}_{dataset}-{hashlib.sha256(what.encode()).hexdigest()[:8]}.safetensors"
     if path.is_file():
         load_checkpoint(model, path, name=name)
         return path
@@ -145,7 +153,8 @@ def baseline_accuracy(loaded: Loaded, batch_size: int = 256, device: str = "cpu"
         return float("nan")
 
     weights = file_digest(loaded.weights) if Path(loaded.weights).is_file() else loaded.weights  # or pretrained:
-    key = f"{loaded.name}-{weights}-{hashlib.sha256(loaded.bundle.source.encode()).hexdigest()[:8]}"
+    data = f"{loaded.bundle.source}|{tuple(loaded.input_size)}"  # the same images at another size differ
+    key = f"{loaded.name}-{weights}-{hashlib.sha256(data.encode()).hexdigest()[:8]}"
     path = cache_dir() / "baseline_accuracy.json"
     cache = {}
     if path.is_file():

@@ -70,6 +70,8 @@ def _check(cfg: PruneConfig) -> Method:
     for b in cfg.all_budgets():
         if b is not None:  # None: --structure-from without --budget
             check_budget(b, cfg.budget_type)
+    if len(set(cfg.all_budgets())) < len(cfg.all_budgets()):
+        raise LcpError(f"--budgets names a budget twice ({','.join(f'{b:g}' for b in cfg.all_budgets())})")
     require_device(cfg.device)
     method = _method(cfg)
     method.check(cfg, cfg.all_budgets())
@@ -126,9 +128,10 @@ def run_search(cfg: PruneConfig, log: Log = print) -> Any:
         users = ", ".join(e.users)
         raise LcpError(f"{e.flag} is an option of method {users}; lcp search would ignore it: drop it") from None
     with _claim(cfg):
-        out, state, save_state = _open_run(cfg)
+        # the model, data and graph first: a bad checkpoint or pattern leaves an --overwrite folder as it was
         loaded = load_model_and_data(cfg, log)
         graph = channel_graph(cfg, loaded.model, loaded.input_size)
+        out, state, save_state = _open_run(cfg)
         cfg = _aligned(cfg, graph, state, save_state, log)
         t0 = time.perf_counter()
         learned = method.learn(_context(cfg, loaded, graph, out, state, save_state, log))
@@ -140,9 +143,10 @@ def run_prune(cfg: PruneConfig, log: Log = print) -> pd.DataFrame:
     """Run the whole job described by ``cfg``; returns the report (one row per budget)."""
     method = _check(cfg)
     with _claim(cfg):
-        out, state, save_state = _open_run(cfg)
+        # the model, data and graph first: a bad checkpoint or pattern leaves an --overwrite folder as it was
         loaded = load_model_and_data(cfg, log)
         graph = channel_graph(cfg, loaded.model, loaded.input_size)
+        out, state, save_state = _open_run(cfg)
         cfg = _aligned(cfg, graph, state, save_state, log)
         ctx = _context(cfg, loaded, graph, out, state, save_state, log)
         t0 = time.perf_counter()
@@ -189,6 +193,9 @@ def _prune_to(ctx: Context, method: Method, learned: Learned, budget: float, out
     outputs in ``out``."""
     cfg, state = ctx.options, ctx.state
     key = f"budget_{budget:g}"
+    if state.get(key, {}).get("written") and (out / "report.csv").is_file():  # finished before an interruption
+        ctx.log(f"budget {budget:g}: finished in an earlier attempt; outputs in {out}")
+        return pd.read_csv(out / "report.csv")
     t0 = time.perf_counter()
     result = method.cut(ctx, learned, budget)
     prune_s = time.perf_counter() - t0
@@ -236,10 +243,11 @@ def _prune_to(ctx: Context, method: Method, learned: Learned, budget: float, out
         loaded.model,
         row,
         model_name=loaded.name,
-        num_classes=loaded.bundle.num_classes,
+        num_classes=loaded.num_classes if loaded.num_classes is not None else loaded.bundle.num_classes,
         input_size=loaded.input_size,
         spec_extra={"dataset": loaded.dataset, "data": loaded.data_spec, **learned.columns},
     )
     (out / "finetune.ckpt").unlink(missing_ok=True)
+    ctx.save_state(**{key: {**state.get(key, {}), "written": True}})  # a resumed --budgets run skips it
     ctx.log(f"top-1 after {cfg.finetune_epochs} fine-tuning epochs: {numbers['top1_pruned']:.2f}%; outputs in {out}")
     return report

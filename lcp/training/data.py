@@ -280,19 +280,19 @@ def load_data(
     if len(mean_t) != size[0] or len(std_t) != size[0] or min(std_t) <= 0:
         raise LcpError(f"mean and std need {size[0]} values each and std must be positive")
     tf = strip_tensor_steps(transform)
-    cache_dir: Path | None = None
+    images_cache: Path | None = None
     if str(spec).lower() == "cifar10":
         local = Path(os.environ["LCP_DATA"]).expanduser() / "cifar10" if os.environ.get("LCP_DATA") else None
         if local is not None and local.is_dir():
             source = str(local.resolve())
-            arrays, classes, cache_dir = load_folder(local.resolve(), size, tf, flat=False)
+            arrays, classes, images_cache = load_folder(local.resolve(), size, tf, flat=False)
         else:
             arrays, classes = _load_torchvision_cifar10(size, tf)
             source = str(cache_dir() / "torchvision")
     else:
         root = Path(spec).expanduser().resolve()
         flat = not labeled and not (root / "train").is_dir()
-        arrays, classes, cache_dir = load_folder(root, size, tf, flat=flat)
+        arrays, classes, images_cache = load_folder(root, size, tf, flat=flat)
         source = str(root)
     x, y = arrays["train_x"], arrays["train_y"]
     if not labeled:
@@ -312,5 +312,5 @@ def load_data(
         source=source,
         train_idx=torch.from_numpy(tr),
         holdout_idx=torch.from_numpy(ho),
-        cache_dir=cache_dir,
+        cache_dir=images_cache,
     )

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+import lcp
 from lcp.cut.ranking import plan, plan_ratios
 from lcp.engine.graph import floor_keep
 from lcp.errors import LcpError
@@ -313,6 +314,9 @@ def test_cli_lfgcl_on_a_folder_without_classes(tiny_folder, resnet20_ckpt, tmp_p
     report = next(csv.DictReader(open(out / "report.csv")))
     assert report["method"] == "lfgcl" and 0.57 <= float(report["macs_ratio"]) <= 0.6
     assert (out / "model.safetensors").is_file() and (out / "agent_state.safetensors").is_file()
+    # the checkpoint's classes are recorded (the folder has none): the model loads (num_classes 0 before)
+    assert json.loads((out / "channels.json").read_text())["num_classes"] > 0
+    lcp.load(out)
     assert main(args + ["--resume"]) == 0  # the finished search is read back, not re-run
     assert len(list(csv.DictReader(open(out / "agent.csv")))) == 3
     no_labels = lcp_cli(*args[:-2], "--out", tmp_path / "bad", "--finetune-epochs", "1", "--no-kd")  # no labels

@@ -407,6 +407,7 @@ ERROR_CASES = {
     ),
     "eval-no-model": (lambda c: ["eval", str(c.out)], ["holds no pruned model"]),
     "eval-missing-folder": (lambda c: ["eval", str(c.tmp / "nowhere")], ["holds no pruned model"]),
+    "budgets-twice": (lambda c: c.args("--budgets", "0.5,0.5"), ["names a budget twice"]),
     # options a method would ignore (uniform empties no group; random does not rank by time)
     "depth-with-uniform": (lambda c: c.args("--method", "uniform", "--depth"), ["uniform would ignore --depth"]),
     "time-aware-with-random": (
@@ -863,3 +864,43 @@ def test_eval_errors(case: str, e2e: tuple[Path, Result], tiny_folder: Path, tmp
     res = lcp_cli("eval", out, "--data", data or tiny_folder)
     assert_one_line_error(res, *expected)
     assert_unchanged(out, before)
+
+
+def test_overwrite_with_bad_input_keeps_the_finished_run(
+    tiny_folder: Path, resnet20_ckpt: Path, state_dict_saver: Callable[..., Path], tmp_path: Path
+) -> None:
+    """--overwrite removed the old outputs before the new run had loaded its model: a wrong checkpoint then left
+    the folder with the failed run's run.json only."""
+    out = tmp_path / "out"
+    assert lcp_cli(*tiny_args(tiny_folder, resnet20_ckpt, out)).code == 0
+    before = snapshot(out)
+    other = state_dict_saver("resnet56", 3, tmp_path / "r56.pt")
+    res = lcp_cli(*tiny_args(tiny_folder, other, out, "--overwrite", "--budget", "0.4"))
+    assert_one_line_error(res, "does not fit")
+    assert_unchanged(out, before)
+    res = lcp_cli(*tiny_args(tiny_folder, resnet20_ckpt, out, "--overwrite", "--ignore", "nomatch*"))
+    assert_one_line_error(res, "nomatch")
+    assert_unchanged(out, before)
+
+
+def test_eval_uses_the_input_size_the_model_was_pruned_at(tiny_folder: Path, resnet20_ckpt: Path, tmp_path: Path):
+    """lcp eval read the model's default size (32 px) for a network pruned at 16 px."""
+    out = tmp_path / "out"
+    assert lcp_cli(*tiny_args(tiny_folder, resnet20_ckpt, out, "--input-size", "3", "16", "16")).code == 0
+    res = lcp_cli("eval", out, "--data", tiny_folder)
+    assert res.code == 0, res.err
+    top1 = float(re.search(r"top-1 (\S+)%", res.out).group(1))
+    assert top1 == pytest.approx(float(read_report(out)["top1_pruned"]), abs=0.01)
+
+
+def test_a_resumed_budgets_run_skips_the_budgets_it_finished(tiny_folder: Path, resnet20_ckpt: Path, tmp_path: Path):
+    """--resume of a --budgets run cut and fine-tuned every finished budget again (14 minutes each on MobileNetV2)."""
+    out = tmp_path / "out"
+    args = tiny_args(tiny_folder, resnet20_ckpt, out, "--budgets", "0.7,0.5", finetune=1)
+    assert lcp_cli(*args).code == 0
+    before = snapshot(out)
+    res = lcp_cli(*args, "--resume")
+    assert res.code == 0, res.err
+    assert (res.out + res.err).count("finished in an earlier attempt") == 2
+    after = snapshot(out)
+    assert {k: v for k, v in after.items() if "budget_" in k} == {k: v for k, v in before.items() if "budget_" in k}

@@ -217,7 +217,7 @@ def test_prune_trains_a_baseline_when_no_weights_exist(
     assert res.code == 0, res.err
     said = res.out + res.err
     assert "no weights for resnet20 on tiny" in said and "training a baseline for 1 epochs first" in said
-    cached = tmp_path / "cache" / "weights" / "resnet20_tiny.safetensors"
+    (cached,) = (tmp_path / "cache" / "weights").glob("resnet20_tiny-*.safetensors")  # named by data and settings
     assert f"baseline saved to {cached}" in said and cached.is_file()
     assert not cached.with_suffix(".training").exists()
     # the baseline is trained (not the random initialisation) and is what the run pruned
@@ -233,6 +233,13 @@ def test_prune_trains_a_baseline_when_no_weights_exist(
     assert res.code == 0, res.err
     assert "training a baseline" not in res.out + res.err
     assert read_report(tmp_path / "b")["top1_base"] == row["top1_base"]
+    # other baseline settings train their own baseline, never resuming or reusing this one
+    two = list(args)
+    two[two.index("--baseline-epochs") + 1] = "2"
+    res = lcp_cli(*two, "--out", tmp_path / "c")
+    assert res.code == 0, res.err
+    assert "training a baseline for 2 epochs first" in res.out + res.err
+    assert len(list((tmp_path / "cache" / "weights").glob("resnet20_tiny-*.safetensors"))) == 2
 
 
 # -------------------------------------------------------------------------------------------------------- kd

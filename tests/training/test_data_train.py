@@ -338,3 +338,19 @@ def test_distillation_on_unlabeled_data(folder: Path) -> None:
     assert res["history"][0]["top1"] is None and np.isfinite(res["history"][0]["loss"])
     with pytest.raises(LcpError, match="labels or a teacher"):
         finetune(_net(), b, epochs=1, batch_size=16, progress=False)
+
+
+def test_cifar10_downloaded_by_torchvision_loads(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Without $LCP_DATA, cifar10 comes from torchvision's download (stubbed here: offline); a local variable
+    shadowed lcp's cache folder and this raised a TypeError."""
+
+    def fake(size, tf):
+        arrays = {f"{s}_x": np.zeros((20, 3, 32, 32), np.uint8) for s in ("train", "test")}
+        arrays.update({f"{s}_y": np.arange(20) % 10 for s in ("train", "test")})
+        return arrays, [str(i) for i in range(10)]
+
+    monkeypatch.delenv("LCP_DATA", raising=False)
+    monkeypatch.setenv("LCP_CACHE", str(tmp_path))
+    monkeypatch.setattr(data_mod, "_load_torchvision_cifar10", fake)
+    bundle = data_mod.load_data("cifar10", holdout=10)
+    assert bundle.num_classes == 10 and len(bundle.holdout_x) == 10
