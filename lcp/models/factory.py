@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import logging
 import os
 import pickle
 import re
+import socket
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -77,12 +79,24 @@ def resolve_name(name: str) -> tuple[str, str]:
     raise LcpError(f"unknown model {name!r}{hint}")
 
 
-def _fetch(what: str, fn: Callable[[], T], hint: str = "pass --checkpoint FILE") -> T:
-    """Run a step that downloads; network errors become one LcpError line."""
+def _fetch(what: str, fn: Callable[[], T], hint: str = "pass --checkpoint FILE", host: str | None = None) -> T:
+    """Run a step that downloads from ``host``; network errors become one LcpError line. A host whose name does
+    not resolve (no network, and no proxy that would resolve it) fails at once, not after the hub's retries."""
+    proxied = any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"))
+    if host is not None and not proxied:
+        try:
+            socket.getaddrinfo(host, 443)
+        except OSError:
+            raise LcpError(f"could not download {what} (offline?); {hint}") from None  # before the hub's retries
+    hub_log = logging.getLogger("huggingface_hub")
+    level = hub_log.level
+    hub_log.setLevel(logging.ERROR)  # its retry warnings would precede the one line
     try:
         return fn()
     except OSError as e:  # URLError, HTTPError, huggingface_hub's LocalEntryNotFoundError are all OSErrors
         raise LcpError(f"could not download {what} (offline?); {hint}") from e
+    finally:
+        hub_log.setLevel(level)
 
 
 # ------------------------------------------------------------------------------------------------ create_model
@@ -119,7 +133,8 @@ def create_model(
 
             what = f"pretrained weights for {canonical}" if pretrained else f"the config of {canonical}"
             hint = "pass --checkpoint FILE" if pretrained else _HF_HINT
-            model = _fetch(what, lambda: timm.create_model(canonical, pretrained=pretrained, **kwargs), hint)
+            host = "huggingface.co" if pretrained or canonical.startswith("hf-hub:") else None
+            model = _fetch(what, lambda: timm.create_model(canonical, pretrained=pretrained, **kwargs), hint, host)
     except TypeError as e:  # an argument the model's constructor does not take, or of the wrong type
         raise LcpError(f"cannot create {canonical} with {', '.join(kwargs) or 'no arguments'}: {e}") from None
     if checkpoint is not None:
@@ -153,7 +168,11 @@ def _create_torchvision(canonical: str, pretrained: bool, **kwargs: Any) -> nn.M
     model = torchvision.models.get_model(arch, **kwargs)
     if pretrained:
         weights = torchvision.models.get_model_weights(arch).DEFAULT
-        state = _fetch(f"pretrained weights for {canonical}", lambda: weights.get_state_dict(progress=False))
+        state = _fetch(
+            f"pretrained weights for {canonical}",
+            lambda: weights.get_state_dict(progress=False),
+            host="download.pytorch.org",
+        )
         own = model.state_dict()
         model.load_state_dict({k: v for k, v in state.items() if k in own and own[k].shape == v.shape}, strict=False)
     return model
@@ -196,7 +215,7 @@ def _timm_data_config(name: str) -> dict[str, Any]:
     import timm
 
     with torch.device("meta"):
-        model = _fetch(f"the config of {name}", lambda: timm.create_model(name), _HF_HINT)
+        model = _fetch(f"the config of {name}", lambda: timm.create_model(name), _HF_HINT, "huggingface.co")
     return timm.data.resolve_data_config({}, model=model)
 
 

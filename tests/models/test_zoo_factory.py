@@ -249,6 +249,28 @@ def test_offline_pretrained_download_is_one_line(monkeypatch: pytest.MonkeyPatch
         create_model("tv:resnet18", pretrained=True)
 
 
+def test_an_unresolvable_hub_fails_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Offline, the hub's five retries took about 50 s and printed their warnings before the one line."""
+    import socket
+
+    import timm
+
+    def no_dns(*args: object, **kwargs: object) -> None:
+        raise socket.gaierror(-2, "Name or service not known")
+
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the download was attempted")
+
+    monkeypatch.delenv("HTTPS_PROXY", raising=False)
+    monkeypatch.delenv("https_proxy", raising=False)
+    monkeypatch.delenv("ALL_PROXY", raising=False)
+    monkeypatch.delenv("all_proxy", raising=False)
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    monkeypatch.setattr(timm, "create_model", never)
+    with pytest.raises(LcpError, match=r"could not download pretrained weights for resnet18 \(offline\?\)"):
+        create_model("resnet18", pretrained=True)
+
+
 def test_offline_timm_hub_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import huggingface_hub.constants
 
