@@ -8,7 +8,6 @@ types, choices, defaults and help are not re-typed here.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,7 +27,7 @@ from lcp.methods.structure import check_options
 from lcp.models import store
 from lcp.models.export import FORMATS, export
 from lcp.models.factory import create_model, model_info
-from lcp.options import add_arguments, field_names, unit_interval
+from lcp.options import add_arguments, at_least, field_names, text_parser, unit_interval
 from lcp.options import from_mapping as check_values
 from lcp.report import print_table
 from lcp.run.config import PruneConfig, TrainConfig, require_device
@@ -61,27 +60,6 @@ def _budget(text: str) -> float:
     except ValueError as e:
         reason = str(e) if "must be" in str(e) else f"must be a number in (0, 1], got '{text}'"
         raise argparse.ArgumentTypeError(f"budget {reason}") from None
-    return value
-
-
-def _count(text: str) -> int:
-    """A whole number of at least 1 (batch sizes, repeats, threads)."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got '{text}'")
-    return value
-
-
-def _tolerance(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number of at least 0, got '{text}'")
     return value
 
 
@@ -297,10 +275,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     b = sub.add_parser("bench", help="latency, throughput and memory of a pruned folder against its original")
     b.add_argument("dir", nargs="?", help="output folder of lcp prune")
     b.add_argument("--model", help="bench one model by name instead")
-    b.add_argument("--batch", type=_count, nargs="+", default=[1, 64], help="batch sizes (default 1 64)")
+    b.add_argument(
+        "--batch",
+        type=text_parser(int, at_least(1), "--batch"),
+        nargs="+",
+        default=[1, 64],
+        help="batch sizes (default 1 64)",
+    )
     b.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (default cpu)")
-    b.add_argument("--threads", type=_count, default=None, help="torch CPU threads")
-    b.add_argument("--repeats", type=_count, default=20, help="timed runs per measurement (median reported)")
+    b.add_argument("--threads", type=text_parser(int, at_least(1), "--threads"), default=None, help="torch CPU threads")
+    b.add_argument(
+        "--repeats",
+        type=text_parser(int, at_least(1), "--repeats"),
+        default=20,
+        help="timed runs per measurement (median reported)",
+    )
     b.add_argument("--no-compile", action="store_true", help="skip torch.compile")
     b.add_argument("--no-onnx", action="store_true", help="skip ONNX Runtime (timed when onnxruntime is installed)")
     b.add_argument("--out", help="CSV path (default DIR/bench.csv)")
@@ -310,7 +299,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     x.add_argument("--format", choices=list(FORMATS), default="onnx", help="default onnx")
     x.add_argument("--out", help="file to write (default DIR/model.onnx, .ts.pt or .pt2)")
     x.add_argument(
-        "--atol", type=_tolerance, default=1e-4, help="largest accepted difference to the model (default 1e-4)"
+        "--atol",
+        type=text_parser(float, at_least(0), "--atol"),
+        default=1e-4,
+        help="largest accepted difference to the model (default 1e-4)",
     )
     x.set_defaults(func=cmd_export)
     m = sub.add_parser("methods", help="list the pruning methods (--method choices), from the method registry")

@@ -224,7 +224,7 @@ def field_names(*classes: type) -> list[str]:
 # ------------------------------------------------------------------------------------------------- command line
 
 
-def _text_parser(tp: Any, check: Check | None, label: str) -> Callable[[str], Any]:
+def text_parser(tp: Any, check: Check | None, label: str) -> Callable[[str], Any]:
     """argparse ``type=`` for a field of type ``tp``: convert, then ``check``; errors name the flag (``label``)."""
     base, _ = _split_optional(tp)
 
@@ -238,7 +238,7 @@ def _text_parser(tp: Any, check: Check | None, label: str) -> Callable[[str], An
             parts = [t for t in text.split(",") if t.strip()]
             if not parts:
                 raise fail(f"must be {_type_name(base)} separated by commas, got '{text}'")
-            values = [_text_parser(item, None, label)(t) for t in parts]
+            values = [text_parser(item, None, label)(t) for t in parts]
             if check:
                 try:
                     check(values)
@@ -316,7 +316,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, *, exclude: Iterab
             continue
         choices = _choices(f)
         if typing.get_origin(tp) is list and m.get("repeat"):  # --flag A --flag B
-            item = _text_parser(typing.get_args(tp)[0], None, flag)
+            item = text_parser(typing.get_args(tp)[0], None, flag)
             if m["check"]:
                 item = _checked_item(item, m["check"], flag)
             kw.update(action="append", type=item, metavar=m["metavar"] or "VALUE")
@@ -325,7 +325,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, *, exclude: Iterab
         if typing.get_origin(tp) is list and m["metavar"] and isinstance(m["metavar"], tuple):
             kw.update(nargs=len(m["metavar"]), metavar=m["metavar"], type=typing.get_args(tp)[0])
         else:
-            kw["type"] = _text_parser(tp, m["check"], flag)
+            kw["type"] = text_parser(tp, m["check"], flag)
             if choices is not None:
                 kw["choices"] = list(choices)
             if m["metavar"]:

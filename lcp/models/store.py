@@ -21,6 +21,7 @@ from lcp._version import __version__
 from lcp.engine.connections import ConnectionGraph
 from lcp.engine.depth import depth_units
 from lcp.engine.graph import ChannelGraph, build_graph
+from lcp.engine.modes import modes_kept
 from lcp.engine.surgery import apply_plan
 from lcp.errors import LcpError
 from lcp.io import atomic_write_json, ensure_dir, load_tensors, read_json, save_tensors, with_metadata_of
@@ -81,14 +82,8 @@ def output_check(model: nn.Module, input_size: Sequence[int]) -> list[float]:
     p = next(model.parameters(), None)
     x = torch.randn(1, *input_size, generator=torch.Generator().manual_seed(0))
     x = x.to(p.device, p.dtype) if p is not None and p.is_floating_point() else x
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        with torch.no_grad():
-            out = model(x)
-    finally:
-        for m, flag in flags:
-            m.training = flag
+    with modes_kept(model), torch.no_grad():
+        out = model.eval()(x)
     tensors = [out] if isinstance(out, torch.Tensor) else [t for t in _leaves(out) if isinstance(t, torch.Tensor)]
     total = sum(float(t.double().sum()) for t in tensors)
     return [total, sum(float(t.double().abs().sum()) for t in tensors)]
@@ -173,14 +168,8 @@ def save(result: Any, out_dir: str | Path, *, model_name: str | None = None, ove
 
 def output_classes(model: nn.Module, example_inputs: tuple) -> int | None:
     """The width of a classifier's (N, classes) output; None for other outputs (the model's default is kept)."""
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        with torch.no_grad():
-            out = model(*[torch.zeros_like(x) for x in example_inputs])
-    finally:
-        for m, flag in flags:
-            m.training = flag
+    with modes_kept(model), torch.no_grad():
+        out = model.eval()(*[torch.zeros_like(x) for x in example_inputs])
     return int(out.shape[-1]) if isinstance(out, torch.Tensor) and out.dim() == 2 else None
 
 
