@@ -68,7 +68,7 @@ from torch import nn
 
 import lcp
 from lcp.errors import LcpError
-from lcp.io import atomic_write_json, upsert_csv_row
+from lcp.io import atomic_write_json, update_json, upsert_csv_row
 from lcp.methods import Context, get_method
 from lcp.methods.connections import CONNECTION_METHODS
 from lcp.methods.ddpg import AGENT_METHODS
@@ -1184,20 +1184,24 @@ def run(args: argparse.Namespace, argv: list[str], log: Log = print) -> pd.DataF
         done = _done_keys(old, args.retry_errors)
         todo = [t for t in todo_all if (t[0], round(t[1], 6), t[2]) not in done]
         started = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
-        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
         host = _host()
-        for peer in PEERS:  # the peers may run from another venv: keep the version their rows were made with
-            host[peer] = host[peer] or (meta.get("host") or {}).get(peer)
-        meta.update(config=cfg, config_hash=sig, recipe=str(args.recipe), host=host)
         sbud = cfg["search"].get("search_budget")
-        meta["search_budgets"] = [float(sbud)] if sbud else sorted(float(b) for b in cfg["budgets"])
         invocation = {"command": _command(argv), "started": started, "rows": len(todo)}
-        meta.setdefault("runs", []).append(invocation)
+
+        def begin(meta: dict) -> None:
+            for peer in PEERS:  # the peers may run from another venv: keep the version their rows were made with
+                host[peer] = host[peer] or (meta.get("host") or {}).get(peer)
+            meta.update(config=cfg, config_hash=sig, recipe=str(args.recipe), host=host)
+            meta["search_budgets"] = [float(sbud)] if sbud else sorted(float(b) for b in cfg["budgets"])
+            meta.setdefault("runs", []).append(invocation)
+
+        # the meta file is re-read under a lock at each update: another run on the same --out keeps its entries
+        update_json(meta_path, begin)
         log(f"{len(todo_all) - len(todo)} of {len(todo_all)} rows already in {out}; running {len(todo)}")
         t_all = time.perf_counter()
         if todo:
             bench = Bench(cfg, work, log, progress=not args.no_progress)
-            meta["data"] = {
+            data = {
                 "source": bench.bundle.source,
                 "train": len(bench.bundle.train_x),
                 "holdout": len(bench.bundle.holdout_x),
@@ -1208,7 +1212,7 @@ def run(args: argparse.Namespace, argv: list[str], log: Log = print) -> pd.DataF
                 "macs_base": bench.macs_base,
                 "params_base": bench.params_base,
             }
-            atomic_write_json(meta_path, meta)
+            update_json(meta_path, lambda meta: meta.update(data=data))
             missing = {
                 "torch_pruning": None if tp_version() else "torch-pruning is not installed (pip install -e '.[bench]')",
                 "modelopt": None if mo_version() else "nvidia-modelopt is not installed (docs/benchmarks.md: its venv)",
@@ -1249,7 +1253,16 @@ def run(args: argparse.Namespace, argv: list[str], log: Log = print) -> pd.DataF
                     log(f"{method:>13} {budget:g} seed {seed}: {row['status']}")
         invocation["finished"] = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
         invocation["wall_s"] = round(time.perf_counter() - t_all, 1)
-        atomic_write_json(meta_path, meta)
+
+        def finish(meta: dict) -> None:
+            runs = meta.setdefault("runs", [])
+            mine = [r for r in runs if r.get("command") == invocation["command"] and r.get("started") == started]
+            if mine:
+                mine[-1].update(invocation)
+            else:  # the file was replaced meanwhile (another run's --overwrite): record this run again
+                runs.append(invocation)
+
+        update_json(meta_path, finish)
         log(f"done in {invocation['wall_s']:.0f} s: {out}")
         return read_rows(out)
 

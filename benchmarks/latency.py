@@ -11,11 +11,15 @@ Writes benchmarks/results/latency.csv and docs/latency.png, and prints the table
 
 With ``--data cifar10`` the models carry their trained weights ($LCP_WEIGHTS) and every network's top-1 after
 BatchNorm recalibration is added (``top1_recal``, measured after all timing), with a second row of plots.
+
+Rows are written as they are measured; a rerun with the same settings keeps the rows already in --out and
+measures the rest (--overwrite measures all again). The file holds this run's rows only.
 """
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -48,6 +52,8 @@ def run(
     image_size: int = 32,
     depth: bool = False,
     runtime: str = "eager",
+    prior: pd.DataFrame | None = None,
+    save: Callable[[list[dict]], None] | None = None,
 ) -> pd.DataFrame:
     """Cut and re-time every (model, budget, budget type); with ``data``, the models carry their trained weights
     and every network's top-1 after BatchNorm recalibration is measured once all timing is done. ``round_to``:
@@ -55,8 +61,13 @@ def run(
     budgets; ``image_size``: the input's side for models without data; ``depth``: the walk may also remove whole
     residual branches (``lcp.engine.depth``); ``runtime``: what the re-timing runs both networks in (``eager``,
     ``compile``: ``torch.compile`` per batch size, or ``onnxruntime``: each exported to ONNX and run by ONNX Runtime
-    on the CPU with ``threads`` threads)."""
+    on the CPU with ``threads`` threads). ``prior``: the rows an earlier run wrote; those made with the same
+    settings are kept instead of measured again (and those of an earlier run with ``data`` only with their
+    accuracy). ``save`` is called with the rows after each new one, so an interrupted run loses nothing."""
     rows, accuracy = [], []
+    same = {"device": device, "threads": threads, "repeats": repeats, "runtime": runtime, "depth": depth}
+    same |= {"rounds": rounds, "cut_repeats": cut_repeats, "min_seconds": min_seconds}
+    reuse = _reusable(prior, same, round_to, bool(data))
     for name in models:
         if data:
             from lcp.run.config import PruneConfig
@@ -79,6 +90,12 @@ def run(
         for budget in budgets:
             for budget_type, lat_batch in (("macs", 1), ("latency", 1), ("latency", big_batch)):
                 if budget_type not in kinds:
+                    continue
+                kind = budget_type if budget_type == "macs" else f"latency_b{lat_batch}"
+                old = reuse.get((name, kind, round(budget, 6), align))
+                if old is not None:
+                    rows.append(old)
+                    print(f"{name} {kind} {budget:g}: kept from the earlier run", flush=True)
                     continue
                 try:
                     res = prune_graph(
@@ -104,6 +121,8 @@ def run(
                         }
                     )
                     print(rows[-1], flush=True)
+                    if save:
+                        save(rows)
                     continue
                 timed = in_runtime(res.model, runtime, size, threads)
                 t = {
@@ -162,8 +181,40 @@ def run(
                 if data:
                     accuracy.append((len(rows) - 1, res.model, loaded.bundle))
                 print(rows[-1], flush=True)
+                if save:
+                    save(rows)
     _accuracy(rows, accuracy)
+    if save and accuracy:
+        save(rows)
     return pd.DataFrame(rows)
+
+
+def _equal(a: object, b: object) -> bool:
+    """Equal as numbers where both are (a CSV column with gaps turns 20 into 20.0), else as text."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return str(a) == str(b)
+    try:
+        return abs(float(a) - float(b)) < 1e-9  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return str(a) == str(b)
+
+
+def _reusable(prior: pd.DataFrame | None, same: dict, round_to: str, accuracy: bool) -> dict[tuple, dict]:
+    """The rows of ``prior`` made with the settings ``same`` (and the same ``round_to``, unless it is measured:
+    then any), keyed by (model, budget type, budget, round_to); with ``accuracy``, only rows that have it."""
+    if prior is None or prior.empty:
+        return {}
+    out = {}
+    for r in prior.to_dict("records"):
+        row = {k: v for k, v in r.items() if not (isinstance(v, float) and pd.isna(v))}
+        if not all(_equal(row.get(k), v) for k, v in same.items()):
+            continue
+        if round_to != "auto" and int(row.get("round_to", -1)) != int(round_to):
+            continue
+        if accuracy and row.get("status") == "ok" and "top1_recal" not in row:
+            continue
+        out[(row["model"], row["budget_type"], round(float(row["budget"]), 6), int(row["round_to"]))] = row
+    return out
 
 
 def _accuracy(rows: list[dict], networks: list) -> None:
@@ -267,7 +318,15 @@ def main() -> None:
     )
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "latency.csv")
     p.add_argument("--plot", type=Path, default=ROOT / "docs" / "latency.png")
+    p.add_argument("--overwrite", action="store_true", help="measure every row again instead of keeping them")
     a = p.parse_args()
+    prior = pd.read_csv(a.out) if a.out.is_file() and not a.overwrite else None
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+
+    def save(rows: list[dict]) -> None:
+        with atomic_path(a.out) as tmp:
+            pd.DataFrame(rows).to_csv(tmp, index=False)
+
     df = run(
         a.models.split(","),
         [float(b) for b in a.budgets.split(",")],
@@ -284,10 +343,10 @@ def main() -> None:
         a.image_size,
         a.depth,
         a.runtime,
+        prior,
+        save,
     )
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(a.out) as tmp:
-        df.to_csv(tmp, index=False)
+    save(df.to_dict("records"))
     if "macs_ratio" in df:  # no plot when every budget was unreachable
         plot(df, a.plot, a.big_batch)
     print(df.to_string(index=False))

@@ -5,10 +5,11 @@
         OUT/csv/resnet56_c*.csv
 
 Every input, and ``--into`` when it exists, must come from the same recipe signature (``config_hash``); the
-meta files are merged: the first one's settings with the union of methods, seeds and the chosen budgets, every
-input's invocations in ``runs``. Rows already in ``--into`` are replaced by rows of the same method, budget and
-seed; merged into a table of other budgets, the budgets are joined and the meta says the searches ran separately
-(``searched_separately``: one search per budget, not one averaged over them).
+meta files are merged: the first one's settings with the union of methods, seeds and the chosen budgets, and in
+``runs`` each input invocation that finished a merged row (so the table's wall time and dates are its rows').
+Rows already in ``--into`` are replaced by rows of the same method, budget and seed; merged into a table of other
+budgets, the budgets are joined and the meta says the searches ran separately (``searched_separately``: one
+search per budget, not one averaged over them).
 """
 
 from __future__ import annotations
@@ -25,6 +26,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare import append_row  # noqa: E402
 
 from lcp.io import atomic_write_json  # noqa: E402
+
+
+def _made_a_row(run: dict, finished: list[pd.Timestamp]) -> bool:
+    """Whether ``run`` (an invocation in a meta's ``runs``) finished one of the merged rows: its wall time and
+    dates belong to the merged table only then (a run of other budgets, or one that made no row, stays out)."""
+    if not run.get("started") or not finished:  # a merge entry, or rows without timestamps: keep it
+        return True
+    start, end = pd.Timestamp(run["started"]), run.get("finished")
+    return any(start <= f and (not end or f <= pd.Timestamp(end)) for f in finished)
 
 
 def merge(inputs: list[Path], into: Path, budgets: list[float], command: str = "") -> int:
@@ -67,8 +77,11 @@ def merge(inputs: list[Path], into: Path, budgets: list[float], command: str = "
     for m in metas:  # e.g. the modelopt version, known only to the run from its own venv
         host.update({k: v for k, v in (m.get("host") or {}).items() if host.get(k) is None and v is not None})
     seen = {json.dumps(r, sort_keys=True) for r in meta["runs"]}
+    made = [pd.Timestamp(f) for f in keep.get("finished", pd.Series(dtype=str)) if f]
     for m in metas:
-        meta["runs"] += [r for r in m.get("runs", []) if json.dumps(r, sort_keys=True) not in seen]
+        meta["runs"] += [
+            r for r in m.get("runs", []) if json.dumps(r, sort_keys=True) not in seen and _made_a_row(r, made)
+        ]
     if command:
         meta["runs"].append({"command": command})
     atomic_write_json(meta_path, meta)

@@ -228,6 +228,27 @@ def cut_units(original: nn.Module, cut: Path, x: torch.Tensor) -> tuple[Any, np.
     return graph, removed_mask(graph, keys, f"the cut in {cut}")
 
 
+SETTINGS = ("lr", "kd", "epochs", "steps", "kd_weight", "batch", "reconstruct")
+
+
+def disagreements(row: Any, v: dict) -> list[str]:
+    """The recovery settings a CSV row was made with that its recipe's variant ``v`` no longer has, as
+    "lr 0.05 (recipe 0.01)"; settings a row does not record (columns added later) are taken as the recipe's."""
+    out = []
+    for k in SETTINGS:
+        got = getattr(row, k, None)
+        if got is None or (not isinstance(got, str) and pd.isna(got)) or (k == "kd_weight" and not v["kd"]):
+            continue
+        want = v[k]
+        if k == "kd":
+            same = str(got).lower() == str(bool(want)).lower()
+        else:
+            same = abs(float(got) - float(want or 0)) < 1e-9
+        if not same:
+            out.append(f"{k} {got} (recipe {want})")
+    return out
+
+
 def run(cfg: dict, only: list[str] | None, nets: list[str], log=print) -> pd.DataFrame:
     out = ROOT / cfg["out"] if not Path(cfg["out"]).is_absolute() else Path(cfg["out"])
     cut = Path(cfg["cut"]).expanduser()
@@ -238,7 +259,13 @@ def run(cfg: dict, only: list[str] | None, nets: list[str], log=print) -> pd.Dat
             f"no cut in {cut}: make it with lcp prune --model {cfg['model']} --budget B --finetune-epochs 0 --out {cut}"
         )
     done = pd.read_csv(out) if out.is_file() else pd.DataFrame(columns=COLUMNS)
-    have = {(r.variant, r.net, int(r.seed)) for r in done.itertuples()}
+    have = set()
+    for r in done.itertuples():
+        stale = disagreements(r, cfg["variants"][r.variant]) if r.variant in cfg["variants"] else []
+        if stale:  # the recipe changed since the row was made: it is made again and replaced
+            log(f"{r.variant} {r.net} seed {int(r.seed)} was made with {', '.join(stale)}: running it again")
+        else:
+            have.add((r.variant, r.net, int(r.seed)))
     todo = [
         (name, net, seed)
         for name in cfg["variants"]
@@ -385,6 +412,13 @@ def report(recipes: list[Path], md: Path) -> str:
     tables = _tables(recipes)
     shared = _ceilings(tables)
     for recipe, cfg, df in tables:
+        for r in df.itertuples():  # the table's settings columns are the recipe's: every row must agree with them
+            stale = disagreements(r, cfg["variants"][r.variant]) if r.variant in cfg["variants"] else []
+            if stale:
+                raise LcpError(
+                    f"{cfg['out']}: the {r.variant} {r.net} row (seed {int(r.seed)}) was made with {', '.join(stale)}; "
+                    f"run python benchmarks/recovery.py --recipe {_rel(recipe)} --only {r.variant} again"
+                )
         g = df.groupby(["variant", "net"])[["holdout_top1", "top1", "top1_noft", "finetune_s"]].mean()
         borrowed: set[str] = set()
         sd = df.groupby(["variant", "net"])["top1"].std()

@@ -467,17 +467,22 @@ def setup_text(df: pd.DataFrame, meta: dict) -> str:
             )
     batches = " and ".join(str(b) for b in cfg.get("latency_batches", [1, 64]))
     gpu = cfg.get("device", "cpu") == "cuda"
-    timed = "latency_pruned_ms" in df and bool(pd.to_numeric(df["latency_pruned_ms"], errors="coerce").notna().any())
-    if timed and cfg.get("latency_repeats", 20) == 0:  # a later untimed run (e.g. one more row) updated the config
+    cut = df[(df["method"] != "ceiling") & (df["status"].astype(str) == "ok")]
+    lat = pd.to_numeric(cut.get("latency_pruned_ms", pd.Series(index=cut.index, dtype=float)), errors="coerce")
+    timed, all_timed = bool(lat.notna().any()), len(cut) > 0 and bool(lat.notna().all())
+    # the config is the last (or, merged, the first) run's: a run that added untimed rows, or a merge of timed and
+    # untimed runs, leaves rows of both kinds, so the rows decide which sentence is true
+    if timed and (cfg.get("latency_repeats", 20) == 0 or not all_timed):
         lines.append(
             f"- **Latency:** rows with latency columns were timed by an earlier run of this recipe (medians of "
             f"forward passes at batch {batches}, base and pruned back to back; pruned / base, below 1 is faster); "
             f"rows with `-` ran beside other jobs and were not timed."
         )
-    elif cfg.get("latency_repeats", 20) > 0:
+    elif timed:
+        threads = sorted({int(t) for t in pd.to_numeric(cut.get("threads", pd.Series()), errors="coerce").dropna()})
         lines.append(
             f"- **Latency:** median of {cfg.get('latency_repeats', 20)} forward passes at batch {batches}, "
-            + ("on the GPU" if gpu else f"{cfg.get('threads', 1)} thread(s)")
+            + ("on the GPU" if gpu else f"{'/'.join(map(str, threads or [cfg.get('threads', 1)]))} thread(s)")
             + ", base and pruned timed back to back for every row; the columns are pruned / base (below 1 is "
             "faster)."
         )
@@ -505,7 +510,7 @@ def setup_text(df: pd.DataFrame, meta: dict) -> str:
         f"torch {host.get('torch', '?')}; {_dates(meta)}; "
         + (
             f"wall time of the comparison {_wall(meta) / 60:.0f} min "
-            if cfg.get("latency_repeats", 20) > 0
+            if all_timed
             else f"run time of the comparison {_wall(meta) / 60:.0f} min summed over its "
             + ("runs " if timed else "parallel runs ")
         )
@@ -516,9 +521,13 @@ def setup_text(df: pd.DataFrame, meta: dict) -> str:
     return "\n".join(lines)
 
 
-def findings_text(s: pd.DataFrame, tuned: bool = True) -> str:
+UNDER_BUDGET = 0.01  # MACs ratio this far below the budget: the row had less compute than the budget allows
+
+
+def findings_text(s: pd.DataFrame, tuned: bool = True, macs_budget: bool = True) -> str:
     """Per budget: the best fine-tuned method, and lcp against the plain global ranking, with the seed noise
-    (``tuned`` False: a table without fine-tuning, BN recalibration only)."""
+    (``tuned`` False: a table without fine-tuning, BN recalibration only); with a MACs budget, the methods that
+    kept clearly fewer MACs than it (compared at the budget, they ran with less compute than the others)."""
     if s.empty:
         return ""
     out = []
@@ -550,6 +559,13 @@ def findings_text(s: pd.DataFrame, tuned: bool = True) -> str:
             line += f"; lcp is {gap:.2f} points below the ceiling (the unpruned network, same recovery)"
         if not lcp_r.empty:
             line += lead_text(g, "top1_pruned" if tuned else "top1_pruned_noft")
+        under = g[(g["method"] != "ceiling") & (g["macs_ratio"] < budget - UNDER_BUDGET)] if macs_budget else g[:0]
+        if not under.empty:
+            line += "; " + ", ".join(f"`{r['method']}` kept {r['macs_ratio']:.3f}" for _, r in under.iterrows())
+            line += (
+                f" of the MACs, more than {UNDER_BUDGET:g} under the budget: it is compared here with less compute "
+                "than the others, a disadvantage the table does not correct"
+            )
         out.append(f"- {line}.")
     return "Read from the table (generated):\n\n" + "\n".join(out)
 
@@ -995,7 +1011,8 @@ def build(csvs: list[Path], md_path: Path, png_path: Path, argv: list[str]) -> s
         out += _commands(meta, sources[key]) + [report_cmd, "```", ""]
         out += [f"Results (`{_rel(sources[key])}`):", ""]
         out += [results_table(s) if not s.empty else "No row finished successfully.", ""]
-        found = findings_text(s, tuned=float(df["finetune_epochs"].max()) > 0)
+        tuned, macs = float(df["finetune_epochs"].max()) > 0, str(df["budget_type"].iloc[0]) == "macs"
+        found = findings_text(s, tuned=tuned, macs_budget=macs)
         if found:
             out += [found, ""]
         err = errors_text(df)

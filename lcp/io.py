@@ -12,7 +12,7 @@ import errno
 import json
 import os
 import secrets
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -118,13 +118,38 @@ def atomic_write_text(path: PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+@contextlib.contextmanager
+def folder_lock(folder: PathLike) -> Iterator[None]:
+    """Hold an exclusive (blocking) lock on ``folder`` while a file in it is read, changed and rewritten, so that
+    several processes updating one file (two benchmark runs sharing a results CSV) never lose each other's
+    update. Locks the folder itself, so nothing is left behind; a no-op where ``fcntl`` is missing (Windows)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor drops the lock
+
+
 def upsert_csv_row(path: PathLike, row: Mapping[str, Any], keys: Sequence[str], first: Sequence[str] = ()) -> None:
     """Add ``row`` to the CSV table at ``path``, replacing the rows that agree with it on every one of ``keys``
-    (numbers within 1e-9), and rewrite the file atomically; the columns in ``first`` lead, in that order. What
-    the benchmark harnesses use to append results one at a time, so an interrupted run loses nothing."""
+    (numbers within 1e-9), and rewrite the file atomically, under ``folder_lock``; the columns in ``first`` lead,
+    in that order. What the benchmark harnesses use to append results one at a time, so an interrupted run loses
+    nothing and two runs appending to one table lose no row."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    with folder_lock(p.parent):
+        _upsert_csv_row(p, row, keys, first)
+
+
+def _upsert_csv_row(p: Path, row: Mapping[str, Any], keys: Sequence[str], first: Sequence[str]) -> None:
     import pandas as pd  # lazily, like torch
 
-    p = Path(path)
     # the rows already there are kept as written (text: a hash such as "0909..." must not become a number)
     old = pd.read_csv(p, dtype=str, keep_default_na=False) if p.is_file() else pd.DataFrame()
     if not old.empty and all(k in old.columns for k in keys):
@@ -140,7 +165,6 @@ def upsert_csv_row(path: PathLike, row: Mapping[str, Any], keys: Sequence[str], 
     df = new if old.empty else pd.concat([old, new], ignore_index=True)
     lead = [c for c in first if c in df.columns]
     df = df[lead + [c for c in df.columns if c not in lead]]
-    p.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(p) as tmp:
         df.to_csv(tmp, index=False)
 
@@ -162,6 +186,18 @@ def to_json(obj: Any) -> str:
 def atomic_write_json(path: PathLike, obj: Any) -> None:
     """Write ``obj`` as JSON (sorted keys, indent 2) to ``path`` atomically."""
     atomic_write_text(path, to_json(obj))  # serialise first: a bad object writes nothing
+
+
+def update_json(path: PathLike, change: Callable[[dict], None]) -> dict:
+    """Read the JSON object at ``path`` (``{}`` if there is none), let ``change`` edit it in place and write it back
+    atomically, all under ``folder_lock``: concurrent updates of one file are applied one after the other."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    with folder_lock(p.parent):
+        data = read_json(p) if p.is_file() else {}
+        change(data)
+        atomic_write_json(p, data)
+    return data
 
 
 def read_json(path: PathLike, what: str = "JSON file") -> Any:

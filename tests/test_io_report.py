@@ -23,6 +23,7 @@ from lcp.io import (
     load_tensors,
     read_json,
     save_tensors,
+    update_json,
     upsert_csv_row,
 )
 from lcp.report import REPORT_COLUMNS, plot_search, plot_widths, print_table, write_layers_csv, write_report
@@ -95,6 +96,29 @@ def test_upsert_csv_row_replaces_the_same_keys_and_orders_columns(tmp_path: Path
     assert list(df.columns) == ["method", "budget", "x", "seed", "new"]
     assert sorted(zip(df["budget"].round(6), df["x"])) == [(0.3, 2), (0.5, 3)]  # the 0.5 row replaced, not added
     assert _names(target.parent) == ["rows.csv"]
+
+
+def _append_rows(target: str, writer: int, n: int) -> None:
+    for i in range(n):
+        upsert_csv_row(target, {"writer": writer, "i": i}, keys=("writer", "i"))
+        update_json(Path(target).with_suffix(".json"), lambda d, i=i: d.setdefault("runs", []).append([writer, i]))
+
+
+def test_concurrent_writers_lose_no_row_and_no_json_update(tmp_path: Path) -> None:
+    import multiprocessing as mp
+
+    target = tmp_path / "rows.csv"
+    ctx = mp.get_context("spawn")  # a fresh interpreter per writer, like two benchmark runs
+    procs = [ctx.Process(target=_append_rows, args=(str(target), w, 15)) for w in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+        assert p.exitcode == 0
+    df = pd.read_csv(target)
+    assert len(df) == 60 and len(df.drop_duplicates()) == 60
+    assert len(json.loads(target.with_suffix(".json").read_text())["runs"]) == 60
+    assert _names(tmp_path) == ["rows.csv", "rows.json"]
 
 
 def test_atomic_write_under_a_file_is_lcp_error(tmp_path: Path) -> None:

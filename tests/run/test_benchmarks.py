@@ -569,6 +569,14 @@ def test_recovery_ablation_writes_rows_resumes_and_reports(tiny_folder: Path, re
     other.write_text(other.read_text().replace("holdout: 12", "holdout: 13"))
     third = rec.report([recipe, other], md).split("\n## ")[2]
     assert row(third)[13:15] == [" - ", " - "] and "did not measure" not in third
+    # a variant whose recipe changed after its rows were made: the page refuses, a run makes them again
+    other.write_text(other.read_text().replace("plain: {lr: 0.01,", "plain: {lr: 0.02,"))
+    with pytest.raises(rec.LcpError, match=r"plain pruned row \(seed 0\) was made with lr 0.01 \(recipe 0.02\)"):
+        rec.report([recipe, other], md)
+    changed = rec.read_recipe(other)
+    made = next(pd.read_csv(other_csv).itertuples())
+    assert rec.disagreements(made, changed["variants"]["plain"]) == ["lr 0.01 (recipe 0.02)"]
+    assert rec.disagreements(made, rec.read_recipe(recipe)["variants"]["plain"]) == []
     bad = tmp_path / "bad.yaml"
     bad.write_text(f"model: resnet20\ncut: {cut}\nout: {out}\nvariants:\n  x: {{lr: 0.01, momentum: 0.5}}\n")
     assert rec.main(["--recipe", str(bad)]) == 2
@@ -869,3 +877,65 @@ def test_rows_of_another_recipe_are_not_merged_into_a_table(tmp_path: Path):
     with pytest.raises(SystemExit, match="holds rows of another recipe"):
         merge_rows.merge([tmp_path / "n.csv"], tmp_path / "t.csv", [0.5])
     assert (tmp_path / "t.csv").read_text() == before
+
+
+def test_a_merge_keeps_only_the_runs_that_made_its_rows(tmp_path: Path):
+    """The table's wall time and dates come from ``runs``: a run of another budget whose rows were not merged,
+    or one that finished no row, stays out."""
+    merge_rows = _module(ROOT / "benchmarks" / "merge_rows.py", "merge_rows")
+    rows = [("lcp", 0.5, "2026-12-01T10:30:00+00:00"), ("lcp", 0.3, "2026-12-01T12:30:00+00:00")]
+    pd.DataFrame([{"method": m, "budget": b, "seed": 0, "finished": f} for m, b, f in rows]).to_csv(
+        tmp_path / "a.csv", index=False
+    )
+    runs = [
+        {"command": "one", "started": "2026-12-01T10:00:00+00:00", "finished": "2026-12-01T11:00:00+00:00"},
+        {"command": "two", "started": "2026-12-01T12:00:00+00:00", "finished": "2026-12-01T13:00:00+00:00"},
+        {"command": "none", "started": "2026-12-01T14:00:00+00:00", "finished": "2026-12-01T14:01:00+00:00"},
+        {"command": "cut off", "started": "2026-12-01T09:00:00+00:00"},
+    ]
+    meta = {"config_hash": "h", "config": {"methods": ["lcp"]}, "host": {}, "runs": runs}
+    (tmp_path / "a.meta.json").write_text(json.dumps(meta))
+    merge_rows.merge([tmp_path / "a.csv"], tmp_path / "m.csv", [0.5], "merge")
+    merged = json.loads((tmp_path / "m.meta.json").read_text())
+    assert [r["command"] for r in merged["runs"]] == ["one", "cut off", "merge"]
+
+
+def test_the_latency_sentence_follows_the_rows_not_the_last_runs_config():
+    """A table timed by one run and extended by untimed ones (or merged from both) must not claim every row was
+    timed, whatever the config it kept says."""
+    report = _module(ROOT / "benchmarks" / "report.py", "report")
+    csv = ROOT / "benchmarks" / "results" / "compare_resnet20.csv"
+    df, meta = pd.read_csv(csv), json.loads(csv.with_suffix(".meta.json").read_text())
+    assert meta["config"].get("latency_repeats", 20) > 0
+    assert "timed back to back for every row" in report.setup_text(df, meta)
+    df.loc[df.index[-1], [c for c in df.columns if c.startswith("latency")]] = float("nan")
+    text = report.setup_text(df, meta)
+    assert "for every row" not in text and "rows with `-` ran beside other jobs" in text
+
+
+def test_a_row_that_kept_fewer_macs_than_its_budget_is_named():
+    """FastNAS's ResNet-56 row stops at 0.463 of the MACs for a 0.5 budget: the findings say it ran with less."""
+    report = _module(ROOT / "benchmarks" / "report.py", "report")
+    s = report.summarise(pd.read_csv(ROOT / "benchmarks" / "results" / "compare_bn_resnet56.csv"))
+    assert "`modelopt` kept 0.463 of the MACs, more than 0.01 under the budget" in report.findings_text(s)
+    assert "under the budget" not in report.findings_text(s, macs_budget=False)
+    assert "under the budget" not in report.findings_text(s[s["method"] != "modelopt"])
+
+
+def test_the_latency_benchmark_writes_each_row_and_keeps_them_on_a_rerun(capsys):
+    """benchmarks/latency.py saves after every row; a rerun with the same settings measures nothing again, one
+    with other settings measures again."""
+    latency = _module(ROOT / "benchmarks" / "latency.py", "bench_latency")
+    quick = dict(rounds=1, min_seconds=0.0, cut_repeats=1, kinds=("macs",), image_size=16)
+    threads = torch.get_num_threads()
+    try:
+        saved: list[list[dict]] = []
+        first = latency.run(["resnet20"], [0.5, 0.3], 1, 2, 2, save=lambda rows: saved.append(list(rows)), **quick)
+        assert [len(s) for s in saved] == [1, 2] and len(first) == 2
+        again = latency.run(["resnet20"], [0.5, 0.3], 1, 2, 2, prior=first, **quick)
+        assert capsys.readouterr().out.count("kept from the earlier run") == 2
+        pd.testing.assert_frame_equal(again, first)
+        latency.run(["resnet20"], [0.5], 1, 3, 2, prior=first, **quick)  # other repeats: measured again
+        assert "kept from the earlier run" not in capsys.readouterr().out
+    finally:
+        torch.set_num_threads(threads)
