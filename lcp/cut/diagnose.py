@@ -28,7 +28,7 @@ from torch import nn
 from lcp.cut.parts import prune_parts
 from lcp.cut.pruner import prune_graph
 from lcp.engine.depth import depth_units
-from lcp.engine.graph import ChannelGraph, UntraceableModel, build_graph
+from lcp.engine.graph import ChannelGraph, NoMatch, UntraceableModel, build_graph
 from lcp.engine.modes import modes_kept
 from lcp.errors import LcpError, UnreachableBudget
 
@@ -189,7 +189,8 @@ def check(
 ) -> CheckReport:
     """Trace, plan a ``budget`` cut, build, verify (forward, backward, masked equivalence) and report.
 
-    Never raises for a model problem: the report's ``status`` is ``ok``, ``refused`` or ``error``. With
+    Never raises for a model problem: the report's ``status`` is ``ok``, ``refused`` or ``error``; an ``ignore``
+    glob that matches no conv or linear module is bad input and raises ``NoMatch`` (an LcpError). With
     ``suggest``, a model that fails after it traced is retried with layers kept whole (``--ignore``), coarse to
     fine, for at most ``suggest_seconds``; the patterns that made it prune land in ``report.suggestion``.
     """
@@ -204,7 +205,7 @@ def check(
     rep = CheckReport(model=name, status="ok", budget=budget, input_size=tuple(first.shape[1:]))
     graph = None
     try:
-        graph = build_graph(model, example_inputs, ignore=ignore, strict=False)  # its suggestions add "name.*"
+        graph = build_graph(model, example_inputs, ignore=ignore)
         rep.units, rep.prunable, rep.groups = len(graph.units), len(graph.prunable_units), len(graph.groups)
         rep.frozen = frozen_ops(graph)
         try:
@@ -212,9 +213,13 @@ def check(
         except Exception as e:  # reported, not fatal: depth is an option on top of the width cut
             rep.depth_error = describe_exception(e)
         _try_prune(graph, model, example_inputs, budget, rep)
+    except NoMatch:
+        raise
     except UntraceableModel as e:
         try:
             _check_parts(model, example_inputs, budget, ignore, rep, e)
+        except NoMatch:
+            raise
         except UnreachableBudget as e2:
             rep.status, rep.reason, rep.lowest_ratio = "refused", str(e2), e2.lowest
         except LcpError as e2:
@@ -237,14 +242,9 @@ def _check_parts(
     model: nn.Module, example_inputs: tuple, budget: float, ignore: Sequence[str], rep: CheckReport, why: Exception
 ) -> None:
     """A model that does not trace whole: prune its traceable parts (``lcp.cut.parts``) and run the result;
-    ``ignore`` is not strict, as for a model that traces whole."""
+    an ``ignore`` glob must match in some part, as in a model that traces whole."""
     res = prune_parts(
-        model,
-        example_inputs,
-        lambda g, n: prune_graph(g, budget=budget),
-        ignore=ignore,
-        untraced=str(why),
-        strict=False,
+        model, example_inputs, lambda g, n: prune_graph(g, budget=budget), ignore=ignore, untraced=str(why)
     )
     with torch.no_grad():
         res.model.eval()(*example_inputs)
@@ -330,8 +330,16 @@ def _prefixes(names: Sequence[str], parent: str) -> list[str]:
     return list(out)
 
 
-def _patterns(prefixes: Sequence[str]) -> list[str]:
-    return [p for prefix in prefixes for p in (prefix, prefix + ".*")]
+def _patterns(prefixes: Sequence[str], layers: Sequence[str]) -> list[str]:
+    """The --ignore globs that keep each prefix whole: the layer itself and/or the layers under it, only those
+    that match one of ``layers`` (lcp prune refuses a glob that matches nothing)."""
+    out = []
+    for prefix in prefixes:
+        if prefix in layers:
+            out.append(prefix)
+        if any(n.startswith(prefix + ".") for n in layers):
+            out.append(prefix + ".*")
+    return out
 
 
 def suggest_ignore(
@@ -348,8 +356,7 @@ def suggest_ignore(
         if time.perf_counter() > deadline:
             raise TimeoutError
         try:
-            # candidate patterns: one may match no module (a leaf's "name.*"), the set as a whole does
-            g = build_graph(model, example_inputs, ignore=[*ignore, *_patterns(prefixes)], strict=False)
+            g = build_graph(model, example_inputs, ignore=[*ignore, *_patterns(prefixes, layers)])
             if not g.prunable_units:
                 return True  # nothing left to break
             try:
@@ -381,4 +388,4 @@ def suggest_ignore(
             keep = finer
     except TimeoutError:
         pass
-    return [] if sorted(keep) == sorted(top) else _patterns(keep)
+    return [] if sorted(keep) == sorted(top) else _patterns(keep, layers)

@@ -28,7 +28,7 @@ from torch import nn
 
 from lcp.cut.pruner import PruneResult
 from lcp.engine.cost import count_macs, count_params
-from lcp.engine.graph import ChannelGraph, UntraceableModel, build_graph, no_match
+from lcp.engine.graph import ChannelGraph, NoMatch, UntraceableModel, build_graph, no_match
 from lcp.engine.modes import modes_kept
 from lcp.errors import LcpError, UnreachableBudget
 
@@ -133,7 +133,7 @@ def traceable_parts(
     visit("", model)
     unused = [g for g in ignore if g not in used and not any(fnmatchcase(n, g) for n in layers)]
     if strict and unused:
-        raise LcpError(no_match("--ignore", unused[0], layers, type(model).__name__))
+        raise NoMatch(no_match("--ignore", unused[0], layers, type(model).__name__))
     return parts
 
 

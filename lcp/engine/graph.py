@@ -129,7 +129,7 @@ class ChannelGraph:
             if not hit:
                 layers = [r.name for r in self.records if r.kind.has_filters]
                 if not any(fnmatch.fnmatchcase(n, pattern) for n in layers):
-                    raise LcpError(no_match("--max-removal", pattern, layers, type(self.model).__name__))
+                    raise NoMatch(no_match("--max-removal", pattern, layers, type(self.model).__name__))
             self.max_removal[hit] = np.minimum(self.max_removal[hit], fraction)
 
     def floors(self, min_ratio: float = 0.1, min_channels: int = 2) -> np.ndarray:
@@ -189,6 +189,11 @@ class LcpTracer(fx.Tracer):
 
 class UntraceableModel(LcpError):
     """torch.fx cannot trace the model whole (``lcp.cut.parts`` may still prune its traceable parts)."""
+
+
+class NoMatch(LcpError):
+    """A module-name glob the user gave (``--ignore``, ``--max-removal``) matches no conv or linear module: bad
+    input, not a property of the model."""
 
 
 def trace(model: nn.Module, rules: RuleTable = RULES) -> fx.GraphModule:
@@ -278,7 +283,7 @@ def build_graph(
         for pattern in ignore if strict else ():
             if not any(fnmatch.fnmatchcase(prefix + rec.name, pattern) for rec in layers):
                 names = [prefix + rec.name for rec in layers]
-                raise LcpError(no_match("--ignore", pattern, names, type(model).__name__))
+                raise NoMatch(no_match("--ignore", pattern, names, type(model).__name__))
         for rec in layers:
             if any(fnmatch.fnmatchcase(prefix + rec.name, p) for p in ignore):
                 prop.uf.freeze(rec.out_ids, f"ignored ({rec.name})")

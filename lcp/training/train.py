@@ -168,6 +168,9 @@ def _run(
         "nesterov": nesterov,
         "weight_decay": weight_decay,
         "teacher": teacher is not None,
+        "kd_alpha": kd_alpha if teacher is not None else None,
+        "kd_T": kd_T if teacher is not None else None,
+        "augment": augment,
     }
     model.to(dev)
     if teacher is not None:
@@ -187,7 +190,8 @@ def _run(
         torch.manual_seed(seed)
         if resume and ckpt is not None and ckpt.exists():
             info = load_checkpoint(ckpt, model, opt, restore_rng=True)
-            diff = {k: (info["settings"].get(k), v) for k, v in settings.items() if info["settings"].get(k) != v}
+            made = info["settings"]  # a setting recorded only by later versions is not compared
+            diff = {k: (made[k], v) for k, v in settings.items() if k in made and made[k] != v}
             if diff:
                 said = ", ".join(f"{k}={a} (now {b})" for k, (a, b) in diff.items())
                 raise LcpError(

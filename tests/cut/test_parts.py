@@ -134,6 +134,8 @@ def test_ignore_globs_see_full_module_names_and_one_matching_nothing_is_refused(
         "--ignore 'nomatch*' matches no conv or linear module of _LayerLoop (its modules are named like "
         "model.1.cv1, model.1.cv2, model.2.cv1, ...)"
     )
+    with pytest.raises(lcp.LcpError, match="--ignore 'nomatch.' matches no conv"):  # lcp check: bad input too
+        lcp.check(model, x, ignore=["nomatch*"])
 
 
 def test_the_callers_modes_are_kept_in_the_model_and_in_its_pruned_copy() -> None:

@@ -96,6 +96,36 @@ def test_sensitivity_measures_each_group_alone_and_is_monotone(tiny) -> None:
             assert scores[units][cut[units]].max() <= scores[units][~cut[units]].min()
 
 
+def test_an_interrupted_sensitivity_measurement_keeps_its_cuts_and_resumes(tiny) -> None:
+    """Ctrl-C in the middle: ``keep`` gets what was measured (a failed cut as null), and passed back as ``known``
+    only the rest is measured, to the same damage as an uninterrupted run."""
+    graph, _, scores = tiny
+    group_of = np.array([u.group for u in graph.units])
+    calls: list[int] = []
+    stop_at = [7]
+
+    def loss_of(removed: np.ndarray) -> float:
+        if len(calls) == stop_at[0]:
+            raise KeyboardInterrupt
+        calls.append(int(removed.sum()))
+        if 2 in set(group_of[removed].tolist()) and removed.sum() >= 4:
+            return float("inf")
+        return 1.0 + float(removed.sum()) / 100
+
+    floors, levels = graph.floors(0.1), (0.25, 0.5, 0.75)
+    kept: list[dict] = []
+    with pytest.raises(KeyboardInterrupt):
+        measure_sensitivity(graph, scores, loss_of, floors, levels=levels, keep=kept.append, keep_every=1e9)
+    assert len(kept) == 1 and len(kept[0]["measured"]) == 6 and kept[0]["base"] == 1.0  # the baseline and 6 cuts
+    partial = json.loads(json.dumps(kept[0]))  # as sensitivity.json holds it
+    calls.clear()
+    stop_at[0] = -1
+    resumed = measure_sensitivity(graph, scores, loss_of, floors, levels=levels, known=partial)
+    assert len(calls) == 3 * len(graph.groups) - 6  # neither the baseline nor the 6 cuts again
+    full = measure_sensitivity(graph, scores, loss_of, floors, levels=levels)
+    np.testing.assert_array_equal(resumed, full)
+
+
 def test_the_sensitivity_member_cuts_the_insensitive_group_first(tiny) -> None:
     graph, cost, scores = tiny
     n = len(graph.groups)
@@ -196,6 +226,40 @@ def test_presets_on_the_command_line(tiny_folder: Path, resnet20_ckpt: Path, tmp
     assert bad.code == 2
 
 
+def test_ctrl_c_during_the_sensitivity_measurement_keeps_it_for_resume(
+    tiny_folder: Path, resnet20_ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """lcp prune interrupted in the middle of the measurement: exit 130, the cuts so far in sensitivity.json, and
+    --resume measures only the rest."""
+    from lcp.methods.legr.fitness import Fitness
+
+    real, calls = Fitness.for_removed, []
+
+    def counted(self, removed):
+        if len(calls) == 9 and stop[0]:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return real(self, removed)
+
+    stop = [True]
+    monkeypatch.setattr(Fitness, "for_removed", counted)
+    out = tmp_path / "run"
+    args = tiny_args(tiny_folder, resnet20_ckpt, out, "--method", "lcp", "--candidates", "4", "--threads", "1")
+    res = lcp_cli(*args)
+    assert res.code == 130, res.err
+    sens = json.loads((out / "sensitivity.json").read_text())
+    assert "damage" not in sens and len(sens["partial"]["measured"]) >= 8
+    calls.clear()
+    stop[0] = False
+    again = lcp_cli(*args, "--resume")
+    assert again.code == 0, again.err
+    assert "cuts measured before, reused" in again.out
+    whole = 1 + 3 * 12  # the baseline and three keep levels of 12 groups, measured once in all
+    sens = json.loads((out / "sensitivity.json").read_text())
+    assert len(sens["damage"]) == 12 and "partial" not in sens
+    assert len(calls) >= whole - 9 and len(calls) < whole + 4  # the rest of the measurement and the 4 candidates
+
+
 def test_a_damaged_sensitivity_file_is_measured_again() -> None:
     from lcp.methods.legr.method import _cached_damage
 
@@ -213,6 +277,19 @@ def test_a_damaged_sensitivity_file_is_measured_again() -> None:
         {"key": key},
     ):
         assert _cached_damage(bad, key, (2, 3)) is None
+    from lcp.methods.legr.method import _cached_partial
+
+    part = {"key": key, "seconds": 2.0, "partial": {"base": 1.5, "measured": [[0, 1, 0.2], [1, 0, None]]}}
+    assert _cached_partial(part, key) == {"base": 1.5, "measured": [(0, 1, 0.2), (1, 0, None)]}
+    for bad in (
+        good,
+        {**part, "key": {"scores": "other"}},
+        {**part, "partial": {"base": None, "measured": []}},
+        {**part, "partial": {"base": 1.0, "measured": [[0, "x", 1.0]]}},
+        {**part, "partial": {"base": 1.0, "measured": [[0, 1]]}},
+        {**part, "seconds": "soon"},
+    ):
+        assert _cached_partial(bad, key) is None
 
 
 def test_the_fast_preset_stops_in_time_and_search_stop_reproduces_it(

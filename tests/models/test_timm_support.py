@@ -391,6 +391,14 @@ def test_check_refused_exit_2_with_reason():
     assert "matched an --ignore pattern" in out  # what froze it, and where
 
 
+def test_check_refuses_an_ignore_glob_that_matches_nothing():
+    """Bad input (a typo in a module name), not a model property: one line, exit 2, as lcp prune refuses it."""
+    res = lcp_cli("check", "--model", "resnet18", "--input-size", *SIZE, "--ignore", "layer9.*")
+    line = assert_one_line_error(res, "--ignore 'layer9.*' matches no conv or linear module of ResNet")
+    assert res.code == 2 and line.startswith("lcp: error: --ignore 'layer9.*' matches no conv")
+    assert res.out == ""  # no report of a check that did not run
+
+
 def test_check_reports_frozen_ops_with_modules():
     code, out, _ = lcp_cli("check", "--model", "convnext_atto", "--input-size", *SIZE)
     assert code == 0
@@ -481,7 +489,7 @@ def test_check_suggests_ignore_patterns_for_a_failing_block(monkeypatch):
     monkeypatch.setattr(lc, "train_step", buggy)
     rep = lc.check(Net(), torch.zeros(1, 3, 16, 16), suggest=True)
     assert rep.status == "error" and rep.reason.startswith("IndexError: fake engine bug")
-    assert rep.suggestion == ["b.0", "b.0.*"]
-    assert any("--ignore 'b.0' --ignore 'b.0.*'" in line for line in rep.lines())
+    assert rep.suggestion == ["b.0"]  # a conv: "b.0.*" would match nothing, and lcp prune refuses such a glob
+    assert any("--ignore 'b.0'" in line for line in rep.lines())
     fixed = lc.check(Net(), torch.zeros(1, 3, 16, 16), ignore=rep.suggestion)
     assert fixed.ok

@@ -317,6 +317,23 @@ def test_resume_matches_uninterrupted(bundle: DataBundle, tmp_path: Path) -> Non
     assert head[8:9] == b"{"
 
 
+def test_resume_refuses_a_checkpoint_made_with_another_distillation(bundle: DataBundle, tmp_path: Path) -> None:
+    """--kd-weight (and the teacher, and augmentation) are settings of the checkpoint like the learning rate."""
+    kw = dict(epochs=2, lr=0.05, batch_size=16, progress=False, seed=4, teacher=_net(3).eval(), kd_alpha=0.9)
+
+    def crash(epoch: int, record: dict) -> None:
+        raise KeyboardInterrupt
+
+    ckpt = tmp_path / "kd.safetensors"
+    with pytest.raises(KeyboardInterrupt):
+        finetune(_net(2), bundle, ckpt_path=ckpt, on_epoch_end=crash, **kw)
+    with pytest.raises(LcpError, match=r"kd_alpha=0.9 \(now 0.5\)"):
+        finetune(_net(2), bundle, ckpt_path=ckpt, resume=True, **{**kw, "kd_alpha": 0.5})
+    with pytest.raises(LcpError, match=r"teacher=True \(now False\)"):
+        finetune(_net(2), bundle, ckpt_path=ckpt, resume=True, **{**kw, "teacher": None})
+    assert finetune(_net(2), bundle, ckpt_path=ckpt, resume=True, **kw)["resumed_from"] == 1
+
+
 def test_nan_stops_and_keeps_checkpoint(bundle: DataBundle, tmp_path: Path) -> None:
     net = _net()
     ckpt = tmp_path / "nan.safetensors"

@@ -255,6 +255,15 @@ class LegrMethod(Method):
             ctx.log(f"per-layer sensitivity: reused from {path.name} ({seconds:.0f} s when measured)")
         else:
             t0 = time.perf_counter()
+            # an interrupted measurement's cuts (kept as it went) are not measured again
+            known = _cached_partial(cached, key)
+            before = float(cached.get("seconds", 0.0)) if known else 0.0
+            if known:
+                ctx.log(f"per-layer sensitivity: {len(known.get('measured', []))} cuts measured before, reused")
+
+            def keep(partial: dict) -> None:  # the measurements so far, for --resume
+                atomic_write_json(path, {"key": key, "seconds": before + time.perf_counter() - t0, "partial": partial})
+
             cheap = fitness_for(ctx, budgets, label_free=o.label_free, **SENSITIVITY_FITNESS)
             n = 1 + len(graph.groups) * len(SENSITIVITY_LEVELS) + (0 if empty is None else int(empty.sum()))
             with tqdm(total=n, desc="sensitivity", disable=not (o.progress and ctx.writer), leave=False) as bar:
@@ -266,8 +275,10 @@ class LegrMethod(Method):
                     done=lambda i, total: bar.update(i - bar.n),
                     seconds=cap,
                     empty=empty,
+                    known=known,
+                    keep=keep if path is not None else None,
                 )
-            seconds = time.perf_counter() - t0
+            seconds = before + time.perf_counter() - t0
             if damage is None:
                 ctx.log(
                     f"per-layer sensitivity skipped: {n} one-group cuts would take more than {cap:.0f} s of the "
@@ -297,3 +308,18 @@ def _cached_damage(cached: Any, key: dict, shape: tuple[int, int]) -> np.ndarray
     if damage.shape != shape or not np.all(np.isfinite(damage)) or not np.isfinite(seconds):
         return None
     return damage
+
+
+def _cached_partial(cached: Any, key: dict) -> dict | None:
+    """The measurements an interrupted run kept in ``sensitivity.json`` (``measure_sensitivity``'s ``known``), if
+    made with ``key`` and well formed (else None: measure from the start)."""
+    if not isinstance(cached, dict) or cached.get("key") != key or not isinstance(cached.get("partial"), dict):
+        return None
+    partial = cached["partial"]
+    try:
+        base = float(partial["base"])
+        rows = [(int(g), int(j), None if v is None else float(v)) for g, j, v in partial["measured"]]
+        float(cached["seconds"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return {"base": base, "measured": rows} if np.isfinite(base) else None

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -87,6 +88,9 @@ def measure_sensitivity(
     seconds: float | None = None,
     clock: Callable[[], float] = time.monotonic,
     empty: np.ndarray | None = None,
+    known: Mapping[str, Any] | None = None,
+    keep: Callable[[dict[str, Any]], None] | None = None,
+    keep_every: float = 10.0,
 ) -> np.ndarray | None:
     """Damage (held-out loss above the unpruned network's) per group and keep level, shape ``(G, len(levels))``.
 
@@ -95,34 +99,58 @@ def measure_sensitivity(
     measured. ``done(i, total)`` is called after each measurement (progress). ``seconds``: if the first two
     measurements project a longer total (a large model on a slow device), stop there and return None.
     ``empty`` (bool per group, depth units): those groups are also measured emptied (their residual branch
-    removed), in one more column (the deepest level's damage for the other groups).
+    removed), in one more column (the deepest level's damage for the other groups). ``keep(partial)`` is called
+    with the measurements so far at most every ``keep_every`` seconds and when the measurement is interrupted
+    (Ctrl-C, an error); passing that ``partial`` back as ``known`` measures only the rest.
     """
     extra = np.zeros(len(graph.groups), dtype=bool) if empty is None else np.asarray(empty, dtype=bool)
     total = 1 + len(graph.groups) * len(levels) + int(extra.sum())
-    start = clock()
-    base = loss_of(np.zeros(len(graph.units), dtype=bool))
-    damage = np.zeros((len(graph.groups), len(levels)))
-    if done:
-        done(1, total)
-    for g in graph.groups:
-        units = _prunable(graph, g.index)
-        order = units[np.argsort(np.asarray(scores)[units], kind="stable")]
-        for j, keep in enumerate(levels):
-            n_keep = max(int(floors[g.index]), int(round(keep * len(units))))
-            removed = np.zeros(len(graph.units), dtype=bool)
-            removed[order[: max(0, len(units) - n_keep)]] = True
-            damage[g.index, j] = loss_of(removed) - base if removed.any() else 0.0
-            if done:
-                done(1 + g.index * len(levels) + j + 1, total)
-            if seconds is not None and g.index == 0 and j == 0 and (clock() - start) / 2 * total > seconds:
-                return None
-    emptied = np.full(len(graph.groups), np.nan)
-    for i, g in enumerate(np.nonzero(extra)[0].tolist()):
-        removed = np.zeros(len(graph.units), dtype=bool)
-        removed[_prunable(graph, g)] = True
-        emptied[g] = loss_of(removed) - base
+    start = last_kept = clock()
+    measured: dict[tuple[int, int], float] = {
+        (int(g), int(j)): (float("inf") if v is None else float(v)) for g, j, v in (known or {}).get("measured", [])
+    }
+    partial: dict[str, Any] = {"base": (known or {}).get("base"), "measured": []}
+
+    def progress(i: int) -> None:
+        nonlocal last_kept
         if done:
-            done(1 + len(graph.groups) * len(levels) + i + 1, total)
+            done(i, total)
+        if keep and clock() - last_kept >= keep_every:
+            keep(_partial(partial, measured))
+            last_kept = clock()
+
+    def damage_of(g: int, j: int, removed: np.ndarray) -> float:
+        if (g, j) not in measured:
+            measured[(g, j)] = loss_of(removed) - partial["base"] if removed.any() else 0.0
+        return measured[(g, j)]
+
+    damage = np.zeros((len(graph.groups), len(levels)))
+    emptied = np.full(len(graph.groups), np.nan)
+    try:
+        if partial["base"] is None:
+            partial["base"] = loss_of(np.zeros(len(graph.units), dtype=bool))
+        progress(1)
+        for g in graph.groups:
+            units = _prunable(graph, g.index)
+            order = units[np.argsort(np.asarray(scores)[units], kind="stable")]
+            for j, keep_level in enumerate(levels):
+                n_keep = max(int(floors[g.index]), int(round(keep_level * len(units))))
+                removed = np.zeros(len(graph.units), dtype=bool)
+                removed[order[: max(0, len(units) - n_keep)]] = True
+                damage[g.index, j] = damage_of(g.index, j, removed)
+                progress(1 + g.index * len(levels) + j + 1)
+                if seconds is not None and not known and g.index == 0 and j == 0:
+                    if (clock() - start) / 2 * total > seconds:
+                        return None
+        for i, g in enumerate(np.nonzero(extra)[0].tolist()):
+            removed = np.zeros(len(graph.units), dtype=bool)
+            removed[_prunable(graph, g)] = True
+            emptied[g] = damage_of(g, len(levels), removed)
+            progress(1 + len(graph.groups) * len(levels) + i + 1)
+    except BaseException:
+        if keep and partial["base"] is not None:
+            keep(_partial(partial, measured))
+        raise
     damage = np.concatenate([damage, emptied[:, None]], axis=1) if empty is not None else damage
     finite = damage[np.isfinite(damage)]
     worst = float(finite.max()) if finite.size else 1.0
@@ -142,6 +170,12 @@ def measure_sensitivity(
     last = damage[:, -1]
     last = np.where(extra, np.where(np.isfinite(last), last, failed), 0.0)
     return np.concatenate([out, np.maximum(last, body[:, 0])[:, None]], axis=1)
+
+
+def _partial(partial: dict[str, Any], measured: dict[tuple[int, int], float]) -> dict[str, Any]:
+    """What ``measure_sensitivity`` hands to ``keep``: JSON-ready (a failed cut's infinite damage as null)."""
+    rows = [[g, j, v if np.isfinite(v) else None] for (g, j), v in sorted(measured.items())]
+    return {"base": partial["base"], "measured": rows}
 
 
 def sensitivity_member(
