@@ -53,6 +53,7 @@ import json
 import math
 import os
 import platform
+import secrets
 import shlex
 import sys
 import time
@@ -1186,7 +1187,7 @@ def run(args: argparse.Namespace, argv: list[str], log: Log = print) -> pd.DataF
         started = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
         host = _host()
         sbud = cfg["search"].get("search_budget")
-        invocation = {"command": _command(argv), "started": started, "rows": len(todo)}
+        invocation = {"command": _command(argv), "started": started, "rows": len(todo), "id": secrets.token_hex(6)}
 
         def begin(meta: dict) -> None:
             for peer in PEERS:  # the peers may run from another venv: keep the version their rows were made with
@@ -1256,7 +1257,7 @@ def run(args: argparse.Namespace, argv: list[str], log: Log = print) -> pd.DataF
 
         def finish(meta: dict) -> None:
             runs = meta.setdefault("runs", [])
-            mine = [r for r in runs if r.get("command") == invocation["command"] and r.get("started") == started]
+            mine = [r for r in runs if r.get("id") == invocation["id"]]
             if mine:
                 mine[-1].update(invocation)
             else:  # the file was replaced meanwhile (another run's --overwrite): record this run again

@@ -19,13 +19,18 @@ measures the rest (--overwrite measures all again). The file holds this run's ro
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
 import torch
 
-import lcp
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from compare import _host  # noqa: E402
+
+import lcp  # noqa: E402
 from lcp.cut.alignment import measure_alignment
 from lcp.cut.latency import RUNTIMES, in_runtime, median_error, paired_latency
 from lcp.cut.options import CutOptions
@@ -66,7 +71,8 @@ def run(
     accuracy). ``save`` is called with the rows after each new one, so an interrupted run loses nothing."""
     rows, accuracy = [], []
     same = {"device": device, "threads": threads, "repeats": repeats, "runtime": runtime, "depth": depth}
-    same |= {"rounds": rounds, "cut_repeats": cut_repeats, "min_seconds": min_seconds}
+    same |= {"rounds": rounds, "cut_repeats": cut_repeats, "min_seconds": min_seconds, "big_batch": big_batch}
+    same |= {"image_size": image_size, "data": data or "", "machine": _machine(device)}
     reuse = _reusable(prior, same, round_to, bool(data))
     for name in models:
         if data:
@@ -113,11 +119,8 @@ def run(
                             "budget": budget,
                             "status": "unreachable",
                             "lowest_latency_ratio": round(e.lowest, 4),
-                            "device": device,
-                            "threads": threads,
-                            "repeats": repeats,
                             "round_to": align,
-                            "depth": depth,
+                            **same,
                         }
                     )
                     print(rows[-1], flush=True)
@@ -164,18 +167,11 @@ def run(
                         "cut_timings": res.info.get("latency_timings"),
                         "retimed_off_target": round(own, 4) if budget_type == "latency" else None,
                         "retimed_error": round(err, 4) if budget_type == "latency" else None,
-                        "device": device,
-                        "threads": threads,
-                        "repeats": repeats,
                         "round_to": align,
-                        "runtime": runtime,
-                        "depth": depth,
                         "blocks_removed": sum(
                             bool(graph.depth[g.index] and res.plan.removed[g.units].all()) for g in graph.groups
                         ),
-                        "rounds": rounds,
-                        "cut_repeats": cut_repeats,
-                        "min_seconds": min_seconds,
+                        **same,
                     }
                 )
                 if data:
@@ -187,6 +183,12 @@ def run(
     if save and accuracy:
         save(rows)
     return pd.DataFrame(rows)
+
+
+def _machine(device: str) -> str:
+    """What the timings were made on: the GPU's name, or the CPU model and its core count."""
+    host = _host()
+    return str(host["gpu"]) if device.startswith("cuda") and host["gpu"] else f"{host['cpu']} x{host['cores']}"
 
 
 def _equal(a: object, b: object) -> bool:
@@ -207,7 +209,7 @@ def _reusable(prior: pd.DataFrame | None, same: dict, round_to: str, accuracy: b
     out = {}
     for r in prior.to_dict("records"):
         row = {k: v for k, v in r.items() if not (isinstance(v, float) and pd.isna(v))}
-        if not all(_equal(row.get(k), v) for k, v in same.items()):
+        if not all(_equal(row.get(k, ""), v) for k, v in same.items()):  # a gap in the CSV: ""
             continue
         if round_to != "auto" and int(row.get("round_to", -1)) != int(round_to):
             continue

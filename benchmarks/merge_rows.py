@@ -25,15 +25,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from compare import append_row  # noqa: E402
 
-from lcp.io import atomic_write_json  # noqa: E402
+from lcp.io import update_json  # noqa: E402
 
 
-def _made_a_row(run: dict, finished: list[pd.Timestamp]) -> bool:
+def _next_start(run: dict, runs: list[dict]) -> str | None:
+    """When the next run of the same file started: where a run cut off before it finished ended at the latest."""
+    later = [r["started"] for r in runs if r.get("started") and run.get("started") and r["started"] > run["started"]]
+    return min(later) if later else None
+
+
+def _made_a_row(run: dict, finished: list[pd.Timestamp], next_start: str | None = None) -> bool:
     """Whether ``run`` (an invocation in a meta's ``runs``) finished one of the merged rows: its wall time and
-    dates belong to the merged table only then (a run of other budgets, or one that made no row, stays out)."""
+    dates belong to the merged table only then (a run of other budgets, or one that made no row, stays out). A
+    run cut off before it finished ends, at the latest, where ``next_start`` (the next run's start) says."""
     if not run.get("started") or not finished:  # a merge entry, or rows without timestamps: keep it
         return True
-    start, end = pd.Timestamp(run["started"]), run.get("finished")
+    start = pd.Timestamp(run["started"])
+    end = run.get("finished") or next_start
     return any(start <= f and (not end or f <= pd.Timestamp(end)) for f in finished)
 
 
@@ -59,32 +67,39 @@ def merge(inputs: list[Path], into: Path, budgets: list[float], command: str = "
             row[k] = float(row[k]) if k == "budget" else int(row[k])
         append_row(into, row)
 
-    meta_path = into.with_suffix(".meta.json")
-    existing = meta_path.is_file()
-    meta = json.loads(meta_path.read_text()) if existing else dict(metas[0], runs=[])
-    cfg = meta["config"]
-    cfg["methods"] = sorted(set(cfg.get("methods", [])) | set(keep["method"]))
-    cfg["seeds"] = sorted({int(s) for s in cfg.get("seeds", [])} | {int(s) for s in keep["seed"]})
-    chosen = {float(x) for x in budgets}
-    if existing:  # rows at other budgets stay: their budgets too; each input's searches ran at its own budgets
-        old = set(meta.get("search_budgets") or cfg.get("budgets", []))
-        if old and old != chosen:
-            meta["searched_separately"] = True
-        chosen |= {float(b) for b in cfg.get("budgets", [])}
-    cfg["budgets"] = sorted(chosen)
-    meta["search_budgets"] = cfg["budgets"]
-    host = meta.setdefault("host", {})
-    for m in metas:  # e.g. the modelopt version, known only to the run from its own venv
-        host.update({k: v for k, v in (m.get("host") or {}).items() if host.get(k) is None and v is not None})
-    seen = {json.dumps(r, sort_keys=True) for r in meta["runs"]}
     made = [pd.Timestamp(f) for f in keep.get("finished", pd.Series(dtype=str)) if f]
-    for m in metas:
-        meta["runs"] += [
-            r for r in m.get("runs", []) if json.dumps(r, sort_keys=True) not in seen and _made_a_row(r, made)
-        ]
-    if command:
-        meta["runs"].append({"command": command})
-    atomic_write_json(meta_path, meta)
+    chosen = {float(x) for x in budgets}
+
+    def combine(meta: dict) -> None:
+        existing = bool(meta)
+        if not existing:
+            meta.update(dict(metas[0], runs=[]))
+        cfg = meta["config"]
+        cfg["methods"] = sorted(set(cfg.get("methods", [])) | set(keep["method"]))
+        cfg["seeds"] = sorted({int(s) for s in cfg.get("seeds", [])} | {int(s) for s in keep["seed"]})
+        wanted = set(chosen)
+        if existing:  # rows at other budgets stay: their budgets too; each input's searches ran at its own budgets
+            old = set(meta.get("search_budgets") or cfg.get("budgets", []))
+            if old and old != wanted:
+                meta["searched_separately"] = True
+            wanted |= {float(b) for b in cfg.get("budgets", [])}
+        cfg["budgets"] = sorted(wanted)
+        meta["search_budgets"] = cfg["budgets"]
+        host = meta.setdefault("host", {})
+        for m in metas:  # e.g. the modelopt version, known only to the run from its own venv
+            host.update({k: v for k, v in (m.get("host") or {}).items() if host.get(k) is None and v is not None})
+        seen = {json.dumps(r, sort_keys=True) for r in meta["runs"]}
+        for m in metas:
+            runs = m.get("runs", [])
+            meta["runs"] += [
+                r
+                for r in runs
+                if json.dumps(r, sort_keys=True) not in seen and _made_a_row(r, made, _next_start(r, runs))
+            ]
+        if command:
+            meta["runs"].append({"command": command})
+
+    update_json(into.with_suffix(".meta.json"), combine)  # under the lock compare.py's runs update it with
     return len(keep)
 
 

@@ -262,10 +262,10 @@ def run(cfg: dict, only: list[str] | None, nets: list[str], log=print) -> pd.Dat
     have = set()
     for r in done.itertuples():
         stale = disagreements(r, cfg["variants"][r.variant]) if r.variant in cfg["variants"] else []
-        if stale:  # the recipe changed since the row was made: it is made again and replaced
-            log(f"{r.variant} {r.net} seed {int(r.seed)} was made with {', '.join(stale)}: running it again")
-        else:
+        if not stale:
             have.add((r.variant, r.net, int(r.seed)))
+        elif (not only or r.variant in only) and r.net in nets:  # the recipe changed since: made again, replaced
+            log(f"{r.variant} {r.net} seed {int(r.seed)} was made with {', '.join(stale)}: running it again")
     todo = [
         (name, net, seed)
         for name in cfg["variants"]

@@ -486,6 +486,8 @@ def setup_text(df: pd.DataFrame, meta: dict) -> str:
             + ", base and pruned timed back to back for every row; the columns are pruned / base (below 1 is "
             "faster)."
         )
+    elif cut.empty:
+        lines.append("- **Latency:** no pruned network in this table to time.")
     else:
         lines.append(
             "- **Latency:** not measured here (the rows ran as parallel jobs on one machine, so their timings "

@@ -12,6 +12,7 @@ import errno
 import json
 import os
 import secrets
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -118,20 +119,38 @@ def atomic_write_text(path: PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+_HELD = threading.local()  # the folders this thread holds a folder_lock on (the lock is taken once)
+# errors of file systems without flock on folders (NFS, Lustre): the update then goes on unlocked
+_NO_LOCK_ERRNOS = {errno.EBADF, errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
+
+
 @contextlib.contextmanager
 def folder_lock(folder: PathLike) -> Iterator[None]:
     """Hold an exclusive (blocking) lock on ``folder`` while a file in it is read, changed and rewritten, so that
     several processes updating one file (two benchmark runs sharing a results CSV) never lose each other's
-    update. Locks the folder itself, so nothing is left behind; a no-op where ``fcntl`` is missing (Windows)."""
+    update. Locks the folder itself, so nothing is left behind; nested use in one thread takes it once; a no-op
+    where ``fcntl`` is missing (Windows) or the file system has no such locks (some network file systems)."""
+    key = os.path.realpath(folder)
+    held: set[str] = _HELD.__dict__.setdefault("folders", set())
     try:
         import fcntl
     except ImportError:  # pragma: no cover - not POSIX
+        fcntl = None  # type: ignore[assignment]
+    if key in held or fcntl is None:
         yield
         return
     fd = os.open(folder, os.O_RDONLY)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as exc:
+            if exc.errno not in _NO_LOCK_ERRNOS:
+                raise
+        held.add(key)
+        try:
+            yield
+        finally:
+            held.discard(key)
     finally:
         os.close(fd)  # closing the descriptor drops the lock
 

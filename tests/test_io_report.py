@@ -121,6 +121,18 @@ def test_concurrent_writers_lose_no_row_and_no_json_update(tmp_path: Path) -> No
     assert _names(tmp_path) == ["rows.csv", "rows.json"]
 
 
+def test_a_folder_lock_taken_again_in_the_same_thread_does_not_wait_for_itself(tmp_path: Path) -> None:
+    import threading
+
+    def nested() -> None:
+        update_json(tmp_path / "m.json", lambda d: upsert_csv_row(tmp_path / "a.csv", {"x": 1}, keys=("x",)))
+
+    t = threading.Thread(target=nested, daemon=True)
+    t.start()
+    t.join(timeout=30)
+    assert not t.is_alive() and (tmp_path / "a.csv").is_file()
+
+
 def test_atomic_write_under_a_file_is_lcp_error(tmp_path: Path) -> None:
     (tmp_path / "file.txt").write_text("x")
     with pytest.raises(LcpError, match="cannot write"):

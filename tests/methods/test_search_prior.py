@@ -334,6 +334,21 @@ def test_a_sensitivity_measurement_too_slow_for_the_budget_is_given_up(tiny) -> 
     done = measure_sensitivity(graph, scores, slow, floors, seconds=10.0 * total + 1, clock=lambda: now[0])
     assert done is not None and len(calls) == total
 
+    def stopped(removed: np.ndarray) -> float:  # Ctrl-C in the first cut, after the baseline
+        if removed.any():
+            raise KeyboardInterrupt
+        return slow(removed)
+
+    kept: list[dict] = []
+    with pytest.raises(KeyboardInterrupt):
+        measure_sensitivity(graph, scores, stopped, floors, seconds=1.0, clock=lambda: now[0], keep=kept.append)
+    assert kept[-1]["measured"] == []  # the baseline only: the resumed run still projects, and gives up
+    calls.clear()
+    again = measure_sensitivity(
+        graph, scores, slow, floors, seconds=10.0 * total - 1, clock=lambda: now[0], known=kept[-1]
+    )
+    assert again is None and len(calls) == 1
+
 
 def test_a_skipped_measurement_stays_skipped_on_resume(
     tiny_folder: Path, resnet20_ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -883,7 +883,11 @@ def test_a_merge_keeps_only_the_runs_that_made_its_rows(tmp_path: Path):
     """The table's wall time and dates come from ``runs``: a run of another budget whose rows were not merged,
     or one that finished no row, stays out."""
     merge_rows = _module(ROOT / "benchmarks" / "merge_rows.py", "merge_rows")
-    rows = [("lcp", 0.5, "2026-12-01T10:30:00+00:00"), ("lcp", 0.3, "2026-12-01T12:30:00+00:00")]
+    rows = [
+        ("lcp", 0.5, "2026-12-01T10:30:00+00:00"),
+        ("lcp", 0.3, "2026-12-01T12:30:00+00:00"),
+        ("uniform", 0.5, "2026-12-01T15:30:00+00:00"),
+    ]
     pd.DataFrame([{"method": m, "budget": b, "seed": 0, "finished": f} for m, b, f in rows]).to_csv(
         tmp_path / "a.csv", index=False
     )
@@ -891,13 +895,17 @@ def test_a_merge_keeps_only_the_runs_that_made_its_rows(tmp_path: Path):
         {"command": "one", "started": "2026-12-01T10:00:00+00:00", "finished": "2026-12-01T11:00:00+00:00"},
         {"command": "two", "started": "2026-12-01T12:00:00+00:00", "finished": "2026-12-01T13:00:00+00:00"},
         {"command": "none", "started": "2026-12-01T14:00:00+00:00", "finished": "2026-12-01T14:01:00+00:00"},
-        {"command": "cut off", "started": "2026-12-01T09:00:00+00:00"},
+        {"command": "cut off early", "started": "2026-12-01T09:00:00+00:00"},  # ended before "one" started
+        {"command": "cut off", "started": "2026-12-01T15:00:00+00:00"},  # made the uniform row, then was killed
     ]
-    meta = {"config_hash": "h", "config": {"methods": ["lcp"]}, "host": {}, "runs": runs}
+    meta = {"config_hash": "h", "config": {"methods": ["lcp", "uniform"]}, "host": {}, "runs": runs}
     (tmp_path / "a.meta.json").write_text(json.dumps(meta))
     merge_rows.merge([tmp_path / "a.csv"], tmp_path / "m.csv", [0.5], "merge")
     merged = json.loads((tmp_path / "m.meta.json").read_text())
     assert [r["command"] for r in merged["runs"]] == ["one", "cut off", "merge"]
+    merge_rows.merge([tmp_path / "a.csv"], tmp_path / "m.csv", [0.5], "again")  # the meta updated, not replaced
+    merged = json.loads((tmp_path / "m.meta.json").read_text())
+    assert [r["command"] for r in merged["runs"]] == ["one", "cut off", "merge", "again"]
 
 
 def test_the_latency_sentence_follows_the_rows_not_the_last_runs_config():
@@ -922,7 +930,7 @@ def test_a_row_that_kept_fewer_macs_than_its_budget_is_named():
     assert "under the budget" not in report.findings_text(s[s["method"] != "modelopt"])
 
 
-def test_the_latency_benchmark_writes_each_row_and_keeps_them_on_a_rerun(capsys):
+def test_the_latency_benchmark_writes_each_row_and_keeps_them_on_a_rerun(capsys, tmp_path: Path):
     """benchmarks/latency.py saves after every row; a rerun with the same settings measures nothing again, one
     with other settings measures again."""
     latency = _module(ROOT / "benchmarks" / "latency.py", "bench_latency")
@@ -932,10 +940,15 @@ def test_the_latency_benchmark_writes_each_row_and_keeps_them_on_a_rerun(capsys)
         saved: list[list[dict]] = []
         first = latency.run(["resnet20"], [0.5, 0.3], 1, 2, 2, save=lambda rows: saved.append(list(rows)), **quick)
         assert [len(s) for s in saved] == [1, 2] and len(first) == 2
-        again = latency.run(["resnet20"], [0.5, 0.3], 1, 2, 2, prior=first, **quick)
+        first.to_csv(tmp_path / "l.csv", index=False)
+        written = pd.read_csv(tmp_path / "l.csv")  # as a rerun reads it: empty cells are NaN
+        again = latency.run(["resnet20"], [0.5, 0.3], 1, 2, 2, prior=written, **quick)
         assert capsys.readouterr().out.count("kept from the earlier run") == 2
-        pd.testing.assert_frame_equal(again, first)
-        latency.run(["resnet20"], [0.5], 1, 3, 2, prior=first, **quick)  # other repeats: measured again
-        assert "kept from the earlier run" not in capsys.readouterr().out
+        assert list(again["macs_ratio"]) == list(first["macs_ratio"])
+        assert set(first["machine"]) == {latency._machine("cpu")}
+        for other in ({"repeats": 3}, {"big_batch": 4}, {"image_size": 24}):  # other settings: measured again
+            kw = {"models": ["resnet20"], "budgets": [0.5], "threads": 1, "repeats": 2, "big_batch": 2, **quick}
+            latency.run(**{**kw, **other}, prior=written)
+            assert "kept from the earlier run" not in capsys.readouterr().out, other
     finally:
         torch.set_num_threads(threads)

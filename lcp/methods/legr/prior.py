@@ -119,8 +119,12 @@ def measure_sensitivity(
             keep(_partial(partial, measured))
             last_kept = clock()
 
+    made = [0]  # measurements this call made (not the known ones): what the time projection is based on
+    projected = (0, 0) not in measured  # a resumed measurement that got past the first cut passed the projection
+
     def damage_of(g: int, j: int, removed: np.ndarray) -> float:
         if (g, j) not in measured:
+            made[0] += bool(removed.any())
             measured[(g, j)] = loss_of(removed) - partial["base"] if removed.any() else 0.0
         return measured[(g, j)]
 
@@ -129,6 +133,7 @@ def measure_sensitivity(
     try:
         if partial["base"] is None:
             partial["base"] = loss_of(np.zeros(len(graph.units), dtype=bool))
+            made[0] += 1
         progress(1)
         for g in graph.groups:
             units = _prunable(graph, g.index)
@@ -139,8 +144,8 @@ def measure_sensitivity(
                 removed[order[: max(0, len(units) - n_keep)]] = True
                 damage[g.index, j] = damage_of(g.index, j, removed)
                 progress(1 + g.index * len(levels) + j + 1)
-                if seconds is not None and not known and g.index == 0 and j == 0:
-                    if (clock() - start) / 2 * total > seconds:
+                if seconds is not None and projected and g.index == 0 and j == 0 and made[0]:
+                    if (clock() - start) / made[0] * total > seconds:
                         return None
         for i, g in enumerate(np.nonzero(extra)[0].tolist()):
             removed = np.zeros(len(graph.units), dtype=bool)
