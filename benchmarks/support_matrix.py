@@ -497,12 +497,15 @@ LIMITS_SECTION = """What lcp does where a model normalizes over several channels
   whole groups (a group's channels are one unit; `num_groups` is rewritten). GroupNorm with one group is
   LayerNorm over the channels and freezes them.
 
-The refusals left come from two engine limitations, each found by `lcp check` and named in its output:
+The refusals left come from three causes, each found by `lcp check` and named in its output:
 
 - **Normalization across channels**: EvoNorm, LayerNorm over the channels (ConvNeXt's residual stream),
   ConvNeXt-V2's global response norm (a mean over channels). Removing a channel changes the statistics of the
-  others. EfficientNet `*_g8_gn` couples GroupNorm groups of 8 with grouped convs of 8 channels per group
-  (same positions removed in every conv group): together they leave nothing removable.
+  others.
+- **Coupled groups too coarse for the budget**: EfficientNet `*_g8_gn` couples GroupNorm groups of 8 with grouped
+  convs of 8 channels per group (the same positions removed in every conv group), so channels go in large coupled
+  units and the 10% floors of the groups stop the cut above 0.5 of the MACs (the table gives the lowest reachable,
+  0.59 and 0.65); a budget above it prunes and verifies.
 - **Per-channel parameters used in forward code** (FilterResponseNorm's `tau`, EvoNorm, layer scale): lcp
   freezes the channels they touch rather than slicing the parameter.
 

@@ -8,6 +8,7 @@ types, choices, defaults and help are not re-typed here.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -49,8 +50,38 @@ evaluation, fine-tuning with optional distillation, report and outputs). Adding 
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2 (argparse prints usage too)
-        self.exit(2, f"{self.prog}: error: {message}\n")
+    def error(self, message: str) -> None:  # one line, exit 2, as every lcp error (argparse prints usage too)
+        self.exit(2, f"lcp: error: {message} (see {self.prog} --help)\n")
+
+
+class _PipeSafe:
+    """stdout that a closed reader (``lcp prune ... | head``, a pager quit early) does not break: the run goes on
+    and keeps its outputs, and what it would still print goes to the null device."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def _closed(self) -> None:
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), self._stream.fileno())
+        except (OSError, ValueError):  # no file descriptor (tests' StringIO): nothing to redirect
+            pass
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._closed()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._closed()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
 
 
 def _budget(text: str) -> float:
@@ -73,10 +104,18 @@ def _config(args: argparse.Namespace, cls: type) -> Any:
 
 
 def _given(args: argparse.Namespace, cls: type) -> dict[str, Any]:
-    """The options set by the recipe or the flags (unset ones are left to the config's defaults)."""
+    """The options set by the recipe or the flags (unset ones are left to the config's defaults). ``budget`` and
+    ``budgets`` exclude each other: both given one way is refused; one from a flag replaces the recipe's other."""
     values: dict[str, Any] = {}
     if getattr(args, "recipe", None):
         values.update(_read_recipe(args.recipe, cls))
+    flags = {k: v for k, v in vars(args).items() if k in cls.fields() and v is not None}
+    if "budget" in flags and "budgets" in flags:
+        raise LcpError("--budget and --budgets together: pass one (--budgets 0.7,0.5 prunes to each of them)")
+    if "budget" in values and "budgets" in values:
+        raise LcpError(f"recipe {args.recipe} sets both budget and budgets: keep one")
+    if {"budget", "budgets"} & set(flags):
+        values.pop("budgets" if "budget" in flags else "budget", None)
     values.update({k: v for k, v in vars(args).items() if k in cls.fields()})
     return values
 
@@ -136,7 +175,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise LcpError("pass --data (the data set to evaluate on)")
     size = tuple(spec["input_size"])  # the size it was pruned at
     transform = eval_transform(info, size)
-    bundle = load_data(data, input_size=size, mean=info.mean, std=info.std, holdout=0, transform=transform)
+    bundle = load_data(
+        data, input_size=size, mean=info.mean, std=info.std, holdout=0, transform=transform, test_only=True
+    )
     if bundle.num_classes != spec["num_classes"]:
         raise LcpError(f"{data} has {bundle.num_classes} classes but the model has {spec['num_classes']}")
     res = evaluate(model, bundle.loader("test", 256))
@@ -309,6 +350,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     m.add_argument("--markdown", action="store_true", help="print docs/methods.md (a generated page)")
     m.set_defaults(func=cmd_methods)
     args = parser.parse_args(argv)
+    stdout, sys.stdout = sys.stdout, _PipeSafe(sys.stdout)
     try:
         return args.func(args)
     except LcpError as err:
@@ -317,6 +359,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("lcp: interrupted; run the same command with --resume to continue", file=sys.stderr)
         return 130
+    finally:
+        sys.stdout = stdout
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ _MAX_TICK_LABELS = 40
 
 def _decimals(column: str) -> int | None:
     """Rounding used for a float column, by name; None keeps full precision."""
-    if column.endswith("_ratio") or column == "speedup":
+    if column.endswith(("_ratio", "_error")) or column == "speedup":
         return 4
     if column.startswith(("top1", "top5", "acc")):
         return 2

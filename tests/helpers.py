@@ -287,7 +287,9 @@ def lcp_cli(*argv: object) -> Result:
 def tiny_args(
     data: Path, ckpt: Path, out: Path, *extra: object, finetune: int = 0, progress: bool = False
 ) -> list[str]:
-    """``prune`` options for the tiny folder (global method unless ``extra`` says otherwise)."""
+    """``prune`` options for the tiny folder (global method unless ``extra`` says otherwise; budget 0.5 unless
+    ``extra`` has ``--budgets``, which lcp refuses beside ``--budget``)."""
+    budget = [] if "--budgets" in [str(e) for e in extra] else ["--budget", "0.5"]
     return [
         "prune",
         "--model",
@@ -296,8 +298,7 @@ def tiny_args(
         str(data),
         "--checkpoint",
         str(ckpt),
-        "--budget",
-        "0.5",
+        *budget,
         "--method",
         "global",
         "--finetune-epochs",

@@ -234,8 +234,7 @@ def plan(
     check_budget(budget, budget_type)
     if method not in ORDERS:
         raise LcpError(f"unknown method '{method}'; choose one of {', '.join(ORDERS)}")
-    metric = budget_type
-    base = cost.base(metric)
+    metric, base = budget_type, cost.base(budget_type)
     target = budget * base
     walker = Walker(graph, cost, min_ratio=min_ratio, min_channels=min_channels, round_to=round_to)
     if method == "uniform":
@@ -257,9 +256,11 @@ def plan(
         if cost.value(metric) > target:
             lowest = cost.value(metric) / base
             cost.reset()
+            need = np.ceil(lowest * 1000) / 1000
+            advice = f"pass --budget {need:g} or more" if need < 1 else "almost nothing in it can be pruned"
             raise UnreachableBudget(
                 f"budget {budget:g} of {metric} cannot be met: the lowest reachable is {lowest:.4f} "
-                f"({_frozen_hint(graph)}); pass --budget {np.ceil(lowest * 1000) / 1000:g} or more",
+                f"({_frozen_hint(graph)}); {advice}",
                 lowest,
             )
         walker.refill(removed, batches, target, metric)

@@ -126,7 +126,9 @@ def save(result: Any, out_dir: str | Path, *, model_name: str | None = None, ove
     name = model_name or getattr(graph.model, "lcp_name", None)
     if name is None:
         raise LcpError("lcp.save needs model_name= (the lcp.create_model name of the original model)")
-    kwargs = dict(getattr(graph.model, "lcp_kwargs", {}) if model_name is None else {})
+    # the arguments create_model got, unless model_name names another builder than the one that made the model
+    same = model_name is None or model_name == getattr(graph.model, "lcp_name", None)
+    kwargs = dict(getattr(graph.model, "lcp_kwargs", {}) if same else {})
     try:
         json.dumps(kwargs)
     except (TypeError, ValueError):

@@ -236,7 +236,7 @@ def _prune_to(ctx: Context, method: Method, learned: Learned, budget: float, out
         numbers={"top1_base": state["top1_base"], **numbers, "search_s": state["search_s"]},
         columns=learned.columns,
     )
-    row.update(latency_columns(result, loaded.model, loaded.input_size, cfg))
+    row.update(latency_columns(result, loaded.model, loaded.input_size, cfg, log=ctx.log))
     report = write_outputs(
         out,
         result,

@@ -7,6 +7,7 @@ transforms.json, report.csv, layers.csv, widths.png and a method's own files), e
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any
 
 from torch import nn
 
-from lcp.cut.latency import paired_latency
+from lcp.cut.latency import median_error, paired_latency
 from lcp.cut.pruner import PruneResult, group_widths
 from lcp.errors import LcpError
 from lcp.io import atomic_write_json
@@ -146,14 +147,27 @@ def report_row(
     return row
 
 
+#: relative standard error of the latency ratio above which the report's speedup is left out (a busy machine)
+LATENCY_ERROR_LIMIT = 0.10
+
+
 def latency_columns(
-    result: PruneResult, original: nn.Module, input_size: tuple[int, ...], options: Any
+    result: PruneResult,
+    original: nn.Module,
+    input_size: tuple[int, ...],
+    options: Any,
+    log: Callable[[str], None] = print,
 ) -> dict[str, float]:
-    """Measured latency of the original and the pruned network (batch ``--latency-batch``) and the speedup."""
+    """Measured latency of the original and the pruned network (batch ``--latency-batch``) and the speedup, with
+    the relative standard error of the ratio (``latency_error``). Rounds that disagree (other load on the machine)
+    are timed again, twice at most; if the error stays above ``LATENCY_ERROR_LIMIT`` the columns are left empty
+    and ``log`` says so, rather than a speed-up that is noise."""
     info = result.info
     if "latency_base_ms" in info:
         base, new, ratio = info["latency_base_ms"], info["latency_pruned_ms"], info["latency_ratio"]
-    else:
+        return {"latency_base_ms": base, "latency_pruned_ms": new, "speedup": 1 / ratio}
+    rounds, base_ms, new_ms = [], [], []
+    for _ in range(3):
         t = paired_latency(
             result.model,
             original,
@@ -162,8 +176,22 @@ def latency_columns(
             device=options.device,
             n_threads=options.threads,
         )
-        base, new, ratio = t["reference_ms"], t["median_ms"], t["ratio"]
-    return {"latency_base_ms": base, "latency_pruned_ms": new, "speedup": 1 / ratio}
+        rounds += t["rounds"]
+        base_ms.append(t["reference_ms"])
+        new_ms.append(t["median_ms"])
+        error = median_error(rounds)
+        if error <= LATENCY_ERROR_LIMIT / 2:
+            break
+    if error > LATENCY_ERROR_LIMIT:
+        log(
+            f"latency not reported: the timing rounds disagree (standard error {error:.0%} of the ratio; other "
+            f"load on the machine?); time the saved network with lcp bench on a quiet machine"
+        )
+        nan = float("nan")
+        return {"latency_base_ms": nan, "latency_pruned_ms": nan, "speedup": nan, "latency_error": error}
+    ratio = statistics.median(rounds)
+    base, new = statistics.median(base_ms), statistics.median(new_ms)
+    return {"latency_base_ms": base, "latency_pruned_ms": new, "speedup": 1 / ratio, "latency_error": error}
 
 
 def write_outputs(

@@ -262,6 +262,7 @@ def load_data(
     seed: int = 0,
     labeled: bool = True,
     transform: ImageTransform | None = None,
+    test_only: bool = False,
 ) -> DataBundle:
     """Load ``"cifar10"`` or an ImageFolder root (``train/`` + ``test/`` or ``val/``) into memory.
 
@@ -271,7 +272,8 @@ def load_data(
     whose ToTensor/Normalize steps are dropped) replaces that step. The holdout (``holdout`` images,
     stratified by class, fixed by ``seed``) is carved from train and disjoint from the rest of train.
     ``labeled=False``: train labels are hidden (-1); a folder without ``train/`` is read as a flat set of
-    images (recursively) with no test split.
+    images (recursively) with no test split. ``test_only``: an ImageFolder root is read for its test split alone
+    (``lcp eval``: no train/ needed, nothing of it decoded).
     """
     size = tuple(int(v) for v in input_size)
     if len(size) != 3 or size[0] not in (1, 3) or min(size) < 1:
@@ -292,12 +294,13 @@ def load_data(
     else:
         root = Path(spec).expanduser().resolve()
         flat = not labeled and not (root / "train").is_dir()
-        arrays, classes, images_cache = load_folder(root, size, tf, flat=flat)
+        arrays, classes, images_cache = load_folder(root, size, tf, flat=flat, test_only=test_only and labeled)
         source = str(root)
     x, y = arrays["train_x"], arrays["train_y"]
     if not labeled:
         y = np.full_like(y, -1)
-    tr, ho = _holdout_split(y, holdout, seed)
+    empty = np.zeros(0, dtype=np.int64)
+    tr, ho = (empty, empty) if test_only and holdout == 0 else _holdout_split(y, holdout, seed)
     return DataBundle(
         train_x=torch.from_numpy(x[tr]),
         train_y=torch.from_numpy(y[tr]),

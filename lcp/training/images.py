@@ -253,9 +253,10 @@ def _cache_key(root: Path, scans: Sequence[Files], size: tuple[int, int, int], e
 
 
 def load_folder(
-    root: Path, size: tuple[int, int, int], transform: ImageTransform | None, flat: bool
+    root: Path, size: tuple[int, int, int], transform: ImageTransform | None, flat: bool, test_only: bool = False
 ) -> tuple[dict[str, np.ndarray], list[str], Path | None]:
-    """Arrays of an ImageFolder tree (``flat``: every image under root, labels -1), via the disk cache."""
+    """Arrays of an ImageFolder tree (``flat``: every image under root, labels -1; ``test_only``: the test split
+    alone, its classes those of test/ or val/), via the disk cache."""
     if not root.is_dir():
         raise LcpError(f"data folder {root} does not exist: pass an ImageFolder root with train/ and test/ (or val/)")
     if flat:
@@ -264,6 +265,12 @@ def load_folder(
             raise LcpError(f"no images found in {root}: add .jpg or .png files")
         classes: list[str] = []
         train_labels, test_labels = [-1] * len(train_files), []
+    elif test_only:
+        test_dir = next((root / n for n in ("test", "val") if (root / n).is_dir()), None)
+        if test_dir is None:
+            raise LcpError(f"{root} has no test/ or val/ folder: expected {root}/test/<class>/*.jpg")
+        classes, test_files, test_labels = _scan_classes(test_dir, None, root)
+        train_files, train_labels = [], []
     else:
         if not (root / "train").is_dir():
             raise LcpError(

@@ -42,6 +42,14 @@ def test_save_and_load_rebuild_the_same_network(name: str, kwargs: dict, size: i
             assert torch.equal(a, b)
 
 
+def test_model_name_given_again_keeps_the_arguments_the_model_was_created_with(tmp_path: Path) -> None:
+    x = torch.randn(1, 1, 64, 64)
+    model = lcp.create_model("resnet18", num_classes=10, in_chans=1)
+    folder = lcp.save(lcp.prune(model, x), tmp_path / "o", model_name="resnet18")  # the same name: same builder
+    assert json.loads((folder / "channels.json").read_text())["model_kwargs"] == {"in_chans": 1}
+    assert lcp.load(folder)(x).shape == (1, 10)
+
+
 def test_a_rebuild_that_computes_something_else_is_refused(tmp_path: Path) -> None:
     x = torch.randn(1, 3, 64, 64)
     folder = lcp.save(lcp.prune(lcp.create_model("resnet18", num_classes=10, act_layer="gelu"), x), tmp_path / "o")

@@ -28,6 +28,7 @@ import lcp
 from lcp.report import REPORT_COLUMNS
 from tests.helpers import (
     OUTPUT_FILES,
+    REPO,
     Result,
     assert_one_line_error,
     assert_unchanged,
@@ -44,8 +45,8 @@ from tests.helpers import (
 
 
 def measured(column: str) -> bool:
-    """Columns that time something (``*_s``, ``*_ms``, ``speedup``): they differ between identical runs."""
-    return column.endswith(("_s", "_ms")) or column == "speedup"
+    """Columns that time something (``*_s``, ``*_ms``, speed-up and its error): they differ between identical runs."""
+    return column.endswith(("_s", "_ms")) or column in ("speedup", "latency_error")
 
 
 def stable_part(row: dict[str, str]) -> dict[str, str]:
@@ -115,6 +116,17 @@ def test_prune_load_and_eval_agree_with_report(e2e: tuple[Path, Result], tiny_fo
     assert match, ev.out
     assert int(match.group(2)) == 27
     assert float(match.group(1)) == pytest.approx(float(row["top1_pruned"]), abs=0.006)
+
+
+def test_eval_needs_only_the_test_split(e2e: tuple[Path, Result], tiny_folder: Path, tmp_path: Path) -> None:
+    out, res = e2e
+    assert res.code == 0, res.err
+    shutil.copytree(tiny_folder / "test", tmp_path / "only" / "test")
+    whole, only = lcp_cli("eval", out, "--data", tiny_folder), lcp_cli("eval", out, "--data", tmp_path / "only")
+    assert only.code == 0, only.err
+    assert only.out.split(": ", 1)[1] == whole.out.split(": ", 1)[1]  # the same top-1 on the same 27 images
+    (tmp_path / "only" / "test").rename(tmp_path / "only" / "elsewhere")
+    assert_one_line_error(lcp_cli("eval", out, "--data", tmp_path / "only"), "no test/ or val/ folder")
 
 
 @pytest.mark.parametrize(
@@ -338,6 +350,7 @@ ERROR_CASES = {
     "budget-abc": (lambda c: c.args("--budget", "abc"), ["budget must be a number", "abc"]),
     "budget-nan": (lambda c: c.args("--budget", "nan"), ["budget must be in (0, 1]", "got nan"]),
     "budget-unreachable": (lambda c: c.args("--budget", "0.001"), ["cannot be met", "--budget"]),
+    "budget-and-budgets": (lambda c: c.args("--budget", "0.9", "--budgets", "0.5"), ["--budget and --budgets"]),
     "unknown-method": (lambda c: c.args("--method", "magic"), ["method", "magic"]),
     "unknown-importance": (lambda c: c.args("--importance", "magic"), ["importance", "magic"]),
     "unknown-optimizer": (
@@ -904,3 +917,36 @@ def test_a_resumed_budgets_run_skips_the_budgets_it_finished(tiny_folder: Path, 
     assert (res.out + res.err).count("finished in an earlier attempt") == 2
     after = snapshot(out)
     assert {k: v for k, v in after.items() if "budget_" in k} == {k: v for k, v in before.items() if "budget_" in k}
+
+
+def test_a_budget_flag_replaces_the_recipes_other_budget_option(tmp_path: Path) -> None:
+    """--budgets over a recipe's budget (or --budget over its budgets) is what the user asked for; both in one
+    recipe is refused. (An unset flag is not in the namespace: the options' default is argparse.SUPPRESS.)"""
+    import argparse
+
+    from lcp.cli import _given
+    from lcp.errors import LcpError
+    from lcp.run.config import PruneConfig
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("budget: 0.3\n")
+    given = _given(argparse.Namespace(recipe=str(recipe), budgets=[0.7, 0.5]), PruneConfig)
+    assert given["budgets"] == [0.7, 0.5] and "budget" not in given
+    recipe.write_text("budgets: [0.7, 0.5]\n")
+    assert _given(argparse.Namespace(recipe=str(recipe), budget=0.4), PruneConfig)["budget"] == 0.4
+    assert "budgets" not in _given(argparse.Namespace(recipe=str(recipe), budget=0.4), PruneConfig)
+    recipe.write_text("budget: 0.3\nbudgets: [0.7, 0.5]\n")
+    with pytest.raises(LcpError, match="sets both budget and budgets"):
+        _given(argparse.Namespace(recipe=str(recipe)), PruneConfig)
+
+
+def test_a_reader_that_stops_early_does_not_lose_the_run(tiny_folder: Path, resnet20_ckpt: Path, tmp_path: Path):
+    """lcp prune ... | head -1: the run goes on when the pipe closes, exits 0 and keeps its outputs."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "lcp.cli", *[str(a) for a in tiny_args(tiny_folder, resnet20_ckpt, out)]]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=subprocess_env(), cwd=REPO)
+    proc.stdout.readline()
+    proc.stdout.close()  # the reader is gone: every later print hits a closed pipe
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    assert b"Traceback" not in err and (out / "model.safetensors").is_file() and (out / "report.csv").is_file()

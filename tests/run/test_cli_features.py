@@ -324,3 +324,31 @@ def test_train_resume_continues_from_the_checkpoint(
     a, b = load_file(tmp_path / "ref" / "model.safetensors"), load_file(out / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "resumed run differs"
     assert math.isclose(float(row["top1"]), float(read_report(tmp_path / "ref")["top1"]))
+
+
+def test_a_speedup_the_timing_rounds_disagree_on_is_left_out_of_the_report(monkeypatch) -> None:
+    """A busy machine: rounds that disagree are timed again, and a ratio still that uncertain is not reported."""
+    import types
+
+    import lcp.run.recover as recover
+
+    calls = []
+
+    def timed(rounds):
+        def fake(*a, **k):
+            calls.append(1)
+            return {"rounds": rounds, "reference_ms": 10.0, "median_ms": 5.0, "ratio": 0.5}
+
+        return fake
+
+    result = types.SimpleNamespace(info={}, model=None)
+    options = types.SimpleNamespace(latency_batch=1, device="cpu", threads=1)
+    logged: list[str] = []
+    monkeypatch.setattr(recover, "paired_latency", timed([0.5, 0.5, 0.51, 0.49, 0.5]))
+    cols = recover.latency_columns(result, None, (3, 8, 8), options, log=logged.append)
+    assert cols["speedup"] == 2.0 and cols["latency_error"] < 0.05 and len(calls) == 1 and not logged
+    calls.clear()
+    monkeypatch.setattr(recover, "paired_latency", timed([0.04, 0.5, 0.9, 0.02, 1.6]))
+    cols = recover.latency_columns(result, None, (3, 8, 8), options, log=logged.append)
+    assert len(calls) == 3 and math.isnan(cols["speedup"]) and cols["latency_error"] > recover.LATENCY_ERROR_LIMIT
+    assert len(logged) == 1 and logged[0].startswith("latency not reported: the timing rounds disagree")
