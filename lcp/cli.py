@@ -55,15 +55,19 @@ class _Parser(argparse.ArgumentParser):
 
 
 class _PipeSafe:
-    """stdout that a closed reader (``lcp prune ... | head``, a pager quit early) does not break: the run goes on
-    and keeps its outputs, and what it would still print goes to the null device."""
+    """An output stream that a closed reader (``lcp prune ... | head``, ``2>&1 | head``, a pager quit early) does
+    not break: the run goes on and keeps its outputs, and what it would still print goes to the null device."""
 
     def __init__(self, stream: Any) -> None:
         self._stream = stream
 
     def _closed(self) -> None:
         try:
-            os.dup2(os.open(os.devnull, os.O_WRONLY), self._stream.fileno())
+            null = os.open(os.devnull, os.O_WRONLY)
+            try:
+                os.dup2(null, self._stream.fileno())
+            finally:
+                os.close(null)
         except (OSError, ValueError):  # no file descriptor (tests' StringIO): nothing to redirect
             pass
 
@@ -350,7 +354,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     m.add_argument("--markdown", action="store_true", help="print docs/methods.md (a generated page)")
     m.set_defaults(func=cmd_methods)
     args = parser.parse_args(argv)
-    stdout, sys.stdout = sys.stdout, _PipeSafe(sys.stdout)
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _PipeSafe(sys.stdout), _PipeSafe(sys.stderr)
     try:
         return args.func(args)
     except LcpError as err:
@@ -360,7 +365,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("lcp: interrupted; run the same command with --resume to continue", file=sys.stderr)
         return 130
     finally:
-        sys.stdout = stdout
+        sys.stdout.flush()  # what is still buffered, while a closed pipe is still caught
+        sys.stderr.flush()
+        sys.stdout, sys.stderr = streams
 
 
 if __name__ == "__main__":

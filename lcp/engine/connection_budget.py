@@ -65,8 +65,12 @@ def project_to_budget(
         lowest = low / cg.base(metric)
         raise UnreachableBudget(
             f"budget {budget:g} of {metric} cannot be met by removing connections: the "
-            f"lowest reachable is {lowest:.4f}; pass --budget "
-            f"{math.ceil(lowest * 1000) / 1000:g} or more",
+            f"lowest reachable is {lowest:.4f}; "
+            + (
+                f"pass --budget {math.ceil(lowest * 1000) / 1000:g} or more"
+                if math.ceil(lowest * 1000) < 1000
+                else "almost no connection can be removed"
+            ),
             lowest,
         )
 

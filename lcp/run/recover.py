@@ -165,7 +165,8 @@ def latency_columns(
     info = result.info
     if "latency_base_ms" in info:
         base, new, ratio = info["latency_base_ms"], info["latency_pruned_ms"], info["latency_ratio"]
-        return {"latency_base_ms": base, "latency_pruned_ms": new, "speedup": 1 / ratio}
+        cols = {"latency_base_ms": base, "latency_pruned_ms": new, "speedup": 1 / ratio}
+        return cols | ({"latency_error": info["latency_error"]} if "latency_error" in info else {})
     rounds, base_ms, new_ms = [], [], []
     for _ in range(3):
         t = paired_latency(

@@ -287,7 +287,7 @@ def load_data(
         local = Path(os.environ["LCP_DATA"]).expanduser() / "cifar10" if os.environ.get("LCP_DATA") else None
         if local is not None and local.is_dir():
             source = str(local.resolve())
-            arrays, classes, images_cache = load_folder(local.resolve(), size, tf, flat=False)
+            arrays, classes, images_cache = load_folder(local.resolve(), size, tf, flat=False, test_only=test_only)
         else:
             arrays, classes = _load_torchvision_cifar10(size, tf)
             source = str(cache_dir() / "torchvision")

@@ -269,7 +269,9 @@ def load_folder(
         test_dir = next((root / n for n in ("test", "val") if (root / n).is_dir()), None)
         if test_dir is None:
             raise LcpError(f"{root} has no test/ or val/ folder: expected {root}/test/<class>/*.jpg")
-        classes, test_files, test_labels = _scan_classes(test_dir, None, root)
+        # the classes (and so the labels) are train/'s, as in a full load, when there is a train/ to name them
+        named = _subdirs(root / "train") if (root / "train").is_dir() else None
+        classes, test_files, test_labels = _scan_classes(test_dir, named or None, root)
         train_files, train_labels = [], []
     else:
         if not (root / "train").is_dir():
@@ -282,7 +284,8 @@ def load_folder(
             raise LcpError(f"{root} has no test/ or val/ folder: add {root}/test/<class>/*.jpg")
         classes, train_files, train_labels = _scan_classes(root / "train", None, root)
         _, test_files, test_labels = _scan_classes(test_dir, classes, root)
-    extra = f"flat={flat};transform={transform!r}"
+    # the test split alone: its own entry (a full load's is kept), and its labels depend on train/'s class names
+    extra = f"flat={flat};transform={transform!r}" + (f";split=test;classes={classes}" if test_only else "")
     folder = cache_dir() / "data" / _cache_key(root, [train_files, test_files], size, extra)
     hit = _cache_read(folder)
     if hit is not None:

@@ -940,13 +940,21 @@ def test_a_budget_flag_replaces_the_recipes_other_budget_option(tmp_path: Path) 
         _given(argparse.Namespace(recipe=str(recipe)), PruneConfig)
 
 
-def test_a_reader_that_stops_early_does_not_lose_the_run(tiny_folder: Path, resnet20_ckpt: Path, tmp_path: Path):
-    """lcp prune ... | head -1: the run goes on when the pipe closes, exits 0 and keeps its outputs."""
+@pytest.mark.parametrize("both", [False, True], ids=["stdout-buffered", "stdout-and-stderr-unbuffered"])
+def test_a_reader_that_stops_early_does_not_lose_the_run(
+    both: bool, tiny_folder: Path, resnet20_ckpt: Path, tmp_path: Path
+) -> None:
+    """lcp prune ... | head (and 2>&1 | head): the reader is gone before the run prints anything; the run goes on,
+    exits 0 and keeps its outputs, whether its output is flushed line by line or only at exit."""
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "lcp.cli", *[str(a) for a in tiny_args(tiny_folder, resnet20_ckpt, out)]]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=subprocess_env(), cwd=REPO)
-    proc.stdout.readline()
-    proc.stdout.close()  # the reader is gone: every later print hits a closed pipe
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err.decode()[-2000:]
+    env = subprocess_env()
+    env.pop("PYTHONUNBUFFERED", None)
+    if both:
+        env["PYTHONUNBUFFERED"] = "1"
+    stderr = subprocess.STDOUT if both else subprocess.PIPE
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, env=env, cwd=REPO)
+    proc.stdout.close()  # every print, and the flush at exit, hits a closed pipe
+    err = b"" if both else proc.stderr.read()
+    assert proc.wait(timeout=300) == 0, err.decode()[-2000:]
     assert b"Traceback" not in err and (out / "model.safetensors").is_file() and (out / "report.csv").is_file()

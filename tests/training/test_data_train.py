@@ -91,6 +91,26 @@ def test_cache_hit_skips_decoding(folder: Path, _cache: Path, monkeypatch: pytes
     assert [p.name for p in (_cache / "data").iterdir()] == [third.cache_dir.name]  # the stale entry is gone
 
 
+def test_the_test_split_alone_has_train_s_classes_and_its_own_cache_entry(tmp_path: Path, _cache: Path) -> None:
+    """lcp eval reads test/ only: labels as in a full load (a class missing from test/ keeps the others' labels),
+    a class train/ lacks refused, and the full load's cache entry stays."""
+    import shutil
+
+    root = make_folder(tmp_path / "ds", per_class=3, test_per_class=2, classes=3)
+    shutil.rmtree(root / "test" / "class1")
+    full = load_data(root, input_size=SIZE, holdout=0)
+    alone = load_data(root, input_size=SIZE, holdout=0, test_only=True)
+    assert alone.classes == full.classes == ["class0", "class1", "class2"] and len(alone.train_x) == 0
+    assert torch.equal(alone.test_y, full.test_y) and torch.equal(alone.test_x, full.test_x)
+    assert full.cache_dir.is_dir() and alone.cache_dir.is_dir() and alone.cache_dir != full.cache_dir
+    shutil.rmtree(root / "train")  # no train/: the classes are test/'s own
+    assert load_data(root, input_size=SIZE, holdout=0, test_only=True).classes == ["class0", "class2"]
+    make_folder(tmp_path / "ds2", per_class=3, test_per_class=2, classes=2)
+    (tmp_path / "ds2" / "test" / "class1").rename(tmp_path / "ds2" / "test" / "extra")
+    with pytest.raises(LcpError, match="classes not in"):
+        load_data(tmp_path / "ds2", input_size=SIZE, holdout=0, test_only=True)
+
+
 def test_val_folder_and_resize(tmp_path: Path) -> None:
     root = make_folder(tmp_path / "ds", per_class=3, test_per_class=2, classes=2)
     (root / "test").rename(root / "val")
