@@ -36,6 +36,7 @@ from lcp.cut.latency import RUNTIMES, in_runtime, median_error, paired_latency
 from lcp.cut.options import CutOptions
 from lcp.cut.pruner import prune_graph
 from lcp.engine.depth import allow_depth
+from lcp.errors import LcpError
 from lcp.io import atomic_path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -355,4 +356,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except LcpError as err:  # bad input (a folder that is no run, missing data): one line, exit 2
+        raise SystemExit(f"{Path(__file__).name}: error: {err}") from None

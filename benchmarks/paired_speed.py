@@ -18,6 +18,7 @@ from pathlib import Path
 
 import lcp
 from lcp.cut.latency import RUNTIMES, in_runtime, median_error, paired_latency
+from lcp.errors import LcpError
 from lcp.run.config import PruneConfig
 from lcp.run.load import load_model_and_data
 
@@ -53,4 +54,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except LcpError as err:  # bad input (a folder that is no run, missing data): one line, exit 2
+        raise SystemExit(f"{Path(__file__).name}: error: {err}") from None
