@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import re
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +32,32 @@ from lcp.training.data import DataBundle, load_data
 from lcp.training.options import RecoveryOptions
 from lcp.training.train import evaluate
 
+# the engine words its refusals for the command line; lcp.prune's caller passes keyword arguments
+_PYTHON_WORDS = (
+    (re.compile(r"pass --budget ([0-9.]+) or more"), r"pass budget=\1 or more"),
+    (re.compile(r"--ignore '"), "ignore '"),
+    (re.compile(r"--max-removal '"), "max_removal '"),
+)
 
+
+def _in_python_words(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Re-raise ``fn``'s LcpError (same object, type and attributes) with its flags named as keyword arguments."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except LcpError as err:
+            text = str(err)
+            for pattern, words in _PYTHON_WORDS:
+                text = pattern.sub(words, text)
+            err.args = (text,)
+            raise
+
+    return wrapper
+
+
+@_in_python_words
 def prune(
     model: nn.Module,
     example_inputs: torch.Tensor | Sequence[torch.Tensor] | None = None,

@@ -131,7 +131,7 @@ def test_ignore_globs_see_full_module_names_and_one_matching_nothing_is_refused(
     with pytest.raises(lcp.LcpError) as e:
         lcp.prune(model, x, budget=0.5, ignore=["nomatch*"])
     assert str(e.value) == (
-        "--ignore 'nomatch*' matches no conv or linear module of _LayerLoop (its modules are named like "
+        "ignore 'nomatch*' matches no conv or linear module of _LayerLoop (its modules are named like "
         "model.1.cv1, model.1.cv2, model.2.cv1, ...)"
     )
     with pytest.raises(lcp.LcpError, match="--ignore 'nomatch.' matches no conv"):  # lcp check: bad input too

@@ -73,8 +73,8 @@ def test_caps_reach_every_walk(resnet20) -> None:
 @pytest.mark.parametrize(
     "kw, phrase",
     [
-        ({"ignore": ["nope.*"]}, "--ignore 'nope.*' matches no conv or linear module of CifarResNet"),
-        ({"max_removal": {"nope*": 0.3}}, "--max-removal 'nope*' matches no conv or linear module"),
+        ({"ignore": ["nope.*"]}, "ignore 'nope.*' matches no conv or linear module of CifarResNet"),
+        ({"max_removal": {"nope*": 0.3}}, "max_removal 'nope*' matches no conv or linear module"),
         ({"max_removal": {"layer1.*": 1.5}}, "max_removal needs a fraction in [0, 1]"),
     ],
 )
@@ -82,6 +82,13 @@ def test_bad_globs_and_fractions_are_refused(resnet20, kw: dict, phrase: str) ->
     with pytest.raises(lcp.LcpError) as e:
         lcp.prune(resnet20, X, budget=0.5, **kw)
     assert phrase in str(e.value) and "\n" not in str(e.value)
+    assert " --" not in f" {e.value}"  # the Python caller's words (keyword arguments), not the command line's
+
+
+def test_an_unreachable_budget_names_the_keyword_argument(resnet20) -> None:
+    with pytest.raises(lcp.UnreachableBudget) as e:
+        lcp.prune(resnet20, X, budget=0.001)
+    assert str(e.value).endswith("pass budget=0.065 or more") and e.value.lowest == pytest.approx(0.0645, abs=1e-4)
 
 
 def _cli(tiny_folder: Path, ckpt: Path, out: Path, *extra: str):
