@@ -37,6 +37,8 @@ _PYTHON_WORDS = (
     (re.compile(r"pass --budget ([0-9.]+) or more"), r"pass budget=\1 or more"),
     (re.compile(r"--ignore '"), "ignore '"),
     (re.compile(r"--max-removal '"), "max_removal '"),
+    (re.compile(r"--max-removal caps"), "max_removal caps"),
+    (re.compile(r"--round-to\b"), "round_to"),
 )
 
 

@@ -234,8 +234,7 @@ def plan(
     check_budget(budget, budget_type)
     if method not in ORDERS:
         raise LcpError(f"unknown method '{method}'; choose one of {', '.join(ORDERS)}")
-    metric, base = budget_type, cost.base(budget_type)
-    target = budget * base
+    metric, base, target = budget_type, cost.base(budget_type), budget * cost.base(budget_type)
     walker = Walker(graph, cost, min_ratio=min_ratio, min_channels=min_channels, round_to=round_to)
     if method == "uniform":
         removed = _uniform(graph, cost, walker, scores, target, metric)
@@ -393,8 +392,9 @@ def _top_up_aligned(
 
 
 def _frozen_hint(graph: ChannelGraph) -> str:
-    if not graph.frozen_ops:
-        return "floors of 10% per group"
-    ops = sorted({f"{f.op}: {f.reason}" for f in graph.frozen_ops})
-    more = f" and {len(ops) - 3} more" if len(ops) > 3 else ""
-    return "floors and channels frozen by " + "; ".join(ops[:3]) + more
+    ops = sorted({f"{f.op}: {f.reason}" for f in graph.frozen_ops})  # the first three named
+    frozen = "; ".join(ops[:3]) + (f" and {len(ops) - 3} more" if len(ops) > 3 else "")
+    if (graph.max_removal < 1).any():  # caps act in whole multiples of the width rounding: say so
+        caps = "floors of 10% per group and the --max-removal caps (in whole multiples of --round-to)"
+        return caps + (f"; channels frozen by {frozen}" if ops else "")
+    return f"floors and channels frozen by {frozen}" if ops else "floors of 10% per group"

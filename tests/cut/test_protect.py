@@ -149,3 +149,10 @@ def test_recipe_takes_ignore_and_caps(tiny_folder: Path, resnet20_ckpt: Path, tm
     assert res.code == 0, res.err
     recipe.write_text("ignore: layer1\n")  # a string, not a list
     assert_one_line_error(_cli(tiny_folder, resnet20_ckpt, tmp_path / "r2", "--recipe", recipe), "ignore must be")
+
+
+def test_a_budget_the_caps_make_unreachable_names_the_caps(resnet20) -> None:
+    """A cap below one width multiple removes nothing there: the refusal says the caps set the limit."""
+    with pytest.raises(lcp.UnreachableBudget) as e:
+        lcp.prune(resnet20, X, budget=0.3, max_removal={"layer1.*": 0.2})
+    assert "floors of 10% per group and the max_removal caps (in whole multiples of round_to)" in str(e.value)
