@@ -151,6 +151,20 @@ def test_search_then_prune_with_its_transforms(tiny_folder: Path, resnet20_ckpt:
         tmp_path / "prune",
     )
     assert res.code == 0, res.err
+    assert found["learned_with"] == {"importance": "l2", "aggregate": "mean"}
+    other = lcp_cli(
+        "prune",
+        *common,
+        "--method",
+        "lcp",
+        "--transforms",
+        tmp_path / "search" / "transforms.json",
+        "--importance",
+        "l1",
+        "--out",
+        tmp_path / "l1",
+    )
+    assert_one_line_error(other, "was learned on scores of --importance l2", "search again")
     out = tmp_path / "prune"
     used = json.loads((out / "transforms.json").read_text())
     assert {g["group"]: (g["alpha"], g["kappa"]) for g in used["groups"]} == pairs

@@ -160,7 +160,16 @@ class LegrMethod(Method):
     def learn(self, ctx: Context) -> Learned:
         o, graph = ctx.options, ctx.graph
         if o.transforms:
-            return Learned(transforms=Transforms.from_json(read_json(o.transforms, what="transforms file"), graph))
+            data = read_json(o.transforms, what="transforms file")
+            made = data.get("learned_with") if isinstance(data, dict) else None  # files since 2026-12-06 say
+            now = _learned_with(o)
+            if isinstance(made, dict) and any(made.get(k, v) != v for k, v in now.items()):
+                said = ", ".join(f"--{k} {made[k]}" for k, v in now.items() if made.get(k, v) != v)
+                raise LcpError(
+                    f"transforms file {o.transforms} was learned on scores of {said}: its compensation does not "
+                    "fit other scores; pass the same options or search again"
+                )
+            return Learned(transforms=Transforms.from_json(data, graph))
         ctx.need_data(self.name, "transforms")
         cost, scores = ctx.cost_and_scores()
         preset = PRESETS[o.search_preset]
@@ -218,7 +227,8 @@ class LegrMethod(Method):
         )
         if write:
             write_outputs(result, ctx.out, prior_seconds=prior_s)
-            atomic_write_json(ctx.out / "transforms.json", result.transforms.to_json())
+            learned = {**result.transforms.to_json(), "learned_with": _learned_with(o)}
+            atomic_write_json(ctx.out / "transforms.json", learned)
         return Learned(transforms=result.transforms)
 
     def _prior(
@@ -323,3 +333,8 @@ def _cached_partial(cached: Any, key: dict) -> dict | None:
     except (KeyError, TypeError, ValueError):
         return None
     return {"base": base, "measured": rows} if np.isfinite(base) else None
+
+
+def _learned_with(options: Any) -> dict[str, str]:
+    """What the compensation's scores were computed with: a transforms file fits only the same."""
+    return {"importance": options.importance, "aggregate": options.aggregate}
