@@ -231,10 +231,13 @@ def cut_units(original: nn.Module, cut: Path, x: torch.Tensor) -> tuple[Any, np.
 SETTINGS = ("lr", "kd", "epochs", "steps", "kd_weight", "batch", "reconstruct")
 
 
-def disagreements(row: Any, v: dict) -> list[str]:
+def disagreements(row: Any, v: dict | None) -> list[str]:
     """The recovery settings a CSV row was made with that its recipe's variant ``v`` no longer has, as
-    "lr 0.05 (recipe 0.01)"; settings a row does not record (columns added later) are taken as the recipe's."""
-    out = []
+    "lr 0.05 (recipe 0.01)"; settings a row does not record (columns added later) are taken as the recipe's, and
+    a variant the recipe no longer has (``v`` None) has none."""
+    out: list[str] = []
+    if v is None:
+        return out
     for k in SETTINGS:
         got = getattr(row, k, None)
         if got is None or (not isinstance(got, str) and pd.isna(got)) or (k == "kd_weight" and not v["kd"]):
@@ -261,7 +264,7 @@ def run(cfg: dict, only: list[str] | None, nets: list[str], log=print) -> pd.Dat
     done = pd.read_csv(out) if out.is_file() else pd.DataFrame(columns=COLUMNS)
     have = set()
     for r in done.itertuples():
-        stale = disagreements(r, cfg["variants"][r.variant]) if r.variant in cfg["variants"] else []
+        stale = disagreements(r, cfg["variants"].get(r.variant))
         if not stale:
             have.add((r.variant, r.net, int(r.seed)))
         elif (not only or r.variant in only) and r.net in nets:  # the recipe changed since: made again, replaced
@@ -413,7 +416,7 @@ def report(recipes: list[Path], md: Path) -> str:
     shared = _ceilings(tables)
     for recipe, cfg, df in tables:
         for r in df.itertuples():  # the table's settings columns are the recipe's: every row must agree with them
-            stale = disagreements(r, cfg["variants"][r.variant]) if r.variant in cfg["variants"] else []
+            stale = disagreements(r, cfg["variants"].get(r.variant))
             if stale:
                 raise LcpError(
                     f"{cfg['out']}: the {r.variant} {r.net} row (seed {int(r.seed)}) was made with {', '.join(stale)}; "

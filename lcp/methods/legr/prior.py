@@ -109,14 +109,14 @@ def measure_sensitivity(
     measured: dict[tuple[int, int], float] = {
         (int(g), int(j)): (float("inf") if v is None else float(v)) for g, j, v in (known or {}).get("measured", [])
     }
-    partial: dict[str, Any] = {"base": (known or {}).get("base"), "measured": []}
+    base: float | None = (known or {}).get("base")
 
     def progress(i: int) -> None:
         nonlocal last_kept
         if done:
             done(i, total)
         if keep and clock() - last_kept >= keep_every:
-            keep(_partial(partial, measured))
+            keep(_partial(base, measured))
             last_kept = clock()
 
     made = [0]  # measurements this call made (not the known ones): what the time projection is based on
@@ -125,14 +125,14 @@ def measure_sensitivity(
     def damage_of(g: int, j: int, removed: np.ndarray) -> float:
         if (g, j) not in measured:
             made[0] += bool(removed.any())
-            measured[(g, j)] = loss_of(removed) - partial["base"] if removed.any() else 0.0
+            measured[(g, j)] = loss_of(removed) - base if removed.any() else 0.0
         return measured[(g, j)]
 
     damage = np.zeros((len(graph.groups), len(levels)))
     emptied = np.full(len(graph.groups), np.nan)
     try:
-        if partial["base"] is None:
-            partial["base"] = loss_of(np.zeros(len(graph.units), dtype=bool))
+        if base is None:
+            base = loss_of(np.zeros(len(graph.units), dtype=bool))
             made[0] += 1
         progress(1)
         for g in graph.groups:
@@ -153,8 +153,8 @@ def measure_sensitivity(
             emptied[g] = damage_of(g, len(levels), removed)
             progress(1 + len(graph.groups) * len(levels) + i + 1)
     except BaseException:
-        if keep and partial["base"] is not None:
-            keep(_partial(partial, measured))
+        if keep and base is not None:
+            keep(_partial(base, measured))
         raise
     damage = np.concatenate([damage, emptied[:, None]], axis=1) if empty is not None else damage
     finite = damage[np.isfinite(damage)]
@@ -177,10 +177,10 @@ def measure_sensitivity(
     return np.concatenate([out, np.maximum(last, body[:, 0])[:, None]], axis=1)
 
 
-def _partial(partial: dict[str, Any], measured: dict[tuple[int, int], float]) -> dict[str, Any]:
+def _partial(base: float, measured: dict[tuple[int, int], float]) -> dict[str, Any]:
     """What ``measure_sensitivity`` hands to ``keep``: JSON-ready (a failed cut's infinite damage as null)."""
     rows = [[g, j, v if np.isfinite(v) else None] for (g, j), v in sorted(measured.items())]
-    return {"base": partial["base"], "measured": rows}
+    return {"base": base, "measured": rows}
 
 
 def sensitivity_member(
