@@ -166,6 +166,7 @@ def prune(
     opts, _ = resolve_round_to(opts, graph)
     if transforms is not None:
         transforms = _fitted(transforms, graph)
+        transforms.check_scores(opts, "transforms")
     ctx = Context(
         graph, opts, bundle, out=None, log=lambda msg: None, name=type(model).__name__, verify=check, batches=batches
     )
@@ -185,7 +186,7 @@ def _fitted(transforms: Transforms, graph: Any) -> Transforms:
     """In ``graph``'s group order, matched by name (unnamed ones: by position, if as many as the groups)."""
     t = transforms
     if not t.groups and len(t.alpha) == len(t.kappa) == len(graph.groups):
-        return Transforms(np.asarray(t.alpha), np.asarray(t.kappa), [g.name for g in graph.groups])
+        return Transforms(np.asarray(t.alpha), np.asarray(t.kappa), [g.name for g in graph.groups], t.learned_with)
     return Transforms.from_json(t.to_json(), graph)
 
 

@@ -122,6 +122,11 @@ def test_transforms_are_matched_to_the_model_by_group_name(resnet20_ckpt: Path) 
     a = lcp.prune(_model(resnet20_ckpt), x, method="lcp", transforms=own, round_to=1)
     b = lcp.prune(_model(resnet20_ckpt), x, method="lcp", transforms=shuffled, round_to=1)
     assert (a.plan.removed == b.plan.removed).all()
+    # a compensation learned on other scores is refused, here as on the command line (it was applied before)
+    own.learned_with = {"importance": "l1", "aggregate": "mean"}
+    with pytest.raises(lcp.LcpError, match="learned on scores of importance l1"):
+        lcp.prune(_model(resnet20_ckpt), x, method="lcp", transforms=own, round_to=1)
+    assert lcp.prune(_model(resnet20_ckpt), x, method="lcp", transforms=own, importance="l1", round_to=1).transforms
 
 
 def test_a_data_path_is_loaded_with_the_given_holdout_and_input_size(

@@ -9,13 +9,14 @@ fit, so the result lands just under the target.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from lcp.cut.alignment import group_alignment
 from lcp.cut.options import check_budget
 from lcp.cut.time_aware import time_aware_ranking, time_gains
+from lcp.cut.transforms import Transforms
 from lcp.engine.cost import CostModel
 from lcp.engine.graph import ChannelGraph
 from lcp.errors import LcpError, UnreachableBudget
@@ -23,51 +24,6 @@ from lcp.errors import LcpError, UnreachableBudget
 #: orders of the greedy walk: one global ranking (``lcp``: of compensated scores), one keep ratio for every group,
 #: or a seeded random ranking
 ORDERS = ("lcp", "global", "uniform", "random")
-
-
-@dataclass
-class Transforms:
-    """Per-group affine compensation ``alpha * score + kappa`` (identity by default)."""
-
-    alpha: np.ndarray
-    kappa: np.ndarray
-    groups: list[str] = field(default_factory=list)
-
-    @classmethod
-    def identity(cls, graph: ChannelGraph) -> Transforms:
-        n = len(graph.groups)
-        return cls(np.ones(n), np.zeros(n), [g.name for g in graph.groups])
-
-    def to_json(self) -> dict:
-        return {
-            "groups": [
-                {"group": g, "alpha": float(a), "kappa": float(k)}
-                for g, a, k in zip(self.groups, self.alpha, self.kappa)
-            ]
-        }
-
-    @classmethod
-    def from_json(cls, data: dict, graph: ChannelGraph) -> Transforms:
-        try:
-            rows = {r["group"]: (float(r["alpha"]), float(r["kappa"])) for r in data["groups"]}
-        except (KeyError, TypeError, ValueError):
-            raise LcpError(
-                'transforms file is not lcp transforms JSON ({"groups": [{"group", "alpha", "kappa"}, ...]})'
-            ) from None
-        bad = [g for g, (a, k) in rows.items() if not (np.isfinite(a) and np.isfinite(k) and a > 0)]
-        if bad:
-            raise LcpError(
-                f"transforms file has a non-finite or non-positive alpha, or a non-finite kappa, for group {bad[0]} "
-                "(alpha must be a positive number, kappa a finite one)"
-            )
-        names = [g.name for g in graph.groups]
-        missing = [n for n in names if n not in rows]
-        if missing:
-            raise LcpError(
-                f"transforms file does not fit this model: no entry for {len(missing)} groups "
-                f"({', '.join(missing[:3])}...); it was learned on another architecture"
-            )
-        return cls(np.array([rows[n][0] for n in names]), np.array([rows[n][1] for n in names]), names)
 
 
 @dataclass

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from lcp.cut.ranking import Transforms
+from lcp.cut.transforms import scores_of
 from lcp.errors import LcpError
 from lcp.io import atomic_write_json, read_json
 from lcp.methods.base import Context, Learned, Method, register_method
@@ -160,16 +161,9 @@ class LegrMethod(Method):
     def learn(self, ctx: Context) -> Learned:
         o, graph = ctx.options, ctx.graph
         if o.transforms:
-            data = read_json(o.transforms, what="transforms file")
-            made = data.get("learned_with") if isinstance(data, dict) else None  # files since 2026-12-06 say
-            now = _learned_with(o)
-            if isinstance(made, dict) and any(made.get(k, v) != v for k, v in now.items()):
-                said = ", ".join(f"--{k} {made[k]}" for k, v in now.items() if made.get(k, v) != v)
-                raise LcpError(
-                    f"transforms file {o.transforms} was learned on scores of {said}: its compensation does not "
-                    "fit other scores; pass the same options or search again"
-                )
-            return Learned(transforms=Transforms.from_json(data, graph))
+            loaded = Transforms.from_json(read_json(o.transforms, what="transforms file"), graph)
+            loaded.check_scores(o, f"transforms file {o.transforms}")
+            return Learned(transforms=loaded)
         ctx.need_data(self.name, "transforms")
         cost, scores = ctx.cost_and_scores()
         preset = PRESETS[o.search_preset]
@@ -225,11 +219,11 @@ class LegrMethod(Method):
             )
             + f"; held-out fitness {first:.4f} (identity) -> {result.best_fitness:.4f}"
         )
+        transforms = replace(result.transforms, learned_with=scores_of(o))
         if write:
             write_outputs(result, ctx.out, prior_seconds=prior_s)
-            learned = {**result.transforms.to_json(), "learned_with": _learned_with(o)}
-            atomic_write_json(ctx.out / "transforms.json", learned)
-        return Learned(transforms=result.transforms)
+            atomic_write_json(ctx.out / "transforms.json", transforms.to_json())
+        return Learned(transforms=transforms)
 
     def _prior(
         self, ctx: Context, budgets: list[float], write: bool, cap: float | None
@@ -333,8 +327,3 @@ def _cached_partial(cached: Any, key: dict) -> dict | None:
     except (KeyError, TypeError, ValueError):
         return None
     return {"base": base, "measured": rows} if np.isfinite(base) else None
-
-
-def _learned_with(options: Any) -> dict[str, str]:
-    """What the compensation's scores were computed with: a transforms file fits only the same."""
-    return {"importance": options.importance, "aggregate": options.aggregate}
