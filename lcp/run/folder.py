@@ -137,6 +137,17 @@ def _has_work(out: Path) -> bool:
     return any(next(d.glob(p), None) for d in (out, *out.glob("budget_*")) for p in _WORK_PATTERNS)
 
 
+#: the files ``--resume`` continues a run from (a search's, an agent's or a controller's state, a fine-tuning
+#: checkpoint, the measured sensitivity)
+RESUMABLE_PATTERNS = ("search_state.json", "sensitivity.json", "*_state*.safetensors", "finetune.ckpt")
+
+
+def resumable_work(out: Path) -> list[str]:
+    """The names of the files in ``out`` (or its budgets' folders) that ``--resume`` would continue from."""
+    dirs = (out, *sorted(out.glob("budget_*"))) if out.is_dir() else ()
+    return [str(f.relative_to(out)) for d in dirs for p in RESUMABLE_PATTERNS for f in sorted(d.glob(p))]
+
+
 @contextlib.contextmanager
 def claim(out: Path, lock: contextlib.AbstractContextManager) -> Iterator[None]:
     """Hold ``lock`` on the output folder ``out`` for a run; if the run fails before writing any work, leave the

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,7 +26,7 @@ from lcp.io import atomic_path, atomic_write_json, read_json
 from lcp.methods import Context, ForeignOptionError, Learned, Method, get_method
 from lcp.methods.structure import STRUCTURE_METHOD, open_structure
 from lcp.run.config import PruneConfig, require_device
-from lcp.run.folder import RunLock, claim, prepare_out_dir
+from lcp.run.folder import RunLock, claim, prepare_out_dir, resumable_work
 from lcp.run.load import Loaded, baseline_accuracy, load_model_and_data
 from lcp.run.recover import latency_columns, recover, report_row, write_outputs
 from lcp.training.train import distributed
@@ -46,13 +47,20 @@ def _claim(cfg: PruneConfig) -> contextlib.AbstractContextManager:
     return claim(Path(cfg.out), _lock(cfg))
 
 
-def _open_run(cfg: PruneConfig) -> tuple[Path, dict, Callable[..., None]]:
-    """Prepare the output folder (caller holds its lock) and the resumable stage state."""
+def _open_run(cfg: PruneConfig, log: Log, finished: Callable[[Path], bool]) -> tuple[Path, dict, Callable[..., None]]:
+    """Prepare the output folder (caller holds its lock) and the resumable stage state. A rerun of an
+    interrupted run without ``--resume`` starts over, and says what it could have continued."""
     out = Path(cfg.out)
     writer = distributed()[1] == 0
-    if writer:
-        prepare_out_dir(out, cfg.signature(), resume=cfg.resume, overwrite=cfg.overwrite)
     state_path = out / "state.json"
+    if writer:
+        again = [] if cfg.resume or cfg.overwrite or finished(out) else resumable_work(out)
+        prepare_out_dir(out, cfg.signature(), resume=cfg.resume, overwrite=cfg.overwrite)
+        if again:  # the signature matched: the same run, interrupted
+            log(
+                f"{out} holds an interrupted run of these settings ({', '.join(again[:3])}); starting it over "
+                "(stop now and add --resume to continue it)"
+            )
     state = read_json(state_path, what="state.json") if (cfg.resume and state_path.is_file()) else {}
 
     def save_state(**kw: Any) -> None:
@@ -61,6 +69,15 @@ def _open_run(cfg: PruneConfig) -> tuple[Path, dict, Callable[..., None]]:
             atomic_write_json(state_path, state)
 
     return out, state, save_state
+
+
+def _all_written(budgets: list[float | None], out: Path) -> bool:
+    """Whether the run in ``out`` wrote every budget's outputs (its state.json says so)."""
+    try:
+        state = json.loads((out / "state.json").read_text())
+        return all(state[f"budget_{b:g}"]["written"] for b in budgets)
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
 
 
 def _check(cfg: PruneConfig) -> Method:
@@ -131,7 +148,7 @@ def run_search(cfg: PruneConfig, log: Log = print) -> Any:
         # the model, data and graph first: a bad checkpoint or pattern leaves an --overwrite folder as it was
         loaded = load_model_and_data(cfg, log)
         graph = channel_graph(cfg, loaded.model, loaded.input_size)
-        out, state, save_state = _open_run(cfg)
+        out, state, save_state = _open_run(cfg, log, finished=lambda out: (out / "transforms.json").is_file())
         cfg = _aligned(cfg, graph, state, save_state, log)
         t0 = time.perf_counter()
         learned = method.learn(_context(cfg, loaded, graph, out, state, save_state, log))
@@ -146,7 +163,7 @@ def run_prune(cfg: PruneConfig, log: Log = print) -> pd.DataFrame:
         # the model, data and graph first: a bad checkpoint or pattern leaves an --overwrite folder as it was
         loaded = load_model_and_data(cfg, log)
         graph = channel_graph(cfg, loaded.model, loaded.input_size)
-        out, state, save_state = _open_run(cfg)
+        out, state, save_state = _open_run(cfg, log, finished=lambda out: _all_written(cfg.all_budgets(), out))
         cfg = _aligned(cfg, graph, state, save_state, log)
         ctx = _context(cfg, loaded, graph, out, state, save_state, log)
         t0 = time.perf_counter()

@@ -7,6 +7,7 @@ process use subprocesses.
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import os
 import re
@@ -693,6 +694,30 @@ def test_an_interrupted_fresh_run_keeps_its_record_when_it_wrote_work(tmp_path: 
             (Path(cfg.out) / name).write_text("x")
         raise KeyboardInterrupt
     assert (Path(cfg.out) / "run.json").exists() == kept and (Path(cfg.out) / "state.json").exists() == kept
+
+
+def test_a_rerun_without_resume_says_it_starts_an_interrupted_run_over(tmp_path: Path) -> None:
+    import dataclasses
+
+    from lcp.run.config import PruneConfig
+    from lcp.run.pipeline import _all_written, _open_run
+
+    cfg = PruneConfig(out=str(tmp_path / "out"), budget=0.5)
+    finished = functools.partial(_all_written, cfg.all_budgets())
+    said: list[str] = []
+    _open_run(cfg, said.append, finished)
+    assert said == []  # a new folder: nothing to continue
+    (tmp_path / "out" / "search_state.json").write_text("{}")
+    (tmp_path / "out" / "finetune.ckpt").write_text("x")
+    _open_run(cfg, said.append, finished)  # it was silent: the search and fine-tuning started over unannounced
+    assert len(said) == 1 and "interrupted run" in said[0] and "search_state.json, finetune.ckpt" in said[0]
+    assert "--resume" in said[0]
+    said.clear()
+    _open_run(dataclasses.replace(cfg, resume=True), said.append, finished)
+    assert said == []
+    (tmp_path / "out" / "state.json").write_text('{"budget_0.5": {"written": true}}')
+    _open_run(cfg, said.append, finished)  # a finished run rerun: nothing lost
+    assert said == []
 
 
 KILLING_CLI = """
