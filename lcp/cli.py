@@ -333,7 +333,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--repeats",
         type=text_parser(int, at_least(1), "--repeats"),
         default=20,
-        help="timed runs per measurement (median reported)",
+        help="timings of each network per runtime and batch (median reported; a pruned folder's two networks "
+        "alternate in 5 rounds)",
     )
     b.add_argument("--no-compile", action="store_true", help="skip torch.compile")
     b.add_argument("--no-onnx", action="store_true", help="skip ONNX Runtime (timed when onnxruntime is installed)")

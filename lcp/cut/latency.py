@@ -105,8 +105,10 @@ def paired_latency(
     A shared machine drifts (other load, clock changes) over the minutes between two timings; alternating
     ``rounds`` rounds of ``repeats`` timings of each makes the drift hit both; each network is timed for at least
     ``min_seconds`` in all (more timings than ``repeats`` when a pass is short). Returns the median of the
-    per-round ratios (``ratio``), the per-round ratios (``rounds``) and each model's median over all its rounds,
-    in milliseconds. ``min_seconds`` defaults to ``$LCP_MIN_TIMING_SECONDS``, else ``DEFAULT_MIN_SECONDS``.
+    per-round ratios (``ratio``), the per-round ratios (``rounds``) and, in milliseconds, each model's median
+    over its rounds of the rounds' median, 10th and 90th percentile (``median_ms``, ``p10_ms``, ``p90_ms``; the
+    reference's: ``reference_ms``, ``reference_p10_ms``, ``reference_p90_ms``). ``min_seconds`` defaults to
+    ``$LCP_MIN_TIMING_SECONDS``, else ``DEFAULT_MIN_SECONDS``.
     """
     if min_seconds is None:
         min_seconds = float(os.environ.get("LCP_MIN_TIMING_SECONDS") or DEFAULT_MIN_SECONDS)
@@ -116,19 +118,25 @@ def paired_latency(
             "median_ms"
         ]
         per_round = max(per_round, math.ceil(min_seconds * 1e3 / max(est, 1e-3) / rounds))
-    ms: dict[str, list[float]] = {"model": [], "reference": []}
+    timed: dict[str, list[dict[str, float]]] = {"model": [], "reference": []}
     for _ in range(rounds):
         for key, m in (("reference", reference), ("model", model)):
-            ms[key].append(
-                measure(m, input_size, batch=batch, device=device, n_threads=n_threads, warmup=2, repeats=per_round)[
-                    "median_ms"
-                ]
+            timed[key].append(
+                measure(m, input_size, batch=batch, device=device, n_threads=n_threads, warmup=2, repeats=per_round)
             )
-    ratios = [a / b for a, b in zip(ms["model"], ms["reference"])]
+
+    def over_rounds(key: str, stat: str) -> float:
+        return statistics.median(t.get(stat, t["median_ms"]) for t in timed[key])
+
+    ratios = [a["median_ms"] / b["median_ms"] for a, b in zip(timed["model"], timed["reference"])]
     return {
         "ratio": statistics.median(ratios),
-        "median_ms": statistics.median(ms["model"]),
-        "reference_ms": statistics.median(ms["reference"]),
+        "median_ms": over_rounds("model", "median_ms"),
+        "p10_ms": over_rounds("model", "p10_ms"),
+        "p90_ms": over_rounds("model", "p90_ms"),
+        "reference_ms": over_rounds("reference", "median_ms"),
+        "reference_p10_ms": over_rounds("reference", "p10_ms"),
+        "reference_p90_ms": over_rounds("reference", "p90_ms"),
         "rounds": ratios,
     }
 
@@ -178,33 +186,62 @@ def bench(
     compile: bool = True,
     onnx: bool = True,
 ) -> pd.DataFrame:  # noqa: F821
-    """One row per (model, runtime, batch): latency, throughput and peak memory; eager, torch.compile, ORT."""
+    """One row per (model, runtime, batch): latency, throughput and peak memory; eager, torch.compile, ORT.
+
+    With an ``"original"`` among ``models``, every other model is timed against it in alternating rounds
+    (``paired_latency``, 5 rounds) and its rows get ``speedup`` (original's latency over its own, the median
+    of the rounds' ratios) and ``speedup_error`` (that median's standard error): two networks timed one after
+    the other on a shared machine can differ by the machine's drift alone."""
     import pandas as pd
 
-    rows = []
+    wanted = {"compile": compile, "onnxruntime": onnx and _has_onnxruntime()}
+    rows: dict[tuple[str, str, int], dict] = {}
+    runtimes: dict[str, dict[str, nn.Module]] = {}
     for name, model in models.items():
-        runtimes: dict[str, nn.Module] = {"eager": model}
-        wanted = {"compile": compile, "onnxruntime": onnx and _has_onnxruntime()}
+        runtimes[name] = {"eager": model}
         for runtime in [r for r, on in wanted.items() if on]:
             try:
-                runtimes[runtime] = in_runtime(model, runtime, input_size, n_threads)
+                runtimes[name][runtime] = in_runtime(model, runtime, input_size, n_threads)
             except LcpError as e:  # no C++ toolchain, or the model does not compile / export: a row says why
-                rows.append({"model": name, "runtime": runtime, "error": str(e)})
-        for runtime, m in runtimes.items():
+                rows[(name, runtime, 0)] = {"model": name, "runtime": runtime, "error": str(e)}
+
+    def row(name: str, runtime: str, b: int, ms: float, p10: float, p90: float, **extra: float) -> None:
+        peak = peak_memory_mb(models[name], input_size, batch=b, device=device) if runtime == "eager" else None
+        rows[(name, runtime, b)] = {
+            "model": name,
+            "runtime": runtime,
+            "batch": b,
+            "median_ms": ms,
+            "p10_ms": p10,
+            "p90_ms": p90,
+            "images_per_s": b / (ms / 1e3),
+            "peak_mb": peak,
+            **extra,
+        }
+
+    reference = runtimes.get("original", {})
+    for name, own in runtimes.items():
+        for runtime, m in own.items():
             for b in batches:
+                if name != "original" and runtime in reference:
+                    t = paired_latency(
+                        m, reference[runtime], input_size, batch=b, device=device, n_threads=n_threads, repeats=repeats
+                    )
+                    speedup = 1 / t["ratio"]
+                    row(name, runtime, b, t["median_ms"], t["p10_ms"], t["p90_ms"], speedup=speedup,
+                        speedup_error=speedup * median_error(t["rounds"]))  # fmt: skip
+                    if ("original", runtime, b) not in rows:  # the original as timed in the first pairing
+                        row("original", runtime, b, t["reference_ms"], t["reference_p10_ms"], t["reference_p90_ms"])
+                elif name != "original":
+                    t = measure(m, input_size, batch=b, device=device, n_threads=n_threads, repeats=repeats)
+                    row(name, runtime, b, t["median_ms"], t["p10_ms"], t["p90_ms"])
+    for runtime, m in reference.items():  # alone: no other model runs in this runtime (or there is none)
+        for b in batches:
+            if ("original", runtime, b) not in rows:
                 t = measure(m, input_size, batch=b, device=device, n_threads=n_threads, repeats=repeats)
-                rows.append(
-                    {
-                        "model": name,
-                        "runtime": runtime,
-                        "batch": b,
-                        **t,
-                        "peak_mb": peak_memory_mb(model, input_size, batch=b, device=device)
-                        if runtime == "eager"
-                        else None,
-                    }
-                )
-    return pd.DataFrame(rows)
+                row("original", runtime, b, t["median_ms"], t["p10_ms"], t["p90_ms"])
+    order = {name: i for i, name in enumerate(models)}
+    return pd.DataFrame([rows[k] for k in sorted(rows, key=lambda k: (order[k[0]], k[1] != "eager", k[1], k[2]))])
 
 
 def onnx_session(model: nn.Module, input_size: tuple[int, ...], n_threads: int | None = None) -> Any:

@@ -317,6 +317,37 @@ def test_paired_latency_min_seconds_default_is_read_at_call_time(monkeypatch, en
     assert calls[-10:] == [20] * 10  # the module default, read when called
 
 
+def test_bench_times_a_pruned_network_against_its_original_in_alternating_rounds(monkeypatch):
+    """A machine that slows down while it times: one network after the other gave the drift as a speed-up
+    (lcp bench printed 2.15x for a 1.6x network); alternating rounds give the true ratio."""
+    clock = [0]
+
+    def measure(model, input_size, *, batch=1, repeats=20, **kw):
+        clock[0] += 1
+        ms = model.cost_ms * batch * (1 + 0.05 * clock[0])  # 5% slower at every timing
+        return {"median_ms": ms, "p10_ms": 0.9 * ms, "p90_ms": 1.1 * ms, "images_per_s": batch * 1e3 / ms}
+
+    monkeypatch.setattr(lcp.cut.latency, "measure", measure)
+    monkeypatch.setenv("LCP_MIN_TIMING_SECONDS", "0")
+    original, pruned = nn.Linear(4, 4), nn.Linear(4, 2)
+    original.cost_ms, pruned.cost_ms = 10.0, 5.0  # truly 2x
+    table = lcp.cut.latency.bench(
+        {"original": original, "pruned": pruned}, (4,), batches=(1, 8), compile=False, onnx=False
+    )
+    assert [(r.model, r.batch) for r in table.itertuples()] == [
+        ("original", 1),
+        ("original", 8),
+        ("pruned", 1),
+        ("pruned", 8),
+    ]
+    speedup = table.set_index(["model", "batch"])["speedup"]
+    assert speedup["pruned"].to_numpy() == pytest.approx([2.0, 2.0], rel=0.06)  # each round drifts 5% only
+    assert speedup["original"].isna().all()  # the reference has no speed-up of its own
+    assert (table["p10_ms"] <= table["median_ms"]).all() and (table["median_ms"] <= table["p90_ms"]).all()
+    alone = lcp.cut.latency.bench({"original": original}, (4,), batches=(1,), compile=False, onnx=False)
+    assert list(alone["model"]) == ["original"] and "speedup" not in alone
+
+
 def test_time_gains_per_channel_down_to_the_floor_and_per_whole_branch(graph, fake_timing):
     """The time a channel saves is its group's table saving down to its floor, per channel; a depth unit's
     branch saves its whole time (its layers' fixed shares included) when it goes whole."""

@@ -17,7 +17,10 @@ from tests.helpers import assert_one_line_error, lcp_cli, read_csv, read_report,
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-BENCH_COLUMNS = ["name", "model", "runtime", "batch", "median_ms", "p10_ms", "p90_ms", "images_per_s", "peak_mb"]
+BENCH_COLUMNS = [
+    *("name", "model", "runtime", "batch", "median_ms", "p10_ms", "p90_ms", "images_per_s", "peak_mb"),
+    *("speedup", "speedup_error"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +67,9 @@ def test_bench_writes_a_row_per_model_and_batch(pruned: Path, tmp_path: Path) ->
     for b in ("1", "2"):  # memory is counted, not timed: the pruned network's activations are smaller
         assert 0 < peak[("pruned", b)] < peak[("original", b)]
     assert peak[("original", "1")] < peak[("original", "2")]
+    for r in rows:  # the pruned network is timed against the original in alternating rounds
+        assert (r["speedup"] == "") == (r["model"] == "original"), r
+        assert r["model"] == "original" or (float(r["speedup"]) > 0 and float(r["speedup_error"]) >= 0)
     assert not (pruned / "bench.csv").exists()  # --out was honoured
 
 
