@@ -104,9 +104,10 @@ def prune(
     ``device`` at ``latency_batch``, measured (``lcp.cut.alignment``).
 
     With ``data`` (a data set name or ImageFolder path, an ``lcp.training.data.DataBundle``, or a dict with
-    ``train`` and ``test`` loaders) the pruned model goes through the same post-cut stage as ``lcp prune``
-    (BatchNorm recalibration, evaluation, ``finetune_epochs`` of fine-tuning, distillation with ``kd``), and
-    ``result.report`` is the one-row report as a pandas DataFrame.
+    ``train`` and ``test`` loaders, for the recovery only: a method that learns needs a data set it can split) the
+    pruned model goes through the same post-cut stage as ``lcp prune`` (BatchNorm recalibration, evaluation,
+    ``finetune_epochs`` of fine-tuning, distillation with ``kd``), and ``result.report`` is the one-row report as a
+    pandas DataFrame.
 
     A model torch.fx cannot trace whole (a torchvision detector: ``example_inputs=([image],)``) is pruned by its
     traceable parts (``lcp.cut.parts``): each part (a backbone with its feature pyramid, a box head) keeps
@@ -117,6 +118,7 @@ def prune(
     check_budget(budget, budget_type)
     if isinstance(ignore, str):  # one glob, not its characters
         ignore = (ignore,)
+    _check_types(model, example_inputs, ignore, data, transforms)
     if max_removal is not None and not isinstance(max_removal, Mapping):
         raise LcpError(f"max_removal must be a dict {{glob: fraction}}, e.g. {{'layer1.*': 0.3}}, not {max_removal!r}")
     opts = PruneConfig.from_mapping(
@@ -149,11 +151,15 @@ def prune(
     chosen.check(opts, opts.all_budgets())
     if transforms is not None and chosen.order != "lcp":
         raise LcpError(f"transforms are the learned compensation of method='lcp'; method {method!r} would ignore them")
-    if isinstance(example_inputs, (tuple, list)) and any(isinstance(v, int) for v in example_inputs):
-        raise LcpError(f"example_inputs are tensors (e.g. torch.zeros(1, 3, 32, 32)), not a shape {example_inputs}")
+    if isinstance(data, Mapping) and chosen.learns_from_data and transforms is None:
+        raise LcpError(
+            f"method {method!r} learns on a held-out split of the training images, which lcp makes from a data set: "
+            "pass data= as a data set name, an ImageFolder path or a DataBundle (a dict of loaders serves the "
+            "recovery only)"
+        )
     bundle = _bundle(data, model, example_inputs, opts)
     if example_inputs is None:
-        if bundle is None and not isinstance(data, dict):
+        if bundle is None and not isinstance(data, Mapping):
             raise LcpError("pass example_inputs (e.g. torch.zeros(1, 3, 32, 32)) or data")
         size = bundle.input_size if bundle is not None else tuple(next(iter(data["train"]))[0].shape[1:])
         example_inputs = torch.zeros(1, *size)
@@ -192,6 +198,37 @@ def _fitted(transforms: Transforms, graph: Any) -> Transforms:
 
 # lcp prune's options of a run folder and of the model it builds by name: lcp.prune gets the model itself
 _CLI_ONLY = ("model", "checkpoint", "pretrained", "baseline_epochs", "out", "resume", "overwrite")
+
+
+def _check_types(model: Any, example_inputs: Any, ignore: Any, data: Any, transforms: Any) -> None:
+    """One line for an argument of the wrong type (it failed deep inside, as an AttributeError or TypeError)."""
+    if not isinstance(model, nn.Module):
+        raise LcpError(
+            f"lcp.prune takes the model itself (an nn.Module, e.g. lcp.create_model('resnet20')), not a "
+            f"{type(model).__name__}"
+        )
+    inputs = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+    tensors_or_containers = all(v is None or isinstance(v, (torch.Tensor, tuple, list, dict)) for v in inputs)
+    if example_inputs is not None and not tensors_or_containers:
+        shown = "a shape" if any(isinstance(v, int) for v in inputs) else f"a {type(example_inputs).__name__}"
+        raise LcpError(
+            f"example_inputs are torch tensors (e.g. torch.zeros(1, 3, 32, 32); torch.from_numpy for an array), "
+            f"not {shown}"
+        )
+    if not isinstance(ignore, (tuple, list)) or not all(isinstance(g, str) for g in ignore):
+        raise LcpError(f"ignore takes module-name globs (a string or a list of them, e.g. 'layer1.*'), not {ignore!r}")
+    if isinstance(data, Mapping) and not {"train", "test"} <= set(data):
+        raise LcpError(f"data as a dict holds 'train' and 'test' loaders, not {sorted(map(str, data))}")
+    if data is not None and not isinstance(data, (str, Path, Mapping, DataBundle)):
+        raise LcpError(
+            "data is a data set name, an ImageFolder path, a DataBundle or a dict of 'train' and 'test' loaders, "
+            f"not a value of type {type(data).__name__}"
+        )
+    if transforms is not None and not isinstance(transforms, Transforms):
+        raise LcpError(
+            "transforms is an lcp.cut.ranking.Transforms (a result's .transforms, or "
+            f"Transforms.from_json(json.load(f), lcp.build_graph(model, x))), not a {type(transforms).__name__}"
+        )
 
 
 def _refuse_unused(opts: PruneConfig, data: Any) -> None:
@@ -255,7 +292,7 @@ def _prune_parts(
 
 def _bundle(data: Any, model: nn.Module, example_inputs: Any, opts: PruneConfig) -> DataBundle | None:
     """A DataBundle from a data set name/path, or the bundle itself (None for plain loaders)."""
-    if data is None or isinstance(data, dict):
+    if data is None or isinstance(data, Mapping):
         return None
     if isinstance(data, (str, Path)):
         first = example_inputs[0] if isinstance(example_inputs, (tuple, list)) and example_inputs else example_inputs

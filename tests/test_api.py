@@ -68,6 +68,8 @@ def test_prune_with_data_fine_tunes(bundle, resnet20_ckpt: Path) -> None:
 
 def test_prune_with_plain_loaders(bundle, resnet20_ckpt: Path) -> None:
     loaders = {"train": bundle.loader("train", 32, shuffle=True), "test": bundle.loader("test", 64)}
+    with pytest.raises(lcp.LcpError, match="a dict of loaders serves the recovery only"):  # "needs data" before
+        lcp.prune(_model(resnet20_ckpt), budget=0.6, data=loaders, method="lcp")
     res = lcp.prune(_model(resnet20_ckpt), budget=0.6, data=loaders, recal_batches=1)
     row = res.report.iloc[0]
     assert row["dataset"] == "loaders" and 0.59 <= row["macs_ratio"] <= 0.6
@@ -106,6 +108,20 @@ def test_options_lcp_prune_would_ignore_are_refused(resnet20_ckpt: Path) -> None
         lcp.prune(_model(resnet20_ckpt), (1, 3, 32, 32))
     with pytest.raises(lcp.LcpError, match="not a CifarResNet"):
         lcp.save(_model(resnet20_ckpt), "unused")
+    # arguments of the wrong type failed deep inside (AttributeError, TypeError) or pruned on garbage
+    for args, kwargs, phrase in [
+        (("resnet20", x), {}, "takes the model itself .* not a str"),
+        ((_model(resnet20_ckpt), np.zeros((1, 3, 32, 32), np.float32)), {}, "torch.from_numpy .* not a ndarray"),
+        ((_model(resnet20_ckpt), [1.0, 2.0]), {}, "example_inputs are torch tensors .* not a list"),
+        ((_model(resnet20_ckpt), x), {"ignore": 3}, "ignore takes module-name globs"),
+        ((_model(resnet20_ckpt), x), {"data": 5}, "data is a data set name.* not a value of type int"),
+        ((_model(resnet20_ckpt), x), {"data": {"train": []}}, "holds 'train' and 'test' loaders"),
+        ((_model(resnet20_ckpt), x), {"method": "lcp", "transforms": {"a": 1}}, "not a dict"),
+        ((_model(resnet20_ckpt), x), {"importance": "taylor", "batches": []}, "'taylor' got no batches"),
+        ((_model(resnet20_ckpt), x), {"importance": "taylor", "batches": [x]}, "takes \\(images, labels\\)"),
+    ]:
+        with pytest.raises(lcp.LcpError, match=phrase):
+            lcp.prune(*args, **kwargs)
     # one glob as a string is that glob, not its characters
     kept = lcp.prune(_model(resnet20_ckpt), x, ignore="layer1.*", round_to=1).model
     assert all(kept.get_submodule(f"layer1.{i}.conv1").out_channels == 16 for i in range(3))

@@ -152,10 +152,20 @@ class Taylor(Importance):
                 model.eval()
                 for p, _, _ in saved:
                     p.requires_grad_(id(p) in scored)
-                for x, y in batches:
+                seen = 0
+                for batch in batches:
+                    if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
+                        raise LcpError(
+                            "importance 'taylor' takes (images, labels) batches: its scores are gradients of the "
+                            f"classification loss, and a batch here is a {type(batch).__name__}"
+                        )
+                    x, y = batch
                     for p, _, _ in saved:
                         p.grad = None
                     nn.functional.cross_entropy(model(x), y).backward()
+                    seen += 1
+                if not seen:
+                    raise LcpError("importance 'taylor' got no batches: every score would be 0")
                     for ri, w in weights.items():
                         if w.grad is not None:
                             wg = LAYERS[producers[ri].kind].filters(modules[producers[ri].name], w.detach() * w.grad)
