@@ -48,10 +48,18 @@ class Plan:
         return self.params / self.params_base
 
     def describe(self) -> str:
-        return (
+        """The cost kept, and a warning when the cut lands more than 10% under a MACs or params budget."""
+        text = (
             f"MACs {self.macs / 1e6:.2f}M of {self.macs_base / 1e6:.2f}M ({self.macs_ratio:.1%}), "
             f"params {self.params / 1e6:.3f}M of {self.params_base / 1e6:.3f}M ({self.params_ratio:.1%})"
         )
+        ratio = {"macs": self.macs_ratio, "params": self.params_ratio}.get(self.budget_type)
+        if ratio is not None and ratio < 0.9 * self.budget:
+            text += (
+                f"; {ratio:.3f} of the {self.budget_type} for a budget of {self.budget:g}: no cut lands closer in "
+                "the steps these widths can take (a smaller round_to allows finer ones)"
+            )
+        return text
 
 
 def compensated_scores(graph: ChannelGraph, scores: np.ndarray, transforms: Transforms) -> np.ndarray:

@@ -108,3 +108,28 @@ def test_bad_round_to_is_one_line(value):
 def test_round_to_accepts_numbers_and_auto():
     assert from_mapping(PruneConfig, {"round_to": "auto"}, "recipe") == {"round_to": "auto"}
     assert from_mapping(PruneConfig, {"round_to": 8}, "recipe") == {"round_to": 8}
+
+
+def test_a_cut_far_under_its_budget_says_why():
+    """One 64-channel stream in multiples of 16: 48 channels keep 0.56 of the MACs, 32 keep 0.25. The cut lands at
+    0.25 for a budget of 0.5, and said nothing; at any width it lands at the budget, silently."""
+
+    class Shared(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = torch.nn.Conv2d(3, 64, 3, padding=1)
+            self.shared = torch.nn.Conv2d(64, 64, 3, padding=1)
+            self.fc = torch.nn.Linear(64, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = torch.relu(self.stem(x))
+            for _ in range(3):
+                x = x + torch.relu(self.shared(x))
+            return self.fc(x.mean((2, 3)))
+
+    x = torch.zeros(1, 3, 32, 32)
+    coarse = lcp.prune(Shared(), x, budget=0.5, round_to=16).plan
+    assert coarse.macs_ratio < 0.3
+    assert "0.254 of the macs for a budget of 0.5: no cut lands closer" in coarse.describe()
+    fine = lcp.prune(Shared(), x, budget=0.5, round_to=1).plan
+    assert 0.49 <= fine.macs_ratio <= 0.5 and "no cut lands closer" not in fine.describe()
