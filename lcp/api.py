@@ -39,6 +39,7 @@ _PYTHON_WORDS = (
     (re.compile(r"--max-removal '"), "max_removal '"),
     (re.compile(r"--max-removal caps"), "max_removal caps"),
     (re.compile(r"--round-to\b"), "round_to"),
+    (re.compile(r"--min-ratio\b"), "min_ratio"),
 )
 
 

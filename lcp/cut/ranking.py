@@ -88,6 +88,7 @@ class Walker:
         self.round_to = max(1, int(round_to))
         self.size = np.array([len(g.units) for g in graph.groups], dtype=np.int64)
         self.align = group_alignment(self.size, self.round_to)
+        self.min_ratio = min_ratio
         self.floor = graph.floors(min_ratio, min_channels)
         self.group_of = np.array([u.group for u in graph.units], dtype=np.int64)
         self.depth = getattr(graph, "depth", np.zeros(len(graph.groups), dtype=bool))
@@ -223,7 +224,7 @@ def plan(
             advice = f"pass --budget {need:g} or more" if need < 1 else "almost nothing in it can be pruned"
             raise UnreachableBudget(
                 f"budget {budget:g} of {metric} cannot be met: the lowest reachable is {lowest:.4f} "
-                f"({_frozen_hint(graph)}); {advice}",
+                f"({_frozen_hint(graph, min_ratio)}); {advice}",
                 lowest,
             )
         walker.refill(removed, batches, target, metric)
@@ -302,7 +303,8 @@ def _uniform(
         lowest = value / cost.base(metric)
         cost.reset()
         raise UnreachableBudget(
-            f"budget cannot be met with uniform pruning: the lowest reachable is {lowest:.4f} ({_frozen_hint(graph)})",
+            f"budget cannot be met with uniform pruning: the lowest reachable is {lowest:.4f} "
+            f"({_frozen_hint(graph, walker.min_ratio)})",
             lowest,
         )
     for _ in range(40):
@@ -355,10 +357,11 @@ def _top_up_aligned(
             return
 
 
-def _frozen_hint(graph: ChannelGraph) -> str:
+def _frozen_hint(graph: ChannelGraph, min_ratio: float) -> str:
     ops = sorted({f"{f.op}: {f.reason}" for f in graph.frozen_ops})  # the first three named
     frozen = "; ".join(ops[:3]) + (f" and {len(ops) - 3} more" if len(ops) > 3 else "")
+    floors = f"floors of {min_ratio:.0%} per group (--min-ratio)"
     if (graph.max_removal < 1).any():  # caps act in whole multiples of the width rounding: say so
-        caps = "floors of 10% per group and the --max-removal caps (in whole multiples of --round-to)"
+        caps = f"{floors} and the --max-removal caps (in whole multiples of --round-to)"
         return caps + (f"; channels frozen by {frozen}" if ops else "")
-    return f"floors and channels frozen by {frozen}" if ops else "floors of 10% per group"
+    return f"{floors} and channels frozen by {frozen}" if ops else floors

@@ -155,4 +155,5 @@ def test_a_budget_the_caps_make_unreachable_names_the_caps(resnet20) -> None:
     """A cap below one width multiple removes nothing there: the refusal says the caps set the limit."""
     with pytest.raises(lcp.UnreachableBudget) as e:
         lcp.prune(resnet20, X, budget=0.3, max_removal={"layer1.*": 0.2})
-    assert "floors of 10% per group and the max_removal caps (in whole multiples of round_to)" in str(e.value)
+    caps = "floors of 10% per group (min_ratio) and the max_removal caps (in whole multiples of round_to)"
+    assert caps in str(e.value)
