@@ -25,6 +25,28 @@ if TYPE_CHECKING:  # torch is imported lazily so lcp.io stays cheap to import
 PathLike = str | os.PathLike[str]
 
 TMP_MARK = ".lcp-tmp"
+#: Top-level names (glob patterns) that lcp writes into an output folder (a run's, ``lcp.save``'s): what
+#: ``--overwrite`` and ``lcp.save(overwrite=True)`` remove, and how an earlier run without run.json is recognised.
+OUTPUT_PATTERNS: tuple[str, ...] = (
+    "run.json",
+    "*.safetensors",
+    "*.csv",
+    "*.png",
+    "*.jsonl",
+    "search*.json",
+    "sensitivity.json",
+    "state*.json",
+    "checkpoint*",
+    "*.log",
+    "channels.json",
+    "transforms.json",
+    "config.json",
+    "*.ckpt",
+    "model.onnx*",  # lcp export's files (an ONNX model may have a .data file beside it)
+    "*.ts.pt",
+    "*.pt2",
+)
+
 # OS errors that mean "the environment refuses the write", worth one clear line.
 _ENV_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR}
 
@@ -327,3 +349,12 @@ def cache_dir() -> Path:
         return Path(os.environ["LCP_CACHE"]).expanduser()
     xdg = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(xdg).expanduser() / "lcp"
+
+
+def users_files(run_file: Path) -> set[str]:
+    """The names a run's run.json records as the user's (in its folder before lcp's first run there)."""
+    try:
+        names = json.loads(Path(run_file).read_text()).get("users_files", [])
+    except (OSError, ValueError, AttributeError):
+        return set()
+    return {n for n in names if isinstance(n, str)} if isinstance(names, list) else set()

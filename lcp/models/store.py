@@ -7,6 +7,7 @@ removes the same units (the same surgery that pruned it) and loads the weights s
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import platform
 from collections.abc import Sequence
@@ -24,7 +25,17 @@ from lcp.engine.graph import ChannelGraph, build_graph
 from lcp.engine.modes import modes_kept
 from lcp.engine.surgery import apply_plan
 from lcp.errors import LcpError
-from lcp.io import atomic_write_json, ensure_dir, load_tensors, read_json, save_tensors, with_metadata_of
+from lcp.io import (
+    OUTPUT_PATTERNS,
+    atomic_write_json,
+    ensure_dir,
+    load_tensors,
+    os_reason,
+    read_json,
+    save_tensors,
+    users_files,
+    with_metadata_of,
+)
 from lcp.models.factory import create_model
 from lcp.models.timm_support import refresh_attributes, write_timm_config
 from lcp.report import write_report
@@ -113,7 +124,9 @@ def save(result: Any, out_dir: str | Path, *, model_name: str | None = None, ove
     ``model_name`` is the name ``lcp.create_model`` builds the original from; models made by
     ``lcp.create_model`` remember it. Writes model.safetensors, channels.json, transforms.json and, when the
     result has one, report.csv. A folder that already holds a pruned model or a run is refused unless
-    ``overwrite=True``.
+    ``overwrite=True``, which also removes the old model's other lcp outputs (``lcp.io.OUTPUT_PATTERNS``: its
+    report, exports, run files); the user's own files stay. A ``model_name`` that does not rebuild the
+    original is refused before anything is written.
     """
     if isinstance(result, nn.Module) or not hasattr(result, "model"):
         raise LcpError(f"lcp.save takes what lcp.prune returns (a PruneResult), not a {type(result).__name__}")
@@ -155,17 +168,64 @@ def save(result: Any, out_dir: str | Path, *, model_name: str | None = None, ove
             "params": result.plan.params,
         },
     )
+    check_rebuilds(spec, graph.model)
     out = Path(out_dir)
     taken = [n for n in ("channels.json", "run.json", "model.safetensors") if (out / n).exists()]
     if taken and not overwrite:
         raise LcpError(
             f"{out} already holds a pruned model or a run ({taken[0]}): save elsewhere or pass overwrite=True"
         )
+    old = old_outputs(out) if taken else {}
     write(out, result.model, spec)
     atomic_write_json(out / "transforms.json", result.transforms.to_json())
     if result.report is not None:
         write_report(result.report.iloc[0].to_dict(), out / "report.csv")
+    for path, ident in old.items():  # what this save did not rewrite describes the old model
+        if _identity(path) == ident:
+            try:
+                path.unlink()
+            except OSError as e:
+                raise LcpError(f"saved {out}, but could not remove the old output {path.name}: {os_reason(e)}") from e
     return out
+
+
+def check_rebuilds(spec: dict, model: nn.Module) -> None:
+    """Refuse (one line) a ``spec`` whose model name and arguments do not rebuild ``model``, the unpruned
+    original: ``load`` could never rebuild the pruned one. Builds the model once, runs nothing."""
+    name = spec["model"]
+    try:
+        fresh = original(spec)
+    except Exception as e:  # LcpError (an unknown name), or the constructor's own error on these arguments
+        why = str(e) if isinstance(e, LcpError) else f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}"
+        raise LcpError(f"model_name {name!r} is not a model lcp can build: {why}") from None
+    mine, built = widths(model), widths(fresh)
+    if mine != built:
+        layer = next(n for n in [*mine, *built] if mine.get(n) != built.get(n))
+        raise LcpError(
+            f"model_name {name!r} builds a network with other layers than the one pruned ({layer}: "
+            f"{built.get(layer, 'absent')} there, {mine.get(layer, 'absent')} in the pruned model's original); "
+            "pass the create_model name (and arguments) the original was built with"
+        )
+
+
+def old_outputs(out: Path) -> dict[Path, tuple[int, int] | None]:
+    """lcp's files at the top of ``out`` (``OUTPUT_PATTERNS``, less those run.json records as the user's), each
+    with its identity, so that the ones a new save does not replace can be told apart and removed."""
+    users = users_files(out / "run.json")
+    return {
+        p: _identity(p)
+        for p in sorted(out.iterdir())
+        if p.name not in users and not p.is_dir() and any(fnmatch.fnmatchcase(p.name, pat) for pat in OUTPUT_PATTERNS)
+    }
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """Inode and modification time (an atomic rewrite changes both); None once the file is gone."""
+    try:
+        st = path.lstat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns
 
 
 def output_classes(model: nn.Module, example_inputs: tuple) -> int | None:

@@ -17,32 +17,20 @@ from types import TracebackType
 from typing import Any
 
 from lcp.errors import LcpError
-from lcp.io import TMP_MARK, PathLike, atomic_write_json, ensure_dir, os_reason, read_json, to_json
-
-LOCK_NAME = ".lcp.lock"
-RUN_NAME = "run.json"
-#: Top-level names (glob patterns) that lcp writes into an output folder. Used to
-#: recognise an earlier run without run.json, and removed by ``overwrite=True``.
-OUTPUT_PATTERNS: tuple[str, ...] = (
-    RUN_NAME,
-    "*.safetensors",
-    "*.csv",
-    "*.png",
-    "*.jsonl",
-    "search*.json",
-    "sensitivity.json",
-    "state*.json",
-    "checkpoint*",
-    "*.log",
-    "channels.json",
-    "transforms.json",
-    "config.json",
-    "*.ckpt",
-    "model.onnx*",  # lcp export's files (an ONNX model may have a .data file beside it)
-    "*.ts.pt",
-    "*.pt2",
+from lcp.io import (
+    OUTPUT_PATTERNS,
+    TMP_MARK,
+    PathLike,
+    atomic_write_json,
+    ensure_dir,
+    os_reason,
+    read_json,
+    to_json,
+    users_files,
 )
 
+LOCK_NAME = ".lcp.lock"
+RUN_NAME = "run.json"  # the first of OUTPUT_PATTERNS
 
 #: The names among OUTPUT_PATTERNS that only lcp writes: a folder without any of them holds no lcp run.
 LCP_ONLY: tuple[str, ...] = (
@@ -233,7 +221,7 @@ def prepare_out_dir(out_dir: PathLike, signature: Mapping[str, Any], *, resume: 
             raise LcpError(f"cannot read output folder {out}: {os_reason(exc)}") from exc
         # the user's files in the folder before lcp's first run there are never lcp's to remove
         ours = {p.name for p in outputs + leftovers}
-        users = _users_files(run_file) if run_file.exists() else _names(out) - ours
+        users = users_files(run_file) if run_file.exists() else _names(out) - ours
         outputs = [p for p in outputs if p.name not in users]
         # temporary files are leftovers of a killed writer (the caller holds the folder's lock)
         stale = outputs + leftovers if overwrite else leftovers
@@ -281,12 +269,3 @@ def prepare_out_dir(out_dir: PathLike, signature: Mapping[str, Any], *, resume: 
 def _names(out: Path) -> set[str]:
     """The entries of a folder (the lock aside)."""
     return {e.name for e in out.iterdir() if e.name != LOCK_NAME}
-
-
-def _users_files(run_file: Path) -> set[str]:
-    """The names run.json records as the user's (in the folder before lcp's first run there)."""
-    try:
-        names = json.loads(run_file.read_text()).get("users_files", [])
-    except (OSError, ValueError, AttributeError):
-        return set()
-    return {n for n in names if isinstance(n, str)} if isinstance(names, list) else set()
