@@ -321,7 +321,7 @@ def _recover_and_report(
     row = report_row(
         result,
         opts,
-        model=type(original).__name__,
+        model=getattr(original, "lcp_name", None) or type(original).__name__,  # lcp prune's name, where it has one
         dataset=getattr(data, "source", "loaders"),
         budget=budget,
         numbers={"top1_base": top1_base, **numbers, "search_s": search_s},

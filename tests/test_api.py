@@ -34,7 +34,7 @@ def test_prune_with_data_reports_and_round_trips(bundle, resnet20_ckpt: Path, tm
     df = res.report
     assert list(df.columns) == REPORT_COLUMNS and len(df) == 1
     row = df.iloc[0]
-    assert (row["method"], row["budget"], row["finetune_epochs"], row["model"]) == ("global", 0.5, 1, "CifarResNet")
+    assert (row["method"], row["budget"], row["finetune_epochs"], row["model"]) == ("global", 0.5, 1, "resnet20")
     assert 0.49 <= row["macs_ratio"] <= 0.5
     assert row["macs_pruned"] == lcp.count_macs(res.model, torch.zeros(1, 3, 32, 32))
     assert row["params_pruned"] == lcp.count_params(res.model) < row["params_base"]

@@ -114,7 +114,7 @@ class CheckReport:
             out.append(
                 f"  prunable: {self.prunable} of {self.units} channel units ({self.prunable / self.units:.0%}) "
                 f"in {self.groups} groups; the other {self.units - self.prunable} are the model's input or "
-                f"output channels or frozen by the ops below"
+                f"output channels{' or frozen by the ops below' if self.frozen else ''}"
             )
         if self.depth_error:
             out.append(f"  depth: not analysed ({self.depth_error}); please report it")

@@ -377,6 +377,7 @@ def test_check_ok_exit_0():
     assert code == 0, err
     assert out.startswith("resnet18: OK, pruned to ")
     assert "verified: masked equivalence" in out and "prunable:" in out
+    assert "frozen" not in out  # resnet18 has no frozen ops: "frozen by the ops below" named none
     assert "depth: 8 residual branches can also be removed whole (--depth)" in out  # timm's BasicBlocks
 
 
