@@ -31,7 +31,7 @@ from lcp.models.factory import create_model, model_info
 from lcp.options import add_arguments, at_least, field_names, text_parser, unit_interval
 from lcp.options import from_mapping as check_values
 from lcp.report import print_table
-from lcp.run.config import PruneConfig, TrainConfig, require_device
+from lcp.run.config import JobOptions, PruneConfig, TrainConfig, require_device
 from lcp.run.load import eval_transform
 from lcp.run.pipeline import run_prune, run_search
 from lcp.run.train_run import run_train
@@ -193,6 +193,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    if args.input_size:
+        check_values(JobOptions, {"input_size": args.input_size}, "options")  # as lcp prune checks it
     info = model_info(args.model)
     size = tuple(args.input_size) if args.input_size else info.input_size
     model = create_model(

@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
-from lcp.engine.graph import ChannelGraph, check_batch
+from lcp.engine.graph import ChannelGraph, check_batch, run_failure
 from lcp.engine.layers import LAYERS
 from lcp.engine.modes import modes_kept
 from lcp.engine.types import Record
@@ -47,6 +47,8 @@ def count_macs(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.T
         with modes_kept(model), torch.no_grad(), counter:
             model.eval()
             model(*example_inputs)
+    except Exception as e:  # wrong channels, dtype or device: one line with torch's reason
+        raise run_failure(model, example_inputs, e) from None
     finally:
         _mha_fastpath(fastpath)
     return int(counter.flops) // 2 // batch

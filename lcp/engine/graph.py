@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import io
+import traceback
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -42,6 +43,8 @@ __all__ = [
     "floor_keep",
     "no_match",
     "retrace",
+    "root_cause",
+    "run_failure",
     "trace",
 ]  # the data types live in lcp.engine.types
 
@@ -235,6 +238,50 @@ def check_batch(example_inputs: Sequence[Any]) -> None:
         raise LcpError("example inputs need a batch of at least 1")
 
 
+class _ShapeProp(ShapeProp):
+    """ShapeProp that remembers where it is: the module (or op) of the node it runs."""
+
+    where = ""
+
+    def run_node(self, n: fx.Node) -> Any:
+        self.where = str(n.target) if n.op == "call_module" else n.name
+        return super().run_node(n)
+
+
+def run_failure(model: nn.Module, example_inputs: Sequence[Any], error: BaseException, where: str = "") -> LcpError:
+    """The one-line refusal of ``model`` failing on ``example_inputs``: the first line of the root cause of
+    ``error`` (past wrappers such as torch.fx's ShapeProp error) and the innermost submodule it failed in
+    (``where`` when the traceback names none)."""
+    error = root_cause(error)
+    names = {id(m): name for name, m in model.named_modules() if name}
+    for frame, _ in traceback.walk_tb(error.__traceback__):
+        where = names.get(id(frame.f_locals.get("self")), where)
+    lines = str(error).strip().splitlines()
+    why = f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+    place = f" (in {where})" if where else ""
+    inputs = ", ".join(_described(x) for x in example_inputs)
+    return LcpError(f"the model does not run on the example input {inputs}{place}: {why}")
+
+
+def root_cause(error: BaseException) -> BaseException:
+    """The innermost exception of ``error``'s ``__cause__`` / ``__context__`` chain."""
+    seen = {id(error)}
+    while True:
+        inner = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
+        if inner is None or id(inner) in seen:
+            return error
+        seen.add(id(inner))
+        error = inner
+
+
+def _described(x: Any) -> str:
+    """An example input in a few words: its shape, and its dtype unless float32."""
+    if not isinstance(x, torch.Tensor):
+        return type(x).__name__
+    dtype = "" if x.dtype == torch.float32 else f" {str(x.dtype).removeprefix('torch.')}"
+    return f"of shape {tuple(x.shape)}{dtype}"
+
+
 def no_match(flag: str, pattern: str, names: Sequence[str], model: str) -> str:
     """The refusal of a module-name glob (``flag`` ``pattern``) that matches none of the conv/linear ``names``."""
     some = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
@@ -268,15 +315,12 @@ def build_graph(
         model.eval()
         gm = trace(model, table)
         with torch.no_grad():
+            shapes = _ShapeProp(gm)
             try:  # ShapeProp prints the traceback of a failing node itself: keep stderr to lcp's one line
                 with contextlib.redirect_stderr(io.StringIO()):
-                    ShapeProp(gm).propagate(*example_inputs)
+                    shapes.propagate(*example_inputs)
             except Exception as e:
-                raise LcpError(
-                    f"the model does not run on the example input of shape "
-                    f"{[tuple(x.shape) for x in example_inputs]}: {type(e).__name__}: "
-                    f"{str(e).splitlines()[0] if str(e) else ''}"
-                ) from None
+                raise run_failure(model, example_inputs, e, shapes.where) from None
         prop = Propagator(gm, table)
         prop.run()
         layers = [rec for rec in prop.records if rec.kind.has_filters]

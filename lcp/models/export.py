@@ -11,13 +11,16 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import re
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from lcp.engine.graph import root_cause
 from lcp.engine.modes import modes_kept
 from lcp.errors import LcpError
 from lcp.io import PathLike, atomic_path, read_json
@@ -36,9 +39,23 @@ class Exported:
     seconds: float
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # the colours of the ONNX exporter's messages
+
+
 def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
+    """The first line of the real reason: the root cause of ``e`` (past wrappers such as the ONNX exporter's
+    "step 1/3 ... Next steps:"), without colour codes."""
+    e = root_cause(e)
+    text = _ANSI.sub("", str(e)).strip().splitlines()
     return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Swallow what the exporters print on stdout and stderr (their passes, graph dumps, warnings): lcp
+    reports the result, or the reason in one line."""
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        yield
 
 
 ONNX_MAX_BYTES = 3 * 2**29  # 1.5 GiB: a protobuf file holds at most 2 GiB, graph included
@@ -46,7 +63,6 @@ ONNX_MAX_BYTES = 3 * 2**29  # 1.5 GiB: a protobuf file holds at most 2 GiB, grap
 
 def _write(model: nn.Module, x: torch.Tensor, fmt: str, path: Path) -> None:
     batch = ({0: torch.export.Dim.AUTO},)
-    quiet = contextlib.redirect_stdout(io.StringIO())  # the exporters narrate their passes on stdout
     if fmt == "onnx":
         size = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
         if size > ONNX_MAX_BYTES:
@@ -54,20 +70,22 @@ def _write(model: nn.Module, x: torch.Tensor, fmt: str, path: Path) -> None:
                 f"{type(model).__name__} holds {size / 2**30:.1f} GiB of weights: lcp writes ONNX as one "
                 "self-contained file (at most 1.5 GiB); export it with torch.onnx.export(..., external_data=True)"
             )
-        with quiet:  # one self-contained file: an external .data file would be named after the temporary path
-            torch.onnx.export(
-                model,
-                (x,),
-                str(path),
-                input_names=["input"],
-                output_names=["output"],
-                dynamic_shapes=batch,
-                external_data=False,
-            )
+        # one self-contained file: an external .data file would be named after the temporary path
+        torch.onnx.export(
+            model,
+            (x,),
+            str(path),
+            input_names=["input"],
+            output_names=["output"],
+            dynamic_shapes=batch,
+            external_data=False,
+        )
     elif fmt == "torchscript":
         torch.jit.save(torch.jit.trace(model, x), str(path))
-    else:
-        torch.export.save(torch.export.export(model, (x,), dynamic_shapes=batch), str(path))
+    else:  # through an open file: torch warns of a path not ending in .pt2 (the temporary one, or the user's)
+        program = torch.export.export(model, (x,), dynamic_shapes=batch)
+        with open(path, "wb") as f:
+            torch.export.save(program, f)
 
 
 def _reloaded(fmt: str, path: Path):
@@ -81,7 +99,8 @@ def _reloaded(fmt: str, path: Path):
         return lambda x: torch.from_numpy(session.run(None, {"input": x.numpy()})[0])
     if fmt == "torchscript":
         return torch.jit.load(str(path))
-    return torch.export.load(str(path)).module()
+    with open(path, "rb") as f:
+        return torch.export.load(f).module()
 
 
 def export(
@@ -123,10 +142,11 @@ def export(
     with atomic_path(path) as tmp, modes_kept(net), torch.no_grad():
         net.eval()
         try:
-            _write(net, x, format, tmp)
-            run = _reloaded(format, tmp)
-            checks = [x] if format == "torchscript" else [x, x_other]  # a traced script keeps batch 2 only
-            diff = max(float((run(c).float() - net(c).float()).abs().max()) for c in checks)
+            with _quiet():
+                _write(net, x, format, tmp)
+                run = _reloaded(format, tmp)
+                checks = [x] if format == "torchscript" else [x, x_other]  # a traced script keeps batch 2 only
+                diff = max(float((run(c).float() - net(c).float()).abs().max()) for c in checks)
         except LcpError:
             raise
         except Exception as e:  # the exporters raise many kinds; all mean "this model does not export"

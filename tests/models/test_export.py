@@ -3,6 +3,7 @@ model within 1e-4; a model that cannot be exported is one line and leaves no fil
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
@@ -91,6 +92,49 @@ def test_a_model_that_cannot_be_exported_is_one_line(tmp_path: Path) -> None:
         lcp.export(NotExportable(), out, format="exported-program", example_inputs=torch.zeros(1, 3, 8, 8))
     assert "NotExportable cannot be exported to exported-program" in str(e.value) and "\n" not in str(e.value)
     assert not out.exists() and not list(tmp_path.iterdir())  # no file, no temporary left
+
+
+class DataDependent(torch.nn.Module):
+    """torch.export cannot follow a branch on a tensor's value (the exporters print graph dumps when it fails)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        return y * 2 if y.sum() > 0 else y
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "exported-program"])
+def test_an_export_failure_is_one_clean_line_with_the_real_reason(
+    fmt: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture
+) -> None:
+    """Nothing of the exporters' narration (graph dumps, warnings) on stdout or stderr, no colour codes, and the
+    root cause rather than the ONNX exporter's "step 1/3 ... Next steps:" wrapper."""
+    monkeypatch.setattr(lcp.models.export.store, "load", lambda folder: DataDependent())
+    (tmp_path / "channels.json").write_text('{"input_size": [3, 8, 8]}')
+    res = lcp_cli("export", tmp_path, "--format", fmt)
+    line = assert_one_line_error(
+        res, f"DataDependent cannot be exported to {fmt}: ", "Could not guard on data-dependent expression"
+    )
+    assert "\x1b" not in line and "Next steps" not in line and res.out == ""
+    assert capfd.readouterr() == ("", "")  # nothing printed around lcp's own streams either
+    assert [p.name for p in tmp_path.iterdir()] == ["channels.json"]
+
+
+def test_an_exported_program_may_be_written_to_any_suffix(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """torch warns of a .pt2 archive not named .pt2: lcp writes and reloads it through an open file, so no
+    warning names its temporary file (or the user's)."""
+    torch_log = logging.getLogger("torch")  # torch's loggers do not propagate to the root one
+    torch_log.addHandler(caplog.handler)
+    x = torch.zeros(1, 3, 8, 8)
+    try:
+        res = lcp.export(torch.nn.Conv2d(3, 4, 3), tmp_path / "m.bin", format="exported-program", example_inputs=x)
+    finally:
+        torch_log.removeHandler(caplog.handler)
+    assert res.max_abs_diff <= 1e-4 and res.path.is_file()
+    assert not [r for r in caplog.records if ".pt2" in r.getMessage()], caplog.text
 
 
 @pytest.mark.parametrize(

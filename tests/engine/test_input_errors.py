@@ -1,0 +1,79 @@
+"""A model that does not run on the example input is one line naming torch's reason and where it failed (not
+torch.fx's ShapeProp wrapper), from ``build_graph``, ``count_macs`` and ``lcp check``."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import lcp
+from lcp.engine.graph import root_cause
+from tests.helpers import assert_one_line_error, lcp_cli
+
+
+class Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU())
+        self.head = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.stem(x))
+
+
+def _refusal(call, x: torch.Tensor) -> str:
+    with pytest.raises(lcp.LcpError) as e:
+        call(Net(), x)
+    text = str(e.value)
+    assert "\n" not in text and "ShapeProp" not in text and "OrderedDict" not in text, text
+    return text
+
+
+@pytest.mark.parametrize("call", [lcp.build_graph, lcp.count_macs], ids=["build_graph", "count_macs"])
+def test_wrong_channels_name_torchs_reason_and_the_module(call) -> None:
+    text = _refusal(call, torch.zeros(1, 1, 16, 16))
+    assert "of shape (1, 1, 16, 16) (in stem.0): RuntimeError: " in text, text
+    assert "expected input[1, 1, 16, 16] to have 3 channels, but got 1 channels instead" in text, text
+
+
+@pytest.mark.parametrize("call", [lcp.build_graph, lcp.count_macs], ids=["build_graph", "count_macs"])
+@pytest.mark.parametrize("dtype", [torch.int64, torch.float16])
+def test_a_wrong_dtype_is_named(call, dtype: torch.dtype) -> None:
+    text = _refusal(call, torch.zeros(1, 3, 16, 16, dtype=dtype))
+    assert f"of shape (1, 3, 16, 16) {str(dtype).removeprefix('torch.')} (in stem.0)" in text, text
+
+
+def test_a_functional_op_is_named_by_its_node() -> None:
+    class Cat(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.cat([x, x[:, :, 1:]], dim=1)
+
+    with pytest.raises(lcp.LcpError, match=r"\(in cat\): RuntimeError: Sizes of tensors must match"):
+        lcp.build_graph(Cat(), torch.zeros(1, 3, 8, 8))
+
+
+def test_root_cause_follows_cause_and_context_but_not_a_suppressed_one() -> None:
+    inner = ValueError("the reason")
+    try:
+        try:
+            raise inner
+        except ValueError:
+            raise KeyError("while handling") from None
+    except KeyError as e:
+        suppressed = e
+    wrapper = RuntimeError("wrapper")
+    wrapper.__cause__ = TypeError("middle")
+    wrapper.__cause__.__context__ = inner
+    assert root_cause(wrapper) is inner
+    assert root_cause(suppressed) is suppressed
+    looped = RuntimeError("a")
+    looped.__cause__ = RuntimeError("b")
+    looped.__cause__.__cause__ = looped
+    assert root_cause(looped) is looped.__cause__  # a cycle ends the walk
+
+
+def test_check_refuses_an_empty_input_size_as_prune_does() -> None:
+    res = lcp_cli("check", "--model", "resnet20", "--input-size", 3, 0, 32)
+    assert_one_line_error(res, "input_size must be three positive numbers C H W, got [3, 0, 32]")
+    assert res.out == ""  # refused before the model is built
