@@ -152,7 +152,10 @@ def export(
         except Exception as e:  # the exporters raise many kinds; all mean "this model does not export"
             raise LcpError(f"{type(net).__name__} cannot be exported to {format}: {_first_line(e)}") from None
         if not diff <= atol:
+            scale = float(net(x).float().abs().max())
             raise LcpError(
-                f"the {format} export differs from the model by {diff:.3g} (more than {atol:g}); not written"
+                f"the {format} export differs from the model by {diff:.3g} (more than {atol:g}, on outputs up to "
+                f"{scale:.3g}); not written (a float32 export of large outputs can differ by about 1e-6 of them: "
+                "pass a larger atol if that is acceptable)"
             )
     return Exported(path, format, diff, time.perf_counter() - t0)

@@ -209,3 +209,16 @@ def test_compile_runtime_is_compiled_once_and_a_failure_is_one_line(monkeypatch)
     monkeypatch.setattr(torch, "compile", broken)
     with pytest.raises(lcp.LcpError, match="Sequential cannot be compiled with torch.compile: RuntimeError"):
         in_runtime(net, "compile", (3, 8, 8))
+
+
+def test_an_export_off_by_more_than_atol_is_refused_and_says_the_output_scale(
+    zoo_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import lcp.models.export as export
+
+    reloaded = export._reloaded
+    monkeypatch.setattr(export, "_reloaded", lambda fmt, path: lambda x, run=reloaded(fmt, path): run(x) + 1e-3)
+    with pytest.raises(lcp.LcpError, match=r"differs from the model by 0\.001 \(more than 0\.0001, on outputs up to"):
+        lcp.export(zoo_folder, tmp_path / "m.pt2", format="exported-program")
+    assert not (tmp_path / "m.pt2").exists()
+    assert lcp.export(zoo_folder, tmp_path / "m.pt2", format="exported-program", atol=2e-3).max_abs_diff < 2e-3
