@@ -28,7 +28,7 @@ from torch import nn
 
 from lcp.cut.pruner import PruneResult
 from lcp.engine.cost import count_macs, count_params
-from lcp.engine.graph import ChannelGraph, NoMatch, UntraceableModel, build_graph, no_match
+from lcp.engine.graph import ChannelGraph, NoMatch, UntraceableModel, build_graph, no_match, run_failure
 from lcp.engine.modes import modes_kept
 from lcp.errors import LcpError, UnreachableBudget
 
@@ -80,8 +80,7 @@ def _calls(model: nn.Module, example_inputs: tuple) -> dict[str, tuple]:
         with torch.no_grad():
             model(*example_inputs)
     except Exception as e:
-        why = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
-        raise LcpError(f"{type(model).__name__} does not run on the example input: {why}") from None
+        raise run_failure(model, example_inputs, e) from None
     finally:
         for h in hooks:
             h.remove()

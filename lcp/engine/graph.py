@@ -264,10 +264,12 @@ def run_failure(model: nn.Module, example_inputs: Sequence[Any], error: BaseExce
 
 
 def root_cause(error: BaseException) -> BaseException:
-    """The innermost exception of ``error``'s ``__cause__`` / ``__context__`` chain."""
+    """The innermost exception of ``error``'s ``raise ... from`` chain (``__cause__``: how torch.fx and the
+    exporters wrap the real reason). ``__context__`` is not followed: an error raised while another was being
+    handled is not caused by it."""
     seen = {id(error)}
     while True:
-        inner = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
+        inner = error.__cause__
         if inner is None or id(inner) in seen:
             return error
         seen.add(id(inner))
@@ -276,6 +278,8 @@ def root_cause(error: BaseException) -> BaseException:
 
 def _described(x: Any) -> str:
     """An example input in a few words: its shape, and its dtype unless float32."""
+    if isinstance(x, (list, tuple)):
+        return "[" + ", ".join(_described(v) for v in x) + "]"
     if not isinstance(x, torch.Tensor):
         return type(x).__name__
     dtype = "" if x.dtype == torch.float32 else f" {str(x.dtype).removeprefix('torch.')}"

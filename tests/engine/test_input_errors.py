@@ -53,20 +53,19 @@ def test_a_functional_op_is_named_by_its_node() -> None:
         lcp.build_graph(Cat(), torch.zeros(1, 3, 8, 8))
 
 
-def test_root_cause_follows_cause_and_context_but_not_a_suppressed_one() -> None:
+def test_root_cause_follows_raise_from_but_not_an_error_raised_while_handling_another() -> None:
     inner = ValueError("the reason")
-    try:
-        try:
-            raise inner
-        except ValueError:
-            raise KeyError("while handling") from None
-    except KeyError as e:
-        suppressed = e
     wrapper = RuntimeError("wrapper")
     wrapper.__cause__ = TypeError("middle")
-    wrapper.__cause__.__context__ = inner
+    wrapper.__cause__.__cause__ = inner
     assert root_cause(wrapper) is inner
-    assert root_cause(suppressed) is suppressed
+    try:
+        try:
+            raise KeyError("handled before")
+        except KeyError:
+            raise RuntimeError("the real error")  # noqa: B904 (its __context__ is the handled one)
+    except RuntimeError as e:
+        assert root_cause(e) is e  # it named the handled KeyError
     looped = RuntimeError("a")
     looped.__cause__ = RuntimeError("b")
     looped.__cause__.__cause__ = looped
@@ -77,3 +76,25 @@ def test_check_refuses_an_empty_input_size_as_prune_does() -> None:
     res = lcp_cli("check", "--model", "resnet20", "--input-size", 3, 0, 32)
     assert_one_line_error(res, "input_size must be three positive numbers C H W, got [3, 0, 32]")
     assert res.out == ""  # refused before the model is built
+
+
+def test_a_model_pruned_by_parts_names_the_real_reason_not_the_failed_trace() -> None:
+    """lcp.prune falls back to the traceable parts of a model torch.fx cannot trace; a wrong input there was
+    reported as the trace's UntraceableModel (the exception being handled), not as torch's reason."""
+
+    class Branchy(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.conv(x)
+            if y.sum() > 0:  # data-dependent control flow: not traceable whole
+                y = y * 2
+            return y.mean((2, 3))
+
+    with pytest.raises(lcp.LcpError) as e:
+        lcp.prune(Branchy(), torch.zeros(1, 1, 8, 8))
+    text = str(e.value)
+    assert "of shape (1, 1, 8, 8) (in conv): RuntimeError:" in text and "to have 3 channels" in text, text
+    assert "UntraceableModel" not in text
