@@ -164,12 +164,12 @@ class Taylor(Importance):
                         p.grad = None
                     nn.functional.cross_entropy(model(x), y).backward()
                     seen += 1
-                if not seen:
-                    raise LcpError("importance 'taylor' got no batches: every score would be 0")
                     for ri, w in weights.items():
                         if w.grad is not None:
                             wg = LAYERS[producers[ri].kind].filters(modules[producers[ri].name], w.detach() * w.grad)
                             acc[ri] += wg.flatten(1).sum(1).double().pow(2).cpu().numpy()
+                if not seen:
+                    raise LcpError("importance 'taylor' got no batches: every score would be 0")
         finally:
             for p, requires_grad, grad in saved:
                 p.requires_grad_(requires_grad)
