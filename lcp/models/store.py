@@ -168,13 +168,13 @@ def save(result: Any, out_dir: str | Path, *, model_name: str | None = None, ove
             "params": result.plan.params,
         },
     )
-    check_rebuilds(spec, graph.model)
     out = Path(out_dir)
     taken = [n for n in ("channels.json", "run.json", "model.safetensors") if (out / n).exists()]
     if taken and not overwrite:
         raise LcpError(
             f"{out} already holds a pruned model or a run ({taken[0]}): save elsewhere or pass overwrite=True"
         )
+    check_rebuilds(spec, graph.model)  # builds the model once: after the cheap refusal
     old = old_outputs(out) if taken else {}
     write(out, result.model, spec)
     atomic_write_json(out / "transforms.json", result.transforms.to_json())
@@ -208,15 +208,27 @@ def check_rebuilds(spec: dict, model: nn.Module) -> None:
         )
 
 
+#: what ``save`` and ``lcp export``'s defaults write into a folder (a run writes more: its run.json says whose is what)
+SAVED_NAMES = (
+    *("model.safetensors", "channels.json", "transforms.json", "report.csv", "layers.csv", "widths.png"),
+    *("bench.csv", "model.onnx", "model.onnx.data", "model.ts.pt", "model.pt2"),
+)
+
+
 def old_outputs(out: Path) -> dict[Path, tuple[int, int] | None]:
-    """lcp's files at the top of ``out`` (``OUTPUT_PATTERNS``, less those run.json records as the user's), each
-    with its identity, so that the ones a new save does not replace can be told apart and removed."""
-    users = users_files(out / "run.json")
-    return {
-        p: _identity(p)
-        for p in sorted(out.iterdir())
-        if p.name not in users and not p.is_dir() and any(fnmatch.fnmatchcase(p.name, pat) for pat in OUTPUT_PATTERNS)
-    }
+    """lcp's files at the top of ``out``, each with its identity, so that the ones a new save does not replace
+    can be told apart and removed: a run's (``OUTPUT_PATTERNS``, less those its run.json records as the user's),
+    or in a folder ``save`` made, only the names ``save`` and ``lcp export`` write (the rest is the user's)."""
+    if (out / "run.json").is_file():
+        users = users_files(out / "run.json")
+        ours = [
+            p
+            for p in out.iterdir()
+            if p.name not in users and any(fnmatch.fnmatchcase(p.name, pat) for pat in OUTPUT_PATTERNS)
+        ]
+    else:
+        ours = [out / n for n in SAVED_NAMES]
+    return {p: _identity(p) for p in sorted(ours) if p.is_file()}
 
 
 def _identity(path: Path) -> tuple[int, int] | None:

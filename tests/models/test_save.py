@@ -32,7 +32,8 @@ def test_overwrite_removes_the_old_models_outputs_and_keeps_the_users_files(tmp_
     old = ["report.csv", "layers.csv", "widths.png", "bench.csv", "model.onnx", "model.onnx.data", "model.pt2"]
     for name in old:
         (folder / name).write_text("the 0.7 model's")
-    for name in ("notes.txt", "train.py"):
+    mine = ["notes.txt", "train.py", "notes.csv", "my_plot.png", "teacher.safetensors", "train.log", "config.json"]
+    for name in mine:  # some named like lcp's outputs: a folder save made has no run.json to say whose they are
         (folder / name).write_text("mine")
     (folder / "plots").mkdir()
     assert (folder / "model.ts.pt").is_file()
@@ -40,7 +41,8 @@ def test_overwrite_removes_the_old_models_outputs_and_keeps_the_users_files(tmp_
     r2 = _prune(0.3)
     lcp.save(r2, folder, overwrite=True)
     left = sorted(p.name for p in folder.iterdir())
-    assert left == ["channels.json", "model.safetensors", "notes.txt", "plots", "train.py", "transforms.json"]
+    assert left == sorted(["channels.json", "model.safetensors", "plots", "transforms.json", *mine])
+    assert all((folder / name).read_text() == "mine" for name in mine)
     assert widths(lcp.load(folder)) == widths(r2.model)
 
     r2.report = pd.DataFrame([{"model": "resnet20", "budget": 0.3}])  # what prune(data=) gives: rewritten, kept
