@@ -18,7 +18,7 @@ from lcp.cut.alignment import resolve_round_to
 from lcp.cut.options import caps_from, check_budget
 from lcp.cut.parts import PartsResult, prune_parts
 from lcp.cut.pruner import PruneResult
-from lcp.cut.ranking import Transforms
+from lcp.cut.transforms import Transforms
 from lcp.engine.depth import allow_depth
 from lcp.engine.graph import UntraceableModel, build_graph
 from lcp.errors import LcpError
@@ -40,6 +40,7 @@ _PYTHON_WORDS = (
     (re.compile(r"--max-removal caps"), "max_removal caps"),
     (re.compile(r"--round-to\b"), "round_to"),
     (re.compile(r"--min-ratio\b"), "min_ratio"),
+    (re.compile(r"--(importance|aggregate) (\S+?)(,|:|$)"), r"\1=\2\3"),
 )
 
 
@@ -119,6 +120,8 @@ def prune(
     check_budget(budget, budget_type)
     if isinstance(ignore, str):  # one glob, not its characters
         ignore = (ignore,)
+    elif isinstance(ignore, Iterable) and not isinstance(ignore, (bytes, Mapping)):  # a set, a generator
+        ignore = tuple(ignore)
     _check_types(model, example_inputs, ignore, data, transforms)
     if max_removal is not None and not isinstance(max_removal, Mapping):
         raise LcpError(f"max_removal must be a dict {{glob: fraction}}, e.g. {{'layer1.*': 0.3}}, not {max_removal!r}")
@@ -211,7 +214,8 @@ def _check_types(model: Any, example_inputs: Any, ignore: Any, data: Any, transf
     inputs = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
     tensors_or_containers = all(v is None or isinstance(v, (torch.Tensor, tuple, list, dict)) for v in inputs)
     if example_inputs is not None and not tensors_or_containers:
-        shown = "a shape" if any(isinstance(v, int) for v in inputs) else f"a {type(example_inputs).__name__}"
+        bad = next(v for v in inputs if not (v is None or isinstance(v, (torch.Tensor, tuple, list, dict))))
+        shown = "a shape" if isinstance(bad, int) else f"a {type(bad).__name__}"
         raise LcpError(
             f"example_inputs are torch tensors (e.g. torch.zeros(1, 3, 32, 32); torch.from_numpy for an array), "
             f"not {shown}"
@@ -227,7 +231,7 @@ def _check_types(model: Any, example_inputs: Any, ignore: Any, data: Any, transf
         )
     if transforms is not None and not isinstance(transforms, Transforms):
         raise LcpError(
-            "transforms is an lcp.cut.ranking.Transforms (a result's .transforms, or "
+            "transforms is an lcp.cut.transforms.Transforms (a result's .transforms, or "
             f"Transforms.from_json(json.load(f), lcp.build_graph(model, x))), not a {type(transforms).__name__}"
         )
 

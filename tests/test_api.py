@@ -112,8 +112,9 @@ def test_options_lcp_prune_would_ignore_are_refused(resnet20_ckpt: Path) -> None
     for args, kwargs, phrase in [
         (("resnet20", x), {}, "takes the model itself .* not a str"),
         ((_model(resnet20_ckpt), np.zeros((1, 3, 32, 32), np.float32)), {}, "torch.from_numpy .* not a ndarray"),
-        ((_model(resnet20_ckpt), [1.0, 2.0]), {}, "example_inputs are torch tensors .* not a list"),
+        ((_model(resnet20_ckpt), [1.0, 2.0]), {}, "example_inputs are torch tensors .* not a float"),
         ((_model(resnet20_ckpt), x), {"ignore": 3}, "ignore takes module-name globs"),
+        ((_model(resnet20_ckpt), x), {"ignore": [3]}, "ignore takes module-name globs"),
         ((_model(resnet20_ckpt), x), {"data": 5}, "data is a data set name.* not a value of type int"),
         ((_model(resnet20_ckpt), x), {"data": {"train": []}}, "holds 'train' and 'test' loaders"),
         ((_model(resnet20_ckpt), x), {"method": "lcp", "transforms": {"a": 1}}, "not a dict"),
@@ -124,6 +125,8 @@ def test_options_lcp_prune_would_ignore_are_refused(resnet20_ckpt: Path) -> None
             lcp.prune(*args, **kwargs)
     # one glob as a string is that glob, not its characters
     kept = lcp.prune(_model(resnet20_ckpt), x, ignore="layer1.*", round_to=1).model
+    assert all(kept.get_submodule(f"layer1.{i}.conv1").out_channels == 16 for i in range(3))
+    kept = lcp.prune(_model(resnet20_ckpt), x, ignore={"layer1.*"}, round_to=1).model  # any iterable of globs
     assert all(kept.get_submodule(f"layer1.{i}.conv1").out_channels == 16 for i in range(3))
 
 
@@ -140,7 +143,7 @@ def test_transforms_are_matched_to_the_model_by_group_name(resnet20_ckpt: Path) 
     assert (a.plan.removed == b.plan.removed).all()
     # a compensation learned on other scores is refused, here as on the command line (it was applied before)
     own.learned_with = {"importance": "l1", "aggregate": "mean"}
-    with pytest.raises(lcp.LcpError, match="learned on scores of importance l1"):
+    with pytest.raises(lcp.LcpError, match="learned on scores of importance=l1: its compensation"):
         lcp.prune(_model(resnet20_ckpt), x, method="lcp", transforms=own, round_to=1)
     assert lcp.prune(_model(resnet20_ckpt), x, method="lcp", transforms=own, importance="l1", round_to=1).transforms
 

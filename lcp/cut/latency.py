@@ -240,8 +240,12 @@ def bench(
             if ("original", runtime, b) not in rows:
                 t = measure(m, input_size, batch=b, device=device, n_threads=n_threads, repeats=repeats)
                 row("original", runtime, b, t["median_ms"], t["p10_ms"], t["p90_ms"])
-    order = {name: i for i, name in enumerate(models)}
-    return pd.DataFrame([rows[k] for k in sorted(rows, key=lambda k: (order[k[0]], k[1] != "eager", k[1], k[2]))])
+    order, at = {name: i for i, name in enumerate(models)}, {b: i for i, b in enumerate(batches)}
+
+    def given_order(k: tuple[str, str, int]) -> tuple:  # models and batches as given, eager first
+        return order[k[0]], k[1] != "eager", k[1], at.get(k[2], -1)
+
+    return pd.DataFrame([rows[k] for k in sorted(rows, key=given_order)])
 
 
 def onnx_session(model: nn.Module, input_size: tuple[int, ...], n_threads: int | None = None) -> Any:

@@ -16,7 +16,8 @@ from lcp.cut import importance as imp
 from lcp.cut.latency import median_error, paired_latency
 from lcp.cut.latency_table import LatencyTable
 from lcp.cut.options import check_budget
-from lcp.cut.ranking import Plan, Transforms, plan, plan_ratios
+from lcp.cut.ranking import Plan, plan, plan_ratios
+from lcp.cut.transforms import Transforms
 from lcp.engine.cost import CostModel, count_macs, count_params
 from lcp.engine.graph import ChannelGraph
 from lcp.engine.surgery import Verification, apply_plan, verify

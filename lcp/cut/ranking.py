@@ -54,7 +54,7 @@ class Plan:
             f"params {self.params / 1e6:.3f}M of {self.params_base / 1e6:.3f}M ({self.params_ratio:.1%})"
         )
         ratio = {"macs": self.macs_ratio, "params": self.params_ratio}.get(self.budget_type)
-        if ratio is not None and ratio < 0.9 * self.budget:
+        if ratio is not None and self.budget < 1 and ratio < 0.9 * self.budget:
             text += (
                 f"; {ratio:.3f} of the {self.budget_type} for a budget of {self.budget:g}: no cut lands closer in "
                 "the steps these widths can take (a smaller round_to allows finer ones)"

@@ -74,7 +74,7 @@ class Transforms:
         made, now = self.learned_with or {}, scores_of(options)
         other = {k: made[k] for k, v in now.items() if made.get(k, v) != v}
         if other:
-            said = ", ".join(f"{k} {v}" for k, v in other.items())
+            said = ", ".join(f"--{k} {v}" for k, v in other.items())
             raise LcpError(
                 f"{source} was learned on scores of {said}: its compensation does not fit other scores; pass the "
                 "same options or search again"

@@ -47,8 +47,15 @@ def count_macs(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.T
         with modes_kept(model), torch.no_grad(), counter:
             model.eval()
             model(*example_inputs)
-    except Exception as e:  # wrong channels, dtype or device: one line with torch's reason
-        raise run_failure(model, example_inputs, e) from None
+    except Exception:
+        _mha_fastpath(fastpath)
+        try:  # the model's own failure (wrong channels, dtype, device) is one line with torch's reason ...
+            with modes_kept(model), torch.no_grad():
+                model.eval()
+                model(*example_inputs)
+        except Exception as own:
+            raise run_failure(model, example_inputs, own) from None
+        raise  # ... a failure of the counting itself is lcp's, and stays a traceback to report
     finally:
         _mha_fastpath(fastpath)
     return int(counter.flops) // 2 // batch

@@ -37,7 +37,7 @@ from lcp.cut import importance as imp
 from lcp.cut.latency_table import LatencyTable
 from lcp.cut.options import BUDGET_TYPES
 from lcp.cut.pruner import PruneResult, prune_graph
-from lcp.cut.ranking import Transforms
+from lcp.cut.transforms import Transforms
 from lcp.engine.cost import CostModel
 from lcp.engine.graph import ChannelGraph
 from lcp.errors import LcpError

@@ -13,6 +13,7 @@ import copy
 import io
 import re
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,11 +52,13 @@ def _first_line(e: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """Swallow what the exporters print on stdout and stderr (their passes, graph dumps, warnings): lcp
-    reports the result, or the reason in one line."""
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        yield
+def _quiet() -> Iterator[list[warnings.WarningMessage]]:
+    """Swallow what the exporters print on stdout and stderr (their passes, graph dumps): lcp reports the
+    result, or the reason in one line. Their warnings are recorded in the yielded list instead."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            yield caught
 
 
 ONNX_MAX_BYTES = 3 * 2**29  # 1.5 GiB: a protobuf file holds at most 2 GiB, graph included
@@ -142,7 +145,7 @@ def export(
     with atomic_path(path) as tmp, modes_kept(net), torch.no_grad():
         net.eval()
         try:
-            with _quiet():
+            with _quiet() as caught:
                 _write(net, x, format, tmp)
                 run = _reloaded(format, tmp)
                 checks = [x] if format == "torchscript" else [x, x_other]  # a traced script keeps batch 2 only
@@ -151,6 +154,9 @@ def export(
             raise
         except Exception as e:  # the exporters raise many kinds; all mean "this model does not export"
             raise LcpError(f"{type(net).__name__} cannot be exported to {format}: {_first_line(e)}") from None
+        for w in caught:  # a trace specialised to its input (a data-dependent branch): the check saw one input
+            if issubclass(w.category, torch.jit.TracerWarning):
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         if not diff <= atol:
             scale = float(net(x).float().abs().max())
             raise LcpError(

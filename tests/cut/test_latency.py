@@ -332,13 +332,13 @@ def test_bench_times_a_pruned_network_against_its_original_in_alternating_rounds
     original, pruned = nn.Linear(4, 4), nn.Linear(4, 2)
     original.cost_ms, pruned.cost_ms = 10.0, 5.0  # truly 2x
     table = lcp.cut.latency.bench(
-        {"original": original, "pruned": pruned}, (4,), batches=(1, 8), compile=False, onnx=False
+        {"original": original, "pruned": pruned}, (4,), batches=(8, 1), compile=False, onnx=False
     )
     assert [(r.model, r.batch) for r in table.itertuples()] == [
-        ("original", 1),
         ("original", 8),
-        ("pruned", 1),
+        ("original", 1),
         ("pruned", 8),
+        ("pruned", 1),
     ]
     speedup = table.set_index(["model", "batch"])["speedup"]
     assert speedup["pruned"].to_numpy() == pytest.approx([2.0, 2.0], rel=0.06)  # each round drifts 5% only

@@ -98,3 +98,14 @@ def test_a_model_pruned_by_parts_names_the_real_reason_not_the_failed_trace() ->
     text = str(e.value)
     assert "of shape (1, 1, 8, 8) (in conv): RuntimeError:" in text and "to have 3 channels" in text, text
     assert "UntraceableModel" not in text
+
+
+def test_a_failure_of_the_counting_itself_is_not_blamed_on_the_input(monkeypatch: pytest.MonkeyPatch) -> None:
+    import lcp.engine.cost as cost
+
+    def broken(self, func, types, args=(), kwargs=None):
+        raise ZeroDivisionError("a formula of lcp's counter")
+
+    monkeypatch.setattr(cost._FlopCount, "__torch_dispatch__", broken)
+    with pytest.raises(ZeroDivisionError, match="a formula of lcp's counter"):  # lcp's bug: a traceback to report
+        lcp.count_macs(Net(), torch.zeros(1, 3, 16, 16))

@@ -222,3 +222,26 @@ def test_an_export_off_by_more_than_atol_is_refused_and_says_the_output_scale(
         lcp.export(zoo_folder, tmp_path / "m.pt2", format="exported-program")
     assert not (tmp_path / "m.pt2").exists()
     assert lcp.export(zoo_folder, tmp_path / "m.pt2", format="exported-program", atol=2e-3).max_abs_diff < 2e-3
+
+
+def test_a_trace_specialised_to_its_input_still_warns(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """The exporters' output is swallowed; torch.jit's TracerWarning (a data-dependent branch, checked on one
+    input only) is the one hint that a TorchScript file may be wrong on other inputs, and was swallowed too."""
+
+    class Branchy(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.conv(x)
+            return y * 2 if bool(y.sum() > 0) else y
+
+    import sys
+    import warnings
+
+    with warnings.catch_warnings():  # shown as Python shows it outside pytest: on stderr, when it is raised
+        warnings.simplefilter("always")
+        warnings.showwarning = lambda *w, **k: sys.stderr.write(warnings.formatwarning(*w[:4]))
+        lcp.export(Branchy(), tmp_path / "b.ts.pt", format="torchscript", example_inputs=torch.zeros(1, 3, 8, 8))
+    assert "TracerWarning" in capsys.readouterr().err

@@ -170,7 +170,7 @@ def test_search_then_prune_with_its_transforms(tiny_folder: Path, resnet20_ckpt:
         "--out",
         tmp_path / "l1",
     )
-    assert_one_line_error(other, "was learned on scores of importance l2", "search again")
+    assert_one_line_error(other, "was learned on scores of --importance l2", "search again")
     out = tmp_path / "prune"
     used = json.loads((out / "transforms.json").read_text())
     assert used["learned_with"] == found["learned_with"]  # lcp prune's folder says it too (it did not)

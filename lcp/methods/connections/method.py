@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lcp.cut.pruner import PruneResult
-from lcp.cut.ranking import Plan, Transforms
+from lcp.cut.ranking import Plan
+from lcp.cut.transforms import Transforms
 from lcp.engine.connections import ConnectionGraph
 from lcp.errors import LcpError
 from lcp.io import PathLike, atomic_write_text

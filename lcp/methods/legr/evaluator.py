@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lcp.cut.ranking import Transforms
+from lcp.cut.transforms import Transforms
 from lcp.engine.graph import ChannelGraph
 from lcp.errors import LcpError
 from lcp.methods.legr.fitness import FitnessFn, first_line

@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lcp.cut.ranking import Plan, Transforms, check_budget, plan
+from lcp.cut.ranking import Plan, check_budget, plan
+from lcp.cut.transforms import Transforms
 from lcp.engine.cost import CostModel
 from lcp.engine.graph import ChannelGraph
 from lcp.engine.surgery import apply_plan

@@ -10,8 +10,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from lcp.cut.ranking import Transforms
-from lcp.cut.transforms import scores_of
+from lcp.cut.transforms import Transforms, scores_of
 from lcp.errors import LcpError
 from lcp.io import atomic_write_json, read_json
 from lcp.methods.base import Context, Learned, Method, register_method
