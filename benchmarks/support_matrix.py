@@ -532,17 +532,17 @@ python -c "import lcp; print(lcp.load('runs/r50'))"         # rebuilt from chann
 
 **timm's `train.py` and `validate.py`** (from a clone of
 [pytorch-image-models](https://github.com/huggingface/pytorch-image-models); they are not in the pip
-package). `lcp.models.timm_support` registers a timm model entry `lcp_<arch>` for every timm architecture; it rebuilds
+package). `lcp.models.timm_hub` registers a timm model entry `lcp_<arch>` for every timm architecture; it rebuilds
 the pruned model from the output folder (`channels.json` + `model.safetensors`). Run the scripts through
-`python -m lcp.models.timm_support`, which registers the entries first:
+`python -m lcp.models.timm_hub`, which registers the entries first:
 
 ```bash
-python -m lcp.models.timm_support validate.py --data-dir ~/data/imagenette --model lcp_resnet50 \\
+python -m lcp.models.timm_hub validate.py --data-dir ~/data/imagenette --model lcp_resnet50 \\
     --model-kwargs pruned_dir=runs/r50
-python -m lcp.models.timm_support train.py --data-dir ~/data/imagenette --model lcp_resnet50 \\
+python -m lcp.models.timm_hub train.py --data-dir ~/data/imagenette --model lcp_resnet50 \\
     --model-kwargs pruned_dir=runs/r50 --epochs 10 --lr 0.01 --warmup-epochs 0
 # lcp writes timm's config.json into the folder, so timm's local-dir source works too:
-python -m lcp.models.timm_support validate.py --data-dir ~/data/imagenette --model local-dir:runs/r50
+python -m lcp.models.timm_hub validate.py --data-dir ~/data/imagenette --model local-dir:runs/r50
 ```
 
 The pruned weights are always loaded (`--pretrained` changes nothing); `--num-classes N` puts a new classifier
@@ -706,7 +706,8 @@ def markdown(args: argparse.Namespace) -> int:
         what = f"that were {which} in that run" + (f" and {named}" if named else "") if which else f"({named})"
         w("")
         w(
-            f"After an engine change, the {redo['models']} models {what} were run again on {redo['cpus']} cores "
+            f"After an engine change, the {redo['models']} model{'s' * (int(redo['models']) != 1)} {what} "
+            f"{'were' if int(redo['models']) != 1 else 'was'} run again on {redo['cpus']} cores "
             f"({redo['date']}, {float(redo['wall_s']) / 60:.1f} min, `{redo['command']}`); their rows replace the "
             "old ones, the other rows are the full run's."
         )
@@ -776,7 +777,7 @@ def markdown(args: argparse.Namespace) -> int:
     w("")
     w("```bash")
     w("lcp check --model resnet50 --input-size 3 64 64     # 'ok', exit code 0")
-    w("lcp check --model nfnet_l0 --input-size 3 64 64     # 'refused' with the reason, exit code 2")
+    w("lcp check --model efficientnet_b0_g8_gn --input-size 3 64 64     # 'refused' with the reason, exit code 2")
     w("```")
     w("")
     args.markdown.parent.mkdir(parents=True, exist_ok=True)
