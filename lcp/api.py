@@ -212,10 +212,9 @@ def _check_types(model: Any, example_inputs: Any, ignore: Any, data: Any, transf
             f"{type(model).__name__}"
         )
     inputs = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
-    tensors_or_containers = all(v is None or isinstance(v, (torch.Tensor, tuple, list, dict)) for v in inputs)
-    if example_inputs is not None and not tensors_or_containers:
-        bad = next(v for v in inputs if not (v is None or isinstance(v, (torch.Tensor, tuple, list, dict))))
-        shown = "a shape" if isinstance(bad, int) else f"a {type(bad).__name__}"
+    bad = [v for v in inputs if not (v is None or isinstance(v, (torch.Tensor, tuple, list, dict)))]
+    if example_inputs is not None and bad:
+        shown = "a shape" if isinstance(bad[0], int) else f"a {type(bad[0]).__name__}"
         raise LcpError(
             f"example_inputs are torch tensors (e.g. torch.zeros(1, 3, 32, 32); torch.from_numpy for an array), "
             f"not {shown}"

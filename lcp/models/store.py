@@ -124,8 +124,8 @@ def save(result: Any, out_dir: str | Path, *, model_name: str | None = None, ove
     ``model_name`` is the name ``lcp.create_model`` builds the original from; models made by
     ``lcp.create_model`` remember it. Writes model.safetensors, channels.json, transforms.json and, when the
     result has one, report.csv. A folder that already holds a pruned model or a run is refused unless
-    ``overwrite=True``, which also removes the old model's other lcp outputs (``lcp.io.OUTPUT_PATTERNS``: its
-    report, exports, run files); the user's own files stay. A ``model_name`` that does not rebuild the
+    ``overwrite=True``, which also removes the old model's other outputs (``old_outputs``: what save and lcp
+    export wrote, or a run's files); the user's own files stay. A ``model_name`` that does not rebuild the
     original is refused before anything is written.
     """
     if isinstance(result, nn.Module) or not hasattr(result, "model"):
