@@ -1,10 +1,10 @@
 """The recovery ablation: one pruned network, several recovery recipes, each beside the ceiling.
 
 A cut is made once by ``lcp prune ... --finetune-epochs 0 --out DIR`` (the recipe's ``cut``). Every variant of
-the recipe (learning rate, distillation from the unpruned network and its weight, batch size, epochs) then
-recovers a fresh copy of that pruned network, and a fresh copy of the unpruned network (the ceiling: the same
-recovery; with ``kd`` it distils from a frozen copy of itself), with lcp's own ``recalibrate_bn`` and
-``finetune`` (SGD Nesterov, cosine to 0, weight decay 5e-4, flip and pad-crop; KD loss
+the recipe (learning rate, distillation from the unpruned network and its weight, batch size, epochs, a moving
+average of the weights) then recovers a fresh copy of that pruned network, and a fresh copy of the unpruned
+network (the ceiling: the same recovery; with ``kd`` it distils from a frozen copy of itself), with lcp's own
+``recalibrate_bn`` and ``finetune`` (SGD Nesterov, cosine to 0, weight decay 5e-4, flip and pad-crop; KD loss
 ``(1 - w) * CE + w * T^2 KL`` at ``T = 4``, ``w`` the variant's ``kd_weight``, 0.9 unless set). A variant with
 ``steps: N`` prunes in N steps instead (``stepwise_cut``): the cut's own learned compensation
 (``transforms.json``) cuts the original to the geometric intermediate budgets, one epoch of the same recovery
@@ -54,7 +54,16 @@ from lcp.training.train import finetune
 ROOT = Path(__file__).resolve().parents[1]
 NETS = ("pruned", "ceiling")
 #: What a variant may set, with the defaults of ``lcp prune``'s recovery.
-VARIANT_KEYS = {"lr": 0.01, "kd": False, "epochs": 1, "steps": 1, "kd_weight": 0.9, "batch": None, "reconstruct": 0}
+VARIANT_KEYS = {
+    "lr": 0.01,
+    "kd": False,
+    "epochs": 1,
+    "steps": 1,
+    "kd_weight": 0.9,
+    "batch": None,
+    "reconstruct": 0,
+    "ema": 0.0,
+}
 COLUMNS = [
     "model",
     "cut",
@@ -69,6 +78,7 @@ COLUMNS = [
     "kd_weight",
     "batch",
     "reconstruct",
+    "ema",
     "top1_noft",
     "holdout_top1",
     "top1",
@@ -81,7 +91,8 @@ COLUMNS = [
 def read_recipe(path: str | Path) -> dict:
     """The recipe: ``model``, ``cut`` (an ``lcp prune --finetune-epochs 0`` folder; ``cut_command``: how it was
     made, for the page), ``variants`` (name -> lr / kd / epochs / steps / kd_weight / batch: the fine-tuning batch size,
-    the recipe's ``batch_size`` when absent / reconstruct: images for ``lcp prune --reconstruct-images``, 0 off),
+    the recipe's ``batch_size`` when absent / reconstruct: images for ``lcp prune --reconstruct-images``, 0 off /
+    ema: the decay of a moving average of the weights evaluated instead of the last step's, 0 off),
     ``seeds``, ``out``; optional ``data``,
     ``checkpoint`` (as for ``lcp prune``), ``threads``, ``batch_size``, ``recal_batches``, ``holdout`` and
     ``note`` (a paragraph under the table on the page)."""
@@ -109,6 +120,7 @@ def read_recipe(path: str | Path) -> dict:
             isinstance(v["batch"], int) and not isinstance(v["batch"], bool) and v["batch"] > 0
         )
         rec_ok = isinstance(v["reconstruct"], int) and not isinstance(v["reconstruct"], bool) and v["reconstruct"] >= 0
+        ema_ok = isinstance(v["ema"], (int, float)) and not isinstance(v["ema"], bool) and 0 <= v["ema"] < 1
         if (
             not isinstance(v["kd"], bool)
             or v["lr"] <= 0
@@ -117,12 +129,13 @@ def read_recipe(path: str | Path) -> dict:
             or not weight_ok
             or not batch_ok
             or not rec_ok
+            or not ema_ok
             or (v["reconstruct"] and v["steps"] > 1)
         ):
             raise LcpError(
                 f"recipe {path}: variant {name} needs lr > 0, kd true/false, epochs >= 1, steps an integer from 1 "
                 "to epochs, kd_weight from 0 to 1, batch a positive integer, reconstruct a whole number of images "
-                "(one-step variants only)"
+                "(one-step variants only), ema a decay from 0 (off) to below 1"
             )
     defaults = {"seeds": [0], "threads": 1, "batch_size": 128, "recal_batches": 20, "holdout": 5000}
     cfg = {**defaults, "data": None, "checkpoint": None, **cfg}
@@ -137,12 +150,18 @@ def append_row(path: Path, row: dict) -> None:
 
 
 def recover_once(net: nn.Module, teacher: nn.Module | None, bundle: Any, v: dict, seed: int, cfg: dict) -> dict:
-    """Recalibrate, evaluate, fine-tune with variant ``v``, evaluate on the held-out and test splits."""
+    """Recalibrate, evaluate, fine-tune with variant ``v``, evaluate on the held-out and test splits. With
+    ``v["ema"]`` a decay, the network evaluated is the exponential moving average of the weights (and BatchNorm
+    statistics) over the fine-tuning steps."""
     recal = bundle.loader("train", cfg["batch_size"], shuffle=True, augment=False, seed=seed)
     recalibrate_bn(net, recal, batches=cfg["recal_batches"])
     test, holdout = bundle.loader("test", 256), bundle.loader("holdout", 256)
     noft = evaluate(net, test)["top1"]
     t0 = time.perf_counter()
+    average = None
+    if v["ema"]:
+        ema = torch.optim.swa_utils.get_ema_multi_avg_fn(v["ema"])
+        average = torch.optim.swa_utils.AveragedModel(net, multi_avg_fn=ema, use_buffers=True)
     finetune(
         net,
         bundle,
@@ -153,7 +172,10 @@ def recover_once(net: nn.Module, teacher: nn.Module | None, bundle: Any, v: dict
         kd_alpha=v["kd_weight"],
         seed=seed,
         progress=cfg["progress"],
+        on_step_end=None if average is None else average.update_parameters,
     )
+    if average is not None:
+        net.load_state_dict(average.module.state_dict())
     return {
         "top1_noft": noft,
         "holdout_top1": evaluate(net, holdout)["top1"],
@@ -228,7 +250,7 @@ def cut_units(original: nn.Module, cut: Path, x: torch.Tensor) -> tuple[Any, np.
     return graph, removed_mask(graph, keys, f"the cut in {cut}")
 
 
-SETTINGS = ("lr", "kd", "epochs", "steps", "kd_weight", "batch", "reconstruct")
+SETTINGS = ("lr", "kd", "epochs", "steps", "kd_weight", "batch", "reconstruct", "ema")
 
 
 def disagreements(row: Any, v: dict | None) -> list[str]:
@@ -354,7 +376,7 @@ def _ceiling_key(cfg: dict, v: dict) -> tuple:
     """What a ceiling row depends on: the network, the data and the recovery, not the cut."""
     same = ("model", "data", "checkpoint", "batch_size", "recal_batches", "holdout")
     weight = float(v["kd_weight"]) if v["kd"] else None
-    return (*(str(cfg[k]) for k in same), float(v["lr"]), bool(v["kd"]), v["epochs"], weight, v["batch"])
+    return (*(str(cfg[k]) for k in same), float(v["lr"]), bool(v["kd"]), v["epochs"], weight, v["batch"], v["ema"])
 
 
 def _tables(recipes: list[Path]) -> list[tuple[Path, dict, pd.DataFrame]]:
@@ -409,7 +431,9 @@ def report(recipes: list[Path], md: Path) -> str:
         "the one-step recipe's. `refit images` N: before the recalibration, every dense layer of the pruned "
         "network refitted by least squares to the unpruned layer's output on N training images (`lcp prune "
         "--reconstruct-images N`, `lcp.training.reconstruct`); its ceiling is the plain recipe's (nothing is cut "
-        "in the unpruned network). Several seeds: means, and the standard deviation of the pruned test top-1.",
+        "in the unpruned network). `EMA` d: the network evaluated is the exponential moving average of the weights "
+        "and BatchNorm statistics over the fine-tuning steps (decay d per step). Several seeds: means, and the "
+        "standard deviation of the pruned test top-1.",
         "",
     ]
     tables = _tables(recipes)
@@ -454,7 +478,7 @@ def report(recipes: list[Path], md: Path) -> str:
             kd_weight = f"{v['kd_weight']:g}" if v["kd"] else "no"
             rows.append(
                 f"| {name} | {v['lr']:g} | {kd_weight} | {v['batch']} | {v['epochs']} | "
-                f"{v['steps']} | {v['reconstruct'] or 'no'} | {n} | "
+                f"{v['steps']} | {v['reconstruct'] or 'no'} | {v['ema'] or 'no'} | {n} | "
                 f"{_f(cell(name, 'pruned', 'top1_noft'))} | {_f(cell(name, 'pruned', 'holdout_top1'))} | "
                 f"{top} | {_f(cell(ceil, 'ceiling', 'holdout_top1'))} | "
                 f"{_f(cell(ceil, 'ceiling', 'top1'))} | {_f(gap)} | {cell(name, 'pruned', 'finetune_s'):.0f} |"
@@ -476,9 +500,9 @@ def report(recipes: list[Path], md: Path) -> str:
             f"({', '.join(sorted(set(df['date'])))}); fine-tuning seconds are wall time on a shared machine (other "
             "rows and jobs ran at the same time), not a speed measurement.",
             "",
-            "| recipe | lr | kd weight | batch | epochs | steps | refit images | seeds | pruned, BN recal | "
+            "| recipe | lr | kd weight | batch | epochs | steps | refit images | EMA | seeds | pruned, BN recal | "
             "pruned held-out | pruned test | ceiling held-out | ceiling test | gap to ceiling (test) | fine-tuning s |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
             *rows,
             "",
             f"Best pruned held-out top-1: **{best}**.",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -139,6 +139,7 @@ def _run(
     num_threads: int | None,
     desc: str,
     loss_fn: LossFn | None = None,
+    on_step_end: Callable[[nn.Module], None] | None = None,
 ) -> dict[str, Any]:
     """The shared SGD loop of :func:`finetune` and :func:`train_baseline`."""
     from tqdm.auto import tqdm
@@ -231,6 +232,8 @@ def _run(
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
+                    if on_step_end is not None:
+                        on_step_end(model)
                     loss_sum += float(loss.detach()) * n
                     seen += n
                     if y is not None and out is not None:
@@ -299,6 +302,7 @@ def finetune(
     eval_loader: Iterable[Batch] | None = None,
     num_threads: int | None = None,
     loss_fn: LossFn | None = None,
+    on_step_end: Callable[[nn.Module], None] | None = None,
 ) -> dict[str, Any]:
     """Fine-tune with SGD (Nesterov) and a per-step cosine schedule to 0; optional distillation.
 
@@ -309,7 +313,9 @@ def finetune(
     yields it (moving it to ``device`` is its job) and returns a scalar tensor, e.g. a torchvision detector's
     ``sum(model(images, targets).values())``. A checkpoint is written
     atomically to ``ckpt_path`` after every epoch; ``resume=True`` continues from it and ends with the same
-    weights as an uninterrupted run. Returns ``{"history": [per-epoch records], ...}``.
+    weights as an uninterrupted run. ``on_step_end(model)`` is called after every optimizer step (e.g. to keep a
+    moving average of the weights; what it keeps is the caller's, not in the checkpoint). Returns
+    ``{"history": [per-epoch records], ...}``.
     """
     return _run(
         model,
@@ -335,6 +341,7 @@ def finetune(
         num_threads=num_threads,
         desc="finetune",
         loss_fn=loss_fn,
+        on_step_end=on_step_end,
     )
 
 

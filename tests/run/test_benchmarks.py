@@ -510,6 +510,7 @@ def test_recovery_ablation_writes_rows_resumes_and_reports(tiny_folder: Path, re
         "variants:\n  plain: {lr: 0.01, epochs: 1}\n  kd: {lr: 0.02, epochs: 2, kd: true, kd_weight: 1.0, batch: 8}\n"
         "  kd_steps: {lr: 0.02, epochs: 2, kd: true, kd_weight: 1.0, batch: 8, steps: 2}\n"
         "  kd_refit: {lr: 0.02, epochs: 2, kd: true, kd_weight: 1.0, batch: 8, reconstruct: 24}\n"
+        "  kd_ema: {lr: 0.02, epochs: 2, kd: true, kd_weight: 1.0, batch: 8, ema: 0.9}\n"
     )
     logged = []
     threads = torch.get_num_threads()
@@ -519,6 +520,8 @@ def test_recovery_ablation_writes_rows_resumes_and_reports(tiny_folder: Path, re
         assert sorted(zip(df["variant"], df["net"])) == [
             ("kd", "ceiling"),
             ("kd", "pruned"),
+            ("kd_ema", "ceiling"),  # the moving average is part of the recovery: the ceiling gets it too
+            ("kd_ema", "pruned"),
             ("kd_refit", "pruned"),  # its ceiling is kd's
             ("kd_steps", "pruned"),  # its ceiling is kd's
             ("plain", "ceiling"),
@@ -537,20 +540,27 @@ def test_recovery_ablation_writes_rows_resumes_and_reports(tiny_folder: Path, re
         refits = [line for line in logged if "refitted" in line]
         assert len(refits) == 1 and int(refits[0].split()[1]) > 0  # "refitted N of M layers"
         assert df.loc[df["variant"] == "kd_refit", "reconstruct"].iloc[0] == 24
+        assert df.loc[df["variant"] == "kd_ema", "ema"].eq(0.9).all()
+        assert df.loc[df["variant"] == "kd", "ema"].eq(0).all()
         assert rec.main(["--recipe", str(recipe)]) == 0
-        assert len(pd.read_csv(out)) == 6  # nothing run twice
+        assert len(pd.read_csv(out)) == 8  # nothing run twice
     finally:
         torch.set_num_threads(threads)
     md = tmp_path / "recovery.md"
     rec.report([recipe], md)
     text = md.read_text()
-    assert "| plain | 0.01 | no | 16 | 1 | 1 | no | 1 |" in text and "| kd | 0.02 | 1 | 8 | 2 | 1 | no | 1 |" in text
-    assert "| kd_refit | 0.02 | 1 | 8 | 2 | 1 | 24 | 1 |" in text
+    for made in (
+        "| plain | 0.01 | no | 16 | 1 | 1 | no | no | 1 |",
+        "| kd | 0.02 | 1 | 8 | 2 | 1 | no | no | 1 |",
+        "| kd_refit | 0.02 | 1 | 8 | 2 | 1 | 24 | no | 1 |",
+        "| kd_ema | 0.02 | 1 | 8 | 2 | 1 | no | 0.9 | 1 |",
+    ):
+        assert made in text
     kd_row, steps_row, refit_row = (
         next(r for r in text.splitlines() if r.startswith(f"| {n} |")) for n in ("kd", "kd_steps", "kd_refit")
     )
-    ceiling = kd_row.split("|")[13:15]
-    assert steps_row.split("|")[13:15] == refit_row.split("|")[13:15] == ceiling != [" - ", " - "]  # kd's ceiling
+    ceiling = kd_row.split("|")[14:16]
+    assert steps_row.split("|")[14:16] == refit_row.split("|")[14:16] == ceiling != [" - ", " - "]  # kd's ceiling
     assert "did not measure" not in text.split("\n## ")[1]  # shared within the recipe, not borrowed
     assert "Best pruned held-out top-1" in text and "do not edit" in text
     # another cut of the same network with the same recovery, no ceiling rows of its own: it borrows recipe 1's
@@ -563,12 +573,12 @@ def test_recovery_ablation_writes_rows_resumes_and_reports(tiny_folder: Path, re
     text = rec.report([recipe, other], md)
     first, second = text.split("\n## ")[1:3]
     row = lambda part: next(r for r in part.splitlines() if r.startswith("| plain |")).split("|")  # noqa: E731
-    assert row(second)[13:15] == row(first)[13:15] != [" - ", " - "] and "did not measure come from" in second
+    assert row(second)[14:16] == row(first)[14:16] != [" - ", " - "] and "did not measure come from" in second
     assert "One step is enough." in second and "did not measure" not in first
     # a recipe with another held-out split borrows nothing
     other.write_text(other.read_text().replace("holdout: 12", "holdout: 13"))
     third = rec.report([recipe, other], md).split("\n## ")[2]
-    assert row(third)[13:15] == [" - ", " - "] and "did not measure" not in third
+    assert row(third)[14:16] == [" - ", " - "] and "did not measure" not in third
     # a variant whose recipe changed after its rows were made: the page refuses, a run makes them again
     other.write_text(other.read_text().replace("plain: {lr: 0.01,", "plain: {lr: 0.02,"))
     with pytest.raises(rec.LcpError, match=r"plain pruned row \(seed 0\) was made with lr 0.01 \(recipe 0.02\)"):
@@ -589,9 +599,40 @@ def test_recovery_ablation_writes_rows_resumes_and_reports(tiny_folder: Path, re
         "reconstruct: -1",
         "reconstruct: 2.5",
         "reconstruct: 8, steps: 2, epochs: 2",
+        "ema: 1",
+        "ema: -0.1",
+        "ema: true",
     ):
         bad.write_text(f"model: resnet20\ncut: {cut}\nout: {out}\nvariants:\n  x: {{{wrong}}}\n")
         assert rec.main(["--recipe", str(bad)]) == 2
+
+
+def test_recovery_ema_variant_evaluates_the_moving_average(monkeypatch):
+    """A variant with ``ema`` d evaluates (and keeps) the exponential moving average of the weights over the
+    fine-tuning steps, not the last step's weights; without it, the last step's."""
+    rec = _module(ROOT / "benchmarks" / "recovery.py", "bench_recovery_ema")
+
+    def steps(model, bundle, on_step_end=None, **kw):  # three optimizer steps that set the weight to 1, 2, 3
+        for w in (1.0, 2.0, 3.0):
+            with torch.no_grad():
+                model.weight.fill_(w)
+            if on_step_end is not None:
+                on_step_end(model)
+
+    seen: list[float] = []
+    monkeypatch.setattr(rec, "finetune", steps)
+    monkeypatch.setattr(rec, "recalibrate_bn", lambda *a, **k: None)
+    monkeypatch.setattr(rec, "evaluate", lambda m, loader: seen.append(m.weight.item()) or {"top1": 0.0})
+
+    class Bundle:
+        def loader(self, *a, **k):
+            return []
+
+    cfg = {"batch_size": 8, "recal_batches": 1, "progress": False}
+    for decay, want in ((0.5, 2.25), (0.0, 3.0)):  # 1, then 0.5 * 1 + 0.5 * 2, then 0.5 * 1.5 + 0.5 * 3
+        net = torch.nn.Linear(1, 1, bias=False)
+        rec.recover_once(net, None, Bundle(), {**rec.VARIANT_KEYS, "ema": decay, "batch": 8}, 0, cfg)
+        assert seen[-2:] == [want, want] and net.weight.item() == want  # held-out and test both see it
 
 
 def test_compare_distils_from_a_frozen_copy_when_the_recipe_says_kd(monkeypatch):

@@ -369,6 +369,22 @@ def test_nan_stops_and_keeps_checkpoint(bundle: DataBundle, tmp_path: Path) -> N
         finetune(net, bundle, epochs=1, batch_size=16, ckpt_path=tmp_path / "x.safetensors", progress=False)
 
 
+def test_on_step_end_sees_every_optimizer_step(bundle: DataBundle) -> None:
+    """``on_step_end(model)`` runs after each optimizer step with the updated weights (what a moving average of
+    the weights needs), and the last call sees the weights finetune returns."""
+    net, seen = _net(), []
+    res = finetune(
+        net,
+        bundle,
+        epochs=2,
+        batch_size=16,
+        progress=False,
+        on_step_end=lambda m: seen.append(m.head[3].weight.clone()),
+    )
+    assert len(seen) == res["steps"] > 2
+    assert not torch.equal(seen[0], seen[1]) and torch.equal(seen[-1], net.head[3].weight)
+
+
 def test_distillation_on_unlabeled_data(folder: Path) -> None:
     b = load_data(folder, input_size=SIZE, holdout=3, labeled=False)
     res = finetune(_net(), b, epochs=1, batch_size=16, teacher=_net(3), progress=False)
