@@ -24,25 +24,9 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from compare import append_row  # noqa: E402
+from report import run_made_a_row  # noqa: E402
 
 from lcp.io import update_json  # noqa: E402
-
-
-def _next_start(run: dict, runs: list[dict]) -> str | None:
-    """When the next run of the same file started: where a run cut off before it finished ended at the latest."""
-    later = [r["started"] for r in runs if r.get("started") and run.get("started") and r["started"] > run["started"]]
-    return min(later) if later else None
-
-
-def _made_a_row(run: dict, finished: list[pd.Timestamp], next_start: str | None = None) -> bool:
-    """Whether ``run`` (an invocation in a meta's ``runs``) finished one of the merged rows: its wall time and
-    dates belong to the merged table only then (a run of other budgets, or one that made no row, stays out). A
-    run cut off before it finished ends, at the latest, where ``next_start`` (the next run's start) says."""
-    if not run.get("started") or not finished:  # a merge entry, or rows without timestamps: keep it
-        return True
-    start = pd.Timestamp(run["started"])
-    end = run.get("finished") or next_start
-    return any(start <= f and (not end or f <= pd.Timestamp(end)) for f in finished)
 
 
 def merge(inputs: list[Path], into: Path, budgets: list[float], command: str = "") -> int:
@@ -92,9 +76,7 @@ def merge(inputs: list[Path], into: Path, budgets: list[float], command: str = "
         for m in metas:
             runs = m.get("runs", [])
             meta["runs"] += [
-                r
-                for r in runs
-                if json.dumps(r, sort_keys=True) not in seen and _made_a_row(r, made, _next_start(r, runs))
+                r for r in runs if json.dumps(r, sort_keys=True) not in seen and run_made_a_row(r, runs, made)
             ]
         if command:
             meta["runs"].append({"command": command})

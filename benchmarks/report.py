@@ -267,15 +267,53 @@ def results_table(s: pd.DataFrame) -> str:
 _BUDGET_WORDS = {"macs": "MACs", "params": "params", "latency": "latency"}
 
 
+def _out_of(run: dict) -> str | None:
+    """The ``--out`` file a run's command wrote to (None: the recipe's)."""
+    try:
+        words = shlex.split(run.get("command", ""))
+    except ValueError:
+        return None
+    return words[words.index("--out") + 1] if "--out" in words[:-1] else None
+
+
+def run_made_a_row(run: dict, runs: list[dict], finished: list[pd.Timestamp]) -> bool:
+    """Whether ``run`` (an invocation in a meta's ``runs``) finished one of the rows whose ``finished`` times are
+    given: its wall time and dates belong to their table only then (a run of other budgets, or one cut off, or
+    still going, before it made a row, stays out). A run that did not finish ends, at the latest, where the next
+    run of ``runs`` writing the same ``--out`` started. Merge entries and rows without timestamps: kept."""
+    if not run.get("started") or not finished:
+        return True
+    start, out = pd.Timestamp(run["started"]), _out_of(run)
+    later = [r["started"] for r in runs if r.get("started", "") > run["started"] and _out_of(r) == out]
+    end = run.get("finished") or (min(later) if later else None)
+    return any(start <= f and (not end or f <= pd.Timestamp(end)) for f in finished)
+
+
+def _runs(meta: dict, df: pd.DataFrame) -> list[dict]:
+    """The runs of ``meta`` that finished a row of ``df``: the runs that finished, by their time span; a run that
+    did not (cut off, or still going) only by the rows no finished run explains (a merged table's meta holds
+    parallel runs, whose spans overlap)."""
+    runs = meta.get("runs", [])
+    col = df["finished"] if "finished" in df.columns else pd.Series(dtype=object)
+    finished = [pd.Timestamp(f) for f in col if isinstance(f, str) and f]
+    done = [r for r in runs if r.get("finished") or not r.get("started")]
+    kept = [r for r in done if run_made_a_row(r, runs, finished)]
+    spans = [(pd.Timestamp(r["started"]), pd.Timestamp(r["finished"])) for r in kept if r.get("started")]
+    unexplained = [f for f in finished if not any(a <= f <= b for a, b in spans)]
+    cut_off = [r for r in runs if r not in done and unexplained and run_made_a_row(r, runs, unexplained)]
+    return [r for r in runs if r in kept or r in cut_off]
+
+
 def _commands(meta: dict, csv: Path) -> list[str]:
-    """The runs' commands in run order; a repeat stays (a merge after later runs brings in their rows)."""
+    """Every run's command in run order (one that made no row too: run again, it makes the rows it is for); a
+    repeat stays (a merge after later runs brings in their rows)."""
     cmds = [r["command"] for r in meta.get("runs", []) if r.get("command")]
     kept = [c for i, c in enumerate(cmds) if i == 0 or c != cmds[i - 1]]  # only back-to-back repeats go
     return kept or [f"python benchmarks/compare.py --recipe <recipe> --out {csv}"]
 
 
-def _wall(meta: dict) -> float:
-    return float(sum(r.get("wall_s", 0.0) for r in meta.get("runs", [])))
+def _wall(runs: list[dict]) -> float:
+    return float(sum(r.get("wall_s", 0.0) for r in runs))
 
 
 def _fast_candidates(search: dict, df: pd.DataFrame) -> str:
@@ -294,8 +332,8 @@ def _fast_candidates(search: dict, df: pd.DataFrame) -> str:
     return str(n[0]) if len(n) == 1 else f"{n[0]} to {n[-1]}"
 
 
-def _dates(meta: dict) -> str:
-    runs = [r for r in meta.get("runs", []) if r.get("started")]  # a merge (benchmarks/merge_rows.py) has none
+def _dates(runs: list[dict]) -> str:
+    runs = [r for r in runs if r.get("started")]  # a merge (benchmarks/merge_rows.py) has none
     if not runs:
         return "unknown dates"
     first = min(r["started"] for r in runs)[:16].replace("T", " ")
@@ -509,11 +547,11 @@ def setup_text(df: pd.DataFrame, meta: dict) -> str:
         )
     lines.append(
         f"- **Machine and time:** {machine}, "
-        f"torch {host.get('torch', '?')}; {_dates(meta)}; "
+        f"torch {host.get('torch', '?')}; {_dates(_runs(meta, df))}; "
         + (
-            f"wall time of the comparison {_wall(meta) / 60:.0f} min "
+            f"wall time of the comparison {_wall(_runs(meta, df)) / 60:.0f} min "
             if all_timed
-            else f"run time of the comparison {_wall(meta) / 60:.0f} min summed over its "
+            else f"run time of the comparison {_wall(_runs(meta, df)) / 60:.0f} min summed over its "
             + ("runs " if timed else "parallel runs ")
         )
         + f"({len(df)} rows). Wall times depend on the load other jobs put on the machine{spread}: read them as "

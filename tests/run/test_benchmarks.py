@@ -993,3 +993,22 @@ def test_the_latency_benchmark_writes_each_row_and_keeps_them_on_a_rerun(capsys,
             assert "kept from the earlier run" not in capsys.readouterr().out, other
     finally:
         torch.set_num_threads(threads)
+
+
+def test_a_run_that_made_no_row_stays_out_of_a_tables_dates_and_time():
+    """The page's dates and run time are those of the runs that made its rows: a run still going (or killed)
+    before its first row stays out, and so does a finished run of other rows; a run cut off after it made a
+    row no finished run explains stays in, ending at the next start of a run on the same ``--out``."""
+    report = _module(REPORT, "bench_report_runs")
+    t = "2026-12-06T{}:00+00:00".format
+    made = {"command": "compare.py --out a.csv", "started": t("10:00"), "finished": t("11:00"), "wall_s": 3600.0}
+    other = {"command": "compare.py --out b.csv", "started": t("10:00"), "finished": t("10:20"), "wall_s": 1200.0}
+    going = {"command": "compare.py --out a.csv", "started": t("12:00")}  # no row yet: it would stretch the dates
+    cut = {"command": "compare.py --out d.csv", "started": t("08:00")}  # cut off after its row at 08:30
+    after = {"command": "compare.py --out d.csv", "started": t("08:45"), "finished": t("08:50"), "wall_s": 300.0}
+    meta = {"runs": [cut, after, made, other, going]}
+    df = pd.DataFrame({"method": ["lcp", "global"], "finished": [t("10:30"), t("08:30")]})
+    runs = report._runs(meta, df)
+    assert runs == [cut, made]
+    assert report._dates(runs) == "2026-12-06 08:00 to 2026-12-06 11:00" and report._wall(runs) == 3600.0
+    assert report._dates(meta["runs"]) == "2026-12-06 08:00 to 2026-12-06 12:00"  # what the page said before
