@@ -545,13 +545,14 @@ def setup_text(df: pd.DataFrame, meta: dict) -> str:
             f"{host.get('gpu') or 'a CUDA GPU'} (searches, training{',' if 'latency' in work else ''} {work}), "
             + machine
         )
+    runs = _runs(meta, df)  # those that made the rows: their dates and time
     lines.append(
         f"- **Machine and time:** {machine}, "
-        f"torch {host.get('torch', '?')}; {_dates(_runs(meta, df))}; "
+        f"torch {host.get('torch', '?')}; {_dates(runs)}; "
         + (
-            f"wall time of the comparison {_wall(_runs(meta, df)) / 60:.0f} min "
+            f"wall time of the comparison {_wall(runs) / 60:.0f} min "
             if all_timed
-            else f"run time of the comparison {_wall(_runs(meta, df)) / 60:.0f} min summed over its "
+            else f"run time of the comparison {_wall(runs) / 60:.0f} min summed over its "
             + ("runs " if timed else "parallel runs ")
         )
         + f"({len(df)} rows). Wall times depend on the load other jobs put on the machine{spread}: read them as "
