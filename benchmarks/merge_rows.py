@@ -51,7 +51,6 @@ def merge(inputs: list[Path], into: Path, budgets: list[float], command: str = "
             row[k] = float(row[k]) if k == "budget" else int(row[k])
         append_row(into, row)
 
-    made = [pd.Timestamp(f) for f in keep.get("finished", pd.Series(dtype=str)) if f]
     chosen = {float(x) for x in budgets}
 
     def combine(meta: dict) -> None:
@@ -76,7 +75,10 @@ def merge(inputs: list[Path], into: Path, budgets: list[float], command: str = "
         for m in metas:
             runs = m.get("runs", [])
             meta["runs"] += [
-                r for r in runs if json.dumps(r, sort_keys=True) not in seen and run_made_a_row(r, runs, made)
+                r
+                for r in runs
+                if json.dumps(r, sort_keys=True) not in seen
+                and run_made_a_row(r, runs, keep, (m.get("config") or {}).get("out"))
             ]
         if command:
             meta["runs"].append({"command": command})

@@ -251,18 +251,23 @@ def cut_units(original: nn.Module, cut: Path, x: torch.Tensor) -> tuple[Any, np.
 
 
 SETTINGS = ("lr", "kd", "epochs", "steps", "kd_weight", "batch", "reconstruct", "ema")
+#: settings added after the first rows were written, with the value those rows were made with
+MADE_BEFORE = {"steps": 1, "reconstruct": 0, "ema": 0.0}
 
 
 def disagreements(row: Any, v: dict | None) -> list[str]:
     """The recovery settings a CSV row was made with that its recipe's variant ``v`` no longer has, as
-    "lr 0.05 (recipe 0.01)"; settings a row does not record (columns added later) are taken as the recipe's, and
-    a variant the recipe no longer has (``v`` None) has none."""
+    "lr 0.05 (recipe 0.01)"; a setting a row does not record (a column added later) is the value every row had
+    before it (``MADE_BEFORE``), else taken as the recipe's; a variant the recipe no longer has (``v`` None) has
+    none."""
     out: list[str] = []
     if v is None:
         return out
     for k in SETTINGS:
         got = getattr(row, k, None)
-        if got is None or (not isinstance(got, str) and pd.isna(got)) or (k == "kd_weight" and not v["kd"]):
+        if got is None or (not isinstance(got, str) and pd.isna(got)):
+            got = MADE_BEFORE.get(k)
+        if got is None or (k == "kd_weight" and not v["kd"]):
             continue
         want = v[k]
         if k == "kd":

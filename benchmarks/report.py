@@ -267,40 +267,90 @@ def results_table(s: pd.DataFrame) -> str:
 _BUDGET_WORDS = {"macs": "MACs", "params": "params", "latency": "latency"}
 
 
-def _out_of(run: dict) -> str | None:
-    """The ``--out`` file a run's command wrote to (None: the recipe's)."""
+def _flag(run: dict, name: str) -> str | None:
+    """The value of ``--name X`` (or ``--name=X``) in a run's command; None when absent."""
     try:
         words = shlex.split(run.get("command", ""))
     except ValueError:
         return None
-    return words[words.index("--out") + 1] if "--out" in words[:-1] else None
+    for i, w in enumerate(words):
+        if w == name and i + 1 < len(words):
+            return words[i + 1]
+        if w.startswith(name + "="):
+            return w[len(name) + 1 :]
+    return None
 
 
-def run_made_a_row(run: dict, runs: list[dict], finished: list[pd.Timestamp]) -> bool:
-    """Whether ``run`` (an invocation in a meta's ``runs``) finished one of the rows whose ``finished`` times are
-    given: its wall time and dates belong to their table only then (a run of other budgets, or one cut off, or
-    still going, before it made a row, stays out). A run that did not finish ends, at the latest, where the next
-    run of ``runs`` writing the same ``--out`` started. Merge entries and rows without timestamps: kept."""
-    if not run.get("started") or not finished:
+def _out_of(run: dict, default: str | None) -> str | None:
+    """The name of the CSV a run wrote (``--out``, else ``default``: the recipe's)."""
+    out = _flag(run, "--out") or default
+    return Path(out).name if out else None
+
+
+def _asked_for(run: dict, row: Any) -> bool:
+    """Whether a run's command asked for ``row``: its ``--methods``, ``--budgets`` (a ceiling row: any) and
+    ``--seeds``, where given."""
+    method, budget, seed = (getattr(row, k, None) for k in ("method", "budget", "seed"))
+    methods, budgets, seeds = (_flag(run, f) for f in ("--methods", "--budgets", "--seeds"))
+    try:
+        if methods and method is not None and str(method) not in methods.split(","):
+            return False
+        if budgets and budget is not None and method != "ceiling":
+            if not any(abs(float(b) - float(budget)) < 1e-9 for b in budgets.split(",")):
+                return False
+        if seeds and seed is not None and str(int(float(seed))) not in seeds.split(","):
+            return False
+    except ValueError:
         return True
-    start, out = pd.Timestamp(run["started"]), _out_of(run)
-    later = [r["started"] for r in runs if r.get("started", "") > run["started"] and _out_of(r) == out]
-    end = run.get("finished") or (min(later) if later else None)
-    return any(start <= f and (not end or f <= pd.Timestamp(end)) for f in finished)
+    return True
+
+
+def _stamped(rows: pd.DataFrame) -> pd.DataFrame:
+    """The rows with a ``finished`` time."""
+    if "finished" not in rows.columns:
+        return rows.iloc[0:0]
+    return rows[rows["finished"].map(lambda f: isinstance(f, str) and bool(f))]
+
+
+def run_made_a_row(run: dict, runs: list[dict], rows: pd.DataFrame, default_out: str | None = None) -> bool:
+    """Whether ``run`` (an invocation in a meta's ``runs``) finished one of ``rows``: one its command asked for,
+    finished while it ran. Its wall time and dates belong to their table only then (a run of other budgets, or one
+    cut off, or still going, before it made a row, stays out). A run that did not finish ends, at the latest,
+    where the next run of ``runs`` writing the same CSV started. Merge entries and rows without times: kept."""
+    stamped = _stamped(rows)
+    if not run.get("started") or stamped.empty:
+        return True
+    start, out = pd.Timestamp(run["started"]), _out_of(run, default_out)
+    later = [
+        pd.Timestamp(r["started"])
+        for r in runs
+        if r.get("started") and pd.Timestamp(r["started"]) > start and _out_of(r, default_out) == out
+    ]
+    end = pd.Timestamp(run["finished"]) if run.get("finished") else (min(later) if later else None)
+    return any(
+        start <= pd.Timestamp(r.finished) and (end is None or pd.Timestamp(r.finished) <= end) and _asked_for(run, r)
+        for r in stamped.itertuples()
+    )
 
 
 def _runs(meta: dict, df: pd.DataFrame) -> list[dict]:
-    """The runs of ``meta`` that finished a row of ``df``: the runs that finished, by their time span; a run that
-    did not (cut off, or still going) only by the rows no finished run explains (a merged table's meta holds
-    parallel runs, whose spans overlap)."""
-    runs = meta.get("runs", [])
-    col = df["finished"] if "finished" in df.columns else pd.Series(dtype=object)
-    finished = [pd.Timestamp(f) for f in col if isinstance(f, str) and f]
+    """The runs of ``meta`` that finished a row of ``df``: the runs that finished, by their time span and what
+    their command asked for; a run that did not (cut off, or still going) only by the rows no finished run
+    explains (a merged table's meta holds parallel runs, whose spans overlap). Rows without times: every run."""
+    runs, default = meta.get("runs", []), (meta.get("config") or {}).get("out")
+    stamped = _stamped(df)
+    if stamped.empty:
+        return list(runs)
     done = [r for r in runs if r.get("finished") or not r.get("started")]
-    kept = [r for r in done if run_made_a_row(r, runs, finished)]
-    spans = [(pd.Timestamp(r["started"]), pd.Timestamp(r["finished"])) for r in kept if r.get("started")]
-    unexplained = [f for f in finished if not any(a <= f <= b for a, b in spans)]
-    cut_off = [r for r in runs if r not in done and unexplained and run_made_a_row(r, runs, unexplained)]
+    kept = [r for r in done if run_made_a_row(r, runs, stamped, default)]
+    explained = [
+        any(r.get("started") and run_made_a_row(r, runs, stamped.loc[[i]], default) for r in kept)
+        for i in stamped.index
+    ]
+    unexplained = stamped[[not e for e in explained]]
+    cut_off = [
+        r for r in runs if r not in done and not unexplained.empty and run_made_a_row(r, runs, unexplained, default)
+    ]
     return [r for r in runs if r in kept or r in cut_off]
 
 

@@ -633,6 +633,11 @@ def test_recovery_ema_variant_evaluates_the_moving_average(monkeypatch):
         net = torch.nn.Linear(1, 1, bias=False)
         rec.recover_once(net, None, Bundle(), {**rec.VARIANT_KEYS, "ema": decay, "batch": 8}, 0, cfg)
         assert seen[-2:] == [want, want] and net.weight.item() == want  # held-out and test both see it
+    # a row made before the ema column existed was made without it: a recipe that now averages makes it again
+    old = pd.DataFrame([{"lr": 0.01, "kd": True, "epochs": 3}]).iloc[0]
+    plain = {**rec.VARIANT_KEYS, "lr": 0.01, "kd": True, "epochs": 3}
+    assert rec.disagreements(old, {**plain, "ema": 0.999}) == ["ema 0.0 (recipe 0.999)"]
+    assert rec.disagreements(old, plain) == []
 
 
 def test_compare_distils_from_a_frozen_copy_when_the_recipe_says_kd(monkeypatch):
@@ -1012,3 +1017,20 @@ def test_a_run_that_made_no_row_stays_out_of_a_tables_dates_and_time():
     assert runs == [cut, made]
     assert report._dates(runs) == "2026-12-06 08:00 to 2026-12-06 11:00" and report._wall(runs) == 3600.0
     assert report._dates(meta["runs"]) == "2026-12-06 08:00 to 2026-12-06 12:00"  # what the page said before
+    # parallel chains: a run of other budgets that ran while the row was made is not the row's
+    chain = {**made, "command": "compare.py --methods lcp --budgets 0.5 --out c.csv", "wall_s": 600.0}
+    own = {**made, "command": "compare.py --methods lcp --budgets 0.3 --seeds 0 --out e.csv"}
+    rows = pd.DataFrame({"method": ["lcp"], "budget": [0.3], "seed": [0], "finished": [t("10:30")]})
+    assert report._runs({"runs": [chain, own]}, rows) == [own]
+    # times compared as times, not strings: 10:00+01:00 is 09:00 UTC, before the cut-off run's 09:30
+    early = {"command": "compare.py --out d.csv", "started": "2026-12-06T10:00:00+01:00", "finished": t("09:10")}
+    cut2 = {"command": "compare.py --out=d.csv", "started": t("09:30")}
+    rows = pd.DataFrame({"method": ["lcp"], "finished": [t("09:45")]})
+    assert report._runs({"runs": [early, cut2]}, rows) == [cut2]
+    # a run without --out wrote the recipe's CSV: a later run on it (any spelling of its path) bounds it
+    killed = {"command": "compare.py", "started": t("08:00")}
+    later = {"command": "compare.py --out /x/benchmarks/results/r.csv", "started": t("10:00"), "finished": t("11:00")}
+    meta = {"runs": [killed, later], "config": {"out": "benchmarks/results/r.csv"}}
+    assert report._runs(meta, pd.DataFrame({"method": ["lcp"], "finished": [t("10:30")]})) == [later]
+    # rows without times: every run, as before
+    assert report._runs(meta, pd.DataFrame({"method": ["lcp"]})) == [killed, later]
