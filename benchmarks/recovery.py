@@ -252,7 +252,7 @@ def cut_units(original: nn.Module, cut: Path, x: torch.Tensor) -> tuple[Any, np.
 
 SETTINGS = ("lr", "kd", "epochs", "steps", "kd_weight", "batch", "reconstruct", "ema")
 #: settings added after the first rows were written, with the value those rows were made with
-MADE_BEFORE = {"steps": 1, "reconstruct": 0, "ema": 0.0}
+MADE_BEFORE = {k: VARIANT_KEYS[k] for k in ("steps", "reconstruct", "ema")}  # their defaults
 
 
 def disagreements(row: Any, v: dict | None) -> list[str]:

@@ -312,14 +312,10 @@ def _stamped(rows: pd.DataFrame) -> pd.DataFrame:
     return rows[rows["finished"].map(lambda f: isinstance(f, str) and bool(f))]
 
 
-def run_made_a_row(run: dict, runs: list[dict], rows: pd.DataFrame, default_out: str | None = None) -> bool:
-    """Whether ``run`` (an invocation in a meta's ``runs``) finished one of ``rows``: one its command asked for,
-    finished while it ran. Its wall time and dates belong to their table only then (a run of other budgets, or one
-    cut off, or still going, before it made a row, stays out). A run that did not finish ends, at the latest,
-    where the next run of ``runs`` writing the same CSV started. Merge entries and rows without times: kept."""
-    stamped = _stamped(rows)
-    if not run.get("started") or stamped.empty:
-        return True
+def _rows_made(run: dict, runs: list[dict], stamped: pd.DataFrame, default_out: str | None) -> set:
+    """The index of each of the ``stamped`` rows ``run`` finished: one its command asked for, finished while it
+    ran; a run that did not finish ends, at the latest, where the next run of ``runs`` writing the same CSV
+    started."""
     start, out = pd.Timestamp(run["started"]), _out_of(run, default_out)
     later = [
         pd.Timestamp(r["started"])
@@ -327,31 +323,33 @@ def run_made_a_row(run: dict, runs: list[dict], rows: pd.DataFrame, default_out:
         if r.get("started") and pd.Timestamp(r["started"]) > start and _out_of(r, default_out) == out
     ]
     end = pd.Timestamp(run["finished"]) if run.get("finished") else (min(later) if later else None)
-    return any(
-        start <= pd.Timestamp(r.finished) and (end is None or pd.Timestamp(r.finished) <= end) and _asked_for(run, r)
-        for r in stamped.itertuples()
-    )
+    return {
+        i
+        for i, r in zip(stamped.index, stamped.itertuples())
+        if start <= pd.Timestamp(r.finished) and (end is None or pd.Timestamp(r.finished) <= end) and _asked_for(run, r)
+    }
+
+
+def run_made_a_row(run: dict, runs: list[dict], rows: pd.DataFrame, default_out: str | None = None) -> bool:
+    """Whether ``run`` (an invocation in a meta's ``runs``) finished one of ``rows`` (``_rows_made``): its wall
+    time and dates belong to their table only then (a run of other budgets, or one cut off, or still going,
+    before it made a row, stays out). Merge entries and rows without times: kept."""
+    stamped = _stamped(rows)
+    return not run.get("started") or stamped.empty or bool(_rows_made(run, runs, stamped, default_out))
 
 
 def _runs(meta: dict, df: pd.DataFrame) -> list[dict]:
-    """The runs of ``meta`` that finished a row of ``df``: the runs that finished, by their time span and what
-    their command asked for; a run that did not (cut off, or still going) only by the rows no finished run
-    explains (a merged table's meta holds parallel runs, whose spans overlap). Rows without times: every run."""
+    """The runs of ``meta`` that finished a row of ``df``: a run that finished, by its time span and what its
+    command asked for; a run that did not (cut off, or still going) only by the rows no finished run explains (a
+    merged table's meta holds parallel runs, whose spans overlap). Merge entries, and every run when the rows
+    have no times, are kept."""
     runs, default = meta.get("runs", []), (meta.get("config") or {}).get("out")
     stamped = _stamped(df)
     if stamped.empty:
         return list(runs)
-    done = [r for r in runs if r.get("finished") or not r.get("started")]
-    kept = [r for r in done if run_made_a_row(r, runs, stamped, default)]
-    explained = [
-        any(r.get("started") and run_made_a_row(r, runs, stamped.loc[[i]], default) for r in kept)
-        for i in stamped.index
-    ]
-    unexplained = stamped[[not e for e in explained]]
-    cut_off = [
-        r for r in runs if r not in done and not unexplained.empty and run_made_a_row(r, runs, unexplained, default)
-    ]
-    return [r for r in runs if r in kept or r in cut_off]
+    made = [_rows_made(r, runs, stamped, default) if r.get("started") else set() for r in runs]
+    explained = set().union(*(m for r, m in zip(runs, made) if r.get("finished")))
+    return [r for r, m in zip(runs, made) if not r.get("started") or (m if r.get("finished") else m - explained)]
 
 
 def _commands(meta: dict, csv: Path) -> list[str]:
