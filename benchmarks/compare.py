@@ -27,8 +27,10 @@ row with the reason.
 Rows are appended to the CSV atomically as they finish; a rerun skips rows already present (``--retry-errors``
 re-runs error rows), so a long run can be interrupted and resumed, and methods added to a recipe only add rows.
 A CSV holding rows made with other settings is refused (``--overwrite`` starts over): each row's ``config`` is
-a hash of the settings that decide it (the ``agents:`` section counts for the search methods' rows only). The
-commands and settings of every invocation go to ``<out>.meta.json``, which ``benchmarks/report.py`` reads.
+a hash of the settings that decide it (the ``agents:`` section counts for the search methods' rows only), and
+so is one whose lcp rows searched another number of candidates than the recipe's search (a preset is hashed by
+its name, not its numbers; ``searched_otherwise``). The commands and settings of every invocation go to
+``<out>.meta.json``, which ``benchmarks/report.py`` reads.
 ``--device cuda`` (or ``device: cuda``) runs the searches, recalibration, evaluation, fine-tuning and latency
 on the GPU.
 
@@ -73,6 +75,7 @@ from lcp.io import atomic_write_json, update_json, upsert_csv_row
 from lcp.methods import Context, get_method
 from lcp.methods.connections import CONNECTION_METHODS
 from lcp.methods.ddpg import AGENT_METHODS
+from lcp.methods.legr.method import PRESETS
 from lcp.methods.options import episodes_for
 from lcp.models import store
 from lcp.report import REPORT_COLUMNS
@@ -744,6 +747,22 @@ CONNECTION_COLUMNS = (
 )
 
 
+def searched_otherwise(df: pd.DataFrame, cfg: dict) -> list[int]:
+    """The candidate counts that ``lcp`` rows of ``df`` evaluated and the recipe's search would not. A preset's
+    numbers are not in the signature (the recipe names the preset), so a row made before its preset changed would
+    pass for today's; a search without a time stop evaluates exactly its count (the recipe's ``candidates``, else
+    its preset's), which the rows record. Rows of a time-stopped search, or without the column, are not judged."""
+    s = cfg["search"]
+    preset = PRESETS.get(s["search_preset"])
+    if df.empty or "search_candidates" not in df.columns or preset is None:
+        return []
+    if s["search_time"] != 0 and (s["search_time"] is not None or preset.seconds is not None):
+        return []
+    want = int(s["candidates"] or preset.candidates)
+    ours = df[(df["method"] == "lcp") & df["status"].astype(str).eq("ok")]["search_candidates"].dropna()
+    return sorted({int(n) for n in ours if int(n) != want})
+
+
 def _done_keys(df: pd.DataFrame, retry_errors: bool) -> set[tuple[str, float, int]]:
     if df.empty:
         return set()
@@ -1166,18 +1185,21 @@ def run(args: argparse.Namespace, argv: list[str], log: Log = print) -> pd.DataF
                 (m, c) for m, c in zip(old["method"].astype(str), old["config"].astype(str)) if c != signature(cfg, m)
             }
         )
-        if stale:
-            if not args.overwrite:
-                found = ", ".join(sorted({c for _, c in stale}))
-                now = ", ".join(sorted({signature(cfg, m) for m, _ in stale}))
-                raise LcpError(
-                    f"{out} holds rows made with other settings (config {found}, now {now}): pass "
-                    "--overwrite to start over, or --out another file"
-                )
-            out.unlink()
-            meta_path.unlink(missing_ok=True)
-            old = pd.DataFrame()
-        elif args.overwrite and out.exists():
+        counts = searched_otherwise(old, cfg)
+        if stale and not args.overwrite:
+            found = ", ".join(sorted({c for _, c in stale}))
+            now = ", ".join(sorted({signature(cfg, m) for m, _ in stale}))
+            raise LcpError(
+                f"{out} holds rows made with other settings (config {found}, now {now}): pass "
+                "--overwrite to start over, or --out another file"
+            )
+        if counts and not args.overwrite:
+            want = cfg["search"]["candidates"] or PRESETS[cfg["search"]["search_preset"]].candidates
+            raise LcpError(
+                f"{out} holds lcp rows whose search evaluated {', '.join(map(str, counts))} candidates, the recipe's "
+                f"search {want}: pass --overwrite to start over, or --out another file"
+            )
+        if args.overwrite and out.exists():
             out.unlink()
             meta_path.unlink(missing_ok=True)
             old = pd.DataFrame()

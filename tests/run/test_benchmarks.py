@@ -278,6 +278,38 @@ def test_compare_refits_lcps_cuts_when_the_recipe_asks(tiny_folder: Path, resnet
     assert compare.signature({**base, "reconstruct_images": 32}) != compare.signature(base)
 
 
+def test_rows_of_another_search_size_are_refused(tmp_path: Path):
+    """A preset's candidate count is not in the signature (the recipe names the preset), so lcp rows whose search
+    evaluated another count than the recipe's search would (one without a time stop) are refused like rows of
+    other settings, and the CSV is left as it was."""
+    from lcp.errors import LcpError
+
+    compare = _module(COMPARE, "bench_compare_counts")
+    out = tmp_path / "c.csv"
+    argv = ["--recipe", str(ROOT / "recipes" / "bench_kd_resnet20.yaml"), "--out", str(out), "--work", str(tmp_path)]
+    args = compare.parse_args(argv)
+    cfg = compare.settings_from(args)
+    assert cfg["search"]["search_time"] == 0 and cfg["search"]["candidates"] is None  # the fast preset's count
+    lcp_row = {"method": "lcp", "budget": 0.5, "seed": 0, "status": "ok", "search_candidates": 80}
+    rows = [lcp_row, {**lcp_row, "method": "global", "search_candidates": None}]
+    df = pd.DataFrame([{**r, "config": compare.signature(cfg, r["method"])} for r in rows])
+    assert compare.searched_otherwise(df, cfg) == []  # 80: the fast preset's
+    df.loc[df["method"] == "lcp", "search_candidates"] = 40
+    assert compare.searched_otherwise(df, cfg) == [40]
+    assert compare.searched_otherwise(df, {**cfg, "search": {**cfg["search"], "candidates": 40}}) == []
+    timed = {**cfg, "search": {**cfg["search"], "search_time": None}}  # stopped by its 120 s: any count
+    assert compare.searched_otherwise(df, timed) == []
+    df.to_csv(out, index=False)
+    before = out.read_bytes()
+    threads = torch.get_num_threads()
+    try:
+        with pytest.raises(LcpError, match="evaluated 40 candidates, the recipe's search 80"):
+            compare.run(args, argv, log=lambda _: None)
+    finally:
+        torch.set_num_threads(threads)
+    assert out.read_bytes() == before and not out.with_suffix(".meta.json").exists()
+
+
 def test_signatures_keep_the_written_rows_valid():
     """The committed comparisons stay valid with the new methods and settings in their recipes; the agents'
     settings decide only the rows of the methods that use them."""
