@@ -747,18 +747,24 @@ CONNECTION_COLUMNS = (
 )
 
 
-def searched_otherwise(df: pd.DataFrame, cfg: dict) -> list[int]:
-    """The candidate counts that ``lcp`` rows of ``df`` evaluated and the recipe's search would not. A preset's
-    numbers are not in the signature (the recipe names the preset), so a row made before its preset changed would
-    pass for today's; a search without a time stop evaluates exactly its count (the recipe's ``candidates``, else
-    its preset's), which the rows record. Rows of a time-stopped search, or without the column, are not judged."""
+def search_count(cfg: dict) -> int | None:
+    """How many candidates the recipe's lcp search evaluates: exactly its ``candidates``, else its preset's, when
+    nothing stops it early (no time stop); None when a time stop may."""
     s = cfg["search"]
     preset = PRESETS.get(s["search_preset"])
-    if df.empty or "search_candidates" not in df.columns or preset is None:
+    if preset is None or (s["search_time"] != 0 and (s["search_time"] is not None or preset.seconds is not None)):
+        return None
+    return int(s["candidates"] or preset.candidates)
+
+
+def searched_otherwise(df: pd.DataFrame, cfg: dict) -> list[int]:
+    """The candidate counts that ``lcp`` rows of ``df`` evaluated and the recipe's search would not
+    (``search_count``). A preset's numbers are not in the signature (the recipe names the preset), so a row made
+    before its preset changed would pass for today's; the rows record their count. Rows of a time-stopped search,
+    or without the column, are not judged."""
+    want = search_count(cfg)
+    if want is None or df.empty or "search_candidates" not in df.columns:
         return []
-    if s["search_time"] != 0 and (s["search_time"] is not None or preset.seconds is not None):
-        return []
-    want = int(s["candidates"] or preset.candidates)
     ours = df[(df["method"] == "lcp") & df["status"].astype(str).eq("ok")]["search_candidates"].dropna()
     return sorted({int(n) for n in ours if int(n) != want})
 
@@ -1194,10 +1200,9 @@ def run(args: argparse.Namespace, argv: list[str], log: Log = print) -> pd.DataF
                 "--overwrite to start over, or --out another file"
             )
         if counts and not args.overwrite:
-            want = cfg["search"]["candidates"] or PRESETS[cfg["search"]["search_preset"]].candidates
             raise LcpError(
                 f"{out} holds lcp rows whose search evaluated {', '.join(map(str, counts))} candidates, the recipe's "
-                f"search {want}: pass --overwrite to start over, or --out another file"
+                f"search {search_count(cfg)}: pass --overwrite to start over, or --out another file"
             )
         if args.overwrite and out.exists():
             out.unlink()
