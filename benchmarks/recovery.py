@@ -5,8 +5,8 @@ the recipe (learning rate, distillation from the unpruned network and its weight
 average of the weights) then recovers a fresh copy of that pruned network, and a fresh copy of the unpruned
 network (the ceiling: the same recovery; with ``kd`` it distils from a frozen copy of itself), with lcp's own
 ``recalibrate_bn`` and ``finetune`` (SGD Nesterov, cosine to 0, weight decay 5e-4, flip and pad-crop; KD loss
-``(1 - w) * CE + w * T^2 KL`` at ``T = 4``, ``w`` the variant's ``kd_weight``, 0.9 unless set). A variant with
-``steps: N`` prunes in N steps instead (``stepwise_cut``): the cut's own learned compensation
+``(1 - w) * CE + w * T^2 KL``, ``w`` the variant's ``kd_weight``, 0.9 unless set, ``T`` its ``kd_t``, 4 unless
+set). A variant with ``steps: N`` prunes in N steps instead (``stepwise_cut``): the cut's own learned compensation
 (``transforms.json``) cuts the original to the geometric intermediate budgets, one epoch of the same recovery
 after each, then to the cut's budget, which gets the remaining epochs. Each row gives
 top-1 on the held-out split (carved from train, seed 0: what a default is chosen on) and on the test split
@@ -60,6 +60,7 @@ VARIANT_KEYS = {
     "epochs": 1,
     "steps": 1,
     "kd_weight": 0.9,
+    "kd_t": 4.0,
     "batch": None,
     "reconstruct": 0,
     "ema": 0.0,
@@ -76,6 +77,7 @@ COLUMNS = [
     "epochs",
     "steps",
     "kd_weight",
+    "kd_t",
     "batch",
     "reconstruct",
     "ema",
@@ -90,7 +92,8 @@ COLUMNS = [
 
 def read_recipe(path: str | Path) -> dict:
     """The recipe: ``model``, ``cut`` (an ``lcp prune --finetune-epochs 0`` folder; ``cut_command``: how it was
-    made, for the page), ``variants`` (name -> lr / kd / epochs / steps / kd_weight / batch: the fine-tuning batch size,
+    made, for the page), ``variants`` (name -> lr / kd / epochs / steps / kd_weight / kd_t: the distillation
+    temperature / batch: the fine-tuning batch size,
     the recipe's ``batch_size`` when absent / reconstruct: images for ``lcp prune --reconstruct-images``, 0 off /
     ema: the decay of a moving average of the weights evaluated instead of the last step's, 0 off),
     ``seeds``, ``out``; optional ``data``,
@@ -116,6 +119,7 @@ def read_recipe(path: str | Path) -> dict:
         v = variants[name]
         steps_ok = isinstance(v["steps"], int) and not isinstance(v["steps"], bool) and 1 <= v["steps"] <= v["epochs"]
         weight_ok = isinstance(v["kd_weight"], (int, float)) and 0 <= v["kd_weight"] <= 1
+        temp_ok = isinstance(v["kd_t"], (int, float)) and not isinstance(v["kd_t"], bool) and v["kd_t"] > 0
         batch_ok = v["batch"] is None or (
             isinstance(v["batch"], int) and not isinstance(v["batch"], bool) and v["batch"] > 0
         )
@@ -127,6 +131,7 @@ def read_recipe(path: str | Path) -> dict:
             or v["epochs"] < 1
             or not steps_ok
             or not weight_ok
+            or not temp_ok
             or not batch_ok
             or not rec_ok
             or not ema_ok
@@ -134,8 +139,8 @@ def read_recipe(path: str | Path) -> dict:
         ):
             raise LcpError(
                 f"recipe {path}: variant {name} needs lr > 0, kd true/false, epochs >= 1, steps an integer from 1 "
-                "to epochs, kd_weight from 0 to 1, batch a positive integer, reconstruct a whole number of images "
-                "(one-step variants only), ema a decay from 0 (off) to below 1"
+                "to epochs, kd_weight from 0 to 1, kd_t a temperature > 0, batch a positive integer, reconstruct a "
+                "whole number of images (one-step variants only), ema a decay from 0 (off) to below 1"
             )
     defaults = {"seeds": [0], "threads": 1, "batch_size": 128, "recal_batches": 20, "holdout": 5000}
     cfg = {**defaults, "data": None, "checkpoint": None, **cfg}
@@ -170,6 +175,7 @@ def recover_once(net: nn.Module, teacher: nn.Module | None, bundle: Any, v: dict
         batch_size=v["batch"],
         teacher=teacher,
         kd_alpha=v["kd_weight"],
+        kd_T=v["kd_t"],
         seed=seed,
         progress=cfg["progress"],
         on_step_end=None if average is None else average.update_parameters,
@@ -236,6 +242,7 @@ def stepwise_cut(original: nn.Module, cut: Path, bundle: Any, v: dict, seed: int
                 batch_size=v["batch"],
                 teacher=teacher,
                 kd_alpha=v["kd_weight"],
+                kd_T=v["kd_t"],
                 seed=seed + k,
                 progress=cfg["progress"],
             )
@@ -250,9 +257,9 @@ def cut_units(original: nn.Module, cut: Path, x: torch.Tensor) -> tuple[Any, np.
     return graph, removed_mask(graph, keys, f"the cut in {cut}")
 
 
-SETTINGS = ("lr", "kd", "epochs", "steps", "kd_weight", "batch", "reconstruct", "ema")
+SETTINGS = ("lr", "kd", "epochs", "steps", "kd_weight", "kd_t", "batch", "reconstruct", "ema")
 #: settings added after the first rows were written, with the value those rows were made with
-MADE_BEFORE = {k: VARIANT_KEYS[k] for k in ("steps", "reconstruct", "ema")}  # their defaults
+MADE_BEFORE = {k: VARIANT_KEYS[k] for k in ("steps", "kd_t", "reconstruct", "ema")}  # their defaults
 
 
 def disagreements(row: Any, v: dict | None) -> list[str]:
@@ -267,7 +274,7 @@ def disagreements(row: Any, v: dict | None) -> list[str]:
         got = getattr(row, k, None)
         if got is None or (not isinstance(got, str) and pd.isna(got)):
             got = MADE_BEFORE.get(k)
-        if got is None or (k == "kd_weight" and not v["kd"]):
+        if got is None or (k in ("kd_weight", "kd_t") and not v["kd"]):
             continue
         want = v[k]
         if k == "kd":
@@ -380,8 +387,8 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
 def _ceiling_key(cfg: dict, v: dict) -> tuple:
     """What a ceiling row depends on: the network, the data and the recovery, not the cut."""
     same = ("model", "data", "checkpoint", "batch_size", "recal_batches", "holdout")
-    weight = float(v["kd_weight"]) if v["kd"] else None
-    return (*(str(cfg[k]) for k in same), float(v["lr"]), bool(v["kd"]), v["epochs"], weight, v["batch"], v["ema"])
+    kd = (float(v["kd_weight"]), float(v["kd_t"])) if v["kd"] else None
+    return (*(str(cfg[k]) for k in same), float(v["lr"]), bool(v["kd"]), v["epochs"], kd, v["batch"], v["ema"])
 
 
 def _tables(recipes: list[Path]) -> list[tuple[Path, dict, pd.DataFrame]]:
@@ -425,7 +432,8 @@ def report(recipes: list[Path], md: Path) -> str:
         "checkpoints are under-trained, so any fine-tuning also improves them). Every recipe: BatchNorm "
         "recalibration on 20 train batches, SGD Nesterov (momentum 0.9, weight decay 5e-4), cosine to 0, "
         "random crop and flip; `kd weight` w: distillation from the unpruned network, loss (1 - w) CE + w T^2 KL "
-        "at T = 4 (the ceiling from a frozen copy of itself; `no`: labels only). A default is chosen on the "
+        "at the temperature T of the `kd T` column (the ceiling from a frozen copy of itself; `no`: labels only). "
+        "A default is chosen on the "
         "held-out split (5,000 training images the pruning and fine-tuning never train on); the test split is "
         "reported. Caveat: the shared checkpoints were trained on the whole train split, these 5,000 images included "
         "(`../shared/weights/README.md`), so held-out accuracy is inflated and favours recipes that move the "
@@ -481,8 +489,9 @@ def report(recipes: list[Path], md: Path) -> str:
             ceil = name if v["steps"] == 1 and not v["reconstruct"] else (plain(v) or name)  # else from elsewhere
             gap = cell(ceil, "ceiling", "top1") - cell(name, "pruned", "top1")
             kd_weight = f"{v['kd_weight']:g}" if v["kd"] else "no"
+            kd_t = f"{v['kd_t']:g}" if v["kd"] else "-"
             rows.append(
-                f"| {name} | {v['lr']:g} | {kd_weight} | {v['batch']} | {v['epochs']} | "
+                f"| {name} | {v['lr']:g} | {kd_weight} | {kd_t} | {v['batch']} | {v['epochs']} | "
                 f"{v['steps']} | {v['reconstruct'] or 'no'} | {v['ema'] or 'no'} | {n} | "
                 f"{_f(cell(name, 'pruned', 'top1_noft'))} | {_f(cell(name, 'pruned', 'holdout_top1'))} | "
                 f"{top} | {_f(cell(ceil, 'ceiling', 'holdout_top1'))} | "
@@ -505,9 +514,10 @@ def report(recipes: list[Path], md: Path) -> str:
             f"({', '.join(sorted(set(df['date'])))}); fine-tuning seconds are wall time on a shared machine (other "
             "rows and jobs ran at the same time), not a speed measurement.",
             "",
-            "| recipe | lr | kd weight | batch | epochs | steps | refit images | EMA | seeds | pruned, BN recal | "
-            "pruned held-out | pruned test | ceiling held-out | ceiling test | gap to ceiling (test) | fine-tuning s |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "| recipe | lr | kd weight | kd T | batch | epochs | steps | refit images | EMA | seeds | "
+            "pruned, BN recal | pruned held-out | pruned test | ceiling held-out | ceiling test | "
+            "gap to ceiling (test) | fine-tuning s |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
             *rows,
             "",
             f"Best pruned held-out top-1: **{best}**.",

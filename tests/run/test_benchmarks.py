@@ -542,7 +542,7 @@ def test_recovery_ablation_writes_rows_resumes_and_reports(tiny_folder: Path, re
         "variants:\n  plain: {lr: 0.01, epochs: 1}\n  kd: {lr: 0.02, epochs: 2, kd: true, kd_weight: 1.0, batch: 8}\n"
         "  kd_steps: {lr: 0.02, epochs: 2, kd: true, kd_weight: 1.0, batch: 8, steps: 2}\n"
         "  kd_refit: {lr: 0.02, epochs: 2, kd: true, kd_weight: 1.0, batch: 8, reconstruct: 24}\n"
-        "  kd_ema: {lr: 0.02, epochs: 2, kd: true, kd_weight: 1.0, batch: 8, ema: 0.9}\n"
+        "  kd_ema: {lr: 0.02, epochs: 2, kd: true, kd_weight: 1.0, batch: 8, ema: 0.9, kd_t: 2}\n"
     )
     logged = []
     threads = torch.get_num_threads()
@@ -574,6 +574,8 @@ def test_recovery_ablation_writes_rows_resumes_and_reports(tiny_folder: Path, re
         assert df.loc[df["variant"] == "kd_refit", "reconstruct"].iloc[0] == 24
         assert df.loc[df["variant"] == "kd_ema", "ema"].eq(0.9).all()
         assert df.loc[df["variant"] == "kd", "ema"].eq(0).all()
+        assert df.loc[df["variant"] == "kd_ema", "kd_t"].eq(2).all()
+        assert df.loc[df["variant"] == "kd", "kd_t"].eq(4).all()
         assert rec.main(["--recipe", str(recipe)]) == 0
         assert len(pd.read_csv(out)) == 8  # nothing run twice
     finally:
@@ -582,17 +584,17 @@ def test_recovery_ablation_writes_rows_resumes_and_reports(tiny_folder: Path, re
     rec.report([recipe], md)
     text = md.read_text()
     for made in (
-        "| plain | 0.01 | no | 16 | 1 | 1 | no | no | 1 |",
-        "| kd | 0.02 | 1 | 8 | 2 | 1 | no | no | 1 |",
-        "| kd_refit | 0.02 | 1 | 8 | 2 | 1 | 24 | no | 1 |",
-        "| kd_ema | 0.02 | 1 | 8 | 2 | 1 | no | 0.9 | 1 |",
+        "| plain | 0.01 | no | - | 16 | 1 | 1 | no | no | 1 |",
+        "| kd | 0.02 | 1 | 4 | 8 | 2 | 1 | no | no | 1 |",
+        "| kd_refit | 0.02 | 1 | 4 | 8 | 2 | 1 | 24 | no | 1 |",
+        "| kd_ema | 0.02 | 1 | 2 | 8 | 2 | 1 | no | 0.9 | 1 |",
     ):
         assert made in text
     kd_row, steps_row, refit_row = (
         next(r for r in text.splitlines() if r.startswith(f"| {n} |")) for n in ("kd", "kd_steps", "kd_refit")
     )
-    ceiling = kd_row.split("|")[14:16]
-    assert steps_row.split("|")[14:16] == refit_row.split("|")[14:16] == ceiling != [" - ", " - "]  # kd's ceiling
+    ceiling = kd_row.split("|")[15:17]
+    assert steps_row.split("|")[15:17] == refit_row.split("|")[15:17] == ceiling != [" - ", " - "]  # kd's ceiling
     assert "did not measure" not in text.split("\n## ")[1]  # shared within the recipe, not borrowed
     assert "Best pruned held-out top-1" in text and "do not edit" in text
     # another cut of the same network with the same recovery, no ceiling rows of its own: it borrows recipe 1's
@@ -605,12 +607,12 @@ def test_recovery_ablation_writes_rows_resumes_and_reports(tiny_folder: Path, re
     text = rec.report([recipe, other], md)
     first, second = text.split("\n## ")[1:3]
     row = lambda part: next(r for r in part.splitlines() if r.startswith("| plain |")).split("|")  # noqa: E731
-    assert row(second)[14:16] == row(first)[14:16] != [" - ", " - "] and "did not measure come from" in second
+    assert row(second)[15:17] == row(first)[15:17] != [" - ", " - "] and "did not measure come from" in second
     assert "One step is enough." in second and "did not measure" not in first
     # a recipe with another held-out split borrows nothing
     other.write_text(other.read_text().replace("holdout: 12", "holdout: 13"))
     third = rec.report([recipe, other], md).split("\n## ")[2]
-    assert row(third)[14:16] == [" - ", " - "] and "did not measure" not in third
+    assert row(third)[15:17] == [" - ", " - "] and "did not measure" not in third
     # a variant whose recipe changed after its rows were made: the page refuses, a run makes them again
     other.write_text(other.read_text().replace("plain: {lr: 0.01,", "plain: {lr: 0.02,"))
     with pytest.raises(rec.LcpError, match=r"plain pruned row \(seed 0\) was made with lr 0.01 \(recipe 0.02\)"):
@@ -626,6 +628,8 @@ def test_recovery_ablation_writes_rows_resumes_and_reports(tiny_folder: Path, re
     assert rec.main(["--recipe", str(bad)]) == 2
     for wrong in (
         "kd_weight: 1.5",
+        "kd_t: 0",
+        "kd_t: true",
         "batch: 0",
         "batch: 8.5",
         "reconstruct: -1",
@@ -670,6 +674,19 @@ def test_recovery_ema_variant_evaluates_the_moving_average(monkeypatch):
     plain = {**rec.VARIANT_KEYS, "lr": 0.01, "kd": True, "epochs": 3}
     assert rec.disagreements(old, {**plain, "ema": 0.999}) == ["ema 0.0 (recipe 0.999)"]
     assert rec.disagreements(old, plain) == []
+    # ... and before the kd_t column, at the temperature 4; without distillation the temperature is no setting
+    assert rec.disagreements(old, {**plain, "kd_t": 2.0}) == ["kd_t 4.0 (recipe 2.0)"]
+    no_kd = pd.DataFrame([{"lr": 0.01, "kd": False, "epochs": 3}]).iloc[0]
+    assert rec.disagreements(no_kd, {**plain, "kd": False, "kd_t": 2.0}) == []
+    # the distillation temperature reaches the fine-tuning, and a ceiling at another temperature is another ceiling
+    got: dict = {}
+    monkeypatch.setattr(rec, "finetune", lambda model, bundle, **kw: got.update(kw))
+    rec.recover_once(torch.nn.Linear(1, 1), None, Bundle(), {**plain, "kd_t": 2.0, "batch": 8}, 0, cfg)
+    assert got["kd_T"] == 2.0
+    where = {k: None for k in ("model", "data", "checkpoint", "batch_size", "recal_batches", "holdout")}
+    assert rec._ceiling_key(where, {**plain, "kd_t": 2.0}) != rec._ceiling_key(where, plain)
+    labels_only = {**plain, "kd": False}
+    assert rec._ceiling_key(where, {**labels_only, "kd_t": 2.0}) == rec._ceiling_key(where, labels_only)
 
 
 def test_compare_distils_from_a_frozen_copy_when_the_recipe_says_kd(monkeypatch):
