@@ -82,6 +82,9 @@ from lcp.report import REPORT_COLUMNS
 from lcp.run.config import PruneConfig
 from lcp.run.folder import RunLock
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from peers import first_line, mo_prune, mo_version, tp_prune, tp_version  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 
 LCP_METHODS = ("lcp", "global", "uniform", "random")  # one cut of lcp's ranking walk (prune_graph)
@@ -520,196 +523,6 @@ def finetune(
     return n * steps
 
 
-# --------------------------------------------------------------------------------------------- torch-pruning
-
-
-def tp_version() -> str | None:
-    try:
-        import torch_pruning as tp
-    except Exception:
-        return None
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("torch-pruning")
-    except PackageNotFoundError:
-        return str(getattr(tp, "__version__", "unknown"))
-
-
-def _classifier(model: nn.Module) -> list[nn.Module]:
-    """The layer that produces the model output (the last Linear, else the last conv): never pruned."""
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    if linears:
-        return linears[-1:]
-    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
-    return convs[-1:]
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    line = text.splitlines()[0] if text else ""
-    if isinstance(e, LcpError) and line:
-        return line
-    return f"{type(e).__name__}: {line}" if line else type(e).__name__
-
-
-def tp_prune(
-    model: nn.Module,
-    example: torch.Tensor,
-    *,
-    budget: float,
-    budget_type: str,
-    num_classes: int,
-    p: int = 2,
-    max_steps: int = 20,
-    tolerance: float = 0.01,
-) -> tuple[nn.Module, dict]:
-    """Torch-Pruning's global magnitude pruner driven to ``budget`` x the baseline MACs (or params).
-
-    The channel ``pruning_ratio`` is bisected (a fresh copy of ``model`` per try) until the result's cost,
-    counted by lcp (``count_macs`` / ``count_params``), is at or below the target and within ``tolerance`` of it.
-    A result whose forward pass fails or gives the wrong output shape raises ``LcpError`` with the reason.
-    """
-    import torch_pruning as tp
-
-    def cost(m: nn.Module) -> int:
-        return lcp.count_macs(m, example) if budget_type == "macs" else lcp.count_params(m)
-
-    base = cost(model)
-    tries: list[tuple[float, float]] = []
-
-    def attempt(ratio: float) -> tuple[nn.Module, float]:
-        m = copy.deepcopy(model).eval()
-        pruner = tp.pruner.MagnitudePruner(
-            m,
-            example,
-            importance=tp.importance.MagnitudeImportance(p=p),
-            global_pruning=True,
-            pruning_ratio=ratio,
-            ignored_layers=_classifier(m),
-        )
-        pruner.step()
-        m.eval()
-        try:
-            with torch.no_grad():
-                out = m(torch.randn(2, *example.shape[1:]))
-        except Exception as e:
-            raise LcpError(
-                f"torch_pruning returned a broken network at pruning_ratio {ratio:.4f} (its forward "
-                f"fails: {_first_line(e)})"
-            ) from None
-        if tuple(out.shape) != (2, num_classes) or not bool(torch.isfinite(out).all()):
-            raise LcpError(
-                f"torch_pruning returned a broken network at pruning_ratio {ratio:.4f} (output "
-                f"{tuple(out.shape)}, finite {bool(torch.isfinite(out).all())})"
-            )
-        c = cost(m) / base
-        tries.append((ratio, c))
-        return m, c
-
-    lo, hi, best = 0.0, None, None  # lo: cost above the target; hi: at or below it
-    ratio = 1.0 - math.sqrt(budget)  # channels kept ~ sqrt(cost kept) for convs between pruned layers
-    for _ in range(max_steps):
-        m, c = attempt(ratio)
-        if c <= budget:
-            hi, best = ratio, (m, c)
-            if c >= budget * (1.0 - tolerance):
-                break
-        else:
-            lo = ratio
-        if hi is None:
-            ratio = min(0.99, (ratio + 1.0) / 2)
-            if lo >= 0.99:
-                break
-        else:
-            ratio = (lo + hi) / 2
-            if hi - lo < 1e-4:
-                break
-    if best is None:
-        raise LcpError(
-            f"torch_pruning cannot reach {budget:g} of the baseline {budget_type}: the most it pruned "
-            f"left {min(c for _, c in tries):.3f}"
-        )
-    m, c = best
-    return m, {"tp_pruning_ratio": hi, "tp_tries": len(tries), "cost_ratio": c}
-
-
-# ------------------------------------------------------------------------------------------- model optimizer
-
-
-def mo_version() -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        import modelopt.torch.prune  # noqa: F401
-    except Exception:
-        return None
-    try:
-        return version("nvidia-modelopt")
-    except PackageNotFoundError:
-        return "unknown"
-
-
-def mo_prune(
-    model: nn.Module,
-    example: torch.Tensor,
-    *,
-    budget: float,
-    budget_type: str,
-    score: Callable[[nn.Module], float],
-    checkpoint: Path,
-    channel_divisor: int = 4,
-    max_tries: int = 4,
-    tolerance: float = 0.01,
-) -> tuple[nn.Module, dict]:
-    """NVIDIA Model Optimizer's FastNAS pruning (``modelopt.torch.prune.prune(mode="fastnas")``) of a copy of
-    ``model`` to ``budget`` x the baseline MACs (or params).
-
-    FastNAS measures every layer's ``score`` at each of its widths (a multiple of ``channel_divisor``), then
-    bisects one threshold on that damage until its own FLOPs count meets the constraint. Its count may differ a
-    little from lcp's and its bisection stops short of the target: while lcp's count of the result is over the
-    target or more than ``tolerance`` under it, the constraint is scaled by the miss and the bisection re-run
-    (the measured sensitivities are kept in ``checkpoint``, so a retry, or a resumed run, does not measure them
-    again); the largest result within the target is returned.
-    """
-    import modelopt.torch.prune as mtp
-
-    def cost(m: nn.Module) -> int:
-        return lcp.count_macs(m, example) if budget_type == "macs" else lcp.count_params(m)
-
-    base = cost(model)
-    key = "flops" if budget_type == "macs" else "params"  # its flops are 2x MACs: a percentage is the same budget
-    rules = {
-        "nn.Conv2d": {"*": {"channel_divisor": channel_divisor}},
-        "nn.BatchNorm2d": {"*": {"feature_divisor": channel_divisor}},
-        "nn.Linear": {"*": {"feature_divisor": channel_divisor}},
-    }
-    checkpoint.parent.mkdir(parents=True, exist_ok=True)
-    target, tries, best = budget, [], None
-    for _ in range(max_tries):
-        m = copy.deepcopy(model).eval()
-        m, _state = mtp.prune(
-            m,
-            mode=[("fastnas", rules)],
-            constraints={key: f"{100 * target:.4f}%"},
-            dummy_input=example,
-            config={"score_func": score, "checkpoint": str(checkpoint), "verbose": False},
-        )
-        c = cost(m) / base
-        tries.append((target, c))
-        if c <= budget * 1.001 and (best is None or c > best[1]):
-            best = (m, c, target)
-        if budget * (1.0 - tolerance) <= c <= budget * 1.001:
-            break
-        target *= budget / c
-    if best is not None:
-        return best[0], {"mo_constraint": best[2], "mo_tries": len(tries), "cost_ratio": best[1]}
-    raise LcpError(
-        f"modelopt cannot meet {budget:g} of the baseline {budget_type} by lcp's count: its results kept "
-        + ", ".join(f"{c:.3f} at {100 * t:.1f}%" for t, c in tries)
-    )
-
-
 # ------------------------------------------------------------------------------------------------------ CSV
 
 
@@ -1136,7 +949,7 @@ class Bench:
             row["latency_s"] = time.perf_counter() - t0
             row["status"] = "ok"
         except Exception as e:  # one broken row must not end the comparison
-            row["status"] = f"error: {_first_line(e)}"
+            row["status"] = f"error: {first_line(e)}"
             if os.environ.get("LCP_BENCH_TRACEBACK"):
                 traceback.print_exc()
         row["row_s"] = time.perf_counter() - t_row
