@@ -542,7 +542,9 @@ def setup_text(df: pd.DataFrame, meta: dict) -> str:
             f"search (the per-layer sensitivity measurement and the bisection) is the `search` column. It runs "
             f"from a venv of its own: `python -m venv venv-mo && venv-mo/bin/pip install torch==2.14.1 "
             f"torchvision==0.29.1 -e '.[modelopt]'`, then `venv-mo/bin/python benchmarks/compare.py ... --methods "
-            f"modelopt` (other rows of the same CSV may come from lcp's own venv)."
+            f"modelopt` (other rows of the same CSV may come from lcp's own venv). A run stopped during the "
+            "sensitivity measurement resumes from the widths its `fastnas_search.pth` holds: the `search` column "
+            "then counts the run that finished it, not the earlier ones."
         )
         mo_rows = df[(df["method"] == "modelopt") & (df["status"].astype(str) == "ok")]
         if (mo_rows["search_s"] < 60).any():
