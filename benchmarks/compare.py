@@ -339,6 +339,9 @@ def settings_from(args: argparse.Namespace) -> dict:
     if ft < 0:
         raise LcpError("finetune_epochs must be >= 0")
     cfg["finetune_epochs"] = int(ft) if ft.is_integer() else ft  # 1 and 1.0 are one setting
+    refit = cfg["reconstruct_images"]
+    if isinstance(refit, bool) or not isinstance(refit, int) or refit < 0:  # lcp prune's "auto" is not a setting here
+        raise LcpError(f"reconstruct_images must be a whole number of images, 0 for none, not {refit!r}")
     if args.out:  # relative to the working directory; the recipe's out is relative to the repository
         out = Path(args.out)
     elif args.quick:

@@ -1,6 +1,7 @@
 """The recovery ablation: one pruned network, several recovery recipes, each beside the ceiling.
 
-A cut is made once by ``lcp prune ... --finetune-epochs 0 --out DIR`` (the recipe's ``cut``). Every variant of
+A cut is made once by ``lcp prune ... --finetune-epochs 0 --reconstruct-images 0 --out DIR`` (the recipe's
+``cut``; not refitted: the variants with ``reconstruct`` refit it themselves). Every variant of
 the recipe (learning rate, distillation from the unpruned network and its weight, batch size, epochs, a moving
 average of the weights) then recovers a fresh copy of that pruned network, and a fresh copy of the unpruned
 network (the ceiling: the same recovery; with ``kd`` it distils from a frozen copy of itself), with lcp's own
@@ -16,7 +17,8 @@ Rows are appended atomically as they finish and a rerun skips the rows already t
 resumable chunks (``--only NAME`` runs one variant, ``--nets pruned`` the pruned side only).
 
     source ../shared/offline-env.sh
-    lcp prune --model resnet20 --budget 0.5 --finetune-epochs 0 --search-time 0 --threads 1 --out runs/cut/resnet20_0.5
+    lcp prune --model resnet20 --budget 0.5 --finetune-epochs 0 --reconstruct-images 0 --search-time 0 --threads 1 \
+        --out runs/cut/resnet20_0.5
     python benchmarks/recovery.py --recipe recipes/recovery_resnet20.yaml
     python benchmarks/recovery.py --report          # docs/recovery.md from every recipes/recovery_*.yaml
 """
@@ -293,7 +295,15 @@ def run(cfg: dict, only: list[str] | None, nets: list[str], log=print) -> pd.Dat
         cut = ROOT / cut
     if not (cut / "channels.json").is_file():
         raise LcpError(
-            f"no cut in {cut}: make it with lcp prune --model {cfg['model']} --budget B --finetune-epochs 0 --out {cut}"
+            f"no cut in {cut}: make it with lcp prune --model {cfg['model']} --budget B --finetune-epochs 0 "
+            f"--reconstruct-images 0 --out {cut}"
+        )
+    made = pd.read_csv(cut / "report.csv") if (cut / "report.csv").is_file() else pd.DataFrame()
+    if made.get("reconstructed_layers", pd.Series(dtype=float)).fillna(0).gt(0).any():
+        raise LcpError(
+            f"the cut in {cut} was refitted to the original's outputs (lcp prune refits a cut that is not fine-tuned "
+            "unless --reconstruct-images 0): make it again with --reconstruct-images 0 (a variant's reconstruct "
+            "refits it itself)"
         )
     done = pd.read_csv(out) if out.is_file() else pd.DataFrame(columns=COLUMNS)
     have = set()

@@ -1,9 +1,9 @@
 """The search against itself: presets and optimizers at 0.5 of the MACs, no fine-tuning, several seeds.
 
-Each cell is one ``lcp prune --finetune-epochs 0`` run (its folder under ``--work``): the search's held-out
-fitness (lower is better), test top-1 after BatchNorm recalibration, candidates evaluated and wall time (the
-sensitivity measurement included) go to one CSV row, appended atomically; a rerun skips the rows already there
-and resumes an interrupted run (``--resume``), so long references run in chunks. ``--markdown`` prints the
+Each cell is one ``lcp prune --finetune-epochs 0 --reconstruct-images 0`` run (its folder under ``--work``): the
+search's held-out fitness (lower is better), test top-1 after BatchNorm recalibration, candidates evaluated and
+wall time (the sensitivity measurement included) go to one CSV row, appended atomically; a rerun skips the rows
+already there and resumes an interrupted run (``--resume``), so long references run in chunks. ``--markdown`` prints the
 summary table of docs/search.md (mean ± sd over seeds) from the CSV.
 
 A run is ``PRESET:OPTIMIZER[:CANDIDATES]`` (``fast:legr`` is the default search, ``legr:legr`` LeGR's 400-candidate
@@ -75,7 +75,8 @@ def cell(model: str, preset: str, optimizer: str, most: int, seed: int, args: ar
     folder = args.work / f"{model}-{preset}-{optimizer}{f'-c{most}' if most else ''}-s{seed}"
     cmd = [
         "lcp", "prune", "--model", model, "--budget", f"{args.budget:g}", "--finetune-epochs", "0",
-        "--seed", str(seed), "--threads", str(args.threads), "--search-preset", preset, "--optimizer", optimizer,
+        "--reconstruct-images", "0", "--seed", str(seed), "--threads", str(args.threads),
+        "--search-preset", preset, "--optimizer", optimizer,
         *(["--device", args.device] if args.device != "cpu" else []),
         *(["--candidates", str(most)] if most else []), "--out", str(folder),
     ]  # fmt: skip

@@ -120,7 +120,18 @@ def main(argv: list[str] | None = None) -> int:
     m = a.source_method
 
     source = a.work / f"cifar10-{m}-b{a.budget:g}"
-    src_args = ["--model", "resnet20", "--method", m, "--budget", str(a.budget), "--finetune-epochs", "0"]
+    src_args = [
+        "--model",
+        "resnet20",
+        "--method",
+        m,
+        "--budget",
+        str(a.budget),
+        "--finetune-epochs",
+        "0",
+        "--reconstruct-images",
+        "0",
+    ]
     src = prune([*src_args, "--seed", "0"], source, a.threads)
     ckpt = base_model(a.work, data, a.base_epochs, a.threads)
     task = ["--model", "resnet20", "--data", str(data), "--checkpoint", str(ckpt)]

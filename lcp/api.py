@@ -107,9 +107,10 @@ def prune(
 
     With ``data`` (a data set name or ImageFolder path, an ``lcp.training.data.DataBundle``, or a dict with
     ``train`` and ``test`` loaders, for the recovery only: a method that learns needs a data set it can split) the
-    pruned model goes through the same post-cut stage as ``lcp prune`` (BatchNorm recalibration, evaluation,
-    ``finetune_epochs`` of fine-tuning, distillation with ``kd``), and ``result.report`` is the one-row report as a
-    pandas DataFrame.
+    pruned model goes through the same post-cut stage as ``lcp prune`` (with ``finetune_epochs=0``, the default,
+    a least-squares refit of the cut's layers to the original's outputs, ``reconstruct_images``; BatchNorm
+    recalibration, evaluation, ``finetune_epochs`` of fine-tuning, distillation with ``kd``), and
+    ``result.report`` is the one-row report as a pandas DataFrame.
 
     A model torch.fx cannot trace whole (a torchvision detector: ``example_inputs=([image],)``) is pruned by its
     traceable parts (``lcp.cut.parts``): each part (a backbone with its feature pyramid, a box head) keeps
@@ -249,7 +250,11 @@ def _refuse_unused(opts: PruneConfig, data: Any) -> None:
         raise LcpError(f"{cli_only[0]} is an option of lcp prune; lcp.prune takes the model and writes no folder")
     if data is None:
         unused = changed(opts, ["holdout", "input_size", *field_names(RecoveryOptions)])
-        unused = [n for n in unused if n != "finetune_epochs"] + ["finetune_epochs"] * (opts.finetune_epochs > 0)
+        acting = {  # these two are refused when they would act (lcp.prune's defaults differ from lcp prune's)
+            "finetune_epochs": opts.finetune_epochs > 0,
+            "reconstruct_images": opts.reconstruct_images not in ("auto", 0),
+        }
+        unused = [n for n in unused if n not in acting] + [n for n, on in acting.items() if on]
         if unused:
             raise LcpError(f"{unused[0]} acts on data: pass data= (a data set, an ImageFolder path or loaders)")
 
@@ -315,7 +320,8 @@ def _bundle(data: Any, model: nn.Module, example_inputs: Any, opts: PruneConfig)
 def _recover_and_report(
     result: PruneResult, original: nn.Module, data: Any, opts: PruneConfig, budget: float, search_s: float
 ) -> pd.DataFrame:
-    """The post-cut stage of ``lcp prune`` on ``data``; the one-row report (``REPORT_COLUMNS``)."""
+    """The post-cut stage of ``lcp prune`` on ``data``; the one-row report (``REPORT_COLUMNS``, then
+    ``reconstructed_layers`` where the cut was refitted)."""
     test = data.loader("test", 256) if isinstance(data, DataBundle) else data["test"]
     top1_base = evaluate(original, test, device=opts.device)["top1"]
     original.cpu()
@@ -329,4 +335,5 @@ def _recover_and_report(
         budget=budget,
         numbers={"top1_base": top1_base, **numbers, "search_s": search_s},
     )
-    return pd.DataFrame([{k: row.get(k) for k in REPORT_COLUMNS}])
+    keys = REPORT_COLUMNS + ["reconstructed_layers"] * ("reconstructed_layers" in row)
+    return pd.DataFrame([{k: row.get(k) for k in keys}])

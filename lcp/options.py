@@ -85,6 +85,19 @@ def positive(value: float) -> None:
         raise ValueError(f"must be positive, got {value}")
 
 
+def or_auto(check: Check) -> Check:
+    """``check`` for a number, or the word ``auto`` (the field is ``int | str``)."""
+
+    def check_or_auto(value: Any) -> None:
+        if isinstance(value, str):
+            if value != "auto":
+                raise ValueError(f"must be a whole number or auto, got {value!r}")
+        else:
+            check(value)
+
+    return check_or_auto
+
+
 def each(check: Check) -> Check:
     def check_all(values: Iterable[Any]) -> None:
         for v in values:

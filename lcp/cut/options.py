@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from lcp.cut.importance import AGGREGATIONS, importance_names
 from lcp.errors import LcpError
-from lcp.options import at_least, each, fraction, option, unit_interval
+from lcp.options import at_least, each, fraction, option, or_auto, unit_interval
 
 BUDGET_TYPES = ("macs", "params", "latency")
 
@@ -46,15 +46,6 @@ def caps_from(specs: list[str] | dict[str, float] | None) -> dict[str, float]:
     return {glob: float(share) for glob, share in pairs}
 
 
-def round_to_value(value: int | str) -> None:
-    """``round_to``: a whole number of at least 1, or ``auto``."""
-    if isinstance(value, str):
-        if value != "auto":
-            raise ValueError(f"must be a whole number of at least 1 or auto, got {value!r}")
-    else:
-        at_least(1)(value)
-
-
 @dataclass
 class CutOptions:
     """How much to keep and how the units are ranked and cut."""
@@ -76,7 +67,7 @@ class CutOptions:
         "keep widths in multiples of this many channel units (halved for a group narrower than four times it); auto: "
         "the multiple that runs without a slowdown on --device at --latency-batch, measured on the model's "
         "costliest conv",
-        check=round_to_value,
+        check=or_auto(at_least(1)),
     )
     min_ratio: float = option(0.1, "per-group floor: keep at least this fraction (and 2 channels)", check=fraction)
     ignore: list[str] | None = option(

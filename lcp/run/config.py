@@ -22,7 +22,7 @@ from lcp.methods import describe_methods, get_method, method_names
 from lcp.methods.legr import SearchOptions
 from lcp.methods.options import AgentOptions
 from lcp.options import at_least, field_names, from_mapping, option, signature
-from lcp.training.options import RecoveryOptions
+from lcp.training.options import RecoveryOptions, refit_images
 
 _DEVICE = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
 
@@ -123,6 +123,7 @@ class PruneConfig(SearchOptions, AgentOptions, RecoveryOptions, CutOptions, JobO
                 if getattr(self, k)
             }
         )
+        sig["reconstruct_images"] = refit_images(self)  # what the refit used: auto and its number are one run
         if self.holdout != type(self).__dataclass_fields__["holdout"].default:
             sig["holdout"] = self.holdout  # the searches' fitness split; runs at the default keep their signature
         if self.structure_from:  # the folder and its channels.json as they are now

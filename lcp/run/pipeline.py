@@ -229,18 +229,13 @@ def _prune_to(ctx: Context, method: Method, learned: Learned, budget: float, out
     )
     refit = (
         f" (after refitting {numbers['reconstructed_layers']} layers to the original's outputs)"
-        if "reconstructed_layers" in numbers
+        if numbers.get("reconstructed_layers")
         else ""
     )
     ctx.log(
         f"top-1: baseline {state['top1_base']:.2f}%, pruned before fine-tuning {numbers['top1_pruned_noft']:.2f}%"
         + refit
     )
-    if cfg.finetune_epochs == 0 and not cfg.reconstruct_images:
-        ctx.log(
-            "not fine-tuned: --reconstruct-images 1024 refits the cut's layers to the unpruned network's outputs "
-            "first, which recovers much of the cut's loss without training (docs/recovery.md)"
-        )
     if distributed()[1] != 0:  # torchrun: rank 0 writes the outputs
         return None
     result.seconds = prune_s

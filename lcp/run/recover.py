@@ -24,6 +24,7 @@ from lcp.report import plot_widths, write_layers_csv, write_report
 from lcp.training import train as training
 from lcp.training.data import DataBundle
 from lcp.training.evaluate import evaluate, recalibrate_bn
+from lcp.training.options import refit_images
 from lcp.training.reconstruct import reconstruct
 
 Data = DataBundle | Mapping[str, Any]  # a DataBundle, or {"train": loader, "test": loader}
@@ -48,12 +49,13 @@ def recover(
     save: Callable[[dict], None] | None = None,
     ckpt: Path | None = None,
 ) -> dict[str, float]:
-    """Refit the cut layers to the original's outputs (``options.reconstruct_images``, ``reconstruct``),
-    recalibrate BatchNorm on ``options.recal_batches`` training batches, evaluate, fine-tune for
-    ``options.finetune_epochs`` (teacher ``original`` with ``options.kd``), evaluate; ``result.model`` ends on
-    ``options.device``. ``done`` / ``save``: the accuracy before fine-tuning is kept there across ``--resume``;
-    ``ckpt``: the fine-tuning checkpoint. Returns top1_pruned_noft, top1_pruned and finetune_s (NaN accuracies
-    when the data has no labels), and reconstructed_layers (the layers refitted) when asked to reconstruct."""
+    """Refit the cut layers to the original's outputs (``options.reconstruct_images``, ``reconstruct``; by default
+    only a cut that is not fine-tuned), recalibrate BatchNorm on ``options.recal_batches`` training batches,
+    evaluate, fine-tune for ``options.finetune_epochs`` (teacher ``original`` with ``options.kd``), evaluate;
+    ``result.model`` ends on ``options.device``. ``done`` / ``save``: the accuracy before fine-tuning is kept there
+    across ``--resume``; ``ckpt``: the fine-tuning checkpoint. Returns top1_pruned_noft, top1_pruned and
+    finetune_s (NaN accuracies when the data has no labels), and reconstructed_layers (the layers refitted) when
+    the cut was refitted."""
     pruned = result.model
     done = {} if done is None else done
     dev = options.device
@@ -62,16 +64,10 @@ def recover(
         raise LcpError("the data has no labels: fine-tune with --kd (distillation) or pass --finetune-epochs 0")
     pruned.to(dev)
     refitted = {}
-    if options.reconstruct_images > 0:
+    images = refit_images(options)
+    if images > 0:
         refitted = reconstruct(
-            pruned,
-            original,
-            result.graph,
-            result.plan.removed,
-            train,
-            images=options.reconstruct_images,
-            seed=options.seed,
-            device=dev,
+            pruned, original, result.graph, result.plan.removed, train, images=images, seed=options.seed, device=dev
         )
     if options.recal_batches > 0:
         recalibrate_bn(pruned, train, batches=options.recal_batches, device=dev)

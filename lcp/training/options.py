@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lcp.options import at_least, fraction, option, positive
+from lcp.options import at_least, fraction, option, or_auto, positive
+
+AUTO_REFIT_IMAGES = 1024  # what reconstruct_images "auto" refits a cut that is not fine-tuned on
 
 
 @dataclass
@@ -20,9 +22,18 @@ class RecoveryOptions:
         0.9, "weight w of the distillation term: (1 - w) cross-entropy + w T^2 KL at T = 4", check=fraction
     )
     recal_batches: int = option(20, "BatchNorm recalibration batches", check=at_least(0), signature=False)
-    reconstruct_images: int = option(
-        0,
+    reconstruct_images: int | str = option(
+        "auto",
         "refit the pruned dense layers by least squares to the original's outputs on this many training images, "
-        "before BatchNorm recalibration (0: off)",
-        check=at_least(0),
+        f"before BatchNorm recalibration (0: off; auto: {AUTO_REFIT_IMAGES} for a cut that is not fine-tuned, "
+        "--finetune-epochs 0, else off: after the default fine-tuning the refit did not help)",
+        check=or_auto(at_least(0)),
     )
+
+
+def refit_images(options: RecoveryOptions) -> int:
+    """The images ``run.recover`` refits the cut on: ``reconstruct_images`` with ``auto`` resolved
+    (``AUTO_REFIT_IMAGES`` when ``finetune_epochs`` is 0, else 0)."""
+    if options.reconstruct_images == "auto":
+        return AUTO_REFIT_IMAGES if options.finetune_epochs == 0 else 0
+    return int(options.reconstruct_images)

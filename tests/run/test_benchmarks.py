@@ -261,7 +261,10 @@ def test_drop_vs_ceiling_uses_the_rows_own_seeds_where_measured():
 
 def test_compare_refits_lcps_cuts_when_the_recipe_asks(tiny_folder: Path, resnet20_ckpt: Path, tmp_path: Path):
     """``reconstruct_images: N`` refits every cut lcp makes before the recalibration (the row says how many
-    layers); the ceiling has nothing cut; the setting is part of the rows' signature only when it is on."""
+    layers); the ceiling has nothing cut; the setting is part of the rows' signature only when it is on; lcp
+    prune's ``auto`` is not one of the harness's settings."""
+    from lcp.errors import LcpError
+
     recipe = tmp_path / "refit.yaml"
     recipe.write_text((ROOT / "recipes" / "bench_resnet56.yaml").read_text() + "\nreconstruct_images: 32\n")
     out = tmp_path / "refit.csv"
@@ -276,6 +279,9 @@ def test_compare_refits_lcps_cuts_when_the_recipe_asks(tiny_folder: Path, resnet
     base = {k: v for k, v in compare.DEFAULTS.items() if k != "reconstruct_images"}
     assert compare.signature({**base, "reconstruct_images": 0}) == compare.signature(base)
     assert compare.signature({**base, "reconstruct_images": 32}) != compare.signature(base)
+    recipe.write_text((ROOT / "recipes" / "bench_resnet56.yaml").read_text() + "\nreconstruct_images: auto\n")
+    with pytest.raises(LcpError, match="reconstruct_images must be a whole number of images, 0 for none, not 'auto'"):
+        compare.settings_from(compare.parse_args(["--recipe", str(recipe)]))
 
 
 def test_rows_of_another_search_size_are_refused(tmp_path: Path):
@@ -528,12 +534,14 @@ def test_recovery_ablation_writes_rows_resumes_and_reports(tiny_folder: Path, re
     """``benchmarks/recovery.py``: every variant recovers the cut and the ceiling (one row each, distillation
     included), a stepwise variant reaches the cut's budget in two cuts and shares the one-step ceiling, so does a
     refitting one (least-squares reconstruction), a rerun adds nothing, the page gives each variant's gap to the
-    ceiling, bad recipes are refused."""
+    ceiling, bad recipes and a refitted cut are refused."""
+    from lcp.errors import LcpError
     from tests.helpers import lcp_cli, tiny_args
 
     rec = _module(ROOT / "benchmarks" / "recovery.py", "bench_recovery")
     cut = tmp_path / "cut"
-    assert lcp_cli(*tiny_args(tiny_folder, resnet20_ckpt, cut, "--method", "lcp", "--candidates", "4")).code == 0
+    lcp_args = ("--method", "lcp", "--candidates", "4", "--reconstruct-images", "0")
+    assert lcp_cli(*tiny_args(tiny_folder, resnet20_ckpt, cut, *lcp_args)).code == 0
     out = tmp_path / "results" / "recovery_tiny.csv"
     recipe = tmp_path / "recovery_tiny.yaml"
     recipe.write_text(
@@ -580,6 +588,11 @@ def test_recovery_ablation_writes_rows_resumes_and_reports(tiny_folder: Path, re
         assert len(pd.read_csv(out)) == 8  # nothing run twice
     finally:
         torch.set_num_threads(threads)
+    # a cut lcp prune refitted (its default without fine-tuning) is refused: the variants would not start from the cut
+    refitted = tmp_path / "cut_refitted"
+    assert lcp_cli(*tiny_args(tiny_folder, resnet20_ckpt, refitted)).code == 0
+    with pytest.raises(LcpError, match="was refitted to the original's outputs"):
+        rec.run({**cfg, "cut": str(refitted)}, None, list(rec.NETS), log=logged.append)
     md = tmp_path / "recovery.md"
     rec.report([recipe], md)
     text = md.read_text()

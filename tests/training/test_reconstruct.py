@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -82,10 +83,12 @@ def test_connection_pruned_layers_are_left_as_cut() -> None:
         assert torch.isfinite(res.model(_inputs(8))).all()
 
 
-def test_the_post_cut_stage_reconstructs_when_asked(monkeypatch) -> None:
+@pytest.fixture
+def refits(monkeypatch) -> list[int]:
+    """The ``images`` of every refit the post-cut stage makes (``run.recover`` calls ``reconstruct``)."""
     import lcp.run.recover as recover_module
 
-    calls = []
+    calls: list[int] = []
     real = recover_module.reconstruct
 
     def spy(*args, **kw):
@@ -93,6 +96,11 @@ def test_the_post_cut_stage_reconstructs_when_asked(monkeypatch) -> None:
         return real(*args, **kw)
 
     monkeypatch.setattr(recover_module, "reconstruct", spy)
+    return calls
+
+
+def test_the_post_cut_stage_reconstructs_when_asked(refits) -> None:
+    calls = refits
     original = _trained_like(CifarResNet(1))
     bundle = random_bundle()
     kw = dict(budget=0.5, method="global", round_to=1, data=bundle, finetune_epochs=0, recal_batches=1)
@@ -102,6 +110,24 @@ def test_the_post_cut_stage_reconstructs_when_asked(monkeypatch) -> None:
     assert calls == [64]
 
 
+def test_a_cut_that_is_not_fine_tuned_is_refitted_unless_told_otherwise(refits) -> None:
+    from lcp.errors import LcpError
+    from lcp.training.options import AUTO_REFIT_IMAGES
+
+    calls = refits
+    original = _trained_like(CifarResNet(1))
+    kw = dict(budget=0.5, method="global", round_to=1, data=random_bundle(), recal_batches=1)
+    res = lcp.prune(original, torch.zeros(1, *SEARCH_SIZE), finetune_epochs=0, **kw)  # reconstruct_images "auto"
+    assert calls == [AUTO_REFIT_IMAGES]
+    assert res.report.iloc[0]["reconstructed_layers"] > 0  # the report says the cut was refitted
+    lcp.prune(original, torch.zeros(1, *SEARCH_SIZE), finetune_epochs=1, batch_size=64, **kw)
+    assert calls == [AUTO_REFIT_IMAGES]  # a fine-tuned cut is not refitted by default
+    lcp.prune(original, torch.zeros(1, *SEARCH_SIZE), finetune_epochs=1, batch_size=64, reconstruct_images=32, **kw)
+    assert calls == [AUTO_REFIT_IMAGES, 32]  # unless asked
+    with pytest.raises(LcpError, match="reconstruct_images must be a whole number or auto, got 'many'"):
+        lcp.prune(original, torch.zeros(1, *SEARCH_SIZE), reconstruct_images="many", **kw)
+
+
 def test_fewer_images_when_their_activations_would_not_fit_in_memory() -> None:
     original = _trained_like(CifarResNet(1))
     res = lcp.prune(original, torch.zeros(1, *SEARCH_SIZE), budget=0.5, method="global", round_to=1)
@@ -109,3 +135,14 @@ def test_fewer_images_when_their_activations_would_not_fit_in_memory() -> None:
     info = reconstruct(res.model, original, res.graph, res.plan.removed, [(_inputs(256), None)], memory=20 * 2**14)
     assert 1 <= info["images"] < 256 and info["layers"] > 0
     assert reconstruct(res.model, original, res.graph, res.plan.removed, [(_inputs(64), None)])["images"] == 64
+
+
+def test_a_run_signature_holds_the_images_the_refit_used() -> None:
+    """``auto`` and the number it means are one run (a folder made either way resumes either way), and a
+    fine-tuned run's signature is what it was before the refit had an ``auto``: 0."""
+    from lcp.run.config import PruneConfig
+
+    auto = PruneConfig(model="resnet20", finetune_epochs=0).signature()
+    assert auto == PruneConfig(model="resnet20", finetune_epochs=0, reconstruct_images=1024).signature()
+    assert auto["reconstruct_images"] == 1024
+    assert PruneConfig(model="resnet20", finetune_epochs=3).signature()["reconstruct_images"] == 0
