@@ -226,6 +226,7 @@ def _prune_to(ctx: Context, method: Method, learned: Learned, budget: float, out
         done=done,
         save=lambda d: ctx.save_state(**{key: d}),
         ckpt=out / "finetune.ckpt",
+        log=ctx.log,
     )
     refit = (
         f" (after refitting {numbers['reconstructed_layers']} layers to the original's outputs)"

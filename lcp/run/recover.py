@@ -48,14 +48,15 @@ def recover(
     done: dict | None = None,
     save: Callable[[dict], None] | None = None,
     ckpt: Path | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> dict[str, float]:
     """Refit the cut layers to the original's outputs (``options.reconstruct_images``, ``reconstruct``; by default
     only a cut that is not fine-tuned), recalibrate BatchNorm on ``options.recal_batches`` training batches,
     evaluate, fine-tune for ``options.finetune_epochs`` (teacher ``original`` with ``options.kd``), evaluate;
     ``result.model`` ends on ``options.device``. ``done`` / ``save``: the accuracy before fine-tuning is kept there
-    across ``--resume``; ``ckpt``: the fine-tuning checkpoint. Returns top1_pruned_noft, top1_pruned and
-    finetune_s (NaN accuracies when the data has no labels), and reconstructed_layers (the layers refitted) when
-    the cut was refitted."""
+    across ``--resume``; ``ckpt``: the fine-tuning checkpoint; ``log``: progress lines. Returns top1_pruned_noft,
+    top1_pruned and finetune_s (NaN accuracies when the data has no labels), and reconstructed_layers (the layers
+    refitted) when the cut was refitted."""
     pruned = result.model
     done = {} if done is None else done
     dev = options.device
@@ -66,6 +67,10 @@ def recover(
     refitted = {}
     images = refit_images(options)
     if images > 0:
+        if log:  # minutes for a large network on a CPU
+            log(
+                f"refitting the cut's layers to the unpruned outputs on {images} training images (--reconstruct-images)"
+            )
         refitted = reconstruct(
             pruned, original, result.graph, result.plan.removed, train, images=images, seed=options.seed, device=dev
         )

@@ -1096,3 +1096,16 @@ def test_a_run_that_made_no_row_stays_out_of_a_tables_dates_and_time():
     assert report._runs(meta, pd.DataFrame({"method": ["lcp"], "finished": [t("10:30")]})) == [later]
     # rows without times: every run, as before
     assert report._runs(meta, pd.DataFrame({"method": ["lcp"]})) == [killed, later]
+
+
+def test_refit_cost_times_the_default_refit(capsys) -> None:
+    """``benchmarks/refit_cost.py`` refits a global cut on random images and says how many layers, images, seconds."""
+    cost = _module(ROOT / "benchmarks" / "refit_cost.py", "bench_refit_cost")
+    threads = torch.get_num_threads()
+    try:
+        assert cost.main(["--model", "resnet20", "--image-size", "16", "--images", "40", "--threads", "1"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("resnet20 at 16 px, budget 0.5, 1 thread(s): refitted ") and " on 40 images in " in line
+    assert int(line.split("refitted ")[1].split()[0]) > 0

@@ -146,3 +146,19 @@ def test_a_run_signature_holds_the_images_the_refit_used() -> None:
     assert auto == PruneConfig(model="resnet20", finetune_epochs=0, reconstruct_images=1024).signature()
     assert auto["reconstruct_images"] == 1024
     assert PruneConfig(model="resnet20", finetune_epochs=3).signature()["reconstruct_images"] == 0
+
+
+def test_lcp_prune_says_it_refits_and_reports_it(tiny_folder, resnet20_ckpt, tmp_path) -> None:
+    """The command line: a cut that is not fine-tuned is refitted (the log says so before it starts, and after),
+    the report counts the layers; ``--reconstruct-images 0`` keeps the cut as made; a bad word is exit 2."""
+    from tests.helpers import lcp_cli, read_csv, tiny_args
+
+    done = lcp_cli(*tiny_args(tiny_folder, resnet20_ckpt, tmp_path / "refit"))
+    assert done.code == 0, done.err
+    assert "refitting the cut's layers" in done.out + done.err and "after refitting" in done.out + done.err
+    assert int(read_csv(tmp_path / "refit" / "report.csv")[0]["reconstructed_layers"]) > 0
+    plain = lcp_cli(*tiny_args(tiny_folder, resnet20_ckpt, tmp_path / "plain", "--reconstruct-images", "0"))
+    assert plain.code == 0 and "refitting" not in plain.out + plain.err
+    assert "reconstructed_layers" not in read_csv(tmp_path / "plain" / "report.csv")[0]
+    bad = lcp_cli(*tiny_args(tiny_folder, resnet20_ckpt, tmp_path / "bad", "--reconstruct-images", "many"))
+    assert bad.code == 2 and "--reconstruct-images must be a whole number or auto, got 'many'" in bad.err
