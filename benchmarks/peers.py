@@ -6,8 +6,10 @@ installs (``pip install -e '.[bench]'``; Model Optimizer in a venv of its own, d
 from __future__ import annotations
 
 import copy
+import importlib
 import math
 from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import torch
@@ -26,20 +28,29 @@ def first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {line}" if line else type(e).__name__
 
 
+def _installed(module: str, distribution: str) -> str | None:
+    """The version of ``distribution`` when ``module`` imports (its ``__version__``, else "unknown", when the
+    distribution's metadata is missing); None when it does not."""
+    try:
+        imported = importlib.import_module(module)
+    except Exception:
+        return None
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return str(getattr(imported, "__version__", "unknown"))
+
+
+def _cost(model: nn.Module, example: torch.Tensor, budget_type: str) -> int:
+    """What the budget counts, by lcp's count: MACs on ``example``, or parameters."""
+    return lcp.count_macs(model, example) if budget_type == "macs" else lcp.count_params(model)
+
+
 # --------------------------------------------------------------------------------------------- torch-pruning
 
 
 def tp_version() -> str | None:
-    try:
-        import torch_pruning as tp
-    except Exception:
-        return None
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("torch-pruning")
-    except PackageNotFoundError:
-        return str(getattr(tp, "__version__", "unknown"))
+    return _installed("torch_pruning", "torch-pruning")
 
 
 def _classifier(model: nn.Module) -> list[nn.Module]:
@@ -70,10 +81,7 @@ def tp_prune(
     """
     import torch_pruning as tp
 
-    def cost(m: nn.Module) -> int:
-        return lcp.count_macs(m, example) if budget_type == "macs" else lcp.count_params(m)
-
-    base = cost(model)
+    base = _cost(model, example, budget_type)
     tries: list[tuple[float, float]] = []
 
     def attempt(ratio: float) -> tuple[nn.Module, float]:
@@ -101,7 +109,7 @@ def tp_prune(
                 f"torch_pruning returned a broken network at pruning_ratio {ratio:.4f} (output "
                 f"{tuple(out.shape)}, finite {bool(torch.isfinite(out).all())})"
             )
-        c = cost(m) / base
+        c = _cost(m, example, budget_type) / base
         tries.append((ratio, c))
         return m, c
 
@@ -136,16 +144,7 @@ def tp_prune(
 
 
 def mo_version() -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        import modelopt.torch.prune  # noqa: F401
-    except Exception:
-        return None
-    try:
-        return version("nvidia-modelopt")
-    except PackageNotFoundError:
-        return "unknown"
+    return _installed("modelopt.torch.prune", "nvidia-modelopt")
 
 
 def mo_prune(
@@ -172,10 +171,7 @@ def mo_prune(
     """
     import modelopt.torch.prune as mtp
 
-    def cost(m: nn.Module) -> int:
-        return lcp.count_macs(m, example) if budget_type == "macs" else lcp.count_params(m)
-
-    base = cost(model)
+    base = _cost(model, example, budget_type)
     key = "flops" if budget_type == "macs" else "params"  # its flops are 2x MACs: a percentage is the same budget
     rules = {
         "nn.Conv2d": {"*": {"channel_divisor": channel_divisor}},
@@ -193,7 +189,7 @@ def mo_prune(
             dummy_input=example,
             config={"score_func": score, "checkpoint": str(checkpoint), "verbose": False},
         )
-        c = cost(m) / base
+        c = _cost(m, example, budget_type) / base
         tries.append((target, c))
         if c <= budget * 1.001 and (best is None or c > best[1]):
             best = (m, c, target)
