@@ -1,17 +1,17 @@
 """The recovery ablation: one pruned network, several recovery recipes, each beside the ceiling.
 
-A cut is made once by ``lcp prune ... --finetune-epochs 0 --reconstruct-images 0 --out DIR`` (the recipe's
-``cut``; not refitted: the variants with ``reconstruct`` refit it themselves). Every variant of
-the recipe (learning rate, distillation from the unpruned network and its weight, batch size, epochs, a moving
-average of the weights) then recovers a fresh copy of that pruned network, and a fresh copy of the unpruned
-network (the ceiling: the same recovery; with ``kd`` it distils from a frozen copy of itself), with lcp's own
-``recalibrate_bn`` and ``finetune`` (SGD Nesterov, cosine to 0, weight decay 5e-4, flip and pad-crop; KD loss
-``(1 - w) * CE + w * T^2 KL``, ``w`` the variant's ``kd_weight``, 0.9 unless set, ``T`` its ``kd_t``, 4 unless
-set). A variant with ``steps: N`` prunes in N steps instead (``stepwise_cut``): the cut's own learned compensation
-(``transforms.json``) cuts the original to the geometric intermediate budgets, one epoch of the same recovery
-after each, then to the cut's budget, which gets the remaining epochs. Each row gives
-top-1 on the held-out split (carved from train, seed 0: what a default is chosen on) and on the test split
-(what is reported), so nothing is selected on the test split.
+A cut is made once by ``lcp prune ... --finetune-epochs 0 --reconstruct-images 0 --out DIR`` (the recipe's ``cut``;
+not refitted: the variants with ``reconstruct`` refit it themselves). Every variant of the recipe (learning rate,
+distillation from the unpruned network and its weight, batch size, epochs, a moving average of the weights,
+attention-transfer hints: ``hint``) then recovers a fresh copy of that pruned network, and a fresh copy of the
+unpruned network (the ceiling: the same recovery; with ``kd`` it distils from a frozen copy of itself), with lcp's
+own ``recalibrate_bn`` and ``finetune`` (SGD Nesterov, cosine to 0, weight decay 5e-4, flip and pad-crop; KD loss
+``(1 - w) * CE + w * T^2 KL``, ``w`` the variant's ``kd_weight``, 0.9 unless set, ``T`` its ``kd_t``, 4 unless set).
+A variant with ``steps: N`` prunes in N steps instead (``stepwise_cut``): the cut's own learned compensation
+(``transforms.json``) cuts the original to the geometric intermediate budgets, one epoch of the same recovery after
+each, then to the cut's budget, which gets the remaining epochs. Each row gives top-1 on the held-out split (carved
+from train, seed 0: what a default is chosen on) and on the test split (what is reported), so nothing is selected on
+the test split.
 
 Rows are appended atomically as they finish and a rerun skips the rows already there, so the ablation runs in
 resumable chunks (``--only NAME`` runs one variant, ``--nets pruned`` the pruned side only).
@@ -31,14 +31,18 @@ import datetime as _dt
 import platform
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 import yaml
-from torch import nn
+from torch import Tensor, nn
 
 import lcp
 from lcp.cut.ranking import Transforms
@@ -49,7 +53,7 @@ from lcp.io import atomic_write_text, read_json, upsert_csv_row
 from lcp.models.store import removed_mask, widths
 from lcp.run.config import PruneConfig
 from lcp.run.load import load_model_and_data
-from lcp.training.evaluate import evaluate, recalibrate_bn, torch_threads
+from lcp.training.evaluate import evaluate, inputs_and_labels, recalibrate_bn, torch_threads
 from lcp.training.reconstruct import reconstruct
 from lcp.training.train import finetune
 
@@ -66,6 +70,7 @@ VARIANT_KEYS = {
     "batch": None,
     "reconstruct": 0,
     "ema": 0.0,
+    "hint": 0.0,
 }
 COLUMNS = [
     "model",
@@ -83,6 +88,7 @@ COLUMNS = [
     "batch",
     "reconstruct",
     "ema",
+    "hint",
     "top1_noft",
     "holdout_top1",
     "top1",
@@ -127,6 +133,7 @@ def read_recipe(path: str | Path) -> dict:
         )
         rec_ok = isinstance(v["reconstruct"], int) and not isinstance(v["reconstruct"], bool) and v["reconstruct"] >= 0
         ema_ok = isinstance(v["ema"], (int, float)) and not isinstance(v["ema"], bool) and 0 <= v["ema"] < 1
+        hint_ok = isinstance(v["hint"], (int, float)) and not isinstance(v["hint"], bool) and v["hint"] >= 0
         if (
             not isinstance(v["kd"], bool)
             or v["lr"] <= 0
@@ -137,12 +144,15 @@ def read_recipe(path: str | Path) -> dict:
             or not batch_ok
             or not rec_ok
             or not ema_ok
+            or not hint_ok
+            or (v["hint"] and not v["kd"])
             or (v["reconstruct"] and v["steps"] > 1)
         ):
             raise LcpError(
                 f"recipe {path}: variant {name} needs lr > 0, kd true/false, epochs >= 1, steps an integer from 1 "
                 "to epochs, kd_weight from 0 to 1, kd_t a temperature > 0, batch a positive integer, reconstruct a "
-                "whole number of images (one-step variants only), ema a decay from 0 (off) to below 1"
+                "whole number of images (one-step variants only), ema a decay from 0 (off) to below 1, hint a "
+                "weight >= 0 (with kd only)"
             )
     defaults = {"seeds": [0], "threads": 1, "batch_size": 128, "recal_batches": 20, "holdout": 5000}
     cfg = {**defaults, "data": None, "checkpoint": None, **cfg}
@@ -154,6 +164,76 @@ def read_recipe(path: str | Path) -> dict:
 def append_row(path: Path, row: dict) -> None:
     """Add one row (replacing an earlier one of the same variant, net and seed) and rewrite the CSV atomically."""
     upsert_csv_row(path, {c: row[c] for c in COLUMNS}, keys=("variant", "net", "seed"), first=COLUMNS)
+
+
+# Attention transfer (Zagoruyko & Komodakis, 2017): a pruned network's feature maps have other widths than the
+# original's, but their spatial attention maps (one value per position) can be compared.
+
+
+def attention_map(feature: Tensor) -> Tensor:
+    """``(N, C, H, W) -> (N, H*W)``: the channel mean of the squared activations, L2-normalised per sample."""
+    return F.normalize(feature.float().pow(2).mean(1).flatten(1), dim=1)
+
+
+def attention_loss(student: list[Tensor], teacher: list[Tensor]) -> Tensor:
+    """Sum over the tapped layers of the mean squared difference of the two attention maps."""
+    return sum((attention_map(s) - attention_map(t)).pow(2).mean() for s, t in zip(student, teacher))  # type: ignore[return-value]
+
+
+def hint_layers(model: nn.Module, example: Tensor) -> list[str]:
+    """Where to tap: at each spatial resolution, the last module (a child of the model or of one of its children,
+    e.g. ``layer1`` or ``features.3``) to produce a 4-D output at that resolution, in the order they run."""
+    order: list[tuple[str, tuple[int, int]]] = []
+    hooks = []
+    for name, module in model.named_modules():
+        if name and name.count(".") <= 1:
+
+            def tap(_m, _i, out, name=name):
+                if isinstance(out, Tensor) and out.dim() == 4:
+                    order.append((name, tuple(out.shape[-2:])))
+
+            hooks.append(module.register_forward_hook(tap))
+    try:
+        with torch.no_grad():
+            was = model.training
+            model.eval()
+            model(example)
+            model.train(was)
+    finally:
+        for h in hooks:
+            h.remove()
+    last: dict[tuple[int, int], str] = {}
+    for name, size in order:
+        last.pop(size, None)  # re-insert: the dict keeps the order in which each resolution was last seen
+        last[size] = name
+    return list(last.values())
+
+
+@contextmanager
+def taps(model: nn.Module, layers: list[str]) -> Iterator[list[Tensor]]:
+    """While open, the outputs of ``layers`` of each forward pass, in that order (cleared by the caller)."""
+    outputs: list[Tensor] = []
+    modules = [model.get_submodule(n) for n in layers]
+    hooks = [m.register_forward_hook(lambda _m, _i, out: outputs.append(out)) for m in modules]
+    try:
+        yield outputs
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def _hinted_loss(net: nn.Module, batch: Any, *, teacher: nn.Module, v: dict, s_out: list, t_out: list) -> torch.Tensor:
+    """The variant's distillation loss plus ``hint / 2`` times the attention-transfer loss of the tapped layers."""
+    x, y = inputs_and_labels(batch)
+    s_out.clear()
+    t_out.clear()
+    out = net(x)
+    with torch.no_grad():
+        t = teacher.eval()(x)
+    T = v["kd_t"]
+    kd = F.kl_div(F.log_softmax(out / T, 1), F.log_softmax(t / T, 1), reduction="batchmean", log_target=True) * T * T
+    loss = (1 - v["kd_weight"]) * F.cross_entropy(out, y) + v["kd_weight"] * kd
+    return loss + v["hint"] / 2 * attention_loss(s_out, t_out)
 
 
 def recover_once(net: nn.Module, teacher: nn.Module | None, bundle: Any, v: dict, seed: int, cfg: dict) -> dict:
@@ -169,19 +249,28 @@ def recover_once(net: nn.Module, teacher: nn.Module | None, bundle: Any, v: dict
     if v["ema"]:
         ema = torch.optim.swa_utils.get_ema_multi_avg_fn(v["ema"])
         average = torch.optim.swa_utils.AveragedModel(net, multi_avg_fn=ema, use_buffers=True)
-    finetune(
-        net,
-        bundle,
-        epochs=v["epochs"],
-        lr=v["lr"],
-        batch_size=v["batch"],
-        teacher=teacher,
-        kd_alpha=v["kd_weight"],
-        kd_T=v["kd_t"],
-        seed=seed,
-        progress=cfg["progress"],
-        on_step_end=None if average is None else average.update_parameters,
-    )
+    with ExitStack() as stack:
+        loss_fn = None
+        if v["hint"]:
+            example = next(iter(bundle.loader("holdout", 2)))[0]
+            names = dict(net.named_modules())
+            layers = [n for n in hint_layers(teacher, example) if n in names]
+            s_out, t_out = stack.enter_context(taps(net, layers)), stack.enter_context(taps(teacher, layers))
+            loss_fn = partial(_hinted_loss, teacher=teacher, v=v, s_out=s_out, t_out=t_out)
+        finetune(
+            net,
+            bundle,
+            epochs=v["epochs"],
+            lr=v["lr"],
+            batch_size=v["batch"],
+            teacher=teacher,
+            kd_alpha=v["kd_weight"],
+            kd_T=v["kd_t"],
+            seed=seed,
+            progress=cfg["progress"],
+            on_step_end=None if average is None else average.update_parameters,
+            loss_fn=loss_fn,
+        )
     if average is not None:
         net.load_state_dict(average.module.state_dict())
     return {
@@ -259,9 +348,9 @@ def cut_units(original: nn.Module, cut: Path, x: torch.Tensor) -> tuple[Any, np.
     return graph, removed_mask(graph, keys, f"the cut in {cut}")
 
 
-SETTINGS = ("lr", "kd", "epochs", "steps", "kd_weight", "kd_t", "batch", "reconstruct", "ema")
+SETTINGS = ("lr", "kd", "epochs", "steps", "kd_weight", "kd_t", "batch", "reconstruct", "ema", "hint")
 #: settings added after the first rows were written, with the value those rows were made with
-MADE_BEFORE = {k: VARIANT_KEYS[k] for k in ("steps", "kd_t", "reconstruct", "ema")}  # their defaults
+MADE_BEFORE = {k: VARIANT_KEYS[k] for k in ("steps", "kd_t", "reconstruct", "ema", "hint")}  # their defaults
 
 
 def disagreements(row: Any, v: dict | None) -> list[str]:
@@ -398,7 +487,8 @@ def _ceiling_key(cfg: dict, v: dict) -> tuple:
     """What a ceiling row depends on: the network, the data and the recovery, not the cut."""
     same = ("model", "data", "checkpoint", "batch_size", "recal_batches", "holdout")
     kd = (float(v["kd_weight"]), float(v["kd_t"])) if v["kd"] else None
-    return (*(str(cfg[k]) for k in same), float(v["lr"]), bool(v["kd"]), v["epochs"], kd, v["batch"], v["ema"])
+    recipe = (float(v["lr"]), bool(v["kd"]), v["epochs"], kd, v["batch"], v["ema"], float(v["hint"]))
+    return (*(str(cfg[k]) for k in same), *recipe)
 
 
 def _tables(recipes: list[Path]) -> list[tuple[Path, dict, pd.DataFrame]]:
@@ -455,7 +545,11 @@ def report(recipes: list[Path], md: Path) -> str:
         "network refitted by least squares to the unpruned layer's output on N training images (`lcp prune "
         "--reconstruct-images N`, `lcp.training.reconstruct`); its ceiling is the plain recipe's (nothing is cut "
         "in the unpruned network). `EMA` d: the network evaluated is the exponential moving average of the weights "
-        "and BatchNorm statistics over the fine-tuning steps (decay d per step). Several seeds: means, and the "
+        "and BatchNorm statistics over the fine-tuning steps (decay d per step). `hints` b: attention transfer "
+        "(Zagoruyko and Komodakis, 2017) added to the distillation, b / 2 times the mean squared difference of the "
+        "L2-normalised spatial attention maps (channel mean of the squared activations, which does not depend on "
+        "the width) of each resolution's last block, pruned against unpruned (`layer1`-`layer3` of a CIFAR "
+        "ResNet). Several seeds: means, and the "
         "standard deviation of the pruned test top-1.",
         "",
     ]
@@ -502,7 +596,7 @@ def report(recipes: list[Path], md: Path) -> str:
             kd_t = f"{v['kd_t']:g}" if v["kd"] else "-"
             rows.append(
                 f"| {name} | {v['lr']:g} | {kd_weight} | {kd_t} | {v['batch']} | {v['epochs']} | "
-                f"{v['steps']} | {v['reconstruct'] or 'no'} | {v['ema'] or 'no'} | {n} | "
+                f"{v['steps']} | {v['reconstruct'] or 'no'} | {v['ema'] or 'no'} | {v['hint'] or 'no'} | {n} | "
                 f"{_f(cell(name, 'pruned', 'top1_noft'))} | {_f(cell(name, 'pruned', 'holdout_top1'))} | "
                 f"{top} | {_f(cell(ceil, 'ceiling', 'holdout_top1'))} | "
                 f"{_f(cell(ceil, 'ceiling', 'top1'))} | {_f(gap)} | {cell(name, 'pruned', 'finetune_s'):.0f} |"
@@ -524,10 +618,10 @@ def report(recipes: list[Path], md: Path) -> str:
             f"({', '.join(sorted(set(df['date'])))}); fine-tuning seconds are wall time on a shared machine (other "
             "rows and jobs ran at the same time), not a speed measurement.",
             "",
-            "| recipe | lr | kd weight | kd T | batch | epochs | steps | refit images | EMA | seeds | "
+            "| recipe | lr | kd weight | kd T | batch | epochs | steps | refit images | EMA | hints | seeds | "
             "pruned, BN recal | pruned held-out | pruned test | ceiling held-out | ceiling test | "
             "gap to ceiling (test) | fine-tuning s |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
             *rows,
             "",
             f"Best pruned held-out top-1: **{best}**.",

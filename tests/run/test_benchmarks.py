@@ -535,6 +535,7 @@ def test_recovery_ablation_writes_rows_resumes_and_reports(tiny_folder: Path, re
     included), a stepwise variant reaches the cut's budget in two cuts and shares the one-step ceiling, so does a
     refitting one (least-squares reconstruction), a rerun adds nothing, the page gives each variant's gap to the
     ceiling, bad recipes and a refitted cut are refused."""
+    import lcp
     from lcp.errors import LcpError
     from tests.helpers import lcp_cli, tiny_args
 
@@ -551,6 +552,7 @@ def test_recovery_ablation_writes_rows_resumes_and_reports(tiny_folder: Path, re
         "  kd_steps: {lr: 0.02, epochs: 2, kd: true, kd_weight: 1.0, batch: 8, steps: 2}\n"
         "  kd_refit: {lr: 0.02, epochs: 2, kd: true, kd_weight: 1.0, batch: 8, reconstruct: 24}\n"
         "  kd_ema: {lr: 0.02, epochs: 2, kd: true, kd_weight: 1.0, batch: 8, ema: 0.9, kd_t: 2}\n"
+        "  kd_hint: {lr: 0.02, epochs: 2, kd: true, kd_weight: 1.0, batch: 8, hint: 1000}\n"
     )
     logged = []
     threads = torch.get_num_threads()
@@ -562,6 +564,8 @@ def test_recovery_ablation_writes_rows_resumes_and_reports(tiny_folder: Path, re
             ("kd", "pruned"),
             ("kd_ema", "ceiling"),  # the moving average is part of the recovery: the ceiling gets it too
             ("kd_ema", "pruned"),
+            ("kd_hint", "ceiling"),  # attention transfer is part of the recovery: the ceiling gets it too
+            ("kd_hint", "pruned"),
             ("kd_refit", "pruned"),  # its ceiling is kd's
             ("kd_steps", "pruned"),  # its ceiling is kd's
             ("plain", "ceiling"),
@@ -584,8 +588,29 @@ def test_recovery_ablation_writes_rows_resumes_and_reports(tiny_folder: Path, re
         assert df.loc[df["variant"] == "kd", "ema"].eq(0).all()
         assert df.loc[df["variant"] == "kd_ema", "kd_t"].eq(2).all()
         assert df.loc[df["variant"] == "kd", "kd_t"].eq(4).all()
+        assert (
+            df.loc[df["variant"] == "kd_hint", "hint"].eq(1000).all()
+            and df.loc[df["variant"] == "kd", "hint"].eq(0).all()
+        )
+        # the hint term is added to the distillation loss of the pruned network against the unpruned one
+        student, x = lcp.load(cut), torch.randn(4, 3, 32, 32)
+        teacher = lcp.create_model("resnet20", num_classes=student.linear.out_features)
+        layers = rec.hint_layers(teacher, x)
+        with rec.taps(student, layers) as s_out, rec.taps(teacher, layers) as t_out:
+            loss = {
+                b: rec._hinted_loss(
+                    student.eval(),
+                    (x, torch.zeros(4, dtype=torch.long)),
+                    teacher=teacher,
+                    s_out=s_out,
+                    t_out=t_out,
+                    v={**rec.VARIANT_KEYS, "kd": True, "hint": b},
+                ).item()
+                for b in (0.0, 1000.0)
+            }
+        assert len(s_out) == len(t_out) == 3 and loss[1000.0] > loss[0.0]
         assert rec.main(["--recipe", str(recipe)]) == 0
-        assert len(pd.read_csv(out)) == 8  # nothing run twice
+        assert len(pd.read_csv(out)) == 10  # nothing run twice
     finally:
         torch.set_num_threads(threads)
     # a cut lcp prune refitted (its default without fine-tuning) is refused: the variants would not start from the cut
@@ -597,17 +622,18 @@ def test_recovery_ablation_writes_rows_resumes_and_reports(tiny_folder: Path, re
     rec.report([recipe], md)
     text = md.read_text()
     for made in (
-        "| plain | 0.01 | no | - | 16 | 1 | 1 | no | no | 1 |",
-        "| kd | 0.02 | 1 | 4 | 8 | 2 | 1 | no | no | 1 |",
-        "| kd_refit | 0.02 | 1 | 4 | 8 | 2 | 1 | 24 | no | 1 |",
-        "| kd_ema | 0.02 | 1 | 2 | 8 | 2 | 1 | no | 0.9 | 1 |",
+        "| plain | 0.01 | no | - | 16 | 1 | 1 | no | no | no | 1 |",
+        "| kd | 0.02 | 1 | 4 | 8 | 2 | 1 | no | no | no | 1 |",
+        "| kd_refit | 0.02 | 1 | 4 | 8 | 2 | 1 | 24 | no | no | 1 |",
+        "| kd_ema | 0.02 | 1 | 2 | 8 | 2 | 1 | no | 0.9 | no | 1 |",
+        "| kd_hint | 0.02 | 1 | 4 | 8 | 2 | 1 | no | no | 1000 | 1 |",
     ):
         assert made in text
     kd_row, steps_row, refit_row = (
         next(r for r in text.splitlines() if r.startswith(f"| {n} |")) for n in ("kd", "kd_steps", "kd_refit")
     )
-    ceiling = kd_row.split("|")[15:17]
-    assert steps_row.split("|")[15:17] == refit_row.split("|")[15:17] == ceiling != [" - ", " - "]  # kd's ceiling
+    ceiling = kd_row.split("|")[16:18]
+    assert steps_row.split("|")[16:18] == refit_row.split("|")[16:18] == ceiling != [" - ", " - "]  # kd's ceiling
     assert "did not measure" not in text.split("\n## ")[1]  # shared within the recipe, not borrowed
     assert "Best pruned held-out top-1" in text and "do not edit" in text
     # another cut of the same network with the same recovery, no ceiling rows of its own: it borrows recipe 1's
@@ -620,12 +646,12 @@ def test_recovery_ablation_writes_rows_resumes_and_reports(tiny_folder: Path, re
     text = rec.report([recipe, other], md)
     first, second = text.split("\n## ")[1:3]
     row = lambda part: next(r for r in part.splitlines() if r.startswith("| plain |")).split("|")  # noqa: E731
-    assert row(second)[15:17] == row(first)[15:17] != [" - ", " - "] and "did not measure come from" in second
+    assert row(second)[16:18] == row(first)[16:18] != [" - ", " - "] and "did not measure come from" in second
     assert "One step is enough." in second and "did not measure" not in first
     # a recipe with another held-out split borrows nothing
     other.write_text(other.read_text().replace("holdout: 12", "holdout: 13"))
     third = rec.report([recipe, other], md).split("\n## ")[2]
-    assert row(third)[15:17] == [" - ", " - "] and "did not measure" not in third
+    assert row(third)[16:18] == [" - ", " - "] and "did not measure" not in third
     # a variant whose recipe changed after its rows were made: the page refuses, a run makes them again
     other.write_text(other.read_text().replace("plain: {lr: 0.01,", "plain: {lr: 0.02,"))
     with pytest.raises(rec.LcpError, match=r"plain pruned row \(seed 0\) was made with lr 0.01 \(recipe 0.02\)"):
@@ -651,6 +677,9 @@ def test_recovery_ablation_writes_rows_resumes_and_reports(tiny_folder: Path, re
         "ema: 1",
         "ema: -0.1",
         "ema: true",
+        "hint: -1",
+        "hint: true",
+        "hint: 100, kd: false",
     ):
         bad.write_text(f"model: resnet20\ncut: {cut}\nout: {out}\nvariants:\n  x: {{{wrong}}}\n")
         assert rec.main(["--recipe", str(bad)]) == 2
@@ -686,6 +715,7 @@ def test_recovery_ema_variant_evaluates_the_moving_average(monkeypatch):
     old = pd.DataFrame([{"lr": 0.01, "kd": True, "epochs": 3}]).iloc[0]
     plain = {**rec.VARIANT_KEYS, "lr": 0.01, "kd": True, "epochs": 3}
     assert rec.disagreements(old, {**plain, "ema": 0.999}) == ["ema 0.0 (recipe 0.999)"]
+    assert rec.disagreements(old, {**plain, "hint": 100.0}) == ["hint 0.0 (recipe 100.0)"]  # likewise hints
     assert rec.disagreements(old, plain) == []
     # ... and before the kd_t column, at the temperature 4; without distillation the temperature is no setting
     assert rec.disagreements(old, {**plain, "kd_t": 2.0}) == ["kd_t 4.0 (recipe 2.0)"]
@@ -695,7 +725,7 @@ def test_recovery_ema_variant_evaluates_the_moving_average(monkeypatch):
     got: dict = {}
     monkeypatch.setattr(rec, "finetune", lambda model, bundle, **kw: got.update(kw))
     rec.recover_once(torch.nn.Linear(1, 1), None, Bundle(), {**plain, "kd_t": 2.0, "batch": 8}, 0, cfg)
-    assert got["kd_T"] == 2.0
+    assert got["kd_T"] == 2.0 and got["loss_fn"] is None  # no hints: finetune's own loss
     where = {k: None for k in ("model", "data", "checkpoint", "batch_size", "recal_batches", "holdout")}
     assert rec._ceiling_key(where, {**plain, "kd_t": 2.0}) != rec._ceiling_key(where, plain)
     labels_only = {**plain, "kd": False}
@@ -1109,3 +1139,31 @@ def test_refit_cost_times_the_default_refit(capsys) -> None:
     line = capsys.readouterr().out.strip()
     assert line.startswith("resnet20 at 16 px, budget 0.5, 1 thread(s): refitted ") and " on 40 images in " in line
     assert int(line.split("refitted ")[1].split()[0]) > 0
+
+
+def test_recovery_hints_tap_each_resolutions_last_block_and_ignore_widths():
+    """The attention-transfer variant (``hint``): it taps each resolution's last block, compares attention maps
+    that do not depend on the width or the scale, and leaves no hooks behind."""
+    import lcp
+
+    rec = _module(ROOT / "benchmarks" / "recovery.py", "bench_recovery_hints")
+    x = torch.randn(2, 3, 32, 32)
+    assert rec.hint_layers(lcp.create_model("resnet20"), x) == ["layer1", "layer2", "layer3"]
+    mobilenet = ["features.1", "features.3", "features.6", "features.13", "features"]  # the last: its 4x4 output
+    assert rec.hint_layers(lcp.create_model("mobilenetv2"), x) == mobilenet
+    f = torch.randn(3, 16, 8, 8)
+    a = rec.attention_map(f)
+    assert a.shape == (3, 64) and torch.allclose(a.norm(dim=1), torch.ones(3))
+    assert torch.allclose(rec.attention_map(2 * f), a)  # scale-free
+    assert rec.attention_loss([f], [torch.cat([f, f], 1)]).item() < 1e-12  # the same channels twice: the same map
+    assert rec.attention_loss([f], [torch.randn(3, 5, 8, 8)]).item() > 0
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(4, 2, 3, stride=2, padding=1)
+    )
+    x = torch.randn(1, 3, 8, 8)
+    assert rec.hint_layers(net, x) == ["1", "2"]
+    with rec.taps(net, ["1", "2"]) as out:
+        net(x)
+        assert [tuple(t.shape) for t in out] == [(1, 4, 8, 8), (1, 2, 4, 4)]
+    net(x)
+    assert len(out) == 2 and all(not m._forward_hooks for m in net.modules())  # closed: nothing taps any more
