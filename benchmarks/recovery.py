@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime as _dt
+import math
 import platform
 import sys
 import time
@@ -103,7 +104,8 @@ def read_recipe(path: str | Path) -> dict:
     made, for the page), ``variants`` (name -> lr / kd / epochs / steps / kd_weight / kd_t: the distillation
     temperature / batch: the fine-tuning batch size,
     the recipe's ``batch_size`` when absent / reconstruct: images for ``lcp prune --reconstruct-images``, 0 off /
-    ema: the decay of a moving average of the weights evaluated instead of the last step's, 0 off),
+    ema: the decay of a moving average of the weights evaluated instead of the last step's, 0 off / hint: the
+    weight b of attention-transfer hints added to the distillation, 0 off; with kd, one step only),
     ``seeds``, ``out``; optional ``data``,
     ``checkpoint`` (as for ``lcp prune``), ``threads``, ``batch_size``, ``recal_batches``, ``holdout`` and
     ``note`` (a paragraph under the table on the page)."""
@@ -133,7 +135,12 @@ def read_recipe(path: str | Path) -> dict:
         )
         rec_ok = isinstance(v["reconstruct"], int) and not isinstance(v["reconstruct"], bool) and v["reconstruct"] >= 0
         ema_ok = isinstance(v["ema"], (int, float)) and not isinstance(v["ema"], bool) and 0 <= v["ema"] < 1
-        hint_ok = isinstance(v["hint"], (int, float)) and not isinstance(v["hint"], bool) and v["hint"] >= 0
+        hint_ok = (
+            isinstance(v["hint"], (int, float))
+            and not isinstance(v["hint"], bool)
+            and math.isfinite(v["hint"])
+            and v["hint"] >= 0
+        )
         if (
             not isinstance(v["kd"], bool)
             or v["lr"] <= 0
@@ -145,14 +152,14 @@ def read_recipe(path: str | Path) -> dict:
             or not rec_ok
             or not ema_ok
             or not hint_ok
-            or (v["hint"] and not v["kd"])
+            or (v["hint"] and (not v["kd"] or v["steps"] > 1))
             or (v["reconstruct"] and v["steps"] > 1)
         ):
             raise LcpError(
                 f"recipe {path}: variant {name} needs lr > 0, kd true/false, epochs >= 1, steps an integer from 1 "
                 "to epochs, kd_weight from 0 to 1, kd_t a temperature > 0, batch a positive integer, reconstruct a "
                 "whole number of images (one-step variants only), ema a decay from 0 (off) to below 1, hint a "
-                "weight >= 0 (with kd only)"
+                "finite weight >= 0 (with kd, one-step variants only)"
             )
     defaults = {"seeds": [0], "threads": 1, "batch_size": 128, "recal_batches": 20, "holdout": 5000}
     cfg = {**defaults, "data": None, "checkpoint": None, **cfg}
@@ -211,7 +218,7 @@ def hint_layers(model: nn.Module, example: Tensor) -> list[str]:
 
 @contextmanager
 def taps(model: nn.Module, layers: list[str]) -> Iterator[list[Tensor]]:
-    """While open, the outputs of ``layers`` of each forward pass, in that order (cleared by the caller)."""
+    """While open, the outputs of ``layers`` of each forward pass, in the order they run (cleared by the caller)."""
     outputs: list[Tensor] = []
     modules = [model.get_submodule(n) for n in layers]
     hooks = [m.register_forward_hook(lambda _m, _i, out: outputs.append(out)) for m in modules]
@@ -252,9 +259,10 @@ def recover_once(net: nn.Module, teacher: nn.Module | None, bundle: Any, v: dict
     with ExitStack() as stack:
         loss_fn = None
         if v["hint"]:
-            example = next(iter(bundle.loader("holdout", 2)))[0]
-            names = dict(net.named_modules())
-            layers = [n for n in hint_layers(teacher, example) if n in names]
+            layers = hint_layers(teacher, torch.zeros(2, *bundle.input_size))
+            missing = [n for n in layers if n not in dict(net.named_modules())]
+            if missing:
+                raise LcpError(f"the pruned network has no {', '.join(missing)} to take attention hints from")
             s_out, t_out = stack.enter_context(taps(net, layers)), stack.enter_context(taps(teacher, layers))
             loss_fn = partial(_hinted_loss, teacher=teacher, v=v, s_out=s_out, t_out=t_out)
         finetune(
@@ -609,7 +617,8 @@ def report(recipes: list[Path], md: Path) -> str:
         if borrowed:
             rows.append(
                 f"\nCeiling cells this recipe did not measure come from {', '.join(sorted(borrowed))}: the unpruned "
-                "network through the same recovery (same lr, distillation and epochs) does not depend on the cut."
+                "network through the same recovery (same lr, distillation, epochs, batch, EMA and hints) does not "
+                "depend on the cut."
             )
         parts += [
             f"## {cfg['model']} at {ratio.iloc[0]:.3f} of the MACs",

@@ -677,9 +677,12 @@ def test_recovery_ablation_writes_rows_resumes_and_reports(tiny_folder: Path, re
         "ema: 1",
         "ema: -0.1",
         "ema: true",
-        "hint: -1",
-        "hint: true",
+        "hint: -1, kd: true",
+        "hint: true, kd: true",
+        "hint: '100', kd: true",
+        "hint: .inf, kd: true",
         "hint: 100, kd: false",
+        "hint: 100, kd: true, steps: 2, epochs: 2",
     ):
         bad.write_text(f"model: resnet20\ncut: {cut}\nout: {out}\nvariants:\n  x: {{{wrong}}}\n")
         assert rec.main(["--recipe", str(bad)]) == 2
@@ -728,6 +731,16 @@ def test_recovery_ema_variant_evaluates_the_moving_average(monkeypatch):
     assert got["kd_T"] == 2.0 and got["loss_fn"] is None  # no hints: finetune's own loss
     where = {k: None for k in ("model", "data", "checkpoint", "batch_size", "recal_batches", "holdout")}
     assert rec._ceiling_key(where, {**plain, "kd_t": 2.0}) != rec._ceiling_key(where, plain)
+    # hints tap the pruned network where they tap the unpruned one; a network without those layers is refused
+    import lcp
+
+    monkeypatch.setattr(rec, "evaluate", lambda m, loader: {"top1": 0.0})
+    Bundle.input_size = (3, 32, 32)
+    hinted = {**plain, "hint": 100.0, "batch": 8}
+    rec.recover_once(lcp.create_model("resnet20"), lcp.create_model("resnet20"), Bundle(), hinted, 0, cfg)
+    assert got["loss_fn"] is not None
+    with pytest.raises(rec.LcpError, match="has no layer1, layer2, layer3 to take attention hints from"):
+        rec.recover_once(torch.nn.Linear(1, 1), lcp.create_model("resnet20"), Bundle(), hinted, 0, cfg)
     labels_only = {**plain, "kd": False}
     assert rec._ceiling_key(where, {**labels_only, "kd_t": 2.0}) == rec._ceiling_key(where, labels_only)
 
