@@ -56,7 +56,7 @@ from lcp.run.config import PruneConfig
 from lcp.run.load import load_model_and_data
 from lcp.training.evaluate import evaluate, inputs_and_labels, recalibrate_bn, torch_threads
 from lcp.training.reconstruct import reconstruct
-from lcp.training.train import finetune
+from lcp.training.train import distillation_loss, finetune
 
 ROOT = Path(__file__).resolve().parents[1]
 NETS = ("pruned", "ceiling")
@@ -234,12 +234,7 @@ def _hinted_loss(net: nn.Module, batch: Any, *, teacher: nn.Module, v: dict, s_o
     x, y = inputs_and_labels(batch)
     s_out.clear()
     t_out.clear()
-    out = net(x)
-    with torch.no_grad():
-        t = teacher.eval()(x)
-    T = v["kd_t"]
-    kd = F.kl_div(F.log_softmax(out / T, 1), F.log_softmax(t / T, 1), reduction="batchmean", log_target=True) * T * T
-    loss = (1 - v["kd_weight"]) * F.cross_entropy(out, y) + v["kd_weight"] * kd
+    loss, _, _ = distillation_loss(net, teacher, x, y, x.device, v["kd_weight"], v["kd_t"])
     return loss + v["hint"] / 2 * attention_loss(s_out, t_out)
 
 

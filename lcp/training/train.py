@@ -67,7 +67,7 @@ def _kd_loss(student: Tensor, teacher: Tensor, T: float) -> Tensor:
     return F.kl_div(log_s, log_t, reduction="batchmean", log_target=True) * (T * T)
 
 
-def _loss(
+def distillation_loss(
     model: nn.Module,
     teacher: nn.Module | None,
     x: Tensor,
@@ -224,7 +224,8 @@ def _run(
                             raise LcpError(f"loss_fn must return a scalar tensor, got {type(loss).__name__}")
                     else:
                         x, y = inputs_and_labels(batch)
-                        loss, out, y = _loss(net, teacher, x.to(dev, non_blocking=True), y, dev, kd_alpha, kd_T)
+                        x = x.to(dev, non_blocking=True)
+                        loss, out, y = distillation_loss(net, teacher, x, y, dev, kd_alpha, kd_T)
                         n = len(x)
                     if not bool(torch.isfinite(loss)):
                         where = last_good if ckpt is not None else "no checkpoint is kept (no checkpoint path)"
