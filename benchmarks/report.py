@@ -988,6 +988,17 @@ def _recipes_not_run(done_csvs: set[Path]) -> list[tuple[str, dict]]:
     return out
 
 
+def _recipe_sources(tables: dict, sources: dict[str, Path]) -> dict[str, list[str]]:
+    """Per recipe (relative path), the page's CSVs whose run recorded that recipe (e.g. a GPU run of it
+    written to another CSV)."""
+    out: dict[str, list[str]] = {}
+    for key, (_df, _s, meta) in tables.items():
+        recipe = Path(str(meta.get("recipe", "")))
+        if str(recipe):
+            out.setdefault(_rel(recipe if recipe.is_absolute() else ROOT / recipe), []).append(_rel(sources[key]))
+    return out
+
+
 def _rel(path: Path) -> str:
     try:
         return str(path.resolve().relative_to(ROOT))
@@ -1123,11 +1134,13 @@ def build(csvs: list[Path], md_path: Path, png_path: Path, argv: list[str]) -> s
     ]
     out += ["## Published numbers", "", published_text(tables), ""]
     missing = _recipes_not_run({p.resolve() for p in sources.values()})
+    ran_elsewhere = _recipe_sources(tables, sources)
     if missing:
         out += [
             "## Not run yet",
             "",
-            "These recipes exist but their CSVs are not in this page; nothing is claimed for them:",
+            "These recipes exist but the CSVs they write (their `out`) are not in this page; nothing is claimed "
+            "for those runs (where another run of the recipe, written elsewhere, is in the page, it is named):",
             "",
         ]
         for recipe, cfg in missing:
@@ -1144,6 +1157,11 @@ def build(csvs: list[Path], md_path: Path, png_path: Path, argv: list[str]) -> s
                 )
                 + (f", on {cfg['device']}" if cfg.get("device", "cpu") != "cpu" else "")
                 + "."
+                + (
+                    " In this page from another run of it: " + ", ".join(f"`{c}`" for c in ran_elsewhere[recipe]) + "."
+                    if recipe in ran_elsewhere
+                    else ""
+                )
             )
         out.append("")
     text = "\n".join(out)

@@ -8,6 +8,7 @@ types, choices, defaults and help are not re-typed here.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from collections.abc import Sequence
@@ -265,8 +266,30 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def import_plugins() -> list[str]:
+    """Import the modules named in ``$LCP_PLUGINS`` (comma-separated), so that the methods, importance criteria
+    and op rules they register are choices of the command line; one that fails to import is an LcpError."""
+    names = [n.strip() for n in os.environ.get("LCP_PLUGINS", "").split(",") if n.strip()]
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except Exception as e:  # a plugin's own bug: one line naming it, not its traceback
+            why = (str(e).splitlines() or [""])[0]
+            raise LcpError(f"$LCP_PLUGINS: cannot import {name!r}: {type(e).__name__}: {why}") from None
+    return names
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _Parser(prog="lcp", description="Layer-compensated structured pruning for CNNs.")
+    try:
+        import_plugins()
+    except LcpError as err:
+        print(f"lcp: error: {err}", file=sys.stderr)
+        return 2
+    parser = _Parser(
+        prog="lcp",
+        description="Layer-compensated structured pruning for CNNs.",
+        epilog="$LCP_PLUGINS: comma-separated modules imported first (methods, importances, op rules they register).",
+    )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     p = sub.add_parser(
         "prune",
@@ -336,11 +359,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=text_parser(int, at_least(1), "--repeats"),
         default=20,
         help="timings of each network per runtime and batch (median reported; a pruned folder's two networks "
-        "alternate in 5 rounds)",
+        "alternate in 5 rounds; default 20)",
     )
     b.add_argument("--no-compile", action="store_true", help="skip torch.compile")
     b.add_argument("--no-onnx", action="store_true", help="skip ONNX Runtime (timed when onnxruntime is installed)")
-    b.add_argument("--out", help="CSV path (default DIR/bench.csv)")
+    b.add_argument("--out", help="CSV path (default DIR/bench.csv, or ./bench.csv with --model)")
     b.set_defaults(func=cmd_bench)
     x = sub.add_parser("export", help="export a pruned folder to ONNX, TorchScript or an ExportedProgram, checked")
     x.add_argument("dir", help="output folder of lcp prune (or lcp.save)")

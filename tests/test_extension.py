@@ -4,6 +4,7 @@ run through ``lcp.prune`` and through ``lcp prune`` (the run pipeline, its post-
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -170,3 +171,44 @@ def test_rules_of_an_optional_package_load_when_it_is_imported(monkeypatch: pyte
     assert table.module_rule(Gate())(None) == "user" and calls == [1]  # registered once; the later rule wins
     table.remove_module(Gate)
     assert table.module_rule(Gate())(None) == "optional"
+
+
+def test_plugins_named_in_lcp_plugins_are_choices_of_the_command_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """A user's module named in ``$LCP_PLUGINS`` is imported before the command line is built, so the method it
+    registers is a ``--method`` choice of ``lcp``."""
+    (tmp_path / "lcp_toy_plugin.py").write_text(
+        "import numpy as np\n"
+        "import lcp\n\n\n"
+        "class Plugged(lcp.Method):\n"
+        "    name = 'toy-plugged'\n"
+        "    summary = 'toy: registered by a module named in LCP_PLUGINS'\n\n"
+        "    def learn(self, ctx):\n"
+        "        return lcp.Learned(ratios=np.full(len(ctx.graph.groups), 0.5))\n\n\n"
+        "lcp.register_method(Plugged)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("LCP_PLUGINS", " lcp_toy_plugin, ")
+    try:
+        assert main(["methods"]) == 0
+        assert "toy-plugged" in capsys.readouterr().out
+    finally:
+        lcp.unregister_method("toy-plugged")
+        sys.modules.pop("lcp_toy_plugin", None)
+    assert "toy-plugged" not in lcp.method_names()
+
+
+@pytest.mark.parametrize("source", [None, "raise RuntimeError('broken\\nsecond line')\n"])
+def test_a_plugin_that_cannot_be_imported_is_one_line(
+    source: str | None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    if source is not None:
+        (tmp_path / "lcp_broken_plugin.py").write_text(source)
+        monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("LCP_PLUGINS", "lcp_broken_plugin")
+    assert main(["methods"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("lcp: error: $LCP_PLUGINS: cannot import 'lcp_broken_plugin'") and len(err.splitlines()) == 1
+    assert ("RuntimeError: broken" in err) == (source is not None)
+    sys.modules.pop("lcp_broken_plugin", None)

@@ -73,11 +73,12 @@ class JobOptions:
     )
     seed: int = option(0, "random seed")
     threads: int | None = option(
-        None, "torch CPU threads (also for latency timing)", check=at_least(1), signature=False
+        None, "torch CPU threads (also for latency timing where a command times)", check=at_least(1), signature=False
     )
     device: str = option(
         "cpu",
-        "device for fine-tuning, evaluation, latency measurements and every search (cpu, cuda, cuda:N, mps)",
+        "device for training, evaluation and, in lcp prune, latency measurements and every search (cpu, cuda, "
+        "cuda:N, mps)",
         check=device_name,
         signature=False,
     )

@@ -78,7 +78,8 @@ class SearchOptions:
     )
     search_budget: float | None = option(
         None,
-        "budget the search prunes to (default: every budget asked for, their mean held-out loss)",
+        "budget the search (or the lfgcl/amc agent) prunes to (default: every budget asked for, their mean "
+        "held-out loss)",
         check=unit_interval,
         group=_GROUP,
     )
@@ -102,9 +103,11 @@ class SearchOptions:
     search_recal_batches: int = option(
         4, "training batches that recalibrate BatchNorm before a candidate is scored", check=at_least(1), group=_GROUP
     )
-    tau: int = option(0, "SGD steps before scoring a candidate", check=at_least(0), group=_GROUP)
+    tau: int = option(
+        0, "SGD steps before scoring a candidate (or an lfgcl/amc episode)", check=at_least(0), group=_GROUP
+    )
     label_free: bool = option(
-        False, "fitness from matching the unpruned model's outputs (no labels needed)", group=_GROUP
+        False, "fitness from matching the unpruned model's outputs (no labels needed; lfgcl always is)", group=_GROUP
     )
     workers: int = option(1, "local processes evaluating candidates", check=at_least(1), signature=False, group=_GROUP)
     executor: str | None = option(
@@ -113,8 +116,9 @@ class SearchOptions:
     search_time: float | None = option(
         None,
         "wall-time budget of the search in seconds, the sensitivity measurement included, over every run of a "
-        "resumed search (default: the preset's; 0: none): it stops between candidates before the next would end "
-        "past it; search.json records how many it evaluated and --search-stop with that count reproduces it",
+        "resumed search (default: the preset's, none with --search-stop; 0: none): it stops between candidates "
+        "before the next would end past it; search.json records how many it evaluated and --search-stop with that "
+        "count reproduces it",
         check=at_least(0),
         signature=False,
         group=_GROUP,
