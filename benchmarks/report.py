@@ -993,8 +993,8 @@ def _recipe_sources(tables: dict, sources: dict[str, Path]) -> dict[str, list[st
     written to another CSV)."""
     out: dict[str, list[str]] = {}
     for key, (_df, _s, meta) in tables.items():
-        recipe = Path(str(meta.get("recipe", "")))
-        if str(recipe):
+        if meta.get("recipe"):
+            recipe = Path(str(meta["recipe"]))
             out.setdefault(_rel(recipe if recipe.is_absolute() else ROOT / recipe), []).append(_rel(sources[key]))
     return out
 

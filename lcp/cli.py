@@ -8,7 +8,6 @@ types, choices, defaults and help are not re-typed here.
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
 from collections.abc import Sequence
@@ -31,6 +30,8 @@ from lcp.models.export import FORMATS, export
 from lcp.models.factory import create_model, model_info
 from lcp.options import add_arguments, at_least, field_names, text_parser, unit_interval
 from lcp.options import from_mapping as check_values
+from lcp.plugins import ENV as PLUGINS_ENV
+from lcp.plugins import import_plugins
 from lcp.report import print_table
 from lcp.run.config import JobOptions, PruneConfig, TrainConfig, require_device
 from lcp.run.load import eval_transform
@@ -266,17 +267,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def import_plugins() -> list[str]:
-    """Import the modules named in ``$LCP_PLUGINS`` (comma-separated), so that the methods, importance criteria
-    and op rules they register are choices of the command line; one that fails to import is an LcpError."""
-    names = [n.strip() for n in os.environ.get("LCP_PLUGINS", "").split(",") if n.strip()]
-    for name in names:
-        try:
-            importlib.import_module(name)
-        except Exception as e:  # a plugin's own bug: one line naming it, not its traceback
-            why = (str(e).splitlines() or [""])[0]
-            raise LcpError(f"$LCP_PLUGINS: cannot import {name!r}: {type(e).__name__}: {why}") from None
-    return names
+PLUGINS_HELP = (
+    f"${PLUGINS_ENV}: comma-separated modules imported first (the methods, importances, op rules they register)."
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -285,17 +278,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LcpError as err:
         print(f"lcp: error: {err}", file=sys.stderr)
         return 2
-    parser = _Parser(
-        prog="lcp",
-        description="Layer-compensated structured pruning for CNNs.",
-        epilog="$LCP_PLUGINS: comma-separated modules imported first (methods, importances, op rules they register).",
-    )
+    except KeyboardInterrupt:
+        print("lcp: interrupted", file=sys.stderr)
+        return 130
+    parser = _Parser(prog="lcp", description="Layer-compensated structured pruning for CNNs.", epilog=PLUGINS_HELP)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     p = sub.add_parser(
         "prune",
         help="prune a trained model to a budget, fine-tune it and write a report",
         description="Prune a trained model to a MACs, params or latency budget. Example: "
         "lcp prune --model resnet56 --budget 0.5 --method global --out runs/r56",
+        epilog=PLUGINS_HELP,
     )
     _recipe_arg(p)
     add_arguments(p, PruneConfig)
@@ -305,6 +298,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="learn the layer compensation only and write transforms.json",
         description="Learn per-group (alpha, kappa) with the meta-learner and write "
         "transforms.json; reuse it with lcp prune --transforms FILE at any budget.",
+        epilog=PLUGINS_HELP,
     )
     _recipe_arg(s)
     # no cut, no recovery: the options of those stages (and the agents') would be ignored

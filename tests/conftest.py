@@ -4,7 +4,7 @@ Helpers that test modules share (builders, the prune contract, CLI runners) are 
 
 
 * Every test session (each pytest-xdist worker) gets its own empty ``$LCP_CACHE`` (autouse), so no test writes
-  the user's ``~/.cache``; under xdist each worker runs one torch thread.
+  the user's ``~/.cache`` (and ``$LCP_PLUGINS`` unset); under xdist each worker runs one torch thread.
   ``$LCP_DATA`` and ``$LCP_WEIGHTS`` are left as the environment has them. Report timings are short (autouse).
 * ``one_thread`` (one torch thread) and ``hub_offline``: for modules with ``pytest.mark.usefixtures``.
 * ``tiny_folder``: ``train/`` and ``test/`` with 3 classes of 32x32 RGB images (PNG and JPEG) whose dominant
@@ -35,10 +35,12 @@ def shared_dir() -> Path | None:
 
 @pytest.fixture(autouse=True, scope="session")
 def _isolated_lcp_cache(tmp_path_factory: pytest.TempPathFactory):
-    """Point ``$LCP_CACHE`` at a fresh folder for the whole session (decoded data, baseline accuracies)."""
+    """Point ``$LCP_CACHE`` at a fresh folder for the whole session (decoded data, baseline accuracies), and
+    unset ``$LCP_PLUGINS``."""
     cache = tmp_path_factory.mktemp("lcp-cache")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("LCP_CACHE", str(cache))
+        mp.delenv("LCP_PLUGINS", raising=False)  # a developer's own plugins stay out of the tests
         yield cache
 
 

@@ -4,6 +4,7 @@ run through ``lcp.prune`` and through ``lcp prune`` (the run pipeline, its post-
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import torch
 
 import lcp
 from lcp.cli import main
+from tests.helpers import subprocess_env
 
 TOY = "toy-deep-cut"
 
@@ -173,24 +175,30 @@ def test_rules_of_an_optional_package_load_when_it_is_imported(monkeypatch: pyte
     assert table.module_rule(Gate())(None) == "optional"
 
 
+PLUGIN = (
+    "import numpy as np\n"
+    "import lcp\n\n\n"
+    "class Plugged(lcp.Method):\n"
+    "    name = 'toy-plugged'\n"
+    "    summary = 'toy: registered by a module named in LCP_PLUGINS'\n\n"
+    "    def learn(self, ctx):\n"
+    "        return lcp.Learned(ratios=np.full(len(ctx.graph.groups), 0.5))\n\n\n"
+    "lcp.register_method(Plugged)\n"
+)
+
+
 def test_plugins_named_in_lcp_plugins_are_choices_of_the_command_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     """A user's module named in ``$LCP_PLUGINS`` is imported before the command line is built, so the method it
-    registers is a ``--method`` choice of ``lcp``."""
-    (tmp_path / "lcp_toy_plugin.py").write_text(
-        "import numpy as np\n"
-        "import lcp\n\n\n"
-        "class Plugged(lcp.Method):\n"
-        "    name = 'toy-plugged'\n"
-        "    summary = 'toy: registered by a module named in LCP_PLUGINS'\n\n"
-        "    def learn(self, ctx):\n"
-        "        return lcp.Learned(ratios=np.full(len(ctx.graph.groups), 0.5))\n\n\n"
-        "lcp.register_method(Plugged)\n"
-    )
+    registers is a ``--method`` choice of ``lcp prune`` (and listed by ``lcp methods``)."""
+    (tmp_path / "lcp_toy_plugin.py").write_text(PLUGIN)
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setenv("LCP_PLUGINS", " lcp_toy_plugin, ")
     try:
+        with pytest.raises(SystemExit):
+            main(["prune", "--help"])
+        assert "toy-plugged" in capsys.readouterr().out.replace("\n", " ")
         assert main(["methods"]) == 0
         assert "toy-plugged" in capsys.readouterr().out
     finally:
@@ -199,7 +207,28 @@ def test_plugins_named_in_lcp_plugins_are_choices_of_the_command_line(
     assert "toy-plugged" not in lcp.method_names()
 
 
-@pytest.mark.parametrize("source", [None, "raise RuntimeError('broken\\nsecond line')\n"])
+def test_the_lcp_command_finds_a_plugin_in_the_working_directory(tmp_path: Path) -> None:
+    """The console script's own folder is first on its path, not the user's: a plugin beside the user is found."""
+    (tmp_path / "lcp_toy_plugin.py").write_text(PLUGIN)
+    script = Path(sys.executable).with_name("lcp")
+    if not script.exists():
+        pytest.skip("no lcp console script beside this Python")
+    done = subprocess.run(
+        [str(script), "methods"],
+        cwd=tmp_path,
+        env={**subprocess_env(), "LCP_PLUGINS": "lcp_toy_plugin"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "toy-plugged" in done.stdout
+
+
+@pytest.mark.parametrize(
+    "source",
+    [None, "raise RuntimeError('broken\\nsecond line')\n", "raise RuntimeError()\n", "raise SystemExit('usage')\n"],
+)
 def test_a_plugin_that_cannot_be_imported_is_one_line(
     source: str | None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
@@ -210,5 +239,10 @@ def test_a_plugin_that_cannot_be_imported_is_one_line(
     assert main(["methods"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("lcp: error: $LCP_PLUGINS: cannot import 'lcp_broken_plugin'") and len(err.splitlines()) == 1
-    assert ("RuntimeError: broken" in err) == (source is not None)
-    sys.modules.pop("lcp_broken_plugin", None)
+    expected = {
+        None: "ModuleNotFoundError",
+        "raise RuntimeError('broken\\nsecond line')\n": "RuntimeError: broken",
+        "raise RuntimeError()\n": "RuntimeError: RuntimeError",
+        "raise SystemExit('usage')\n": "SystemExit: usage",
+    }[source]
+    assert expected in err

@@ -77,8 +77,8 @@ class JobOptions:
     )
     device: str = option(
         "cpu",
-        "device for training, evaluation and, in lcp prune, latency measurements and every search (cpu, cuda, "
-        "cuda:N, mps)",
+        "device for training, evaluation and, in lcp prune and lcp search, latency measurements and every search "
+        "(cpu, cuda, cuda:N, mps)",
         check=device_name,
         signature=False,
     )

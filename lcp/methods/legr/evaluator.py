@@ -16,8 +16,8 @@ import torch
 
 from lcp.cut.transforms import Transforms
 from lcp.engine.graph import ChannelGraph
-from lcp.errors import LcpError
-from lcp.methods.legr.fitness import FitnessFn, first_line
+from lcp.errors import LcpError, first_line
+from lcp.methods.legr.fitness import FitnessFn
 
 log = logging.getLogger("lcp.methods.legr")
 

@@ -24,16 +24,9 @@ from typing import Any
 import numpy as np
 
 from lcp.engine.graph import ChannelGraph
-from lcp.errors import LcpError
+from lcp.errors import LcpError, first_line
 from lcp.io import PathLike
-from lcp.methods.legr.evaluator import (
-    Evaluator,
-    SearchResult,
-    first_line,
-    group_std,
-    standardized,
-    transforms_from_vector,
-)
+from lcp.methods.legr.evaluator import Evaluator, SearchResult, group_std, standardized, transforms_from_vector
 from lcp.methods.legr.fitness import FitnessFn
 from lcp.methods.legr.state import SearchRun, SearchState
 

@@ -18,17 +18,12 @@ from lcp.cut.transforms import Transforms
 from lcp.engine.cost import CostModel
 from lcp.engine.graph import ChannelGraph
 from lcp.engine.surgery import apply_plan
-from lcp.errors import LcpError
+from lcp.errors import LcpError, first_line
 from lcp.methods.base import Context
 from lcp.training.data import DataBundle
 from lcp.training.train import recalibrate_bn
 
 log = logging.getLogger("lcp.methods.legr")
-
-
-def first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 class FitnessFn(Protocol):

@@ -78,8 +78,8 @@ class SearchOptions:
     )
     search_budget: float | None = option(
         None,
-        "budget the search (or the lfgcl/amc agent) prunes to (default: every budget asked for, their mean "
-        "held-out loss)",
+        "budget the search (or the lfgcl/amc agent) prunes to (default: every budget asked for: the search scores "
+        "their mean held-out loss, the agents learn one profile per budget)",
         check=unit_interval,
         group=_GROUP,
     )
