@@ -71,6 +71,11 @@ def _open_run(cfg: PruneConfig, log: Log, finished: Callable[[Path], bool]) -> t
     return out, state, save_state
 
 
+def _budget_dir(out: Path, budgets: list[float | None], budget: float | None) -> Path:
+    """Where one budget's outputs go: ``out`` itself for a single budget, else ``out/budget_B``."""
+    return out if len(budgets) == 1 else out / f"budget_{budget:g}"
+
+
 def _all_written(budgets: list[float | None], out: Path) -> bool:
     """Whether the run in ``out`` wrote every budget's outputs (its state.json says so)."""
     try:
@@ -164,6 +169,12 @@ def run_prune(cfg: PruneConfig, log: Log = print) -> pd.DataFrame:
         loaded = load_model_and_data(cfg, log)
         graph = channel_graph(cfg, loaded.model, loaded.input_size)
         out, state, save_state = _open_run(cfg, log, finished=lambda out: _all_written(cfg.all_budgets(), out))
+        budgets = cfg.all_budgets()
+        done = [_budget_dir(out, budgets, b) / "report.csv" for b in budgets]
+        if cfg.resume and _all_written(budgets, out) and all(f.is_file() for f in done):  # nothing to search or cut
+            for b, f in zip(budgets, done):
+                log(f"budget {b:g}: finished in an earlier attempt; outputs in {f.parent}")
+            return pd.concat([pd.read_csv(f) for f in done], ignore_index=True)
         cfg = _aligned(cfg, graph, state, save_state, log)
         ctx = _context(cfg, loaded, graph, out, state, save_state, log)
         t0 = time.perf_counter()
@@ -175,8 +186,7 @@ def run_prune(cfg: PruneConfig, log: Log = print) -> pd.DataFrame:
         budgets = cfg.all_budgets()
         reports = []
         for b in budgets:  # learn once, prune many: one folder per budget
-            sub = out if len(budgets) == 1 else out / f"budget_{b:g}"
-            reports.append(_prune_to(ctx, method, learned, b, sub, loaded))
+            reports.append(_prune_to(ctx, method, learned, b, _budget_dir(out, budgets, b), loaded))
         reports = [r for r in reports if r is not None]
         if not reports:
             return pd.DataFrame()

@@ -71,12 +71,21 @@ def test_prune_with_auto_keeps_the_measured_multiple(monkeypatch):
     monkeypatch.setattr(
         lcp.cut.latency, "time_layer", lambda m, n_in, n_out, dw, shapes, **kw: 0.01 * n_out * (1 + (n_out % 8 > 0))
     )
+    found = []
+    measure = lcp.cut.alignment.measure_alignment
+    monkeypatch.setattr(
+        lcp.cut.alignment, "measure_alignment", lambda *a, **k: found.append(measure(*a, **k)) or found[-1]
+    )
     torch.manual_seed(0)
     model = CifarResNet(1).eval()
     res = lcp.prune(model, torch.zeros(1, 3, 16, 16), budget=0.5, round_to="auto")
+    assert [f.round_to for f in found] == [8]  # measured once, and the cut below is the one of that multiple
     convs = [(a.out_channels, b.out_channels) for a, b in zip(model.modules(), res.model.modules())
              if isinstance(a, torch.nn.Conv2d)]  # fmt: skip
     assert all(w % min(8, full // 4) == 0 for full, w in convs), convs  # 8, halved for the 16-channel groups
+    assert np.array_equal(
+        res.plan.removed, lcp.prune(model, torch.zeros(1, 3, 16, 16), budget=0.5, round_to=8).plan.removed
+    )
 
 
 def test_a_multiple_over_a_quarter_of_a_group_is_halved_for_that_group_only():

@@ -90,6 +90,18 @@ def test_l1_and_bn_scale_read_what_they_name():
     bn = imp.filter_scores(graph, "bn_scale")
     # conv1's channels are the residual stream of layer1: its score is the mean |gamma| of the BNs on that stream
     assert not np.allclose(bn[ri], expected) and np.all(bn[ri] > 0) and np.all(bn[ri] <= 1.5)
+    # without a stream, a conv's score is exactly the |gamma| of the BN after it (signs dropped)
+    torch.manual_seed(0)
+    plain = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 3, padding=1),
+        nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2),
+    ).eval()  # fmt: skip
+    for bn_layer in (plain[1], plain[4]):
+        nn.init.uniform_(bn_layer.weight, -1.5, 1.5)
+    g = build_graph(plain, torch.zeros(1, *SIZE))
+    scores = imp.filter_scores(g, "bn_scale")
+    for conv, bn_layer in (("0", plain[1]), ("3", plain[4])):
+        np.testing.assert_allclose(scores[g.record_index[conv]], bn_layer.weight.detach().abs().double().numpy())
 
 
 def test_taylor_scores_frozen_weights_and_leaves_them_as_they_were():

@@ -128,12 +128,15 @@ def test_table_covers_every_prunable_layer_and_is_cached(graph):
     assert healed.info["timed"] == 1
 
 
-def test_the_cache_key_names_the_device():
+def test_the_cache_key_names_the_device(monkeypatch: pytest.MonkeyPatch):
     from lcp.cut.latency_table import _device_key
 
     assert _device_key("cpu", 1, 2) != _device_key("mps", 1, 2)
-    if torch.cuda.is_available():  # cuda:N was keyed as the CPU
-        assert _device_key("cuda:0", 1, 2) != _device_key("cpu", 1, 2)
+    # cuda:N was keyed as the CPU: the card's name and index are in the key (no GPU needed to check it)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda dev=None: "Some GPU")
+    keys = {_device_key(d, 1, 2) for d in ("cpu", "cuda", "cuda:0", "cuda:1")}
+    assert len(keys) == 3 and _device_key("cuda", 1, 2) == _device_key("cuda:0", 1, 2)
+    assert "Some_GPU-1" in _device_key("cuda:1", 1, 2)
 
 
 def test_timings_and_the_table_keep_each_submodules_mode():

@@ -147,6 +147,16 @@ def test_recipe_takes_ignore_and_caps(tiny_folder: Path, resnet20_ckpt: Path, tm
     recipe.write_text("ignore: ['layer1.*']\nmax_removal: ['layer3.*=0.2']\n")
     res = _cli(tiny_folder, resnet20_ckpt, tmp_path / "r", "--recipe", recipe)
     assert res.code == 0, res.err
+    widths = json.loads((tmp_path / "r" / "channels.json").read_text())["widths"]
+    original = store.widths(lcp.create_model("resnet20", num_classes=3))
+    assert all(
+        w[0] == original[n][0] for n, w in widths.items() if n.startswith("layer1.") and n.endswith(("conv1", "conv2"))
+    )
+    assert all(
+        w[0] >= 0.8 * original[n][0] for n, w in widths.items() if n.startswith("layer3.") and n.endswith("conv1")
+    )
+    signature = json.loads((tmp_path / "r" / "run.json").read_text())["signature"]
+    assert signature["ignore"] == ["layer1.*"] and signature["max_removal"] == ["layer3.*=0.2"]
     recipe.write_text("ignore: layer1\n")  # a string, not a list
     assert_one_line_error(_cli(tiny_folder, resnet20_ckpt, tmp_path / "r2", "--recipe", recipe), "ignore must be")
 

@@ -209,7 +209,11 @@ def test_unreachable_budget_in_search(cg):
 # ------------------------------------------------------------------------------------------------ CLI
 
 
-def test_cli_ads_on_densenet40_then_load(tiny_folder, tmp_path):
+def _must_not_run(*args, **kwargs):
+    raise AssertionError("a finished run was searched again")
+
+
+def test_cli_ads_on_densenet40_then_load(tiny_folder, tmp_path, monkeypatch):
     import csv
     import json
 
@@ -260,7 +264,9 @@ def test_cli_ads_on_densenet40_then_load(tiny_folder, tmp_path):
     x = torch.randn(2, 3, 8, 8)
     assert model(x).shape == (2, 3)
     assert lcp.count_macs(model, torch.zeros(1, 3, 8, 8)) == int(report["macs_pruned"])
-    assert main(args + ["--resume"]) == 0  # the finished search is read back
+    with monkeypatch.context() as mp:  # the finished search is read back, not re-run
+        mp.setattr(lcp.methods.connections.method, "search_connections", _must_not_run)
+        assert main(args + ["--resume"]) == 0
     assert len(list(csv.DictReader(open(out / "controller.csv")))) == 2
     assert_one_line_error(
         lcp_cli(

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import lcp
+import lcp.methods.ddpg.method
 from lcp.cut.ranking import plan, plan_ratios
 from lcp.engine.graph import floor_keep
 from lcp.errors import LcpError
@@ -272,7 +273,11 @@ def test_label_free_reward_reads_no_labels(tiny):
 # -------------------------------------------------------------------------------------------------------- CLI
 
 
-def test_cli_lfgcl_on_a_folder_without_classes(tiny_folder, resnet20_ckpt, tmp_path):
+def _must_not_run(*args, **kwargs):
+    raise AssertionError("a finished run was searched again")
+
+
+def test_cli_lfgcl_on_a_folder_without_classes(tiny_folder, resnet20_ckpt, tmp_path, monkeypatch):
     from lcp.cli import main
 
     flat = tmp_path / "flat"
@@ -317,7 +322,9 @@ def test_cli_lfgcl_on_a_folder_without_classes(tiny_folder, resnet20_ckpt, tmp_p
     # the checkpoint's classes are recorded (the folder has none): the model loads (num_classes 0 before)
     assert json.loads((out / "channels.json").read_text())["num_classes"] > 0
     lcp.load(out)
-    assert main(args + ["--resume"]) == 0  # the finished search is read back, not re-run
+    with monkeypatch.context() as mp:  # the finished search is read back, not re-run
+        mp.setattr(lcp.methods.ddpg.method, "search_ratios", _must_not_run)
+        assert main(args + ["--resume"]) == 0
     assert len(list(csv.DictReader(open(out / "agent.csv")))) == 3
     no_labels = lcp_cli(*args[:-2], "--out", tmp_path / "bad", "--finetune-epochs", "1", "--no-kd")  # no labels
     assert_one_line_error(no_labels, "the data has no labels", "--kd")

@@ -317,11 +317,14 @@ def test_fitness_over_several_budgets_is_their_mean(tiny):
 
 def test_fitness_with_tau_steps(tiny):
     graph, cost, scores = tiny
-    fit = make_fitness(
-        graph, cost, scores, random_bundle(), budget=0.6, tau=3, recal_batches=1, eval_images=32, batch_size=32
+    bundle = random_bundle()
+    fit, plain = (
+        make_fitness(graph, cost, scores, bundle, budget=0.6, tau=t, recal_batches=1, eval_images=32, batch_size=32)
+        for t in (3, 0)
     )
     state = {k: v.clone() for k, v in graph.model.state_dict().items()}
-    assert math.isfinite(fit(Transforms.identity(graph)))
+    value = fit(Transforms.identity(graph))
+    assert math.isfinite(value) and value != plain(Transforms.identity(graph))  # the steps changed the cut's loss
     assert all(torch.equal(state[k], v) for k, v in graph.model.state_dict().items())  # original untouched
 
 
@@ -339,10 +342,15 @@ def test_label_free_fitness_reads_no_labels(tiny):
         graph, cost, scores, bundle, budget=0.99, label_free=True, recal_batches=2, eval_images=32, batch_size=32
     )
     assert light(Transforms.identity(graph)) < value  # pruning less moves the outputs less
-    tau = make_fitness(
-        graph, cost, scores, bundle, budget=0.6, label_free=True, tau=2, recal_batches=1, eval_images=32, batch_size=32
-    )
+    tau, no_tau = (
+        make_fitness(
+            graph, cost, scores, bundle, budget=0.6, label_free=True, tau=t, recal_batches=1, eval_images=32,
+            batch_size=32,
+        )
+        for t in (2, 0)
+    )  # fmt: skip
     assert math.isfinite(tau(Transforms.identity(graph)))
+    assert tau(Transforms.identity(graph)) != no_tau(Transforms.identity(graph))
 
 
 def test_fitness_failure_gives_inf(tiny, caplog):

@@ -204,6 +204,7 @@ def test_presets_on_the_command_line(tiny_folder: Path, resnet20_ckpt: Path, tmp
     assert float(read_report(fast)["macs_ratio"]) <= 0.5
     again = lcp_cli(*args, "--resume")  # the measurement is reused
     assert again.code == 0, again.err
+    assert "per-layer sensitivity: reused from" in again.out
     legr = tmp_path / "legr"
     res = lcp_cli(
         *tiny_args(

@@ -289,7 +289,10 @@ def test_recalibrate_bn(bundle: DataBundle) -> None:
         acts = [net.features[0](xb) for xb, _ in list(loader)[:2]]
     expect = torch.stack([a.mean((0, 2, 3)) for a in acts]).mean(0)
     assert torch.allclose(bn.running_mean, expect, atol=1e-5)
-    assert recalibrate_bn(nn.Linear(2, 2), loader) is not None  # no BN: a no-op
+    linear = nn.Linear(2, 2)
+    before = {k: v.clone() for k, v in linear.state_dict().items()}
+    assert recalibrate_bn(linear, loader) is linear  # no BN: a no-op
+    assert all(torch.equal(before[k], v) for k, v in linear.state_dict().items())
 
 
 def test_finetune_lowers_loss_and_baseline(bundle: DataBundle, capsys: pytest.CaptureFixture[str]) -> None:
