@@ -10,7 +10,8 @@ import pytest
 import torch
 
 import lcp
-from lcp.cut.ranking import plan
+from lcp.cut.ranking import plan, plan_ratios
+from lcp.cut.transforms import Transforms
 from lcp.engine.cost import CostModel
 from lcp.models import store
 from tests.helpers import assert_one_line_error, lcp_cli
@@ -63,11 +64,20 @@ def test_caps_reach_every_walk(resnet20) -> None:
     graph = lcp.build_graph(resnet20, X)
     graph.limit_removal({"layer2.*": 0.1})
     cost = CostModel(graph)
-    scores = np.nan_to_num(np.random.default_rng(0).random(len(graph.units)))
-    p = plan(graph, cost, scores, budget=0.4, method="random", seed=3)
-    for g in graph.groups:
-        if any(n.startswith("layer2.") for n in g.producers):
-            assert p.removed[np.asarray(g.units)].mean() <= 0.1
+    rng = np.random.default_rng(0)
+    scores = np.nan_to_num(rng.random(len(graph.units)))
+    n = len(graph.groups)
+    # a compensation that makes layer2's scores the lowest of all, and ratios that ask to cut it to 0.1
+    layer2 = np.array([any(p.startswith("layer2.") for p in g.producers) for g in graph.groups])
+    transforms = Transforms(groups=[g.name for g in graph.groups], alpha=np.ones(n), kappa=np.where(layer2, -10.0, 0.0))
+    plans = {m: plan(graph, cost, scores, budget=0.4, method=m, seed=3) for m in ("random", "global", "uniform")}
+    plans["lcp"] = plan(graph, cost, scores, budget=0.4, method="lcp", transforms=transforms)
+    plans["ratios"] = plan_ratios(graph, cost, scores, np.where(layer2, 0.1, 1.0), budget=0.6)  # the agents' walk
+    assert layer2.any()
+    for name, p in plans.items():
+        assert p.macs_ratio <= 0.6, name
+        for g in np.asarray(graph.groups)[layer2]:
+            assert p.removed[np.asarray(g.units)].mean() <= 0.1 + 1e-9, (name, g.name)
 
 
 @pytest.mark.parametrize(

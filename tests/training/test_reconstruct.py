@@ -78,9 +78,19 @@ def test_connection_pruned_layers_are_left_as_cut() -> None:
     their cut weights instead of being refitted to the wrong shape."""
     original = tiny_densenet()
     res = lcp.prune(original, torch.zeros(1, *SEARCH_SIZE), budget=0.6, method="ads", data=random_bundle(), episodes=2)
+    before = {k: v.clone() for k, v in res.model.state_dict().items()}
     reconstruct(res.model, original, res.graph, res.plan.removed, [(_inputs(64), None)])
     with torch.no_grad():
         assert torch.isfinite(res.model(_inputs(8))).all()
+    full = dict(original.named_modules())
+    narrowed = [
+        name
+        for name, m in res.model.named_modules()
+        if isinstance(m, torch.nn.Conv2d) and m.in_channels < full[name].in_channels
+    ]
+    assert narrowed  # connections were removed: these layers read fewer inputs than the channel plan says
+    for name in narrowed:
+        assert torch.equal(res.model.get_submodule(name).weight, before[f"{name}.weight"]), name
 
 
 @pytest.fixture
