@@ -153,6 +153,15 @@ def test_loader_normalize_augment_determinism(folder: Path) -> None:
     aug = data_mod.augment_batch(b.test_x[:4], torch.Generator().manual_seed(0))
     assert aug.shape == (4, *SIZE) and aug.dtype == torch.uint8
     assert data_mod.augment_batch(b.test_x[:4], torch.Generator().manual_seed(0)).equal(aug)
+    h, w = SIZE[1:]
+    padded = torch.nn.functional.pad(b.test_x[:4], (4, 4, 4, 4))
+    windows = [
+        {(oy, ox, f) for oy in range(9) for ox in range(9) for f in (False, True)
+         if torch.equal(aug[i], (lambda c: c.flip(-1) if f else c)(padded[i, :, oy : oy + h, ox : ox + w]))}
+        for i in range(4)
+    ]  # fmt: skip
+    assert all(windows), windows  # each image is one window of its zero-padded original, flipped or not
+    assert len({min(s) for s in windows}) > 1  # and not the same window for every image
 
     limited = b.loader("test", 4, limit=5)
     assert sum(len(yb) for _, yb in limited) == 5
