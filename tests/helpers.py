@@ -333,9 +333,12 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 
 
 def assert_unchanged(folder: Path, before: dict[str, bytes]) -> None:
+    """No file of ``before`` changed or removed, and no new file left behind (the folder's lock excepted)."""
     after = snapshot(folder)
     changed = [k for k, v in before.items() if after.get(k) != v]
     assert not changed, f"files changed or removed in {folder}: {changed}"
+    added = sorted(set(after) - set(before) - {".lcp.lock"})
+    assert not added, f"files left behind in {folder}: {added}"
 
 
 def assert_one_line_error(res: Result, *phrases: str) -> str:

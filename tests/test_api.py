@@ -146,7 +146,8 @@ def test_transforms_are_matched_to_the_model_by_group_name(resnet20_ckpt: Path) 
     own.learned_with = {"importance": "l1", "aggregate": "mean"}
     with pytest.raises(lcp.LcpError, match="learned on scores of importance=l1: its compensation"):
         lcp.prune(_model(resnet20_ckpt), x, method="lcp", transforms=own, round_to=1)
-    assert lcp.prune(_model(resnet20_ckpt), x, method="lcp", transforms=own, importance="l1", round_to=1).transforms
+    l1 = lcp.prune(_model(resnet20_ckpt), x, method="lcp", transforms=own, importance="l1", round_to=1)
+    assert np.array_equal(l1.transforms.alpha, own.alpha) and l1.verification.ok
 
 
 def test_a_data_path_is_loaded_with_the_given_holdout_and_input_size(

@@ -1,4 +1,8 @@
-"""Files that would run code when unpickled: lcp never executes them (it reads JSON and safetensors only)."""
+"""Files that would run code when unpickled: lcp never executes them (it reads JSON and safetensors only).
+
+Where lcp reads a file as safetensors or JSON (model.safetensors, channels.json, transforms.json), the marker
+check guards against a future fallback to unpickling; the checkpoint cases (here and ``evil-pickle-*`` in
+tests/run/test_cli.py) are where ``torch.load(weights_only=True)`` itself is exercised."""
 
 from pathlib import Path
 

@@ -142,7 +142,8 @@ def test_an_exported_program_may_be_written_to_any_suffix(tmp_path: Path, caplog
     ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU"))],
 )
 def test_export_leaves_the_callers_model_as_it_was(device: str, tmp_path: Path) -> None:
-    """A module is exported in eval mode from the CPU, and left with every submodule's flag and on its device."""
+    """A module is exported in eval mode from the CPU, and left with every submodule's flag and on its device (the
+    device part is a check only in the cuda case, which runs where a GPU is)."""
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Dropout(0.5)).to(device)
     model.train()

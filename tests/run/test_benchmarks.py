@@ -122,8 +122,8 @@ def test_quick_writes_a_row_per_method_budget_and_seed(quick):
     assert df["top1_base"].nunique() == 1 and ours["finetune_steps"].nunique() == 1
     tp = df[df["method"] == "torch_pruning"]
     for status in tp["status"]:
-        if _has_tp():
-            assert status == "ok" or (status.startswith("error: ") and len(status) > 12), status
+        if _has_tp():  # on option-A ResNets its cut does not run: the row says so, not a crash of the driver
+            assert status == "ok" or status.startswith("error: torch_pruning returned a broken network"), status
         else:
             assert status.startswith("skipped: torch-pruning is not installed"), status
     for _, r in tp[tp["status"] == "ok"].iterrows():

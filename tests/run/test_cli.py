@@ -563,11 +563,22 @@ def test_eval_defaults_to_the_pruning_data(
     assert f"{float(read_report(out)['top1_pruned']):.2f}%" in ev.out
 
 
-def test_recal_batches_zero(tiny_folder: Path, resnet20_ckpt: Path, tmp_path: Path) -> None:
+def test_recal_batches_zero(
+    tiny_folder: Path, resnet20_ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--recal-batches 0 runs without recalibrating BatchNorm (and is not an empty split)."""
+    import lcp.run.recover
+
+    calls = []
+    monkeypatch.setattr(lcp.run.recover, "recalibrate_bn", lambda *a, **k: calls.append(k))
     argv = tiny_args(tiny_folder, resnet20_ckpt, tmp_path / "out")
     argv[argv.index("--recal-batches") + 1] = "0"
     res = lcp_cli(*argv)
-    assert res.code == 0 or "split is empty" not in res.err, res.err
+    assert res.code == 0, res.err
+    assert calls == []
+    argv[argv.index("--recal-batches") + 1] = "1"
+    argv[argv.index("--out") + 1] = str(tmp_path / "one")
+    assert lcp_cli(*argv).code == 0 and len(calls) == 1  # the spy does see a recalibration
 
 
 # ----------------------------------------------------------------------------------- kill, resume, SIGINT
@@ -755,7 +766,8 @@ def test_sigkill_at_random_points_of_the_lcp_pipeline_then_resume(
     tiny_folder: Path, resnet20_ckpt: Path, tmp_path: Path
 ) -> None:
     """Search + cut + fine-tuning, killed (SIGKILL) just before or after randomly chosen file writes, several
-    times in a row, then resumed: the result equals an uninterrupted run of the same seed."""
+    times in a row, then resumed: the last attempt continues (it writes fewer files than a whole run) and the
+    result equals an uninterrupted run of the same seed."""
     import random
 
     def args(out: Path, *extra: str) -> list[str]:
@@ -796,8 +808,9 @@ def test_sigkill_at_random_points_of_the_lcp_pipeline_then_resume(
         kills += 1
     assert kills >= 2
     assert not (out / "report.csv").exists() or kills < 4
-    final = _run_cli_process(args(out, "--resume"), tmp_path)
+    final = _killing_run(args(out, "--resume"), tmp_path, 0, count_file=tmp_path / "count_final")
     assert final.returncode == 0, final.stderr
+    assert int((tmp_path / "count_final").read_text()) < writes  # it continued: a run started over writes as many
 
     for name in ("transforms.json", "layers.csv"):
         assert (ref / name).read_bytes() == (out / name).read_bytes(), name
@@ -830,11 +843,14 @@ def test_nan_loss_through_the_cli_is_one_line_and_keeps_the_folder_reusable(
 
 @pytest.mark.parametrize("method", ["global", "random"])
 def test_identical_runs_give_identical_results(
-    method: str, tiny_folder: Path, resnet20_ckpt: Path, tmp_path: Path
+    method: str, tiny_folder: Path, resnet20_ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Same seed, same everything: the cut, the fine-tuned weights (data order, augmentation) and the report, each
+    run with its own empty cache (nothing measured by the first is read back by the second)."""
     outs = [tmp_path / "a", tmp_path / "b"]
     for out in outs:
-        res = lcp_cli(*tiny_args(tiny_folder, resnet20_ckpt, out, "--method", method))
+        monkeypatch.setenv("LCP_CACHE", str(out.with_name(out.name + "-cache")))
+        res = lcp_cli(*tiny_args(tiny_folder, resnet20_ckpt, out, "--method", method, finetune=1))
         assert res.code == 0, res.err
     units = [json.loads((o / "channels.json").read_text())["removed_units"] for o in outs]
     assert units[0] == units[1] and units[0]
@@ -921,12 +937,19 @@ def test_overwrite_with_bad_input_keeps_the_finished_run(
     assert_unchanged(out, before)
 
 
-def test_eval_uses_the_input_size_the_model_was_pruned_at(tiny_folder: Path, resnet20_ckpt: Path, tmp_path: Path):
+def test_eval_uses_the_input_size_the_model_was_pruned_at(
+    tiny_folder: Path, resnet20_ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
     """lcp eval read the model's default size (32 px) for a network pruned at 16 px."""
+    import lcp.cli
+
     out = tmp_path / "out"
     assert lcp_cli(*tiny_args(tiny_folder, resnet20_ckpt, out, "--input-size", "3", "16", "16")).code == 0
+    sizes, load = [], lcp.cli.load_data
+    monkeypatch.setattr(lcp.cli, "load_data", lambda *a, **k: sizes.append(k["input_size"]) or load(*a, **k))
     res = lcp_cli("eval", out, "--data", tiny_folder)
     assert res.code == 0, res.err
+    assert sizes == [(3, 16, 16)]
     top1 = float(re.search(r"top-1 (\S+)%", res.out).group(1))
     assert top1 == pytest.approx(float(read_report(out)["top1_pruned"]), abs=0.01)
 
