@@ -202,9 +202,18 @@ def test_presets_on_the_command_line(tiny_folder: Path, resnet20_ckpt: Path, tmp
     sens = json.loads((fast / "sensitivity.json").read_text())
     assert len(sens["damage"]) == 12 and json.loads((fast / "search.json").read_text())["prior_seconds"] >= 0
     assert float(read_report(fast)["macs_ratio"]) <= 0.5
-    again = lcp_cli(*args, "--resume")  # the measurement is reused
+    again = lcp_cli(*args, "--resume")  # a finished run is read back: nothing is measured or searched again
     assert again.code == 0, again.err
-    assert "per-layer sensitivity: reused from" in again.out
+    assert "finished in an earlier attempt" in again.out and "per-layer sensitivity" not in again.out
+    # lcp search resumed in its folder reads the measurement back instead of measuring again
+    search = [
+        "search", "--model", "resnet20", "--data", tiny_folder, "--checkpoint", resnet20_ckpt, "--holdout", "9",
+        "--budget", "0.5", "--candidates", "6", "--threads", "1", "--no-progress", "--out", tmp_path / "search",
+    ]  # fmt: skip
+    first = lcp_cli(*search)
+    assert first.code == 0 and "per-layer sensitivity" in first.out and "reused from" not in first.out, first.err
+    resumed = lcp_cli(*search, "--resume")
+    assert resumed.code == 0 and "per-layer sensitivity: reused from sensitivity.json" in resumed.out, resumed.err
     legr = tmp_path / "legr"
     res = lcp_cli(
         *tiny_args(
