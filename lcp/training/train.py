@@ -215,7 +215,7 @@ def _run(
                     if world > 1 and (i >= usable or i % world != rank):
                         bar.update()
                         continue
-                    step = epoch * steps + i
+                    step = epoch * steps + i - i % world  # every rank at the same step's learning rate
                     for g in opt.param_groups:
                         g["lr"] = _lr_at(step, total, lr, schedule)
                     if loss_fn is not None:  # the caller's loss of the whole batch (detection targets, ...)

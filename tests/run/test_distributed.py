@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 import lcp
 from tests.helpers import make_image_folder, save_state_dict
@@ -48,8 +49,31 @@ def _prune_args(root: Path, out: Path) -> list[str]:
     ]
 
 
+#: lcp.cli under torchrun, saving each rank's fine-tuned parameters (DistributedDataParallel keeps them equal)
+EACH_RANK = """
+import os, runpy, sys
+from safetensors.torch import save_file
+from lcp.training import train
+finetune = train.finetune
+def spy(model, *a, **k):
+    out = finetune(model, *a, **k)
+    params = {n: p.detach().contiguous() for n, p in model.named_parameters()}
+    save_file(params, os.path.join(os.environ["LCP_RANK_DIR"], f"rank{os.environ['RANK']}.safetensors"))
+    return out
+train.finetune = spy
+sys.argv = ["lcp", *sys.argv[1:]]
+runpy.run_module("lcp.cli", run_name="__main__", alter_sys=True)
+"""
+
+
 def test_torchrun_two_processes_finetune(data, tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "LCP_CACHE": str(tmp_path / "cache")}
+    """Two processes fine-tune one model: gradients are averaged across them, so both end with the same weights;
+    rank 0 writes the folder."""
+    ranks = tmp_path / "ranks"
+    ranks.mkdir()
+    script = tmp_path / "each_rank.py"
+    script.write_text(EACH_RANK)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "LCP_CACHE": str(tmp_path / "cache"), "LCP_RANK_DIR": str(ranks)}
     out = tmp_path / "out"
     cmd = [
         sys.executable,
@@ -58,8 +82,7 @@ def test_torchrun_two_processes_finetune(data, tmp_path):
         "--standalone",
         "--nproc_per_node",
         "2",
-        "-m",
-        "lcp.cli",
+        str(script),
         *_prune_args(data, out),
     ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
@@ -75,3 +98,8 @@ def test_torchrun_two_processes_finetune(data, tmp_path):
     ).model
     assert lcp.count_macs(model, torch.zeros(1, 3, 32, 32)) == lcp.count_macs(start, torch.zeros(1, 3, 32, 32))
     assert not torch.equal(model.linear.weight, start.linear.weight)
+    # each process saw half the batches, yet both hold the same weights: the gradients were all-reduced
+    r0, r1 = (load_file(ranks / f"rank{r}.safetensors") for r in (0, 1))
+    assert r0.keys() == r1.keys() and len(r0) > 10
+    assert all(torch.equal(r0[k], r1[k]) for k in r0)
+    assert all(torch.equal(r0[k], v) for k, v in model.state_dict().items() if k in r0)  # what rank 0 wrote
