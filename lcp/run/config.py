@@ -125,8 +125,10 @@ class PruneConfig(SearchOptions, AgentOptions, RecoveryOptions, CutOptions, JobO
             }
         )
         sig["reconstruct_images"] = refit_images(self)  # what the refit used: auto and its number are one run
-        if self.holdout != type(self).__dataclass_fields__["holdout"].default:
-            sig["holdout"] = self.holdout  # the searches' fitness split; runs at the default keep their signature
+        defaults = type(self).__dataclass_fields__
+        for k in ("holdout", "recal_batches", "baseline_epochs"):  # they change the result; runs at the
+            if getattr(self, k) != defaults[k].default:  # default keep the signature they had before
+                sig[k] = getattr(self, k)
         if self.structure_from:  # the folder and its channels.json as they are now
             spec = Path(self.structure_from).expanduser().resolve() / "channels.json"
             sig.update(structure_from=str(spec.parent), structure=file_digest(str(spec)) if spec.is_file() else None)

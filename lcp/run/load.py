@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from lcp.errors import LcpError
@@ -72,7 +73,9 @@ def load_model_and_data(cfg: PruneConfig, log: Log = print) -> Loaded:
         raise LcpError(f"{spec} has no class folders: pass --checkpoint (the trained model to prune)")
     pretrained = cfg.pretrained and not cfg.checkpoint
     classes = _checkpoint_classes(cfg.model, cfg.checkpoint) if flat else bundle.num_classes
-    model = create_model(cfg.model, num_classes=classes, pretrained=pretrained)
+    with torch.random.fork_rng():
+        torch.manual_seed(cfg.seed)  # a baseline trained from here starts from the seed's weights
+        model = create_model(cfg.model, num_classes=classes, pretrained=pretrained)
     if cfg.checkpoint:
         load_checkpoint(model, cfg.checkpoint, name=info.name)
         weights = str(cfg.checkpoint)
@@ -123,6 +126,8 @@ def _train_baseline(model: nn.Module, name: str, dataset: str, bundle: Any, cfg:
     # the data's path, size and classes and the training settings name it: another folder of the same name, or
     # other epochs, train their own baseline (and never resume another's interrupted training)
     what = f"{bundle.source}|{tuple(bundle.input_size)}|{bundle.num_classes}|{cfg.baseline_epochs}|{cfg.seed}"
+    if cfg.holdout != type(cfg).__dataclass_fields__["holdout"].default:  # the images it trains on: one trained
+        what += f"|holdout {cfg.holdout}"  # on another run's held-out split must not serve that run's search
     path = cache_dir() / "weights" / f"{name}_{dataset}-{hashlib.sha256(what.encode()).hexdigest()[:8]}.safetensors"
     if path.is_file():
         load_checkpoint(model, path, name=name)
@@ -140,7 +145,10 @@ def _train_baseline(model: nn.Module, name: str, dataset: str, bundle: Any, cfg:
         resume=ckpt.exists(),
         seed=cfg.seed,
         progress=cfg.progress,
+        device=cfg.device,
+        num_threads=cfg.threads,
     )
+    model.cpu()
     save_tensors(model.state_dict(), path)
     ckpt.unlink(missing_ok=True)
     log(f"baseline saved to {path}")

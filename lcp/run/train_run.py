@@ -36,10 +36,14 @@ def run_train(cfg: TrainConfig, log: Log = print) -> pd.DataFrame:
     out = Path(cfg.out)
     with claim(out, RunLock(out)):
         prepare_out_dir(out, cfg.signature(), resume=cfg.resume, overwrite=cfg.overwrite)
+        ckpt = out / "training.safetensors"
+        finished = [out / n for n in ("model.safetensors", "report.csv")]
+        if cfg.resume and not ckpt.exists() and all(f.is_file() for f in finished):  # its checkpoint is deleted
+            log(f"finished in an earlier attempt; outputs in {out}")
+            return pd.read_csv(out / "report.csv")
         bundle = load_data(spec, input_size=size, mean=info.mean, std=info.std, holdout=cfg.holdout, seed=0)
         torch.manual_seed(cfg.seed)
         model = create_model(cfg.model, num_classes=bundle.num_classes)
-        ckpt = out / "training.safetensors"
         log(
             f"training {info.name} on {dataset} from scratch: {cfg.epochs} epochs, lr {cfg.lr:g} ({cfg.schedule}), "
             f"batch {cfg.batch_size}, {len(bundle.train_y)} training images, on {cfg.device}"

@@ -189,6 +189,11 @@ def test_train_writes_weights_that_prune_loads(tiny_folder: Path, tmp_path: Path
     assert int(row["train_images"]) == 3 * 24 - 9  # the held-out images are not trained on
     assert len(read_csv(out / "history.csv")) == 2
     assert not (out / "training.safetensors").exists()
+    # --resume of the finished run reads it back: nothing is trained or written again
+    before = snapshot(out)
+    again = lcp_cli(*args, "--resume")
+    assert again.code == 0 and "finished in an earlier attempt" in again.out, again.err
+    assert_unchanged(out, before)
     # the weights are what the report measured: lcp prune starts from them with the same baseline accuracy
     pruned = tmp_path / "pruned"
     res = lcp_cli(

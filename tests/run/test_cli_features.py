@@ -261,6 +261,19 @@ def test_prune_trains_a_baseline_when_no_weights_exist(
     assert res.code == 0, res.err
     assert "training a baseline for 2 epochs first" in res.out + res.err
     assert len(list((tmp_path / "cache" / "weights").glob("resnet20_tiny-*.safetensors"))) == 2
+    # another held-out split trains on other images: its own baseline, never one that saw its held-out images
+    res = lcp_cli(*[a if a != "9" else "6" for a in args], "--out", tmp_path / "d")
+    assert res.code == 0, res.err
+    assert "training a baseline for 1 epochs first" in res.out + res.err
+    assert len(list((tmp_path / "cache" / "weights").glob("resnet20_tiny-*.safetensors"))) == 3
+    # the same seed trains the same baseline from the same initial weights (another cache, another process state)
+    torch.manual_seed(12345)
+    monkeypatch.setenv("LCP_CACHE", str(tmp_path / "cache2"))
+    res = lcp_cli(*args, "--out", tmp_path / "e")
+    assert res.code == 0, res.err
+    (again,) = (tmp_path / "cache2" / "weights").glob("resnet20_tiny-*.safetensors")
+    assert again.name == cached.name and load_file(again).keys() == state.keys()
+    assert all(torch.equal(load_file(again)[k], v) for k, v in state.items())
 
 
 # -------------------------------------------------------------------------------------------------------- kd
