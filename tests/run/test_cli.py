@@ -1011,3 +1011,17 @@ def test_a_reader_that_stops_early_does_not_lose_the_run(
     err = b"" if both else proc.stderr.read()
     assert proc.wait(timeout=300) == 0, err.decode()[-2000:]
     assert b"Traceback" not in err and (out / "model.safetensors").is_file() and (out / "report.csv").is_file()
+
+
+def test_a_resume_with_another_recalibration_is_refused(tiny_folder: Path, resnet20_ckpt: Path, tmp_path: Path):
+    """--recal-batches changes the result (the cut's accuracy, where fine-tuning starts): a resume with another
+    value is another run, refused, not a mix of the two; at its default it stays out of the signature."""
+    out = tmp_path / "out"
+    args = tiny_args(tiny_folder, resnet20_ckpt, out)
+    assert lcp_cli(*args).code == 0
+    assert "recal_batches" in json.loads((out / "run.json").read_text())["signature"]  # tiny_args sets 2
+    other = list(args)
+    other[other.index("--recal-batches") + 1] = "1"
+    before = snapshot(out)
+    assert_one_line_error(lcp_cli(*other, "--resume"), "cannot resume", "recal_batches=2, not recal_batches=1")
+    assert_unchanged(out, before)
