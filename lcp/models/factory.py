@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from lcp.errors import LcpError
-from lcp.io import cache_dir
+from lcp.io import cache_dir, with_metadata_of
 from lcp.models.zoo import IMAGENET_MEAN, IMAGENET_STD, ZOO
 
 TV_PREFIX = "tv:"
@@ -242,9 +242,9 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike[str], name: str | 
     """
     state = read_state_dict(Path(path))
     state = {strip_prefix(k): v for k, v in state.items()}
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
+    try:  # with the model's own module versions, which a safetensors file does not keep (MNASNet checks them)
+        model.load_state_dict(with_metadata_of(model, state), strict=True)
+    except (RuntimeError, ValueError) as e:  # ValueError: a module's own check of the state
         raise LcpError(_mismatch_message(model, state, name or type(model).__name__, e)) from None
     return model
 

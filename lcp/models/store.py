@@ -166,6 +166,7 @@ def save(result: Any, out_dir: str | Path, *, model_name: str | None = None, ove
             "method": result.plan.method,
             "macs": result.plan.macs,
             "params": result.plan.params,
+            **result.info.get("spec", {}),  # what the channel plan does not hold (removed DenseNet connections)
         },
     )
     out = Path(out_dir)

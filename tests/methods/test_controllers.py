@@ -275,3 +275,20 @@ def test_cli_ads_on_densenet40_then_load(tiny_folder, tmp_path, monkeypatch):
         "method ads searches one budget",
         "--budget, not several --budgets",
     )
+
+
+def test_api_connection_cut_saves_and_loads(tmp_path):
+    """lcp.save of an ads cut records the removed connections (the channel plan does not hold them): the folder
+    loads to the same network."""
+    import lcp
+    from tests.helpers import SEARCH_SIZE, random_bundle
+
+    x = torch.zeros(1, *SEARCH_SIZE)
+    torch.manual_seed(0)
+    model = lcp.create_model("densenet40", num_classes=10).eval()
+    res = lcp.prune(model, x, budget=0.6, method="ads", data=random_bundle(), episodes=2)
+    assert res.verification.ok and res.info["spec"]["removed_connections"]
+    loaded = lcp.load(lcp.save(res, tmp_path / "ads"))
+    probe = torch.randn(2, *SEARCH_SIZE)
+    with torch.no_grad():
+        assert torch.allclose(loaded.eval()(probe), res.model.eval()(probe), atol=1e-5)

@@ -81,6 +81,15 @@ def test_time_budget_counts_every_run_of_a_resumed_search(tiny, tmp_path: Path) 
     res = search(graph, scores, Ticking(graph, cost, scores, clock2), state_path=state, resume=True, clock=clock2, **kw)
     # 6 s before the kill + 4 s after it: an 11th candidate would end at 11 s > 10.5 s
     assert res.evaluated == 10 and res.stopped_by == "time"
+    # resumed again once it has stopped (a run killed after its search): the same result, no more candidates
+    clock3 = Clock()
+    counted = Ticking(graph, cost, scores, clock3)
+    again = search(graph, scores, counted, state_path=state, resume=True, clock=clock3, **kw)
+    assert again.evaluated == 10 and again.stopped_by == "time" and counted.calls == []
+    assert np.array_equal(again.transforms.kappa, res.transforms.kappa)
+    # a larger time budget lets it go on
+    more = search(graph, scores, counted, state_path=state, resume=True, clock=clock3, **{**kw, "time_budget": 13.5})
+    assert more.evaluated == 13 and more.stopped_by == "time"
 
 
 def test_search_time_on_the_command_line_records_the_count(tiny_folder: Path, resnet20_ckpt: Path, tmp_path) -> None:

@@ -280,3 +280,16 @@ def test_offline_timm_hub_is_one_line(tmp_path: Path, monkeypatch: pytest.Monkey
         create_model("resnet18", pretrained=True, num_classes=10)
     with pytest.raises(LcpError, match=r"could not download the config of hf-hub:timm/resnet18.a1_in1k"):
         model_info("hf-hub:timm/resnet18.a1_in1k")
+
+
+def test_a_safetensors_checkpoint_of_a_model_that_checks_its_state_version_loads(tmp_path) -> None:
+    """torchvision's MNASNet refuses a state without its module versions, which safetensors files do not keep:
+    the checkpoint loads with the model's own (it was a ValueError traceback)."""
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    model = create_model("tv:mnasnet0_5", num_classes=10)
+    path = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    again = create_model("tv:mnasnet0_5", num_classes=10, checkpoint=path)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))

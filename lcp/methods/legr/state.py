@@ -35,6 +35,8 @@ class SearchState:
         self.pending: list[list[float]] = []  # generated but not yet told, in candidate order
         self.results: dict[int, list[float]] = {}  # pending index -> [fitness, seconds]
         self.elapsed = 0.0  # wall seconds spent searching, over every run of a resumed search
+        #: why an earlier run stopped early and the limit it met: {"by": "time"|"convergence", "limit": ...}
+        self.stopped: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -47,6 +49,7 @@ class SearchState:
             "pending": self.pending,
             "pending_results": {str(k): v for k, v in self.results.items()},
             "elapsed": self.elapsed,
+            "stopped": self.stopped,
         }
 
     @classmethod
@@ -69,6 +72,7 @@ class SearchState:
             st.pending = data["pending"]
             st.results = {int(k): [float(v[0]), float(v[1])] for k, v in data["pending_results"].items()}
             st.elapsed = float(data.get("elapsed", 0.0))
+            st.stopped = data.get("stopped")
         except (KeyError, TypeError, ValueError, IndexError):
             raise LcpError(f"search state {path} is incomplete: delete it or start without --resume") from None
         return st
@@ -127,14 +131,31 @@ class SearchRun:
             return True
         if not self.state.evaluated:  # the identity is always evaluated, whatever the budget
             return False
+        if self._stopped_before():  # a resumed search that had stopped: the same result, not more candidates
+            return True
         steps = np.diff(self._checks[-6:])
         if self.time_budget is not None and now + (float(np.median(steps)) if len(steps) else 0.0) > self.time_budget:
-            self.stopped_by = "time"
-            return True
+            return self._stop("time", self.time_budget)
         if self.patience and self.since_improvement() >= self.patience:
-            self.stopped_by = "convergence"
-            return True
+            return self._stop("convergence", self.patience)
         return False
+
+    def _stop(self, by: str, limit: float) -> bool:
+        self.stopped_by, self.state.stopped = by, {"by": by, "limit": limit}
+        self.save()
+        return True
+
+    def _stopped_before(self) -> bool:
+        """An earlier run of this search stopped at a limit this run keeps (a larger time budget or patience, or
+        none, lets it go on)."""
+        st = self.state.stopped
+        if not st:
+            return False
+        mine = self.time_budget if st["by"] == "time" else self.patience
+        if mine is None or not mine or float(mine) > float(st["limit"]):
+            return False
+        self.stopped_by = st["by"]
+        return True
 
     def since_improvement(self) -> int:
         """Candidates evaluated since the best fitness last improved."""
