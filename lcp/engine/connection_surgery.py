@@ -17,7 +17,7 @@ from torch import nn
 from lcp.engine.cost import count_macs, count_params
 from lcp.engine.graph import retrace
 from lcp.engine.layers import LAYERS, delete_module, prune_norm, select_positions, set_param
-from lcp.engine.surgery import Verification, input_mask_hook, output_tensors
+from lcp.engine.surgery import Verification, input_mask_hook, output_tensors, relative_error
 from lcp.engine.types import LayerKind
 from lcp.errors import LcpError
 
@@ -131,10 +131,7 @@ def verify_connections(
             h.remove()
     if not (len(a) == len(b) and all(x.shape == y.shape for x, y in zip(a, b))):
         return Verification(float("inf"), False, False)
-    err = 0.0
-    for x, y in zip(a, b):
-        scale = float(x.abs().max()) if x.numel() else 0.0
-        err = max(err, float((x - y).abs().max()) / max(scale, 1e-12) if x.numel() else 0.0)
+    err = relative_error(a, b)
     return Verification(err, True, err <= rtol)
 
 

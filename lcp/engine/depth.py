@@ -182,6 +182,8 @@ def _find_units(graph: ChannelGraph) -> dict[int, DepthUnit]:
         if len(consumers) != 1 or records[consumers[0]].kind not in (LayerKind.CONV, LayerKind.LINEAR):
             continue
         ci = consumers[0]
+        if not set(graph.axis_units[(ci, "in")].tolist()) <= units:  # it reads other channels too (a concat)
+            continue
         inside = [ri for ri in touching if ri != ci]
         # every other module's axis that touches the group holds nothing else (the module dies with the group)
         if not all(set(graph.axis_units[(ri, axis)].tolist()) <= units for ri in inside for axis in touching[ri]):

@@ -171,9 +171,18 @@ def verify(
     shapes = len(a) == len(b) and all(x.shape == y.shape for x, y in zip(a, b))
     if not shapes:
         return Verification(float("inf"), False, False)
+    err = relative_error(a, b)
+    return Verification(err, True, err <= rtol)
+
+
+def relative_error(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+    """Largest ``max|x - y| / max|x|`` over the output pairs; inf where an output is not finite (a NaN compares
+    as no difference, so it must never reach the maximum)."""
     err = 0.0
     for x, y in zip(a, b):
-        scale = float(x.abs().max()) if x.numel() else 0.0
-        diff = float((x - y).abs().max()) if x.numel() else 0.0
-        err = max(err, diff / max(scale, 1e-12))
-    return Verification(err, True, err <= rtol)
+        if not x.numel():
+            continue
+        if not (bool(torch.isfinite(x).all()) and bool(torch.isfinite(y).all())):
+            return float("inf")
+        err = max(err, float((x - y).abs().max()) / max(float(x.abs().max()), 1e-12))
+    return err

@@ -80,6 +80,14 @@ class Context:
             )
         return self.data
 
+    def importance_batches(self) -> Any:
+        """The batches a data-driven importance scores on: the caller's, else for ``taylor`` 1,024 seeded
+        training images (the same for the search and the cut, so both rank by the same scores)."""
+        o = self.options
+        if self.batches is None and o.importance == "taylor" and self.data is not None:
+            return self.data.loader("train", 64, shuffle=True, seed=o.seed, limit=1024)
+        return self.batches
+
     def cost_and_scores(self) -> tuple[CostModel, np.ndarray]:
         """The cost model the cut walks (latency budgets: the per-layer latency table's prediction) and the unit
         scores it ranks (``options.importance`` aggregated by ``options.aggregate``), computed once."""
@@ -90,7 +98,8 @@ class Context:
                 table = LatencyTable.build(
                     self.graph, batch=o.latency_batch, device=o.device, n_threads=o.threads, progress=o.progress
                 )
-            scores = imp.unit_scores(self.graph, imp.filter_scores(self.graph, o.importance), o.aggregate)
+            raw = imp.filter_scores(self.graph, o.importance, self.importance_batches())
+            scores = imp.unit_scores(self.graph, raw, o.aggregate)
             self._cost_scores = (CostModel(self.graph, latency=table), scores)
         return self._cost_scores
 
@@ -171,9 +180,6 @@ class Method:
         """Cut ``ctx.graph`` to ``budget``: the units ranked by ``ctx.options.importance``, ordered by ``order``
         with ``learned.transforms``, or by ``learned.ratios`` per group; verified."""
         o = ctx.options
-        batches = ctx.batches
-        if batches is None and o.importance == "taylor" and ctx.data is not None:
-            batches = ctx.data.loader("train", 64, shuffle=True, seed=o.seed, limit=1024)
         result = prune_graph(
             ctx.graph,
             budget=budget,
@@ -185,7 +191,7 @@ class Method:
             round_to=o.round_to,
             min_ratio=o.min_ratio,
             seed=o.seed,
-            batches=batches,
+            batches=ctx.importance_batches(),
             latency={"batch": o.latency_batch, "device": o.device, "n_threads": o.threads, "time_aware": o.time_aware},
             ratios=learned.ratios,
             label=self.name,

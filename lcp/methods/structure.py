@@ -120,7 +120,7 @@ class Structure:
 
     def _check_widths(self, actual: dict[str, list[int]], classes: int) -> None:
         """The widths recorded in DIR, except the classifier's output when the number of classes differs."""
-        recorded, old = self.spec.get("widths"), self.spec["num_classes"]
+        recorded, old = self.spec.get("widths"), self.spec.get("num_classes")  # absent in a hand-written file
         if not isinstance(recorded, dict):
             return  # written without widths (older lcp): the unit keys were checked
         differ = [n for n in recorded if n not in actual]

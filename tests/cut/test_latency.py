@@ -441,3 +441,16 @@ def test_time_aware_needs_a_latency_budget(tiny_folder, resnet20_ckpt, tmp_path,
     assert main([*argv, "--budget", "0.5", "--time-aware", "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--time-aware" in err[0] and "latency" in err[0] and not out.exists()
+
+
+def test_probe_layers_of_convs_with_their_own_constructor():
+    """timm's Conv2dSame and StdConv2d take no padding_mode: the latency table probes them as their torch class
+    (it was a TypeError traceback for every latency budget or --round-to auto on such models)."""
+    from timm.layers import Conv2dSame, StdConv2d
+
+    from lcp.cut.latency import probe_layer
+
+    for conv in (Conv2dSame(8, 16, 3, stride=2), StdConv2d(8, 16, 3)):
+        probe = probe_layer(conv, 4, 6, depthwise=False)
+        assert isinstance(probe, torch.nn.Conv2d) and (probe.in_channels, probe.out_channels) == (4, 6)
+        assert probe.stride == conv.stride and probe(torch.zeros(1, 4, 9, 9)).shape[1] == 6

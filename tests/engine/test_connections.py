@@ -92,6 +92,9 @@ def test_verification_fails_for_a_wrong_network(cg):
     with torch.no_grad():
         broken.get_submodule("trans1.conv").weight[:, 0] += 1.0
     assert not cg.verify(keep, broken).ok
+    with torch.no_grad():
+        broken.get_submodule("trans1.conv").weight.fill_(float("nan"))
+    assert not cg.verify(keep, broken).ok  # NaN outputs are no match either
 
 
 def test_dead_layer_is_dropped(cg):

@@ -128,3 +128,27 @@ def test_ignore_and_caps_keep_a_block():
     res = lcp.prune(model, x, budget=0.5, depth=True, max_removal={"layer1.1.conv1": 0.5})
     gone = {res.graph.groups[g].name for g in empty_groups(res.graph, res.plan.removed)}
     assert gone == {"layer2.1.conv1"}
+
+
+class _ConcatBranch(nn.Module):
+    """y = x + c2(cat([relu(c1(x)), x])): c2 reads the stream too, so emptying c1 does not remove the branch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(16, 8, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.c2(torch.cat([torch.relu(self.c1(x)), x], 1))
+
+
+def test_a_branch_whose_consumer_reads_more_than_the_group_is_no_depth_unit():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), _ConcatBranch(), _ConcatBranch(), nn.Flatten(), nn.LazyLinear(10)
+    )
+    x = torch.zeros(1, 3, 8, 8)
+    model(x)
+    graph = lcp.build_graph(model.eval(), x)
+    assert not depth_units(graph)  # c1's group is not the whole input of c2: emptying it would zero the stream's half
+    res = lcp.prune(model, x, budget=0.5, depth=True, round_to=1)
+    assert res.verification.ok

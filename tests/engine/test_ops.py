@@ -1171,6 +1171,12 @@ def test_verification_catches_a_wrong_model():
     assert not v.ok and v.max_rel_error > 1e-3
     with pytest.raises(LcpError, match="does not match the masked original"):
         check_pruned(res.graph, res.plan, bad)
+    # a network whose output is NaN is not "no difference" (max() of NaN with a number keeps the number)
+    nan = copy.deepcopy(res.model)
+    with torch.no_grad():
+        nan.conv2.weight.fill_(float("nan"))
+    v = verify(res.graph, res.plan.removed, nan)
+    assert not v.ok and v.max_rel_error == float("inf")
 
 
 @pytest.mark.parametrize("cls", [Chain, FlattenLinear, ChannelLast, Reuse])
@@ -1572,3 +1578,36 @@ def test_a_batch_of_zero_is_one_line() -> None:
     for call in (lcp.count_macs, lcp.build_graph, lcp.prune):
         with pytest.raises(LcpError, match=r"^example inputs need a batch of at least 1$"):
             call(model, x)
+
+
+class ViewToConstantChannels(nn.Module):
+    """``y.view(n, 32, -1)``: the channel count written as a constant, which pruning would break."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c, self.d, self.fc = nn.Conv2d(3, 32, 3), nn.Conv2d(32, 32, 3), nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.d(torch.relu(self.c(x)))
+        return self.fc(y.view(x.size(0), 32, -1).mean(2))
+
+
+class NormOverChannels(nn.Module):
+    """``y / y.norm(2, 1, True)``: an L2 normalisation over the channels (norm's second argument is the order)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c, self.d, self.fc = nn.Conv2d(3, 16, 3), nn.Conv2d(16, 16, 3), nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.c(x)
+        return self.fc(self.d(y / y.norm(2, 1, True)).mean((2, 3)))
+
+
+@pytest.mark.parametrize("cls", [ViewToConstantChannels, NormOverChannels])
+def test_constant_channel_reshapes_and_channel_norms_are_frozen_not_broken(cls):
+    """Both were cut as if the channels passed through, and the cut was refused after surgery; now the layers
+    they touch are kept whole and the rest is pruned."""
+    torch.manual_seed(0)
+    res = prune_and_check(cls(), torch.zeros(1, 3, 12, 12), budget=0.6)
+    assert res.verification.ok and res.plan.macs_ratio <= 0.6

@@ -292,3 +292,20 @@ def test_api_connection_cut_saves_and_loads(tmp_path):
     probe = torch.randn(2, *SEARCH_SIZE)
     with torch.no_grad():
         assert torch.allclose(loaded.eval()(probe), res.model.eval()(probe), atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["lcp", "amc"])
+def test_taylor_importance_with_a_learning_method(method):
+    """The search (or agent) scores units by Taylor importance on training batches, as the cut does (it asked for
+    batches it was not given, and refused)."""
+    import lcp
+    from tests.helpers import SEARCH_SIZE, random_bundle
+
+    torch.manual_seed(0)
+    model = lcp.create_model("resnet20", num_classes=10).eval()
+    extra = {"candidates": 3, "search_preset": "legr"} if method == "lcp" else {"episodes": 3, "warmup_episodes": 1}
+    res = lcp.prune(
+        model, torch.zeros(1, *SEARCH_SIZE), budget=0.6, method=method, importance="taylor", data=random_bundle(),
+        recal_batches=1, **extra,
+    )  # fmt: skip
+    assert res.verification.ok and res.plan.macs_ratio <= 0.6

@@ -164,10 +164,12 @@ def test_connection_structure_transfers(tiny_folder: Path, other: tuple[Path, Pa
     assert w.pop("linear")[0] == 2 and w0.pop("linear")[0] == 3 and w == w0
 
 
-def _edit(source: Path, dest: Path, **changes: object) -> Path:
+def _edit(source: Path, dest: Path, drop: tuple[str, ...] = (), **changes: object) -> Path:
     shutil.copytree(source, dest)
     spec = json.loads((dest / "channels.json").read_text())
     spec.update(changes)
+    for key in drop:
+        del spec[key]
     (dest / "channels.json").write_text(json.dumps(spec))
     return dest
 
@@ -184,6 +186,10 @@ ERRORS = {
     ),
     "widths-differ": (
         lambda s, d, c, t, o: transfer_args(_edit(s, t / "s", removed_units=[]), d, c, o),
+        ["does not fit resnet20", "widths"],
+    ),
+    "no-num-classes": (  # a hand-edited channels.json: its classifier width cannot be excused (a KeyError before)
+        lambda s, d, c, t, o: transfer_args(_edit(s, t / "s", drop=("num_classes",)), d, c, o),
         ["does not fit resnet20", "widths"],
     ),
     "method": (lambda s, d, c, t, o: transfer_args(s, d, c, o, "--method", "global"), ["drop --method"]),

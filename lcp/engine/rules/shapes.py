@@ -153,10 +153,12 @@ def reshape(prop: Propagator, node: fx.Node, name: str, x: Any) -> Any:
     in_shape = meta_shapes(node.args[0])
     if not isinstance(x, Chan) or not isinstance(shape, tuple):
         return prop.unknown(node, "reshape of an untracked tensor")
-    if shape == in_shape:
-        return x
     # constant sizes that include the channel count would be wrong after pruning
     const = [a for a in flatten_args(node.args[1:]) if isinstance(a, int) and a not in (-1, 1)]
+    if shape == in_shape:
+        if shape[x.dim] in const:
+            return prop.unknown(node, "reshape to a constant size that includes the channels")
+        return x
     for s0 in range(len(in_shape)):
         for e0 in range(s0 + 1, len(in_shape)):
             merged = in_shape[:s0] + (int(math.prod(in_shape[s0 : e0 + 1])),) + in_shape[e0 + 1 :]
@@ -165,6 +167,8 @@ def reshape(prop: Propagator, node: fx.Node, name: str, x: Any) -> Any:
                     return prop.unknown(node, "reshape to a constant size that includes the channels")
                 return prop.flatten(node, x, s0, e0)
             if merged == shape:
+                if len(x.ids) in const:
+                    return prop.unknown(node, "reshape to a constant size that includes the channels")
                 return Chan(x.dim if x.dim < s0 else x.dim - (e0 - s0), x.ids)
     # splitting dims after the channel dim (N, C, HW) -> (N, C, H, W)
     if shape[: x.dim + 1] == in_shape[: x.dim + 1] and len(x.ids) not in const:
@@ -221,14 +225,15 @@ def reduce(prop: Propagator, node: fx.Node, name: str, x: Any) -> Any:
     if not isinstance(x, Chan):
         return prop.unknown(node, "reduction of an untracked tensor")
     in_rank = len(meta_shapes(node.args[0]))
-    dims = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
+    at = 2 if name == "norm" else 1  # norm(x, p, dim, keepdim): its second argument is the order, not a dim
+    dims = node.kwargs.get("dim", node.args[at] if len(node.args) > at else None)
     if dims is None:
         return prop.unknown(node, "reduction over all dimensions")
     dims = [dims] if isinstance(dims, int) else list(dims)
     dims = [norm_dim(d, in_rank) for d in dims]
     if x.dim in dims:
         return prop.unknown(node, "reduction over channels")
-    keep = node.kwargs.get("keepdim", node.args[2] if len(node.args) > 2 else False)
+    keep = node.kwargs.get("keepdim", node.args[at + 1] if len(node.args) > at + 1 else False)
     return Chan(x.dim if keep else x.dim - sum(d < x.dim for d in dims), x.ids)
 
 
