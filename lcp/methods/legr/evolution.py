@@ -121,6 +121,8 @@ def _legr(
         if not st.pending:
             if k < population:
                 st.pending = [initial(k + i).tolist() for i in range(min(run.room(width), population - k))]
+                if refine and key is not None:  # every cut generated so far, as a resumed run rebuilds it
+                    seen.update(key(np.asarray(z)) for z in st.pending)
             else:
                 st.pending = [child(k + i).tolist() for i in range(run.room(width))]
             st.rng = rng.bit_generator.state
