@@ -27,6 +27,7 @@ from lcp.errors import LcpError
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 AGGREGATIONS = ("mean", "sum")
+_NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
 
 class Importance:
@@ -114,7 +115,8 @@ class BnScale(Importance):
         count = np.zeros(len(graph.units))
         for ri, r in enumerate(graph.records):
             m = modules.get(r.name)
-            if r.kind == LayerKind.NORM and getattr(m, "weight", None) is not None:
+            # NORM records also hold per-channel PReLU slopes and layer scales: only a norm's weight is a gamma
+            if r.kind == LayerKind.NORM and isinstance(m, _NORMS) and getattr(m, "weight", None) is not None:
                 units = graph.axis_units[(ri, "out")]
                 np.add.at(gamma, units, m.weight.detach().abs().double().cpu().numpy())
                 np.add.at(count, units, 1)

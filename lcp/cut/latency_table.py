@@ -85,6 +85,20 @@ def _table(entry: Any) -> LayerTable | None:
     return t if len(t.ms) == len(t.in_grid) and all(len(r) == len(t.out_grid) for r in t.ms) else None
 
 
+def _cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux; ``platform.processor()``, often empty there, elsewhere)."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
 def _device_key(device: str, batch: int, n_threads: int | None) -> str:
     import platform
 
@@ -93,8 +107,8 @@ def _device_key(device: str, batch: int, n_threads: int | None) -> str:
         name = f"{torch.cuda.get_device_name(dev)}-{dev.index or 0}"
     elif dev.type != "cpu":
         name = dev.type
-    else:
-        name = f"{platform.machine()}-{platform.processor() or 'cpu'}-t{n_threads or torch.get_num_threads()}"
+    else:  # the CPU's model: two machines sharing $LCP_CACHE must not read each other's timings
+        name = f"{platform.machine()}-{_cpu_model()}-t{n_threads or torch.get_num_threads()}"
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in f"{name}-b{batch}-torch{torch.__version__}")
 
 

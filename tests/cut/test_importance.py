@@ -121,3 +121,18 @@ def test_taylor_scores_frozen_weights_and_leaves_them_as_they_were():
         assert all(np.allclose(scores[ri], trainable[ri]) for ri in trainable)
     assert model.linear.weight.grad is kept_grad and torch.equal(kept_grad, torch.ones_like(kept_grad))
     assert all(not p.requires_grad and (p.grad is None) == (p is not model.linear.weight) for p in model.parameters())
+
+
+def test_bn_scale_ignores_per_channel_prelu_slopes():
+    """A per-channel PReLU after the BN is recorded with the channels (its slopes are sliced with them), but its
+    slopes are no gamma: the score stays the BN's |gamma|."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.PReLU(8), nn.Conv2d(8, 4, 3, padding=1),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2),
+    ).eval()  # fmt: skip
+    nn.init.uniform_(model[1].weight, 0.2, 1.5)
+    nn.init.uniform_(model[2].weight, 5.0, 6.0)
+    graph = build_graph(model, torch.zeros(1, *SIZE))
+    scores = imp.filter_scores(graph, "bn_scale")[graph.record_index["0"]]
+    np.testing.assert_allclose(scores, model[1].weight.detach().abs().double().numpy())

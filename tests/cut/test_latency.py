@@ -137,6 +137,14 @@ def test_the_cache_key_names_the_device(monkeypatch: pytest.MonkeyPatch):
     keys = {_device_key(d, 1, 2) for d in ("cpu", "cuda", "cuda:0", "cuda:1")}
     assert len(keys) == 3 and _device_key("cuda", 1, 2) == _device_key("cuda:0", 1, 2)
     assert "Some_GPU-1" in _device_key("cuda:1", 1, 2)
+    # two CPU models sharing a cache do not share timings (platform.processor() is empty on Linux)
+    import lcp.cut.latency_table as table
+
+    cpu_keys = set()
+    for model in ("AMD EPYC", "Intel Xeon"):
+        monkeypatch.setattr(table, "_cpu_model", lambda model=model: model)
+        cpu_keys.add(_device_key("cpu", 1, 2))
+    assert len(cpu_keys) == 2
 
 
 def test_timings_and_the_table_keep_each_submodules_mode():

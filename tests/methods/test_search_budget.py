@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+import lcp
 from lcp.errors import LcpError
 from lcp.methods import get_method
 from lcp.methods.legr import search
@@ -188,3 +189,22 @@ def test_patience_stops_on_convergence_and_the_count_reproduces_it(tiny) -> None
     assert [h["fitness"] for h in res.history] == [h["fitness"] for h in full.history[: res.evaluated]]
     again = search(graph, scores, Recorder(graph, cost, scores), stop_after=res.evaluated, **kw)
     assert np.array_equal(again.transforms.alpha, res.transforms.alpha)
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_under_torchrun_every_rank_searches_without_a_clock(world: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each torchrun rank runs the search; a time budget would stop each at its own count and the ranks would cut
+    different networks: under torchrun the budget is dropped (all candidates), alone it is kept."""
+    import lcp.methods.legr.method as legr_method
+    from tests.helpers import SEARCH_SIZE, random_bundle
+
+    budgets, real = [], legr_method.search
+    monkeypatch.setattr(legr_method, "distributed", lambda: (world, 0))
+    monkeypatch.setattr(legr_method, "search", lambda *a, **k: budgets.append(k.get("time_budget")) or real(*a, **k))
+    torch.manual_seed(0)
+    model = lcp.create_model("resnet20", num_classes=10).eval()
+    lcp.prune(
+        model, torch.zeros(1, *SEARCH_SIZE), budget=0.6, method="lcp", data=random_bundle(), candidates=3,
+        search_preset="legr", search_time=60, recal_batches=1, search_eval_images=16,
+    )  # fmt: skip
+    assert budgets == ([60] if world == 1 else [None])

@@ -25,6 +25,7 @@ from lcp.methods.legr.prior import (
     structured_members,
 )
 from lcp.options import at_least, field_names, option, unit_interval
+from lcp.training.train import distributed
 
 _GROUP = "search (method lcp without --transforms)"
 #: the largest share of the search's time budget the sensitivity measurement may take
@@ -181,6 +182,9 @@ class LegrMethod(Method):
         members, prior_s = [], 0.0
         # the preset's time budget yields to --search-stop, which reproduces a stopped search exactly
         limit = o.search_time if o.search_time is not None else (None if o.search_stop else preset.seconds)
+        if limit and distributed()[0] > 1:  # every rank searches: a clock would stop each at its own count
+            ctx.log(f"under torchrun the search evaluates all {candidates} candidates (no time budget) on every rank")
+            limit = None
         if preset.prior and o.compensation == "affine":
             members, prior_s = self._prior(ctx, budgets, write, SENSITIVITY_SHARE * limit if limit else None)
         fitness = fitness_for(
