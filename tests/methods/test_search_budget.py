@@ -128,8 +128,9 @@ def test_search_time_on_the_command_line_records_the_count(tiny_folder: Path, re
     assert res.code == 0, res.err
     record = json.loads((out / "search.json").read_text())
     assert record["stopped_by"] == "time" and record["candidates_evaluated"] == 1  # one candidate, then the check
-    assert record["reproduce_with"] == "--search-stop 1"
-    assert "--search-stop 1 reproduces it" in res.out
+    # the per-layer measurement did not fit 1 ms either: --search-stop (no time cap) would measure it
+    assert record["sensitivity_skipped"] is True and record["reproduce_with"] is None
+    assert "--search-stop 1 does not do: its cut may differ" in res.out
     assert len((out / "search.csv").read_text().splitlines()) == 2
 
 

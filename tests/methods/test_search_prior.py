@@ -310,9 +310,16 @@ def test_the_fast_preset_stops_in_time_and_search_stop_reproduces_it(
 ) -> None:
     import dataclasses
 
+    import lcp.methods.legr.method as method
+
     monkeypatch.setitem(PRESETS, "fast", dataclasses.replace(PRESETS["fast"], seconds=1e-3))
-    timed = tmp_path / "timed"
     common = ("--method", "lcp", "--candidates", "8", "--threads", "1")
+    skipped = tmp_path / "skipped"  # the measurement does not fit the time budget either: the hint says so
+    res = lcp_cli(*tiny_args(tiny_folder, resnet20_ckpt, skipped, *common))
+    assert res.code == 0, res.err
+    assert "per-layer sensitivity skipped" in res.out and "which --search-stop" in res.out and "may differ" in res.out
+    monkeypatch.setattr(method, "SENSITIVITY_SHARE", 1e9)  # the measurement runs; the candidates stop on time
+    timed = tmp_path / "timed"
     res = lcp_cli(*tiny_args(tiny_folder, resnet20_ckpt, timed, *common))
     assert res.code == 0, res.err
     summary = json.loads((timed / "search.json").read_text())

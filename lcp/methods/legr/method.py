@@ -179,14 +179,14 @@ class LegrMethod(Method):
             + (" (mean held-out loss)" if len(budgets) > 1 else "")
         )
         write = ctx.writer and ctx.out is not None
-        members, prior_s = [], 0.0
+        members, prior_s, skipped = [], 0.0, False
         # the preset's time budget yields to --search-stop, which reproduces a stopped search exactly
         limit = o.search_time if o.search_time is not None else (None if o.search_stop else preset.seconds)
         if limit and distributed()[0] > 1:  # every rank searches: a clock would stop each at its own count
             ctx.log(f"under torchrun the search evaluates all {candidates} candidates (no time budget) on every rank")
             limit = None
         if preset.prior and o.compensation == "affine":
-            members, prior_s = self._prior(ctx, budgets, write, SENSITIVITY_SHARE * limit if limit else None)
+            members, prior_s, skipped = self._prior(ctx, budgets, write, SENSITIVITY_SHARE * limit if limit else None)
         fitness = fitness_for(
             ctx,
             budgets,
@@ -220,7 +220,13 @@ class LegrMethod(Method):
         ctx.log(
             f"search: {result.evaluated} of {candidates} candidates in {result.seconds:.0f} s"
             + (
-                f" (stopped by {STOPPED_BY[result.stopped_by]}; --search-stop {result.evaluated} reproduces it)"
+                f" (stopped by {STOPPED_BY[result.stopped_by]}; "
+                + (
+                    f"--search-stop {result.evaluated} reproduces it)"
+                    if not skipped  # --search-stop has no time cap, so it measures the sensitivity this run skipped
+                    else f"the per-layer sensitivity was skipped too, which --search-stop {result.evaluated} does "
+                    "not do: its cut may differ)"
+                )
                 if result.stopped_by in STOPPED_BY
                 else ""
             )
@@ -228,14 +234,15 @@ class LegrMethod(Method):
         )
         transforms = replace(result.transforms, learned_with=scores_of(o))
         if write:
-            write_outputs(result, ctx.out, prior_seconds=prior_s)
+            write_outputs(result, ctx.out, prior_seconds=prior_s, sensitivity_skipped=skipped)
             atomic_write_json(ctx.out / "transforms.json", transforms.to_json())
         return Learned(transforms=transforms)
 
     def _prior(
         self, ctx: Context, budgets: list[float], write: bool, cap: float | None
-    ) -> tuple[list[np.ndarray], float]:
-        """The sensitivity and structured members (prior.py), with the seconds the measurement took; the
+    ) -> tuple[list[np.ndarray], float, bool]:
+        """The sensitivity and structured members (prior.py), the seconds the measurement took and whether it was
+        skipped; the
         measurement is kept in ``sensitivity.json`` and reused by ``--resume``. If it would take more than
         ``cap`` seconds, it is given up (and stays so on ``--resume``) and the search starts from the structured
         members."""
@@ -258,7 +265,7 @@ class LegrMethod(Method):
         structured = structured_members(graph, scores, o.aggregate)[1:]  # the standardized member is always there
         if isinstance(cached, dict) and cached.get("key") == key and cached.get("skipped") is True:
             ctx.log(f"per-layer sensitivity: skipped, as in the run that wrote {path.name}")
-            return structured, 0.0
+            return structured, 0.0, True
         columns = len(SENSITIVITY_LEVELS) + (empty is not None)
         damage = _cached_damage(cached, key, (len(graph.groups), columns))
         if damage is not None:
@@ -297,13 +304,13 @@ class LegrMethod(Method):
                 )
                 if path is not None:
                     atomic_write_json(path, {"key": key, "seconds": seconds, "skipped": True})
-                return structured, seconds
+                return structured, seconds, True
             ctx.log(f"per-layer sensitivity: {n} one-group cuts of {len(graph.groups)} groups in {seconds:.0f} s")
             if path is not None:
                 atomic_write_json(path, {"key": key, "seconds": seconds, "damage": damage.tolist()})
         metric = o.budget_type  # a latency budget's cost model has the latency table
         members = sensitivity_members(graph, cost, scores, damage, metric=metric, empty=empty)
-        return members + structured, seconds
+        return members + structured, seconds, False
 
 
 def _cached_damage(cached: Any, key: dict, shape: tuple[int, int]) -> np.ndarray | None:

@@ -18,7 +18,9 @@ def write_search_csv(history: Sequence[dict[str, float]], path: PathLike) -> Non
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 
-def write_outputs(result: SearchResult, out_dir: PathLike, prior_seconds: float = 0.0) -> None:
+def write_outputs(
+    result: SearchResult, out_dir: PathLike, prior_seconds: float = 0.0, sensitivity_skipped: bool = False
+) -> None:
     """``search.csv``, ``search.png`` (fitness per candidate and best so far) and ``search.json`` (how many
     candidates were evaluated, what stopped the search, its wall time and that of the sensitivity measurement
     before it) in ``out_dir``."""
@@ -33,7 +35,9 @@ def write_outputs(result: SearchResult, out_dir: PathLike, prior_seconds: float 
             "prior_seconds": round(prior_seconds, 1),
             "best_fitness": result.best_fitness,
             "identity_fitness": result.history[0]["fitness"] if result.history else None,
-            "reproduce_with": f"--search-stop {result.evaluated}",
+            # --search-stop has no time cap: it measures a sensitivity this run skipped, and may cut otherwise
+            "reproduce_with": None if sensitivity_skipped else f"--search-stop {result.evaluated}",
+            "sensitivity_skipped": sensitivity_skipped,
         },
     )
     plot_search(result.history, out / "search.png", title="search: held-out fitness (lower is better)", maximize=False)
