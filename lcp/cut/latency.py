@@ -354,14 +354,8 @@ def probe_layer(module: nn.Module, n_in: int, n_out: int, depthwise: bool) -> nn
         n_in = groups = n_out
     elif groups > 1:  # grouped: widths rounded up to a multiple of the groups
         n_in, n_out = -(-n_in // groups) * groups, -(-n_out // groups) * groups
-    kwargs = {
-        "stride": module.stride,
-        "padding": module.padding,
-        "dilation": module.dilation,
-        "groups": groups,
-        "bias": module.bias is not None,
-        "padding_mode": module.padding_mode,
-    }
+    kwargs = dict(stride=module.stride, padding=module.padding, dilation=module.dilation, groups=groups)
+    kwargs.update(bias=module.bias is not None, padding_mode=module.padding_mode)
     try:
         return type(module)(n_in, n_out, module.kernel_size, **kwargs)
     except TypeError:  # a subclass with a constructor of its own (timm's Conv2dSame, StdConv2d): its torch class
