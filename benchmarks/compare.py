@@ -386,11 +386,12 @@ def tasks(cfg: dict) -> list[tuple[str, float, int]]:
                     out.append((m, float(b), int(s)))
     extra = cfg.get("extra_seeds") or {}
     if extra:
+        methods = [m for m in extra.get("methods", cfg["methods"]) if m in cfg["methods"]]
         for s in extra.get("seeds", []):
+            if CEILING in methods:  # the unpruned network has one row per seed, at budget 1
+                out.append((CEILING, 1.0, int(s)))
             for b in extra.get("budgets", cfg["budgets"]):
-                for m in extra.get("methods", cfg["methods"]):
-                    if m in cfg["methods"]:
-                        out.append((m, float(b), int(s)))
+                out += [(m, float(b), int(s)) for m in methods if m != CEILING]
     return list(dict.fromkeys(out))
 
 
@@ -583,6 +584,35 @@ def searched_otherwise(df: pd.DataFrame, cfg: dict) -> list[int]:
         return []
     ours = df[(df["method"] == "lcp") & df["status"].astype(str).eq("ok")]["search_candidates"].dropna()
     return sorted({int(n) for n in ours if int(n) != want})
+
+
+def fitted_at(cfg: dict) -> list[float]:
+    """The budgets the recipe's lcp search averages its fitness over: ``search.search_budget``, else them all."""
+    sb = cfg["search"].get("search_budget")
+    return [float(sb)] if sb else sorted(float(b) for b in cfg["budgets"])
+
+
+def fitted_at_text(cfg: dict) -> str:
+    """``fitted_at`` as an lcp row's ``search_budgets`` cell, e.g. ``0.3;0.5``."""
+    return ";".join(f"{b:g}" for b in fitted_at(cfg))
+
+
+def searched_at_other_budgets(df: pd.DataFrame, cfg: dict, meta: dict) -> list[str]:
+    """The search budgets of ``lcp`` rows of ``df`` that are not this run's (``fitted_at``): a search averaged
+    over 0.3 and 0.5 and one at 0.5 alone cut other networks at 0.5, and the report would average them as one.
+    Rows without the cell take the table's meta ``search_budgets`` unless its searches ran separately."""
+    if df.empty or "method" not in df.columns:
+        return []
+    ours = df[(df["method"] == "lcp") & df["status"].astype(str).eq("ok")]
+    legacy = meta.get("search_budgets") if not meta.get("searched_separately") else None
+    legacy_text = ";".join(f"{float(b):g}" for b in legacy) if legacy else None
+    want = fitted_at_text(cfg)
+    seen = set()
+    for cell in ours.get("search_budgets", pd.Series([None] * len(ours), index=ours.index)):
+        text = cell if isinstance(cell, str) and cell else legacy_text
+        if text is not None and text != want:
+            seen.add(text)
+    return sorted(seen)
 
 
 def _done_keys(df: pd.DataFrame, retry_errors: bool) -> set[tuple[str, float, int]]:
@@ -881,7 +911,11 @@ class Bench:
             "params_pruned": res.plan.params,
             "search_s": search_s,
             "prune_s": res.seconds,
-            **({"search_candidates": self.search_candidates[seed]} if method == "lcp" else {}),
+            **(
+                {"search_candidates": self.search_candidates[seed], "search_budgets": fitted_at_text(self.cfg)}
+                if method == "lcp"
+                else {}
+            ),
             "cut": res,  # for the reconstruction (popped by ``row``)
         }
 
@@ -1029,14 +1063,26 @@ def run(args: argparse.Namespace, argv: list[str], log: Log = print) -> pd.DataF
         todo = [t for t in todo_all if (t[0], round(t[1], 6), t[2]) not in done]
         started = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
         host = _host()
-        sbud = cfg["search"].get("search_budget")
+        runs_lcp = any(t[0] == "lcp" for t in todo)
+        other = (
+            searched_at_other_budgets(old, cfg, json.loads(meta_path.read_text()) if meta_path.is_file() else {})
+            if runs_lcp
+            else []
+        )
+        if other and not args.overwrite:
+            raise LcpError(
+                f"{out} holds lcp rows whose search was fitted at budgets {', '.join(other)}, this run's at "
+                f"{fitted_at_text(cfg)}: the report would average both as one; pass --out another file (and merge it "
+                "with benchmarks/merge_rows.py, which records that the searches ran separately) or --overwrite"
+            )
         invocation = {"command": _command(argv), "started": started, "rows": len(todo), "id": secrets.token_hex(6)}
 
         def begin(meta: dict) -> None:
             for peer in PEERS:  # the peers may run from another venv: keep the version their rows were made with
                 host[peer] = host[peer] or (meta.get("host") or {}).get(peer)
             meta.update(config=cfg, config_hash=sig, recipe=str(args.recipe), host=host)
-            meta["search_budgets"] = [float(sbud)] if sbud else sorted(float(b) for b in cfg["budgets"])
+            if runs_lcp or "search_budgets" not in meta:  # the table's lcp rows keep the budgets they were fitted at
+                meta["search_budgets"] = fitted_at(cfg)
             meta.setdefault("runs", []).append(invocation)
 
         # the meta file is re-read under a lock at each update: another run on the same --out keeps its entries

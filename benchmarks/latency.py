@@ -13,7 +13,8 @@ With ``--data cifar10`` the models carry their trained weights ($LCP_WEIGHTS) an
 BatchNorm recalibration is added (``top1_recal``, measured after all timing), with a second row of plots.
 
 Rows are written as they are measured; a rerun with the same settings keeps the rows already in --out and
-measures the rest (--overwrite measures all again). The file holds this run's rows only.
+measures the rest (--overwrite measures all again). Rows already in --out of models, budgets or budget kinds
+this run does not make stay (and are plotted with its rows).
 """
 
 from __future__ import annotations
@@ -40,6 +41,12 @@ from lcp.errors import LcpError
 from lcp.io import atomic_path
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _planned(row: dict, models: list[str], budgets: list[float], kinds: list[str]) -> bool:
+    """Whether a run of ``models`` at ``budgets`` and budget ``kinds`` makes (or keeps) ``row``."""
+    kind = "macs" if row.get("budget_type") == "macs" else "latency"
+    return row.get("model") in models and kind in kinds and any(abs(float(row["budget"]) - b) < 1e-9 for b in budgets)
 
 
 def run(
@@ -326,13 +333,16 @@ def main() -> None:
     prior = pd.read_csv(a.out) if a.out.is_file() and not a.overwrite else None
     a.out.parent.mkdir(parents=True, exist_ok=True)
 
-    def save(rows: list[dict]) -> None:
+    models, budgets, kinds = a.models.split(","), [float(b) for b in a.budgets.split(",")], a.kinds.split(",")
+    others = [] if prior is None else [r for r in prior.to_dict("records") if not _planned(r, models, budgets, kinds)]
+
+    def save(rows: list[dict]) -> None:  # the earlier run's rows of other models, budgets or kinds stay
         with atomic_path(a.out) as tmp:
-            pd.DataFrame(rows).to_csv(tmp, index=False)
+            pd.DataFrame(others + rows).to_csv(tmp, index=False)
 
     df = run(
-        a.models.split(","),
-        [float(b) for b in a.budgets.split(",")],
+        models,
+        budgets,
         a.threads,
         a.repeats,
         a.big_batch,
@@ -342,7 +352,7 @@ def main() -> None:
         a.cut_repeats,
         a.data,
         a.round_to,
-        tuple(a.kinds.split(",")),
+        tuple(kinds),
         a.image_size,
         a.depth,
         a.runtime,
@@ -350,8 +360,9 @@ def main() -> None:
         save,
     )
     save(df.to_dict("records"))
-    if "macs_ratio" in df:  # no plot when every budget was unreachable
-        plot(df, a.plot, a.big_batch)
+    everything = pd.read_csv(a.out)
+    if "macs_ratio" in everything:  # no plot when every budget was unreachable
+        plot(everything, a.plot, a.big_batch)
     print(df.to_string(index=False))
 
 

@@ -7,9 +7,12 @@
 Every input, and ``--into`` when it exists, must come from the same recipe signature (``config_hash``); the
 meta files are merged: the first one's settings with the union of methods, seeds and the chosen budgets, and in
 ``runs`` each input invocation that finished a merged row (so the table's wall time and dates are its rows').
-Rows already in ``--into`` are replaced by rows of the same method, budget and seed; merged into a table of other
-budgets, the budgets are joined and the meta says the searches ran separately (``searched_separately``: one
-search per budget, not one averaged over them).
+Rows already in ``--into`` are replaced by rows of the same method, budget and seed, except that a row which
+failed or was skipped never replaces a finished (``ok``) one. A merge is refused when a method's finished rows
+were made with other settings (their ``config`` signature, e.g. another number of agent episodes) or, for
+``lcp``, another number of search candidates: they would be averaged as one. Merged into a table whose lcp
+searches ran at other budgets, the meta says the searches ran separately (``searched_separately``: one search
+per budget, not one averaged over them).
 """
 
 from __future__ import annotations
@@ -28,6 +31,65 @@ from report import run_made_a_row  # noqa: E402
 
 from lcp.io import update_json  # noqa: E402
 
+KEY = ("method", "budget", "seed")
+
+
+def _key(r: pd.Series) -> tuple[str, float, int]:
+    return str(r["method"]), round(float(r["budget"]), 6), int(r["seed"])
+
+
+def _finished_first(rows: pd.DataFrame, old: pd.DataFrame) -> pd.DataFrame:
+    """One row per (method, budget, seed): a finished (``ok``) row before one that failed or was skipped, else
+    the last input's; a row not ``ok`` is dropped (with a line on stderr) where ``old`` has that key ``ok``."""
+    if rows.empty:
+        return rows
+    ok = rows["status"].eq("ok") if "status" in rows else pd.Series(True, index=rows.index)
+    rows = rows.assign(_ok=ok.values, _order=range(len(rows))).sort_values(["_ok", "_order"], kind="stable")
+    rows = rows.drop_duplicates(subset=list(KEY), keep="last").sort_values("_order")
+    done = set() if old.empty or "status" not in old else {_key(r) for _, r in old[old["status"] == "ok"].iterrows()}
+    dropped = [r for _, r in rows.iterrows() if not r["_ok"] and _key(r) in done]
+    for r in dropped:
+        print(
+            f"kept the finished row of {r['method']} {r['budget']} seed {r['seed']}, not: {r['status']}",
+            file=sys.stderr,
+        )
+    rows = rows[[not (not r["_ok"] and _key(r) in done) for _, r in rows.iterrows()]]
+    return rows.drop(columns=["_ok", "_order"])
+
+
+def _refuse_mixed(new: pd.DataFrame, old: pd.DataFrame, into: Path) -> None:
+    """Refuse (SystemExit) a merge after which one method's finished rows carry two ``config`` signatures or, for
+    lcp, two numbers of search candidates, or two sets of search budgets at one budget: the report would average
+    them as one setting."""
+    if not old.empty:
+        replaced = {_key(r) for _, r in new.iterrows()}
+        old = old[[_key(r) not in replaced for _, r in old.iterrows()]]
+    both = pd.concat([old, new], ignore_index=True)
+    if "status" in both:
+        both = both[both["status"] == "ok"]
+    checks = (  # column, the methods it concerns (None: all), the rows averaged together
+        ("config", None, ["method"]),
+        ("search_candidates", {"lcp"}, ["method"]),
+        ("search_budgets", {"lcp"}, ["method", "budget"]),  # e.g. "0.3;0.5": one search fitted at both
+    )
+    for column, methods, by in checks:
+        if column not in both:
+            continue
+        for key, g in both.groupby(by):
+            method = key[0] if isinstance(key, tuple) else key
+            if methods and method not in methods:
+                continue
+            values = {str(v) for v in g[column] if str(v) not in ("", "nan")}
+            if column == "search_candidates":  # 80 and 80.0 (a column with gaps) are one count
+                values = {f"{float(v):g}" for v in values}
+            values = sorted(values)
+            if len(values) > 1:
+                raise SystemExit(
+                    f"error: after this merge {into} would hold {method} rows with {column} {', '.join(values)}: "
+                    "rows of different settings would be averaged as one (rerun them alike, or merge into another "
+                    "file)"
+                )
+
 
 def merge(inputs: list[Path], into: Path, budgets: list[float], command: str = "") -> int:
     """Copy the rows of ``inputs`` at ``budgets`` (and every ceiling row) into ``into``; return how many."""
@@ -45,29 +107,49 @@ def merge(inputs: list[Path], into: Path, budgets: list[float], command: str = "
     rows = pd.concat(frames, ignore_index=True)
     b = pd.to_numeric(rows["budget"])
     keep = rows[(rows["method"] == "ceiling") | b.apply(lambda v: any(abs(v - x) < 1e-9 for x in budgets))]
+    old = pd.read_csv(into, dtype=str, keep_default_na=False) if into.is_file() else pd.DataFrame()
+    keep = _finished_first(keep, old)
+    _refuse_mixed(keep, old, into)
     for _, r in keep.iterrows():
         row = {k: v for k, v in r.items() if v != ""}
         for k in ("budget", "seed"):
             row[k] = float(row[k]) if k == "budget" else int(row[k])
         append_row(into, row)
 
-    chosen = {float(x) for x in budgets}
+    pruned = keep[keep["method"] != "ceiling"]
+
+    def fitted_at(m: dict) -> tuple[float, ...]:
+        return tuple(sorted(float(x) for x in m.get("search_budgets") or (m.get("config") or {}).get("budgets", [])))
+
+    def merges_lcp(f: pd.DataFrame) -> bool:
+        at = pd.to_numeric(f["budget"]).apply(lambda v: any(abs(v - x) < 1e-9 for x in budgets))
+        return bool(((f["method"] == "lcp") & at).any())
+
+    # the budgets each input's lcp search was fitted at, for the inputs whose lcp rows are merged
+    searched = [fitted_at(m) for m, f in zip(metas, frames) if merges_lcp(f)]
 
     def combine(meta: dict) -> None:
         existing = bool(meta)
         if not existing:
             meta.update(dict(metas[0], runs=[]))
+            meta.pop("search_budgets", None)
+            meta.pop("searched_separately", None)
         cfg = meta["config"]
         cfg["methods"] = sorted(set(cfg.get("methods", [])) | set(keep["method"]))
         cfg["seeds"] = sorted({int(s) for s in cfg.get("seeds", [])} | {int(s) for s in keep["seed"]})
-        wanted = set(chosen)
-        if existing:  # rows at other budgets stay: their budgets too; each input's searches ran at its own budgets
-            old = set(meta.get("search_budgets") or cfg.get("budgets", []))
-            if old and old != wanted:
-                meta["searched_separately"] = True
-            wanted |= {float(b) for b in cfg.get("budgets", [])}
+        wanted = {float(x) for x in pruned["budget"]} | (
+            {float(x) for x in cfg.get("budgets", [])} if existing else set()
+        )
         cfg["budgets"] = sorted(wanted)
-        meta["search_budgets"] = cfg["budgets"]
+        fitted = {x for x in searched if x}
+        if existing and meta.get("search_budgets"):
+            fitted.add(tuple(sorted(float(x) for x in meta["search_budgets"])))
+        if len(fitted) > 1:  # searches fitted at different budgets: each row's at its own
+            meta["searched_separately"] = True
+        if fitted:
+            meta["search_budgets"] = sorted({b for f in fitted for b in f})
+        elif not existing:
+            meta["search_budgets"] = cfg["budgets"]
         host = meta.setdefault("host", {})
         for m in metas:  # e.g. the modelopt version, known only to the run from its own venv
             host.update({k: v for k, v in (m.get("host") or {}).items() if host.get(k) is None and v is not None})

@@ -191,9 +191,9 @@ def mo_prune(
         )
         c = _cost(m, example, budget_type) / base
         tries.append((target, c))
-        if c <= budget * 1.001 and (best is None or c > best[1]):
+        if c <= budget + 1e-9 and (best is None or c > best[1]):  # at or under it, as lcp's cut and Torch-Pruning's
             best = (m, c, target)
-        if budget * (1.0 - tolerance) <= c <= budget * 1.001:
+        if budget * (1.0 - tolerance) <= c <= budget + 1e-9:
             break
         target *= budget / c
     if best is not None:

@@ -28,6 +28,8 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime as _dt
+import hashlib
+import json
 import math
 import platform
 import sys
@@ -76,6 +78,7 @@ VARIANT_KEYS = {
 COLUMNS = [
     "model",
     "cut",
+    "setup",
     "macs_ratio",
     "variant",
     "net",
@@ -380,6 +383,18 @@ def disagreements(row: Any, v: dict | None) -> list[str]:
     return out
 
 
+SETUP_KEYS = ("model", "data", "checkpoint", "holdout", "recal_batches", "batch_size")
+
+
+def setup_of(cfg: dict, cut: Path | None) -> str:
+    """Hash of what a row depends on beyond its variant: the recipe's data, checkpoint, split and recalibration
+    settings and, for a pruned row, the cut's ``channels.json`` (a ceiling row does not depend on the cut)."""
+    what = {k: cfg.get(k) for k in SETUP_KEYS}
+    if cut is not None:
+        what["channels"] = (cut / "channels.json").read_text()
+    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
 def run(cfg: dict, only: list[str] | None, nets: list[str], log=print) -> pd.DataFrame:
     out = ROOT / cfg["out"] if not Path(cfg["out"]).is_absolute() else Path(cfg["out"])
     cut = Path(cfg["cut"]).expanduser()
@@ -397,10 +412,14 @@ def run(cfg: dict, only: list[str] | None, nets: list[str], log=print) -> pd.Dat
             "unless --reconstruct-images 0): make it again with --reconstruct-images 0 (a variant's reconstruct "
             "refits it itself)"
         )
-    done = pd.read_csv(out) if out.is_file() else pd.DataFrame(columns=COLUMNS)
+    done = pd.read_csv(out, dtype={"setup": str}) if out.is_file() else pd.DataFrame(columns=COLUMNS)
+    setups = {"pruned": setup_of(cfg, cut), "ceiling": setup_of(cfg, None)}
     have = set()
     for r in done.itertuples():
         stale = disagreements(r, cfg["variants"].get(r.variant))
+        made = getattr(r, "setup", None)  # rows from before the column: not judged
+        if isinstance(made, str) and made and made != setups.get(r.net):
+            stale.append("another cut, data split or recalibration (setup " + made + ")")
         if not stale:
             have.add((r.variant, r.net, int(r.seed)))
         elif (not only or r.variant in only) and r.net in nets:  # the recipe changed since: made again, replaced
@@ -460,6 +479,7 @@ def run(cfg: dict, only: list[str] | None, nets: list[str], log=print) -> pd.Dat
             row = {
                 "model": cfg["model"],
                 "cut": str(cfg["cut"]),
+                "setup": setups[net],
                 "macs_ratio": round(lcp.count_macs(student, x) / macs0, 4),
                 "variant": name,
                 "net": net,
@@ -505,9 +525,10 @@ def _tables(recipes: list[Path]) -> list[tuple[Path, dict, pd.DataFrame]]:
     return out
 
 
-def _ceilings(tables: list[tuple[Path, dict, pd.DataFrame]]) -> dict[tuple, tuple[pd.Series, str]]:
-    """Every table's ceiling rows (mean over their seeds) by ``_ceiling_key``, with the recipe they are in."""
-    out: dict[tuple, tuple[pd.Series, str]] = {}
+def _ceilings(tables: list[tuple[Path, dict, pd.DataFrame]]) -> dict[tuple, tuple[pd.Series, str, dict]]:
+    """Every table's ceiling rows (mean over their seeds) by ``_ceiling_key``, with the recipe they are in and
+    the test top-1 of each seed."""
+    out: dict[tuple, tuple[pd.Series, str, dict]] = {}
     for recipe, cfg, df in tables:
         for name, v in cfg["variants"].items():
             rows = df[(df["variant"] == name) & (df["net"] == "ceiling")]
@@ -515,7 +536,8 @@ def _ceilings(tables: list[tuple[Path, dict, pd.DataFrame]]) -> dict[tuple, tupl
                 key = _ceiling_key(cfg, v)
                 mean = rows[["holdout_top1", "top1", "top1_noft", "finetune_s"]].mean()
                 seeds = ", ".join(str(int(x)) for x in sorted(set(rows["seed"])))
-                out.setdefault(key, (mean, f"`{_rel(recipe)}` (seed {seeds})"))
+                per_seed = {int(r.seed): float(r.top1) for r in rows.itertuples()}
+                out.setdefault(key, (mean, f"`{_rel(recipe)}` (seed {seeds})", per_seed))
     return out
 
 
@@ -544,7 +566,9 @@ def report(recipes: list[Path], md: Path) -> str:
         "or the gap is large. `steps` N > 1: the cut's budget reached in N cuts with the cut's own learned "
         "compensation, one epoch of the same recovery after each but the last (`pruned, BN recal` is then "
         "the last cut's accuracy, after those epochs; its fine-tuning seconds include the cuts); its ceiling is "
-        "the one-step recipe's. `refit images` N: before the recalibration, every dense layer of the pruned "
+        "the one-step recipe's. `gap to ceiling`: the ceiling's test top-1 minus the pruned network's, on the "
+        "seeds both have (paired: the same data order). `refit images` N: before the recalibration, every dense "
+        "layer of the pruned "
         "network refitted by least squares to the unpruned layer's output on N training images (`lcp prune "
         "--reconstruct-images N`, `lcp.training.reconstruct`); its ceiling is the plain recipe's (nothing is cut "
         "in the unpruned network). `EMA` d: the network evaluated is the exponential moving average of the weights "
@@ -582,6 +606,13 @@ def report(recipes: list[Path], md: Path) -> str:
                     return found[0][col]
             return float("nan")
 
+        def by_seed(name: str, net: str, df: pd.DataFrame = df, cfg: dict = cfg) -> dict[int, float]:
+            rows = df[(df["variant"] == name) & (df["net"] == net)]
+            if len(rows) or net != "ceiling" or name not in cfg["variants"]:
+                return {int(r.seed): float(r.top1) for r in rows.itertuples()}
+            found = shared.get(_ceiling_key(cfg, cfg["variants"][name]))
+            return found[2] if found is not None else {}
+
         def plain(v: dict, cfg: dict = cfg) -> str:
             """The variant whose ceiling a stepwise or refitting variant shares: same recovery, one step, no refit."""
             twin = {**v, "steps": 1, "reconstruct": 0}
@@ -594,7 +625,13 @@ def report(recipes: list[Path], md: Path) -> str:
                 continue
             top = _f(cell(name, "pruned", "top1")) + (f" ± {sd[(name, 'pruned')]:.2f}" if n > 1 else "")
             ceil = name if v["steps"] == 1 and not v["reconstruct"] else (plain(v) or name)  # else from elsewhere
-            gap = cell(ceil, "ceiling", "top1") - cell(name, "pruned", "top1")
+            mine, theirs = by_seed(name, "pruned"), by_seed(ceil, "ceiling")
+            both = sorted(set(mine) & set(theirs))  # paired on the seeds both have (same data order)
+            gap = (
+                float(np.mean([theirs[k] - mine[k] for k in both]))
+                if both
+                else cell(ceil, "ceiling", "top1") - cell(name, "pruned", "top1")
+            )
             kd_weight = f"{v['kd_weight']:g}" if v["kd"] else "no"
             kd_t = f"{v['kd_t']:g}" if v["kd"] else "-"
             rows.append(

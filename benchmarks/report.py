@@ -633,8 +633,7 @@ def findings_text(s: pd.DataFrame, tuned: bool = True, macs_budget: bool = True)
         )
         lcp_r, glob = g[g["method"] == "lcp"], g[g["method"] == "global"]
         if not lcp_r.empty and not glob.empty:
-            d = float(lcp_r["top1_pruned"].iloc[0] - glob["top1_pruned"].iloc[0])
-            d0 = float(lcp_r["top1_pruned_noft"].iloc[0] - glob["top1_pruned_noft"].iloc[0])
+            d, d0 = (paired_difference(g, col, "global") for col in ("top1_pruned", "top1_pruned_noft"))
             sds = [
                 float(v)
                 for v in (lcp_r["top1_pruned_sd"].iloc[0], glob["top1_pruned_sd"].iloc[0])
@@ -657,6 +656,10 @@ def findings_text(s: pd.DataFrame, tuned: bool = True, macs_budget: bool = True)
                 f" of the MACs, more than {UNDER_BUDGET:g} under the budget: it is compared here with less compute "
                 "than the others, a disadvantage the table does not correct"
             )
+        over = g[(g["method"] != "ceiling") & (g["macs_ratio"] > budget + 1e-6)] if macs_budget else g[:0]
+        if not over.empty:
+            line += "; " + ", ".join(f"`{r['method']}` kept {r['macs_ratio']:.4f}" for _, r in over.iterrows())
+            line += " of the MACs, over the budget: it is compared here with more compute than the budget allows"
         out.append(f"- {line}.")
     return "Read from the table (generated):\n\n" + "\n".join(out)
 
@@ -690,6 +693,12 @@ def lead(g: pd.DataFrame, col: str) -> dict[str, list[tuple[str, float, float]]]
             (str(r["method"]), d, spread)
         )
     return out
+
+
+def paired_difference(g: pd.DataFrame, col: str, method: str) -> float:
+    """lcp minus ``method`` on ``col``, on the seeds the two rows share (``lead``'s difference)."""
+    found = lead(g, col)
+    return next((d for rows in found.values() for m, d, _ in rows if m == method), math.nan)
 
 
 def lead_text(g: pd.DataFrame, col: str) -> str:

@@ -611,6 +611,14 @@ def test_recovery_ablation_writes_rows_resumes_and_reports(tiny_folder: Path, re
         assert len(s_out) == len(t_out) == 3 and loss[1000.0] > loss[0.0]
         assert rec.main(["--recipe", str(recipe)]) == 0
         assert len(pd.read_csv(out)) == 10  # nothing run twice
+        made = pd.read_csv(out, dtype={"setup": str})
+        assert set(made.loc[made["net"] == "pruned", "setup"]) == {rec.setup_of(cfg, cut)}
+        assert set(made.loc[made["net"] == "ceiling", "setup"]) == {rec.setup_of(cfg, None)}
+        # another recalibration (or data split, or cut) makes a row again, although its variant is unchanged
+        logged.clear()
+        rec.run({**cfg, "recal_batches": 2}, ["plain"], ["ceiling"], log=logged.append)
+        assert any("plain ceiling seed 0 was made with another cut, data split" in line for line in logged)
+        assert len(pd.read_csv(out)) == 10  # replaced, not added
     finally:
         torch.set_num_threads(threads)
     # a cut lcp prune refitted (its default without fine-tuning) is refused: the variants would not start from the cut
@@ -1079,6 +1087,10 @@ def test_a_row_that_kept_fewer_macs_than_its_budget_is_named():
     assert "`modelopt` kept 0.463 of the MACs, more than 0.01 under the budget" in report.findings_text(s)
     assert "under the budget" not in report.findings_text(s, macs_budget=False)
     assert "under the budget" not in report.findings_text(s[s["method"] != "modelopt"])
+    over = s.copy()
+    over.loc[over["method"] == "modelopt", "macs_ratio"] = 0.5008  # what a 0.1% tolerance let through
+    assert "`modelopt` kept 0.5008 of the MACs, over the budget" in report.findings_text(over)
+    assert "over the budget" not in report.findings_text(s)
 
 
 def test_the_latency_benchmark_writes_each_row_and_keeps_them_on_a_rerun(capsys, tmp_path: Path):
@@ -1180,3 +1192,149 @@ def test_recovery_hints_tap_each_resolutions_last_block_and_ignore_widths():
         assert [tuple(t.shape) for t in out] == [(1, 4, 8, 8), (1, 2, 4, 4)]
     net(x)
     assert len(out) == 2 and all(not m._forward_hooks for m in net.modules())  # closed: nothing taps any more
+
+
+def _table(path: Path, rows: list[dict], meta: dict | None = None) -> None:
+    pd.DataFrame(rows).to_csv(path, index=False)
+    base = {"config_hash": "h", "config": {"methods": sorted({r["method"] for r in rows})}, "host": {}, "runs": []}
+    path.with_suffix(".meta.json").write_text(json.dumps({**base, **(meta or {})}))
+
+
+def test_a_failed_or_skipped_row_never_replaces_a_finished_one(tmp_path: Path, capsys):
+    """merge_rows.py: an error or skipped row of the same method, budget and seed leaves the ok row in place,
+    whether the ok row is in the table or in another input; a failed row with no finished one is merged."""
+    merge_rows = _module(ROOT / "benchmarks" / "merge_rows.py", "merge_rows")
+    ok = [{"method": "lcp", "budget": 0.5, "seed": 0, "top1_pruned": 88.0, "status": "ok"}]
+    _table(tmp_path / "t.csv", ok)
+    bad = [
+        {"method": "lcp", "budget": 0.5, "seed": 0, "status": "error: CUDA out of memory"},
+        {"method": "modelopt", "budget": 0.5, "seed": 0, "status": "skipped: nvidia-modelopt is not installed"},
+        {"method": "global", "budget": 0.5, "seed": 0, "status": "error: boom"},
+    ]
+    _table(tmp_path / "bad.csv", bad)
+    good = [{"method": "modelopt", "budget": 0.5, "seed": 0, "top1_pruned": 87.0, "status": "ok"}]
+    _table(tmp_path / "good.csv", good)
+    merge_rows.merge([tmp_path / "good.csv", tmp_path / "bad.csv"], tmp_path / "t.csv", [0.5])
+    df = pd.read_csv(tmp_path / "t.csv").set_index("method")
+    assert df.loc["lcp", "status"] == "ok" and df.loc["lcp", "top1_pruned"] == 88.0
+    assert df.loc["modelopt", "status"] == "ok" and df.loc["modelopt", "top1_pruned"] == 87.0
+    assert df.loc["global", "status"] == "error: boom"
+    assert "kept the finished row of lcp" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("column", "old", "new", "refused"),
+    [
+        ("config", "aaaa", "bbbb", True),  # e.g. amc rows with another number of episodes
+        ("search_candidates", "40", "80", True),
+        ("search_candidates", "80.0", "80", False),  # one count, written with and without gaps in the column
+        ("search_budgets", "0.3;0.5", "0.5", True),  # one search fitted at both budgets, one at 0.5 alone
+    ],
+)
+def test_a_merge_refuses_rows_of_one_method_made_with_other_settings(tmp_path: Path, column, old, new, refused):
+    """Rows of one method whose settings differ would be averaged as one by the report: the merge is refused
+    and the table left as it was (a replaced row does not count)."""
+    merge_rows = _module(ROOT / "benchmarks" / "merge_rows.py", "merge_rows")
+    rows = [{"method": "lcp", "budget": 0.5, "seed": s, "status": "ok", column: old} for s in (0, 1)]
+    _table(tmp_path / "t.csv", rows)
+    before = (tmp_path / "t.csv").read_text()
+    _table(tmp_path / "n.csv", [{"method": "lcp", "budget": 0.5, "seed": 2, "status": "ok", column: new}])
+    if refused:
+        with pytest.raises(SystemExit, match=f"lcp rows with {column}"):
+            merge_rows.merge([tmp_path / "n.csv"], tmp_path / "t.csv", [0.5])
+        assert (tmp_path / "t.csv").read_text() == before
+    else:
+        merge_rows.merge([tmp_path / "n.csv"], tmp_path / "t.csv", [0.5])
+        assert sorted(pd.read_csv(tmp_path / "t.csv")["seed"]) == [0, 1, 2]
+    replacing = [{"method": "lcp", "budget": 0.5, "seed": s, "status": "ok", column: new} for s in (0, 1)]
+    _table(tmp_path / "r.csv", replacing)  # every old row replaced: one setting again
+    merge_rows.merge([tmp_path / "r.csv"], tmp_path / "t.csv", [0.5])
+
+
+def test_a_ceiling_merge_adds_no_budget_and_keeps_the_search_budgets(tmp_path: Path):
+    """The ceiling's budget 1 is not a pruning budget, and the table's search budgets are those its lcp
+    searches were fitted at (the inputs'), not the merge's --budgets."""
+    merge_rows = _module(ROOT / "benchmarks" / "merge_rows.py", "merge_rows")
+    cfg = {"methods": ["lcp"], "budgets": [0.5], "seeds": [0]}
+    meta = {"config": cfg, "search_budgets": [0.3, 0.5]}
+    _table(tmp_path / "n.csv", [{"method": "lcp", "budget": 0.5, "seed": 0, "status": "ok"}], meta)
+    merge_rows.merge([tmp_path / "n.csv"], tmp_path / "t.csv", [0.5])
+    merged = json.loads((tmp_path / "t.meta.json").read_text())
+    assert merged["search_budgets"] == [0.3, 0.5] and not merged.get("searched_separately")
+    _table(tmp_path / "c.csv", [{"method": "ceiling", "budget": 1.0, "seed": 1, "status": "ok"}], {"config": cfg})
+    merge_rows.merge([tmp_path / "c.csv"], tmp_path / "t.csv", [1.0])
+    merged = json.loads((tmp_path / "t.meta.json").read_text())
+    assert merged["config"]["budgets"] == [0.5] and merged["search_budgets"] == [0.3, 0.5]
+    assert not merged.get("searched_separately") and merged["config"]["seeds"] == [0, 1]
+
+
+def test_extra_seeds_give_the_ceiling_one_row_per_seed_at_budget_one():
+    """A recipe's extra_seeds: the unpruned network is fine-tuned once per extra seed (budget 1), not once per
+    pruning budget."""
+    compare = _module(COMPARE, "bench_compare")
+    cfg = {
+        "seeds": [0],
+        "budgets": [0.5, 0.3],
+        "methods": ["ceiling", "lcp", "uniform"],
+        "extra_seeds": {"seeds": [1], "methods": ["ceiling", "lcp"]},
+    }
+    extra = [t for t in compare.tasks(cfg) if t[2] == 1]
+    assert extra == [("ceiling", 1.0, 1), ("lcp", 0.5, 1), ("lcp", 0.3, 1)]
+
+
+def test_lcp_rows_fitted_at_other_budgets_are_named():
+    """A search averaged over 0.3 and 0.5 and one at 0.5 alone cut other networks: rows of the first are named
+    to a run of the second (which compare.py then refuses); rows without the cell take the meta's budgets,
+    unless the table's searches ran separately."""
+    compare = _module(COMPARE, "bench_compare")
+    cfg = {"budgets": [0.5], "search": {"search_budget": None}}
+    assert compare.fitted_at_text(cfg) == "0.5"
+    assert compare.fitted_at_text({"budgets": [0.5, 0.3], "search": {"search_budget": None}}) == "0.3;0.5"
+    assert compare.fitted_at_text({"budgets": [0.5, 0.3], "search": {"search_budget": 0.3}}) == "0.3"
+    rows = pd.DataFrame(
+        [
+            {"method": "lcp", "budget": 0.5, "seed": 0, "status": "ok", "search_budgets": "0.3;0.5"},
+            {"method": "lcp", "budget": 0.5, "seed": 1, "status": "ok", "search_budgets": "0.5"},
+            {"method": "lcp", "budget": 0.5, "seed": 2, "status": "error: x", "search_budgets": "0.2"},
+        ]
+    )
+    assert compare.searched_at_other_budgets(rows, cfg, {}) == ["0.3;0.5"]
+    legacy = pd.DataFrame([{"method": "lcp", "budget": 0.5, "seed": 0, "status": "ok"}])
+    assert compare.searched_at_other_budgets(legacy, cfg, {"search_budgets": [0.3, 0.5]}) == ["0.3;0.5"]
+    separately = {"search_budgets": [0.3, 0.5], "searched_separately": True}
+    assert compare.searched_at_other_budgets(legacy, cfg, separately) == []
+    assert compare.searched_at_other_budgets(legacy, cfg, {"search_budgets": [0.5]}) == []
+
+
+def test_recovery_gap_to_the_ceiling_is_paired_by_seed(tmp_path: Path):
+    """docs/recovery.md's gap: the ceiling minus the pruned network on the seeds both have, not the difference
+    of means over different seeds (pruned seeds 0 and 1, ceiling seed 0 only)."""
+    rec = _module(ROOT / "benchmarks" / "recovery.py", "bench_recovery")
+    out = tmp_path / "recovery_x.csv"
+    recipe = tmp_path / "recovery_x.yaml"
+    recipe.write_text(f"model: resnet20\ncut: {tmp_path}\nout: {out}\nvariants:\n  plain: {{lr: 0.01, epochs: 1}}\n")
+    v = rec.read_recipe(recipe)["variants"]["plain"]
+    base = {"model": "resnet20", "cut": str(tmp_path), "macs_ratio": 0.5, "variant": "plain", **v}
+    base.update(top1_noft=50.0, holdout_top1=80.0, finetune_s=1.0, host="vm", date="2026-12-07")
+    rows = [
+        {**base, "net": "pruned", "seed": 0, "top1": 80.0},
+        {**base, "net": "pruned", "seed": 1, "top1": 84.0},
+        {**base, "net": "ceiling", "seed": 0, "top1": 90.0, "macs_ratio": 1.0},
+    ]
+    pd.DataFrame(rows).to_csv(out, index=False)
+    text = rec.report([recipe], tmp_path / "recovery.md")
+    row = next(r for r in text.splitlines() if r.startswith("| plain |")).split("|")
+    assert row[14].strip() == "82.00 ± 2.83" and row[16].strip() == "90.00"
+    assert row[17].strip() == "10.00"  # seed 0: 90 - 80 (unpaired it would be 8.00)
+
+
+def test_a_latency_rerun_of_some_models_keeps_the_other_rows():
+    """benchmarks/latency.py --out: a rerun of one model (or budget, or budget kind) keeps the rows of the
+    others; only the rows it makes itself are replaced."""
+    latency = _module(ROOT / "benchmarks" / "latency.py", "bench_latency")
+    row = {"model": "resnet56", "budget_type": "latency_b64", "budget": 0.5}
+    assert latency._planned(row, ["resnet56"], [0.5], ["latency"])
+    assert not latency._planned(row, ["mobilenetv2"], [0.5], ["macs", "latency"])
+    assert not latency._planned(row, ["resnet56"], [0.3], ["latency"])
+    assert not latency._planned(row, ["resnet56"], [0.5], ["macs"])
+    assert latency._planned({**row, "budget_type": "macs"}, ["resnet56"], [0.5], ["macs"])
