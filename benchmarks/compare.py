@@ -57,6 +57,7 @@ import os
 import platform
 import secrets
 import shlex
+import signal
 import sys
 import time
 import traceback
@@ -1157,6 +1158,16 @@ def run(args: argparse.Namespace, argv: list[str], log: Log = print) -> pd.DataF
         return read_rows(out)
 
 
+def exit_on_sigterm() -> None:
+    """Make SIGTERM (e.g. ``timeout`` in gpu_tables.sh) raise ``SystemExit`` in the main thread, so that an
+    interrupted search still records the time it took (``Bench._searched``) and atomic writes clean up."""
+
+    def stop(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
@@ -1169,4 +1180,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    exit_on_sigterm()
     sys.exit(main())

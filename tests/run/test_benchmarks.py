@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -1338,3 +1339,25 @@ def test_a_latency_rerun_of_some_models_keeps_the_other_rows():
     assert not latency._planned(row, ["resnet56"], [0.3], ["latency"])
     assert not latency._planned(row, ["resnet56"], [0.5], ["macs"])
     assert latency._planned({**row, "budget_type": "macs"}, ["resnet56"], [0.5], ["macs"])
+
+
+def test_a_search_stopped_by_sigterm_keeps_the_time_it_took(tmp_path: Path):
+    """compare.py under ``timeout`` (SIGTERM): the interrupted search's time is saved for the resumed run's
+    ``search_s`` (Python's default SIGTERM exits without unwinding, and the time was lost)."""
+    script = tmp_path / "stop.py"
+    script.write_text(
+        "import os, signal, sys, time, types\n"
+        f"sys.path.insert(0, {str(ROOT / 'benchmarks')!r})\n"
+        "import compare\n"
+        "compare.exit_on_sigterm()\n"
+        "def search():\n"
+        "    time.sleep(0.2)\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    time.sleep(30)\n"
+        "bench = types.SimpleNamespace(log=print)\n"
+        f"compare.Bench._searched(bench, __import__('pathlib').Path({str(tmp_path / 's')!r}), 'x', search)\n"
+    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 128 + signal.SIGTERM, done.stderr[-2000:]
+    partial = json.loads((tmp_path / "s" / "search_partial.json").read_text())
+    assert 0.2 <= partial["search_s"] < 30
