@@ -21,14 +21,17 @@ from lcp.cut.pruner import PruneResult
 from lcp.cut.transforms import Transforms
 from lcp.engine.depth import allow_depth
 from lcp.engine.graph import UntraceableModel, build_graph
+from lcp.engine.modes import modes_kept
 from lcp.errors import LcpError
 from lcp.methods import Context, Learned, get_method
 from lcp.models.timm_support import refresh_attributes
-from lcp.options import changed, field_names
+from lcp.options import changed, field_names, flag_of
+from lcp.options import fields as option_fields
 from lcp.report import REPORT_COLUMNS
 from lcp.run.config import PruneConfig, require_device
 from lcp.run.recover import recover, report_row
 from lcp.training.data import DataBundle, load_data
+from lcp.training.evaluate import device_of
 from lcp.training.options import RecoveryOptions
 from lcp.training.train import evaluate
 
@@ -42,6 +45,33 @@ _PYTHON_WORDS = (
     (re.compile(r"--min-ratio\b"), "min_ratio"),
     (re.compile(r"--(importance|aggregate) (\S+?)(,|:|$)"), r"\1=\2\3"),
 )
+# then any other flag of an option (not where the text names the command: "lcp prune --budgets"), with its value
+# when that is one of the option's choices ("--method lcp" -> "method='lcp'")
+_FLAG = re.compile(r"(?<!lcp prune )(?<!lcp search )(--[a-z][a-z0-9-]*)(?: ([\w.:-]+(?:, [\w.:-]+)*))?")
+
+
+def _keyword(match: re.Match[str]) -> str:
+    """A flag of ``PruneConfig`` as its keyword argument (``--budget-type latency`` -> ``budget_type='latency'``,
+    ``--no-kd`` -> ``kd=False``); anything else as it was."""
+    flag, value = match.group(1), match.group(2)
+    rest = f" {value}" if value is not None else ""
+    by_flag = {flag_of(f): f for f in option_fields(PruneConfig)}
+    f = by_flag.get(flag)
+    if f is None and flag.startswith("--no-") and f"--{flag[5:]}" in by_flag:  # an option on by default
+        return f"{by_flag[f'--{flag[5:]}'].name}=False{rest}"
+    if f is None:
+        return match.group(0)
+    if flag.startswith("--no-") and f.metadata["flag"] == flag:  # --no-progress: the field is progress
+        return f"{f.name}=False{rest}"
+    choices = f.metadata["choices"]
+    choices = (choices() if callable(choices) else choices) or ()
+    items = value.split(", ") if value is not None else []
+    named = next((n for n in range(len(items), 0, -1) if all(i in choices for i in items[:n])), 0)
+    if named:  # "--method lcp, global" -> "method='lcp', 'global'"
+        return f"{f.name}=" + ", ".join([*map(repr, items[:named]), *items[named:]])
+    if re.fullmatch(r"[0-9.]+", items[0] if items else ""):  # "--budget 0.3" -> "budget=0.3"
+        return f"{f.name}={value}"
+    return f"{f.name}{rest}"
 
 
 def _in_python_words(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -55,7 +85,7 @@ def _in_python_words(fn: Callable[..., Any]) -> Callable[..., Any]:
             text = str(err)
             for pattern, words in _PYTHON_WORDS:
                 text = pattern.sub(words, text)
-            err.args = (text,)
+            err.args = (_FLAG.sub(_keyword, text),)
             raise
 
     return wrapper
@@ -323,9 +353,14 @@ def _recover_and_report(
     """The post-cut stage of ``lcp prune`` on ``data``; the one-row report (``REPORT_COLUMNS``, then
     ``reconstructed_layers`` where the cut was refitted)."""
     test = data.loader("test", 256) if isinstance(data, DataBundle) else data["test"]
-    top1_base = evaluate(original, test, device=opts.device)["top1"]
-    original.cpu()
-    numbers = recover(result, original, data, opts)
+    device = device_of(original, None)
+    with modes_kept(original):  # evaluated and a teacher in eval mode; the caller's model is left as it was
+        try:
+            top1_base = evaluate(original, test, device=opts.device)["top1"]
+            original.cpu()
+            numbers = recover(result, original, data, opts)
+        finally:
+            original.to(device)
     result.model.cpu()
     row = report_row(
         result,

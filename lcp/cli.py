@@ -15,12 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from lcp.cut.diagnose import check
 from lcp.cut.latency import bench
 from lcp.errors import LcpError
-from lcp.io import atomic_path, read_json
+from lcp.io import atomic_path, check_file_target, read_json
 from lcp.methods import get_method, method_names
 from lcp.methods.base import methods_markdown
 from lcp.methods.options import AgentOptions
@@ -33,7 +32,7 @@ from lcp.options import from_mapping as check_values
 from lcp.plugins import ENV as PLUGINS_ENV
 from lcp.plugins import import_plugins
 from lcp.report import print_table
-from lcp.run.config import JobOptions, PruneConfig, TrainConfig, require_device
+from lcp.run.config import JobOptions, PruneConfig, TrainConfig, read_recipe, require_device
 from lcp.run.load import eval_transform
 from lcp.run.pipeline import run_prune, run_search
 from lcp.run.train_run import run_train
@@ -114,7 +113,7 @@ def _given(args: argparse.Namespace, cls: type) -> dict[str, Any]:
     ``budgets`` exclude each other: both given one way is refused; one from a flag replaces the recipe's other."""
     values: dict[str, Any] = {}
     if getattr(args, "recipe", None):
-        values.update(_read_recipe(args.recipe, cls))
+        values.update(read_recipe(args.recipe, cls))
     flags = {k: v for k, v in vars(args).items() if k in cls.fields() and v is not None}
     if "budget" in flags and "budgets" in flags:
         raise LcpError("--budget and --budgets together: pass one (--budgets 0.7,0.5 prunes to each of them)")
@@ -124,24 +123,6 @@ def _given(args: argparse.Namespace, cls: type) -> dict[str, Any]:
         values.pop("budgets" if "budget" in flags else "budget", None)
     values.update({k: v for k, v in vars(args).items() if k in cls.fields()})
     return values
-
-
-def _read_recipe(path: str, cls: type) -> dict[str, Any]:
-    """A recipe's options, each checked against its declaration (type, choices, range): one line on error."""
-    try:
-        data = yaml.safe_load(Path(path).read_text())
-    except OSError as e:
-        raise LcpError(f"cannot read recipe {path}: {e.strerror}") from None
-    except yaml.YAMLError as e:
-        raise LcpError(f"recipe {path} is not valid YAML: {str(e).splitlines()[0]}") from None
-    except ValueError as e:  # e.g. an integer too large for Python's str->int limit
-        raise LcpError(f"recipe {path} cannot be read: {str(e).splitlines()[0]}") from None
-    if not isinstance(data, dict):
-        raise LcpError(f"recipe {path} must be a mapping of options")
-    data = {k.replace("-", "_") if isinstance(k, str) else k: v for k, v in data.items()}
-    if "no_progress" in data:  # the recipe spelling of --no-progress
-        data["progress"] = not data.pop("no_progress")
-    return check_values(cls, data, f"recipe {path}")
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
@@ -213,8 +194,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Export a pruned folder and report how closely the reloaded file matches the model."""
-    if args.out and Path(args.out).is_dir():  # checked before the export's work
-        raise LcpError(f"--out {args.out} is a folder; name the file to write")
+    if args.out:  # checked before the export's work
+        check_file_target(args.out, "--out")
     res = export(args.dir, args.out, format=args.format, atol=args.atol)
     print(
         f"exported {args.dir} to {res.path} ({res.format}); reloaded and compared on random inputs: max abs "
@@ -238,10 +219,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     require_device(args.device)
     if (args.dir is None) == (args.model is None):
         raise LcpError("pass a pruned folder (lcp bench DIR) or --model NAME")
-    if args.out and Path(args.out).is_dir():  # checked before the timings
-        raise LcpError(f"--out {args.out} is a folder; name the CSV file to write")
+    if args.out:  # checked before the timings
+        check_file_target(args.out, "--out")
     if args.dir:
         spec = store.read_spec(Path(args.dir))
+        store.check_spec(spec)  # before its fields build the original
         name, size = spec["model"], tuple(spec["input_size"])
         models = {"original": store.original(spec).eval(), "pruned": store.load(args.dir)}
         out = Path(args.out or Path(args.dir) / "bench.csv")

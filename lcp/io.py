@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import math
 import os
 import secrets
 import threading
@@ -91,6 +92,20 @@ def _fsync_file(path: Path) -> None:
         os.close(fd)
 
 
+def check_file_target(path: PathLike, what: str = "") -> None:
+    """Refuse (one-line LcpError) a file path that cannot be written because it is a folder or one of its parents
+    is a file; ``what`` (e.g. ``--out``) names it in the message. Cheap: callers use it before long work."""
+    target = Path(path)
+    label = f"{what} {target}" if what else str(target)
+    if target.is_dir():
+        raise LcpError(f"cannot write {label}: it is a folder; name a file")
+    for parent in target.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise LcpError(f"cannot write {label}: {parent} is a file, not a folder")
+            return
+
+
 @contextlib.contextmanager
 def atomic_path(path: PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it replaces ``path``.
@@ -101,8 +116,7 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     """
     target = Path(path)
     folder = target.parent
-    if target.is_dir():
-        raise LcpError(f"cannot write {target}: it is a folder; name a file")
+    check_file_target(target)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         while True:
@@ -192,12 +206,17 @@ def _upsert_csv_row(p: Path, row: Mapping[str, Any], keys: Sequence[str], first:
     import pandas as pd  # lazily, like torch
 
     # the rows already there are kept as written (text: a hash such as "0909..." must not become a number)
-    old = pd.read_csv(p, dtype=str, keep_default_na=False) if p.is_file() else pd.DataFrame()
+    try:
+        old = pd.read_csv(p, dtype=str, keep_default_na=False) if p.is_file() else pd.DataFrame()
+    except pd.errors.EmptyDataError:  # an empty file (a crash between create and write): no rows yet
+        old = pd.DataFrame()
     if not old.empty and all(k in old.columns for k in keys):
         same = pd.Series(True, index=old.index)
         for k in keys:
             v = row[k]
-            if isinstance(v, (int, float)) and not isinstance(v, bool):
+            if v is None or (isinstance(v, float) and math.isnan(v)):  # to_csv writes both as an empty cell
+                same &= old[k].isin(("", "nan", "NaN", "None"))
+            elif isinstance(v, (int, float)) and not isinstance(v, bool):
                 same &= (pd.to_numeric(old[k], errors="coerce") - v).abs() < 1e-9
             else:
                 same &= old[k] == str(v)

@@ -158,9 +158,15 @@ def _coerce(value: Any, tp: Any) -> Any:
             raise TypeError("must be a whole number")
         return value
     if base is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise TypeError("must be a finite number")
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an int beyond float's range (10**400)
+            raise TypeError("must be a finite number") from None
+        if not math.isfinite(number):
+            raise TypeError("must be a finite number")
+        return number
     if base is str:
         if not isinstance(value, str):
             raise TypeError("must be a string")
@@ -205,7 +211,7 @@ def from_mapping(cls: type, values: Mapping[Any, Any], source: str) -> dict[str,
     for k, v in values.items():
         try:
             out[k] = validate(cls, k, v)
-        except (TypeError, ValueError) as e:
+        except (TypeError, ValueError, OverflowError) as e:  # OverflowError: a check's arithmetic on a huge int
             raise LcpError(f"{source}: {k} {e}") from None
     return out
 
@@ -232,6 +238,11 @@ def changed(options: Any, names: Iterable[str]) -> list[str]:
 
 def field_names(*classes: type) -> list[str]:
     return [f.name for cls in classes for f in fields(cls)]
+
+
+def flag_of(f: dataclasses.Field) -> str:
+    """The long option of field ``f`` on the command line (``option(flag=...)``, else ``--name-with-dashes``)."""
+    return f.metadata["flag"] or "--" + f.name.replace("_", "-")
 
 
 # ------------------------------------------------------------------------------------------------- command line
@@ -317,7 +328,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, *, exclude: Iterab
             groups[group] = parser.add_argument_group(group)
         target = groups[group]
         tp, _ = _split_optional(hints[f.name])
-        flag = m["flag"] or "--" + f.name.replace("_", "-")
+        flag = flag_of(f)
         help_text = (m["help"]() if callable(m["help"]) else m["help"]).replace("%", "%%")
         kw: dict[str, Any] = {"default": argparse.SUPPRESS, "dest": f.name}
         if tp is bool:

@@ -47,6 +47,8 @@ _MAX_TICK_LABELS = 40
 
 def _decimals(column: str) -> int | None:
     """Rounding used for a float column, by name; None keeps full precision."""
+    if column == "verification_error" or column.endswith("rel_error"):  # ~1e-7: significant digits, not decimals
+        return None
     if column.endswith(("_ratio", "_error")) or column == "speedup":
         return 4
     if column.startswith(("top1", "top5", "acc")):

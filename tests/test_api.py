@@ -177,3 +177,61 @@ def test_a_pruned_timm_model_describes_its_pruned_widths() -> None:
     assert pruned.num_features == pruned.conv_head.out_channels < 1280  # the original's 1280 before
     pruned.reset_classifier(5)
     assert pruned(x).shape == (1, 5)
+
+
+def _small_net() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1),
+        torch.nn.BatchNorm2d(8),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 8, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(8, 2),
+    )
+
+
+def test_prune_with_data_leaves_the_callers_model_in_its_mode() -> None:
+    """The recovery evaluated the original and distilled from it in eval mode, and left it there."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(16, 3, 8, 8, generator=g), torch.randint(0, 2, (16,), generator=g)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8)
+    model = _small_net().train()
+    model[1].eval()  # a mix of modes, as the caller set them
+    before = [m.training for m in model.modules()]
+    res = lcp.prune(
+        model, x[:1], budget=0.5, round_to=1, data={"train": loader, "test": loader}, finetune_epochs=1, recal_batches=1
+    )
+    assert res.report is not None
+    assert [m.training for m in model.modules()] == before
+    assert next(model.parameters()).device.type == "cpu"
+
+
+def test_out_of_range_numbers_are_lcp_errors() -> None:
+    """A negative seed or one of 2**64 failed in numpy or torch; an int beyond float's range raised OverflowError."""
+    x = torch.zeros(1, 3, 8, 8)
+    for kw, phrase in [
+        ({"seed": -1, "method": "random"}, r"seed must be between 0 and 2\*\*63-1, got -1"),
+        ({"seed": 2**64}, r"seed must be between 0 and 2\*\*63-1"),
+        ({"lr": 10**400}, "lr must be a finite number"),
+        ({"min_ratio": 10**400}, "min_ratio must be a finite number"),
+    ]:
+        with pytest.raises(lcp.LcpError, match=phrase):
+            lcp.prune(_small_net(), x, **kw)
+
+
+def test_refusals_name_keyword_arguments_not_flags() -> None:
+    """lcp.prune's errors named most options by their command-line flags (--time-aware, --budget-type latency)."""
+    x = torch.zeros(1, 3, 8, 8)
+    for kw, phrase in [
+        ({"time_aware": True}, "time_aware ranks by the time a channel saves: it needs budget_type='latency'"),
+        ({"search_time": 5.0}, "search_time is an option of method lcp; .* choose method='lcp'"),
+        ({"method": "uniform", "depth": True}, "method uniform would ignore depth: drop it or choose method='lcp'"),
+    ]:
+        with pytest.raises(lcp.LcpError, match=phrase) as err:
+            lcp.prune(_small_net(), x, **kw)
+        assert "--" not in str(err.value), err.value
+    with pytest.raises(lcp.LcpError, match=r"\(or lcp prune --budgets\)"):  # the command itself keeps its flag
+        lcp.prune(_small_net(), x, budgets=[0.7, 0.5])

@@ -139,6 +139,31 @@ def test_atomic_write_under_a_file_is_lcp_error(tmp_path: Path) -> None:
         atomic_write_text(tmp_path / "file.txt" / "sub" / "a.txt", "y")
 
 
+def test_atomic_write_into_a_file_is_lcp_error(tmp_path: Path) -> None:
+    """The target's own parent a file: mkdir raised FileExistsError (not an environment error) as a traceback."""
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(LcpError, match="file.txt is a file, not a folder"):
+        atomic_write_text(tmp_path / "file.txt" / "a.csv", "y")
+    assert (tmp_path / "file.txt").read_text() == "x"
+
+
+def test_upsert_csv_row_matches_empty_keys_and_starts_an_empty_file(tmp_path: Path) -> None:
+    """None and NaN keys (written as empty cells) never matched, so every upsert added a row; a 0-byte file
+    (a crash between creating and writing it) raised pandas' EmptyDataError."""
+    target = tmp_path / "rows.csv"
+    for i in range(3):
+        upsert_csv_row(
+            target, {"model": "r20", "budget": 0.5, "ckpt": None, "top1": 80 + i}, ["model", "budget", "ckpt"]
+        )
+        upsert_csv_row(target, {"model": "r20", "budget": float("nan"), "top1": 70 + i}, ["model", "budget"])
+    df = pd.read_csv(target)
+    assert sorted(df["top1"]) == [72, 82]
+    empty = tmp_path / "empty.csv"
+    empty.write_bytes(b"")
+    upsert_csv_row(empty, {"a": 1}, ["a"])
+    assert pd.read_csv(empty).to_dict("records") == [{"a": 1}]
+
+
 def test_read_json_errors(tmp_path: Path) -> None:
     with pytest.raises(LcpError, match="config .*missing.json not found"):
         read_json(tmp_path / "missing.json", what="config")
@@ -401,6 +426,14 @@ def test_write_report_columns_and_rounding(tmp_path: Path) -> None:
     assert _names(tmp_path) == ["report.csv"]
     text = print_table(df)
     assert "macs_ratio" in text and "0.5123" in text and "\n" in text
+
+
+def test_relative_errors_keep_their_significant_digits(tmp_path: Path) -> None:
+    """verification_error (a max relative error near 1e-7) was rounded to 4 decimals: always 0.0."""
+    df = write_report({"verification_error": 3.2e-7, "latency_error": 0.0123456}, tmp_path / "report.csv")
+    rec = pd.read_csv(tmp_path / "report.csv").iloc[0]
+    assert rec["verification_error"] == pytest.approx(3.2e-7) and rec["latency_error"] == 0.0123
+    assert "3.2e-07" in print_table(df)
 
 
 def test_write_layers_csv(tmp_path: Path) -> None:

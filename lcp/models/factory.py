@@ -242,6 +242,7 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike[str], name: str | 
     """
     state = read_state_dict(Path(path))
     state = {strip_prefix(k): v for k, v in state.items()}
+    check_weights(state, model, f"checkpoint {path}")
     try:  # with the model's own module versions, which a safetensors file does not keep (MNASNet checks them)
         model.load_state_dict(with_metadata_of(model, state), strict=True)
     except (RuntimeError, ValueError) as e:  # ValueError: a module's own check of the state
@@ -277,9 +278,26 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         raise LcpError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?)") from None
     if isinstance(obj, Mapping):
         obj = obj.get("state_dict", obj.get("model", obj))
-    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+    if not isinstance(obj, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
+    ):
         raise LcpError(f"{path} holds no state dict (want tensors by name, or a dict with 'state_dict' or 'model')")
     return dict(obj)
+
+
+def check_weights(state: Mapping[str, torch.Tensor], model: nn.Module, where: str) -> None:
+    """Refuse weights of the wrong kind for ``model`` (integer or boolean tensors for floating-point parameters)
+    and non-finite values, before they are loaded (``load_state_dict`` would convert them silently); ``where``
+    names the file in the one-line ``LcpError``."""
+    own = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    for key, tensor in state.items():
+        mine = own.get(key)
+        if mine is None:
+            continue  # load_state_dict names unexpected keys itself
+        if mine.is_floating_point() and not tensor.is_floating_point():
+            raise LcpError(f"{where} holds {key} as {tensor.dtype}, not floating point: it is not this model's weights")
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise LcpError(f"{where} holds NaN or infinite values in {key}: the weights are damaged")
 
 
 def strip_prefix(key: str) -> str:

@@ -36,7 +36,7 @@ from lcp.io import (
     users_files,
     with_metadata_of,
 )
-from lcp.models.factory import create_model
+from lcp.models.factory import check_weights, create_model
 from lcp.models.timm_support import refresh_attributes, write_timm_config
 from lcp.report import write_report
 
@@ -267,6 +267,9 @@ def check_spec(spec: Any) -> None:
         "model must be a model name": not isinstance(spec["model"], str) or not spec["model"],
         "num_classes must be a whole number or null": spec["num_classes"] is not None
         and not _whole(spec["num_classes"], 0),
+        "data must be the data set name or folder it was pruned on": not isinstance(
+            spec.get("data"), (str, type(None))
+        ),
         "model_kwargs must be an object of create_model arguments": not isinstance(spec.get("model_kwargs", {}), dict)
         or "num_classes" in spec.get("model_kwargs", {}),
         "output_check must be two numbers": "output_check" in spec
@@ -295,20 +298,6 @@ def check_spec(spec: Any) -> None:
     bad = [what for what, wrong in problems.items() if wrong]
     if bad:
         raise LcpError(f"channels.json is damaged: {bad[0]}")
-
-
-def check_weights(state: dict[str, torch.Tensor], model: nn.Module, where: str) -> None:
-    """Refuse weights of the wrong kind for ``model`` (integer or boolean tensors for floating-point parameters)
-    and non-finite values, before they are loaded (``load_state_dict`` would convert them silently)."""
-    own = {**dict(model.named_parameters()), **dict(model.named_buffers())}
-    for key, tensor in state.items():
-        mine = own.get(key)
-        if mine is None:
-            continue  # load_state_dict names unexpected keys itself
-        if mine.is_floating_point() and not tensor.is_floating_point():
-            raise LcpError(f"{where} holds {key} as {tensor.dtype}, not floating point: it is not this model's weights")
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise LcpError(f"{where} holds NaN or infinite values in {key}: the weights are damaged")
 
 
 def original(spec: dict) -> nn.Module:

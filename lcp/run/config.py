@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from lcp.cut.options import CutOptions
 from lcp.errors import LcpError
@@ -48,6 +49,14 @@ def require_device(name: str) -> None:
         raise LcpError(f"--device {name}: MPS (Apple GPU) is not available on this machine; use --device cpu")
 
 
+MAX_SEED = 2**63 - 1  # what torch.manual_seed and numpy's default_rng both take
+
+
+def _seed_range(value: int) -> None:
+    if not 0 <= value <= MAX_SEED:
+        raise ValueError(f"must be between 0 and 2**63-1, got {value}")
+
+
 def _positive_size(values: list[int]) -> None:
     if len(values) != 3 or any(v < 1 for v in values):
         raise ValueError(f"must be three positive numbers C H W, got {values}")
@@ -71,7 +80,7 @@ class JobOptions:
     holdout: int = option(
         5000, "training images held out for selection and search (never trained on)", check=at_least(0), signature=False
     )
-    seed: int = option(0, "random seed")
+    seed: int = option(0, "random seed (0 to 2**63-1)", check=_seed_range)
     threads: int | None = option(
         None, "torch CPU threads (also for latency timing where a command times)", check=at_least(1), signature=False
     )
@@ -173,6 +182,32 @@ class TrainConfig(JobOptions):
     @classmethod
     def from_mapping(cls, values: dict[Any, Any], source: str) -> TrainConfig:
         return cls(**from_mapping(cls, values, source))
+
+
+def read_recipe(path: str, cls: type) -> dict[str, Any]:
+    """A recipe's options (YAML; keys as the long options, ``-`` or ``_``), each checked against its declaration
+    in ``cls`` (type, choices, range): a one-line ``LcpError`` on any problem."""
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except OSError as e:
+        raise LcpError(f"cannot read recipe {path}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise LcpError(f"recipe {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    except RecursionError:  # the YAML parser recurses once per level of nesting
+        raise LcpError(f"recipe {path} is nested too deeply to be a recipe; fix it") from None
+    except ValueError as e:  # e.g. an integer too large for Python's str->int limit
+        raise LcpError(f"recipe {path} cannot be read: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise LcpError(f"recipe {path} must be a mapping of options")
+    data = {k.replace("-", "_") if isinstance(k, str) else k: v for k, v in data.items()}
+    if "no_progress" in data:  # the recipe spelling of --no-progress
+        value = data.pop("no_progress")
+        if not isinstance(value, bool):
+            raise LcpError(f"recipe {path}: no_progress must be true or false, got {value!r:.60}")
+        if "progress" in data:
+            raise LcpError(f"recipe {path} sets both progress and no_progress: keep one")
+        data["progress"] = not value
+    return from_mapping(cls, data, f"recipe {path}")
 
 
 def file_digest(path: str) -> str:

@@ -92,8 +92,12 @@ def _check(cfg: PruneConfig) -> Method:
     for b in cfg.all_budgets():
         if b is not None:  # None: --structure-from without --budget
             check_budget(b, cfg.budget_type)
-    if len(set(cfg.all_budgets())) < len(cfg.all_budgets()):
-        raise LcpError(f"--budgets names a budget twice ({','.join(f'{b:g}' for b in cfg.all_budgets())})")
+    names = [f"{b:g}" for b in cfg.all_budgets() if b is not None]  # as budget_B folders and state.json name them
+    if len(set(names)) < len(names):
+        raise LcpError(
+            f"--budgets names a budget twice ({','.join(names)}; budgets equal to 6 significant digits share one "
+            "output folder)"
+        )
     require_device(cfg.device)
     method = _method(cfg)
     method.check(cfg, cfg.all_budgets())

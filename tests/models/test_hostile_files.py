@@ -65,6 +65,7 @@ def test_hostile_channels_json_text(saved: Path, text: str, phrase: str) -> None
         ({"removed_connections": [["a"]]}, "removed_connections must be a list of [consumer, source] names"),
         ({"widths": {"conv1": [-1]}}, "widths must map module names to lists of whole numbers"),
         ({"model": 7}, "model must be a model name"),
+        ({"data": 5}, "data must be the data set name or folder it was pruned on"),  # lcp eval: a TypeError before
     ],
 )
 def test_channels_json_of_the_wrong_type_or_range(saved: Path, changes: dict, phrase: str) -> None:

@@ -211,6 +211,23 @@ def test_non_state_dict_is_refused(tmp_path: Path) -> None:
         load_checkpoint(ZOO["resnet20"](), path)
 
 
+def test_checkpoint_with_other_keys_or_damaged_weights_is_refused(tmp_path: Path) -> None:
+    """Integer keys raised an AttributeError; NaN weights were blamed on lcp ("please report this model") by the
+    verification later; int64 weights were loaded, converted silently."""
+    path = tmp_path / "intkey.pt"
+    torch.save({1: torch.zeros(1)}, path)
+    with pytest.raises(LcpError, match="holds no state dict"):
+        load_checkpoint(ZOO["resnet20"](), path)
+    state = ZOO["resnet20"]().state_dict()
+    state["conv1.weight"][0, 0, 0, 0] = float("nan")
+    torch.save(state, path)
+    with pytest.raises(LcpError, match=r"checkpoint .*intkey.pt holds NaN or infinite values in conv1.weight"):
+        create_model("resnet20", checkpoint=path)
+    torch.save({k: v.long() for k, v in ZOO["resnet20"]().state_dict().items()}, path)
+    with pytest.raises(LcpError, match=r"holds conv1.weight as torch.int64, not floating point"):
+        load_checkpoint(ZOO["resnet20"](), path)
+
+
 # ------------------------------------------------------------------------------------------ names and sources
 
 

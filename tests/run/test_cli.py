@@ -340,6 +340,15 @@ def _resnet56_ckpt(c: Ctx) -> Path:
     return c.save_state_dict("resnet56", 3, c.tmp / "resnet56.pt")
 
 
+def _spec_folder(c: Ctx, drop: tuple[str, ...] = (), **changes: object) -> Path:
+    """A folder holding only a channels.json of resnet20 (unpruned), with ``changes`` and without ``drop``."""
+    spec = {"model": "resnet20", "num_classes": 3, "input_size": [3, 32, 32], "removed_units": [], **changes}
+    folder = c.tmp / "damaged"
+    folder.mkdir()
+    (folder / "channels.json").write_text(json.dumps({k: v for k, v in spec.items() if k not in drop}))
+    return folder
+
+
 def _empty_splits(c: Ctx) -> Path:
     root = c.tmp / "nosplits"
     (root / "train").mkdir(parents=True)
@@ -439,6 +448,20 @@ ERROR_CASES = {
     "bench-out-folder": (lambda c: ["bench", "--model", "resnet20", "--out", str(c.tmp / "empty")], ["is a folder"]),
     "export-atol-negative": (lambda c: ["export", str(c.out), "--atol", "-1"], ["--atol", "at least 0"]),
     "export-atol-nan": (lambda c: ["export", str(c.out), "--atol", "nan"], ["--atol", "finite"]),
+    # 0.5 and 0.5000001 passed the check but shared the folder budget_0.5: the second was never pruned
+    "budgets-twice-in-folder-names": (lambda c: c.args("--budgets", "0.5,0.5000001"), ["names a budget twice"]),
+    # --out inside a file: a FileExistsError traceback, after the timings or the export
+    "bench-out-in-a-file": (
+        lambda c: ["bench", "--model", "resnet20", "--out", str(c.tmp / "afile" / "b.csv")],
+        ["--out", "afile is a file"],
+    ),
+    "export-out-in-a-file": (
+        lambda c: ["export", str(c.out), "--out", str(c.tmp / "afile" / "m.onnx")],
+        ["--out", "afile is a file"],
+    ),
+    # channels.json fields lcp bench used unchecked (TypeError, KeyError tracebacks)
+    "bench-spec-model-kwargs": (lambda c: ["bench", str(_spec_folder(c, model_kwargs=[1]))], ["model_kwargs"]),
+    "bench-spec-without-model": (lambda c: ["bench", str(_spec_folder(c, drop=("model",)))], ["has no model"]),
 }
 
 

@@ -22,6 +22,15 @@ BAD = {
     "method-unknown": ("method: magic\n", "method must be one of lcp, global"),
     "kd-text": ("kd: maybe\n", "kd must be true or false"),
     "huge-int": ("seed: " + "9" * 5001 + "\n", "cannot be read"),
+    # tracebacks before: numpy refused a negative seed, torch one of 2**64 or more
+    "seed-negative": ("seed: -1\n", "seed must be between 0 and 2**63-1, got -1"),
+    "seed-huge": ("seed: 18446744073709551616\n", "seed must be between 0 and 2**63-1"),
+    "lr-huge-int": ("lr: 1" + "0" * 400 + "\n", "lr must be a finite number"),  # OverflowError before
+    "deep-nesting": ("budget: " + "[" * 20000 + "]" * 20000 + "\n", "nested too deeply"),  # RecursionError before
+    # no_progress: "false" was read as true (any value by its truthiness), beside progress one of them won
+    "no-progress-text": ('no_progress: "false"\n', "no_progress must be true or false, got 'false'"),
+    "no-progress-list": ("no-progress: [1]\n", "no_progress must be true or false"),
+    "no-progress-and-progress": ("no_progress: true\nprogress: true\n", "sets both progress and no_progress"),
 }
 
 
@@ -38,3 +47,8 @@ def test_bad_recipe_value_is_one_line_and_writes_nothing(case: str, tiny_folder:
 
 def test_bad_budgets_flag_is_one_line() -> None:
     assert_one_line_error(lcp_cli("prune", "--budgets", ","), "--budgets must be a list of numbers separated by commas")
+
+
+@pytest.mark.parametrize("seed", ["-1", "9223372036854775808"])
+def test_seed_flag_out_of_range_is_one_line(seed: str) -> None:
+    assert_one_line_error(lcp_cli("prune", "--seed", seed), "--seed must be between 0 and 2**63-1")
