@@ -80,7 +80,7 @@ from lcp.methods.legr.method import PRESETS
 from lcp.methods.options import episodes_for
 from lcp.models import store
 from lcp.report import REPORT_COLUMNS
-from lcp.run.config import PruneConfig
+from lcp.run.config import PruneConfig, read_yaml_mapping
 from lcp.run.folder import RunLock
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -272,17 +272,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def read_recipe(path: str | Path) -> dict:
-    import yaml
-
-    try:
-        data = yaml.safe_load(Path(path).read_text())
-    except OSError as e:
-        raise LcpError(f"cannot read recipe {path}: {e.strerror}") from None
-    except yaml.YAMLError as e:
-        raise LcpError(f"recipe {path} is not valid YAML: {str(e).splitlines()[0]}") from None
-    if not isinstance(data, dict):
-        raise LcpError(f"recipe {path} must be a mapping of settings")
-    return data
+    """A benchmark recipe's settings, unchecked (``settings_from`` checks them)."""
+    return read_yaml_mapping(path)
 
 
 def settings_from(args: argparse.Namespace) -> dict:

@@ -184,9 +184,9 @@ class TrainConfig(JobOptions):
         return cls(**from_mapping(cls, values, source))
 
 
-def read_recipe(path: str, cls: type) -> dict[str, Any]:
-    """A recipe's options (YAML; keys as the long options, ``-`` or ``_``), each checked against its declaration
-    in ``cls`` (type, choices, range): a one-line ``LcpError`` on any problem."""
+def read_yaml_mapping(path: str | Path) -> dict[Any, Any]:
+    """A recipe file's mapping, unchecked (YAML): a one-line ``LcpError`` when it cannot be read, is not YAML, is
+    nested too deeply or is not a mapping."""
     try:
         data = yaml.safe_load(Path(path).read_text())
     except OSError as e:
@@ -199,6 +199,13 @@ def read_recipe(path: str, cls: type) -> dict[str, Any]:
         raise LcpError(f"recipe {path} cannot be read: {str(e).splitlines()[0]}") from None
     if not isinstance(data, dict):
         raise LcpError(f"recipe {path} must be a mapping of options")
+    return data
+
+
+def read_recipe(path: str, cls: type) -> dict[str, Any]:
+    """A recipe's options (YAML; keys as the long options, ``-`` or ``_``), each checked against its declaration
+    in ``cls`` (type, choices, range): a one-line ``LcpError`` on any problem."""
+    data = read_yaml_mapping(path)
     data = {k.replace("-", "_") if isinstance(k, str) else k: v for k, v in data.items()}
     if "no_progress" in data:  # the recipe spelling of --no-progress
         value = data.pop("no_progress")
