@@ -44,7 +44,6 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-import yaml
 from torch import Tensor, nn
 
 import lcp
@@ -54,7 +53,7 @@ from lcp.engine.types import floor_keep
 from lcp.errors import LcpError
 from lcp.io import atomic_write_text, read_json, upsert_csv_row
 from lcp.models.store import removed_mask, widths
-from lcp.run.config import PruneConfig
+from lcp.run.config import PruneConfig, read_yaml_mapping
 from lcp.run.load import load_model_and_data
 from lcp.training.evaluate import evaluate, inputs_and_labels, recalibrate_bn, torch_threads
 from lcp.training.reconstruct import reconstruct
@@ -112,12 +111,7 @@ def read_recipe(path: str | Path) -> dict:
     ``seeds``, ``out``; optional ``data``,
     ``checkpoint`` (as for ``lcp prune``), ``threads``, ``batch_size``, ``recal_batches``, ``holdout`` and
     ``note`` (a paragraph under the table on the page)."""
-    try:
-        cfg = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise LcpError(f"cannot read recipe {path}: {str(e).splitlines()[0]}") from None
-    if not isinstance(cfg, dict):
-        raise LcpError(f"recipe {path} must be a mapping")
+    cfg = read_yaml_mapping(path)
     for key in ("model", "cut", "variants", "out"):
         if key not in cfg:
             raise LcpError(f"recipe {path} has no {key!r}")
