@@ -33,7 +33,7 @@ from lcp.io import upsert_csv_row
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "search_fast_vs_legr.csv"
-KEYS = ("model", "search_preset", "optimizer", "candidates_max", "seed")
+KEYS = ("model", "search_preset", "optimizer", "candidates_max", "budget", "round_to", "device", "seed")
 COLUMNS = [
     *KEYS,
     "candidates",
@@ -63,6 +63,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--budget", type=float, default=0.5, help="fraction of the MACs kept (default 0.5)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu", help="where the search runs (cpu, cuda, ...; default cpu)")
+    p.add_argument(
+        "--round-to", type=int, default=1, help="widths in multiples of N (default 1: any width, as the table's rows)"
+    )
     p.add_argument("--out", type=Path, default=OUT, help=f"CSV of rows (default {OUT.relative_to(ROOT)})")
     p.add_argument("--work", type=Path, default=Path("runs/search_table"), help="run folders")
     p.add_argument("--markdown", action="store_true", help="print the summary table of --out and exit")
@@ -72,10 +75,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def cell(model: str, preset: str, optimizer: str, most: int, seed: int, args: argparse.Namespace) -> dict:
     """Run (or resume) one search and read its row from the run folder (``most``: ``--candidates``, 0 for the
     preset's)."""
-    folder = args.work / f"{model}-{preset}-{optimizer}{f'-c{most}' if most else ''}-s{seed}"
+    device = args.device.replace(":", "")
+    tag = f"{f'-c{most}' if most else ''}-b{args.budget:g}-r{args.round_to}{'' if device == 'cpu' else f'-{device}'}"
+    folder = args.work / f"{model}-{preset}-{optimizer}{tag}-s{seed}"  # every setting the row's numbers depend on
     cmd = [
         "lcp", "prune", "--model", model, "--budget", f"{args.budget:g}", "--finetune-epochs", "0",
-        "--reconstruct-images", "0", "--seed", str(seed), "--threads", str(args.threads),
+        "--reconstruct-images", "0", "--round-to", str(args.round_to), "--seed", str(seed),
+        "--threads", str(args.threads),
         "--search-preset", preset, "--optimizer", optimizer,
         *(["--device", args.device] if args.device != "cpu" else []),
         *(["--candidates", str(most)] if most else []), "--out", str(folder),
@@ -92,6 +98,8 @@ def cell(model: str, preset: str, optimizer: str, most: int, seed: int, args: ar
         "search_preset": preset,
         "optimizer": optimizer,
         "candidates_max": most,
+        "budget": args.budget,
+        "round_to": args.round_to,
         "seed": seed,
         "candidates": search["candidates_evaluated"],
         "best_fitness": round(search["best_fitness"], 4),
@@ -118,11 +126,14 @@ def _device_name(device: str) -> str:
 
 
 def _filled(df: pd.DataFrame) -> pd.DataFrame:
-    """Rows written before a column existed: the optimizer was legr, the candidates the preset's (0)."""
+    """Rows written before a column existed: the optimizer was legr, the candidates the preset's (0), the budget
+    0.5, any width (``round_to`` 1), the CPU."""
     df = df.copy()
     df["optimizer"] = df["optimizer"].fillna("legr") if "optimizer" in df else "legr"
     df["candidates_max"] = df["candidates_max"].fillna(0).astype(int) if "candidates_max" in df else 0
     df["device"] = df["device"].fillna("cpu") if "device" in df else "cpu"
+    df["budget"] = df["budget"].fillna(0.5).astype(float) if "budget" in df else 0.5
+    df["round_to"] = df["round_to"].fillna(1).astype(int) if "round_to" in df else 1
     return df
 
 
@@ -138,14 +149,18 @@ def markdown(df: pd.DataFrame) -> str:
         lines[0] = lines[0].replace("| model |", "| model | device |", 1) + " s per candidate (mean) |"
         lines[1] += "---|---|"
     df = _filled(df)
-    for (model, preset, opt, most, device), g in df.groupby(
-        ["model", "search_preset", "optimizer", "candidates_max", "device"], sort=False
+    for (model, preset, opt, most, device, budget, round_to), g in df.groupby(
+        ["model", "search_preset", "optimizer", "candidates_max", "device", "budget", "round_to"], sort=False
     ):
+        other = (f" at {budget:g} of the MACs" if budget != 0.5 else "") + (
+            f" (--round-to {round_to})" if round_to != 1 else ""
+        )
         g = g.sort_values("seed")
         sd = lambda s: s.std(ddof=1) if len(s) > 1 else 0.0  # noqa: E731
         per = f" {(g['search_s'] - g['sensitivity_s']).sum() / g['candidates'].sum():.3f} |" if gpu else ""
         lines.append(
-            f"| {model}{f' | {device}' if gpu else ''} | `{preset}`{f' (--candidates {most})' if most else ''} | "
+            f"| {model}{f' | {device}' if gpu else ''} | "
+            f"`{preset}`{f' (--candidates {most})' if most else ''}{other} | "
             f"{opt} | {len(g)} | "
             f"{g['candidates'].min()}-{g['candidates'].max()} | "
             f"{g['best_fitness'].mean():.3f} ± {sd(g['best_fitness']):.3f} | "
@@ -167,12 +182,14 @@ def main(argv: list[str] | None = None) -> int:
     done = pd.read_csv(args.out) if args.out.is_file() else pd.DataFrame(columns=COLUMNS)
     done = _filled(done)
     have = {tuple(str(r[k]) for k in KEYS) for _, r in done.iterrows()}
+    device = _device_name(args.device)
     for model in args.models.split(","):
         for run in args.runs.split(","):
             preset, optimizer, most = [*run.split(":"), "", ""][:3]
             optimizer, most = optimizer or "legr", most or "0"
             for seed in (int(s) for s in args.seeds.split(",")):
-                if (model, preset, optimizer, most, str(seed)) in have:
+                key = (model, preset, optimizer, most, str(float(args.budget)), str(args.round_to), device, str(seed))
+                if key in have:
                     continue
                 row = cell(model, preset, optimizer, int(most), seed, args)
                 upsert_csv_row(args.out, row, keys=KEYS, first=COLUMNS)

@@ -12,7 +12,8 @@ distilled from the unpruned task-B network) and the row's seed:
 - ``<source-method>``: the same method searched on task B itself (what searching again would give);
 - ``ceiling``: the unpruned task-B network through the same recovery (``--method uniform --budget 1``).
 
-Rows go to ``--out`` (appended atomically; a rerun skips finished rows, the run folders resume)::
+Rows go to ``--out`` (appended atomically, keyed by row, seed, source method, budget, task-B epochs and
+``--round-to``; a rerun skips finished rows, the run folders resume)::
 
     source ../shared/offline-env.sh
     python benchmarks/transfer.py --seeds 0,1,2 --out benchmarks/results/transfer_resnet20.csv
@@ -33,7 +34,7 @@ from lcp.io import upsert_csv_row
 
 ROOT = Path(__file__).resolve().parents[1]
 ANIMALS = ("bird", "cat", "deer", "dog", "frog", "horse")
-KEYS = ("row", "seed")
+KEYS = ("row", "seed", "source_method", "budget", "base_epochs", "round_to")
 
 
 def task_folder(work: Path) -> Path:
@@ -102,6 +103,25 @@ def prune(args: list[str], out: Path, threads: int) -> pd.Series:
     return pd.read_csv(out / "report.csv").iloc[0]
 
 
+def _key(r: pd.Series) -> tuple[str, int, str, float, float, int]:
+    """A row's identity: rows from before these columns were amc at 0.5 with any width (``source`` says so)."""
+
+    def given(name: str, default: object) -> object:
+        v = r.get(name)
+        return default if v is None or (isinstance(v, float) and pd.isna(v)) else v
+
+    source = str(given("source", "amc on cifar10 at 0.5"))
+    method, budget = source.split(" on ")[0], float(source.split(" at ")[1].split()[0])
+    return (
+        str(r["row"]),
+        int(r["seed"]),
+        str(given("source_method", method)),
+        float(given("budget", budget)),
+        float(given("base_epochs", 3)),
+        int(given("round_to", 1)),
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seeds", default="0", help="comma-separated seeds of the task-B rows")
@@ -109,17 +129,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--source-method", default="amc", help="method that finds the structure (default amc)")
     p.add_argument("--rows", default="transfer,uniform,searched,ceiling", help="which rows (comma-separated)")
     p.add_argument("--base-epochs", type=float, default=3, help="task-B training of the unpruned network")
+    p.add_argument(
+        "--round-to", type=int, default=1, help="widths in multiples of N on both tasks (default 1: any width)"
+    )
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "transfer")
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "transfer" / "transfer_resnet20.csv")
     a = p.parse_args(argv)
     a.work.mkdir(parents=True, exist_ok=True)
     data = task_folder(a.work)
-    done = pd.read_csv(a.out, dtype=str) if a.out.is_file() else pd.DataFrame(columns=list(KEYS))
-    have = set(zip(done["row"], done["seed"].astype(int)))
+    done = pd.read_csv(a.out) if a.out.is_file() else pd.DataFrame(columns=list(KEYS))
+    have = {_key(r) for _, r in done.iterrows()}
     m = a.source_method
+    rounding = ["--round-to", str(a.round_to)]
 
-    source = a.work / f"cifar10-{m}-b{a.budget:g}"
+    source = a.work / f"cifar10-{m}-b{a.budget:g}{'' if a.round_to == 1 else f'-r{a.round_to}'}"
     src_args = [
         "--model",
         "resnet20",
@@ -131,17 +155,20 @@ def main(argv: list[str] | None = None) -> int:
         "0",
         "--reconstruct-images",
         "0",
+        *rounding,
     ]
     src = prune([*src_args, "--seed", "0"], source, a.threads)
     ckpt = base_model(a.work, data, a.base_epochs, a.threads)
-    task = ["--model", "resnet20", "--data", str(data), "--checkpoint", str(ckpt)]
+    task = ["--model", "resnet20", "--data", str(data), "--checkpoint", str(ckpt), *rounding]
+    # a task-B run depends on the source's method and budget, the task-B network's training and the rounding
+    setting = f"{m}-b{a.budget:g}-e{a.base_epochs:g}-r{a.round_to}"
     ratio = float(src["macs_ratio"])
 
     for seed in [int(s) for s in a.seeds.split(",")]:
         for row in a.rows.split(","):
-            if (row, seed) in have:
+            if (row, seed, m, float(a.budget), float(a.base_epochs), a.round_to) in have:
                 continue
-            out = a.work / f"animals6-{row}-seed{seed}"
+            out = a.work / f"animals6-{setting}-{row}-seed{seed}"
             if row == "transfer":
                 r = prune([*task, "--structure-from", str(source), "--seed", str(seed)], out, a.threads)
             elif row == "uniform":
@@ -168,6 +195,9 @@ def main(argv: list[str] | None = None) -> int:
                 "search_s": float(r["search_s"]),
                 "finetune_s": float(r["finetune_s"]),
                 "base_epochs": a.base_epochs,
+                "source_method": m,
+                "budget": a.budget,
+                "round_to": a.round_to,
                 "run": str(out.relative_to(ROOT) if out.is_relative_to(ROOT) else out),
             }
             upsert_csv_row(a.out, rec, keys=KEYS)

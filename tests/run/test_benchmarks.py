@@ -1361,3 +1361,59 @@ def test_a_search_stopped_by_sigterm_keeps_the_time_it_took(tmp_path: Path):
     assert done.returncode == 128 + signal.SIGTERM, done.stderr[-2000:]
     partial = json.loads((tmp_path / "s" / "search_partial.json").read_text())
     assert 0.2 <= partial["search_s"] < 30
+
+
+def test_search_table_keys_its_rows_and_folders_by_budget_rounding_and_device(tmp_path: Path, monkeypatch):
+    """benchmarks/search_table.py: a row at 0.5 of the MACs does not stand for a run at 0.3 (nor any width for
+    --round-to 16); each setting gets its own run folder, and the command passes --round-to explicitly."""
+    st = _module(ROOT / "benchmarks" / "search_table.py", "bench_search_table")
+    monkeypatch.setenv("LCP_DATA", str(tmp_path))
+    monkeypatch.setenv("LCP_WEIGHTS", str(tmp_path))
+    old = {"model": "resnet56", "search_preset": "fast", "seed": 0, "candidates": 80, "best_fitness": 0.4}
+    old |= {"top1_pruned_noft": 60.0, "search_s": 10.0}
+    pd.DataFrame([old]).to_csv(tmp_path / "t.csv", index=False)  # a row from before the budget column: 0.5
+    calls: list[tuple] = []
+
+    def fake_cell(model, preset, optimizer, most, seed, args):
+        calls.append((args.budget, args.round_to))
+        return {**old, "optimizer": optimizer, "candidates_max": most, "budget": args.budget,
+                "round_to": args.round_to, "device": "cpu", "seed": seed}  # fmt: skip
+
+    monkeypatch.setattr(st, "cell", fake_cell)
+    base = ["--models", "resnet56", "--seeds", "0", "--out", str(tmp_path / "t.csv")]
+    assert st.main(base) == 0 and calls == []  # the default setting: already there
+    assert st.main([*base, "--budget", "0.3"]) == 0 and calls == [(0.3, 1)]
+    assert st.main([*base, "--round-to", "16"]) == 0 and calls[-1] == (0.5, 16)
+    assert st.main([*base, "--budget", "0.3"]) == 0 and len(calls) == 2  # now in the table
+    monkeypatch.undo()
+
+    ran: list[list[str]] = []
+
+    def fake_run(cmd, check):
+        ran.append(cmd)
+        folder = Path(cmd[cmd.index("--out") + 1])
+        folder.mkdir(parents=True)
+        pd.DataFrame([{"top1_pruned_noft": 60.0, "macs_ratio": 0.3}]).to_csv(folder / "report.csv", index=False)
+        search = {"candidates_evaluated": 80, "best_fitness": 0.5, "identity_fitness": 1.0, "seconds": 8.0}
+        (folder / "search.json").write_text(json.dumps({**search, "prior_seconds": 2.0}))
+
+    monkeypatch.setattr(st.subprocess, "run", fake_run)
+    args = st.parse_args(["--budget", "0.3", "--work", str(tmp_path / "w")])
+    st.cell("resnet56", "fast", "legr", 0, 0, args)
+    args = st.parse_args(["--budget", "0.5", "--work", str(tmp_path / "w"), "--round-to", "16"])
+    st.cell("resnet56", "fast", "legr", 0, 0, args)
+    assert len(ran) == 2 and len({c[c.index("--out") + 1] for c in ran}) == 2  # two folders
+    assert [c[c.index("--round-to") + 1] for c in ran] == ["1", "16"]
+
+
+def test_transfer_rows_are_keyed_by_the_source_setting():
+    """benchmarks/transfer.py: a row of amc at 0.5 does not stand for lfgcl or 0.3; rows from before the key
+    columns read their source and budget from the ``source`` text."""
+    tr = _module(ROOT / "benchmarks" / "transfer.py", "bench_transfer")
+    legacy = pd.Series(
+        {"row": "transfer", "seed": 0, "source": "amc on cifar10 at 0.5 (64.94% there)", "base_epochs": 3}
+    )
+    assert tr._key(legacy) == ("transfer", 0, "amc", 0.5, 3.0, 1)
+    new = pd.Series({"row": "uniform", "seed": 1, "source_method": "lfgcl", "budget": 0.3, "base_epochs": 5,
+                     "round_to": 16, "source": "lfgcl on cifar10 at 0.3 (50.00% there)"})  # fmt: skip
+    assert tr._key(new) == ("uniform", 1, "lfgcl", 0.3, 5.0, 16)
