@@ -14,6 +14,10 @@ with random weights (``pretrained=False``, seed 0) and pruned in eval mode (``--
 train mode timm gives them; ghostnet_100 then fails, see tests/engine/test_real_models.py). A model that fails
 gets a row with ``status`` = the error and the run goes on.
 
+Each row is written to ``--out`` as soon as it is measured, in place of the row with the same task, model,
+input and threads (the other rows stay: a run of a few models updates their rows of the table); every row
+records the machine, the torch version and the date it was measured.
+
     python benchmarks/engine_speed.py [--out benchmarks/results/engine_speed.csv] [--threads 1]
     python benchmarks/engine_speed.py --models resnet56,resnet50 --repeats 3
 """
@@ -82,7 +86,11 @@ COLUMNS = [
     "units",
     "groups",
     "status",
+    "machine",
+    "torch",
+    "date",
 ]
+KEYS = ("task", "model", "input", "threads")  # a row replaces the row of --out that agrees on these
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -91,7 +99,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--out",
         type=Path,
         default=ROOT / "benchmarks" / "results" / "engine_speed.csv",
-        help="CSV to write (default benchmarks/results/engine_speed.csv)",
+        help="CSV to update, a row at a time (default benchmarks/results/engine_speed.csv)",
     )
     p.add_argument("--repeats", type=int, default=5, help="runs per measurement; the median is reported")
     p.add_argument(
@@ -221,24 +229,36 @@ def fmt(v: Any) -> str:
     return "" if v is None else str(v)
 
 
-def write_csv(rows: list[dict], path: Path) -> None:
-    def write(target: Path) -> None:
-        with open(target, "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=COLUMNS)
-            w.writeheader()
-            for r in rows:
-                w.writerow({k: fmt(r.get(k)) for k in COLUMNS})
-
+def machine() -> str:
+    """The CPU's model name and count (``/proc/cpuinfo`` where there is one)."""
+    name = platform.processor() or platform.machine()
     try:
-        from lcp.io import atomic_path
-    except ImportError:  # lcp.io missing: temporary file + rename
+        with open("/proc/cpuinfo") as fh:
+            name = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), name)
+    except OSError:
+        pass
+    return f"{name}, {os.cpu_count()} CPUs"
+
+
+def write_row(row: dict, path: Path) -> None:
+    """Put ``row`` into the CSV at ``path`` in place of the row with the same ``KEYS`` (rewritten atomically)."""
+    line = {k: fmt(row.get(k)) for k in COLUMNS}
+    try:
+        from lcp.io import upsert_csv_row
+    except ImportError:  # an lcp without it: the same with the csv module, temporary file + rename
+        old: list[dict] = []
+        if path.is_file():
+            with open(path, newline="") as fh:
+                old = [r for r in csv.DictReader(fh) if any(r.get(k, "") != line[k] for k in KEYS)]
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")
-        write(tmp)
+        with open(tmp, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=COLUMNS, extrasaction="ignore")
+            w.writeheader()
+            w.writerows([*old, line])
         os.replace(tmp, path)
         return
-    with atomic_path(path) as tmp:
-        write(tmp)
+    upsert_csv_row(path, line, KEYS, first=COLUMNS)
 
 
 def print_table(rows: list[dict]) -> None:
@@ -285,25 +305,28 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.repeats} runs per measurement",
         flush=True,
     )
+    stamp = {"threads": threads, "machine": machine(), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
     rows: list[dict] = []
+
+    def keep(row: dict) -> dict:
+        row.update(stamp, repeats=row.get("repeats", args.repeats))
+        write_row(row, args.out)  # at once: an interrupted run keeps the rows it measured
+        rows.append(row)
+        return row
+
     if not args.skip_plan:
         for name, size in PLAN_CASES:
             if args.models and name not in models:
                 continue
-            row = bench_plan(name, size, args)
-            rows.append(row)
+            row = keep(bench_plan(name, size, args))
             print(f"plan  {name:<22} {row['input']:<10} {row['median_s']:7.3f} s", flush=True)
     if not args.skip_prune:
         for name in models:
-            row = bench_prune(name, args)
-            rows.append(row)
+            row = keep(bench_prune(name, args))
             t = f"{row['median_s']:7.2f} s" if row.get("median_s") is not None else row["status"]
             print(f"prune {name:<22} {row['input']:<10} {t}", flush=True)
-    for r in rows:
-        r.update(threads=threads, repeats=r.get("repeats", args.repeats))
-    write_csv(rows, args.out)
     print_table(rows)
-    print(f"\nwrote {args.out}")
+    print(f"\nupdated {args.out} ({len(rows)} rows)")
     return 0
 
 

@@ -3,12 +3,16 @@
 Default mode: run a short search at ``--budget`` (fraction of MACs kept) and report seconds per candidate,
 total search time and best fitness; then prune with the learned compensation (lcp) and with the global,
 uniform and random rankings, recalibrate BatchNorm on training batches (no fine-tuning) and measure the
-held-out loss and the TEST accuracy. Writes ``benchmarks/results/search_speed.csv``.
+held-out loss and the TEST accuracy. Writes ``benchmarks/results/search_speed.csv``, a row per method as it
+is measured; a row replaces the one with the same tag, settings and method (``SEARCH_KEYS``), so a rerun updates
+its rows instead of adding more.
 
 ``--kendall N``: how well the proxy fitness predicts accuracy after fine-tuning. N random candidates (LeGR's
 initial population distribution) are scored by the fitness, fine-tuned for ``--ft-steps`` SGD steps (a
 fraction of an epoch: a whole epoch per candidate is too slow on 2 cores) and evaluated on the test split;
-writes ``benchmarks/results/proxy_kendall.csv`` and Kendall's tau between the fitness and the error.
+writes ``benchmarks/results/proxy_kendall.csv`` and Kendall's tau between the fitness and the error. Each
+candidate's row is written as soon as it is fine-tuned (in place of the row of the same tag and candidate), and
+the tau columns are added to this run's rows at the end: an interrupted run keeps its candidates, without tau.
 
 Needs ``LCP_DATA`` and ``LCP_WEIGHTS`` (``source ../shared/offline-env.sh``); without them it says so and exits.
 
@@ -20,7 +24,6 @@ Needs ``LCP_DATA`` and ``LCP_WEIGHTS`` (``source ../shared/offline-env.sh``); wi
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import os
 import sys
@@ -33,6 +36,24 @@ import numpy as np
 import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
+# what identifies a row: a row written with the same values replaces the old one
+SEARCH_KEYS = (
+    "tag",
+    "model",
+    "budget",
+    "optimizer",
+    "compensation",
+    "aggregate",
+    "candidates",
+    "population",
+    "tournament",
+    "recal_batches",
+    "eval_images",
+    "label_free",
+    "seed",
+    "method",
+)
+KENDALL_KEYS = ("tag", "candidate")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -58,7 +79,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--kendall", type=int, default=0, metavar="N", help="proxy quality mode with N candidates")
     p.add_argument("--ft-steps", type=int, default=100, help="kendall: fine-tuning steps of 128 per candidate")
     p.add_argument("--device", default="cpu", help="kendall: device for fine-tuning and evaluation")
-    p.add_argument("--tag", default="", help="label stored in the CSV rows")
+    p.add_argument(
+        "--tag",
+        default="",
+        help="label stored in the CSV rows; part of a row's key (--kendall: tag and candidate, so a rerun with the "
+        "same tag replaces that run's rows)",
+    )
     p.add_argument("--out", type=Path, default=RESULTS)
     return p.parse_args(argv)
 
@@ -95,20 +121,12 @@ def measure(
     return pruned, {**out, "test_top1": test["top1"], "test_loss": test["loss"]}
 
 
-def write_csv(rows: list[dict], path: Path) -> None:
-    """Append ``rows`` to ``path``, rewriting it with the union of the columns if they differ."""
-    old: list[dict] = []
-    if path.exists():
-        with open(path, newline="") as fh:
-            old = list(csv.DictReader(fh))
-    fields = list(dict.fromkeys([k for r in old[:1] for k in r] + [k for r in rows for k in r]))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=fields)
-        w.writeheader()
-        w.writerows(old + rows)
-    tmp.replace(path)
+def write_row(row: dict, path: Path, keys: tuple[str, ...]) -> None:
+    """Add ``row`` to the CSV at ``path`` in place of the rows that agree with it on ``keys`` (rewritten
+    atomically; the union of the columns)."""
+    from lcp.io import upsert_csv_row
+
+    upsert_csv_row(path, row, keys)
 
 
 def run_search(args: argparse.Namespace) -> None:
@@ -167,25 +185,22 @@ def run_search(args: argparse.Namespace) -> None:
         "fitness_identity": ident,
         "fitness_best": res.best_fitness,
     }
-    rows = []
     for method in ("lcp", "global", "uniform", "random"):
         p = plan(graph, cost, scores, budget=args.budget, method=method, transforms=res.transforms, seed=args.seed)
         _, m = measure(graph, p.removed, bundle, args.final_recal_batches, args.seed)
-        rows.append(
-            {
-                **common,
-                "method": method,
-                "macs_ratio": round(p.macs_ratio, 4),
-                "params_ratio": round(p.params_ratio, 4),
-                **{k: round(v, 4) for k, v in m.items()},
-            }
-        )
+        row = {
+            **common,
+            "method": method,
+            "macs_ratio": round(p.macs_ratio, 4),
+            "params_ratio": round(p.params_ratio, 4),
+            **{k: round(v, 4) for k, v in m.items()},
+        }
+        write_row(row, args.out / "search_speed.csv", SEARCH_KEYS)
         print(
             f"{method:8s} MACs {p.macs_ratio:.3f}  held-out loss {m['holdout_loss']:.4f}  "
             f"test top-1 {m['test_top1']:.2f}%  test loss {m['test_loss']:.4f}",
             flush=True,
         )
-    write_csv(rows, args.out / "search_speed.csv")
     print(f"wrote {args.out / 'search_speed.csv'}")
 
 
@@ -263,6 +278,7 @@ def run_kendall(args: argparse.Namespace) -> None:
                 "test_top1_ft": round(after["top1"], 2),
             }
         )
+        write_row(rows[-1], args.out / "proxy_kendall.csv", KENDALL_KEYS)  # now: a kill loses no candidate
         print(rows[-1], flush=True)
     fit = [r["fitness"] for r in rows]
     finite = [j for j, f in enumerate(fit) if math.isfinite(f)]
@@ -274,7 +290,7 @@ def run_kendall(args: argparse.Namespace) -> None:
             kendall_p_ft=float(tau_ft.pvalue),
             kendall_tau_noft=round(float(tau_noft.statistic), 4),
         )
-    write_csv(rows, args.out / "proxy_kendall.csv")
+        write_row(r, args.out / "proxy_kendall.csv", KENDALL_KEYS)
     print(
         f"Kendall tau(fitness, test error after {args.ft_steps} steps) = {tau_ft.statistic:.3f} "
         f"(p={tau_ft.pvalue:.3g}); without fine-tuning {tau_noft.statistic:.3f}"

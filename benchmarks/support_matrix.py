@@ -15,8 +15,12 @@ version.
 
 Outputs ``benchmarks/results/support_matrix.csv`` (model, family, status ok/refused/error/timeout/skipped,
 reason, macs_ratio, seconds, input, units, prunable, frozen_ops, params, suggestion); rows are appended as
-models finish, and ``--resume`` skips models already in the CSV. ``--markdown docs/support.md`` writes the
-documentation page from the CSV (no models are run).
+models finish, and ``--resume`` skips models already in the CSV. Beside it, ``support_matrix.json`` (the CSV's name
+with ``.json``) records the run (timm version, settings, date, command, wall time) and its re-runs (``redos``);
+``--resume`` keeps the run's date and command and adds its own wall time. ``--redo`` replaces each model's row only
+when its new row comes; the models not yet redone are kept in the JSON (``redo_pending``), so the same ``--redo``
+run again after an interruption goes on with them. ``--markdown docs/support.md`` writes the documentation page from
+the CSV (no models are run).
 
     python benchmarks/support_matrix.py                        # every CNN-like timm model (about 40 min, 2 cores)
     python benchmarks/support_matrix.py --every 3              # a sample: every 3rd model of the list
@@ -46,7 +50,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
-from lcp.io import atomic_path
+from lcp.io import atomic_path, atomic_write_json, read_json
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -93,12 +97,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=0.0,
         help="seconds to search --ignore patterns for a failing model (default 0: no search)",
     )
-    p.add_argument("--resume", action="store_true", help="keep the rows already in --out and run the others")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the rows already in --out and run the others (the run's date, command and re-runs are kept; "
+        "with no model left, nothing changes)",
+    )
     p.add_argument(
         "--redo",
         default="",
         help="re-run the models of --out with these statuses or names (comma-separated, "
-        "e.g. refused,timeout or efficientnet_cc_b0_4e) and replace their rows; the other rows are kept",
+        "e.g. refused,timeout or efficientnet_cc_b0_4e) and replace their rows, each as its new row comes; the "
+        "other rows are kept; the same --redo again after an interruption goes on with the models left",
     )
     p.add_argument("--markdown", type=Path, help="write this markdown page from --out (runs no model)")
     p.add_argument("--command", default="", help="the command line to quote in the markdown page")
@@ -174,7 +184,7 @@ def cnn_models(workers: int) -> dict[str, int]:
     cnn = {n: int(p) for n, ok, _, p in rows if ok}
     other = {n: why for n, ok, why, _ in rows if not ok}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    cache.write_text(json.dumps({"timm": timm.__version__, "cnn": cnn, "not_cnn": other}, indent=1))
+    atomic_write_json(cache, {"timm": timm.__version__, "cnn": cnn, "not_cnn": other})
     return cnn
 
 
@@ -342,6 +352,20 @@ def read_rows(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+def replace_row(path: Path, row: dict) -> None:
+    """Put ``row`` at the end of the CSV at ``path`` in place of the row of the same model (rewritten atomically)."""
+    rows = [r for r in read_rows(path) if r["model"] != row["model"]]
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows([*rows, row])
+
+
+def _redos(meta: dict) -> list[dict]:
+    """The re-runs (``--redo``) recorded in a run's metadata, oldest first (older files hold one, as ``redo``)."""
+    return list(meta.get("redos") or ([meta["redo"]] if meta.get("redo") else []))
+
+
 def run(args: argparse.Namespace) -> int:
     import timm
 
@@ -356,74 +380,39 @@ def run(args: argparse.Namespace) -> int:
         params = cnn_models(args.workers)
         names = sorted(params)
     names = names[:: max(1, args.every)]
+    meta_path = args.out.with_suffix(".json")
+    old = read_json(meta_path, "the run's metadata") if meta_path.is_file() else {}
+    pending = old.get("redo_pending")
+    command = "python benchmarks/support_matrix.py " + " ".join(sys.argv[1:])
     redo = {s for s in args.redo.split(",") if s}
-    if redo:  # keep every other row; re-run these models and put their new rows at the end
-        kept = [r for r in read_rows(args.out) if not {r["status"], r["model"]} & redo]
-        names = [r["model"] for r in read_rows(args.out) if {r["status"], r["model"]} & redo]
-        params = {r["model"]: int(r["params"]) for r in read_rows(args.out) if r.get("params")}  # kept as counted
-        with atomic_path(args.out) as tmp, open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
-            w.writeheader()
-            w.writerows(kept)
-        args.resume = True
-    done = {r["model"]: r for r in read_rows(args.out)} if args.resume else {}
-    todo = [n for n in names if n not in done]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    fh = open(args.out, "a" if args.resume and done else "w", newline="")
-    writer = csv.DictWriter(fh, fieldnames=COLUMNS, extrasaction="ignore")
-    if not (args.resume and done):
-        writer.writeheader()
-
-    def emit(row: dict) -> None:
-        row["family"] = family(row["model"])
-        row.setdefault("params", params.get(row["model"], ""))
-        writer.writerow({k: row.get(k, "") for k in COLUMNS})
-        fh.flush()
-        counts[row["status"]] += 1
-        n = sum(counts.values())
+    spec = {"statuses": sorted(redo & set(STATUSES)), "names": sorted(redo - set(STATUSES))}
+    if pending and redo and spec != {k: pending.get(k, []) for k in spec}:
         print(
-            f"[{n}/{len(todo)} {time.perf_counter() - t0:6.0f}s] {row['model']:<36} {row['status']:<8} "
-            f"{row.get('seconds', '')!s:>6}s {str(row.get('reason', ''))[:90]}",
-            flush=True,
+            f"{meta_path} records an interrupted `{pending['command']}` with {len(pending['left'])} models left: "
+            "run it again to finish it before another --redo",
+            file=sys.stderr,
         )
+        return 2
+    if pending and args.resume and not redo:
+        print(f"note: an interrupted `{pending['command']}` has {len(pending['left'])} models left (run it again)")
+    # a redo replaces each model's row as its new row comes (at the end of the CSV); the models still to do are
+    # kept in the metadata's ``redo_pending``, so the same --redo run again after an interruption continues
+    if redo:
+        rows = read_rows(args.out)
+        names = list(pending["left"]) if pending else [r["model"] for r in rows if {r["status"], r["model"]} & redo]
+        params = {r["model"]: int(r["params"]) for r in rows if r.get("params")}  # kept as counted
+    done = {r["model"]: r for r in read_rows(args.out)} if args.resume and not redo else {}
+    todo = [n for n in names if n not in done]
+    if (args.resume or redo) and not todo:
+        print(f"no model to redo in {args.out}" if redo else f"nothing to run: every model is in {args.out}")
+        return 0  # the CSV and its metadata stay as they are
 
-    counts: Counter = Counter()
-    t0 = time.perf_counter()
-    queue = []
-    for n in todo:
-        if params.get(n, 0) > args.max_params:
-            emit(
-                {
-                    "model": n,
-                    "status": "skipped",
-                    "reason": f"{params[n] / 1e6:.0f}M parameters, over --max-params {args.max_params / 1e6:.0f}M",
-                    "seconds": 0,
-                }
-            )
-        else:
-            queue.append(n)
-    import lcp.cut.diagnose  # noqa: F401  (imported once here: forked workers start without importing it again)
-
-    ctx = mp.get_context("fork")
-    workers = [Worker(ctx, args) for _ in range(max(1, args.workers))]
-    try:
-        while queue or any(w.name for w in workers):
-            for w in workers:
-                row = w.poll()
-                if row is not None:
-                    emit(row)
-                if w.name is None and queue:
-                    w.submit(queue.pop(0))
-            time.sleep(0.05)
-    finally:
-        for w in workers:
-            w.close()
-        fh.close()
-    total = time.perf_counter() - t0
-    print(f"{len(todo)} models in {total:.0f} s: " + ", ".join(f"{k} {counts[k]}" for k in STATUSES if counts[k]))
-    meta = {
+    # the metadata (--out with .json) is written now, after every row and at the end, so that it always belongs
+    # to the rows of --out: a fresh run starts it afresh; a --resume keeps the run's date, command and re-runs and
+    # adds its wall time (the invocation is listed in ``resumes``); a --redo adds an entry to ``redos``
+    fresh = {
         "timm": timm.__version__,
-        "wall_s": round(total, 1),
+        "wall_s": 0.0,
         "workers": args.workers,
         "timeout": args.timeout,
         "every": args.every,
@@ -435,32 +424,112 @@ def run(args: argparse.Namespace) -> int:
         "max_params": args.max_params,
         "platform": platform.platform(),
         "date": time.strftime("%Y-%m-%d"),
-        "command": "python benchmarks/support_matrix.py " + " ".join(sys.argv[1:]),
+        "command": command,
     }
-    if args.resume and args.out.with_suffix(".json").is_file():
-        old = json.loads(args.out.with_suffix(".json").read_text())
-        if redo:  # the full run's figures stay; every re-run is recorded beside them
-            earlier = old.pop("redos", None) or ([old.pop("redo")] if "redo" in old else [])
-            meta = {
-                **old,
-                "redos": earlier
-                + [
-                    {
-                        "statuses": sorted(redo & set(STATUSES)),
-                        "names": sorted(redo - set(STATUSES)),
-                        "models": len(todo),
-                        "wall_s": round(total, 1),
-                        "timm": timm.__version__,
-                        "cpus": os.cpu_count(),
-                        "workers": args.workers,
-                        "date": meta["date"],
-                        "command": meta["command"],
-                    }
-                ],
-            }
+    this = {"date": fresh["date"], "command": command, "models": len(todo), "wall_s": 0.0}
+    if redo:
+        earlier = _redos(old)  # shown on the page while this one runs, too
+        meta = {k: v for k, v in (old or fresh).items() if k not in ("redo", "redos", "redo_pending")}
+        meta.update({"redos": earlier} if earlier else {})
+        entry = pending or {
+            **spec,
+            "models": len(todo),
+            "wall_s": 0.0,
+            "timm": timm.__version__,
+            "cpus": os.cpu_count(),
+            "workers": args.workers,
+            "date": fresh["date"],
+            "command": command,
+            "left": list(todo),
+        }
+        wall0 = float(entry.get("wall_s", 0))
+    elif args.resume and done and old:
+        meta = dict(old)
+        meta["resumes"] = [*old.get("resumes", []), this]
+        wall0 = float(old.get("wall_s", 0))
+    else:
+        meta, wall0 = fresh, 0.0
+    left = list(entry["left"]) if redo else []
+
+    def save_meta() -> None:
+        wall = round(wall0 + time.perf_counter() - t0, 1)
+        this["wall_s"] = round(time.perf_counter() - t0, 1)
+        if redo:
+            entry.update(wall_s=wall, left=list(left))
+            if left:
+                meta["redo_pending"] = entry
+            else:  # every model done: the re-run joins the earlier ones
+                meta.pop("redo_pending", None)
+                meta["redos"] = [*earlier, {k: v for k, v in entry.items() if k != "left"}]
         else:
-            meta["wall_s"] = round(meta["wall_s"] + old.get("wall_s", 0), 1)
-    args.out.with_suffix(".json").write_text(json.dumps(meta, indent=1))
+            meta["wall_s"] = wall
+        atomic_write_json(meta_path, meta)
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    fh = None if redo else open(args.out, "a" if done else "w", newline="")
+    writer = csv.DictWriter(fh, fieldnames=COLUMNS, extrasaction="ignore") if fh else None
+    if writer and not done:
+        writer.writeheader()
+        fh.flush()
+
+    def emit(row: dict) -> None:
+        row["family"] = family(row["model"])
+        row.setdefault("params", params.get(row["model"], ""))
+        line = {k: row.get(k, "") for k in COLUMNS}
+        if redo:  # the old row stays until this one replaces it
+            replace_row(args.out, line)
+            if row["model"] in left:
+                left.remove(row["model"])
+        else:
+            writer.writerow(line)
+            fh.flush()
+        save_meta()
+        counts[row["status"]] += 1
+        n = sum(counts.values())
+        print(
+            f"[{n}/{len(todo)} {time.perf_counter() - t0:6.0f}s] {row['model']:<36} {row['status']:<8} "
+            f"{row.get('seconds', '')!s:>6}s {str(row.get('reason', ''))[:90]}",
+            flush=True,
+        )
+
+    counts: Counter = Counter()
+    t0 = time.perf_counter()
+    workers: list[Worker] = []
+    try:
+        save_meta()
+        queue = []
+        for n in todo:
+            if params.get(n, 0) > args.max_params:
+                emit(
+                    {
+                        "model": n,
+                        "status": "skipped",
+                        "reason": f"{params[n] / 1e6:.0f}M parameters, over --max-params {args.max_params / 1e6:.0f}M",
+                        "seconds": 0,
+                    }
+                )
+            else:
+                queue.append(n)
+        import lcp.cut.diagnose  # noqa: F401  (imported once here: forked workers start without importing it again)
+
+        ctx = mp.get_context("fork")
+        workers = [Worker(ctx, args) for _ in range(max(1, args.workers))]
+        while queue or any(w.name for w in workers):
+            for w in workers:
+                row = w.poll()
+                if row is not None:
+                    emit(row)
+                if w.name is None and queue:
+                    w.submit(queue.pop(0))
+            time.sleep(0.05)
+    finally:
+        for w in workers:
+            w.close()
+        if fh:
+            fh.close()
+        save_meta()  # an interrupted run too: its wall time so far, and the models a redo has left
+    total = time.perf_counter() - t0
+    print(f"{len(todo)} models in {total:.0f} s: " + ", ".join(f"{k} {counts[k]}" for k in STATUSES if counts[k]))
     return 0
 
 
@@ -700,7 +769,7 @@ def markdown(args: argparse.Namespace) -> int:
         f"{meta.get('max_params', 400e6) / 1e6:.0f}M parameters are skipped: several float64 copies of them "
         "(verification) do not fit in the memory of a small machine."
     )
-    for redo in meta.get("redos") or ([meta["redo"]] if meta.get("redo") else []):
+    for redo in _redos(meta):
         which = " or ".join(redo.get("statuses") or [])
         named = ", ".join(redo.get("names") or [])
         what = f"that were {which} in that run" + (f" and {named}" if named else "") if which else f"({named})"
@@ -711,12 +780,11 @@ def markdown(args: argparse.Namespace) -> int:
             f"({redo['date']}, {float(redo['wall_s']) / 60:.1f} min, `{redo['command']}`); their rows replace the "
             "old ones, the other rows are the full run's."
         )
-    large_redo = large_meta.get("redo")
-    if large and large_redo:
-        w(
-            f"The large run's {' and '.join(large_redo['statuses'])} rows likewise ({large_redo['date']}, "
-            f"`{large_redo['command']}`)."
-        )
+    for large_redo in _redos(large_meta) if large else []:
+        which = " and ".join(large_redo.get("statuses") or [])
+        named = ", ".join(large_redo.get("names") or [])
+        what = f"{which} rows" + (f" and the rows of {named}" if named else "") if which else f"rows of {named}"
+        w(f"The large run's {what} likewise ({large_redo['date']}, `{large_redo['command']}`).")
     w("")
     if ratios:
         w(
