@@ -11,9 +11,11 @@ from __future__ import annotations
 import contextlib
 import copy
 import csv
+import importlib.util
 import io
 import os
 import pickle
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
@@ -387,3 +389,12 @@ TIMM_MODELS = [
     "dpn48b",
     "efficientnetv2_rw_t",
 ]
+
+
+def load_script(path: Path, name: str):
+    """Import the script at ``path`` (e.g. one of benchmarks/) as module ``name``, registered in ``sys.modules``."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod

@@ -6,26 +6,19 @@ re-run), ``engine_speed.py`` and ``search_speed.py`` (a row replaces its own row
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from tests.helpers import REPO
+from tests.helpers import REPO, load_script
 
 BENCH = REPO / "benchmarks"
 
 
-def _module(path: Path, name: str):
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+_module = load_script
 
 
 def _rows(path: Path) -> list[dict]:

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from lcp.report import REPORT_COLUMNS
-from tests.helpers import REPO
+from tests.helpers import REPO, load_script
 
 ROOT = REPO
 COMPARE = ROOT / "benchmarks" / "compare.py"
@@ -27,12 +27,7 @@ SEARCHED = {"lcp", "lfgcl", "amc"}  # lcp: one search per seed for both budgets;
 BUDGETS = [0.5, 0.3]
 
 
-def _module(path: Path, name: str):
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+_module = load_script
 
 
 def _has_tp() -> bool:
