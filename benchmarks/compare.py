@@ -525,7 +525,8 @@ def finetune(
 def read_rows(path: Path) -> pd.DataFrame:
     if not path.is_file():
         return pd.DataFrame()
-    return pd.read_csv(path, dtype={"config": str})  # a signature of digits only is still a string
+    # a signature of digits only is still a string, and so is a search-budgets cell of one budget ("0.5")
+    return pd.read_csv(path, dtype={"config": str, "search_budgets": str})
 
 
 def append_row(path: Path, row: dict) -> None:
@@ -589,13 +590,15 @@ def fitted_at_text(cfg: dict) -> str:
     return ";".join(f"{b:g}" for b in fitted_at(cfg))
 
 
-def searched_at_other_budgets(df: pd.DataFrame, cfg: dict, meta: dict) -> list[str]:
-    """The search budgets of ``lcp`` rows of ``df`` that are not this run's (``fitted_at``): a search averaged
-    over 0.3 and 0.5 and one at 0.5 alone cut other networks at 0.5, and the report would average them as one.
-    Rows without the cell take the table's meta ``search_budgets`` unless its searches ran separately."""
-    if df.empty or "method" not in df.columns:
+def searched_at_other_budgets(df: pd.DataFrame, cfg: dict, meta: dict, budgets: set[float]) -> list[str]:
+    """The search budgets of the ``lcp`` rows of ``df`` at ``budgets`` (those this run adds lcp rows at) that
+    are not this run's (``fitted_at``): a search averaged over 0.3 and 0.5 and one at 0.5 alone cut other networks
+    at 0.5, and the report would average them as one. Rows without the cell take the table's meta
+    ``search_budgets`` unless its searches ran separately."""
+    if df.empty or "method" not in df.columns or not budgets:
         return []
-    ours = df[(df["method"] == "lcp") & df["status"].astype(str).eq("ok")]
+    at = pd.to_numeric(df["budget"]).apply(lambda v: any(abs(v - b) < 1e-9 for b in budgets))
+    ours = df[(df["method"] == "lcp") & df["status"].astype(str).eq("ok") & at]
     legacy = meta.get("search_budgets") if not meta.get("searched_separately") else None
     legacy_text = ";".join(f"{float(b):g}" for b in legacy) if legacy else None
     want = fitted_at_text(cfg)
@@ -1055,17 +1058,18 @@ def run(args: argparse.Namespace, argv: list[str], log: Log = print) -> pd.DataF
         todo = [t for t in todo_all if (t[0], round(t[1], 6), t[2]) not in done]
         started = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
         host = _host()
-        runs_lcp = any(t[0] == "lcp" for t in todo)
-        other = (
-            searched_at_other_budgets(old, cfg, json.loads(meta_path.read_text()) if meta_path.is_file() else {})
-            if runs_lcp
-            else []
+        lcp_at = {t[1] for t in todo if t[0] == "lcp"}
+        runs_lcp = bool(lcp_at)
+        had_lcp = {"method", "status"} <= set(old.columns) and bool(
+            ((old["method"] == "lcp") & (old["status"] == "ok")).any()
         )
+        meta_now = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+        other = searched_at_other_budgets(old, cfg, meta_now, lcp_at)
         if other and not args.overwrite:
             raise LcpError(
                 f"{out} holds lcp rows whose search was fitted at budgets {', '.join(other)}, this run's at "
-                f"{fitted_at_text(cfg)}: the report would average both as one; pass --out another file (and merge it "
-                "with benchmarks/merge_rows.py, which records that the searches ran separately) or --overwrite"
+                f"{fitted_at_text(cfg)}, at the same budget: the report would average both as one; run the "
+                "other seeds alike (their --budgets), or pass --out another file or --overwrite"
             )
         invocation = {"command": _command(argv), "started": started, "rows": len(todo), "id": secrets.token_hex(6)}
 
@@ -1073,7 +1077,12 @@ def run(args: argparse.Namespace, argv: list[str], log: Log = print) -> pd.DataF
             for peer in PEERS:  # the peers may run from another venv: keep the version their rows were made with
                 host[peer] = host[peer] or (meta.get("host") or {}).get(peer)
             meta.update(config=cfg, config_hash=sig, recipe=str(args.recipe), host=host)
-            if runs_lcp or "search_budgets" not in meta:  # the table's lcp rows keep the budgets they were fitted at
+            fitted = sorted(meta.get("search_budgets") or [])
+            if runs_lcp and had_lcp and fitted and fitted != fitted_at(cfg):
+                # lcp rows fitted at other budgets stay (at other budgets): each row was searched at its own
+                meta["search_budgets"] = sorted(set(meta["search_budgets"]) | set(fitted_at(cfg)))
+                meta["searched_separately"] = True
+            elif runs_lcp or "search_budgets" not in meta:
                 meta["search_budgets"] = fitted_at(cfg)
             meta.setdefault("runs", []).append(invocation)
 

@@ -14,7 +14,7 @@ BatchNorm recalibration is added (``top1_recal``, measured after all timing), wi
 
 Rows are written as they are measured; a rerun with the same settings keeps the rows already in --out and
 measures the rest (--overwrite measures all again). Rows already in --out of models, budgets or budget kinds
-this run does not make stay (and are plotted with its rows).
+this run does not make stay, with --overwrite too (and are plotted with its rows).
 """
 
 from __future__ import annotations
@@ -330,11 +330,13 @@ def main() -> None:
     p.add_argument("--plot", type=Path, default=ROOT / "docs" / "latency.png")
     p.add_argument("--overwrite", action="store_true", help="measure every row again instead of keeping them")
     a = p.parse_args()
-    prior = pd.read_csv(a.out) if a.out.is_file() and not a.overwrite else None
+    written = pd.read_csv(a.out) if a.out.is_file() and a.out.stat().st_size else None
+    prior = None if a.overwrite else written
     a.out.parent.mkdir(parents=True, exist_ok=True)
 
     models, budgets, kinds = a.models.split(","), [float(b) for b in a.budgets.split(",")], a.kinds.split(",")
-    others = [] if prior is None else [r for r in prior.to_dict("records") if not _planned(r, models, budgets, kinds)]
+    earlier = [] if written is None else written.to_dict("records")
+    others = [r for r in earlier if not _planned(r, models, budgets, kinds)]
 
     def save(rows: list[dict]) -> None:  # the earlier run's rows of other models, budgets or kinds stay
         with atomic_path(a.out) as tmp:
@@ -360,7 +362,7 @@ def main() -> None:
         save,
     )
     save(df.to_dict("records"))
-    everything = pd.read_csv(a.out)
+    everything = pd.read_csv(a.out) if a.out.stat().st_size > 1 else pd.DataFrame()  # no row: an empty file
     if "macs_ratio" in everything:  # no plot when every budget was unreachable
         plot(everything, a.plot, a.big_batch)
     print(df.to_string(index=False))

@@ -10,7 +10,8 @@ meta files are merged: the first one's settings with the union of methods, seeds
 Rows already in ``--into`` are replaced by rows of the same method, budget and seed, except that a row which
 failed or was skipped never replaces a finished (``ok``) one. A merge is refused when a method's finished rows
 were made with other settings (their ``config`` signature, e.g. another number of agent episodes) or, for
-``lcp``, another number of search candidates: they would be averaged as one. Merged into a table whose lcp
+``lcp``, another number of search candidates or, at one budget, searches fitted at other budgets: they would be
+averaged as one. Merged into a table whose lcp
 searches ran at other budgets, the meta says the searches ran separately (``searched_separately``: one search
 per budget, not one averaged over them).
 """
@@ -118,15 +119,22 @@ def merge(inputs: list[Path], into: Path, budgets: list[float], command: str = "
 
     pruned = keep[keep["method"] != "ceiling"]
 
-    def fitted_at(m: dict) -> tuple[float, ...]:
-        return tuple(sorted(float(x) for x in m.get("search_budgets") or (m.get("config") or {}).get("budgets", [])))
-
-    def merges_lcp(f: pd.DataFrame) -> bool:
+    def fits(f: pd.DataFrame, m: dict) -> set[tuple[float, ...]]:
+        """The budgets the merged lcp rows of one input were fitted at: a row's ``search_budgets`` cell, else its
+        input's meta (each row's own budget where that meta says the searches ran separately)."""
         at = pd.to_numeric(f["budget"]).apply(lambda v: any(abs(v - x) < 1e-9 for x in budgets))
-        return bool(((f["method"] == "lcp") & at).any())
+        ok = f["status"].eq("ok") if "status" in f else True
+        out = set()
+        for _, r in f[(f["method"] == "lcp") & at & ok].iterrows():
+            if r.get("search_budgets", ""):
+                out.add(tuple(sorted(float(x) for x in str(r["search_budgets"]).split(";"))))
+            elif m.get("searched_separately") or not m.get("search_budgets"):
+                out.add((float(r["budget"]),))
+            else:
+                out.add(tuple(sorted(float(x) for x in m["search_budgets"])))
+        return out
 
-    # the budgets each input's lcp search was fitted at, for the inputs whose lcp rows are merged
-    searched = [fitted_at(m) for m, f in zip(metas, frames) if merges_lcp(f)]
+    searched = set().union(*(fits(f, m) for f, m in zip(frames, metas)))
 
     def combine(meta: dict) -> None:
         existing = bool(meta)
@@ -141,9 +149,10 @@ def merge(inputs: list[Path], into: Path, budgets: list[float], command: str = "
             {float(x) for x in cfg.get("budgets", [])} if existing else set()
         )
         cfg["budgets"] = sorted(wanted)
-        fitted = {x for x in searched if x}
-        if existing and meta.get("search_budgets"):
-            fitted.add(tuple(sorted(float(x) for x in meta["search_budgets"])))
+        fitted = set(searched)
+        if existing and meta.get("search_budgets"):  # the table's own lcp rows
+            had = sorted(float(x) for x in meta["search_budgets"])
+            fitted |= {(b,) for b in had} if meta.get("searched_separately") else {tuple(had)}
         if len(fitted) > 1:  # searches fitted at different budgets: each row's at its own
             meta["searched_separately"] = True
         if fitted:

@@ -47,7 +47,7 @@ _PYTHON_WORDS = (
 )
 # then any other flag of an option (not where the text names the command: "lcp prune --budgets"), with its value
 # when that is one of the option's choices ("--method lcp" -> "method='lcp'")
-_FLAG = re.compile(r"(?<!lcp prune )(?<!lcp search )(--[a-z][a-z0-9-]*)(?: ([\w.:-]+(?:, [\w.:-]+)*))?")
+_FLAG = re.compile(r"(?<!lcp prune )(?<!lcp search )(--[a-z][a-z0-9-]*)(?: ([\w.:-]+(?:(?:, | or )[\w.:-]+)*))?")
 
 
 def _keyword(match: re.Match[str]) -> str:
@@ -65,10 +65,16 @@ def _keyword(match: re.Match[str]) -> str:
         return f"{f.name}=False{rest}"
     choices = f.metadata["choices"]
     choices = (choices() if callable(choices) else choices) or ()
-    items = value.split(", ") if value is not None else []
-    named = next((n for n in range(len(items), 0, -1) if all(i in choices for i in items[:n])), 0)
-    if named:  # "--method lcp, global" -> "method='lcp', 'global'"
-        return f"{f.name}=" + ", ".join([*map(repr, items[:named]), *items[named:]])
+    parts = re.split(r"(, | or )", value) if value is not None else []  # words, separators, words, ...
+    tail = parts[-1][-1] if parts and parts[-1][-1:] in (":", ",") else ""  # "--device cuda: ..." keeps its colon
+    if tail:
+        parts[-1] = parts[-1][:-1]
+    words = parts[0::2]
+    named = next((n for n in range(len(words), 0, -1) if all(w in choices for w in words[:n])), 0)
+    if named:  # "--method lcp, global" -> "method='lcp', 'global'"; "macs or latency" -> "'macs' or 'latency'"
+        quoted = [repr(p) if i % 2 == 0 and i // 2 < named else p for i, p in enumerate(parts)]
+        return f"{f.name}=" + "".join(quoted) + tail
+    items = words
     if re.fullmatch(r"[0-9.]+", items[0] if items else ""):  # "--budget 0.3" -> "budget=0.3"
         return f"{f.name}={value}"
     return f"{f.name}{rest}"

@@ -1278,10 +1278,11 @@ def test_extra_seeds_give_the_ceiling_one_row_per_seed_at_budget_one():
     assert extra == [("ceiling", 1.0, 1), ("lcp", 0.5, 1), ("lcp", 0.3, 1)]
 
 
-def test_lcp_rows_fitted_at_other_budgets_are_named():
+def test_lcp_rows_fitted_at_other_budgets_are_named(tmp_path: Path):
     """A search averaged over 0.3 and 0.5 and one at 0.5 alone cut other networks: rows of the first are named
-    to a run of the second (which compare.py then refuses); rows without the cell take the meta's budgets,
-    unless the table's searches ran separately."""
+    to a run of the second at the same budget (which compare.py then refuses), not at another budget; the cells
+    are read back from the CSV as text; rows without the cell take the meta's budgets, unless the table's
+    searches ran separately."""
     compare = _module(COMPARE, "bench_compare")
     cfg = {"budgets": [0.5], "search": {"search_budget": None}}
     assert compare.fitted_at_text(cfg) == "0.5"
@@ -1294,12 +1295,16 @@ def test_lcp_rows_fitted_at_other_budgets_are_named():
             {"method": "lcp", "budget": 0.5, "seed": 2, "status": "error: x", "search_budgets": "0.2"},
         ]
     )
-    assert compare.searched_at_other_budgets(rows, cfg, {}) == ["0.3;0.5"]
+    assert compare.searched_at_other_budgets(rows, cfg, {}, {0.5}) == ["0.3;0.5"]
+    assert compare.searched_at_other_budgets(rows, cfg, {}, {0.3}) == []  # no lcp row at 0.3 to mix with
+    one = pd.DataFrame([{"method": "lcp", "budget": 0.3, "seed": 0, "status": "ok", "search_budgets": "0.3"}])
+    one.to_csv(tmp_path / "t.csv", index=False)
+    assert compare.searched_at_other_budgets(compare.read_rows(tmp_path / "t.csv"), cfg, {}, {0.3}) == ["0.3"]
     legacy = pd.DataFrame([{"method": "lcp", "budget": 0.5, "seed": 0, "status": "ok"}])
-    assert compare.searched_at_other_budgets(legacy, cfg, {"search_budgets": [0.3, 0.5]}) == ["0.3;0.5"]
+    assert compare.searched_at_other_budgets(legacy, cfg, {"search_budgets": [0.3, 0.5]}, {0.5}) == ["0.3;0.5"]
     separately = {"search_budgets": [0.3, 0.5], "searched_separately": True}
-    assert compare.searched_at_other_budgets(legacy, cfg, separately) == []
-    assert compare.searched_at_other_budgets(legacy, cfg, {"search_budgets": [0.5]}) == []
+    assert compare.searched_at_other_budgets(legacy, cfg, separately, {0.5}) == []
+    assert compare.searched_at_other_budgets(legacy, cfg, {"search_budgets": [0.5]}, {0.5}) == []
 
 
 def test_recovery_gap_to_the_ceiling_is_paired_by_seed(tmp_path: Path):
@@ -1412,3 +1417,19 @@ def test_transfer_rows_are_keyed_by_the_source_setting():
     new = pd.Series({"row": "uniform", "seed": 1, "source_method": "lfgcl", "budget": 0.3, "base_epochs": 5,
                      "round_to": 16, "source": "lfgcl on cifar10 at 0.3 (50.00% there)"})  # fmt: skip
     assert tr._key(new) == ("uniform", 1, "lfgcl", 0.3, 5.0, 16)
+
+
+def test_a_merge_of_chains_seeded_with_the_tables_keeps_a_one_budget_table_one_budget(tmp_path: Path):
+    """gpu_tables.sh's chains start from copies of both committed tables (their meta: searched separately at 0.3
+    and 0.5) and add lcp rows fitted at 0.5: merged back into the 0.5 table, its search budgets stay [0.5]."""
+    merge_rows = _module(ROOT / "benchmarks" / "merge_rows.py", "merge_rows")
+    cfg = {"methods": ["lcp"], "budgets": [0.5], "seeds": [0]}
+    old = {"method": "lcp", "budget": 0.5, "seed": 0, "status": "ok"}
+    _table(tmp_path / "t.csv", [old], {"config": cfg, "search_budgets": [0.5]})
+    chain = [old, {"method": "lcp", "budget": 0.3, "seed": 0, "status": "ok"}]
+    chain.append({"method": "lcp", "budget": 0.5, "seed": 1, "status": "ok", "search_budgets": "0.5"})
+    _table(tmp_path / "c.csv", chain, {"config": cfg, "search_budgets": [0.3, 0.5], "searched_separately": True})
+    merge_rows.merge([tmp_path / "c.csv"], tmp_path / "t.csv", [0.5])
+    merged = json.loads((tmp_path / "t.meta.json").read_text())
+    assert merged["search_budgets"] == [0.5] and not merged.get("searched_separately")
+    assert sorted(pd.read_csv(tmp_path / "t.csv")["seed"]) == [0, 1]
