@@ -35,12 +35,9 @@ from lcp.training.evaluate import device_of
 from lcp.training.options import RecoveryOptions
 from lcp.training.train import evaluate
 
-# the engine words its refusals for the command line; lcp.prune's caller passes keyword arguments
+# the engine words its refusals for the command line; lcp.prune's caller passes keyword arguments: these keep
+# the value unquoted ("round_to 16"), the flags below are translated generically
 _PYTHON_WORDS = (
-    (re.compile(r"pass --budget ([0-9.]+) or more"), r"pass budget=\1 or more"),
-    (re.compile(r"--ignore '"), "ignore '"),
-    (re.compile(r"--max-removal '"), "max_removal '"),
-    (re.compile(r"--max-removal caps"), "max_removal caps"),
     (re.compile(r"--round-to\b"), "round_to"),
     (re.compile(r"--min-ratio\b"), "min_ratio"),
     (re.compile(r"--(importance|aggregate) (\S+?)(,|:|$)"), r"\1=\2\3"),
