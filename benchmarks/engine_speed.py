@@ -25,7 +25,6 @@ records the machine, the torch version and the date it was measured.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import platform
 import statistics
@@ -69,6 +68,8 @@ COLUMNS = [
     "model",
     "input",
     "threads",
+    "budget",
+    "mode",
     "repeats",
     "median_s",
     "min_s",
@@ -90,7 +91,8 @@ COLUMNS = [
     "torch",
     "date",
 ]
-KEYS = ("task", "model", "input", "threads")  # a row replaces the row of --out that agrees on these
+# a row replaces the row of --out that agrees on these (the settings that change what is timed)
+KEYS = ("task", "model", "input", "threads", "budget", "mode")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -242,22 +244,9 @@ def machine() -> str:
 
 def write_row(row: dict, path: Path) -> None:
     """Put ``row`` into the CSV at ``path`` in place of the row with the same ``KEYS`` (rewritten atomically)."""
+    from lcp.io import upsert_csv_row
+
     line = {k: fmt(row.get(k)) for k in COLUMNS}
-    try:
-        from lcp.io import upsert_csv_row
-    except ImportError:  # an lcp without it: the same with the csv module, temporary file + rename
-        old: list[dict] = []
-        if path.is_file():
-            with open(path, newline="") as fh:
-                old = [r for r in csv.DictReader(fh) if any(r.get(k, "") != line[k] for k in KEYS)]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=COLUMNS, extrasaction="ignore")
-            w.writeheader()
-            w.writerows([*old, line])
-        os.replace(tmp, path)
-        return
     upsert_csv_row(path, line, KEYS, first=COLUMNS)
 
 
@@ -305,7 +294,14 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.repeats} runs per measurement",
         flush=True,
     )
-    stamp = {"threads": threads, "machine": machine(), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
+    stamp = {
+        "threads": threads,
+        "budget": args.budget,
+        "mode": "train" if args.train_mode else "eval",
+        "machine": machine(),
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d"),
+    }
     rows: list[dict] = []
 
     def keep(row: dict) -> dict:

@@ -186,9 +186,33 @@ def test_engine_speed_updates_its_own_rows_as_it_measures_them(tmp_path, monkeyp
     monkeypatch.setattr(es.torch, "get_num_threads", lambda: 1)
     out = tmp_path / "engine_speed.csv"
     old = [
-        {"task": "plan", "model": "resnet56", "input": "3x32x32", "threads": "1", "median_s": "0.128"},
-        {"task": "prune", "model": "resnet20", "input": "3x32x32", "threads": "1", "median_s": "0.0588"},
-        {"task": "prune", "model": "resnet56", "input": "3x32x32", "threads": "1", "median_s": "0.1547"},
+        {
+            "task": "plan",
+            "model": "resnet56",
+            "input": "3x32x32",
+            "threads": "1",
+            "budget": "0.5",
+            "mode": "eval",
+            "median_s": "0.128",
+        },
+        {
+            "task": "prune",
+            "model": "resnet20",
+            "input": "3x32x32",
+            "threads": "1",
+            "budget": "0.5",
+            "mode": "eval",
+            "median_s": "0.0588",
+        },
+        {
+            "task": "prune",
+            "model": "resnet56",
+            "input": "3x32x32",
+            "threads": "1",
+            "budget": "0.5",
+            "mode": "eval",
+            "median_s": "0.1547",
+        },
     ]
     with open(out, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=[c for c in es.COLUMNS if c not in ("machine", "torch", "date")])
@@ -212,6 +236,11 @@ def test_engine_speed_updates_its_own_rows_as_it_measures_them(tmp_path, monkeyp
         es.main(["--models", "mobilenetv2,densenet40", "--skip-plan", "--out", str(out)])
     assert ("prune", "mobilenetv2") in {(r["task"], r["model"]) for r in _rows(out)}
     assert len(_rows(out)) == 4
+    # another budget or mode is another measurement: a row of its own, the 0.5 eval-mode row kept
+    es.main(["--models", "resnet20", "--skip-plan", "--budget", "0.3", "--out", str(out)])
+    es.main(["--models", "resnet20", "--skip-plan", "--train-mode", "--out", str(out)])
+    got = sorted((r["budget"], r["mode"]) for r in _rows(out) if r["model"] == "resnet20")
+    assert got == [("0.3", "eval"), ("0.5", "eval"), ("0.5", "train")]
 
 
 # --------------------------------------------------------------------------------------------- search_speed.py
@@ -262,6 +291,8 @@ def test_search_speed_rerun_replaces_its_rows(ss, tmp_path):
     assert [r["method"] for r in rows] == ["lcp", "global", "uniform", "random"]
     ss.main([*argv[:-2], "--eval-images", "5000", "--out", str(tmp_path)])  # other settings: rows of their own
     assert len(_rows(tmp_path / "search_speed.csv")) == 8
+    ss.main([*argv[:-2], "--final-recal-batches", "10", "--out", str(tmp_path)])  # the report's recalibration too
+    assert len(_rows(tmp_path / "search_speed.csv")) == 12
 
 
 def test_kendall_rows_are_written_as_made_and_a_rerun_replaces_them(ss, tmp_path):
