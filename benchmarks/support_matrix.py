@@ -234,6 +234,7 @@ def _torchvision_model(name: str) -> tuple[Any, tuple[int, ...], bool]:
 
     import torchvision
 
+    from lcp.errors import LcpError
     from lcp.models.factory import create_model
 
     builder = torchvision.models.get_model_builder(name[3:])
@@ -245,7 +246,9 @@ def _torchvision_model(name: str) -> tuple[Any, tuple[int, ...], bool]:
     )
     try:
         model = create_model(name, **kw)
-    except TypeError:  # a builder that does not pass these on
+    except LcpError:  # a builder that does not pass these on (SSD's fixed size): create_model says so
+        if not kw:
+            raise
         model = create_model(name)
     fixed = name[3:].startswith(("vit_", "swin_", "maxvit_", "inception", "googlenet"))
     return model, (3, 224, 224), fixed
@@ -364,6 +367,22 @@ def replace_row(path: Path, row: dict) -> None:
 def _redos(meta: dict) -> list[dict]:
     """The re-runs (``--redo``) recorded in a run's metadata, oldest first (older files hold one, as ``redo``)."""
     return list(meta.get("redos") or ([meta["redo"]] if meta.get("redo") else []))
+
+
+def redo_sentences(meta: dict) -> list[str]:
+    """One sentence per re-run recorded in ``meta``: which models, when, how long, the command."""
+    out = []
+    for redo in _redos(meta):
+        which = " or ".join(redo.get("statuses") or [])
+        named = ", ".join(redo.get("names") or [])
+        what = f"that were {which} in that run" + (f" and {named}" if named else "") if which else f"({named})"
+        out.append(
+            f"After an engine change, the {redo['models']} model{'s' * (int(redo['models']) != 1)} {what} "
+            f"{'were' if int(redo['models']) != 1 else 'was'} run again on {redo['cpus']} cores "
+            f"({redo['date']}, {float(redo['wall_s']) / 60:.1f} min, `{redo['command']}`); their rows replace the "
+            "old ones, the other rows are the full run's."
+        )
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
@@ -667,6 +686,7 @@ def torchvision_section(rows: list[dict], meta: dict) -> list[str]:
         "each part keeps the budget's share of its own MACs and is verified on the inputs it was called with, "
         "and the whole pruned detector is run; the MACs ratio is that of the parts.",
         "",
+        *(x for line in redo_sentences(meta) for x in (line, "")),
         "| task | models | ok | refused | error | timeout |",
         "|---|---|---|---|---|---|",
     ]
@@ -769,17 +789,9 @@ def markdown(args: argparse.Namespace) -> int:
         f"{meta.get('max_params', 400e6) / 1e6:.0f}M parameters are skipped: several float64 copies of them "
         "(verification) do not fit in the memory of a small machine."
     )
-    for redo in _redos(meta):
-        which = " or ".join(redo.get("statuses") or [])
-        named = ", ".join(redo.get("names") or [])
-        what = f"that were {which} in that run" + (f" and {named}" if named else "") if which else f"({named})"
+    for line in redo_sentences(meta):
         w("")
-        w(
-            f"After an engine change, the {redo['models']} model{'s' * (int(redo['models']) != 1)} {what} "
-            f"{'were' if int(redo['models']) != 1 else 'was'} run again on {redo['cpus']} cores "
-            f"({redo['date']}, {float(redo['wall_s']) / 60:.1f} min, `{redo['command']}`); their rows replace the "
-            "old ones, the other rows are the full run's."
-        )
+        w(line)
     for large_redo in _redos(large_meta) if large else []:
         which = " and ".join(large_redo.get("statuses") or [])
         named = ", ".join(large_redo.get("names") or [])

@@ -177,6 +177,29 @@ def test_the_page_shows_every_redo_of_the_large_run(sm, tmp_path):
     assert "The large run's refused rows likewise (2026-11-23, `python benchmarks/support_matrix.py --redo " in text
 
 
+def test_the_torchvision_section_shows_its_redos(sm):
+    redo = {**OLD_META["redos"][0], "command": "python benchmarks/support_matrix.py --torchvision --redo tv:a"}
+    rows = [{"model": "tv:a", "family": "torchvision classification", "status": "ok", "reason": "", "parts": ""}]
+    text = "\n".join(sm.torchvision_section(rows, {**OLD_META, "redos": [redo]}))
+    assert "`python benchmarks/support_matrix.py --torchvision --redo tv:a`" in text
+
+
+def test_a_detector_whose_builder_refuses_an_image_size_is_built_at_its_own(sm, monkeypatch):
+    pytest.importorskip("torchvision")
+    import lcp.models.factory
+    from lcp.errors import LcpError
+
+    monkeypatch.setattr(sm, "family", lambda name: "torchvision detection")
+
+    def create_model(name, **kw):  # what lcp says of SSD given min_size: one LcpError, not a TypeError
+        if kw:
+            raise LcpError(f"cannot create {name} with {', '.join(kw)}: got multiple values for argument 'min_size'")
+        return "built"
+
+    monkeypatch.setattr(lcp.models.factory, "create_model", create_model)
+    assert sm._torchvision_model("tv:ssd300_vgg16")[0] == "built"
+
+
 # --------------------------------------------------------------------------------------------- engine_speed.py
 
 
