@@ -29,7 +29,7 @@ from lcp.run.config import PruneConfig, require_device
 from lcp.run.folder import RunLock, claim, prepare_out_dir, resumable_work
 from lcp.run.load import Loaded, baseline_accuracy, load_model_and_data
 from lcp.run.recover import latency_columns, recover, report_row, write_outputs
-from lcp.training.train import distributed
+from lcp.training.distributed import distributed
 
 Log = Callable[[str], None]
 
@@ -40,7 +40,7 @@ def _method(cfg: PruneConfig) -> Method:
 
 def _lock(cfg: PruneConfig) -> Any:
     """The output folder's lock; under torchrun only rank 0 owns the folder."""
-    return RunLock(cfg.out) if distributed()[1] == 0 else contextlib.nullcontext()
+    return RunLock(cfg.out) if distributed(cfg.device)[1] == 0 else contextlib.nullcontext()
 
 
 def _claim(cfg: PruneConfig) -> contextlib.AbstractContextManager:

@@ -25,9 +25,9 @@ _FORMAT = "lcp-train-checkpoint/1"
 
 
 def _rng_state() -> dict[str, Tensor]:
-    """torch's CPU (and CUDA) RNG states; lcp's data order does not use any other RNG."""
+    """torch's CPU (and CUDA, once a run has used it) RNG states; lcp's data order does not use any other RNG."""
     tensors = {"rng.torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() and torch.cuda.is_initialized():  # a CPU run does not start CUDA to save them
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
             tensors[f"rng.cuda.{i}"] = s
     return tensors
@@ -36,8 +36,9 @@ def _rng_state() -> dict[str, Tensor]:
 def _set_rng_state(tensors: dict[str, Tensor]) -> None:
     torch.set_rng_state(tensors["rng.torch"])
     n_cuda = sum(k.startswith("rng.cuda.") for k in tensors)
-    if n_cuda and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([tensors[f"rng.cuda.{i}"] for i in range(n_cuda)])
+    if n_cuda and torch.cuda.is_available():  # the devices still visible (CUDA_VISIBLE_DEVICES may hide some)
+        for i in range(min(n_cuda, torch.cuda.device_count())):
+            torch.cuda.set_rng_state(tensors[f"rng.cuda.{i}"], i)
 
 
 def save_checkpoint(

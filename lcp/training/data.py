@@ -300,7 +300,8 @@ def load_data(
     if not labeled:
         y = np.full_like(y, -1)
     empty = np.zeros(0, dtype=np.int64)
-    tr, ho = (empty, empty) if test_only and holdout == 0 else _holdout_split(y, holdout, seed)
+    # test_only reads no training images (labeled data): there is no holdout to carve out of them
+    tr, ho = (empty, empty) if test_only and (holdout == 0 or not len(y)) else _holdout_split(y, holdout, seed)
     return DataBundle(
         train_x=torch.from_numpy(x[tr]),
         train_y=torch.from_numpy(y[tr]),

@@ -99,14 +99,21 @@ def recalibrate_bn(
     """Re-estimate BatchNorm running stats from ``batches`` batches (cumulative average; labels unused).
 
     Only the BatchNorm layers run in train mode; everything else (dropout, ...) stays in eval mode.
-    Momentum and train/eval flags are restored afterwards.
+    Momentum and train/eval flags are restored afterwards, and so are the old statistics when the loader
+    yields no batch (an error). A batch smaller than the first (a short last batch) is skipped: the
+    cumulative average would weigh it as much as a full one, and a batch of one image has no variance.
     """
+    if batches < 1:
+        raise LcpError(f"batches must be at least 1 to recalibrate BatchNorm (got {batches})")
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     if not bns:
         return model
     dev = device_of(model, device)
     momenta = [bn.momentum for bn in bns]
-    seen = 0
+    saved = [
+        {k: v.clone() for k, v in bn.state_dict().items() if k.startswith(("running_", "num_batches"))} for bn in bns
+    ]
+    seen, first = 0, 0
     with modes_kept(model):
         model.eval()
         for bn in bns:
@@ -117,11 +124,17 @@ def recalibrate_bn(
             for batch in loader:
                 if seen >= batches:
                     break
-                model(inputs_and_labels(batch)[0].to(dev, non_blocking=True))
+                x = inputs_and_labels(batch)[0]
+                if len(x) < first:
+                    continue
+                first = first or len(x)
+                model(x.to(dev, non_blocking=True))
                 seen += 1
         finally:
-            for bn, m in zip(bns, momenta):
+            for bn, m, old in zip(bns, momenta, saved):
                 bn.momentum = m
+                if seen == 0:
+                    bn.load_state_dict(old, strict=False)
     if seen == 0:
         raise LcpError("no batches to recalibrate BatchNorm with: the data split is empty")
     return model

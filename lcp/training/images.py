@@ -1,7 +1,8 @@
 """Image folders decoded once into uint8 arrays and cached on disk (``np.save``, no pickle).
 
 The cache key hashes the folder's absolute path, its file list, file count, total size and newest mtime, the
-input size and any transform; a killed run leaves no half-written cache (``atomic_write``).
+input size and any transform whose ``repr`` names its settings (a ``Lambda`` or a plain function is decoded
+every run, never cached); a killed run leaves no half-written cache (``atomic_write``).
 """
 
 from __future__ import annotations
@@ -83,20 +84,20 @@ def _decode_jpegs(paths: Sequence[str], size: tuple[int, int, int]) -> list[np.n
     """Batch-decode the JPEGs among ``paths`` with torchvision.io (3x faster than PIL, same pixels).
 
     Returns None where a file is not a JPEG of exactly ``size``, or for all files if torchvision cannot
-    (its image decoding is deprecated from 0.29; PIL then does the work).
+    (its image decoding is deprecated from 0.29; PIL then does the work), or for grayscale sizes (its gray
+    conversion differs from PIL's ``convert("L")`` by up to 10 levels).
     """
     out: list[np.ndarray | None] = [None] * len(paths)
     idx = [i for i, p in enumerate(paths) if p.lower().endswith((".jpg", ".jpeg"))]
-    if not idx:
+    if not idx or size[0] != 3:
         return out
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             from torchvision.io import ImageReadMode, decode_jpeg
 
-            mode = ImageReadMode.RGB if size[0] == 3 else ImageReadMode.GRAY
             blobs = [torch.frombuffer(bytearray(Path(paths[i]).read_bytes()), dtype=torch.uint8) for i in idx]
-            images = decode_jpeg(blobs, mode=mode)
+            images = decode_jpeg(blobs, mode=ImageReadMode.RGB)
     except Exception:  # one bad file fails the batch: PIL decodes each file or names the bad one
         return out
     for i, t in zip(idx, images):
@@ -286,8 +287,10 @@ def load_folder(
         _, test_files, test_labels = _scan_classes(test_dir, classes, root)
     # the test split alone: its own entry (a full load's is kept), and its labels depend on train/'s class names
     extra = f"flat={flat};transform={transform!r}" + (f";split=test;classes={classes}" if test_only else "")
+    extra += ";gray=pil" if size[0] == 1 else ""  # entries decoded by torchvision's gray conversion are not reused
     folder = cache_dir() / "data" / _cache_key(root, [train_files, test_files], size, extra)
-    hit = _cache_read(folder)
+    cacheable = transform is None or _names_itself(transform)
+    hit = _cache_read(folder) if cacheable else None
     if hit is not None:
         return hit[0], list(hit[1]["classes"]), folder
     arrays = {
@@ -305,4 +308,12 @@ def load_folder(
         "train": len(train_files),
         "test": len(test_files),
     }
-    return arrays, classes, folder if _cache_write(folder, arrays, meta) else None
+    return arrays, classes, folder if cacheable and _cache_write(folder, arrays, meta) else None
+
+
+def _names_itself(transform: ImageTransform) -> bool:
+    """Whether ``repr(transform)`` tells one transform from another (timm's and torchvision's name their
+    settings), so it may key the decoded-images cache: every ``Lambda`` prints as ``Lambda()``, and a function
+    or object prints its address, which changes with every process (a new cache entry per run)."""
+    text = repr(transform)
+    return "Lambda(" not in text and " at 0x" not in text

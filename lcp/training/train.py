@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from lcp.errors import LcpError
 from lcp.training.checkpoint import load_checkpoint, save_checkpoint
 from lcp.training.data import DataBundle
+from lcp.training.distributed import distributed, rank_device
 from lcp.training.evaluate import (
     Batch,
     LoaderFactory,
@@ -101,19 +102,6 @@ def _factory(data: DataBundle | LoaderFactory, batch_size: int, seed: int, augme
     raise LcpError("training data must be a DataBundle or a function epoch -> batches")
 
 
-def distributed() -> tuple[int, int]:
-    """(world size, rank) when launched by torchrun (gloo on CPU, nccl on GPU); (1, 0) otherwise."""
-    import os
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1 or not torch.distributed.is_available():
-        return 1, 0
-    if not torch.distributed.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() and os.environ.get("LCP_DDP_BACKEND") != "gloo" else "gloo"
-        torch.distributed.init_process_group(backend)
-    return torch.distributed.get_world_size(), torch.distributed.get_rank()
-
-
 def _run(
     model: nn.Module,
     data: DataBundle | LoaderFactory,
@@ -148,7 +136,8 @@ def _run(
         raise LcpError(f"epochs and batch size must be at least 1 and lr positive (got {epochs}, {batch_size}, {lr})")
     if teacher is not None and not 0.0 <= kd_alpha <= 1.0:
         raise LcpError(f"kd_alpha must be between 0 and 1 (got {kd_alpha})")
-    dev = torch.device(device)
+    world, rank = distributed(device)
+    dev = rank_device(torch.device(device), world)
     make = _factory(data, batch_size, seed, augment)
     try:
         steps = len(make(0))  # type: ignore[arg-type]
@@ -176,9 +165,9 @@ def _run(
     model.to(dev)
     if teacher is not None:
         teacher.to(dev).eval()
-    world, rank = distributed()
     # under torchrun every rank sees the same batch order and takes every world-th batch; DDP averages grads
-    net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    ids = [dev.index] if dev.type == "cuda" else None
+    net = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids) if world > 1 else model
     usable = steps - steps % world
     opt = torch.optim.SGD(
         model.parameters(), lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0, weight_decay=weight_decay

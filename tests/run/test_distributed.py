@@ -103,3 +103,42 @@ def test_torchrun_two_processes_finetune(data, tmp_path):
     assert r0.keys() == r1.keys() and len(r0) > 10
     assert all(torch.equal(r0[k], r1[k]) for k in r0)
     assert all(torch.equal(r0[k], v) for k, v in model.state_dict().items() if k in r0)  # what rank 0 wrote
+
+
+def test_the_process_group_and_device_follow_the_run_s_device(monkeypatch):
+    """A CPU run on a machine with GPUs joins gloo (nccl cannot carry CPU tensors); a CUDA run joins nccl, each
+    rank on its own GPU (LOCAL_RANK); LCP_DDP_BACKEND overrides the backend."""
+    from lcp.training.distributed import distributed, rank_device
+
+    joined, chosen = [], []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.delenv("LCP_DDP_BACKEND", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: False)
+    monkeypatch.setattr(torch.distributed, "init_process_group", joined.append)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 2)
+    monkeypatch.setattr(torch.distributed, "get_rank", lambda: 1)
+    assert distributed("cpu") == (2, 1) and distributed("cuda") == (2, 1)
+    monkeypatch.setenv("LCP_DDP_BACKEND", "gloo")
+    distributed("cuda")
+    assert joined == ["gloo", "nccl", "gloo"]
+    assert rank_device(torch.device("cuda"), 2) == torch.device("cuda", 1) and chosen == [torch.device("cuda", 1)]
+    assert rank_device(torch.device("cuda", 0), 2) == torch.device("cuda", 0)  # a GPU the user named is kept
+    assert (
+        rank_device(torch.device("cuda"), 1) == torch.device("cuda")
+        and rank_device(torch.device("cpu"), 2).type == "cpu"
+    )
+
+
+def test_a_resume_restores_the_cuda_rng_states_of_the_gpus_it_still_sees(monkeypatch):
+    from lcp.training import checkpoint
+
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, i: restored.append(i))
+    state = torch.zeros(16, dtype=torch.uint8)
+    checkpoint._set_rng_state({"rng.torch": torch.get_rng_state(), "rng.cuda.0": state, "rng.cuda.1": state})
+    assert restored == [0]  # saved with 2 GPUs, resumed with 1 visible: no IndexError

@@ -130,6 +130,41 @@ def test_transform_hook_drops_tensor_steps(folder: Path) -> None:
     assert plain.cache_dir != b.cache_dir  # the transform is part of the cache key
 
 
+def test_a_transform_that_does_not_name_itself_is_never_cached(folder: Path, _cache: Path) -> None:
+    """Every Lambda prints as ``Lambda()`` (two of them would share an entry) and a function prints its address
+    (a new entry per process): such a transform is decoded every time, never served from the cache."""
+    import torchvision.transforms as T
+
+    fit = T.Resize((8, 8))
+    same = load_data(folder, input_size=SIZE, holdout=0, transform=T.Compose([fit, T.Lambda(lambda im: im)]))
+    invert = T.Lambda(lambda im: im.point(lambda v: 255 - v))
+    inverted = load_data(folder, input_size=SIZE, holdout=0, transform=T.Compose([fit, invert]))
+    assert same.cache_dir is None and inverted.cache_dir is None
+    assert torch.equal(inverted.test_x, 255 - same.test_x)
+    assert not (_cache / "data").is_dir() or not any((_cache / "data").iterdir())
+
+
+def test_the_test_split_alone_needs_no_holdout(tmp_path: Path) -> None:
+    root = make_folder(tmp_path / "ds", per_class=3, test_per_class=2, classes=2)
+    alone = load_data(root, input_size=SIZE, test_only=True)  # the default holdout: nothing to carve it from
+    assert len(alone.test_x) == 4 and len(alone.train_x) == len(alone.holdout_x) == 0
+
+
+def test_grayscale_jpegs_decode_as_pil_converts_them(tmp_path: Path) -> None:
+    """torchvision's gray conversion differs from PIL's convert("L"): one decoder for every file."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(4):
+        p = tmp_path / f"{i}.jpg"
+        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(p, quality=90)
+        paths.append(str(p))
+    got = images_mod.decode_all(paths, (1, 8, 8), None)
+    pil = np.stack([np.asarray(Image.open(p).convert("L"))[None] for p in paths])
+    assert np.array_equal(got, pil)
+
+
 def test_loader_normalize_augment_determinism(folder: Path) -> None:
     b = load_data(folder, input_size=SIZE, holdout=6, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))
     x, y = next(iter(b.loader("test", 5)))
@@ -302,6 +337,25 @@ def test_recalibrate_bn(bundle: DataBundle) -> None:
     before = {k: v.clone() for k, v in linear.state_dict().items()}
     assert recalibrate_bn(linear, loader) is linear  # no BN: a no-op
     assert all(torch.equal(before[k], v) for k, v in linear.state_dict().items())
+
+
+def test_recalibrate_bn_skips_a_short_last_batch_and_keeps_the_stats_it_cannot_replace(bundle: DataBundle) -> None:
+    """A last batch of one image would fail BatchNorm1d (no variance) and count as much as a full batch; no
+    batch at all (or batches=0) is one error that leaves the old statistics in place."""
+    net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 4), nn.BatchNorm1d(4))
+    x = torch.randn(9, *SIZE)
+    batches = [(x[:4], None), (x[4:8], None), (x[8:], None)]
+    recalibrate_bn(net, batches, batches=3)
+    bn = net[2]
+    assert int(bn.num_batches_tracked) == 2
+    with torch.no_grad():
+        h = net[1](net[0](x[:8]))
+    assert torch.allclose(bn.running_mean, (h[:4].mean(0) + h[4:].mean(0)) / 2, atol=1e-5)
+    old = {k: v.clone() for k, v in bn.state_dict().items()}
+    for loader, n in (([], 5), (batches, 0)):
+        with pytest.raises(LcpError):
+            recalibrate_bn(net, loader, batches=n)
+        assert all(torch.equal(old[k], v) for k, v in bn.state_dict().items())
 
 
 def test_finetune_lowers_loss_and_baseline(bundle: DataBundle, capsys: pytest.CaptureFixture[str]) -> None:

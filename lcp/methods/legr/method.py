@@ -25,7 +25,7 @@ from lcp.methods.legr.prior import (
     structured_members,
 )
 from lcp.options import at_least, field_names, option, unit_interval
-from lcp.training.train import distributed
+from lcp.training.distributed import distributed
 
 _GROUP = "search (method lcp without --transforms)"
 #: the largest share of the search's time budget the sensitivity measurement may take
