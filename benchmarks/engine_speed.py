@@ -1,10 +1,10 @@
 """Speed of the channel engine (CPU): planning alone, and the full prune of 24 architectures.
 
-1. ``plan``: building the channel graph and a 50% global plan, without surgery
+1. ``plan``: building the channel graph and a global plan to ``--budget`` (default 0.5), without surgery
    (``lcp.engine.graph.build_graph`` + ``lcp.engine.cost.CostModel`` + l2 importance + ``lcp.cut.ranking.plan``)
    for the zoo
    ResNet-56 at 32x32 and timm's ResNet-50 at 224x224; the median of each phase is reported too.
-2. ``prune``: the full ``lcp.prune(model, x, budget=0.5, method="global")`` (graph, plan, surgery,
+2. ``prune``: the full ``lcp.prune(model, x, budget=--budget, method="global")`` (graph, plan, surgery,
    verification against the masked original and MACs/params re-count) for lcp's CIFAR zoo models at 32x32
    and 20 timm models at their default input size (``pretrained_cfg["input_size"]``), with the MACs before
    and after, the ratio and the verification error.
@@ -15,8 +15,8 @@ train mode timm gives them; ghostnet_100 then fails, see tests/engine/test_real_
 gets a row with ``status`` = the error and the run goes on.
 
 Each row is written to ``--out`` as soon as it is measured, in place of the row with the same task, model,
-input and threads (the other rows stay: a run of a few models updates their rows of the table); every row
-records the machine, the torch version and the date it was measured.
+input, threads, budget and mode (eval or train); the other rows stay, so a run of a few models updates their
+rows of the table. Every row records the machine, the torch version and the date it was measured.
 
     python benchmarks/engine_speed.py [--out benchmarks/results/engine_speed.csv] [--threads 1]
     python benchmarks/engine_speed.py --models resnet56,resnet50 --repeats 3

@@ -11,7 +11,7 @@ its rows instead of adding more.
 initial population distribution) are scored by the fitness, fine-tuned for ``--ft-steps`` SGD steps (a
 fraction of an epoch: a whole epoch per candidate is too slow on 2 cores) and evaluated on the test split;
 writes ``benchmarks/results/proxy_kendall.csv`` and Kendall's tau between the fitness and the error. Each
-candidate's row is written as soon as it is fine-tuned (in place of the row of the same tag and candidate), and
+candidate's row is written as soon as it is fine-tuned (a run first removes the rows of its ``--tag``), and
 the tau columns are added to this run's rows at the end: an interrupted run keeps its candidates, without tau.
 
 Needs ``LCP_DATA`` and ``LCP_WEIGHTS`` (``source ../shared/offline-env.sh``); without them it says so and exits.
@@ -120,6 +120,23 @@ def measure(
     out = {"holdout_loss": evaluate(pruned, bundle.loader("holdout", 250))["loss"]} if holdout else {}
     test = evaluate(pruned, bundle.loader("test", 250))
     return pruned, {**out, "test_top1": test["top1"], "test_loss": test["loss"]}
+
+
+def drop_tag(path: Path, tag: str) -> None:
+    """Remove the rows of ``tag`` from the CSV at ``path`` (rewritten atomically; no file, nothing to do)."""
+    import csv
+
+    from lcp.io import atomic_path
+
+    if not path.is_file():
+        return
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        fields, rows = reader.fieldnames or [], list(reader)
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=fields)
+        w.writeheader()
+        w.writerows(r for r in rows if r.get("tag") != tag)
 
 
 def write_row(row: dict, path: Path, keys: tuple[str, ...]) -> None:
@@ -244,6 +261,7 @@ def run_kendall(args: argparse.Namespace) -> None:
         label_free=args.label_free,
         seed=args.seed,
     )
+    drop_tag(args.out / "proxy_kendall.csv", args.tag)  # a rerun replaces the tag's rows, fewer candidates too
     rng = np.random.default_rng(args.seed + 1)
     std = group_std(graph, scores)
     names = [g.name for g in graph.groups]

@@ -246,8 +246,8 @@ def _torchvision_model(name: str) -> tuple[Any, tuple[int, ...], bool]:
     )
     try:
         model = create_model(name, **kw)
-    except LcpError:  # a builder that does not pass these on (SSD's fixed size): create_model says so
-        if not kw:
+    except LcpError as e:  # a builder that does not pass these on (SSD's fixed size): create_model says so
+        if not kw or "min_size" not in str(e):
             raise
         model = create_model(name)
     fixed = name[3:].startswith(("vit_", "swin_", "maxvit_", "inception", "googlenet"))

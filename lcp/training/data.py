@@ -7,7 +7,8 @@ test split. ``bundle.loader(...)`` yields ``(float normalized images, int64 labe
 
 Decoded arrays are cached under ``<lcp cache>/data/<key>/`` (``$LCP_CACHE``, else ``$XDG_CACHE_HOME/lcp``,
 else ``~/.cache/lcp``) with ``np.save``/``np.load(allow_pickle=False)``; the key hashes the folder's absolute
-path, its file list, file count, total size and newest mtime, the input size and any transform.
+path, its file list, file count, total size and newest mtime, the input size and the transform (one whose
+``repr`` does not name it, a ``Lambda`` or a function, is decoded every time and never cached).
 """
 
 from __future__ import annotations

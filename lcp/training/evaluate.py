@@ -100,14 +100,14 @@ def recalibrate_bn(
 
     Only the BatchNorm layers run in train mode; everything else (dropout, ...) stays in eval mode.
     Momentum and train/eval flags are restored afterwards, and so are the old statistics when the loader
-    yields no batch (an error). A batch smaller than the first (a short last batch) is skipped: the
-    cumulative average would weigh it as much as a full one, and a batch of one image has no variance.
+    yields no batch (an error). A batch smaller than the first (a short last batch, perhaps of one image, which
+    BatchNorm1d refuses) is skipped: the cumulative average would weigh it as much as a full one.
     """
-    if batches < 1:
-        raise LcpError(f"batches must be at least 1 to recalibrate BatchNorm (got {batches})")
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     if not bns:
         return model
+    if batches < 1:
+        raise LcpError(f"batches must be at least 1 to recalibrate BatchNorm (got {batches})")
     dev = device_of(model, device)
     momenta = [bn.momentum for bn in bns]
     saved = [

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from lcp.errors import LcpError
 from lcp.training.checkpoint import load_checkpoint, save_checkpoint
 from lcp.training.data import DataBundle
-from lcp.training.distributed import distributed, rank_device
+from lcp.training.distributed import distributed
 from lcp.training.evaluate import (
     Batch,
     LoaderFactory,
@@ -137,7 +137,7 @@ def _run(
     if teacher is not None and not 0.0 <= kd_alpha <= 1.0:
         raise LcpError(f"kd_alpha must be between 0 and 1 (got {kd_alpha})")
     world, rank = distributed(device)
-    dev = rank_device(torch.device(device), world)
+    dev = torch.device(device)
     make = _factory(data, batch_size, seed, augment)
     try:
         steps = len(make(0))  # type: ignore[arg-type]
@@ -166,7 +166,7 @@ def _run(
     if teacher is not None:
         teacher.to(dev).eval()
     # under torchrun every rank sees the same batch order and takes every world-th batch; DDP averages grads
-    ids = [dev.index] if dev.type == "cuda" else None
+    ids = [torch.cuda.current_device() if dev.index is None else dev.index] if dev.type == "cuda" else None
     net = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids) if world > 1 else model
     usable = steps - steps % world
     opt = torch.optim.SGD(

@@ -200,7 +200,7 @@ def test_under_torchrun_every_rank_searches_without_a_clock(world: int, monkeypa
     from tests.helpers import SEARCH_SIZE, random_bundle
 
     budgets, real = [], legr_method.search
-    monkeypatch.setattr(legr_method, "distributed", lambda: (world, 0))
+    monkeypatch.setattr(legr_method, "distributed", lambda device=None: (world, 0))
     monkeypatch.setattr(legr_method, "search", lambda *a, **k: budgets.append(k.get("time_budget")) or real(*a, **k))
     torch.manual_seed(0)
     model = lcp.create_model("resnet20", num_classes=10).eval()

@@ -332,6 +332,11 @@ def test_kendall_rows_are_written_as_made_and_a_rerun_replaces_them(ss, tmp_path
     rows = _rows(tmp_path / "proxy_kendall.csv")
     assert sorted(int(r["candidate"]) for r in rows) == list(range(10))
     assert len({r["kendall_tau_ft"] for r in rows}) == 1 and rows[0]["kendall_tau_ft"] != ""
+    ss.main(["--kendall", "10", "--tag", "other", "--out", str(tmp_path)])
+    ss.main(["--kendall", "12", "--tag", "k", "--ft-steps", "50", "--out", str(tmp_path)])
+    ss.main(["--kendall", "10", "--tag", "k", "--out", str(tmp_path)])  # fewer candidates: none of the 12 left
+    rows = _rows(tmp_path / "proxy_kendall.csv")
+    assert sorted((r["tag"], r["ft_steps"]) for r in rows) == [("k", "100")] * 10 + [("other", "100")] * 10
 
 
 # -------------------------------------------------------------------------------------------- latency_noise.py

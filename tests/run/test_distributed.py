@@ -106,30 +106,35 @@ def test_torchrun_two_processes_finetune(data, tmp_path):
 
 
 def test_the_process_group_and_device_follow_the_run_s_device(monkeypatch):
-    """A CPU run on a machine with GPUs joins gloo (nccl cannot carry CPU tensors); a CUDA run joins nccl, each
-    rank on its own GPU (LOCAL_RANK); LCP_DDP_BACKEND overrides the backend."""
-    from lcp.training.distributed import distributed, rank_device
+    """A CPU run on a machine with GPUs joins gloo (nccl cannot carry CPU tensors); a CUDA run joins nccl with
+    each rank on its own GPU (LOCAL_RANK) before any work; LCP_DDP_BACKEND overrides the backend."""
+    from lcp.training.distributed import distributed
 
     joined, chosen = [], []
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("LOCAL_RANK", "1")
     monkeypatch.delenv("LCP_DDP_BACKEND", raising=False)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
     monkeypatch.setattr(torch.distributed, "is_initialized", lambda: False)
     monkeypatch.setattr(torch.distributed, "init_process_group", joined.append)
     monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 2)
     monkeypatch.setattr(torch.distributed, "get_rank", lambda: 1)
-    assert distributed("cpu") == (2, 1) and distributed("cuda") == (2, 1)
+    assert distributed("cpu") == (2, 1) and chosen == []
+    assert distributed("cuda") == (2, 1) and chosen == [1]
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # one GPU visible per rank: it is the rank's
     monkeypatch.setenv("LCP_DDP_BACKEND", "gloo")
     distributed("cuda")
-    assert joined == ["gloo", "nccl", "gloo"]
-    assert rank_device(torch.device("cuda"), 2) == torch.device("cuda", 1) and chosen == [torch.device("cuda", 1)]
-    assert rank_device(torch.device("cuda", 0), 2) == torch.device("cuda", 0)  # a GPU the user named is kept
-    assert (
-        rank_device(torch.device("cuda"), 1) == torch.device("cuda")
-        and rank_device(torch.device("cpu"), 2).type == "cpu"
-    )
+    assert joined == ["gloo", "nccl", "gloo"] and chosen == [1]
+
+
+def test_a_cpu_run_saves_no_cuda_rng_state(monkeypatch):
+    from lcp.training import checkpoint
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: pytest.fail("CUDA started to save its RNG"))
+    assert list(checkpoint._rng_state()) == ["rng.torch"]
 
 
 def test_a_resume_restores_the_cuda_rng_states_of_the_gpus_it_still_sees(monkeypatch):

@@ -130,6 +130,10 @@ def test_transform_hook_drops_tensor_steps(folder: Path) -> None:
     assert plain.cache_dir != b.cache_dir  # the transform is part of the cache key
 
 
+def _as_is(image: object) -> object:
+    return image
+
+
 def test_a_transform_that_does_not_name_itself_is_never_cached(folder: Path, _cache: Path) -> None:
     """Every Lambda prints as ``Lambda()`` (two of them would share an entry) and a function prints its address
     (a new entry per process): such a transform is decoded every time, never served from the cache."""
@@ -140,6 +144,7 @@ def test_a_transform_that_does_not_name_itself_is_never_cached(folder: Path, _ca
     invert = T.Lambda(lambda im: im.point(lambda v: 255 - v))
     inverted = load_data(folder, input_size=SIZE, holdout=0, transform=T.Compose([fit, invert]))
     assert same.cache_dir is None and inverted.cache_dir is None
+    assert load_data(folder, input_size=SIZE, holdout=0, transform=T.Compose([fit, _as_is])).cache_dir is None
     assert torch.equal(inverted.test_x, 255 - same.test_x)
     assert not (_cache / "data").is_dir() or not any((_cache / "data").iterdir())
 

@@ -182,7 +182,7 @@ class LegrMethod(Method):
         members, prior_s, skipped = [], 0.0, False
         # the preset's time budget yields to --search-stop, which reproduces a stopped search exactly
         limit = o.search_time if o.search_time is not None else (None if o.search_stop else preset.seconds)
-        if limit and distributed()[0] > 1:  # every rank searches: a clock would stop each at its own count
+        if limit and distributed(o.device)[0] > 1:  # every rank searches: a clock would stop each at its own count
             ctx.log(f"under torchrun the search evaluates all {candidates} candidates (no time budget) on every rank")
             limit = None
         if preset.prior and o.compensation == "affine":
