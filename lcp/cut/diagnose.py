@@ -32,7 +32,7 @@ from lcp.engine.graph import ChannelGraph, NoMatch, UntraceableModel, build_grap
 from lcp.engine.modes import modes_kept
 from lcp.errors import LcpError, UnreachableBudget
 
-_LCP_DIR = str(Path(__file__).resolve().parent)
+_LCP_DIR = Path(__file__).resolve().parents[1]  # the lcp package: an error's innermost frame in it is named
 
 
 @dataclass
@@ -284,18 +284,22 @@ def train_step(pruned: nn.Module, original: nn.Module, example_inputs: tuple) ->
     """Forward and backward of a copy of ``pruned`` in train mode on a batch of 2; output shape as the original's."""
     with modes_kept(original), torch.no_grad():
         ref = _first_tensor(original.eval()(*example_inputs))
-    net = copy.deepcopy(pruned).train()
+    net = copy.deepcopy(pruned).train().requires_grad_(True)  # frozen weights too: the check is of the network
     gen = torch.Generator().manual_seed(0)
     xs = [
-        torch.randn((2, *x.shape[1:]), generator=gen, dtype=x.dtype) if x.is_floating_point() else torch.cat([x, x])
+        torch.randn((2, *x.shape[1:]), generator=gen, dtype=x.dtype).to(x.device)
+        if x.is_floating_point()
+        else torch.cat([x, x])
         for x in example_inputs
     ]
-    out = _first_tensor(net(*xs))
+    with torch.enable_grad():  # a caller under torch.no_grad() still gets its check
+        out = _first_tensor(net(*xs))
     if tuple(out.shape[1:]) != tuple(ref.shape[1:]):
         raise LcpError(
             f"the pruned model's output shape {tuple(out.shape[1:])} differs from the original's {tuple(ref.shape[1:])}"
         )
-    out.float().square().mean().backward()
+    with torch.enable_grad():
+        out.float().square().mean().backward()
     grads = [p.grad for p in net.parameters() if p.requires_grad]
     if not any(g is not None for g in grads):
         raise LcpError("no gradient reaches the pruned model's parameters")
@@ -308,8 +312,8 @@ def describe_exception(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     where = ""
     for frame in reversed(traceback.extract_tb(e.__traceback__)):
-        if frame.filename.startswith(_LCP_DIR):
-            where = f" (lcp/{Path(frame.filename).name}:{frame.lineno} in {frame.name})"
+        if Path(frame.filename).is_relative_to(_LCP_DIR):
+            where = f" (lcp/{Path(frame.filename).relative_to(_LCP_DIR).as_posix()}:{frame.lineno} in {frame.name})"
             break
     return f"{type(e).__name__}: {text[0] if text else ''}{where}"
 

@@ -8,11 +8,12 @@ ratios measured in one run, never timings across runs.
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import os
 import statistics
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -26,11 +27,9 @@ from lcp.errors import LcpError
 @contextmanager
 def threads(n: int | None) -> Iterator[None]:
     """Run with ``n`` torch CPU threads (unchanged when None)."""
-    if n is None:
-        yield
-        return
     old = torch.get_num_threads()
-    torch.set_num_threads(n)
+    if n is not None:
+        torch.set_num_threads(n)
     try:
         yield
     finally:
@@ -43,11 +42,14 @@ def _on(model: nn.Module, dev: torch.device) -> Iterator[nn.Module]:
     moved), and every submodule's train/eval flag as it was afterwards."""
     p = next(model.parameters(), None)
     if p is not None and p.device != dev:
-        import copy
-
         model = copy.deepcopy(model).to(dev)
     with modes_kept(model):
         yield model.eval()
+
+
+def synchronizer(dev: torch.device) -> Callable[[], None]:
+    """What waits for ``dev``'s queued work (CUDA and MPS run asynchronously: a clock alone times the queueing)."""
+    return {"cuda": torch.cuda.synchronize, "mps": torch.mps.synchronize}.get(dev.type, lambda: None)
 
 
 def measure(
@@ -64,8 +66,9 @@ def measure(
     if device == "cuda" and not torch.cuda.is_available():
         raise LcpError("--device cuda asked for, but no CUDA device is available")
     dev = torch.device(device)
-    x = torch.randn(batch, *input_size, device=dev)
-    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    x = torch.randn(batch, *input_size, device=dev, dtype=dtype)
+    sync = synchronizer(dev)
     times = []
     with _on(model, dev) as model, threads(n_threads), torch.inference_mode():
         for i in range(warmup + repeats):
@@ -375,14 +378,15 @@ def time_layer(
     warmup: int,
     repeats: int,
 ) -> float:
-    probe = probe_layer(module, n_in, n_out, depthwise).to(dev).eval()
+    dtype = module.weight.dtype
+    probe = probe_layer(module, n_in, n_out, depthwise).to(dev, dtype).eval()
     xs = [
-        torch.randn(batch, *s[:-1], n_in if not depthwise else n_out, device=dev)
+        torch.randn(batch, *s[:-1], n_in if not depthwise else n_out, device=dev, dtype=dtype)
         if isinstance(module, nn.Linear)
-        else torch.randn(batch, probe.in_channels, *s[1:], device=dev)
+        else torch.randn(batch, probe.in_channels, *s[1:], device=dev, dtype=dtype)
         for s in shapes
     ]
-    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    sync = synchronizer(dev)
     times = []
     with torch.inference_mode():
         for i in range(warmup + repeats):

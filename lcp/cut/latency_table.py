@@ -160,6 +160,11 @@ class LatencyTable:
         the user cache (``$LCP_CACHE/latency/``), so a second model with the same layer shapes is free."""
         if device == "cuda" and not torch.cuda.is_available():
             raise LcpError("--device cuda asked for, but no CUDA device is available")
+        if len(graph.example_inputs) != 1:
+            raise LcpError(
+                f"a latency budget times the model on one input tensor; this model takes {len(graph.example_inputs)}:"
+                " use a MACs or params budget"
+            )
         dev = torch.device(device)
         recs = [
             (ri, r)
@@ -183,6 +188,7 @@ class LatencyTable:
                 m = modules[r.name]
                 dw = r.mode == "depthwise"
                 key = f"{m!r}|{shapes[r.name]}|{len(r.in_ids)}x{len(r.out_ids)}|dw={dw}"
+                key += "" if m.weight.dtype == torch.float32 else f"|{m.weight.dtype}"  # timed in the layer's dtype
                 todo.append((ri, r, m, dw, key))
             from tqdm import tqdm
 

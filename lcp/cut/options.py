@@ -17,7 +17,7 @@ def check_budget(budget: float, budget_type: str = "macs") -> None:
         raise LcpError(f"unknown budget type '{budget_type}'; choose one of {', '.join(BUDGET_TYPES)}")
     try:
         if isinstance(budget, bool) or not isinstance(budget, (int, float)):
-            raise ValueError(f"must be a number in (0, 1], got {budget!r}")
+            raise ValueError(f"must be a Python int or float in (0, 1], got {budget!r} of type {type(budget).__name__}")
         unit_interval(budget)
     except ValueError as e:
         raise LcpError(f"budget {e}") from None

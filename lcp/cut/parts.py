@@ -109,7 +109,7 @@ def traceable_parts(
             used.update(whole)
             if whole:
                 continue  # kept whole (--ignore)
-            if not any(p.requires_grad for p in child.parameters()):  # nothing to prune in it
+            if next(child.parameters(), None) is None:  # nothing to prune in it (frozen weights are pruned too)
                 used.update(g for g in ignore for n, _ in child.named_modules(prefix=name) if fnmatchcase(n, g))
                 continue
             if args is None:  # never called itself: a container whose layers its parent runs one by one

@@ -138,6 +138,8 @@ class PruneConfig(SearchOptions, AgentOptions, RecoveryOptions, CutOptions, JobO
         for k in ("holdout", "recal_batches", "baseline_epochs"):  # they change the result; runs at the
             if getattr(self, k) != defaults[k].default:  # default keep the signature they had before
                 sig[k] = getattr(self, k)
+        if self.budget_type == "latency" or self.round_to == "auto":  # timed: where and how is part of the cut
+            sig.update(device=self.device, latency_batch=self.latency_batch, threads=self.threads)
         if self.structure_from:  # the folder and its channels.json as they are now
             spec = Path(self.structure_from).expanduser().resolve() / "channels.json"
             sig.update(structure_from=str(spec.parent), structure=file_digest(str(spec)) if spec.is_file() else None)

@@ -462,3 +462,27 @@ def test_probe_layers_of_convs_with_their_own_constructor():
         probe = probe_layer(conv, 4, 6, depthwise=False)
         assert isinstance(probe, torch.nn.Conv2d) and (probe.in_channels, probe.out_channels) == (4, 6)
         assert probe.stride == conv.stride and probe(torch.zeros(1, 4, 9, 9)).shape[1] == 6
+
+
+def test_timings_run_in_the_models_dtype_and_a_model_of_two_inputs_is_refused(monkeypatch: pytest.MonkeyPatch):
+    from lcp.cut.latency import measure, time_layer
+    from lcp.cut.latency_table import LatencyTable
+
+    half = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3)).to(torch.bfloat16)
+    assert measure(half, (3, 12, 12), batch=1, warmup=0, repeats=1)["median_ms"] > 0
+    dev = torch.device("cpu")
+    assert time_layer(half[0], 3, 4, False, [(3, 12, 12)], batch=1, dev=dev, warmup=0, repeats=1) > 0
+
+    class Two(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 8, 3), nn.Conv2d(3, 8, 3)
+
+        def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return self.a(x) + self.b(y)
+
+    from lcp.engine.graph import build_graph
+
+    g = build_graph(Two(), (torch.randn(1, 3, 8, 8), torch.randn(1, 3, 8, 8)))
+    with pytest.raises(LcpError, match="one input tensor; this model takes 2"):
+        LatencyTable.build(g, cache=False)

@@ -240,3 +240,50 @@ def test_a_branch_only_training_runs_is_refused_not_returned_broken() -> None:
         lcp.prune(WithAux().eval(), torch.rand(1, 3, 12, 12), budget=0.5)
     result = lcp.prune(WithAux().eval(), torch.rand(1, 3, 12, 12), budget=0.5, ignore=["stem.0"])
     assert result.plan.macs_ratio <= 0.5
+
+
+class _ListOfImages(torch.nn.Module):
+    """A detector in miniature: it takes a list of images, so torch.fx cannot trace it whole."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        c = torch.nn.Conv2d
+        self.backbone = torch.nn.Sequential(c(3, 32, 3, padding=1), torch.nn.ReLU(), c(32, 64, 3, padding=1))
+        self.head = torch.nn.Sequential(torch.nn.ReLU(), c(64, 16, 1), torch.nn.ReLU(), c(16, 4, 1))
+
+    def forward(self, images: list) -> list:
+        return [self.head(self.backbone(im[None])) for im in images]
+
+
+def test_a_frozen_part_is_pruned_like_a_trainable_one() -> None:
+    """Frozen weights (a head-only fine-tuning setup) are still weights to cut: the budget covers them."""
+    torch.manual_seed(0)
+    net = _ListOfImages()
+    x = ([torch.randn(3, 16, 16)],)
+    trainable = lcp.prune(net, x, budget=0.5, round_to=1)
+    net.backbone.requires_grad_(False)
+    frozen = lcp.prune(net, x, budget=0.5, round_to=1)
+    assert list(frozen.parts) == list(trainable.parts) == ["backbone", "head"]
+    assert frozen.macs_base == trainable.macs_base and frozen.macs_pruned == trainable.macs_pruned
+
+
+def test_check_runs_its_train_step_under_no_grad_and_on_frozen_weights() -> None:
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.BatchNorm2d(16), torch.nn.ReLU(), torch.nn.Conv2d(16, 16, 3)
+    )
+    x = torch.randn(1, 3, 16, 16)
+    with torch.no_grad():
+        assert lcp.check(net, x).ok
+    assert lcp.check(net.requires_grad_(False), x).ok
+    assert not any(p.requires_grad for p in net.parameters())  # the caller's model as it was
+
+
+def test_an_error_names_the_innermost_lcp_frame_with_its_package_path() -> None:
+    from lcp.cut.diagnose import describe_exception
+    from lcp.engine.graph import build_graph
+
+    try:
+        build_graph(torch.nn.Conv2d(3, 4, 3), object())  # fails inside lcp.engine, not lcp.cut
+    except Exception as e:  # noqa: BLE001
+        text = describe_exception(e)
+    assert "(lcp/engine/" in text and "(lcp/graph.py" not in text

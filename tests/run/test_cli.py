@@ -1048,3 +1048,16 @@ def test_a_resume_with_another_recalibration_is_refused(tiny_folder: Path, resne
     before = snapshot(out)
     assert_one_line_error(lcp_cli(*other, "--resume"), "cannot resume", "recal_batches=2, not recal_batches=1")
     assert_unchanged(out, before)
+
+
+def test_a_timed_cut_is_signed_with_where_and_how_it_was_timed() -> None:
+    """--resume with another device, latency batch or thread count must not reuse timings made for the old."""
+    from lcp.run.config import PruneConfig
+
+    base = dict(model="resnet20", budget=[0.5], out="runs/x")
+    for timed in (dict(budget_type="latency"), dict(round_to="auto")):
+        a = PruneConfig(**base, **timed).signature()
+        assert a != PruneConfig(**base, **timed, latency_batch=8).signature()
+        assert a != PruneConfig(**base, **timed, threads=2).signature()
+    plain = PruneConfig(**base).signature()
+    assert plain == PruneConfig(**base, latency_batch=8, threads=2).signature()  # a MACs cut times nothing
