@@ -344,7 +344,8 @@ class ConnectionGraph:
         index = {(self.consumers[int(self.dst[k])].name, recs[int(self.src[k])].name): k for k in range(self.n)}
         keep = self.full()
         for pair in removed:
-            k = index.get(tuple(pair)) if isinstance(pair, (list, tuple)) and len(pair) == 2 else None
+            named = isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(n, str) for n in pair)
+            k = index.get(tuple(pair)) if named else None
             if k is None:
                 raise LcpError(f"connection {pair!r} does not exist in {type(self.graph.model).__name__}")
             keep[k] = False

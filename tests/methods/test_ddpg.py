@@ -406,3 +406,59 @@ def test_cli_amc_on_labelled_folder(tiny_folder, resnet20_ckpt, tmp_path):
         tmp_path / "lat",
     )
     assert_one_line_error(latency, "method amc takes --budget-type macs or params, not latency")
+
+
+@pytest.mark.parametrize("damage", ["a list", "no replay rewards", "no history"])
+def test_a_damaged_agent_state_is_one_line_on_resume(tmp_path, damage) -> None:
+    import json
+
+    from lcp.io import load_tensor_metadata, load_tensors, save_tensors
+    from lcp.methods.ddpg import AgentConfig, Env, quadratic_toy, run_agent
+    from tests.helpers import tiny_graph
+
+    graph, cost, _ = tiny_graph()
+    env = Env(graph, cost, budget=0.5, budget_type="macs", min_ratio=0.1)
+    _, reward = quadratic_toy(env, 0)
+    cfg, path = AgentConfig(episodes=3, warmup=1, batch_size=8), tmp_path / "agent.safetensors"
+    run_agent(env, reward, cfg, seed=0, state_path=path, progress=False)
+    tensors, st = load_tensors(path), json.loads(load_tensor_metadata(path)["state"])
+    if damage == "a list":
+        st = []
+    elif damage == "no replay rewards":
+        tensors = {k: v for k, v in tensors.items() if k != "mem.r"}
+    else:
+        st.pop("history")
+    save_tensors(tensors, path, metadata={"state": json.dumps(st)})
+    with pytest.raises(LcpError, match="delete it or start without --resume"):
+        run_agent(env, reward, cfg, seed=0, state_path=path, resume=True, progress=False)
+
+
+def test_a_failed_episode_scores_the_same_with_or_without_a_resume(tmp_path) -> None:
+    """Below the worst reward so far, by one: also when every reward is positive (an accuracy)."""
+    from lcp.methods.ddpg import AgentConfig, Env, quadratic_toy, run_agent
+    from tests.helpers import tiny_graph
+
+    graph, cost, _ = tiny_graph()
+    env = Env(graph, cost, budget=0.5, budget_type="macs", min_ratio=0.1)
+    _, toy = quadratic_toy(env, 0)
+    cfg = AgentConfig(episodes=6, warmup=2, batch_size=8)
+
+    def reward(fail: int, stop: int | None = None):
+        calls = iter(range(1, 10**6))
+
+        def score(ratios):
+            n = next(calls)
+            if n == stop:
+                raise KeyboardInterrupt
+            return float("nan") if n == fail else 10 + toy(ratios)
+
+        return score
+
+    whole = run_agent(env, reward(fail=5), cfg, seed=0, progress=False)
+    path = tmp_path / "agent.safetensors"
+    with pytest.raises(KeyboardInterrupt):
+        run_agent(env, reward(fail=0, stop=3), cfg, seed=0, state_path=path, progress=False)
+    resumed = run_agent(env, reward(fail=3), cfg, seed=0, state_path=path, resume=True, progress=False)
+    got = [h["reward"] for h in whole.history]
+    assert got[4] == pytest.approx(min(got[:4]) - 1.0)
+    assert [h["reward"] for h in resumed.history] == pytest.approx(got)

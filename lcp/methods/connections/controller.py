@@ -250,8 +250,8 @@ def search_connections(
     if resume and path is not None and path.is_file():
         try:
             st = json.loads(load_tensor_metadata(path)["state"])
-            old = st["settings"]
-        except (KeyError, ValueError):
+            old = dict(st["settings"])
+        except (KeyError, TypeError, ValueError):
             raise LcpError(
                 f"controller state {path} is not lcp controller state: delete it or start without --resume"
             ) from None
@@ -261,20 +261,23 @@ def search_connections(
                 f"controller state {path} was made with other settings ({', '.join(sorted(diff)[:4])}): "
                 "use the same settings or start without --resume"
             )
-        t = load_tensors(path)
-        ctl.load_state_dict({k[4:]: v for k, v in t.items() if k.startswith("ctl.")})
-        sd = opt.state_dict()
-        state = {}
-        for i in (i for g in sd["param_groups"] for i in g["params"]):
-            keys = [k for k in t if k.startswith(f"opt.{i}.")]
-            if keys:
-                state[i] = {k.split(".", 2)[2]: t[k].clone() for k in keys}
-        sd["state"] = state
-        opt.load_state_dict(sd)
-        gen.set_state(t["gen_state"].clone())
-        history, best, top[:] = st["history"], st["best"], st.get("top", [best])
-        advantage.mean, advantage.var = st["baseline"], st["var"]
-        pending = list(zip(t["pending"].numpy().astype(bool), st["pending_rewards"]))
+        try:
+            t = load_tensors(path)
+            ctl.load_state_dict({k[4:]: v for k, v in t.items() if k.startswith("ctl.")})
+            sd = opt.state_dict()
+            state = {}
+            for i in (i for g in sd["param_groups"] for i in g["params"]):
+                keys = [k for k in t if k.startswith(f"opt.{i}.")]
+                if keys:
+                    state[i] = {k.split(".", 2)[2]: t[k].clone() for k in keys}
+            sd["state"] = state
+            opt.load_state_dict(sd)
+            gen.set_state(t["gen_state"].clone())
+            history, best, top[:] = st["history"], st["best"], st.get("top", [best])
+            advantage.mean, advantage.var = st["baseline"], st["var"]
+            pending = list(zip(t["pending"].numpy().astype(bool), st["pending_rewards"]))
+        except (KeyError, TypeError, ValueError, IndexError, RuntimeError, AttributeError):
+            raise LcpError(f"controller state {path} is incomplete: delete it or start without --resume") from None
 
     def save() -> None:
         if path is None:

@@ -205,8 +205,8 @@ def run_agent(
         meta = load_tensor_metadata(path)
         try:
             st = json.loads(meta["state"])
-            old = st["settings"]
-        except (KeyError, ValueError):
+            old = dict(st["settings"])
+        except (KeyError, TypeError, ValueError):
             raise LcpError(f"agent state {path} is not lcp agent state: delete it or start without --resume") from None
         diff = [k for k in set(settings) | set(old) if old.get(k) != settings.get(k)]
         if diff:
@@ -214,10 +214,13 @@ def run_agent(
                 f"agent state {path} was made with other settings ({', '.join(sorted(diff)[:4])}): "
                 "use the same settings or start without --resume"
             )
-        agent.load(load_tensors(path))
-        agent.size, agent.ptr, agent.moving = st["size"], st["ptr"], st["moving"]
-        rng.bit_generator.state = st["rng"]
-        history, best = st["history"], st["best"]
+        try:
+            agent.load(load_tensors(path))
+            agent.size, agent.ptr, agent.moving = st["size"], st["ptr"], st["moving"]
+            rng.bit_generator.state = st["rng"]
+            history, best = list(st["history"]), dict(st["best"])
+        except (KeyError, TypeError, ValueError, IndexError, RuntimeError):
+            raise LcpError(f"agent state {path} is incomplete: delete it or start without --resume") from None
 
     def save() -> None:
         if path is None:
@@ -236,8 +239,16 @@ def run_agent(
     bar = tqdm(
         total=cfg.episodes, initial=len(history), desc="agent", disable=not progress, dynamic_ncols=True, leave=False
     )
-    worst = min((h["reward"] for h in history), default=0.0)
+    worst = min((h["reward"] for h in history), default=math.inf)  # the same with or without a resume
     n_starts = len(starts)
+    if cfg.episodes <= n_starts + cfg.warmup:
+        log.warning(
+            "%d episodes, %d of them starting cuts and %d warm-up: no episode is the agent's own (more episodes or "
+            "fewer warm-up episodes)",
+            cfg.episodes,
+            n_starts,
+            cfg.warmup,
+        )
     center: np.ndarray | None = None
     whole = np.zeros(n, dtype=bool)
 
@@ -281,7 +292,7 @@ def run_agent(
             reward = float(reward_of(ratios.copy()))
             if not math.isfinite(reward):  # a failed evaluation: below the worst reward seen
                 log.warning("episode %d: evaluation failed, reward set below the worst so far", episode)
-                reward = worst - 1.0
+                reward = (worst if math.isfinite(worst) else 0.0) - 1.0
             worst = min(worst, reward)
             for i in range(len(states)):
                 s2 = states[i + 1] if i + 1 < len(states) else states[i]

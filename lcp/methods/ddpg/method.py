@@ -5,9 +5,10 @@ AMC (He et al., ECCV 2018): an episode walks the channel groups in graph order; 
 budget stays reachable with the remaining groups at their floors (upper wall) or unpruned (lower wall). At the
 episode's end the ratios are turned into a plan (``ranking.plan_ratios``: the highest-scored units of each
 group, scaled to the budget), the network is pruned physically, BatchNorm recalibrated and the held-out loss
-measured (``search.Fitness``); the reward ``-loss`` is given to every transition of the episode. ``amc`` uses
-the labelled cross-entropy, ``lfgcl`` (LFGCL, Liu et al. 2021) the label-free KL divergence to the unpruned
-network. See docs/agents.md for the state, the walls and the hyperparameters (known vs chosen).
+measured (``lcp.methods.legr.fitness.Fitness``); the reward ``-loss`` is given to every transition of the
+episode. ``amc`` uses the labelled cross-entropy, ``lfgcl`` (LFGCL, Liu et al. 2021) the label-free KL
+divergence to the unpruned network. See docs/agents.md for the state, the walls and the hyperparameters
+(known vs chosen).
 
 The whole agent (networks, optimizers, replay memory, RNG, best ratios, history) is checkpointed after every
 episode into one safetensors file whose metadata holds the JSON state; ``resume`` continues it exactly.
@@ -57,8 +58,8 @@ def search_ratios(
 ) -> AgentResult:
     """Learn per-group keep ratios at ``budget`` whose pruned network minimises ``fitness`` (reward = -fitness).
 
-    ``fitness`` is a ``search.Fitness`` (``make_fitness``; ``label_free=True`` for LFGCL). Each episode's
-    ratios become a plan by :func:`ranking.plan_ratios` and are scored with ``fitness.for_removed``. The first
+    ``fitness`` is a ``lcp.methods.legr.fitness.Fitness`` (``make_fitness``; ``label_free=True`` for LFGCL). Each
+    episode's ratios become a plan by :func:`ranking.plan_ratios` and are scored with ``fitness.for_removed``. The first
     episodes are the uniform cut and, where the model has residual streams, the uniform cut of every other
     group with the streams kept whole (:func:`run_agent`'s ``starts``). ``final``: a fitness on more images
     that re-scores the best episodes and the starts at the end (the best of many noisy scores is optimistic);
@@ -151,7 +152,8 @@ class _AgentMethod(Method):
     def check(self, options: Any, budgets: list[float | None]) -> None:
         if self.name == "amc" and options.label_free:
             raise LcpError(
-                "method amc rewards held-out accuracy (labels); use --method lfgcl for the label-free reward"
+                "method amc rewards minus the held-out cross-entropy (labels); use --method lfgcl for the label-free "
+                "reward"
             )
         super().check(options, budgets)
 
