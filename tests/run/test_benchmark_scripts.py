@@ -172,7 +172,7 @@ def test_the_page_shows_every_redo_of_the_large_run(sm, tmp_path):
     _matrix(sm, large, [("big", "ok")], {**OLD_META, "redos": [redo]})
     page = tmp_path / "support.md"
     assert sm.main(["--markdown", str(page), "--out", str(out), "--large", str(large)]) == 0
-    text = page.read_text()
+    text = page.read_text().split("## torchvision")[0]  # the repository's torchvision section has redos of its own
     assert text.count("After an engine change") == 1
     assert "The large run's refused rows likewise (2026-11-23, `python benchmarks/support_matrix.py --redo " in text
 
