@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lcp.cut.aligned_ratios import aligned_ratio_cut
 from lcp.cut.alignment import group_alignment
 from lcp.cut.options import check_budget
 from lcp.cut.time_aware import time_aware_ranking, time_gains
@@ -250,14 +251,22 @@ def plan_ratios(
 
     ``ratios`` (one per group, in (0, 1]) set the shape; one factor t scales them all (group g keeps
     ``min(1, t * ratios[g])`` of its units, at least its floor), bisected to the largest t at or below the
-    budget, then the best removed units that still fit are restored (``uniform`` is all ratios 1).
+    budget, then the best removed units that still fit are restored (``uniform`` is all ratios 1). With
+    ``round_to`` above 1 the widths are instead the aligned ones nearest the ratios, moved step by step towards
+    them until the budget holds (:func:`aligned_ratios.aligned_ratio_cut`).
     """
     check_budget(budget, budget_type)
     r = np.asarray(ratios, dtype=np.float64)
     if r.shape != (len(graph.groups),) or not (np.all(np.isfinite(r)) and np.all(r > 0) and np.all(r <= 1)):
         raise LcpError(f"ratios must be {len(graph.groups)} keep ratios in (0, 1], one per channel group")
     walker = Walker(graph, cost, min_ratio=min_ratio, min_channels=min_channels, round_to=round_to)
-    removed = _uniform(graph, cost, walker, scores, budget * cost.base(budget_type), budget_type, r)
+    target = budget * cost.base(budget_type)
+    if walker.round_to > 1:  # one factor on every ratio would spread the rounding over every group
+        removed = aligned_ratio_cut(
+            graph, cost, scores, r, align=walker.align, floor=walker.floor, target=target, metric=budget_type
+        )
+    else:
+        removed = _uniform(graph, cost, walker, scores, target, budget_type, r)
     macs, params = cost.macs, cost.params
     cost.reset()
     return Plan(removed, macs, params, cost.macs_base, cost.params_base, budget, budget_type, method)
