@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import importlib.util
 import math
 import os
 import statistics
@@ -47,6 +48,12 @@ def _on(model: nn.Module, dev: torch.device) -> Iterator[nn.Module]:
         yield model.eval()
 
 
+def model_input(model: nn.Module, batch: int, input_size: tuple[int, ...], dev: torch.device) -> torch.Tensor:
+    """A random batch on ``dev`` in the model's floating dtype (float32 when it has no floating parameter)."""
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    return torch.randn(batch, *input_size, device=dev, dtype=dtype)
+
+
 def synchronizer(dev: torch.device) -> Callable[[], None]:
     """What waits for ``dev``'s queued work (CUDA and MPS run asynchronously: a clock alone times the queueing)."""
     return {"cuda": torch.cuda.synchronize, "mps": torch.mps.synchronize}.get(dev.type, lambda: None)
@@ -66,9 +73,7 @@ def measure(
     if device == "cuda" and not torch.cuda.is_available():
         raise LcpError("--device cuda asked for, but no CUDA device is available")
     dev = torch.device(device)
-    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
-    x = torch.randn(batch, *input_size, device=dev, dtype=dtype)
-    sync = synchronizer(dev)
+    x, sync = model_input(model, batch, input_size, dev), synchronizer(dev)
     times = []
     with _on(model, dev) as model, threads(n_threads), torch.inference_mode():
         for i in range(warmup + repeats):
@@ -156,7 +161,7 @@ def peak_memory_mb(model: nn.Module, input_size: tuple[int, ...], *, batch: int,
     """Memory of one forward pass in MiB: the CUDA allocator's peak on a GPU; on CPU, parameters plus every
     leaf module's output (an upper bound of the peak, since eager frees activations as it goes)."""
     dev = torch.device(device)
-    x = torch.randn(batch, *input_size, device=dev)
+    x = model_input(model, batch, input_size, dev)
     with _on(model, dev) as model, torch.inference_mode():
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
@@ -313,8 +318,7 @@ class FrozenCompiled(nn.Module):
 def compiled_module(model: nn.Module, input_size: tuple[int, ...]) -> nn.Module:
     """:class:`FrozenCompiled` of ``model``, compiled once on a batch of 1; raises what compilation raises."""
     compiled = FrozenCompiled(model)
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    compiled(torch.randn(1, *input_size, device=device))
+    compiled(model_input(model, 1, input_size, next((p.device for p in model.parameters()), torch.device("cpu"))))
     return compiled
 
 
@@ -336,11 +340,7 @@ def in_runtime(model: nn.Module, runtime: str, input_size: tuple[int, ...], n_th
 
 
 def _has_onnxruntime() -> bool:
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return importlib.util.find_spec("onnxruntime") is not None
 
 
 # ------------------------------------------------------------------------------ per-layer lookup table

@@ -465,11 +465,15 @@ def test_probe_layers_of_convs_with_their_own_constructor():
 
 
 def test_timings_run_in_the_models_dtype_and_a_model_of_two_inputs_is_refused(monkeypatch: pytest.MonkeyPatch):
-    from lcp.cut.latency import measure, time_layer
+    from lcp.cut.latency import measure, peak_memory_mb, time_layer
     from lcp.cut.latency_table import LatencyTable
 
     half = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3)).to(torch.bfloat16)
     assert measure(half, (3, 12, 12), batch=1, warmup=0, repeats=1)["median_ms"] > 0
+    # the peak counts bfloat16 activations: 2 bytes each (a float32 input raised a dtype mismatch)
+    weights = sum(p.numel() for p in half.parameters())
+    outputs = 1 * 8 * 10 * 10 * 2 + 1 * 8 * 8 * 8  # two convs and the ReLU's output
+    assert peak_memory_mb(half, (3, 12, 12), batch=1) == 2 * (weights + 3 * 12 * 12 + outputs) / 2**20
     dev = torch.device("cpu")
     assert time_layer(half[0], 3, 4, False, [(3, 12, 12)], batch=1, dev=dev, warmup=0, repeats=1) > 0
 
