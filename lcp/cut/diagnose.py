@@ -24,11 +24,12 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils._pytree import tree_map_only
 
 from lcp.cut.parts import prune_parts
 from lcp.cut.pruner import prune_graph
 from lcp.engine.depth import depth_units
-from lcp.engine.graph import ChannelGraph, NoMatch, UntraceableModel, build_graph
+from lcp.engine.graph import ChannelGraph, NoMatch, UntraceableModel, build_graph, first_tensor
 from lcp.engine.modes import modes_kept
 from lcp.errors import LcpError, UnreachableBudget
 
@@ -199,10 +200,10 @@ def check(
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
     example_inputs = tuple(example_inputs)
-    first = example_inputs[0]
-    if isinstance(first, (list, tuple)) and first:  # a detector's list of images
-        first = first[0][None]
-    rep = CheckReport(model=name, status="ok", budget=budget, input_size=tuple(first.shape[1:]))
+    first = first_tensor(example_inputs)  # also inside a list or dict; a detector's list holds unbatched images
+    detector = isinstance(example_inputs[0], (list, tuple)) and first is not None and first.dim() == 3
+    size = () if first is None else tuple(first.shape if detector else first.shape[1:])
+    rep = CheckReport(model=name, status="ok", budget=budget, input_size=size)
     graph = None
     try:
         graph = build_graph(model, example_inputs, ignore=ignore)
@@ -286,12 +287,15 @@ def train_step(pruned: nn.Module, original: nn.Module, example_inputs: tuple) ->
         ref = _first_tensor(original.eval()(*example_inputs))
     net = copy.deepcopy(pruned).train().requires_grad_(True)  # frozen weights too: the check is of the network
     gen = torch.Generator().manual_seed(0)
-    xs = [
-        torch.randn((2, *x.shape[1:]), generator=gen, dtype=x.dtype).to(x.device)
-        if x.is_floating_point()
-        else torch.cat([x, x])
-        for x in example_inputs
-    ]
+    xs = tree_map_only(
+        torch.Tensor,
+        lambda x: (
+            torch.randn((2, *x.shape[1:]), generator=gen, dtype=x.dtype).to(x.device)
+            if x.is_floating_point()
+            else torch.cat([x, x])
+        ),
+        tuple(example_inputs),
+    )
     with torch.enable_grad():  # a caller under torch.no_grad() still gets its check
         out = _first_tensor(net(*xs))
     if tuple(out.shape[1:]) != tuple(ref.shape[1:]):

@@ -76,6 +76,17 @@ def input_shapes(graph: ChannelGraph, names: set[str]) -> dict[str, list[tuple[i
     return shapes
 
 
+def timed_input_size(graph: ChannelGraph) -> tuple[int, ...]:
+    """The shape of one sample of the model's input, which latency timings feed; a model that takes anything but
+    one tensor is refused in one line."""
+    inputs = graph.example_inputs
+    if len(inputs) != 1 or not isinstance(inputs[0], torch.Tensor):
+        takes = f"{len(inputs)} inputs" if len(inputs) != 1 else f"a {type(inputs[0]).__name__}"
+        raise LcpError(f"a latency budget times the model on one input tensor; this model takes {takes}: use a MACs "
+                       "or params budget")  # fmt: skip
+    return tuple(inputs[0].shape[1:])
+
+
 def _table(entry: Any) -> LayerTable | None:
     """A cached entry as a table; None when it is missing or damaged (it is measured again)."""
     try:
@@ -160,11 +171,7 @@ class LatencyTable:
         the user cache (``$LCP_CACHE/latency/``), so a second model with the same layer shapes is free."""
         if device == "cuda" and not torch.cuda.is_available():
             raise LcpError("--device cuda asked for, but no CUDA device is available")
-        if len(graph.example_inputs) != 1:
-            raise LcpError(
-                f"a latency budget times the model on one input tensor; this model takes {len(graph.example_inputs)}:"
-                " use a MACs or params budget"
-            )
+        size = timed_input_size(graph)
         dev = torch.device(device)
         recs = [
             (ri, r)
@@ -208,7 +215,6 @@ class LatencyTable:
                     stored[key] = LayerTable(in_grid, out_grid, ms).to_json()
                     fresh += 1
                 tables[ri] = LayerTable.from_json(stored[key])
-            size = tuple(graph.example_inputs[0].shape[1:])
             base_ms = timing.measure(graph.model, size, batch=batch, device=device, repeats=max(20, repeats))[
                 "median_ms"
             ]

@@ -35,12 +35,14 @@ from lcp.errors import LcpError, UnreachableBudget
 
 @dataclass
 class Part:
-    """A traceable submodule: its dotted name, the module, the inputs it was called with and its graph."""
+    """A traceable submodule: its dotted name, the module, the inputs of its first call (traced and verified on),
+    its graph, and every call's inputs (a head run once per feature level: its MACs are those of every call)."""
 
     name: str
     module: nn.Module
     inputs: tuple[torch.Tensor, ...]
     graph: ChannelGraph
+    calls: tuple[tuple, ...] = ()
 
 
 @dataclass
@@ -49,7 +51,7 @@ class PartsResult:
 
     model: nn.Module
     parts: dict[str, PruneResult]
-    macs_base: int  # the parts' MACs on the example input, before and after (the rest is not counted)
+    macs_base: int  # the parts' MACs on the example input (every call), before and after (the rest is not counted)
     macs_pruned: int
     params_base: int  # the whole model's parameters, before and after
     params_pruned: int
@@ -65,13 +67,14 @@ class PartsResult:
         return self.params_pruned / self.params_base
 
 
-def _calls(model: nn.Module, example_inputs: tuple) -> dict[str, tuple]:
-    """What every submodule is first called with when ``model`` runs on ``example_inputs`` (eval, no grad)."""
-    seen: dict[str, tuple] = {}
+def _calls(model: nn.Module, example_inputs: tuple) -> dict[str, list[tuple]]:
+    """What every submodule is called with, call by call, when ``model`` runs on ``example_inputs`` (eval, no
+    grad)."""
+    seen: dict[str, list[tuple]] = {}
 
     def record(name: str) -> Callable[[nn.Module, tuple], None]:
         def hook(module: nn.Module, args: tuple) -> None:  # returns None: the call's inputs stay as they are
-            seen.setdefault(name, args)
+            seen.setdefault(name, []).append(args)
 
         return hook
 
@@ -85,6 +88,10 @@ def _calls(model: nn.Module, example_inputs: tuple) -> dict[str, tuple]:
         for h in hooks:
             h.remove()
     return seen
+
+
+def _nonempty_tensor(a: object) -> bool:
+    return isinstance(a, torch.Tensor) and a.numel() > 0
 
 
 def traceable_parts(
@@ -104,7 +111,7 @@ def traceable_parts(
     def visit(prefix: str, module: nn.Module) -> None:
         for child_name, child in module.named_children():
             name = f"{prefix}.{child_name}" if prefix else child_name
-            args = calls.get(name)
+            args = calls[name][0] if name in calls else None
             whole = {g for g in ignore if fnmatchcase(name, g)}
             used.update(whole)
             if whole:
@@ -125,7 +132,8 @@ def traceable_parts(
                 if graph is not None:
                     layers.extend(f"{name}.{r.name}" for r in graph.records if r.kind.has_filters)
                     if graph.prunable_units:
-                        parts.append(Part(name, child, tuple(args), graph))
+                        counted = [tuple(c) for c in calls[name] if c and all(_nonempty_tensor(t) for t in c)]
+                        parts.append(Part(name, child, tuple(args), graph, tuple(counted)))
                     continue  # traced: its children's outputs are inside it, none is freer than the whole
             visit(name, child)
 
@@ -163,9 +171,10 @@ def prune_parts(
         except UnreachableBudget as e:
             raise UnreachableBudget(f"part {part.name}: {e}", e.lowest) from None
         results[part.name] = res
-        n = part.inputs[0].shape[0] if part.inputs[0].dim() else 1
-        macs_base += count_macs(part.module, part.inputs) * n
-        macs_pruned += count_macs(res.model, part.inputs) * n
+        for args in part.calls or (part.inputs,):
+            n = args[0].shape[0] if args[0].dim() else 1
+            macs_base += count_macs(part.module, args) * n
+            macs_pruned += count_macs(res.model, args) * n
         parent_name, _, attr = part.name.rpartition(".")
         parent = pruned_model.get_submodule(parent_name) if parent_name else pruned_model
         setattr(parent, attr, res.model)

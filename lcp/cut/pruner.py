@@ -11,10 +11,11 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.utils._pytree import tree_map_only
 
 from lcp.cut import importance as imp
 from lcp.cut.latency import median_error, paired_latency
-from lcp.cut.latency_table import LatencyTable
+from lcp.cut.latency_table import LatencyTable, timed_input_size
 from lcp.cut.options import check_budget
 from lcp.cut.ranking import Plan, plan, plan_ratios
 from lcp.cut.transforms import Transforms
@@ -202,7 +203,7 @@ def _latency_cut(
     measured ratio within the budget is returned. ``time_aware``: the walk ranks by importance per millisecond
     saved (``lcp.cut.time_aware``).
     """
-    size = tuple(graph.example_inputs[0].shape[1:])
+    size = timed_input_size(graph)
     table = table or LatencyTable.build(graph, batch=batch, device=device, n_threads=n_threads, progress=progress)
     lcost = CostModel(graph, latency=table)
     low, aim = (1 - tolerance) * budget, (1 - tolerance / 2) * budget
@@ -342,7 +343,8 @@ def train_only_modules(graph: ChannelGraph) -> list[str]:
 def _runs_in_train_mode(graph: ChannelGraph, pruned: nn.Module, untraced: list[str]) -> None:
     """Refuse a pruned network that runs in eval mode but not in train mode (a train-only branch reads channels
     that were cut). A copy runs, on a batch of at least 2, without touching the global random state."""
-    x = tuple(torch.cat([t, t]) if t.dim() and t.shape[0] == 1 else t for t in graph.example_inputs)
+    x = tree_map_only(torch.Tensor, lambda t: torch.cat([t, t]) if t.dim() and t.shape[0] == 1 else t,
+                      tuple(graph.example_inputs))  # fmt: skip
     model = copy.deepcopy(pruned).train()
     with torch.no_grad(), torch.random.fork_rng():
         try:

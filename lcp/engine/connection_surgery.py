@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import torch.fx as fx
 from torch import nn
+from torch.utils._pytree import tree_map_only
 
 from lcp.engine.cost import count_macs, count_params
 from lcp.engine.graph import retrace
@@ -120,7 +121,9 @@ def verify_connections(
 ) -> Verification:
     """Compare ``pruned`` with the masked original in float64 on random input."""
     gen = torch.Generator().manual_seed(seed)
-    inputs = tuple(torch.randn(x.shape, generator=gen, dtype=torch.float64) for x in cg.graph.example_inputs)
+    inputs = tree_map_only(
+        torch.Tensor, lambda x: torch.randn(x.shape, generator=gen, dtype=torch.float64), tuple(cg.graph.example_inputs)
+    )
     ref, handles = masked_connections(cg, keep)
     test = copy.deepcopy(pruned).double().eval()
     try:

@@ -22,6 +22,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
+from torch.utils._pytree import tree_leaves
 
 from lcp.engine.modes import modes_kept
 from lcp.engine.rules import RULES, Propagator, RuleTable
@@ -231,10 +232,15 @@ def retrace(model: nn.Module, rules: RuleTable = RULES) -> fx.GraphModule:
     return gm
 
 
+def first_tensor(example_inputs: Sequence[Any]) -> torch.Tensor | None:
+    """The first tensor among the inputs, also inside lists and dicts (its first dim is the batch)."""
+    return next((x for x in tree_leaves(tuple(example_inputs)) if isinstance(x, torch.Tensor)), None)
+
+
 def check_batch(example_inputs: Sequence[Any]) -> None:
     """Refuse example inputs whose first tensor has a batch of 0 (nothing runs, nothing can be counted)."""
-    first = example_inputs[0] if len(example_inputs) else None
-    if isinstance(first, torch.Tensor) and first.dim() > 0 and first.shape[0] == 0:
+    first = first_tensor(example_inputs)
+    if first is not None and first.dim() > 0 and first.shape[0] == 0:
         raise LcpError("example inputs need a batch of at least 1")
 
 

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 import torch.fx as fx
 from torch import nn
+from torch.utils._pytree import tree_map_only
 
 from lcp.engine.depth import depth_units, empty_groups, remove_branches
 from lcp.engine.graph import ChannelGraph, retrace
@@ -149,9 +150,10 @@ def verify(
 ) -> Verification:
     """Compare ``pruned`` with the original whose removed channels are zeroed where they enter consumers."""
     gen = torch.Generator().manual_seed(seed)
-    inputs = tuple(  # random floats; integer inputs (token ids...) are the example's own
-        torch.randn(x.shape, generator=gen, dtype=torch.float64) if x.is_floating_point() else x.clone()
-        for x in graph.example_inputs
+    inputs = tree_map_only(  # random floats, also inside lists and dicts; integer inputs (token ids...) as given
+        torch.Tensor,
+        lambda x: torch.randn(x.shape, generator=gen, dtype=torch.float64) if x.is_floating_point() else x.clone(),
+        tuple(graph.example_inputs),
     )
     ref, handles = masked_model(graph, removed)
     test = copy.deepcopy(pruned).double().eval()

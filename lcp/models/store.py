@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.utils._pytree import tree_map_only
 
 from lcp._version import __version__
 from lcp.engine.connections import ConnectionGraph
@@ -244,7 +245,7 @@ def _identity(path: Path) -> tuple[int, int] | None:
 def output_classes(model: nn.Module, example_inputs: tuple) -> int | None:
     """The width of a classifier's (N, classes) output; None for other outputs (the model's default is kept)."""
     with modes_kept(model), torch.no_grad():
-        out = model.eval()(*[torch.zeros_like(x) for x in example_inputs])
+        out = model.eval()(*tree_map_only(torch.Tensor, torch.zeros_like, tuple(example_inputs)))
     return int(out.shape[-1]) if isinstance(out, torch.Tensor) and out.dim() == 2 else None
 
 

@@ -267,6 +267,39 @@ def test_a_frozen_part_is_pruned_like_a_trainable_one() -> None:
     assert frozen.macs_base == trainable.macs_base and frozen.macs_pruned == trainable.macs_pruned
 
 
+def test_a_part_called_several_times_counts_the_macs_of_every_call() -> None:
+    """A head run once per feature level (here: once per image, two sizes) costs every call; only the first
+    call's MACs were counted, and a level called on nothing costs nothing."""
+    from lcp.engine.cost import count_macs
+
+    torch.manual_seed(0)
+    net = _ListOfImages()
+    images = [torch.randn(3, 16, 16), torch.randn(3, 24, 24)]
+    result = lcp.prune(net, (images,), budget=0.5, round_to=1)
+    assert list(result.parts) == ["backbone", "head"]
+
+    def macs(model: torch.nn.Module) -> int:
+        return sum(
+            count_macs(model.backbone, im[None]) + count_macs(model.head, model.backbone(im[None])) for im in images
+        )
+
+    with torch.no_grad():
+        assert (result.macs_base, result.macs_pruned) == (macs(net), macs(result.model))
+    assert result.macs_ratio <= 0.5
+
+    class EmptyLevel(_ListOfImages):
+        def forward(self, images: list) -> list:
+            features = [self.backbone(im[None]) for im in images]  # a loop over a list: no whole trace
+            return [self.head(features[0]), self.head(features[0][:0])]
+
+    torch.manual_seed(0)
+    net = EmptyLevel()
+    result = lcp.prune(net, ([images[0]],), budget=0.5, round_to=1)
+    x = images[0][None]
+    with torch.no_grad():
+        assert result.macs_base == count_macs(net.backbone, x) + count_macs(net.head, net.backbone(x))
+
+
 def test_check_runs_its_train_step_under_no_grad_and_on_frozen_weights() -> None:
     net = torch.nn.Sequential(
         torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.BatchNorm2d(16), torch.nn.ReLU(), torch.nn.Conv2d(16, 16, 3)

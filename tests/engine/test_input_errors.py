@@ -109,3 +109,40 @@ def test_a_failure_of_the_counting_itself_is_not_blamed_on_the_input(monkeypatch
     monkeypatch.setattr(cost._FlopCount, "__torch_dispatch__", broken)
     with pytest.raises(ZeroDivisionError, match="a formula of lcp's counter"):  # lcp's bug: a traceback to report
         lcp.count_macs(Net(), torch.zeros(1, 3, 16, 16))
+
+
+class _Nested(nn.Module):
+    """Takes its image inside a list (``key`` 0) or a dict (a multi-modal batch): torch.fx traces it whole."""
+
+    def __init__(self, key: int | str) -> None:
+        super().__init__()
+        self.key = key
+        self.body = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1))
+        self.fc = nn.Linear(16, 4)
+
+    def forward(self, batch: list | dict) -> torch.Tensor:
+        return self.fc(self.body(batch[self.key]).mean((2, 3)))
+
+
+@pytest.mark.parametrize("key", [0, "image"], ids=["list", "dict"])
+def test_inputs_inside_a_list_or_dict_prune_verify_and_check(key) -> None:
+    """Counting, verification, the train-mode and output checks read tensors inside containers (each was an
+    AttributeError traceback); a latency budget, which times one input tensor, refuses such a model in one line."""
+    from lcp.engine.cost import count_macs
+
+    def wrap(t: torch.Tensor) -> list | dict:
+        return [t] if key == 0 else {key: t}
+
+    torch.manual_seed(0)
+    model, x = _Nested(key).eval(), (wrap(torch.randn(2, 3, 16, 16)),)
+    result = lcp.prune(model, x, budget=0.6, round_to=1)
+    assert result.plan.macs_ratio <= 0.6 and result.plan.macs == count_macs(result.model, x)
+    plain = nn.Sequential(model.body)  # the same convs on the bare tensor: the same MACs per sample
+    assert result.plan.macs_base == count_macs(plain, torch.randn(2, 3, 16, 16)) + 16 * 4
+    report = lcp.check(model, x, budget=0.6)
+    assert (report.status, report.input_size) == ("ok", (3, 16, 16)), report.reason
+    with pytest.raises(lcp.LcpError) as e:
+        lcp.prune(model, x, budget=0.6, budget_type="latency")
+    assert "one input tensor; this model takes a " in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(lcp.LcpError, match="batch of at least 1"):
+        lcp.prune(model, (wrap(torch.randn(0, 3, 16, 16)),), budget=0.6)
