@@ -16,6 +16,7 @@ import torch
 
 import lcp
 from lcp.cut import importance as imp
+from lcp.cut.aligned_ratios import nearest_widths
 from lcp.cut.alignment import group_alignment
 from lcp.cut.ranking import plan_ratios
 from lcp.engine.cost import CostModel
@@ -50,8 +51,8 @@ def main() -> None:
                 ).mean()
                 for r in profiles
             ]
-            align = group_alignment(sizes, rt)
-            nearest = np.mean([np.abs(np.rint(r * sizes / align) * align / sizes - r).mean() for r in profiles])
+            align, floors = group_alignment(sizes, rt), graph.floors(0.1, 2)
+            nearest = np.mean([np.abs(nearest_widths(r, sizes, align, floors) / sizes - r).mean() for r in profiles])
             print(
                 f"{name} round_to={rt:2d}: mean |kept - asked| per group, 40 random episodes at 0.5: {np.mean(off):.3f}"
                 f" (the nearest aligned widths, budget aside: {nearest:.3f})"

@@ -37,9 +37,8 @@ def aligned_ratio_cut(
     for g in graph.groups:
         idx = np.asarray(g.units, dtype=np.int64)
         orders.append(idx[np.lexsort((idx, scores[idx]))])  # lowest scores first
-    lowest = np.minimum(sizes, -(-np.asarray(floor, dtype=np.int64) // align) * align)
-    nearest = np.rint(np.asarray(ratios) * sizes / align).astype(np.int64) * align
-    keep = np.clip(nearest, lowest, sizes)
+    lowest = aligned_floor(sizes, align, floor)
+    keep = nearest_widths(ratios, sizes, align, floor)
     removed = np.zeros(len(graph.units), dtype=bool)
     cost.reset()
     for g in range(len(sizes)):
@@ -58,10 +57,7 @@ def aligned_ratio_cut(
         if not movable:
             value = cost.value(metric) / cost.base(metric)
             cost.reset()
-            raise UnreachableBudget(
-                f"budget cannot be met at these keep ratios with aligned widths: the lowest reachable is {value:.4f}",
-                value,
-            )
+            raise UnreachableBudget(f"the lowest reachable is {value:.4f}", value)  # plan_ratios says more
         g = max(movable, key=lambda g: (keep[g] / sizes[g] - ratios[g], -g))
         keep[g] = _set_width(cost, orders[g], removed, int(keep[g]), down(g))
     grown = True
@@ -77,6 +73,20 @@ def aligned_ratio_cut(
                 break
             _set_width(cost, orders[g], removed, up(g), was)
     return removed
+
+
+def aligned_floor(sizes: np.ndarray, align: np.ndarray, floor: np.ndarray) -> np.ndarray:
+    """Each group's narrowest allowed width: its floor rounded up to its alignment (at most its size)."""
+    return np.minimum(sizes, -(-np.asarray(floor, dtype=np.int64) // align) * align)
+
+
+def nearest_widths(ratios: np.ndarray, sizes: np.ndarray, align: np.ndarray, floor: np.ndarray) -> np.ndarray:
+    """Each group's allowed width (a multiple of its alignment, or whole; at least its aligned floor) nearest its
+    asked ratio: where ``aligned_ratio_cut`` starts."""
+    asked = np.asarray(ratios) * sizes
+    nearest = np.rint(asked / align).astype(np.int64) * align
+    nearest = np.where(sizes - asked < np.abs(nearest - asked), sizes, nearest)  # whole, when it is nearer
+    return np.clip(nearest, aligned_floor(sizes, align, floor), sizes)
 
 
 def _set_width(cost: CostModel, order: np.ndarray, removed: np.ndarray, kept: int, keep: int) -> int:

@@ -201,8 +201,8 @@ def check(
         example_inputs = (example_inputs,)
     example_inputs = tuple(example_inputs)
     first = first_tensor(example_inputs)  # also inside a list or dict; a detector's list holds unbatched images
-    detector = isinstance(example_inputs[0], (list, tuple)) and first is not None and first.dim() == 3
-    size = () if first is None else tuple(first.shape if detector else first.shape[1:])
+    unbatched = first is not None and first.dim() == 3 and isinstance(example_inputs[0], (list, tuple))
+    size = () if first is None else tuple(first.shape if unbatched else first.shape[1:])
     rep = CheckReport(model=name, status="ok", budget=budget, input_size=size)
     graph = None
     try:

@@ -36,7 +36,8 @@ from lcp.errors import LcpError, UnreachableBudget
 @dataclass
 class Part:
     """A traceable submodule: its dotted name, the module, the inputs of its first call (traced and verified on),
-    its graph, and every call's inputs (a head run once per feature level: its MACs are those of every call)."""
+    its graph, and every call's inputs, the later ones as meta tensors (a head run once per feature level: its
+    MACs are those of every call)."""
 
     name: str
     module: nn.Module
@@ -68,12 +69,14 @@ class PartsResult:
 
 
 def _calls(model: nn.Module, example_inputs: tuple) -> dict[str, list[tuple]]:
-    """What every submodule is called with, call by call, when ``model`` runs on ``example_inputs`` (eval, no
-    grad)."""
+    """What every submodule is called with when ``model`` runs on ``example_inputs`` (eval, no grad): the first
+    call's arguments, then every later call's as meta tensors (their shapes: what MACs depend on, no memory)."""
     seen: dict[str, list[tuple]] = {}
 
     def record(name: str) -> Callable[[nn.Module, tuple], None]:
         def hook(module: nn.Module, args: tuple) -> None:  # returns None: the call's inputs stay as they are
+            if name in seen:
+                args = tuple(a.to("meta") if isinstance(a, torch.Tensor) else a for a in args)
             seen.setdefault(name, []).append(args)
 
         return hook
@@ -172,6 +175,8 @@ def prune_parts(
             raise UnreachableBudget(f"part {part.name}: {e}", e.lowest) from None
         results[part.name] = res
         for args in part.calls or (part.inputs,):
+            args = tuple(torch.zeros(a.shape, dtype=a.dtype, device=part.inputs[0].device) if a.is_meta else a
+                         for a in args)  # fmt: skip
             n = args[0].shape[0] if args[0].dim() else 1
             macs_base += count_macs(part.module, args) * n
             macs_pruned += count_macs(res.model, args) * n

@@ -262,9 +262,16 @@ def plan_ratios(
     walker = Walker(graph, cost, min_ratio=min_ratio, min_channels=min_channels, round_to=round_to)
     target = budget * cost.base(budget_type)
     if walker.round_to > 1:  # one factor on every ratio would spread the rounding over every group
-        removed = aligned_ratio_cut(
-            graph, cost, scores, r, align=walker.align, floor=walker.floor, target=target, metric=budget_type
-        )
+        try:
+            removed = aligned_ratio_cut(
+                graph, cost, scores, r, align=walker.align, floor=walker.floor, target=target, metric=budget_type
+            )
+        except UnreachableBudget as e:
+            raise UnreachableBudget(
+                f"budget cannot be met with these aligned widths: the lowest reachable is {e.lowest:.4f} "
+                f"({_frozen_hint(graph, min_ratio)})",
+                e.lowest,
+            ) from None
     else:
         removed = _uniform(graph, cost, walker, scores, target, budget_type, r)
     macs, params = cost.macs, cost.params

@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
-from lcp.engine.graph import ChannelGraph, check_batch, first_tensor, run_failure
+from lcp.engine.graph import ChannelGraph, check_batch, input_batch, run_failure
 from lcp.engine.layers import LAYERS
 from lcp.engine.modes import modes_kept
 from lcp.engine.types import Record
@@ -28,8 +28,8 @@ from lcp.errors import LcpError
 
 
 def count_macs(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor]) -> int:
-    """Multiply-accumulates of one forward pass, per sample of the batch (the first dim of the first tensor in
-    the inputs, also inside a list or dict; see module docstring).
+    """Multiply-accumulates of one forward pass, per sample of the batch (``graph.input_batch``: a list of
+    unbatched images counts as one sample; see module docstring).
 
     Counted with the formulas of ``torch.utils.flop_counter`` (FLOPs / 2, what ``FlopCounterMode`` reports; a
     lean dispatch mode without its per-module bookkeeping, several times faster), in eval mode without
@@ -41,8 +41,7 @@ def count_macs(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.T
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
     check_batch(example_inputs)
-    first = first_tensor(example_inputs)
-    batch = int(first.shape[0]) if first is not None and first.dim() > 0 else 1
+    batch = input_batch(example_inputs)
     fastpath = _mha_fastpath(None)
     counter = _FlopCount()
     try:

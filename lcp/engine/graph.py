@@ -237,6 +237,15 @@ def first_tensor(example_inputs: Sequence[Any]) -> torch.Tensor | None:
     return next((x for x in tree_leaves(tuple(example_inputs)) if isinstance(x, torch.Tensor)), None)
 
 
+def input_batch(example_inputs: Sequence[Any]) -> int:
+    """The batch the inputs hold: the first dim of their first tensor (also inside a list or dict), or 1 when it
+    is the first of a list of 3-D tensors (read as a detector's unbatched images) or there is none."""
+    first = first_tensor(example_inputs)
+    if first is None or first.dim() == 0 or (isinstance(example_inputs[0], (list, tuple)) and first.dim() == 3):
+        return 1
+    return int(first.shape[0])
+
+
 def check_batch(example_inputs: Sequence[Any]) -> None:
     """Refuse example inputs whose first tensor has a batch of 0 (nothing runs, nothing can be counted)."""
     first = first_tensor(example_inputs)

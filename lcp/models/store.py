@@ -137,6 +137,12 @@ def save(result: Any, out_dir: str | Path, *, model_name: str | None = None, ove
             "(result.model): fine-tune it there and save its state_dict, or export it with torch.export"
         )
     graph = result.graph
+    inputs = graph.example_inputs
+    if len(inputs) != 1 or not isinstance(inputs[0], torch.Tensor) or inputs[0].dim() != 4:
+        raise LcpError(
+            "lcp.save keeps models that take one image batch (N, C, H, W); this one was pruned on other inputs: "
+            "save result.model's state_dict, or export it with torch.export"
+        )
     name = model_name or getattr(graph.model, "lcp_name", None)
     if name is None:
         raise LcpError("lcp.save needs model_name= (the lcp.create_model name of the original model)")

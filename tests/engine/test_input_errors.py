@@ -125,7 +125,7 @@ class _Nested(nn.Module):
 
 
 @pytest.mark.parametrize("key", [0, "image"], ids=["list", "dict"])
-def test_inputs_inside_a_list_or_dict_prune_verify_and_check(key) -> None:
+def test_inputs_inside_a_list_or_dict_prune_verify_and_check(key, tmp_path) -> None:
     """Counting, verification, the train-mode and output checks read tensors inside containers (each was an
     AttributeError traceback); a latency budget, which times one input tensor, refuses such a model in one line."""
     from lcp.engine.cost import count_macs
@@ -146,3 +146,23 @@ def test_inputs_inside_a_list_or_dict_prune_verify_and_check(key) -> None:
     assert "one input tensor; this model takes a " in str(e.value) and "\n" not in str(e.value)
     with pytest.raises(lcp.LcpError, match="batch of at least 1"):
         lcp.prune(model, (wrap(torch.randn(0, 3, 16, 16)),), budget=0.6)
+    with pytest.raises(lcp.LcpError, match=r"one image batch \(N, C, H, W\)"):  # channels.json records C H W
+        lcp.save(result, tmp_path / "saved", model_name="resnet20")
+    assert not (tmp_path / "saved").exists()
+
+
+def test_a_list_of_unbatched_images_is_counted_as_one_call() -> None:
+    """A detector's input, a list of C x H x W images, is one sample (the whole call), not a batch of C."""
+    from lcp.engine.cost import count_macs
+
+    class Images(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3)
+
+        def forward(self, images: list) -> list:
+            return [self.conv(im[None]) for im in images]
+
+    model, image = Images(), torch.randn(3, 10, 10)
+    one = count_macs(model.conv, image[None])
+    assert count_macs(model, ([image],)) == one and count_macs(model, ([image, image],)) == 2 * one

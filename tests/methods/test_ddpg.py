@@ -125,6 +125,27 @@ def test_plan_ratios_at_aligned_widths_keeps_what_the_agent_asked():
     assert np.mean(off) < 0.09
 
 
+def test_plan_ratios_at_aligned_widths_keeps_a_group_asked_whole_of_any_width():
+    """An 18-channel group (multiples of 4) asked to stay whole keeps 18, not the nearest multiple, 16; a budget
+    below the aligned floors is one line naming them."""
+    torch.manual_seed(0)
+    c = torch.nn.Conv2d
+    model = torch.nn.Sequential(c(3, 18, 3, padding=1), torch.nn.ReLU(), c(18, 32, 3, padding=1), torch.nn.ReLU(),
+                                c(32, 32, 3, padding=1), torch.nn.Flatten(), torch.nn.LazyLinear(10))  # fmt: skip
+    model(torch.zeros(1, 3, 8, 8))
+    graph = build_graph(model.eval(), torch.zeros(1, 3, 8, 8))
+    cost = CostModel(graph)
+    scores = imp.unit_scores(graph, imp.filter_scores(graph, "l2"), "mean")
+    sizes = np.array([len(g.units) for g in graph.groups])
+    ratios = np.where(sizes == 18, 1.0, 0.5)
+    for budget in (0.5, 0.7):
+        p = plan_ratios(graph, cost, scores, ratios, budget=budget, round_to=16)
+        assert p.macs_ratio <= budget and kept_per_group(graph, p.removed)[sizes == 18].tolist() == [18]
+    with pytest.raises(LcpError) as e:
+        plan_ratios(graph, cost, scores, ratios, budget=0.01, round_to=16)
+    assert "the lowest reachable is" in str(e.value) and "--min-ratio" in str(e.value)
+
+
 def test_ratio_cost_is_exact_on_whole_channels(tiny):
     graph, cost, scores = tiny
     rng = np.random.default_rng(0)
