@@ -398,3 +398,20 @@ def load_script(path: Path, name: str):
     sys.modules[name] = mod
     spec.loader.exec_module(mod)
     return mod
+
+
+def damage_search_state(path: Path, *, as_list: bool = False, tensor: str = "", key: str = "") -> None:
+    """Damage a saved search state (``lcp.io.save_tensors`` with a JSON ``state``) for a resume test: replace the
+    state by a list, or drop one ``tensor``, or drop the state's ``key``."""
+    import json
+
+    from lcp.io import load_tensor_metadata, load_tensors, save_tensors
+
+    tensors, state = load_tensors(path), json.loads(load_tensor_metadata(path)["state"])
+    if as_list:
+        state = []
+    elif tensor:
+        tensors = {k: v for k, v in tensors.items() if k != tensor}
+    else:
+        state.pop(key)
+    save_tensors(tensors, path, metadata={"state": json.dumps(state)})

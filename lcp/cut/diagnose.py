@@ -29,7 +29,7 @@ from torch.utils._pytree import tree_map_only
 from lcp.cut.parts import prune_parts
 from lcp.cut.pruner import prune_graph
 from lcp.engine.depth import depth_units
-from lcp.engine.graph import ChannelGraph, NoMatch, UntraceableModel, build_graph, first_tensor
+from lcp.engine.graph import ChannelGraph, NoMatch, UntraceableModel, build_graph, sample_shape
 from lcp.engine.modes import modes_kept
 from lcp.errors import LcpError, UnreachableBudget
 
@@ -200,10 +200,7 @@ def check(
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
     example_inputs = tuple(example_inputs)
-    first = first_tensor(example_inputs)  # also inside a list or dict; a detector's list holds unbatched images
-    unbatched = first is not None and first.dim() == 3 and isinstance(example_inputs[0], (list, tuple))
-    size = () if first is None else tuple(first.shape if unbatched else first.shape[1:])
-    rep = CheckReport(model=name, status="ok", budget=budget, input_size=size)
+    rep = CheckReport(model=name, status="ok", budget=budget, input_size=sample_shape(example_inputs))
     graph = None
     try:
         graph = build_graph(model, example_inputs, ignore=ignore)

@@ -237,13 +237,26 @@ def first_tensor(example_inputs: Sequence[Any]) -> torch.Tensor | None:
     return next((x for x in tree_leaves(tuple(example_inputs)) if isinstance(x, torch.Tensor)), None)
 
 
+def _unbatched(example_inputs: Sequence[Any], first: torch.Tensor) -> bool:
+    """A list of 3-D tensors: a detector's unbatched images."""
+    return isinstance(example_inputs[0], (list, tuple)) and first.dim() == 3
+
+
 def input_batch(example_inputs: Sequence[Any]) -> int:
     """The batch the inputs hold: the first dim of their first tensor (also inside a list or dict), or 1 when it
     is the first of a list of 3-D tensors (read as a detector's unbatched images) or there is none."""
     first = first_tensor(example_inputs)
-    if first is None or first.dim() == 0 or (isinstance(example_inputs[0], (list, tuple)) and first.dim() == 3):
+    if first is None or first.dim() == 0 or _unbatched(example_inputs, first):
         return 1
     return int(first.shape[0])
+
+
+def sample_shape(example_inputs: Sequence[Any]) -> tuple[int, ...]:
+    """The shape of one sample of the first tensor among the inputs (``input_batch``'s reading); () for none."""
+    first = first_tensor(example_inputs)
+    if first is None:
+        return ()
+    return tuple(first.shape if _unbatched(example_inputs, first) else first.shape[1:])
 
 
 def check_batch(example_inputs: Sequence[Any]) -> None:

@@ -311,24 +311,19 @@ def test_taylor_importance_with_a_learning_method(method):
     assert res.verification.ok and res.plan.macs_ratio <= 0.6
 
 
-@pytest.mark.parametrize("damage", ["a list", "no generator state", "no baseline variance"])
+@pytest.mark.parametrize(
+    "damage",
+    [{"as_list": True}, {"tensor": "gen_state"}, {"key": "var"}],
+    ids=["a list", "no generator state", "no baseline variance"],
+)
 def test_a_damaged_controller_state_is_one_line_on_resume(tmp_path, damage) -> None:
-    import json
-
-    from lcp.io import load_tensor_metadata, load_tensors, save_tensors
+    from tests.helpers import damage_search_state
 
     cg = build(tiny_densenet(), torch.zeros(1, 3, 16, 16))
     _, evaluate = match_toy(cg, 0.6)
     cfg, path = ControllerConfig(episodes=3), tmp_path / "ctl.safetensors"
     search_connections(cg, evaluate, budget=0.6, cfg=cfg, state_path=path, progress=False)
-    tensors, st = load_tensors(path), json.loads(load_tensor_metadata(path)["state"])
-    if damage == "a list":
-        st = []
-    elif damage == "no generator state":
-        tensors = {k: v for k, v in tensors.items() if k != "gen_state"}
-    else:
-        st.pop("var")
-    save_tensors(tensors, path, metadata={"state": json.dumps(st)})
+    damage_search_state(path, **damage)
     with pytest.raises(LcpError, match="delete it or start without --resume"):
         search_connections(cg, evaluate, budget=0.6, cfg=cfg, state_path=path, resume=True, progress=False)
 

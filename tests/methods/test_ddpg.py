@@ -474,27 +474,21 @@ def test_cli_amc_on_labelled_folder(tiny_folder, resnet20_ckpt, tmp_path):
     assert_one_line_error(latency, "method amc takes --budget-type macs or params, not latency")
 
 
-@pytest.mark.parametrize("damage", ["a list", "no replay rewards", "no history"])
+@pytest.mark.parametrize(
+    "damage",
+    [{"as_list": True}, {"tensor": "mem.r"}, {"key": "history"}],
+    ids=["a list", "no replay rewards", "no history"],
+)
 def test_a_damaged_agent_state_is_one_line_on_resume(tmp_path, damage) -> None:
-    import json
-
-    from lcp.io import load_tensor_metadata, load_tensors, save_tensors
     from lcp.methods.ddpg import AgentConfig, Env, quadratic_toy, run_agent
-    from tests.helpers import tiny_graph
+    from tests.helpers import damage_search_state, tiny_graph
 
     graph, cost, _ = tiny_graph()
     env = Env(graph, cost, budget=0.5, budget_type="macs", min_ratio=0.1)
     _, reward = quadratic_toy(env, 0)
     cfg, path = AgentConfig(episodes=3, warmup=1, batch_size=8), tmp_path / "agent.safetensors"
     run_agent(env, reward, cfg, seed=0, state_path=path, progress=False)
-    tensors, st = load_tensors(path), json.loads(load_tensor_metadata(path)["state"])
-    if damage == "a list":
-        st = []
-    elif damage == "no replay rewards":
-        tensors = {k: v for k, v in tensors.items() if k != "mem.r"}
-    else:
-        st.pop("history")
-    save_tensors(tensors, path, metadata={"state": json.dumps(st)})
+    damage_search_state(path, **damage)
     with pytest.raises(LcpError, match="delete it or start without --resume"):
         run_agent(env, reward, cfg, seed=0, state_path=path, resume=True, progress=False)
 
