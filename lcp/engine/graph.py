@@ -353,7 +353,7 @@ def build_graph(
                     shapes.propagate(*example_inputs)
             except Exception as e:
                 raise run_failure(model, example_inputs, e, shapes.where) from None
-        prop = Propagator(gm, table)
+        prop = Propagator(gm, table, batch=input_batch(example_inputs))
         prop.run()
         layers = [rec for rec in prop.records if rec.kind.has_filters]
         for pattern in ignore if strict else ():

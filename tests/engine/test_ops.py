@@ -23,6 +23,7 @@ from torch import nn
 
 import lcp
 from lcp.engine import Chan, LayerKind
+from lcp.engine.cost import CostModel
 from lcp.engine.graph import floor_keep
 from lcp.errors import LcpError, UnreachableBudget
 from tests.helpers import assert_refusal, prune_and_check
@@ -1611,3 +1612,52 @@ def test_constant_channel_reshapes_and_channel_norms_are_frozen_not_broken(cls):
     torch.manual_seed(0)
     res = prune_and_check(cls(), torch.zeros(1, 3, 12, 12), budget=0.6)
     assert res.verification.ok and res.plan.macs_ratio <= 0.6
+
+
+# ------------------------------------------------------------------------------------ frames folded into the batch
+
+
+class FoldedFrames(nn.Module):
+    """A 2-D network run on every frame of a clip (N, T, C, H, W): frames folded into the batch, per-frame
+    features unfolded again and averaged over time (TSN-style video classification)."""
+
+    def __init__(self, fold: str = "flatten") -> None:
+        super().__init__()
+        self.fold = fold
+        self.c1, self.b1 = nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16)
+        self.c2, self.b2 = nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32)
+        self.frame_fc = nn.Linear(32, 24)
+        self.fc = nn.Linear(24, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, t = x.shape[:2]
+        y = x.flatten(0, 1) if self.fold == "flatten" else x.reshape(n * t, x.size(2), x.size(3), x.size(4))
+        y = F.relu(self.b2(self.c2(F.relu(self.b1(self.c1(y))))))
+        y = F.adaptive_avg_pool2d(y, 1).flatten(1)  # (N T, 32)
+        y = F.relu(self.frame_fc(y)).view(n, t, -1)  # (N, T, 24)
+        return self.fc(y.mean(1))
+
+
+@pytest.mark.parametrize("fold", ["flatten", "reshape"])
+def test_frames_folded_into_the_batch_are_pruned_and_counted_per_clip(fold):
+    """Both were refused ("conv input channels are not on dim 1", "reshape that moves or splits the
+    channels"), and every layer was costed for one frame of the T a clip holds."""
+    torch.manual_seed(0)
+    model, x = FoldedFrames(fold).eval(), torch.randn(2, 4, 3, 12, 12)
+    graph = lcp.build_graph(model, x)
+    assert [g.name for g in graph.groups] == ["c1", "c2", "frame_fc"]
+    assert CostModel(graph).macs_const == 0  # every MAC of a clip lies in a tracked layer
+    res = prune_and_check(model, x, budget=0.5, round_to=1)
+    m = mods(res.model)
+    assert m["c1"].in_channels == 3
+    assert m["c1"].out_channels < 16 and m["c2"].out_channels < 32
+    assert m["c2"].out_channels == m["frame_fc"].in_features
+
+
+@pytest.mark.parametrize("n,t", [(1, 1), (1, 3), (2, 3)])
+def test_a_per_frame_layer_costs_every_frame_of_a_clip(n, t):
+    """The layers' costs add up to the clip's MACs (a layer was costed for one frame: 2/3 of a 3-frame clip's
+    MACs looked unprunable)."""
+    model, x = FoldedFrames().eval(), torch.randn(n, t, 3, 12, 12)
+    cost = CostModel(lcp.build_graph(model, x))
+    assert cost.macs_base == lcp.count_macs(model, x) and cost.macs_const == 0

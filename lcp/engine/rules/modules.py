@@ -166,7 +166,7 @@ def conv_rule(prop: Propagator, node: fx.Node, m: nn.Module, x: Any) -> Any:
         x = Chan(1, prop.uf.new(m.in_channels, frozen=f"input of {node.target} comes from an untracked op"))
     if not (isinstance(x, Chan) and x.dim == 1 and len(x.ids) == m.in_channels):
         return prop.unknown(node, "conv input channels are not on dim 1")
-    spatial = int(math.prod(shape[2:])) if isinstance(shape, tuple) else 1
+    spatial = prop.per_sample(shape, int(math.prod(shape[2:]))) if isinstance(shape, tuple) else 1
     return _conv_like(prop, str(node.target), m, x, LayerKind.CONV, spatial)
 
 
@@ -177,7 +177,7 @@ def conv_transpose_rule(prop: Propagator, node: fx.Node, m: nn.Module, x: Any) -
     if not (isinstance(x, Chan) and x.dim == 1 and len(x.ids) == m.in_channels) or len(node.args) != 1:
         return prop.unknown(node, "transposed conv input channels are not on dim 1 (or an output_size is given)")
     in_shape = prop.shape(node.args[0])
-    spatial = int(math.prod(in_shape[2:])) if isinstance(in_shape, tuple) else 1
+    spatial = prop.per_sample(in_shape, int(math.prod(in_shape[2:]))) if isinstance(in_shape, tuple) else 1
     return _conv_like(prop, str(node.target), m, x, LayerKind.CONV_TRANSPOSE, spatial)
 
 
@@ -193,14 +193,15 @@ def cond_conv_rule(prop: Propagator, node: fx.Node, m: nn.Module, x: Any) -> Any
     if not (isinstance(x, Chan) and x.dim == 1 and len(x.ids) == m.in_channels and isinstance(shape, tuple)):
         return prop.unknown(node, "CondConv2d input channels are not on dim 1")
     rec = prop.get_record(str(node.target))
-    out = _conv_like(prop, str(node.target), m, x, LayerKind.COND_CONV, int(math.prod(shape[2:])))
+    spatial = prop.per_sample(shape, int(math.prod(shape[2:])))
+    out = _conv_like(prop, str(node.target), m, x, LayerKind.COND_CONV, spatial)
     if rec is None:
         prop.get_record(str(node.target)).extra["experts"] = int(m.num_experts)
     return out
 
 
 def linear_rule(prop: Propagator, node: fx.Node, m: nn.Module, x: Any) -> Any:
-    """A linear layer on the last dim (tokens: every other dim but the batch)."""
+    """A linear layer on the last dim (tokens: every other dim, per model sample)."""
     shape = prop.shape(node)
     if (
         isinstance(x, Chan)
@@ -216,7 +217,7 @@ def linear_rule(prop: Propagator, node: fx.Node, m: nn.Module, x: Any) -> Any:
     ):
         return prop.unknown(node, "linear input features are not the tracked last dimension")
     name = str(node.target)
-    tokens = int(math.prod(shape[1:-1])) if len(shape) > 2 else 1
+    tokens = prop.per_sample(shape, int(math.prod(shape[1:-1])) if len(shape) > 2 else 1)
     rec = prop.get_record(name)
     if rec is not None:
         prop.uf.union_arrays(rec.in_ids, x.ids)

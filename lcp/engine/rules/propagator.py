@@ -87,8 +87,9 @@ class Propagator:
     (channel-indexed state that cost and surgery handle), ``uf`` (new ids, unions) and ``shape`` / ``val``.
     """
 
-    def __init__(self, gm: fx.GraphModule, rules: RuleTable = RULES):
+    def __init__(self, gm: fx.GraphModule, rules: RuleTable = RULES, batch: int = 1):
         self.gm = gm
+        self.batch = max(1, batch)  # the model's samples (``graph.input_batch``): costs are counted per sample
         self.rules = rules
         self.modules = dict(gm.named_modules())
         self.uf = UnionFind()
@@ -139,6 +140,13 @@ class Propagator:
         """Output shape of ``node`` (see ``meta_shapes``)."""
         return meta_shapes(node)
 
+    def per_sample(self, shape: Any, positions: int) -> int:
+        """``positions`` per item of an op's leading dim, as positions per model sample: a layer that sees
+        more items than the model has samples (frames folded into the batch, a detector's images or regions)
+        costs that many times more per sample."""
+        items = shape[0] if isinstance(shape, tuple) and len(shape) >= 2 and isinstance(shape[0], int) else self.batch
+        return max(1, round(positions * items / self.batch))
+
     def passthrough(self, node: fx.Node, x: Any) -> Any:
         """The ids of ``x`` pass unchanged (the op is per channel and keeps the channel dimension)."""
         if isinstance(x, Chan):
@@ -167,6 +175,11 @@ class Propagator:
             return x
         if x.dim > e:
             return Chan(x.dim - (e - s), x.ids)
+        reason = self.uf.is_frozen(int(x.ids[0])) if len(x.ids) else None
+        if reason is not None and all(self.uf.is_frozen(int(i)) for i in x.ids):
+            # channels kept whole anyway (a model input): the merged tensor's channels are its dim 1 again, as
+            # when frames (N, T, C, H, W) are folded into the batch for a 2-D network
+            return self.fresh_like(node, meta_shapes(node), frozen=reason)
         inner = int(math.prod(in_shape[x.dim + 1 : e + 1]))
         outer = int(math.prod(in_shape[s : x.dim]))
         return Chan(s, np.tile(np.repeat(x.ids, inner), outer))

@@ -148,7 +148,7 @@ def _channel_index(prop: Propagator, node: fx.Node, x: Chan, pos: int, i: Any, o
 
 
 def reshape(prop: Propagator, node: fx.Node, name: str, x: Any) -> Any:
-    """view / reshape: merging dims is a flatten; splitting dims after the channel dim keeps it."""
+    """view / reshape: merging dims is a flatten; splitting dims before or after the channel dim keeps it."""
     shape = prop.shape(node)
     in_shape = meta_shapes(node.args[0])
     if not isinstance(x, Chan) or not isinstance(shape, tuple):
@@ -173,6 +173,15 @@ def reshape(prop: Propagator, node: fx.Node, name: str, x: Any) -> Any:
     # splitting dims after the channel dim (N, C, HW) -> (N, C, H, W)
     if shape[: x.dim + 1] == in_shape[: x.dim + 1] and len(x.ids) not in const:
         return x
+    # splitting dims before it (N T, C) -> (N, T, C): frames folded into the batch, unfolded again
+    moved = len(shape) - len(in_shape) + x.dim
+    if (
+        moved > x.dim
+        and shape[moved:] == in_shape[x.dim :]
+        and math.prod(shape[:moved]) == math.prod(in_shape[: x.dim])
+        and len(x.ids) not in const
+    ):
+        return Chan(moved, x.ids)
     return prop.unknown(node, "reshape that moves or splits the channels")
 
 
