@@ -1661,3 +1661,38 @@ def test_a_per_frame_layer_costs_every_frame_of_a_clip(n, t):
     model, x = FoldedFrames().eval(), torch.randn(n, t, 3, 12, 12)
     cost = CostModel(lcp.build_graph(model, x))
     assert cost.macs_base == lcp.count_macs(model, x) and cost.macs_const == 0
+
+
+class ReshapedInput(nn.Module):
+    """A model input given its channel dim by the model: a signal (N, L) viewed as (N, 1, L) for a Conv1d
+    (``view`` or ``unsqueeze``), a grey image (N, H, W) reshaped to (N, 1, H, W) for a Conv2d."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        conv, norm = (nn.Conv2d, nn.BatchNorm2d) if how == "grey" else (nn.Conv1d, nn.BatchNorm1d)
+        self.c1, self.b1 = conv(1, 8, 3, padding=1), norm(8)
+        self.c2, self.b2 = conv(8, 16, 3, padding=1), norm(16)
+        self.fc = nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.how == "grey":
+            n, h, w = x.shape
+            y = x.reshape(n, 1, h, w)
+        else:
+            n, length = x.shape
+            y = x.view(n, 1, length) if self.how == "view" else x.unsqueeze(1)
+        y = F.relu(self.b2(self.c2(F.relu(self.b1(self.c1(y))))))
+        return self.fc(y.flatten(2).mean(2))
+
+
+@pytest.mark.parametrize("how", ["view", "unsqueeze", "grey"])
+def test_a_reshaped_model_input_leaves_the_first_conv_prunable(how):
+    """The first conv's filters were frozen ("conv input channels are not on dim 1": the input's kept-whole ids
+    moved to dim 2)."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 12, 12) if how == "grey" else torch.randn(2, 64)
+    graph = lcp.build_graph(ReshapedInput(how).eval(), x)
+    assert [g.name for g in graph.groups] == ["c1", "c2"] and not graph.frozen_ops
+    res = prune_and_check(ReshapedInput(how).eval(), x, budget=0.5, round_to=1)
+    assert mods(res.model)["c1"].in_channels == 1 and mods(res.model)["c1"].out_channels < 8

@@ -124,6 +124,15 @@ def is_elementwise_module(m: nn.Module) -> bool:
 # Rules
 
 
+def _kept_whole_elsewhere(prop: Propagator, x: Any, dim: int) -> Any:
+    """``None`` (an untracked input) for a tensor tracked on another dim than the layer's channel ``dim`` whose
+    channels are all kept whole anyway: a model input reshaped (a signal (N, L) viewed as (N, 1, L), tokens
+    (N, T, F) read by a linear): the layer's own input channels are then fresh frozen ids, its outputs prunable."""
+    if isinstance(x, Chan) and x.dim != dim and all(prop.uf.is_frozen(int(i)) for i in x.ids):
+        return None
+    return x
+
+
 def _conv_like(prop: Propagator, name: str, m: nn.Module, x: Chan, kind: LayerKind, spatial: int) -> Chan:
     """The ids of a conv or transposed conv (dense, depthwise with a channel multiplier, grouped) fed ``x``."""
     rec = prop.get_record(name)
@@ -162,6 +171,7 @@ def _conv_like(prop: Propagator, name: str, m: nn.Module, x: Chan, kind: LayerKi
 def conv_rule(prop: Propagator, node: fx.Node, m: nn.Module, x: Any) -> Any:
     """A conv (dense, depthwise with a channel multiplier, grouped): consumes input ids, makes one id per filter."""
     shape = prop.shape(node)
+    x = _kept_whole_elsewhere(prop, x, 1)
     if x is None:  # input from an untracked op: its channels stay, the filters are still prunable
         x = Chan(1, prop.uf.new(m.in_channels, frozen=f"input of {node.target} comes from an untracked op"))
     if not (isinstance(x, Chan) and x.dim == 1 and len(x.ids) == m.in_channels):
@@ -172,6 +182,7 @@ def conv_rule(prop: Propagator, node: fx.Node, m: nn.Module, x: Any) -> Any:
 
 def conv_transpose_rule(prop: Propagator, node: fx.Node, m: nn.Module, x: Any) -> Any:
     """A transposed conv (dense, depthwise, grouped): like a conv, with its cost counted per input position."""
+    x = _kept_whole_elsewhere(prop, x, 1)
     if x is None:
         x = Chan(1, prop.uf.new(m.in_channels, frozen=f"input of {node.target} comes from an untracked op"))
     if not (isinstance(x, Chan) and x.dim == 1 and len(x.ids) == m.in_channels) or len(node.args) != 1:
@@ -187,6 +198,7 @@ def cond_conv_rule(prop: Propagator, node: fx.Node, m: nn.Module, x: Any) -> Any
     if len(node.args) != 2 or node.kwargs:
         return prop.unknown(node, "CondConv2d called without (x, routing_weights)")
     prop.freeze(node, prop.val(node.args[1]), "routing weights of a CondConv2d (its experts are kept whole)")
+    x = _kept_whole_elsewhere(prop, x, 1)
     if x is None:
         x = Chan(1, prop.uf.new(m.in_channels, frozen=f"input of {node.target} comes from an untracked op"))
     shape = prop.shape(node)
@@ -203,13 +215,8 @@ def cond_conv_rule(prop: Propagator, node: fx.Node, m: nn.Module, x: Any) -> Any
 def linear_rule(prop: Propagator, node: fx.Node, m: nn.Module, x: Any) -> Any:
     """A linear layer on the last dim (tokens: every other dim, per model sample)."""
     shape = prop.shape(node)
-    if (
-        isinstance(x, Chan)
-        and isinstance(shape, tuple)
-        and x.dim != len(shape) - 1
-        and all(prop.uf.is_frozen(int(i)) for i in x.ids)
-    ):
-        x = None  # e.g. a model input of tokens (batch, tokens, features): its tracked dim is not this one's
+    if isinstance(shape, tuple):
+        x = _kept_whole_elsewhere(prop, x, len(shape) - 1)
     if x is None and isinstance(shape, tuple):
         x = Chan(len(shape) - 1, prop.uf.new(m.in_features, frozen=f"input of {node.target} is untracked"))
     if not (

@@ -175,11 +175,6 @@ class Propagator:
             return x
         if x.dim > e:
             return Chan(x.dim - (e - s), x.ids)
-        reason = self.uf.is_frozen(int(x.ids[0])) if len(x.ids) else None
-        if reason is not None and all(self.uf.is_frozen(int(i)) for i in x.ids):
-            # channels kept whole anyway (a model input): the merged tensor's channels are its dim 1 again, as
-            # when frames (N, T, C, H, W) are folded into the batch for a 2-D network
-            return self.fresh_like(node, meta_shapes(node), frozen=reason)
         inner = int(math.prod(in_shape[x.dim + 1 : e + 1]))
         outer = int(math.prod(in_shape[s : x.dim]))
         return Chan(s, np.tile(np.repeat(x.ids, inner), outer))
