@@ -124,12 +124,14 @@ def is_elementwise_module(m: nn.Module) -> bool:
 # Rules
 
 
-def _kept_whole_elsewhere(prop: Propagator, x: Any, dim: int) -> Any:
-    """``None`` (an untracked input) for a tensor tracked on another dim than the layer's channel ``dim`` whose
-    channels are all kept whole anyway: a model input reshaped (a signal (N, L) viewed as (N, 1, L), tokens
-    (N, T, F) read by a linear): the layer's own input channels are then fresh frozen ids, its outputs prunable."""
+def _layer_input(prop: Propagator, node: fx.Node, x: Any, dim: int, n: int) -> Any:
+    """The input ids of a layer reading channels on ``dim``: ``x``, or ``n`` fresh frozen ids when ``x`` is
+    untracked or tracked on another dim with every channel kept whole anyway (a model input reshaped: a signal
+    (N, L) viewed as (N, 1, L), tokens (N, T, F) read by a linear); the layer's outputs stay prunable."""
     if isinstance(x, Chan) and x.dim != dim and all(prop.uf.is_frozen(int(i)) for i in x.ids):
-        return None
+        x = None
+    if x is None:
+        return Chan(dim, prop.uf.new(n, frozen=f"input of {node.target} comes from an untracked op"))
     return x
 
 
@@ -171,9 +173,7 @@ def _conv_like(prop: Propagator, name: str, m: nn.Module, x: Chan, kind: LayerKi
 def conv_rule(prop: Propagator, node: fx.Node, m: nn.Module, x: Any) -> Any:
     """A conv (dense, depthwise with a channel multiplier, grouped): consumes input ids, makes one id per filter."""
     shape = prop.shape(node)
-    x = _kept_whole_elsewhere(prop, x, 1)
-    if x is None:  # input from an untracked op: its channels stay, the filters are still prunable
-        x = Chan(1, prop.uf.new(m.in_channels, frozen=f"input of {node.target} comes from an untracked op"))
+    x = _layer_input(prop, node, x, 1, m.in_channels)
     if not (isinstance(x, Chan) and x.dim == 1 and len(x.ids) == m.in_channels):
         return prop.unknown(node, "conv input channels are not on dim 1")
     spatial = prop.per_sample(shape, int(math.prod(shape[2:]))) if isinstance(shape, tuple) else 1
@@ -182,9 +182,7 @@ def conv_rule(prop: Propagator, node: fx.Node, m: nn.Module, x: Any) -> Any:
 
 def conv_transpose_rule(prop: Propagator, node: fx.Node, m: nn.Module, x: Any) -> Any:
     """A transposed conv (dense, depthwise, grouped): like a conv, with its cost counted per input position."""
-    x = _kept_whole_elsewhere(prop, x, 1)
-    if x is None:
-        x = Chan(1, prop.uf.new(m.in_channels, frozen=f"input of {node.target} comes from an untracked op"))
+    x = _layer_input(prop, node, x, 1, m.in_channels)
     if not (isinstance(x, Chan) and x.dim == 1 and len(x.ids) == m.in_channels) or len(node.args) != 1:
         return prop.unknown(node, "transposed conv input channels are not on dim 1 (or an output_size is given)")
     in_shape = prop.shape(node.args[0])
@@ -198,9 +196,7 @@ def cond_conv_rule(prop: Propagator, node: fx.Node, m: nn.Module, x: Any) -> Any
     if len(node.args) != 2 or node.kwargs:
         return prop.unknown(node, "CondConv2d called without (x, routing_weights)")
     prop.freeze(node, prop.val(node.args[1]), "routing weights of a CondConv2d (its experts are kept whole)")
-    x = _kept_whole_elsewhere(prop, x, 1)
-    if x is None:
-        x = Chan(1, prop.uf.new(m.in_channels, frozen=f"input of {node.target} comes from an untracked op"))
+    x = _layer_input(prop, node, x, 1, m.in_channels)
     shape = prop.shape(node)
     if not (isinstance(x, Chan) and x.dim == 1 and len(x.ids) == m.in_channels and isinstance(shape, tuple)):
         return prop.unknown(node, "CondConv2d input channels are not on dim 1")
@@ -216,9 +212,7 @@ def linear_rule(prop: Propagator, node: fx.Node, m: nn.Module, x: Any) -> Any:
     """A linear layer on the last dim (tokens: every other dim, per model sample)."""
     shape = prop.shape(node)
     if isinstance(shape, tuple):
-        x = _kept_whole_elsewhere(prop, x, len(shape) - 1)
-    if x is None and isinstance(shape, tuple):
-        x = Chan(len(shape) - 1, prop.uf.new(m.in_features, frozen=f"input of {node.target} is untracked"))
+        x = _layer_input(prop, node, x, len(shape) - 1, m.in_features)
     if not (
         isinstance(x, Chan) and isinstance(shape, tuple) and x.dim == len(shape) - 1 and len(x.ids) == m.in_features
     ):
