@@ -484,28 +484,37 @@ class _FirstSteps:
 
 
 def finetune(
-    model: nn.Module, bundle: Any, cfg: dict, seed: int, progress: bool, teacher: nn.Module | None = None
-) -> int:
+    model: nn.Module,
+    bundle: Any,
+    cfg: dict,
+    seed: int,
+    progress: bool,
+    teacher: nn.Module | None = None,
+    ckpt: Path | None = None,
+) -> tuple[int, int | None]:
     """``lcp.training.train.finetune`` with the recipe's settings; fractional epochs take the first steps of each epoch.
-    ``teacher``: the unpruned network to distil from (used when the recipe says ``kd``).
+    ``teacher``: the unpruned network to distil from (used when the recipe says ``kd``). ``ckpt``: a checkpoint
+    written after every epoch and resumed from when it exists, so a killed row loses at most one epoch.
 
-    Returns the number of SGD steps taken.
+    Returns the number of SGD steps taken and the epoch it resumed from (None: started afresh).
     """
     from lcp.training.train import finetune as lcp_finetune
 
     epochs = float(cfg["finetune_epochs"])
     if epochs <= 0:
-        return 0
+        return 0, None
     bs = int(cfg["batch_size"])
-    kw = dict(lr=cfg["lr"], batch_size=bs, seed=seed, progress=progress, device=cfg["device"])
+    kw = dict(
+        lr=cfg["lr"], batch_size=bs, seed=seed, progress=progress, device=cfg["device"], ckpt_path=ckpt, resume=True
+    )
     if cfg["kd"]:
         if teacher is None:
             raise LcpError("kd: the recipe distils, but no teacher was given")
         kw["teacher"] = copy.deepcopy(teacher).eval()  # a frozen copy: the ceiling's student is the same network
     per = _steps_per_epoch(bundle, bs)
     if epochs.is_integer():
-        lcp_finetune(model, bundle, epochs=int(epochs), **kw)
-        return int(epochs) * per
+        done = lcp_finetune(model, bundle, epochs=int(epochs), **kw)
+        return int(epochs) * per, done["resumed_from"]
     n = math.ceil(epochs)
     steps = max(1, round(epochs * per / n))
     drop = len(bundle.train_x) >= bs
@@ -515,8 +524,8 @@ def finetune(
             bundle.loader("train", bs, shuffle=True, augment=True, seed=seed, epoch=epoch, drop_last=drop), steps
         )
 
-    lcp_finetune(model, make, epochs=n, **kw)
-    return n * steps
+    done = lcp_finetune(model, make, epochs=n, **kw)
+    return n * steps, done["resumed_from"]
 
 
 # ------------------------------------------------------------------------------------------------------ CSV
@@ -914,6 +923,10 @@ class Bench:
             "cut": res,  # for the reconstruction (popped by ``row``)
         }
 
+    def finetune_checkpoint(self, method: str, budget: float, seed: int) -> Path:
+        """Where a row's fine-tuning keeps its per-epoch checkpoint until the row is written."""
+        return self.work / f"finetune-{method}-{signature(self.cfg, method)}-seed{seed}-b{budget:g}.safetensors"
+
     def row(self, method: str, budget: float, seed: int) -> dict:
         from lcp.cut.latency import measure
         from lcp.training.reconstruct import reconstruct
@@ -963,9 +976,14 @@ class Bench:
             row["top1_pruned_noft"] = evaluate(pruned, self.test, device=dev)["top1"]
             row["recal_eval_s"] = time.perf_counter() - t0
             t0 = time.perf_counter()
-            steps = finetune(pruned, self.bundle, cfg, seed, self.progress, teacher=self.loaded.model)
+            # the cut is deterministic, so a killed row's fine-tuning resumes from its last finished epoch
+            ckpt = self.finetune_checkpoint(method, budget, seed)
+            steps, resumed = finetune(pruned, self.bundle, cfg, seed, self.progress, self.loaded.model, ckpt)
             row["finetune_steps"] = steps
             row["finetune_s"] = time.perf_counter() - t0
+            if resumed:  # finetune_s then counts this process's epochs only
+                row["finetune_resumed_from_epoch"] = resumed
+                self.log(f"{method} seed {seed} at {budget:g}: fine-tuning resumed after epoch {resumed}")
             row["top1_pruned"] = evaluate(pruned, self.test, device=dev)["top1"] if steps else row["top1_pruned_noft"]
             t0 = time.perf_counter()
             reps = int(cfg["latency_repeats"])
@@ -1133,6 +1151,7 @@ def run(args: argparse.Namespace, argv: list[str], log: Log = print) -> pd.DataF
                 )
                 append_row(out, row)
                 if row["status"] == "ok":
+                    bench.finetune_checkpoint(method, budget, seed).unlink(missing_ok=True)
                     log(
                         f"{method:>13} {budget:g} seed {seed}: MACs {row['macs_ratio']:.3f}, params "
                         f"{row['params_ratio']:.3f}, top-1 {row['top1_pruned_noft']:.2f}% (BN recal) -> "

@@ -756,14 +756,14 @@ def test_compare_distils_from_a_frozen_copy_when_the_recipe_says_kd(monkeypatch)
 
     compare = _module(COMPARE, "bench_compare_kd")
     seen = {}
-    monkeypatch.setattr(train, "finetune", lambda model, data, **kw: seen.update(kw))
+    monkeypatch.setattr(train, "finetune", lambda model, data, **kw: seen.update(kw) or {"resumed_from": None})
 
     class Bundle:
         train_x = torch.zeros(256, 3, 4, 4)
 
     net, teacher = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
     cfg = {"finetune_epochs": 1, "batch_size": 128, "lr": 0.01, "device": "cpu", "kd": True}
-    assert compare.finetune(net, Bundle(), cfg, 0, False, teacher=teacher) == 2
+    assert compare.finetune(net, Bundle(), cfg, 0, False, teacher=teacher) == (2, None)
     t = seen["teacher"]
     assert t is not teacher and not t.training and torch.equal(t.weight, teacher.weight)
     with pytest.raises(compare.LcpError, match="teacher"):
@@ -774,6 +774,40 @@ def test_compare_distils_from_a_frozen_copy_when_the_recipe_says_kd(monkeypatch)
     base = {k: v for k, v in compare.DEFAULTS.items() if k != "kd"}
     assert compare.signature({**base, "kd": False}) == compare.signature(base)
     assert compare.signature({**base, "kd": True}) != compare.signature(base)
+
+
+def test_a_killed_rows_fine_tuning_resumes_from_its_last_epoch_and_ends_the_same(tmp_path: Path):
+    """compare's fine-tuning checkpoints every epoch: a run killed in its second epoch resumes after the first and
+    ends with the weights of an uninterrupted run."""
+    compare = _module(COMPARE, "bench_compare_resume")
+    g = torch.Generator().manual_seed(0)
+    xs, ys = torch.randn(64, 4, generator=g), torch.randint(0, 3, (64,), generator=g)
+
+    class Bundle:
+        train_x = xs
+        kill_at: int | None = None
+
+        def loader(self, split, bs, *, epoch=0, **kw):
+            if epoch == self.kill_at:
+                raise KeyboardInterrupt
+            return [(xs[i : i + bs], ys[i : i + bs]) for i in range(0, len(xs), bs)]
+
+    cfg = {"finetune_epochs": 1.5, "batch_size": 16, "lr": 0.05, "device": "cpu", "kd": False}
+
+    def net() -> torch.nn.Module:
+        torch.manual_seed(1)
+        return torch.nn.Linear(4, 3)
+
+    whole = net()
+    assert compare.finetune(whole, Bundle(), cfg, 0, False) == (6, None)
+    ckpt, killed = tmp_path / "ft.safetensors", Bundle()
+    killed.kill_at = 1
+    with pytest.raises(KeyboardInterrupt):
+        compare.finetune(net(), killed, cfg, 0, False, ckpt=ckpt)
+    assert ckpt.is_file()
+    resumed = net()
+    assert compare.finetune(resumed, Bundle(), cfg, 0, False, ckpt=ckpt) == (6, 1)
+    assert torch.equal(resumed.weight, whole.weight) and torch.equal(resumed.bias, whole.bias)
 
 
 def test_modelopt_is_driven_to_lcps_macs_count(monkeypatch, tmp_path):
