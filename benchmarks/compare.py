@@ -25,7 +25,8 @@ of the result is at or just under the same MACs target; a network it breaks, or 
 row with the reason.
 
 Rows are appended to the CSV atomically as they finish; a rerun skips rows already present (``--retry-errors``
-re-runs error rows), so a long run can be interrupted and resumed, and methods added to a recipe only add rows.
+re-runs error rows), so a long run can be interrupted and resumed, and methods added to a recipe only add rows;
+a row's fine-tuning checkpoints every epoch in ``--work``, so an interrupted row resumes from its last finished epoch.
 A CSV holding rows made with other settings is refused (``--overwrite`` starts over): each row's ``config`` is
 a hash of the settings that decide it (the ``agents:`` section counts for the search methods' rows only), and
 so is one whose lcp rows searched another number of candidates than the recipe's search (a preset is hashed by
