@@ -386,11 +386,3 @@ class ConnectionGraph:
 def build(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor]) -> ConnectionGraph:
     """Trace ``model`` and find its connections (refuses models without dense connections)."""
     return ConnectionGraph(build_graph(model, example_inputs))
-
-
-def connection_prior(cg: ConnectionGraph) -> np.ndarray:
-    """The importance prior of every connection: its slice-L1 (``ConnectionGraph.slice_l1``), log-scaled and
-    standardised over all connections (0 where every connection scores the same)."""
-    z = np.log(cg.slice_l1() + 1e-12)
-    sd = z.std()
-    return (z - z.mean()) / sd if sd > 0 else np.zeros_like(z)

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from lcp.engine.connection_importance import connection_prior
 from lcp.engine.connections import ConnectionGraph, build
 from lcp.errors import LcpError, UnreachableBudget
 from lcp.methods.connections import ControllerConfig, HeldOut, match_toy, search_connections, shaped_reward
-from lcp.methods.connections.controller import connection_prior
 from tests.helpers import assert_one_line_error, lcp_cli, save_state_dict, tiny_densenet
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -61,18 +61,23 @@ def test_controller_runs_and_meets_the_budget(cg, method):
         assert h["reward"] == pytest.approx(h["acc"] + cfg.lwp_lambda * (1 - h["cost"]))
 
 
-def test_slice_l1_prior_ranks_connections_by_their_weights():
-    """A connection whose input slice has no weight scores lowest, one with large weights highest, and the
-    controller starts from that order (prior_weight 0: flat offsets, no prior evaluation)."""
-    model = tiny_densenet()
-    g = build(model, torch.zeros(1, 3, 16, 16))
-    modules = dict(g.graph.gm.named_modules())
-    c = next(c for c in g.consumers if len(c.sources) >= 2)
+def weak_and_strong_inputs(sources: int):
+    """A tiny DenseNet's connections and its first consumer of at least ``sources`` inputs, whose first input's
+    weights are zeroed (weak) and second's scaled up 100 times (strong)."""
+    g = build(tiny_densenet(), torch.zeros(1, 3, 16, 16))
+    c = next(c for c in g.consumers if len(c.sources) >= sources)
     weak, strong = c.sources[0], c.sources[1]
-    w = modules[c.name].weight
+    w = dict(g.graph.gm.named_modules())[c.name].weight
     with torch.no_grad():
         w[:, torch.as_tensor(g.connections[weak].positions)] = 0.0
         w[:, torch.as_tensor(g.connections[strong].positions)] *= 100.0
+    return g, c, weak, strong
+
+
+def test_slice_l1_prior_ranks_connections_by_their_weights():
+    """A connection whose input slice has no weight scores lowest, one with large weights highest, and the
+    controller starts from that order (prior_weight 0: flat offsets, no prior evaluation)."""
+    g, c, weak, strong = weak_and_strong_inputs(2)
     score = g.slice_l1()
     assert score[weak] == 0.0 and score.argmin() == weak and score.argmax() == strong
     prior = connection_prior(g)
@@ -87,6 +92,51 @@ def test_slice_l1_prior_ranks_connections_by_their_weights():
     assert len(seen) == 2
     with pytest.raises(LcpError, match="prior_weight"):
         ControllerConfig(prior_weight=-1.0).check()
+
+
+def test_output_share_prior_ranks_each_consumers_inputs_by_what_they_produce():
+    """A slice whose weights are zero produces nothing (share 0, lowest prior); a slice scaled up 100 times
+    produces nearly all of its consumer's output; a consumer reading one source gets all of it from that one.
+    Measuring leaves the network as it was (eval/train mode, BatchNorm statistics)."""
+    from lcp.engine.connection_importance import slice_output_share
+
+    g, c, weak, strong = weak_and_strong_inputs(3)
+    batches = [torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    stats = {k: v.clone() for k, v in g.graph.gm.state_dict().items()}
+    g.graph.gm.train()
+    share = slice_output_share(g, batches)
+    assert g.graph.gm.training and all(torch.equal(v, g.graph.gm.state_dict()[k]) for k, v in stats.items())
+    assert share[weak] == 0.0 and share[strong] > 0.9
+    single = [d for d in g.consumers if len(d.sources) == 1]
+    assert single and all(share[d.sources[0]] == pytest.approx(1.0) for d in single)
+    prior = connection_prior(g, batches)
+    assert abs(prior.mean()) < 1e-9 and prior.std() == pytest.approx(1.0)
+    rank = {k: i for i, k in enumerate(sorted(c.sources, key=lambda k: prior[k]))}
+    assert rank[weak] == 0 and rank[strong] == len(c.sources) - 1
+    # the tail share: a connection scores what its consumer loses if it and every lesser input go
+    others = sorted((k for k in c.sources if k not in (weak, strong)), key=lambda k: share[k])
+    assert prior[others[0]] <= prior[others[-1]] < prior[strong]
+
+
+def test_the_search_starts_from_the_prior_it_is_given_and_resumes_only_with_it(cg, tmp_path):
+    """``search_connections(prior=)``: the first evaluated mask is that prior's projection, the offsets start from
+    it, and a state made with another prior is refused on resume."""
+    g = np.random.default_rng(0)
+    given = g.standard_normal(cg.n)
+    seen = []
+    cfg = ControllerConfig(episodes=1)
+    state = tmp_path / "s.safetensors"
+    ev = toy_evaluate(cg)
+    search_connections(
+        cg, lambda k: seen.append(k) or ev(k), budget=0.5, cfg=cfg, progress=False, prior=given, state_path=state
+    )
+    assert (seen[0] == cg.project(cg.full(), given, budget=0.5, fill=True)).all()
+    with pytest.raises(LcpError, match="prior"):
+        search_connections(
+            cg, ev, budget=0.5, cfg=ControllerConfig(episodes=2), progress=False, state_path=state, resume=True
+        )
+    with pytest.raises(LcpError, match="one value per connection"):
+        search_connections(cg, ev, budget=0.5, cfg=cfg, progress=False, prior=given[:-1])
 
 
 def test_shaped_reward():

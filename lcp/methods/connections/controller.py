@@ -10,7 +10,8 @@ lowest-probability kept connections until the cost fits; ``ads`` also adds back 
 ones while they fit), so every evaluated network meets the budget. The policy is trained with REINFORCE on the
 sampled masks (the projection is part of the environment), ``samples`` masks per update, advantages
 (R - moving average) / moving std, an entropy bonus and gradient clipping. The offsets start from CondenseNet's
-slice-L1 prior (``connection_prior``), whose own mask is evaluated first: the result to beat.
+importance prior (``connection_prior``: each slice's share of its consumer's output on training batches, or
+CondenseNet's slice-L1 without data), whose own mask is evaluated first: the result to beat.
 
 Reward (held-out split, never test; the network is built physically, BatchNorm recalibrated on training
 batches, weights inherited, no fine-tuning):
@@ -22,6 +23,7 @@ See docs/connections.md.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -34,7 +36,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from lcp.engine.connections import ConnectionGraph, connection_prior
+from lcp.engine.connection_importance import connection_prior
+from lcp.engine.connections import ConnectionGraph
 from lcp.engine.types import LayerKind
 from lcp.errors import LcpError
 from lcp.io import PathLike, load_tensor_metadata, load_tensors, save_tensors
@@ -63,7 +66,7 @@ class ControllerConfig:
     tanh_constant: float = 0.0  # ENAS 1.5: logit = 2 C tanh(raw); 0: logit = raw (see docs)
     temperature: float = 1.0
     init_keep: float = 0.5  # initial keep probability (sets the logit bias)
-    prior_weight: float = 1.0  # initial logit offsets: this times the standardised log slice-L1 (0: no prior)
+    prior_weight: float = 1.0  # initial logit offsets: this times the standardised importance prior (0: no prior)
     lwp_lambda: float = 0.1  # lwp: bonus per unit of cost saved
     lwp_gamma: float = 1.0  # lwp: penalty per unit of cost over the budget
     top: int = 5  # the best episodes kept (with the prior's mask) for re-scoring on more images at the end
@@ -94,7 +97,7 @@ class ControllerResult:
 class Controller(nn.Module):
     """LSTM controller emitting keep probabilities for every connection, consumer by consumer."""
 
-    def __init__(self, cg: ConnectionGraph, cfg: ControllerConfig):
+    def __init__(self, cg: ConnectionGraph, cfg: ControllerConfig, prior: np.ndarray | None = None):
         super().__init__()
         self.cfg = cfg
         h = cfg.hidden
@@ -105,7 +108,8 @@ class Controller(nn.Module):
         self.v = nn.Linear(h, 1, bias=False)
         self.input_anchor = nn.Parameter(torch.zeros(h))
         # per-connection logit offset (own learning rate), starting from the importance prior
-        self.offset = nn.Parameter(torch.as_tensor(cfg.prior_weight * connection_prior(cg), dtype=torch.float32))
+        prior = connection_prior(cg) if prior is None else prior
+        self.offset = nn.Parameter(torch.as_tensor(cfg.prior_weight * prior, dtype=torch.float32))
         logit = math.log(cfg.init_keep / (1 - cfg.init_keep))
         if cfg.tanh_constant > 0:
             logit = math.atanh(float(np.clip(logit / (2 * cfg.tanh_constant), -0.999, 0.999)))
@@ -199,10 +203,12 @@ def search_connections(
     resume: bool = False,
     progress: bool = True,
     settings: dict | None = None,
+    prior: np.ndarray | None = None,
 ) -> ControllerResult:
     """Run ``cfg.episodes`` episodes (one sampled mask and one ``evaluate`` each); the controller is updated
     after every ``cfg.samples`` episodes (and after the last). ``evaluate(keep)`` returns at least
-    {"acc": held-out top-1 in [0, 1]}.
+    {"acc": held-out top-1 in [0, 1]}. ``prior``: the importance of every connection the offsets start from and
+    whose mask is evaluated first (``connection_prior``; default: its slice-L1 form, from the weights alone).
 
     The state (controller, Adam, sampling generator, baseline, the current update's masks and rewards, history,
     best mask) is written atomically to ``state_path`` after every episode; ``resume`` continues it and ends
@@ -218,7 +224,11 @@ def search_connections(
     cfg.check()
     full_mask = cg.project(cg.full(), np.zeros(cg.n), budget=budget, metric=budget_type)  # unreachable: raises now
     density = float(np.clip(full_mask.mean(), 0.01, 0.99))  # kept fraction of a mask at the budget
+    importance = connection_prior(cg) if prior is None else np.asarray(prior, dtype=np.float64)
+    if importance.shape != (cg.n,):
+        raise LcpError(f"the importance prior has shape {importance.shape}, not one value per connection ({cg.n})")
     settings = {
+        "prior": hashlib.sha256(np.round(importance, 6).tobytes()).hexdigest()[:16],
         "format": _STATE_FORMAT,
         "method": method,
         "seed": seed,
@@ -230,7 +240,7 @@ def search_connections(
     }
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        ctl = Controller(cg, cfg)
+        ctl = Controller(cg, cfg, importance)
     shared = [p for name, p in ctl.named_parameters() if name != "offset"]
     opt = torch.optim.Adam([{"params": shared}, {"params": [ctl.offset], "lr": cfg.lr_offset}], lr=cfg.lr)
     gen = torch.Generator().manual_seed(seed)
@@ -302,7 +312,7 @@ def search_connections(
     base = cg.base(budget_type)
     if best["reward"] == -math.inf and cfg.prior_weight > 0:
         # the prior's own mask (most important connections first) is the result to beat, like AMC's uniform policy
-        prior = cg.project(cg.full(), connection_prior(cg), budget=budget, metric=budget_type, fill=method == "ads")
+        prior = cg.project(cg.full(), importance, budget=budget, metric=budget_type, fill=method == "ads")
         acc = float(evaluate(prior)["acc"])
         rho = cg.value(prior, budget_type) / base
         reward = shaped_reward(method, acc, rho, budget, cfg) if math.isfinite(acc) else -1.0

@@ -14,6 +14,7 @@ from torch import Tensor
 from lcp.cut.pruner import PruneResult
 from lcp.cut.ranking import Plan
 from lcp.cut.transforms import Transforms
+from lcp.engine.connection_importance import connection_prior
 from lcp.engine.connections import ConnectionGraph
 from lcp.errors import LcpError
 from lcp.io import PathLike, atomic_write_text
@@ -226,6 +227,7 @@ class _ConnectionMethod(Method):
             f"{o.budget_type}, reward {reward}"
         )
         ev = HeldOut.from_bundle(cg, ctx.need_data(self.name), seed=o.seed, device=o.device)
+        prior = connection_prior(cg, ev.recal)  # each slice's share of its consumer's output on training batches
         write = ctx.writer and ctx.out is not None
         result = search_connections(
             cg,
@@ -239,6 +241,7 @@ class _ConnectionMethod(Method):
             resume=o.resume,
             progress=o.progress,
             settings={"model": ctx.name, "weights": ctx.weights},
+            prior=prior,
         )
         if write:
             write_controller_csv(result.history, ctx.out / "controller.csv")
