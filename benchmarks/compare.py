@@ -72,6 +72,7 @@ import torch
 from torch import nn
 
 import lcp
+from lcp.engine.connection_importance import OUTPUT_SHARE
 from lcp.errors import LcpError
 from lcp.io import atomic_write_json, update_json, upsert_csv_row
 from lcp.methods import Context, get_method
@@ -363,6 +364,8 @@ def signature(cfg: dict, method: str | None = None) -> str:
     if method in AGENT_KEYS:
         sig["agents"] = {k: cfg["agents"][k] for k in AGENT_KEYS[method]}
         sig["agents"]["episodes"] = episodes_for(method, sig["agents"]["episodes"])
+    if method in CONNECTION_METHODS:  # rows searched from the slice-L1 prior (before 2026-12-07) are not current
+        sig["prior"] = OUTPUT_SHARE
     text = json.dumps(sig, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
@@ -497,13 +500,14 @@ def finetune(
     ``teacher``: the unpruned network to distil from (used when the recipe says ``kd``). ``ckpt``: a checkpoint
     written after every epoch and resumed from when it exists, so a killed row loses at most one epoch.
 
-    Returns the number of SGD steps taken and the epoch it resumed from (None: started afresh).
+    Returns the number of SGD steps taken, the epoch it resumed from (None: started afresh) and the seconds the
+    epochs before it took.
     """
     from lcp.training.train import finetune as lcp_finetune
 
     epochs = float(cfg["finetune_epochs"])
     if epochs <= 0:
-        return 0, None
+        return 0, None, 0.0
     bs = int(cfg["batch_size"])
     kw = dict(
         lr=cfg["lr"], batch_size=bs, seed=seed, progress=progress, device=cfg["device"], ckpt_path=ckpt, resume=True
@@ -515,7 +519,7 @@ def finetune(
     per = _steps_per_epoch(bundle, bs)
     if epochs.is_integer():
         done = lcp_finetune(model, bundle, epochs=int(epochs), **kw)
-        return int(epochs) * per, done["resumed_from"]
+        return int(epochs) * per, *_resumed(done)
     n = math.ceil(epochs)
     steps = max(1, round(epochs * per / n))
     drop = len(bundle.train_x) >= bs
@@ -526,7 +530,22 @@ def finetune(
         )
 
     done = lcp_finetune(model, make, epochs=n, **kw)
-    return n * steps, done["resumed_from"]
+    return n * steps, *_resumed(done)
+
+
+def weights_digest(model: nn.Module) -> str:
+    """A short hash of ``model``'s parameter and buffer names and values."""
+    digest = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:12]
+
+
+def _resumed(done: dict) -> tuple[int | None, float]:
+    """The epoch a fine-tuning resumed from and the seconds its earlier run(s) took to get there."""
+    k = done["resumed_from"]
+    return k, (float(done["history"][k - 1]["seconds"]) if k else 0.0)
 
 
 # ------------------------------------------------------------------------------------------------------ CSV
@@ -924,9 +943,11 @@ class Bench:
             "cut": res,  # for the reconstruction (popped by ``row``)
         }
 
-    def finetune_checkpoint(self, method: str, budget: float, seed: int) -> Path:
-        """Where a row's fine-tuning keeps its per-epoch checkpoint until the row is written."""
-        return self.work / f"finetune-{method}-{signature(self.cfg, method)}-seed{seed}-b{budget:g}.safetensors"
+    def finetune_checkpoint(self, method: str, budget: float, seed: int, cut: nn.Module) -> Path:
+        """Where a row's fine-tuning keeps its per-epoch checkpoint until the row is written: named by the row and
+        a digest of the cut network's weights, so a checkpoint of another cut is never resumed."""
+        sig = signature(self.cfg, method)
+        return self.work / f"finetune-{method}-{sig}-seed{seed}-b{budget:g}-{weights_digest(cut)}.safetensors"
 
     def row(self, method: str, budget: float, seed: int) -> dict:
         from lcp.cut.latency import measure
@@ -951,6 +972,8 @@ class Bench:
         try:
             pruned, info = self.cut(method, budget, seed)
             cut = info.pop("cut", None)
+            # a killed row's fine-tuning resumes from its last finished epoch, on this same cut only
+            ckpt = self.finetune_checkpoint(method, budget, seed, pruned)
             row.update(info)
             row["macs_ratio"] = row["macs_pruned"] / self.macs_base
             row["params_ratio"] = row["params_pruned"] / self.params_base
@@ -977,12 +1000,10 @@ class Bench:
             row["top1_pruned_noft"] = evaluate(pruned, self.test, device=dev)["top1"]
             row["recal_eval_s"] = time.perf_counter() - t0
             t0 = time.perf_counter()
-            # the cut is deterministic, so a killed row's fine-tuning resumes from its last finished epoch
-            ckpt = self.finetune_checkpoint(method, budget, seed)
-            steps, resumed = finetune(pruned, self.bundle, cfg, seed, self.progress, self.loaded.model, ckpt)
+            steps, resumed, earlier = finetune(pruned, self.bundle, cfg, seed, self.progress, self.loaded.model, ckpt)
             row["finetune_steps"] = steps
-            row["finetune_s"] = time.perf_counter() - t0
-            if resumed:  # finetune_s then counts this process's epochs only
+            row["finetune_s"] = time.perf_counter() - t0 + earlier  # a resumed row: every run's epochs
+            if resumed:
                 row["finetune_resumed_from_epoch"] = resumed
                 self.log(f"{method} seed {seed} at {budget:g}: fine-tuning resumed after epoch {resumed}")
             row["top1_pruned"] = evaluate(pruned, self.test, device=dev)["top1"] if steps else row["top1_pruned_noft"]
@@ -1151,8 +1172,8 @@ def run(args: argparse.Namespace, argv: list[str], log: Log = print) -> pd.DataF
                     finished=_dt.datetime.now().astimezone().isoformat(timespec="seconds"),
                 )
                 append_row(out, row)
-                if row["status"] == "ok":
-                    bench.finetune_checkpoint(method, budget, seed).unlink(missing_ok=True)
+                for ckpt in bench.work.glob(f"finetune-{method}-*-seed{seed}-b{budget:g}-*.safetensors"):
+                    ckpt.unlink()  # the row is written (a failed one's retry starts its fine-tuning afresh)
                     log(
                         f"{method:>13} {budget:g} seed {seed}: MACs {row['macs_ratio']:.3f}, params "
                         f"{row['params_ratio']:.3f}, top-1 {row['top1_pruned_noft']:.2f}% (BN recal) -> "

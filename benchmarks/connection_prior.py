@@ -6,12 +6,13 @@ every held-out image after BatchNorm recalibration on 8 training batches (the ev
 
 - ``unpruned``: the network itself;
 - ``prior slice-l1``: the connections kept by CondenseNet's slice-L1 prior (``connection_prior(cg)``, the weights
-  alone), projected onto the budget as the search projects its first mask;
+  alone), projected onto the budget as ``ads`` projects its first mask (filled up to the budget; ``lwp`` does not
+  fill);
 - ``prior output-share``: the same with the prior the search uses (``connection_prior(cg, batches)``: each slice's
   share of its consumer's output on the search's 4 recalibration batches);
 - ``uniform``: ``lcp.prune(method="uniform", round_to=1)``, the channel cut the agents must beat.
 
-Rows are written atomically to ``--out`` (keyed by row, checkpoint and budget)::
+Rows are written atomically to ``--out`` (keyed by row, model, checkpoint, budget and seed)::
 
     source ../shared/offline-env.sh
     python benchmarks/connection_prior.py --checkpoint runs/densenet40_cpu8/model.safetensors --threads 1 \\
@@ -54,13 +55,13 @@ def main(argv: list[str] | None = None) -> int:
     final = HeldOut.from_bundle(cg, bundle, seed=a.seed, **FINAL_EVAL)
     search = HeldOut.from_bundle(cg, bundle, seed=a.seed)  # the batches the search measures its prior on
     priors = {"prior slice-l1": connection_prior(cg), "prior output-share": connection_prior(cg, search.recal)}
-    base = {"model": a.model, "checkpoint": a.checkpoint, "budget": a.budget, "heldout_images": final.n}
+    base = {"model": a.model, "checkpoint": a.checkpoint, "budget": a.budget, "seed": a.seed, "heldout_images": final.n}
 
     def write(row: str, acc: float, macs: float, **extra) -> None:
         upsert_csv_row(
             a.out,
             {**base, "row": row, "top1": round(100 * acc, 2), "macs_ratio": round(macs, 4), **extra},
-            ("row", "checkpoint", "budget"),
+            ("row", "model", "checkpoint", "budget", "seed"),
         )
         print(f"{row}: held-out top-1 {100 * acc:.2f}% at {macs:.4f} of the MACs", flush=True)
 

@@ -97,15 +97,18 @@ def test_slice_l1_prior_ranks_connections_by_their_weights():
 def test_output_share_prior_ranks_each_consumers_inputs_by_what_they_produce():
     """A slice whose weights are zero produces nothing (share 0, lowest prior); a slice scaled up 100 times
     produces nearly all of its consumer's output; a consumer reading one source gets all of it from that one.
-    Measuring leaves the network as it was (eval/train mode, BatchNorm statistics)."""
+    Measuring leaves the network as it was (every submodule's mode, BatchNorm statistics)."""
     from lcp.engine.connection_importance import slice_output_share
 
     g, c, weak, strong = weak_and_strong_inputs(3)
     batches = [torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(i)) for i in range(2)]
     stats = {k: v.clone() for k, v in g.graph.gm.state_dict().items()}
     g.graph.gm.train()
+    some_norm = next(m for m in g.graph.gm.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    some_norm.eval()
     share = slice_output_share(g, batches)
-    assert g.graph.gm.training and all(torch.equal(v, g.graph.gm.state_dict()[k]) for k, v in stats.items())
+    assert g.graph.gm.training and not some_norm.training
+    assert all(torch.equal(v, g.graph.gm.state_dict()[k]) for k, v in stats.items())
     assert share[weak] == 0.0 and share[strong] > 0.9
     single = [d for d in g.consumers if len(d.sources) == 1]
     assert single and all(share[d.sources[0]] == pytest.approx(1.0) for d in single)
@@ -113,28 +116,87 @@ def test_output_share_prior_ranks_each_consumers_inputs_by_what_they_produce():
     assert abs(prior.mean()) < 1e-9 and prior.std() == pytest.approx(1.0)
     rank = {k: i for i, k in enumerate(sorted(c.sources, key=lambda k: prior[k]))}
     assert rank[weak] == 0 and rank[strong] == len(c.sources) - 1
-    # the tail share: a connection scores what its consumer loses if it and every lesser input go
-    others = sorted((k for k in c.sources if k not in (weak, strong)), key=lambda k: share[k])
-    assert prior[others[0]] <= prior[others[-1]] < prior[strong]
+
+
+def test_output_share_is_what_the_consumer_makes_of_that_slice_alone():
+    """Against the consumer module itself run on its input with every other slice zeroed (bias off, padding
+    as the module pads), and the prior orders all connections by the tail share: what a consumer loses if the
+    connection and every lesser input of it go."""
+    from lcp.engine.connection_importance import slice_output_share
+
+    g = build(tiny_densenet(), torch.zeros(1, 3, 16, 16))
+    gm, modules = g.graph.gm, dict(g.graph.gm.named_modules())
+    batches = [torch.randn(6, 3, 16, 16, generator=torch.Generator().manual_seed(7))]
+    inputs = {}
+
+    def keep_input(name):
+        def hook(_mod, args, _out):
+            inputs[name] = args[0]
+
+        return hook
+
+    hooks = [modules[c.name].register_forward_hook(keep_input(c.name)) for c in g.consumers]
+    with torch.no_grad():
+        gm(batches[0])
+    for h in hooks:
+        h.remove()
+    expected = np.zeros(g.n)
+    for c in g.consumers:
+        mod, x = modules[c.name], inputs[c.name]
+        bias, mod.bias = mod.bias, None
+        with torch.no_grad():
+            total = float(mod(x).pow(2).sum())
+            for k in c.sources:
+                only = torch.zeros_like(x)
+                pos = torch.as_tensor(g.connections[k].positions)
+                dim = 1 if x.dim() == 4 else -1
+                only.index_copy_(dim, pos, x.index_select(dim, pos))
+                expected[k] = float(mod(only).pow(2).sum()) / total
+        mod.bias = bias
+    share = slice_output_share(g, batches)
+    assert share == pytest.approx(expected, rel=1e-4, abs=1e-9)
+    tail = np.zeros(g.n)
+    for c in g.consumers:
+        for k in c.sources:
+            tail[k] = sum(share[j] for j in c.sources if share[j] <= share[k])
+    prior = connection_prior(g, batches)
+    assert (np.argsort(prior, kind="stable") == np.argsort(tail, kind="stable")).all()
 
 
 def test_the_search_starts_from_the_prior_it_is_given_and_resumes_only_with_it(cg, tmp_path):
-    """``search_connections(prior=)``: the first evaluated mask is that prior's projection, the offsets start from
-    it, and a state made with another prior is refused on resume."""
-    g = np.random.default_rng(0)
-    given = g.standard_normal(cg.n)
-    seen = []
+    """``search_connections(prior=)``: the first evaluated mask is that prior's projection and the offsets start
+    from it; a state resumes with a prior of the same name (``settings["prior"]``) and is refused with another."""
+    from lcp.methods.connections.controller import Controller
+
+    given = np.random.default_rng(0).standard_normal(cg.n)
     cfg = ControllerConfig(episodes=1)
+    assert torch.allclose(Controller(cg, cfg, given).offset.detach(), torch.as_tensor(given).float())
+    seen = []
     state = tmp_path / "s.safetensors"
     ev = toy_evaluate(cg)
+    named = {"prior": "measured"}
+
+    def run(episodes, **kw):
+        return search_connections(
+            cg, ev, budget=0.5, cfg=ControllerConfig(episodes=episodes), progress=False, state_path=state, **kw
+        )
+
     search_connections(
-        cg, lambda k: seen.append(k) or ev(k), budget=0.5, cfg=cfg, progress=False, prior=given, state_path=state
+        cg,
+        lambda k: seen.append(k) or ev(k),
+        budget=0.5,
+        cfg=cfg,
+        progress=False,
+        prior=given,
+        state_path=state,
+        settings=named,
     )
     assert (seen[0] == cg.project(cg.full(), given, budget=0.5, fill=True)).all()
-    with pytest.raises(LcpError, match="prior"):
-        search_connections(
-            cg, ev, budget=0.5, cfg=ControllerConfig(episodes=2), progress=False, state_path=state, resume=True
-        )
+    with pytest.raises(LcpError, match=r"other settings \(prior\)"):
+        run(1, resume=True, prior=given, settings={"prior": "another"})
+    with pytest.raises(LcpError, match=r"other settings \(prior\)"):
+        run(1, resume=True)  # no prior given: the slice-L1 one
+    assert len(run(1, resume=True, prior=given, settings=named).history) == 1  # finished: nothing re-run
     with pytest.raises(LcpError, match="one value per connection"):
         search_connections(cg, ev, budget=0.5, cfg=cfg, progress=False, prior=given[:-1])
 

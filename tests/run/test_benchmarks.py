@@ -116,6 +116,7 @@ def test_quick_writes_a_row_per_method_budget_and_seed(quick):
         assert pd.read_csv(f)["phase"].tolist() == ["uniform", "uniform streams whole", "warm-up"]
     # the identical recipe: the same baseline and the same fine-tuning length in every row
     assert df["top1_base"].nunique() == 1 and ours["finetune_steps"].nunique() == 1
+    assert not list((out.parents[1] / "work").rglob("finetune-*")), "a written row keeps no fine-tuning checkpoint"
     tp = df[df["method"] == "torch_pruning"]
     for status in tp["status"]:
         if _has_tp():  # on option-A ResNets its cut does not run: the row says so, not a crash of the driver
@@ -312,7 +313,7 @@ def test_rows_of_another_search_size_are_refused(tmp_path: Path):
     assert out.read_bytes() == before and not out.with_suffix(".meta.json").exists()
 
 
-def test_signatures_keep_the_written_rows_valid():
+def test_signatures_keep_the_written_rows_valid(monkeypatch):
     """The committed comparisons stay valid with the new methods and settings in their recipes; the agents'
     settings decide only the rows of the methods that use them."""
     compare = _module(COMPARE, "bench_compare")
@@ -339,6 +340,9 @@ def test_signatures_keep_the_written_rows_valid():
     assert changed("", "methods", ["ads"]) == set()
     assert changed("", "device", "cuda") == set(compare.METHODS)
     assert changed("", "finetune_epochs", 3) == set(compare.METHODS)
+    # the connection searches' rows name the prior they start from
+    monkeypatch.setattr(compare, "OUTPUT_SHARE", "another prior")
+    assert {m for m in compare.METHODS if compare.signature(cfg, m) != sig[m]} == {"ads", "lwp"}
 
 
 @pytest.fixture(scope="module")
@@ -763,7 +767,7 @@ def test_compare_distils_from_a_frozen_copy_when_the_recipe_says_kd(monkeypatch)
 
     net, teacher = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
     cfg = {"finetune_epochs": 1, "batch_size": 128, "lr": 0.01, "device": "cpu", "kd": True}
-    assert compare.finetune(net, Bundle(), cfg, 0, False, teacher=teacher) == (2, None)
+    assert compare.finetune(net, Bundle(), cfg, 0, False, teacher=teacher) == (2, None, 0.0)
     t = seen["teacher"]
     assert t is not teacher and not t.training and torch.equal(t.weight, teacher.weight)
     with pytest.raises(compare.LcpError, match="teacher"):
@@ -799,15 +803,18 @@ def test_a_killed_rows_fine_tuning_resumes_from_its_last_epoch_and_ends_the_same
         return torch.nn.Linear(4, 3)
 
     whole = net()
-    assert compare.finetune(whole, Bundle(), cfg, 0, False) == (6, None)
+    assert compare.finetune(whole, Bundle(), cfg, 0, False) == (6, None, 0.0)
     ckpt, killed = tmp_path / "ft.safetensors", Bundle()
     killed.kill_at = 1
     with pytest.raises(KeyboardInterrupt):
         compare.finetune(net(), killed, cfg, 0, False, ckpt=ckpt)
     assert ckpt.is_file()
     resumed = net()
-    assert compare.finetune(resumed, Bundle(), cfg, 0, False, ckpt=ckpt) == (6, 1)
+    steps, epoch, earlier = compare.finetune(resumed, Bundle(), cfg, 0, False, ckpt=ckpt)
+    assert (steps, epoch) == (6, 1) and earlier > 0  # the killed run's first epoch counts in finetune_s
     assert torch.equal(resumed.weight, whole.weight) and torch.equal(resumed.bias, whole.bias)
+    # a row's checkpoint is named by its cut's weights: another cut never resumes it
+    assert compare.weights_digest(net()) == compare.weights_digest(net()) != compare.weights_digest(whole)
 
 
 def test_modelopt_is_driven_to_lcps_macs_count(monkeypatch, tmp_path):

@@ -9,9 +9,10 @@ per connection (Bernoulli), then *projected* onto the budget (``ConnectionGraph.
 lowest-probability kept connections until the cost fits; ``ads`` also adds back the highest-probability dropped
 ones while they fit), so every evaluated network meets the budget. The policy is trained with REINFORCE on the
 sampled masks (the projection is part of the environment), ``samples`` masks per update, advantages
-(R - moving average) / moving std, an entropy bonus and gradient clipping. The offsets start from CondenseNet's
+(R - moving average) / moving std, an entropy bonus and gradient clipping. The offsets start from an
 importance prior (``connection_prior``: each slice's share of its consumer's output on training batches, or
-CondenseNet's slice-L1 without data), whose own mask is evaluated first: the result to beat.
+CondenseNet's slice-L1 without data), whose own mask is evaluated first (projected as the method projects its
+samples): the result to beat.
 
 Reward (held-out split, never test; the network is built physically, BatchNorm recalibrated on training
 batches, weights inherited, no fine-tuning):
@@ -23,7 +24,6 @@ See docs/connections.md.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -208,7 +208,9 @@ def search_connections(
     """Run ``cfg.episodes`` episodes (one sampled mask and one ``evaluate`` each); the controller is updated
     after every ``cfg.samples`` episodes (and after the last). ``evaluate(keep)`` returns at least
     {"acc": held-out top-1 in [0, 1]}. ``prior``: the importance of every connection the offsets start from and
-    whose mask is evaluated first (``connection_prior``; default: its slice-L1 form, from the weights alone).
+    whose mask is evaluated first (``connection_prior``; default: its slice-L1 form, from the weights alone, which
+    starts far lower than the output share on a trained DenseNet: docs/connections.md). The state records the
+    prior by name (``settings["prior"]``), so a resume with a prior of another name is refused.
 
     The state (controller, Adam, sampling generator, baseline, the current update's masks and rewards, history,
     best mask) is written atomically to ``state_path`` after every episode; ``resume`` continues it and ends
@@ -228,7 +230,7 @@ def search_connections(
     if importance.shape != (cg.n,):
         raise LcpError(f"the importance prior has shape {importance.shape}, not one value per connection ({cg.n})")
     settings = {
-        "prior": hashlib.sha256(np.round(importance, 6).tobytes()).hexdigest()[:16],
+        "prior": "slice-L1" if prior is None else "given",  # callers name theirs in ``settings``
         "format": _STATE_FORMAT,
         "method": method,
         "seed": seed,

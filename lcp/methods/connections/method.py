@@ -14,7 +14,7 @@ from torch import Tensor
 from lcp.cut.pruner import PruneResult
 from lcp.cut.ranking import Plan
 from lcp.cut.transforms import Transforms
-from lcp.engine.connection_importance import connection_prior
+from lcp.engine.connection_importance import OUTPUT_SHARE, connection_prior, output_share_supported
 from lcp.engine.connections import ConnectionGraph
 from lcp.errors import LcpError
 from lcp.io import PathLike, atomic_write_text
@@ -227,7 +227,11 @@ class _ConnectionMethod(Method):
             f"{o.budget_type}, reward {reward}"
         )
         ev = HeldOut.from_bundle(cg, ctx.need_data(self.name), seed=o.seed, device=o.device)
-        prior = connection_prior(cg, ev.recal)  # each slice's share of its consumer's output on training batches
+        # each slice's share of its consumer's output on the recalibration batches (training images)
+        measured = ccfg.prior_weight > 0 and output_share_supported(cg)
+        prior = connection_prior(cg, ev.recal) if measured else None
+        if not measured and ccfg.prior_weight > 0:
+            ctx.log("a consumer's output share cannot be measured: the search starts from the slice-L1 prior")
         write = ctx.writer and ctx.out is not None
         result = search_connections(
             cg,
@@ -240,7 +244,7 @@ class _ConnectionMethod(Method):
             state_path=ctx.out / "controller_state.safetensors" if write else None,
             resume=o.resume,
             progress=o.progress,
-            settings={"model": ctx.name, "weights": ctx.weights},
+            settings={"model": ctx.name, "weights": ctx.weights, **({"prior": OUTPUT_SHARE} if measured else {})},
             prior=prior,
         )
         if write:
