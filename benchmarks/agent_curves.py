@@ -1,6 +1,8 @@
-"""Learning curves of the DDPG agents (lfgcl, amc) from their ``agent.csv`` files: one PNG, one Markdown table.
+"""Learning curves of the search agents from their episode files: one PNG, one Markdown table.
 
-Each run is ``LABEL=PATH`` (an ``agent.csv`` an ``lcp prune --method lfgcl|amc`` run or a compare search wrote).
+Each run is ``LABEL=PATH``: an ``agent.csv`` an ``lcp prune --method lfgcl|amc`` run or a compare search wrote
+(reward: minus the held-out loss), or a ``controller.csv`` of ``--method ads|lwp`` (reward: held-out top-1, plus
+lwp's cost term; every episode is a learning one, there is no warm-up).
 The figure shows the reward per episode (dots, coloured by phase) and its moving mean over 25 episodes; the
 table gives, per run, the starting cuts' rewards, the mean reward of the warm-up episodes and of the first and
 last 50 learning episodes, the best episode and its phase, and the search's seconds. A curve that rises from
@@ -26,8 +28,11 @@ def read_run(path: Path) -> list[dict]:
     """Rows of one ``agent.csv`` with numeric reward and seconds."""
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
+    if rows and "phase" not in rows[0] and "update" in rows[0]:  # a connection controller's episodes
+        for r in rows:
+            r["phase"] = "agent"
     if not rows or "phase" not in rows[0]:
-        raise SystemExit(f"{path}: not an agent.csv with a phase column (written by lcp's DDPG agents)")
+        raise SystemExit(f"{path}: neither an agent.csv (lfgcl, amc) nor a controller.csv (ads, lwp)")
     for r in rows:
         r["reward"], r["seconds"] = float(r["reward"]), float(r["seconds"])
     return rows
@@ -44,7 +49,7 @@ def summary(label: str, rows: list[dict]) -> str:
     first = f"{learn[:50].mean():.3f}" if len(learn) else "-"
     last = f"{learn[-50:].mean():.3f}" if len(learn) else "-"
     return (
-        f"| {label} | {len(rows)} | {starts} | {warm.mean() if len(warm) else float('nan'):.3f} | {first} | {last} "
+        f"| {label} | {len(rows)} | {starts or '-'} | {f'{warm.mean():.3f}' if len(warm) else '-'} | {first} | {last} "
         f"| {reward[best]:.3f} (episode {best + 1}, {phase[best]}) | {sum(r['seconds'] for r in rows):.0f} |"
     )
 
@@ -69,7 +74,7 @@ def plot(runs: list[tuple[str, list[dict]]], path: Path) -> None:
         ax.step(x, np.maximum.accumulate(y), where="post", color="black", linewidth=1, label="best so far")
         ax.set_title(label, loc="left")
         ax.set_xlabel("episode")
-        ax.set_ylabel("reward (-held-out loss)")
+        ax.set_ylabel("reward")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, ncols=3, loc="lower right")
     tmp = path.with_suffix(".tmp.png")

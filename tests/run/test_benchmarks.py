@@ -1474,3 +1474,20 @@ def test_a_merge_of_chains_seeded_with_the_tables_keeps_a_one_budget_table_one_b
     merged = json.loads((tmp_path / "t.meta.json").read_text())
     assert merged["search_budgets"] == [0.5] and not merged.get("searched_separately")
     assert sorted(pd.read_csv(tmp_path / "t.csv")["seed"]) == [0, 1]
+
+
+def test_agent_curves_read_a_connection_controllers_episodes(tmp_path: Path, capsys) -> None:
+    """A controller.csv (ads / lwp) is a run of learning episodes: the table gives its first and last 50 and the best;
+    a file of neither kind is one line."""
+    curves = _module(ROOT / "benchmarks" / "agent_curves.py", "bench_agent_curves")
+    f = tmp_path / "controller.csv"
+    rows = ["episode,update,reward,seconds"] + [f"{i},{(i - 1) // 4 + 1},{0.4 + i / 1000},2.0" for i in range(1, 121)]
+    f.write_text("\n".join(rows) + "\n")
+    assert curves.main([f"ads={f}", "--png", str(tmp_path / "c.png")]) == 0
+    line = capsys.readouterr().out.splitlines()[-1]
+    assert line.startswith("| ads | 120 | - | - | 0.426 | 0.495 |") and "episode 120, agent" in line
+    assert (tmp_path / "c.png").stat().st_size > 0
+    bad = tmp_path / "other.csv"
+    bad.write_text("a,b\n1,2\n")
+    with pytest.raises(SystemExit, match="neither an agent.csv"):
+        curves.main([f"x={bad}"])
