@@ -1174,6 +1174,7 @@ def run(args: argparse.Namespace, argv: list[str], log: Log = print) -> pd.DataF
                 append_row(out, row)
                 for ckpt in bench.work.glob(f"finetune-{method}-*-seed{seed}-b{budget:g}-*.safetensors"):
                     ckpt.unlink()  # the row is written (a failed one's retry starts its fine-tuning afresh)
+                if row["status"] == "ok":
                     log(
                         f"{method:>13} {budget:g} seed {seed}: MACs {row['macs_ratio']:.3f}, params "
                         f"{row['params_ratio']:.3f}, top-1 {row['top1_pruned_noft']:.2f}% (BN recal) -> "

@@ -126,6 +126,7 @@ def test_quick_writes_a_row_per_method_budget_and_seed(quick):
     for _, r in tp[tp["status"] == "ok"].iterrows():
         assert r["macs_ratio"] <= r["budget"] + 1e-9 and r["top1_pruned"] >= 0
     assert "done in" in log
+    assert "(BN recal) ->" in log  # every finished row is reported as it lands
 
 
 def test_quick_resumes_and_refuses_other_settings(quick):
