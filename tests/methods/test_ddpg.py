@@ -246,6 +246,31 @@ def test_agent_on_real_fitness_meets_budget(tiny):
         assert h["cost"] == pytest.approx(0.5, rel=1e-6)
 
 
+class _PlanFitness:
+    """A deterministic stand-in for ``make_fitness``: the score of a removal mask, and every mask scored."""
+
+    def __init__(self, scores: np.ndarray) -> None:
+        self.scores, self.calls = np.nan_to_num(scores), []
+
+    def for_removed(self, removed: np.ndarray) -> float:
+        self.calls.append(np.packbits(removed).tobytes())
+        return float(self.scores[removed].sum())
+
+
+def test_aligned_plans_are_scored_once_and_rescored_distinct(tiny):
+    """At --round-to 16 many episodes make one plan: it is scored once, and the best episodes re-scored at the
+    end are of distinct plans (five copies of one plan were re-scored on ResNet-20)."""
+    graph, cost, scores = tiny
+    cheap, final = _PlanFitness(scores), _PlanFitness(scores)
+    cfg = AgentConfig(episodes=40, warmup=10, batch_size=8)
+    res = search_ratios(graph, cost, scores, cheap, budget=0.5, cfg=cfg, progress=False, final=final, round_to=16)
+    assert len(cheap.calls) == len(set(cheap.calls)) < 40  # plans repeat, each is scored once
+    assert len(final.calls) == len(set(final.calls)) == len(res.top) > 1
+    plans = {np.packbits(plan_ratios(graph, cost, scores, e["ratios"], budget=0.5, round_to=16).removed).tobytes()
+             for e in res.top}  # fmt: skip
+    assert len(plans) == len(res.top)
+
+
 def test_same_seed_same_ratios(tiny):
     graph, cost, _ = tiny
     env = Env(graph, cost, budget=0.5, budget_type="macs", min_ratio=0.1)

@@ -6,7 +6,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -180,8 +180,13 @@ def run_agent(
     progress: bool = True,
     settings: dict | None = None,
     starts: Sequence[tuple[str, np.ndarray, np.ndarray]] = (),
+    plan_of: Callable[[np.ndarray], Hashable] | None = None,
 ) -> AgentResult:
     """Run ``cfg.episodes`` episodes; ``reward_of(ratios)`` scores one episode's ratios (higher is better).
+
+    ``plan_of(ratios)``: what the ratios become (e.g. the bytes of a plan's removal mask); the best episodes kept
+    for re-scoring (``cfg.top``) are then of distinct plans, each its best episode (aligned widths map many
+    ratios to one plan, whose copies would fill the list).
 
     ``starts``: (label, ratios, whole) starting profiles, evaluated first, one episode each (e.g. the uniform
     cut, so the agent can never end below it). The best of them decides the action space (its ``whole``
@@ -302,10 +307,13 @@ def run_agent(
                     agent.update(rng, actor=learning)
             if reward > best["reward"]:
                 best = {**best, "reward": reward, "ratios": ratios.tolist(), "episode": episode + 1}
-            top = sorted(
-                [*best.get("top", []), {"reward": reward, "ratios": ratios.tolist(), "episode": episode + 1}],
-                key=lambda e: -e["reward"],
-            )
+            entry = {"reward": reward, "ratios": ratios.tolist(), "episode": episode + 1}
+            top = sorted([*best.get("top", []), entry], key=lambda e: (-e["reward"], e["episode"]))
+            if plan_of is not None:  # one entry per plan: its best episode (the earliest of equals)
+                kept: dict[Hashable, dict] = {}
+                for e in top:
+                    kept.setdefault(plan_of(np.asarray(e["ratios"], dtype=np.float64)), e)
+                top = list(kept.values())
             best["top"] = top[: cfg.top]
             history.append(
                 {

@@ -94,9 +94,21 @@ def search_ratios(
         "label_free": bool(getattr(fitness, "label_free", False)),
         "starts": [label for label, _, _ in starts],
     }
+    rewards: dict[bytes, float] = {}  # per plan: aligned widths map many episodes' ratios to one plan
+
+    def plan_of(ratios: np.ndarray) -> bytes:
+        return np.packbits(to_plan(ratios).removed).tobytes()
+
+    def reward_of(ratios: np.ndarray) -> float:
+        removed = to_plan(ratios).removed
+        key = np.packbits(removed).tobytes()
+        if key not in rewards:
+            rewards[key] = -fitness.for_removed(removed)
+        return rewards[key]
+
     result = run_agent(
         env,
-        lambda r: -fitness.for_removed(to_plan(r).removed),
+        reward_of,
         cfg,
         seed=seed,
         state_path=state_path,
@@ -104,14 +116,18 @@ def search_ratios(
         progress=progress,
         settings=settings,
         starts=starts,
+        plan_of=plan_of if round_to > 1 else None,  # any width: distinct ratios are distinct plans
     )
     if final is None:
         return result
     candidates = {e["episode"]: e["ratios"] for e in result.top}
     for i, (_, ratios, _) in enumerate(starts):
         candidates.setdefault(i + 1, np.asarray(ratios, dtype=np.float64))
+    distinct: dict[bytes, tuple[int, np.ndarray]] = {}  # a start whose plan an episode made is scored once
+    for ep, r in sorted(candidates.items()):
+        distinct.setdefault(plan_of(r), (ep, r))
     rescored = [
-        {"episode": ep, "reward": -final.for_removed(to_plan(r).removed), "ratios": r} for ep, r in candidates.items()
+        {"episode": ep, "reward": -final.for_removed(to_plan(r).removed), "ratios": r} for ep, r in distinct.values()
     ]
     rescored.sort(key=lambda e: -e["reward"])
     result.ratios, result.best_reward, result.top = rescored[0]["ratios"], rescored[0]["reward"], rescored
