@@ -380,13 +380,23 @@ def _fast_candidates(search: dict, df: pd.DataFrame) -> str:
     return str(n[0]) if len(n) == 1 else f"{n[0]} to {n[-1]}"
 
 
-def _dates(runs: list[dict]) -> str:
+def _dates(runs: list[dict], df: pd.DataFrame) -> str:
+    """From the first run's start to the last run's end or the last row's, whichever is later (a run still going
+    or cut off has no end)."""
     runs = [r for r in runs if r.get("started")]  # a merge (benchmarks/merge_rows.py) has none
     if not runs:
         return "unknown dates"
     first = min(r["started"] for r in runs)[:16].replace("T", " ")
-    last = max(r.get("finished") or r["started"] for r in runs)[:16].replace("T", " ")
+    ends = [r.get("finished") or r["started"] for r in runs] + list(_stamped(df)["finished"])
+    last = max(ends)[:16].replace("T", " ")
     return first if first == last else f"{first} to {last}"
+
+
+ROW_SECONDS = ("search_s", "finetune_s", "recal_eval_s", "latency_s")  # what a row's work took, every run of it
+
+
+def _unfinished(runs: list[dict]) -> bool:
+    return any(r.get("started") and "wall_s" not in r for r in runs)
 
 
 def setup_text(df: pd.DataFrame, meta: dict) -> str:
@@ -596,16 +606,21 @@ def setup_text(df: pd.DataFrame, meta: dict) -> str:
             + machine
         )
     runs = _runs(meta, df)  # those that made the rows: their dates and time
+    if _unfinished(runs):  # no run time recorded: the rows' own seconds
+        row_s = float(df[[c for c in ROW_SECONDS if c in df.columns]].fillna(0).to_numpy().sum())
+        took = f"a run that made them is still going or was cut off; the rows' own work took {row_s / 60:.0f} min "
+    elif all_timed:
+        took = f"wall time of the comparison {_wall(runs) / 60:.0f} min "
+    else:
+        took = f"run time of the comparison {_wall(runs) / 60:.0f} min summed over its " + (
+            "runs " if timed else "parallel runs "
+        )
     lines.append(
         f"- **Machine and time:** {machine}, "
-        f"torch {host.get('torch', '?')}; {_dates(runs)}; "
-        + (
-            f"wall time of the comparison {_wall(runs) / 60:.0f} min "
-            if all_timed
-            else f"run time of the comparison {_wall(runs) / 60:.0f} min summed over its "
-            + ("runs " if timed else "parallel runs ")
-        )
-        + f"({len(df)} rows). Wall times depend on the load other jobs put on the machine{spread}: read them as "
+        f"torch {host.get('torch', '?')}; {_dates(runs, df)}; "
+        + took
+        + f"({len(df)} row{'s' if len(df) != 1 else ''}). Wall times depend on the load other jobs put on the "
+        + f"machine{spread}: read them as "
         + "orders of magnitude"
         + ("; the latency ratios are robust to it because base and pruned are timed together." if timed else ".")
     )

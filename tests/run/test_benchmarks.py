@@ -1170,8 +1170,14 @@ def test_a_run_that_made_no_row_stays_out_of_a_tables_dates_and_time():
     df = pd.DataFrame({"method": ["lcp", "global"], "finished": [t("10:30"), t("08:30")]})
     runs = report._runs(meta, df)
     assert runs == [cut, made]
-    assert report._dates(runs) == "2026-12-06 08:00 to 2026-12-06 11:00" and report._wall(runs) == 3600.0
-    assert report._dates(meta["runs"]) == "2026-12-06 08:00 to 2026-12-06 12:00"  # what the page said before
+    assert report._dates(runs, df) == "2026-12-06 08:00 to 2026-12-06 11:00" and report._wall(runs) == 3600.0
+    assert report._dates(meta["runs"], df) == "2026-12-06 08:00 to 2026-12-06 12:00"  # what the page said before
+    # the cut-off run has no run time: the page sums the rows' own seconds instead of undercounting
+    assert report._unfinished(runs) and not report._unfinished([made, other])
+    # a run still going that made a row: the dates end at that row, not at the run's start
+    first = pd.DataFrame({"method": ["ads"], "finished": [t("13:30")]})
+    assert report._runs({"runs": [going]}, first) == [going]
+    assert report._dates([going], first) == "2026-12-06 12:00 to 2026-12-06 13:30"
     # parallel chains: a run of other budgets that ran while the row was made is not the row's
     chain = {**made, "command": "compare.py --methods lcp --budgets 0.5 --out c.csv", "wall_s": 600.0}
     own = {**made, "command": "compare.py --methods lcp --budgets 0.3 --seeds 0 --out e.csv"}
