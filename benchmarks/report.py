@@ -380,15 +380,21 @@ def _fast_candidates(search: dict, df: pd.DataFrame) -> str:
     return str(n[0]) if len(n) == 1 else f"{n[0]} to {n[-1]}"
 
 
+def _utc(t: str) -> pd.Timestamp:
+    """An ISO time as UTC (a time without a zone is taken as UTC)."""
+    ts = pd.Timestamp(t)
+    return ts.tz_convert("UTC") if ts.tzinfo else ts.tz_localize("UTC")
+
+
 def _dates(runs: list[dict], df: pd.DataFrame) -> str:
     """From the first run's start to the last run's end or the last row's, whichever is later (a run still going
     or cut off has no end)."""
     runs = [r for r in runs if r.get("started")]  # a merge (benchmarks/merge_rows.py) has none
     if not runs:
         return "unknown dates"
-    first = min(r["started"] for r in runs)[:16].replace("T", " ")
-    ends = [r.get("finished") or r["started"] for r in runs] + list(_stamped(df)["finished"])
-    last = max(ends)[:16].replace("T", " ")
+    ends = [r.get("finished") or r["started"] for r in runs] + list(_stamped(df).get("finished", []))
+    first = min(_utc(r["started"]) for r in runs).strftime("%Y-%m-%d %H:%M")
+    last = max(_utc(t) for t in ends).strftime("%Y-%m-%d %H:%M")
     return first if first == last else f"{first} to {last}"
 
 
@@ -608,7 +614,10 @@ def setup_text(df: pd.DataFrame, meta: dict) -> str:
     runs = _runs(meta, df)  # those that made the rows: their dates and time
     if _unfinished(runs):  # no run time recorded: the rows' own seconds
         row_s = float(df[[c for c in ROW_SECONDS if c in df.columns]].fillna(0).to_numpy().sum())
-        took = f"a run that made them is still going or was cut off; the rows' own work took {row_s / 60:.0f} min "
+        took = (
+            "a run that made them is still going or was cut off; the rows' own work, interrupted earlier runs "
+            f"included, took {row_s / 60:.0f} min "
+        )
     elif all_timed:
         took = f"wall time of the comparison {_wall(runs) / 60:.0f} min "
     else:

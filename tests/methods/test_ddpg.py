@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import shutil
 
 import numpy as np
@@ -269,6 +270,24 @@ def test_aligned_plans_are_scored_once_and_rescored_distinct(tiny):
     plans = {np.packbits(plan_ratios(graph, cost, scores, e["ratios"], budget=0.5, round_to=16).removed).tobytes()
              for e in res.top}  # fmt: skip
     assert len(plans) == len(res.top)
+
+
+class _FailingOnce(_PlanFitness):
+    """Every plan's first evaluation fails (as ``Fitness`` reports an error: +inf), later ones succeed."""
+
+    def for_removed(self, removed: np.ndarray) -> float:
+        first = np.packbits(removed).tobytes() not in self.calls
+        score = super().for_removed(removed)
+        return math.inf if first else score
+
+
+def test_a_failed_plan_is_evaluated_again_not_cached(tiny):
+    graph, cost, scores = tiny
+    fit = _FailingOnce(scores)
+    cfg = AgentConfig(episodes=40, warmup=10, batch_size=8)
+    search_ratios(graph, cost, scores, fit, budget=0.5, cfg=cfg, progress=False, round_to=16)
+    counts = {k: fit.calls.count(k) for k in set(fit.calls)}
+    assert max(counts.values()) == 2  # failed once, then scored once and cached
 
 
 def test_same_seed_same_ratios(tiny):

@@ -1178,6 +1178,11 @@ def test_a_run_that_made_no_row_stays_out_of_a_tables_dates_and_time():
     first = pd.DataFrame({"method": ["ads"], "finished": [t("13:30")]})
     assert report._runs({"runs": [going]}, first) == [going]
     assert report._dates([going], first) == "2026-12-06 12:00 to 2026-12-06 13:30"
+    assert report._dates([going], pd.DataFrame({"method": ["ads"]})) == "2026-12-06 12:00"  # rows without times
+    assert (
+        report._dates([going], pd.DataFrame({"finished": ["2026-12-06T14:00:00+01:00"]}))
+        == "2026-12-06 12:00 to 2026-12-06 13:00"
+    )
     # parallel chains: a run of other budgets that ran while the row was made is not the row's
     chain = {**made, "command": "compare.py --methods lcp --budgets 0.5 --out c.csv", "wall_s": 600.0}
     own = {**made, "command": "compare.py --methods lcp --budgets 0.3 --seeds 0 --out e.csv"}

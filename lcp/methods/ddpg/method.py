@@ -17,6 +17,7 @@ episode into one safetensors file whose metadata holds the JSON state; ``resume`
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import replace
 from typing import Any, ClassVar
 
@@ -102,9 +103,12 @@ def search_ratios(
     def reward_of(ratios: np.ndarray) -> float:
         removed = to_plan(ratios).removed
         key = np.packbits(removed).tobytes()
-        if key not in rewards:
-            rewards[key] = -fitness.for_removed(removed)
-        return rewards[key]
+        if key in rewards:
+            return rewards[key]
+        reward = -fitness.for_removed(removed)
+        if math.isfinite(reward):  # a failed evaluation (e.g. out of memory) is tried again by a later episode
+            rewards[key] = reward
+        return reward
 
     result = run_agent(
         env,
@@ -116,7 +120,7 @@ def search_ratios(
         progress=progress,
         settings=settings,
         starts=starts,
-        plan_of=plan_of if round_to > 1 else None,  # any width: distinct ratios are distinct plans
+        plan_of=plan_of if round_to > 1 else None,  # any width: two episodes rarely make one plan
     )
     if final is None:
         return result
