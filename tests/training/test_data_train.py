@@ -456,6 +456,60 @@ def test_on_step_end_sees_every_optimizer_step(bundle: DataBundle) -> None:
     assert not torch.equal(seen[0], seen[1]) and torch.equal(seen[-1], net.head[3].weight)
 
 
+def _layouts_seen(net: nn.Module) -> list[bool]:
+    """Whether each training forward's input reached the first conv channels-last."""
+    seen: list[bool] = []
+
+    def hook(m: nn.Module, args: tuple) -> None:
+        if m.training:
+            seen.append(not args[0].is_contiguous() and args[0].is_contiguous(memory_format=torch.channels_last))
+
+    net.features[0].register_forward_pre_hook(hook)
+    return seen
+
+
+def test_channels_last_training_takes_the_same_steps_as_the_default_layout(bundle: DataBundle) -> None:
+    """On the CPU training runs channels-last by default (faster); the weights differ from the default layout's by
+    rounding only, and the model and the teacher come back in the default layout."""
+    kw = dict(epochs=2, lr=0.05, batch_size=16, progress=False, seed=1)
+    runs = {}
+    for cl in (None, False):
+        net, teacher = _net(2), _net(3).eval()
+        seen = _layouts_seen(net)
+        finetune(net, bundle, teacher=teacher, channels_last=cl, **kw)
+        assert seen and set(seen) == {cl is None}
+        for m in (net, teacher):
+            assert all(p.is_contiguous() for p in m.parameters())
+        runs[cl] = net.state_dict()
+    for k, v in runs[None].items():
+        assert torch.allclose(v.float(), runs[False][k].float(), rtol=1e-4, atol=1e-5), k
+
+
+def test_a_model_that_cannot_take_channels_last_trains_in_the_default_layout(bundle: DataBundle) -> None:
+    """A forward that views feature maps as flat rows fails on channels-last tensors: the first batch's probe
+    sees it and the run keeps the default layout, with the same weights as when asked for it."""
+
+    class Viewing(TinyNet):
+        def __init__(self) -> None:
+            super().__init__()
+            self.head = nn.Linear(8 * SIZE[1] * SIZE[2], 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.features(x)
+            return self.head(h.view(len(h), -1))
+
+    nets = []
+    for cl in (True, False):
+        torch.manual_seed(0)
+        net = Viewing()
+        seen = _layouts_seen(net)
+        finetune(net, bundle, epochs=1, batch_size=16, progress=False, channels_last=cl)
+        assert seen and not any(seen)
+        nets.append(net)
+    for (k, a), b in zip(nets[0].state_dict().items(), nets[1].state_dict().values()):
+        assert torch.equal(a, b), k
+
+
 def test_distillation_on_unlabeled_data(folder: Path) -> None:
     b = load_data(folder, input_size=SIZE, holdout=3, labeled=False)
     res = finetune(_net(), b, epochs=1, batch_size=16, teacher=_net(3), progress=False)
