@@ -1,6 +1,7 @@
 """Speed of lcp's training loop on the CPU: the default (NCHW) memory layout against channels-last.
 
-For each zoo model, unpruned and cut to 0.5 of the MACs by the global ranking (what fine-tuning trains), with
+For each zoo model, unpruned and cut to 0.5 of the MACs by the global ranking (what fine-tuning trains; for
+DenseNet-40 also by removing dense connections, what ads and lwp fine-tune), with
 and without distillation from the unpruned network (``lcp prune``'s default recovery distils), the same
 ``lcp.training.finetune`` steps (SGD Nesterov, batch ``--batch`` of random 32x32 images: speed does not depend
 on the pixels) run with ``channels_last=False`` and ``channels_last=True``, alternating, ``--rounds`` times after
@@ -51,7 +52,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--steps", type=int, default=8, help="training steps per timed run")
     ap.add_argument("--rounds", type=int, default=3, help="timed runs of each layout, alternating")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--networks", default="unpruned,global 0.5", help="comma-separated: unpruned, global 0.5")
+    ap.add_argument(
+        "--networks",
+        default="unpruned,global 0.5",
+        help="comma-separated: unpruned, global 0.5, connections 0.5 (densenet40 only)",
+    )
     ap.add_argument("--profile", action="store_true", help="print the top ops of one run of each layout instead")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/train_speed.csv")
     return ap.parse_args(argv)
@@ -76,6 +81,18 @@ def print_profile(title: str, net: nn.Module, teacher: nn.Module | None, batches
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=8))
 
 
+def connection_cut(base: nn.Module, x: torch.Tensor) -> nn.Module:
+    """DenseNet-40 with a seeded random set of dense connections removed, projected to 0.5 of the MACs (what ads
+    and lwp fine-tune: each pruned consumer gathers the input channels it keeps)."""
+    import numpy as np
+
+    from lcp.engine.connections import build
+
+    cg = build(base, x)
+    rng = np.random.default_rng(0)
+    return cg.apply(cg.project(rng.random(cg.n) < 0.5, rng.random(cg.n), budget=0.5))
+
+
 def measure(name: str, args: argparse.Namespace) -> list[dict]:
     import lcp
     from lcp.models.zoo import ZOO
@@ -83,15 +100,21 @@ def measure(name: str, args: argparse.Namespace) -> list[dict]:
     torch.manual_seed(0)
     base = ZOO[name]().eval()
     x = torch.randn(2, 3, 32, 32)
-    cut = lcp.prune(copy.deepcopy(base), x, budget=0.5, method="global").model
+    networks = {
+        "unpruned": lambda: base,
+        "global 0.5": lambda: lcp.prune(copy.deepcopy(base), x, budget=0.5, method="global").model,
+        "connections 0.5": lambda: connection_cut(base, x),
+    }
     g = torch.Generator().manual_seed(0)
     batches = [
         (torch.randn(args.batch, 3, 32, 32, generator=g), torch.randint(0, 10, (args.batch,), generator=g))
         for _ in range(args.steps)
     ]
     rows = []
-    wanted = [n.strip() for n in args.networks.split(",")]
-    for network, net in [(n, m) for n, m in (("unpruned", base), ("global 0.5", cut)) if n in wanted]:
+    for network in [n.strip() for n in args.networks.split(",")]:
+        if network not in networks or (network == "connections 0.5" and name != "densenet40"):
+            continue
+        net = networks[network]()
         for kd in (False, True):
             teacher = copy.deepcopy(base).eval() if kd else None
             for cl in (False, True):  # warm-up: allocator, oneDNN primitive caches

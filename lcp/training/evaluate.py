@@ -44,18 +44,34 @@ def inputs_and_labels(batch: Any) -> tuple[Tensor, Tensor | None]:
     return batch[0], (batch[1] if len(batch) > 1 else None)
 
 
+def fold_bn(model: nn.Module) -> nn.Module:
+    """``model`` (eval mode) with every BatchNorm that follows a conv folded into it, in place: the same outputs
+    up to rounding, a third less time per batch. A model torch.fx cannot trace is returned as it is."""
+    from torch.fx.experimental.optimization import fuse
+
+    try:
+        return fuse(model, inplace=True)
+    except Exception:  # untraceable or unusual model: unfused, same numbers
+        return model
+
+
+def prefers_channels_last(device: torch.device, model: nn.Module, batches: Iterable[Tensor]) -> bool:
+    """Whether inference on ``batches`` should run channels-last: on the CPU, for 4-d images and no 3-d convs.
+
+    Depthwise and small convs run up to twice as fast on channels-last CPU kernels; on CUDA the search's
+    candidates ran 2x (ResNet-56) to 20-60x (MobileNetV2) slower that way (H200, cuDNN 9.19), so not there."""
+    return (
+        device.type == "cpu"
+        and all(x.dim() == 4 for x in batches)
+        and not any(p.dim() == 5 for p in model.parameters())
+    )
+
+
 @torch.no_grad()
 def inference_model(model: nn.Module) -> nn.Module:
     """An eval-mode copy of ``model`` for fast inference: BatchNorm folded into the conv before it (where
     torch.fx can trace the model) and channels_last weights. ``model`` itself is not touched."""
-    from torch.fx.experimental.optimization import fuse
-
-    fast = copy.deepcopy(model).eval()
-    try:
-        fast = fuse(fast, inplace=True)
-    except Exception:  # untraceable or unusual model: unfused copy, same numbers
-        pass
-    return fast.to(memory_format=torch.channels_last)
+    return fold_bn(copy.deepcopy(model).eval()).to(memory_format=torch.channels_last)
 
 
 @torch.no_grad()

@@ -2,9 +2,10 @@
 
 PyTorch's CPU convolutions (oneDNN) run forward and backward faster on channels-last tensors than on the default
 NCHW layout: a training step of the CIFAR networks took 1.2-1.7x less time, except on a ResNet-56 cut to 8-48
-channels per layer (0.88x, 1.04x distilled), whose channels-last BatchNorm is slow (``benchmarks/train_speed.py``;
-docs/training.md). The layout changes the order of floating-point sums, not the arithmetic, so a run differs
-from an NCHW run only by rounding; the same seed still gives the same weights run after run.
+channels per layer (0.88x, 1.04x distilled), whose channels-last BatchNorm is slow, and on a DenseNet whose
+connections were cut (0.82x, 1.12x distilled) (``benchmarks/train_speed.py``; docs/training.md). The layout changes
+the order of floating-point sums, not the arithmetic, so a run differs from an NCHW run only by rounding; the same
+seed still gives the same weights run after run.
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ from lcp.engine.surgery import apply_plan
 from lcp.errors import LcpError, first_line
 from lcp.methods.base import Context
 from lcp.training.data import DataBundle
+from lcp.training.evaluate import fold_bn, prefers_channels_last
 from lcp.training.train import recalibrate_bn
 
 log = logging.getLogger("lcp.methods.legr")
@@ -31,17 +32,6 @@ class FitnessFn(Protocol):
 
 
 # ---------------------------------------------------------------------------------------------------- fitness
-
-
-def _fold_bn(model: nn.Module) -> nn.Module:
-    """``model`` (eval, recalibrated) with every BatchNorm that follows a conv folded into it, in place: the same
-    outputs up to rounding, a third less time per held-out batch. A model torch.fx cannot trace stays as is."""
-    from torch.fx.experimental.optimization import fuse
-
-    try:
-        return fuse(model, inplace=True)
-    except Exception:
-        return model
 
 
 class Fitness:
@@ -77,13 +67,7 @@ class Fitness:
         self.budgets = tuple(float(b) for b in (budget if isinstance(budget, Sequence) else [budget]))
         self.budget, self.budget_type = self.budgets[0], budget_type
         self.device = dev = torch.device(device)  # where candidates run; the batches are moved there once
-        # channels-last images and weights: depthwise and small convs run up to twice as fast on CPU kernels; on
-        # CUDA the same candidates ran 2x (ResNet-56) to 20-60x (MobileNetV2) slower (H200, cuDNN 9.19), so not there
-        self.channels_last = (
-            dev.type == "cpu"
-            and all(x.dim() == 4 for x in [*recal, *eval_x])
-            and not any(p.dim() == 5 for p in graph.model.parameters())
-        )
+        self.channels_last = prefers_channels_last(dev, graph.model, [*recal, *eval_x])
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         self.recal = [x.to(dev).contiguous(memory_format=fmt) for x in recal]
         self.eval_x = [x.to(dev).contiguous(memory_format=fmt) for x in eval_x]
@@ -132,7 +116,7 @@ class Fitness:
         model.eval()
         with torch.no_grad():
             recalibrate_bn(model, self.recal, batches=len(self.recal))
-            model = _fold_bn(model)
+            model = fold_bn(model)
         with torch.inference_mode():
             total = 0.0
             for x, target in zip(self.eval_x, self.eval_target):
