@@ -67,7 +67,9 @@ def seconds_per_step(net: nn.Module, teacher: nn.Module | None, batches: list, c
 
     model = copy.deepcopy(net)
     t0 = time.perf_counter()
-    finetune(model, lambda epoch: batches, epochs=1, teacher=teacher, progress=False, channels_last=channels_last)
+    res = finetune(model, lambda epoch: batches, epochs=1, teacher=teacher, progress=False, channels_last=channels_last)
+    if res["channels_last"] != channels_last:  # the layout check refused it: the row would time NCHW twice
+        raise SystemExit(f"{type(net).__name__} does not train channels-last (its outputs or its teacher's differ)")
     return (time.perf_counter() - t0) / len(batches)
 
 

@@ -98,6 +98,7 @@ def recover(
             seed=options.seed,
             progress=options.progress,
             device=dev,
+            channels_last=None if options.channels_last else False,
         )
         original.cpu()
         top1 = evaluate(pruned, test, device=dev)["top1"] if test is not None else float("nan")

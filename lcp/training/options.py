@@ -21,6 +21,12 @@ class RecoveryOptions:
     kd_weight: float = option(
         0.9, "weight w of the distillation term: (1 - w) cross-entropy + w T^2 KL at T = 4", check=fraction
     )
+    channels_last: bool = option(
+        True,
+        "fine-tune in the channels-last memory layout on a CPU where the model allows it (faster for most networks, "
+        "docs/training.md; --no-channels-last: NCHW; a resumed run keeps its checkpoint's layout)",
+        signature=False,
+    )
     recal_batches: int = option(20, "BatchNorm recalibration batches", check=at_least(0), signature=False)
     reconstruct_images: int | str = option(
         "auto",

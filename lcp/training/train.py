@@ -193,6 +193,7 @@ def _run(
                 )
             start_epoch = resumed_from = int(info["epoch"])
             history = list(info["history"])
+            layout.wanted = info.get("layout") == "channels_last"  # checkpoints before 2026-12-07: NCHW
         kept = f"the last good checkpoint is kept at {ckpt}"
         last_good = "no checkpoint was written yet" if start_epoch == 0 else kept
         bar = tqdm(
@@ -258,6 +259,7 @@ def _run(
                         "total_steps": total,
                         "settings": settings,
                         "history": history,
+                        "layout": "channels_last" if layout.used else "nchw",
                     }
                     save_checkpoint(ckpt, model, opt, info)
                     last_good = kept
@@ -268,6 +270,7 @@ def _run(
         "epochs": epochs,
         "steps": total,
         "resumed_from": resumed_from,
+        "channels_last": layout.used,
         "seconds": time.perf_counter() - t0,
         "checkpoint": str(ckpt) if ckpt is not None else None,
     }
@@ -310,9 +313,10 @@ def finetune(
     atomically to ``ckpt_path`` after every epoch; ``resume=True`` continues from it and ends with the same
     weights as an uninterrupted run. ``on_step_end(model)`` is called after every optimizer step (e.g. to keep a
     moving average of the weights; what it keeps is the caller's, not in the checkpoint). ``channels_last``
-    (None: on the CPU) trains in the channels-last memory layout where the model allows it
-    (:class:`lcp.training.layout.TrainingLayout`; docs/training.md: up to 1.7x faster on CPUs); the model is
-    returned in the default layout. Returns ``{"history": [per-epoch records], ...}``.
+    (None: on the CPU; not with ``loss_fn``) trains in the channels-last memory layout where the model and the
+    teacher allow it (:class:`lcp.training.layout.TrainingLayout`; docs/training.md: up to 1.7x faster on CPUs,
+    slower for some pruned networks); a resumed run keeps its checkpoint's layout; the model is returned in the
+    default layout. Returns ``{"history": [per-epoch records], "channels_last": bool, ...}``.
     """
     return _run(
         model,

@@ -282,23 +282,31 @@ def test_prune_trains_a_baseline_when_no_weights_exist(
 def test_kd_fine_tunes_with_distillation(
     tiny_folder: Path, resnet20_ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    teachers, weights = [], []
+    teachers, weights, layouts = [], [], []
     real = lcp.training.train.finetune
 
-    def spy(model, data, *args, **kwargs):  # which teacher and loss weight the pipeline hands to fine-tuning
+    def spy(model, data, *args, **kwargs):  # which teacher, loss weight and layout the pipeline hands to fine-tuning
         teachers.append(kwargs.get("teacher"))
         weights.append(kwargs.get("kd_alpha"))
-        return real(model, data, *args, **kwargs)
+        res = real(model, data, *args, **kwargs)
+        layouts.append((kwargs.get("channels_last"), res["channels_last"]))
+        return res
 
     monkeypatch.setattr(lcp.training.train, "finetune", spy)
     outs = {}
-    runs = (("plain", ("--no-kd",)), ("kd", ()), ("kd_only", ("--kd-weight", "1")))  # distillation is on by default
+    runs = (  # distillation and the channels-last layout are on by default
+        ("plain", ("--no-kd",)),
+        ("kd", ()),
+        ("kd_only", ("--kd-weight", "1")),
+        ("kd_nchw", ("--no-channels-last",)),
+    )
     for name, extra in runs:
         outs[name] = tmp_path / name
         res = lcp_cli(*tiny_args(tiny_folder, resnet20_ckpt, outs[name], "--lr", "0.05", *extra, finetune=1))
         assert res.code == 0, res.err
-    assert len(teachers) == 3 and teachers[0] is None and isinstance(teachers[1], torch.nn.Module)
-    assert weights[1:] == [0.9, 1.0]
+    assert len(teachers) == 4 and teachers[0] is None and isinstance(teachers[1], torch.nn.Module)
+    assert weights[1:] == [0.9, 1.0, 0.9]
+    assert layouts == [(None, True)] * 3 + [(False, False)]
     rows = {k: read_report(v) for k, v in outs.items()}
     assert rows["plain"]["top1_pruned_noft"] == rows["kd"]["top1_pruned_noft"]  # the same cut before fine-tuning
     a, b = load_file(outs["plain"] / "model.safetensors"), load_file(outs["kd"] / "model.safetensors")

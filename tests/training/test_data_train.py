@@ -469,15 +469,31 @@ def _layouts_seen(net: nn.Module) -> list[bool]:
 
 
 def test_channels_last_training_takes_the_same_steps_as_the_default_layout(bundle: DataBundle) -> None:
-    """On the CPU training runs channels-last by default (faster); the weights differ from the default layout's by
-    rounding only, and the model and the teacher come back in the default layout."""
+    """On the CPU training runs channels-last by default (faster): model and teacher are converted while it runs,
+    the weights differ from the default layout's by rounding only, and both come back in the default layout."""
     kw = dict(epochs=2, lr=0.05, batch_size=16, progress=False, seed=1)
     runs = {}
     for cl in (None, False):
         net, teacher = _net(2), _net(3).eval()
-        seen = _layouts_seen(net)
-        finetune(net, bundle, teacher=teacher, channels_last=cl, **kw)
-        assert seen and set(seen) == {cl is None}
+        seen, weights, taught = _layouts_seen(net), [], []
+        teacher.features[0].register_forward_pre_hook(
+            lambda m, a, taught=taught: taught.append(
+                not a[0].is_contiguous() and a[0].is_contiguous(memory_format=torch.channels_last)
+            )
+        )
+        res = finetune(
+            net,
+            bundle,
+            teacher=teacher,
+            channels_last=cl,
+            on_step_end=lambda m, weights=weights: weights.append(
+                m.features[0].weight.is_contiguous(memory_format=torch.channels_last)
+            ),
+            **kw,
+        )
+        assert res["channels_last"] is (cl is None)
+        assert seen and set(seen) == {cl is None} and set(weights) == {cl is None}
+        assert taught[-1] is (cl is None)  # the teacher's last pass, a training step's
         for m in (net, teacher):
             assert all(p.is_contiguous() for p in m.parameters())
         runs[cl] = net.state_dict()
@@ -485,18 +501,54 @@ def test_channels_last_training_takes_the_same_steps_as_the_default_layout(bundl
         assert torch.allclose(v.float(), runs[False][k].float(), rtol=1e-4, atol=1e-5), k
 
 
+class Viewing(TinyNet):
+    """Flattens its feature maps with ``view``, which channels-last tensors refuse."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(8 * SIZE[1] * SIZE[2], 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.features(x)
+        return self.head(h.view(len(h), -1))
+
+
+def test_a_teacher_that_cannot_take_channels_last_keeps_the_run_in_the_default_layout(bundle: DataBundle) -> None:
+    torch.manual_seed(5)
+    teacher = Viewing().eval()
+    nets = []
+    for cl in (None, False):
+        net = _net(2)
+        res = finetune(net, bundle, epochs=1, batch_size=16, progress=False, teacher=teacher, channels_last=cl)
+        assert not res["channels_last"]
+        nets.append(net)
+    for (k, a), b in zip(nets[0].state_dict().items(), nets[1].state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+def test_a_resumed_run_keeps_its_checkpoint_s_layout(bundle: DataBundle, tmp_path: Path) -> None:
+    """A checkpoint made in NCHW (as every checkpoint before channels-last training) resumes in NCHW, with the
+    weights of an uninterrupted NCHW run."""
+    kw = dict(epochs=2, lr=0.05, batch_size=16, progress=False, seed=4)
+    full = _net(2)
+    finetune(full, bundle, channels_last=False, **kw)
+
+    def crash(epoch: int, record: dict) -> None:
+        raise KeyboardInterrupt
+
+    ckpt = tmp_path / "nchw.safetensors"
+    with pytest.raises(KeyboardInterrupt):
+        finetune(_net(2), bundle, ckpt_path=ckpt, on_epoch_end=crash, channels_last=False, **kw)
+    resumed = _net(7)
+    res = finetune(resumed, bundle, ckpt_path=ckpt, resume=True, **kw)  # the default would be channels-last
+    assert res["resumed_from"] == 1 and not res["channels_last"]
+    for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
 def test_a_model_that_cannot_take_channels_last_trains_in_the_default_layout(bundle: DataBundle) -> None:
     """A forward that views feature maps as flat rows fails on channels-last tensors: the first batch's probe
     sees it and the run keeps the default layout, with the same weights as when asked for it."""
-
-    class Viewing(TinyNet):
-        def __init__(self) -> None:
-            super().__init__()
-            self.head = nn.Linear(8 * SIZE[1] * SIZE[2], 3)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            h = self.features(x)
-            return self.head(h.view(len(h), -1))
 
     nets = []
     for cl in (True, False):
