@@ -30,8 +30,9 @@ a row's fine-tuning checkpoints every epoch in ``--work``, so an interrupted row
 A CSV holding rows made with other settings is refused (``--overwrite`` starts over): each row's ``config`` is
 a hash of the settings that decide it (the ``agents:`` section counts for the search methods' rows only), and
 so is one whose lcp rows searched another number of candidates than the recipe's search (a preset is hashed by
-its name, not its numbers; ``searched_otherwise``). The commands and settings of every invocation go to
-``<out>.meta.json``, which ``benchmarks/report.py`` reads.
+its name, not its numbers; ``searched_otherwise``), and so is one whose rows were cut from other baseline weights
+(each row's ``base_weights`` digest, ``other_baselines``: a network trained again is another baseline). The
+commands and settings of every invocation go to ``<out>.meta.json``, which ``benchmarks/report.py`` reads.
 ``--device cuda`` (or ``device: cuda``) runs the searches, recalibration, evaluation, fine-tuning and latency
 on the GPU.
 
@@ -542,6 +543,32 @@ def weights_digest(model: nn.Module) -> str:
     return digest.hexdigest()[:12]
 
 
+def other_baselines(rows: pd.DataFrame, digest: str | None, top1: float | None) -> list[str]:
+    """The baselines, other than the one with weights digest ``digest`` and test top-1 ``top1``, that finished
+    ``rows`` were made from: a row names its baseline by ``base_weights`` or, written before that column, by its
+    ``top1_base`` (more than 0.05 points apart: another network). ``digest`` None: that of the first row with one."""
+    if rows.empty or "top1_base" not in rows:
+        return []
+    if "status" in rows:
+        rows = rows[rows["status"].astype(str) == "ok"]
+    column = rows["base_weights"] if "base_weights" in rows else [None] * len(rows)
+    weights = ["" if pd.isna(w) or str(w) in ("", "nan") else str(w) for w in column]
+    tops = pd.to_numeric(rows["top1_base"], errors="coerce").tolist()
+    if not tops:
+        return []
+    if digest is None:
+        digest = next((w for w in weights if w), None)
+    if top1 is None:
+        top1 = tops[weights.index(digest)] if digest in weights else tops[0]
+    other = set()
+    for w, t in zip(weights, tops):
+        if w and w != digest:
+            other.add(f"weights {w}")
+        elif not w and abs(t - top1) > 0.05:
+            other.add(f"baseline top-1 {t:.2f}%")
+    return sorted(other)
+
+
 def _resumed(done: dict) -> tuple[int | None, float]:
     """The epoch a fine-tuning resumed from and the seconds its earlier run(s) took to get there."""
     k = done["resumed_from"]
@@ -674,6 +701,7 @@ class Bench:
         self.graph = lcp.build_graph(self.loaded.model, self.example)
         self.macs_base = lcp.count_macs(self.loaded.model, self.example)
         self.params_base = lcp.count_params(self.loaded.model)
+        self.base_weights = weights_digest(self.loaded.model)  # every row names the baseline it was cut from
         self.searches: dict[tuple, tuple[Any, float]] = {}
         self.search_candidates: dict[int, int] = {}  # seed -> candidates lcp's search evaluated
         self.setup_s = time.perf_counter() - t0
@@ -966,6 +994,7 @@ class Bench:
             "macs_base": self.macs_base,
             "params_base": self.params_base,
             "top1_base": self.top1_base,
+            "base_weights": self.base_weights,
             "finetune_epochs": float(cfg["finetune_epochs"]),
             "seed": seed,
         }
@@ -1126,12 +1155,19 @@ def run(args: argparse.Namespace, argv: list[str], log: Log = print) -> pd.DataF
                 meta["search_budgets"] = fitted_at(cfg)
             meta.setdefault("runs", []).append(invocation)
 
+        t_all = time.perf_counter()
+        bench = Bench(cfg, work, log, progress=not args.no_progress) if todo else None
+        other = other_baselines(old, bench.base_weights, bench.top1_base) if bench else []
+        if other:
+            raise LcpError(
+                f"{out} holds rows cut from another baseline ({', '.join(other)}; now weights "
+                f"{bench.base_weights}, top-1 {bench.top1_base:.2f}%): a table's rows share one baseline; pass "
+                "--overwrite to start over, or --out another file"
+            )
         # the meta file is re-read under a lock at each update: another run on the same --out keeps its entries
         update_json(meta_path, begin)
         log(f"{len(todo_all) - len(todo)} of {len(todo_all)} rows already in {out}; running {len(todo)}")
-        t_all = time.perf_counter()
-        if todo:
-            bench = Bench(cfg, work, log, progress=not args.no_progress)
+        if bench is not None:
             data = {
                 "source": bench.bundle.source,
                 "train": len(bench.bundle.train_x),
@@ -1140,6 +1176,7 @@ def run(args: argparse.Namespace, argv: list[str], log: Log = print) -> pd.DataF
                 "steps_per_epoch": _steps_per_epoch(bench.bundle, int(cfg["batch_size"])),
                 "weights": bench.loaded.weights,
                 "top1_base": bench.top1_base,
+                "base_weights": bench.base_weights,
                 "macs_base": bench.macs_base,
                 "params_base": bench.params_base,
             }
@@ -1160,6 +1197,7 @@ def run(args: argparse.Namespace, argv: list[str], log: Log = print) -> pd.DataF
                         "macs_base": bench.macs_base,
                         "params_base": bench.params_base,
                         "top1_base": bench.top1_base,
+                        "base_weights": bench.base_weights,
                         "finetune_epochs": float(cfg["finetune_epochs"]),
                         "status": f"skipped: {missing[method]}",
                     }

@@ -8,8 +8,9 @@ Every input, and ``--into`` when it exists, must come from the same recipe signa
 meta files are merged: the first one's settings with the union of methods, seeds and the chosen budgets, and in
 ``runs`` each input invocation that finished a merged row (so the table's wall time and dates are its rows').
 Rows already in ``--into`` are replaced by rows of the same method, budget and seed, except that a row which
-failed or was skipped never replaces a finished (``ok``) one. A merge is refused when a method's finished rows
-were made with other settings (their ``config`` signature, e.g. another number of agent episodes) or, for
+failed or was skipped never replaces a finished (``ok``) one. A merge is refused when finished rows were cut
+from different baselines (``base_weights``, or ``top1_base`` in rows older than that column), or a method's were
+made with other settings (their ``config`` signature, e.g. another number of agent episodes) or, for
 ``lcp``, another number of search candidates or, at one budget, searches fitted at other budgets: they would be
 averaged as one. Merged into a table whose lcp
 searches ran at other budgets, the meta says the searches ran separately (``searched_separately``: one search
@@ -27,7 +28,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from compare import append_row  # noqa: E402
+from compare import append_row, other_baselines  # noqa: E402
 from report import run_made_a_row  # noqa: E402
 
 from lcp.io import update_json  # noqa: E402
@@ -68,6 +69,13 @@ def _refuse_mixed(new: pd.DataFrame, old: pd.DataFrame, into: Path) -> None:
     both = pd.concat([old, new], ignore_index=True)
     if "status" in both:
         both = both[both["status"] == "ok"]
+    kinds = other_baselines(both, None, None)
+    if kinds:
+        raise SystemExit(
+            f"error: after this merge {into} would hold rows cut from more than one baseline ({', '.join(kinds)} "
+            "beside another): a table's rows share one baseline (rerun them from one, or merge into another "
+            "file)"
+        )
     checks = (  # column, the methods it concerns (None: all), the rows averaged together
         ("config", None, ["method"]),
         ("search_candidates", {"lcp"}, ["method"]),

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from lcp.engine.modes import modes_kept
+from lcp.training.evaluate import same_logits
 
 _CL = torch.channels_last
 
@@ -77,8 +78,7 @@ class TrainingLayout:
                 refs = [n(probe) for n in nets]
                 self._convert(_CL)
                 ok = all(
-                    isinstance(r, Tensor)
-                    and torch.allclose(n(probe.contiguous(memory_format=_CL)), r, rtol=1e-3, atol=1e-4)
+                    isinstance(r, Tensor) and same_logits(n(probe.contiguous(memory_format=_CL)), r)
                     for n, r in zip(nets, refs)
                 )
             except Exception:  # a network whose code does not accept channels-last feature maps

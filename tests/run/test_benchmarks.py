@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -147,6 +148,30 @@ def test_quick_resumes_and_refuses_other_settings(quick):
     )
     assert other.returncode == 2 and "other settings" in other.stderr
     pd.testing.assert_frame_equal(pd.read_csv(out, dtype={"config": str}), after)
+
+
+def test_rows_cut_from_another_baseline_are_refused(quick, tmp_path: Path):
+    """A table's rows share one baseline: a run whose baseline weights differ from the rows' already in --out
+    stops with one line before it writes anything (rows written before the weights column: by their baseline
+    top-1)."""
+    out, cmd, _ = quick
+    rows = pd.read_csv(out, dtype={"config": str})
+    assert rows["base_weights"].nunique() == 1 and len(rows["base_weights"].iloc[0]) == 12
+    table = tmp_path / "table.csv"
+    shutil.copy(out.with_suffix(".meta.json"), table.with_suffix(".meta.json"))
+    at = cmd.index("--out") + 1
+    for column, value in (("base_weights", "0" * 12), ("top1_base", 1.0)):
+        mine = rows[rows["method"] != "global"].copy()  # a missing row: the run has work to do
+        if column == "top1_base":
+            mine = mine.drop(columns="base_weights")
+        mine.loc[mine.index[0], column] = value
+        mine.to_csv(table, index=False)
+        before = table.read_text()
+        done = subprocess.run(
+            [*cmd[:at], str(table), *cmd[at + 1 :]], capture_output=True, text=True, timeout=120, cwd=tmp_path
+        )
+        assert done.returncode == 2 and "cut from another baseline" in done.stderr, done.stderr[-2000:]
+        assert "Traceback" not in done.stderr and table.read_text() == before
 
 
 def _report(csv: Path, tmp_path: Path) -> str:
@@ -1298,6 +1323,29 @@ def test_a_merge_refuses_rows_of_one_method_made_with_other_settings(tmp_path: P
     replacing = [{"method": "lcp", "budget": 0.5, "seed": s, "status": "ok", column: new} for s in (0, 1)]
     _table(tmp_path / "r.csv", replacing)  # every old row replaced: one setting again
     merge_rows.merge([tmp_path / "r.csv"], tmp_path / "t.csv", [0.5])
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "refused"),
+    [
+        ({"base_weights": "aaaa", "top1_base": 83.8}, {"base_weights": "bbbb", "top1_base": 83.8}, True),
+        ({"top1_base": 83.81}, {"base_weights": "bbbb", "top1_base": 84.2}, True),  # a row older than the column
+        ({"top1_base": 89.58}, {"base_weights": "bbbb", "top1_base": 89.57}, False),  # one network, CPU and CUDA
+    ],
+)
+def test_a_merge_refuses_rows_cut_from_another_baseline(tmp_path: Path, old, new, refused):
+    """Rows of different baselines (e.g. the network trained again after a lost run) are never one table."""
+    merge_rows = _module(ROOT / "benchmarks" / "merge_rows.py", "merge_rows")
+    _table(tmp_path / "t.csv", [{"method": "ads", "budget": 0.5, "seed": 0, "status": "ok", **old}])
+    before = (tmp_path / "t.csv").read_text()
+    _table(tmp_path / "n.csv", [{"method": "uniform", "budget": 0.5, "seed": 0, "status": "ok", **new}])
+    if refused:
+        with pytest.raises(SystemExit, match="more than one baseline"):
+            merge_rows.merge([tmp_path / "n.csv"], tmp_path / "t.csv", [0.5])
+        assert (tmp_path / "t.csv").read_text() == before
+    else:
+        merge_rows.merge([tmp_path / "n.csv"], tmp_path / "t.csv", [0.5])
+        assert sorted(pd.read_csv(tmp_path / "t.csv")["method"]) == ["ads", "uniform"]
 
 
 def test_a_ceiling_merge_adds_no_budget_and_keeps_the_search_budgets(tmp_path: Path):
