@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 19's DenseNet-40 table on one lent GPU in one short run: train the baseline
+# The DenseNet-40 connection-pruning table on one lent GPU in one short run: train the baseline
 # (recipes/densenet40_cifar10.yaml; 5,000 training images held out for the searches), then the rows of
 # recipes/bench_densenet40.yaml at 0.5 of the MACs, seed 0, as parallel chains of benchmarks/compare.py (no
 # timing under a shared GPU: --latency-repeats 0): ads and lwp (the connection searches), uniform, global, lcp

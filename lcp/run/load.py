@@ -147,6 +147,7 @@ def _train_baseline(model: nn.Module, name: str, dataset: str, bundle: Any, cfg:
         progress=cfg.progress,
         device=cfg.device,
         num_threads=cfg.threads,
+        channels_last=None if cfg.channels_last else False,
     )
     model.cpu()
     save_tensors(model.state_dict(), path)

@@ -23,8 +23,9 @@ class RecoveryOptions:
     )
     channels_last: bool = option(
         True,
-        "fine-tune in the channels-last memory layout on a CPU where the model allows it (faster for most networks, "
-        "docs/training.md; --no-channels-last: NCHW; a resumed run keeps its checkpoint's layout)",
+        "train (fine-tuning, and a baseline trained for lack of weights) in the channels-last memory layout on a CPU "
+        "where the model allows it (faster for most networks, docs/training.md; --no-channels-last: NCHW; a resumed "
+        "run keeps its checkpoint's layout; the search's candidates choose their own layout)",
         signature=False,
     )
     recal_batches: int = option(20, "BatchNorm recalibration batches", check=at_least(0), signature=False)

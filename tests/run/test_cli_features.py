@@ -207,6 +207,34 @@ def test_search_then_prune_with_its_transforms(tiny_folder: Path, resnet20_ckpt:
 # -------------------------------------------------------------------------------------------------- baseline
 
 
+def test_no_channels_last_also_keeps_the_baseline_lcp_prune_trains_in_nchw(
+    tiny_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--no-channels-last is a training option: the baseline trained for lack of weights follows it too."""
+    import lcp.run.load as load_module
+
+    monkeypatch.setenv("LCP_WEIGHTS", str(tmp_path / "no-weights"))
+    monkeypatch.setenv("LCP_CACHE", str(tmp_path / "cache"))
+    layouts = []
+    real = load_module.train_baseline
+
+    def spy(*args, **kwargs):
+        done = real(*args, **kwargs)
+        layouts.append(done["channels_last"])
+        return done
+
+    monkeypatch.setattr(load_module, "train_baseline", spy)
+    common = ["prune", "--model", "resnet20", "--data", tiny_folder, "--baseline-epochs", "1", "--budget", "0.5"]
+    common += ["--method", "global", "--finetune-epochs", "0", "--holdout", "9", "--batch-size", "16"]
+    common += ["--recal-batches", "1", "--no-progress", "--device", "cpu"]
+    res = lcp_cli(*common, "--no-channels-last", "--out", tmp_path / "nchw")
+    assert res.code == 0, res.err
+    monkeypatch.setenv("LCP_CACHE", str(tmp_path / "cache2"))  # not the cached baseline: train again
+    res = lcp_cli(*common, "--out", tmp_path / "default")
+    assert res.code == 0, res.err
+    assert layouts == [False, True]
+
+
 def test_prune_trains_a_baseline_when_no_weights_exist(
     tiny_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
