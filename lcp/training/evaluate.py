@@ -57,15 +57,30 @@ def fold_bn(model: nn.Module) -> nn.Module:
 
 
 def prefers_channels_last(device: torch.device, model: nn.Module, batches: Iterable[Tensor]) -> bool:
-    """Whether inference on ``batches`` should run channels-last: on the CPU, for 4-d images and no 3-d convs.
+    """Whether inference on ``batches`` should run channels-last: on the CPU, for 4-d images and no 3-d convs,
+    where a channels-last copy of ``model`` gives the same outputs on 4 images of the first batch (eval mode; a
+    network whose code does not accept channels-last feature maps, e.g. a ``view`` of one, does not).
 
     Depthwise and small convs run up to twice as fast on channels-last CPU kernels; on CUDA the search's
     candidates ran 2x (ResNet-56) to 20-60x (MobileNetV2) slower that way (H200, cuDNN 9.19), so not there."""
-    return (
-        device.type == "cpu"
-        and all(x.dim() == 4 for x in batches)
-        and not any(p.dim() == 5 for p in model.parameters())
-    )
+    batches = list(batches)
+    if (
+        device.type != "cpu"
+        or not batches
+        or not all(x.dim() == 4 for x in batches)
+        or any(p.dim() == 5 for p in model.parameters())
+    ):
+        return False
+    probe = batches[0][:4].cpu()
+    try:
+        with modes_kept(model), torch.no_grad():
+            model.eval()
+            ref = model(probe)
+            fast = copy.deepcopy(model).to(memory_format=torch.channels_last)
+            out = fast(probe.contiguous(memory_format=torch.channels_last))
+            return isinstance(ref, Tensor) and same_logits(out, ref)
+    except Exception:  # code that does not accept channels-last feature maps
+        return False
 
 
 def same_logits(out: Any, ref: Tensor) -> bool:

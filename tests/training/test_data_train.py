@@ -562,6 +562,22 @@ def test_a_model_that_cannot_take_channels_last_trains_in_the_default_layout(bun
         assert torch.equal(a, b), k
 
 
+def test_the_searchs_inference_runs_channels_last_only_where_the_model_gives_the_same_outputs() -> None:
+    """The search's candidates are evaluated channels-last on a CPU; a network whose code refuses channels-last
+    feature maps (a ``view`` of one) would fail every candidate, so the unpruned network is probed first."""
+    from lcp.training.evaluate import prefers_channels_last
+
+    x = [torch.randn(6, 3, *SIZE[1:])]
+    cpu = torch.device("cpu")
+    plain, viewing = _net(), Viewing()
+    plain.train()
+    assert prefers_channels_last(cpu, plain, x) and plain.training  # the probe leaves its mode as it was
+    assert next(plain.parameters()).is_contiguous()  # ... and the model itself in its layout
+    assert not prefers_channels_last(cpu, viewing, x)
+    assert not prefers_channels_last(cpu, plain, [x[0].flatten(1)])  # not images
+    assert not prefers_channels_last(torch.device("meta"), plain, x)  # not a CPU
+
+
 def test_distillation_on_unlabeled_data(folder: Path) -> None:
     b = load_data(folder, input_size=SIZE, holdout=3, labeled=False)
     res = finetune(_net(), b, epochs=1, batch_size=16, teacher=_net(3), progress=False)
