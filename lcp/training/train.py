@@ -179,6 +179,7 @@ def _run(
     history: list[dict[str, Any]] = []
     start_epoch, resumed_from = 0, None
     t0 = time.perf_counter()
+    before = 0.0  # training seconds of the epochs a resumed checkpoint holds
     rng_devices = [dev.index or 0] if dev.type == "cuda" else []
     with torch_threads(num_threads), torch.random.fork_rng(devices=rng_devices), modes_kept(model):
         torch.manual_seed(seed)
@@ -193,6 +194,7 @@ def _run(
                 )
             start_epoch = resumed_from = int(info["epoch"])
             history = list(info["history"])
+            before = float(history[-1].get("seconds", 0.0)) if history else 0.0
             layout.wanted = info.get("layout") == "channels_last"  # checkpoints before 2026-12-07: NCHW
         kept = f"the last good checkpoint is kept at {ckpt}"
         last_good = "no checkpoint was written yet" if start_epoch == 0 else kept
@@ -241,7 +243,7 @@ def _run(
                     "loss": loss_sum / max(1, seen),
                     "top1": 100.0 * correct / labeled if labeled else None,
                     "lr": opt.param_groups[0]["lr"],
-                    "seconds": time.perf_counter() - t0,
+                    "seconds": before + time.perf_counter() - t0,  # since the run began, across resumes
                 }
                 if eval_loader is not None:
                     ev = evaluate(model, eval_loader, device=dev)
@@ -316,7 +318,8 @@ def finetune(
     (None: on the CPU; not with ``loss_fn``) trains in the channels-last memory layout where the model and the
     teacher allow it (:class:`lcp.training.layout.TrainingLayout`; docs/training.md: up to 1.7x faster on CPUs,
     slower for some pruned networks); a resumed run keeps its checkpoint's layout; the model is returned in the
-    default layout. Returns ``{"history": [per-epoch records], "channels_last": bool, ...}``.
+    default layout. Returns ``{"history": [per-epoch records], "channels_last": bool, ...}``; a record's
+    ``seconds`` count from the start of the run, across resumes, and the result's from the start of this call.
     """
     return _run(
         model,

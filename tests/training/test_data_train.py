@@ -399,6 +399,8 @@ def test_resume_matches_uninterrupted(bundle: DataBundle, tmp_path: Path) -> Non
     resumed = _net(7)  # other weights: the checkpoint replaces them
     res = finetune(resumed, bundle, ckpt_path=ckpt, resume=True, **kw)
     assert res["resumed_from"] == 1 and len(res["history"]) == 2
+    first, second = (r["seconds"] for r in res["history"])  # since the run began, across the resume
+    assert 0 < first < second and second - first >= res["seconds"] * 0.5
     for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), k
     with pytest.raises(LcpError, match="lr=0.05"):
