@@ -15,7 +15,7 @@ every held-out image after BatchNorm recalibration on 8 training batches (the ev
 Rows are written atomically to ``--out`` (keyed by row, model, checkpoint, budget and seed)::
 
     source ../shared/offline-env.sh
-    python benchmarks/connection_prior.py --checkpoint runs/densenet40_cpu8/model.safetensors --threads 1 \\
+    python benchmarks/connection_prior.py --checkpoint benchmarks/checkpoints/densenet40_cpu8.safetensors --threads 1 \\
         --out benchmarks/results/connection_prior_densenet40.csv
 """
 
