@@ -418,6 +418,8 @@ def setup_text(df: pd.DataFrame, meta: dict) -> str:
     s = cfg.get("search", {})
     pruned = df[df["method"] != "ceiling"]
     budgets = ", ".join(f"{b:g}" for b in sorted(pruned["budget"].unique(), reverse=True))
+    if not budgets:  # only the ceiling so far
+        budgets = "none yet (only the ceiling row)"
     lines = []
     if cfg.get("quick") or bool(df.get("quick", pd.Series([False])).astype(str).eq("True").any()):
         lines.append(
@@ -428,8 +430,8 @@ def setup_text(df: pd.DataFrame, meta: dict) -> str:
         f"- **Model and data:** {_name(model)} on {df['dataset'].iloc[0]} ({data.get('train', '?')} train / "
         f"{data.get('holdout', '?')} held-out / {data.get('test', '?')} test images), weights "
         f"`{Path(str(data.get('weights', '?'))).name}`, baseline top-1 **{_num(top1, 2)}%**, "
-        f"{_num(data.get('macs_base', df['macs_base'].iloc[0]) / 1e6, 2)}M MACs. Budgets: {budgets} of the "
-        f"baseline {_BUDGET_WORDS.get(cfg.get('budget_type', 'macs'), 'params')}."
+        f"{_num(data.get('macs_base', df['macs_base'].iloc[0]) / 1e6, 2)}M MACs. Budgets: {budgets}"
+        f"{'' if pruned.empty else ' of the baseline ' + _BUDGET_WORDS.get(cfg.get('budget_type', 'macs'), 'params')}."
     )
     ft_text = (
         "**none**"
