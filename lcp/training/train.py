@@ -177,9 +177,8 @@ def _run(
     fast_layout = (dev.type == "cpu" if channels_last is None else channels_last) and world == 1
     layout = TrainingLayout(model, teacher, opt, wanted=fast_layout)
     history: list[dict[str, Any]] = []
-    start_epoch, resumed_from = 0, None
+    start_epoch, resumed_from, before = 0, None, 0.0  # before: training seconds of a resumed checkpoint's epochs
     t0 = time.perf_counter()
-    before = 0.0  # training seconds of the epochs a resumed checkpoint holds
     rng_devices = [dev.index or 0] if dev.type == "cuda" else []
     with torch_threads(num_threads), torch.random.fork_rng(devices=rng_devices), modes_kept(model):
         torch.manual_seed(seed)
